@@ -1,0 +1,236 @@
+//! A resilient prefix watcher: list, then watch, and start over when the watch breaks.
+//!
+//! [`Watcher`] promises its consumer a stream of [`WatchEvent`]s that, applied in order, always
+//! converge to the store's content under the prefix:
+//! - first an upsert per key of the initial listing, then one [`WatchEvent::ListDone`];
+//! - then every change, from the listing's revision + 1 on;
+//! - when the watch breaks or its start revision was compacted away, the prefix is listed
+//!   again and reconciled against what the consumer already knows: keys that changed are
+//!   upserted, keys that vanished in between are deleted ("stale drain"), unchanged keys are
+//!   not repeated. `ListDone` is never sent twice.
+//!
+//! The reconciliation is a pure function ([`reconcile`]), tested without IO; the watcher itself
+//! is pull-based (`next().await`) so a slow consumer slows the watch instead of buffering it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use crate::backend::{BoxWatchStream, KeyValue, KvBackend, RawEventKind, Revision};
+use crate::Error;
+
+/// One change seen by a [`Watcher`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// A key was created (`created: true`) or modified.
+    Upsert {
+        /// The key and its new value.
+        kv: KeyValue,
+        /// Whether the consumer has not seen this key before.
+        created: bool,
+    },
+    /// A key was deleted, or vanished while the watch was broken.
+    Delete {
+        /// The full key.
+        key: String,
+    },
+    /// The initial listing has been delivered in full. Sent once.
+    ListDone,
+}
+
+/// Counters a watcher keeps about itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WatcherStats {
+    /// How many listings were made (1 after the initial one).
+    pub lists: u64,
+    /// How many of those were caused by a compacted start revision.
+    pub compactions: u64,
+    /// The last error that broke the watch or a listing.
+    pub last_error: Option<String>,
+}
+
+/// Computes the events that bring a consumer who knows `known` (key -> mod revision) to the
+/// content of a fresh listing, and updates `known` accordingly.
+///
+/// Keys listed with a mod revision the consumer already has produce nothing; new or changed
+/// keys produce an upsert; known keys missing from the listing produce a delete.
+pub fn reconcile(known: &mut HashMap<String, Revision>, listed: Vec<KeyValue>) -> Vec<WatchEvent> {
+    let mut events = Vec::new();
+    let mut seen = HashMap::with_capacity(listed.len());
+    for kv in listed {
+        seen.insert(kv.key.clone(), kv.mod_revision);
+        match known.get(&kv.key) {
+            Some(rev) if *rev == kv.mod_revision => {}
+            Some(_) => events.push(WatchEvent::Upsert { kv, created: false }),
+            None => events.push(WatchEvent::Upsert { kv, created: true }),
+        }
+    }
+    let mut vanished: Vec<String> = known.keys().filter(|k| !seen.contains_key(*k)).cloned().collect();
+    vanished.sort();
+    events.extend(vanished.into_iter().map(|key| WatchEvent::Delete { key }));
+    *known = seen;
+    events
+}
+
+/// Watches a prefix of a [`KvBackend`] with list-then-watch and automatic re-listing.
+pub struct Watcher {
+    backend: Arc<dyn KvBackend>,
+    prefix: String,
+    known: HashMap<String, Revision>,
+    pending: VecDeque<WatchEvent>,
+    stream: Option<BoxWatchStream>,
+    list_done_sent: bool,
+    backoff: Duration,
+    stats: WatcherStats,
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+impl Watcher {
+    /// Creates a watcher of `prefix`. Nothing happens until [`Watcher::next`] is called.
+    ///
+    /// Pass a prefix ending in `/` so that `c1` does not also match `c10`.
+    pub fn new(backend: Arc<dyn KvBackend>, prefix: impl Into<String>) -> Self {
+        Self {
+            backend,
+            prefix: prefix.into(),
+            known: HashMap::new(),
+            pending: VecDeque::new(),
+            stream: None,
+            list_done_sent: false,
+            backoff: MIN_BACKOFF,
+            stats: WatcherStats::default(),
+        }
+    }
+
+    /// The watched prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Whether the initial listing has been delivered.
+    pub fn synced(&self) -> bool {
+        self.list_done_sent
+    }
+
+    /// Counters about listings and errors.
+    pub fn stats(&self) -> &WatcherStats {
+        &self.stats
+    }
+
+    /// Returns the next event. Errors are handled inside (logged, counted, retried with
+    /// backoff), so this waits until there is something to report; it never ends.
+    pub async fn next(&mut self) -> WatchEvent {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return event;
+            }
+            match self.stream.as_mut() {
+                None => self.list_and_watch().await,
+                Some(stream) => match stream.next().await {
+                    Some(Ok(events)) => {
+                        self.backoff = MIN_BACKOFF;
+                        for event in events {
+                            self.apply_raw(event.kind, event.kv);
+                        }
+                    }
+                    Some(Err(err)) => self.broken(err).await,
+                    None => self.broken(Error::WatchBroken("watch stream ended".into())).await,
+                },
+            }
+        }
+    }
+
+    fn apply_raw(&mut self, kind: RawEventKind, kv: KeyValue) {
+        match kind {
+            RawEventKind::Put => {
+                let created = self.known.insert(kv.key.clone(), kv.mod_revision).is_none();
+                self.pending.push_back(WatchEvent::Upsert { kv, created });
+            }
+            RawEventKind::Delete => {
+                if self.known.remove(&kv.key).is_some() {
+                    self.pending.push_back(WatchEvent::Delete { key: kv.key });
+                }
+            }
+        }
+    }
+
+    async fn broken(&mut self, err: Error) {
+        if matches!(err, Error::Compacted { .. }) {
+            self.stats.compactions += 1;
+        }
+        tracing::debug!(prefix = %self.prefix, error = %err, "watch broken, listing again");
+        self.stats.last_error = Some(err.to_string());
+        self.stream = None;
+        self.sleep_backoff().await;
+    }
+
+    async fn sleep_backoff(&mut self) {
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    async fn list_and_watch(&mut self) {
+        let listed = match self.backend.list_prefix(&self.prefix).await {
+            Ok(listed) => listed,
+            Err(err) => {
+                tracing::debug!(prefix = %self.prefix, error = %err, "listing failed");
+                self.stats.last_error = Some(err.to_string());
+                self.sleep_backoff().await;
+                return;
+            }
+        };
+        // Open the watch before reporting the listing: if it cannot be opened, the next
+        // attempt lists again and nothing was half-delivered.
+        let stream = match self.backend.watch(&self.prefix, listed.revision + 1).await {
+            Ok(stream) => stream,
+            Err(err) => {
+                self.stats.last_error = Some(err.to_string());
+                self.sleep_backoff().await;
+                return;
+            }
+        };
+        self.stats.lists += 1;
+        self.pending.extend(reconcile(&mut self.known, listed.kvs));
+        if !self.list_done_sent {
+            self.list_done_sent = true;
+            self.pending.push_back(WatchEvent::ListDone);
+        }
+        self.stream = Some(stream);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(key: &str, rev: Revision) -> KeyValue {
+        KeyValue { key: key.into(), value: b"v".to_vec(), create_revision: rev, mod_revision: rev, lease: None }
+    }
+
+    #[test]
+    fn reconcile_reports_new_changed_and_vanished_keys_only() {
+        let mut known: HashMap<String, Revision> =
+            [("a".to_string(), 2), ("b".to_string(), 3), ("c".to_string(), 4)].into();
+        let events = reconcile(&mut known, vec![kv("a", 2), kv("b", 7), kv("d", 8)]);
+        assert_eq!(
+            events,
+            vec![
+                WatchEvent::Upsert { kv: kv("b", 7), created: false },
+                WatchEvent::Upsert { kv: kv("d", 8), created: true },
+                WatchEvent::Delete { key: "c".into() },
+            ]
+        );
+        assert_eq!(known, [("a".to_string(), 2), ("b".to_string(), 7), ("d".to_string(), 8)].into());
+    }
+
+    #[test]
+    fn reconcile_of_an_empty_listing_drains_everything() {
+        let mut known: HashMap<String, Revision> = [("x".to_string(), 1)].into();
+        assert_eq!(reconcile(&mut known, vec![]), vec![WatchEvent::Delete { key: "x".into() }]);
+        assert!(known.is_empty());
+    }
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what building and testing Plexus needs on a fresh Debian 12 machine (run as root).
+# Idempotent: packages already present are skipped quickly.
+set -euo pipefail
+
+packages=(
+  etcd-server etcd-client     # the kvstore of every cluster (etcd 3.4), started by tests on loopback
+  protobuf-compiler           # protoc, for etcd-client's gRPC code
+  openssl                     # certificate checks in tests
+  clang llvm libbpf-dev       # eBPF programs of the datapath
+  iproute2 iputils-ping       # network namespaces, veth and VXLAN for the lab
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Debian starts no etcd of its own without systemd; make sure none is left running either way,
+# so tests own every etcd on this machine.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
+  systemctl disable --now etcd >/dev/null 2>&1 || true
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo not found; install the Rust toolchain (rustup) first" >&2
+  exit 1
+fi
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+echo "setup: ok (etcd $(etcd --version | awk '/etcd Version/ {print $3}'), $(cargo --version))"
