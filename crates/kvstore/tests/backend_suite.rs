@@ -106,7 +106,8 @@ mod cases {
         assert_eq!(deleted.unwrap().kv.key, "l/a");
         assert_eq!(b.get("l/a").await.unwrap(), None);
         assert!(b.get("l/b").await.unwrap().is_some());
-        assert!(matches!(b.lease_keep_alive(lease).await, Err(Error::LeaseNotFound(_))));
+        let ka = b.lease_keep_alive(lease).await;
+        assert!(matches!(ka, Err(Error::LeaseNotFound(_))), "{ka:?}");
     }
 
     pub async fn lease_keep_alive_and_revoke(b: Arc<dyn KvBackend>) {
@@ -119,7 +120,8 @@ mod cases {
         assert!(b.get("r/a").await.unwrap().is_some(), "kept alive past its TTL");
         b.lease_revoke(lease).await.unwrap();
         assert_eq!(b.get("r/a").await.unwrap(), None);
-        assert!(matches!(b.lease_keep_alive(lease).await, Err(Error::LeaseNotFound(_))));
+        let ka = b.lease_keep_alive(lease).await;
+        assert!(matches!(ka, Err(Error::LeaseNotFound(_))), "{ka:?}");
         assert!(b.put("r/b", b"1".to_vec(), Some(lease)).await.is_err());
     }
 

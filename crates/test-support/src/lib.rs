@@ -1,1 +1,387 @@
-//! (being written)
+//! Real etcd processes for tests and benchmarks.
+//!
+//! [`EtcdProcess`] starts the Debian `etcd` binary (etcd 3.4; override with `PLEXUS_ETCD_BIN`)
+//! on free loopback ports with a temporary data directory, plain ([`EtcdProcess::start`]) or
+//! with TLS and `--client-cert-auth` under a fresh CA ([`EtcdProcess::start_tls`]). It promises
+//! cleanup: dropping it (also while a test panics) kills the process and removes the directory,
+//! and the process is started with a parent-death signal so it dies with the thread that
+//! started it even if the test process is killed.
+//!
+//! [`EtcdProcess::setup_auth`] creates the users and roles of the wire format's access control
+//! (a root user, read-only users for prefixes) and enables etcd auth; with client-cert auth,
+//! the certificate's CN is the etcd user.
+
+// `pre_exec` with `prctl(PR_SET_PDEATHSIG)` needs unsafe: it is the only way to make sure no
+// etcd outlives a test process that was killed without unwinding.
+#![allow(unsafe_code)]
+
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use plexus_pki::Ca;
+
+/// What went wrong starting or driving an etcd process.
+#[derive(Debug, thiserror::Error)]
+pub enum TestSupportError {
+    /// A file or process operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// etcd did not become healthy in time.
+    #[error("etcd at {endpoint} not ready after {waited:?}; log {log}:\n{tail}")]
+    NotReady {
+        /// Client endpoint.
+        endpoint: String,
+        /// How long we waited.
+        waited: Duration,
+        /// Path of etcd's log.
+        log: String,
+        /// Last lines of the log.
+        tail: String,
+    },
+    /// An etcdctl command failed.
+    #[error("etcdctl {args}: {output}")]
+    Etcdctl {
+        /// The arguments.
+        args: String,
+        /// What it printed.
+        output: String,
+    },
+    /// Certificates could not be issued.
+    #[error(transparent)]
+    Pki(#[from] plexus_pki::PkiError),
+}
+
+/// Result alias of this crate.
+pub type Result<T> = std::result::Result<T, TestSupportError>;
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TestSupportError {
+    let what = what.into();
+    move |source| TestSupportError::Io { what, source }
+}
+
+/// Paths of a client certificate, its key and the CA that signed the server.
+#[derive(Clone, Debug)]
+pub struct ClientCert {
+    /// CA certificate to trust.
+    pub ca_file: PathBuf,
+    /// Client certificate.
+    pub cert_file: PathBuf,
+    /// Client key.
+    pub key_file: PathBuf,
+}
+
+struct Tls {
+    ca: Ca,
+    ca_file: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    root: ClientCert,
+}
+
+/// A real etcd on loopback, killed and removed on drop.
+pub struct EtcdProcess {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    client_port: u16,
+    peer_port: u16,
+    tls: Option<Tls>,
+    issued: std::sync::atomic::AtomicU32,
+}
+
+/// The etcd binary: `PLEXUS_ETCD_BIN` or `/usr/bin/etcd`.
+pub fn etcd_bin() -> PathBuf {
+    std::env::var_os("PLEXUS_ETCD_BIN").map(PathBuf::from).unwrap_or_else(|| "/usr/bin/etcd".into())
+}
+
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(io("bind a loopback port"))?;
+    Ok(listener.local_addr().map_err(io("read a loopback port"))?.port())
+}
+
+impl EtcdProcess {
+    /// Starts a plain-HTTP etcd.
+    pub fn start() -> Result<Self> {
+        Self::start_inner(false)
+    }
+
+    /// Starts an etcd with TLS and `--client-cert-auth`: clients need a certificate from
+    /// [`EtcdProcess::issue_client`].
+    pub fn start_tls() -> Result<Self> {
+        Self::start_inner(true)
+    }
+
+    fn start_inner(tls: bool) -> Result<Self> {
+        let mut last = None;
+        // A port picked as free may be taken before etcd binds it: try a few times.
+        for _ in 0..3 {
+            let dir = tempfile::Builder::new()
+                .prefix("plexus-etcd-")
+                .tempdir()
+                .map_err(io("create etcd temp dir"))?;
+            let tls = if tls { Some(Self::make_tls(dir.path())?) } else { None };
+            let mut etcd = Self {
+                child: None,
+                dir,
+                client_port: free_port()?,
+                peer_port: free_port()?,
+                tls,
+                issued: std::sync::atomic::AtomicU32::new(0),
+            };
+            match etcd.spawn() {
+                Ok(()) => return Ok(etcd),
+                Err(err) => last = Some(err),
+            }
+        }
+        Err(last.unwrap_or_else(|| TestSupportError::Io {
+            what: "start etcd".into(),
+            source: std::io::Error::other("no attempt made"),
+        }))
+    }
+
+    fn make_tls(dir: &Path) -> Result<Tls> {
+        let ca = Ca::generate("plexus-test-ca")?;
+        let (ca_file, _) = ca.pem().write_to(dir, "ca")?;
+        let server = ca.issue_server("etcd", &["localhost"], &["127.0.0.1".parse().expect("ip")])?;
+        let (server_cert, server_key) = server.write_to(dir, "server")?;
+        let (cert_file, key_file) = ca.issue_client("root")?.write_to(dir, "client-root")?;
+        let root = ClientCert { ca_file: ca_file.clone(), cert_file, key_file };
+        Ok(Tls { ca, ca_file, server_cert, server_key, root })
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    /// The client URL, e.g. `http://127.0.0.1:40123`.
+    pub fn endpoint(&self) -> String {
+        format!("{}://127.0.0.1:{}", self.scheme(), self.client_port)
+    }
+
+    /// The data directory (kept across [`EtcdProcess::restart`]).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Path of etcd's log file.
+    pub fn log_file(&self) -> PathBuf {
+        self.dir.path().join("etcd.log")
+    }
+
+    /// The CA file clients must trust (TLS mode only).
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|t| t.ca_file.as_path())
+    }
+
+    /// The process id while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Issues a client certificate with common name `cn` (the etcd user). TLS mode only.
+    pub fn issue_client(&self, cn: &str) -> Result<ClientCert> {
+        let tls = self.tls.as_ref().ok_or_else(|| TestSupportError::Io {
+            what: "issue a client certificate".into(),
+            source: std::io::Error::other("etcd runs without TLS"),
+        })?;
+        let n = self.issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let (cert_file, key_file) =
+            tls.ca.issue_client(cn)?.write_to(self.dir.path(), &format!("client-{n}-{cn}"))?;
+        Ok(ClientCert { ca_file: tls.ca_file.clone(), cert_file, key_file })
+    }
+
+    /// The certificate of the `root` user (TLS mode only).
+    pub fn root_client(&self) -> Option<&ClientCert> {
+        self.tls.as_ref().map(|t| &t.root)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::File::create(self.log_file()).map_err(io("create etcd log"))?;
+        let log_err = log.try_clone().map_err(io("open etcd log"))?;
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let client = self.endpoint();
+        let mut cmd = Command::new(etcd_bin());
+        cmd.arg("--name=plexus-test")
+            .arg(format!("--data-dir={}", self.data_dir().display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=plexus-test={peer}"))
+            .arg("--initial-cluster-state=new")
+            .arg("--logger=zap")
+            .arg("--log-outputs=stderr")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("ETCD") {
+                cmd.env_remove(key);
+            }
+        }
+        if let Some(tls) = &self.tls {
+            cmd.arg(format!("--cert-file={}", tls.server_cert.display()))
+                .arg(format!("--key-file={}", tls.server_key.display()))
+                .arg(format!("--trusted-ca-file={}", tls.ca_file.display()))
+                .arg("--client-cert-auth");
+        }
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(io(format!("spawn {}", etcd_bin().display())))?;
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(20))
+    }
+
+    fn wait_ready(&mut self, limit: Duration) -> Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(_)) = child.try_wait()
+            {
+                break; // exited: report with the log below
+            }
+            if self.etcdctl(&["endpoint", "health", "--dial-timeout=500ms", "--command-timeout=1s"]).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = std::fs::read_to_string(self.log_file()).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        let err = TestSupportError::NotReady {
+            endpoint: self.endpoint(),
+            waited: start.elapsed(),
+            log: self.log_file().display().to_string(),
+            tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+        };
+        self.kill();
+        Err(err)
+    }
+
+    /// Runs `etcdctl` against this etcd (as `root` in TLS mode) and returns its output.
+    pub fn etcdctl(&self, args: &[&str]) -> Result<String> {
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3").arg(format!("--endpoints={}", self.endpoint()));
+        if let Some(tls) = &self.tls {
+            cmd.arg(format!("--cacert={}", tls.root.ca_file.display()))
+                .arg(format!("--cert={}", tls.root.cert_file.display()))
+                .arg(format!("--key={}", tls.root.key_file.display()));
+        }
+        let out = cmd.args(args).output().map_err(io("run etcdctl"))?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(TestSupportError::Etcdctl { args: args.join(" "), output: text.trim().to_string() })
+        }
+    }
+
+    /// Creates the `root` user (role root), one read-only user per `(user, prefixes)` with a
+    /// role of the same name that may read those key prefixes, then enables auth.
+    /// TLS mode: users authenticate by certificate CN.
+    pub fn setup_auth(&self, read_only: &[(&str, &[&str])]) -> Result<()> {
+        self.etcdctl(&["user", "add", "root", "--no-password"])?;
+        self.etcdctl(&["user", "grant-role", "root", "root"])?;
+        for (user, prefixes) in read_only {
+            self.etcdctl(&["role", "add", user])?;
+            for prefix in *prefixes {
+                self.etcdctl(&["role", "grant-permission", user, "read", prefix, "--prefix=true"])?;
+            }
+            self.etcdctl(&["user", "add", user, "--no-password"])?;
+            self.etcdctl(&["user", "grant-role", user, user])?;
+        }
+        self.etcdctl(&["auth", "enable"])?;
+        Ok(())
+    }
+
+    /// Stops etcd gracefully (SIGTERM, then SIGKILL after 5 s). The data directory stays.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills etcd at once (SIGKILL), as a crash would. The data directory stays.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts etcd again on the same ports and data directory.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.spawn()
+    }
+}
+
+impl Drop for EtcdProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_restarts_and_cleans_up() {
+        let mut etcd = EtcdProcess::start().unwrap();
+        etcd.etcdctl(&["put", "k", "v"]).unwrap();
+        let dir = etcd.dir.path().to_path_buf();
+        let pid = etcd.pid().unwrap();
+        etcd.restart().unwrap();
+        assert_ne!(etcd.pid().unwrap(), pid);
+        assert!(etcd.etcdctl(&["get", "k"]).unwrap().contains('v'), "data kept across restart");
+        drop(etcd);
+        assert!(!dir.exists(), "temp dir removed");
+        assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    }
+
+    #[test]
+    fn tls_mode_requires_a_client_certificate() {
+        let etcd = EtcdProcess::start_tls().unwrap();
+        assert!(etcd.endpoint().starts_with("https://127.0.0.1:"));
+        etcd.etcdctl(&["put", "k", "v"]).unwrap();
+        // Without a client certificate the handshake fails.
+        let out = Command::new("etcdctl")
+            .args([
+                &format!("--endpoints={}", etcd.endpoint()),
+                &format!("--cacert={}", etcd.ca_file().unwrap().display()),
+                "--dial-timeout=1s",
+                "--command-timeout=2s",
+                "get",
+                "k",
+            ])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+    }
+}
