@@ -130,7 +130,7 @@ fn main() {
         let mut ok = 0usize;
         for (_, v) in &raw {
             let pair: IpIdentityPair = serde_json::from_slice(v).expect("decode");
-            ok += usize::from(pair.ID > 0);
+            ok += usize::from(pair.id > 0);
         }
         let plain = start.elapsed();
         assert_eq!(ok, ingest_n);
