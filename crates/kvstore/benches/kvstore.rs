@@ -20,7 +20,10 @@ use plexus_model::ipcache::IpIdentityPair;
 use plexus_test_support::EtcdProcess;
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -39,7 +42,10 @@ fn ipcache_value(i: usize) -> (String, Vec<u8>) {
         i % 250 + 1,
         131072 + (i % 60000)
     );
-    (format!("cilium/state/ip/v1/default/{ip}"), value.into_bytes())
+    (
+        format!("cilium/state/ip/v1/default/{ip}"),
+        value.into_bytes(),
+    )
 }
 
 fn decode() -> DecodeFn<IpIdentityPair> {
@@ -56,9 +62,15 @@ async fn latency(b: &Arc<dyn KvBackend>, n: usize) -> (Vec<Duration>, Vec<Durati
     let mut put = Vec::with_capacity(n);
     for i in 0..n {
         let start = Instant::now();
-        b.put(&format!("bench/lat/{}", i % 100), vec![b'x'; 200], None).await.expect("put");
+        b.put(&format!("bench/lat/{}", i % 100), vec![b'x'; 200], None)
+            .await
+            .expect("put");
         put.push(start.elapsed());
-        let events = stream.next().await.expect("stream open").expect("watch event");
+        let events = stream
+            .next()
+            .await
+            .expect("stream open")
+            .expect("watch event");
         assert_eq!(events.len(), 1);
         watch.push(start.elapsed());
     }
@@ -73,9 +85,20 @@ async fn publish(b: &Arc<dyn KvBackend>, n: usize) {
     for chunk in values.chunks(100) {
         let ops = chunk
             .iter()
-            .map(|(k, v)| Op::Put { key: k.clone(), value: v.clone(), lease: None })
+            .map(|(k, v)| Op::Put {
+                key: k.clone(),
+                value: v.clone(),
+                lease: None,
+            })
             .collect();
-        assert!(b.txn(Txn { compares: vec![], ops }).await.expect("txn"));
+        assert!(
+            b.txn(Txn {
+                compares: vec![],
+                ops
+            })
+            .await
+            .expect("txn")
+        );
     }
 }
 
@@ -95,7 +118,10 @@ async fn ingest(b: &Arc<dyn KvBackend>, n: usize) -> Duration {
 
 fn main() {
     plexus_kvstore::install_crypto_provider();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
         let lat_n = env_usize("PLEXUS_BENCH_LATENCY_N", 5_000);
         let ingest_n = env_usize("PLEXUS_BENCH_INGEST_N", 50_000);
@@ -103,18 +129,35 @@ fn main() {
         eprintln!("starting etcd on loopback ...");
         let etcd = EtcdProcess::start().expect("start etcd");
         let b: Arc<dyn KvBackend> = Arc::new(
-            EtcdBackend::connect(EtcdConfig::new(vec![etcd.endpoint()])).await.expect("connect"),
+            EtcdBackend::connect(EtcdConfig::new(vec![etcd.endpoint()]))
+                .await
+                .expect("connect"),
         );
         let version = b.status().await.expect("status").version;
-        println!("kvstore benchmarks: etcd {version} on loopback, {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+        println!(
+            "kvstore benchmarks: etcd {version} on loopback, {} cores",
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        );
         println!();
 
         eprintln!("put -> watch latency, {lat_n} puts ...");
         let (watch, put) = latency(&b, lat_n).await;
         println!("put -> watch event latency ({lat_n} sequential puts of 200 B)");
         println!("  {:<28} {:>10} {:>10}", "", "p50", "p99");
-        println!("  {:<28} {:>10} {:>10}", "put -> watch event (etcd)", fmt_us(percentile(&watch, 0.5)), fmt_us(percentile(&watch, 0.99)));
-        println!("  {:<28} {:>10} {:>10}", "put round trip (baseline)", fmt_us(percentile(&put, 0.5)), fmt_us(percentile(&put, 0.99)));
+        println!(
+            "  {:<28} {:>10} {:>10}",
+            "put -> watch event (etcd)",
+            fmt_us(percentile(&watch, 0.5)),
+            fmt_us(percentile(&watch, 0.99))
+        );
+        println!(
+            "  {:<28} {:>10} {:>10}",
+            "put round trip (baseline)",
+            fmt_us(percentile(&put, 0.5)),
+            fmt_us(percentile(&put, 0.99))
+        );
         println!();
 
         eprintln!("publishing {ingest_n} ipcache entries ...");
@@ -136,10 +179,27 @@ fn main() {
         assert_eq!(ok, ingest_n);
 
         let rate = |d: Duration| format!("{:>10.0} entries/s", ingest_n as f64 / d.as_secs_f64());
-        println!("ipcache ingest ({ingest_n} IPIdentityPair entries, list + decode + validate + cache)");
-        println!("  {:<38} {:>9.1} ms {}", "WatchStore from etcd", etcd_time.as_secs_f64() * 1e3, rate(etcd_time));
-        println!("  {:<38} {:>9.1} ms {}", "WatchStore from in-memory backend", mem_time.as_secs_f64() * 1e3, rate(mem_time));
-        println!("  {:<38} {:>9.1} ms {}", "plain JSON decoding (baseline)", plain.as_secs_f64() * 1e3, rate(plain));
+        println!(
+            "ipcache ingest ({ingest_n} IPIdentityPair entries, list + decode + validate + cache)"
+        );
+        println!(
+            "  {:<38} {:>9.1} ms {}",
+            "WatchStore from etcd",
+            etcd_time.as_secs_f64() * 1e3,
+            rate(etcd_time)
+        );
+        println!(
+            "  {:<38} {:>9.1} ms {}",
+            "WatchStore from in-memory backend",
+            mem_time.as_secs_f64() * 1e3,
+            rate(mem_time)
+        );
+        println!(
+            "  {:<38} {:>9.1} ms {}",
+            "plain JSON decoding (baseline)",
+            plain.as_secs_f64() * 1e3,
+            rate(plain)
+        );
         drop(etcd);
     });
 }

@@ -160,7 +160,11 @@ pub trait KvBackend: Send + Sync + 'static {
     async fn create_only(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<bool> {
         self.txn(Txn {
             compares: vec![Compare::Absent(key.to_string())],
-            ops: vec![Op::Put { key: key.to_string(), value, lease }],
+            ops: vec![Op::Put {
+                key: key.to_string(),
+                value,
+                lease,
+            }],
         })
         .await
     }
@@ -176,7 +180,11 @@ pub trait KvBackend: Send + Sync + 'static {
     ) -> Result<bool> {
         self.txn(Txn {
             compares: vec![Compare::ModRevision(key.to_string(), expected)],
-            ops: vec![Op::Put { key: key.to_string(), value, lease }],
+            ops: vec![Op::Put {
+                key: key.to_string(),
+                value,
+                lease,
+            }],
         })
         .await
     }

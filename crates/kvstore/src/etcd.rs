@@ -21,8 +21,8 @@ use etcd_client::{
 use futures::StreamExt;
 
 use crate::backend::{
-    BoxWatchStream, Compare, KeyValue, KvBackend, LeaseId, ListResult, Op, RawEvent,
-    RawEventKind, Revision, Status, Txn,
+    BoxWatchStream, Compare, KeyValue, KvBackend, LeaseId, ListResult, Op, RawEvent, RawEventKind,
+    Revision, Status, Txn,
 };
 use crate::{Error, Result};
 
@@ -100,7 +100,10 @@ fn map_err(err: etcd_client::Error) -> Error {
                     Error::PermissionDenied(msg)
                 }
                 tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => {
-                    Error::InvalidKey { key: String::new(), reason: msg }
+                    Error::InvalidKey {
+                        key: String::new(),
+                        reason: msg,
+                    }
                 }
                 _ if msg.contains("permission denied") => Error::PermissionDenied(msg),
                 code => Error::Unavailable(format!("{code:?}: {msg}")),
@@ -170,18 +173,21 @@ impl EtcdBackend {
                     .identity(Identity::from_pem(cert, key)),
             );
         } else if config.endpoints.iter().any(|e| e.starts_with("https://")) {
-            return Err(Error::Config("https endpoints need TLS files (ca, cert, key)".into()));
+            return Err(Error::Config(
+                "https endpoints need TLS files (ca, cert, key)".into(),
+            ));
         }
         let client = tokio::time::timeout(
             config.connect_timeout,
             Client::connect(config.endpoints.clone(), Some(options)),
         )
         .await
-        .map_err(|_| {
-            Error::Unavailable(format!("connect to {:?}: timed out", config.endpoints))
-        })?
+        .map_err(|_| Error::Unavailable(format!("connect to {:?}: timed out", config.endpoints)))?
         .map_err(map_err)?;
-        Ok(Self { client, request_timeout: config.request_timeout })
+        Ok(Self {
+            client,
+            request_timeout: config.request_timeout,
+        })
     }
 
     async fn timed<T>(
@@ -224,7 +230,10 @@ impl EtcdBackend {
 impl KvBackend for EtcdBackend {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         let mut client = self.client.clone();
-        let resp = self.timed("get", client.get(key, None)).await.map_err(map_err)?;
+        let resp = self
+            .timed("get", client.get(key, None))
+            .await
+            .map_err(map_err)?;
         resp.kvs().first().map(convert_kv).transpose()
     }
 
@@ -235,7 +244,9 @@ impl KvBackend for EtcdBackend {
         let mut from = prefix.as_bytes().to_vec();
         let mut revision = 0;
         loop {
-            let mut options = GetOptions::new().with_range(end.clone()).with_limit(LIST_PAGE);
+            let mut options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(LIST_PAGE);
             if revision > 0 {
                 options = options.with_revision(revision);
             }
@@ -272,15 +283,20 @@ impl KvBackend for EtcdBackend {
 
     async fn delete(&self, key: &str) -> Result<bool> {
         let mut client = self.client.clone();
-        let resp = self.timed("delete", client.delete(key, None)).await.map_err(map_err)?;
+        let resp = self
+            .timed("delete", client.delete(key, None))
+            .await
+            .map_err(map_err)?;
         Ok(resp.deleted() > 0)
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
         let mut client = self.client.clone();
         let options = etcd_client::DeleteOptions::new().with_range(prefix_end(prefix));
-        let resp =
-            self.timed("delete prefix", client.delete(prefix, Some(options))).await.map_err(map_err)?;
+        let resp = self
+            .timed("delete prefix", client.delete(prefix, Some(options)))
+            .await
+            .map_err(map_err)?;
         Ok(resp.deleted().max(0) as u64)
     }
 
@@ -290,8 +306,18 @@ impl KvBackend for EtcdBackend {
             Op::Delete(_) => None,
         });
         let request = EtcdTxn::new()
-            .when(txn.compares.into_iter().map(Self::convert_compare).collect::<Vec<_>>())
-            .and_then(txn.ops.into_iter().map(Self::convert_op).collect::<Vec<_>>());
+            .when(
+                txn.compares
+                    .into_iter()
+                    .map(Self::convert_compare)
+                    .collect::<Vec<_>>(),
+            )
+            .and_then(
+                txn.ops
+                    .into_iter()
+                    .map(Self::convert_op)
+                    .collect::<Vec<_>>(),
+            );
         let mut client = self.client.clone();
         match self.timed("txn", client.txn(request)).await {
             Ok(resp) => Ok(resp.succeeded()),
@@ -306,7 +332,10 @@ impl KvBackend for EtcdBackend {
         if from > 0 {
             options = options.with_start_revision(from);
         }
-        let stream = self.timed("watch", client.watch(prefix, Some(options))).await.map_err(map_err)?;
+        let stream = self
+            .timed("watch", client.watch(prefix, Some(options)))
+            .await
+            .map_err(map_err)?;
         let requested = from;
         let events = futures::stream::unfold(Some(stream), move |state| async move {
             let mut stream = state?;
@@ -326,7 +355,10 @@ impl KvBackend for EtcdBackend {
                 };
                 if resp.canceled() {
                     let err = if resp.compact_revision() > 0 {
-                        Error::Compacted { requested, compact_revision: resp.compact_revision() }
+                        Error::Compacted {
+                            requested,
+                            compact_revision: resp.compact_revision(),
+                        }
                     } else {
                         Error::WatchBroken(format!("watch canceled: {}", resp.cancel_reason()))
                     };
@@ -362,7 +394,10 @@ impl KvBackend for EtcdBackend {
     async fn lease_grant(&self, ttl: Duration) -> Result<LeaseId> {
         let mut client = self.client.clone();
         let secs = ttl.as_secs().max(1) as i64;
-        let resp = self.timed("lease grant", client.lease_grant(secs, None)).await.map_err(map_err)?;
+        let resp = self
+            .timed("lease grant", client.lease_grant(secs, None))
+            .await
+            .map_err(map_err)?;
         Ok(resp.id())
     }
 
@@ -403,7 +438,10 @@ impl KvBackend for EtcdBackend {
 
     async fn status(&self) -> Result<Status> {
         let mut client = self.client.clone();
-        let resp = self.timed("status", client.status()).await.map_err(map_err)?;
+        let resp = self
+            .timed("status", client.status())
+            .await
+            .map_err(map_err)?;
         Ok(Status {
             version: resp.version().to_string(),
             revision: resp.header().map(|h| h.revision()).unwrap_or_default(),

@@ -30,7 +30,11 @@ impl LeaseManager {
         let lease = backend.lease_grant(ttl).await?;
         let (tx, current) = watch::channel(lease);
         let task = tokio::spawn(keep_alive(backend.clone(), ttl, tx));
-        Ok(Self { backend, current, task })
+        Ok(Self {
+            backend,
+            current,
+            task,
+        })
     }
 
     /// The lease to attach keys to right now.
@@ -68,7 +72,10 @@ async fn keep_alive(backend: Arc<dyn KvBackend>, ttl: Duration, tx: watch::Sende
         match backend.lease_keep_alive(lease).await {
             Ok(_) => {}
             Err(Error::LeaseNotFound(_)) => {
-                tracing::warn!(lease = format!("{lease:#x}"), "lease ended, granting a new one");
+                tracing::warn!(
+                    lease = format!("{lease:#x}"),
+                    "lease ended, granting a new one"
+                );
                 loop {
                     match backend.lease_grant(ttl).await {
                         Ok(new) => {

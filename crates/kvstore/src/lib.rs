@@ -27,8 +27,8 @@ pub mod watch_store;
 pub mod watcher;
 
 pub use backend::{
-    BoxWatchStream, Compare, KeyValue, KvBackend, LeaseId, ListResult, Op, RawEvent,
-    RawEventKind, Revision, Status, Txn,
+    BoxWatchStream, Compare, KeyValue, KvBackend, LeaseId, ListResult, Op, RawEvent, RawEventKind,
+    Revision, Status, Txn,
 };
 pub use error::{Error, Result};
 pub use etcd::{EtcdBackend, EtcdConfig, TlsFiles};

@@ -18,8 +18,8 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::backend::{
-    BoxWatchStream, Compare, KeyValue, KvBackend, LeaseId, ListResult, Op, RawEvent,
-    RawEventKind, Revision, Status, Txn,
+    BoxWatchStream, Compare, KeyValue, KvBackend, LeaseId, ListResult, Op, RawEvent, RawEventKind,
+    Revision, Status, Txn,
 };
 use crate::{Error, Result};
 
@@ -64,7 +64,9 @@ impl MemoryBackend {
     pub fn break_watches(&self) {
         let mut state = self.lock();
         for slot in state.watchers.drain(..) {
-            let _ = slot.tx.send(Err(Error::WatchBroken("connection lost (test)".into())));
+            let _ = slot
+                .tx
+                .send(Err(Error::WatchBroken("connection lost (test)".into())));
         }
     }
 
@@ -123,7 +125,10 @@ impl State {
 
     fn range<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a KeyValue> + 'a {
         self.kvs
-            .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
             .take_while(move |(k, _)| k.starts_with(prefix))
             .map(|(_, kv)| kv)
     }
@@ -131,7 +136,9 @@ impl State {
     /// Applies operations as one write transaction (one new revision), if any changes.
     fn apply(&mut self, ops: Vec<Op>) -> Result<Revision> {
         for op in &ops {
-            if let Op::Put { lease: Some(lease), .. } = op
+            if let Op::Put {
+                lease: Some(lease), ..
+            } = op
                 && !self.leases.contains_key(lease)
             {
                 return Err(Error::LeaseNotFound(*lease));
@@ -157,9 +164,18 @@ impl State {
                     if let Some(l) = lease.and_then(|id| self.leases.get_mut(&id)) {
                         l.keys.insert(key.clone());
                     }
-                    let kv = KeyValue { key: key.clone(), value, create_revision, mod_revision: rev, lease };
+                    let kv = KeyValue {
+                        key: key.clone(),
+                        value,
+                        create_revision,
+                        mod_revision: rev,
+                        lease,
+                    };
                     self.kvs.insert(key, kv.clone());
-                    events.push(RawEvent { kind: RawEventKind::Put, kv });
+                    events.push(RawEvent {
+                        kind: RawEventKind::Put,
+                        kv,
+                    });
                 }
                 Op::Delete(key) => {
                     if let Some(old) = self.kvs.remove(&key) {
@@ -181,8 +197,11 @@ impl State {
 
     fn publish(&mut self, events: Vec<RawEvent>) {
         self.watchers.retain(|slot| {
-            let batch: Vec<RawEvent> =
-                events.iter().filter(|e| e.kv.key.starts_with(&slot.prefix)).cloned().collect();
+            let batch: Vec<RawEvent> = events
+                .iter()
+                .filter(|e| e.kv.key.starts_with(&slot.prefix))
+                .cloned()
+                .collect();
             batch.is_empty() || slot.tx.send(Ok(batch)).is_ok()
         });
         self.history.extend(events);
@@ -200,7 +219,13 @@ impl State {
 fn delete_event(key: String, rev: Revision) -> RawEvent {
     RawEvent {
         kind: RawEventKind::Delete,
-        kv: KeyValue { key, value: Vec::new(), create_revision: 0, mod_revision: rev, lease: None },
+        kv: KeyValue {
+            key,
+            value: Vec::new(),
+            create_revision: 0,
+            mod_revision: rev,
+            lease: None,
+        },
     }
 }
 
@@ -212,12 +237,19 @@ impl KvBackend for MemoryBackend {
 
     async fn list_prefix(&self, prefix: &str) -> Result<ListResult> {
         let state = self.lock();
-        Ok(ListResult { kvs: state.range(prefix).cloned().collect(), revision: state.revision })
+        Ok(ListResult {
+            kvs: state.range(prefix).cloned().collect(),
+            revision: state.revision,
+        })
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<Revision> {
         check_key(key)?;
-        self.lock().apply(vec![Op::Put { key: key.to_string(), value, lease }])
+        self.lock().apply(vec![Op::Put {
+            key: key.to_string(),
+            value,
+            lease,
+        }])
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
@@ -229,7 +261,10 @@ impl KvBackend for MemoryBackend {
 
     async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
         let mut state = self.lock();
-        let keys: Vec<Op> = state.range(prefix).map(|kv| Op::Delete(kv.key.clone())).collect();
+        let keys: Vec<Op> = state
+            .range(prefix)
+            .map(|kv| Op::Delete(kv.key.clone()))
+            .collect();
         let n = keys.len() as u64;
         state.apply(keys)?;
         Ok(n)
@@ -253,7 +288,10 @@ impl KvBackend for MemoryBackend {
         let mut state = self.lock();
         let (tx, rx) = mpsc::unbounded_channel();
         if from > 0 && from < state.compacted {
-            let _ = tx.send(Err(Error::Compacted { requested: from, compact_revision: state.compacted }));
+            let _ = tx.send(Err(Error::Compacted {
+                requested: from,
+                compact_revision: state.compacted,
+            }));
             return Ok(UnboundedReceiverStream::new(rx).boxed());
         }
         if from > 0 {
@@ -263,7 +301,10 @@ impl KvBackend for MemoryBackend {
                 if !event.kv.key.starts_with(prefix) {
                     continue;
                 }
-                if batch.last().is_some_and(|last| last.kv.mod_revision != event.kv.mod_revision) {
+                if batch
+                    .last()
+                    .is_some_and(|last| last.kv.mod_revision != event.kv.mod_revision)
+                {
                     let _ = tx.send(Ok(std::mem::take(&mut batch)));
                 }
                 batch.push(event.clone());
@@ -272,7 +313,10 @@ impl KvBackend for MemoryBackend {
                 let _ = tx.send(Ok(batch));
             }
         }
-        state.watchers.push(WatcherSlot { prefix: prefix.to_string(), tx });
+        state.watchers.push(WatcherSlot {
+            prefix: prefix.to_string(),
+            tx,
+        });
         Ok(UnboundedReceiverStream::new(rx).boxed())
     }
 
@@ -284,7 +328,11 @@ impl KvBackend for MemoryBackend {
             let id = 0x7000_0000_0000 + state.next_lease;
             state.leases.insert(
                 id,
-                LeaseState { ttl, deadline: Instant::now() + ttl, keys: BTreeSet::new() },
+                LeaseState {
+                    ttl,
+                    deadline: Instant::now() + ttl,
+                    keys: BTreeSet::new(),
+                },
             );
             id
         };
@@ -294,7 +342,10 @@ impl KvBackend for MemoryBackend {
 
     async fn lease_keep_alive(&self, lease: LeaseId) -> Result<Duration> {
         let mut state = self.lock();
-        let l = state.leases.get_mut(&lease).ok_or(Error::LeaseNotFound(lease))?;
+        let l = state
+            .leases
+            .get_mut(&lease)
+            .ok_or(Error::LeaseNotFound(lease))?;
         if Instant::now() >= l.deadline {
             state.end_lease(lease);
             return Err(Error::LeaseNotFound(lease));
@@ -329,13 +380,21 @@ impl KvBackend for MemoryBackend {
 
     async fn status(&self) -> Result<Status> {
         let state = self.lock();
-        Ok(Status { version: "memory".into(), revision: state.revision, db_size: 0, leader: 0 })
+        Ok(Status {
+            version: "memory".into(),
+            revision: state.revision,
+            db_size: 0,
+            leader: 0,
+        })
     }
 }
 
 fn check_key(key: &str) -> Result<()> {
     if key.is_empty() {
-        return Err(Error::InvalidKey { key: key.into(), reason: "key is empty".into() });
+        return Err(Error::InvalidKey {
+            key: key.into(),
+            reason: "key is empty".into(),
+        });
     }
     Ok(())
 }
@@ -352,10 +411,16 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(9)).await;
         b.lease_keep_alive(lease).await.unwrap();
         tokio::time::sleep(Duration::from_secs(9)).await;
-        assert!(b.get("k").await.unwrap().is_some(), "renewed at 9 s, alive at 18 s");
+        assert!(
+            b.get("k").await.unwrap().is_some(),
+            "renewed at 9 s, alive at 18 s"
+        );
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(b.get("k").await.unwrap(), None, "expired at 19 s");
-        assert!(matches!(b.lease_keep_alive(lease).await, Err(Error::LeaseNotFound(_))));
+        assert!(matches!(
+            b.lease_keep_alive(lease).await,
+            Err(Error::LeaseNotFound(_))
+        ));
     }
 
     #[tokio::test]
@@ -375,7 +440,10 @@ mod tests {
         let mut stream = b.watch("p/", 0).await.unwrap();
         assert_eq!(b.watch_count(), 1);
         b.break_watches();
-        assert!(matches!(stream.next().await, Some(Err(Error::WatchBroken(_)))));
+        assert!(matches!(
+            stream.next().await,
+            Some(Err(Error::WatchBroken(_)))
+        ));
         assert_eq!(b.watch_count(), 0);
     }
 }

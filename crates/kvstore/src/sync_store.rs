@@ -44,7 +44,11 @@ pub struct SyncStore {
 
 impl SyncStore {
     /// Starts a SyncStore writing under the leases of `leases`.
-    pub fn start(backend: Arc<dyn KvBackend>, leases: &LeaseManager, config: SyncStoreConfig) -> Self {
+    pub fn start(
+        backend: Arc<dyn KvBackend>,
+        leases: &LeaseManager,
+        config: SyncStoreConfig,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let (synced_tx, synced) = watch::channel(false);
         let writer = Writer {
@@ -191,7 +195,11 @@ impl Writer {
         if self.synced_requested && !self.canary_written {
             if let Some(canary) = &self.config.canary {
                 let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-                if let Err(err) = self.backend.put(canary, now.into_bytes(), Some(lease)).await {
+                if let Err(err) = self
+                    .backend
+                    .put(canary, now.into_bytes(), Some(lease))
+                    .await
+                {
                     tracing::warn!(key = %canary, error = %err, "cannot write sync canary, retrying");
                     return false;
                 }

@@ -64,7 +64,11 @@ pub struct WatchStore<T> {
 
 impl<T: Clone> WatchStore<T> {
     /// Creates a store mirroring `prefix` (which should end in `/`).
-    pub fn new(backend: Arc<dyn KvBackend>, prefix: impl Into<String>, decode: DecodeFn<T>) -> Self {
+    pub fn new(
+        backend: Arc<dyn KvBackend>,
+        prefix: impl Into<String>,
+        decode: DecodeFn<T>,
+    ) -> Self {
         Self {
             watcher: Watcher::new(backend, prefix),
             decode,
@@ -93,19 +97,30 @@ impl<T: Clone> WatchStore<T> {
                 self.pending.push_back(StoreEvent::Synced);
             }
             WatchEvent::Upsert { kv, .. } => {
-                let Some(key) = kv.key.strip_prefix(self.watcher.prefix()).map(str::to_string) else {
+                let Some(key) = kv
+                    .key
+                    .strip_prefix(self.watcher.prefix())
+                    .map(str::to_string)
+                else {
                     return;
                 };
                 match (self.decode)(&key, &kv.value) {
                     Ok(value) => {
                         let created = self.cache.insert(key.clone(), value.clone()).is_none();
-                        self.pending.push_back(StoreEvent::Upsert { key, value, created });
+                        self.pending.push_back(StoreEvent::Upsert {
+                            key,
+                            value,
+                            created,
+                        });
                     }
                     Err(reason) => {
                         self.rejected += 1;
                         tracing::warn!(key = %kv.key, %reason, "rejected kvstore entry");
                         if let Some(old) = self.cache.remove(&key) {
-                            self.pending.push_back(StoreEvent::Delete { key: key.clone(), old });
+                            self.pending.push_back(StoreEvent::Delete {
+                                key: key.clone(),
+                                old,
+                            });
                         }
                         self.pending.push_back(StoreEvent::Rejected { key, reason });
                     }

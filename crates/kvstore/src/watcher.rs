@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use crate::backend::{BoxWatchStream, KeyValue, KvBackend, RawEventKind, Revision};
 use crate::Error;
+use crate::backend::{BoxWatchStream, KeyValue, KvBackend, RawEventKind, Revision};
 
 /// One change seen by a [`Watcher`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,7 +67,11 @@ pub fn reconcile(known: &mut HashMap<String, Revision>, listed: Vec<KeyValue>) -
             None => events.push(WatchEvent::Upsert { kv, created: true }),
         }
     }
-    let mut vanished: Vec<String> = known.keys().filter(|k| !seen.contains_key(*k)).cloned().collect();
+    let mut vanished: Vec<String> = known
+        .keys()
+        .filter(|k| !seen.contains_key(*k))
+        .cloned()
+        .collect();
     vanished.sort();
     events.extend(vanished.into_iter().map(|key| WatchEvent::Delete { key }));
     *known = seen;
@@ -138,7 +142,10 @@ impl Watcher {
                         }
                     }
                     Some(Err(err)) => self.broken(err).await,
-                    None => self.broken(Error::WatchBroken("watch stream ended".into())).await,
+                    None => {
+                        self.broken(Error::WatchBroken("watch stream ended".into()))
+                            .await
+                    }
                 },
             }
         }
@@ -208,29 +215,56 @@ mod tests {
     use super::*;
 
     fn kv(key: &str, rev: Revision) -> KeyValue {
-        KeyValue { key: key.into(), value: b"v".to_vec(), create_revision: rev, mod_revision: rev, lease: None }
+        KeyValue {
+            key: key.into(),
+            value: b"v".to_vec(),
+            create_revision: rev,
+            mod_revision: rev,
+            lease: None,
+        }
     }
 
     #[test]
     fn reconcile_reports_new_changed_and_vanished_keys_only() {
-        let mut known: HashMap<String, Revision> =
-            [("a".to_string(), 2), ("b".to_string(), 3), ("c".to_string(), 4)].into();
+        let mut known: HashMap<String, Revision> = [
+            ("a".to_string(), 2),
+            ("b".to_string(), 3),
+            ("c".to_string(), 4),
+        ]
+        .into();
         let events = reconcile(&mut known, vec![kv("a", 2), kv("b", 7), kv("d", 8)]);
         assert_eq!(
             events,
             vec![
-                WatchEvent::Upsert { kv: kv("b", 7), created: false },
-                WatchEvent::Upsert { kv: kv("d", 8), created: true },
+                WatchEvent::Upsert {
+                    kv: kv("b", 7),
+                    created: false
+                },
+                WatchEvent::Upsert {
+                    kv: kv("d", 8),
+                    created: true
+                },
                 WatchEvent::Delete { key: "c".into() },
             ]
         );
-        assert_eq!(known, [("a".to_string(), 2), ("b".to_string(), 7), ("d".to_string(), 8)].into());
+        assert_eq!(
+            known,
+            [
+                ("a".to_string(), 2),
+                ("b".to_string(), 7),
+                ("d".to_string(), 8)
+            ]
+            .into()
+        );
     }
 
     #[test]
     fn reconcile_of_an_empty_listing_drains_everything() {
         let mut known: HashMap<String, Revision> = [("x".to_string(), 1)].into();
-        assert_eq!(reconcile(&mut known, vec![]), vec![WatchEvent::Delete { key: "x".into() }]);
+        assert_eq!(
+            reconcile(&mut known, vec![]),
+            vec![WatchEvent::Delete { key: "x".into() }]
+        );
         assert!(known.is_empty());
     }
 }

@@ -19,7 +19,9 @@ use common::{Breakable, Fixture};
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 async fn put(b: &Arc<dyn KvBackend>, key: &str, value: &str) -> i64 {
-    b.put(key, value.as_bytes().to_vec(), None).await.expect("put")
+    b.put(key, value.as_bytes().to_vec(), None)
+        .await
+        .expect("put")
 }
 
 mod cases {
@@ -56,23 +58,50 @@ mod cases {
 
     pub async fn create_only_and_compare_and_swap(b: Arc<dyn KvBackend>) {
         assert!(b.create_only("c/k", b"first".to_vec(), None).await.unwrap());
-        assert!(!b.create_only("c/k", b"second".to_vec(), None).await.unwrap());
+        assert!(
+            !b.create_only("c/k", b"second".to_vec(), None)
+                .await
+                .unwrap()
+        );
         let kv = b.get("c/k").await.unwrap().unwrap();
         assert_eq!(kv.value, b"first");
-        assert!(!b.compare_and_swap("c/k", kv.mod_revision - 1, b"x".to_vec(), None).await.unwrap());
-        assert!(b.compare_and_swap("c/k", kv.mod_revision, b"y".to_vec(), None).await.unwrap());
+        assert!(
+            !b.compare_and_swap("c/k", kv.mod_revision - 1, b"x".to_vec(), None)
+                .await
+                .unwrap()
+        );
+        assert!(
+            b.compare_and_swap("c/k", kv.mod_revision, b"y".to_vec(), None)
+                .await
+                .unwrap()
+        );
         assert_eq!(b.get("c/k").await.unwrap().unwrap().value, b"y");
-        assert!(!b.compare_and_swap("c/absent", 1, b"z".to_vec(), None).await.unwrap());
+        assert!(
+            !b.compare_and_swap("c/absent", 1, b"z".to_vec(), None)
+                .await
+                .unwrap()
+        );
     }
 
     pub async fn txn_prefix_empty_and_value(b: Arc<dyn KvBackend>) {
         // `v/xy/` must not count as inside `v/x/`.
         put(&b, "v/xy/n1", "9").await;
         let claim = |node: &str| Txn {
-            compares: vec![Compare::PrefixEmpty("v/x/".into()), Compare::Absent("id/7".into())],
+            compares: vec![
+                Compare::PrefixEmpty("v/x/".into()),
+                Compare::Absent("id/7".into()),
+            ],
             ops: vec![
-                Op::Put { key: "id/7".into(), value: b"x".to_vec(), lease: None },
-                Op::Put { key: format!("v/x/{node}"), value: b"7".to_vec(), lease: None },
+                Op::Put {
+                    key: "id/7".into(),
+                    value: b"x".to_vec(),
+                    lease: None,
+                },
+                Op::Put {
+                    key: format!("v/x/{node}"),
+                    value: b"7".to_vec(),
+                    lease: None,
+                },
             ],
         };
         assert!(b.txn(claim("n1")).await.unwrap());
@@ -115,9 +144,14 @@ mod cases {
         b.put("r/a", b"1".to_vec(), Some(lease)).await.unwrap();
         for _ in 0..4 {
             tokio::time::sleep(Duration::from_millis(700)).await;
-            b.lease_keep_alive(lease).await.expect("lease alive while renewed");
+            b.lease_keep_alive(lease)
+                .await
+                .expect("lease alive while renewed");
         }
-        assert!(b.get("r/a").await.unwrap().is_some(), "kept alive past its TTL");
+        assert!(
+            b.get("r/a").await.unwrap().is_some(),
+            "kept alive past its TTL"
+        );
         b.lease_revoke(lease).await.unwrap();
         assert_eq!(b.get("r/a").await.unwrap(), None);
         let ka = b.lease_keep_alive(lease).await;
@@ -157,7 +191,9 @@ mod cases {
             Ok(mut stream) => stream.next().await.expect("an item"),
         };
         match result {
-            Err(Error::Compacted { compact_revision, .. }) => assert_eq!(compact_revision, now),
+            Err(Error::Compacted {
+                compact_revision, ..
+            }) => assert_eq!(compact_revision, now),
             other => panic!("expected a compaction error, got {other:?}"),
         }
     }
@@ -172,7 +208,12 @@ mod cases {
         apply_until(&mut watcher, &mut state, |e| *e == WatchEvent::ListDone).await;
         assert_eq!(state.keys().collect::<Vec<_>>(), ["s/a", "s/b", "s/c"]);
         put(&b, "s/d", "1").await;
-        apply_until(&mut watcher, &mut state, |e| matches!(e, WatchEvent::Upsert { kv, .. } if kv.key == "s/d")).await;
+        apply_until(
+            &mut watcher,
+            &mut state,
+            |e| matches!(e, WatchEvent::Upsert { kv, .. } if kv.key == "s/d"),
+        )
+        .await;
 
         // Cut the watch and hold the next one until the store has moved on and compacted.
         breakable.hold_and_break();
@@ -197,14 +238,25 @@ mod cases {
         for e in &events {
             apply(&mut state, e.clone());
         }
-        assert!(!events.contains(&WatchEvent::ListDone), "list done is sent once");
         assert!(
-            !events.iter().any(|e| matches!(e, WatchEvent::Upsert { kv, .. } if kv.key == "s/c")),
+            !events.contains(&WatchEvent::ListDone),
+            "list done is sent once"
+        );
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, WatchEvent::Upsert { kv, .. } if kv.key == "s/c")),
             "unchanged keys are not repeated: {events:?}"
         );
         assert!(watcher.stats().compactions >= 1, "{:?}", watcher.stats());
-        let truth: BTreeMap<String, Vec<u8>> =
-            b.list_prefix("s/").await.unwrap().kvs.into_iter().map(|kv| (kv.key, kv.value)).collect();
+        let truth: BTreeMap<String, Vec<u8>> = b
+            .list_prefix("s/")
+            .await
+            .unwrap()
+            .kvs
+            .into_iter()
+            .map(|kv| (kv.key, kv.value))
+            .collect();
         assert_eq!(state, truth);
     }
 
@@ -227,7 +279,11 @@ mod cases {
                 break;
             }
         }
-        assert!(events.contains(&StoreEvent::Upsert { key: "good".into(), value: 1, created: true }));
+        assert!(events.contains(&StoreEvent::Upsert {
+            key: "good".into(),
+            value: 1,
+            created: true
+        }));
         assert!(events.contains(&StoreEvent::Rejected {
             key: "bad".into(),
             reason: "entry \"bad\": value is not a number".into()
@@ -236,21 +292,39 @@ mod cases {
         assert_eq!(store.rejected(), 1);
         // A valid value turning invalid leaves the cache.
         put(&b, "n/good", "oops").await;
-        assert_eq!(store.next().await, StoreEvent::Delete { key: "good".into(), old: 1 });
+        assert_eq!(
+            store.next().await,
+            StoreEvent::Delete {
+                key: "good".into(),
+                old: 1
+            }
+        );
         assert!(matches!(store.next().await, StoreEvent::Rejected { .. }));
         put(&b, "n/bad", "5").await;
-        assert_eq!(store.next().await, StoreEvent::Upsert { key: "bad".into(), value: 5, created: true });
+        assert_eq!(
+            store.next().await,
+            StoreEvent::Upsert {
+                key: "bad".into(),
+                value: 5,
+                created: true
+            }
+        );
         assert_eq!(store.get("bad"), Some(&5));
         assert!(store.synced());
     }
 
     pub async fn sync_store_publishes_writes_canary_and_recreates(b: Arc<dyn KvBackend>) {
-        let leases = LeaseManager::start(b.clone(), Duration::from_secs(3)).await.unwrap();
+        let leases = LeaseManager::start(b.clone(), Duration::from_secs(3))
+            .await
+            .unwrap();
         let canary = "cilium/synced/c1/cilium/state/nodes/v1";
         let store = SyncStore::start(
             b.clone(),
             &leases,
-            SyncStoreConfig { prefix: "cilium/state/nodes/v1/c1/".into(), canary: Some(canary.into()) },
+            SyncStoreConfig {
+                prefix: "cilium/state/nodes/v1/c1/".into(),
+                canary: Some(canary.into()),
+            },
         );
         for i in 0..50 {
             store.upsert(format!("node-{i}"), format!("{{\"n\":{i}}}").into_bytes());
@@ -261,16 +335,30 @@ mod cases {
         let listed = b.list_prefix("cilium/state/nodes/v1/c1/").await.unwrap();
         assert_eq!(listed.kvs.len(), 49, "every key before the canary");
         let canary_kv = b.get(canary).await.unwrap().expect("canary written");
-        assert!(listed.kvs.iter().all(|kv| kv.mod_revision < canary_kv.mod_revision));
+        assert!(
+            listed
+                .kvs
+                .iter()
+                .all(|kv| kv.mod_revision < canary_kv.mod_revision)
+        );
         let stamp = String::from_utf8(canary_kv.value).unwrap();
-        assert!(chrono::DateTime::parse_from_rfc3339(&stamp).is_ok(), "canary {stamp:?} is RFC 3339");
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(&stamp).is_ok(),
+            "canary {stamp:?} is RFC 3339"
+        );
         assert!(listed.kvs.iter().all(|kv| kv.lease == Some(leases.lease())));
 
         // The lease ends behind the owner's back (as after a long pause): keys vanish, then the
         // manager grants a new lease and the store writes everything again.
         let old = leases.lease();
         b.lease_revoke(old).await.unwrap();
-        assert!(b.list_prefix("cilium/state/nodes/v1/c1/").await.unwrap().kvs.is_empty());
+        assert!(
+            b.list_prefix("cilium/state/nodes/v1/c1/")
+                .await
+                .unwrap()
+                .kvs
+                .is_empty()
+        );
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let listed = b.list_prefix("cilium/state/nodes/v1/c1/").await.unwrap();
@@ -283,7 +371,11 @@ mod cases {
         store.delete("node-0");
         loop {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            if b.get("cilium/state/nodes/v1/c1/node-0").await.unwrap().is_none() {
+            if b.get("cilium/state/nodes/v1/c1/node-0")
+                .await
+                .unwrap()
+                .is_none()
+            {
                 break;
             }
         }
@@ -317,7 +409,6 @@ mod cases {
             WatchEvent::ListDone => {}
         }
     }
-
 }
 
 macro_rules! suite {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use plexus_kvstore::{EtcdBackend, EtcdConfig, Error, KvBackend, TlsFiles, WatchEvent, Watcher};
+use plexus_kvstore::{Error, EtcdBackend, EtcdConfig, KvBackend, TlsFiles, WatchEvent, Watcher};
 use plexus_test_support::{ClientCert, EtcdProcess};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -26,7 +26,9 @@ async fn connect_as(etcd: &EtcdProcess, cn: &str) -> EtcdBackend {
 
 async fn with_timeout<F: std::future::Future<Output = ()>>(f: F) {
     plexus_kvstore::install_crypto_provider();
-    tokio::time::timeout(TEST_TIMEOUT, f).await.expect("test timed out");
+    tokio::time::timeout(TEST_TIMEOUT, f)
+        .await
+        .expect("test timed out");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,8 +48,14 @@ async fn mtls_accepts_our_certificates_and_refuses_others() {
             cert_file: "/nonexistent/client.crt".into(),
             key_file: "/nonexistent/client.key".into(),
         };
-        let err = EtcdBackend::connect(config.clone().with_tls(tls(&no_cert))).await.err().expect("refused");
-        assert!(err.to_string().contains("/nonexistent/client.crt"), "the error names the file: {err}");
+        let err = EtcdBackend::connect(config.clone().with_tls(tls(&no_cert)))
+            .await
+            .err()
+            .expect("refused");
+        assert!(
+            err.to_string().contains("/nonexistent/client.crt"),
+            "the error names the file: {err}"
+        );
         let refused = match EtcdBackend::connect(config.clone()).await {
             Err(err) => err,
             Ok(_) => panic!("https without TLS files must be refused"),
@@ -57,13 +65,27 @@ async fn mtls_accepts_our_certificates_and_refuses_others() {
         // A certificate from another CA is refused by the server.
         let other_dir = tempfile_dir();
         let other = plexus_pki::Ca::generate("other").unwrap();
-        let (cert_file, key_file) = other.issue_client("root").unwrap().write_to(&other_dir, "intruder").unwrap();
-        let intruder = TlsFiles { ca_file: etcd.ca_file().unwrap().to_path_buf(), cert_file, key_file };
+        let (cert_file, key_file) = other
+            .issue_client("root")
+            .unwrap()
+            .write_to(&other_dir, "intruder")
+            .unwrap();
+        let intruder = TlsFiles {
+            ca_file: etcd.ca_file().unwrap().to_path_buf(),
+            cert_file,
+            key_file,
+        };
         match EtcdBackend::connect(config.with_tls(intruder)).await {
             Err(err) => assert!(matches!(err, Error::Unavailable(_)), "{err}"),
             Ok(b) => {
-                let err = b.get("k").await.expect_err("a foreign certificate must be refused");
-                assert!(matches!(err, Error::Unavailable(_) | Error::PermissionDenied(_)), "{err}");
+                let err = b
+                    .get("k")
+                    .await
+                    .expect_err("a foreign certificate must be refused");
+                assert!(
+                    matches!(err, Error::Unavailable(_) | Error::PermissionDenied(_)),
+                    "{err}"
+                );
             }
         }
         let _ = std::fs::remove_dir_all(other_dir);
@@ -81,21 +103,40 @@ fn tempfile_dir() -> std::path::PathBuf {
 async fn a_read_only_user_can_read_but_not_write() {
     with_timeout(async {
         let etcd = EtcdProcess::start_tls().unwrap();
-        etcd.setup_auth(&[("remote", &["cilium/state/", "cilium/.heartbeat"])]).unwrap();
+        etcd.setup_auth(&[("remote", &["cilium/state/", "cilium/.heartbeat"])])
+            .unwrap();
         let root = connect_as(&etcd, "root").await;
-        root.put("cilium/state/nodes/v1/c1/n1", b"{}".to_vec(), None).await.unwrap();
-        root.put("cilium/private", b"secret".to_vec(), None).await.unwrap();
+        root.put("cilium/state/nodes/v1/c1/n1", b"{}".to_vec(), None)
+            .await
+            .unwrap();
+        root.put("cilium/private", b"secret".to_vec(), None)
+            .await
+            .unwrap();
 
         let remote = connect_as(&etcd, "remote").await;
         let listed = remote.list_prefix("cilium/state/").await.unwrap();
         assert_eq!(listed.kvs.len(), 1);
-        let err = remote.put("cilium/state/nodes/v1/c1/evil", b"{}".to_vec(), None).await.unwrap_err();
+        let err = remote
+            .put("cilium/state/nodes/v1/c1/evil", b"{}".to_vec(), None)
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::PermissionDenied(_)), "{err}");
-        let err = remote.delete("cilium/state/nodes/v1/c1/n1").await.unwrap_err();
+        let err = remote
+            .delete("cilium/state/nodes/v1/c1/n1")
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::PermissionDenied(_)), "{err}");
         let err = remote.get("cilium/private").await.unwrap_err();
-        assert!(matches!(err, Error::PermissionDenied(_)), "outside its prefixes: {err}");
-        assert!(root.get("cilium/state/nodes/v1/c1/evil").await.unwrap().is_none());
+        assert!(
+            matches!(err, Error::PermissionDenied(_)),
+            "outside its prefixes: {err}"
+        );
+        assert!(
+            root.get("cilium/state/nodes/v1/c1/evil")
+                .await
+                .unwrap()
+                .is_none()
+        );
 
         // A user etcd does not know is refused too.
         let stranger = connect_as(&etcd, "stranger").await;
@@ -108,14 +149,27 @@ async fn a_read_only_user_can_read_but_not_write() {
 async fn large_prefixes_are_listed_in_pages_at_one_revision() {
     with_timeout(async {
         let etcd = EtcdProcess::start().unwrap();
-        let b = EtcdBackend::connect(EtcdConfig::new(vec![etcd.endpoint()])).await.unwrap();
+        let b = EtcdBackend::connect(EtcdConfig::new(vec![etcd.endpoint()]))
+            .await
+            .unwrap();
         let value = vec![b'x'; 512];
         for chunk in (0..12_000).collect::<Vec<_>>().chunks(100) {
             let ops = chunk
                 .iter()
-                .map(|i| plexus_kvstore::Op::Put { key: format!("big/{i:05}"), value: value.clone(), lease: None })
+                .map(|i| plexus_kvstore::Op::Put {
+                    key: format!("big/{i:05}"),
+                    value: value.clone(),
+                    lease: None,
+                })
                 .collect();
-            assert!(b.txn(plexus_kvstore::Txn { compares: vec![], ops }).await.unwrap());
+            assert!(
+                b.txn(plexus_kvstore::Txn {
+                    compares: vec![],
+                    ops
+                })
+                .await
+                .unwrap()
+            );
         }
         let listed = b.list_prefix("big/").await.unwrap();
         assert_eq!(listed.kvs.len(), 12_000, "6 MB in several pages");
@@ -129,8 +183,11 @@ async fn large_prefixes_are_listed_in_pages_at_one_revision() {
 async fn a_watcher_survives_an_etcd_restart_and_drains_what_vanished() {
     with_timeout(async {
         let mut etcd = EtcdProcess::start().unwrap();
-        let b: Arc<dyn KvBackend> =
-            Arc::new(EtcdBackend::connect(EtcdConfig::new(vec![etcd.endpoint()])).await.unwrap());
+        let b: Arc<dyn KvBackend> = Arc::new(
+            EtcdBackend::connect(EtcdConfig::new(vec![etcd.endpoint()]))
+                .await
+                .unwrap(),
+        );
         b.put("r/a", b"1".to_vec(), None).await.unwrap();
         let lease = b.lease_grant(Duration::from_secs(2)).await.unwrap();
         b.put("r/leased", b"1".to_vec(), Some(lease)).await.unwrap();
@@ -154,7 +211,10 @@ async fn a_watcher_survives_an_etcd_restart_and_drains_what_vanished() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         etcd.restart().unwrap();
         loop {
-            match tokio::time::timeout(Duration::from_secs(30), watcher.next()).await.expect("event") {
+            match tokio::time::timeout(Duration::from_secs(30), watcher.next())
+                .await
+                .expect("event")
+            {
                 WatchEvent::Delete { key } => {
                     assert_eq!(key, "r/leased");
                     break;
@@ -163,7 +223,10 @@ async fn a_watcher_survives_an_etcd_restart_and_drains_what_vanished() {
             }
         }
         b.put("r/b", b"2".to_vec(), None).await.unwrap();
-        match tokio::time::timeout(Duration::from_secs(30), watcher.next()).await.expect("event") {
+        match tokio::time::timeout(Duration::from_secs(30), watcher.next())
+            .await
+            .expect("event")
+        {
             WatchEvent::Upsert { kv, created } => assert!(created && kv.key == "r/b"),
             other => panic!("unexpected {other:?}"),
         }

@@ -63,7 +63,10 @@ impl Issued {
 /// Writes `contents` to `path` with the given mode.
 pub fn write_file(path: &Path, contents: &str, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let io = |source| PkiError::Io { path: path.to_path_buf(), source };
+    let io = |source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     std::fs::write(path, contents).map_err(io)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io)
 }
@@ -75,7 +78,10 @@ pub struct Ca {
 }
 
 fn cert_err(what: &str) -> impl FnOnce(rcgen::Error) -> PkiError + '_ {
-    move |source| PkiError::Certificate { what: what.to_string(), source }
+    move |source| PkiError::Certificate {
+        what: what.to_string(),
+        source,
+    }
 }
 
 fn validity(params: &mut CertificateParams, years: i64) {
@@ -90,15 +96,28 @@ impl Ca {
         let key = KeyPair::generate().map_err(cert_err("CA key"))?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, common_name);
-        params.distinguished_name.push(DnType::OrganizationName, "Plexus");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Plexus");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages =
-            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         validity(&mut params, 10);
         let cert = params.self_signed(&key).map_err(cert_err("CA"))?;
-        let issued = Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() };
-        Ok(Self { issued, issuer: Issuer::new(params, key) })
+        let issued = Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        };
+        Ok(Self {
+            issued,
+            issuer: Issuer::new(params, key),
+        })
     }
 
     /// Loads an existing CA from its certificate and key (PEM), e.g. one shared by another cluster.
@@ -106,7 +125,10 @@ impl Ca {
         let key = KeyPair::from_pem(key_pem).map_err(cert_err("CA key"))?;
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(cert_err("CA"))?;
         Ok(Self {
-            issued: Issued { cert_pem: cert_pem.to_string(), key_pem: key_pem.to_string() },
+            issued: Issued {
+                cert_pem: cert_pem.to_string(),
+                key_pem: key_pem.to_string(),
+            },
             issuer,
         })
     }
@@ -123,7 +145,12 @@ impl Ca {
 
     /// Issues a server certificate for `dns_names` and `ips`. It also allows client use, as etcd
     /// members present the same certificate to each other.
-    pub fn issue_server(&self, common_name: &str, dns_names: &[&str], ips: &[IpAddr]) -> Result<Issued> {
+    pub fn issue_server(
+        &self,
+        common_name: &str,
+        dns_names: &[&str],
+        ips: &[IpAddr],
+    ) -> Result<Issued> {
         let mut sans: Vec<SanType> = Vec::new();
         for name in dns_names {
             let name = (*name).try_into().map_err(cert_err(name))?;
@@ -133,27 +160,49 @@ impl Ca {
         self.issue(
             common_name,
             sans,
-            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
         )
     }
 
     /// Issues a client certificate; `common_name` becomes the etcd user.
     pub fn issue_client(&self, common_name: &str) -> Result<Issued> {
-        self.issue(common_name, Vec::new(), vec![ExtendedKeyUsagePurpose::ClientAuth])
+        self.issue(
+            common_name,
+            Vec::new(),
+            vec![ExtendedKeyUsagePurpose::ClientAuth],
+        )
     }
 
-    fn issue(&self, common_name: &str, sans: Vec<SanType>, eku: Vec<ExtendedKeyUsagePurpose>) -> Result<Issued> {
+    fn issue(
+        &self,
+        common_name: &str,
+        sans: Vec<SanType>,
+        eku: Vec<ExtendedKeyUsagePurpose>,
+    ) -> Result<Issued> {
         let key = KeyPair::generate().map_err(cert_err(common_name))?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
         params.subject_alt_names = sans;
         params.extended_key_usages = eku;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         params.use_authority_key_identifier_extension = true;
         validity(&mut params, 3);
-        let cert = params.signed_by(&key, &self.issuer).map_err(cert_err(common_name))?;
-        Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(cert_err(common_name))?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
 }
 
@@ -176,33 +225,50 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::generate("plexus-ca").unwrap();
         ca.pem().write_to(dir.path(), "ca").unwrap();
-        let server = ca.issue_server("etcd", &["localhost"], &["127.0.0.1".parse().unwrap()]).unwrap();
+        let server = ca
+            .issue_server("etcd", &["localhost"], &["127.0.0.1".parse().unwrap()])
+            .unwrap();
         server.write_to(dir.path(), "server").unwrap();
         let client = ca.issue_client("remote-cluster2").unwrap();
         client.write_to(dir.path(), "client").unwrap();
         assert!(verify(dir.path(), "ca.crt", "server.crt", "sslserver"));
         assert!(verify(dir.path(), "ca.crt", "client.crt", "sslclient"));
-        assert!(!verify(dir.path(), "ca.crt", "client.crt", "sslserver"), "client certs are not server certs");
+        assert!(
+            !verify(dir.path(), "ca.crt", "client.crt", "sslserver"),
+            "client certs are not server certs"
+        );
 
         // The same CA, loaded by another cluster from its PEM, issues certificates that chain.
         let shared = Ca::from_pem(&ca.pem().cert_pem, &ca.pem().key_pem).unwrap();
-        shared.issue_client("admin-cluster2").unwrap().write_to(dir.path(), "shared").unwrap();
+        shared
+            .issue_client("admin-cluster2")
+            .unwrap()
+            .write_to(dir.path(), "shared")
+            .unwrap();
         assert!(verify(dir.path(), "ca.crt", "shared.crt", "sslclient"));
 
         // Another CA's certificates do not.
         let other = Ca::generate("other").unwrap();
-        other.issue_client("intruder").unwrap().write_to(dir.path(), "intruder").unwrap();
+        other
+            .issue_client("intruder")
+            .unwrap()
+            .write_to(dir.path(), "intruder")
+            .unwrap();
         assert!(!verify(dir.path(), "ca.crt", "intruder.crt", "sslclient"));
 
         let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(dir.path().join("client.key")).unwrap().permissions(),
+            &std::fs::metadata(dir.path().join("client.key"))
+                .unwrap()
+                .permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]
     fn a_bad_ca_pem_is_a_clear_error() {
-        let err = Ca::from_pem("not a cert", "not a key").err().expect("rejected");
+        let err = Ca::from_pem("not a cert", "not a key")
+            .err()
+            .expect("rejected");
         assert!(err.to_string().starts_with("certificate CA key"), "{err}");
     }
 }

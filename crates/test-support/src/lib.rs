@@ -98,12 +98,17 @@ pub struct EtcdProcess {
 
 /// The etcd binary: `PLEXUS_ETCD_BIN` or `/usr/bin/etcd`.
 pub fn etcd_bin() -> PathBuf {
-    std::env::var_os("PLEXUS_ETCD_BIN").map(PathBuf::from).unwrap_or_else(|| "/usr/bin/etcd".into())
+    std::env::var_os("PLEXUS_ETCD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/usr/bin/etcd".into())
 }
 
 fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(io("bind a loopback port"))?;
-    Ok(listener.local_addr().map_err(io("read a loopback port"))?.port())
+    Ok(listener
+        .local_addr()
+        .map_err(io("read a loopback port"))?
+        .port())
 }
 
 impl EtcdProcess {
@@ -126,7 +131,11 @@ impl EtcdProcess {
                 .prefix("plexus-etcd-")
                 .tempdir()
                 .map_err(io("create etcd temp dir"))?;
-            let tls = if tls { Some(Self::make_tls(dir.path())?) } else { None };
+            let tls = if tls {
+                Some(Self::make_tls(dir.path())?)
+            } else {
+                None
+            };
             let mut etcd = Self {
                 child: None,
                 dir,
@@ -149,11 +158,22 @@ impl EtcdProcess {
     fn make_tls(dir: &Path) -> Result<Tls> {
         let ca = Ca::generate("plexus-test-ca")?;
         let (ca_file, _) = ca.pem().write_to(dir, "ca")?;
-        let server = ca.issue_server("etcd", &["localhost"], &["127.0.0.1".parse().expect("ip")])?;
+        let server =
+            ca.issue_server("etcd", &["localhost"], &["127.0.0.1".parse().expect("ip")])?;
         let (server_cert, server_key) = server.write_to(dir, "server")?;
         let (cert_file, key_file) = ca.issue_client("root")?.write_to(dir, "client-root")?;
-        let root = ClientCert { ca_file: ca_file.clone(), cert_file, key_file };
-        Ok(Tls { ca, ca_file, server_cert, server_key, root })
+        let root = ClientCert {
+            ca_file: ca_file.clone(),
+            cert_file,
+            key_file,
+        };
+        Ok(Tls {
+            ca,
+            ca_file,
+            server_cert,
+            server_key,
+            root,
+        })
     }
 
     fn scheme(&self) -> &'static str {
@@ -191,10 +211,19 @@ impl EtcdProcess {
             what: "issue a client certificate".into(),
             source: std::io::Error::other("etcd runs without TLS"),
         })?;
-        let n = self.issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        let (cert_file, key_file) =
-            tls.ca.issue_client(cn)?.write_to(self.dir.path(), &format!("client-{n}-{cn}"))?;
-        Ok(ClientCert { ca_file: tls.ca_file.clone(), cert_file, key_file })
+        let n = self
+            .issued
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let (cert_file, key_file) = tls
+            .ca
+            .issue_client(cn)?
+            .write_to(self.dir.path(), &format!("client-{n}-{cn}"))?;
+        Ok(ClientCert {
+            ca_file: tls.ca_file.clone(),
+            cert_file,
+            key_file,
+        })
     }
 
     /// The certificate of the `root` user (TLS mode only).
@@ -241,7 +270,9 @@ impl EtcdProcess {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(io(format!("spawn {}", etcd_bin().display())))?;
+        let child = cmd
+            .spawn()
+            .map_err(io(format!("spawn {}", etcd_bin().display())))?;
         self.child = Some(child);
         self.wait_ready(Duration::from_secs(20))
     }
@@ -254,7 +285,15 @@ impl EtcdProcess {
             {
                 break; // exited: report with the log below
             }
-            if self.etcdctl(&["endpoint", "health", "--dial-timeout=500ms", "--command-timeout=1s"]).is_ok() {
+            if self
+                .etcdctl(&[
+                    "endpoint",
+                    "health",
+                    "--dial-timeout=500ms",
+                    "--command-timeout=1s",
+                ])
+                .is_ok()
+            {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -274,18 +313,26 @@ impl EtcdProcess {
     /// Runs `etcdctl` against this etcd (as `root` in TLS mode) and returns its output.
     pub fn etcdctl(&self, args: &[&str]) -> Result<String> {
         let mut cmd = Command::new("etcdctl");
-        cmd.env("ETCDCTL_API", "3").arg(format!("--endpoints={}", self.endpoint()));
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoint()));
         if let Some(tls) = &self.tls {
             cmd.arg(format!("--cacert={}", tls.root.ca_file.display()))
                 .arg(format!("--cert={}", tls.root.cert_file.display()))
                 .arg(format!("--key={}", tls.root.key_file.display()));
         }
         let out = cmd.args(args).output().map_err(io("run etcdctl"))?;
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         if out.status.success() {
             Ok(text)
         } else {
-            Err(TestSupportError::Etcdctl { args: args.join(" "), output: text.trim().to_string() })
+            Err(TestSupportError::Etcdctl {
+                args: args.join(" "),
+                output: text.trim().to_string(),
+            })
         }
     }
 
@@ -298,7 +345,14 @@ impl EtcdProcess {
         for (user, prefixes) in read_only {
             self.etcdctl(&["role", "add", user])?;
             for prefix in *prefixes {
-                self.etcdctl(&["role", "grant-permission", user, "read", prefix, "--prefix=true"])?;
+                self.etcdctl(&[
+                    "role",
+                    "grant-permission",
+                    user,
+                    "read",
+                    prefix,
+                    "--prefix=true",
+                ])?;
             }
             self.etcdctl(&["user", "add", user, "--no-password"])?;
             self.etcdctl(&["user", "grant-role", user, user])?;
@@ -359,7 +413,10 @@ mod tests {
         let pid = etcd.pid().unwrap();
         etcd.restart().unwrap();
         assert_ne!(etcd.pid().unwrap(), pid);
-        assert!(etcd.etcdctl(&["get", "k"]).unwrap().contains('v'), "data kept across restart");
+        assert!(
+            etcd.etcdctl(&["get", "k"]).unwrap().contains('v'),
+            "data kept across restart"
+        );
         drop(etcd);
         assert!(!dir.exists(), "temp dir removed");
         assert!(!Path::new(&format!("/proc/{pid}")).exists());

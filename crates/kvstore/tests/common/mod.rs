@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 use plexus_kvstore::{
-    BoxWatchStream, EtcdBackend, EtcdConfig, Error, KvBackend, LeaseId, ListResult,
-    MemoryBackend, Result, Revision, Status, Txn,
+    BoxWatchStream, Error, EtcdBackend, EtcdConfig, KvBackend, LeaseId, ListResult, MemoryBackend,
+    Result, Revision, Status, Txn,
 };
 use plexus_test_support::EtcdProcess;
 use tokio::sync::watch;
@@ -22,7 +22,10 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn memory() -> Self {
-        Self { backend: Arc::new(MemoryBackend::new()), _etcd: None }
+        Self {
+            backend: Arc::new(MemoryBackend::new()),
+            _etcd: None,
+        }
     }
 
     pub async fn etcd() -> Self {
@@ -31,7 +34,10 @@ impl Fixture {
         let backend = EtcdBackend::connect(EtcdConfig::new(vec![etcd.endpoint()]))
             .await
             .expect("connect to etcd");
-        Self { backend: Arc::new(backend), _etcd: Some(etcd) }
+        Self {
+            backend: Arc::new(backend),
+            _etcd: Some(etcd),
+        }
     }
 }
 
@@ -102,18 +108,21 @@ impl KvBackend for Breakable {
         let inner = self.inner.watch(prefix, from).await?;
         let mut generation = self.generation.subscribe();
         generation.borrow_and_update();
-        Ok(futures::stream::unfold((inner, generation, false), |(mut inner, mut generation, done)| async move {
-            if done {
-                return None;
-            }
-            tokio::select! {
-                item = inner.next() => item.map(|item| (item, (inner, generation, false))),
-                _ = generation.changed() => Some((
-                    Err(Error::WatchBroken("cut by the test".into())),
-                    (inner, generation, true),
-                )),
-            }
-        })
+        Ok(futures::stream::unfold(
+            (inner, generation, false),
+            |(mut inner, mut generation, done)| async move {
+                if done {
+                    return None;
+                }
+                tokio::select! {
+                    item = inner.next() => item.map(|item| (item, (inner, generation, false))),
+                    _ = generation.changed() => Some((
+                        Err(Error::WatchBroken("cut by the test".into())),
+                        (inner, generation, true),
+                    )),
+                }
+            },
+        )
         .boxed())
     }
     async fn lease_grant(&self, ttl: Duration) -> Result<LeaseId> {
