@@ -3,6 +3,8 @@
 //! Each case is written once against the trait and instantiated twice by `suite!`, once on a
 //! fresh `MemoryBackend` and once on a fresh etcd process started on loopback.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! Property test: whatever happens to the store and the watch (writes, deletes, broken watches,
 //! compactions), a consumer applying a `Watcher`'s events ends with exactly the store's content.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
