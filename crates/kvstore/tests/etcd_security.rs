@@ -215,7 +215,12 @@ async fn a_watcher_survives_an_etcd_restart_and_drains_what_vanished() {
         let event = tokio::time::timeout(Duration::from_secs(30), watcher.next())
             .await
             .expect("event");
-        assert_eq!(event, WatchEvent::Delete { key: "r/leased".into() });
+        assert_eq!(
+            event,
+            WatchEvent::Delete {
+                key: "r/leased".into()
+            }
+        );
         b.put("r/b", b"2".to_vec(), None).await.unwrap();
         match tokio::time::timeout(Duration::from_secs(30), watcher.next())
             .await
