@@ -1,7 +1,8 @@
 //! One behavioural suite for every `KvBackend`: the in-memory store and real etcd must agree.
 //!
-//! Each case is written once against the trait and instantiated twice by `suite!`, once on a
-//! fresh `MemoryBackend` and once on a fresh etcd process started on loopback.
+//! Each case is written once against the trait and instantiated three times by `suite!`: on a
+//! fresh `MemoryBackend`, on a fresh etcd process on loopback, and on one with TLS and
+//! `--client-cert-auth` reached with a client certificate.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -431,6 +432,17 @@ macro_rules! suite {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     let fixture = super::Fixture::etcd().await;
+                    tokio::time::timeout(super::TEST_TIMEOUT, super::cases::$case(fixture.backend.clone()))
+                        .await
+                        .expect("test timed out");
+                }
+            )*
+        }
+        mod etcd_tls {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let fixture = super::Fixture::etcd_tls().await;
                     tokio::time::timeout(super::TEST_TIMEOUT, super::cases::$case(fixture.backend.clone()))
                         .await
                         .expect("test timed out");

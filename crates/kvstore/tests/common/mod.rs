@@ -39,6 +39,25 @@ impl Fixture {
             _etcd: Some(etcd),
         }
     }
+
+    /// etcd with TLS and `--client-cert-auth`, reached with a client certificate.
+    pub async fn etcd_tls() -> Self {
+        plexus_kvstore::install_crypto_provider();
+        let etcd = EtcdProcess::start_tls().expect("start etcd with TLS");
+        let cert = etcd.issue_client("root").expect("issue client certificate");
+        let tls = plexus_kvstore::TlsFiles {
+            ca_file: cert.ca_file,
+            cert_file: cert.cert_file,
+            key_file: cert.key_file,
+        };
+        let backend = EtcdBackend::connect(EtcdConfig::new(vec![etcd.endpoint()]).with_tls(tls))
+            .await
+            .expect("connect to etcd over mTLS");
+        Self {
+            backend: Arc::new(backend),
+            _etcd: Some(etcd),
+        }
+    }
 }
 
 /// Wraps a backend so a test can cut its watches and hold new ones, as a lost connection does.
