@@ -28,6 +28,9 @@ pub enum Error {
         /// Why it is invalid.
         reason: String,
     },
+    /// The server refused the request as malformed or not applicable.
+    #[error("request rejected: {0}")]
+    Rejected(String),
     /// Client configuration (endpoints, TLS files) is unusable.
     #[error("kvstore configuration: {0}")]
     Config(String),

@@ -100,10 +100,7 @@ fn map_err(err: etcd_client::Error) -> Error {
                     Error::PermissionDenied(msg)
                 }
                 tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => {
-                    Error::InvalidKey {
-                        key: String::new(),
-                        reason: msg,
-                    }
+                    Error::Rejected(msg)
                 }
                 _ if msg.contains("permission denied") => Error::PermissionDenied(msg),
                 code => Error::Unavailable(format!("{code:?}: {msg}")),
