@@ -3,9 +3,9 @@
 //! Allocation is a loop over three transactions, each guarded so that a concurrent allocator or
 //! the garbage collector can only make it fail (and retry), never make it wrong:
 //! 1. **Join**: some node already references the labels (`value/<labels>/` is not empty) with id
-//!    `X` and `id/X` holds these labels: write our value key, on condition that `id/X` is
-//!    unchanged (GC deletes a master only by a transaction that requires `value/<labels>/` to be
-//!    empty, so the two cannot both succeed).
+//!    `X` and `id/X` holds these labels: write our value key, on condition that `id/X` and the
+//!    value key we followed are unchanged. While that value key exists, `value/<labels>/` is not
+//!    empty, so neither another allocator (create, reuse) nor GC can act on these labels.
 //! 2. **Reuse**: no node references the labels but a master `id/X` with these labels survives
 //!    (it waits for GC): write our value key, on condition that `id/X` is unchanged and
 //!    `value/<labels>/` is still empty.
@@ -114,10 +114,16 @@ pub fn plan(labels: &str, node: &str, lease: LeaseId, observed: &Observed, candi
             ));
         };
         let master_key = keys::identity_id_key(id);
+        // The value key we follow must still be there: while it exists, `value/<labels>/` is
+        // not empty, so nobody can create or reuse another id for these labels meanwhile.
+        let followed = Compare::ModRevision(first.key.clone(), first.mod_revision);
         return match &observed.referenced_master {
             Some(master) if master.value == labels.as_bytes() => Plan::Try {
                 txn: Txn {
-                    compares: vec![Compare::ModRevision(master_key, master.mod_revision)],
+                    compares: vec![
+                        Compare::ModRevision(master_key, master.mod_revision),
+                        followed.clone(),
+                    ],
                     ops: vec![put_own(id)],
                 },
                 id,
@@ -130,7 +136,7 @@ pub fn plan(labels: &str, node: &str, lease: LeaseId, observed: &Observed, candi
             // The master vanished while nodes still reference it: write it again.
             None => Plan::Try {
                 txn: Txn {
-                    compares: vec![Compare::Absent(master_key.clone())],
+                    compares: vec![Compare::Absent(master_key.clone()), followed.clone()],
                     ops: vec![
                         Op::Put {
                             key: master_key,
@@ -451,7 +457,11 @@ mod tests {
         assert_eq!((id, created), (70000, false));
         assert_eq!(
             txn.compares,
-            vec![Compare::ModRevision(keys::identity_id_key(70000), 4)]
+            vec![
+                Compare::ModRevision(keys::identity_id_key(70000), 4),
+                Compare::ModRevision(keys::identity_value_key(L, "n2"), 5),
+            ],
+            "both the master and the followed value key must be unchanged"
         );
         assert_eq!(
             txn.ops,
@@ -503,7 +513,10 @@ mod tests {
         assert_eq!((id, created), (70002, true));
         assert_eq!(
             txn.compares,
-            vec![Compare::Absent(keys::identity_id_key(70002))]
+            vec![
+                Compare::Absent(keys::identity_id_key(70002)),
+                Compare::ModRevision(keys::identity_value_key(L, "n2"), 5),
+            ]
         );
     }
 

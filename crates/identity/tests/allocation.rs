@@ -72,6 +72,60 @@ async fn same_labels_same_id_refcounts_and_release() {
     .unwrap();
 }
 
+/// A joins the id another node uses; before A's transaction lands, that node releases it and a
+/// third node with a stale cache creates a new id for the same labels. A's join must fail, or the
+/// labels would have two ids.
+#[tokio::test]
+async fn a_join_fails_when_the_followed_reference_vanished_meanwhile() {
+    use plexus_identity::allocator::{Observed, Plan, plan};
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let b: Arc<dyn KvBackend> = Arc::new(MemoryBackend::new());
+        let lease = b.lease_grant(Duration::from_secs(60)).await.unwrap();
+        let cluster = ClusterInfo::new("c1", 1, MaxConnectedClusters::Max255).unwrap();
+        allocator(&b, &cluster, "nD", lease)
+            .allocate(&labels("seed"))
+            .await
+            .unwrap();
+        let stale = allocator(&b, &cluster, "nB", lease);
+        stale.allocate(&labels("other")).await.unwrap(); // its cache: seed and other only
+        let c = allocator(&b, &cluster, "nC", lease);
+        let (x, _) = c.allocate(&labels("web")).await.unwrap();
+
+        let l = stale.scoped(&labels("web")).to_kvstore_string();
+        let values = b
+            .list_prefix(&keys::identity_value_prefix(&l))
+            .await
+            .unwrap()
+            .kvs;
+        let master = b.get(&keys::identity_id_key(x.0)).await.unwrap();
+        c.release(&labels("web")).await.unwrap();
+        let (y, created) = stale.allocate(&labels("web")).await.unwrap();
+        assert!(created && y != x, "the stale node created a second master");
+
+        let observed = Observed {
+            values,
+            referenced_master: master,
+            cached_master: None,
+        };
+        let Plan::Try { txn, id, .. } = plan(&l, "nA", lease, &observed, 1) else {
+            panic!("expected a join")
+        };
+        assert_eq!(id, x.0);
+        assert!(!b.txn(txn).await.unwrap(), "the stale join must fail");
+        let refs = b
+            .list_prefix(&keys::identity_value_prefix(&l))
+            .await
+            .unwrap()
+            .kvs;
+        assert!(
+            refs.iter()
+                .all(|kv| kv.value == y.0.to_string().into_bytes())
+        );
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn ranges_in_255_and_511_modes_never_reserved() {
     tokio::time::timeout(TEST_TIMEOUT, async {

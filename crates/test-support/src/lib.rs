@@ -423,6 +423,25 @@ mod tests {
     }
 
     #[test]
+    fn a_panicking_test_leaves_no_etcd_behind() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let outcome = std::thread::spawn(move || {
+            let etcd = EtcdProcess::start().unwrap();
+            tx.send((etcd.pid().unwrap(), etcd.dir.path().to_path_buf()))
+                .unwrap();
+            panic!("a failing test");
+        })
+        .join();
+        assert!(outcome.is_err());
+        let (pid, dir) = rx.recv().unwrap();
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "etcd {pid} still runs"
+        );
+        assert!(!dir.exists(), "temp dir removed");
+    }
+
+    #[test]
     fn tls_mode_requires_a_client_certificate() {
         let etcd = EtcdProcess::start_tls().unwrap();
         assert!(etcd.endpoint().starts_with("https://127.0.0.1:"));
