@@ -1,7 +1,11 @@
 //! ClusterMesh: how a cluster reads the state of the other clusters of its mesh.
 //!
-//! This crate will hold the remote-cluster manager (one state machine per remote cluster that
+//! This crate grows into the remote-cluster manager (one state machine per remote cluster that
 //! follows the consumer protocol of the wire format: mTLS connect, heartbeat, cluster-config
 //! validation, canary-gated list+watch, stale drain), the merged view handed to the agent, and the
 //! KVStoreMesh reflector that mirrors remote clusters into the local kvstore. It builds on
 //! `plexus-kvstore` (WatchStore) and `plexus-model` (keys and values).
+//!
+//! Today it holds [`config`]: the remote-cluster configuration directory, one file per remote.
+
+pub mod config;
