@@ -7,7 +7,9 @@
 //! `plexus-kvstore` (WatchStore) and `plexus-model` (keys and values).
 //!
 //! Today it holds [`config`] (the remote-cluster configuration directory, one file per remote)
-//! and [`validate`] (what is accepted from a remote: its cluster config, id, and entries).
+//! [`validate`] (what is accepted from a remote: its cluster config, id, and entries) and
+//! [`publish`] (the cluster config and heartbeat a cluster keeps published for its readers).
 
 pub mod config;
+pub mod publish;
 pub mod validate;
