@@ -6,7 +6,7 @@
 //! KVStoreMesh reflector that mirrors remote clusters into the local kvstore. It builds on
 //! `plexus-kvstore` (WatchStore) and `plexus-model` (keys and values).
 //!
-//! Today it holds [`config`] (the remote-cluster configuration directory, one file per remote)
+//! Today it holds [`config`] (the remote-cluster configuration directory, one file per remote),
 //! [`validate`] (what is accepted from a remote: its cluster config, id, and entries) and
 //! [`publish`] (the cluster config and heartbeat a cluster keeps published for its readers).
 
