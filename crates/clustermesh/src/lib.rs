@@ -7,9 +7,11 @@
 //! `plexus-kvstore` (WatchStore) and `plexus-model` (keys and values).
 //!
 //! Today it holds [`config`] (the remote-cluster configuration directory, one file per remote),
-//! [`validate`] (what is accepted from a remote: its cluster config, id, and entries) and
+//! [`validate`] (what is accepted from a remote: its cluster config, id, and entries),
+//! [`remote`] (the consumer protocol for one remote as a state machine, without IO) and
 //! [`publish`] (the cluster config and heartbeat a cluster keeps published for its readers).
 
 pub mod config;
 pub mod publish;
+pub mod remote;
 pub mod validate;

@@ -30,7 +30,7 @@ pub const CACHE: &str = "cilium/cache";
 pub const IP_NAMESPACE: &str = "default";
 
 /// The kinds of state a cluster publishes and a consumer mirrors.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum StateKind {
     /// Nodes.
     Nodes,
