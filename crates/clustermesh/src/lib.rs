@@ -12,6 +12,8 @@
 //! [`publish`] (the cluster config and heartbeat a cluster keeps published for its readers).
 
 pub mod config;
+pub mod mesh;
 pub mod publish;
 pub mod remote;
+pub mod remote_cluster;
 pub mod validate;

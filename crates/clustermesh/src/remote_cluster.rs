@@ -1,0 +1,579 @@
+//! The IO side of one remote cluster: runs a [`RemoteMachine`] against the remote's etcd.
+//!
+//! [`RemoteCluster::spawn`] starts one task that owns the machine and executes its actions:
+//! connecting (mTLS from the remote's configuration file), reading the cluster config, waiting
+//! for canaries, running one validating `WatchStore` per kind, and checking health (the heartbeat
+//! key is read every [`DriverTiming::health_interval`] with a short timeout, so a dead remote is
+//! noticed within seconds). Everything it learns is sent as [`MeshEvent`]s tagged with the
+//! remote's name; entries are only ever sent after validation. Its status (the machine's plus
+//! entry counts and rejected values) is published on a watch channel.
+//!
+//! While the remote is unreachable nothing is deleted: the watches keep retrying and, when the
+//! remote is back, re-list and drain what vanished in between. [`RemoteCluster::remove`] drains
+//! everything the remote contributed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use plexus_kvstore::{
+    DecodeFn, EtcdBackend, EtcdConfig, KvBackend, StoreEvent, TlsFiles, WatchStore,
+};
+use plexus_model::cluster::ClusterInfo;
+use plexus_model::config::CiliumClusterConfig;
+use plexus_model::ipcache::IpIdentityPair;
+use plexus_model::keys::{self, StateKind};
+use plexus_model::node::Node;
+use plexus_model::service::ClusterService;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::RemoteClusterConfig;
+use crate::remote::{Action, Input, RemoteMachine, RemoteStatus, Timing};
+use crate::validate::{
+    ClusterIds, RemoteIdentity, identity_decoder, ipcache_decoder, node_decoder, service_decoder,
+};
+
+/// What a remote cluster contributes, as it changes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RemoteEvent {
+    /// A node was added or changed.
+    NodeUpsert(Node),
+    /// A node (by name) is gone.
+    NodeDelete(String),
+    /// An ipcache entry was added or changed.
+    IpUpsert(IpIdentityPair),
+    /// An ipcache entry (by key, `<ip>` or `<ip>/<len>`) is gone.
+    IpDelete(String),
+    /// An identity was added or changed.
+    IdentityUpsert(RemoteIdentity),
+    /// An identity is gone.
+    IdentityDelete(u32),
+    /// A shared global service was added or changed.
+    ServiceUpsert(ClusterService),
+    /// A service (by `<namespace>/<name>`) is gone or no longer shared.
+    ServiceDelete(String),
+    /// Every kind delivered its initial listing: the remote's state is complete.
+    Synced,
+    /// Everything the remote contributed has been deleted (its configuration was removed).
+    Drained,
+}
+
+/// A [`RemoteEvent`] tagged with the remote cluster it comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MeshEvent {
+    /// The remote cluster's name.
+    pub cluster: String,
+    /// What happened.
+    pub event: RemoteEvent,
+}
+
+/// Status of a remote cluster with entry counts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteClusterStatus {
+    /// The protocol's view.
+    pub protocol: RemoteStatus,
+    /// Nodes held.
+    pub nodes: usize,
+    /// ipcache entries (endpoints) held.
+    pub endpoints: usize,
+    /// Identities held.
+    pub identities: usize,
+    /// Shared services held.
+    pub services: usize,
+    /// Values refused by validation so far.
+    pub rejected: u64,
+}
+
+/// Timing of the driver beside the protocol's.
+#[derive(Clone, Debug)]
+pub struct DriverTiming {
+    /// The protocol's timing.
+    pub protocol: Timing,
+    /// How often the heartbeat key is read.
+    pub health_interval: Duration,
+    /// How long a health check may take.
+    pub health_timeout: Duration,
+    /// How often a missing canary is looked for again.
+    pub canary_poll: Duration,
+}
+
+impl Default for DriverTiming {
+    fn default() -> Self {
+        Self {
+            protocol: Timing::default(),
+            health_interval: Duration::from_secs(2),
+            health_timeout: Duration::from_secs(3),
+            canary_poll: Duration::from_millis(500),
+        }
+    }
+}
+
+enum Msg {
+    Input(Input),
+    Backend(Arc<dyn KvBackend>),
+    Event(StateKind, Box<RemoteEvent>),
+    Rejected,
+}
+
+/// A running remote cluster.
+pub struct RemoteCluster {
+    name: String,
+    status: watch::Receiver<RemoteClusterStatus>,
+    remove: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl RemoteCluster {
+    /// Starts following remote `config.name` for cluster `local`.
+    pub fn spawn(
+        config: RemoteClusterConfig,
+        local: ClusterInfo,
+        ids: Arc<Mutex<ClusterIds>>,
+        events: mpsc::Sender<MeshEvent>,
+        timing: DriverTiming,
+    ) -> Self {
+        let (machine, first) =
+            RemoteMachine::new(config.name.clone(), local.clone(), timing.protocol.clone());
+        let (status_tx, status) = watch::channel(RemoteClusterStatus {
+            protocol: machine.status(),
+            nodes: 0,
+            endpoints: 0,
+            identities: 0,
+            services: 0,
+            rejected: 0,
+        });
+        let (remove_tx, remove_rx) = oneshot::channel();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let name = config.name.clone();
+        let driver = Driver {
+            config,
+            local,
+            machine,
+            ids,
+            events,
+            timing,
+            tx,
+            backend: None,
+            tasks: Vec::new(),
+            known: BTreeMap::new(),
+            rejected: 0,
+            status_tx,
+        };
+        let task = tokio::spawn(driver.run(first, rx, remove_rx));
+        Self {
+            name,
+            status,
+            remove: Some(remove_tx),
+            task,
+        }
+    }
+
+    /// The remote's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The latest status.
+    pub fn status(&self) -> RemoteClusterStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver of status changes.
+    pub fn subscribe(&self) -> watch::Receiver<RemoteClusterStatus> {
+        self.status.clone()
+    }
+
+    /// Disconnects, drains everything the remote contributed (a `Drained` event ends it) and
+    /// releases its cluster id.
+    pub async fn remove(mut self) {
+        if let Some(tx) = self.remove.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for RemoteCluster {
+    fn drop(&mut self) {
+        if self.remove.is_some() {
+            // Dropped without `remove`: stop without draining.
+            self.task.abort();
+        }
+    }
+}
+
+struct Driver {
+    config: RemoteClusterConfig,
+    local: ClusterInfo,
+    machine: RemoteMachine,
+    ids: Arc<Mutex<ClusterIds>>,
+    events: mpsc::Sender<MeshEvent>,
+    timing: DriverTiming,
+    tx: mpsc::UnboundedSender<Msg>,
+    backend: Option<Arc<dyn KvBackend>>,
+    tasks: Vec<JoinHandle<()>>,
+    /// Keys held per kind, so a removal can drain them.
+    known: BTreeMap<StateKind, BTreeSet<String>>,
+    rejected: u64,
+    status_tx: watch::Sender<RemoteClusterStatus>,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        first: Vec<Action>,
+        mut rx: mpsc::UnboundedReceiver<Msg>,
+        mut remove: oneshot::Receiver<()>,
+    ) {
+        self.execute(first).await;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let input = tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(Msg::Input(input)) => input,
+                    Some(Msg::Backend(backend)) => {
+                        self.backend = Some(backend);
+                        continue;
+                    }
+                    Some(Msg::Event(kind, event)) => {
+                        self.forward(kind, *event).await;
+                        continue;
+                    }
+                    Some(Msg::Rejected) => {
+                        self.rejected += 1;
+                        self.publish_status();
+                        continue;
+                    }
+                    None => return,
+                },
+                _ = tick.tick() => Input::Tick,
+                _ = &mut remove => Input::Removed,
+            };
+            let removed = input == Input::Removed;
+            let actions = {
+                let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+                self.machine.step(input, Instant::now(), &mut ids)
+            };
+            self.execute(actions).await;
+            self.publish_status();
+            if removed {
+                return;
+            }
+        }
+    }
+
+    fn publish_status(&self) {
+        let count = |k: StateKind| self.known.get(&k).map_or(0, BTreeSet::len);
+        self.status_tx.send_replace(RemoteClusterStatus {
+            protocol: self.machine.status(),
+            nodes: count(StateKind::Nodes),
+            endpoints: count(StateKind::Ip),
+            identities: count(StateKind::Identities),
+            services: count(StateKind::Services),
+            rejected: self.rejected,
+        });
+    }
+
+    async fn emit(&self, event: RemoteEvent) {
+        let _ = self
+            .events
+            .send(MeshEvent {
+                cluster: self.config.name.clone(),
+                event,
+            })
+            .await;
+    }
+
+    /// Records what the remote holds and passes the event on.
+    async fn forward(&mut self, kind: StateKind, event: RemoteEvent) {
+        let known = self.known.entry(kind).or_default();
+        let event = match event {
+            RemoteEvent::NodeUpsert(n) => {
+                known.insert(n.name.clone());
+                RemoteEvent::NodeUpsert(n)
+            }
+            RemoteEvent::IpUpsert(p) => {
+                known.insert(p.key_suffix().unwrap_or_default());
+                RemoteEvent::IpUpsert(p)
+            }
+            RemoteEvent::IdentityUpsert(i) => {
+                known.insert(i.id.0.to_string());
+                RemoteEvent::IdentityUpsert(i)
+            }
+            // A service that is not shared is, for us, not there.
+            RemoteEvent::ServiceUpsert(s) if !s.shared => {
+                let key = format!("{}/{}", s.namespace, s.name);
+                if !known.remove(&key) {
+                    return;
+                }
+                RemoteEvent::ServiceDelete(key)
+            }
+            RemoteEvent::ServiceUpsert(s) => {
+                known.insert(format!("{}/{}", s.namespace, s.name));
+                RemoteEvent::ServiceUpsert(s)
+            }
+            RemoteEvent::NodeDelete(k)
+            | RemoteEvent::IpDelete(k)
+            | RemoteEvent::ServiceDelete(k) => {
+                if !known.remove(&k) {
+                    return;
+                }
+                match kind {
+                    StateKind::Nodes => RemoteEvent::NodeDelete(k),
+                    StateKind::Ip => RemoteEvent::IpDelete(k),
+                    _ => RemoteEvent::ServiceDelete(k),
+                }
+            }
+            RemoteEvent::IdentityDelete(id) => {
+                if !known.remove(&id.to_string()) {
+                    return;
+                }
+                RemoteEvent::IdentityDelete(id)
+            }
+            other => other,
+        };
+        self.emit(event).await;
+        self.publish_status();
+    }
+
+    fn stop_tasks(&mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        self.backend = None;
+    }
+
+    async fn execute(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Connect(delay) => self.connect(delay),
+                Action::FetchConfig(delay) => self.fetch_config(delay),
+                Action::WaitCanaries(canaries) => {
+                    for (kind, key) in canaries {
+                        self.wait_canary(kind, key);
+                    }
+                }
+                Action::StartWatch { kind, prefix } => self.start_watch(kind, prefix),
+                Action::ReportSynced => self.emit(RemoteEvent::Synced).await,
+                Action::Disconnect => self.stop_tasks(),
+                Action::Drain => {
+                    let known = std::mem::take(&mut self.known);
+                    for (kind, keys) in known {
+                        for key in keys {
+                            let event = match kind {
+                                StateKind::Nodes => RemoteEvent::NodeDelete(key),
+                                StateKind::Ip => RemoteEvent::IpDelete(key),
+                                StateKind::Identities => match key.parse() {
+                                    Ok(id) => RemoteEvent::IdentityDelete(id),
+                                    Err(_) => continue,
+                                },
+                                StateKind::Services => RemoteEvent::ServiceDelete(key),
+                                StateKind::ServiceExports => continue,
+                            };
+                            self.emit(event).await;
+                        }
+                    }
+                    self.emit(RemoteEvent::Drained).await;
+                }
+            }
+        }
+    }
+
+    fn spawn(&mut self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.retain(|t| !t.is_finished());
+        self.tasks.push(tokio::spawn(task));
+    }
+
+    fn connect(&mut self, delay: Duration) {
+        self.stop_tasks();
+        let config = self.config.clone();
+        let tx = self.tx.clone();
+        let timing = self.timing.clone();
+        self.spawn(async move {
+            tokio::time::sleep(delay).await;
+            let mut etcd = EtcdConfig::new(config.endpoints.clone());
+            etcd.connect_timeout = timing.health_timeout;
+            etcd.request_timeout = timing.health_timeout;
+            if let (Some(ca), Some(cert), Some(key)) =
+                (&config.trusted_ca_file, &config.cert_file, &config.key_file)
+            {
+                etcd = etcd.with_tls(TlsFiles {
+                    ca_file: ca.clone(),
+                    cert_file: cert.clone(),
+                    key_file: key.clone(),
+                });
+            }
+            let backend: Arc<dyn KvBackend> = match EtcdBackend::connect(etcd).await {
+                Ok(b) => Arc::new(b),
+                Err(err) => {
+                    let _ = tx.send(Msg::Input(Input::ConnectFailed(err.to_string())));
+                    return;
+                }
+            };
+            // The connection is up once the heartbeat key could be read.
+            if let Err(err) = backend.get(keys::HEARTBEAT).await {
+                let _ = tx.send(Msg::Input(Input::ConnectFailed(err.to_string())));
+                return;
+            }
+            let _ = tx.send(Msg::Backend(backend.clone()));
+            let _ = tx.send(Msg::Input(Input::Connected));
+            // From now on, check health periodically.
+            loop {
+                tokio::time::sleep(timing.health_interval).await;
+                let input =
+                    match tokio::time::timeout(timing.health_timeout, backend.get(keys::HEARTBEAT))
+                        .await
+                    {
+                        Ok(Ok(kv)) => Input::Heartbeat(
+                            kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
+                        ),
+                        Ok(Err(err)) => Input::HealthCheckFailed(err.to_string()),
+                        Err(_) => Input::HealthCheckFailed(format!(
+                            "no answer within {:?}",
+                            timing.health_timeout
+                        )),
+                    };
+                if tx.send(Msg::Input(input)).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    fn fetch_config(&mut self, delay: Duration) {
+        let Some(backend) = self.backend.clone() else {
+            return;
+        };
+        let tx = self.tx.clone();
+        let name = self.config.name.clone();
+        self.spawn(async move {
+            tokio::time::sleep(delay).await;
+            let input = match backend.get(&keys::cluster_config_key(&name)).await {
+                Ok(None) => Input::ClusterConfig(None),
+                Ok(Some(kv)) => match CiliumClusterConfig::from_json(&name, &kv.value) {
+                    Ok(config) => Input::ClusterConfig(Some(config)),
+                    Err(err) => Input::ConfigReadFailed(err.to_string()),
+                },
+                Err(err) => Input::ConfigReadFailed(err.to_string()),
+            };
+            let _ = tx.send(Msg::Input(input));
+        });
+    }
+
+    fn wait_canary(&mut self, kind: StateKind, key: String) {
+        let Some(backend) = self.backend.clone() else {
+            return;
+        };
+        let tx = self.tx.clone();
+        let poll = self.timing.canary_poll;
+        self.spawn(async move {
+            loop {
+                if let Ok(Some(_)) = backend.get(&key).await {
+                    let _ = tx.send(Msg::Input(Input::Canary(kind)));
+                    return;
+                }
+                tokio::time::sleep(poll).await;
+            }
+        });
+    }
+
+    fn start_watch(&mut self, kind: StateKind, prefix: String) {
+        let Some(backend) = self.backend.clone() else {
+            return;
+        };
+        let Some(remote) = self
+            .machine
+            .status()
+            .cluster_id
+            .and_then(|id| ClusterInfo::new(self.config.name.clone(), id, self.local.max).ok())
+        else {
+            return;
+        };
+        let tx = self.tx.clone();
+        match kind {
+            StateKind::Nodes => self.spawn(pump(
+                backend,
+                prefix,
+                node_decoder(remote),
+                kind,
+                tx,
+                |e| match e {
+                    Change::Upsert(n) => Some(RemoteEvent::NodeUpsert(n)),
+                    Change::Delete(k) => Some(RemoteEvent::NodeDelete(k)),
+                },
+            )),
+            StateKind::Ip => self.spawn(pump(
+                backend,
+                prefix,
+                ipcache_decoder(remote),
+                kind,
+                tx,
+                |e| match e {
+                    Change::Upsert(p) => Some(RemoteEvent::IpUpsert(p)),
+                    Change::Delete(k) => Some(RemoteEvent::IpDelete(k)),
+                },
+            )),
+            StateKind::Identities => self.spawn(pump(
+                backend,
+                prefix,
+                identity_decoder(remote),
+                kind,
+                tx,
+                |e| match e {
+                    Change::Upsert(i) => Some(RemoteEvent::IdentityUpsert(i)),
+                    Change::Delete(k) => k.parse().ok().map(RemoteEvent::IdentityDelete),
+                },
+            )),
+            StateKind::Services => self.spawn(pump(
+                backend,
+                prefix,
+                service_decoder(remote),
+                kind,
+                tx,
+                |e| match e {
+                    Change::Upsert(s) => Some(RemoteEvent::ServiceUpsert(s)),
+                    Change::Delete(k) => Some(RemoteEvent::ServiceDelete(k)),
+                },
+            )),
+            // Service exports are mirrored once MCS support exists; report them synced.
+            StateKind::ServiceExports => {
+                let _ = tx.send(Msg::Input(Input::Synced(kind)));
+            }
+        }
+    }
+}
+
+/// A change of one store, before it becomes a [`RemoteEvent`].
+enum Change<T> {
+    Upsert(T),
+    Delete(String),
+}
+
+async fn pump<T: Clone + Send + Sync + 'static>(
+    backend: Arc<dyn KvBackend>,
+    prefix: String,
+    decode: DecodeFn<T>,
+    kind: StateKind,
+    tx: mpsc::UnboundedSender<Msg>,
+    map: fn(Change<T>) -> Option<RemoteEvent>,
+) {
+    let mut store = WatchStore::new(backend, prefix, decode);
+    loop {
+        let msg = match store.next().await {
+            StoreEvent::Upsert { value, .. } => match map(Change::Upsert(value)) {
+                Some(event) => Msg::Event(kind, Box::new(event)),
+                None => continue,
+            },
+            StoreEvent::Delete { key, .. } => match map(Change::Delete(key)) {
+                Some(event) => Msg::Event(kind, Box::new(event)),
+                None => continue,
+            },
+            StoreEvent::Rejected { .. } => Msg::Rejected,
+            StoreEvent::Synced => Msg::Input(Input::Synced(kind)),
+        };
+        if tx.send(msg).is_err() {
+            return;
+        }
+    }
+}
