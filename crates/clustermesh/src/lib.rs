@@ -12,6 +12,7 @@
 //! [`publish`] (the cluster config and heartbeat a cluster keeps published for its readers).
 
 pub mod config;
+pub mod kvstoremesh;
 pub mod mesh;
 pub mod publish;
 pub mod remote;

@@ -64,6 +64,26 @@ impl ClusterMesh {
 
     /// Every remote's status and the unusable configuration files.
     pub fn status(&self) -> MeshStatus {
+        self.handle().status()
+    }
+
+    /// A cheap handle that reads the status from elsewhere.
+    pub fn handle(&self) -> MeshHandle {
+        MeshHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// Reads a [`ClusterMesh`]'s status.
+#[derive(Clone)]
+pub struct MeshHandle {
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl MeshHandle {
+    /// Every remote's status and the unusable configuration files.
+    pub fn status(&self) -> MeshStatus {
         let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
         MeshStatus {
             remotes: shared

@@ -49,12 +49,22 @@ impl SyncStore {
         leases: &LeaseManager,
         config: SyncStoreConfig,
     ) -> Self {
+        Self::start_with_lease(backend, leases.subscribe(), config)
+    }
+
+    /// Starts a SyncStore writing under the lease `lease_rx` holds (see
+    /// [`LeaseManager::subscribe`]).
+    pub fn start_with_lease(
+        backend: Arc<dyn KvBackend>,
+        lease_rx: watch::Receiver<LeaseId>,
+        config: SyncStoreConfig,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let (synced_tx, synced) = watch::channel(false);
         let writer = Writer {
             backend,
             config,
-            lease_rx: leases.subscribe(),
+            lease_rx,
             desired: BTreeMap::new(),
             written: BTreeMap::new(),
             dirty: BTreeSet::new(),
