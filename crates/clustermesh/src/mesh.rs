@@ -17,7 +17,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::{ConfigChange, ConfigDir};
-use crate::remote_cluster::{DriverTiming, MeshEvent, RemoteCluster, RemoteClusterStatus};
+use crate::remote_cluster::{
+    Connector, DriverTiming, EtcdConnector, MeshEvent, RemoteCluster, RemoteClusterStatus,
+};
 use crate::validate::ClusterIds;
 
 /// A snapshot of the mesh as this cluster sees it.
@@ -42,8 +44,27 @@ pub struct ClusterMesh {
 }
 
 impl ClusterMesh {
-    /// Follows the remote-cluster configurations in `dir` for cluster `local`.
+    /// Follows the remote-cluster configurations in `dir` for cluster `local`, over etcd.
     pub fn spawn(
+        dir: impl Into<PathBuf>,
+        local: ClusterInfo,
+        events: mpsc::Sender<MeshEvent>,
+        timing: DriverTiming,
+        scan_interval: Duration,
+    ) -> Self {
+        Self::spawn_with(
+            Arc::new(EtcdConnector),
+            dir,
+            local,
+            events,
+            timing,
+            scan_interval,
+        )
+    }
+
+    /// Like [`ClusterMesh::spawn`], connecting to remotes with `connector`.
+    pub fn spawn_with(
+        connector: Arc<dyn Connector>,
         dir: impl Into<PathBuf>,
         local: ClusterInfo,
         events: mpsc::Sender<MeshEvent>,
@@ -52,6 +73,7 @@ impl ClusterMesh {
     ) -> Self {
         let shared = Arc::new(Mutex::new(Shared::default()));
         let task = tokio::spawn(run(
+            connector,
             ConfigDir::new(dir),
             local,
             events,
@@ -103,6 +125,7 @@ impl Drop for ClusterMesh {
 }
 
 async fn run(
+    connector: Arc<dyn Connector>,
     mut dir: ConfigDir,
     local: ClusterInfo,
     events: mpsc::Sender<MeshEvent>,
@@ -132,6 +155,7 @@ async fn run(
                         ConfigChange::Added(config) => config,
                     };
                     let remote = RemoteCluster::spawn(
+                        connector.clone(),
                         config.clone(),
                         local.clone(),
                         ids.clone(),

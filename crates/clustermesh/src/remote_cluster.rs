@@ -109,6 +109,44 @@ impl Default for DriverTiming {
     }
 }
 
+/// Opens a connection to a remote cluster's kvstore: the narrow edge the driver needs.
+#[async_trait::async_trait]
+pub trait Connector: Send + Sync + 'static {
+    /// Connects to the kvstore `config` describes, within `timeout`.
+    async fn connect(
+        &self,
+        config: &RemoteClusterConfig,
+        timeout: Duration,
+    ) -> plexus_kvstore::Result<Arc<dyn KvBackend>>;
+}
+
+/// Connects to etcd with the configuration file's endpoints and TLS identity.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EtcdConnector;
+
+#[async_trait::async_trait]
+impl Connector for EtcdConnector {
+    async fn connect(
+        &self,
+        config: &RemoteClusterConfig,
+        timeout: Duration,
+    ) -> plexus_kvstore::Result<Arc<dyn KvBackend>> {
+        let mut etcd = EtcdConfig::new(config.endpoints.clone());
+        etcd.connect_timeout = timeout;
+        etcd.request_timeout = timeout;
+        if let (Some(ca), Some(cert), Some(key)) =
+            (&config.trusted_ca_file, &config.cert_file, &config.key_file)
+        {
+            etcd = etcd.with_tls(TlsFiles {
+                ca_file: ca.clone(),
+                cert_file: cert.clone(),
+                key_file: key.clone(),
+            });
+        }
+        Ok(Arc::new(EtcdBackend::connect(etcd).await?))
+    }
+}
+
 enum Msg {
     Input(Input),
     Backend(Arc<dyn KvBackend>),
@@ -125,8 +163,9 @@ pub struct RemoteCluster {
 }
 
 impl RemoteCluster {
-    /// Starts following remote `config.name` for cluster `local`.
+    /// Starts following remote `config.name` for cluster `local`, connecting with `connector`.
     pub fn spawn(
+        connector: Arc<dyn Connector>,
         config: RemoteClusterConfig,
         local: ClusterInfo,
         ids: Arc<Mutex<ClusterIds>>,
@@ -147,6 +186,7 @@ impl RemoteCluster {
         let (tx, rx) = mpsc::unbounded_channel();
         let name = config.name.clone();
         let driver = Driver {
+            connector,
             config,
             local,
             machine,
@@ -204,6 +244,7 @@ impl Drop for RemoteCluster {
 }
 
 struct Driver {
+    connector: Arc<dyn Connector>,
     config: RemoteClusterConfig,
     local: ClusterInfo,
     machine: RemoteMachine,
@@ -387,25 +428,14 @@ impl Driver {
 
     fn connect(&mut self, delay: Duration) {
         self.stop_tasks();
+        let connector = self.connector.clone();
         let config = self.config.clone();
         let tx = self.tx.clone();
         let timing = self.timing.clone();
         self.spawn(async move {
             tokio::time::sleep(delay).await;
-            let mut etcd = EtcdConfig::new(config.endpoints.clone());
-            etcd.connect_timeout = timing.health_timeout;
-            etcd.request_timeout = timing.health_timeout;
-            if let (Some(ca), Some(cert), Some(key)) =
-                (&config.trusted_ca_file, &config.cert_file, &config.key_file)
-            {
-                etcd = etcd.with_tls(TlsFiles {
-                    ca_file: ca.clone(),
-                    cert_file: cert.clone(),
-                    key_file: key.clone(),
-                });
-            }
-            let backend: Arc<dyn KvBackend> = match EtcdBackend::connect(etcd).await {
-                Ok(b) => Arc::new(b),
+            let backend = match connector.connect(&config, timing.health_timeout).await {
+                Ok(b) => b,
                 Err(err) => {
                     let _ = tx.send(Msg::Input(Input::ConnectFailed(err.to_string())));
                     return;
