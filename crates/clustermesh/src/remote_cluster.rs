@@ -296,6 +296,9 @@ impl Driver {
                 let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
                 self.machine.step(input, Instant::now(), &mut ids)
             };
+            // Publish the new status before acting, so that whoever receives an event the
+            // actions emit (such as `Synced`) already reads a status that agrees with it.
+            self.publish_status();
             self.execute(actions).await;
             self.publish_status();
             if removed {

@@ -113,7 +113,7 @@ async fn agents_read_remote_state_from_the_local_cache() {
         let config = b1.get("cilium/cluster-config/c2").await.unwrap().unwrap();
         assert_eq!(
             String::from_utf8(config.value).unwrap(),
-            r#"{"id":2,"capabilities":{"syncedCanaries":true,"maxConnectedClusters":255,"serviceExportsEnabled":false,"cached":true}}"#
+            r#"{"id":2,"capabilities":{"syncedCanaries":true,"cached":true,"maxConnectedClusters":255,"serviceExportsEnabled":false}}"#
         );
         assert!(b1.get("cilium/synced/c2/cilium/cache/ip/v1").await.unwrap().is_some());
         assert!(b1.get("cilium/cache/identities/v1/c2/id/131072").await.unwrap().is_some());

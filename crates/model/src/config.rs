@@ -12,15 +12,15 @@ pub struct Capabilities {
     /// The cluster writes sync canaries; readers wait for them.
     #[serde(default)]
     pub synced_canaries: bool,
+    /// The data is a KVStoreMesh cache under `cilium/cache/...`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
     /// The mesh's maximum number of clusters (255 or 511).
     #[serde(default = "default_max")]
     pub max_connected_clusters: u32,
     /// MCS service exports are published.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_exports_enabled: Option<bool>,
-    /// The data is a KVStoreMesh cache under `cilium/cache/...`.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub cached: bool,
 }
 
 fn default_max() -> u32 {
@@ -110,10 +110,10 @@ mod tests {
             .unwrap();
         let mut cached = config.clone();
         cached.capabilities.cached = true;
-        assert!(
-            serde_json::to_string(&cached)
-                .unwrap()
-                .ends_with(r#""serviceExportsEnabled":false,"cached":true}}"#)
+        assert_eq!(
+            serde_json::to_string(&cached).unwrap(),
+            r#"{"id":1,"capabilities":{"syncedCanaries":true,"cached":true,"maxConnectedClusters":255,"serviceExportsEnabled":false}}"#,
+            "Go's field order"
         );
     }
 
