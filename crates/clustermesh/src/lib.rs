@@ -8,12 +8,14 @@
 //!
 //! Today it holds [`config`] (the remote-cluster configuration directory, one file per remote),
 //! [`validate`] (what is accepted from a remote: its cluster config, id, and entries),
-//! [`remote`] (the consumer protocol for one remote as a state machine, without IO) and
+//! [`remote`] (the consumer protocol for one remote as a state machine, without IO),
+//! [`metrics`] (Prometheus text for the remotes' status) and
 //! [`publish`] (the cluster config and heartbeat a cluster keeps published for its readers).
 
 pub mod config;
 pub mod kvstoremesh;
 pub mod mesh;
+pub mod metrics;
 pub mod publish;
 pub mod remote;
 pub mod remote_cluster;
