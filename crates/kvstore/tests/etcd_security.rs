@@ -232,3 +232,34 @@ async fn a_watcher_survives_an_etcd_restart_and_drains_what_vanished() {
     })
     .await;
 }
+
+/// etcd closes connections that ping too often ("too_many_pings"); with the default settings a
+/// quiet watch must stay open, not break and re-list every few seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_watch_stays_open() {
+    with_timeout(async {
+        let etcd = EtcdProcess::start().unwrap();
+        let b: Arc<dyn KvBackend> = Arc::new(
+            EtcdBackend::connect(EtcdConfig::new(vec![etcd.endpoint()]))
+                .await
+                .unwrap(),
+        );
+        b.put("q/a", b"1".to_vec(), None).await.unwrap();
+        let mut watcher = Watcher::new(b.clone(), "q/");
+        while watcher.next().await != WatchEvent::ListDone {}
+        // 25 s of silence: nothing to report, and no re-list either.
+        let quiet = tokio::time::timeout(Duration::from_secs(25), watcher.next()).await;
+        assert!(quiet.is_err(), "unexpected event {quiet:?}");
+        assert_eq!(watcher.stats().lists, 1, "{:?}", watcher.stats());
+        b.put("q/b", b"1".to_vec(), None).await.unwrap();
+        let event = tokio::time::timeout(Duration::from_secs(5), watcher.next())
+            .await
+            .unwrap();
+        assert!(
+            matches!(event, WatchEvent::Upsert { created: true, .. }),
+            "{event:?}"
+        );
+        assert_eq!(watcher.stats().lists, 1);
+    })
+    .await;
+}
