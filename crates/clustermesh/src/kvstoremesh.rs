@@ -166,10 +166,8 @@ impl Reflector {
                 self.write_config(&cluster).await;
             }
             RemoteEvent::Drained => {
-                if let Some(cache) = self.remotes.remove(&cluster) {
-                    drop(cache);
-                }
-                // The SyncStores are gone; remove what is left of this remote.
+                // Stop this remote's SyncStores, then remove what is left of it.
+                self.remotes.remove(&cluster);
                 for kind in KINDS {
                     let _ = self
                         .backend

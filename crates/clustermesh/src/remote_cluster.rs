@@ -150,7 +150,10 @@ impl Connector for EtcdConnector {
 enum Msg {
     Input(Input),
     Backend(Arc<dyn KvBackend>),
-    Event(StateKind, Box<RemoteEvent>),
+    /// An entry (by key relative to its kind's prefix) was added or changed.
+    Upsert(StateKind, String, Box<RemoteEvent>),
+    /// An entry is gone.
+    Delete(StateKind, String),
     Rejected,
 }
 
@@ -277,8 +280,12 @@ impl Driver {
                         self.backend = Some(backend);
                         continue;
                     }
-                    Some(Msg::Event(kind, event)) => {
-                        self.forward(kind, *event).await;
+                    Some(Msg::Upsert(kind, key, event)) => {
+                        self.upsert(kind, key, *event).await;
+                        continue;
+                    }
+                    Some(Msg::Delete(kind, key)) => {
+                        self.delete(kind, key).await;
                         continue;
                     }
                     Some(Msg::Rejected) => {
@@ -329,55 +336,25 @@ impl Driver {
             .await;
     }
 
-    /// Records what the remote holds and passes the event on.
-    async fn forward(&mut self, kind: StateKind, event: RemoteEvent) {
-        let known = self.known.entry(kind).or_default();
-        let event = match event {
-            RemoteEvent::NodeUpsert(n) => {
-                known.insert(n.name.clone());
-                RemoteEvent::NodeUpsert(n)
-            }
-            RemoteEvent::IpUpsert(p) => {
-                known.insert(p.key_suffix().unwrap_or_default());
-                RemoteEvent::IpUpsert(p)
-            }
-            RemoteEvent::IdentityUpsert(i) => {
-                known.insert(i.id.0.to_string());
-                RemoteEvent::IdentityUpsert(i)
-            }
-            // A service that is not shared is, for us, not there.
-            RemoteEvent::ServiceUpsert(s) if !s.shared => {
-                let key = format!("{}/{}", s.namespace, s.name);
-                if !known.remove(&key) {
-                    return;
-                }
-                RemoteEvent::ServiceDelete(key)
-            }
-            RemoteEvent::ServiceUpsert(s) => {
-                known.insert(format!("{}/{}", s.namespace, s.name));
-                RemoteEvent::ServiceUpsert(s)
-            }
-            RemoteEvent::NodeDelete(k)
-            | RemoteEvent::IpDelete(k)
-            | RemoteEvent::ServiceDelete(k) => {
-                if !known.remove(&k) {
-                    return;
-                }
-                match kind {
-                    StateKind::Nodes => RemoteEvent::NodeDelete(k),
-                    StateKind::Ip => RemoteEvent::IpDelete(k),
-                    _ => RemoteEvent::ServiceDelete(k),
-                }
-            }
-            RemoteEvent::IdentityDelete(id) => {
-                if !known.remove(&id.to_string()) {
-                    return;
-                }
-                RemoteEvent::IdentityDelete(id)
-            }
-            other => other,
-        };
+    /// Records that the remote holds `key` and passes the event on. A service that is not
+    /// shared is, for us, not there.
+    async fn upsert(&mut self, kind: StateKind, key: String, event: RemoteEvent) {
+        if matches!(&event, RemoteEvent::ServiceUpsert(s) if !s.shared) {
+            return self.delete(kind, key).await;
+        }
+        self.known.entry(kind).or_default().insert(key);
         self.emit(event).await;
+        self.publish_status();
+    }
+
+    /// Passes on the deletion of a key the remote held.
+    async fn delete(&mut self, kind: StateKind, key: String) {
+        if !self.known.entry(kind).or_default().remove(&key) {
+            return;
+        }
+        if let Some(event) = delete_event(kind, key) {
+            self.emit(event).await;
+        }
         self.publish_status();
     }
 
@@ -405,17 +382,9 @@ impl Driver {
                     let known = std::mem::take(&mut self.known);
                     for (kind, keys) in known {
                         for key in keys {
-                            let event = match kind {
-                                StateKind::Nodes => RemoteEvent::NodeDelete(key),
-                                StateKind::Ip => RemoteEvent::IpDelete(key),
-                                StateKind::Identities => match key.parse() {
-                                    Ok(id) => RemoteEvent::IdentityDelete(id),
-                                    Err(_) => continue,
-                                },
-                                StateKind::Services => RemoteEvent::ServiceDelete(key),
-                                StateKind::ServiceExports => continue,
-                            };
-                            self.emit(event).await;
+                            if let Some(event) = delete_event(kind, key) {
+                                self.emit(event).await;
+                            }
                         }
                     }
                     self.emit(RemoteEvent::Drained).await;
@@ -531,10 +500,7 @@ impl Driver {
                 node_decoder(remote),
                 kind,
                 tx,
-                |e| match e {
-                    Change::Upsert(n) => Some(RemoteEvent::NodeUpsert(n)),
-                    Change::Delete(k) => Some(RemoteEvent::NodeDelete(k)),
-                },
+                RemoteEvent::NodeUpsert,
             )),
             StateKind::Ip => self.spawn(pump(
                 backend,
@@ -542,10 +508,7 @@ impl Driver {
                 ipcache_decoder(remote),
                 kind,
                 tx,
-                |e| match e {
-                    Change::Upsert(p) => Some(RemoteEvent::IpUpsert(p)),
-                    Change::Delete(k) => Some(RemoteEvent::IpDelete(k)),
-                },
+                RemoteEvent::IpUpsert,
             )),
             StateKind::Identities => self.spawn(pump(
                 backend,
@@ -553,10 +516,7 @@ impl Driver {
                 identity_decoder(remote),
                 kind,
                 tx,
-                |e| match e {
-                    Change::Upsert(i) => Some(RemoteEvent::IdentityUpsert(i)),
-                    Change::Delete(k) => k.parse().ok().map(RemoteEvent::IdentityDelete),
-                },
+                RemoteEvent::IdentityUpsert,
             )),
             StateKind::Services => self.spawn(pump(
                 backend,
@@ -564,10 +524,7 @@ impl Driver {
                 service_decoder(remote),
                 kind,
                 tx,
-                |e| match e {
-                    Change::Upsert(s) => Some(RemoteEvent::ServiceUpsert(s)),
-                    Change::Delete(k) => Some(RemoteEvent::ServiceDelete(k)),
-                },
+                RemoteEvent::ServiceUpsert,
             )),
             // Service exports are mirrored once MCS support exists; report them synced.
             StateKind::ServiceExports => {
@@ -577,10 +534,15 @@ impl Driver {
     }
 }
 
-/// A change of one store, before it becomes a [`RemoteEvent`].
-enum Change<T> {
-    Upsert(T),
-    Delete(String),
+/// The event announcing that `key` (relative to `kind`'s prefix) is gone.
+fn delete_event(kind: StateKind, key: String) -> Option<RemoteEvent> {
+    match kind {
+        StateKind::Nodes => Some(RemoteEvent::NodeDelete(key)),
+        StateKind::Ip => Some(RemoteEvent::IpDelete(key)),
+        StateKind::Identities => key.parse().ok().map(RemoteEvent::IdentityDelete),
+        StateKind::Services => Some(RemoteEvent::ServiceDelete(key)),
+        StateKind::ServiceExports => None,
+    }
 }
 
 async fn pump<T: Clone + Send + Sync + 'static>(
@@ -589,19 +551,15 @@ async fn pump<T: Clone + Send + Sync + 'static>(
     decode: DecodeFn<T>,
     kind: StateKind,
     tx: mpsc::UnboundedSender<Msg>,
-    map: fn(Change<T>) -> Option<RemoteEvent>,
+    upsert: fn(T) -> RemoteEvent,
 ) {
     let mut store = WatchStore::new(backend, prefix, decode);
     loop {
         let msg = match store.next().await {
-            StoreEvent::Upsert { value, .. } => match map(Change::Upsert(value)) {
-                Some(event) => Msg::Event(kind, Box::new(event)),
-                None => continue,
-            },
-            StoreEvent::Delete { key, .. } => match map(Change::Delete(key)) {
-                Some(event) => Msg::Event(kind, Box::new(event)),
-                None => continue,
-            },
+            StoreEvent::Upsert { key, value, .. } => {
+                Msg::Upsert(kind, key, Box::new(upsert(value)))
+            }
+            StoreEvent::Delete { key, .. } => Msg::Delete(kind, key),
             StoreEvent::Rejected { .. } => Msg::Rejected,
             StoreEvent::Synced => Msg::Input(Input::Synced(kind)),
         };
