@@ -65,12 +65,12 @@ async fn mtls_accepts_our_certificates_and_refuses_others() {
         assert!(matches!(refused, Error::Config(_)), "{refused}");
 
         // A certificate from another CA is refused by the server.
-        let other_dir = tempfile_dir();
+        let other_dir = tempfile::tempdir().unwrap();
         let other = plexus_pki::Ca::generate("other").unwrap();
         let (cert_file, key_file) = other
             .issue_client("root")
             .unwrap()
-            .write_to(&other_dir, "intruder")
+            .write_to(other_dir.path(), "intruder")
             .unwrap();
         let intruder = TlsFiles {
             ca_file: etcd.ca_file().unwrap().to_path_buf(),
@@ -90,15 +90,8 @@ async fn mtls_accepts_our_certificates_and_refuses_others() {
                 );
             }
         }
-        let _ = std::fs::remove_dir_all(other_dir);
     })
     .await;
-}
-
-fn tempfile_dir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("plexus-intruder-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
