@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   etcd-server etcd-client     # the kvstore of every cluster (etcd 3.4), started by tests on loopback
-  protobuf-compiler           # protoc, for etcd-client's gRPC code
+  protobuf-compiler libprotobuf-dev  # protoc and its well-known types, for etcd-client's gRPC code
   openssl                     # certificate checks in tests
   clang llvm libbpf-dev       # eBPF programs of the datapath
   iproute2 iputils-ping       # network namespaces, veth and VXLAN for the lab

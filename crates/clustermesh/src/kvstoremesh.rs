@@ -74,6 +74,11 @@ impl KvStoreMesh {
     pub fn status(&self) -> MeshStatus {
         self.mesh.status()
     }
+
+    /// A handle that reads the upstream remotes' status from elsewhere.
+    pub fn handle(&self) -> MeshHandle {
+        self.mesh.handle()
+    }
 }
 
 impl Drop for KvStoreMesh {

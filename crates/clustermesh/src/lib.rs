@@ -1,17 +1,18 @@
 //! ClusterMesh: how a cluster reads the state of the other clusters of its mesh.
 //!
-//! This crate grows into the remote-cluster manager (one state machine per remote cluster that
-//! follows the consumer protocol of the wire format: mTLS connect, heartbeat, cluster-config
-//! validation, canary-gated list+watch, stale drain), the merged view handed to the agent, and the
+//! It holds the remote-cluster manager (one state machine per remote cluster that follows the
+//! consumer protocol of the wire format: mTLS connect, heartbeat, cluster-config validation,
+//! canary-gated list+watch, stale drain), the merged view handed to the agent, and the
 //! KVStoreMesh reflector that mirrors remote clusters into the local kvstore. It builds on
 //! `plexus-kvstore` (WatchStore) and `plexus-model` (keys and values).
 //!
-//! Today it holds [`config`] (the remote-cluster configuration directory, one file per remote),
+//! Modules: [`access`] (the etcd users and roles of a cluster), [`config`] (the remote-cluster configuration directory, one file per remote),
 //! [`validate`] (what is accepted from a remote: its cluster config, id, and entries),
 //! [`remote`] (the consumer protocol for one remote as a state machine, without IO),
-//! [`metrics`] (Prometheus text for the remotes' status) and
+//! [`metrics`] (Prometheus text for the remotes' status), [`report`] (its JSON shape) and
 //! [`publish`] (the cluster config and heartbeat a cluster keeps published for its readers).
 
+pub mod access;
 pub mod config;
 pub mod kvstoremesh;
 pub mod mesh;
@@ -19,4 +20,5 @@ pub mod metrics;
 pub mod publish;
 pub mod remote;
 pub mod remote_cluster;
+pub mod report;
 pub mod validate;

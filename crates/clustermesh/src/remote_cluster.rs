@@ -147,6 +147,48 @@ impl Connector for EtcdConnector {
     }
 }
 
+/// Connects like [`EtcdConnector`], except that a remote whose configuration points at the
+/// local kvstore (the same endpoints: a KVStoreMesh cache of this cluster) reuses the local
+/// connection, so an agent reading through KVStoreMesh holds exactly one etcd connection.
+pub struct SharedConnector {
+    local_endpoints: Vec<String>,
+    local: Arc<dyn KvBackend>,
+}
+
+impl SharedConnector {
+    /// Reuses `local` for remotes configured with `local_endpoints`.
+    pub fn new(local_endpoints: Vec<String>, local: Arc<dyn KvBackend>) -> Self {
+        Self {
+            local_endpoints: normalize(&local_endpoints),
+            local,
+        }
+    }
+}
+
+fn normalize(endpoints: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = endpoints
+        .iter()
+        .map(|e| e.trim_end_matches('/').to_string())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[async_trait::async_trait]
+impl Connector for SharedConnector {
+    async fn connect(
+        &self,
+        config: &RemoteClusterConfig,
+        timeout: Duration,
+    ) -> plexus_kvstore::Result<Arc<dyn KvBackend>> {
+        if normalize(&config.endpoints) == self.local_endpoints {
+            return Ok(self.local.clone());
+        }
+        EtcdConnector.connect(config, timeout).await
+    }
+}
+
 enum Msg {
     Input(Input),
     Backend(Arc<dyn KvBackend>),

@@ -193,6 +193,11 @@ impl EtcdBackend {
         })
     }
 
+    /// The underlying client (cheap to clone), for the auth helpers.
+    pub(crate) fn client(&self) -> Client {
+        self.client.clone()
+    }
+
     async fn timed<T>(
         &self,
         what: &str,

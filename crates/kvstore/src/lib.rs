@@ -16,16 +16,22 @@
 //! - [`SyncStore`]: publishes the keys one owner owns under a lease, re-creates them when the
 //!   lease is replaced, and writes the sync canary once the initial set is written;
 //! - [`WatchStore`]: mirrors a prefix into a local cache and reports when it has synced.
+//!
+//! [`access`] manages etcd users, roles and authentication for certificate-based users;
+//! [`metered`] counts every operation for `/metrics`.
 
+pub mod access;
 mod backend;
 mod error;
 pub mod etcd;
 pub mod lease;
 pub mod memory;
+pub mod metered;
 pub mod sync_store;
 pub mod watch_store;
 pub mod watcher;
 
+pub use access::ReadGrant;
 pub use backend::{
     BoxWatchStream, Compare, KeyValue, KvBackend, LeaseId, ListResult, Op, RawEvent, RawEventKind,
     Revision, Status, Txn,
@@ -34,6 +40,7 @@ pub use error::{Error, Result};
 pub use etcd::{EtcdBackend, EtcdConfig, TlsFiles};
 pub use lease::LeaseManager;
 pub use memory::MemoryBackend;
+pub use metered::{KvMetrics, MeteredBackend};
 pub use sync_store::{SyncStore, SyncStoreConfig};
 pub use watch_store::{DecodeFn, StoreEvent, WatchStore};
 pub use watcher::{WatchEvent, Watcher, WatcherStats};

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -39,6 +40,7 @@ enum Command {
 pub struct SyncStore {
     tx: mpsc::UnboundedSender<Command>,
     synced: watch::Receiver<bool>,
+    queued: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -61,7 +63,9 @@ impl SyncStore {
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let (synced_tx, synced) = watch::channel(false);
+        let queued = Arc::new(AtomicUsize::new(0));
         let writer = Writer {
+            queued: queued.clone(),
             backend,
             config,
             lease_rx,
@@ -73,7 +77,17 @@ impl SyncStore {
             synced_tx,
         };
         let task = tokio::spawn(writer.run(rx));
-        Self { tx, synced, task }
+        Self {
+            tx,
+            synced,
+            queued,
+            task,
+        }
+    }
+
+    /// Keys waiting to be written or deleted (the sync queue), as of the writer's last step.
+    pub fn queue_len(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
     }
 
     /// States that `key` (relative to the prefix) should exist with `value`.
@@ -122,6 +136,7 @@ struct Writer {
     synced_requested: bool,
     canary_written: bool,
     synced_tx: watch::Sender<bool>,
+    queued: Arc<AtomicUsize>,
 }
 
 impl Writer {
@@ -133,6 +148,7 @@ impl Writer {
             while let Ok(cmd) = rx.try_recv() {
                 self.command(cmd);
             }
+            self.queued.store(self.dirty.len(), Ordering::Relaxed);
             if lease_changed || self.lease_rx.has_changed().unwrap_or(false) {
                 lease_changed = false;
                 self.lease_rx.borrow_and_update();

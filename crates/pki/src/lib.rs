@@ -7,6 +7,8 @@
 //! `cilium-ca` secret from one cluster to another. Keys are ECDSA P-256; the CA is valid for ten
 //! years and leaf certificates for three.
 
+pub mod cluster;
+
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -26,6 +28,12 @@ pub enum PkiError {
         what: String,
         /// The underlying error.
         source: rcgen::Error,
+    },
+    /// A certificate could not be parsed.
+    #[error("cannot read certificate: {reason}")]
+    Parse {
+        /// What is wrong.
+        reason: String,
     },
     /// A file could not be read or written.
     #[error("{path}: {source}")]
@@ -69,6 +77,78 @@ pub fn write_file(path: &Path, contents: &str, mode: u32) -> Result<()> {
     };
     std::fs::write(path, contents).map_err(io)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io)
+}
+
+/// What [`inspect`] reads from a certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertInfo {
+    /// The subject's common name (for a client: the etcd user).
+    pub common_name: String,
+    /// The authority key identifier (which CA key signed it), hex.
+    pub issuer_key_id: String,
+    /// The subject key identifier, hex (set on CA certificates).
+    pub key_id: String,
+    /// DNS names among the subject alternative names.
+    pub dns: Vec<String>,
+    /// IP addresses among the subject alternative names.
+    pub ips: Vec<IpAddr>,
+    /// End of validity, seconds since the Unix epoch.
+    pub not_after: i64,
+}
+
+/// Reads the common name, key identifiers, SANs and expiry of a PEM certificate.
+pub fn inspect(cert_pem: &str) -> Result<CertInfo> {
+    use x509_parser::extensions::{GeneralName, ParsedExtension};
+    let bad = |reason: String| PkiError::Parse { reason };
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+        .map_err(|e| bad(format!("not a PEM certificate: {e}")))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| bad(format!("not an X.509 certificate: {e}")))?;
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let mut info = CertInfo {
+        common_name: cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+        issuer_key_id: String::new(),
+        key_id: String::new(),
+        dns: Vec::new(),
+        ips: Vec::new(),
+        not_after: cert.validity().not_after.timestamp(),
+    };
+    for ext in cert.extensions() {
+        match ext.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                if let Some(id) = &aki.key_identifier {
+                    info.issuer_key_id = hex(id.0);
+                }
+            }
+            ParsedExtension::SubjectKeyIdentifier(id) => info.key_id = hex(id.0),
+            ParsedExtension::SubjectAlternativeName(san) => {
+                for name in &san.general_names {
+                    match name {
+                        GeneralName::DNSName(d) => info.dns.push(d.to_string()),
+                        GeneralName::IPAddress(b) => match b.len() {
+                            4 => info
+                                .ips
+                                .push(IpAddr::from(<[u8; 4]>::try_from(*b).unwrap_or_default())),
+                            16 => info
+                                .ips
+                                .push(IpAddr::from(<[u8; 16]>::try_from(*b).unwrap_or_default())),
+                            _ => {}
+                        },
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(info)
 }
 
 /// A certificate authority that can issue server and client certificates.
@@ -136,6 +216,14 @@ impl Ca {
     /// The CA certificate and key, PEM.
     pub fn pem(&self) -> &Issued {
         &self.issued
+    }
+
+    /// The CA's subject key identifier, hex: what the certificates it issued name as their
+    /// authority key identifier.
+    pub fn key_id(&self) -> String {
+        inspect(self.cert_pem())
+            .map(|i| i.key_id)
+            .unwrap_or_default()
     }
 
     /// The CA certificate, PEM (what peers put in their trust store).

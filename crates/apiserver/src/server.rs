@@ -1,0 +1,363 @@
+//! The apiserver of one cluster: owns its etcd and what the cluster publishes to its peers.
+//!
+//! [`ApiServer::start`]:
+//! 1. uses the etcd endpoints it is given, or starts and supervises a local member
+//!    ([`crate::local_etcd`]) with TLS and client-certificate auth, its certificates in
+//!    `<state-dir>/pki` (a CA of the cluster's own is created when none was installed);
+//! 2. creates the users and roles of the wire format's access control and enables auth
+//!    ([`plexus_clustermesh::access`]);
+//! 3. keeps the cluster config and the heartbeat published under its lease
+//!    ([`plexus_clustermesh::publish`]) and garbage-collects unused identities;
+//! 4. optionally (a KVStoreMesh configuration directory given) mirrors the remote clusters into
+//!    the local etcd ([`plexus_clustermesh::kvstoremesh`]);
+//! 5. serves `/healthz`, `/readyz`, `/metrics` and `/v1/status` ([`crate::http`]).
+//!
+//! It is ready once etcd answers, the access rules are in place, the cluster config is
+//! published and, with KVStoreMesh, every configured remote has synced once.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use plexus_clustermesh::kvstoremesh::KvStoreMesh;
+use plexus_clustermesh::mesh::MeshHandle;
+use plexus_clustermesh::publish::{PublisherConfig, SelfPublisher};
+use plexus_clustermesh::remote_cluster::DriverTiming;
+use plexus_kvstore::{
+    EtcdBackend, EtcdConfig, KvBackend, KvMetrics, LeaseManager, MeteredBackend, TlsFiles,
+};
+use plexus_model::cluster::ClusterInfo;
+use plexus_pki::Ca;
+use plexus_pki::cluster::ClusterPki;
+use serde::{Deserialize, Serialize};
+
+use crate::local_etcd::{LocalEtcd, LocalEtcdConfig};
+
+/// Where the cluster's etcd comes from.
+#[derive(Clone, Debug)]
+pub enum EtcdSource {
+    /// Start and supervise a local member.
+    Local {
+        /// Client port address, e.g. `127.0.0.1:2379`.
+        client_listen: SocketAddr,
+        /// Peer port address.
+        peer_listen: SocketAddr,
+        /// Extra addresses clients reach it by (for the server certificate).
+        advertise: Vec<IpAddr>,
+    },
+    /// Use an existing etcd.
+    External {
+        /// Its client URLs.
+        endpoints: Vec<String>,
+        /// Our client identity (CN `admin-<cluster>` or `root`).
+        tls: Option<TlsFiles>,
+    },
+}
+
+/// Everything the apiserver needs.
+#[derive(Clone, Debug)]
+pub struct ApiServerConfig {
+    /// The cluster.
+    pub cluster: ClusterInfo,
+    /// Where certificates (`pki/`), etcd data (`etcd/`) and logs live.
+    pub state_dir: PathBuf,
+    /// The etcd to use.
+    pub etcd: EtcdSource,
+    /// Health and metrics listener.
+    pub http_listen: SocketAddr,
+    /// KVStoreMesh: the remote-cluster configuration directory to mirror, if any.
+    pub kvstoremesh_dir: Option<PathBuf>,
+    /// Heartbeat period (Cilium: one minute).
+    pub heartbeat_interval: Duration,
+    /// Lease time to live of what the apiserver publishes.
+    pub lease_ttl: Duration,
+    /// Identity GC period and grace time.
+    pub identity_gc_interval: Duration,
+}
+
+impl ApiServerConfig {
+    /// Defaults: heartbeat every minute, 15 s lease, identity GC every 5 minutes.
+    pub fn new(
+        cluster: ClusterInfo,
+        state_dir: PathBuf,
+        etcd: EtcdSource,
+        http_listen: SocketAddr,
+    ) -> Self {
+        Self {
+            cluster,
+            state_dir,
+            etcd,
+            http_listen,
+            kvstoremesh_dir: None,
+            heartbeat_interval: Duration::from_secs(60),
+            lease_ttl: Duration::from_secs(15),
+            identity_gc_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What `/v1/status` answers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ApiServerStatus {
+    /// Cluster name.
+    pub cluster: String,
+    /// Cluster id.
+    pub cluster_id: u32,
+    /// The etcd client URLs.
+    pub etcd_endpoints: Vec<String>,
+    /// Ready to serve.
+    pub ready: bool,
+    /// Why not ready.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_ready: Vec<String>,
+    /// KVStoreMesh's remotes, when it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kvstoremesh: Option<plexus_clustermesh::report::MeshReport>,
+}
+
+/// State shared with the HTTP handlers.
+pub(crate) struct Shared {
+    pub(crate) cluster: ClusterInfo,
+    pub(crate) endpoints: Vec<String>,
+    pub(crate) kv: KvMetrics,
+    pub(crate) etcd_ok: Mutex<Option<String>>,
+    pub(crate) kvstoremesh: Option<MeshHandle>,
+    /// Remotes that have been ready at least once: losing one later keeps the cache, and
+    /// the apiserver ready.
+    pub(crate) synced_once: Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl Shared {
+    pub(crate) fn status(&self) -> ApiServerStatus {
+        let mut not_ready = Vec::new();
+        if let Some(err) = self
+            .etcd_ok
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            not_ready.push(format!("etcd: {err}"));
+        }
+        let kvstoremesh = self.kvstoremesh.as_ref().map(|m| {
+            let status = m.status();
+            let mut once = self.synced_once.lock().unwrap_or_else(|e| e.into_inner());
+            for (name, r) in &status.remotes {
+                if r.protocol.ready {
+                    once.insert(name.clone());
+                }
+                if !once.contains(name) {
+                    not_ready.push(format!(
+                        "kvstoremesh: remote cluster {name} has not synced yet"
+                    ));
+                }
+            }
+            plexus_clustermesh::report::MeshReport::from(&status)
+        });
+        ApiServerStatus {
+            cluster: self.cluster.name.clone(),
+            cluster_id: self.cluster.id,
+            etcd_endpoints: self.endpoints.clone(),
+            ready: not_ready.is_empty(),
+            not_ready,
+            kvstoremesh,
+        }
+    }
+}
+
+/// A running apiserver. Dropping it stops everything (the local etcd too).
+pub struct ApiServer {
+    http_addr: SocketAddr,
+    shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _publisher: SelfPublisher,
+    _kvstoremesh: Option<KvStoreMesh>,
+    leases: Option<LeaseManager>,
+    etcd: Option<LocalEtcd>,
+}
+
+impl ApiServer {
+    /// Starts every part; returns once the cluster config is published and HTTP is served.
+    pub async fn start(config: ApiServerConfig) -> Result<Self> {
+        plexus_kvstore::install_crypto_provider();
+        let cluster = config.cluster.clone();
+        let (etcd, endpoints, tls) = match &config.etcd {
+            EtcdSource::Local {
+                client_listen,
+                peer_listen,
+                advertise,
+            } => {
+                let pki = ClusterPki::new(config.state_dir.join("pki"), &cluster.name);
+                if !pki.has_ca() {
+                    tracing::info!(dir = %pki.dir().display(), "no CA installed: creating one for this cluster");
+                    let ca = Ca::generate(&format!("plexus-{}-ca", cluster.name))?;
+                    pki.install_ca(&ca)?;
+                }
+                let mut ips = advertise.clone();
+                if !client_listen.ip().is_unspecified() {
+                    ips.push(client_listen.ip());
+                }
+                pki.ensure(&[], &ips)
+                    .with_context(|| format!("issue certificates in {}", pki.dir().display()))?;
+                let host = advertise.first().copied().unwrap_or(client_listen.ip());
+                let endpoint = format!("https://{}", SocketAddr::new(host, client_listen.port()));
+                let (server_cert, server_key) = pki.etcd_server();
+                let local = LocalEtcd::start(LocalEtcdConfig {
+                    bin: std::env::var_os("PLEXUS_ETCD_BIN")
+                        .map(PathBuf::from)
+                        .unwrap_or_else(|| "/usr/bin/etcd".into()),
+                    name: cluster.name.clone(),
+                    data_dir: config.state_dir.join("etcd"),
+                    client_listen: client_listen.to_string(),
+                    client_advertise: endpoint.clone(),
+                    peer_listen: peer_listen.to_string(),
+                    server_cert,
+                    server_key,
+                    trusted_ca: pki.ca_cert(),
+                    log_file: config.state_dir.join("etcd.log"),
+                })
+                .await?;
+                let admin = pki.admin();
+                let tls = TlsFiles {
+                    ca_file: admin.ca,
+                    cert_file: admin.cert,
+                    key_file: admin.key,
+                };
+                (Some(local), vec![endpoint], Some(tls))
+            }
+            EtcdSource::External { endpoints, tls } => (None, endpoints.clone(), tls.clone()),
+        };
+        let mut etcd_config = EtcdConfig::new(endpoints.clone());
+        if let Some(tls) = tls {
+            etcd_config = etcd_config.with_tls(tls);
+        }
+        let raw = connect_with_retry(etcd_config, Duration::from_secs(30)).await?;
+        plexus_clustermesh::access::apply(&raw, &cluster.name)
+            .await
+            .with_context(|| format!("set up the users and roles of {endpoints:?}"))?;
+        tracing::info!(cluster = %cluster.name, "etcd users and roles in place, auth enabled");
+
+        let (metered, kv) = MeteredBackend::new(Arc::new(raw));
+        let backend: Arc<dyn KvBackend> = Arc::new(metered);
+        let leases = LeaseManager::start(backend.clone(), config.lease_ttl)
+            .await
+            .context("grant the apiserver's lease")?;
+        let mut publisher = PublisherConfig::new(cluster.clone());
+        publisher.heartbeat_interval = config.heartbeat_interval;
+        let publisher = SelfPublisher::start(backend.clone(), &leases, publisher)
+            .await
+            .context("publish the cluster config and heartbeat")?;
+
+        let kvstoremesh = config.kvstoremesh_dir.as_ref().map(|dir| {
+            KvStoreMesh::spawn(
+                dir.clone(),
+                cluster.clone(),
+                backend.clone(),
+                &leases,
+                DriverTiming::default(),
+                Duration::from_secs(1),
+            )
+        });
+
+        let shared = Arc::new(Shared {
+            cluster: cluster.clone(),
+            endpoints,
+            kv,
+            etcd_ok: Mutex::new(None),
+            kvstoremesh: kvstoremesh.as_ref().map(KvStoreMesh::handle),
+            synced_once: Mutex::new(Default::default()),
+        });
+        let mut tasks = Vec::new();
+        let gc = plexus_identity::gc::IdentityGc::new(backend.clone(), config.identity_gc_interval);
+        tasks.push(tokio::spawn(gc.run(config.identity_gc_interval)));
+        tasks.push(tokio::spawn(health_loop(backend.clone(), shared.clone())));
+
+        let listener = tokio::net::TcpListener::bind(config.http_listen)
+            .await
+            .with_context(|| format!("listen on {}", config.http_listen))?;
+        let http_addr = listener.local_addr()?;
+        tasks.push(tokio::spawn(crate::http::serve(listener, shared.clone())));
+        tracing::info!(cluster = %cluster.name, id = cluster.id, %http_addr, "apiserver running");
+        Ok(Self {
+            http_addr,
+            shared,
+            tasks,
+            _publisher: publisher,
+            _kvstoremesh: kvstoremesh,
+            leases: Some(leases),
+            etcd,
+        })
+    }
+
+    /// Where `/healthz`, `/readyz`, `/metrics` and `/v1/status` are served.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The current status.
+    pub fn status(&self) -> ApiServerStatus {
+        self.shared.status()
+    }
+
+    /// Stops cleanly: revokes the lease (the heartbeat and cluster config go with it) and
+    /// stops the local etcd.
+    pub async fn shutdown(mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let Some(leases) = self.leases.take()
+            && let Err(err) = leases.revoke().await
+        {
+            tracing::warn!(error = %err, "cannot revoke the apiserver's lease");
+        }
+        if let Some(etcd) = self.etcd.take() {
+            etcd.shutdown().await;
+        }
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+async fn connect_with_retry(config: EtcdConfig, limit: Duration) -> Result<EtcdBackend> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match EtcdBackend::connect(config.clone()).await {
+            Ok(etcd) => match etcd.status().await {
+                Ok(_) => return Ok(etcd),
+                Err(err) if tokio::time::Instant::now() >= deadline => {
+                    return Err(err)
+                        .context(format!("etcd {:?} does not answer", config.endpoints));
+                }
+                Err(_) => {}
+            },
+            Err(err) if tokio::time::Instant::now() >= deadline => {
+                return Err(err).context(format!("connect to etcd {:?}", config.endpoints));
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Checks every 2 s that etcd answers; what `/readyz` reports.
+async fn health_loop(backend: Arc<dyn KvBackend>, shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let result = tokio::time::timeout(Duration::from_secs(3), backend.status()).await;
+        let err = match result {
+            Ok(Ok(_)) => None,
+            Ok(Err(err)) => Some(err.to_string()),
+            Err(_) => Some("no answer within 3s".to_string()),
+        };
+        *shared.etcd_ok.lock().unwrap_or_else(|e| e.into_inner()) = err;
+    }
+}
