@@ -5,4 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+# Integration tests run the daemons and the CLI as processes: build every binary first.
+cargo build --workspace --bins --locked
 cargo test --workspace --locked "$@"

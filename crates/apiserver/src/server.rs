@@ -6,7 +6,7 @@
 //!    `<state-dir>/pki` (a CA of the cluster's own is created when none was installed);
 //! 2. creates the users and roles of the wire format's access control and enables auth
 //!    ([`plexus_clustermesh::access`]);
-//! 3. keeps the cluster config and the heartbeat published under its lease
+//! 3. keeps the cluster config, the heartbeat and the sync canaries published under its lease
 //!    ([`plexus_clustermesh::publish`]) and garbage-collects unused identities;
 //! 4. optionally (a KVStoreMesh configuration directory given) mirrors the remote clusters into
 //!    the local etcd ([`plexus_clustermesh::kvstoremesh`]);
@@ -26,9 +26,11 @@ use plexus_clustermesh::mesh::MeshHandle;
 use plexus_clustermesh::publish::{PublisherConfig, SelfPublisher};
 use plexus_clustermesh::remote_cluster::DriverTiming;
 use plexus_kvstore::{
-    EtcdBackend, EtcdConfig, KvBackend, KvMetrics, LeaseManager, MeteredBackend, TlsFiles,
+    EtcdBackend, EtcdConfig, KvBackend, KvMetrics, LeaseManager, MeteredBackend, SyncStore,
+    SyncStoreConfig, TlsFiles,
 };
 use plexus_model::cluster::ClusterInfo;
+use plexus_model::keys::StateKind;
 use plexus_pki::Ca;
 use plexus_pki::cluster::ClusterPki;
 use serde::{Deserialize, Serialize};
@@ -173,6 +175,7 @@ pub struct ApiServer {
     shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _publisher: SelfPublisher,
+    _canaries: Vec<SyncStore>,
     _kvstoremesh: Option<KvStoreMesh>,
     leases: Option<LeaseManager>,
     etcd: Option<LocalEtcd>,
@@ -250,6 +253,30 @@ impl ApiServer {
             .await
             .context("publish the cluster config and heartbeat")?;
 
+        // Sync canaries of every kind the cluster publishes. Agents write their nodes, ipcache
+        // entries and identities themselves; the apiserver states that the cluster is up.
+        // The services store is where the service controller publishes ClusterServices.
+        let canaries: Vec<SyncStore> = [
+            StateKind::Nodes,
+            StateKind::Identities,
+            StateKind::Ip,
+            StateKind::Services,
+        ]
+        .into_iter()
+        .map(|kind| {
+            let store = SyncStore::start(
+                backend.clone(),
+                &leases,
+                SyncStoreConfig {
+                    prefix: kind.state_prefix(&cluster.name),
+                    canary: Some(kind.canary(&cluster.name)),
+                },
+            );
+            store.synced();
+            store
+        })
+        .collect();
+
         let kvstoremesh = config.kvstoremesh_dir.as_ref().map(|dir| {
             KvStoreMesh::spawn(
                 dir.clone(),
@@ -285,6 +312,7 @@ impl ApiServer {
             shared,
             tasks,
             _publisher: publisher,
+            _canaries: canaries,
             _kvstoremesh: kvstoremesh,
             leases: Some(leases),
             etcd,

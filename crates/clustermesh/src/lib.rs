@@ -10,6 +10,7 @@
 //! [`validate`] (what is accepted from a remote: its cluster config, id, and entries),
 //! [`remote`] (the consumer protocol for one remote as a state machine, without IO),
 //! [`metrics`] (Prometheus text for the remotes' status), [`report`] (its JSON shape) and
+//! [`view`] (the merged view of every remote's state),
 //! [`publish`] (the cluster config and heartbeat a cluster keeps published for its readers).
 
 pub mod access;
@@ -22,3 +23,4 @@ pub mod remote;
 pub mod remote_cluster;
 pub mod report;
 pub mod validate;
+pub mod view;

@@ -85,7 +85,13 @@ impl KvMetrics {
     pub fn render(&self, scope: &str) -> String {
         let figures = self.figures();
         let mut out = String::new();
-        let families: [(&str, &str, &str, fn(&OpFigures) -> f64); 3] = [
+        type Family = (
+            &'static str,
+            &'static str,
+            &'static str,
+            fn(&OpFigures) -> f64,
+        );
+        let families: [Family; 3] = [
             (
                 "plexus_kvstore_operations_total",
                 "kvstore operations made",

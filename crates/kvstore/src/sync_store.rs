@@ -17,7 +17,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::backend::{KvBackend, LeaseId};
+use crate::backend::{KvBackend, LeaseId, Op, Txn};
+
+/// Keys written per transaction.
+const BATCH: usize = 128;
 use crate::lease::LeaseManager;
 
 /// What a [`SyncStore`] publishes and where.
@@ -194,29 +197,50 @@ impl Writer {
     }
 
     /// Writes every dirty key, then the canary. Returns false when a write failed.
+    ///
+    /// Keys go out in transactions of up to [`BATCH`] operations (etcd's default
+    /// `--max-txn-ops` is 128), so a large initial set costs one round trip per batch.
     async fn flush(&mut self) -> bool {
         let lease = *self.lease_rx.borrow();
         let keys: Vec<String> = self.dirty.iter().cloned().collect();
-        for key in keys {
-            let full = format!("{}{}", self.config.prefix, key);
-            let result = match self.desired.get(&key) {
-                Some(value) if self.written.get(&key) == Some(value) => Ok(()),
-                Some(value) => self
-                    .backend
-                    .put(&full, value.clone(), Some(lease))
-                    .await
-                    .map(|_| {
-                        self.written.insert(key.clone(), value.clone());
+        for chunk in keys.chunks(BATCH) {
+            let mut ops = Vec::with_capacity(chunk.len());
+            let mut done = Vec::with_capacity(chunk.len());
+            for key in chunk {
+                let full = format!("{}{}", self.config.prefix, key);
+                match self.desired.get(key) {
+                    Some(value) if self.written.get(key) == Some(value) => {}
+                    Some(value) => ops.push(Op::Put {
+                        key: full,
+                        value: value.clone(),
+                        lease: Some(lease),
                     }),
-                None => self.backend.delete(&full).await.map(|_| {
-                    self.written.remove(&key);
-                }),
-            };
-            if let Err(err) = result {
-                tracing::warn!(key = %full, error = %err, "cannot publish key, retrying");
-                return false;
+                    None => ops.push(Op::Delete(full)),
+                }
+                done.push(key.clone());
             }
-            self.dirty.remove(&key);
+            if !ops.is_empty() {
+                let txn = Txn {
+                    compares: Vec::new(),
+                    ops,
+                };
+                if let Err(err) = self.backend.txn(txn).await {
+                    tracing::warn!(prefix = %self.config.prefix, keys = chunk.len(), error = %err, "cannot publish keys, retrying");
+                    return false;
+                }
+            }
+            for key in done {
+                match self.desired.get(&key) {
+                    Some(value) => {
+                        self.written.insert(key.clone(), value.clone());
+                    }
+                    None => {
+                        self.written.remove(&key);
+                    }
+                }
+                self.dirty.remove(&key);
+            }
+            self.queued.store(self.dirty.len(), Ordering::Relaxed);
         }
         if self.synced_requested && !self.canary_written {
             if let Some(canary) = &self.config.canary {

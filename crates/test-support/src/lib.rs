@@ -103,12 +103,32 @@ pub fn etcd_bin() -> PathBuf {
         .unwrap_or_else(|| "/usr/bin/etcd".into())
 }
 
-fn free_port() -> Result<u16> {
+/// A loopback TCP port that was free a moment ago.
+pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(io("bind a loopback port"))?;
     Ok(listener
         .local_addr()
         .map_err(io("read a loopback port"))?
         .port())
+}
+
+/// Path of a binary of this workspace (`plexus-apiserver`, `plexus-agent`, `plexus`), built
+/// beside the running test (`cargo build --workspace --bins` builds them all; `scripts/test.sh`
+/// does that first).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let bin = dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} is not built: run `cargo build --workspace --bins` first",
+        bin.display()
+    );
+    bin
 }
 
 impl EtcdProcess {

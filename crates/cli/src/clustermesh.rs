@@ -1,0 +1,974 @@
+//! `plexus clustermesh enable | connect | disconnect | status`.
+//!
+//! - `enable` gives a cluster its CA (a new one with `--create-ca`, or another context's with
+//!   `--ca-from-context`, as Cilium users copy the `cilium-ca` secret), issues the etcd server,
+//!   admin and local certificates, and creates the users and roles of the wire format in the
+//!   cluster's etcd.
+//! - `connect A B` makes each cluster read the other: it issues `remote-<A>` in B's CA, creates
+//!   that read-only user in B's etcd, and writes B's configuration file (endpoints, B's CA, the
+//!   client certificate) where A's agents (or A's KVStoreMesh) read remote configurations; then
+//!   the same the other way. Files are written through a rename, so readers never see half.
+//! - `disconnect` removes both files and both users.
+//! - `status` gathers the apiserver's and every agent's view into one report: access, per remote
+//!   cluster how many nodes have it configured and connected with its counts, and every error
+//!   with a hint.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use plexus_agent_api::{ClusterMeshReport, Endpoint, RemoteClusterReport};
+use plexus_apiserver::ApiServerStatus;
+use plexus_kvstore::{EtcdBackend, EtcdConfig, KvBackend, TlsFiles};
+use plexus_pki::Ca;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{CliConfig, Context, write_atomic};
+
+const API_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connects to the context's etcd as `admin-<cluster>`, retrying for up to `limit` (etcd may be
+/// restarting to present new certificates).
+pub async fn admin_etcd(ctx: &Context, limit: Duration) -> Result<EtcdBackend> {
+    let admin = ctx.pki().admin();
+    let config = EtcdConfig::new(ctx.etcd_endpoints.clone()).with_tls(TlsFiles {
+        ca_file: admin.ca,
+        cert_file: admin.cert,
+        key_file: admin.key,
+    });
+    let deadline = Instant::now() + limit;
+    loop {
+        let attempt = async {
+            let etcd = EtcdBackend::connect(config.clone()).await?;
+            etcd.status().await?;
+            Ok::<_, plexus_kvstore::Error>(etcd)
+        };
+        match attempt.await {
+            Ok(etcd) => return Ok(etcd),
+            Err(err) if Instant::now() >= deadline => {
+                return Err(err).with_context(|| {
+                    format!(
+                        "cannot reach the etcd of cluster {} at {:?} as admin-{}",
+                        ctx.name, ctx.etcd_endpoints, ctx.name
+                    )
+                });
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+fn endpoint_hosts(endpoints: &[String]) -> (Vec<String>, Vec<IpAddr>) {
+    let mut dns = Vec::new();
+    let mut ips = Vec::new();
+    for e in endpoints {
+        let rest = e.split("://").nth(1).unwrap_or(e);
+        let hostport = rest.split('/').next().unwrap_or(rest);
+        let host = match hostport.rsplit_once(':') {
+            Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
+            _ => hostport,
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        match host.parse::<IpAddr>() {
+            Ok(ip) => ips.push(ip),
+            Err(_) => dns.push(host.to_string()),
+        }
+    }
+    (dns, ips)
+}
+
+/// `clustermesh enable`.
+pub async fn enable(
+    config: &CliConfig,
+    path: &Path,
+    context: Option<&str>,
+    create_ca: bool,
+    ca_from: Option<&str>,
+) -> Result<()> {
+    let ctx = config.context(context, path)?;
+    let pki = ctx.pki();
+    let mut ca_changed = false;
+    if let Some(from) = ca_from {
+        let src = config.context(Some(from), path)?;
+        let ca = src.pki().ca().with_context(|| {
+            format!(
+                "context {from} has no CA in {}: run plexus clustermesh enable --context {from} --create-ca first",
+                src.pki().dir().display()
+            )
+        })?;
+        ca_changed = pki.install_ca(&ca)?;
+        println!("✅ CA of {from} installed for {}", ctx.name);
+    } else if pki.has_ca() {
+        if create_ca {
+            println!(
+                "ℹ️  {} already has a CA in {}: kept",
+                ctx.name,
+                pki.dir().display()
+            );
+        }
+    } else if create_ca {
+        let ca = Ca::generate("plexus-ca")?;
+        pki.install_ca(&ca)?;
+        println!("✅ CA created in {}", pki.dir().display());
+    } else {
+        bail!(
+            "cluster {} has no CA in {}: pass --create-ca, or --ca-from-context OTHER to share another cluster's CA",
+            ctx.name,
+            pki.dir().display()
+        );
+    }
+    let mut endpoints = ctx.etcd_endpoints.clone();
+    endpoints.extend(ctx.mesh_endpoints().iter().cloned());
+    let (dns, ips) = endpoint_hosts(&endpoints);
+    let dns: Vec<&str> = dns.iter().map(String::as_str).collect();
+    if pki.ensure(&dns, &ips)? {
+        println!("✅ certificates issued in {}", pki.dir().display());
+    }
+    if ca_changed {
+        println!(
+            "ℹ️  the CA changed: the apiserver restarts etcd to present the new certificate; restart the cluster's agents so they use theirs"
+        );
+    }
+    let apiserver_up = match &ctx.apiserver {
+        Some(addr) => tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect(addr.as_str()),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok()),
+        None => true,
+    };
+    if apiserver_up {
+        println!(
+            "⌛ setting up users and roles in the etcd of {}...",
+            ctx.name
+        );
+        let etcd = admin_etcd(ctx, Duration::from_secs(30)).await?;
+        plexus_clustermesh::access::apply(&etcd, &ctx.name)
+            .await
+            .with_context(|| format!("set up the users and roles of cluster {}", ctx.name))?;
+    } else {
+        println!(
+            "ℹ️  the apiserver of {} is not running: it creates the etcd users and roles when it starts",
+            ctx.name
+        );
+    }
+    println!(
+        "✅ ClusterMesh enabled for cluster {} (id {}), reachable at {}",
+        ctx.name,
+        ctx.cluster_id,
+        ctx.mesh_endpoints().join(", ")
+    );
+    Ok(())
+}
+
+fn two<'a>(
+    config: &'a CliConfig,
+    path: &Path,
+    a: Option<&str>,
+    b: &str,
+) -> Result<(&'a Context, &'a Context)> {
+    let a = config.context(a, path)?;
+    let b = config.context(Some(b), path)?;
+    if a.name == b.name {
+        bail!("a cluster cannot be connected to itself ({})", a.name);
+    }
+    Ok((a, b))
+}
+
+/// `clustermesh connect`: both directions.
+pub async fn connect(config: &CliConfig, path: &Path, a: Option<&str>, b: &str) -> Result<()> {
+    let (a, b) = two(config, path, a, b)?;
+    for c in [a, b] {
+        if !c.pki().has_ca() {
+            bail!(
+                "cluster {} is not enabled: run plexus clustermesh enable --context {}",
+                c.name,
+                c.name
+            );
+        }
+    }
+    if a.cluster_id == b.cluster_id {
+        bail!(
+            "clusters {} and {} both have id {}: cluster ids must be unique in a mesh",
+            a.name,
+            b.name,
+            a.cluster_id
+        );
+    }
+    if a.max_connected_clusters != b.max_connected_clusters {
+        bail!(
+            "cluster {} has max-connected-clusters {} and {} has {}: they must match",
+            a.name,
+            a.max_connected_clusters,
+            b.name,
+            b.max_connected_clusters
+        );
+    }
+    for peer in config.contexts.iter() {
+        for c in [a, b] {
+            if peer.name != c.name
+                && peer.cluster_id == c.cluster_id
+                && remote_configured(peer, a.name.as_str())
+                    | remote_configured(peer, b.name.as_str())
+            {
+                bail!(
+                    "cluster {} has id {}, already used by cluster {} in this mesh",
+                    c.name,
+                    c.cluster_id,
+                    peer.name
+                );
+            }
+        }
+    }
+    link(a, b).await?;
+    link(b, a).await?;
+    println!("✅ Connected cluster {} and cluster {}!", a.name, b.name);
+    Ok(())
+}
+
+fn remote_configured(ctx: &Context, remote: &str) -> bool {
+    ctx.clustermesh_dir.join(remote).exists()
+        || ctx
+            .kvstoremesh_dir
+            .as_ref()
+            .is_some_and(|d| d.join(remote).exists())
+}
+
+fn copy_identity(
+    dir: &Path,
+    remote: &str,
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> Result<(std::path::PathBuf, std::path::PathBuf, std::path::PathBuf)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
+    let ca_dst = dir.join(format!("{remote}.etcd-client-ca.crt"));
+    let cert_dst = dir.join(format!("{remote}.etcd-client.crt"));
+    let key_dst = dir.join(format!("{remote}.etcd-client.key"));
+    write_atomic(&ca_dst, &read(ca)?, 0o644)?;
+    write_atomic(&cert_dst, &read(cert)?, 0o644)?;
+    write_atomic(&key_dst, &read(key)?, 0o600)?;
+    Ok((ca_dst, cert_dst, key_dst))
+}
+
+fn write_remote_config(
+    dir: &Path,
+    remote: &str,
+    endpoints: &[String],
+    files: &(std::path::PathBuf, std::path::PathBuf, std::path::PathBuf),
+) -> Result<()> {
+    let mut text = String::from("endpoints:\n");
+    for e in endpoints {
+        text.push_str(&format!("- {e}\n"));
+    }
+    text.push_str(&format!(
+        "trusted-ca-file: {}\ncert-file: {}\nkey-file: {}\n",
+        files.0.display(),
+        files.1.display(),
+        files.2.display()
+    ));
+    write_atomic(&dir.join(remote), text.as_bytes(), 0o644)
+}
+
+/// Makes `from` read `to`.
+async fn link(from: &Context, to: &Context) -> Result<()> {
+    let issued = to.pki().issue_remote(&from.name)?;
+    let etcd = admin_etcd(to, Duration::from_secs(10)).await?;
+    plexus_clustermesh::access::grant_peer(&etcd, &from.name)
+        .await
+        .with_context(|| format!("create user remote-{} in cluster {}", from.name, to.name))?;
+    match &from.kvstoremesh_dir {
+        Some(kvstoremesh) => {
+            // KVStoreMesh reads the remote; the agents read KVStoreMesh's cache in their own
+            // cluster's etcd as local-<from>.
+            let files =
+                copy_identity(kvstoremesh, &to.name, &issued.ca, &issued.cert, &issued.key)?;
+            write_remote_config(kvstoremesh, &to.name, to.mesh_endpoints(), &files)?;
+            let local = from.pki().local();
+            let files = copy_identity(
+                &from.clustermesh_dir,
+                &to.name,
+                &local.ca,
+                &local.cert,
+                &local.key,
+            )?;
+            write_remote_config(
+                &from.clustermesh_dir,
+                &to.name,
+                from.mesh_endpoints(),
+                &files,
+            )?;
+        }
+        None => {
+            let files = copy_identity(
+                &from.clustermesh_dir,
+                &to.name,
+                &issued.ca,
+                &issued.cert,
+                &issued.key,
+            )?;
+            write_remote_config(&from.clustermesh_dir, &to.name, to.mesh_endpoints(), &files)?;
+        }
+    }
+    println!(
+        "✅ {} now reads {} ({})",
+        from.name,
+        to.name,
+        to.mesh_endpoints().join(", ")
+    );
+    Ok(())
+}
+
+/// `clustermesh disconnect`: both directions.
+pub async fn disconnect(config: &CliConfig, path: &Path, a: Option<&str>, b: &str) -> Result<()> {
+    let (a, b) = two(config, path, a, b)?;
+    for (from, to) in [(a, b), (b, a)] {
+        let mut dirs = vec![from.clustermesh_dir.clone()];
+        dirs.extend(from.kvstoremesh_dir.clone());
+        for dir in dirs {
+            // The configuration first: the manager drains on its removal.
+            for name in [
+                to.name.clone(),
+                format!("{}.etcd-client-ca.crt", to.name),
+                format!("{}.etcd-client.crt", to.name),
+                format!("{}.etcd-client.key", to.name),
+            ] {
+                match std::fs::remove_file(dir.join(&name)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(e)
+                            .with_context(|| format!("remove {}", dir.join(&name).display()));
+                    }
+                }
+            }
+        }
+        match admin_etcd(to, Duration::from_secs(5)).await {
+            Ok(etcd) => {
+                plexus_clustermesh::access::revoke_peer(&etcd, &from.name).await?;
+            }
+            Err(err) => eprintln!(
+                "⚠️  could not remove user remote-{} from cluster {}: {err:#}",
+                from.name, to.name
+            ),
+        }
+        println!("✅ {} no longer reads {}", from.name, to.name);
+    }
+    Ok(())
+}
+
+/// One agent's view.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct AgentStatus {
+    /// Node name.
+    pub node: String,
+    /// Whether its API answered.
+    pub reachable: bool,
+    /// Why not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Its remote clusters.
+    pub remote_clusters: Vec<RemoteClusterReport>,
+}
+
+/// One remote cluster across the nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Connection {
+    /// Remote cluster.
+    pub cluster: String,
+    /// Nodes with it configured.
+    pub configured: usize,
+    /// Nodes connected to it.
+    pub connected: usize,
+    /// Nodes synced with it.
+    pub ready: usize,
+    /// Nodes asked.
+    pub total: usize,
+    /// Its nodes (largest count any node holds).
+    pub nodes: usize,
+    /// Its endpoints (ipcache entries).
+    pub endpoints: usize,
+    /// Its identities.
+    pub identities: usize,
+    /// Its shared services.
+    pub services: usize,
+    /// Entries refused by validation.
+    pub rejected: u64,
+    /// KVStoreMesh's view, when it runs: connected and ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kvstoremesh: Option<RemoteClusterReport>,
+}
+
+/// A problem, with what to do about it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// Where (a node, `apiserver`, `kvstoremesh`).
+    pub scope: String,
+    /// What.
+    pub message: String,
+    /// What to try.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+/// What `clustermesh status` reports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct StatusReport {
+    /// The cluster.
+    pub cluster: String,
+    /// Its id.
+    pub cluster_id: u32,
+    /// Whether ClusterMesh is enabled (a CA and certificates exist).
+    pub enabled: bool,
+    /// How other clusters reach it.
+    pub access_endpoints: Vec<String>,
+    /// The apiserver's status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apiserver: Option<ApiServerStatus>,
+    /// Whether KVStoreMesh is on.
+    pub kvstoremesh: bool,
+    /// Remote clusters configured.
+    pub configured: Vec<String>,
+    /// Per node.
+    pub agents: Vec<AgentStatus>,
+    /// Per remote cluster.
+    pub connections: Vec<Connection>,
+    /// Everything wrong.
+    pub errors: Vec<Problem>,
+    /// Everything connected and synced.
+    pub ready: bool,
+}
+
+fn hint_for(message: &str, remote: &str) -> Option<String> {
+    let m = message.to_lowercase();
+    Some(if m.contains("already used by") {
+        "cluster ids must be unique in a mesh: give one of the clusters another id".to_string()
+    } else if m.contains("max-connected-clusters") || m.contains("maxconnectedclusters") {
+        "every cluster of a mesh needs the same max-connected-clusters".to_string()
+    } else if m.contains("permission denied") || m.contains("certificate") || m.contains("tls") {
+        format!(
+            "the credentials for {remote} are not accepted: run plexus clustermesh connect again to re-issue them"
+        )
+    } else if m.contains("unavailable")
+        || m.contains("connect")
+        || m.contains("timed out")
+        || m.contains("heartbeat")
+    {
+        format!(
+            "is the etcd of {remote} running and reachable? see plexus clustermesh status --context {remote}"
+        )
+    } else if m.contains("cluster config") || m.contains("cluster-config") {
+        format!("is the apiserver of {remote} running? it publishes the cluster config")
+    } else {
+        return None;
+    })
+}
+
+fn configured_remotes(ctx: &Context) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(&ctx.clustermesh_dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with('.') || name.contains('.') {
+                continue;
+            }
+            if std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("endpoints:")) {
+                out.push(name);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Folds what was gathered into the report (pure, so it is tested without daemons).
+pub fn build_report(
+    ctx: &Context,
+    enabled: bool,
+    configured: Vec<String>,
+    apiserver: Option<Result<ApiServerStatus, String>>,
+    agents: Vec<(String, Result<ClusterMeshReport, String>)>,
+) -> StatusReport {
+    let mut errors = Vec::new();
+    if !enabled {
+        errors.push(Problem {
+            scope: "cluster".into(),
+            message: "ClusterMesh is not enabled".into(),
+            hint: Some(format!(
+                "run plexus clustermesh enable --context {}",
+                ctx.name
+            )),
+        });
+    }
+    let apiserver = match apiserver {
+        Some(Ok(s)) => {
+            for reason in &s.not_ready {
+                errors.push(Problem {
+                    scope: "apiserver".into(),
+                    message: reason.clone(),
+                    hint: None,
+                });
+            }
+            Some(s)
+        }
+        Some(Err(e)) => {
+            errors.push(Problem {
+                scope: "apiserver".into(),
+                message: e,
+                hint: Some(format!("is plexus-apiserver of {} running?", ctx.name)),
+            });
+            None
+        }
+        None => None,
+    };
+    let kvstoremesh_view: BTreeMap<String, RemoteClusterReport> = apiserver
+        .as_ref()
+        .and_then(|a| a.kvstoremesh.as_ref())
+        .map(|m| {
+            m.remote_clusters
+                .iter()
+                .map(|r| (r.name.clone(), r.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut statuses = Vec::new();
+    let mut conns: BTreeMap<String, Connection> = BTreeMap::new();
+    let total = agents.len();
+    for name in &configured {
+        conns.insert(
+            name.clone(),
+            Connection {
+                cluster: name.clone(),
+                configured: 0,
+                connected: 0,
+                ready: 0,
+                total,
+                nodes: 0,
+                endpoints: 0,
+                identities: 0,
+                services: 0,
+                rejected: 0,
+                kvstoremesh: kvstoremesh_view.get(name).cloned(),
+            },
+        );
+    }
+    for (node, result) in agents {
+        match result {
+            Ok(report) => {
+                for r in &report.mesh.remote_clusters {
+                    let c = conns.entry(r.name.clone()).or_insert_with(|| Connection {
+                        cluster: r.name.clone(),
+                        configured: 0,
+                        connected: 0,
+                        ready: 0,
+                        total,
+                        nodes: 0,
+                        endpoints: 0,
+                        identities: 0,
+                        services: 0,
+                        rejected: 0,
+                        kvstoremesh: kvstoremesh_view.get(&r.name).cloned(),
+                    });
+                    c.configured += 1;
+                    c.connected += usize::from(r.connected);
+                    c.ready += usize::from(r.ready);
+                    c.nodes = c.nodes.max(r.num_nodes);
+                    c.endpoints = c.endpoints.max(r.num_endpoints);
+                    c.identities = c.identities.max(r.num_identities);
+                    c.services = c.services.max(r.num_shared_services);
+                    c.rejected = c.rejected.max(r.num_rejected);
+                    if !r.ready {
+                        let message = match (&r.last_failure, r.connected) {
+                            (Some(f), false) => format!("{}: {f}", r.name),
+                            _ => format!("{}: {}", r.name, r.status),
+                        };
+                        errors.push(Problem {
+                            scope: node.clone(),
+                            hint: r.last_failure.as_deref().and_then(|f| hint_for(f, &r.name)),
+                            message,
+                        });
+                    }
+                    if r.num_rejected > 0 {
+                        errors.push(Problem {
+                            scope: node.clone(),
+                            message: format!(
+                                "{}: {} entries refused by validation",
+                                r.name, r.num_rejected
+                            ),
+                            hint: Some(format!(
+                                "cluster {} publishes entries that are not its own or malformed; see the agent's log",
+                                r.name
+                            )),
+                        });
+                    }
+                }
+                for e in &report.mesh.config_errors {
+                    errors.push(Problem {
+                        scope: node.clone(),
+                        message: e.clone(),
+                        hint: Some(
+                            "fix or remove the file; plexus clustermesh connect writes valid ones"
+                                .into(),
+                        ),
+                    });
+                }
+                statuses.push(AgentStatus {
+                    node,
+                    reachable: true,
+                    error: None,
+                    remote_clusters: report.mesh.remote_clusters,
+                });
+            }
+            Err(e) => {
+                errors.push(Problem {
+                    scope: node.clone(),
+                    message: e.clone(),
+                    hint: Some(format!("is plexus-agent running on node {node}?")),
+                });
+                statuses.push(AgentStatus {
+                    node,
+                    reachable: false,
+                    error: Some(e),
+                    remote_clusters: Vec::new(),
+                });
+            }
+        }
+    }
+    for (name, r) in &kvstoremesh_view {
+        if !r.ready {
+            errors.push(Problem {
+                scope: "kvstoremesh".into(),
+                message: format!("{name}: {}", r.status),
+                hint: r.last_failure.as_deref().and_then(|f| hint_for(f, name)),
+            });
+        }
+    }
+    let connections: Vec<Connection> = conns.into_values().collect();
+    let ready = errors.is_empty()
+        && connections
+            .iter()
+            .all(|c| c.ready == c.total && c.configured == c.total);
+    StatusReport {
+        cluster: ctx.name.clone(),
+        cluster_id: ctx.cluster_id,
+        enabled,
+        access_endpoints: ctx.mesh_endpoints().to_vec(),
+        apiserver,
+        kvstoremesh: ctx.kvstoremesh_dir.is_some(),
+        configured,
+        agents: statuses,
+        connections,
+        errors,
+        ready,
+    }
+}
+
+/// Gathers the status of the context's cluster.
+pub async fn gather(ctx: &Context) -> StatusReport {
+    let apiserver = match &ctx.apiserver {
+        Some(addr) => Some(
+            plexus_agent_api::get_json::<ApiServerStatus>(
+                &Endpoint::Tcp(addr.clone()),
+                "/v1/status",
+                API_TIMEOUT,
+            )
+            .await
+            .map_err(|e| e.to_string()),
+        ),
+        None => None,
+    };
+    let mut agents = Vec::new();
+    for a in &ctx.agents {
+        let r = plexus_agent_api::get_json::<ClusterMeshReport>(
+            &Endpoint::Unix(a.socket.clone()),
+            "/v1/clustermesh",
+            API_TIMEOUT,
+        )
+        .await
+        .map_err(|e| e.to_string());
+        agents.push((a.node.clone(), r));
+    }
+    build_report(
+        ctx,
+        ctx.pki().has_ca(),
+        configured_remotes(ctx),
+        apiserver,
+        agents,
+    )
+}
+
+/// Prints the report for people, in the shape of cilium-cli's.
+pub fn print_text(r: &StatusReport) {
+    let ok = |b: bool| if b { "✅" } else { "❌" };
+    if r.enabled {
+        println!("✅ Cluster access information is available:");
+        for e in &r.access_endpoints {
+            println!("  - {e}");
+        }
+    } else {
+        println!("❌ ClusterMesh is not enabled for cluster {}", r.cluster);
+    }
+    if let Some(a) = &r.apiserver {
+        println!(
+            "{} Apiserver of {} (id {}) is {}",
+            ok(a.ready),
+            a.cluster,
+            a.cluster_id,
+            if a.ready { "ready" } else { "not ready" }
+        );
+    }
+    println!(
+        "ℹ️  KVStoreMesh is {}",
+        if r.kvstoremesh { "enabled" } else { "disabled" }
+    );
+    println!();
+    let total = r.agents.len();
+    if !r.connections.is_empty() {
+        let full = r
+            .agents
+            .iter()
+            .filter(|a| {
+                a.reachable
+                    && r.connections.iter().all(|c| {
+                        a.remote_clusters
+                            .iter()
+                            .any(|x| x.name == c.cluster && x.ready)
+                    })
+            })
+            .count();
+        println!(
+            "{} {full}/{total} nodes are connected to all clusters",
+            ok(full == total)
+        );
+        println!();
+        println!("🔌 Cluster Connections:");
+        for c in &r.connections {
+            print!(
+                "  - {}: {}/{} configured, {}/{} connected",
+                c.cluster, c.configured, c.total, c.connected, c.total
+            );
+            if let Some(k) = &c.kvstoremesh {
+                print!(
+                    " - KVStoreMesh: {}",
+                    if k.ready {
+                        "connected"
+                    } else {
+                        "not connected"
+                    }
+                );
+            }
+            println!();
+            println!(
+                "      {} nodes, {} endpoints, {} identities, {} services{}",
+                c.nodes,
+                c.endpoints,
+                c.identities,
+                c.services,
+                if c.rejected > 0 {
+                    format!(", {} rejected", c.rejected)
+                } else {
+                    String::new()
+                }
+            );
+        }
+    } else {
+        println!("ℹ️  No remote cluster configured");
+    }
+    if !r.errors.is_empty() {
+        println!();
+        println!("❌ {} errors:", r.errors.len());
+        for e in &r.errors {
+            println!("  ❌ {}: {}", e.scope, e.message);
+            if let Some(h) = &e.hint {
+                println!("     hint: {h}");
+            }
+        }
+    }
+}
+
+fn waiting_on(r: &StatusReport) -> String {
+    r.errors
+        .first()
+        .map(|e| format!("{}: {}", e.scope, e.message))
+        .or_else(|| {
+            r.connections
+                .iter()
+                .find(|c| c.ready < c.total)
+                .map(|c| format!("{}: {}/{} nodes synced", c.cluster, c.ready, c.total))
+        })
+        .unwrap_or_default()
+}
+
+/// `clustermesh status`.
+pub async fn status(
+    config: &CliConfig,
+    path: &Path,
+    context: Option<&str>,
+    wait: Option<Duration>,
+    json: bool,
+) -> Result<bool> {
+    let ctx = config.context(context, path)?;
+    let start = Instant::now();
+    let mut report = gather(ctx).await;
+    if let Some(limit) = wait {
+        let mut last_print = Instant::now();
+        while !report.ready && start.elapsed() < limit {
+            if !json && last_print.elapsed() >= Duration::from_secs(2) {
+                eprintln!(
+                    "⌛ Waiting ({}s) for ClusterMesh of {}: {}",
+                    start.elapsed().as_secs(),
+                    ctx.name,
+                    waiting_on(&report)
+                );
+                last_print = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            report = gather(ctx).await;
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_text(&report);
+    }
+    if wait.is_some() && !report.ready {
+        bail!(
+            "ClusterMesh of {} not ready after {:?}: {}",
+            ctx.name,
+            wait.unwrap_or_default(),
+            waiting_on(&report)
+        );
+    }
+    Ok(report.ready)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plexus_agent_api::MeshReport;
+
+    fn ctx() -> Context {
+        Context {
+            name: "c1".into(),
+            cluster_id: 1,
+            max_connected_clusters: 255,
+            state_dir: "/nonexistent".into(),
+            etcd_endpoints: vec!["https://127.0.0.1:2379".into()],
+            mesh_endpoints: vec![],
+            apiserver: None,
+            clustermesh_dir: "/nonexistent/cm".into(),
+            kvstoremesh_dir: None,
+            agents: vec![],
+            netns: None,
+        }
+    }
+
+    fn remote(name: &str, ready: bool, failure: Option<&str>) -> RemoteClusterReport {
+        RemoteClusterReport {
+            name: name.into(),
+            ready,
+            connected: ready,
+            status: if ready {
+                "ready".into()
+            } else {
+                "not connected".into()
+            },
+            num_nodes: 2,
+            num_endpoints: 10,
+            num_identities: 3,
+            num_shared_services: 1,
+            num_rejected: 0,
+            num_failures: u64::from(failure.is_some()),
+            last_failure: failure.map(String::from),
+            synced: Default::default(),
+            config: Default::default(),
+        }
+    }
+
+    #[test]
+    fn report_counts_nodes_per_remote_and_hints_at_errors() {
+        let agent = |node: &str, remotes| {
+            (
+                node.to_string(),
+                Ok(ClusterMeshReport {
+                    node: node.into(),
+                    cluster: "c1".into(),
+                    mesh: MeshReport {
+                        remote_clusters: remotes,
+                        config_errors: vec![],
+                    },
+                }),
+            )
+        };
+        let r = build_report(
+            &ctx(),
+            true,
+            vec!["c2".into(), "c3".into()],
+            None,
+            vec![
+                agent(
+                    "n1",
+                    vec![remote("c2", true, None), remote("c3", true, None)],
+                ),
+                agent(
+                    "n2",
+                    vec![
+                        remote("c2", true, None),
+                        remote(
+                            "c3",
+                            false,
+                            Some("cluster \"c3\" has id 2, already used by cluster \"c2\""),
+                        ),
+                    ],
+                ),
+                ("n3".into(), Err("cannot reach unix:/x: refused".into())),
+            ],
+        );
+        assert!(!r.ready);
+        let c2 = &r.connections[0];
+        assert_eq!(
+            (c2.cluster.as_str(), c2.configured, c2.connected, c2.total),
+            ("c2", 2, 2, 3)
+        );
+        assert_eq!(
+            (c2.nodes, c2.endpoints, c2.identities, c2.services),
+            (2, 10, 3, 1)
+        );
+        let c3 = &r.connections[1];
+        assert_eq!((c3.configured, c3.connected), (2, 1));
+        assert_eq!(r.errors.len(), 2);
+        assert!(
+            r.errors[0].hint.as_deref().unwrap().contains("unique"),
+            "{:?}",
+            r.errors
+        );
+        assert!(
+            r.errors[1]
+                .hint
+                .as_deref()
+                .unwrap()
+                .contains("plexus-agent running on node n3")
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["connections"][0]["endpoints"], 10);
+        assert_eq!(json["agents"][2]["reachable"], false);
+    }
+
+    #[test]
+    fn endpoint_hosts_split_names_and_addresses() {
+        let (dns, ips) = endpoint_hosts(&[
+            "https://10.0.0.1:2379".into(),
+            "https://etcd.c1.local:2379".into(),
+            "https://[::1]:2379".into(),
+        ]);
+        assert_eq!(dns, vec!["etcd.c1.local"]);
+        assert_eq!(ips.len(), 2);
+    }
+}

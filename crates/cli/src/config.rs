@@ -1,0 +1,232 @@
+//! The CLI's configuration file: one context per cluster, like a kubeconfig.
+//!
+//! `$PLEXUS_CONFIG`, else `~/.plexus/config.yaml`:
+//!
+//! ```yaml
+//! current-context: cluster1
+//! contexts:
+//! - name: cluster1                 # the cluster's name
+//!   cluster-id: 1
+//!   max-connected-clusters: 255    # optional
+//!   state-dir: /var/lib/plexus/cluster1   # certificates under pki/
+//!   etcd-endpoints: [https://127.0.0.1:2379]   # how the CLI reaches the cluster's etcd
+//!   mesh-endpoints: [https://10.0.0.1:2379]    # how other clusters reach it (default: etcd-endpoints)
+//!   apiserver: 127.0.0.1:9963      # the apiserver's status address
+//!   clustermesh-dir: /var/lib/plexus/cluster1/clustermesh   # where its agents read remote configs
+//!   kvstoremesh-dir: /var/lib/plexus/cluster1/kvstoremesh   # optional: KVStoreMesh's remote configs
+//!   agents:                        # the nodes' agent sockets
+//!   - node: node1
+//!     socket: /run/plexus/cluster1/node1/agent.sock
+//!   netns: plexus-lab-underlay     # optional: network namespace to reach the cluster from
+//! ```
+//!
+//! A context is named after its cluster. Errors name the file and the context.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// One node's agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct AgentRef {
+    /// Node name.
+    pub node: String,
+    /// Its API socket.
+    pub socket: PathBuf,
+}
+
+fn default_max() -> u32 {
+    255
+}
+
+/// How to reach one cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Context {
+    /// The cluster's name.
+    pub name: String,
+    /// The cluster's id.
+    pub cluster_id: u32,
+    /// 255 or 511.
+    #[serde(default = "default_max")]
+    pub max_connected_clusters: u32,
+    /// Where the cluster's certificates live (`pki/`).
+    pub state_dir: PathBuf,
+    /// The cluster's etcd, as the CLI reaches it.
+    pub etcd_endpoints: Vec<String>,
+    /// The cluster's etcd, as other clusters reach it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mesh_endpoints: Vec<String>,
+    /// The apiserver's HTTP address (`host:port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apiserver: Option<String>,
+    /// Where the cluster's agents read remote-cluster configurations.
+    pub clustermesh_dir: PathBuf,
+    /// Where the cluster's KVStoreMesh reads remote-cluster configurations (KVStoreMesh on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kvstoremesh_dir: Option<PathBuf>,
+    /// The nodes' agents.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agents: Vec<AgentRef>,
+    /// A network namespace to enter before talking to the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+}
+
+impl Context {
+    /// The certificate directory.
+    pub fn pki(&self) -> plexus_pki::cluster::ClusterPki {
+        plexus_pki::cluster::ClusterPki::new(self.state_dir.join("pki"), &self.name)
+    }
+
+    /// How peers reach the cluster's etcd.
+    pub fn mesh_endpoints(&self) -> &[String] {
+        if self.mesh_endpoints.is_empty() {
+            &self.etcd_endpoints
+        } else {
+            &self.mesh_endpoints
+        }
+    }
+}
+
+/// The whole file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct CliConfig {
+    /// The context used without `--context`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_context: Option<String>,
+    /// Every context.
+    #[serde(default)]
+    pub contexts: Vec<Context>,
+}
+
+/// The config file's path: `$PLEXUS_CONFIG`, else `~/.plexus/config.yaml`.
+pub fn default_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("PLEXUS_CONFIG") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    Path::new(&home).join(".plexus").join("config.yaml")
+}
+
+impl CliConfig {
+    /// Reads the file; a missing file is an empty configuration.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+        };
+        let config: Self = serde_norway::from_str(&text)
+            .with_context(|| format!("{}: not a valid plexus configuration", path.display()))?;
+        for (i, c) in config.contexts.iter().enumerate() {
+            if config.contexts[..i].iter().any(|o| o.name == c.name) {
+                bail!("{}: context {:?} appears twice", path.display(), c.name);
+            }
+        }
+        Ok(config)
+    }
+
+    /// Writes the file (atomically).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        }
+        let text = serde_norway::to_string(self)?;
+        write_atomic(path, text.as_bytes(), 0o600)
+    }
+
+    /// The context named `name`, or the current one.
+    pub fn context(&self, name: Option<&str>, path: &Path) -> Result<&Context> {
+        let name = match name.or(self.current_context.as_deref()) {
+            Some(n) => n,
+            None => bail!(
+                "no --context given and no current-context in {}",
+                path.display()
+            ),
+        };
+        self.contexts
+            .iter()
+            .find(|c| c.name == name)
+            .with_context(|| {
+                let known: Vec<&str> = self.contexts.iter().map(|c| c.name.as_str()).collect();
+                format!(
+                    "context {name:?} not found in {} (known: {})",
+                    path.display(),
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                )
+            })
+    }
+
+    /// Adds or replaces a context.
+    #[allow(dead_code)] // the lab writes its clusters' contexts with it (next step)
+    pub fn upsert(&mut self, context: Context) {
+        match self.contexts.iter_mut().find(|c| c.name == context.name) {
+            Some(c) => *c = context,
+            None => self.contexts.push(context),
+        }
+    }
+}
+
+/// Writes `path` through a temporary file and a rename, so readers never see half a file.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    // Hidden while being written: the clustermesh directory scanner skips dot files.
+    let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
+    std::fs::write(&tmp, contents).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contexts_round_trip_and_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        assert_eq!(CliConfig::load(&path).unwrap(), CliConfig::default());
+        let mut config = CliConfig::default();
+        config.upsert(Context {
+            name: "c1".into(),
+            cluster_id: 1,
+            max_connected_clusters: 255,
+            state_dir: "/tmp/c1".into(),
+            etcd_endpoints: vec!["https://127.0.0.1:2379".into()],
+            mesh_endpoints: vec![],
+            apiserver: None,
+            clustermesh_dir: "/tmp/c1/clustermesh".into(),
+            kvstoremesh_dir: None,
+            agents: vec![],
+            netns: None,
+        });
+        config.current_context = Some("c1".into());
+        config.save(&path).unwrap();
+        let back = CliConfig::load(&path).unwrap();
+        assert_eq!(back, config);
+        assert_eq!(back.context(None, &path).unwrap().name, "c1");
+        let err = back.context(Some("c9"), &path).unwrap_err().to_string();
+        assert!(err.contains("c9") && err.contains("known: c1"), "{err}");
+
+        std::fs::write(&path, "contexts:\n- name: c1\n  cluster-idd: 1\n").unwrap();
+        let err = format!("{:#}", CliConfig::load(&path).unwrap_err());
+        assert!(
+            err.contains("config.yaml") && err.contains("cluster-idd"),
+            "{err}"
+        );
+    }
+}
