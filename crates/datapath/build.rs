@@ -30,7 +30,9 @@ fn main() {
         .arg(&out)
         .status()
         .unwrap_or_else(|e| {
-            panic!("cannot run {clang} to build the BPF object (apt-get install clang libbpf-dev): {e}")
+            panic!(
+                "cannot run {clang} to build the BPF object (apt-get install clang libbpf-dev): {e}"
+            )
         });
     assert!(status.success(), "{clang} failed to compile bpf/plexus.c");
 }

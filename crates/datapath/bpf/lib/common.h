@@ -19,6 +19,15 @@
 
 #ifndef __always_inline
 #define __always_inline inline __attribute__((always_inline))
+/* The Rust side (src/abi.rs) relies on these sizes. */
+_Static_assert(sizeof(struct ipcache_key) == 8, "ipcache_key layout");
+_Static_assert(sizeof(struct ipcache_value) == 12, "ipcache_value layout");
+_Static_assert(sizeof(struct endpoint_info) == 24, "endpoint_info layout");
+_Static_assert(sizeof(struct node_config) == 64, "node_config layout");
+_Static_assert(sizeof(struct metrics_key) == 4, "metrics_key layout");
+_Static_assert(sizeof(struct metrics_value) == 16, "metrics_value layout");
+_Static_assert(sizeof(struct event) == 48, "event layout");
+
 #endif
 
 /* Reserved identities (same numbers as Cilium's). */
@@ -140,5 +149,14 @@ struct pkt_info {
 	__u8 proto;
 	__u8 tcp_flags;
 };
+
+/* The Rust side (src/abi.rs) relies on these sizes. */
+_Static_assert(sizeof(struct ipcache_key) == 8, "ipcache_key layout");
+_Static_assert(sizeof(struct ipcache_value) == 12, "ipcache_value layout");
+_Static_assert(sizeof(struct endpoint_info) == 24, "endpoint_info layout");
+_Static_assert(sizeof(struct node_config) == 64, "node_config layout");
+_Static_assert(sizeof(struct metrics_key) == 4, "metrics_key layout");
+_Static_assert(sizeof(struct metrics_value) == 16, "metrics_value layout");
+_Static_assert(sizeof(struct event) == 48, "event layout");
 
 #endif
