@@ -63,7 +63,14 @@ pub struct TestRunOutput {
     pub verdict: u32,
     /// The packet as the program left it.
     pub frame: Vec<u8>,
+    /// `skb->mark` as the program left it.
+    pub mark: u32,
 }
+
+/// Size of `struct __sk_buff`, the context of tc programs.
+const SK_BUFF_CTX_SIZE: usize = 192;
+/// Offset of `mark` in `struct __sk_buff`.
+const SK_BUFF_MARK_OFFSET: usize = 8;
 
 /// tc verdicts, as `BPF_PROG_TEST_RUN` reports them.
 pub mod verdict {
@@ -242,11 +249,13 @@ impl EbpfDatapath {
         self.tunnel_ifindex
     }
 
-    /// Runs `program` once on `frame` with `BPF_PROG_TEST_RUN` (the maps are the live ones).
+    /// Runs `program` once on `frame` with `BPF_PROG_TEST_RUN`, `skb->mark` set to `mark`
+    /// (the maps are the live ones; the packet arrives on the loopback device, index 1).
     pub fn test_run(
         &self,
         program: &'static str,
         frame: &[u8],
+        mark: u32,
     ) -> Result<TestRunOutput, DatapathError> {
         let mut st = self.lock();
         let prog: &mut SchedClassifier = st
@@ -262,10 +271,15 @@ impl EbpfDatapath {
                 source: Box::new(e),
             })?;
         let mut out = vec![0u8; frame.len() + 256];
+        let mut ctx_in = [0u8; SK_BUFF_CTX_SIZE];
+        ctx_in[SK_BUFF_MARK_OFFSET..SK_BUFF_MARK_OFFSET + 4].copy_from_slice(&mark.to_ne_bytes());
+        let mut ctx_out = [0u8; SK_BUFF_CTX_SIZE];
         let res = prog
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
+                ctx_in: Some(&ctx_in),
+                ctx_out: Some(&mut ctx_out),
                 ..TestRunOptions::default()
             })
             .map_err(|e| DatapathError::Program {
@@ -273,9 +287,12 @@ impl EbpfDatapath {
                 source: Box::new(e),
             })?;
         out.truncate(res.data_size_out as usize);
+        let mut mark_out = [0u8; 4];
+        mark_out.copy_from_slice(&ctx_out[SK_BUFF_MARK_OFFSET..SK_BUFF_MARK_OFFSET + 4]);
         Ok(TestRunOutput {
             verdict: res.return_value,
             frame: out,
+            mark: u32::from_ne_bytes(mark_out),
         })
     }
 
