@@ -1,6 +1,6 @@
 //! tc attachments that survive the agent: TCX links pinned in bpffs.
 //!
-//! Each (program, device) pair has one link pinned at `<pin_dir>/links/<program>.if<ifindex>`.
+//! Each (program, device) pair has one link pinned at `<pin_dir>/links/<program>-if<ifindex>` (bpffs refuses dots in names).
 //! A restarted agent opens the pinned link and swaps its program in place with
 //! `BPF_LINK_UPDATE`, so traffic never sees a moment without a program. A pinned link whose
 //! device has gone (the update fails) is unpinned and attached anew.
@@ -23,7 +23,7 @@ use crate::{DatapathError, object::PROGRAMS};
 
 /// Where a program's link on a device is pinned (`pin_name` names the device, e.g. `if7`).
 pub(crate) fn pin_path(links_dir: &Path, program: &str, pin_name: &str) -> PathBuf {
-    links_dir.join(format!("{program}.{pin_name}"))
+    links_dir.join(format!("{program}-{pin_name}"))
 }
 
 fn attach_err(program: &'static str, device: &str, reason: impl ToString) -> DatapathError {
@@ -55,19 +55,20 @@ fn update_pinned(
     device: &str,
     pin: &Path,
 ) -> Result<bool, DatapathError> {
-    let old = match PinnedLink::from_pin(pin) {
-        Ok(old) => old,
-        Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => {
-            return Ok(false);
-        }
-        Err(e) => {
-            return Err(attach_err(
-                program,
-                device,
-                format!("opening {}: {e}", pin.display()),
-            ));
-        }
-    };
+    if !pin.exists() {
+        return Ok(false);
+    }
+    let old = PinnedLink::from_pin(pin).map_err(|e| {
+        let detail = match &e {
+            LinkError::SyscallError(s) => format!("{e}: {}", s.io_error),
+            _ => e.to_string(),
+        };
+        attach_err(
+            program,
+            device,
+            format!("opening {}: {detail}", pin.display()),
+        )
+    })?;
     let prog = classifier(ebpf, program)?;
     let updated = SchedClassifierLink::try_from(FdLink::from(old))
         .map_err(|e| e.to_string())
@@ -124,10 +125,17 @@ pub(crate) fn attach_pinned(
         attach_err(
             program,
             device,
-            format!("pinning at {}: {e}", pin.display()),
+            format!("pinning at {}: {}", pin.display(), pin_detail(&e)),
         )
     })?;
     Ok(())
+}
+
+fn pin_detail(e: &aya::pin::PinError) -> String {
+    match e {
+        aya::pin::PinError::SyscallError(s) => format!("{e}: {}", s.io_error),
+        _ => e.to_string(),
+    }
 }
 
 /// Unpins (and so detaches) `program`'s link pinned under `pin_name`, if any.
@@ -163,7 +171,7 @@ pub(crate) fn take_over_all(
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some((program, device)) = PROGRAMS.iter().find_map(|p| {
             name.strip_prefix(p)
-                .and_then(|rest| rest.strip_prefix('.'))
+                .and_then(|rest| rest.strip_prefix('-'))
                 .map(|device| (*p, device.to_owned()))
         }) else {
             tracing::warn!(file = %name, "ignoring unknown pinned link");

@@ -14,7 +14,7 @@
 //! # Attachments and restarts
 //!
 //! Programs are attached with TCX links (`BPF_LINK_CREATE`, **Linux >= 6.6**), each pinned
-//! at `<pin_dir>/links/<program>.if<ifindex>`. A pinned link stays attached after the agent
+//! at `<pin_dir>/links/<program>-if<ifindex>`. A pinned link stays attached after the agent
 //! exits, so traffic keeps flowing with the old programs and the pinned maps. A new agent
 //! opens the pinned links and replaces their program atomically (`BPF_LINK_UPDATE`): there is
 //! no moment without a program. Legacy clsact filters were the alternative for older kernels;
