@@ -130,9 +130,13 @@ fn mac_str(m: [u8; 6]) -> String {
 }
 
 fn make_pod(nets: &mut Netns, node: &str, prefix: &str, n: u8) -> Pod {
+    make_pod_at(nets, node, prefix, n, Ipv4Addr::new(10, 60, 1, 10 + n))
+}
+
+fn make_pod_at(nets: &mut Netns, node: &str, prefix: &str, n: u8, pod_ip: Ipv4Addr) -> Pod {
     let pod = Pod {
         ns: nets.add(format!("{prefix}-pod{n}")),
-        ip: Ipv4Addr::new(10, 60, 1, 10 + n),
+        ip: pod_ip,
         host_if: format!("lxc{n}"),
         pod_mac: [0x0a, 0x58, 0, 0, 0, n],
         host_mac: [0x0e, 0x58, 0, 0, 1, n],
@@ -364,6 +368,106 @@ fn two_pods_ping_through_the_datapath_and_survive_a_restart() {
     wait_tcx(&node, "lxc2", TcAttachType::Ingress, 0);
     wait_tcx(&node, "plexus_vxlan", TcAttachType::Ingress, 0);
     drop(node);
+    drop(nets);
+    drop(fs);
+}
+
+fn node_config(fs: &common::Bpffs, name: &str, node_ip: Ipv4Addr) -> NodeConfig {
+    NodeConfig {
+        node_ip,
+        routing: RoutingMode::Tunnel,
+        gateway_ip: GATEWAY,
+        cluster_id: 1,
+        tunnel_ifname: "plexus_vxlan".into(),
+        pin_dir: fs.path().join(name),
+    }
+}
+
+#[test]
+fn pods_on_two_nodes_ping_through_the_vxlan_tunnel_with_identity_in_the_vni() {
+    let fs = common::Bpffs::new();
+    let prefix = format!("plexus-dp-test-{:08x}", rand::random::<u32>());
+    let mut nets = Netns { names: Vec::new() };
+    let n1 = nets.add(format!("{prefix}-n1"));
+    let n2 = nets.add(format!("{prefix}-n2"));
+    let (ip1, ip2) = (
+        Ipv4Addr::new(192, 168, 77, 1),
+        Ipv4Addr::new(192, 168, 77, 2),
+    );
+    // The underlay: one veth pair between the nodes.
+    ip(&[
+        "-n", &n1, "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", &n2,
+    ]);
+    for (ns, addr) in [(&n1, ip1), (&n2, ip2)] {
+        ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", "ul0"]);
+        ip(&["-n", ns, "link", "set", "ul0", "up"]);
+        ip(&["-n", ns, "link", "set", "lo", "up"]);
+    }
+    let a = make_pod_at(&mut nets, &n1, &prefix, 1, Ipv4Addr::new(10, 60, 1, 11));
+    let b = make_pod_at(&mut nets, &n2, &prefix, 2, Ipv4Addr::new(10, 60, 2, 12));
+
+    let node1 = NsThread::enter(&n1);
+    let node2 = NsThread::enter(&n2);
+    let setup = |cfg: NodeConfig, ep: Endpoint, remote: &str, identity: u32, tunnel: Ipv4Addr| {
+        let remote: plexus_datapath::Prefix = remote.parse().unwrap();
+        move || {
+            let dp = EbpfDatapath::load(cfg).unwrap();
+            dp.upsert_endpoint(&ep).unwrap();
+            dp.upsert_ipcache(
+                remote,
+                plexus_datapath::IpcacheValue {
+                    identity,
+                    tunnel_endpoint: Some(tunnel),
+                    cluster_id: 1,
+                },
+            )
+            .unwrap();
+            Arc::new(dp)
+        }
+    };
+    let dp1 = node1.run(setup(
+        node_config(&fs, "n1", ip1),
+        endpoint(&a, 11, 5001),
+        "10.60.2.0/24",
+        5002,
+        ip2,
+    ));
+    let dp2 = node2.run(setup(
+        node_config(&fs, "n2", ip2),
+        endpoint(&b, 12, 5002),
+        "10.60.1.0/24",
+        5001,
+        ip1,
+    ));
+    let mut ev1 = dp1.subscribe();
+    let mut ev2 = dp2.subscribe();
+
+    assert!(ping(&a, &b), "pod a cannot ping pod b across the tunnel");
+    let decap = wait_event(&mut ev2, |e| {
+        e.kind == EventKind::Trace(ObservationPoint::FromOverlay) && e.protocol == 1
+    });
+    assert_eq!((decap.src_identity, decap.dst_identity), (5001, 5002));
+    let delivered = wait_event(&mut ev2, |e| {
+        e.kind == EventKind::Trace(ObservationPoint::ToEndpoint) && e.daddr == b.ip
+    });
+    assert_eq!(delivered.src_identity, 5001, "identity carried in the VNI");
+    let reply = wait_event(&mut ev1, |e| {
+        e.kind == EventKind::Trace(ObservationPoint::ToEndpoint) && e.daddr == a.ip
+    });
+    assert_eq!((reply.src_identity, reply.dst_identity), (5002, 5001));
+
+    // Without its ipcache entry, node 1 hands the packet to its stack, which has no route.
+    node1.run({
+        let dp = dp1.clone();
+        move || dp.remove_ipcache("10.60.2.0/24".parse().unwrap()).unwrap()
+    });
+    assert!(!ping(&a, &b));
+
+    drop((ev1, ev2, dp1, dp2));
+    for name in ["n1", "n2"] {
+        EbpfDatapath::uninstall(&fs.path().join(name)).unwrap();
+    }
+    drop((node1, node2));
     drop(nets);
     drop(fs);
 }
