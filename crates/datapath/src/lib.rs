@@ -106,11 +106,16 @@ pub enum DatapathError {
 }
 
 /// The narrow interface the agent drives. Implementations are shared between tasks.
+///
+/// For [`EbpfDatapath`], calls that touch devices (`upsert_endpoint`, `remove_endpoint`,
+/// `endpoints`' name lookups) resolve interface names in the calling thread's network
+/// namespace: call them from the node's namespace, as [`EbpfDatapath::load`].
 pub trait Datapath: Send + Sync {
     /// Adds or replaces a local endpoint and makes its host-side veth run the datapath.
     fn upsert_endpoint(&self, endpoint: &Endpoint) -> Result<(), DatapathError>;
-    /// Forgets the local endpoint with this address (and detaches from its veth). Removing an
-    /// unknown endpoint is not an error.
+    /// Forgets the local endpoint with this address (and detaches from its veth; the kernel
+    /// releases the links asynchronously, within milliseconds). Removing an unknown endpoint is
+    /// not an error.
     fn remove_endpoint(&self, ipv4: Ipv4Addr) -> Result<(), DatapathError>;
     /// The local endpoints, in address order.
     fn endpoints(&self) -> Result<Vec<Endpoint>, DatapathError>;
