@@ -333,3 +333,41 @@ async fn maps_survive_a_reload_from_the_same_pin_dir() {
     .await
     .unwrap();
 }
+
+#[test]
+fn maps_pinned_with_another_layout_are_refused() {
+    let fs = common::Bpffs::new();
+    let pin_dir = fs.path().join("node");
+    std::fs::create_dir(&pin_dir).unwrap();
+    let status = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(pin_dir.join("PLEXUS_ENDPOINTS"))
+        .args([
+            "type",
+            "hash",
+            "key",
+            "4",
+            "value",
+            "8",
+            "entries",
+            "16",
+            "name",
+            "PLEXUS_ENDPOINTS",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let config = NodeConfig {
+        node_ip: Ipv4Addr::new(192, 168, 77, 1),
+        routing: RoutingMode::Tunnel,
+        gateway_ip: GATEWAY,
+        cluster_id: 1,
+        tunnel_ifname: "unused".into(),
+        pin_dir,
+    };
+    let err = EbpfDatapath::load_unattached(config, 77).unwrap_err();
+    assert!(
+        err.to_string().contains("PLEXUS_ENDPOINTS") && err.to_string().contains("4/24"),
+        "{err}"
+    );
+}

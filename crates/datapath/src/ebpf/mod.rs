@@ -20,8 +20,9 @@
 //! no moment without a program. Legacy clsact filters were the alternative for older kernels;
 //! they are not implemented.
 //!
-//! A reused map keeps the layout it was created with: changing a struct in
-//! `bpf/lib/common.h` needs a migration (or a new pin directory).
+//! A reused map keeps the layout it was created with: loading refuses pinned maps whose key or
+//! value size differs from this build's; changing a struct in `bpf/lib/common.h` needs a
+//! migration (or a new pin directory).
 
 mod links;
 pub mod netdev;
@@ -132,6 +133,37 @@ fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, Datap
     })
 }
 
+/// Key and value sizes this build expects of each pinned map (see `bpf/lib/common.h`).
+const MAP_LAYOUTS: [(&str, u32, u32); 4] = [
+    (MAP_IPCACHE, 8, 12),
+    (MAP_ENDPOINTS, 4, 24),
+    (MAP_CONFIG, 4, 64),
+    (MAP_METRICS, 4, 16),
+];
+
+/// Refuses maps pinned by a build with another layout: reusing them would corrupt entries.
+fn check_pinned_layouts(pin_dir: &Path) -> Result<(), DatapathError> {
+    for (name, key, value) in MAP_LAYOUTS {
+        let path = pin_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = aya::maps::MapInfo::from_pin(&path).map_err(map_err(name))?;
+        if (info.key_size(), info.value_size()) != (key, value) {
+            return Err(DatapathError::Invalid {
+                what: format!("pinned map {}", path.display()),
+                reason: format!(
+                    "key/value sizes {}/{} but this build expects {key}/{value}; \
+                     remove the pin or migrate it",
+                    info.key_size(),
+                    info.value_size()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn device_pin_name(ifindex: u32) -> String {
     format!("if{ifindex}")
 }
@@ -157,6 +189,7 @@ impl EbpfDatapath {
         let links_dir = pin_dir.join("links");
         fs::create_dir_all(&links_dir).map_err(io_err(&links_dir))?;
 
+        check_pinned_layouts(&pin_dir)?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pin_dir)
             .load(PLEXUS_BPF_OBJECT)
