@@ -1,5 +1,167 @@
-//! The datapath: what moves packets.
+//! The datapath: what moves packets between pods, nodes and clusters.
 //!
-//! This crate will define the narrow `Datapath` trait the agent drives (endpoints, ipcache,
-//! services, policy), its eBPF implementation (C programs under `bpf/`, loaded with aya) and an
-//! in-memory fake for control-plane tests.
+//! The agent drives it through the narrow [`Datapath`] trait: local endpoints, the ipcache
+//! (prefix to identity and tunnel endpoint) and a stream of [`MonitorEvent`]s. Two
+//! implementations live here:
+//!
+//! - [`EbpfDatapath`]: the C programs under `bpf/` (built by `build.rs` into one object,
+//!   embedded in this crate) loaded with aya, maps and tc links pinned under bpffs so that a
+//!   restarted agent keeps traffic flowing;
+//! - [`FakeDatapath`]: in-memory maps for control-plane tests that need no kernel.
+//!
+//! IPv4 only for now. Policy, services and conntrack come later; the programs already call a
+//! policy step that allows everything.
+
+pub mod bpffs;
+pub mod ebpf;
+pub mod event;
+pub mod fake;
+pub mod object;
+pub mod types;
+
+mod abi;
+
+use std::{net::Ipv4Addr, path::PathBuf};
+
+pub use ebpf::EbpfDatapath;
+pub use event::{DropReason, EventKind, MonitorEvent, ObservationPoint};
+pub use fake::FakeDatapath;
+pub use types::{
+    Direction, Endpoint, IDENTITY_HOST, IDENTITY_MAX, IDENTITY_UNKNOWN, IDENTITY_WORLD,
+    IpcacheValue, Metric, NodeConfig, Prefix, RoutingMode,
+};
+
+/// Capacity of the event broadcast channel; slow subscribers see `Lagged` and lose events,
+/// never block the datapath.
+pub const EVENT_CHANNEL_CAPACITY: usize = 4096;
+
+/// Errors of [`Datapath`] operations.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    /// A value the datapath cannot represent.
+    #[error("invalid {what}: {reason}")]
+    Invalid {
+        /// What was invalid (e.g. "endpoint 10.0.0.5").
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// Loading the BPF object failed.
+    #[error("loading the BPF object (maps pinned under {pin_dir}): {source}")]
+    Load {
+        /// The pin directory used.
+        pin_dir: PathBuf,
+        /// aya's error.
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
+    /// A program is missing from the object or failed to load into the kernel.
+    #[error("program {program}: {source}")]
+    Program {
+        /// Program name.
+        program: &'static str,
+        /// aya's error.
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    /// A map is missing from the object, has the wrong type, or an operation on it failed.
+    #[error("map {map}: {source}")]
+    Map {
+        /// Map name.
+        map: &'static str,
+        /// aya's error.
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    /// Attaching a program to a device failed.
+    #[error("attaching {program} to {device}: {reason}")]
+    Attach {
+        /// Program name.
+        program: &'static str,
+        /// Device name.
+        device: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Creating or inspecting a network device failed.
+    #[error("network device {device}: {reason}")]
+    Netdev {
+        /// Device name.
+        device: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The pin directory is unusable.
+    #[error(transparent)]
+    Bpffs(#[from] bpffs::BpffsError),
+    /// A file system operation under the pin directory failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path at fault.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The narrow interface the agent drives. Implementations are shared between tasks.
+///
+/// For [`EbpfDatapath`], calls that touch devices (`upsert_endpoint`, `remove_endpoint`,
+/// `endpoints`' name lookups) resolve interface names in the calling thread's network
+/// namespace: call them from the node's namespace, as [`EbpfDatapath::load`].
+pub trait Datapath: Send + Sync {
+    /// Adds or replaces a local endpoint and makes its host-side veth run the datapath.
+    fn upsert_endpoint(&self, endpoint: &Endpoint) -> Result<(), DatapathError>;
+    /// Forgets the local endpoint with this address (and detaches from its veth; the kernel
+    /// releases the links asynchronously, within milliseconds). Removing an unknown endpoint is
+    /// not an error.
+    fn remove_endpoint(&self, ipv4: Ipv4Addr) -> Result<(), DatapathError>;
+    /// The local endpoints, in address order.
+    fn endpoints(&self) -> Result<Vec<Endpoint>, DatapathError>;
+    /// Adds or replaces an ipcache entry.
+    fn upsert_ipcache(&self, prefix: Prefix, value: IpcacheValue) -> Result<(), DatapathError>;
+    /// Removes an ipcache entry; removing an absent one is not an error.
+    fn remove_ipcache(&self, prefix: Prefix) -> Result<(), DatapathError>;
+    /// The ipcache, in prefix order.
+    fn ipcache(&self) -> Result<Vec<(Prefix, IpcacheValue)>, DatapathError>;
+    /// Forwarded and dropped packet counters.
+    fn metrics(&self) -> Result<Vec<Metric>, DatapathError>;
+    /// A new subscription to trace and drop events, from now on.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<MonitorEvent>;
+}
+
+/// Checks what both implementations refuse.
+pub(crate) fn validate_endpoint(ep: &Endpoint) -> Result<(), DatapathError> {
+    let invalid = |reason: String| DatapathError::Invalid {
+        what: format!("endpoint {} ({})", ep.ipv4, ep.id),
+        reason,
+    };
+    if ep.identity > IDENTITY_MAX {
+        return Err(invalid(format!(
+            "identity {} does not fit in 24 bits",
+            ep.identity
+        )));
+    }
+    if ep.host_ifname.is_empty() && ep.host_ifindex == 0 {
+        return Err(invalid("no host interface name or index".into()));
+    }
+    Ok(())
+}
+
+/// Checks an ipcache value.
+pub(crate) fn validate_ipcache(prefix: Prefix, v: &IpcacheValue) -> Result<(), DatapathError> {
+    if v.identity > IDENTITY_MAX {
+        return Err(DatapathError::Invalid {
+            what: format!("ipcache entry {prefix}"),
+            reason: format!("identity {} does not fit in 24 bits", v.identity),
+        });
+    }
+    if prefix.len > 32 {
+        return Err(DatapathError::Invalid {
+            what: format!("ipcache entry {prefix}"),
+            reason: "prefix longer than 32 bits".into(),
+        });
+    }
+    Ok(())
+}

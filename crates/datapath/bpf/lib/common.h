@@ -1,0 +1,162 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Structures shared with the Rust side (crates/datapath/src/abi.rs).
+ * Every change here is a change of the pinned maps' layout: keep both sides in step
+ * and keep the reserved fields so that additions do not change sizes.
+ */
+#ifndef PLEXUS_COMMON_H
+#define PLEXUS_COMMON_H
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/pkt_cls.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#ifndef __always_inline
+#define __always_inline inline __attribute__((always_inline))
+/* The Rust side (src/abi.rs) relies on these sizes. */
+_Static_assert(sizeof(struct ipcache_key) == 8, "ipcache_key layout");
+_Static_assert(sizeof(struct ipcache_value) == 12, "ipcache_value layout");
+_Static_assert(sizeof(struct endpoint_info) == 24, "endpoint_info layout");
+_Static_assert(sizeof(struct node_config) == 64, "node_config layout");
+_Static_assert(sizeof(struct metrics_key) == 4, "metrics_key layout");
+_Static_assert(sizeof(struct metrics_value) == 16, "metrics_value layout");
+_Static_assert(sizeof(struct event) == 48, "event layout");
+
+#endif
+
+/* Reserved identities (same numbers as Cilium's). */
+#define IDENTITY_UNKNOWN 0
+#define IDENTITY_HOST 1
+#define IDENTITY_WORLD 2
+
+/* Identities and VNIs are 24 bits wide. */
+#define IDENTITY_MASK 0x00FFFFFFu
+
+/* skb->mark carries the source identity between programs: magic in the top byte. */
+#define MARK_MAGIC_IDENTITY 0xA5000000u
+#define MARK_MAGIC_MASK 0xFF000000u
+
+/* node_config.routing_mode */
+#define ROUTING_TUNNEL 0
+#define ROUTING_NATIVE 1
+
+/* Metric directions. */
+#define DIR_INGRESS 1 /* towards a pod */
+#define DIR_EGRESS 2  /* leaving a pod */
+
+/* Event types. */
+#define EVENT_TRACE 1
+#define EVENT_DROP 2
+
+/* Trace observation points. */
+#define OBS_FROM_ENDPOINT 1
+#define OBS_TO_ENDPOINT 2
+#define OBS_FROM_OVERLAY 3
+#define OBS_TO_OVERLAY 4
+#define OBS_TO_STACK 5
+
+/* Metric reason 0 is "forwarded"; every other reason is a drop. */
+#define REASON_FORWARDED 0
+#define DROP_INVALID_PACKET 1
+#define DROP_UNKNOWN_SOURCE 2
+#define DROP_NO_ENDPOINT 3
+#define DROP_UNSUPPORTED_L3 4
+#define DROP_NO_TUNNEL_KEY 5
+#define DROP_POLICY_DENIED 6
+#define DROP_SOURCE_MISMATCH 7
+#define DROP_UNSUPPORTED_ARP 8
+#define DROP_NO_CONFIG 9
+#define DROP_TUNNEL_KEY_FAILED 10
+
+/* PLEXUS_IPCACHE key: an LPM trie key, prefixlen counts the bits of ipv4. */
+struct ipcache_key {
+	__u32 prefixlen;
+	__u32 ipv4; /* network order */
+};
+
+struct ipcache_value {
+	__u32 sec_identity;
+	__u32 tunnel_endpoint; /* network order IPv4, 0 = none */
+	__u16 cluster_id;
+	__u16 flags;
+};
+
+/* PLEXUS_ENDPOINTS value, keyed by the pod's IPv4 (network order). */
+struct endpoint_info {
+	__u32 ifindex; /* host-side veth */
+	__u16 ep_id;
+	__u16 flags;
+	__u8 pod_mac[6];
+	__u8 host_mac[6];
+	__u32 sec_identity;
+};
+
+/* PLEXUS_CONFIG[0]. */
+struct node_config {
+	__u32 tunnel_ifindex;
+	__u32 node_ipv4;    /* network order */
+	__u32 routing_mode; /* ROUTING_* */
+	__u32 gateway_ipv4; /* network order */
+	__u32 cluster_id;
+	__u32 reserved[11];
+};
+
+/* PLEXUS_METRICS key. */
+struct metrics_key {
+	__u8 reason;
+	__u8 dir;
+	__u16 pad;
+};
+
+struct metrics_value {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* One PLEXUS_EVENTS record. */
+struct event {
+	__u8 type;    /* EVENT_* */
+	__u8 subtype; /* observation point (trace) or reason (drop) */
+	__u16 ep_id;
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 saddr; /* network order */
+	__u32 daddr; /* network order */
+	__u16 sport; /* host order; ICMP: type */
+	__u16 dport; /* host order; ICMP: code */
+	__u8 proto;
+	__u8 tcp_flags;
+	__u8 trace_reason; /* connection state, 0 = new */
+	__u8 pad;
+	__u32 ifindex;
+	__u32 len;
+	__u32 reserved;
+	__u64 ktime_ns;
+};
+
+/* What the programs learn from an IPv4 packet's headers. */
+struct pkt_info {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 tcp_flags;
+};
+
+/* The Rust side (src/abi.rs) relies on these sizes. */
+_Static_assert(sizeof(struct ipcache_key) == 8, "ipcache_key layout");
+_Static_assert(sizeof(struct ipcache_value) == 12, "ipcache_value layout");
+_Static_assert(sizeof(struct endpoint_info) == 24, "endpoint_info layout");
+_Static_assert(sizeof(struct node_config) == 64, "node_config layout");
+_Static_assert(sizeof(struct metrics_key) == 4, "metrics_key layout");
+_Static_assert(sizeof(struct metrics_value) == 16, "metrics_value layout");
+_Static_assert(sizeof(struct event) == 48, "event layout");
+
+#endif

@@ -1,0 +1,69 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The datapath's maps. All are pinned by name, so an agent that loads the object again with the
+ * same pin directory reuses them and the state they hold.
+ */
+#ifndef PLEXUS_MAPS_H
+#define PLEXUS_MAPS_H
+
+#include "common.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct ipcache_key);
+	__type(value, struct ipcache_value);
+	__uint(max_entries, 512000);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} PLEXUS_IPCACHE SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct endpoint_info);
+	__uint(max_entries, 65535);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} PLEXUS_ENDPOINTS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct node_config);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} PLEXUS_CONFIG SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__type(key, struct metrics_key);
+	__type(value, struct metrics_value);
+	__uint(max_entries, 1024);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} PLEXUS_METRICS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} PLEXUS_EVENTS SEC(".maps");
+
+static __always_inline struct node_config *node_config(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&PLEXUS_CONFIG, &zero);
+}
+
+static __always_inline struct endpoint_info *lookup_endpoint(__u32 ipv4)
+{
+	return bpf_map_lookup_elem(&PLEXUS_ENDPOINTS, &ipv4);
+}
+
+static __always_inline struct ipcache_value *lookup_ipcache(__u32 ipv4)
+{
+	struct ipcache_key key = { .prefixlen = 32, .ipv4 = ipv4 };
+
+	return bpf_map_lookup_elem(&PLEXUS_IPCACHE, &key);
+}
+
+#endif

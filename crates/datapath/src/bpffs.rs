@@ -1,0 +1,90 @@
+//! bpffs mounts: where maps and links are pinned so that they outlive the agent.
+//!
+//! The agent calls [`ensure_bpffs`] on its pin directory before loading the datapath. A mount
+//! made in a network namespace entered with `ip netns exec` is lost with its private `/sys`,
+//! so callers should use a pin directory outside `/sys` (e.g. under `/run`).
+
+use std::{io, path::Path};
+
+use nix::{
+    mount::{MsFlags, mount},
+    sys::statfs::{FsType, statfs},
+};
+
+/// `BPF_FS_MAGIC` from `linux/magic.h`.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Errors of bpffs handling.
+#[derive(Debug, thiserror::Error)]
+pub enum BpffsError {
+    /// The directory cannot be created or inspected.
+    #[error("bpffs directory {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// `mount -t bpf` failed.
+    #[error("mounting bpffs on {path}: {source}")]
+    Mount {
+        /// The mount point.
+        path: String,
+        /// The error.
+        #[source]
+        source: nix::Error,
+    },
+    /// The directory is not on a bpffs.
+    #[error("{path} is not on a bpffs (mount one with `mount -t bpf bpf {path}`)")]
+    NotBpffs {
+        /// The directory.
+        path: String,
+    },
+}
+
+/// Whether `path` lies on a bpffs.
+pub fn is_bpffs(path: &Path) -> Result<bool, BpffsError> {
+    let st = statfs(path).map_err(|e| BpffsError::Dir {
+        path: path.display().to_string(),
+        source: io::Error::from(e),
+    })?;
+    #[allow(clippy::unnecessary_cast)]
+    let magic = FsType(BPF_FS_MAGIC as _);
+    Ok(st.filesystem_type() == magic)
+}
+
+/// Creates `path` if needed and mounts a bpffs on it unless it already lies on one. Returns
+/// whether it mounted.
+pub fn ensure_bpffs(path: &Path) -> Result<bool, BpffsError> {
+    std::fs::create_dir_all(path).map_err(|source| BpffsError::Dir {
+        path: path.display().to_string(),
+        source,
+    })?;
+    if is_bpffs(path)? {
+        return Ok(false);
+    }
+    mount(
+        Some("bpf"),
+        path,
+        Some("bpf"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|source| BpffsError::Mount {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(true)
+}
+
+/// Fails unless `path` is a directory on a bpffs.
+pub fn require_bpffs(path: &Path) -> Result<(), BpffsError> {
+    if is_bpffs(path)? {
+        Ok(())
+    } else {
+        Err(BpffsError::NotBpffs {
+            path: path.display().to_string(),
+        })
+    }
+}

@@ -1,0 +1,520 @@
+//! The real datapath: the programs of `bpf/` loaded with aya.
+//!
+//! [`EbpfDatapath::load`] must run inside the node's network namespace (the caller enters it;
+//! later calls that attach programs must run there too). It
+//!
+//! 1. loads the embedded object with every map pinned by name under `pin_dir`, reusing maps a
+//!    previous agent pinned there (their content survives a restart);
+//! 2. writes `PLEXUS_CONFIG`;
+//! 3. creates the VXLAN device (collect-metadata mode, UDP 8472, MTU 1450 for a 1500-byte
+//!    underlay) unless it exists, and attaches `from_overlay` to its ingress;
+//! 4. moves every tc link a previous agent pinned to the new programs;
+//! 5. reads the `PLEXUS_EVENTS` ring buffer in a thread and broadcasts decoded events.
+//!
+//! # Attachments and restarts
+//!
+//! Programs are attached with TCX links (`BPF_LINK_CREATE`, **Linux >= 6.6**), each pinned
+//! at `<pin_dir>/links/<program>-if<ifindex>`. A pinned link stays attached after the agent
+//! exits, so traffic keeps flowing with the old programs and the pinned maps. A new agent
+//! opens the pinned links and replaces their program atomically (`BPF_LINK_UPDATE`): there is
+//! no moment without a program. Legacy clsact filters were the alternative for older kernels;
+//! they are not implemented.
+//!
+//! A reused map keeps the layout it was created with: loading refuses pinned maps whose key or
+//! value size differs from this build's; changing a struct in `bpf/lib/common.h` needs a
+//! migration (or a new pin directory).
+
+mod links;
+pub mod netdev;
+mod reader;
+
+use std::{
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    sync::{Mutex, MutexGuard},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{
+        Array, HashMap, MapData, MapError, PerCpuHashMap, RingBuf,
+        lpm_trie::{Key, LpmTrie},
+    },
+    programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions},
+};
+use tokio::sync::broadcast;
+
+use crate::{
+    Datapath, DatapathError, Direction, DropReason, EVENT_CHANNEL_CAPACITY, Endpoint, IpcacheValue,
+    Metric, MonitorEvent, NodeConfig, Prefix,
+    abi::{self, ConfigBytes, EndpointBytes, IpcacheBytes, MetricsKeyBytes, MetricsValueBytes},
+    bpffs,
+    object::{
+        MAP_CONFIG, MAP_ENDPOINTS, MAP_EVENTS, MAP_IPCACHE, MAP_METRICS, PLEXUS_BPF_OBJECT,
+        PROG_FROM_CONTAINER, PROG_FROM_OVERLAY, PROG_TO_CONTAINER, PROGRAMS,
+    },
+    validate_endpoint, validate_ipcache,
+};
+
+/// The result of one `BPF_PROG_TEST_RUN`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestRunOutput {
+    /// The program's return value (a `TC_ACT_*` verdict).
+    pub verdict: u32,
+    /// The packet as the program left it.
+    pub frame: Vec<u8>,
+    /// `skb->mark` as the program left it.
+    pub mark: u32,
+}
+
+/// Size of `struct __sk_buff`, the context of tc programs.
+const SK_BUFF_CTX_SIZE: usize = 192;
+/// Offset of `mark` in `struct __sk_buff`.
+const SK_BUFF_MARK_OFFSET: usize = 8;
+
+/// tc verdicts, as `BPF_PROG_TEST_RUN` reports them.
+pub mod verdict {
+    /// `TC_ACT_OK`: continue in the stack.
+    pub const OK: u32 = 0;
+    /// `TC_ACT_SHOT`: dropped.
+    pub const SHOT: u32 = 2;
+    /// `TC_ACT_REDIRECT`: redirected to another device.
+    pub const REDIRECT: u32 = 7;
+}
+
+struct State {
+    ebpf: Ebpf,
+    endpoints: HashMap<MapData, [u8; 4], EndpointBytes>,
+    ipcache: LpmTrie<MapData, [u8; 4], IpcacheBytes>,
+    metrics: PerCpuHashMap<MapData, MetricsKeyBytes, MetricsValueBytes>,
+}
+
+/// The eBPF datapath of one node. Dropping it stops the event reader; the attached programs
+/// and pinned maps stay (see the module documentation).
+pub struct EbpfDatapath {
+    state: Mutex<State>,
+    events: broadcast::Sender<MonitorEvent>,
+    config: NodeConfig,
+    links_dir: PathBuf,
+    tunnel_ifindex: u32,
+    attach: bool,
+    _reader: reader::Reader,
+}
+
+impl std::fmt::Debug for EbpfDatapath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EbpfDatapath")
+            .field("config", &self.config)
+            .field("tunnel_ifindex", &self.tunnel_ifindex)
+            .field("attach", &self.attach)
+            .finish_non_exhaustive()
+    }
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DatapathError {
+    move |e| DatapathError::Map {
+        map,
+        source: Box::new(e),
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DatapathError + '_ {
+    move |source| DatapathError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, DatapathError> {
+    ebpf.take_map(name).ok_or_else(|| DatapathError::Invalid {
+        what: format!("map {name}"),
+        reason: "missing from the BPF object".into(),
+    })
+}
+
+/// Key and value sizes this build expects of each pinned map (see `bpf/lib/common.h`).
+const MAP_LAYOUTS: [(&str, u32, u32); 4] = [
+    (MAP_IPCACHE, 8, 12),
+    (MAP_ENDPOINTS, 4, 24),
+    (MAP_CONFIG, 4, 64),
+    (MAP_METRICS, 4, 16),
+];
+
+/// Refuses maps pinned by a build with another layout: reusing them would corrupt entries.
+fn check_pinned_layouts(pin_dir: &Path) -> Result<(), DatapathError> {
+    for (name, key, value) in MAP_LAYOUTS {
+        let path = pin_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = aya::maps::MapInfo::from_pin(&path).map_err(map_err(name))?;
+        if (info.key_size(), info.value_size()) != (key, value) {
+            return Err(DatapathError::Invalid {
+                what: format!("pinned map {}", path.display()),
+                reason: format!(
+                    "key/value sizes {}/{} but this build expects {key}/{value}; \
+                     remove the pin or migrate it",
+                    info.key_size(),
+                    info.value_size()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn device_pin_name(ifindex: u32) -> String {
+    format!("if{ifindex}")
+}
+
+impl EbpfDatapath {
+    /// Loads the datapath for this node (see the module documentation). Must run inside the
+    /// node's network namespace, with `config.pin_dir` on a bpffs.
+    pub fn load(config: NodeConfig) -> Result<Self, DatapathError> {
+        Self::open(config, None)
+    }
+
+    /// Loads the programs and pinned maps and writes the configuration with the given tunnel
+    /// device index, but creates no device and attaches nothing, not even when endpoints are
+    /// upserted. For `BPF_PROG_TEST_RUN` ([`EbpfDatapath::test_run`]) and offline tools.
+    pub fn load_unattached(config: NodeConfig, tunnel_ifindex: u32) -> Result<Self, DatapathError> {
+        Self::open(config, Some(tunnel_ifindex))
+    }
+
+    fn open(config: NodeConfig, unattached: Option<u32>) -> Result<Self, DatapathError> {
+        let pin_dir = config.pin_dir.clone();
+        fs::create_dir_all(&pin_dir).map_err(io_err(&pin_dir))?;
+        bpffs::require_bpffs(&pin_dir)?;
+        let links_dir = pin_dir.join("links");
+        fs::create_dir_all(&links_dir).map_err(io_err(&links_dir))?;
+
+        check_pinned_layouts(&pin_dir)?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&pin_dir)
+            .load(PLEXUS_BPF_OBJECT)
+            .map_err(|e| DatapathError::Load {
+                pin_dir: pin_dir.clone(),
+                source: Box::new(e),
+            })?;
+        for program in PROGRAMS {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(program)
+                .ok_or_else(|| DatapathError::Invalid {
+                    what: format!("program {program}"),
+                    reason: "missing from the BPF object".into(),
+                })?
+                .try_into()
+                .map_err(|e| DatapathError::Program {
+                    program,
+                    source: Box::new(e),
+                })?;
+            prog.load().map_err(|e| DatapathError::Program {
+                program,
+                source: Box::new(e),
+            })?;
+        }
+
+        let tunnel_ifindex = match unattached {
+            Some(index) => index,
+            None => netdev::ensure_vxlan(&config.tunnel_ifname)?,
+        };
+        let mut cfg_map: Array<MapData, ConfigBytes> = take_map(&mut ebpf, MAP_CONFIG)?
+            .try_into()
+            .map_err(map_err(MAP_CONFIG))?;
+        cfg_map
+            .set(0, abi::encode_config(&config, tunnel_ifindex), 0)
+            .map_err(map_err(MAP_CONFIG))?;
+
+        let endpoints = take_map(&mut ebpf, MAP_ENDPOINTS)?
+            .try_into()
+            .map_err(map_err(MAP_ENDPOINTS))?;
+        let ipcache = take_map(&mut ebpf, MAP_IPCACHE)?
+            .try_into()
+            .map_err(map_err(MAP_IPCACHE))?;
+        let metrics = take_map(&mut ebpf, MAP_METRICS)?
+            .try_into()
+            .map_err(map_err(MAP_METRICS))?;
+        let ring: RingBuf<MapData> = take_map(&mut ebpf, MAP_EVENTS)?
+            .try_into()
+            .map_err(map_err(MAP_EVENTS))?;
+
+        if unattached.is_none() {
+            let taken = links::take_over_all(&mut ebpf, &links_dir)?;
+            if !taken.is_empty() {
+                tracing::info!(links = taken.len(), "took over pinned tc links");
+            }
+            links::attach_pinned(
+                &mut ebpf,
+                &links_dir,
+                PROG_FROM_OVERLAY,
+                &config.tunnel_ifname,
+                &device_pin_name(tunnel_ifindex),
+                TcAttachType::Ingress,
+            )?;
+        }
+
+        let events = broadcast::channel(EVENT_CHANNEL_CAPACITY).0;
+        let reader = reader::Reader::spawn(ring, events.clone()).map_err(io_err(&pin_dir))?;
+        Ok(Self {
+            state: Mutex::new(State {
+                ebpf,
+                endpoints,
+                ipcache,
+                metrics,
+            }),
+            events,
+            config,
+            links_dir,
+            tunnel_ifindex,
+            attach: unattached.is_none(),
+            _reader: reader,
+        })
+    }
+
+    /// The configuration this datapath was loaded with.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// Index of the VXLAN device.
+    pub fn tunnel_ifindex(&self) -> u32 {
+        self.tunnel_ifindex
+    }
+
+    /// Runs `program` once on `frame` with `BPF_PROG_TEST_RUN`, `skb->mark` set to `mark`
+    /// (the maps are the live ones; the packet arrives on the loopback device, index 1).
+    pub fn test_run(
+        &self,
+        program: &'static str,
+        frame: &[u8],
+        mark: u32,
+    ) -> Result<TestRunOutput, DatapathError> {
+        let mut st = self.lock();
+        let prog: &mut SchedClassifier = st
+            .ebpf
+            .program_mut(program)
+            .ok_or_else(|| DatapathError::Invalid {
+                what: format!("program {program}"),
+                reason: "missing from the BPF object".into(),
+            })?
+            .try_into()
+            .map_err(|e| DatapathError::Program {
+                program,
+                source: Box::new(e),
+            })?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut ctx_in = [0u8; SK_BUFF_CTX_SIZE];
+        ctx_in[SK_BUFF_MARK_OFFSET..SK_BUFF_MARK_OFFSET + 4].copy_from_slice(&mark.to_ne_bytes());
+        let mut ctx_out = [0u8; SK_BUFF_CTX_SIZE];
+        let res = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx_in),
+                ctx_out: Some(&mut ctx_out),
+                ..TestRunOptions::default()
+            })
+            .map_err(|e| DatapathError::Program {
+                program,
+                source: Box::new(e),
+            })?;
+        out.truncate(res.data_size_out as usize);
+        let mut mark_out = [0u8; 4];
+        mark_out.copy_from_slice(&ctx_out[SK_BUFF_MARK_OFFSET..SK_BUFF_MARK_OFFSET + 4]);
+        Ok(TestRunOutput {
+            verdict: res.return_value,
+            frame: out,
+            mark: u32::from_ne_bytes(mark_out),
+        })
+    }
+
+    /// Detaches everything pinned under `pin_dir` and removes the pinned maps: the node's
+    /// datapath is gone. The VXLAN device is left to its owner.
+    pub fn uninstall(pin_dir: &Path) -> Result<(), DatapathError> {
+        let links_dir = pin_dir.join("links");
+        if links_dir.exists() {
+            for entry in fs::read_dir(&links_dir).map_err(io_err(&links_dir))? {
+                let entry = entry.map_err(io_err(&links_dir))?;
+                fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
+            }
+            fs::remove_dir(&links_dir).map_err(io_err(&links_dir))?;
+        }
+        for map in crate::object::MAPS {
+            let path = pin_dir.join(map);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(DatapathError::Io { path, source }),
+            }
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Map handles cannot be left half-updated by a panic elsewhere.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn detach_device(&self, ifindex: u32) -> Result<(), DatapathError> {
+        for program in [PROG_FROM_CONTAINER, PROG_TO_CONTAINER] {
+            links::detach_pinned(&self.links_dir, program, &device_pin_name(ifindex))?;
+        }
+        Ok(())
+    }
+}
+
+impl Datapath for EbpfDatapath {
+    fn upsert_endpoint(&self, ep: &Endpoint) -> Result<(), DatapathError> {
+        validate_endpoint(ep)?;
+        let ifindex = if ep.host_ifindex != 0 {
+            ep.host_ifindex
+        } else {
+            netdev::ifindex(&ep.host_ifname)?
+        };
+        let mut st = self.lock();
+        let key = ep.ipv4.octets();
+        let previous = st.endpoints.get(&key, 0).ok();
+        // The map first, so that the first packet through the programs finds the endpoint.
+        st.endpoints
+            .insert(key, abi::encode_endpoint(ep, ifindex), 0)
+            .map_err(map_err(MAP_ENDPOINTS))?;
+        if !self.attach {
+            return Ok(());
+        }
+        let ifname = netdev::ifname(ifindex);
+        if ifname.is_empty() {
+            return Err(DatapathError::Netdev {
+                device: format!("{} (index {ifindex})", ep.host_ifname),
+                reason: "no such device".into(),
+            });
+        }
+        if !ep.host_ifname.is_empty() && ep.host_ifname != ifname {
+            return Err(DatapathError::Invalid {
+                what: format!("endpoint {} ({})", ep.ipv4, ep.id),
+                reason: format!(
+                    "interface index {ifindex} is {ifname}, not {}",
+                    ep.host_ifname
+                ),
+            });
+        }
+        let pin_name = device_pin_name(ifindex);
+        for (program, attach_type) in [
+            (PROG_TO_CONTAINER, TcAttachType::Egress),
+            (PROG_FROM_CONTAINER, TcAttachType::Ingress),
+        ] {
+            links::attach_pinned(
+                &mut st.ebpf,
+                &self.links_dir,
+                program,
+                &ifname,
+                &pin_name,
+                attach_type,
+            )?;
+        }
+        drop(st);
+        if let Some(prev) = previous {
+            let old = abi::decode_endpoint(ep.ipv4, &prev).host_ifindex;
+            if old != ifindex {
+                self.detach_device(old)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_endpoint(&self, ipv4: Ipv4Addr) -> Result<(), DatapathError> {
+        let mut st = self.lock();
+        let key = ipv4.octets();
+        let Ok(prev) = st.endpoints.get(&key, 0) else {
+            return Ok(());
+        };
+        match st.endpoints.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(MAP_ENDPOINTS)(e)),
+        }
+        drop(st);
+        if self.attach {
+            self.detach_device(abi::decode_endpoint(ipv4, &prev).host_ifindex)?;
+        }
+        Ok(())
+    }
+
+    fn endpoints(&self) -> Result<Vec<Endpoint>, DatapathError> {
+        let st = self.lock();
+        let mut all = Vec::new();
+        for item in st.endpoints.iter() {
+            let (key, value) = item.map_err(map_err(MAP_ENDPOINTS))?;
+            let mut ep = abi::decode_endpoint(Ipv4Addr::from(key), &value);
+            ep.host_ifname = netdev::ifname(ep.host_ifindex);
+            all.push(ep);
+        }
+        all.sort_by_key(|e| e.ipv4);
+        Ok(all)
+    }
+
+    fn upsert_ipcache(&self, prefix: Prefix, value: IpcacheValue) -> Result<(), DatapathError> {
+        validate_ipcache(prefix, &value)?;
+        let key = Key::new(u32::from(prefix.len), prefix.addr.octets());
+        self.lock()
+            .ipcache
+            .insert(&key, abi::encode_ipcache(&value), 0)
+            .map_err(map_err(MAP_IPCACHE))
+    }
+
+    fn remove_ipcache(&self, prefix: Prefix) -> Result<(), DatapathError> {
+        let key = Key::new(u32::from(prefix.len), prefix.addr.octets());
+        match self.lock().ipcache.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
+            Err(e) => Err(map_err(MAP_IPCACHE)(e)),
+        }
+    }
+
+    fn ipcache(&self) -> Result<Vec<(Prefix, IpcacheValue)>, DatapathError> {
+        let st = self.lock();
+        let mut all = Vec::new();
+        for item in st.ipcache.iter() {
+            let (key, value) = item.map_err(map_err(MAP_IPCACHE))?;
+            let len = u8::try_from(key.prefix_len()).unwrap_or(32);
+            let prefix = Prefix {
+                addr: Ipv4Addr::from(key.data()),
+                len,
+            };
+            all.push((prefix, abi::decode_ipcache(&value)));
+        }
+        all.sort_by_key(|(p, _)| *p);
+        Ok(all)
+    }
+
+    fn metrics(&self) -> Result<Vec<Metric>, DatapathError> {
+        let st = self.lock();
+        let mut all = Vec::new();
+        for item in st.metrics.iter() {
+            let (key, per_cpu) = item.map_err(map_err(MAP_METRICS))?;
+            let (reason, dir) = abi::decode_metrics_key(&key);
+            let Some(direction) = Direction::from_raw(dir) else {
+                continue;
+            };
+            let (mut packets, mut bytes) = (0, 0);
+            for v in per_cpu.iter() {
+                let (p, b) = abi::decode_metrics_value(v);
+                packets += p;
+                bytes += b;
+            }
+            all.push(Metric {
+                direction,
+                drop_reason: (reason != 0).then(|| DropReason::from_raw(reason)),
+                packets,
+                bytes,
+            });
+        }
+        all.sort_by_key(|m| (m.direction, m.drop_reason));
+        Ok(all)
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<MonitorEvent> {
+        self.events.subscribe()
+    }
+}

@@ -1,0 +1,442 @@
+//! Monitor events: the trace and drop records the BPF programs write to the `PLEXUS_EVENTS`
+//! ring buffer, decoded, and printed in the shape of `cilium monitor`.
+//!
+//! Decoding never panics: a record shorter than the layout is an [`EventError`], an unknown
+//! reason or observation point keeps its raw number.
+
+use std::{fmt, net::Ipv4Addr};
+
+/// Size of one ring-buffer record (`struct event` in `bpf/lib/common.h`).
+pub const EVENT_SIZE: usize = 48;
+
+const EVENT_TRACE: u8 = 1;
+const EVENT_DROP: u8 = 2;
+
+/// A ring-buffer record that cannot be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    /// The record is shorter than [`EVENT_SIZE`].
+    #[error("event record of {0} bytes, expected at least {EVENT_SIZE}")]
+    Truncated(usize),
+    /// The record's type byte is neither trace nor drop.
+    #[error("unknown event type {0}")]
+    UnknownType(u8),
+}
+
+/// Why a packet was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DropReason {
+    /// Headers too short or malformed.
+    InvalidPacket,
+    /// The source address is not a local endpoint.
+    UnknownSource,
+    /// No local endpoint has the destination address.
+    NoEndpoint,
+    /// Neither IPv4 nor ARP.
+    UnsupportedL3,
+    /// A packet on the tunnel device without tunnel metadata.
+    NoTunnelKey,
+    /// Denied by policy.
+    PolicyDenied,
+    /// A pod sent with an address that belongs to another endpoint's device.
+    SourceMismatch,
+    /// An ARP packet other than a request for the gateway.
+    UnsupportedArp,
+    /// The node configuration map is missing.
+    NoConfig,
+    /// Setting the tunnel metadata failed.
+    TunnelKeyFailed,
+    /// A reason this version does not know.
+    Other(u8),
+}
+
+impl DropReason {
+    /// The reason for a raw code of the BPF programs.
+    pub fn from_raw(raw: u8) -> Self {
+        match raw {
+            1 => Self::InvalidPacket,
+            2 => Self::UnknownSource,
+            3 => Self::NoEndpoint,
+            4 => Self::UnsupportedL3,
+            5 => Self::NoTunnelKey,
+            6 => Self::PolicyDenied,
+            7 => Self::SourceMismatch,
+            8 => Self::UnsupportedArp,
+            9 => Self::NoConfig,
+            10 => Self::TunnelKeyFailed,
+            other => Self::Other(other),
+        }
+    }
+
+    /// The raw code used by the BPF programs.
+    pub fn as_raw(self) -> u8 {
+        match self {
+            Self::InvalidPacket => 1,
+            Self::UnknownSource => 2,
+            Self::NoEndpoint => 3,
+            Self::UnsupportedL3 => 4,
+            Self::NoTunnelKey => 5,
+            Self::PolicyDenied => 6,
+            Self::SourceMismatch => 7,
+            Self::UnsupportedArp => 8,
+            Self::NoConfig => 9,
+            Self::TunnelKeyFailed => 10,
+            Self::Other(raw) => raw,
+        }
+    }
+
+    /// Human-readable name, as `cilium monitor` would print it.
+    pub fn name(self) -> String {
+        match self {
+            Self::InvalidPacket => "Invalid packet".into(),
+            Self::UnknownSource => "Unknown source endpoint".into(),
+            Self::NoEndpoint => "No local endpoint for destination".into(),
+            Self::UnsupportedL3 => "Unsupported L3 protocol".into(),
+            Self::NoTunnelKey => "Missing tunnel metadata".into(),
+            Self::PolicyDenied => "Policy denied".into(),
+            Self::SourceMismatch => "Invalid source ip".into(),
+            Self::UnsupportedArp => "Unsupported ARP request".into(),
+            Self::NoConfig => "Datapath not configured".into(),
+            Self::TunnelKeyFailed => "Failed to set tunnel key".into(),
+            Self::Other(raw) => format!("Unknown reason {raw}"),
+        }
+    }
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+/// Where a trace event was observed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ObservationPoint {
+    /// Leaving a pod (from_container).
+    FromEndpoint,
+    /// Entering a pod (to_container).
+    ToEndpoint,
+    /// Arriving from the tunnel (from_overlay).
+    FromOverlay,
+    /// Sent into the tunnel.
+    ToOverlay,
+    /// Handed to the kernel's stack.
+    ToStack,
+    /// A point this version does not know.
+    Other(u8),
+}
+
+impl ObservationPoint {
+    /// The point for a raw code of the BPF programs.
+    pub fn from_raw(raw: u8) -> Self {
+        match raw {
+            1 => Self::FromEndpoint,
+            2 => Self::ToEndpoint,
+            3 => Self::FromOverlay,
+            4 => Self::ToOverlay,
+            5 => Self::ToStack,
+            other => Self::Other(other),
+        }
+    }
+}
+
+/// Trace or drop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// A packet seen on its way.
+    Trace(ObservationPoint),
+    /// A packet dropped.
+    Drop(DropReason),
+}
+
+/// One decoded ring-buffer record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MonitorEvent {
+    /// Trace (with its observation point) or drop (with its reason).
+    pub kind: EventKind,
+    /// The local endpoint involved, 0 if none.
+    pub endpoint_id: u16,
+    /// Source security identity (0 when unknown).
+    pub src_identity: u32,
+    /// Destination security identity (0 when unknown).
+    pub dst_identity: u32,
+    /// IPv4 source (0.0.0.0 when the packet was not parsed).
+    pub saddr: Ipv4Addr,
+    /// IPv4 destination.
+    pub daddr: Ipv4Addr,
+    /// TCP/UDP source port; ICMP type.
+    pub sport: u16,
+    /// TCP/UDP destination port; ICMP code.
+    pub dport: u16,
+    /// IP protocol number.
+    pub protocol: u8,
+    /// TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10).
+    pub tcp_flags: u8,
+    /// Connection state of a trace; 0 is "new" (no conntrack yet).
+    pub trace_reason: u8,
+    /// Interface the program ran on.
+    pub ifindex: u32,
+    /// Packet length.
+    pub len: u32,
+    /// `bpf_ktime_get_ns` at the event.
+    pub ktime_ns: u64,
+}
+
+fn u16_at(b: &[u8], off: usize) -> u16 {
+    u16::from_ne_bytes([b[off], b[off + 1]])
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    u32::from_ne_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
+}
+
+fn ip_at(b: &[u8], off: usize) -> Ipv4Addr {
+    Ipv4Addr::new(b[off], b[off + 1], b[off + 2], b[off + 3])
+}
+
+impl MonitorEvent {
+    /// Decodes one ring-buffer record.
+    pub fn decode(b: &[u8]) -> Result<Self, EventError> {
+        if b.len() < EVENT_SIZE {
+            return Err(EventError::Truncated(b.len()));
+        }
+        let kind = match b[0] {
+            EVENT_TRACE => EventKind::Trace(ObservationPoint::from_raw(b[1])),
+            EVENT_DROP => EventKind::Drop(DropReason::from_raw(b[1])),
+            other => return Err(EventError::UnknownType(other)),
+        };
+        let mut ktime = [0u8; 8];
+        ktime.copy_from_slice(&b[40..48]);
+        Ok(Self {
+            kind,
+            endpoint_id: u16_at(b, 2),
+            src_identity: u32_at(b, 4),
+            dst_identity: u32_at(b, 8),
+            saddr: ip_at(b, 12),
+            daddr: ip_at(b, 16),
+            sport: u16_at(b, 20),
+            dport: u16_at(b, 22),
+            protocol: b[24],
+            tcp_flags: b[25],
+            trace_reason: b[26],
+            ifindex: u32_at(b, 28),
+            len: u32_at(b, 32),
+            ktime_ns: u64::from_ne_bytes(ktime),
+        })
+    }
+
+    /// Encodes the record as the BPF programs write it (for fakes and tests).
+    pub fn encode(&self) -> [u8; EVENT_SIZE] {
+        let mut b = [0u8; EVENT_SIZE];
+        let (ty, sub) = match self.kind {
+            EventKind::Trace(p) => (
+                EVENT_TRACE,
+                match p {
+                    ObservationPoint::FromEndpoint => 1,
+                    ObservationPoint::ToEndpoint => 2,
+                    ObservationPoint::FromOverlay => 3,
+                    ObservationPoint::ToOverlay => 4,
+                    ObservationPoint::ToStack => 5,
+                    ObservationPoint::Other(raw) => raw,
+                },
+            ),
+            EventKind::Drop(r) => (EVENT_DROP, r.as_raw()),
+        };
+        b[0] = ty;
+        b[1] = sub;
+        b[2..4].copy_from_slice(&self.endpoint_id.to_ne_bytes());
+        b[4..8].copy_from_slice(&self.src_identity.to_ne_bytes());
+        b[8..12].copy_from_slice(&self.dst_identity.to_ne_bytes());
+        b[12..16].copy_from_slice(&self.saddr.octets());
+        b[16..20].copy_from_slice(&self.daddr.octets());
+        b[20..22].copy_from_slice(&self.sport.to_ne_bytes());
+        b[22..24].copy_from_slice(&self.dport.to_ne_bytes());
+        b[24] = self.protocol;
+        b[25] = self.tcp_flags;
+        b[26] = self.trace_reason;
+        b[28..32].copy_from_slice(&self.ifindex.to_ne_bytes());
+        b[32..36].copy_from_slice(&self.len.to_ne_bytes());
+        b[40..48].copy_from_slice(&self.ktime_ns.to_ne_bytes());
+        b
+    }
+
+    /// The drop reason, if this is a drop.
+    pub fn drop_reason(&self) -> Option<DropReason> {
+        match self.kind {
+            EventKind::Drop(r) => Some(r),
+            EventKind::Trace(_) => None,
+        }
+    }
+
+    fn write_flow(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.saddr.is_unspecified() && self.daddr.is_unspecified() && self.protocol == 0 {
+            return write!(f, "{} bytes on ifindex {}", self.len, self.ifindex);
+        }
+        match self.protocol {
+            6 => {
+                write!(
+                    f,
+                    "{}:{} -> {}:{} tcp",
+                    self.saddr, self.sport, self.daddr, self.dport
+                )?;
+                let names = [(0x02, "SYN"), (0x10, "ACK"), (0x04, "RST"), (0x01, "FIN")];
+                let flags: Vec<&str> = names
+                    .iter()
+                    .filter(|(bit, _)| self.tcp_flags & bit != 0)
+                    .map(|(_, n)| *n)
+                    .collect();
+                if !flags.is_empty() {
+                    write!(f, " {}", flags.join(", "))?;
+                }
+                Ok(())
+            }
+            17 => write!(
+                f,
+                "{}:{} -> {}:{} udp",
+                self.saddr, self.sport, self.daddr, self.dport
+            ),
+            1 => {
+                write!(f, "{} -> {} ", self.saddr, self.daddr)?;
+                match (self.sport, self.dport) {
+                    (8, _) => f.write_str("EchoRequest"),
+                    (0, _) => f.write_str("EchoReply"),
+                    (3, code) => write!(f, "DestinationUnreachable({code})"),
+                    (11, _) => f.write_str("TimeExceeded"),
+                    (t, c) => write!(f, "ICMPv4 type {t} code {c}"),
+                }
+            }
+            p => write!(f, "{} -> {} proto {p}", self.saddr, self.daddr),
+        }
+    }
+}
+
+impl fmt::Display for MonitorEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            EventKind::Trace(point) => {
+                match point {
+                    ObservationPoint::FromEndpoint => {
+                        write!(f, "<- endpoint {}", self.endpoint_id)?
+                    }
+                    ObservationPoint::ToEndpoint => write!(f, "-> endpoint {}", self.endpoint_id)?,
+                    ObservationPoint::FromOverlay => f.write_str("<- overlay")?,
+                    ObservationPoint::ToOverlay => f.write_str("-> overlay")?,
+                    ObservationPoint::ToStack => f.write_str("-> stack")?,
+                    ObservationPoint::Other(raw) => write!(f, "-> point {raw}")?,
+                }
+                let state = match self.trace_reason {
+                    0 => "new".to_owned(),
+                    1 => "established".to_owned(),
+                    2 => "reply".to_owned(),
+                    3 => "related".to_owned(),
+                    other => format!("unknown({other})"),
+                };
+                write!(
+                    f,
+                    " flow 0x0 , identity {}->{} state {state}: ",
+                    self.src_identity, self.dst_identity
+                )?;
+            }
+            EventKind::Drop(reason) => write!(
+                f,
+                "xx drop ({reason}) flow 0x0 to endpoint {}, identity {}->{}: ",
+                self.endpoint_id, self.src_identity, self.dst_identity
+            )?,
+        }
+        self.write_flow(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn syn() -> MonitorEvent {
+        MonitorEvent {
+            kind: EventKind::Trace(ObservationPoint::ToEndpoint),
+            endpoint_id: 3833,
+            src_identity: 38354,
+            dst_identity: 6587186,
+            saddr: Ipv4Addr::new(10, 60, 1, 7),
+            daddr: Ipv4Addr::new(10, 60, 2, 9),
+            sport: 42728,
+            dport: 6379,
+            protocol: 6,
+            tcp_flags: 0x02,
+            trace_reason: 0,
+            ifindex: 7,
+            len: 74,
+            ktime_ns: 99,
+        }
+    }
+
+    #[test]
+    fn trace_prints_like_cilium_monitor() {
+        assert_eq!(
+            syn().to_string(),
+            "-> endpoint 3833 flow 0x0 , identity 38354->6587186 state new: \
+             10.60.1.7:42728 -> 10.60.2.9:6379 tcp SYN"
+        );
+    }
+
+    #[test]
+    fn drop_prints_like_cilium_monitor() {
+        let ev = MonitorEvent {
+            kind: EventKind::Drop(DropReason::PolicyDenied),
+            ..syn()
+        };
+        assert_eq!(
+            ev.to_string(),
+            "xx drop (Policy denied) flow 0x0 to endpoint 3833, identity 38354->6587186: \
+             10.60.1.7:42728 -> 10.60.2.9:6379 tcp SYN"
+        );
+    }
+
+    #[test]
+    fn flags_icmp_and_unparsed_packets() {
+        let synack = MonitorEvent {
+            tcp_flags: 0x12,
+            ..syn()
+        };
+        assert!(synack.to_string().ends_with("tcp SYN, ACK"));
+        let ping = MonitorEvent {
+            protocol: 1,
+            sport: 8,
+            dport: 0,
+            ..syn()
+        };
+        assert!(
+            ping.to_string()
+                .ends_with("10.60.1.7 -> 10.60.2.9 EchoRequest")
+        );
+        let bare = MonitorEvent {
+            kind: EventKind::Drop(DropReason::UnsupportedL3),
+            saddr: Ipv4Addr::UNSPECIFIED,
+            daddr: Ipv4Addr::UNSPECIFIED,
+            protocol: 0,
+            ..syn()
+        };
+        assert!(bare.to_string().ends_with("74 bytes on ifindex 7"));
+    }
+
+    #[test]
+    fn encode_decode_round_trip_and_errors() {
+        let ev = syn();
+        assert_eq!(MonitorEvent::decode(&ev.encode()).unwrap(), ev);
+        let dropped = MonitorEvent {
+            kind: EventKind::Drop(DropReason::Other(200)),
+            ..ev
+        };
+        assert_eq!(MonitorEvent::decode(&dropped.encode()).unwrap(), dropped);
+        assert_eq!(
+            MonitorEvent::decode(&[0u8; 10]),
+            Err(EventError::Truncated(10))
+        );
+        let mut bad = ev.encode();
+        bad[0] = 9;
+        assert_eq!(MonitorEvent::decode(&bad), Err(EventError::UnknownType(9)));
+        for raw in 0..=255u8 {
+            assert_eq!(DropReason::from_raw(raw).as_raw(), raw);
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! An in-memory [`Datapath`] for control-plane tests: the same maps, no kernel.
+//!
+//! It validates like the real datapath, answers longest-prefix lookups like the LPM trie, and
+//! lets a test inject monitor events with [`FakeDatapath::emit`].
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    sync::{Mutex, MutexGuard},
+};
+
+use tokio::sync::broadcast;
+
+use crate::{
+    Datapath, DatapathError, EVENT_CHANNEL_CAPACITY, Endpoint, IpcacheValue, Metric, MonitorEvent,
+    Prefix, validate_endpoint, validate_ipcache,
+};
+
+/// In-memory maps behind the [`Datapath`] trait.
+#[derive(Debug)]
+pub struct FakeDatapath {
+    endpoints: Mutex<BTreeMap<Ipv4Addr, Endpoint>>,
+    ipcache: Mutex<BTreeMap<Prefix, IpcacheValue>>,
+    events: broadcast::Sender<MonitorEvent>,
+}
+
+impl Default for FakeDatapath {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave these maps half-updated.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl FakeDatapath {
+    /// Empty maps.
+    pub fn new() -> Self {
+        Self {
+            endpoints: Mutex::new(BTreeMap::new()),
+            ipcache: Mutex::new(BTreeMap::new()),
+            events: broadcast::channel(EVENT_CHANNEL_CAPACITY).0,
+        }
+    }
+
+    /// Sends an event to the subscribers, as the ring-buffer reader would.
+    pub fn emit(&self, event: MonitorEvent) {
+        // No subscriber is not an error: events are best effort.
+        let _ = self.events.send(event);
+    }
+
+    /// Longest-prefix match, as the BPF programs look up the ipcache.
+    pub fn lookup(&self, ip: Ipv4Addr) -> Option<(Prefix, IpcacheValue)> {
+        lock(&self.ipcache)
+            .iter()
+            .filter(|(p, _)| p.contains(ip))
+            .max_by_key(|(p, _)| p.len)
+            .map(|(p, v)| (*p, *v))
+    }
+
+    /// The endpoint with this address.
+    pub fn endpoint(&self, ip: Ipv4Addr) -> Option<Endpoint> {
+        lock(&self.endpoints).get(&ip).cloned()
+    }
+}
+
+impl Datapath for FakeDatapath {
+    fn upsert_endpoint(&self, endpoint: &Endpoint) -> Result<(), DatapathError> {
+        validate_endpoint(endpoint)?;
+        lock(&self.endpoints).insert(endpoint.ipv4, endpoint.clone());
+        Ok(())
+    }
+
+    fn remove_endpoint(&self, ipv4: Ipv4Addr) -> Result<(), DatapathError> {
+        lock(&self.endpoints).remove(&ipv4);
+        Ok(())
+    }
+
+    fn endpoints(&self) -> Result<Vec<Endpoint>, DatapathError> {
+        Ok(lock(&self.endpoints).values().cloned().collect())
+    }
+
+    fn upsert_ipcache(&self, prefix: Prefix, value: IpcacheValue) -> Result<(), DatapathError> {
+        validate_ipcache(prefix, &value)?;
+        // Normalise like the LPM trie, which ignores host bits.
+        let prefix = Prefix::new(prefix.addr, prefix.len).map_err(|e| DatapathError::Invalid {
+            what: "ipcache prefix".into(),
+            reason: e.to_string(),
+        })?;
+        lock(&self.ipcache).insert(prefix, value);
+        Ok(())
+    }
+
+    fn remove_ipcache(&self, prefix: Prefix) -> Result<(), DatapathError> {
+        if let Ok(prefix) = Prefix::new(prefix.addr, prefix.len) {
+            lock(&self.ipcache).remove(&prefix);
+        }
+        Ok(())
+    }
+
+    fn ipcache(&self) -> Result<Vec<(Prefix, IpcacheValue)>, DatapathError> {
+        Ok(lock(&self.ipcache).iter().map(|(p, v)| (*p, *v)).collect())
+    }
+
+    fn metrics(&self) -> Result<Vec<Metric>, DatapathError> {
+        Ok(Vec::new())
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<MonitorEvent> {
+        self.events.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{EventKind, ObservationPoint};
+
+    fn ep(last: u8) -> Endpoint {
+        Endpoint {
+            id: u16::from(last),
+            ipv4: Ipv4Addr::new(10, 0, 0, last),
+            host_ifname: format!("lxc{last}"),
+            host_ifindex: 0,
+            pod_mac: [2, 0, 0, 0, 0, last],
+            host_mac: [2, 0, 0, 0, 1, last],
+            identity: 1000 + u32::from(last),
+        }
+    }
+
+    #[test]
+    fn endpoints_upsert_replace_remove() {
+        let dp = FakeDatapath::new();
+        dp.upsert_endpoint(&ep(2)).unwrap();
+        dp.upsert_endpoint(&ep(1)).unwrap();
+        let mut changed = ep(2);
+        changed.identity = 7;
+        dp.upsert_endpoint(&changed).unwrap();
+        let all = dp.endpoints().unwrap();
+        assert_eq!(all, vec![ep(1), changed]);
+        dp.remove_endpoint(ep(1).ipv4).unwrap();
+        dp.remove_endpoint(ep(9).ipv4).unwrap();
+        assert_eq!(dp.endpoints().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn invalid_values_are_refused() {
+        let dp = FakeDatapath::new();
+        let mut bad = ep(1);
+        bad.identity = 1 << 24;
+        assert!(matches!(
+            dp.upsert_endpoint(&bad),
+            Err(DatapathError::Invalid { .. })
+        ));
+        let mut nameless = ep(1);
+        nameless.host_ifname.clear();
+        assert!(dp.upsert_endpoint(&nameless).is_err());
+        let v = IpcacheValue {
+            identity: u32::MAX,
+            tunnel_endpoint: None,
+            cluster_id: 1,
+        };
+        assert!(dp.upsert_ipcache("10.0.0.0/8".parse().unwrap(), v).is_err());
+        assert!(dp.ipcache().unwrap().is_empty());
+    }
+
+    #[test]
+    fn ipcache_longest_prefix_wins() {
+        let dp = FakeDatapath::new();
+        let v = |identity| IpcacheValue {
+            identity,
+            tunnel_endpoint: Some(Ipv4Addr::new(192, 168, 0, 1)),
+            cluster_id: 1,
+        };
+        dp.upsert_ipcache("10.0.0.0/8".parse().unwrap(), v(10))
+            .unwrap();
+        dp.upsert_ipcache("10.1.0.0/16".parse().unwrap(), v(11))
+            .unwrap();
+        dp.upsert_ipcache("10.1.2.3/32".parse().unwrap(), v(12))
+            .unwrap();
+        let id = |ip: &str| dp.lookup(ip.parse().unwrap()).map(|(_, v)| v.identity);
+        assert_eq!(id("10.1.2.3"), Some(12));
+        assert_eq!(id("10.1.2.4"), Some(11));
+        assert_eq!(id("10.2.0.1"), Some(10));
+        assert_eq!(id("11.0.0.1"), None);
+        // Host bits are ignored, as in the trie.
+        dp.remove_ipcache("10.1.9.9/16".parse().unwrap()).unwrap();
+        assert_eq!(id("10.1.2.4"), Some(10));
+        assert_eq!(dp.ipcache().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn subscribers_receive_emitted_events() {
+        let dp = FakeDatapath::new();
+        let mut rx = dp.subscribe();
+        let ev = MonitorEvent {
+            kind: EventKind::Trace(ObservationPoint::FromEndpoint),
+            endpoint_id: 1,
+            src_identity: 1001,
+            dst_identity: 1002,
+            saddr: Ipv4Addr::new(10, 0, 0, 1),
+            daddr: Ipv4Addr::new(10, 0, 0, 2),
+            sport: 0,
+            dport: 0,
+            protocol: 1,
+            tcp_flags: 0,
+            trace_reason: 0,
+            ifindex: 0,
+            len: 84,
+            ktime_ns: 0,
+        };
+        dp.emit(ev);
+        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, ev);
+    }
+}

@@ -1,0 +1,36 @@
+//! The compiled BPF object and the names in it.
+//!
+//! `build.rs` compiles `bpf/plexus.c` with clang; the object is embedded here, aligned for
+//! aya's ELF parser.
+
+/// The `plexus.bpf.o` object, built from `bpf/`.
+pub static PLEXUS_BPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/plexus.bpf.o"));
+
+/// tc ingress of a pod's host-side veth: packets leaving the pod.
+pub const PROG_FROM_CONTAINER: &str = "from_container";
+/// tc egress of a pod's host-side veth: packets entering the pod.
+pub const PROG_TO_CONTAINER: &str = "to_container";
+/// tc ingress of the VXLAN device: decapsulated packets.
+pub const PROG_FROM_OVERLAY: &str = "from_overlay";
+/// All programs in the object.
+pub const PROGRAMS: [&str; 3] = [PROG_FROM_CONTAINER, PROG_TO_CONTAINER, PROG_FROM_OVERLAY];
+
+/// LPM trie: prefix to identity, tunnel endpoint and cluster.
+pub const MAP_IPCACHE: &str = "PLEXUS_IPCACHE";
+/// Hash: local endpoint address to its veth, MACs and identity.
+pub const MAP_ENDPOINTS: &str = "PLEXUS_ENDPOINTS";
+/// Array of one node configuration.
+pub const MAP_CONFIG: &str = "PLEXUS_CONFIG";
+/// Per-CPU hash: (reason, direction) to packets and bytes.
+pub const MAP_METRICS: &str = "PLEXUS_METRICS";
+/// Ring buffer of trace and drop events.
+pub const MAP_EVENTS: &str = "PLEXUS_EVENTS";
+/// All maps in the object; all are pinned by name.
+pub const MAPS: [&str; 5] = [
+    MAP_IPCACHE,
+    MAP_ENDPOINTS,
+    MAP_CONFIG,
+    MAP_METRICS,
+    MAP_EVENTS,
+];
