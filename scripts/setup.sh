@@ -7,7 +7,7 @@ packages=(
   etcd-server etcd-client     # the kvstore of every cluster (etcd 3.4), started by tests on loopback
   protobuf-compiler libprotobuf-dev  # protoc and its well-known types, for etcd-client's gRPC code
   openssl                     # certificate checks in tests
-  clang llvm libbpf-dev       # eBPF programs of the datapath
+  clang llvm libbpf-dev bpftool  # eBPF programs of the datapath (bpftool: the object layout test)
   iproute2 iputils-ping       # network namespaces, veth and VXLAN for the lab
 )
 

@@ -8,7 +8,14 @@
 //! Paths served by the agent:
 //! - `GET /v1/healthz`: `"ok"`;
 //! - `GET /v1/clustermesh`: [`ClusterMeshReport`], the remote clusters as this node sees them;
-//! - `GET /v1/remote-nodes`: remote node names by cluster, from the merged view.
+//! - `GET /v1/remote-nodes`: remote node names by cluster, from the merged view;
+//! - `POST /v1/ipam` ([`IpamRequest`] -> [`IpamResponse`]): an address for a pod;
+//! - `PUT /v1/endpoint` ([`EndpointRequest`] -> [`EndpointResponse`]): register a configured pod;
+//! - `GET /v1/endpoint/<container-id>` -> [`EndpointResponse`] (CNI CHECK);
+//! - `DELETE /v1/endpoint/<container-id>` -> [`Empty`]: forget the pod and release its address
+//!   (deleting an unknown endpoint succeeds, as CNI DEL must).
+//!
+//! Errors are non-2xx statuses with a JSON body `{"error": "..."}` or plain text.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -194,3 +201,69 @@ pub async fn send_json<B: Serialize, T: DeserializeOwned>(
 }
 
 pub use hyper::Method;
+
+/// `POST /v1/ipam`: reserve an address for a pod.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct IpamRequest {
+    /// Who holds the address (the container id); asking again returns the same address.
+    pub owner: String,
+}
+
+/// The answer to [`IpamRequest`]: how to configure the pod's interface.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct IpamResponse {
+    /// The pod's address (configured as a /32).
+    pub ip: std::net::Ipv4Addr,
+    /// The gateway (a link-scope route to it, then the default route through it); the agent's
+    /// datapath answers ARP for it.
+    pub gateway: std::net::Ipv4Addr,
+    /// The pod interface's MTU (1450 in tunnel mode on a 1500 underlay).
+    pub mtu: u32,
+}
+
+/// `PUT /v1/endpoint`: register a pod whose interface is configured.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct EndpointRequest {
+    /// The container id (CNI_CONTAINERID).
+    pub container_id: String,
+    /// The pod's network namespace path (CNI_NETNS).
+    pub netns: String,
+    /// The interface inside the pod (CNI_IFNAME).
+    pub ifname: String,
+    /// The host-side veth.
+    pub host_ifname: String,
+    /// The host-side veth's MAC, `aa:bb:cc:dd:ee:ff`.
+    pub host_mac: String,
+    /// The pod interface's MAC.
+    pub pod_mac: String,
+    /// The pod's address (from [`IpamResponse`]).
+    pub ip: std::net::Ipv4Addr,
+    /// The pod's namespace (K8S_POD_NAMESPACE).
+    pub namespace: String,
+    /// The pod's name (K8S_POD_NAME).
+    pub pod_name: String,
+    /// The pod's labels.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// The answer to [`EndpointRequest`] and to `GET /v1/endpoint/<container-id>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct EndpointResponse {
+    /// The endpoint id on this node.
+    pub id: u16,
+    /// Its security identity.
+    pub identity: u32,
+    /// Its address.
+    pub ip: std::net::Ipv4Addr,
+    /// The host-side veth.
+    pub host_ifname: String,
+}
+
+/// An empty JSON object, the answer to deletions.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Empty {}
