@@ -8,9 +8,11 @@
 //!    ([`plexus_clustermesh::access`]);
 //! 3. keeps the cluster config, the heartbeat and the sync canaries published under its lease
 //!    ([`plexus_clustermesh::publish`]) and garbage-collects unused identities;
-//! 4. optionally (a KVStoreMesh configuration directory given) mirrors the remote clusters into
+//! 4. runs the service controller of kvstore mode ([`crate::services`]): backends by selector
+//!    and the ClusterService of every global service;
+//! 5. optionally (a KVStoreMesh configuration directory given) mirrors the remote clusters into
 //!    the local etcd ([`plexus_clustermesh::kvstoremesh`]);
-//! 5. serves `/healthz`, `/readyz`, `/metrics` and `/v1/status` ([`crate::http`]).
+//! 6. serves `/healthz`, `/readyz`, `/metrics` and `/v1/status` ([`crate::http`]).
 //!
 //! It is ready once etcd answers, the access rules are in place, the cluster config is
 //! published and, with KVStoreMesh, every configured remote has synced once.
@@ -130,11 +132,16 @@ pub(crate) struct Shared {
     /// Remotes that have been ready at least once: losing one later keeps the cache, and
     /// the apiserver ready.
     pub(crate) synced_once: Mutex<std::collections::BTreeSet<String>>,
+    /// The service controller published its first set.
+    pub(crate) services_synced: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Shared {
     pub(crate) fn status(&self) -> ApiServerStatus {
         let mut not_ready = Vec::new();
+        if !*self.services_synced.borrow() {
+            not_ready.push("services: the first set is not published yet".to_string());
+        }
         if let Some(err) = self
             .etcd_ok
             .lock()
@@ -176,6 +183,7 @@ pub struct ApiServer {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _publisher: SelfPublisher,
     _canaries: Vec<SyncStore>,
+    _services: crate::services::ServiceController,
     _kvstoremesh: Option<KvStoreMesh>,
     leases: Option<LeaseManager>,
     etcd: Option<LocalEtcd>,
@@ -255,27 +263,28 @@ impl ApiServer {
 
         // Sync canaries of every kind the cluster publishes. Agents write their nodes, ipcache
         // entries and identities themselves; the apiserver states that the cluster is up.
-        // The services store is where the service controller publishes ClusterServices.
-        let canaries: Vec<SyncStore> = [
-            StateKind::Nodes,
-            StateKind::Identities,
-            StateKind::Ip,
-            StateKind::Services,
-        ]
-        .into_iter()
-        .map(|kind| {
-            let store = SyncStore::start(
-                backend.clone(),
-                &leases,
-                SyncStoreConfig {
-                    prefix: kind.state_prefix(&cluster.name),
-                    canary: Some(kind.canary(&cluster.name)),
-                },
-            );
-            store.synced();
-            store
-        })
-        .collect();
+        // The services canary is the service controller's.
+        let canaries: Vec<SyncStore> = [StateKind::Nodes, StateKind::Identities, StateKind::Ip]
+            .into_iter()
+            .map(|kind| {
+                let store = SyncStore::start(
+                    backend.clone(),
+                    &leases,
+                    SyncStoreConfig {
+                        prefix: kind.state_prefix(&cluster.name),
+                        canary: Some(kind.canary(&cluster.name)),
+                    },
+                );
+                store.synced();
+                store
+            })
+            .collect();
+
+        let services = crate::services::ServiceController::spawn(
+            backend.clone(),
+            leases.subscribe(),
+            cluster.clone(),
+        );
 
         let kvstoremesh = config.kvstoremesh_dir.as_ref().map(|dir| {
             KvStoreMesh::spawn(
@@ -295,6 +304,7 @@ impl ApiServer {
             etcd_ok: Mutex::new(None),
             kvstoremesh: kvstoremesh.as_ref().map(KvStoreMesh::handle),
             synced_once: Mutex::new(Default::default()),
+            services_synced: services.synced(),
         });
         let mut tasks = Vec::new();
         let gc = plexus_identity::gc::IdentityGc::new(backend.clone(), config.identity_gc_interval);
@@ -313,6 +323,7 @@ impl ApiServer {
             tasks,
             _publisher: publisher,
             _canaries: canaries,
+            _services: services,
             _kvstoremesh: kvstoremesh,
             leases: Some(leases),
             etcd,
