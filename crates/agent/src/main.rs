@@ -18,7 +18,7 @@ use plexus_agent_api::{ClusterMeshReport, MeshReport};
 use plexus_clustermesh::mesh::{ClusterMesh, MeshHandle};
 use plexus_clustermesh::remote_cluster::{Connector, DriverTiming, EtcdConnector, SharedConnector};
 use plexus_clustermesh::view::MergedView;
-use plexus_kvstore::{EtcdBackend, EtcdConfig, KvBackend, TlsFiles};
+use plexus_kvstore::{EtcdBackend, EtcdConfig, KvBackend, KvMetrics, MeteredBackend, TlsFiles};
 use plexus_model::cluster::{ClusterInfo, MaxConnectedClusters};
 
 /// The Plexus node agent.
@@ -55,16 +55,20 @@ struct Args {
     /// The API socket.
     #[arg(long)]
     api_socket: PathBuf,
+    /// Also serve `/metrics` (Prometheus) on this TCP address.
+    #[arg(long)]
+    prometheus_listen: Option<std::net::SocketAddr>,
 }
 
 struct Agent {
+    kv: Option<KvMetrics>,
     cluster: ClusterInfo,
     node: String,
     mesh: MeshHandle,
     view: Arc<Mutex<MergedView>>,
 }
 
-async fn connect_local(args: &Args) -> Result<Option<Arc<dyn KvBackend>>> {
+async fn connect_local(args: &Args) -> Result<Option<(Arc<dyn KvBackend>, KvMetrics)>> {
     if args.etcd_endpoints.is_empty() {
         return Ok(None);
     }
@@ -79,7 +83,8 @@ async fn connect_local(args: &Args) -> Result<Option<Arc<dyn KvBackend>>> {
     let backend = EtcdBackend::connect(config)
         .await
         .with_context(|| format!("connect to the cluster's etcd {:?}", args.etcd_endpoints))?;
-    Ok(Some(Arc::new(backend)))
+    let (metered, metrics) = MeteredBackend::new(Arc::new(backend));
+    Ok(Some((Arc::new(metered), metrics)))
 }
 
 #[tokio::main]
@@ -97,9 +102,12 @@ async fn main() -> Result<()> {
     let cluster = ClusterInfo::new(args.cluster_name.clone(), args.cluster_id, max)
         .context("--cluster-name/--cluster-id")?;
 
-    let connector: Arc<dyn Connector> = match connect_local(&args).await? {
-        Some(local) => Arc::new(SharedConnector::new(args.etcd_endpoints.clone(), local)),
-        None => Arc::new(EtcdConnector),
+    let (connector, kv): (Arc<dyn Connector>, _) = match connect_local(&args).await? {
+        Some((local, kv)) => (
+            Arc::new(SharedConnector::new(args.etcd_endpoints.clone(), local)),
+            Some(kv),
+        ),
+        None => (Arc::new(EtcdConnector), None),
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
     let mesh = ClusterMesh::spawn_with(
@@ -120,6 +128,7 @@ async fn main() -> Result<()> {
         })
     };
     let agent = Arc::new(Agent {
+        kv,
         cluster,
         node: args.node_name.clone(),
         mesh: mesh.handle(),
@@ -136,7 +145,17 @@ async fn main() -> Result<()> {
         .route("/v1/healthz", get(|| async { axum::Json("ok") }))
         .route("/v1/clustermesh", get(clustermesh))
         .route("/v1/remote-nodes", get(remote_nodes))
+        .route("/metrics", get(metrics))
         .with_state(agent.clone());
+    if let Some(addr) = args.prometheus_listen {
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listen on {addr}"))?;
+        let app = Router::new()
+            .route("/metrics", get(metrics))
+            .with_state(agent.clone());
+        tokio::spawn(async move { axum::serve(tcp, app).await });
+    }
     tracing::info!(node = %agent.node, cluster = %agent.cluster.name, socket = %args.api_socket.display(), "agent running");
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
@@ -172,4 +191,13 @@ async fn remote_nodes(
             .map(|(cluster, r)| (cluster.clone(), r.nodes.keys().cloned().collect()))
             .collect(),
     )
+}
+
+/// Prometheus text: the remote clusters and the kvstore operations of the local connection.
+async fn metrics(State(agent): State<Arc<Agent>>) -> String {
+    let mut out = plexus_clustermesh::metrics::render(&agent.cluster.name, &agent.mesh.status());
+    if let Some(kv) = &agent.kv {
+        out.push_str(&kv.render("local"));
+    }
+    out
 }

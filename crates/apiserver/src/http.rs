@@ -60,6 +60,27 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         u8::from(status.ready)
     );
     out.push_str(&shared.kv.render("local"));
+    let _ = writeln!(
+        out,
+        "# HELP plexus_kvstore_sync_queue_size Keys waiting to be written to the kvstore."
+    );
+    let _ = writeln!(out, "# TYPE plexus_kvstore_sync_queue_size gauge");
+    for (scope, remote, n) in shared.queue_sizes() {
+        match remote {
+            Some(r) => {
+                let _ = writeln!(
+                    out,
+                    "plexus_kvstore_sync_queue_size{{scope=\"{scope}\",target_cluster=\"{r}\"}} {n}"
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "plexus_kvstore_sync_queue_size{{scope=\"{scope}\"}} {n}"
+                );
+            }
+        }
+    }
     if let Some(mesh) = &shared.kvstoremesh {
         out.push_str(&plexus_clustermesh::metrics::render(
             cluster,

@@ -134,9 +134,31 @@ pub(crate) struct Shared {
     pub(crate) synced_once: Mutex<std::collections::BTreeSet<String>>,
     /// The service controller published its first set.
     pub(crate) services_synced: tokio::sync::watch::Receiver<bool>,
+    /// The apiserver's own sync queues (canaries, services, backends).
+    pub(crate) queues: Vec<plexus_kvstore::QueueGauge>,
+    /// KVStoreMesh's cache writers' queues.
+    pub(crate) kvstoremesh_queues: Option<plexus_clustermesh::kvstoremesh::SyncQueues>,
 }
 
 impl Shared {
+    /// Keys waiting to be written, by scope.
+    pub(crate) fn queue_sizes(&self) -> Vec<(String, Option<String>, usize)> {
+        let mut out = vec![(
+            "apiserver".to_string(),
+            None,
+            self.queues
+                .iter()
+                .map(plexus_kvstore::QueueGauge::get)
+                .sum::<usize>(),
+        )];
+        if let Some(q) = &self.kvstoremesh_queues {
+            for (remote, n) in q.sizes() {
+                out.push(("kvstoremesh".to_string(), Some(remote), n));
+            }
+        }
+        out
+    }
+
     pub(crate) fn status(&self) -> ApiServerStatus {
         let mut not_ready = Vec::new();
         if !*self.services_synced.borrow() {
@@ -305,6 +327,12 @@ impl ApiServer {
             kvstoremesh: kvstoremesh.as_ref().map(KvStoreMesh::handle),
             synced_once: Mutex::new(Default::default()),
             services_synced: services.synced(),
+            queues: canaries
+                .iter()
+                .map(SyncStore::queue_gauge)
+                .chain(services.queue_gauges())
+                .collect(),
+            kvstoremesh_queues: kvstoremesh.as_ref().map(KvStoreMesh::queues),
         });
         let mut tasks = Vec::new();
         let gc = plexus_identity::gc::IdentityGc::new(backend.clone(), config.identity_gc_interval);

@@ -17,7 +17,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use plexus_kvstore::{KvBackend, LeaseId, StoreEvent, SyncStore, SyncStoreConfig, WatchStore};
+use plexus_kvstore::{
+    KvBackend, LeaseId, QueueGauge, StoreEvent, SyncStore, SyncStoreConfig, WatchStore,
+};
 use plexus_loadbalancer::cluster_service::{backends, cluster_service};
 use plexus_loadbalancer::endpoint::EndpointRecord;
 use plexus_loadbalancer::service::Service;
@@ -31,6 +33,7 @@ use tokio::task::JoinHandle;
 pub struct ServiceController {
     task: JoinHandle<()>,
     synced: watch::Receiver<bool>,
+    queues: Vec<QueueGauge>,
 }
 
 impl ServiceController {
@@ -41,8 +44,40 @@ impl ServiceController {
         cluster: ClusterInfo,
     ) -> Self {
         let (synced_tx, synced) = watch::channel(false);
-        let task = tokio::spawn(run(backend, lease_rx, cluster, synced_tx));
-        Self { task, synced }
+        let backends_store = SyncStore::start_with_lease(
+            backend.clone(),
+            lease_rx.clone(),
+            SyncStoreConfig {
+                prefix: BACKENDS_PREFIX.to_string(),
+                canary: None,
+            },
+        );
+        let services_store = SyncStore::start_with_lease(
+            backend.clone(),
+            lease_rx,
+            SyncStoreConfig {
+                prefix: StateKind::Services.state_prefix(&cluster.name),
+                canary: Some(StateKind::Services.canary(&cluster.name)),
+            },
+        );
+        let queues = vec![backends_store.queue_gauge(), services_store.queue_gauge()];
+        let task = tokio::spawn(run(
+            backend,
+            backends_store,
+            services_store,
+            cluster,
+            synced_tx,
+        ));
+        Self {
+            task,
+            synced,
+            queues,
+        }
+    }
+
+    /// Its stores' sync queues (for metrics).
+    pub fn queue_gauges(&self) -> Vec<QueueGauge> {
+        self.queues.clone()
     }
 
     /// Becomes true once the first set of ClusterServices is published.
@@ -130,30 +165,15 @@ fn diff(
 
 async fn run(
     backend: Arc<dyn KvBackend>,
-    lease_rx: watch::Receiver<LeaseId>,
+    backends_store: SyncStore,
+    services_store: SyncStore,
     cluster: ClusterInfo,
     synced_tx: watch::Sender<bool>,
 ) {
     let mut services: WatchStore<Service> =
         WatchStore::new(backend.clone(), SERVICES_PREFIX, decode("service"));
     let mut endpoints: WatchStore<EndpointRecord> =
-        WatchStore::new(backend.clone(), ENDPOINTS_PREFIX, decode("endpoint"));
-    let backends_store = SyncStore::start_with_lease(
-        backend.clone(),
-        lease_rx.clone(),
-        SyncStoreConfig {
-            prefix: BACKENDS_PREFIX.to_string(),
-            canary: None,
-        },
-    );
-    let services_store = SyncStore::start_with_lease(
-        backend,
-        lease_rx,
-        SyncStoreConfig {
-            prefix: StateKind::Services.state_prefix(&cluster.name),
-            canary: Some(StateKind::Services.canary(&cluster.name)),
-        },
-    );
+        WatchStore::new(backend, ENDPOINTS_PREFIX, decode("endpoint"));
     let mut state = State {
         cluster,
         services: BTreeMap::new(),

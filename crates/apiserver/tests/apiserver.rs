@@ -164,6 +164,7 @@ async fn apiserver_sets_up_etcd_publishes_and_runs_the_service_controller() {
         assert_eq!(code, 200);
         assert!(metrics.contains("plexus_apiserver_ready{cluster=\"cluster1\"} 1"), "{metrics}");
         assert!(metrics.contains("plexus_kvstore_operations_total{scope=\"local\",operation=\"txn\"}"), "{metrics}");
+        assert!(metrics.contains("plexus_kvstore_sync_queue_size{scope=\"apiserver\"} 0"), "{metrics}");
 
         // Shutdown revokes the lease: the cluster config goes.
         server.shutdown().await;

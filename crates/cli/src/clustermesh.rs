@@ -651,7 +651,11 @@ pub fn build_report(
         }
     }
     let connections: Vec<Connection> = conns.into_values().collect();
-    let ready = errors.is_empty()
+    // Refused entries are reported but do not make the mesh unready.
+    let ready = enabled
+        && statuses.iter().all(|a| a.reachable)
+        && apiserver.as_ref().is_none_or(|a| a.ready)
+        && kvstoremesh_view.values().all(|r| r.ready)
         && connections
             .iter()
             .all(|c| c.ready == c.total && c.configured == c.total);

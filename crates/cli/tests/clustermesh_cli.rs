@@ -256,6 +256,15 @@ fn put_state(c: &Cluster, ips: usize) {
         format!("cilium/state/services/v1/{name}/default/rebel-base"),
         format!(r#"{{"cluster":"{name}","namespace":"default","name":"rebel-base","frontends":{{"10.96.0.10":{{"http":{{"Protocol":"TCP","Port":80}}}}}},"backends":{{"10.{id}.0.5":{{"http":{{"Protocol":"TCP","Port":80}}}}}},"labels":{{}},"selector":{{}},"includeExternal":true,"shared":true,"clusterID":{id}}}"#),
     ));
+    // Two entries c1 must refuse: a node claiming another cluster, malformed JSON.
+    kvs.push((
+        format!("cilium/state/nodes/v1/{name}/intruder"),
+        r#"{"Name":"intruder","Cluster":"c1","ClusterID":1}"#.to_string(),
+    ));
+    kvs.push((
+        "cilium/state/ip/v1/default/10.99.0.1".to_string(),
+        "{not json".to_string(),
+    ));
     let ident = (id << 16) | 256;
     for i in 0..ips {
         let ip = format!("10.{id}.{}.{}", i / 250, i % 250 + 1);
@@ -447,7 +456,26 @@ fn run() {
         ),
         (Some(2), Some(3), Some(1))
     );
+    assert_eq!(
+        c["rejected"], 2,
+        "a foreign node and malformed JSON are refused"
+    );
     mesh.wait_connection("c1", "c3", "ready", |c| c["ready"] == 2);
+    let metrics = Command::new("curl")
+        .args(["-s", "--unix-socket"])
+        .arg(c1.socket("c1-node1"))
+        .arg("http://agent/metrics")
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    assert!(
+        metrics.contains("plexus_clustermesh_remote_cluster_readiness_status{source_cluster=\"c1\",target_cluster=\"c2\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("plexus_clustermesh_remote_cluster_rejected_entries_total{source_cluster=\"c1\",target_cluster=\"c2\"} 2"),
+        "{metrics}"
+    );
     let text = mesh.ok(&[
         "clustermesh",
         "status",

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use plexus_kvstore::{KvBackend, LeaseId, LeaseManager, SyncStore, SyncStoreConfig};
+use plexus_kvstore::{KvBackend, LeaseId, LeaseManager, QueueGauge, SyncStore, SyncStoreConfig};
 use plexus_model::cluster::ClusterInfo;
 use plexus_model::config::CiliumClusterConfig;
 use plexus_model::keys::{self, StateKind};
@@ -35,6 +35,7 @@ const KINDS: [StateKind; 4] = [
 /// The running reflector. Dropping it stops mirroring; the cache stays until the lease ends.
 pub struct KvStoreMesh {
     mesh: ClusterMesh,
+    queues: SyncQueues,
     task: JoinHandle<()>,
 }
 
@@ -58,7 +59,9 @@ impl KvStoreMesh {
                 canary: None,
             },
         );
+        let queues = SyncQueues::default();
         let reflector = Reflector {
+            queues: queues.clone(),
             local,
             backend: local_backend,
             lease_rx: leases.subscribe(),
@@ -67,7 +70,12 @@ impl KvStoreMesh {
             remotes: BTreeMap::new(),
         };
         let task = tokio::spawn(reflector.run(rx));
-        Self { mesh, task }
+        Self { mesh, queues, task }
+    }
+
+    /// The sync queue sizes of the cache writers, per remote.
+    pub fn queues(&self) -> SyncQueues {
+        self.queues.clone()
     }
 
     /// The upstream remotes' status.
@@ -91,7 +99,24 @@ struct Cache {
     stores: BTreeMap<StateKind, SyncStore>,
 }
 
+/// The cache writers' sync queues, per remote (a cheap, shared handle).
+#[derive(Clone, Default)]
+pub struct SyncQueues(Arc<std::sync::Mutex<BTreeMap<String, Vec<QueueGauge>>>>);
+
+impl SyncQueues {
+    /// Keys waiting to be written into the cache, per remote.
+    pub fn sizes(&self) -> BTreeMap<String, usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(r, gauges)| (r.clone(), gauges.iter().map(QueueGauge::get).sum()))
+            .collect()
+    }
+}
+
 struct Reflector {
+    queues: SyncQueues,
     local: ClusterInfo,
     backend: Arc<dyn KvBackend>,
     lease_rx: watch::Receiver<LeaseId>,
@@ -111,9 +136,9 @@ impl Reflector {
     fn cache(&mut self, cluster: &str) -> &Cache {
         let backend = self.backend.clone();
         let lease_rx = self.lease_rx.clone();
-        self.remotes
-            .entry(cluster.to_string())
-            .or_insert_with(|| Cache {
+        let queues = self.queues.clone();
+        self.remotes.entry(cluster.to_string()).or_insert_with(|| {
+            let cache = Cache {
                 stores: KINDS
                     .into_iter()
                     .map(|kind| {
@@ -127,7 +152,13 @@ impl Reflector {
                         )
                     })
                     .collect(),
-            })
+            };
+            queues.0.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                cluster.to_string(),
+                cache.stores.values().map(SyncStore::queue_gauge).collect(),
+            );
+            cache
+        })
     }
 
     async fn apply(&mut self, cluster: String, event: RemoteEvent) {
@@ -173,6 +204,11 @@ impl Reflector {
             RemoteEvent::Drained => {
                 // Stop this remote's SyncStores, then remove what is left of it.
                 self.remotes.remove(&cluster);
+                self.queues
+                    .0
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&cluster);
                 for kind in KINDS {
                     let _ = self
                         .backend

@@ -41,7 +41,7 @@ pub use etcd::{EtcdBackend, EtcdConfig, TlsFiles};
 pub use lease::LeaseManager;
 pub use memory::MemoryBackend;
 pub use metered::{KvMetrics, MeteredBackend};
-pub use sync_store::{SyncStore, SyncStoreConfig};
+pub use sync_store::{QueueGauge, SyncStore, SyncStoreConfig};
 pub use watch_store::{DecodeFn, StoreEvent, WatchStore};
 pub use watcher::{WatchEvent, Watcher, WatcherStats};
 

@@ -39,6 +39,18 @@ enum Command {
     Synced,
 }
 
+/// Reads a [`SyncStore`]'s queue length from elsewhere; it stays readable (and stops
+/// changing) after the store is dropped.
+#[derive(Clone, Debug)]
+pub struct QueueGauge(Arc<AtomicUsize>);
+
+impl QueueGauge {
+    /// Keys waiting to be written.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// Handle to a running SyncStore. Dropping it stops the writer (keys stay until the lease ends).
 pub struct SyncStore {
     tx: mpsc::UnboundedSender<Command>,
@@ -91,6 +103,11 @@ impl SyncStore {
     /// Keys waiting to be written or deleted (the sync queue), as of the writer's last step.
     pub fn queue_len(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
+    }
+
+    /// A handle that reads [`SyncStore::queue_len`] from elsewhere (metrics).
+    pub fn queue_gauge(&self) -> QueueGauge {
+        QueueGauge(self.queued.clone())
     }
 
     /// States that `key` (relative to the prefix) should exist with `value`.
