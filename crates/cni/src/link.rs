@@ -7,8 +7,9 @@
 //! Every error names the device and the command that failed.
 
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use nix::net::if_::if_nametoindex;
 
@@ -55,9 +56,29 @@ pub fn host_ifname(container_id: &str) -> String {
     format!("{HOST_PREFIX}{}", &hex[..11])
 }
 
+/// The `ip` binary: from `PATH` when it has one, else the usual locations (runtimes may run
+/// plugins with a bare environment).
+fn ip_binary() -> &'static Path {
+    static IP: OnceLock<PathBuf> = OnceLock::new();
+    IP.get_or_init(|| {
+        let in_path = std::env::var_os("PATH")
+            .map(|p| {
+                std::env::split_paths(&p)
+                    .map(|d| d.join("ip"))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        in_path
+            .into_iter()
+            .chain(["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"].map(PathBuf::from))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| PathBuf::from("ip"))
+    })
+}
+
 /// Runs `ip ARGS` in the calling thread's network namespace.
 fn ip(device: &str, args: &[&str]) -> Result<String, LinkError> {
-    let out = Command::new("ip")
+    let out = Command::new(ip_binary())
         .args(args)
         .output()
         .map_err(|e| device_err(device, format!("running `ip {}`: {e}", args.join(" "))))?;

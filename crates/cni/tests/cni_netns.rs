@@ -104,10 +104,14 @@ async fn ipam(State(s): State<Shared>, Json(req): Json<IpamRequest>) -> Json<Ipa
     })
 }
 
+/// Refuses pods named `fail-put`, to drive ADD's rollback after the veth exists.
 async fn put_endpoint(
     State(s): State<Shared>,
     Json(req): Json<EndpointRequest>,
-) -> Json<EndpointResponse> {
+) -> Result<Json<EndpointResponse>, (StatusCode, String)> {
+    if req.pod_name == "fail-put" {
+        return Err((StatusCode::INTERNAL_SERVER_ERROR, "refused".into()));
+    }
     let resp = EndpointResponse {
         id: 1,
         identity: 4242,
@@ -118,7 +122,7 @@ async fn put_endpoint(
         .unwrap()
         .endpoints
         .insert(req.container_id.clone(), req);
-    Json(resp)
+    Ok(Json(resp))
 }
 
 async fn get_endpoint(
@@ -497,5 +501,68 @@ fn add_with_missing_netns_releases_the_address() {
     assert_eq!(err["code"], 7, "{err}");
     assert!(err["msg"].as_str().unwrap().contains("-absent"), "{err}");
     assert!(!node.has_link(&host_ifname(&id)));
+    assert!(agent.state.lock().unwrap().leases.is_empty());
+}
+
+#[test]
+fn failed_registration_removes_the_veth_and_releases_the_address() {
+    if !is_root() {
+        return;
+    }
+    let suffix = suffix();
+    let node = Netns::new(&suffix, "node");
+    let pod = Netns::new(&suffix, "pod");
+    let agent = FakeAgent::start();
+    let id = format!("ctr{suffix}");
+    let pod_path = pod.path();
+    let mut env = vars("ADD", &id, &pod_path);
+    env.retain(|(k, _)| *k != "CNI_ARGS");
+    env.push(("CNI_ARGS", "K8S_POD_NAMESPACE=web;K8S_POD_NAME=fail-put"));
+    let add = cni(&node, &env, &conf(&agent.socket));
+    assert!(!add.success, "{add:?}");
+    let err = add.json();
+    assert_eq!(err["code"], 999, "{err}");
+    assert!(
+        err["msg"].as_str().unwrap().contains("PUT /v1/endpoint"),
+        "{err}"
+    );
+    assert!(err["details"].as_str().unwrap().contains("500"), "{err}");
+    assert!(!node.has_link(&host_ifname(&id)), "host veth left behind");
+    assert!(!pod.has_link("eth0"), "pod eth0 left behind");
+    assert!(agent.state.lock().unwrap().leases.is_empty());
+}
+
+#[test]
+fn add_into_a_pod_whose_ifname_is_taken_changes_nothing() {
+    if !is_root() {
+        return;
+    }
+    let suffix = suffix();
+    let node = Netns::new(&suffix, "node");
+    let pod = Netns::new(&suffix, "pod");
+    run_ok(Command::new("ip").args([
+        "-n",
+        &pod.name,
+        "link",
+        "add",
+        "eth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0-peer",
+    ]));
+    let agent = FakeAgent::start();
+    let id = format!("ctr{suffix}");
+    let add = cni(&node, &vars("ADD", &id, &pod.path()), &conf(&agent.socket));
+    assert!(!add.success, "{add:?}");
+    let err = add.json();
+    assert!(
+        err["msg"].as_str().unwrap().contains(&host_ifname(&id)),
+        "{err}"
+    );
+    assert!(err["msg"].as_str().unwrap().contains("eth0"), "{err}");
+    assert!(!node.has_link(&host_ifname(&id)));
+    assert!(pod.has_link("eth0"), "the pod's own eth0 must stay");
     assert!(agent.state.lock().unwrap().leases.is_empty());
 }
