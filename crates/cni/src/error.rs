@@ -44,11 +44,12 @@ impl CniError {
     /// An agent call failed while doing `what`: unreachable is "try again later", anything else
     /// is code 999.
     pub fn agent(what: &str, err: &ApiError) -> Self {
-        let code = match err {
-            ApiError::Unreachable { .. } => TRY_AGAIN_LATER,
-            ApiError::Status { .. } | ApiError::Decode { .. } => OTHER,
+        let (code, how) = match err {
+            ApiError::Unreachable { .. } => (TRY_AGAIN_LATER, "the agent is unreachable"),
+            ApiError::Status { .. } => (OTHER, "the agent refused"),
+            ApiError::Decode { .. } => (OTHER, "the agent's answer is not understood"),
         };
-        Self::new(code, format!("{what}: the agent failed"), err.to_string())
+        Self::new(code, format!("{what}: {how}"), err.to_string())
     }
 
     /// A device operation failed while doing `what`.
