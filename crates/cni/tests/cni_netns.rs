@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used)]
 //! The real plugin binary in real network namespaces, against a fake agent API.
 //!
-//! Needs root (skipped otherwise). Creates a "node" and a "pod" namespace
+//! Needs root (fails otherwise; CI runs as root). Creates a "node" and a "pod" namespace
 //! (`plexus-cni-test-<random>-node|pod`), serves a fake agent on a unix socket in a temp dir,
 //! and runs `plexus-cni` inside the node namespace: ADD, the pod's address/routes/MTU, CHECK,
 //! DEL twice, and ADD failing cleanly (code 11, no veth) when the agent is unreachable.
@@ -289,25 +289,22 @@ fn suffix() -> String {
     format!("{:x}{:x}{n}", std::process::id(), nanos)
 }
 
-fn is_root() -> bool {
+/// These tests create network namespaces: they need root, which CI has. Fail loudly otherwise.
+fn require_root() {
     use std::os::unix::fs::MetadataExt;
     // /proc/self belongs to the process's effective user.
-    if std::fs::metadata("/proc/self")
+    let uid = std::fs::metadata("/proc/self")
         .map(|m| m.uid())
-        .unwrap_or(1)
-        != 0
-    {
-        eprintln!("skipped: needs root to create network namespaces");
-        return false;
-    }
-    true
+        .unwrap_or(1);
+    assert_eq!(
+        uid, 0,
+        "these tests create network namespaces and must run as root"
+    );
 }
 
 #[test]
 fn add_check_del_in_namespaces() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let suffix = suffix();
     let node = Netns::new(&suffix, "node");
     let pod = Netns::new(&suffix, "pod");
@@ -459,9 +456,7 @@ fn add_check_del_in_namespaces() {
 
 #[test]
 fn add_with_unreachable_agent_leaves_nothing() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let suffix = suffix();
     let node = Netns::new(&suffix, "node");
     let pod = Netns::new(&suffix, "pod");
@@ -487,9 +482,7 @@ fn add_with_unreachable_agent_leaves_nothing() {
 
 #[test]
 fn add_with_missing_netns_releases_the_address() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let suffix = suffix();
     let node = Netns::new(&suffix, "node");
     let agent = FakeAgent::start();
@@ -506,9 +499,7 @@ fn add_with_missing_netns_releases_the_address() {
 
 #[test]
 fn failed_registration_removes_the_veth_and_releases_the_address() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let suffix = suffix();
     let node = Netns::new(&suffix, "node");
     let pod = Netns::new(&suffix, "pod");
@@ -534,9 +525,7 @@ fn failed_registration_removes_the_veth_and_releases_the_address() {
 
 #[test]
 fn add_into_a_pod_whose_ifname_is_taken_changes_nothing() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let suffix = suffix();
     let node = Netns::new(&suffix, "node");
     let pod = Netns::new(&suffix, "pod");
