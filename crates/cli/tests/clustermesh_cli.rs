@@ -120,7 +120,8 @@ impl Cluster {
         let pki = self.dir.join("pki");
         let cm = self.dir.join("clustermesh");
         std::fs::create_dir_all(&cm).unwrap();
-        for node in self.agents.clone() {
+        for (i, node) in self.agents.clone().into_iter().enumerate() {
+            let state = self.dir.join(&node);
             let log = std::fs::File::create(self.dir.join(format!("{node}.log"))).unwrap();
             let child = Command::new(workspace_bin("plexus-agent"))
                 .args([
@@ -130,6 +131,11 @@ impl Cluster {
                     &self.id.to_string(),
                 ])
                 .args(["--node-name", &node])
+                .arg(format!("--node-ip=192.168.{}.{}", self.id, 10 + i))
+                .arg(format!("--pod-cidr=10.{}.0.0/16", self.id * 10))
+                .args(["--datapath", "fake"])
+                .arg("--state-dir")
+                .arg(&state)
                 .arg(format!("--etcd-endpoints={}", self.endpoint()))
                 .arg("--etcd-ca")
                 .arg(pki.join("ca.crt"))
@@ -448,13 +454,14 @@ fn run() {
     let c = mesh.wait_connection("c1", "c2", "2/2 ready with 10000 endpoints", |c| {
         c["ready"] == 2 && c["endpoints"] == 10_000
     });
+    // 2 nodes published by the test and c2's agent's own node.
     assert_eq!(
         (
             c["nodes"].as_u64(),
             c["identities"].as_u64(),
             c["services"].as_u64()
         ),
-        (Some(2), Some(3), Some(1))
+        (Some(3), Some(3), Some(1))
     );
     assert_eq!(
         c["rejected"], 2,
@@ -495,7 +502,7 @@ fn run() {
     let c = mesh.wait_connection("c3", "c2", "ready through KVStoreMesh", |c| {
         c["ready"] == 1 && c["endpoints"] == 10_000 && c["kvstoremesh"]["ready"] == true
     });
-    assert_eq!(c["nodes"], 2);
+    assert_eq!(c["nodes"], 3);
     let agent_pid = c3.agent_procs[0].0.id();
     let etcd_ports = [c1.etcd_port, c2.etcd_port, c3.etcd_port];
     assert_eq!(

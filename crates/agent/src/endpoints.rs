@@ -1,0 +1,409 @@
+//! The node's endpoints: what the CNI plugin registers, the agent makes real.
+//!
+//! For each pod: an address from the node's CIDR ([`plexus_ipam::PodIpam`]), an identity for its
+//! labels (with the namespace and cluster labels), the datapath's endpoint entry and programs on
+//! its veth, a route to it, and two published records under the agent's lease: its ip ->
+//! identity entry (`cilium/state/ip/v1/default/<ip>`, for every cluster) and its endpoint record
+//! (`plexus/endpoints/v1/<ns>/<pod>`, for the service controller). The state is persisted in
+//! `<state-dir>/endpoints.json` (written through a rename), so a restarted agent restores every
+//! endpoint: same address, same id, programs re-attached to the pinned maps, records
+//! re-published.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use plexus_agent_api::{EndpointRequest, EndpointResponse, IpamResponse};
+use plexus_datapath::{Datapath, Endpoint as DpEndpoint, IpcacheValue, Prefix};
+use plexus_identity::allocator::IdentityAllocator;
+use plexus_kvstore::SyncStore;
+use plexus_loadbalancer::endpoint::EndpointRecord;
+use plexus_model::ipcache::IpIdentityPair;
+use plexus_model::labels::{Label, Labels, NAMESPACE_LABEL};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::view::NodeView;
+
+/// One endpoint as persisted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct EndpointState {
+    /// Container id.
+    pub container_id: String,
+    /// Endpoint id on this node.
+    pub id: u16,
+    /// Address.
+    pub ip: Ipv4Addr,
+    /// Host-side veth.
+    pub host_ifname: String,
+    /// Its MAC.
+    pub host_mac: String,
+    /// The pod interface's MAC.
+    pub pod_mac: String,
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// Pod labels (as given).
+    pub labels: BTreeMap<String, String>,
+    /// Security identity.
+    pub identity: u32,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Persisted {
+    /// Addresses reserved by IPAM but not (yet) registered, by owner.
+    reserved: BTreeMap<String, Ipv4Addr>,
+    endpoints: BTreeMap<String, EndpointState>,
+}
+
+/// Manages the node's endpoints.
+pub struct Endpoints {
+    inner: Mutex<Inner>,
+    datapath: Arc<dyn Datapath>,
+    identities: Arc<IdentityAllocator>,
+    ip_store: SyncStore,
+    record_store: SyncStore,
+    node_name: String,
+    node_ip: Ipv4Addr,
+    cluster_id: u16,
+    mtu: u32,
+    state_file: PathBuf,
+    view: Arc<NodeView>,
+}
+
+struct Inner {
+    ipam: plexus_ipam::PodIpam,
+    persisted: Persisted,
+}
+
+fn parse_mac(text: &str, what: &str) -> Result<[u8; 6]> {
+    let parts: Vec<&str> = text.split(':').collect();
+    if parts.len() != 6 {
+        bail!("{what} {text:?} is not a MAC address");
+    }
+    let mut mac = [0u8; 6];
+    for (i, p) in parts.iter().enumerate() {
+        mac[i] = u8::from_str_radix(p, 16).with_context(|| format!("{what} {text:?}"))?;
+    }
+    Ok(mac)
+}
+
+/// The identity labels of a pod: its labels with the `k8s:` source and its namespace.
+pub fn identity_labels(namespace: &str, labels: &BTreeMap<String, String>) -> Labels {
+    let mut out = Labels::new();
+    for (k, v) in labels {
+        out.insert(Label::k8s(k.clone(), v.clone()));
+    }
+    out.insert(Label::k8s(NAMESPACE_LABEL, namespace));
+    out
+}
+
+/// What [`Endpoints::new`] needs.
+pub struct EndpointsConfig {
+    /// The datapath.
+    pub datapath: Arc<dyn Datapath>,
+    /// Identity allocation.
+    pub identities: Arc<IdentityAllocator>,
+    /// Publishes `cilium/state/ip/v1/default/<ip>`.
+    pub ip_store: SyncStore,
+    /// Publishes `plexus/endpoints/v1/<ns>/<pod>`.
+    pub record_store: SyncStore,
+    /// This node.
+    pub node_name: String,
+    /// Its underlay address.
+    pub node_ip: Ipv4Addr,
+    /// The cluster id.
+    pub cluster_id: u16,
+    /// The pods' MTU.
+    pub mtu: u32,
+    /// The node's pod addresses.
+    pub ipam: plexus_ipam::PodIpam,
+    /// Where the state is persisted.
+    pub state_file: PathBuf,
+    /// The node's view (for the ipcache and listings).
+    pub view: Arc<NodeView>,
+}
+
+impl Endpoints {
+    /// Loads the persisted state and restores every endpoint (datapath, identity, records).
+    pub async fn new(config: EndpointsConfig) -> Result<Self> {
+        let persisted: Persisted = match std::fs::read(&config.state_file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+                format!(
+                    "{}: not a valid endpoint state",
+                    config.state_file.display()
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted::default(),
+            Err(e) => {
+                return Err(e).with_context(|| format!("read {}", config.state_file.display()));
+            }
+        };
+        let mut ipam = config.ipam;
+        for (owner, ip) in &persisted.reserved {
+            ipam.restore(*ip, owner);
+        }
+        for ep in persisted.endpoints.values() {
+            ipam.restore(ep.ip, &ep.container_id);
+        }
+        let this = Self {
+            inner: Mutex::new(Inner { ipam, persisted }),
+            datapath: config.datapath,
+            identities: config.identities,
+            ip_store: config.ip_store,
+            record_store: config.record_store,
+            node_name: config.node_name,
+            node_ip: config.node_ip,
+            cluster_id: config.cluster_id,
+            mtu: config.mtu,
+            state_file: config.state_file,
+            view: config.view,
+        };
+        let restored: Vec<EndpointState> = {
+            let inner = this.inner.lock().await;
+            inner.persisted.endpoints.values().cloned().collect()
+        };
+        for ep in restored {
+            let labels = identity_labels(&ep.namespace, &ep.labels);
+            let (id, _) = this.identities.allocate(&labels).await.with_context(|| {
+                format!("identity of restored endpoint {}/{}", ep.namespace, ep.pod)
+            })?;
+            let mut ep = ep;
+            ep.identity = id.0;
+            if let Err(err) = this.install(&ep) {
+                tracing::warn!(pod = %ep.pod, error = %format!("{err:#}"), "cannot restore endpoint (its veth may be gone)");
+                continue;
+            }
+            this.publish(&ep);
+            this.inner
+                .lock()
+                .await
+                .persisted
+                .endpoints
+                .insert(ep.container_id.clone(), ep);
+        }
+        this.ip_store.synced();
+        this.record_store.synced();
+        this.save().await?;
+        Ok(this)
+    }
+
+    async fn save(&self) -> Result<()> {
+        let bytes = {
+            let inner = self.inner.lock().await;
+            serde_json::to_vec_pretty(&inner.persisted)?
+        };
+        let tmp = self.state_file.with_extension("json.tmp");
+        std::fs::write(&tmp, bytes).with_context(|| format!("write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &self.state_file)
+            .with_context(|| format!("write {}", self.state_file.display()))?;
+        Ok(())
+    }
+
+    /// An address for `owner`.
+    pub async fn ipam(&self, owner: &str) -> Result<IpamResponse> {
+        let ip = {
+            let mut inner = self.inner.lock().await;
+            let ip = inner.ipam.allocate(owner)?;
+            inner.persisted.reserved.insert(owner.to_string(), ip);
+            ip
+        };
+        self.save().await?;
+        let inner = self.inner.lock().await;
+        Ok(IpamResponse {
+            ip,
+            gateway: inner.ipam.gateway(),
+            mtu: self.mtu,
+        })
+    }
+
+    fn install(&self, ep: &EndpointState) -> Result<()> {
+        self.datapath
+            .upsert_endpoint(&DpEndpoint {
+                id: ep.id,
+                ipv4: ep.ip,
+                host_ifname: ep.host_ifname.clone(),
+                host_ifindex: 0,
+                pod_mac: parse_mac(&ep.pod_mac, "pod-mac")?,
+                host_mac: parse_mac(&ep.host_mac, "host-mac")?,
+                identity: ep.identity,
+            })
+            .with_context(|| format!("datapath endpoint {} on {}", ep.ip, ep.host_ifname))?;
+        if self.view.real_kernel {
+            crate::netcmd::route_to_device(&format!("{}/32", ep.ip), &ep.host_ifname)?;
+        }
+        let prefix = Prefix::new(ep.ip, 32).map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.view.ipcache_local(
+            prefix,
+            Some(IpcacheValue {
+                identity: ep.identity,
+                tunnel_endpoint: None,
+                cluster_id: self.cluster_id,
+            }),
+        );
+        Ok(())
+    }
+
+    fn publish(&self, ep: &EndpointState) {
+        let pair = IpIdentityPair {
+            ip: ep.ip.into(),
+            mask: None,
+            host_ip: self.node_ip.to_string(),
+            id: ep.identity,
+            key: 0,
+            metadata: String::new(),
+            k8s_namespace: ep.namespace.clone(),
+            k8s_pod_name: ep.pod.clone(),
+            k8s_service_account: String::new(),
+            named_ports: Vec::new(),
+        };
+        self.ip_store.upsert(
+            ep.ip.to_string(),
+            serde_json::to_vec(&pair).unwrap_or_default(),
+        );
+        let record = EndpointRecord {
+            namespace: ep.namespace.clone(),
+            pod: ep.pod.clone(),
+            ip: ep.ip.into(),
+            node: self.node_name.clone(),
+            labels: ep.labels.clone(),
+            ready: true,
+            ports: BTreeMap::new(),
+        };
+        self.record_store.upsert(
+            record.key(),
+            serde_json::to_vec(&record).unwrap_or_default(),
+        );
+    }
+
+    /// Registers a configured pod.
+    pub async fn put(&self, req: EndpointRequest) -> Result<EndpointResponse> {
+        {
+            let inner = self.inner.lock().await;
+            match inner.persisted.reserved.get(&req.container_id) {
+                Some(ip) if *ip == req.ip => {}
+                Some(ip) => bail!(
+                    "endpoint {}: address {} was not reserved for it (it holds {ip})",
+                    req.container_id,
+                    req.ip
+                ),
+                None if inner.persisted.endpoints.contains_key(&req.container_id) => {}
+                None => bail!(
+                    "endpoint {}: no address reserved for it; POST /v1/ipam first",
+                    req.container_id
+                ),
+            }
+        }
+        let labels = identity_labels(&req.namespace, &req.labels);
+        let (identity, _) = self
+            .identities
+            .allocate(&labels)
+            .await
+            .with_context(|| format!("identity of {}/{}", req.namespace, req.pod_name))?;
+        let id = {
+            let inner = self.inner.lock().await;
+            match inner.persisted.endpoints.get(&req.container_id) {
+                Some(ep) => ep.id,
+                None => (1..=u16::MAX)
+                    .find(|i| !inner.persisted.endpoints.values().any(|e| e.id == *i))
+                    .context("no free endpoint id")?,
+            }
+        };
+        let ep = EndpointState {
+            container_id: req.container_id.clone(),
+            id,
+            ip: req.ip,
+            host_ifname: req.host_ifname.clone(),
+            host_mac: req.host_mac.clone(),
+            pod_mac: req.pod_mac.clone(),
+            namespace: req.namespace.clone(),
+            pod: req.pod_name.clone(),
+            labels: req.labels.clone(),
+            identity: identity.0,
+        };
+        if let Err(err) = self.install(&ep) {
+            let _ = self.identities.release(&labels).await;
+            return Err(err);
+        }
+        self.publish(&ep);
+        {
+            let mut inner = self.inner.lock().await;
+            inner.persisted.reserved.remove(&req.container_id);
+            inner
+                .persisted
+                .endpoints
+                .insert(req.container_id.clone(), ep.clone());
+        }
+        self.save().await?;
+        tracing::info!(pod = %format!("{}/{}", ep.namespace, ep.pod), ip = %ep.ip, id = ep.id, identity = ep.identity, "endpoint created");
+        Ok(EndpointResponse {
+            id: ep.id,
+            identity: ep.identity,
+            ip: ep.ip,
+            host_ifname: ep.host_ifname,
+        })
+    }
+
+    /// One endpoint.
+    pub async fn get(&self, container_id: &str) -> Option<EndpointState> {
+        self.inner
+            .lock()
+            .await
+            .persisted
+            .endpoints
+            .get(container_id)
+            .cloned()
+    }
+
+    /// Every endpoint, by address.
+    pub async fn list(&self) -> Vec<EndpointState> {
+        let mut v: Vec<EndpointState> = self
+            .inner
+            .lock()
+            .await
+            .persisted
+            .endpoints
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by_key(|e| e.ip);
+        v
+    }
+
+    /// Forgets an endpoint and releases its address; unknown ones are fine.
+    pub async fn delete(&self, container_id: &str) -> Result<()> {
+        let (ep, released) = {
+            let mut inner = self.inner.lock().await;
+            let ep = inner.persisted.endpoints.remove(container_id);
+            inner.persisted.reserved.remove(container_id);
+            let released = inner.ipam.release(container_id);
+            (ep, released)
+        };
+        if let Some(ep) = ep {
+            if let Err(err) = self.datapath.remove_endpoint(ep.ip) {
+                tracing::warn!(ip = %ep.ip, error = %err, "cannot remove endpoint from the datapath");
+            }
+            if self.view.real_kernel {
+                crate::netcmd::route_delete(&format!("{}/32", ep.ip));
+            }
+            if let Ok(prefix) = Prefix::new(ep.ip, 32) {
+                self.view.ipcache_local(prefix, None);
+            }
+            self.ip_store.delete(ep.ip.to_string());
+            self.record_store
+                .delete(format!("{}/{}", ep.namespace, ep.pod));
+            let _ = self
+                .identities
+                .release(&identity_labels(&ep.namespace, &ep.labels))
+                .await;
+            tracing::info!(pod = %format!("{}/{}", ep.namespace, ep.pod), ip = %ep.ip, "endpoint deleted");
+        } else if released.is_some() {
+            tracing::info!(%container_id, "address released");
+        }
+        self.save().await
+    }
+}
