@@ -871,6 +871,7 @@ mod tests {
             kvstoremesh_dir: None,
             agents: vec![],
             netns: None,
+            lab_dir: None,
         }
     }
 

@@ -18,6 +18,7 @@
 //!   - node: node1
 //!     socket: /run/plexus/cluster1/node1/agent.sock
 //!   netns: plexus-lab-underlay     # optional: network namespace to reach the cluster from
+//!   lab-dir: /run/plexus-lab       # optional: the lab that runs the cluster's pods
 //! ```
 //!
 //! A context is named after its cluster. Errors name the file and the context.
@@ -73,6 +74,9 @@ pub struct Context {
     /// A network namespace to enter before talking to the cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<String>,
+    /// The lab the cluster belongs to (pods are run by the lab).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lab_dir: Option<PathBuf>,
 }
 
 impl Context {
@@ -166,7 +170,6 @@ impl CliConfig {
     }
 
     /// Adds or replaces a context.
-    #[allow(dead_code)] // the lab writes its clusters' contexts with it (next step)
     pub fn upsert(&mut self, context: Context) {
         match self.contexts.iter_mut().find(|c| c.name == context.name) {
             Some(c) => *c = context,
@@ -213,6 +216,7 @@ mod tests {
             kvstoremesh_dir: None,
             agents: vec![],
             netns: None,
+            lab_dir: None,
         });
         config.current_context = Some("c1".into());
         config.save(&path).unwrap();

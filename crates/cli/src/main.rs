@@ -1,15 +1,23 @@
 //! `plexus`: the command-line tool of a Plexus mesh, in the shape of cilium-cli.
 //!
-//! Commands grow issue by issue; today: `clustermesh enable | connect | disconnect | status`
-//! and `context list | use`. Contexts live in the configuration file of [`config`].
+//! - `lab up|down|status|stop|start` ([`lab`]), and the built-in pod server `lab serve`;
+//! - `apply -f`, `delete -f`, `get`, `exec` ([`objects`]);
+//! - `clustermesh enable|connect|disconnect|status` ([`clustermesh`]);
+//! - per node: `status`, `endpoint list`, `node list`, `identity list`, `bpf ipcache list`,
+//!   `monitor` ([`node`]);
+//! - `context list|use`. Contexts live in the configuration file of [`config`]; a context with
+//!   a `netns` (a lab cluster) is reached from inside that network namespace.
 
 mod clustermesh;
 mod config;
+mod lab;
+mod node;
+mod objects;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::CliConfig;
@@ -24,21 +32,167 @@ struct Cli {
     /// The context (cluster) to act on; default: the current context.
     #[arg(long, global = true)]
     context: Option<String>,
+    /// The node to ask (default: the cluster's first node).
+    #[arg(long, global = true)]
+    node: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Build a mesh of clusters in network namespaces on this host.
+    Lab {
+        #[command(subcommand)]
+        command: LabCommand,
+    },
+    /// Create or update objects from a file.
+    Apply {
+        /// The file.
+        #[arg(short, long)]
+        file: PathBuf,
+        /// Default namespace.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+    },
+    /// Delete the objects of a file.
+    Delete {
+        /// The file.
+        #[arg(short, long)]
+        file: PathBuf,
+        /// Default namespace.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+    },
+    /// List objects.
+    Get {
+        /// pods, deployments, statefulsets, namespaces, services.
+        kind: String,
+        /// One object.
+        name: Option<String>,
+        /// Namespace.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Run a command in a pod's network namespace.
+    Exec {
+        /// Namespace.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// POD, deployment/NAME or statefulset/NAME.
+        target: String,
+        /// The command.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
     /// Enable, connect and inspect the mesh.
     Clustermesh {
         #[command(subcommand)]
         command: MeshCommand,
     },
+    /// A node's agent status.
+    Status {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// A node's endpoints.
+    Endpoint {
+        #[command(subcommand)]
+        command: ListCommand,
+    },
+    /// Nodes of every cluster, as a node sees them.
+    Node {
+        #[command(subcommand)]
+        command: ListCommand,
+    },
+    /// Identities of every cluster, as a node sees them.
+    Identity {
+        #[command(subcommand)]
+        command: ListCommand,
+    },
+    /// BPF maps of a node.
+    Bpf {
+        #[command(subcommand)]
+        command: BpfCommand,
+    },
+    /// Print a node's datapath events.
+    Monitor {
+        /// Only drops or only traces.
+        #[arg(long = "type", value_parser = ["drop", "trace"])]
+        kind: Option<String>,
+    },
     /// List or switch contexts.
     Context {
         #[command(subcommand)]
         command: ContextCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ListCommand {
+    /// List them.
+    List {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BpfCommand {
+    /// The ipcache map.
+    Ipcache {
+        #[command(subcommand)]
+        command: ListCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LabCommand {
+    /// Bring a lab up.
+    Up {
+        /// The lab file.
+        #[arg(short, long)]
+        file: PathBuf,
+        /// Enable ClusterMesh on every cluster and connect them all.
+        #[arg(long)]
+        mesh: bool,
+        /// Lab name (prefix of its network namespaces).
+        #[arg(long, default_value = "lab")]
+        name: String,
+    },
+    /// Remove the lab: every process, namespace, mount and file.
+    Down,
+    /// What runs.
+    Status,
+    /// Take a cluster down as a failure would.
+    Stop {
+        /// The cluster.
+        cluster: String,
+    },
+    /// Bring a stopped cluster back.
+    Start {
+        /// The cluster.
+        cluster: String,
+    },
+    /// The built-in server of pods without a command (run by the lab in a pod).
+    #[command(hide = true)]
+    Serve {
+        #[arg(long)]
+        pod: String,
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        cluster: String,
+        /// `PORT/tcp` or `PORT/udp`.
+        #[arg(long)]
+        port: Vec<String>,
     },
 }
 
@@ -98,13 +252,27 @@ enum ContextCommand {
     },
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+/// Enters network namespace `name` for this thread and every thread started after.
+fn enter_netns(name: &str) -> Result<()> {
+    let path = format!("/run/netns/{name}");
+    let file = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
+    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("enter network namespace {name}"))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start the async runtime")
+}
+
+fn main() -> std::process::ExitCode {
     plexus_kvstore::install_crypto_provider();
     let cli = Cli::parse();
-    match run(cli).await {
-        Ok(true) => std::process::ExitCode::SUCCESS,
-        Ok(false) => std::process::ExitCode::from(1),
+    match run(cli) {
+        Ok(code) => std::process::ExitCode::from(code),
         Err(err) => {
             eprintln!("Error: {err:#}");
             std::process::ExitCode::from(1)
@@ -112,65 +280,246 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<bool> {
+fn run(cli: Cli) -> Result<u8> {
     let path = cli.config.clone().unwrap_or_else(config::default_path);
     let mut cfg = CliConfig::load(&path)?;
-    let ctx = cli.context.as_deref();
+    let ctx_name = cli.context.as_deref();
+    let node = cli.node.as_deref();
     match cli.command {
-        Command::Clustermesh { command } => match command {
-            MeshCommand::Enable {
-                create_ca,
-                ca_from_context,
-            } => clustermesh::enable(&cfg, &path, ctx, create_ca, ca_from_context.as_deref())
-                .await
-                .map(|()| true),
-            MeshCommand::Connect {
-                destination_context,
-            } => clustermesh::connect(&cfg, &path, ctx, &destination_context)
-                .await
-                .map(|()| true),
-            MeshCommand::Disconnect {
-                destination_context,
-            } => clustermesh::disconnect(&cfg, &path, ctx, &destination_context)
-                .await
-                .map(|()| true),
-            MeshCommand::Status {
-                wait,
-                wait_duration,
+        Command::Lab { command } => {
+            return match command {
+                LabCommand::Up { file, mesh, name } => {
+                    let lab = lab::up(&file, &name, &mut cfg, &path)?;
+                    if mesh {
+                        enter_netns(&lab.underlay)?;
+                        let names: Vec<String> =
+                            lab.clusters.iter().map(|c| c.name.clone()).collect();
+                        runtime()?.block_on(async {
+                            for n in &names {
+                                clustermesh::enable(&cfg, &path, Some(n), false, None).await?;
+                            }
+                            for (i, a) in names.iter().enumerate() {
+                                for b in &names[i + 1..] {
+                                    clustermesh::connect(&cfg, &path, Some(a), b).await?;
+                                }
+                            }
+                            for n in &names {
+                                clustermesh::status(
+                                    &cfg,
+                                    &path,
+                                    Some(n),
+                                    Some(Duration::from_secs(120)),
+                                    false,
+                                )
+                                .await?;
+                            }
+                            Ok::<_, anyhow::Error>(())
+                        })?;
+                    }
+                    Ok(0)
+                }
+                LabCommand::Down => lab::down(&mut cfg, &path).map(|()| 0),
+                LabCommand::Status => lab::status().map(|ok| u8::from(!ok)),
+                LabCommand::Stop { cluster } => lab::stop(&cluster).map(|()| 0),
+                LabCommand::Start { cluster } => lab::start(&cluster).map(|()| 0),
+                LabCommand::Serve {
+                    pod,
+                    namespace,
+                    node,
+                    cluster,
+                    port,
+                } => {
+                    let mut ports = Vec::new();
+                    for p in port {
+                        let (n, proto) = p.split_once('/').unwrap_or((p.as_str(), "tcp"));
+                        ports.push((
+                            n.parse().with_context(|| format!("--port {p}"))?,
+                            proto.to_string(),
+                        ));
+                    }
+                    plexus_lab::serve::serve(
+                        plexus_lab::serve::Identity {
+                            pod,
+                            namespace,
+                            node,
+                            cluster,
+                        },
+                        ports,
+                    )
+                    .map(|()| 0)
+                }
+            };
+        }
+        Command::Exec {
+            namespace,
+            target,
+            command,
+        } => {
+            let ctx = cfg.context(ctx_name, &path)?;
+            let dir = ctx
+                .lab_dir
+                .clone()
+                .with_context(|| format!("context {} is not a lab cluster", ctx.name))?;
+            let lab = plexus_lab::lab::LabState::load(&dir)?;
+            let pod = plexus_lab::workload::find_pod(&lab, &ctx.name, &namespace, &target)?;
+            let code = plexus_lab::workload::exec(&pod, &command)?;
+            return Ok(u8::try_from(code).unwrap_or(1));
+        }
+        Command::Context { command } => {
+            match command {
+                ContextCommand::List => {
+                    for c in &cfg.contexts {
+                        let current = cfg.current_context.as_deref() == Some(c.name.as_str());
+                        println!(
+                            "{} {:<16} id {:<4} etcd {}",
+                            if current { "*" } else { " " },
+                            c.name,
+                            c.cluster_id,
+                            c.etcd_endpoints.join(",")
+                        );
+                    }
+                }
+                ContextCommand::Use { name } => {
+                    cfg.context(Some(&name), &path)?;
+                    cfg.current_context = Some(name.clone());
+                    cfg.save(&path)?;
+                    println!("current context: {name}");
+                }
+            }
+            return Ok(0);
+        }
+        _ => {}
+    }
+
+    // Everything else talks to a cluster: enter its network namespace first (threads started
+    // afterwards, the runtime's among them, inherit it).
+    if let Some(ns) = cfg
+        .context(ctx_name, &path)
+        .ok()
+        .and_then(|c| c.netns.clone())
+    {
+        enter_netns(&ns)?;
+    }
+    let rt = runtime()?;
+    rt.block_on(async {
+        match cli.command {
+            Command::Apply { file, namespace } => {
+                objects::apply(cfg.context(ctx_name, &path)?, &file, &namespace).await?;
+            }
+            Command::Delete { file, namespace } => {
+                objects::delete(cfg.context(ctx_name, &path)?, &file, &namespace).await?;
+            }
+            Command::Get {
+                kind,
+                name,
+                namespace,
                 output,
             } => {
-                clustermesh::status(
-                    &cfg,
-                    &path,
-                    ctx,
-                    wait.then_some(wait_duration),
+                objects::get(
+                    cfg.context(ctx_name, &path)?,
+                    &kind,
+                    name.as_deref(),
+                    &namespace,
                     output == Output::Json,
                 )
                 .await?;
-                Ok(true)
             }
-        },
-        Command::Context { command } => match command {
-            ContextCommand::List => {
-                for c in &cfg.contexts {
-                    let current = cfg.current_context.as_deref() == Some(c.name.as_str());
-                    println!(
-                        "{} {:<16} id {:<4} etcd {}",
-                        if current { "*" } else { " " },
-                        c.name,
-                        c.cluster_id,
-                        c.etcd_endpoints.join(",")
-                    );
+            Command::Clustermesh { command } => match command {
+                MeshCommand::Enable {
+                    create_ca,
+                    ca_from_context,
+                } => {
+                    clustermesh::enable(
+                        &cfg,
+                        &path,
+                        ctx_name,
+                        create_ca,
+                        ca_from_context.as_deref(),
+                    )
+                    .await?
                 }
-                Ok(true)
+                MeshCommand::Connect {
+                    destination_context,
+                } => clustermesh::connect(&cfg, &path, ctx_name, &destination_context).await?,
+                MeshCommand::Disconnect {
+                    destination_context,
+                } => clustermesh::disconnect(&cfg, &path, ctx_name, &destination_context).await?,
+                MeshCommand::Status {
+                    wait,
+                    wait_duration,
+                    output,
+                } => {
+                    clustermesh::status(
+                        &cfg,
+                        &path,
+                        ctx_name,
+                        wait.then_some(wait_duration),
+                        output == Output::Json,
+                    )
+                    .await?;
+                }
+            },
+            Command::Status { output } => {
+                node::list(
+                    cfg.context(ctx_name, &path)?,
+                    node,
+                    "status",
+                    output == Output::Json,
+                )
+                .await?
             }
-            ContextCommand::Use { name } => {
-                cfg.context(Some(&name), &path)?;
-                cfg.current_context = Some(name.clone());
-                cfg.save(&path)?;
-                println!("current context: {name}");
-                Ok(true)
+            Command::Endpoint {
+                command: ListCommand::List { output },
+            } => {
+                node::list(
+                    cfg.context(ctx_name, &path)?,
+                    node,
+                    "endpoint",
+                    output == Output::Json,
+                )
+                .await?
             }
-        },
-    }
+            Command::Node {
+                command: ListCommand::List { output },
+            } => {
+                node::list(
+                    cfg.context(ctx_name, &path)?,
+                    node,
+                    "node",
+                    output == Output::Json,
+                )
+                .await?
+            }
+            Command::Identity {
+                command: ListCommand::List { output },
+            } => {
+                node::list(
+                    cfg.context(ctx_name, &path)?,
+                    node,
+                    "identity",
+                    output == Output::Json,
+                )
+                .await?
+            }
+            Command::Bpf {
+                command:
+                    BpfCommand::Ipcache {
+                        command: ListCommand::List { output },
+                    },
+            } => {
+                node::list(
+                    cfg.context(ctx_name, &path)?,
+                    node,
+                    "ipcache",
+                    output == Output::Json,
+                )
+                .await?
+            }
+            Command::Monitor { kind } => {
+                node::monitor(cfg.context(ctx_name, &path)?, node, kind.as_deref()).await?
+            }
+            Command::Lab { .. } | Command::Exec { .. } | Command::Context { .. } => {}
+        }
+        Ok::<_, anyhow::Error>(0)
+    })
 }

@@ -1,4 +1,12 @@
 //! The lab: a whole mesh of clusters built out of network namespaces on one Linux host.
 //!
-//! This crate will create the underlay namespace, one namespace per node, an etcd, an apiserver
-//! and agents per cluster, and pods through the real CNI plugin, and remove all of it again.
+//! [`spec`] reads the lab file; [`lab`] brings the lab up and down and fails a cluster on
+//! purpose ([`lab::stop`] / [`lab::start`]); [`workload`] runs pods (Pods, Deployments,
+//! StatefulSets) through the real CNI plugin; [`serve`] is the built-in server of pods without
+//! a command; [`sys`] holds the host operations (namespaces, links, processes, mounts).
+
+pub mod lab;
+pub mod serve;
+pub mod spec;
+pub mod sys;
+pub mod workload;

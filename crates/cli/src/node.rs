@@ -1,0 +1,186 @@
+//! Per-node commands: `status`, `endpoint list`, `node list`, `identity list`,
+//! `bpf ipcache list`, `monitor`. They ask one node's agent over its socket (`--node`, default
+//! the cluster's first node).
+
+// Table headers are written as literals beside their column widths, for readability.
+#![allow(clippy::print_literal)]
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use plexus_agent_api::Endpoint;
+use serde_json::Value;
+
+use crate::config::Context;
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+fn agent(ctx: &Context, node: Option<&str>) -> Result<(String, Endpoint)> {
+    let a = match node {
+        Some(n) => ctx.agents.iter().find(|a| a.node == n).with_context(|| {
+            format!(
+                "no node {n} in context {} (nodes: {})",
+                ctx.name,
+                ctx.agents
+                    .iter()
+                    .map(|a| a.node.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?,
+        None => ctx
+            .agents
+            .first()
+            .with_context(|| format!("context {} lists no agents", ctx.name))?,
+    };
+    Ok((a.node.clone(), Endpoint::Unix(a.socket.clone())))
+}
+
+async fn fetch(ctx: &Context, node: Option<&str>, path: &str) -> Result<(String, Value)> {
+    let (name, ep) = agent(ctx, node)?;
+    let v = plexus_agent_api::get_json(&ep, path, TIMEOUT).await?;
+    Ok((name, v))
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Runs one listing; prints a table or JSON.
+pub async fn list(ctx: &Context, node: Option<&str>, what: &str, json: bool) -> Result<()> {
+    let path = match what {
+        "status" => "/v1/status",
+        "endpoint" => "/v1/endpoints",
+        "node" => "/v1/nodes",
+        "identity" => "/v1/identities",
+        "ipcache" => "/v1/bpf/ipcache",
+        other => anyhow::bail!("unknown listing {other}"),
+    };
+    let (name, v) = fetch(ctx, node, path).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let rows = v.as_array().cloned().unwrap_or_default();
+    match what {
+        "status" => {
+            println!(
+                "Cluster:   {} (id {})",
+                s(&v["cluster"]),
+                s(&v["cluster-id"])
+            );
+            println!("Node:      {} ({})", s(&v["node"]), s(&v["node-ip"]));
+            println!("Pod CIDR:  {}", s(&v["pod-cidr"]));
+            println!("Routing:   {}", s(&v["routing"]));
+            println!("Datapath:  {}", s(&v["datapath"]));
+            println!("Endpoints: {}", s(&v["endpoints"]));
+            println!(
+                "ClusterMesh: {}/{} remote clusters ready",
+                s(&v["remote-clusters"][1]),
+                s(&v["remote-clusters"][0])
+            );
+        }
+        "endpoint" => {
+            println!("# node {name}");
+            println!(
+                "{:<6} {:<10} {:<16} {:<32} {}",
+                "ID", "IDENTITY", "IPV4", "POD", "LABELS"
+            );
+            for r in rows {
+                let labels: Vec<String> = r["labels"]
+                    .as_object()
+                    .map(|m| m.iter().map(|(k, v)| format!("{k}={}", s(v))).collect())
+                    .unwrap_or_default();
+                println!(
+                    "{:<6} {:<10} {:<16} {:<32} {}",
+                    s(&r["id"]),
+                    s(&r["identity"]),
+                    s(&r["ip"]),
+                    format!("{}/{}", s(&r["namespace"]), s(&r["pod"])),
+                    labels.join(",")
+                );
+            }
+        }
+        "node" => {
+            println!("# as seen by node {name}");
+            println!(
+                "{:<16} {:<24} {:<16} {}",
+                "CLUSTER", "NAME", "IPV4", "POD CIDR"
+            );
+            for r in rows {
+                println!(
+                    "{:<16} {:<24} {:<16} {}{}",
+                    s(&r["cluster"]),
+                    s(&r["name"]),
+                    s(&r["ip"]),
+                    s(&r["pod-cidr"]),
+                    if r["local"] == true {
+                        "  (this node)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        "identity" => {
+            println!("# as seen by node {name}");
+            println!("{:<10} {:<16} {}", "ID", "CLUSTER", "LABELS");
+            for r in rows {
+                println!(
+                    "{:<10} {:<16} {}",
+                    s(&r["id"]),
+                    s(&r["cluster"]),
+                    s(&r["labels"])
+                );
+            }
+        }
+        _ => {
+            println!("# bpf ipcache of node {name}");
+            println!(
+                "{:<20} {:<10} {:<16} {}",
+                "PREFIX", "IDENTITY", "TUNNEL", "CLUSTER-ID"
+            );
+            for r in rows {
+                println!(
+                    "{:<20} {:<10} {:<16} {}",
+                    s(&r["prefix"]),
+                    s(&r["identity"]),
+                    s(&r["tunnel-endpoint"]),
+                    s(&r["cluster-id"])
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `monitor [--type drop|trace]`: prints events as they come, until interrupted.
+pub async fn monitor(ctx: &Context, node: Option<&str>, kind: Option<&str>) -> Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let (name, ep) = agent(ctx, node)?;
+    let Endpoint::Unix(socket) = ep else {
+        anyhow::bail!("monitor needs the agent's socket");
+    };
+    let mut stream = tokio::net::UnixStream::connect(&socket)
+        .await
+        .with_context(|| format!("connect to the agent of {name} at {}", socket.display()))?;
+    let query = kind.map(|k| format!("?type={k}")).unwrap_or_default();
+    stream
+        .write_all(format!("GET /v1/monitor{query} HTTP/1.0\r\nHost: agent\r\n\r\n").as_bytes())
+        .await?;
+    eprintln!("Listening for events on node {name}... Press Ctrl-C to quit");
+    let mut lines = tokio::io::BufReader::new(stream).lines();
+    let mut body = false;
+    while let Some(line) = lines.next_line().await? {
+        if !body {
+            body = line.is_empty();
+            continue;
+        }
+        println!("{line}");
+    }
+    Ok(())
+}

@@ -1,0 +1,251 @@
+//! `plexus apply -f | delete -f | get | exec`: Kubernetes-shaped objects.
+//!
+//! Namespaces, Pods, Deployments and StatefulSets are run by the lab of the context;
+//! Services are stored in the cluster's etcd (`plexus/objects/v1/services/<ns>/<name>`) where
+//! the apiserver's service controller reads them. A file is parsed and checked completely
+//! before anything is applied: one bad document and nothing of the file is.
+
+// Table headers are written as literals beside their column widths, for readability.
+#![allow(clippy::print_literal)]
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result, bail};
+use plexus_kvstore::KvBackend;
+use plexus_lab::lab::{Bins, LabState};
+use plexus_lab::workload::{self, Workload, Workloads};
+use plexus_loadbalancer::SERVICES_PREFIX;
+use plexus_loadbalancer::service::Service;
+
+use crate::config::Context;
+
+/// What a file holds, checked.
+pub struct Parsed {
+    namespaces: Vec<String>,
+    workloads: Vec<Workload>,
+    services: Vec<Service>,
+}
+
+/// Parses every document of `file`; errors name the file, the document and the field.
+pub fn parse(file: &Path, default_ns: &str) -> Result<Parsed> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
+    let mut out = Parsed {
+        namespaces: Vec::new(),
+        workloads: Vec::new(),
+        services: Vec::new(),
+    };
+    for (i, doc) in serde_norway::Deserializer::from_str(&text).enumerate() {
+        let value = serde_json::Value::deserialize(doc)
+            .with_context(|| format!("{}: document {}: not YAML", file.display(), i + 1))?;
+        if value.is_null() {
+            continue;
+        }
+        let at = |what: &str| format!("{}: document {} ({what})", file.display(), i + 1);
+        let kind = value["kind"].as_str().unwrap_or_default().to_string();
+        match kind.as_str() {
+            "Namespace" => {
+                let name = value["metadata"]["name"]
+                    .as_str()
+                    .with_context(|| at("Namespace: metadata.name is required"))?;
+                out.namespaces.push(name.to_string());
+            }
+            "Pod" | "Deployment" | "StatefulSet" => {
+                let w = workload::workload_from(&value, default_ns).with_context(|| at(&kind))?;
+                out.workloads.extend(w);
+            }
+            "Service" => {
+                let mut svc: Service =
+                    serde_json::from_value(value.clone()).with_context(|| at("Service"))?;
+                if value["metadata"]["namespace"].is_null() {
+                    svc.metadata.namespace = default_ns.to_string();
+                }
+                svc.global_config().with_context(|| at("Service"))?;
+                out.services.push(svc);
+            }
+            "" => bail!("{}: kind is required", at("?")),
+            other => bail!("{}: kind {other} is not supported yet", at(other)),
+        }
+    }
+    Ok(out)
+}
+
+use serde::Deserialize as _;
+
+fn lab_of(ctx: &Context) -> Result<LabState> {
+    let dir = ctx
+        .lab_dir
+        .as_ref()
+        .with_context(|| format!("context {} is not a lab cluster: pods need a lab", ctx.name))?;
+    LabState::load(dir)
+}
+
+/// `apply -f`.
+pub async fn apply(ctx: &Context, file: &Path, ns: &str) -> Result<()> {
+    let parsed = parse(file, ns)?;
+    if !parsed.services.is_empty() {
+        let etcd = crate::clustermesh::admin_etcd(ctx, std::time::Duration::from_secs(10)).await?;
+        for svc in &parsed.services {
+            etcd.put(
+                &format!("{SERVICES_PREFIX}{}", svc.key()),
+                serde_json::to_vec(svc)?,
+                None,
+            )
+            .await
+            .with_context(|| format!("store service {}", svc.key()))?;
+            println!("service/{} configured", svc.metadata.name);
+        }
+    }
+    if !parsed.workloads.is_empty() || !parsed.namespaces.is_empty() {
+        let lab = lab_of(ctx)?;
+        let bins = Bins::beside_current_exe()?;
+        let (workloads, namespaces) = (parsed.workloads, parsed.namespaces);
+        let name = ctx.name.clone();
+        let lines = tokio::task::spawn_blocking(move || {
+            workload::apply(&lab, &name, workloads, namespaces, &bins)
+        })
+        .await??;
+        for l in lines {
+            println!("{l}");
+        }
+    }
+    Ok(())
+}
+
+/// `delete -f`.
+pub async fn delete(ctx: &Context, file: &Path, ns: &str) -> Result<()> {
+    let parsed = parse(file, ns)?;
+    if !parsed.services.is_empty() {
+        let etcd = crate::clustermesh::admin_etcd(ctx, std::time::Duration::from_secs(10)).await?;
+        for svc in &parsed.services {
+            etcd.delete(&format!("{SERVICES_PREFIX}{}", svc.key()))
+                .await?;
+            println!("service/{} deleted", svc.metadata.name);
+        }
+    }
+    if !parsed.workloads.is_empty() {
+        let lab = lab_of(ctx)?;
+        let bins = Bins::beside_current_exe()?;
+        let targets = parsed
+            .workloads
+            .iter()
+            .map(|w| (w.kind.clone(), w.namespace.clone(), w.name.clone()))
+            .collect();
+        let name = ctx.name.clone();
+        let lines =
+            tokio::task::spawn_blocking(move || workload::delete(&lab, &name, targets, &bins))
+                .await??;
+        for l in lines {
+            println!("{l}");
+        }
+    }
+    Ok(())
+}
+
+/// `get KIND [NAME]`.
+pub async fn get(
+    ctx: &Context,
+    kind: &str,
+    name: Option<&str>,
+    ns: &str,
+    json: bool,
+) -> Result<()> {
+    match kind {
+        "pods" | "pod" | "po" => {
+            let lab = lab_of(ctx)?;
+            let w = Workloads::load(&lab, &ctx.name)?;
+            let pods: Vec<_> = w
+                .pods
+                .values()
+                .filter(|p| p.namespace == ns && name.is_none_or(|n| n == p.name))
+                .collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&pods)?);
+            } else {
+                println!("{:<32} {:<16} {:<24} {}", "NAME", "IP", "NODE", "STATUS");
+                for p in pods {
+                    let running = p.pid.is_some_and(plexus_lab::sys::alive);
+                    println!(
+                        "{:<32} {:<16} {:<24} {}",
+                        p.name,
+                        p.ip,
+                        p.node,
+                        if running { "Running" } else { "Stopped" }
+                    );
+                }
+            }
+        }
+        "deployments" | "deployment" | "deploy" | "statefulsets" | "statefulset" | "sts" => {
+            let lab = lab_of(ctx)?;
+            let w = Workloads::load(&lab, &ctx.name)?;
+            let want = if kind.starts_with("deploy") {
+                "Deployment"
+            } else {
+                "StatefulSet"
+            };
+            let items: Vec<_> = w
+                .workloads
+                .values()
+                .filter(|x| x.kind == want && x.namespace == ns && name.is_none_or(|n| n == x.name))
+                .collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&items)?);
+            } else {
+                println!("{:<32} {}", "NAME", "READY");
+                for x in items {
+                    let owner = format!("{}/{}", x.kind.to_lowercase(), x.name);
+                    let n = w.pods.values().filter(|p| p.owner == owner).count();
+                    println!("{:<32} {n}/{}", x.name, x.replicas);
+                }
+            }
+        }
+        "namespaces" | "namespace" | "ns" => {
+            let lab = lab_of(ctx)?;
+            let w = Workloads::load(&lab, &ctx.name)?;
+            let mut all = vec!["default".to_string()];
+            all.extend(w.namespaces.iter().cloned());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                for n in all {
+                    println!("{n}");
+                }
+            }
+        }
+        "services" | "service" | "svc" => {
+            let etcd =
+                crate::clustermesh::admin_etcd(ctx, std::time::Duration::from_secs(10)).await?;
+            let list = etcd.list_prefix(&format!("{SERVICES_PREFIX}{ns}/")).await?;
+            let mut items = Vec::new();
+            for kv in list.kvs {
+                let svc: Service = serde_json::from_slice(&kv.value)
+                    .with_context(|| format!("stored service {}", kv.key))?;
+                if name.is_none_or(|n| n == svc.metadata.name) {
+                    items.push(svc);
+                }
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&items)?);
+            } else {
+                println!("{:<32} {:<16} {}", "NAME", "CLUSTER-IP", "PORTS");
+                for s in items {
+                    let ports: Vec<String> = s
+                        .spec
+                        .ports
+                        .iter()
+                        .map(|p| format!("{}/{}", p.port, p.protocol))
+                        .collect();
+                    println!(
+                        "{:<32} {:<16} {}",
+                        s.metadata.name,
+                        s.spec.cluster_ip.clone().unwrap_or_else(|| "<none>".into()),
+                        ports.join(",")
+                    );
+                }
+            }
+        }
+        other => bail!(
+            "get: unknown kind {other:?} (pods, deployments, statefulsets, namespaces, services)"
+        ),
+    }
+    Ok(())
+}

@@ -1,0 +1,481 @@
+//! Bringing a lab up and down, and failing a cluster on purpose.
+//!
+//! Layout (all names start with `plx-<lab>-`, so two labs never collide):
+//! - the underlay namespace `plx-<lab>-u` holds a bridge `br0` (172.31.255.254/16); nothing of
+//!   the lab links to the host's own network;
+//! - per cluster `i` (1-based): a control-plane namespace `plx-<lab>-<cluster>` at 172.31.i.1
+//!   running `plexus-apiserver` (and, as its child, etcd: client port 2379, status on 9963);
+//! - per node `j`: a namespace `plx-<lab>-<cluster>-n<j>` at 172.31.i.(10+j) running
+//!   `plexus-agent` (eBPF datapath, bpffs mounted under its state directory).
+//!
+//! Each namespace joins the underlay through a veth created inside the underlay namespace
+//! (`u<i>c` / `u<i>n<j>`), its peer moved into the namespace as `eth0`. One CA (`<dir>/ca`)
+//! serves every cluster. The state (pids, addresses) lives in `<dir>/lab.json`; `down` removes
+//! every process, mount, namespace and file the lab created.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::spec::{LabSpec, Routing};
+use crate::sys;
+
+/// One node of a running lab.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct NodeState {
+    /// Node name.
+    pub name: String,
+    /// Its namespace.
+    pub netns: String,
+    /// Its underlay address.
+    pub ip: Ipv4Addr,
+    /// The underlay-side veth.
+    pub uplink: String,
+    /// The agent's pid.
+    pub agent_pid: Option<u32>,
+    /// The agent's socket.
+    pub socket: PathBuf,
+    /// The agent's state directory.
+    pub state_dir: PathBuf,
+}
+
+/// One cluster of a running lab.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ClusterState {
+    /// Cluster name.
+    pub name: String,
+    /// Cluster id.
+    pub id: u32,
+    /// Pod CIDR.
+    pub pod_cidr: String,
+    /// Service CIDR.
+    pub service_cidr: String,
+    /// Control-plane namespace.
+    pub netns: String,
+    /// Control-plane address (etcd 2379, apiserver 9963).
+    pub ip: Ipv4Addr,
+    /// The underlay-side veth of the control plane.
+    pub uplink: String,
+    /// The apiserver's pid.
+    pub apiserver_pid: Option<u32>,
+    /// The apiserver's state directory (pki/, etcd/).
+    pub state_dir: PathBuf,
+    /// Where its agents read remote-cluster configurations.
+    pub clustermesh_dir: PathBuf,
+    /// Its nodes.
+    pub nodes: Vec<NodeState>,
+    /// Taken down by `lab stop`.
+    pub stopped: bool,
+}
+
+/// A running lab.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct LabState {
+    /// Lab name (namespace prefix).
+    pub name: String,
+    /// Its directory.
+    pub dir: PathBuf,
+    /// The underlay namespace.
+    pub underlay: String,
+    /// Routing mode.
+    pub routing: Routing,
+    /// Clusters.
+    pub clusters: Vec<ClusterState>,
+}
+
+/// The binaries the lab runs.
+#[derive(Clone, Debug)]
+pub struct Bins {
+    /// `plexus-apiserver`.
+    pub apiserver: PathBuf,
+    /// `plexus-agent`.
+    pub agent: PathBuf,
+    /// `plexus-cni`.
+    pub cni: PathBuf,
+    /// `plexus` (the built-in pod server).
+    pub plexus: PathBuf,
+}
+
+impl Bins {
+    /// The binaries beside the running executable.
+    pub fn beside_current_exe() -> Result<Self> {
+        let exe = std::env::current_exe().context("find the running executable")?;
+        let dir = exe.parent().context("executable directory")?.to_path_buf();
+        let find = |name: &str| -> Result<PathBuf> {
+            let p = dir.join(name);
+            if p.exists() {
+                Ok(p)
+            } else {
+                bail!(
+                    "{} not found beside {}: build the workspace's binaries",
+                    name,
+                    exe.display()
+                )
+            }
+        };
+        Ok(Self {
+            apiserver: find("plexus-apiserver")?,
+            agent: find("plexus-agent")?,
+            cni: find("plexus-cni")?,
+            plexus: exe,
+        })
+    }
+}
+
+/// Progress lines for people.
+pub type Progress<'a> = &'a mut dyn FnMut(&str);
+
+const STATE_FILE: &str = "lab.json";
+
+impl LabState {
+    /// Reads the state of the lab in `dir`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join(STATE_FILE);
+        let bytes = std::fs::read(&path).with_context(|| {
+            format!(
+                "no lab in {} (run plexus lab up -f LAB.yaml)",
+                dir.display()
+            )
+        })?;
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: corrupt lab state", path.display()))
+    }
+
+    /// Writes the state.
+    pub fn save(&self) -> Result<()> {
+        let path = self.dir.join(STATE_FILE);
+        let tmp = self.dir.join(".lab.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("write {}", path.display()))
+    }
+
+    /// The cluster named `name`.
+    pub fn cluster(&self, name: &str) -> Result<&ClusterState> {
+        self.clusters
+            .iter()
+            .find(|c| c.name == name)
+            .with_context(|| {
+                let known: Vec<&str> = self.clusters.iter().map(|c| c.name.as_str()).collect();
+                format!(
+                    "no cluster {name:?} in the lab (clusters: {})",
+                    known.join(", ")
+                )
+            })
+    }
+
+    fn cluster_mut(&mut self, name: &str) -> Result<&mut ClusterState> {
+        let known: Vec<String> = self.clusters.iter().map(|c| c.name.clone()).collect();
+        self.clusters
+            .iter_mut()
+            .find(|c| c.name == name)
+            .with_context(|| {
+                format!(
+                    "no cluster {name:?} in the lab (clusters: {})",
+                    known.join(", ")
+                )
+            })
+    }
+}
+
+fn plan(name: &str, dir: &Path, spec: &LabSpec) -> LabState {
+    let underlay = format!("plx-{name}-u");
+    let clusters = spec
+        .clusters
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let i = i as u8 + 1;
+            let cdir = dir.join(&c.name);
+            ClusterState {
+                name: c.name.clone(),
+                id: c.id,
+                pod_cidr: c.pod_cidr.clone(),
+                service_cidr: c.service_cidr.clone(),
+                netns: format!("plx-{name}-{}", c.name),
+                ip: Ipv4Addr::new(172, 31, i, 1),
+                uplink: format!("u{i}c"),
+                apiserver_pid: None,
+                state_dir: cdir.join("apiserver"),
+                clustermesh_dir: cdir.join("clustermesh"),
+                nodes: (1..=c.nodes)
+                    .map(|j| {
+                        let node = format!("{}-node{j}", c.name);
+                        NodeState {
+                            netns: format!("plx-{name}-{}-n{j}", c.name),
+                            ip: Ipv4Addr::new(172, 31, i, 10 + j as u8),
+                            uplink: format!("u{i}n{j}"),
+                            agent_pid: None,
+                            socket: cdir.join(&node).join("agent.sock"),
+                            state_dir: cdir.join(&node),
+                            name: node,
+                        }
+                    })
+                    .collect(),
+                stopped: false,
+            }
+        })
+        .collect();
+    LabState {
+        name: name.to_string(),
+        dir: dir.to_path_buf(),
+        underlay,
+        routing: spec.routing,
+        clusters,
+    }
+}
+
+fn join_underlay(underlay: &str, ns: &str, uplink: &str, ip: Ipv4Addr) -> Result<()> {
+    sys::netns_add(ns)?;
+    sys::ip(&[
+        "-n", underlay, "link", "add", uplink, "type", "veth", "peer", "name", "eth0", "netns", ns,
+    ])?;
+    sys::ip(&["-n", underlay, "link", "set", uplink, "master", "br0", "up"])?;
+    sys::ip(&["-n", ns, "addr", "add", &format!("{ip}/16"), "dev", "eth0"])?;
+    sys::ip(&["-n", ns, "link", "set", "eth0", "up"])
+}
+
+fn start_apiserver(lab: &LabState, c: &ClusterState, bins: &Bins) -> Result<u32> {
+    let args = vec![
+        format!("--cluster-name={}", c.name),
+        format!("--cluster-id={}", c.id),
+        format!("--state-dir={}", c.state_dir.display()),
+        format!("--etcd-listen={}:2379", c.ip),
+        "--etcd-peer-listen=127.0.0.1:2380".to_string(),
+        format!("--etcd-advertise={}", c.ip),
+        format!("--http-listen={}:9963", c.ip),
+    ];
+    let pid = sys::spawn_in(
+        &c.netns,
+        &bins.apiserver,
+        &args,
+        &lab.dir.join(&c.name).join("apiserver.log"),
+    )?;
+    let addr = format!("{}:9963", c.ip);
+    sys::wait_until(
+        &format!(
+            "apiserver of {} ready (log: {})",
+            c.name,
+            lab.dir.join(&c.name).join("apiserver.log").display()
+        ),
+        Duration::from_secs(60),
+        || {
+            let addr = addr.clone();
+            sys::in_netns(&c.netns, move || {
+                sys::http_get(&addr, "/readyz", Duration::from_secs(1))
+            })
+            .is_ok_and(|(code, _)| code == 200)
+        },
+    )?;
+    Ok(pid)
+}
+
+fn start_agent(lab: &LabState, c: &ClusterState, n: &NodeState, bins: &Bins) -> Result<u32> {
+    std::fs::create_dir_all(&n.state_dir)?;
+    std::fs::create_dir_all(&c.clustermesh_dir)?;
+    let pki = c.state_dir.join("pki");
+    let args = vec![
+        format!("--cluster-name={}", c.name),
+        format!("--cluster-id={}", c.id),
+        format!("--node-name={}", n.name),
+        format!("--node-ip={}", n.ip),
+        format!("--pod-cidr={}", c.pod_cidr),
+        format!(
+            "--routing={}",
+            match lab.routing {
+                Routing::Tunnel => "tunnel",
+                Routing::Native => "native",
+            }
+        ),
+        format!("--state-dir={}", n.state_dir.display()),
+        format!("--etcd-endpoints=https://{}:2379", c.ip),
+        format!("--etcd-ca={}", pki.join("ca.crt").display()),
+        format!("--etcd-cert={}", pki.join("admin.crt").display()),
+        format!("--etcd-key={}", pki.join("admin.key").display()),
+        format!("--clustermesh-config={}", c.clustermesh_dir.display()),
+        format!("--api-socket={}", n.socket.display()),
+    ];
+    let log = n.state_dir.join("agent.log");
+    let pid = sys::spawn_in(&n.netns, &bins.agent, &args, &log)?;
+    sys::wait_until(
+        &format!("agent of {} ready (log: {})", n.name, log.display()),
+        Duration::from_secs(60),
+        || {
+            sys::unix_get(&n.socket, "/v1/healthz", Duration::from_secs(1))
+                .is_ok_and(|(c, _)| c == 200)
+        },
+    )?;
+    Ok(pid)
+}
+
+/// Brings a lab up from `spec` in `dir` (which must not hold a lab).
+pub fn up(
+    name: &str,
+    dir: &Path,
+    spec: &LabSpec,
+    bins: &Bins,
+    progress: Progress<'_>,
+) -> Result<LabState> {
+    if dir.join(STATE_FILE).exists() {
+        bail!(
+            "a lab already runs in {} (plexus lab down first)",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let mut lab = plan(name, dir, spec);
+    lab.save()?;
+    progress(&format!("⌛ underlay network {}", lab.underlay));
+    sys::netns_add(&lab.underlay)?;
+    sys::ip(&["-n", &lab.underlay, "link", "add", "br0", "type", "bridge"])?;
+    sys::ip(&[
+        "-n",
+        &lab.underlay,
+        "addr",
+        "add",
+        "172.31.255.254/16",
+        "dev",
+        "br0",
+    ])?;
+    sys::ip(&["-n", &lab.underlay, "link", "set", "br0", "up"])?;
+
+    let ca = plexus_pki::Ca::generate("plexus-lab-ca")?;
+    let ca_dir = dir.join("ca");
+    std::fs::create_dir_all(&ca_dir)?;
+    ca.pem().write_to(&ca_dir, "ca")?;
+    for c in &lab.clusters {
+        progress(&format!(
+            "⌛ cluster {} (id {}): namespaces and certificates",
+            c.name, c.id
+        ));
+        join_underlay(&lab.underlay, &c.netns, &c.uplink, c.ip)?;
+        for n in &c.nodes {
+            join_underlay(&lab.underlay, &n.netns, &n.uplink, n.ip)?;
+        }
+        let pki = plexus_pki::cluster::ClusterPki::new(c.state_dir.join("pki"), &c.name);
+        pki.install_ca(&ca)?;
+        pki.ensure(&[], &[c.ip.into()])?;
+    }
+    lab.save()?;
+    let bins = bins.clone();
+    for i in 0..lab.clusters.len() {
+        let c = lab.clusters[i].clone();
+        progress(&format!("⌛ cluster {}: etcd and apiserver", c.name));
+        lab.clusters[i].apiserver_pid = Some(start_apiserver(&lab, &c, &bins)?);
+        lab.save()?;
+        for j in 0..c.nodes.len() {
+            let n = c.nodes[j].clone();
+            progress(&format!("⌛ cluster {}: agent of {}", c.name, n.name));
+            lab.clusters[i].nodes[j].agent_pid = Some(start_agent(&lab, &c, &n, &bins)?);
+            lab.save()?;
+        }
+        progress(&format!(
+            "✅ cluster {} is up ({} nodes)",
+            c.name,
+            c.nodes.len()
+        ));
+    }
+    Ok(lab)
+}
+
+/// Removes everything of the lab in `dir`: processes, mounts, namespaces, files.
+pub fn down(dir: &Path, progress: Progress<'_>) -> Result<()> {
+    let lab = match LabState::load(dir) {
+        Ok(l) => l,
+        Err(_) if !dir.exists() => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for c in &lab.clusters {
+        progress(&format!("⌛ cluster {}: stopping", c.name));
+        crate::workload::remove_all(&lab, c);
+        for n in &c.nodes {
+            if let Some(pid) = n.agent_pid {
+                sys::stop(pid, Duration::from_secs(5));
+            }
+            sys::unmount(&n.state_dir.join("bpffs"));
+        }
+        if let Some(pid) = c.apiserver_pid {
+            sys::stop(pid, Duration::from_secs(10));
+        }
+    }
+    for ns in sys::netns_with_prefix(&format!("plx-{}-", lab.name)) {
+        sys::netns_del(&ns);
+    }
+    std::fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))?;
+    progress("✅ lab removed");
+    Ok(())
+}
+
+/// Takes cluster `name` down as a failure would: its processes are killed and its nodes drop
+/// off the underlay. Pods' namespaces stay.
+pub fn stop(dir: &Path, name: &str) -> Result<()> {
+    let mut lab = LabState::load(dir)?;
+    let underlay = lab.underlay.clone();
+    let c = lab.cluster_mut(name)?;
+    for n in &mut c.nodes {
+        if let Some(pid) = n.agent_pid.take() {
+            sys::kill(pid);
+        }
+        sys::ip(&["-n", &underlay, "link", "set", &n.uplink, "down"])?;
+    }
+    if let Some(pid) = c.apiserver_pid.take() {
+        sys::kill(pid);
+    }
+    sys::ip(&["-n", &underlay, "link", "set", &c.uplink, "down"])?;
+    c.stopped = true;
+    lab.save()
+}
+
+/// Brings cluster `name` back after [`stop`].
+pub fn start(dir: &Path, name: &str, bins: &Bins, progress: Progress<'_>) -> Result<()> {
+    let mut lab = LabState::load(dir)?;
+    let c = lab.cluster(name)?.clone();
+    sys::ip(&["-n", &lab.underlay, "link", "set", &c.uplink, "up"])?;
+    for n in &c.nodes {
+        sys::ip(&["-n", &lab.underlay, "link", "set", &n.uplink, "up"])?;
+    }
+    progress(&format!("⌛ cluster {}: etcd and apiserver", c.name));
+    let pid = start_apiserver(&lab, &c, bins)?;
+    let i = lab
+        .clusters
+        .iter()
+        .position(|x| x.name == name)
+        .context("cluster")?;
+    lab.clusters[i].apiserver_pid = Some(pid);
+    for (j, n) in c.nodes.iter().enumerate() {
+        progress(&format!("⌛ cluster {}: agent of {}", c.name, n.name));
+        let pid = start_agent(&lab, &c, n, bins)?;
+        lab.clusters[i].nodes[j].agent_pid = Some(pid);
+    }
+    lab.clusters[i].stopped = false;
+    lab.save()?;
+    progress(&format!("✅ cluster {name} is up again"));
+    Ok(())
+}
+
+/// One line per process: what runs and whether it is alive.
+pub fn status(dir: &Path) -> Result<Vec<(String, String, bool)>> {
+    let lab = LabState::load(dir)?;
+    let mut out = Vec::new();
+    for c in &lab.clusters {
+        out.push((
+            c.name.clone(),
+            format!("apiserver+etcd {}", c.ip),
+            c.apiserver_pid.is_some_and(sys::alive),
+        ));
+        for n in &c.nodes {
+            out.push((
+                c.name.clone(),
+                format!("agent {} {}", n.name, n.ip),
+                n.agent_pid.is_some_and(sys::alive),
+            ));
+        }
+    }
+    Ok(out)
+}

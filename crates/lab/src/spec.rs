@@ -1,0 +1,174 @@
+//! The lab file (`lab.yaml`): clusters, their ids, CIDRs and node counts, the routing mode.
+//!
+//! ```yaml
+//! clusters:
+//!   - name: cluster1
+//!     id: 1
+//!     podCIDR: 10.10.0.0/16
+//!     serviceCIDR: 10.11.0.0/16
+//!     nodes: 2
+//! routing: tunnel        # or: native
+//! ```
+//!
+//! Errors name the file and the field; unknown fields are refused.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// A bad lab file.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {reason}")]
+pub struct SpecError {
+    /// The file.
+    pub file: String,
+    /// What is wrong, naming the field.
+    pub reason: String,
+}
+
+/// One cluster of the lab.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterSpec {
+    /// Name.
+    pub name: String,
+    /// Id (1..=255).
+    pub id: u32,
+    /// Pod CIDR.
+    #[serde(rename = "podCIDR")]
+    pub pod_cidr: String,
+    /// Service CIDR.
+    #[serde(rename = "serviceCIDR")]
+    pub service_cidr: String,
+    /// Number of nodes.
+    pub nodes: u32,
+}
+
+/// Routing between nodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Routing {
+    /// VXLAN.
+    #[default]
+    Tunnel,
+    /// Native routes.
+    Native,
+}
+
+/// The whole lab.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LabSpec {
+    /// Clusters.
+    pub clusters: Vec<ClusterSpec>,
+    /// Routing mode.
+    #[serde(default)]
+    pub routing: Routing,
+}
+
+fn parse_cidr(s: &str) -> Option<(u32, u8)> {
+    let (a, l) = s.split_once('/')?;
+    let a: std::net::Ipv4Addr = a.parse().ok()?;
+    let l: u8 = l.parse().ok()?;
+    (l <= 32).then_some((u32::from(a), l))
+}
+
+fn overlaps(a: (u32, u8), b: (u32, u8)) -> bool {
+    let len = a.1.min(b.1);
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    a.0 & mask == b.0 & mask
+}
+
+impl LabSpec {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, SpecError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| SpecError {
+            file: file.clone(),
+            reason: e.to_string(),
+        })?;
+        Self::parse(&file, &text)
+    }
+
+    /// Parses and validates `text` (from `file`).
+    pub fn parse(file: &str, text: &str) -> Result<Self, SpecError> {
+        let err = |reason: String| SpecError {
+            file: file.to_string(),
+            reason,
+        };
+        let spec: LabSpec = serde_norway::from_str(text).map_err(|e| err(e.to_string()))?;
+        if spec.clusters.is_empty() {
+            return Err(err("clusters: at least one cluster is needed".into()));
+        }
+        let mut cidrs: Vec<(String, (u32, u8))> = Vec::new();
+        for (i, c) in spec.clusters.iter().enumerate() {
+            let at = format!("clusters[{i}] ({})", c.name);
+            if c.name.is_empty()
+                || c.name.len() > 16
+                || !c
+                    .name
+                    .chars()
+                    .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-')
+            {
+                return Err(err(format!(
+                    "{at}: name must be 1-16 characters of a-z, 0-9 and -"
+                )));
+            }
+            if spec.clusters[..i].iter().any(|o| o.name == c.name) {
+                return Err(err(format!("{at}: name is used twice")));
+            }
+            if c.id == 0 || c.id > 255 {
+                return Err(err(format!("{at}: id {} is not in 1..=255", c.id)));
+            }
+            if let Some(o) = spec.clusters[..i].iter().find(|o| o.id == c.id) {
+                return Err(err(format!(
+                    "{at}: id {} is already used by {}",
+                    c.id, o.name
+                )));
+            }
+            if c.nodes == 0 || c.nodes > 16 {
+                return Err(err(format!("{at}: nodes must be 1..=16")));
+            }
+            for (field, value) in [("podCIDR", &c.pod_cidr), ("serviceCIDR", &c.service_cidr)] {
+                let parsed = parse_cidr(value)
+                    .ok_or_else(|| err(format!("{at}: {field}: {value:?} is not an IPv4 CIDR")))?;
+                if let Some((other, _)) = cidrs.iter().find(|(_, o)| overlaps(*o, parsed)) {
+                    return Err(err(format!("{at}: {field} {value} overlaps {other}")));
+                }
+                cidrs.push((format!("{}.{field}", c.name), parsed));
+            }
+            let pod = parse_cidr(&c.pod_cidr).map(|p| p.1).unwrap_or(32);
+            if pod > 24 || (1u64 << (24 - pod)) < u64::from(c.nodes) {
+                return Err(err(format!(
+                    "{at}: podCIDR {} is too small for {} nodes of a /24 each",
+                    c.pod_cidr, c.nodes
+                )));
+            }
+        }
+        Ok(spec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_examples_parse_and_bad_files_name_the_field() {
+        for f in ["global-services", "protected-db"] {
+            let path = format!(
+                "{}/../../../shared/examples/{f}/lab.yaml",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            let spec = LabSpec::load(Path::new(&path)).unwrap();
+            assert_eq!(spec.clusters.len(), 2);
+        }
+        let bad = |text: &str| LabSpec::parse("lab.yaml", text).unwrap_err().to_string();
+        let base = "clusters:\n- {name: c1, id: 1, podCIDR: 10.1.0.0/16, serviceCIDR: 10.2.0.0/16, nodes: 2}\n";
+        assert!(LabSpec::parse("lab.yaml", base).is_ok());
+        assert!(bad(&format!("{base}- {{name: c2, id: 1, podCIDR: 10.3.0.0/16, serviceCIDR: 10.4.0.0/16, nodes: 1}}\n")).contains("id 1 is already used by c1"));
+        assert!(bad(&format!("{base}- {{name: c2, id: 2, podCIDR: 10.1.128.0/17, serviceCIDR: 10.4.0.0/16, nodes: 1}}\n")).contains("podCIDR 10.1.128.0/17 overlaps c1.podCIDR"));
+        assert!(bad("clusters:\n- {name: c1, id: 1, podCIDR: nope, serviceCIDR: 10.2.0.0/16, nodes: 2}\n").contains("podCIDR: \"nope\""));
+        assert!(bad("clusters: []\nroutes: tunnel\n").contains("routes"));
+    }
+}

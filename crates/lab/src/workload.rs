@@ -1,0 +1,539 @@
+//! Pods in the lab: Namespaces, Pods, Deployments and StatefulSets from Kubernetes YAML.
+//!
+//! A pod is a network namespace (`plx-<lab>-p-<cluster>-<namespace>-<pod>`) wired by the real
+//! CNI plugin, run inside its node's namespace, with the node's agent. It runs its container's
+//! `command`/`args` in its namespace, or, with no command, the built-in server
+//! (`plexus lab serve`) on its container ports. Deployments get `<name>-<n>` pods spread over
+//! the nodes (fewest pods first), StatefulSets `<name>-<i>`. The lab keeps its workloads in
+//! `<dir>/<cluster>/workloads.json`; applying again converges (missing pods are created,
+//! surplus ones removed), deleting removes the pods (CNI DEL, process, namespace).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::lab::{Bins, ClusterState, LabState};
+use crate::sys;
+
+/// A container port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerPort {
+    /// Port.
+    pub container_port: u16,
+    /// `TCP` (default) or `UDP`.
+    #[serde(default = "tcp")]
+    pub protocol: String,
+    /// Optional name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+fn tcp() -> String {
+    "TCP".into()
+}
+
+/// A container (only what the lab uses; the image is recorded, not run).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Container {
+    /// Name.
+    pub name: String,
+    /// Image (recorded).
+    #[serde(default)]
+    pub image: String,
+    /// Command.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Ports.
+    #[serde(default)]
+    pub ports: Vec<ContainerPort>,
+}
+
+/// A pod spec.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpec {
+    /// Containers (the first one runs).
+    pub containers: Vec<Container>,
+    /// Pin to a node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+}
+
+/// Object metadata.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// Name.
+    #[serde(default)]
+    pub name: String,
+    /// Namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A pod template.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Template {
+    /// Metadata (labels).
+    #[serde(default)]
+    pub metadata: Meta,
+    /// Spec.
+    pub spec: PodSpec,
+}
+
+/// A Deployment or StatefulSet spec.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetSpec {
+    /// Replicas (default 1).
+    #[serde(default = "one")]
+    pub replicas: u32,
+    /// The pod template.
+    pub template: Template,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A workload the lab runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Workload {
+    /// `Pod`, `Deployment` or `StatefulSet`.
+    pub kind: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Replicas (1 for a Pod).
+    pub replicas: u32,
+    /// Pod labels.
+    pub labels: BTreeMap<String, String>,
+    /// Pod spec.
+    pub spec: PodSpec,
+}
+
+/// A running pod.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct PodState {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Owning workload, `kind/name`.
+    pub owner: String,
+    /// Node.
+    pub node: String,
+    /// Its network namespace.
+    pub netns: String,
+    /// The CNI container id.
+    pub container_id: String,
+    /// Its address.
+    pub ip: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// The process it runs.
+    pub pid: Option<u32>,
+}
+
+/// A cluster's workloads and pods.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Workloads {
+    /// Namespaces created.
+    pub namespaces: Vec<String>,
+    /// Workloads by `kind/namespace/name`.
+    pub workloads: BTreeMap<String, Workload>,
+    /// Pods by `namespace/name`.
+    pub pods: BTreeMap<String, PodState>,
+}
+
+fn file(lab: &LabState, cluster: &str) -> PathBuf {
+    lab.dir.join(cluster).join("workloads.json")
+}
+
+impl Workloads {
+    /// Loads a cluster's workloads.
+    pub fn load(lab: &LabState, cluster: &str) -> Result<Self> {
+        match std::fs::read(file(lab, cluster)) {
+            Ok(b) => serde_json::from_slice(&b).context("corrupt workloads.json"),
+            Err(_) => Ok(Self::default()),
+        }
+    }
+
+    fn save(&self, lab: &LabState, cluster: &str) -> Result<()> {
+        let path = file(lab, cluster);
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+}
+
+/// Reads a workload from a parsed Kubernetes object; `None` for kinds the lab does not run.
+pub fn workload_from(doc: &serde_json::Value, default_ns: &str) -> Result<Option<Workload>> {
+    let kind = doc["kind"].as_str().unwrap_or_default();
+    let meta: Meta = serde_json::from_value(doc["metadata"].clone())
+        .with_context(|| format!("{kind}: metadata"))?;
+    if meta.name.is_empty() {
+        bail!("{kind}: metadata.name is required");
+    }
+    let namespace = meta
+        .namespace
+        .clone()
+        .unwrap_or_else(|| default_ns.to_string());
+    let at = format!("{kind} {namespace}/{}", meta.name);
+    let w = match kind {
+        "Pod" => {
+            let spec: PodSpec = serde_json::from_value(doc["spec"].clone())
+                .with_context(|| format!("{at}: spec"))?;
+            Workload {
+                kind: kind.into(),
+                namespace,
+                name: meta.name.clone(),
+                replicas: 1,
+                labels: meta.labels.clone(),
+                spec,
+            }
+        }
+        "Deployment" | "StatefulSet" => {
+            let spec: SetSpec = serde_json::from_value(doc["spec"].clone())
+                .with_context(|| format!("{at}: spec"))?;
+            Workload {
+                kind: kind.into(),
+                namespace,
+                name: meta.name.clone(),
+                replicas: spec.replicas,
+                labels: spec.template.metadata.labels,
+                spec: spec.template.spec,
+            }
+        }
+        _ => return Ok(None),
+    };
+    if w.spec.containers.is_empty() {
+        bail!("{at}: spec.containers: at least one container is needed");
+    }
+    Ok(Some(w))
+}
+
+fn pod_names(w: &Workload) -> Vec<String> {
+    match w.kind.as_str() {
+        "Pod" => vec![w.name.clone()],
+        "StatefulSet" => (0..w.replicas).map(|i| format!("{}-{i}", w.name)).collect(),
+        _ => (0..w.replicas)
+            .map(|i| {
+                format!(
+                    "{}-{}",
+                    w.name,
+                    short_hash(&format!("{}/{}/{i}", w.namespace, w.name))
+                )
+            })
+            .collect(),
+    }
+}
+
+fn short_hash(s: &str) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{:05x}", h & 0xfffff)
+}
+
+fn cni(
+    bins: &Bins,
+    node: &crate::lab::NodeState,
+    command: &str,
+    pod: &PodState,
+    labels: &BTreeMap<String, String>,
+) -> Result<String> {
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "plexus",
+        "type": "plexus-cni",
+        "agent-socket": node.socket,
+        "args": {"cni": {"labels": labels}},
+    });
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net={}", sys::netns_path(&node.netns)))
+        .arg("--")
+        .arg(&bins.cni)
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", &pod.container_id)
+        .env("CNI_NETNS", sys::netns_path(&pod.netns))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", bins.cni.parent().unwrap_or(Path::new("/")))
+        .env(
+            "CNI_ARGS",
+            format!(
+                "K8S_POD_NAMESPACE={};K8S_POD_NAME={}",
+                pod.namespace, pod.name
+            ),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("run plexus-cni")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(conf.to_string().as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    if !out.status.success() {
+        bail!(
+            "CNI {command} of pod {}/{}: {}{}",
+            pod.namespace,
+            pod.name,
+            stdout.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(stdout)
+}
+
+fn start_pod(
+    lab: &LabState,
+    c: &ClusterState,
+    w: &Workload,
+    pod: &mut PodState,
+    bins: &Bins,
+) -> Result<()> {
+    let node = c
+        .nodes
+        .iter()
+        .find(|n| n.name == pod.node)
+        .with_context(|| format!("node {} not in cluster {}", pod.node, c.name))?;
+    sys::netns_add(&pod.netns)?;
+    let result = cni(bins, node, "ADD", pod, &w.labels)?;
+    let v: serde_json::Value = serde_json::from_str(&result).context("CNI result")?;
+    pod.ip = v["ips"][0]["address"]
+        .as_str()
+        .unwrap_or_default()
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let container = &w.spec.containers[0];
+    let log = lab
+        .dir
+        .join(&c.name)
+        .join("pods")
+        .join(format!("{}-{}.log", pod.namespace, pod.name));
+    std::fs::create_dir_all(log.parent().unwrap_or(Path::new("/")))?;
+    let (bin, args): (PathBuf, Vec<String>) = if container.command.is_empty() {
+        let mut args = vec![
+            "lab".to_string(),
+            "serve".to_string(),
+            format!("--pod={}", pod.name),
+            format!("--namespace={}", pod.namespace),
+            format!("--node={}", pod.node),
+            format!("--cluster={}", c.name),
+        ];
+        for p in &container.ports {
+            args.push(format!(
+                "--port={}/{}",
+                p.container_port,
+                p.protocol.to_ascii_lowercase()
+            ));
+        }
+        (bins.plexus.clone(), args)
+    } else {
+        let mut all = container.command.clone();
+        all.extend(container.args.iter().cloned());
+        (PathBuf::from(&all[0]), all[1..].to_vec())
+    };
+    pod.pid = Some(sys::spawn_in(&pod.netns, &bin, &args, &log)?);
+    Ok(())
+}
+
+fn remove_pod(lab: &LabState, c: &ClusterState, pod: &PodState, bins: Option<&Bins>) {
+    if let Some(pid) = pod.pid {
+        sys::stop(pid, Duration::from_secs(2));
+    }
+    if let (Some(bins), Some(node)) = (bins, c.nodes.iter().find(|n| n.name == pod.node)) {
+        if let Err(err) = cni(bins, node, "DEL", pod, &BTreeMap::new()) {
+            eprintln!("⚠️  {err:#}");
+        }
+    } else {
+        let _ = lab;
+    }
+    sys::netns_del(&pod.netns);
+}
+
+/// Removes every pod of cluster `c` (before `lab down` stops its agents).
+pub fn remove_all(lab: &LabState, c: &ClusterState) {
+    let Ok(w) = Workloads::load(lab, &c.name) else {
+        return;
+    };
+    let bins = Bins::beside_current_exe().ok();
+    for pod in w.pods.values() {
+        remove_pod(lab, c, pod, bins.as_ref());
+    }
+}
+
+/// Applies workloads to cluster `cluster`: creates missing pods, removes surplus ones.
+/// Returns one line per change.
+pub fn apply(
+    lab: &LabState,
+    cluster: &str,
+    workloads: Vec<Workload>,
+    namespaces: Vec<String>,
+    bins: &Bins,
+) -> Result<Vec<String>> {
+    let c = lab.cluster(cluster)?;
+    let mut state = Workloads::load(lab, cluster)?;
+    let mut lines = Vec::new();
+    for ns in namespaces {
+        if !state.namespaces.contains(&ns) {
+            state.namespaces.push(ns.clone());
+            lines.push(format!("namespace/{ns} created"));
+        }
+    }
+    for w in workloads {
+        let key = format!("{}/{}/{}", w.kind, w.namespace, w.name);
+        let owner = format!("{}/{}", w.kind.to_lowercase(), w.name);
+        let wanted = pod_names(&w);
+        // Surplus pods of this workload.
+        let surplus: Vec<String> = state
+            .pods
+            .iter()
+            .filter(|(_, p)| {
+                p.owner == owner && p.namespace == w.namespace && !wanted.contains(&p.name)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in surplus {
+            if let Some(p) = state.pods.remove(&k) {
+                remove_pod(lab, c, &p, Some(bins));
+            }
+        }
+        for name in wanted {
+            let pkey = format!("{}/{name}", w.namespace);
+            if state.pods.contains_key(&pkey) {
+                continue;
+            }
+            let node = match &w.spec.node_name {
+                Some(n) => n.clone(),
+                None => c
+                    .nodes
+                    .iter()
+                    .min_by_key(|n| state.pods.values().filter(|p| p.node == n.name).count())
+                    .map(|n| n.name.clone())
+                    .context("cluster has no nodes")?,
+            };
+            let mut pod = PodState {
+                namespace: w.namespace.clone(),
+                name: name.clone(),
+                owner: owner.clone(),
+                node,
+                netns: format!("plx-{}-p-{}-{}-{name}", lab.name, c.name, w.namespace),
+                container_id: format!("{}-{}-{name}", c.name, w.namespace),
+                ip: String::new(),
+                labels: w.labels.clone(),
+                pid: None,
+            };
+            if let Err(err) = start_pod(lab, c, &w, &mut pod, bins) {
+                remove_pod(lab, c, &pod, Some(bins));
+                state.save(lab, cluster)?;
+                return Err(err);
+            }
+            lines.push(format!("pod/{name} created on {} ({})", pod.node, pod.ip));
+            state.pods.insert(pkey, pod);
+            state.save(lab, cluster)?;
+        }
+        let existed = state.workloads.insert(key, w.clone()).is_some();
+        lines.push(format!(
+            "{}/{} {}",
+            w.kind.to_lowercase(),
+            w.name,
+            if existed { "configured" } else { "created" }
+        ));
+        state.save(lab, cluster)?;
+    }
+    Ok(lines)
+}
+
+/// Deletes workloads (by kind, namespace, name) and their pods.
+pub fn delete(
+    lab: &LabState,
+    cluster: &str,
+    targets: Vec<(String, String, String)>,
+    bins: &Bins,
+) -> Result<Vec<String>> {
+    let c = lab.cluster(cluster)?;
+    let mut state = Workloads::load(lab, cluster)?;
+    let mut lines = Vec::new();
+    for (kind, ns, name) in targets {
+        let owner = format!("{}/{name}", kind.to_lowercase());
+        let pods: Vec<String> = state
+            .pods
+            .iter()
+            .filter(|(_, p)| p.owner == owner && p.namespace == ns)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in pods {
+            if let Some(p) = state.pods.remove(&k) {
+                remove_pod(lab, c, &p, Some(bins));
+            }
+        }
+        if state
+            .workloads
+            .remove(&format!("{kind}/{ns}/{name}"))
+            .is_some()
+        {
+            lines.push(format!("{owner} deleted"));
+        }
+        state.save(lab, cluster)?;
+    }
+    Ok(lines)
+}
+
+/// Finds a pod by name, `deployment/NAME` or `statefulset/NAME` (its first pod).
+pub fn find_pod(lab: &LabState, cluster: &str, namespace: &str, target: &str) -> Result<PodState> {
+    let state = Workloads::load(lab, cluster)?;
+    let found = match target.split_once('/') {
+        Some((kind, name)) => {
+            let owner = format!("{}/{name}", kind.to_lowercase());
+            state
+                .pods
+                .values()
+                .filter(|p| p.owner == owner && p.namespace == namespace)
+                .min_by_key(|p| p.name.clone())
+                .cloned()
+        }
+        None => state.pods.get(&format!("{namespace}/{target}")).cloned(),
+    };
+    found.with_context(|| format!("no pod {target} in namespace {namespace} of cluster {cluster}"))
+}
+
+/// Runs `command` in pod `pod`'s network namespace with the caller's stdio; its exit code.
+pub fn exec(pod: &PodState, command: &[String]) -> Result<i32> {
+    if command.is_empty() {
+        bail!("exec: no command given (plexus exec POD -- COMMAND...)");
+    }
+    let status = Command::new("nsenter")
+        .arg(format!("--net={}", sys::netns_path(&pod.netns)))
+        .arg("--")
+        .args(command)
+        .status()
+        .with_context(|| format!("run {} in pod {}", command[0], pod.name))?;
+    Ok(status.code().unwrap_or(1))
+}
