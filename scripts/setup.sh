@@ -9,6 +9,7 @@ packages=(
   openssl                     # certificate checks in tests
   clang llvm libbpf-dev bpftool  # eBPF programs of the datapath (bpftool: the object layout test)
   iproute2 iputils-ping       # network namespaces, veth and VXLAN for the lab
+  iperf3 netcat-openbsd curl  # traffic in the lab's tests and benchmarks
 )
 
 missing=()

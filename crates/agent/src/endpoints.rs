@@ -235,6 +235,7 @@ impl Endpoints {
             .with_context(|| format!("datapath endpoint {} on {}", ep.ip, ep.host_ifname))?;
         if self.view.real_kernel {
             crate::netcmd::route_to_device(&format!("{}/32", ep.ip), &ep.host_ifname)?;
+            crate::netcmd::neigh_permanent(&ep.ip.to_string(), &ep.pod_mac, &ep.host_ifname)?;
         }
         let prefix = Prefix::new(ep.ip, 32).map_err(|e| anyhow::anyhow!("{e}"))?;
         self.view.ipcache_local(

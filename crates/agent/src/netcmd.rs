@@ -35,6 +35,22 @@ pub fn route_via(dst: &str, gw: &str) -> Result<()> {
     ip(&["route", "replace", dst, "via", gw])
 }
 
+/// A permanent neighbour entry: the kernel never ARPs for a local pod (the datapath answers
+/// only the pods' own questions for their gateway).
+pub fn neigh_permanent(addr: &str, mac: &str, dev: &str) -> Result<()> {
+    ip(&[
+        "neigh",
+        "replace",
+        addr,
+        "lladdr",
+        mac,
+        "dev",
+        dev,
+        "nud",
+        "permanent",
+    ])
+}
+
 /// Removes the route to `dst`; a missing route is fine.
 pub fn route_delete(dst: &str) {
     let _ = ip(&["route", "del", dst]);

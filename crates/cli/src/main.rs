@@ -179,6 +179,13 @@ enum LabCommand {
         /// The cluster.
         cluster: String,
     },
+    /// Restart one node's agent (traffic keeps flowing).
+    RestartAgent {
+        /// The cluster.
+        cluster: String,
+        /// The node.
+        node: String,
+    },
     /// The built-in server of pods without a command (run by the lab in a pod).
     #[command(hide = true)]
     Serve {
@@ -322,6 +329,12 @@ fn run(cli: Cli) -> Result<u8> {
                 LabCommand::Status => lab::status().map(|ok| u8::from(!ok)),
                 LabCommand::Stop { cluster } => lab::stop(&cluster).map(|()| 0),
                 LabCommand::Start { cluster } => lab::start(&cluster).map(|()| 0),
+                LabCommand::RestartAgent { cluster, node } => {
+                    let bins = plexus_lab::lab::Bins::beside_current_exe()?;
+                    plexus_lab::lab::restart_agent(&lab::lab_dir(), &cluster, &node, &bins)?;
+                    println!("✅ agent of {node} restarted");
+                    Ok(0)
+                }
                 LabCommand::Serve {
                     pod,
                     namespace,

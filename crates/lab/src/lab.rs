@@ -459,6 +459,29 @@ pub fn start(dir: &Path, name: &str, bins: &Bins, progress: Progress<'_>) -> Res
     Ok(())
 }
 
+/// Restarts the agent of `node` (SIGTERM, then a new process that takes the pinned maps and
+/// programs over): pods' traffic keeps flowing meanwhile.
+pub fn restart_agent(dir: &Path, cluster: &str, node: &str, bins: &Bins) -> Result<()> {
+    let mut lab = LabState::load(dir)?;
+    let c = lab.cluster(cluster)?.clone();
+    let j = c
+        .nodes
+        .iter()
+        .position(|n| n.name == node)
+        .with_context(|| format!("no node {node} in cluster {cluster}"))?;
+    if let Some(pid) = c.nodes[j].agent_pid {
+        sys::stop(pid, Duration::from_secs(5));
+    }
+    let pid = start_agent(&lab, &c, &c.nodes[j], bins)?;
+    let i = lab
+        .clusters
+        .iter()
+        .position(|x| x.name == cluster)
+        .context("cluster")?;
+    lab.clusters[i].nodes[j].agent_pid = Some(pid);
+    lab.save()
+}
+
 /// One line per process: what runs and whether it is alive.
 pub fn status(dir: &Path) -> Result<Vec<(String, String, bool)>> {
     let lab = LabState::load(dir)?;

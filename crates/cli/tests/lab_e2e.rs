@@ -1,0 +1,465 @@
+//! The lab end to end, as root: 2 clusters x 2 nodes, once with VXLAN tunnels and once with
+//! native routing. Pods reach pods on their node, the other node and both nodes of the other
+//! cluster (ICMP, TCP, full-size packets); the receiver sees the true source address; trace
+//! events on the receiving node carry the sender's identity; the listings of a cluster1 node
+//! show cluster2; a TCP stream survives agent restarts; `lab down` leaves nothing behind.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use plexus_test_support::workspace_bin;
+use serde_json::Value;
+
+struct Lab {
+    name: String,
+    dir: PathBuf,
+    config: PathBuf,
+    _tmp: tempfile::TempDir,
+    down: bool,
+}
+
+impl Lab {
+    fn plexus(&self, args: &[&str]) -> Output {
+        Command::new(workspace_bin("plexus"))
+            .env("PLEXUS_LAB_DIR", &self.dir)
+            .env("PLEXUS_CONFIG", &self.config)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.plexus(args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "plexus {args:?} failed:\n{text}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.ok(args)).unwrap()
+    }
+
+    fn pod_ip(&self, ctx: &str, pod: &str) -> String {
+        let v = self.json(&["--context", ctx, "get", "pods", pod, "-o", "json"]);
+        v[0]["ip"].as_str().unwrap().to_string()
+    }
+
+    fn exec(&self, ctx: &str, pod: &str, cmd: &[&str]) -> Output {
+        let mut args = vec!["--context", ctx, "exec", pod, "--"];
+        args.extend_from_slice(cmd);
+        self.plexus(&args)
+    }
+
+    fn down(&mut self) -> String {
+        self.down = true;
+        self.ok(&["lab", "down"])
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if !self.down {
+            let _ = self.plexus(&["lab", "down"]);
+        }
+    }
+}
+
+fn up(mode: &str, name: &str) -> Lab {
+    let tmp = tempfile::tempdir().unwrap();
+    let lab_file = tmp.path().join("lab.yaml");
+    std::fs::write(
+        &lab_file,
+        format!(
+            "clusters:\n- {{name: cluster1, id: 1, podCIDR: 10.10.0.0/16, serviceCIDR: 10.11.0.0/16, nodes: 2}}\n- {{name: cluster2, id: 2, podCIDR: 10.20.0.0/16, serviceCIDR: 10.21.0.0/16, nodes: 2}}\nrouting: {mode}\n"
+        ),
+    )
+    .unwrap();
+    let lab = Lab {
+        name: name.into(),
+        dir: tmp.path().join("lab"),
+        config: tmp.path().join("config.yaml"),
+        _tmp: tmp,
+        down: false,
+    };
+    let out = lab.ok(&[
+        "lab",
+        "up",
+        "-f",
+        lab_file.to_str().unwrap(),
+        "--mesh",
+        "--name",
+        name,
+    ]);
+    assert!(
+        out.contains("2/2 nodes are connected to all clusters"),
+        "{out}"
+    );
+    lab
+}
+
+const PODS: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: rebel-base
+spec:
+  replicas: 2
+  template:
+    metadata:
+      labels:
+        name: rebel-base
+    spec:
+      containers:
+      - name: rebel-base
+        image: nginx
+        ports:
+        - containerPort: 80
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: client
+  labels:
+    app: client
+spec:
+  nodeName: NODE
+  containers:
+  - name: client
+    image: busybox
+    command: [sleep, '3600']
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: iperf
+  labels:
+    app: iperf
+spec:
+  nodeName: NODE
+  containers:
+  - name: iperf
+    image: iperf3
+    command: [iperf3, -s]
+";
+
+fn apply(lab: &Lab, ctx: &str) {
+    let file = lab.dir.parent().unwrap().join(format!("{ctx}.yaml"));
+    std::fs::write(&file, PODS.replace("NODE", &format!("{ctx}-node1"))).unwrap();
+    lab.ok(&["--context", ctx, "apply", "-f", file.to_str().unwrap()]);
+}
+
+fn pods_on(lab: &Lab, ctx: &str) -> Vec<Value> {
+    lab.json(&["--context", ctx, "get", "pods", "-o", "json"])
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn run(mode: &str, name: &str, full_size: u32) {
+    let mut lab = up(mode, name);
+    apply(&lab, "cluster1");
+    apply(&lab, "cluster2");
+    let c1 = pods_on(&lab, "cluster1");
+    let c2 = pods_on(&lab, "cluster2");
+    let rebel = |pods: &[Value], node: &str| -> String {
+        pods.iter()
+            .find(|p| p["owner"] == "deployment/rebel-base" && p["node"] == node)
+            .map(|p| p["ip"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("no rebel-base on {node}: {pods:?}"))
+    };
+    let targets = [
+        ("same node", rebel(&c1, "cluster1-node1"), "cluster1"),
+        ("other node", rebel(&c1, "cluster1-node2"), "cluster1"),
+        ("cluster2 node1", rebel(&c2, "cluster2-node1"), "cluster2"),
+        ("cluster2 node2", rebel(&c2, "cluster2-node2"), "cluster2"),
+    ];
+    for (what, ip, cluster) in &targets {
+        let out = lab.exec("cluster1", "client", &["ping", "-c", "2", "-W", "2", ip]);
+        assert!(
+            out.status.success(),
+            "{mode}: ping {what} {ip}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let size = full_size.to_string();
+        let out = lab.exec(
+            "cluster1",
+            "client",
+            &["ping", "-M", "do", "-s", &size, "-c", "1", "-W", "2", ip],
+        );
+        assert!(
+            out.status.success(),
+            "{mode}: full-size ping {what} {ip}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let out = lab.exec(
+            "cluster1",
+            "client",
+            &["curl", "-s", "--max-time", "5", &format!("http://{ip}/")],
+        );
+        let answer: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{mode}: curl {what} {ip}: {e}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
+        assert_eq!(answer["cluster"], *cluster, "{mode}: {what}");
+    }
+
+    // The receiver sees the client's own address.
+    let client_ip = lab.pod_ip("cluster1", "client");
+    let server_ip = lab.pod_ip("cluster2", "client");
+    let listener = {
+        let (dir, config) = (lab.dir.clone(), lab.config.clone());
+        std::thread::spawn(move || {
+            Command::new(workspace_bin("plexus"))
+                .env("PLEXUS_LAB_DIR", dir)
+                .env("PLEXUS_CONFIG", config)
+                .args([
+                    "--context",
+                    "cluster2",
+                    "exec",
+                    "client",
+                    "--",
+                    "nc",
+                    "-l",
+                    "-n",
+                    "-v",
+                    "-w",
+                    "5",
+                    "-p",
+                    "9000",
+                ])
+                .stdin(Stdio::null())
+                .output()
+                .unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    let _ = lab.exec(
+        "cluster1",
+        "client",
+        &[
+            "sh",
+            "-c",
+            &format!("echo hello | nc -w 2 {server_ip} 9000"),
+        ],
+    );
+    let out = listener.join().unwrap();
+    let seen = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        seen.contains(&format!("Connection received on {client_ip} ")),
+        "{mode}: the receiver should see {client_ip}: {seen}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello"));
+
+    // Trace events on the receiving node carry the sender's identity and address.
+    let endpoints = lab.json(&[
+        "--context",
+        "cluster1",
+        "--node",
+        "cluster1-node1",
+        "endpoint",
+        "list",
+        "-o",
+        "json",
+    ]);
+    let client_identity = endpoints
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["pod"] == "client")
+        .map(|e| e["identity"].as_u64().unwrap())
+        .unwrap();
+    let monitor = Command::new(workspace_bin("plexus"))
+        .env("PLEXUS_LAB_DIR", &lab.dir)
+        .env("PLEXUS_CONFIG", &lab.config)
+        .args([
+            "--context",
+            "cluster2",
+            "--node",
+            "cluster2-node1",
+            "monitor",
+            "--type",
+            "trace",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    lab.exec(
+        "cluster1",
+        "client",
+        &["ping", "-c", "2", "-W", "2", &server_ip],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = Command::new("kill").arg(monitor.id().to_string()).status();
+    let events = String::from_utf8_lossy(&monitor.wait_with_output().unwrap().stdout).to_string();
+    assert!(
+        events.lines().any(|l| l.starts_with("-> endpoint")
+            && l.contains(&format!("identity {client_identity}->"))
+            && l.contains(&format!("{client_ip} -> {server_ip}"))),
+        "{mode}: no trace of {client_ip} (identity {client_identity}) on cluster2-node1:\n{events}"
+    );
+
+    // Listings on a cluster1 node show cluster2.
+    let nodes = lab.json(&["--context", "cluster1", "node", "list", "-o", "json"]);
+    let names: Vec<&str> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"cluster2-node1") && names.contains(&"cluster2-node2"),
+        "{names:?}"
+    );
+    let ipcache = lab.json(&[
+        "--context",
+        "cluster1",
+        "bpf",
+        "ipcache",
+        "list",
+        "-o",
+        "json",
+    ]);
+    let has = |ip: &str| {
+        ipcache
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["prefix"] == format!("{ip}/32"))
+    };
+    assert!(has(&server_ip) && has(&targets[3].1), "{ipcache:#}");
+    let ids = lab.json(&["--context", "cluster1", "identity", "list", "-o", "json"]);
+    assert!(
+        ids.as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["cluster"] == "cluster2"),
+        "{ids:#}"
+    );
+    let eps = lab.ok(&["--context", "cluster1", "endpoint", "list"]);
+    assert!(eps.contains("default/client"), "{eps}");
+
+    // A TCP stream across the clusters survives restarts of both agents on its path.
+    let iperf_ip = lab.pod_ip("cluster2", "iperf");
+    let stream = {
+        let (dir, config) = (lab.dir.clone(), lab.config.clone());
+        std::thread::spawn(move || {
+            Command::new(workspace_bin("plexus"))
+                .env("PLEXUS_LAB_DIR", dir)
+                .env("PLEXUS_CONFIG", config)
+                .args([
+                    "--context",
+                    "cluster1",
+                    "exec",
+                    "client",
+                    "--",
+                    "iperf3",
+                    "-c",
+                    &iperf_ip,
+                    "-t",
+                    "6",
+                    "-J",
+                ])
+                .output()
+                .unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    lab.ok(&["lab", "restart-agent", "cluster1", "cluster1-node1"]);
+    lab.ok(&["lab", "restart-agent", "cluster2", "cluster2-node1"]);
+    let out = stream.join().unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{mode}: iperf3: {e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(out.status.success(), "{mode}: the stream broke: {report:#}");
+    for interval in report["intervals"].as_array().unwrap() {
+        assert!(
+            interval["sum"]["bytes"].as_u64().unwrap() > 0,
+            "{mode}: a second without data: {report:#}"
+        );
+    }
+    // Traffic still flows through the new agents.
+    let out = lab.exec(
+        "cluster1",
+        "client",
+        &["ping", "-c", "1", "-W", "2", &targets[2].1],
+    );
+    assert!(out.status.success());
+
+    // `lab down` leaves nothing behind.
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(lab.dir.join("lab.json")).unwrap()).unwrap();
+    let mut pids: Vec<u64> = Vec::new();
+    for c in state["clusters"].as_array().unwrap() {
+        pids.extend(c["apiserver-pid"].as_u64());
+        for n in c["nodes"].as_array().unwrap() {
+            pids.extend(n["agent-pid"].as_u64());
+        }
+    }
+    let dir = lab.dir.clone();
+    lab.down();
+    let prefix = format!("plx-{name}-");
+    let left: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        !left.iter().any(|n| n.starts_with(&prefix)),
+        "namespaces left: {left:?}"
+    );
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty() || stat.contains(") Z"),
+            "process {pid} still runs: {stat}"
+        );
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        !mounts.contains(dir.to_str().unwrap()),
+        "mounts left under {}",
+        dir.display()
+    );
+    assert!(!Path::new(&dir).exists(), "lab directory left");
+}
+
+fn with_timeout(limit: Duration, f: impl FnOnce() + Send + 'static) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let start = Instant::now();
+    let t = std::thread::spawn(move || {
+        f();
+        let _ = tx.send(());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(()) => t.join().unwrap(),
+        Err(_) => match t.join() {
+            Err(p) => std::panic::resume_unwind(p),
+            Ok(()) => panic!("timed out after {:?}", start.elapsed()),
+        },
+    }
+}
+
+#[test]
+fn tunnel_mode_pods_reach_pods_across_clusters() {
+    with_timeout(Duration::from_secs(300), || run("tunnel", "e2et", 1422));
+}
+
+#[test]
+fn native_mode_pods_reach_pods_across_clusters() {
+    with_timeout(Duration::from_secs(300), || run("native", "e2en", 1472));
+}
