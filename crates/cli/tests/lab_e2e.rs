@@ -13,7 +13,6 @@ use plexus_test_support::workspace_bin;
 use serde_json::Value;
 
 struct Lab {
-    name: String,
     dir: PathBuf,
     config: PathBuf,
     _tmp: tempfile::TempDir,
@@ -81,7 +80,6 @@ fn up(mode: &str, name: &str) -> Lab {
     )
     .unwrap();
     let lab = Lab {
-        name: name.into(),
         dir: tmp.path().join("lab"),
         config: tmp.path().join("config.yaml"),
         _tmp: tmp,
@@ -346,6 +344,58 @@ fn run(mode: &str, name: &str, full_size: u32) {
     );
     let eps = lab.ok(&["--context", "cluster1", "endpoint", "list"]);
     assert!(eps.contains("default/client"), "{eps}");
+
+    // A cluster taken down is noticed and comes back with the same pods.
+    if mode == "tunnel" {
+        lab.ok(&["lab", "stop", "cluster2"]);
+        let wait = |what: &str, pred: &dyn Fn(&Value) -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let s = lab.json(&[
+                    "--context",
+                    "cluster1",
+                    "clustermesh",
+                    "status",
+                    "-o",
+                    "json",
+                ]);
+                if s["connections"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|c| c["cluster"] == "cluster2" && pred(c))
+                {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "{what}: {s:#}");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        };
+        let stopped = Instant::now();
+        wait("cluster2 reported down", &|c| c["connected"] == 0);
+        assert!(
+            stopped.elapsed() < Duration::from_secs(15),
+            "loss noticed after {:?}",
+            stopped.elapsed()
+        );
+        lab.ok(&["lab", "start", "cluster2"]);
+        wait("cluster2 back", &|c| c["ready"] == 2);
+        let out = lab.exec(
+            "cluster1",
+            "client",
+            &[
+                "curl",
+                "-s",
+                "--max-time",
+                "5",
+                &format!("http://{}/", targets[3].1),
+            ],
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("cluster2"),
+            "pods of cluster2 serve again"
+        );
+    }
 
     // A TCP stream across the clusters survives restarts of both agents on its path.
     let iperf_ip = lab.pod_ip("cluster2", "iperf");

@@ -412,10 +412,12 @@ pub fn down(dir: &Path, progress: Progress<'_>) -> Result<()> {
     Ok(())
 }
 
-/// Takes cluster `name` down as a failure would: its processes are killed and its nodes drop
-/// off the underlay. Pods' namespaces stay.
+/// Takes cluster `name` down as a failure would: its processes (apiserver and etcd, agents,
+/// pods' processes) are killed and its nodes drop off the underlay. Pods' namespaces stay, so
+/// [`start`] brings the same pods back.
 pub fn stop(dir: &Path, name: &str) -> Result<()> {
     let mut lab = LabState::load(dir)?;
+    crate::workload::stop_processes(&lab, name)?;
     let underlay = lab.underlay.clone();
     let c = lab.cluster_mut(name)?;
     for n in &mut c.nodes {
@@ -455,6 +457,7 @@ pub fn start(dir: &Path, name: &str, bins: &Bins, progress: Progress<'_>) -> Res
     }
     lab.clusters[i].stopped = false;
     lab.save()?;
+    crate::workload::start_processes(&lab, name, bins)?;
     progress(&format!("✅ cluster {name} is up again"));
     Ok(())
 }

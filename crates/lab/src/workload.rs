@@ -331,6 +331,17 @@ fn start_pod(
         .next()
         .unwrap_or_default()
         .to_string();
+    run_process(lab, c, w, pod, bins)
+}
+
+/// Starts the pod's process (its command, or the built-in server) in its namespace.
+fn run_process(
+    lab: &LabState,
+    c: &ClusterState,
+    w: &Workload,
+    pod: &mut PodState,
+    bins: &Bins,
+) -> Result<()> {
     let container = &w.spec.containers[0];
     let log = lab
         .dir
@@ -376,6 +387,36 @@ fn remove_pod(lab: &LabState, c: &ClusterState, pod: &PodState, bins: Option<&Bi
         let _ = lab;
     }
     sys::netns_del(&pod.netns);
+}
+
+/// Stops the processes of cluster `cluster`'s pods (their namespaces stay), as `lab stop` does.
+pub fn stop_processes(lab: &LabState, cluster: &str) -> Result<()> {
+    let mut state = Workloads::load(lab, cluster)?;
+    for pod in state.pods.values_mut() {
+        if let Some(pid) = pod.pid.take() {
+            sys::kill(pid);
+        }
+    }
+    state.save(lab, cluster)
+}
+
+/// Starts the processes of cluster `cluster`'s pods again, as `lab start` does.
+pub fn start_processes(lab: &LabState, cluster: &str, bins: &Bins) -> Result<()> {
+    let c = lab.cluster(cluster)?;
+    let mut state = Workloads::load(lab, cluster)?;
+    let workloads = state.workloads.clone();
+    for pod in state.pods.values_mut() {
+        let Some(w) = workloads.values().find(|w| {
+            format!("{}/{}", w.kind.to_lowercase(), w.name) == pod.owner
+                && w.namespace == pod.namespace
+        }) else {
+            continue;
+        };
+        if pod.pid.is_none_or(|p| !sys::alive(p)) {
+            run_process(lab, c, w, pod, bins)?;
+        }
+    }
+    state.save(lab, cluster)
 }
 
 /// Removes every pod of cluster `c` (before `lab down` stops its agents).
