@@ -186,6 +186,20 @@ enum LabCommand {
         /// The node.
         node: String,
     },
+    /// Benchmark helper: a 1-byte TCP echo server.
+    #[command(hide = true)]
+    BenchEcho {
+        #[arg(long)]
+        port: u16,
+    },
+    /// Benchmark helper: 1-byte request/response transactions per second against ADDR.
+    #[command(hide = true)]
+    BenchRr {
+        #[arg(long)]
+        to: String,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
     /// The built-in server of pods without a command (run by the lab in a pod).
     #[command(hide = true)]
     Serve {
@@ -329,6 +343,12 @@ fn run(cli: Cli) -> Result<u8> {
                 LabCommand::Status => lab::status().map(|ok| u8::from(!ok)),
                 LabCommand::Stop { cluster } => lab::stop(&cluster).map(|()| 0),
                 LabCommand::Start { cluster } => lab::start(&cluster).map(|()| 0),
+                LabCommand::BenchEcho { port } => plexus_lab::bench::echo_server(port).map(|()| 0),
+                LabCommand::BenchRr { to, seconds } => {
+                    let tps = plexus_lab::bench::rr(&to, Duration::from_secs(seconds))?;
+                    println!("{tps:.0}");
+                    Ok(0)
+                }
                 LabCommand::RestartAgent { cluster, node } => {
                     let bins = plexus_lab::lab::Bins::beside_current_exe()?;
                     plexus_lab::lab::restart_agent(&lab::lab_dir(), &cluster, &node, &bins)?;

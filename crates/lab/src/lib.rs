@@ -3,8 +3,9 @@
 //! [`spec`] reads the lab file; [`lab`] brings the lab up and down and fails a cluster on
 //! purpose ([`lab::stop`] / [`lab::start`]); [`workload`] runs pods (Pods, Deployments,
 //! StatefulSets) through the real CNI plugin; [`serve`] is the built-in server of pods without
-//! a command; [`sys`] holds the host operations (namespaces, links, processes, mounts).
+//! a command; [`bench`] measures request/response rates for the benchmarks; [`sys`] holds the host operations (namespaces, links, processes, mounts).
 
+pub mod bench;
 pub mod lab;
 pub mod serve;
 pub mod spec;
