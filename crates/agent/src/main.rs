@@ -89,7 +89,7 @@ struct Args {
     /// Pod MTU (default: 1450 in tunnel mode, 1500 in native mode).
     #[arg(long)]
     mtu: Option<u32>,
-    /// Endpoint state, bpffs mount.
+    /// Endpoint state, bpffs and cgroup2 mounts.
     #[arg(long)]
     state_dir: PathBuf,
     /// The cluster's etcd (comma-separated URLs).
@@ -193,6 +193,10 @@ fn load_datapath(
                 .with_context(|| format!("create {}", pin_dir.display()))?;
             plexus_datapath::bpffs::ensure_bpffs(&pin_dir)
                 .with_context(|| format!("mount bpffs on {}", pin_dir.display()))?;
+            // The unified cgroup hierarchy, for socket-level programs (the services issue).
+            let cgroup = args.state_dir.join("cgroupv2");
+            plexus_datapath::bpffs::ensure_cgroup2(&cgroup)
+                .with_context(|| format!("mount cgroup2 on {}", cgroup.display()))?;
             netcmd::enable_forwarding()?;
             let dp = EbpfDatapath::load(NodeConfig {
                 node_ip: args.node_ip,

@@ -1,6 +1,8 @@
-//! bpffs mounts: where maps and links are pinned so that they outlive the agent.
+//! bpffs mounts: where maps and links are pinned so that they outlive the agent; and the
+//! cgroup2 mount that socket-level programs attach to.
 //!
-//! The agent calls [`ensure_bpffs`] on its pin directory before loading the datapath. A mount
+//! The agent calls [`ensure_bpffs`] on its pin directory before loading the datapath, and
+//! [`ensure_cgroup2`] for the unified cgroup hierarchy (hosts that boot with cgroup v1 have none). A mount
 //! made in a network namespace entered with `ip netns exec` is lost with its private `/sys`,
 //! so callers should use a pin directory outside `/sys` (e.g. under `/run`).
 
@@ -68,6 +70,36 @@ pub fn ensure_bpffs(path: &Path) -> Result<bool, BpffsError> {
         Some("bpf"),
         path,
         Some("bpf"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|source| BpffsError::Mount {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(true)
+}
+
+/// `CGROUP2_SUPER_MAGIC` from `linux/magic.h`.
+const CGROUP2_MAGIC: i64 = 0x6367_7270;
+
+/// Creates `path` if needed and mounts the cgroup2 hierarchy on it unless it already lies on
+/// one. Returns whether it mounted.
+pub fn ensure_cgroup2(path: &Path) -> Result<bool, BpffsError> {
+    let dir_err = |source| BpffsError::Dir {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(path).map_err(dir_err)?;
+    let st = statfs(path).map_err(|e| dir_err(io::Error::from(e)))?;
+    #[allow(clippy::unnecessary_cast)]
+    if st.filesystem_type() == FsType(CGROUP2_MAGIC as _) {
+        return Ok(false);
+    }
+    mount(
+        Some("cgroup2"),
+        path,
+        Some("cgroup2"),
         MsFlags::empty(),
         None::<&str>,
     )

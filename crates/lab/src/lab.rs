@@ -399,6 +399,7 @@ pub fn down(dir: &Path, progress: Progress<'_>) -> Result<()> {
                 sys::stop(pid, Duration::from_secs(5));
             }
             sys::unmount(&n.state_dir.join("bpffs"));
+            sys::unmount(&n.state_dir.join("cgroupv2"));
         }
         if let Some(pid) = c.apiserver_pid {
             sys::stop(pid, Duration::from_secs(10));
