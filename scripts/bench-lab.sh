@@ -28,8 +28,8 @@ kernel_pod() {
   local node=$1 ns=$2 ip=$3 mtu=$4 host="k${2##*-}"
   ip netns add "$ns"
   ip -n "$node" link add "$host" mtu "$mtu" type veth peer name eth0 mtu "$mtu" netns "$ns"
+  ip -n "$node" addr add 169.254.1.1/32 dev "$host"
   ip -n "$node" link set "$host" up
-  ip netns exec "$node" sysctl -qw "net.ipv4.conf.$host.proxy_arp=1"
   ip -n "$node" route add "$ip/32" dev "$host"
   ip -n "$ns" link set lo up
   ip -n "$ns" addr add "$ip/32" dev eth0

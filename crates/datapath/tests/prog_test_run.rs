@@ -161,13 +161,17 @@ async fn local_delivery_redirects_with_rewritten_macs_and_identity_mark() {
 async fn to_container_without_mark_uses_ipcache_then_world() {
     tokio::time::timeout(Duration::from_secs(30), async {
         let mut f = fixture(RoutingMode::Native);
-        let from_remote =
-            common::tcp_frame(A_HOST_MAC, B_POD_MAC, REMOTE_POD, POD_B, 5000, 80, 0x10);
-        let out = f.dp.test_run(PROG_TO_CONTAINER, &from_remote, 0).unwrap();
+        // A bare ACK passes without a trace (monitor aggregation); the SYN after it is traced,
+        // so the first event that arrives is the SYN's.
+        let ack = common::tcp_frame(A_HOST_MAC, B_POD_MAC, REMOTE_POD, POD_B, 5000, 80, 0x10);
+        let out = f.dp.test_run(PROG_TO_CONTAINER, &ack, 0).unwrap();
+        assert_eq!(out.verdict, verdict::OK);
+        let syn = common::tcp_frame(A_HOST_MAC, B_POD_MAC, REMOTE_POD, POD_B, 5000, 80, 0x02);
+        let out = f.dp.test_run(PROG_TO_CONTAINER, &syn, 0).unwrap();
         assert_eq!(out.verdict, verdict::OK);
         let ev = next_event(&mut f.events).await;
         assert_eq!(ev.src_identity, 6_587_186);
-        assert!(ev.to_string().ends_with("tcp ACK"), "{ev}");
+        assert!(ev.to_string().ends_with("tcp SYN"), "{ev}");
 
         let from_world = common::tcp_frame(
             A_HOST_MAC,
@@ -176,7 +180,7 @@ async fn to_container_without_mark_uses_ipcache_then_world() {
             POD_B,
             5000,
             80,
-            0x10,
+            0x02,
         );
         f.dp.test_run(PROG_TO_CONTAINER, &from_world, 0).unwrap();
         assert_eq!(next_event(&mut f.events).await.src_identity, IDENTITY_WORLD);

@@ -33,10 +33,20 @@ static __always_inline void emit_event(struct __sk_buff *skb, __u8 type, __u8 su
 	bpf_ringbuf_output(&PLEXUS_EVENTS, &ev, sizeof(ev), 0);
 }
 
+/* TCP flags that open, close or reset a connection. */
+#define TRACE_TCP_FLAGS 0x07 /* FIN | SYN | RST */
+
+/*
+ * Trace events are aggregated like Cilium's monitor aggregation: a TCP segment is reported only
+ * when it carries SYN, FIN or RST, so a bulk transfer costs no event per packet; other protocols
+ * are reported packet by packet.
+ */
 static __always_inline void send_trace(struct __sk_buff *skb, __u8 obs_point, __u16 ep_id,
 				       __u32 src_identity, __u32 dst_identity,
 				       const struct pkt_info *pi)
 {
+	if (pi && pi->proto == IPPROTO_TCP && !(pi->tcp_flags & TRACE_TCP_FLAGS))
+		return;
 	emit_event(skb, EVENT_TRACE, obs_point, ep_id, src_identity, dst_identity, pi);
 }
 
