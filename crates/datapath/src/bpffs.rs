@@ -59,25 +59,7 @@ pub fn is_bpffs(path: &Path) -> Result<bool, BpffsError> {
 /// Creates `path` if needed and mounts a bpffs on it unless it already lies on one. Returns
 /// whether it mounted.
 pub fn ensure_bpffs(path: &Path) -> Result<bool, BpffsError> {
-    std::fs::create_dir_all(path).map_err(|source| BpffsError::Dir {
-        path: path.display().to_string(),
-        source,
-    })?;
-    if is_bpffs(path)? {
-        return Ok(false);
-    }
-    mount(
-        Some("bpf"),
-        path,
-        Some("bpf"),
-        MsFlags::empty(),
-        None::<&str>,
-    )
-    .map_err(|source| BpffsError::Mount {
-        path: path.display().to_string(),
-        source,
-    })?;
-    Ok(true)
+    ensure_fs(path, "bpf", BPF_FS_MAGIC)
 }
 
 /// `CGROUP2_SUPER_MAGIC` from `linux/magic.h`.
@@ -86,6 +68,12 @@ const CGROUP2_MAGIC: i64 = 0x6367_7270;
 /// Creates `path` if needed and mounts the cgroup2 hierarchy on it unless it already lies on
 /// one. Returns whether it mounted.
 pub fn ensure_cgroup2(path: &Path) -> Result<bool, BpffsError> {
+    ensure_fs(path, "cgroup2", CGROUP2_MAGIC)
+}
+
+/// Mounts a `fstype` filesystem on `path` (created if needed) unless `path` already lies on a
+/// filesystem with that magic number.
+fn ensure_fs(path: &Path, fstype: &str, magic: i64) -> Result<bool, BpffsError> {
     let dir_err = |source| BpffsError::Dir {
         path: path.display().to_string(),
         source,
@@ -93,13 +81,13 @@ pub fn ensure_cgroup2(path: &Path) -> Result<bool, BpffsError> {
     std::fs::create_dir_all(path).map_err(dir_err)?;
     let st = statfs(path).map_err(|e| dir_err(io::Error::from(e)))?;
     #[allow(clippy::unnecessary_cast)]
-    if st.filesystem_type() == FsType(CGROUP2_MAGIC as _) {
+    if st.filesystem_type() == FsType(magic as _) {
         return Ok(false);
     }
     mount(
-        Some("cgroup2"),
+        Some(fstype),
         path,
-        Some("cgroup2"),
+        Some(fstype),
         MsFlags::empty(),
         None::<&str>,
     )

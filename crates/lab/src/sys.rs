@@ -155,16 +155,11 @@ pub fn in_netns<T: Send + 'static>(
     .map_err(|_| anyhow::anyhow!("thread in {ns} panicked"))?
 }
 
-/// `GET path` over plain HTTP/1.0 on a TCP address (from the current namespace): status code
-/// and body.
-pub fn http_get(addr: &str, path: &str, timeout: Duration) -> Result<(u16, String)> {
-    let sock: std::net::SocketAddr = addr.parse().with_context(|| format!("address {addr}"))?;
-    let mut s = std::net::TcpStream::connect_timeout(&sock, timeout)
-        .with_context(|| format!("connect to {addr}"))?;
-    s.set_read_timeout(Some(timeout))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: lab\r\n\r\n")?;
+/// Sends `GET path` (HTTP/1.0) on `stream` and returns the status code and the body.
+fn get(mut stream: impl Read + Write, path: &str) -> Result<(u16, String)> {
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: lab\r\n\r\n")?;
     let mut text = String::new();
-    s.read_to_string(&mut text)?;
+    stream.read_to_string(&mut text)?;
     let code = text
         .split_whitespace()
         .nth(1)
@@ -174,21 +169,22 @@ pub fn http_get(addr: &str, path: &str, timeout: Duration) -> Result<(u16, Strin
     Ok((code, body))
 }
 
+/// `GET path` over plain HTTP/1.0 on a TCP address (from the current namespace): status code
+/// and body.
+pub fn http_get(addr: &str, path: &str, timeout: Duration) -> Result<(u16, String)> {
+    let sock: std::net::SocketAddr = addr.parse().with_context(|| format!("address {addr}"))?;
+    let s = std::net::TcpStream::connect_timeout(&sock, timeout)
+        .with_context(|| format!("connect to {addr}"))?;
+    s.set_read_timeout(Some(timeout))?;
+    get(s, path)
+}
+
 /// `GET path` on a unix socket: status code and body.
 pub fn unix_get(socket: &Path, path: &str, timeout: Duration) -> Result<(u16, String)> {
-    let mut s = std::os::unix::net::UnixStream::connect(socket)
+    let s = std::os::unix::net::UnixStream::connect(socket)
         .with_context(|| format!("connect to {}", socket.display()))?;
     s.set_read_timeout(Some(timeout))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: agent\r\n\r\n")?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    Ok((code, body))
+    get(s, path)
 }
 
 /// Unmounts `path` if something is mounted there.
