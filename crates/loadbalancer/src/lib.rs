@@ -3,11 +3,13 @@
 //! Today: [`service`] (the Kubernetes-shaped Service object of kvstore mode and the global
 //! service annotations, new and legacy names), [`endpoint`] (the endpoint records agents
 //! publish) and [`cluster_service`] (a service's backends from endpoints by selector, and the
-//! ClusterService a global, shared service publishes for the other clusters). Backend
-//! selection across clusters and the datapath tables come with the services issue.
+//! ClusterService a global, shared service publishes for the other clusters) and [`select`]
+//! (which backends, local and remote, take new connections: global, shared, affinity and
+//! reachability). The datapath tables come with the services issue.
 
 pub mod cluster_service;
 pub mod endpoint;
+pub mod select;
 pub mod service;
 
 /// The kvstore prefix of Service objects: `plexus/objects/v1/services/<namespace>/<name>`.
