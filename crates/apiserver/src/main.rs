@@ -55,6 +55,9 @@ struct Args {
     /// KVStoreMesh: mirror the remote clusters configured in this directory.
     #[arg(long)]
     kvstoremesh_config: Option<PathBuf>,
+    /// Allocate service addresses from this CIDR.
+    #[arg(long)]
+    service_cidr: Option<plexus_ipam::Cidr4>,
     /// Heartbeat period.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     heartbeat_interval: Duration,
@@ -105,6 +108,7 @@ async fn main() -> Result<()> {
     );
     config.kvstoremesh_dir = args.kvstoremesh_config.clone();
     config.heartbeat_interval = args.heartbeat_interval;
+    config.service_cidr = args.service_cidr;
     let server = ApiServer::start(config).await?;
     println!("plexus-apiserver: serving on http://{}", server.http_addr());
 

@@ -79,6 +79,8 @@ pub struct ApiServerConfig {
     pub lease_ttl: Duration,
     /// Identity GC period and grace time.
     pub identity_gc_interval: Duration,
+    /// Where service addresses are allocated from.
+    pub service_cidr: Option<plexus_ipam::Cidr4>,
 }
 
 impl ApiServerConfig {
@@ -98,6 +100,7 @@ impl ApiServerConfig {
             heartbeat_interval: Duration::from_secs(60),
             lease_ttl: Duration::from_secs(15),
             identity_gc_interval: Duration::from_secs(300),
+            service_cidr: None,
         }
     }
 }
@@ -306,6 +309,7 @@ impl ApiServer {
             backend.clone(),
             leases.subscribe(),
             cluster.clone(),
+            config.service_cidr,
         );
 
         let kvstoremesh = config.kvstoremesh_dir.as_ref().map(|dir| {

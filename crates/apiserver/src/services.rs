@@ -10,13 +10,15 @@
 //!   `cilium/state/services/v1/<cluster>/<namespace>/<name>` (what other clusters read), and the
 //!   services sync canary once both mirrors have synced and the first set is written.
 //!
-//! A service with a bad annotation is skipped with a warning naming it; the others go on.
+//! With a service CIDR, a service without an address gets the lowest free one (written back to
+//! the object). A service with a bad annotation is skipped with a warning naming it; the others go on.
 //! Changes are coalesced: one recomputation per burst of events.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use plexus_ipam::Cidr4;
 use plexus_kvstore::{
     KvBackend, LeaseId, QueueGauge, StoreEvent, SyncStore, SyncStoreConfig, WatchStore,
 };
@@ -42,6 +44,7 @@ impl ServiceController {
         backend: Arc<dyn KvBackend>,
         lease_rx: watch::Receiver<LeaseId>,
         cluster: ClusterInfo,
+        service_cidr: Option<Cidr4>,
     ) -> Self {
         let (synced_tx, synced) = watch::channel(false);
         let backends_store = SyncStore::start_with_lease(
@@ -66,6 +69,7 @@ impl ServiceController {
             backends_store,
             services_store,
             cluster,
+            service_cidr,
             synced_tx,
         ));
         Self {
@@ -163,17 +167,67 @@ fn diff(
     *published = want;
 }
 
+/// Gives every service without an address the lowest free one of `cidr` (written back to the
+/// object, whose update comes back through the watch). The network address is skipped.
+async fn allocate_addresses(
+    backend: &dyn KvBackend,
+    cidr: Cidr4,
+    services: &BTreeMap<String, Service>,
+) {
+    let used: std::collections::BTreeSet<String> = services
+        .values()
+        .filter_map(|s| s.spec.cluster_ip.clone())
+        .filter(|ip| !ip.is_empty())
+        .collect();
+    let mut next = 1u64;
+    for (key, svc) in services {
+        if svc
+            .spec
+            .cluster_ip
+            .as_deref()
+            .is_some_and(|ip| !ip.is_empty())
+        {
+            continue;
+        }
+        let ip = loop {
+            match cidr.nth(next) {
+                Some(ip) if used.contains(&ip.to_string()) => next += 1,
+                Some(ip) => break Some(ip),
+                None => break None,
+            }
+        };
+        let Some(ip) = ip else {
+            tracing::warn!(service = %key, %cidr, "service CIDR exhausted: service has no address");
+            continue;
+        };
+        next += 1;
+        let mut svc = svc.clone();
+        svc.spec.cluster_ip = Some(ip.to_string());
+        let value = serde_json::to_vec(&svc).unwrap_or_default();
+        match backend
+            .put(&format!("{SERVICES_PREFIX}{key}"), value, None)
+            .await
+        {
+            Ok(_) => tracing::info!(service = %key, %ip, "service address allocated"),
+            Err(err) => {
+                tracing::warn!(service = %key, error = %err, "cannot store the service address")
+            }
+        }
+    }
+}
+
 async fn run(
     backend: Arc<dyn KvBackend>,
     backends_store: SyncStore,
     services_store: SyncStore,
     cluster: ClusterInfo,
+    service_cidr: Option<Cidr4>,
     synced_tx: watch::Sender<bool>,
 ) {
     let mut services: WatchStore<Service> =
         WatchStore::new(backend.clone(), SERVICES_PREFIX, decode("service"));
     let mut endpoints: WatchStore<EndpointRecord> =
-        WatchStore::new(backend, ENDPOINTS_PREFIX, decode("endpoint"));
+        WatchStore::new(backend.clone(), ENDPOINTS_PREFIX, decode("endpoint"));
     let mut state = State {
         cluster,
         services: BTreeMap::new(),
@@ -196,6 +250,9 @@ async fn run(
                 dirty |= State::apply(&mut state.endpoints, e);
             }
             _ = quiet, if dirty || (services_synced && endpoints_synced && !announced) => {
+                if let Some(cidr) = service_cidr {
+                    allocate_addresses(backend.as_ref(), cidr, &state.services).await;
+                }
                 state.publish(&backends_store, &services_store);
                 dirty = false;
                 if services_synced && endpoints_synced && !announced {

@@ -61,6 +61,8 @@ async fn apiserver_sets_up_etcd_publishes_and_runs_the_service_controller() {
         },
         "127.0.0.1:0".parse().unwrap(),
     );
+    let mut config = config;
+    config.service_cidr = Some("10.11.0.0/16".parse().unwrap());
     tokio::time::timeout(Duration::from_secs(90), async {
         let server = ApiServer::start(config).await.unwrap();
         let addr = server.http_addr();
@@ -158,6 +160,24 @@ async fn apiserver_sets_up_etcd_publishes_and_runs_the_service_controller() {
         .await;
         admin.delete("plexus/objects/v1/services/default/rebel-base").await.unwrap();
         wait_for("ClusterService withdrawn", || async { admin.get(key).await.unwrap().is_none() }).await;
+
+        // A service without an address gets the lowest free one of the service CIDR.
+        admin
+            .put(
+                "plexus/objects/v1/services/default/db",
+                br#"{"metadata":{"name":"db","namespace":"default"},"spec":{"selector":{"app":"db"},"ports":[{"port":5432}]}}"#.to_vec(),
+                None,
+            )
+            .await
+            .unwrap();
+        wait_for("service address allocated", || async {
+            admin
+                .get("plexus/objects/v1/services/default/db")
+                .await
+                .unwrap()
+                .is_some_and(|kv| String::from_utf8(kv.value).unwrap().contains(r#""clusterIP":"10.11.0.1""#))
+        })
+        .await;
 
         // Metrics count kvstore operations.
         let (code, metrics) = http_get(addr, "/metrics").await;

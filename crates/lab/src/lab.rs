@@ -250,6 +250,7 @@ fn start_apiserver(lab: &LabState, c: &ClusterState, bins: &Bins) -> Result<u32>
         "--etcd-peer-listen=127.0.0.1:2380".to_string(),
         format!("--etcd-advertise={}", c.ip),
         format!("--http-listen={}:9963", c.ip),
+        format!("--service-cidr={}", c.service_cidr),
     ];
     let pid = sys::spawn_in(
         &c.netns,
