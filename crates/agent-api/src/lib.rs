@@ -9,6 +9,9 @@
 //! - `GET /v1/healthz`: `"ok"`;
 //! - `GET /v1/clustermesh`: [`ClusterMeshReport`], the remote clusters as this node sees them;
 //! - `GET /v1/remote-nodes`: remote node names by cluster, from the merged view;
+//! - `GET /v1/nodes`, `/v1/identities`, `/v1/endpoints`, `/v1/services`, `/v1/bpf/ipcache`,
+//!   `/v1/status`: the listings of the CLI; `GET /v1/monitor[?type=drop|trace]`: events, a line
+//!   each, streamed;
 //! - `POST /v1/ipam` ([`IpamRequest`] -> [`IpamResponse`]): an address for a pod;
 //! - `PUT /v1/endpoint` ([`EndpointRequest`] -> [`EndpointResponse`]): register a configured pod;
 //! - `GET /v1/endpoint/<container-id>` -> [`EndpointResponse`] (CNI CHECK);

@@ -41,6 +41,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/identities", get(identities))
         .route("/v1/endpoints", get(endpoints))
         .route("/v1/bpf/ipcache", get(bpf_ipcache))
+        .route("/v1/services", get(services))
         .route("/v1/monitor", get(monitor))
         .route("/v1/ipam", post(ipam))
         .route("/v1/endpoint", put(endpoint_put))
@@ -120,6 +121,16 @@ async fn nodes(State(agent): State<Arc<Agent>>) -> axum::Json<Vec<crate::view::N
 
 async fn identities(State(agent): State<Arc<Agent>>) -> axum::Json<Vec<crate::view::IdentityInfo>> {
     axum::Json(agent.view.identities())
+}
+
+async fn services(
+    State(agent): State<Arc<Agent>>,
+) -> axum::Json<Vec<crate::services::ServiceReport>> {
+    axum::Json(
+        agent
+            .services
+            .report(&agent.cluster.name, &agent.view, &agent.mesh),
+    )
 }
 
 async fn endpoints(

@@ -12,6 +12,7 @@
 mod api;
 mod endpoints;
 mod netcmd;
+mod services;
 mod view;
 
 use std::net::Ipv4Addr;
@@ -127,6 +128,7 @@ pub struct Agent {
     mesh: MeshHandle,
     view: Arc<NodeView>,
     endpoints: Endpoints,
+    services: services::Services,
     datapath: Arc<dyn Datapath>,
 }
 
@@ -351,6 +353,8 @@ async fn run(args: Args) -> Result<()> {
     .await?;
 
     let local_task = tokio::spawn(follow_local(backend.clone(), cluster.clone(), view.clone()));
+    let services = services::Services::default();
+    let services_task = tokio::spawn(services.clone().follow(backend.clone()));
 
     let connector: Arc<dyn Connector> = Arc::new(SharedConnector::new(
         args.etcd_endpoints.clone(),
@@ -385,6 +389,7 @@ async fn run(args: Args) -> Result<()> {
         mesh: mesh.handle(),
         view,
         endpoints,
+        services,
         datapath,
     });
 
@@ -416,6 +421,7 @@ async fn run(args: Args) -> Result<()> {
     // Stop without tearing anything down: pinned maps and links keep pods' traffic flowing
     // until the next agent takes over; the lease keeps our records for its TTL.
     local_task.abort();
+    services_task.abort();
     remote_task.abort();
     let _ = std::fs::remove_file(&args.api_socket);
     drop(mesh);

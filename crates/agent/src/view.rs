@@ -4,7 +4,7 @@
 //! routing mode, the kernel's routes: this node's endpoints, its own cluster's kvstore (nodes,
 //! ip -> identity entries, identities) and the remote clusters' merged events. Every change to
 //! the effective ipcache goes to the datapath at once. It also keeps what the CLI lists: nodes
-//! and identities of every cluster.
+//! and identities of every cluster, and the remote clusters' global services.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -15,6 +15,7 @@ use plexus_datapath::{Datapath, IpcacheValue, Prefix, RoutingMode};
 use plexus_ipcache::{Change, IpCache, Source, from_node, from_pair};
 use plexus_model::ipcache::IpIdentityPair;
 use plexus_model::node::{Node, NodeAddressType};
+use plexus_model::service::ClusterService;
 use serde::{Deserialize, Serialize};
 
 /// A node as `node list` shows it.
@@ -53,6 +54,8 @@ struct Inner {
     nodes: BTreeMap<(String, String), Node>,
     identities: BTreeMap<u32, IdentityInfo>,
     routes: BTreeMap<String, String>,
+    /// Remote clusters' shared global services by (cluster, `<ns>/<name>`).
+    remote_services: BTreeMap<(String, String), ClusterService>,
 }
 
 /// The node's view. Cheap to share.
@@ -277,7 +280,17 @@ impl NodeView {
                 self.identity_upsert(cluster, i.id.0, i.labels.to_kvstore_string())
             }
             RemoteEvent::IdentityDelete(id) => self.identity_delete(*id),
-            RemoteEvent::ServiceUpsert(_) | RemoteEvent::ServiceDelete(_) => {}
+            RemoteEvent::ServiceUpsert(svc) => {
+                let key = format!("{}/{}", svc.namespace, svc.name);
+                self.lock()
+                    .remote_services
+                    .insert((cluster.to_string(), key), svc.clone());
+            }
+            RemoteEvent::ServiceDelete(key) => {
+                self.lock()
+                    .remote_services
+                    .remove(&(cluster.to_string(), key.clone()));
+            }
             RemoteEvent::Synced => tracing::info!(%cluster, "remote cluster synced"),
             RemoteEvent::Drained => {
                 let names: Vec<String> = self
@@ -294,6 +307,7 @@ impl NodeView {
                     let mut inner = self.lock();
                     inner.keys.retain(|(s, _), _| *s != source);
                     inner.identities.retain(|_, i| i.cluster != cluster);
+                    inner.remote_services.retain(|(c, _), _| c != cluster);
                     inner.ipcache.remove_source(&source)
                 };
                 self.apply(changes);
@@ -321,6 +335,16 @@ impl NodeView {
             .collect();
         out.sort_by_key(|n| (n.cluster != self.cluster, n.cluster.clone(), n.name.clone()));
         out
+    }
+
+    /// The remote clusters' ClusterServices named `key` (`<ns>/<name>`).
+    pub fn remote_services(&self, key: &str) -> Vec<ClusterService> {
+        self.lock()
+            .remote_services
+            .iter()
+            .filter(|((_, k), _)| k == key)
+            .map(|(_, s)| s.clone())
+            .collect()
     }
 
     /// Every identity known.

@@ -109,6 +109,11 @@ enum Command {
         #[command(subcommand)]
         command: ListCommand,
     },
+    /// Services with their frontends and backends (with cluster and state), as a node sees them.
+    Service {
+        #[command(subcommand)]
+        command: ListCommand,
+    },
     /// Identities of every cluster, as a node sees them.
     Identity {
         #[command(subcommand)]
@@ -519,6 +524,17 @@ fn run(cli: Cli) -> Result<u8> {
                     cfg.context(ctx_name, &path)?,
                     node,
                     "node",
+                    output == Output::Json,
+                )
+                .await?
+            }
+            Command::Service {
+                command: ListCommand::List { output },
+            } => {
+                node::list(
+                    cfg.context(ctx_name, &path)?,
+                    node,
+                    "service",
                     output == Output::Json,
                 )
                 .await?

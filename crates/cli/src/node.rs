@@ -1,5 +1,5 @@
 //! Per-node commands: `status`, `endpoint list`, `node list`, `identity list`,
-//! `bpf ipcache list`, `monitor`. They ask one node's agent over its socket (`--node`, default
+//! `service list`, `bpf ipcache list`, `monitor`. They ask one node's agent over its socket (`--node`, default
 //! the cluster's first node).
 
 // Table headers are written as literals beside their column widths, for readability.
@@ -58,6 +58,7 @@ pub async fn list(ctx: &Context, node: Option<&str>, what: &str, json: bool) -> 
         "node" => "/v1/nodes",
         "identity" => "/v1/identities",
         "ipcache" => "/v1/bpf/ipcache",
+        "service" => "/v1/services",
         other => anyhow::bail!("unknown listing {other}"),
     };
     let (name, v) = fetch(ctx, node, path).await?;
@@ -136,6 +137,69 @@ pub async fn list(ctx: &Context, node: Option<&str>, what: &str, json: bool) -> 
                     s(&r["cluster"]),
                     s(&r["labels"])
                 );
+            }
+        }
+        "service" => {
+            println!("# as seen by node {name}");
+            println!(
+                "{:<28} {:<22} {:<10} {}",
+                "SERVICE", "FRONTEND", "MODE", "BACKENDS"
+            );
+            for r in rows {
+                let ip = s(&r["cluster-ip"]);
+                let ports: Vec<String> = r["ports"]
+                    .as_object()
+                    .map(|m| m.values().map(s).collect())
+                    .unwrap_or_default();
+                let mode = if r["global"] == true {
+                    format!(
+                        "global{}{}",
+                        if r["shared"] == true { "" } else { ",unshared" },
+                        match r["affinity"].as_str() {
+                            Some("local") => ",local",
+                            Some("remote") => ",remote",
+                            _ => "",
+                        }
+                    )
+                } else {
+                    "local".to_string()
+                };
+                let backends: Vec<String> = r["backends"]["candidates"]
+                    .as_array()
+                    .map(|cs| {
+                        cs.iter()
+                            .map(|c| {
+                                let port = c["ports"]
+                                    .as_object()
+                                    .and_then(|m| m.values().next())
+                                    .map(|p| s(&p["Port"]))
+                                    .unwrap_or_default();
+                                format!(
+                                    "{}:{} ({}, {})",
+                                    s(&c["ip"]),
+                                    port,
+                                    s(&c["cluster"]),
+                                    s(&c["state"])
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let frontend = format!("{ip}:{}", ports.join(","));
+                let service = format!("{}/{}", s(&r["namespace"]), s(&r["name"]));
+                let mut first = true;
+                for b in backends
+                    .iter()
+                    .map(String::as_str)
+                    .chain(backends.is_empty().then_some("-"))
+                {
+                    if first {
+                        println!("{service:<28} {frontend:<22} {mode:<10} {b}");
+                        first = false;
+                    } else {
+                        println!("{:<28} {:<22} {:<10} {b}", "", "", "");
+                    }
+                }
             }
         }
         _ => {

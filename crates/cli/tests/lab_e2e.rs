@@ -101,7 +101,19 @@ fn up(mode: &str, name: &str) -> Lab {
     lab
 }
 
-const PODS: &str = "apiVersion: apps/v1
+const PODS: &str = "apiVersion: v1
+kind: Service
+metadata:
+  name: rebel-base
+  annotations:
+    service.cilium.io/global: 'true'
+spec:
+  ports:
+  - port: 80
+  selector:
+    name: rebel-base
+---
+apiVersion: apps/v1
 kind: Deployment
 metadata:
   name: rebel-base
@@ -345,6 +357,40 @@ fn run(mode: &str, name: &str, full_size: u32) {
     let eps = lab.ok(&["--context", "cluster1", "endpoint", "list"]);
     assert!(eps.contains("default/client"), "{eps}");
 
+    // The global service: cluster1 load-balances over both clusters' backends.
+    let states = |lab: &Lab| -> Vec<(String, String)> {
+        let v = lab.json(&["--context", "cluster1", "service", "list", "-o", "json"]);
+        let svc = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "rebel-base")
+            .cloned();
+        svc.map(|s| {
+            s["backends"]["candidates"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| {
+                    (
+                        c["cluster"].as_str().unwrap().to_string(),
+                        c["state"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while states(&lab).iter().filter(|(_, st)| st == "active").count() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "{mode}: service backends: {:?}",
+            states(&lab)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
     // A cluster taken down is noticed and comes back with the same pods.
     if mode == "tunnel" {
         lab.ok(&["lab", "stop", "cluster2"]);
@@ -380,6 +426,15 @@ fn run(mode: &str, name: &str, full_size: u32) {
         );
         lab.ok(&["lab", "start", "cluster2"]);
         wait("cluster2 back", &|c| c["ready"] == 2);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while states(&lab).iter().filter(|(_, st)| st == "active").count() < 4 {
+            assert!(
+                Instant::now() < deadline,
+                "backends back: {:?}",
+                states(&lab)
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
         let out = lab.exec(
             "cluster1",
             "client",
