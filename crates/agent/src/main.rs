@@ -111,6 +111,10 @@ struct Args {
     /// The API socket.
     #[arg(long)]
     api_socket: PathBuf,
+    /// Withdraw an unreachable remote cluster's service backends after this long (default:
+    /// keep them until it returns; its backends are skipped meanwhile anyway).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    clustermesh_service_cache_ttl: Option<Duration>,
     /// Also serve `/metrics` (Prometheus) on this TCP address.
     #[arg(long)]
     prometheus_listen: Option<std::net::SocketAddr>,
@@ -361,12 +365,14 @@ async fn run(args: Args) -> Result<()> {
         backend.clone(),
     ));
     let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
+    let mut timing = DriverTiming::default();
+    timing.protocol.service_cache_ttl = args.clustermesh_service_cache_ttl;
     let mesh = ClusterMesh::spawn_with(
         connector,
         args.clustermesh_config.clone(),
         cluster.clone(),
         tx,
-        DriverTiming::default(),
+        timing,
         Duration::from_secs(1),
     );
     let remote_task = {

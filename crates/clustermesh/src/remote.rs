@@ -37,6 +37,9 @@ pub struct Timing {
     pub config_timeout: Duration,
     /// The remote's heartbeat interval; stale after two of them.
     pub heartbeat_interval: Duration,
+    /// How long an unreachable remote's service backends are kept (`None`: as long as the rest
+    /// of its state, until it returns or its configuration is removed).
+    pub service_cache_ttl: Option<Duration>,
 }
 
 impl Default for Timing {
@@ -47,6 +50,7 @@ impl Default for Timing {
             config_retry: Duration::from_secs(2),
             config_timeout: Duration::from_secs(120),
             heartbeat_interval: Duration::from_secs(60),
+            service_cache_ttl: None,
         }
     }
 }
@@ -98,6 +102,11 @@ pub enum Action {
     Disconnect,
     /// Delete everything known from this remote.
     Drain,
+    /// The remote stayed unreachable for the service cache TTL: withdraw its services (the rest
+    /// of its state stays).
+    RevokeServices,
+    /// The remote is reachable again: hand its services back.
+    RestoreServices,
 }
 
 /// Where the machine stands.
@@ -158,6 +167,12 @@ pub struct RemoteMachine {
     heartbeat_changed_at: Option<Instant>,
     failures: u64,
     last_failure: Option<String>,
+    /// Since when the remote has been unreachable.
+    lost_since: Option<Instant>,
+    /// Whether its services were withdrawn after the TTL.
+    services_revoked: bool,
+    /// Whether the heartbeat was found stale (cleared by a new value).
+    stale: bool,
 }
 
 impl RemoteMachine {
@@ -180,6 +195,9 @@ impl RemoteMachine {
             heartbeat_changed_at: None,
             failures: 0,
             last_failure: None,
+            lost_since: None,
+            services_revoked: false,
+            stale: false,
         };
         (machine, vec![Action::Connect(Duration::ZERO)])
     }
@@ -218,14 +236,16 @@ impl RemoteMachine {
                 self.connected = true;
                 self.heartbeat_changed_at = Some(now);
                 self.attempt = 0;
+                let mut actions = self.found();
                 if self.phase == Phase::Connecting {
                     self.phase = Phase::FetchingConfig { since: now };
-                    return vec![Action::FetchConfig(Duration::ZERO)];
+                    actions.push(Action::FetchConfig(Duration::ZERO));
                 }
-                Vec::new()
+                actions
             }
             Input::ConnectFailed(reason) => {
                 self.fail(format!("connect: {reason}"));
+                self.lost(now);
                 self.connected = false;
                 let delay = self.backoff();
                 self.attempt += 1;
@@ -256,17 +276,25 @@ impl RemoteMachine {
                 Vec::new()
             }
             Input::Heartbeat(value) => {
-                self.connected = true;
-                if value != self.heartbeat || self.heartbeat_changed_at.is_none() {
+                let fresh = value != self.heartbeat || self.heartbeat_changed_at.is_none();
+                if fresh {
                     self.heartbeat = value;
                     self.heartbeat_changed_at = Some(now);
                 }
-                Vec::new()
+                // A read that shows the same stale heartbeat does not make the remote healthy
+                // again; a fresh value, or a read after a mere failed check, does.
+                if self.stale && !fresh {
+                    return Vec::new();
+                }
+                self.stale = false;
+                self.connected = true;
+                self.found()
             }
             Input::HealthCheckFailed(reason) => {
                 if self.connected {
                     self.fail(format!("health check: {reason}"));
                 }
+                self.lost(now);
                 self.connected = false;
                 Vec::new()
             }
@@ -277,12 +305,36 @@ impl RemoteMachine {
                     && now.duration_since(at) > stale_after
                 {
                     self.connected = false;
+                    self.stale = true;
+                    self.lost(now);
                     self.fail(format!(
                         "heartbeat not updated for more than {stale_after:?}"
                     ));
                 }
+                if let (Some(ttl), Some(since)) = (self.timing.service_cache_ttl, self.lost_since)
+                    && !self.services_revoked
+                    && now.duration_since(since) >= ttl
+                {
+                    self.services_revoked = true;
+                    return vec![Action::RevokeServices];
+                }
                 Vec::new()
             }
+        }
+    }
+
+    /// The remote became unreachable (the first time since it was last reachable).
+    fn lost(&mut self, now: Instant) {
+        self.lost_since.get_or_insert(now);
+    }
+
+    /// The remote is reachable: its withdrawn services come back.
+    fn found(&mut self) -> Vec<Action> {
+        self.lost_since = None;
+        if std::mem::take(&mut self.services_revoked) {
+            vec![Action::RestoreServices]
+        } else {
+            Vec::new()
         }
     }
 
@@ -569,6 +621,13 @@ mod tests {
                 .unwrap()
                 .contains("heartbeat not updated")
         );
+        // Reading the same stale value again does not bring it back.
+        m.step(
+            Input::Heartbeat(Some("2026-11-22T12:01:00Z".into())),
+            t1 + Duration::from_secs(123),
+            &mut ids,
+        );
+        assert!(!m.status().connected, "still stale");
         // A fresh heartbeat brings it back; a failed check takes it down again.
         m.step(
             Input::Heartbeat(Some("2026-11-22T12:04:00Z".into())),
@@ -583,6 +642,48 @@ mod tests {
         );
         assert!(!m.status().connected);
         assert_eq!(m.status().synced.len(), 4, "state kept");
+        // After a mere failed check, the next read reconnects even with the same value.
+        m.step(
+            Input::Heartbeat(Some("2026-11-22T12:04:00Z".into())),
+            t1 + Duration::from_secs(187),
+            &mut ids,
+        );
+        assert!(m.status().connected);
+    }
+
+    #[test]
+    fn the_service_cache_ttl_withdraws_services_only_and_gives_them_back() {
+        let t0 = Instant::now();
+        let mut ids = ClusterIds::new(&local());
+        let timing = Timing {
+            service_cache_ttl: Some(Duration::from_secs(30)),
+            ..Timing::default()
+        };
+        let (mut m, _) = RemoteMachine::new("c2", local(), timing);
+        m.step(Input::Connected, t0, &mut ids);
+        m.step(Input::HealthCheckFailed("timeout".into()), t0, &mut ids);
+        let later = |s| t0 + Duration::from_secs(s);
+        assert!(m.step(Input::Tick, later(29), &mut ids).is_empty());
+        // A second failure does not restart the clock.
+        m.step(
+            Input::HealthCheckFailed("timeout".into()),
+            later(20),
+            &mut ids,
+        );
+        assert_eq!(
+            m.step(Input::Tick, later(30), &mut ids),
+            [Action::RevokeServices]
+        );
+        assert!(m.step(Input::Tick, later(40), &mut ids).is_empty(), "once");
+        assert_eq!(
+            m.step(Input::Heartbeat(Some("t".into())), later(41), &mut ids),
+            [Action::RestoreServices]
+        );
+        // Without a TTL nothing is ever withdrawn.
+        let (mut m, _) = RemoteMachine::new("c2", local(), Timing::default());
+        m.step(Input::Connected, t0, &mut ids);
+        m.step(Input::HealthCheckFailed("timeout".into()), t0, &mut ids);
+        assert!(m.step(Input::Tick, later(100_000), &mut ids).is_empty());
     }
 
     #[test]

@@ -242,6 +242,8 @@ impl RemoteCluster {
             backend: None,
             tasks: Vec::new(),
             known: BTreeMap::new(),
+            services: BTreeMap::new(),
+            services_revoked: false,
             rejected: 0,
             status_tx,
         };
@@ -301,6 +303,10 @@ struct Driver {
     tasks: Vec<JoinHandle<()>>,
     /// Keys held per kind, so a removal can drain them.
     known: BTreeMap<StateKind, BTreeSet<String>>,
+    /// The services held, so that services withdrawn after the cache TTL can be handed back.
+    services: BTreeMap<String, ClusterService>,
+    /// Services are withdrawn (the remote stayed away longer than the cache TTL).
+    services_revoked: bool,
     rejected: u64,
     status_tx: watch::Sender<RemoteClusterStatus>,
 }
@@ -384,7 +390,14 @@ impl Driver {
         if matches!(&event, RemoteEvent::ServiceUpsert(s) if !s.shared) {
             return self.delete(kind, key).await;
         }
-        self.known.entry(kind).or_default().insert(key);
+        self.known.entry(kind).or_default().insert(key.clone());
+        if let RemoteEvent::ServiceUpsert(s) = &event {
+            self.services.insert(key, s.clone());
+            if self.services_revoked {
+                self.publish_status();
+                return; // handed back with the others when the remote returns
+            }
+        }
         self.emit(event).await;
         self.publish_status();
     }
@@ -393,6 +406,13 @@ impl Driver {
     async fn delete(&mut self, kind: StateKind, key: String) {
         if !self.known.entry(kind).or_default().remove(&key) {
             return;
+        }
+        if kind == StateKind::Services
+            && self.services.remove(&key).is_some()
+            && self.services_revoked
+        {
+            self.publish_status();
+            return; // already withdrawn
         }
         if let Some(event) = delete_event(kind, key) {
             self.emit(event).await;
@@ -420,9 +440,28 @@ impl Driver {
                 Action::StartWatch { kind, prefix } => self.start_watch(kind, prefix),
                 Action::ReportSynced => self.emit(RemoteEvent::Synced).await,
                 Action::Disconnect => self.stop_tasks(),
+                Action::RevokeServices => {
+                    self.services_revoked = true;
+                    let keys: Vec<String> = self.services.keys().cloned().collect();
+                    for key in keys {
+                        self.emit(RemoteEvent::ServiceDelete(key)).await;
+                    }
+                }
+                Action::RestoreServices => {
+                    self.services_revoked = false;
+                    let services: Vec<ClusterService> = self.services.values().cloned().collect();
+                    for svc in services {
+                        self.emit(RemoteEvent::ServiceUpsert(svc)).await;
+                    }
+                }
                 Action::Drain => {
+                    let revoked = std::mem::take(&mut self.services_revoked);
+                    self.services.clear();
                     let known = std::mem::take(&mut self.known);
                     for (kind, keys) in known {
+                        if kind == StateKind::Services && revoked {
+                            continue; // already withdrawn
+                        }
                         for key in keys {
                             if let Some(event) = delete_event(kind, key) {
                                 self.emit(event).await;

@@ -134,11 +134,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap()
 }
 
-async fn run(steps: Vec<Step>) -> std::result::Result<(), TestCaseError> {
-    let remote = Remote {
-        store: MemoryBackend::new(),
-        up: Arc::new(AtomicBool::new(true)),
-    };
+/// Publishes c2's cluster config and canaries in `remote` and follows it from c1.
+async fn follow(
+    remote: &Remote,
+    protocol: Timing,
+) -> (
+    RemoteCluster,
+    mpsc::Receiver<MeshEvent>,
+    Arc<Mutex<ClusterIds>>,
+) {
     let b = remote.store.clone();
     let config =
         serde_json::to_vec(&CiliumClusterConfig::new(2, MaxConnectedClusters::Max255)).unwrap();
@@ -150,17 +154,11 @@ async fn run(steps: Vec<Step>) -> std::result::Result<(), TestCaseError> {
             .await
             .unwrap();
     }
-    let prefix = StateKind::Nodes.state_prefix("c2");
     let local = ClusterInfo::new("c1", 1, MaxConnectedClusters::Max255).unwrap();
     let ids = Arc::new(Mutex::new(ClusterIds::new(&local)));
-    let (tx, mut rx) = mpsc::channel(100_000);
+    let (tx, rx) = mpsc::channel(100_000);
     let timing = DriverTiming {
-        protocol: Timing {
-            reconnect_min: Duration::from_millis(50),
-            reconnect_max: Duration::from_millis(400),
-            heartbeat_interval: Duration::from_secs(3600),
-            ..Timing::default()
-        },
+        protocol,
         health_interval: Duration::from_millis(100),
         health_timeout: Duration::from_millis(100),
         canary_poll: Duration::from_millis(50),
@@ -181,6 +179,26 @@ async fn run(steps: Vec<Step>) -> std::result::Result<(), TestCaseError> {
         tx,
         timing,
     );
+    (cluster, rx, ids)
+}
+
+fn fast_timing() -> Timing {
+    Timing {
+        reconnect_min: Duration::from_millis(50),
+        reconnect_max: Duration::from_millis(400),
+        heartbeat_interval: Duration::from_secs(3600),
+        ..Timing::default()
+    }
+}
+
+async fn run(steps: Vec<Step>) -> std::result::Result<(), TestCaseError> {
+    let remote = Remote {
+        store: MemoryBackend::new(),
+        up: Arc::new(AtomicBool::new(true)),
+    };
+    let b = remote.store.clone();
+    let prefix = StateKind::Nodes.state_prefix("c2");
+    let (cluster, mut rx, ids) = follow(&remote, fast_timing()).await;
     let view: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new());
     let apply = |e: MeshEvent| match e.event {
         RemoteEvent::NodeUpsert(n) => {
@@ -300,4 +318,53 @@ proptest! {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
         rt.block_on(run(steps))?;
     }
+}
+
+/// With a service cache TTL, an unreachable remote's services are withdrawn after the TTL (its
+/// other state stays) and handed back when it returns.
+#[tokio::test(flavor = "current_thread")]
+async fn the_service_cache_ttl_withdraws_services_and_hands_them_back() {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let remote = Remote {
+            store: MemoryBackend::new(),
+            up: Arc::new(AtomicBool::new(true)),
+        };
+        let b = remote.store.clone();
+        b.put(
+            &format!("{}web", StateKind::Nodes.state_prefix("c2")),
+            node_value(1, 1, "c2"),
+            None,
+        )
+        .await
+        .unwrap();
+        b.put(
+            &format!("{}default/web", StateKind::Services.state_prefix("c2")),
+            br#"{"cluster":"c2","namespace":"default","name":"web","frontends":{},"backends":{"10.2.0.5":{"http":{"Protocol":"TCP","Port":80}}},"labels":{},"selector":{},"includeExternal":true,"shared":true,"clusterID":2}"#.to_vec(),
+            None,
+        )
+        .await
+        .unwrap();
+        let timing = Timing {
+            service_cache_ttl: Some(Duration::from_secs(2)),
+            ..fast_timing()
+        };
+        let (_cluster, mut rx, _ids) = follow(&remote, timing).await;
+        let mut next = async || rx.recv().await.unwrap().event;
+        loop {
+            if next().await == RemoteEvent::Synced {
+                break;
+            }
+        }
+        remote.up.store(false, Ordering::SeqCst);
+        b.break_watches();
+        // Only the service goes, after the TTL.
+        assert_eq!(next().await, RemoteEvent::ServiceDelete("default/web".into()));
+        remote.up.store(true, Ordering::SeqCst);
+        match next().await {
+            RemoteEvent::ServiceUpsert(s) => assert_eq!(s.name, "web"),
+            other => panic!("expected the service back, got {other:?}"),
+        }
+    })
+    .await
+    .unwrap();
 }
