@@ -1,7 +1,7 @@
 //! `plexus`: the command-line tool of a Plexus mesh, in the shape of cilium-cli.
 //!
 //! - `lab up|down|status|stop|start` ([`lab`]), and the built-in pod server `lab serve`;
-//! - `apply -f`, `delete -f`, `get`, `exec` ([`objects`]);
+//! - `apply -f`, `delete -f`, `get`, `annotate`, `exec` ([`objects`]);
 //! - `clustermesh enable|connect|disconnect|status` ([`clustermesh`]);
 //! - per node: `status`, `endpoint list`, `node list`, `identity list`, `bpf ipcache list`,
 //!   `monitor` ([`node`]);
@@ -76,6 +76,22 @@ enum Command {
         /// Output format.
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
+    },
+    /// Set or remove annotations (`KEY=VALUE`, `KEY-`) of a service.
+    Annotate {
+        /// `service`.
+        kind: String,
+        /// The object.
+        name: String,
+        /// `KEY=VALUE` or `KEY-`.
+        #[arg(required = true)]
+        changes: Vec<String>,
+        /// Replace an existing value.
+        #[arg(long)]
+        overwrite: bool,
+        /// Namespace.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
     },
     /// Run a command in a pod's network namespace.
     Exec {
@@ -446,6 +462,23 @@ fn run(cli: Cli) -> Result<u8> {
             }
             Command::Delete { file, namespace } => {
                 objects::delete(cfg.context(ctx_name, &path)?, &file, &namespace).await?;
+            }
+            Command::Annotate {
+                kind,
+                name,
+                changes,
+                overwrite,
+                namespace,
+            } => {
+                objects::annotate(
+                    cfg.context(ctx_name, &path)?,
+                    &kind,
+                    &name,
+                    &changes,
+                    overwrite,
+                    &namespace,
+                )
+                .await?;
             }
             Command::Get {
                 kind,

@@ -249,3 +249,69 @@ pub async fn get(
     }
     Ok(())
 }
+
+/// `annotate KIND NAME KEY=VALUE|KEY- [--overwrite]` (services).
+pub async fn annotate(
+    ctx: &Context,
+    kind: &str,
+    name: &str,
+    changes: &[String],
+    overwrite: bool,
+    ns: &str,
+) -> Result<()> {
+    if !matches!(kind, "service" | "services" | "svc") {
+        bail!("annotate: kind {kind:?} is not supported (service)");
+    }
+    let etcd = crate::clustermesh::admin_etcd(ctx, std::time::Duration::from_secs(10)).await?;
+    let key = format!("{SERVICES_PREFIX}{ns}/{name}");
+    let kv = etcd
+        .get(&key)
+        .await?
+        .with_context(|| format!("service {ns}/{name} not found in cluster {}", ctx.name))?;
+    let mut svc: Service =
+        serde_json::from_slice(&kv.value).with_context(|| format!("stored service {ns}/{name}"))?;
+    // Check every change before applying any.
+    let mut parsed = Vec::new();
+    for change in changes {
+        if let Some(k) = change.strip_suffix('-') {
+            parsed.push((k.to_string(), None));
+        } else if let Some((k, v)) = change.split_once('=') {
+            if k.is_empty() {
+                bail!("annotate: {change:?}: the key is empty");
+            }
+            if !overwrite && svc.metadata.annotations.get(k).is_some_and(|old| old != v) {
+                bail!(
+                    "annotate: service {ns}/{name} already has {k}={}; pass --overwrite to change it",
+                    svc.metadata.annotations[k]
+                );
+            }
+            parsed.push((k.to_string(), Some(v.to_string())));
+        } else {
+            bail!("annotate: {change:?} is neither KEY=VALUE nor KEY-");
+        }
+    }
+    for (k, v) in parsed {
+        match v {
+            Some(v) => svc.metadata.annotations.insert(k, v),
+            None => svc.metadata.annotations.remove(&k),
+        };
+    }
+    svc.global_config()
+        .with_context(|| format!("annotate service {ns}/{name}"))?;
+    let txn = plexus_kvstore::Txn {
+        compares: vec![plexus_kvstore::Compare::ModRevision(
+            key.clone(),
+            kv.mod_revision,
+        )],
+        ops: vec![plexus_kvstore::Op::Put {
+            key: key.clone(),
+            value: serde_json::to_vec(&svc)?,
+            lease: None,
+        }],
+    };
+    if !etcd.txn(txn).await? {
+        bail!("service {ns}/{name} changed meanwhile; try again");
+    }
+    println!("service/{name} annotated");
+    Ok(())
+}

@@ -391,6 +391,54 @@ fn run(mode: &str, name: &str, full_size: u32) {
         std::thread::sleep(Duration::from_millis(300));
     }
 
+    // Affinity local: cluster1's own backends serve, cluster2's wait; removing it restores all.
+    lab.ok(&[
+        "--context",
+        "cluster1",
+        "annotate",
+        "service",
+        "rebel-base",
+        "io.cilium/service-affinity=local",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = states(&lab);
+        if st.len() == 4 && st.iter().all(|(c, s)| (c == "cluster1") == (s == "active")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{mode}: affinity local: {st:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let refused = lab.plexus(&[
+        "--context",
+        "cluster1",
+        "annotate",
+        "service",
+        "rebel-base",
+        "io.cilium/service-affinity=remote",
+    ]);
+    assert!(
+        !refused.status.success(),
+        "changing a value needs --overwrite"
+    );
+    lab.ok(&[
+        "--context",
+        "cluster1",
+        "annotate",
+        "service",
+        "rebel-base",
+        "io.cilium/service-affinity-",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while states(&lab).iter().filter(|(_, st)| st == "active").count() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "{mode}: affinity removed: {:?}",
+            states(&lab)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
     // A cluster taken down is noticed and comes back with the same pods.
     if mode == "tunnel" {
         lab.ok(&["lab", "stop", "cluster2"]);
