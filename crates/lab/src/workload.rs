@@ -578,3 +578,74 @@ pub fn exec(pod: &PodState, command: &[String]) -> Result<i32> {
         .with_context(|| format!("run {} in pod {}", command[0], pod.name))?;
     Ok(status.code().unwrap_or(1))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Routing;
+
+    fn pod(ns: &str, name: &str, owner: &str) -> PodState {
+        PodState {
+            namespace: ns.into(),
+            name: name.into(),
+            owner: owner.into(),
+            node: "c1-node1".into(),
+            netns: format!("plx-t-p-c1-{ns}-{name}"),
+            container_id: format!("c1-{ns}-{name}"),
+            ip: "10.10.0.2".into(),
+            labels: BTreeMap::new(),
+            pid: None,
+        }
+    }
+
+    #[test]
+    fn pods_are_found_by_name_deployment_or_statefulset() {
+        let dir = tempfile::tempdir().unwrap();
+        let lab = LabState {
+            name: "t".into(),
+            dir: dir.path().to_path_buf(),
+            underlay: "plx-t-u".into(),
+            routing: Routing::Tunnel,
+            clusters: vec![],
+        };
+        std::fs::create_dir_all(dir.path().join("c1")).unwrap();
+        let mut w = Workloads::default();
+        for p in [
+            pod("default", "web-1a2b3", "deployment/web"),
+            pod("default", "db-1", "statefulset/db"),
+            pod("default", "db-0", "statefulset/db"),
+            pod("other", "x", "pod/x"),
+        ] {
+            w.pods.insert(format!("{}/{}", p.namespace, p.name), p);
+        }
+        w.save(&lab, "c1").unwrap();
+        let find = |ns: &str, t: &str| find_pod(&lab, "c1", ns, t).map(|p| p.name);
+        assert_eq!(find("default", "deployment/web").unwrap(), "web-1a2b3");
+        assert_eq!(
+            find("default", "statefulset/db").unwrap(),
+            "db-0",
+            "the first replica"
+        );
+        assert_eq!(find("other", "x").unwrap(), "x");
+        let err = find("default", "x").unwrap_err().to_string();
+        assert_eq!(err, "no pod x in namespace default of cluster c1");
+    }
+
+    #[test]
+    fn workloads_parse_from_kubernetes_objects_with_clear_errors() {
+        let doc: serde_json::Value = serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": "db"},
+            "spec": {"replicas": 2, "template": {"metadata": {"labels": {"app": "db"}},
+                     "spec": {"containers": [{"name": "db", "image": "redis", "ports": [{"containerPort": 6379}]}]}}}
+        });
+        let w = workload_from(&doc, "default").unwrap().unwrap();
+        assert_eq!(pod_names(&w), vec!["db-0", "db-1"]);
+        assert_eq!(w.spec.containers[0].ports[0].protocol, "TCP");
+        let bad = serde_json::json!({"kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": []}});
+        let err = format!("{:#}", workload_from(&bad, "default").unwrap_err());
+        assert!(err.contains("Pod default/p: spec.containers"), "{err}");
+        let svc = serde_json::json!({"kind": "Service", "metadata": {"name": "s"}});
+        assert!(workload_from(&svc, "default").unwrap().is_none());
+    }
+}
