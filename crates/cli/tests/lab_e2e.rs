@@ -249,16 +249,23 @@ fn run(mode: &str, name: &str, full_size: u32) {
                 .unwrap()
         })
     };
-    std::thread::sleep(Duration::from_millis(700));
-    let _ = lab.exec(
-        "cluster1",
-        "client",
-        &[
-            "sh",
-            "-c",
-            &format!("echo hello | nc -w 2 {server_ip} 9000"),
-        ],
-    );
+    // The listener starts in its own process: connect until it accepts (nc -l serves one).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !listener.is_finished() {
+        let sent = lab.exec(
+            "cluster1",
+            "client",
+            &[
+                "sh",
+                "-c",
+                &format!("echo hello | nc -N -w 2 {server_ip} 9000"),
+            ],
+        );
+        if sent.status.success() || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let out = listener.join().unwrap();
     let seen = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(
@@ -305,7 +312,7 @@ fn run(mode: &str, name: &str, full_size: u32) {
     lab.exec(
         "cluster1",
         "client",
-        &["ping", "-c", "2", "-W", "2", &server_ip],
+        &["ping", "-c", "3", "-W", "2", &server_ip],
     );
     std::thread::sleep(Duration::from_millis(500));
     let _ = Command::new("kill").arg(monitor.id().to_string()).status();
