@@ -513,39 +513,28 @@ fn run() {
 
     // Remote credentials cannot write.
     let cm = c1.dir.join("clustermesh");
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={}", c2.endpoint()))
-        .arg(format!(
-            "--cacert={}",
-            cm.join("c2.etcd-client-ca.crt").display()
-        ))
-        .arg(format!(
-            "--cert={}",
-            cm.join("c2.etcd-client.crt").display()
-        ))
-        .arg(format!("--key={}", cm.join("c2.etcd-client.key").display()))
-        .args(["put", "cilium/state/nodes/v1/c2/evil", "x"])
-        .output()
-        .unwrap();
+    let as_remote = |args: &[&str]| {
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", c2.endpoint()))
+            .arg(format!(
+                "--cacert={}",
+                cm.join("c2.etcd-client-ca.crt").display()
+            ))
+            .arg(format!(
+                "--cert={}",
+                cm.join("c2.etcd-client.crt").display()
+            ))
+            .arg(format!("--key={}", cm.join("c2.etcd-client.key").display()))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = as_remote(&["put", "cilium/state/nodes/v1/c2/evil", "x"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("permission denied"));
     // ...but can read what the wire format grants.
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={}", c2.endpoint()))
-        .arg(format!(
-            "--cacert={}",
-            cm.join("c2.etcd-client-ca.crt").display()
-        ))
-        .arg(format!(
-            "--cert={}",
-            cm.join("c2.etcd-client.crt").display()
-        ))
-        .arg(format!("--key={}", cm.join("c2.etcd-client.key").display()))
-        .args(["get", "cilium/cluster-config/c2"])
-        .output()
-        .unwrap();
+    let out = as_remote(&["get", "cilium/cluster-config/c2"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"id\":2"));
 
     // c2 dies: c1 keeps its state and reports it not connected; KVStoreMesh keeps c3's cache.

@@ -19,14 +19,22 @@ struct Lab {
     down: bool,
 }
 
+/// `plexus ARGS` with the lab's directory and configuration file, to run in any thread.
+fn plexus_command(dir: &Path, config: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(workspace_bin("plexus"));
+    cmd.env("PLEXUS_LAB_DIR", dir)
+        .env("PLEXUS_CONFIG", config)
+        .args(args);
+    cmd
+}
+
 impl Lab {
+    fn command(&self, args: &[&str]) -> Command {
+        plexus_command(&self.dir, &self.config, args)
+    }
+
     fn plexus(&self, args: &[&str]) -> Output {
-        Command::new(workspace_bin("plexus"))
-            .env("PLEXUS_LAB_DIR", &self.dir)
-            .env("PLEXUS_CONFIG", &self.config)
-            .args(args)
-            .output()
-            .unwrap()
+        self.command(args).output().unwrap()
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -226,10 +234,10 @@ fn run(mode: &str, name: &str, full_size: u32) {
     let listener = {
         let (dir, config) = (lab.dir.clone(), lab.config.clone());
         std::thread::spawn(move || {
-            Command::new(workspace_bin("plexus"))
-                .env("PLEXUS_LAB_DIR", dir)
-                .env("PLEXUS_CONFIG", config)
-                .args([
+            plexus_command(
+                &dir,
+                &config,
+                &[
                     "--context",
                     "cluster2",
                     "exec",
@@ -243,10 +251,11 @@ fn run(mode: &str, name: &str, full_size: u32) {
                     "5",
                     "-p",
                     "9000",
-                ])
-                .stdin(Stdio::null())
-                .output()
-                .unwrap()
+                ],
+            )
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
         })
     };
     // The listener starts in its own process: connect until it accepts (nc -l serves one).
@@ -292,10 +301,8 @@ fn run(mode: &str, name: &str, full_size: u32) {
         .find(|e| e["pod"] == "client")
         .map(|e| e["identity"].as_u64().unwrap())
         .unwrap();
-    let monitor = Command::new(workspace_bin("plexus"))
-        .env("PLEXUS_LAB_DIR", &lab.dir)
-        .env("PLEXUS_CONFIG", &lab.config)
-        .args([
+    let monitor = lab
+        .command(&[
             "--context",
             "cluster2",
             "--node",
@@ -512,10 +519,10 @@ fn run(mode: &str, name: &str, full_size: u32) {
     let stream = {
         let (dir, config) = (lab.dir.clone(), lab.config.clone());
         std::thread::spawn(move || {
-            Command::new(workspace_bin("plexus"))
-                .env("PLEXUS_LAB_DIR", dir)
-                .env("PLEXUS_CONFIG", config)
-                .args([
+            plexus_command(
+                &dir,
+                &config,
+                &[
                     "--context",
                     "cluster1",
                     "exec",
@@ -527,9 +534,10 @@ fn run(mode: &str, name: &str, full_size: u32) {
                     "-t",
                     "6",
                     "-J",
-                ])
-                .output()
-                .unwrap()
+                ],
+            )
+            .output()
+            .unwrap()
         })
     };
     std::thread::sleep(Duration::from_secs(1));
