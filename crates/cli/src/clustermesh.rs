@@ -541,41 +541,29 @@ pub fn build_report(
     let mut statuses = Vec::new();
     let mut conns: BTreeMap<String, Connection> = BTreeMap::new();
     let total = agents.len();
+    let connection = |name: &str| Connection {
+        cluster: name.to_string(),
+        configured: 0,
+        connected: 0,
+        ready: 0,
+        total,
+        nodes: 0,
+        endpoints: 0,
+        identities: 0,
+        services: 0,
+        rejected: 0,
+        kvstoremesh: kvstoremesh_view.get(name).cloned(),
+    };
     for name in &configured {
-        conns.insert(
-            name.clone(),
-            Connection {
-                cluster: name.clone(),
-                configured: 0,
-                connected: 0,
-                ready: 0,
-                total,
-                nodes: 0,
-                endpoints: 0,
-                identities: 0,
-                services: 0,
-                rejected: 0,
-                kvstoremesh: kvstoremesh_view.get(name).cloned(),
-            },
-        );
+        conns.insert(name.clone(), connection(name));
     }
     for (node, result) in agents {
         match result {
             Ok(report) => {
                 for r in &report.mesh.remote_clusters {
-                    let c = conns.entry(r.name.clone()).or_insert_with(|| Connection {
-                        cluster: r.name.clone(),
-                        configured: 0,
-                        connected: 0,
-                        ready: 0,
-                        total,
-                        nodes: 0,
-                        endpoints: 0,
-                        identities: 0,
-                        services: 0,
-                        rejected: 0,
-                        kvstoremesh: kvstoremesh_view.get(&r.name).cloned(),
-                    });
+                    let c = conns
+                        .entry(r.name.clone())
+                        .or_insert_with(|| connection(&r.name));
                     c.configured += 1;
                     c.connected += usize::from(r.connected);
                     c.ready += usize::from(r.ready);

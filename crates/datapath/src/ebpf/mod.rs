@@ -198,17 +198,7 @@ impl EbpfDatapath {
                 source: Box::new(e),
             })?;
         for program in PROGRAMS {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(program)
-                .ok_or_else(|| DatapathError::Invalid {
-                    what: format!("program {program}"),
-                    reason: "missing from the BPF object".into(),
-                })?
-                .try_into()
-                .map_err(|e| DatapathError::Program {
-                    program,
-                    source: Box::new(e),
-                })?;
+            let prog = classifier(&mut ebpf, program)?;
             prog.load().map_err(|e| DatapathError::Program {
                 program,
                 source: Box::new(e),
@@ -291,18 +281,7 @@ impl EbpfDatapath {
         mark: u32,
     ) -> Result<TestRunOutput, DatapathError> {
         let mut st = self.lock();
-        let prog: &mut SchedClassifier = st
-            .ebpf
-            .program_mut(program)
-            .ok_or_else(|| DatapathError::Invalid {
-                what: format!("program {program}"),
-                reason: "missing from the BPF object".into(),
-            })?
-            .try_into()
-            .map_err(|e| DatapathError::Program {
-                program,
-                source: Box::new(e),
-            })?;
+        let prog = classifier(&mut st.ebpf, program)?;
         let mut out = vec![0u8; frame.len() + 256];
         let mut ctx_in = [0u8; SK_BUFF_CTX_SIZE];
         ctx_in[SK_BUFF_MARK_OFFSET..SK_BUFF_MARK_OFFSET + 4].copy_from_slice(&mark.to_ne_bytes());
@@ -517,4 +496,21 @@ impl Datapath for EbpfDatapath {
     fn subscribe(&self) -> broadcast::Receiver<MonitorEvent> {
         self.events.subscribe()
     }
+}
+
+/// The classifier program `program` of the loaded object.
+fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    program: &'static str,
+) -> Result<&'a mut SchedClassifier, DatapathError> {
+    ebpf.program_mut(program)
+        .ok_or_else(|| DatapathError::Invalid {
+            what: format!("program {program}"),
+            reason: "missing from the BPF object".into(),
+        })?
+        .try_into()
+        .map_err(|e| DatapathError::Program {
+            program,
+            source: Box::new(e),
+        })
 }
