@@ -12,8 +12,8 @@ use std::{
 use tokio::sync::broadcast;
 
 use crate::{
-    Datapath, DatapathError, EVENT_CHANNEL_CAPACITY, Endpoint, IpcacheValue, Metric, MonitorEvent,
-    Prefix, validate_endpoint, validate_ipcache,
+    Datapath, DatapathError, EVENT_CHANNEL_CAPACITY, Endpoint, Frontend, IpcacheValue, LbService,
+    Metric, MonitorEvent, Prefix, validate_endpoint, validate_ipcache,
 };
 
 /// In-memory maps behind the [`Datapath`] trait.
@@ -21,6 +21,7 @@ use crate::{
 pub struct FakeDatapath {
     endpoints: Mutex<BTreeMap<Ipv4Addr, Endpoint>>,
     ipcache: Mutex<BTreeMap<Prefix, IpcacheValue>>,
+    services: Mutex<BTreeMap<Frontend, LbService>>,
     events: broadcast::Sender<MonitorEvent>,
 }
 
@@ -41,6 +42,7 @@ impl FakeDatapath {
         Self {
             endpoints: Mutex::new(BTreeMap::new()),
             ipcache: Mutex::new(BTreeMap::new()),
+            services: Mutex::new(BTreeMap::new()),
             events: broadcast::channel(EVENT_CHANNEL_CAPACITY).0,
         }
     }
@@ -110,6 +112,21 @@ impl Datapath for FakeDatapath {
 
     fn subscribe(&self) -> broadcast::Receiver<MonitorEvent> {
         self.events.subscribe()
+    }
+
+    fn upsert_service(&self, service: &LbService) -> Result<(), DatapathError> {
+        service.validate()?;
+        lock(&self.services).insert(service.frontend, service.clone());
+        Ok(())
+    }
+
+    fn remove_service(&self, frontend: Frontend) -> Result<(), DatapathError> {
+        lock(&self.services).remove(&frontend);
+        Ok(())
+    }
+
+    fn services(&self) -> Result<Vec<LbService>, DatapathError> {
+        Ok(lock(&self.services).values().cloned().collect())
     }
 }
 

@@ -9,13 +9,14 @@
 //!   restarted agent keeps traffic flowing;
 //! - [`FakeDatapath`]: in-memory maps for control-plane tests that need no kernel.
 //!
-//! IPv4 only for now. Policy, services and conntrack come later; the programs already call a
-//! policy step that allows everything.
+//! IPv4 only for now. Policy comes later; the programs already call a policy step that allows
+//! everything.
 
 pub mod bpffs;
 pub mod ebpf;
 pub mod event;
 pub mod fake;
+pub mod lb;
 pub mod object;
 pub mod types;
 
@@ -26,6 +27,7 @@ use std::{net::Ipv4Addr, path::PathBuf};
 pub use ebpf::EbpfDatapath;
 pub use event::{DropReason, EventKind, MonitorEvent, ObservationPoint};
 pub use fake::FakeDatapath;
+pub use lb::{Frontend, L4Proto, LbService};
 pub use types::{
     Direction, Endpoint, IDENTITY_HOST, IDENTITY_MAX, IDENTITY_UNKNOWN, IDENTITY_WORLD,
     IpcacheValue, Metric, NodeConfig, Prefix, RoutingMode,
@@ -129,6 +131,13 @@ pub trait Datapath: Send + Sync {
     fn metrics(&self) -> Result<Vec<Metric>, DatapathError>;
     /// A new subscription to trace and drop events, from now on.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<MonitorEvent>;
+    /// Adds or replaces the load balancing of one frontend (see [`LbService`]). Connections
+    /// established to a backend that stays (active or inactive) keep it.
+    fn upsert_service(&self, service: &LbService) -> Result<(), DatapathError>;
+    /// Stops load balancing a frontend; removing an unknown one is not an error.
+    fn remove_service(&self, frontend: Frontend) -> Result<(), DatapathError>;
+    /// Every frontend with its backends, in frontend order.
+    fn services(&self) -> Result<Vec<LbService>, DatapathError>;
 }
 
 /// Checks what both implementations refuse.

@@ -496,6 +496,22 @@ impl Datapath for EbpfDatapath {
     fn subscribe(&self) -> broadcast::Receiver<MonitorEvent> {
         self.events.subscribe()
     }
+
+    fn upsert_service(&self, service: &crate::LbService) -> Result<(), DatapathError> {
+        service.validate()?;
+        Err(DatapathError::Invalid {
+            what: format!("service {}", service.frontend),
+            reason: "load balancing is not in the BPF programs yet".into(),
+        })
+    }
+
+    fn remove_service(&self, _frontend: crate::Frontend) -> Result<(), DatapathError> {
+        Ok(())
+    }
+
+    fn services(&self) -> Result<Vec<crate::LbService>, DatapathError> {
+        Ok(Vec::new())
+    }
 }
 
 /// The classifier program `program` of the loaded object.
