@@ -41,6 +41,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/identities", get(identities))
         .route("/v1/endpoints", get(endpoints))
         .route("/v1/bpf/ipcache", get(bpf_ipcache))
+        .route("/v1/bpf/lb", get(bpf_lb))
         .route("/v1/services", get(services))
         .route("/v1/monitor", get(monitor))
         .route("/v1/ipam", post(ipam))
@@ -166,6 +167,33 @@ async fn bpf_ipcache(
             identity: v.identity,
             tunnel_endpoint: v.tunnel_endpoint.map(|t| t.to_string()),
             cluster_id: v.cluster_id,
+        })
+        .collect();
+    Ok(axum::Json(rows))
+}
+
+/// One frontend of `bpf lb list`.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct LbRow {
+    /// `address:port/PROTO`.
+    pub frontend: String,
+    /// Backends taking new connections, in slot order.
+    pub active: Vec<String>,
+    /// Backends keeping their established connections only.
+    pub inactive: Vec<String>,
+}
+
+async fn bpf_lb(State(agent): State<Arc<Agent>>) -> Result<axum::Json<Vec<LbRow>>, ApiError> {
+    let rows = agent
+        .datapath
+        .services()
+        .map_err(|e| internal(e.into()))?
+        .into_iter()
+        .map(|s| LbRow {
+            frontend: s.frontend.to_string(),
+            active: s.active.iter().map(ToString::to_string).collect(),
+            inactive: s.inactive.iter().map(ToString::to_string).collect(),
         })
         .collect();
     Ok(axum::Json(rows))

@@ -384,6 +384,14 @@ async fn run(args: Args) -> Result<()> {
         })
     };
 
+    let program_task = tokio::spawn(services.clone().program(
+        cluster.name.clone(),
+        view.clone(),
+        mesh.handle(),
+        datapath.clone(),
+        Duration::from_secs(10),
+    ));
+
     let agent = Arc::new(Agent {
         cluster: cluster.clone(),
         node: args.node_name.clone(),
@@ -428,6 +436,7 @@ async fn run(args: Args) -> Result<()> {
     // until the next agent takes over; the lease keeps our records for its TTL.
     local_task.abort();
     services_task.abort();
+    program_task.abort();
     remote_task.abort();
     let _ = std::fs::remove_file(&args.api_socket);
     drop(mesh);

@@ -56,6 +56,8 @@ struct Inner {
     routes: BTreeMap<String, String>,
     /// Remote clusters' shared global services by (cluster, `<ns>/<name>`).
     remote_services: BTreeMap<(String, String), ClusterService>,
+    /// Bumped on every change of `remote_services`.
+    services_generation: u64,
 }
 
 /// The node's view. Cheap to share.
@@ -282,14 +284,18 @@ impl NodeView {
             RemoteEvent::IdentityDelete(id) => self.identity_delete(*id),
             RemoteEvent::ServiceUpsert(svc) => {
                 let key = format!("{}/{}", svc.namespace, svc.name);
-                self.lock()
+                let mut inner = self.lock();
+                inner
                     .remote_services
                     .insert((cluster.to_string(), key), svc.clone());
+                inner.services_generation += 1;
             }
             RemoteEvent::ServiceDelete(key) => {
-                self.lock()
+                let mut inner = self.lock();
+                inner
                     .remote_services
                     .remove(&(cluster.to_string(), key.clone()));
+                inner.services_generation += 1;
             }
             RemoteEvent::Synced => tracing::info!(%cluster, "remote cluster synced"),
             RemoteEvent::Drained => {
@@ -308,12 +314,18 @@ impl NodeView {
                     inner.keys.retain(|(s, _), _| *s != source);
                     inner.identities.retain(|_, i| i.cluster != cluster);
                     inner.remote_services.retain(|(c, _), _| c != cluster);
+                    inner.services_generation += 1;
                     inner.ipcache.remove_source(&source)
                 };
                 self.apply(changes);
                 tracing::info!(%cluster, "remote cluster drained");
             }
         }
+    }
+
+    /// A number that changes whenever a remote cluster's services change.
+    pub fn services_generation(&self) -> u64 {
+        self.lock().services_generation
     }
 
     /// Every node known, this cluster's first.

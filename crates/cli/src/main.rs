@@ -3,7 +3,7 @@
 //! - `lab up|down|status|stop|start` ([`lab`]), and the built-in pod server `lab serve`;
 //! - `apply -f`, `delete -f`, `get`, `annotate`, `exec` ([`objects`]);
 //! - `clustermesh enable|connect|disconnect|status` ([`clustermesh`]);
-//! - per node: `status`, `endpoint list`, `node list`, `identity list`, `bpf ipcache list`,
+//! - per node: `status`, `endpoint list`, `node list`, `identity list`, `bpf ipcache list`, `bpf lb list`,
 //!   `monitor` ([`node`]);
 //! - `context list|use`. Contexts live in the configuration file of [`config`]; a context with
 //!   a `netns` (a lab cluster) is reached from inside that network namespace.
@@ -167,6 +167,11 @@ enum ListCommand {
 enum BpfCommand {
     /// The ipcache map.
     Ipcache {
+        #[command(subcommand)]
+        command: ListCommand,
+    },
+    /// The load-balancing maps: service frontends and their backends.
+    Lb {
         #[command(subcommand)]
         command: ListCommand,
     },
@@ -583,16 +588,19 @@ fn run(cli: Cli) -> Result<u8> {
                 )
                 .await?
             }
-            Command::Bpf {
-                command:
+            Command::Bpf { command } => {
+                let (what, output) = match command {
                     BpfCommand::Ipcache {
                         command: ListCommand::List { output },
-                    },
-            } => {
+                    } => ("ipcache", output),
+                    BpfCommand::Lb {
+                        command: ListCommand::List { output },
+                    } => ("lb", output),
+                };
                 node::list(
                     cfg.context(ctx_name, &path)?,
                     node,
-                    "ipcache",
+                    what,
                     output == Output::Json,
                 )
                 .await?

@@ -1,5 +1,5 @@
 //! Per-node commands: `status`, `endpoint list`, `node list`, `identity list`,
-//! `service list`, `bpf ipcache list`, `monitor`. They ask one node's agent over its socket (`--node`, default
+//! `service list`, `bpf ipcache list`, `bpf lb list`, `monitor`. They ask one node's agent over its socket (`--node`, default
 //! the cluster's first node).
 
 // Table headers are written as literals beside their column widths, for readability.
@@ -58,6 +58,7 @@ pub async fn list(ctx: &Context, node: Option<&str>, what: &str, json: bool) -> 
         "node" => "/v1/nodes",
         "identity" => "/v1/identities",
         "ipcache" => "/v1/bpf/ipcache",
+        "lb" => "/v1/bpf/lb",
         "service" => "/v1/services",
         other => anyhow::bail!("unknown listing {other}"),
     };
@@ -199,6 +200,31 @@ pub async fn list(ctx: &Context, node: Option<&str>, what: &str, json: bool) -> 
                     } else {
                         println!("{:<28} {:<22} {:<10} {b}", "", "", "");
                     }
+                }
+            }
+        }
+        "lb" => {
+            println!("# bpf lb of node {name}");
+            println!("{:<24} {}", "SERVICE ADDRESS", "BACKEND ADDRESS (SLOT)");
+            for r in rows {
+                let frontend = s(&r["frontend"]);
+                let strs = |k: &str| -> Vec<String> {
+                    r[k].as_array()
+                        .map(|a| a.iter().map(s).collect())
+                        .unwrap_or_default()
+                };
+                let mut lines: Vec<String> = strs("active")
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| format!("{b} ({})", i + 1))
+                    .collect();
+                lines.extend(strs("inactive").iter().map(|b| format!("{b} (inactive)")));
+                if lines.is_empty() {
+                    lines.push("- (no backend: new connections are dropped)".into());
+                }
+                for (i, line) in lines.iter().enumerate() {
+                    let f = if i == 0 { frontend.as_str() } else { "" };
+                    println!("{f:<24} {line}");
                 }
             }
         }
