@@ -155,8 +155,11 @@ mod tests {
 
     #[test]
     fn the_examples_parse_and_bad_files_name_the_field() {
-        // The walkthroughs' lab files (examples/lab.yaml is the global-services one).
-        let path = format!("{}/../../examples/lab.yaml", env!("CARGO_MANIFEST_DIR"));
+        // The walkthroughs' lab files, as copied into examples/.
+        let path = format!(
+            "{}/../../examples/global-services/lab.yaml",
+            env!("CARGO_MANIFEST_DIR")
+        );
         let spec = LabSpec::load(Path::new(&path)).unwrap();
         assert_eq!(spec.clusters.len(), 2);
         assert_eq!(spec.routing, Routing::Tunnel);
