@@ -1,28 +1,39 @@
 #!/usr/bin/env bash
-# The main job on a fresh Debian 12 machine, as root: the lab walkthrough.
-# It builds Plexus, brings up the lab of shared/examples/global-services (two clusters of two
-# nodes), enables ClusterMesh with one shared CA and connects the clusters, deploys pods in both
-# clusters, and shows pods reaching pods across nodes and clusters: which pod, node and cluster
-# answered, with the source identity seen on the receiving node. It tears the lab down at the
-# end; KEEP_LAB=1 leaves it up (then: plexus lab down).
+# The main job on a fresh Debian 12 machine, as root: the global-services walkthrough
+# (examples/global-services/README.md) end to end. It builds Plexus, brings up the lab (two
+# clusters of two nodes), enables ClusterMesh with one shared CA and connects the clusters,
+# applies the walkthrough's files, and at each step sends requests `curl rebel-base` from x-wing
+# and prints which cluster answered, in what share: both clusters, shared=false, affinity local
+# (and its fallback), the failover when cluster2 stops and its return. It tears the lab down at
+# the end; KEEP_LAB=1 leaves it up (then: plexus lab down).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 echo "== building"
 cargo build --release --workspace --bins --locked 2>&1 | tail -1
 P="$(pwd)/target/release/plexus"
-lab_yaml="${LAB_YAML:-../shared/examples/global-services/lab.yaml}"
-[ -f "$lab_yaml" ] || lab_yaml=examples/lab.yaml
-work=$(mktemp -d)
+ex=examples/global-services
 export PLEXUS_LAB_DIR="${PLEXUS_LAB_DIR:-/run/plexus-lab}"
 if [ "${KEEP_LAB:-0}" != 1 ]; then
-  trap '"$P" lab down >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+  trap '"$P" lab down >/dev/null 2>&1 || true' EXIT
 fi
 step() { echo; echo "== $*"; }
 run() { echo "\$ plexus $*"; "$P" "$@"; }
 
-step "1. bring up the lab ($lab_yaml)"
-run lab up -f "$lab_yaml"
+# ask CONTEXT N: N requests `curl rebel-base` from x-wing; prints the first answers and the share
+# of each cluster (and of failed requests).
+ask() {
+  local ctx=$1 n=$2 out
+  echo "\$ plexus --context $ctx exec deployment/x-wing -- curl -s rebel-base   # $n times"
+  out=$("$P" --context "$ctx" exec deployment/x-wing -- sh -c \
+    "for i in \$(seq $n); do curl -s --max-time 2 rebel-base || printf '{\"cluster\":\"(failed)\"}'; echo; done")
+  echo "$out" | head -3 | sed 's/^/  /'
+  echo "$out" | grep -o '"cluster":"[^"]*"' | cut -d'"' -f4 | sort | uniq -c |
+    awk -v n="$n" '{printf "  %-10s answered %3d of %d (%d%%)\n", $2, $1, n, 100*$1/n}'
+}
+
+step "1. bring up the lab ($ex/lab.yaml)"
+run lab up -f "$ex/lab.yaml"
 run lab status
 
 step "2. enable ClusterMesh with one shared CA, connect cluster1 and cluster2"
@@ -32,58 +43,72 @@ run clustermesh connect --context cluster1 --destination-context cluster2
 run clustermesh status --context cluster1 --wait --wait-duration 2m
 run clustermesh status --context cluster2 --wait --wait-duration 2m
 
-step "3. deploy rebel-base (2 replicas) and a client in both clusters"
-for c in cluster1 cluster2; do
-  cat > "$work/$c.yaml" <<YAML
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: rebel-base}
-spec:
-  replicas: 2
-  selector: {matchLabels: {name: rebel-base}}
-  template:
-    metadata: {labels: {name: rebel-base}}
-    spec:
-      containers:
-      - {name: rebel-base, image: docker.io/nginx:1.15.8, ports: [{containerPort: 80}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: x-wing, labels: {name: x-wing}}
-spec:
-  containers:
-  - {name: x-wing, image: busybox, command: [sleep, "36000"]}
-YAML
-  run --context "$c" apply -f "$work/$c.yaml"
-  run --context "$c" get pods
+step "3. rebel-base (global) and x-wing in both clusters; both clusters answer"
+run --context cluster1 apply -f "$ex/cluster1.yaml"
+run --context cluster2 apply -f "$ex/cluster2.yaml"
+run --context cluster1 get pods
+run --context cluster1 get pods -n kube-system
+# Wait until cluster1 sees cluster2's backends.
+for _ in $(seq 60); do
+  "$P" --context cluster1 service list -o json | grep -q '"cluster": "cluster2"' && break
+  sleep 1
 done
+run --context cluster1 service list
+run --context cluster1 bpf lb list
+ask cluster1 100
+ask cluster2 100
 
-step "4. x-wing in cluster1 reaches every rebel-base pod, in both clusters, directly by IP"
-for c in cluster1 cluster2; do
-  for ip in $("$P" --context "$c" get pods | awk '/^rebel-base/ {print $2}'); do
-    printf '  x-wing (cluster1) -> %-12s ' "$ip"
-    "$P" --context cluster1 exec x-wing -- curl -s --max-time 5 "http://$ip/" || echo "(no answer)"
-  done
+step "4. io.cilium/shared-service=false on rebel-base in cluster1"
+run --context cluster1 annotate service rebel-base io.cilium/shared-service=false
+sleep 3
+echo "cluster1 still uses both clusters:"
+ask cluster1 20
+echo "cluster2 now keeps to itself:"
+ask cluster2 20
+run --context cluster1 annotate service rebel-base io.cilium/shared-service-
+sleep 3
+echo "both again:"
+ask cluster2 20
+
+step "5. io.cilium/service-affinity=local on rebel-base in cluster1"
+run --context cluster1 annotate service rebel-base io.cilium/service-affinity=local
+sleep 3
+ask cluster1 20
+run --context cluster1 service list
+echo "without local backends, cluster2 serves:"
+run --context cluster1 delete deployment rebel-base
+sleep 3
+ask cluster1 20
+run --context cluster1 apply -f "$ex/cluster1.yaml"
+run --context cluster1 annotate service rebel-base io.cilium/service-affinity-
+sleep 3
+ask cluster1 20
+
+step "7. cluster2 goes down: within 10 s every new request is served by cluster1"
+run lab stop cluster2
+start=$(date +%s)
+for _ in $(seq 30); do
+  out=$("$P" --context cluster1 exec deployment/x-wing -- sh -c \
+    'for i in $(seq 5); do curl -s --max-time 1 rebel-base || echo failed; echo; done')
+  if ! echo "$out" | grep -q 'failed\|cluster2'; then break; fi
+  sleep 0.5
 done
-
-step "5. what a cluster1 node knows about cluster2"
-run --context cluster1 node list
-run --context cluster1 identity list
-run --context cluster1 bpf ipcache list
-
-step "6. the receiving node sees the sender's identity (monitor --type trace on cluster2-node1)"
-"$P" --context cluster2 --node cluster2-node1 monitor --type trace > "$work/monitor.txt" 2>/dev/null &
-mon=$!
-sleep 1
-target=$("$P" --context cluster2 get pods -o json | awk '/"node": "cluster2-node1"/ {f=1} f && /"ip"/ {gsub(/[",]/,"",$2); print $2; exit}')
-"$P" --context cluster1 exec x-wing -- ping -c 2 -W 2 "$target" >/dev/null || true
-sleep 1
-kill "$mon" 2>/dev/null || true
-sed -n '1,6p' "$work/monitor.txt"
+echo "  every request served by cluster1 $(( $(date +%s) - start )) s after the stop"
+ask cluster1 20
+run clustermesh status --context cluster1
+run lab start cluster2
+run clustermesh status --context cluster1 --wait --wait-duration 2m
+for _ in $(seq 60); do
+  "$P" --context cluster1 exec deployment/x-wing -- sh -c \
+    'for i in $(seq 10); do curl -s --max-time 1 rebel-base; echo; done' | grep -q cluster2 && break
+  sleep 1
+done
+echo "cluster2 is back:"
+ask cluster1 100
 
 step "done"
 if [ "${KEEP_LAB:-0}" = 1 ]; then
-  echo "The lab is still up: try plexus --context cluster1 exec x-wing -- ping <ip>; plexus lab down removes it."
+  echo "The lab is still up: try plexus --context cluster1 exec deployment/x-wing -- curl rebel-base; plexus lab down removes it."
 else
   echo "Removing the lab."
 fi

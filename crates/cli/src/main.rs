@@ -57,9 +57,14 @@ enum Command {
     },
     /// Delete the objects of a file.
     Delete {
-        /// The file.
-        #[arg(short, long)]
-        file: PathBuf,
+        /// The file whose objects to delete.
+        #[arg(short, long, conflicts_with_all = ["kind", "name"])]
+        file: Option<PathBuf>,
+        /// Or one object: its kind (deployment, statefulset, pod, service)...
+        #[arg(requires = "name")]
+        kind: Option<String>,
+        /// ...and its name.
+        name: Option<String>,
         /// Default namespace.
         #[arg(short, long, default_value = "default")]
         namespace: String,
@@ -465,8 +470,20 @@ fn run(cli: Cli) -> Result<u8> {
             Command::Apply { file, namespace } => {
                 objects::apply(cfg.context(ctx_name, &path)?, &file, &namespace).await?;
             }
-            Command::Delete { file, namespace } => {
-                objects::delete(cfg.context(ctx_name, &path)?, &file, &namespace).await?;
+            Command::Delete {
+                file,
+                kind,
+                name,
+                namespace,
+            } => {
+                let ctx = cfg.context(ctx_name, &path)?;
+                match (file, kind, name) {
+                    (Some(file), _, _) => objects::delete(ctx, &file, &namespace).await?,
+                    (None, Some(kind), Some(name)) => {
+                        objects::delete_named(ctx, &kind, &name, &namespace).await?
+                    }
+                    _ => anyhow::bail!("delete needs -f FILE, or KIND NAME"),
+                }
             }
             Command::Annotate {
                 kind,

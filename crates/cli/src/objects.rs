@@ -141,6 +141,45 @@ pub async fn delete(ctx: &Context, file: &Path, ns: &str) -> Result<()> {
     Ok(())
 }
 
+/// `delete KIND NAME`: one object by kind and name.
+pub async fn delete_named(ctx: &Context, kind: &str, name: &str, ns: &str) -> Result<()> {
+    let kind = match kind.to_ascii_lowercase().as_str() {
+        "service" | "services" | "svc" => {
+            let etcd =
+                crate::clustermesh::admin_etcd(ctx, std::time::Duration::from_secs(10)).await?;
+            let key = format!("{SERVICES_PREFIX}{ns}/{name}");
+            if etcd.get(&key).await?.is_none() {
+                anyhow::bail!("service {ns}/{name} not found in cluster {}", ctx.name);
+            }
+            etcd.delete(&key).await?;
+            println!("service/{name} deleted");
+            return Ok(());
+        }
+        "deployment" | "deployments" | "deploy" => "Deployment",
+        "statefulset" | "statefulsets" | "sts" => "StatefulSet",
+        "pod" | "pods" | "po" => "Pod",
+        other => anyhow::bail!("unknown kind {other:?}: deployment, statefulset, pod or service"),
+    };
+    let lab = lab_of(ctx)?;
+    let bins = Bins::beside_current_exe()?;
+    let cluster = ctx.name.clone();
+    let target = vec![(kind.to_string(), ns.to_string(), name.to_string())];
+    let lines =
+        tokio::task::spawn_blocking(move || workload::delete(&lab, &cluster, target, &bins))
+            .await??;
+    if lines.is_empty() {
+        anyhow::bail!(
+            "{} {ns}/{name} not found in cluster {}",
+            kind.to_lowercase(),
+            ctx.name
+        );
+    }
+    for l in lines {
+        println!("{l}");
+    }
+    Ok(())
+}
+
 /// `get KIND [NAME]`.
 pub async fn get(
     ctx: &Context,
