@@ -18,6 +18,7 @@ pub mod event;
 pub mod fake;
 pub mod lb;
 pub mod object;
+pub mod policy;
 pub mod types;
 
 mod abi;
