@@ -26,11 +26,17 @@ pub const MAP_CONFIG: &str = "PLEXUS_CONFIG";
 pub const MAP_METRICS: &str = "PLEXUS_METRICS";
 /// Ring buffer of trace and drop events.
 pub const MAP_EVENTS: &str = "PLEXUS_EVENTS";
+/// LPM trie: (endpoint, direction, peer identity, protocol, port) to allow or deny.
+pub const MAP_POLICY: &str = "PLEXUS_POLICY";
+/// Hash: endpoint id to whether its ingress and egress are default-deny.
+pub const MAP_POLICY_ENFORCE: &str = "PLEXUS_POLICY_ENFORCE";
 /// All maps in the object; all are pinned by name.
-pub const MAPS: [&str; 5] = [
+pub const MAPS: [&str; 7] = [
     MAP_IPCACHE,
     MAP_ENDPOINTS,
     MAP_CONFIG,
     MAP_METRICS,
     MAP_EVENTS,
+    MAP_POLICY,
+    MAP_POLICY_ENFORCE,
 ];

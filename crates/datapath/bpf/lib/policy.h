@@ -1,7 +1,13 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * Policy enforcement points. Per-endpoint policy maps come later; until then every packet is
- * allowed, but the programs already ask here so that enforcement slots in without restructuring.
+ * Policy enforcement points.
+ *
+ * PLEXUS_POLICY_ENFORCE says, per endpoint id, whether ingress and egress are default-deny.
+ * PLEXUS_POLICY is one longest-prefix-match map for every endpoint: the key is the endpoint id,
+ * the direction, the peer's identity, the protocol and the destination port, the last two
+ * wildcarded by the prefix length. A packet is looked up with the peer's identity, then with
+ * identity 0 (any peer); the control plane (src/policy.rs) compiles the rules so that the longest
+ * match carries the verdict, deny winning over allow.
  */
 #ifndef PLEXUS_POLICY_H
 #define PLEXUS_POLICY_H
@@ -11,22 +17,105 @@
 #define POLICY_ALLOW 0
 #define POLICY_DENY 1
 
+/* Bits of a policy key that are always matched: ep_id, dir, pad, identity. */
+#define POLICY_FIXED_BITS 64
+/* All bits of the key's data: the fixed ones, proto, pad2, dport. */
+#define POLICY_FULL_BITS 96
+
+struct policy_key {
+	__u32 prefixlen;
+	__u16 ep_id;
+	__u8 dir; /* DIR_INGRESS or DIR_EGRESS */
+	__u8 pad;
+	__u32 identity; /* the peer's, 0 = any */
+	__u8 proto;
+	__u8 pad2;
+	__u16 dport; /* network order: its high bits come first in the prefix */
+};
+
+struct policy_value {
+	__u8 deny;
+	__u8 pad[3];
+};
+
+struct policy_enforce {
+	__u8 ingress;
+	__u8 egress;
+	__u16 pad;
+};
+
+_Static_assert(sizeof(struct policy_key) == 16, "policy_key layout");
+_Static_assert(sizeof(struct policy_value) == 4, "policy_value layout");
+_Static_assert(sizeof(struct policy_enforce) == 4, "policy_enforce layout");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct policy_key);
+	__type(value, struct policy_value);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} PLEXUS_POLICY SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct policy_enforce);
+	__uint(max_entries, 65535);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} PLEXUS_POLICY_ENFORCE SEC(".maps");
+
+/* Whether the endpoint's traffic in `dir` is subject to policy. */
+static __always_inline int policy_enforced(__u16 ep_id, __u8 dir)
+{
+	__u32 key = ep_id;
+	struct policy_enforce *e = bpf_map_lookup_elem(&PLEXUS_POLICY_ENFORCE, &key);
+
+	if (!e)
+		return 0;
+	return dir == DIR_INGRESS ? e->ingress : e->egress;
+}
+
+static __always_inline int policy_lookup(__u16 ep_id, __u8 dir, __u32 identity,
+					 const struct pkt_info *pi)
+{
+	struct policy_key key = {
+		.prefixlen = POLICY_FULL_BITS,
+		.ep_id = ep_id,
+		.dir = dir,
+		.identity = identity,
+		.proto = pi->proto,
+		.dport = bpf_htons(pi->dport),
+	};
+	struct policy_value *v;
+
+	/* ICMP has no port: its type and code are not policy ports. */
+	if (pi->proto != IPPROTO_TCP && pi->proto != IPPROTO_UDP && pi->proto != IPPROTO_SCTP)
+		key.dport = 0;
+	v = bpf_map_lookup_elem(&PLEXUS_POLICY, &key);
+	if (!v) {
+		key.identity = 0;
+		v = bpf_map_lookup_elem(&PLEXUS_POLICY, &key);
+	}
+	if (!v)
+		return POLICY_DENY;
+	return v->deny ? POLICY_DENY : POLICY_ALLOW;
+}
+
 static __always_inline int policy_egress(const struct endpoint_info *src, __u32 dst_identity,
 					 const struct pkt_info *pi)
 {
-	(void)src;
-	(void)dst_identity;
-	(void)pi;
-	return POLICY_ALLOW;
+	if (!policy_enforced(src->ep_id, DIR_EGRESS))
+		return POLICY_ALLOW;
+	return policy_lookup(src->ep_id, DIR_EGRESS, dst_identity, pi);
 }
 
 static __always_inline int policy_ingress(const struct endpoint_info *dst, __u32 src_identity,
 					  const struct pkt_info *pi)
 {
-	(void)dst;
-	(void)src_identity;
-	(void)pi;
-	return POLICY_ALLOW;
+	if (!policy_enforced(dst->ep_id, DIR_INGRESS))
+		return POLICY_ALLOW;
+	return policy_lookup(dst->ep_id, DIR_INGRESS, src_identity, pi);
 }
 
 #endif
