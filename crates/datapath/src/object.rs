@@ -26,11 +26,21 @@ pub const MAP_CONFIG: &str = "PLEXUS_CONFIG";
 pub const MAP_METRICS: &str = "PLEXUS_METRICS";
 /// Ring buffer of trace and drop events.
 pub const MAP_EVENTS: &str = "PLEXUS_EVENTS";
+/// Hash: per frontend, a master entry (slot 0: active backend count, service id) and one
+/// entry per active backend slot (backend id).
+pub const MAP_LB_SERVICES: &str = "PLEXUS_LB_SERVICES";
+/// Hash: backend id to the backend's address, port, protocol and state.
+pub const MAP_LB_BACKENDS: &str = "PLEXUS_LB_BACKENDS";
+/// LRU hash: connection tracking (the backend of each service connection, reverse NAT).
+pub const MAP_CT: &str = "PLEXUS_CT";
 /// All maps in the object; all are pinned by name.
-pub const MAPS: [&str; 5] = [
+pub const MAPS: [&str; 8] = [
     MAP_IPCACHE,
     MAP_ENDPOINTS,
     MAP_CONFIG,
     MAP_METRICS,
     MAP_EVENTS,
+    MAP_LB_SERVICES,
+    MAP_LB_BACKENDS,
+    MAP_CT,
 ];
