@@ -1,5 +1,8 @@
-//! Helpers shared by the datapath's kernel tests: a private bpffs and packet builders.
+//! Helpers shared by the datapath's kernel tests: a private bpffs, packet builders and
+//! (in [`pods`]) pods as network namespaces.
 #![allow(dead_code, clippy::unwrap_used)]
+
+pub mod pods;
 
 use std::{net::Ipv4Addr, path::Path};
 
