@@ -287,3 +287,169 @@ fn a_client_pod_reaches_two_backends_and_itself_through_services() {
     drop(nets);
     drop(fs);
 }
+
+/// Runs `sysctl -w` in a namespace (entered with nsenter, which leaves /sys alone).
+fn sysctl(netns: &str, setting: &str) {
+    let status = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{netns}"))
+        .args(["sysctl", "-qw", setting])
+        .status()
+        .unwrap();
+    assert!(status.success(), "sysctl {setting} in {netns}");
+}
+
+/// A client on node 1 and the only backend on node 2: the service traffic crosses the
+/// underlay in VXLAN (tunnel) or plain (native routing), and the backend's replies, arriving
+/// through from_overlay or the kernel's forwarding, get the service back in to_container.
+fn service_backend_on_another_node(routing: RoutingMode) {
+    let fs = common::Bpffs::new();
+    let prefix = format!("plxlb-{:08x}", rand::random::<u32>());
+    let mut nets = Netns::default();
+    let n1 = nets.add(format!("{prefix}-n1"));
+    let n2 = nets.add(format!("{prefix}-n2"));
+    let (ip1, ip2) = (
+        Ipv4Addr::new(192, 168, 77, 1),
+        Ipv4Addr::new(192, 168, 77, 2),
+    );
+    ip(&[
+        "-n", &n1, "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", &n2,
+    ]);
+    for (ns, addr) in [(&n1, ip1), (&n2, ip2)] {
+        ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", "ul0"]);
+        ip(&["-n", ns, "link", "set", "ul0", "up"]);
+        ip(&["-n", ns, "link", "set", "lo", "up"]);
+    }
+    let client = make_pod(&mut nets, &n1, &prefix, 1, Ipv4Addr::new(10, 60, 1, 11));
+    let backend = make_pod(&mut nets, &n2, &prefix, 2, Ipv4Addr::new(10, 60, 2, 12));
+    if routing == RoutingMode::Native {
+        // What the agent's routing would install: pod routes, node routes, forwarding.
+        for (ns, pod, remote_cidr, remote_node) in [
+            (&n1, &client, "10.60.2.0/24", ip2),
+            (&n2, &backend, "10.60.1.0/24", ip1),
+        ] {
+            sysctl(ns, "net.ipv4.ip_forward=1");
+            let pod_ip = pod.ip.to_string();
+            ip(&["-n", ns, "route", "add", &pod_ip, "dev", &pod.host_if]);
+            ip(&[
+                "-n",
+                ns,
+                "neigh",
+                "replace",
+                &pod_ip,
+                "lladdr",
+                &pod.pod_mac
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":"),
+                "dev",
+                &pod.host_if,
+            ]);
+            ip(&[
+                "-n",
+                ns,
+                "route",
+                "add",
+                remote_cidr,
+                "via",
+                &remote_node.to_string(),
+            ]);
+        }
+    }
+
+    let config = |name: &str, node_ip| NodeConfig {
+        node_ip,
+        routing,
+        gateway_ip: GATEWAY,
+        cluster_id: 1,
+        tunnel_ifname: "plexus_vxlan".into(),
+        pin_dir: fs.path().join(name),
+    };
+    let setup = |cfg: NodeConfig,
+                 ep: plexus_datapath::Endpoint,
+                 remote: &str,
+                 identity: u32,
+                 tunnel: Ipv4Addr,
+                 services: Vec<LbService>| {
+        let remote: plexus_datapath::Prefix = remote.parse().unwrap();
+        move || {
+            let dp = EbpfDatapath::load(cfg).unwrap();
+            dp.upsert_endpoint(&ep).unwrap();
+            dp.upsert_ipcache(
+                remote,
+                plexus_datapath::IpcacheValue {
+                    identity,
+                    tunnel_endpoint: Some(tunnel),
+                    cluster_id: 1,
+                },
+            )
+            .unwrap();
+            for s in &services {
+                dp.upsert_service(s).unwrap();
+            }
+            Arc::new(dp)
+        }
+    };
+    let services = vec![
+        service(
+            VIP,
+            80,
+            L4Proto::Tcp,
+            vec![SocketAddrV4::new(backend.ip, 8080)],
+        ),
+        service(
+            VIP,
+            53,
+            L4Proto::Udp,
+            vec![SocketAddrV4::new(backend.ip, 5353)],
+        ),
+    ];
+    let node1 = NsThread::enter(&n1);
+    let node2 = NsThread::enter(&n2);
+    let dp1 = node1.run(setup(
+        config("n1", ip1),
+        endpoint(&client, 11, 5001),
+        "10.60.2.0/24",
+        5002,
+        ip2,
+        services,
+    ));
+    let dp2 = node2.run(setup(
+        config("n2", ip2),
+        endpoint(&backend, 12, 5002),
+        "10.60.1.0/24",
+        5001,
+        ip1,
+        Vec::new(),
+    ));
+
+    let client_ns = NsThread::enter(&client.ns);
+    let backend_ns = NsThread::enter(&backend.ns);
+    let servers = Servers::start(&backend_ns, "remote", 8080, 5353);
+    for _ in 0..3 {
+        let (answer, peer, local) = tcp_request(&client_ns, SocketAddrV4::new(VIP, 80));
+        assert_eq!(peer, SocketAddr::from((VIP, 80)));
+        assert_eq!(answer, format!("remote {local}"));
+    }
+    let (answer, local) = udp_request(&client_ns, SocketAddrV4::new(VIP, 53));
+    assert_eq!(answer, format!("remote {local}"));
+
+    drop(servers);
+    drop((client_ns, backend_ns, dp1, dp2));
+    for name in ["n1", "n2"] {
+        EbpfDatapath::uninstall(&fs.path().join(name)).unwrap();
+    }
+    drop((node1, node2));
+    drop(nets);
+    drop(fs);
+}
+
+#[test]
+fn a_backend_on_another_node_is_reached_through_the_tunnel() {
+    service_backend_on_another_node(RoutingMode::Tunnel);
+}
+
+#[test]
+fn a_backend_on_another_node_is_reached_by_native_routing() {
+    service_backend_on_another_node(RoutingMode::Native);
+}

@@ -111,7 +111,8 @@ pub struct Pod {
     pub host_mac: [u8; 6],
 }
 
-fn mac_str(m: [u8; 6]) -> String {
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn mac_str(m: [u8; 6]) -> String {
     m.iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
