@@ -2,7 +2,8 @@
 //! Real sockets through a ClusterIP service: a client pod and two backend pods on one node
 //! (network namespaces joined by veth pairs, the programs attached by `EbpfDatapath`). The
 //! client reaches both backends through the service address over TCP and UDP, sees the service
-//! as its peer, and a pod reaches itself through its own service (hairpin).
+//! as its peer, and a pod reaches itself through its own service (hairpin). Then a backend on
+//! another node, reached through the VXLAN tunnel and by native routing.
 //!
 //! Namespaces are named `plxlb-<random>-*` and deleted by guards, also when the test fails.
 
@@ -20,7 +21,7 @@ use std::{
     time::Duration,
 };
 
-use common::pods::{GATEWAY, Netns, NsThread, endpoint, ip, make_pod};
+use common::pods::{GATEWAY, Netns, NsThread, endpoint, ip, mac_str, make_pod};
 use plexus_datapath::{
     Datapath, EbpfDatapath, Frontend, L4Proto, LbService, NodeConfig, RoutingMode,
 };
@@ -337,11 +338,7 @@ fn service_backend_on_another_node(routing: RoutingMode) {
                 "replace",
                 &pod_ip,
                 "lladdr",
-                &pod.pod_mac
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<Vec<_>>()
-                    .join(":"),
+                &mac_str(pod.pod_mac),
                 "dev",
                 &pod.host_if,
             ]);
