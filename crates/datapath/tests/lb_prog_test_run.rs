@@ -463,3 +463,46 @@ async fn a_restarted_agent_keeps_services_ids_and_connections() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn the_maps_hold_thirty_thousand_services_and_one_with_ten_thousand_backends() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let f = fixture();
+        let mut expected = Vec::new();
+        for i in 0..30_000u32 {
+            let [_, _, hi, lo] = i.to_be_bytes();
+            let fe = Frontend {
+                addr: Ipv4Addr::new(10, 97, hi, lo),
+                port: 80,
+                proto: L4Proto::Tcp,
+            };
+            let s = service(fe, &[sa(Ipv4Addr::new(10, 61, hi, lo), 8080)], &[]);
+            f.dp.upsert_service(&s).unwrap();
+            expected.push(s);
+        }
+        let big_fe = frontend(80, L4Proto::Tcp);
+        let backends: Vec<SocketAddrV4> = (0..10_000u32)
+            .map(|i| {
+                let [_, _, hi, lo] = i.to_be_bytes();
+                sa(Ipv4Addr::new(10, 62, hi, lo), 8080)
+            })
+            .collect();
+        let big = service(big_fe, &backends[..9_000], &backends[9_000..]);
+        f.dp.upsert_service(&big).unwrap();
+        expected.push(big);
+        expected.sort_by_key(|s| s.frontend);
+        assert_eq!(f.dp.services().unwrap(), expected);
+
+        for sport in 50000..50020 {
+            let syn = l4_frame(TCP, POD_A, VIP, sport, 80, SYN, b"", false);
+            let out = run(&f, PROG_FROM_CONTAINER, &syn, verdict::OK);
+            let to = tuple(&out);
+            assert!(
+                backends[..9_000].contains(&sa(to.daddr, to.dport)),
+                "{to:?}"
+            );
+        }
+    })
+    .await
+    .unwrap();
+}
