@@ -27,6 +27,10 @@ pub(crate) type LbServiceKeyBytes = [u8; 12];
 pub(crate) type LbServiceValueBytes = [u8; 12];
 /// `struct lb_backend`.
 pub(crate) type LbBackendBytes = [u8; 12];
+/// `struct ct_key`.
+pub(crate) type CtKeyBytes = [u8; 16];
+/// `struct ct_entry`.
+pub(crate) type CtEntryBytes = [u8; 32];
 
 /// `lb_backend.flags`: takes new connections.
 const LB_BACKEND_ACTIVE: u8 = 0;

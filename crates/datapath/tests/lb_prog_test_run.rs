@@ -182,6 +182,12 @@ async fn tcp_to_a_frontend_is_translated_to_the_backend_and_the_reply_back() {
         assert!(ipv4_csum_ok(&out), "IPv4 header checksum after reverse NAT");
         assert!(l4_csum_ok(&out), "TCP checksum after reverse NAT");
 
+        assert_eq!(
+            f.dp.conntrack_entries().unwrap(),
+            2,
+            "one connection: its forward and reply entries"
+        );
+
         // Traffic that is no reply is left alone.
         let other = l4_frame(TCP, POD_B, POD_A, 8080, 40001, SYN_ACK, b"", false);
         assert_eq!(run(&f, PROG_TO_CONTAINER, &other, verdict::OK), other);

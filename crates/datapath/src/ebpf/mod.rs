@@ -52,8 +52,8 @@ use crate::{
     Datapath, DatapathError, Direction, DropReason, EVENT_CHANNEL_CAPACITY, Endpoint, Frontend,
     IpcacheValue, LbService, Metric, MonitorEvent, NodeConfig, Prefix,
     abi::{
-        self, ConfigBytes, EndpointBytes, IpcacheBytes, LbBackendBytes, LbServiceKeyBytes,
-        LbServiceValueBytes, MetricsKeyBytes, MetricsValueBytes,
+        self, ConfigBytes, CtEntryBytes, CtKeyBytes, EndpointBytes, IpcacheBytes, LbBackendBytes,
+        LbServiceKeyBytes, LbServiceValueBytes, MetricsKeyBytes, MetricsValueBytes,
     },
     bpffs,
     object::{
@@ -98,6 +98,7 @@ struct State {
     metrics: PerCpuHashMap<MapData, MetricsKeyBytes, MetricsValueBytes>,
     lb_services: HashMap<MapData, LbServiceKeyBytes, LbServiceValueBytes>,
     lb_backends: HashMap<MapData, u32, LbBackendBytes>,
+    conntrack: HashMap<MapData, CtKeyBytes, CtEntryBytes>,
     /// The agent's copy of the two load-balancing maps.
     lb: LbTables,
 }
@@ -249,6 +250,9 @@ impl EbpfDatapath {
         let mut lb_backends = take_map(&mut ebpf, MAP_LB_BACKENDS)?
             .try_into()
             .map_err(map_err(MAP_LB_BACKENDS))?;
+        let conntrack = take_map(&mut ebpf, MAP_CT)?
+            .try_into()
+            .map_err(map_err(MAP_CT))?;
         let (lb, garbage) = read_lb_tables(&lb_services, &lb_backends)?;
         if !garbage.is_empty() {
             tracing::info!(
@@ -283,6 +287,7 @@ impl EbpfDatapath {
                 metrics,
                 lb_services,
                 lb_backends,
+                conntrack,
                 lb,
             }),
             events,
@@ -302,6 +307,18 @@ impl EbpfDatapath {
     /// Index of the VXLAN device.
     pub fn tunnel_ifindex(&self) -> u32 {
         self.tunnel_ifindex
+    }
+
+    /// How many entries the conntrack map holds, expired ones that the LRU has not reclaimed
+    /// yet included (two per load-balanced connection: client to frontend, and the reply).
+    pub fn conntrack_entries(&self) -> Result<usize, DatapathError> {
+        let st = self.lock();
+        let mut n = 0;
+        for key in st.conntrack.keys() {
+            key.map_err(map_err(MAP_CT))?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Runs `program` once on `frame` with `BPF_PROG_TEST_RUN`, `skb->mark` set to `mark`
