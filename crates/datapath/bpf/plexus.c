@@ -7,8 +7,10 @@
  * from_overlay    tc ingress of the VXLAN device (collect-metadata mode): decapsulated packets.
  *
  * The source identity travels between programs in skb->mark (MARK_MAGIC_IDENTITY | identity)
- * and between nodes in the VXLAN VNI. Each step is a static function so that egress policy,
- * service load balancing and conntrack slot in between the existing ones.
+ * and between nodes in the VXLAN VNI. Each step is a static function so that egress policy
+ * slots in between the existing ones. Service load balancing (lib/lb.h) translates a packet to
+ * a frontend into one to its backend first thing in from_container, so every later step sees
+ * the backend; replies get the service back in to_container.
  */
 #include "lib/common.h"
 #include "lib/maps.h"
@@ -17,6 +19,8 @@
 #include "lib/parse.h"
 #include "lib/arp.h"
 #include "lib/policy.h"
+#include "lib/conntrack.h"
+#include "lib/lb.h"
 
 char LICENSE[] SEC("license") = "Apache-2.0";
 
@@ -61,6 +65,7 @@ static __always_inline int ipv4_from_container(struct __sk_buff *skb, const stru
 	struct endpoint_info *src, *dst;
 	struct ipcache_value *remote;
 	__u32 src_identity, dst_identity;
+	int ret;
 
 	if (parse_ipv4(skb, &pi) < 0)
 		return send_drop(skb, DROP_INVALID_PACKET, DIR_EGRESS, 0, 0, 0, 0);
@@ -73,6 +78,17 @@ static __always_inline int ipv4_from_container(struct __sk_buff *skb, const stru
 	if (src->ifindex != skb->ifindex)
 		return send_drop(skb, DROP_SOURCE_MISMATCH, DIR_EGRESS, src->ep_id, src_identity, 0,
 				 &pi);
+
+	/*
+	 * Services: to a frontend, translated to a backend. Towards IPV4_LOOPBACK only the reply of
+	 * a pod to itself through a service (hairpin), translated back and delivered to it.
+	 */
+	if (pi.daddr == bpf_htonl(IPV4_LOOPBACK))
+		ret = lb4_rev_nat(skb, &pi);
+	else
+		ret = lb4_local(skb, &pi);
+	if (ret)
+		return send_drop(skb, ret, DIR_EGRESS, src->ep_id, src_identity, 0, &pi);
 
 	dst = lookup_endpoint(pi.daddr);
 	if (dst) {
@@ -136,6 +152,7 @@ int to_container(struct __sk_buff *skb)
 	struct endpoint_info *ep;
 	__u32 src_identity, dst_identity = 0;
 	__u16 ep_id = 0;
+	int ret;
 
 	/* ARP replies from from_container and anything not IPv4 pass untouched. */
 	if (eth_proto(skb) != bpf_htons(ETH_P_IP))
@@ -143,8 +160,12 @@ int to_container(struct __sk_buff *skb)
 	if (parse_ipv4(skb, &pi) < 0)
 		return send_drop(skb, DROP_INVALID_PACKET, DIR_INGRESS, 0, 0, 0, 0);
 
+	/* The identity is the backend's: resolved before the reply gets the service's address. */
 	src_identity = resolve_src_identity(skb, &pi);
 	skb->mark = 0;
+	ret = lb4_rev_nat(skb, &pi);
+	if (ret)
+		return send_drop(skb, ret, DIR_INGRESS, 0, src_identity, 0, &pi);
 	ep = lookup_endpoint(pi.daddr);
 	if (ep) {
 		ep_id = ep->ep_id;

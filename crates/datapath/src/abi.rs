@@ -4,9 +4,12 @@
 //! is the only place that knows offsets. Addresses are in network order (the octets), other
 //! integers in the host's byte order, as the C structs hold them.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
-use crate::types::{Endpoint, IpcacheValue, NodeConfig};
+use crate::{
+    lb::{Frontend, L4Proto},
+    types::{Endpoint, IpcacheValue, NodeConfig},
+};
 
 /// `struct endpoint_info`.
 pub(crate) type EndpointBytes = [u8; 24];
@@ -18,6 +21,21 @@ pub(crate) type ConfigBytes = [u8; 64];
 pub(crate) type MetricsKeyBytes = [u8; 4];
 /// `struct metrics_value`.
 pub(crate) type MetricsValueBytes = [u8; 16];
+/// `struct lb_service_key`.
+pub(crate) type LbServiceKeyBytes = [u8; 12];
+/// `struct lb_service_value`.
+pub(crate) type LbServiceValueBytes = [u8; 12];
+/// `struct lb_backend`.
+pub(crate) type LbBackendBytes = [u8; 12];
+/// `struct ct_key`.
+pub(crate) type CtKeyBytes = [u8; 16];
+/// `struct ct_entry`.
+pub(crate) type CtEntryBytes = [u8; 32];
+
+/// `lb_backend.flags`: takes new connections.
+const LB_BACKEND_ACTIVE: u8 = 0;
+/// `lb_backend.flags`: keeps its connections, takes no new one.
+const LB_BACKEND_INACTIVE: u8 = 1;
 
 fn u32_at(b: &[u8], off: usize) -> u32 {
     u32::from_ne_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
@@ -95,9 +113,117 @@ pub(crate) fn decode_metrics_value(b: &MetricsValueBytes) -> (u64, u64) {
     (u64::from_ne_bytes(p), u64::from_ne_bytes(n))
 }
 
+/// A `PLEXUS_LB_SERVICES` key: a frontend and a slot (0 = the master entry).
+pub(crate) fn encode_service_key(fe: Frontend, slot: u16) -> LbServiceKeyBytes {
+    let mut b = [0u8; 12];
+    b[0..4].copy_from_slice(&fe.addr.octets());
+    b[4..6].copy_from_slice(&fe.port.to_be_bytes());
+    b[6] = fe.proto.number();
+    b[8..10].copy_from_slice(&slot.to_ne_bytes());
+    b
+}
+
+/// The frontend and slot of a key; `None` for a protocol this version does not know.
+pub(crate) fn decode_service_key(b: &LbServiceKeyBytes) -> Option<(Frontend, u16)> {
+    let fe = Frontend {
+        addr: Ipv4Addr::new(b[0], b[1], b[2], b[3]),
+        port: u16::from_be_bytes([b[4], b[5]]),
+        proto: L4Proto::from_number(b[6])?,
+    };
+    Some((fe, u16_at(b, 8)))
+}
+
+/// `struct lb_service_value`: the master entry has `backend_id` 0 and the count; a slot has
+/// its backend id and count 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LbServiceValue {
+    pub backend_id: u32,
+    pub service_id: u32,
+    pub count: u16,
+}
+
+pub(crate) fn encode_service_value(v: &LbServiceValue) -> LbServiceValueBytes {
+    let mut b = [0u8; 12];
+    b[0..4].copy_from_slice(&v.backend_id.to_ne_bytes());
+    b[4..8].copy_from_slice(&v.service_id.to_ne_bytes());
+    b[8..10].copy_from_slice(&v.count.to_ne_bytes());
+    b
+}
+
+pub(crate) fn decode_service_value(b: &LbServiceValueBytes) -> LbServiceValue {
+    LbServiceValue {
+        backend_id: u32_at(b, 0),
+        service_id: u32_at(b, 4),
+        count: u16_at(b, 8),
+    }
+}
+
+/// `struct lb_backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LbBackend {
+    pub addr: SocketAddrV4,
+    pub proto: L4Proto,
+    pub inactive: bool,
+    pub service_id: u32,
+}
+
+pub(crate) fn encode_backend(v: &LbBackend) -> LbBackendBytes {
+    let mut b = [0u8; 12];
+    b[0..4].copy_from_slice(&v.addr.ip().octets());
+    b[4..6].copy_from_slice(&v.addr.port().to_be_bytes());
+    b[6] = v.proto.number();
+    b[7] = if v.inactive {
+        LB_BACKEND_INACTIVE
+    } else {
+        LB_BACKEND_ACTIVE
+    };
+    b[8..12].copy_from_slice(&v.service_id.to_ne_bytes());
+    b
+}
+
+/// A backend; `None` for a protocol this version does not know.
+pub(crate) fn decode_backend(b: &LbBackendBytes) -> Option<LbBackend> {
+    Some(LbBackend {
+        addr: SocketAddrV4::new(
+            Ipv4Addr::new(b[0], b[1], b[2], b[3]),
+            u16::from_be_bytes([b[4], b[5]]),
+        ),
+        proto: L4Proto::from_number(b[6])?,
+        inactive: b[7] != LB_BACKEND_ACTIVE,
+        service_id: u32_at(b, 8),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lb_entries_round_trip_with_network_order_addresses_and_ports() {
+        let fe = Frontend {
+            addr: Ipv4Addr::new(10, 96, 0, 10),
+            port: 53,
+            proto: L4Proto::Udp,
+        };
+        let key = encode_service_key(fe, 3);
+        assert_eq!(&key[0..7], &[10, 96, 0, 10, 0, 53, 17]);
+        assert_eq!(decode_service_key(&key), Some((fe, 3)));
+        let v = LbServiceValue {
+            backend_id: 7,
+            service_id: 9,
+            count: 2,
+        };
+        assert_eq!(decode_service_value(&encode_service_value(&v)), v);
+        let be = LbBackend {
+            addr: "10.60.1.7:8080".parse().unwrap(),
+            proto: L4Proto::Tcp,
+            inactive: true,
+            service_id: 9,
+        };
+        let b = encode_backend(&be);
+        assert_eq!(&b[0..8], &[10, 60, 1, 7, 0x1f, 0x90, 6, 1]);
+        assert_eq!(decode_backend(&b), Some(be));
+    }
 
     #[test]
     fn endpoint_and_ipcache_round_trip() {

@@ -46,6 +46,8 @@ pub enum DropReason {
     NoConfig,
     /// Setting the tunnel metadata failed.
     TunnelKeyFailed,
+    /// A packet to a service frontend that has no active backend.
+    NoServiceBackend,
     /// A reason this version does not know.
     Other(u8),
 }
@@ -64,6 +66,7 @@ impl DropReason {
             8 => Self::UnsupportedArp,
             9 => Self::NoConfig,
             10 => Self::TunnelKeyFailed,
+            11 => Self::NoServiceBackend,
             other => Self::Other(other),
         }
     }
@@ -81,6 +84,7 @@ impl DropReason {
             Self::UnsupportedArp => 8,
             Self::NoConfig => 9,
             Self::TunnelKeyFailed => 10,
+            Self::NoServiceBackend => 11,
             Self::Other(raw) => raw,
         }
     }
@@ -98,6 +102,7 @@ impl DropReason {
             Self::UnsupportedArp => "Unsupported ARP request".into(),
             Self::NoConfig => "Datapath not configured".into(),
             Self::TunnelKeyFailed => "Failed to set tunnel key".into(),
+            Self::NoServiceBackend => "Service backend not found".into(),
             Self::Other(raw) => format!("Unknown reason {raw}"),
         }
     }

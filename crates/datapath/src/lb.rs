@@ -5,6 +5,10 @@
 //! which each new connection picks one, and the *inactive* ones, which take no new connection
 //! but keep serving the connections already established to them (a cluster that became
 //! unreachable, a standby side of an affinity). A backend in neither list is forgotten.
+//!
+//! The eBPF datapath picks an active backend at random per connection and keeps it in its
+//! conntrack map (see `bpf/README.md`); the maps hold one id per frontend and one per
+//! (frontend, backend), which survive an agent restart.
 
 use std::{
     fmt,

@@ -1,13 +1,20 @@
 //! The datapath: what moves packets between pods, nodes and clusters.
 //!
 //! The agent drives it through the narrow [`Datapath`] trait: local endpoints, the ipcache
-//! (prefix to identity and tunnel endpoint) and a stream of [`MonitorEvent`]s. Two
+//! (prefix to identity and tunnel endpoint), service load balancing ([`LbService`]: a frontend
+//! and its active and inactive backends) and a stream of [`MonitorEvent`]s. Two
 //! implementations live here:
 //!
 //! - [`EbpfDatapath`]: the C programs under `bpf/` (built by `build.rs` into one object,
 //!   embedded in this crate) loaded with aya, maps and tc links pinned under bpffs so that a
 //!   restarted agent keeps traffic flowing;
 //! - [`FakeDatapath`]: in-memory maps for control-plane tests that need no kernel.
+//!
+//! Load balancing happens where a pod's packet enters the datapath, like Cilium's: a packet to a
+//! frontend is translated to a backend chosen at random among the active ones and kept for the
+//! connection in a conntrack map, the replies get the service address back before they enter
+//! the pod, and a pod reaching itself through its service is hairpinned (its source becomes
+//! 169.254.42.1). TCP and UDP; everything else to a service address passes untouched.
 //!
 //! IPv4 only for now. Policy comes later; the programs already call a policy step that allows
 //! everything.

@@ -30,8 +30,15 @@ pub const MAP_EVENTS: &str = "PLEXUS_EVENTS";
 pub const MAP_POLICY: &str = "PLEXUS_POLICY";
 /// Hash: endpoint id to whether its ingress and egress are default-deny.
 pub const MAP_POLICY_ENFORCE: &str = "PLEXUS_POLICY_ENFORCE";
+/// Hash: per frontend, a master entry (slot 0: active backend count, service id) and one
+/// entry per active backend slot (backend id).
+pub const MAP_LB_SERVICES: &str = "PLEXUS_LB_SERVICES";
+/// Hash: backend id to the backend's address, port, protocol and state.
+pub const MAP_LB_BACKENDS: &str = "PLEXUS_LB_BACKENDS";
+/// LRU hash: connection tracking (the backend of each service connection, reverse NAT).
+pub const MAP_CT: &str = "PLEXUS_CT";
 /// All maps in the object; all are pinned by name.
-pub const MAPS: [&str; 7] = [
+pub const MAPS: [&str; 10] = [
     MAP_IPCACHE,
     MAP_ENDPOINTS,
     MAP_CONFIG,
@@ -39,4 +46,7 @@ pub const MAPS: [&str; 7] = [
     MAP_EVENTS,
     MAP_POLICY,
     MAP_POLICY_ENFORCE,
+    MAP_LB_SERVICES,
+    MAP_LB_BACKENDS,
+    MAP_CT,
 ];

@@ -19,15 +19,6 @@
 
 #ifndef __always_inline
 #define __always_inline inline __attribute__((always_inline))
-/* The Rust side (src/abi.rs) relies on these sizes. */
-_Static_assert(sizeof(struct ipcache_key) == 8, "ipcache_key layout");
-_Static_assert(sizeof(struct ipcache_value) == 12, "ipcache_value layout");
-_Static_assert(sizeof(struct endpoint_info) == 24, "endpoint_info layout");
-_Static_assert(sizeof(struct node_config) == 64, "node_config layout");
-_Static_assert(sizeof(struct metrics_key) == 4, "metrics_key layout");
-_Static_assert(sizeof(struct metrics_value) == 16, "metrics_value layout");
-_Static_assert(sizeof(struct event) == 48, "event layout");
-
 #endif
 
 /* Reserved identities (same numbers as Cilium's). */
@@ -73,6 +64,7 @@ _Static_assert(sizeof(struct event) == 48, "event layout");
 #define DROP_UNSUPPORTED_ARP 8
 #define DROP_NO_CONFIG 9
 #define DROP_TUNNEL_KEY_FAILED 10
+#define DROP_NO_SERVICE_BACKEND 11
 
 /* PLEXUS_IPCACHE key: an LPM trie key, prefixlen counts the bits of ipv4. */
 struct ipcache_key {
@@ -144,11 +136,80 @@ struct event {
 struct pkt_info {
 	__u32 saddr;
 	__u32 daddr;
-	__u16 sport;
-	__u16 dport;
+	__u16 sport; /* host order */
+	__u16 dport; /* host order */
 	__u8 proto;
 	__u8 tcp_flags;
+	__u16 l4_off; /* offset of the L4 header in the frame; 0 = no L4 header (later fragment) */
 };
+
+/*
+ * Service load balancing (lib/lb.h). PLEXUS_LB_SERVICES holds, per frontend, a master entry
+ * (slot 0: how many active backends, the service id) and one entry per active backend
+ * (slots 1..count: the backend id). PLEXUS_LB_BACKENDS maps a backend id to its address.
+ */
+struct lb_service_key {
+	__u32 addr; /* network order */
+	__u16 port; /* network order */
+	__u8 proto;
+	__u8 pad;
+	__u16 slot; /* 0 = master entry */
+	__u16 pad2;
+};
+
+struct lb_service_value {
+	__u32 backend_id; /* slots >= 1; 0 in the master */
+	__u32 service_id; /* the frontend's id, also its reverse-NAT id */
+	__u16 count;      /* master: active backends, slots 1..count */
+	__u16 flags;      /* reserved */
+};
+
+/* lb_backend.flags */
+#define LB_BACKEND_ACTIVE 0
+#define LB_BACKEND_INACTIVE 1 /* keeps its connections, takes no new one */
+
+/* PLEXUS_LB_BACKENDS value, keyed by backend id (host order, allocated by the agent). */
+struct lb_backend {
+	__u32 addr; /* network order */
+	__u16 port; /* network order */
+	__u8 proto;
+	__u8 flags;       /* LB_BACKEND_* */
+	__u32 service_id; /* the one frontend this backend id belongs to */
+};
+
+/* ct_key.dir */
+#define CT_DIR_SERVICE 1 /* client -> frontend, as the client sent it */
+#define CT_DIR_REPLY 2   /* backend -> client (or the hairpin address), as the backend replies */
+/* 3 and 4 are kept for policy's egress and ingress connections. */
+
+/* PLEXUS_CT key: a packet's tuple as it is on the wire at lookup time. */
+struct ct_key {
+	__u32 saddr; /* network order */
+	__u32 daddr; /* network order */
+	__u16 sport; /* network order */
+	__u16 dport; /* network order */
+	__u8 proto;
+	__u8 dir; /* CT_DIR_* */
+	__u16 pad;
+};
+
+/* ct_entry.flags */
+#define CT_F_HAIRPIN 0x01 /* the client reached itself: source translated to IPV4_LOOPBACK */
+
+struct ct_entry {
+	__u64 last_seen_ns; /* bpf_ktime_get_ns() of the last packet that refreshed it */
+	__u32 backend_id;   /* CT_DIR_SERVICE: the chosen backend */
+	__u32 service_id;
+	__u32 rev_nat_addr; /* CT_DIR_REPLY: source to restore (the service address) */
+	__u16 rev_nat_port; /* network order */
+	__u8 tcp_flags;     /* TCP flags seen in this direction */
+	__u8 flags;         /* CT_F_* */
+	__u32 client_addr;  /* CT_DIR_REPLY with CT_F_HAIRPIN: destination to restore */
+	__u32 reserved;
+};
+
+/* Source address of a pod reaching itself through a service (Cilium's IPV4_LOOPBACK). */
+#define IPV4_LOOPBACK 0xA9FE2A01u /* 169.254.42.1, host order */
 
 /* The Rust side (src/abi.rs) relies on these sizes. */
 _Static_assert(sizeof(struct ipcache_key) == 8, "ipcache_key layout");
@@ -158,5 +219,10 @@ _Static_assert(sizeof(struct node_config) == 64, "node_config layout");
 _Static_assert(sizeof(struct metrics_key) == 4, "metrics_key layout");
 _Static_assert(sizeof(struct metrics_value) == 16, "metrics_value layout");
 _Static_assert(sizeof(struct event) == 48, "event layout");
+_Static_assert(sizeof(struct lb_service_key) == 12, "lb_service_key layout");
+_Static_assert(sizeof(struct lb_service_value) == 12, "lb_service_value layout");
+_Static_assert(sizeof(struct lb_backend) == 12, "lb_backend layout");
+_Static_assert(sizeof(struct ct_key) == 16, "ct_key layout");
+_Static_assert(sizeof(struct ct_entry) == 32, "ct_entry layout");
 
 #endif

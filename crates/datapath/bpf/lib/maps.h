@@ -47,6 +47,35 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } PLEXUS_EVENTS SEC(".maps");
 
+/* Frontends: master entries (slot 0) and backend slots. 30,000 services fit. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct lb_service_key);
+	__type(value, struct lb_service_value);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} PLEXUS_LB_SERVICES SEC(".maps");
+
+/* Backends by id; one id per (frontend, backend address). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct lb_backend);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} PLEXUS_LB_BACKENDS SEC(".maps");
+
+/* Connection tracking; least recently used entries go first when it is full. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct_key);
+	__type(value, struct ct_entry);
+	__uint(max_entries, 262144);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} PLEXUS_CT SEC(".maps");
+
 static __always_inline struct node_config *node_config(void)
 {
 	__u32 zero = 0;

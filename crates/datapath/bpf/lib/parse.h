@@ -47,6 +47,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt_info *pi
 	pi->sport = 0;
 	pi->dport = 0;
 	pi->tcp_flags = 0;
+	pi->l4_off = 0;
 
 	if (ip->frag_off & bpf_htons(0x1FFF))
 		return 0;
@@ -62,6 +63,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt_info *pi
 		pi->dport = bpf_ntohs(tcp->dest);
 		/* The flags byte after doff/res1: FIN, SYN, RST, PSH, ACK, URG, ECE, CWR. */
 		pi->tcp_flags = ((__u8 *)tcp)[13];
+		pi->l4_off = l4_off;
 		break;
 	}
 	case IPPROTO_UDP: {
@@ -71,6 +73,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt_info *pi
 			return 0;
 		pi->sport = bpf_ntohs(udp->source);
 		pi->dport = bpf_ntohs(udp->dest);
+		pi->l4_off = l4_off;
 		break;
 	}
 	case IPPROTO_ICMP: {

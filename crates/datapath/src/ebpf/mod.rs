@@ -9,7 +9,9 @@
 //! 3. creates the VXLAN device (collect-metadata mode, UDP 8472, MTU 1450 for a 1500-byte
 //!    underlay) unless it exists, and attaches `from_overlay` to its ingress;
 //! 4. moves every tc link a previous agent pinned to the new programs;
-//! 5. reads the `PLEXUS_EVENTS` ring buffer in a thread and broadcasts decoded events.
+//! 5. rebuilds its copy of the load-balancing maps (service and backend ids) from the pinned
+//!    ones, so that established connections keep their backends;
+//! 6. reads the `PLEXUS_EVENTS` ring buffer in a thread and broadcasts decoded events.
 //!
 //! # Attachments and restarts
 //!
@@ -27,6 +29,7 @@
 mod links;
 pub mod netdev;
 mod reader;
+mod services;
 
 use std::{
     fs,
@@ -46,16 +49,21 @@ use aya::{
 use tokio::sync::broadcast;
 
 use crate::{
-    Datapath, DatapathError, Direction, DropReason, EVENT_CHANNEL_CAPACITY, Endpoint, IpcacheValue,
-    Metric, MonitorEvent, NodeConfig, Prefix,
-    abi::{self, ConfigBytes, EndpointBytes, IpcacheBytes, MetricsKeyBytes, MetricsValueBytes},
+    Datapath, DatapathError, Direction, DropReason, EVENT_CHANNEL_CAPACITY, Endpoint, Frontend,
+    IpcacheValue, LbService, Metric, MonitorEvent, NodeConfig, Prefix,
+    abi::{
+        self, ConfigBytes, CtEntryBytes, CtKeyBytes, EndpointBytes, IpcacheBytes, LbBackendBytes,
+        LbServiceKeyBytes, LbServiceValueBytes, MetricsKeyBytes, MetricsValueBytes,
+    },
     bpffs,
     object::{
-        MAP_CONFIG, MAP_ENDPOINTS, MAP_EVENTS, MAP_IPCACHE, MAP_METRICS, PLEXUS_BPF_OBJECT,
-        PROG_FROM_CONTAINER, PROG_FROM_OVERLAY, PROG_TO_CONTAINER, PROGRAMS,
+        MAP_CONFIG, MAP_CT, MAP_ENDPOINTS, MAP_EVENTS, MAP_IPCACHE, MAP_LB_BACKENDS,
+        MAP_LB_SERVICES, MAP_METRICS, PLEXUS_BPF_OBJECT, PROG_FROM_CONTAINER, PROG_FROM_OVERLAY,
+        PROG_TO_CONTAINER, PROGRAMS,
     },
     validate_endpoint, validate_ipcache,
 };
+use services::{LbOp, LbTables};
 
 /// The result of one `BPF_PROG_TEST_RUN`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +96,11 @@ struct State {
     endpoints: HashMap<MapData, [u8; 4], EndpointBytes>,
     ipcache: LpmTrie<MapData, [u8; 4], IpcacheBytes>,
     metrics: PerCpuHashMap<MapData, MetricsKeyBytes, MetricsValueBytes>,
+    lb_services: HashMap<MapData, LbServiceKeyBytes, LbServiceValueBytes>,
+    lb_backends: HashMap<MapData, u32, LbBackendBytes>,
+    conntrack: HashMap<MapData, CtKeyBytes, CtEntryBytes>,
+    /// The agent's copy of the two load-balancing maps.
+    lb: LbTables,
 }
 
 /// The eBPF datapath of one node. Dropping it stops the event reader; the attached programs
@@ -134,11 +147,16 @@ fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, Datap
 }
 
 /// Key and value sizes this build expects of each pinned map (see `bpf/lib/common.h`).
-const MAP_LAYOUTS: [(&str, u32, u32); 4] = [
+const MAP_LAYOUTS: [(&str, u32, u32); 9] = [
     (MAP_IPCACHE, 8, 12),
     (MAP_ENDPOINTS, 4, 24),
     (MAP_CONFIG, 4, 64),
     (MAP_METRICS, 4, 16),
+    (MAP_LB_SERVICES, 12, 12),
+    (MAP_LB_BACKENDS, 4, 12),
+    (MAP_CT, 16, 32),
+    (crate::object::MAP_POLICY, 16, 4),
+    (crate::object::MAP_POLICY_ENFORCE, 4, 4),
 ];
 
 /// Refuses maps pinned by a build with another layout: reusing them would corrupt entries.
@@ -228,6 +246,23 @@ impl EbpfDatapath {
         let ring: RingBuf<MapData> = take_map(&mut ebpf, MAP_EVENTS)?
             .try_into()
             .map_err(map_err(MAP_EVENTS))?;
+        let mut lb_services = take_map(&mut ebpf, MAP_LB_SERVICES)?
+            .try_into()
+            .map_err(map_err(MAP_LB_SERVICES))?;
+        let mut lb_backends = take_map(&mut ebpf, MAP_LB_BACKENDS)?
+            .try_into()
+            .map_err(map_err(MAP_LB_BACKENDS))?;
+        let conntrack = take_map(&mut ebpf, MAP_CT)?
+            .try_into()
+            .map_err(map_err(MAP_CT))?;
+        let (lb, garbage) = read_lb_tables(&lb_services, &lb_backends)?;
+        if !garbage.is_empty() {
+            tracing::info!(
+                entries = garbage.len(),
+                "removing load-balancing entries left by an interrupted update"
+            );
+            apply_lb_ops(&mut lb_services, &mut lb_backends, &garbage)?;
+        }
 
         if unattached.is_none() {
             let taken = links::take_over_all(&mut ebpf, &links_dir)?;
@@ -252,6 +287,10 @@ impl EbpfDatapath {
                 endpoints,
                 ipcache,
                 metrics,
+                lb_services,
+                lb_backends,
+                conntrack,
+                lb,
             }),
             events,
             config,
@@ -270,6 +309,18 @@ impl EbpfDatapath {
     /// Index of the VXLAN device.
     pub fn tunnel_ifindex(&self) -> u32 {
         self.tunnel_ifindex
+    }
+
+    /// How many entries the conntrack map holds, expired ones that the LRU has not reclaimed
+    /// yet included (two per load-balanced connection: client to frontend, and the reply).
+    pub fn conntrack_entries(&self) -> Result<usize, DatapathError> {
+        let st = self.lock();
+        let mut n = 0;
+        for key in st.conntrack.keys() {
+            key.map_err(map_err(MAP_CT))?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Runs `program` once on `frame` with `BPF_PROG_TEST_RUN`, `skb->mark` set to `mark`
@@ -497,21 +548,105 @@ impl Datapath for EbpfDatapath {
         self.events.subscribe()
     }
 
-    fn upsert_service(&self, service: &crate::LbService) -> Result<(), DatapathError> {
-        service.validate()?;
-        Err(DatapathError::Invalid {
-            what: format!("service {}", service.frontend),
-            reason: "load balancing is not in the BPF programs yet".into(),
-        })
+    fn upsert_service(&self, service: &LbService) -> Result<(), DatapathError> {
+        let mut st = self.lock();
+        let ops = st.lb.upsert(service)?;
+        st.apply_lb(&ops)
     }
 
-    fn remove_service(&self, _frontend: crate::Frontend) -> Result<(), DatapathError> {
-        Ok(())
+    fn remove_service(&self, frontend: Frontend) -> Result<(), DatapathError> {
+        let mut st = self.lock();
+        let ops = st.lb.remove(frontend);
+        st.apply_lb(&ops)
     }
 
-    fn services(&self) -> Result<Vec<crate::LbService>, DatapathError> {
-        Ok(Vec::new())
+    /// Read back from the maps, not from the agent's copy of them.
+    fn services(&self) -> Result<Vec<LbService>, DatapathError> {
+        let st = self.lock();
+        Ok(read_lb_tables(&st.lb_services, &st.lb_backends)?
+            .0
+            .services())
     }
+}
+
+impl State {
+    /// Applies `ops` in order. When a write fails, the agent's copy is read again from the maps
+    /// so that it stays what the kernel holds.
+    fn apply_lb(&mut self, ops: &[LbOp]) -> Result<(), DatapathError> {
+        let res = apply_lb_ops(&mut self.lb_services, &mut self.lb_backends, ops);
+        if res.is_err()
+            && let Ok((lb, _)) = read_lb_tables(&self.lb_services, &self.lb_backends)
+        {
+            self.lb = lb;
+        }
+        res
+    }
+}
+
+fn is_not_found(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
+fn apply_lb_ops(
+    lb_services: &mut HashMap<MapData, LbServiceKeyBytes, LbServiceValueBytes>,
+    lb_backends: &mut HashMap<MapData, u32, LbBackendBytes>,
+    ops: &[LbOp],
+) -> Result<(), DatapathError> {
+    for op in ops {
+        match op {
+            LbOp::PutBackend { id, backend } => lb_backends
+                .insert(id, abi::encode_backend(backend), 0)
+                .map_err(map_err(MAP_LB_BACKENDS))?,
+            LbOp::PutSlot {
+                frontend,
+                slot,
+                value,
+            } => lb_services
+                .insert(
+                    abi::encode_service_key(*frontend, *slot),
+                    abi::encode_service_value(value),
+                    0,
+                )
+                .map_err(map_err(MAP_LB_SERVICES))?,
+            LbOp::DeleteSlot { frontend, slot } => {
+                match lb_services.remove(&abi::encode_service_key(*frontend, *slot)) {
+                    Err(e) if !is_not_found(&e) => return Err(map_err(MAP_LB_SERVICES)(e)),
+                    _ => {}
+                }
+            }
+            LbOp::DeleteBackend { id } => match lb_backends.remove(id) {
+                Err(e) if !is_not_found(&e) => return Err(map_err(MAP_LB_BACKENDS)(e)),
+                _ => {}
+            },
+        }
+    }
+    Ok(())
+}
+
+/// The load-balancing tables as the maps hold them, and the leftovers of an interrupted update.
+fn read_lb_tables(
+    lb_services: &HashMap<MapData, LbServiceKeyBytes, LbServiceValueBytes>,
+    lb_backends: &HashMap<MapData, u32, LbBackendBytes>,
+) -> Result<(LbTables, Vec<LbOp>), DatapathError> {
+    let mut entries = Vec::new();
+    for item in lb_services.iter() {
+        let (key, value) = item.map_err(map_err(MAP_LB_SERVICES))?;
+        if let Some((fe, slot)) = abi::decode_service_key(&key) {
+            entries.push((fe, slot, abi::decode_service_value(&value)));
+        }
+    }
+    let mut backends = Vec::new();
+    for item in lb_backends.iter() {
+        let (id, value) = item.map_err(map_err(MAP_LB_BACKENDS))?;
+        if let Some(be) = abi::decode_backend(&value) {
+            backends.push((id, be));
+        }
+    }
+    Ok(LbTables::from_maps(entries, backends))
 }
 
 /// The classifier program `program` of the loaded object.

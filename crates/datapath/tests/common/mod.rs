@@ -1,5 +1,8 @@
-//! Helpers shared by the datapath's kernel tests: a private bpffs and packet builders.
+//! Helpers shared by the datapath's kernel tests: a private bpffs, packet builders and
+//! (in [`pods`]) pods as network namespaces.
 #![allow(dead_code, clippy::unwrap_used)]
+
+pub mod pods;
 
 use std::{net::Ipv4Addr, path::Path};
 
@@ -82,4 +85,118 @@ pub fn arp_request(sender_mac: [u8; 6], sender_ip: Ipv4Addr, target: Ipv4Addr) -
     f.extend_from_slice(&[0; 6]);
     f.extend_from_slice(&target.octets());
     f
+}
+
+/// The 16-bit one's complement sum of `data` added to `sum` (not folded).
+fn ones_sum(mut sum: u32, data: &[u8]) -> u32 {
+    for chunk in data.chunks(2) {
+        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    sum
+}
+
+fn fold(mut sum: u32) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// The L4 checksum of `segment` (its checksum field included) under the IPv4 pseudo-header.
+fn l4_sum(saddr: [u8; 4], daddr: [u8; 4], proto: u8, segment: &[u8]) -> u16 {
+    let mut sum = ones_sum(0, &saddr);
+    sum = ones_sum(sum, &daddr);
+    sum += u32::from(proto);
+    sum += segment.len() as u32;
+    fold(ones_sum(sum, segment))
+}
+
+/// Ethernet + IPv4 + TCP or UDP with `payload`, both checksums computed. `udp_csum`: false
+/// leaves a UDP checksum of 0 ("none").
+#[allow(clippy::too_many_arguments)]
+pub fn l4_frame(
+    proto: u8,
+    saddr: Ipv4Addr,
+    daddr: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    tcp_flags: u8,
+    payload: &[u8],
+    udp_csum: bool,
+) -> Vec<u8> {
+    let mut f = eth([0x0e, 0, 0, 0, 1, 1], [0x0a, 0, 0, 0, 0, 1], ETH_P_IP);
+    let mut l4 = Vec::new();
+    l4.extend_from_slice(&sport.to_be_bytes());
+    l4.extend_from_slice(&dport.to_be_bytes());
+    let csum_off = if proto == 6 {
+        l4.extend_from_slice(&[
+            0x12, 0x34, 0x56, 0x78, 0, 0, 0, 0, 0x50, tcp_flags, 0xff, 0xff,
+        ]);
+        l4.extend_from_slice(&[0, 0, 0, 0]);
+        16
+    } else {
+        let len = (8 + payload.len()) as u16;
+        l4.extend_from_slice(&len.to_be_bytes());
+        l4.extend_from_slice(&[0, 0]);
+        6
+    };
+    l4.extend_from_slice(payload);
+    if proto == 6 || udp_csum {
+        let mut c = !l4_sum(saddr.octets(), daddr.octets(), proto, &l4);
+        if proto == 17 && c == 0 {
+            c = 0xffff;
+        }
+        l4[csum_off..csum_off + 2].copy_from_slice(&c.to_be_bytes());
+    }
+    let total = (20 + l4.len()) as u16;
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[0x12, 0x34, 0x40, 0, 64, proto, 0, 0]);
+    ip.extend_from_slice(&saddr.octets());
+    ip.extend_from_slice(&daddr.octets());
+    let c = !fold(ones_sum(0, &ip));
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&l4);
+    f
+}
+
+/// The tuple of an Ethernet + IPv4 (20-byte header) + TCP/UDP frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuple {
+    pub saddr: Ipv4Addr,
+    pub daddr: Ipv4Addr,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+pub fn tuple(f: &[u8]) -> Tuple {
+    Tuple {
+        saddr: Ipv4Addr::new(f[26], f[27], f[28], f[29]),
+        daddr: Ipv4Addr::new(f[30], f[31], f[32], f[33]),
+        sport: u16::from_be_bytes([f[34], f[35]]),
+        dport: u16::from_be_bytes([f[36], f[37]]),
+    }
+}
+
+/// Whether the IPv4 header checksum of the frame is valid.
+pub fn ipv4_csum_ok(f: &[u8]) -> bool {
+    fold(ones_sum(0, &f[14..34])) == 0xffff
+}
+
+/// The L4 checksum field of the frame.
+pub fn l4_csum_field(f: &[u8]) -> u16 {
+    let off = if f[23] == 6 { 34 + 16 } else { 34 + 6 };
+    u16::from_be_bytes([f[off], f[off + 1]])
+}
+
+/// Whether the TCP or UDP checksum of the frame is valid (a UDP checksum of 0 is not).
+pub fn l4_csum_ok(f: &[u8]) -> bool {
+    let mut saddr = [0u8; 4];
+    let mut daddr = [0u8; 4];
+    saddr.copy_from_slice(&f[26..30]);
+    daddr.copy_from_slice(&f[30..34]);
+    let total = usize::from(u16::from_be_bytes([f[16], f[17]]));
+    l4_csum_field(f) != 0 && l4_sum(saddr, daddr, f[23], &f[34..14 + total]) == 0xffff
 }
