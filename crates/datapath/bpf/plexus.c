@@ -24,19 +24,29 @@
 
 char LICENSE[] SEC("license") = "Apache-2.0";
 
-/* Hands a packet to a local endpoint: its MACs, the source identity in the mark, its veth. */
-static __always_inline int deliver_local(struct __sk_buff *skb, const struct endpoint_info *ep,
-					 __u32 src_identity, __u8 dir)
+/*
+ * Hands a packet to a local endpoint: its MACs, the source identity in the mark (with `magic`:
+ * MARK_MAGIC_IDENTITY, or MARK_MAGIC_REPLY when no ingress policy applies), its veth.
+ */
+static __always_inline int deliver_local_mark(struct __sk_buff *skb,
+					      const struct endpoint_info *ep, __u32 src_identity,
+					      __u8 dir, __u32 magic)
 {
 	__u32 ifindex = ep->ifindex;
 
 	if (rewrite_macs_to_endpoint(skb, ep) < 0)
 		return send_drop(skb, DROP_INVALID_PACKET, dir, ep->ep_id, src_identity,
 				 ep->sec_identity, 0);
-	skb->mark = MARK_MAGIC_IDENTITY | (src_identity & IDENTITY_MASK);
+	skb->mark = magic | (src_identity & IDENTITY_MASK);
 	count(REASON_FORWARDED, dir, skb->len);
 	/* Egress of the host veth, so that to_container runs on the way in. */
 	return bpf_redirect(ifindex, 0);
+}
+
+static __always_inline int deliver_local(struct __sk_buff *skb, const struct endpoint_info *ep,
+					 __u32 src_identity, __u8 dir)
+{
+	return deliver_local_mark(skb, ep, src_identity, dir, MARK_MAGIC_IDENTITY);
 }
 
 /* Encapsulates towards `remote` (a node) with the source identity as VNI. */
@@ -81,14 +91,25 @@ static __always_inline int ipv4_from_container(struct __sk_buff *skb, const stru
 
 	/*
 	 * Services: to a frontend, translated to a backend. Towards IPV4_LOOPBACK only the reply of
-	 * a pod to itself through a service (hairpin), translated back and delivered to it.
+	 * a pod to itself through a service (hairpin), translated back and delivered to it as a
+	 * reply (its request passed policy on the way in).
 	 */
-	if (pi.daddr == bpf_htonl(IPV4_LOOPBACK))
+	if (pi.daddr == bpf_htonl(IPV4_LOOPBACK)) {
 		ret = lb4_rev_nat(skb, &pi);
-	else
+		if (ret)
+			return send_drop(skb, ret, DIR_EGRESS, src->ep_id, src_identity, 0, &pi);
+		dst = pi.daddr != bpf_htonl(IPV4_LOOPBACK) ? lookup_endpoint(pi.daddr) : 0;
+		if (dst) {
+			send_trace(skb, OBS_FROM_ENDPOINT, src->ep_id, src_identity,
+				   dst->sec_identity, &pi);
+			return deliver_local_mark(skb, dst, src_identity, DIR_EGRESS,
+						  MARK_MAGIC_REPLY);
+		}
+	} else {
 		ret = lb4_local(skb, &pi);
-	if (ret)
-		return send_drop(skb, ret, DIR_EGRESS, src->ep_id, src_identity, 0, &pi);
+		if (ret)
+			return send_drop(skb, ret, DIR_EGRESS, src->ep_id, src_identity, 0, &pi);
+	}
 
 	dst = lookup_endpoint(pi.daddr);
 	if (dst) {
@@ -137,7 +158,9 @@ static __always_inline __u32 resolve_src_identity(struct __sk_buff *skb, const s
 {
 	struct ipcache_value *info;
 
-	if ((skb->mark & MARK_MAGIC_MASK) == MARK_MAGIC_IDENTITY)
+	__u32 magic = skb->mark & MARK_MAGIC_MASK;
+
+	if (magic == MARK_MAGIC_IDENTITY || magic == MARK_MAGIC_REPLY)
 		return skb->mark & IDENTITY_MASK;
 	info = lookup_ipcache(pi->saddr);
 	if (info)
@@ -152,7 +175,7 @@ int to_container(struct __sk_buff *skb)
 	struct endpoint_info *ep;
 	__u32 src_identity, dst_identity = 0;
 	__u16 ep_id = 0;
-	int ret;
+	int ret, settled;
 
 	/* ARP replies from from_container and anything not IPv4 pass untouched. */
 	if (eth_proto(skb) != bpf_htons(ETH_P_IP))
@@ -160,20 +183,24 @@ int to_container(struct __sk_buff *skb)
 	if (parse_ipv4(skb, &pi) < 0)
 		return send_drop(skb, DROP_INVALID_PACKET, DIR_INGRESS, 0, 0, 0, 0);
 
-	/* The identity is the backend's: resolved before the reply gets the service's address. */
+	/*
+	 * The identity is the backend's, and policy sees the packet as it travelled: both before a
+	 * reply gets the service's address back.
+	 */
 	src_identity = resolve_src_identity(skb, &pi);
+	settled = (skb->mark & MARK_MAGIC_MASK) == MARK_MAGIC_REPLY;
 	skb->mark = 0;
-	ret = lb4_rev_nat(skb, &pi);
-	if (ret)
-		return send_drop(skb, ret, DIR_INGRESS, 0, src_identity, 0, &pi);
 	ep = lookup_endpoint(pi.daddr);
 	if (ep) {
 		ep_id = ep->ep_id;
 		dst_identity = ep->sec_identity;
-		if (policy_ingress(ep, src_identity, &pi) != POLICY_ALLOW)
+		if (!settled && policy_ingress(ep, src_identity, &pi) != POLICY_ALLOW)
 			return send_drop(skb, DROP_POLICY_DENIED, DIR_INGRESS, ep_id, src_identity,
 					 dst_identity, &pi);
 	}
+	ret = lb4_rev_nat(skb, &pi);
+	if (ret)
+		return send_drop(skb, ret, DIR_INGRESS, ep_id, src_identity, dst_identity, &pi);
 	send_trace(skb, OBS_TO_ENDPOINT, ep_id, src_identity, dst_identity, &pi);
 	count(REASON_FORWARDED, DIR_INGRESS, skb->len);
 	return TC_ACT_OK;

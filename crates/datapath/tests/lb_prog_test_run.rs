@@ -184,8 +184,8 @@ async fn tcp_to_a_frontend_is_translated_to_the_backend_and_the_reply_back() {
 
         assert_eq!(
             f.dp.conntrack_entries().unwrap(),
-            2,
-            "one connection: its forward and reply entries"
+            3,
+            "one connection: its service entries (forward, reply) and policy's record of it"
         );
 
         // Traffic that is no reply is left alone.

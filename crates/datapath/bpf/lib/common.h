@@ -31,6 +31,8 @@
 
 /* skb->mark carries the source identity between programs: magic in the top byte. */
 #define MARK_MAGIC_IDENTITY 0xA5000000u
+/* The same, for a reply whose policy was settled before delivery (a pod's reply to itself). */
+#define MARK_MAGIC_REPLY 0xA6000000u
 #define MARK_MAGIC_MASK 0xFF000000u
 
 /* node_config.routing_mode */
@@ -180,7 +182,8 @@ struct lb_backend {
 /* ct_key.dir */
 #define CT_DIR_SERVICE 1 /* client -> frontend, as the client sent it */
 #define CT_DIR_REPLY 2   /* backend -> client (or the hairpin address), as the backend replies */
-/* 3 and 4 are kept for policy's egress and ingress connections. */
+#define CT_DIR_POLICY_OUT 3 /* endpoint -> peer, allowed on its way out of the endpoint */
+#define CT_DIR_POLICY_IN 4  /* peer -> endpoint, allowed on its way into the endpoint */
 
 /* PLEXUS_CT key: a packet's tuple as it is on the wire at lookup time. */
 struct ct_key {

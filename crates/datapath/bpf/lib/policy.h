@@ -13,6 +13,7 @@
 #define PLEXUS_POLICY_H
 
 #include "common.h"
+#include "conntrack.h"
 
 #define POLICY_ALLOW 0
 #define POLICY_DENY 1
@@ -102,20 +103,101 @@ static __always_inline int policy_lookup(__u16 ep_id, __u8 dir, __u32 identity,
 	return v->deny ? POLICY_DENY : POLICY_ALLOW;
 }
 
+/*
+ * Connections through policy. Every TCP, UDP and ICMP flow leaving or entering an endpoint is
+ * tracked, enforced or not, so that a policy added later recognises the replies of connections
+ * that were established before it: a packet whose reverse was allowed in the other direction is
+ * a reply and passes without a lookup. ICMP is tracked without type and code, so that an echo
+ * reply matches its request.
+ */
+static __always_inline void policy_ct_key(struct ct_key *key, const struct pkt_info *pi,
+					  int reverse, __u8 dir)
+{
+	__u16 sport = pi->sport, dport = pi->dport;
+
+	if (pi->proto != IPPROTO_TCP && pi->proto != IPPROTO_UDP)
+		sport = dport = 0;
+	key->saddr = reverse ? pi->daddr : pi->saddr;
+	key->daddr = reverse ? pi->saddr : pi->daddr;
+	key->sport = bpf_htons(reverse ? dport : sport);
+	key->dport = bpf_htons(reverse ? sport : dport);
+	key->proto = pi->proto;
+	key->dir = dir;
+	key->pad = 0;
+}
+
+static __always_inline int policy_tracked(const struct pkt_info *pi)
+{
+	return pi->proto == IPPROTO_TCP || pi->proto == IPPROTO_UDP || pi->proto == IPPROTO_ICMP;
+}
+
+/* Whether the packet is a reply of a connection allowed in direction `other_dir`. */
+static __always_inline int policy_is_reply(const struct pkt_info *pi, __u8 other_dir, __u64 now)
+{
+	struct ct_key key;
+	struct ct_entry *e;
+
+	policy_ct_key(&key, pi, 1, other_dir);
+	e = ct_lookup(&key, now);
+	if (!e)
+		return 0;
+	ct_refresh(e, 0, now);
+	return 1;
+}
+
+/* Records (or refreshes) an allowed connection in direction `dir`; a SYN starts it afresh. */
+static __always_inline void policy_track(const struct pkt_info *pi, __u8 dir, __u64 now)
+{
+	struct ct_key key;
+	struct ct_entry *e, entry = {};
+
+	policy_ct_key(&key, pi, 0, dir);
+	e = bpf_map_lookup_elem(&PLEXUS_CT, &key);
+	if (e && !tcp_is_syn(pi) && ct_is_live(e, pi->proto, now)) {
+		ct_refresh(e, pi->tcp_flags, now);
+		return;
+	}
+	entry.last_seen_ns = now;
+	entry.tcp_flags = pi->tcp_flags;
+	bpf_map_update_elem(&PLEXUS_CT, &key, &entry, BPF_ANY);
+}
+
 static __always_inline int policy_egress(const struct endpoint_info *src, __u32 dst_identity,
 					 const struct pkt_info *pi)
 {
-	if (!policy_enforced(src->ep_id, DIR_EGRESS))
+	__u64 now;
+
+	if (!policy_tracked(pi))
+		return policy_enforced(src->ep_id, DIR_EGRESS)
+			       ? policy_lookup(src->ep_id, DIR_EGRESS, dst_identity, pi)
+			       : POLICY_ALLOW;
+	now = bpf_ktime_get_ns();
+	if (policy_is_reply(pi, CT_DIR_POLICY_IN, now))
 		return POLICY_ALLOW;
-	return policy_lookup(src->ep_id, DIR_EGRESS, dst_identity, pi);
+	if (policy_enforced(src->ep_id, DIR_EGRESS) &&
+	    policy_lookup(src->ep_id, DIR_EGRESS, dst_identity, pi) != POLICY_ALLOW)
+		return POLICY_DENY;
+	policy_track(pi, CT_DIR_POLICY_OUT, now);
+	return POLICY_ALLOW;
 }
 
 static __always_inline int policy_ingress(const struct endpoint_info *dst, __u32 src_identity,
 					  const struct pkt_info *pi)
 {
-	if (!policy_enforced(dst->ep_id, DIR_INGRESS))
+	__u64 now;
+
+	if (!policy_tracked(pi))
+		return policy_enforced(dst->ep_id, DIR_INGRESS)
+			       ? policy_lookup(dst->ep_id, DIR_INGRESS, src_identity, pi)
+			       : POLICY_ALLOW;
+	now = bpf_ktime_get_ns();
+	if (policy_is_reply(pi, CT_DIR_POLICY_OUT, now))
 		return POLICY_ALLOW;
-	return policy_lookup(dst->ep_id, DIR_INGRESS, src_identity, pi);
+	if (policy_enforced(dst->ep_id, DIR_INGRESS) &&
+	    policy_lookup(dst->ep_id, DIR_INGRESS, src_identity, pi) != POLICY_ALLOW)
+		return POLICY_DENY;
+	policy_track(pi, CT_DIR_POLICY_IN, now);
+	return POLICY_ALLOW;
 }
 
 #endif
