@@ -4,7 +4,10 @@
 //!   through c1's KVStoreMesh, beside a bare etcd watch on the same etcd in the same run;
 //! - full resync of 100,000 ipcache entries (connect, canaries, list, validate, deliver), beside
 //!   a bare paged listing plus JSON decoding of the same entries;
-//! - resident memory the consumer grows by per remote ipcache entry, beside the entry's JSON size.
+//! - resident memory the consumer grows by per remote ipcache entry, beside the entry's JSON size;
+//! - ingest of one remote global service with 10,000 backends: put in c2's etcd -> the
+//!   ClusterService event in c1's merged view, then the backend selection over it, beside a bare
+//!   etcd put -> watch -> JSON decode of the same value.
 //!
 //! Run: `cargo bench -p plexus-clustermesh --bench clustermesh` (sizes: PLEXUS_BENCH_UPDATES,
 //! PLEXUS_BENCH_RESYNC).
@@ -22,6 +25,7 @@ use plexus_kvstore::{EtcdBackend, EtcdConfig, KvBackend, LeaseManager, Op, Txn};
 use plexus_model::cluster::{ClusterInfo, MaxConnectedClusters};
 use plexus_model::ipcache::IpIdentityPair;
 use plexus_model::keys::{self, StateKind};
+use plexus_model::service::{ClusterService, PortConfig};
 use plexus_test_support::EtcdProcess;
 use tokio::sync::mpsc;
 
@@ -154,6 +158,101 @@ async fn bare_watch(writer: &Arc<dyn KvBackend>, n: usize) -> Vec<Duration> {
     out
 }
 
+/// c2's rebel-base with `n` backends; `version` changes the target port so every put differs.
+fn big_service(n: usize, version: usize) -> Vec<u8> {
+    let ports = |port| {
+        std::collections::BTreeMap::from([(
+            "http".to_string(),
+            PortConfig {
+                protocol: "TCP".into(),
+                port,
+            },
+        )])
+    };
+    let svc = ClusterService {
+        cluster: "c2".into(),
+        namespace: "default".into(),
+        name: "rebel-base".into(),
+        frontends: std::collections::BTreeMap::from([("10.21.0.1".to_string(), ports(80))]),
+        backends: (0..n)
+            .map(|i| {
+                (
+                    format!("10.20.{}.{}", i / 250, 1 + i % 250),
+                    ports(8000 + version as u16),
+                )
+            })
+            .collect(),
+        hostnames: Default::default(),
+        zones: Default::default(),
+        labels: Default::default(),
+        selector: Default::default(),
+        include_external: false,
+        shared: true,
+        cluster_id: 2,
+    };
+    serde_json::to_vec(&svc).expect("json")
+}
+
+/// One put of a service with `n` backends -> its event; then `select` over it. Median of runs.
+async fn service_ingest(
+    writer: &Arc<dyn KvBackend>,
+    rx: &mut mpsc::Receiver<MeshEvent>,
+    n: usize,
+    runs: usize,
+) -> (Vec<Duration>, Vec<Duration>) {
+    use plexus_loadbalancer::select::select;
+    use plexus_loadbalancer::service::{Affinity, GlobalConfig};
+    let key = keys::service_key("c2", "default", "rebel-base");
+    let (mut ingest, mut selection) = (Vec::new(), Vec::new());
+    for run in 0..runs {
+        let value = big_service(n, run + 1);
+        let start = Instant::now();
+        writer.put(&key, value, None).await.expect("put");
+        let svc = loop {
+            if let RemoteEvent::ServiceUpsert(s) = rx.recv().await.expect("events").event
+                && s.backends
+                    .values()
+                    .next()
+                    .is_some_and(|p| p["http"].port == 8001 + run as u16)
+            {
+                break s;
+            }
+        };
+        ingest.push(start.elapsed());
+        assert_eq!(svc.backends.len(), n);
+        let start = Instant::now();
+        let config = GlobalConfig {
+            global: true,
+            shared: true,
+            affinity: Affinity::None,
+        };
+        let s = select("c1", config, &Default::default(), [&svc], &|_| true);
+        selection.push(start.elapsed());
+        assert_eq!(s.active().count(), n);
+    }
+    ingest.sort();
+    selection.sort();
+    (ingest, selection)
+}
+
+async fn bare_service(writer: &Arc<dyn KvBackend>, n: usize, runs: usize) -> Vec<Duration> {
+    let mut stream = writer.watch("bench/svc/", 0).await.expect("watch");
+    let mut out = Vec::new();
+    for run in 0..runs {
+        let start = Instant::now();
+        writer
+            .put("bench/svc/rebel-base", big_service(n, run + 1), None)
+            .await
+            .expect("put");
+        let events = stream.next().await.expect("open").expect("event");
+        let svc: ClusterService = serde_json::from_slice(&events[0].kv.value).expect("decode");
+        assert_eq!(svc.backends.len(), n);
+        out.push(start.elapsed());
+    }
+    out.sort();
+    out
+}
+
 fn main() {
     plexus_kvstore::install_crypto_provider();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -210,6 +309,25 @@ fn main() {
         println!("  {:<40} {:>10} {:>10}", "direct (agent -> c2's etcd)", pct(&lat_direct, 0.5), pct(&lat_direct, 0.99));
         println!("  {:<40} {:>10} {:>10}", "through KVStoreMesh (c2 -> c1's etcd)", pct(&lat_km, 0.5), pct(&lat_km, 0.99));
         println!("  {:<40} {:>10} {:>10}", "bare etcd put -> watch (baseline)", pct(&lat_bare, 0.5), pct(&lat_bare, 0.99));
+        println!();
+
+        // One remote global service with many backends.
+        let backends = env_usize("PLEXUS_BENCH_SERVICE_BACKENDS", 10_000);
+        let runs = 9;
+        let svc_dir = tempfile::tempdir().expect("dir");
+        std::fs::write(svc_dir.path().join("c2"), format!("endpoints:\n- {}\n", etcd2.endpoint())).expect("cfg");
+        let (tx, mut rx) = mpsc::channel(200_000);
+        let svc_mesh = ClusterMesh::spawn(svc_dir.path(), c1.clone(), tx, timing(), Duration::from_millis(200));
+        wait_synced(&mut rx).await;
+        eprintln!("one global service with {backends} backends, {runs} runs ...");
+        let (ingest, selection) = service_ingest(&b2, &mut rx, backends, runs).await;
+        drop(svc_mesh);
+        let bare_svc = bare_service(&b2, backends, runs).await;
+        let json_len = big_service(backends, 1).len();
+        println!("ingest of one remote global service with {backends} backends ({} KiB of JSON), median of {runs}", json_len / 1024);
+        println!("  {:<48} {:>9}", "put in c2 -> ClusterService event in c1", pct(&ingest, 0.5));
+        println!("  {:<48} {:>9}", "backend selection (select) over it", pct(&selection, 0.5));
+        println!("  {:<48} {:>9}", "bare put -> watch -> JSON decode (baseline)", pct(&bare_svc, 0.5));
         println!();
 
         // Full resync of `resync` entries, and memory per entry.
