@@ -14,15 +14,18 @@
 //! returns the changed selectors; [`PolicyRepository::affects`] tells whether an endpoint's
 //! policy depends on any of them, so callers recompute only those endpoints.
 //!
-//! Named ports: an ingress named port is the endpoint's own container port of that name; an
-//! egress named port is looked up in a node-wide index ([`PolicyRepository::set_egress_named_ports`],
-//! name -> every port carrying that name, e.g. from the ipcache's `NamedPorts`), as Cilium does.
-//! The limitation is Cilium's too: an egress named port allows every port that carries the name
-//! on any endpoint, towards every selected peer.
+//! Named ports: an ingress named port is the endpoint's own container port of that name. An
+//! egress named port towards a peer identity whose ports are known
+//! ([`PolicyRepository::set_identity_named_ports`]) is that identity's port of that name;
+//! otherwise (unknown identities, `Any` and prefix peers) it is looked up in a node-wide index
+//! ([`PolicyRepository::set_egress_named_ports`], name -> every port carrying that name, e.g.
+//! from the ipcache's `NamedPorts`), as Cilium does, with Cilium's limitation: every port that
+//! carries the name anywhere is allowed towards those peers.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use plexus_model::cidr::Cidr;
+use plexus_model::identity::NumericIdentity;
 use plexus_model::labels::{CLUSTER_LABEL, Labels, SOURCE_K8S};
 
 use crate::cache::{IdentityChange, SelectorCache, SelectorId};
@@ -107,6 +110,7 @@ pub struct PolicyRepository {
     cache: SelectorCache,
     policies: BTreeMap<PolicyKey, Stored>,
     egress_named_ports: NamedPorts,
+    identity_named_ports: HashMap<NumericIdentity, NamedPorts>,
     revision: u64,
 }
 
@@ -118,6 +122,7 @@ impl PolicyRepository {
             cache: SelectorCache::new(),
             policies: BTreeMap::new(),
             egress_named_ports: NamedPorts::new(),
+            identity_named_ports: HashMap::new(),
             revision: 0,
         }
     }
@@ -195,6 +200,17 @@ impl PolicyRepository {
     /// Replaces the node-wide named-port index used for egress named ports.
     pub fn set_egress_named_ports(&mut self, ports: NamedPorts) {
         self.egress_named_ports = ports;
+    }
+
+    /// Sets the named ports of the endpoints of one identity (the union over its endpoints);
+    /// an empty map forgets them. Egress named ports towards a peer selected by identity are
+    /// resolved against its own ports when known, and against the node-wide index otherwise.
+    pub fn set_identity_named_ports(&mut self, id: NumericIdentity, ports: NamedPorts) {
+        if ports.is_empty() {
+            self.identity_named_ports.remove(&id);
+        } else {
+            self.identity_named_ports.insert(id, ports);
+        }
     }
 
     /// Applies identity changes (local or remote); returns the selectors whose sets changed.
@@ -299,12 +315,7 @@ impl PolicyRepository {
         !changed.is_empty() && !self.selectors_for(labels).is_disjoint(changed)
     }
 
-    fn ports_of(
-        &self,
-        specs: &[PortSpec],
-        direction: Direction,
-        endpoint: &EndpointInfo,
-    ) -> Vec<ResolvedPort> {
+    fn ports_of(specs: &[PortSpec], index: &NamedPorts) -> Vec<ResolvedPort> {
         if specs.is_empty() {
             return vec![(None, None)];
         }
@@ -316,10 +327,6 @@ impl PolicyRepository {
                     out.push((spec.proto, Some((*p, spec.end_port.unwrap_or(*p)))))
                 }
                 PortRef::Named(name) => {
-                    let index = match direction {
-                        Direction::Ingress => &endpoint.named_ports,
-                        Direction::Egress => &self.egress_named_ports,
-                    };
                     for np in index.get(name).into_iter().flatten() {
                         if spec.proto.is_none_or(|p| p == np.proto) {
                             out.push((Some(np.proto), Some((np.port, np.port))));
@@ -342,9 +349,17 @@ impl PolicyRepository {
                     if pr.peers.is_empty() {
                         continue;
                     }
-                    let ports = self.ports_of(&pr.ports, direction, endpoint);
-                    let mut push = |peer: Peer| {
-                        for (proto, ports) in &ports {
+                    let index = match direction {
+                        Direction::Ingress => &endpoint.named_ports,
+                        Direction::Egress => &self.egress_named_ports,
+                    };
+                    let ports = Self::ports_of(&pr.ports, index);
+                    // Egress named ports towards an identity whose own ports are known.
+                    let per_identity = direction == Direction::Egress
+                        && !self.identity_named_ports.is_empty()
+                        && pr.ports.iter().any(|p| matches!(p.port, PortRef::Named(_)));
+                    let mut push = |peer: Peer, ports: &[ResolvedPort]| {
+                        for (proto, ports) in ports {
                             out.entries.push(PolicyEntry {
                                 direction,
                                 peer,
@@ -356,15 +371,24 @@ impl PolicyRepository {
                     };
                     for peer in &pr.peers {
                         match peer {
-                            CompiledPeer::Any => push(Peer::Any),
+                            CompiledPeer::Any => push(Peer::Any, &ports),
                             CompiledPeer::Selector(id) => {
                                 for identity in self.cache.matches(*id) {
-                                    push(Peer::Identity(*identity));
+                                    let own = per_identity
+                                        .then(|| self.identity_named_ports.get(identity))
+                                        .flatten();
+                                    match own {
+                                        Some(own) => push(
+                                            Peer::Identity(*identity),
+                                            &Self::ports_of(&pr.ports, own),
+                                        ),
+                                        None => push(Peer::Identity(*identity), &ports),
+                                    }
                                 }
                             }
                             CompiledPeer::Prefixes(list) => {
                                 for prefix in list {
-                                    push(Peer::Prefix(*prefix));
+                                    push(Peer::Prefix(*prefix), &ports);
                                 }
                             }
                         }

@@ -336,6 +336,38 @@ spec:
         ]
     );
     assert!(tcp(&p, Ingress, 2, 8002) && !tcp(&p, Ingress, 2, 8004));
+    // Per-identity named ports win over the node-wide index for peers selected by identity.
+    let yaml2 = yaml.replace("{port: \"0\", protocol: udp}", "{port: http}");
+    let mut r2 = repo(&yaml2);
+    add(&mut r2, &[(C1 + 2, &web)]);
+    r2.set_egress_named_ports(BTreeMap::from([(
+        "http".to_string(),
+        BTreeSet::from([NamedPort {
+            port: 80,
+            proto: Proto::Tcp,
+        }]),
+    )]));
+    r2.set_identity_named_ports(
+        NumericIdentity(C1 + 2),
+        BTreeMap::from([(
+            "http".to_string(),
+            BTreeSet::from([NamedPort {
+                port: 8443,
+                proto: Proto::Tcp,
+            }]),
+        )]),
+    );
+    let p2 = r2.resolve(&me);
+    let egress: Vec<(Peer, Option<(u16, u16)>)> = p2
+        .entries
+        .iter()
+        .filter(|e| e.direction == Egress)
+        .map(|e| (e.peer, e.ports))
+        .collect();
+    assert_eq!(
+        egress,
+        vec![(Peer::Any, Some((80, 80))), (web_id, Some((8443, 8443)))]
+    );
     assert_eq!(
         p.verdict(Ingress, NumericIdentity(2), None, Proto::Udp, 7000),
         Verdict::Allow,
