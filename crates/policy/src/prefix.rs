@@ -77,6 +77,36 @@ pub fn subtract(prefix: Cidr, excepts: &[Cidr]) -> Vec<Cidr> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn subtraction_covers_exactly_the_cidr_minus_excepts(
+            len in 8u8..20,
+            excepts in prop::collection::vec((any::<u32>(), 12u8..32), 0..5),
+            probes in prop::collection::vec(any::<u32>(), 50),
+        ) {
+            let base = Cidr::new("10.0.0.0".parse().unwrap(), len).unwrap();
+            let excepts: Vec<Cidr> = excepts
+                .into_iter()
+                .map(|(bits, l)| {
+                    let addr = std::net::Ipv4Addr::from(0x0a00_0000 | (bits >> 8));
+                    Cidr::new(IpAddr::V4(addr), l.max(len)).unwrap().network()
+                })
+                .collect();
+            let parts = subtract(base, &excepts);
+            for (i, a) in parts.iter().enumerate() {
+                for b in &parts[i + 1..] {
+                    prop_assert!(!covers(a, b) && !covers(b, a), "{} overlaps {}", a, b);
+                }
+            }
+            for bits in probes {
+                let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 | (bits >> 8)));
+                let expected = base.contains(ip) && !excepts.iter().any(|e| e.contains(ip));
+                prop_assert_eq!(parts.iter().any(|p| p.contains(ip)), expected, "{}", ip);
+            }
+        }
+    }
 
     fn c(s: &str) -> Cidr {
         parse_cidr(s, "f").unwrap()

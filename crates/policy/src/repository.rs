@@ -338,6 +338,19 @@ impl PolicyRepository {
         out
     }
 
+    /// Resolves the policy of the endpoints of a known identity (its labels from the cache).
+    pub fn resolve_identity(
+        &self,
+        id: NumericIdentity,
+        named_ports: NamedPorts,
+    ) -> Option<EndpointPolicy> {
+        let labels = self.cache.labels(id)?.clone();
+        Some(self.resolve(&EndpointInfo {
+            labels,
+            named_ports,
+        }))
+    }
+
     /// Resolves the policy of an endpoint.
     pub fn resolve(&self, endpoint: &EndpointInfo) -> EndpointPolicy {
         let mut out = EndpointPolicy::default();

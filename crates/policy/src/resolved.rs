@@ -17,6 +17,7 @@
 //! the address). When an allow and a deny land on the same key, deny is kept.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::IpAddr;
 
 use plexus_model::cidr::Cidr;
@@ -243,4 +244,199 @@ pub struct PolicyMap {
     pub identities: BTreeMap<MapKey, Verdict>,
     /// Prefix entries.
     pub prefixes: BTreeMap<PrefixMapKey, Verdict>,
+}
+
+impl PolicyMap {
+    /// Whether `direction` is enforced.
+    pub fn enforced(&self, direction: Direction) -> bool {
+        match direction {
+            Direction::Ingress => self.ingress_enforced,
+            Direction::Egress => self.egress_enforced,
+        }
+    }
+
+    /// The verdict for one packet, by the lookups a datapath makes: for the peer identity and
+    /// identity 0, the protocol and protocol 0, and every port prefix length 0..=16, the key
+    /// with the port masked to that length; prefix entries for peers outside the mesh. Deny
+    /// before allow, then the direction's default. Agrees with [`EndpointPolicy::verdict`].
+    pub fn verdict(
+        &self,
+        direction: Direction,
+        peer: NumericIdentity,
+        peer_ip: Option<IpAddr>,
+        proto: Proto,
+        port: u16,
+    ) -> Verdict {
+        let mut allow = false;
+        let mut deny = false;
+        let mut note = |v: &Verdict| match v {
+            Verdict::Allow => allow = true,
+            Verdict::Deny => deny = true,
+        };
+        for identity in [peer.0, 0] {
+            for proto in [proto.number(), 0] {
+                for port_prefix_len in 0..=16u8 {
+                    let mask = if port_prefix_len == 0 {
+                        0
+                    } else {
+                        u16::MAX << (16 - port_prefix_len)
+                    };
+                    let key = MapKey {
+                        direction,
+                        identity,
+                        proto,
+                        port: port & mask,
+                        port_prefix_len,
+                    };
+                    if let Some(v) = self.identities.get(&key) {
+                        note(v);
+                    }
+                }
+            }
+        }
+        if let Some(ip) = peer_ip.filter(|_| is_outside(peer)) {
+            for (k, v) in &self.prefixes {
+                let mask = if k.port_prefix_len == 0 {
+                    0
+                } else {
+                    u16::MAX << (16 - k.port_prefix_len)
+                };
+                if k.direction == direction
+                    && k.prefix.contains(ip)
+                    && (k.proto == 0 || k.proto == proto.number())
+                    && port & mask == k.port
+                {
+                    note(v);
+                }
+            }
+        }
+        if deny {
+            Verdict::Deny
+        } else if allow || !self.enforced(direction) {
+            Verdict::Allow
+        } else {
+            Verdict::Deny
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Ingress => "ingress",
+            Self::Egress => "egress",
+        })
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Any => f.write_str("any"),
+            Self::Identity(id) => write!(f, "identity {id}"),
+            Self::Prefix(p) => write!(f, "prefix {p}"),
+        }
+    }
+}
+
+impl fmt::Display for PolicyEntry {
+    /// `ingress allow identity 65538 TCP 6379`, `egress deny any any 8000-8003`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verdict = if self.deny { "deny" } else { "allow" };
+        let proto = self.proto.map_or("any".to_string(), |p| p.to_string());
+        let ports = match self.ports {
+            None => "all".to_string(),
+            Some((lo, hi)) if lo == hi => lo.to_string(),
+            Some((lo, hi)) => format!("{lo}-{hi}"),
+        };
+        write!(
+            f,
+            "{} {verdict} {} {proto} {ports}",
+            self.direction, self.peer
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    fn entry() -> impl Strategy<Value = PolicyEntry> {
+        let peer = prop_oneof![
+            Just(Peer::Any),
+            (1u32..4).prop_map(|i| Peer::Identity(NumericIdentity(i))),
+            (0u8..3).prop_map(|i| Peer::Prefix(format!("10.{i}.0.0/16").parse().unwrap())),
+            Just(Peer::Prefix("10.0.0.0/8".parse().unwrap())),
+        ];
+        let proto = prop_oneof![Just(None), Just(Some(Proto::Tcp)), Just(Some(Proto::Udp))];
+        let ports = prop_oneof![
+            Just(None),
+            (0u16..40, 0u16..40).prop_map(|(a, b)| Some((a.min(b), a.max(b)))),
+            Just(Some((65_000, 65_535))),
+        ];
+        (
+            prop_oneof![Just(Direction::Ingress), Just(Direction::Egress)],
+            peer,
+            proto,
+            ports,
+            any::<bool>(),
+        )
+            .prop_map(|(direction, peer, proto, ports, deny)| PolicyEntry {
+                direction,
+                peer,
+                proto,
+                ports,
+                deny,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn compact_map_agrees_with_entries(
+            entries in prop::collection::vec(entry(), 0..12),
+            ingress_enforced in any::<bool>(),
+            egress_enforced in any::<bool>(),
+            packets in prop::collection::vec(
+                (any::<bool>(), 0u32..5, 0u8..4, any::<bool>(), 0u16..50),
+                1..40,
+            ),
+        ) {
+            let policy = EndpointPolicy { ingress_enforced, egress_enforced, entries };
+            let map = policy.to_map();
+            for (ingress, peer, octet, udp, port) in packets {
+                let direction = if ingress { Direction::Ingress } else { Direction::Egress };
+                let ip: IpAddr = format!("10.{octet}.1.1").parse().unwrap();
+                let proto = if udp { Proto::Udp } else { Proto::Tcp };
+                let port = if port >= 45 { 65_000 + port } else { port };
+                let peer = NumericIdentity(peer);
+                prop_assert_eq!(
+                    map.verdict(direction, peer, Some(ip), proto, port),
+                    policy.verdict(direction, peer, Some(ip), proto, port),
+                    "{:?} {} {} {:?} {}", direction, peer, ip, proto, port
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn entries_display() {
+        let e = PolicyEntry {
+            direction: Direction::Ingress,
+            peer: Peer::Identity(NumericIdentity(65538)),
+            proto: Some(Proto::Tcp),
+            ports: Some((6379, 6379)),
+            deny: false,
+        };
+        assert_eq!(e.to_string(), "ingress allow identity 65538 TCP 6379");
+        let e = PolicyEntry {
+            peer: Peer::Any,
+            proto: None,
+            ports: Some((8000, 8003)),
+            deny: true,
+            ..e
+        };
+        assert_eq!(e.to_string(), "ingress deny any any 8000-8003");
+    }
 }

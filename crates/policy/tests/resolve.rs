@@ -72,6 +72,14 @@ fn from_endpoints_allows_and_default_denies_the_rest() {
     assert!(tcp(&p, Ingress, C1 + 2, 80));
     assert!(!tcp(&p, Ingress, C1 + 3, 80));
     assert!(tcp(&p, Egress, C1 + 3, 80), "egress not enforced");
+    assert_eq!(
+        r.resolve_identity(NumericIdentity(C1 + 1), BTreeMap::new()),
+        Some(p.clone())
+    );
+    assert_eq!(
+        r.resolve_identity(NumericIdentity(C1 + 99), BTreeMap::new()),
+        None
+    );
     // An endpoint no rule selects is not enforced.
     let q = r.resolve(&ep(&web));
     assert!(!q.ingress_enforced && q.entries.is_empty());
