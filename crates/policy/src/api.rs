@@ -69,12 +69,27 @@ pub struct CiliumRule {
     /// Denied outgoing traffic.
     #[serde(default)]
     pub egress_deny: Option<Vec<EgressDenyRule>>,
+    /// Whether the rule's sections put its endpoints in default deny (both default to true).
+    #[serde(default)]
+    pub enable_default_deny: Option<DefaultDeny>,
     /// Free text.
     #[serde(default)]
     pub description: Option<String>,
     /// Labels of the rule itself.
     #[serde(default)]
     pub labels: Option<Vec<RuleLabel>>,
+}
+
+/// `enableDefaultDeny`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultDeny {
+    /// For ingress.
+    #[serde(default)]
+    pub ingress: Option<bool>,
+    /// For egress.
+    #[serde(default)]
+    pub egress: Option<bool>,
 }
 
 /// A label attached to a rule (`spec.labels`).

@@ -109,7 +109,7 @@ pub struct Policy {
 }
 
 /// One rule: the endpoints it applies to and what it allows and denies.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
     /// The endpoints the rule applies to (namespace defaulting applied).
     pub subject: Selector,
@@ -121,22 +121,54 @@ pub struct Rule {
     pub egress: Vec<PeerRule>,
     /// Denied outgoing traffic.
     pub egress_deny: Vec<PeerRule>,
+    /// `enableDefaultDeny.ingress` (default true): whether the ingress sections put the
+    /// endpoints in default deny.
+    pub default_deny_ingress: bool,
+    /// `enableDefaultDeny.egress` (default true).
+    pub default_deny_egress: bool,
     /// `description`.
     pub description: Option<String>,
     /// `labels` of the rule, as `source:key=value`.
     pub labels: Vec<String>,
 }
 
+impl Default for Rule {
+    fn default() -> Self {
+        Self {
+            subject: Selector::all(),
+            ingress: Vec::new(),
+            ingress_deny: Vec::new(),
+            egress: Vec::new(),
+            egress_deny: Vec::new(),
+            default_deny_ingress: true,
+            default_deny_egress: true,
+            description: None,
+            labels: Vec::new(),
+        }
+    }
+}
+
 impl Rule {
-    /// Whether the rule puts its endpoints in default-deny for ingress: Cilium's test is a
-    /// non-empty `ingress` or `ingressDeny` list (`ingress: []` does not, `ingress: [{}]` does).
-    pub fn enforces_ingress(&self) -> bool {
+    /// Whether the rule has an ingress policy: Cilium's test is a non-empty `ingress` or
+    /// `ingressDeny` list (`ingress: []` has none, `ingress: [{}]` has one).
+    pub fn has_ingress(&self) -> bool {
         !self.ingress.is_empty() || !self.ingress_deny.is_empty()
     }
 
     /// The same for egress.
-    pub fn enforces_egress(&self) -> bool {
+    pub fn has_egress(&self) -> bool {
         !self.egress.is_empty() || !self.egress_deny.is_empty()
+    }
+
+    /// Whether the rule puts its endpoints in default deny for ingress: it has an ingress
+    /// policy and `enableDefaultDeny.ingress` is not false.
+    pub fn enforces_ingress(&self) -> bool {
+        self.has_ingress() && self.default_deny_ingress
+    }
+
+    /// The same for egress.
+    pub fn enforces_egress(&self) -> bool {
+        self.has_egress() && self.default_deny_egress
     }
 }
 
@@ -412,6 +444,16 @@ pub(crate) fn from_cilium_rule(
     };
     let mut out = Rule {
         subject,
+        default_deny_ingress: rule
+            .enable_default_deny
+            .as_ref()
+            .and_then(|d| d.ingress)
+            .unwrap_or(true),
+        default_deny_egress: rule
+            .enable_default_deny
+            .as_ref()
+            .and_then(|d| d.egress)
+            .unwrap_or(true),
         description: rule.description.clone(),
         labels: rule
             .labels

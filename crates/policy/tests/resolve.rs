@@ -736,3 +736,39 @@ spec:
     let p = r.resolve(&ep(&pod("a", "locked", "cluster1")));
     assert!(!p.ingress_enforced && p.egress_enforced && p.entries.is_empty());
 }
+
+#[test]
+fn enable_default_deny_false_adds_without_isolating() {
+    let yaml = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: soft}
+spec:
+  endpointSelector: {matchLabels: {app: db}}
+  enableDefaultDeny: {ingress: false}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: web}}]
+  ingressDeny:
+  - fromEndpoints: [{matchLabels: {app: bad}}]
+  egress:
+  - toEndpoints: [{matchLabels: {app: web}}]
+"#;
+    let mut r = repo(yaml);
+    let (db, web, bad) = (
+        pod("db", "default", "cluster1"),
+        pod("web", "default", "cluster1"),
+        pod("bad", "default", "cluster1"),
+    );
+    add(&mut r, &[(C1 + 2, &web), (C1 + 3, &bad)]);
+    let p = r.resolve(&ep(&db));
+    assert!(!p.ingress_enforced, "no default deny for ingress");
+    assert!(p.egress_enforced, "egress keeps the default");
+    assert!(tcp(&p, Ingress, 2, 80), "others still pass");
+    assert!(!tcp(&p, Ingress, C1 + 3, 80), "deny entries still apply");
+    assert!(!p.to_map().ingress_enforced);
+    // Another rule with default deny isolates the endpoint again.
+    let strict = L3.replace("name: l3", "name: strict");
+    r.upsert(parse_documents(&strict, "default").unwrap().remove(0));
+    let p = r.resolve(&ep(&db));
+    assert!(p.ingress_enforced && tcp(&p, Ingress, C1 + 2, 80) && !tcp(&p, Ingress, 2, 80));
+}
