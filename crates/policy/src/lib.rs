@@ -17,6 +17,7 @@ pub mod api;
 pub mod cache;
 pub mod entity;
 mod error;
+pub mod fqdn;
 pub mod parse;
 pub mod port;
 pub mod prefix;

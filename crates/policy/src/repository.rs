@@ -23,6 +23,7 @@
 //! carries the name anywhere is allowed towards those peers.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 
 use plexus_model::cidr::Cidr;
 use plexus_model::identity::NumericIdentity;
@@ -73,6 +74,7 @@ enum CompiledPeer {
     Any,
     Selector(SelectorId),
     Prefixes(Vec<Cidr>),
+    Fqdn(String),
 }
 
 #[derive(Clone, Debug)]
@@ -111,6 +113,7 @@ pub struct PolicyRepository {
     policies: BTreeMap<PolicyKey, Stored>,
     egress_named_ports: NamedPorts,
     identity_named_ports: HashMap<NumericIdentity, NamedPorts>,
+    fqdn_addresses: BTreeMap<String, BTreeSet<IpAddr>>,
     revision: u64,
 }
 
@@ -123,6 +126,7 @@ impl PolicyRepository {
             policies: BTreeMap::new(),
             egress_named_ports: NamedPorts::new(),
             identity_named_ports: HashMap::new(),
+            fqdn_addresses: BTreeMap::new(),
             revision: 0,
         }
     }
@@ -213,6 +217,29 @@ impl PolicyRepository {
         }
     }
 
+    /// Records the addresses a DNS name currently resolves to (from a DNS proxy); an empty set
+    /// forgets the name. `toFQDNs` peers select the addresses of every matching name, as host
+    /// prefixes. Returns whether anything changed; then the endpoints for which
+    /// [`Self::uses_fqdns`] holds need resolving again.
+    pub fn set_fqdn_addresses(&mut self, name: &str, addresses: BTreeSet<IpAddr>) -> bool {
+        let name = crate::fqdn::normalize(name);
+        if addresses.is_empty() {
+            self.fqdn_addresses.remove(&name).is_some()
+        } else {
+            self.fqdn_addresses.insert(name, addresses.clone()) != Some(addresses)
+        }
+    }
+
+    /// Whether the policy of an endpoint with these labels has `toFQDNs` peers.
+    pub fn uses_fqdns(&self, labels: &Labels) -> bool {
+        self.matching_rules(labels).any(|r| {
+            r.sections
+                .iter()
+                .flatten()
+                .any(|pr| pr.peers.iter().any(|p| matches!(p, CompiledPeer::Fqdn(_))))
+        })
+    }
+
     /// Applies identity changes (local or remote); returns the selectors whose sets changed.
     pub fn update_identities(
         &mut self,
@@ -224,7 +251,7 @@ impl PolicyRepository {
     fn compile_peer(&mut self, spec: &PeerSpec, out: &mut Vec<CompiledPeer>) {
         match spec {
             PeerSpec::Any => out.push(CompiledPeer::Any),
-            PeerSpec::Fqdn(_) => {}
+            PeerSpec::Fqdn(pattern) => out.push(CompiledPeer::Fqdn(pattern.clone())),
             PeerSpec::Cidr { cidr, except } => {
                 out.push(CompiledPeer::Prefixes(subtract(*cidr, except)));
             }
@@ -402,6 +429,15 @@ impl PolicyRepository {
                             CompiledPeer::Prefixes(list) => {
                                 for prefix in list {
                                     push(Peer::Prefix(*prefix), &ports);
+                                }
+                            }
+                            CompiledPeer::Fqdn(pattern) => {
+                                for (name, addresses) in &self.fqdn_addresses {
+                                    if crate::fqdn::matches(pattern, name) {
+                                        for a in addresses {
+                                            push(Peer::Prefix(Cidr::host(*a)), &ports);
+                                        }
+                                    }
                                 }
                             }
                         }

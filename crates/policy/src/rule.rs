@@ -198,7 +198,8 @@ pub enum PeerSpec {
         /// Excluded sub-prefixes (each inside `cidr`).
         except: Vec<Cidr>,
     },
-    /// A DNS name or pattern (`toFQDNs`): selects nothing until a DNS proxy provides addresses.
+    /// A DNS name or pattern (`toFQDNs`, lower case, no trailing dot): selects the addresses
+    /// learned for matching names (see [`crate::repository::PolicyRepository::set_fqdn_addresses`]).
     Fqdn(String),
     /// Every peer (a NetworkPolicy rule without `from`/`to`).
     Any,
@@ -290,14 +291,28 @@ struct RawPeerRule<'a> {
 }
 
 fn fqdn(sel: &api::FqdnSelector, field: &str) -> Result<String, FieldError> {
-    match (&sel.match_name, &sel.match_pattern) {
-        (Some(n), None) if !n.is_empty() => Ok(n.clone()),
-        (None, Some(p)) if !p.is_empty() => Ok(p.clone()),
-        _ => Err(field_err(
-            field,
-            "exactly one of matchName or matchPattern is required",
-        )),
+    let (text, at, pattern) = match (&sel.match_name, &sel.match_pattern) {
+        (Some(n), None) if !n.is_empty() => (n, format!("{field}.matchName"), false),
+        (None, Some(p)) if !p.is_empty() => (p, format!("{field}.matchPattern"), true),
+        _ => {
+            return Err(field_err(
+                field,
+                "exactly one of matchName or matchPattern is required",
+            ));
+        }
+    };
+    let valid = text.bytes().all(|b| {
+        b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' || (pattern && b == b'*')
+    });
+    if !valid {
+        let what = if pattern {
+            "DNS name pattern"
+        } else {
+            "DNS name"
+        };
+        return Err(field_err(at, format!("{text:?} is not a {what}")));
     }
+    Ok(crate::fqdn::normalize(text))
 }
 
 fn cidr_peer(cidr: &str, except: &[String], field: &str) -> Result<PeerSpec, FieldError> {

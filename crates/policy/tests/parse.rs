@@ -141,6 +141,18 @@ fn bad_values() {
         "no values",
     );
     assert_err(&cnp("  ingress: []\n"), "spec.endpointSelector", "required");
+    assert_err(
+        &cnp("  endpointSelector: {}\n  egress:\n  - toFQDNs: [{matchName: 'bad name'}]\n"),
+        "spec.egress[0].toFQDNs[0].matchName",
+        "not a DNS name",
+    );
+    assert_err(
+        &cnp(
+            "  endpointSelector: {}\n  egress:\n  - toFQDNs: [{matchName: a.b, matchPattern: '*'}]\n",
+        ),
+        "spec.egress[0].toFQDNs[0]",
+        "exactly one",
+    );
 }
 
 #[test]

@@ -609,7 +609,26 @@ specs:
             ports: Some((53, 53)),
             deny: false
         }],
-        "DNS rules enforced at L4; toFQDNs selects nothing without a DNS proxy"
+        "DNS rules enforced at L4; toFQDNs selects nothing before a DNS source reports addresses"
+    );
+    // Once a DNS source reports addresses, toFQDNs selects them as host prefixes.
+    let db = pod("db", "default", "cluster1");
+    assert!(r.uses_fqdns(&db));
+    let addrs: BTreeSet<IpAddr> = ["93.184.215.14".parse().unwrap()].into();
+    assert!(r.set_fqdn_addresses("Example.COM.", addrs.clone()));
+    assert!(!r.set_fqdn_addresses("example.com", addrs));
+    r.set_fqdn_addresses("other.org", ["1.1.1.1".parse().unwrap()].into());
+    let p = r.resolve(&ep(&db));
+    assert_eq!(p.entries.len(), 2);
+    assert_eq!(
+        p.entries[1],
+        PolicyEntry {
+            direction: Egress,
+            peer: Peer::Prefix(cidr("93.184.215.14/32")),
+            proto: Some(Proto::Tcp),
+            ports: Some((443, 443)),
+            deny: false
+        }
     );
     let policy = r.policies().next().unwrap();
     assert_eq!(policy.rules.len(), 2);
