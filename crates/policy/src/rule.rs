@@ -12,7 +12,7 @@
 //!   namespace labels, `io.cilium.k8s.namespace.labels.*`) and `k8s:io.kubernetes.pod.namespace`
 //!   *exists* in a CiliumClusterwideNetworkPolicy (unless the rule applies to `reserved:init`
 //!   endpoints); selectors on `reserved:` labels are left alone;
-//! - NetworkPolicy peers are translated as Cilium translates them (see [`from_network_policy`]).
+//! - NetworkPolicy peers are translated as Cilium translates them (see `docs/policy.md`).
 //!
 //! The cluster defaulting (`policy-default-local-cluster`) depends on agent configuration and is
 //! applied when a policy enters the [`crate::repository::PolicyRepository`].
