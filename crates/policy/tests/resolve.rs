@@ -791,3 +791,25 @@ spec:
     let p = r.resolve(&ep(&db));
     assert!(p.ingress_enforced && tcp(&p, Ingress, C1 + 2, 80) && !tcp(&p, Ingress, 2, 80));
 }
+
+#[test]
+fn reserved_label_selectors_are_not_defaulted() {
+    let yaml = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: r}
+spec:
+  endpointSelector: {matchLabels: {app: db}}
+  ingress:
+  - fromEndpoints:
+    - matchLabels: {"reserved:host": ""}
+    - matchExpressions: [{key: "reserved:kube-apiserver", operator: Exists}]
+"#;
+    let r = repo(yaml);
+    let p = r.resolve(&ep(&pod("db", "default", "cluster1")));
+    assert_eq!(
+        ids(&p, Ingress),
+        BTreeSet::from([1, 7]),
+        "no namespace or cluster added"
+    );
+}
