@@ -1,4 +1,37 @@
 //! Network policy: CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy and NetworkPolicy.
 //!
-//! This crate will parse the user-facing policy objects, keep a selector cache over local and
-//! remote identities, and resolve per-endpoint allow and deny entries for the datapath.
+//! The control-plane half of policy enforcement, with no IO:
+//! - [`parse`]: policy objects from YAML/JSON files, all documents or one error naming the
+//!   object, field and reason ([`PolicyError`]); [`api`] holds the serde types, [`rule`] the
+//!   checked form with Cilium's namespace defaulting;
+//! - [`cache`]: a selector cache over local and remote identities, updated incrementally and
+//!   reporting which selectors changed;
+//! - [`repository`]: policies by (kind, namespace, name) and the per-endpoint resolution into
+//!   allow and deny entries ([`resolved`]), with Cilium's semantics (default deny per direction,
+//!   deny before allow, named ports, `policy-default-local-cluster`), and a compact form for an
+//!   eBPF policy map.
+//!
+//! See `docs/policy.md` for the model and its semantics.
+
+pub mod api;
+pub mod cache;
+pub mod entity;
+mod error;
+pub mod fqdn;
+pub mod parse;
+pub mod port;
+pub mod prefix;
+pub mod repository;
+pub mod resolved;
+pub mod rule;
+pub mod selector;
+
+pub use cache::{IdentityChange, SelectorCache, SelectorId};
+pub use entity::Entity;
+pub use error::PolicyError;
+pub use parse::{parse_documents, parse_value};
+pub use port::{NamedPort, NamedPorts, Proto};
+pub use repository::{EndpointInfo, PolicyConfig, PolicyRepository};
+pub use resolved::{Direction, EndpointPolicy, Peer, PolicyEntry, PolicyMap};
+pub use rule::{Policy, PolicyKey, PolicyKind};
+pub use selector::Selector;

@@ -1,0 +1,452 @@
+//! The policy repository: policies by (kind, namespace, name), the selector cache they use, and
+//! per-endpoint resolution.
+//!
+//! A policy entering the repository is compiled against the agent's [`PolicyConfig`]: entity
+//! peers become selectors for the local cluster, CIDR peers become prefix lists with `except`
+//! subtracted, and, with `policy-default-local-cluster` on (the default, as in current Cilium),
+//! a peer endpoint selector without a cluster requirement (and without `reserved:` labels) gets
+//! `k8s:io.cilium.k8s.policy.cluster=<local cluster>`; with it off, such selectors match
+//! endpoints of every cluster, as Cilium up to 1.18 did. Selectors are interned in the
+//! [`SelectorCache`] and released when the policy is replaced or deleted.
+//!
+//! [`PolicyRepository::resolve`] computes an endpoint's [`EndpointPolicy`] from its labels and
+//! named ports. Identity changes go through [`PolicyRepository::update_identities`], which
+//! returns the changed selectors; [`PolicyRepository::affects`] tells whether an endpoint's
+//! policy depends on any of them, so callers recompute only those endpoints.
+//!
+//! Named ports: an ingress named port is the endpoint's own container port of that name. An
+//! egress named port towards a peer identity whose ports are known
+//! ([`PolicyRepository::set_identity_named_ports`]) is that identity's port of that name;
+//! otherwise (unknown identities, `Any` and prefix peers) it is looked up in a node-wide index
+//! ([`PolicyRepository::set_egress_named_ports`], name -> every port carrying that name, e.g.
+//! from the ipcache's `NamedPorts`), as Cilium does, with Cilium's limitation: every port that
+//! carries the name anywhere is allowed towards those peers.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use plexus_model::cidr::Cidr;
+use plexus_model::identity::NumericIdentity;
+use plexus_model::labels::{CLUSTER_LABEL, Labels, SOURCE_K8S};
+
+use crate::cache::{IdentityChange, SelectorCache, SelectorId};
+use crate::entity::EntityPeers;
+use crate::port::{NamedPorts, PortRef, PortSpec, Proto};
+use crate::prefix::subtract;
+use crate::resolved::{Direction, EndpointPolicy, Peer, PolicyEntry};
+use crate::rule::{PeerRule, PeerSpec, Policy, PolicyKey, Rule};
+use crate::selector::{Requirement, Selector};
+
+/// Agent options that change what policies mean.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyConfig {
+    /// The local cluster's name.
+    pub cluster_name: String,
+    /// `policy-default-local-cluster`: peer endpoint selectors without a cluster label select
+    /// only the local cluster. On by default.
+    pub default_local_cluster: bool,
+}
+
+impl PolicyConfig {
+    /// The default configuration for cluster `cluster_name`.
+    pub fn new(cluster_name: impl Into<String>) -> Self {
+        Self {
+            cluster_name: cluster_name.into(),
+            default_local_cluster: true,
+        }
+    }
+}
+
+/// What resolution needs to know about an endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EndpointInfo {
+    /// The endpoint's identity labels.
+    pub labels: Labels,
+    /// Its container ports by name (for ingress named ports).
+    pub named_ports: NamedPorts,
+}
+
+/// A protocol (`None` = any) and an inclusive port range (`None` = every port).
+type ResolvedPort = (Option<Proto>, Option<(u16, u16)>);
+
+#[derive(Clone, Debug)]
+enum CompiledPeer {
+    Any,
+    Selector(SelectorId),
+    Prefixes(Vec<Cidr>),
+    Fqdn(String),
+}
+
+#[derive(Clone, Debug)]
+struct CompiledPeerRule {
+    peers: Vec<CompiledPeer>,
+    ports: Vec<PortSpec>,
+}
+
+#[derive(Clone, Debug)]
+struct CompiledRule {
+    subject: Selector,
+    ingress: bool,
+    egress: bool,
+    /// ingress, ingressDeny, egress, egressDeny.
+    sections: [Vec<CompiledPeerRule>; 4],
+}
+
+const SECTIONS: [(Direction, bool); 4] = [
+    (Direction::Ingress, false),
+    (Direction::Ingress, true),
+    (Direction::Egress, false),
+    (Direction::Egress, true),
+];
+
+#[derive(Debug)]
+struct Stored {
+    policy: Policy,
+    compiled: Vec<CompiledRule>,
+}
+
+/// Policies and their resolution.
+#[derive(Debug)]
+pub struct PolicyRepository {
+    config: PolicyConfig,
+    cache: SelectorCache,
+    policies: BTreeMap<PolicyKey, Stored>,
+    egress_named_ports: NamedPorts,
+    identity_named_ports: HashMap<NumericIdentity, NamedPorts>,
+    fqdn_addresses: BTreeMap<String, BTreeSet<IpAddr>>,
+    revision: u64,
+}
+
+impl PolicyRepository {
+    /// An empty repository.
+    pub fn new(config: PolicyConfig) -> Self {
+        Self {
+            config,
+            cache: SelectorCache::new(),
+            policies: BTreeMap::new(),
+            egress_named_ports: NamedPorts::new(),
+            identity_named_ports: HashMap::new(),
+            fqdn_addresses: BTreeMap::new(),
+            revision: 0,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &PolicyConfig {
+        &self.config
+    }
+
+    /// The selector cache (read-only; change identities with [`Self::update_identities`]).
+    pub fn cache(&self) -> &SelectorCache {
+        &self.cache
+    }
+
+    /// Bumped on every policy change.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// Adds or replaces a policy; returns the one it replaced.
+    pub fn upsert(&mut self, policy: Policy) -> Option<Policy> {
+        let old = self.delete(&policy.key);
+        let compiled = policy.rules.iter().map(|r| self.compile(r)).collect();
+        self.policies
+            .insert(policy.key.clone(), Stored { policy, compiled });
+        self.revision += 1;
+        old
+    }
+
+    /// Adds or replaces every policy of a parsed file (already checked as a whole).
+    pub fn upsert_all(&mut self, policies: impl IntoIterator<Item = Policy>) {
+        for p in policies {
+            self.upsert(p);
+        }
+    }
+
+    /// Deletes a policy; returns it.
+    pub fn delete(&mut self, key: &PolicyKey) -> Option<Policy> {
+        let stored = self.policies.remove(key)?;
+        for rule in &stored.compiled {
+            for section in &rule.sections {
+                for pr in section {
+                    for peer in &pr.peers {
+                        if let CompiledPeer::Selector(id) = peer {
+                            self.cache.release(*id);
+                        }
+                    }
+                }
+            }
+        }
+        self.revision += 1;
+        Some(stored.policy)
+    }
+
+    /// A policy by key.
+    pub fn get(&self, key: &PolicyKey) -> Option<&Policy> {
+        self.policies.get(key).map(|s| &s.policy)
+    }
+
+    /// Every policy, in key order.
+    pub fn policies(&self) -> impl Iterator<Item = &Policy> {
+        self.policies.values().map(|s| &s.policy)
+    }
+
+    /// Number of policies.
+    pub fn len(&self) -> usize {
+        self.policies.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    /// Replaces the node-wide named-port index used for egress named ports.
+    pub fn set_egress_named_ports(&mut self, ports: NamedPorts) {
+        self.egress_named_ports = ports;
+    }
+
+    /// Sets the named ports of the endpoints of one identity (the union over its endpoints);
+    /// an empty map forgets them. Egress named ports towards a peer selected by identity are
+    /// resolved against its own ports when known, and against the node-wide index otherwise.
+    pub fn set_identity_named_ports(&mut self, id: NumericIdentity, ports: NamedPorts) {
+        if ports.is_empty() {
+            self.identity_named_ports.remove(&id);
+        } else {
+            self.identity_named_ports.insert(id, ports);
+        }
+    }
+
+    /// Records the addresses a DNS name currently resolves to (from a DNS proxy); an empty set
+    /// forgets the name. `toFQDNs` peers select the addresses of every matching name, as host
+    /// prefixes. Returns whether anything changed; then the endpoints for which
+    /// [`Self::uses_fqdns`] holds need resolving again.
+    pub fn set_fqdn_addresses(&mut self, name: &str, addresses: BTreeSet<IpAddr>) -> bool {
+        let name = crate::fqdn::normalize(name);
+        if addresses.is_empty() {
+            self.fqdn_addresses.remove(&name).is_some()
+        } else {
+            self.fqdn_addresses.insert(name, addresses.clone()) != Some(addresses)
+        }
+    }
+
+    /// Whether the policy of an endpoint with these labels has `toFQDNs` peers.
+    pub fn uses_fqdns(&self, labels: &Labels) -> bool {
+        self.matching_rules(labels).any(|r| {
+            r.sections
+                .iter()
+                .flatten()
+                .any(|pr| pr.peers.iter().any(|p| matches!(p, CompiledPeer::Fqdn(_))))
+        })
+    }
+
+    /// Applies identity changes (local or remote); returns the selectors whose sets changed.
+    pub fn update_identities(
+        &mut self,
+        changes: impl IntoIterator<Item = IdentityChange>,
+    ) -> BTreeSet<SelectorId> {
+        self.cache.apply(changes)
+    }
+
+    fn compile_peer(&mut self, spec: &PeerSpec, out: &mut Vec<CompiledPeer>) {
+        match spec {
+            PeerSpec::Any => out.push(CompiledPeer::Any),
+            PeerSpec::Fqdn(pattern) => out.push(CompiledPeer::Fqdn(pattern.clone())),
+            PeerSpec::Cidr { cidr, except } => {
+                out.push(CompiledPeer::Prefixes(subtract(*cidr, except)));
+            }
+            PeerSpec::Entity(e) => match e.peers(&self.config.cluster_name) {
+                EntityPeers::Any => out.push(CompiledPeer::Any),
+                EntityPeers::Selectors(list) => {
+                    for s in list {
+                        out.push(CompiledPeer::Selector(self.cache.add_selector(s)));
+                    }
+                }
+            },
+            PeerSpec::Endpoints(sel) => {
+                let mut sel = sel.clone();
+                if self.config.default_local_cluster && spec.takes_cluster_default() {
+                    sel.add(Requirement::equals(
+                        &format!("{SOURCE_K8S}:{CLUSTER_LABEL}"),
+                        &self.config.cluster_name,
+                    ));
+                }
+                out.push(CompiledPeer::Selector(self.cache.add_selector(sel)));
+            }
+        }
+    }
+
+    fn compile_peer_rule(&mut self, pr: &PeerRule) -> CompiledPeerRule {
+        let mut peers = Vec::new();
+        match &pr.peers {
+            // No L3 field: every peer on the given ports; nothing at all without ports.
+            None if !pr.ports.is_empty() => peers.push(CompiledPeer::Any),
+            None => {}
+            Some(list) => {
+                for spec in list {
+                    self.compile_peer(spec, &mut peers);
+                }
+            }
+        }
+        CompiledPeerRule {
+            peers,
+            ports: pr.ports.clone(),
+        }
+    }
+
+    fn compile(&mut self, rule: &Rule) -> CompiledRule {
+        let mut sections: [Vec<CompiledPeerRule>; 4] = Default::default();
+        for (i, list) in [
+            &rule.ingress,
+            &rule.ingress_deny,
+            &rule.egress,
+            &rule.egress_deny,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            sections[i] = list.iter().map(|pr| self.compile_peer_rule(pr)).collect();
+        }
+        CompiledRule {
+            subject: rule.subject.clone(),
+            ingress: rule.enforces_ingress(),
+            egress: rule.enforces_egress(),
+            sections,
+        }
+    }
+
+    fn matching_rules<'a>(&'a self, labels: &'a Labels) -> impl Iterator<Item = &'a CompiledRule> {
+        self.policies
+            .values()
+            .flat_map(|s| s.compiled.iter())
+            .filter(move |r| r.subject.matches(labels))
+    }
+
+    /// The selectors the policy of an endpoint with these labels depends on.
+    pub fn selectors_for(&self, labels: &Labels) -> BTreeSet<SelectorId> {
+        let mut out = BTreeSet::new();
+        for rule in self.matching_rules(labels) {
+            for pr in rule.sections.iter().flatten() {
+                for peer in &pr.peers {
+                    if let CompiledPeer::Selector(id) = peer {
+                        out.insert(*id);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether the policy of an endpoint with these labels depends on a changed selector.
+    pub fn affects(&self, labels: &Labels, changed: &BTreeSet<SelectorId>) -> bool {
+        !changed.is_empty() && !self.selectors_for(labels).is_disjoint(changed)
+    }
+
+    fn ports_of(specs: &[PortSpec], index: &NamedPorts) -> Vec<ResolvedPort> {
+        if specs.is_empty() {
+            return vec![(None, None)];
+        }
+        let mut out = Vec::new();
+        for spec in specs {
+            match &spec.port {
+                PortRef::Number(0) => out.push((spec.proto, None)),
+                PortRef::Number(p) => {
+                    out.push((spec.proto, Some((*p, spec.end_port.unwrap_or(*p)))))
+                }
+                PortRef::Named(name) => {
+                    for np in index.get(name).into_iter().flatten() {
+                        if spec.proto.is_none_or(|p| p == np.proto) {
+                            out.push((Some(np.proto), Some((np.port, np.port))));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Resolves the policy of the endpoints of a known identity (its labels from the cache).
+    pub fn resolve_identity(
+        &self,
+        id: NumericIdentity,
+        named_ports: NamedPorts,
+    ) -> Option<EndpointPolicy> {
+        let labels = self.cache.labels(id)?.clone();
+        Some(self.resolve(&EndpointInfo {
+            labels,
+            named_ports,
+        }))
+    }
+
+    /// Resolves the policy of an endpoint.
+    pub fn resolve(&self, endpoint: &EndpointInfo) -> EndpointPolicy {
+        let mut out = EndpointPolicy::default();
+        for rule in self.matching_rules(&endpoint.labels) {
+            out.ingress_enforced |= rule.ingress;
+            out.egress_enforced |= rule.egress;
+            for (section, (direction, deny)) in rule.sections.iter().zip(SECTIONS) {
+                for pr in section {
+                    if pr.peers.is_empty() {
+                        continue;
+                    }
+                    let index = match direction {
+                        Direction::Ingress => &endpoint.named_ports,
+                        Direction::Egress => &self.egress_named_ports,
+                    };
+                    let ports = Self::ports_of(&pr.ports, index);
+                    // Egress named ports towards an identity whose own ports are known.
+                    let per_identity = direction == Direction::Egress
+                        && !self.identity_named_ports.is_empty()
+                        && pr.ports.iter().any(|p| matches!(p.port, PortRef::Named(_)));
+                    let mut push = |peer: Peer, ports: &[ResolvedPort]| {
+                        for (proto, ports) in ports {
+                            out.entries.push(PolicyEntry {
+                                direction,
+                                peer,
+                                proto: *proto,
+                                ports: *ports,
+                                deny,
+                            });
+                        }
+                    };
+                    for peer in &pr.peers {
+                        match peer {
+                            CompiledPeer::Any => push(Peer::Any, &ports),
+                            CompiledPeer::Selector(id) => {
+                                for identity in self.cache.matches(*id) {
+                                    let own = per_identity
+                                        .then(|| self.identity_named_ports.get(identity))
+                                        .flatten();
+                                    match own {
+                                        Some(own) => push(
+                                            Peer::Identity(*identity),
+                                            &Self::ports_of(&pr.ports, own),
+                                        ),
+                                        None => push(Peer::Identity(*identity), &ports),
+                                    }
+                                }
+                            }
+                            CompiledPeer::Prefixes(list) => {
+                                for prefix in list {
+                                    push(Peer::Prefix(*prefix), &ports);
+                                }
+                            }
+                            CompiledPeer::Fqdn(pattern) => {
+                                for (name, addresses) in &self.fqdn_addresses {
+                                    if crate::fqdn::matches(pattern, name) {
+                                        for a in addresses {
+                                            push(Peer::Prefix(Cidr::host(*a)), &ports);
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out.entries.sort_unstable();
+        out.entries.dedup();
+        out
+    }
+}
