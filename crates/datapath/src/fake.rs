@@ -22,6 +22,7 @@ pub struct FakeDatapath {
     endpoints: Mutex<BTreeMap<Ipv4Addr, Endpoint>>,
     ipcache: Mutex<BTreeMap<Prefix, IpcacheValue>>,
     services: Mutex<BTreeMap<Frontend, LbService>>,
+    policies: Mutex<crate::PolicyTables>,
     events: broadcast::Sender<MonitorEvent>,
 }
 
@@ -43,6 +44,7 @@ impl FakeDatapath {
             endpoints: Mutex::new(BTreeMap::new()),
             ipcache: Mutex::new(BTreeMap::new()),
             services: Mutex::new(BTreeMap::new()),
+            policies: Mutex::new(BTreeMap::new()),
             events: broadcast::channel(EVENT_CHANNEL_CAPACITY).0,
         }
     }
@@ -127,6 +129,30 @@ impl Datapath for FakeDatapath {
 
     fn services(&self) -> Result<Vec<LbService>, DatapathError> {
         Ok(lock(&self.services).values().cloned().collect())
+    }
+
+    fn set_policy(
+        &self,
+        endpoint_id: u16,
+        policy: &crate::policy::EndpointPolicy,
+    ) -> Result<(), DatapathError> {
+        lock(&self.policies).insert(
+            endpoint_id,
+            (
+                (policy.ingress_enforced, policy.egress_enforced),
+                crate::policy::compile(&policy.rules),
+            ),
+        );
+        Ok(())
+    }
+
+    fn remove_policy(&self, endpoint_id: u16) -> Result<(), DatapathError> {
+        lock(&self.policies).remove(&endpoint_id);
+        Ok(())
+    }
+
+    fn policies(&self) -> Result<crate::PolicyTables, DatapathError> {
+        Ok(lock(&self.policies).clone())
     }
 }
 

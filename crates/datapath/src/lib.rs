@@ -146,7 +146,28 @@ pub trait Datapath: Send + Sync {
     fn remove_service(&self, frontend: Frontend) -> Result<(), DatapathError>;
     /// Every frontend with its backends, in frontend order.
     fn services(&self) -> Result<Vec<LbService>, DatapathError>;
+    /// Replaces the policy of local endpoint `endpoint_id`. New entries are written before the
+    /// enforcement flags and stale entries removed last, so a connection allowed before and
+    /// after never sees a gap.
+    fn set_policy(
+        &self,
+        endpoint_id: u16,
+        policy: &policy::EndpointPolicy,
+    ) -> Result<(), DatapathError>;
+    /// Forgets the policy of an endpoint (gone, or selected by no rule any more).
+    fn remove_policy(&self, endpoint_id: u16) -> Result<(), DatapathError>;
+    /// The endpoints with a policy and its compiled map entries (key -> deny).
+    fn policies(&self) -> Result<PolicyTables, DatapathError>;
 }
+
+/// Per endpoint: ingress and egress enforcement, and the compiled entries (key -> deny).
+pub type PolicyTables = std::collections::BTreeMap<
+    u16,
+    (
+        (bool, bool),
+        std::collections::BTreeMap<policy::PolicyKey, bool>,
+    ),
+>;
 
 /// Checks what both implementations refuse.
 pub(crate) fn validate_endpoint(ep: &Endpoint) -> Result<(), DatapathError> {

@@ -193,6 +193,57 @@ pub fn lookup(
     longest(identity).or_else(|| longest(ANY_IDENTITY))
 }
 
+/// Bytes of a `struct policy_key` after its prefix length (see `bpf/lib/policy.h`).
+pub(crate) type PolicyKeyData = [u8; 12];
+
+/// The key data and prefix length of one compiled entry of endpoint `ep_id`.
+pub(crate) fn encode_key(ep_id: u16, key: &PolicyKey) -> (u32, PolicyKeyData) {
+    let mut b = [0u8; 12];
+    b[0..2].copy_from_slice(&ep_id.to_ne_bytes());
+    b[2] = match key.direction {
+        Direction::Ingress => 1,
+        Direction::Egress => 2,
+    };
+    b[4..8].copy_from_slice(&key.identity.to_ne_bytes());
+    b[8] = key.proto;
+    b[10..12].copy_from_slice(&key.port.to_be_bytes());
+    // ep_id, dir, pad and identity always match (64 bits); the protocol brings its pad byte.
+    let prefix_len = if key.l4_bits == 0 {
+        64
+    } else {
+        72 + u32::from(key.l4_bits)
+    };
+    (prefix_len, b)
+}
+
+/// The endpoint id and entry of a key read back from the map.
+pub(crate) fn decode_key(prefix_len: u32, b: &PolicyKeyData) -> Option<(u16, PolicyKey)> {
+    let direction = match b[2] {
+        1 => Direction::Ingress,
+        2 => Direction::Egress,
+        _ => return None,
+    };
+    let l4_bits = match prefix_len {
+        64 => 0,
+        80..=96 => u8::try_from(prefix_len - 72).ok()?,
+        _ => return None,
+    };
+    Some((
+        u16::from_ne_bytes([b[0], b[1]]),
+        PolicyKey {
+            direction,
+            identity: u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+            l4_bits,
+            proto: if l4_bits == 0 { 0 } else { b[8] },
+            port: if l4_bits <= 8 {
+                0
+            } else {
+                u16::from_be_bytes([b[10], b[11]])
+            },
+        },
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -228,6 +279,31 @@ mod tests {
         } else {
             Some(matching.iter().any(|r| r.deny))
         }
+    }
+
+    #[test]
+    fn keys_round_trip_through_their_bytes() {
+        let rules = [
+            rule(100, TCP, 8000, 8003, false),
+            rule(0, 0, 0, 0, true),
+            rule(7, UDP, 0, 65535, false),
+        ];
+        for (k, _) in compile(&rules) {
+            let (len, bytes) = encode_key(513, &k);
+            assert_eq!(decode_key(len, &bytes), Some((513, k)));
+        }
+        let (len, bytes) = encode_key(
+            1,
+            &PolicyKey {
+                direction: Direction::Egress,
+                identity: 5,
+                l4_bits: 24,
+                proto: TCP,
+                port: 6379,
+            },
+        );
+        assert_eq!(len, 96);
+        assert_eq!(&bytes[10..12], &6379u16.to_be_bytes());
     }
 
     #[test]

@@ -58,8 +58,8 @@ use crate::{
     bpffs,
     object::{
         MAP_CONFIG, MAP_CT, MAP_ENDPOINTS, MAP_EVENTS, MAP_IPCACHE, MAP_LB_BACKENDS,
-        MAP_LB_SERVICES, MAP_METRICS, PLEXUS_BPF_OBJECT, PROG_FROM_CONTAINER, PROG_FROM_OVERLAY,
-        PROG_TO_CONTAINER, PROGRAMS,
+        MAP_LB_SERVICES, MAP_METRICS, MAP_POLICY, MAP_POLICY_ENFORCE, PLEXUS_BPF_OBJECT,
+        PROG_FROM_CONTAINER, PROG_FROM_OVERLAY, PROG_TO_CONTAINER, PROGRAMS,
     },
     validate_endpoint, validate_ipcache,
 };
@@ -101,6 +101,10 @@ struct State {
     conntrack: HashMap<MapData, CtKeyBytes, CtEntryBytes>,
     /// The agent's copy of the two load-balancing maps.
     lb: LbTables,
+    policy: LpmTrie<MapData, crate::policy::PolicyKeyData, [u8; 4]>,
+    policy_enforce: HashMap<MapData, u32, [u8; 4]>,
+    /// What the policy maps hold, per endpoint (read back at load).
+    policies: crate::PolicyTables,
 }
 
 /// The eBPF datapath of one node. Dropping it stops the event reader; the attached programs
@@ -155,8 +159,8 @@ const MAP_LAYOUTS: [(&str, u32, u32); 9] = [
     (MAP_LB_SERVICES, 12, 12),
     (MAP_LB_BACKENDS, 4, 12),
     (MAP_CT, 16, 32),
-    (crate::object::MAP_POLICY, 16, 4),
-    (crate::object::MAP_POLICY_ENFORCE, 4, 4),
+    (MAP_POLICY, 16, 4),
+    (MAP_POLICY_ENFORCE, 4, 4),
 ];
 
 /// Refuses maps pinned by a build with another layout: reusing them would corrupt entries.
@@ -180,6 +184,34 @@ fn check_pinned_layouts(pin_dir: &Path) -> Result<(), DatapathError> {
         }
     }
     Ok(())
+}
+
+/// The policy maps' contents, per endpoint.
+fn read_policies(
+    policy: &LpmTrie<MapData, crate::policy::PolicyKeyData, [u8; 4]>,
+    enforce: &HashMap<MapData, u32, [u8; 4]>,
+) -> Result<crate::PolicyTables, DatapathError> {
+    let mut out = crate::PolicyTables::new();
+    for item in enforce.iter() {
+        let (ep, flags) = item.map_err(map_err(MAP_POLICY_ENFORCE))?;
+        let Ok(ep) = u16::try_from(ep) else { continue };
+        out.entry(ep).or_default().0 = (flags[0] != 0, flags[1] != 0);
+    }
+    for item in policy.iter() {
+        let (key, value) = item.map_err(map_err(MAP_POLICY))?;
+        if let Some((ep, k)) = crate::policy::decode_key(key.prefix_len(), &key.data()) {
+            out.entry(ep).or_default().1.insert(k, value[0] != 0);
+        }
+    }
+    Ok(out)
+}
+
+fn ignore_missing(r: Result<(), MapError>, map: &'static str) -> Result<(), DatapathError> {
+    match r {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(e) => Err(map_err(map)(e)),
+    }
 }
 
 fn device_pin_name(ifindex: u32) -> String {
@@ -255,6 +287,15 @@ impl EbpfDatapath {
         let conntrack = take_map(&mut ebpf, MAP_CT)?
             .try_into()
             .map_err(map_err(MAP_CT))?;
+        let policy: LpmTrie<MapData, crate::policy::PolicyKeyData, [u8; 4]> =
+            take_map(&mut ebpf, MAP_POLICY)?
+                .try_into()
+                .map_err(map_err(MAP_POLICY))?;
+        let policy_enforce: HashMap<MapData, u32, [u8; 4]> =
+            take_map(&mut ebpf, MAP_POLICY_ENFORCE)?
+                .try_into()
+                .map_err(map_err(MAP_POLICY_ENFORCE))?;
+        let policies = read_policies(&policy, &policy_enforce)?;
         let (lb, garbage) = read_lb_tables(&lb_services, &lb_backends)?;
         if !garbage.is_empty() {
             tracing::info!(
@@ -291,6 +332,9 @@ impl EbpfDatapath {
                 lb_backends,
                 conntrack,
                 lb,
+                policy,
+                policy_enforce,
+                policies,
             }),
             events,
             config,
@@ -552,6 +596,66 @@ impl Datapath for EbpfDatapath {
         let mut st = self.lock();
         let ops = st.lb.upsert(service)?;
         st.apply_lb(&ops)
+    }
+
+    fn set_policy(
+        &self,
+        endpoint_id: u16,
+        policy: &crate::policy::EndpointPolicy,
+    ) -> Result<(), DatapathError> {
+        let entries = crate::policy::compile(&policy.rules);
+        let flags = (policy.ingress_enforced, policy.egress_enforced);
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let old = st.policies.get(&endpoint_id).cloned().unwrap_or_default();
+        // 1. New and changed entries.
+        for (k, deny) in &entries {
+            if old.1.get(k) == Some(deny) {
+                continue;
+            }
+            let (len, data) = crate::policy::encode_key(endpoint_id, k);
+            st.policy
+                .insert(&Key::new(len, data), [u8::from(*deny), 0, 0, 0], 0)
+                .map_err(map_err(MAP_POLICY))?;
+        }
+        // 2. Enforcement.
+        if flags != old.0 || !st.policies.contains_key(&endpoint_id) {
+            st.policy_enforce
+                .insert(
+                    u32::from(endpoint_id),
+                    [u8::from(flags.0), u8::from(flags.1), 0, 0],
+                    0,
+                )
+                .map_err(map_err(MAP_POLICY_ENFORCE))?;
+        }
+        // 3. Stale entries.
+        for k in old.1.keys().filter(|k| !entries.contains_key(k)) {
+            let (len, data) = crate::policy::encode_key(endpoint_id, k);
+            ignore_missing(st.policy.remove(&Key::new(len, data)), MAP_POLICY)?;
+        }
+        st.policies.insert(endpoint_id, (flags, entries));
+        Ok(())
+    }
+
+    fn remove_policy(&self, endpoint_id: u16) -> Result<(), DatapathError> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let Some((_, entries)) = st.policies.remove(&endpoint_id) else {
+            return Ok(());
+        };
+        ignore_missing(
+            st.policy_enforce.remove(&u32::from(endpoint_id)),
+            MAP_POLICY_ENFORCE,
+        )?;
+        for k in entries.keys() {
+            let (len, data) = crate::policy::encode_key(endpoint_id, k);
+            ignore_missing(st.policy.remove(&Key::new(len, data)), MAP_POLICY)?;
+        }
+        Ok(())
+    }
+
+    fn policies(&self) -> Result<crate::PolicyTables, DatapathError> {
+        Ok(self.lock().policies.clone())
     }
 
     fn remove_service(&self, frontend: Frontend) -> Result<(), DatapathError> {
