@@ -40,6 +40,8 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/nodes", get(nodes))
         .route("/v1/identities", get(identities))
         .route("/v1/endpoints", get(endpoints))
+        .route("/v1/endpoints/{id}", get(endpoint_detail))
+        .route("/v1/policy", get(policy_get))
         .route("/v1/bpf/ipcache", get(bpf_ipcache))
         .route("/v1/bpf/lb", get(bpf_lb))
         .route("/v1/services", get(services))
@@ -138,6 +140,50 @@ async fn endpoints(
     State(agent): State<Arc<Agent>>,
 ) -> axum::Json<Vec<crate::endpoints::EndpointState>> {
     axum::Json(agent.endpoints.list().await)
+}
+
+/// What `endpoint get` shows.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct EndpointDetail {
+    /// The endpoint.
+    pub endpoint: crate::endpoints::EndpointState,
+    /// Its identity's labels.
+    pub identity_labels: Option<String>,
+    /// Its resolved policy.
+    pub policy: crate::policy::EndpointPolicyReport,
+}
+
+/// An endpoint by id, pod name or `namespace/pod`.
+async fn endpoint_detail(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<EndpointDetail>, ApiError> {
+    let all = agent.endpoints.list().await;
+    let found = all.into_iter().find(|e| {
+        e.id.to_string() == id || e.pod == id || format!("{}/{}", e.namespace, e.pod) == id
+    });
+    let Some(endpoint) = found else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no endpoint {id} on node {}", agent.node),
+        ));
+    };
+    Ok(axum::Json(EndpointDetail {
+        identity_labels: agent
+            .view
+            .identity_labels()
+            .get(&endpoint.identity)
+            .cloned(),
+        policy: agent.policies.endpoint_report(endpoint.id),
+        endpoint,
+    }))
+}
+
+async fn policy_get(
+    State(agent): State<Arc<Agent>>,
+) -> axum::Json<Vec<crate::policy::PolicyReport>> {
+    axum::Json(agent.policies.report())
 }
 
 /// One row of `bpf ipcache list`.

@@ -12,6 +12,7 @@
 mod api;
 mod endpoints;
 mod netcmd;
+mod policy;
 mod services;
 mod view;
 
@@ -115,6 +116,11 @@ struct Args {
     /// keep them until it returns; its backends are skipped meanwhile anyway).
     #[arg(long, value_parser = humantime::parse_duration)]
     clustermesh_service_cache_ttl: Option<Duration>,
+    /// `policy-default-local-cluster`: peer endpoint selectors without the cluster label select
+    /// only this cluster's endpoints (as current Cilium releases do); `false` gives the older
+    /// any-cluster behaviour.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    policy_default_local_cluster: bool,
     /// Also serve `/metrics` (Prometheus) on this TCP address.
     #[arg(long)]
     prometheus_listen: Option<std::net::SocketAddr>,
@@ -131,8 +137,9 @@ pub struct Agent {
     kv: KvMetrics,
     mesh: MeshHandle,
     view: Arc<NodeView>,
-    endpoints: Endpoints,
+    endpoints: Arc<Endpoints>,
     services: services::Services,
+    policies: policy::Policies,
     datapath: Arc<dyn Datapath>,
 }
 
@@ -327,34 +334,36 @@ async fn run(args: Args) -> Result<()> {
         Routing::Tunnel => 1450,
         Routing::Native => 1500,
     });
-    let endpoints = Endpoints::new(EndpointsConfig {
-        datapath: datapath.clone(),
-        identities,
-        ip_store: SyncStore::start(
-            backend.clone(),
-            &leases,
-            SyncStoreConfig {
-                prefix: StateKind::Ip.state_prefix(&cluster.name),
-                canary: None,
-            },
-        ),
-        record_store: SyncStore::start(
-            backend.clone(),
-            &leases,
-            SyncStoreConfig {
-                prefix: plexus_loadbalancer::ENDPOINTS_PREFIX.to_string(),
-                canary: None,
-            },
-        ),
-        node_name: args.node_name.clone(),
-        node_ip: args.node_ip,
-        cluster_id: u16::try_from(cluster.id).context("cluster id")?,
-        mtu,
-        ipam,
-        state_file: args.state_dir.join("endpoints.json"),
-        view: view.clone(),
-    })
-    .await?;
+    let endpoints = Arc::new(
+        Endpoints::new(EndpointsConfig {
+            datapath: datapath.clone(),
+            identities,
+            ip_store: SyncStore::start(
+                backend.clone(),
+                &leases,
+                SyncStoreConfig {
+                    prefix: StateKind::Ip.state_prefix(&cluster.name),
+                    canary: None,
+                },
+            ),
+            record_store: SyncStore::start(
+                backend.clone(),
+                &leases,
+                SyncStoreConfig {
+                    prefix: plexus_loadbalancer::ENDPOINTS_PREFIX.to_string(),
+                    canary: None,
+                },
+            ),
+            node_name: args.node_name.clone(),
+            node_ip: args.node_ip,
+            cluster_id: u16::try_from(cluster.id).context("cluster id")?,
+            mtu,
+            ipam,
+            state_file: args.state_dir.join("endpoints.json"),
+            view: view.clone(),
+        })
+        .await?,
+    );
 
     let local_task = tokio::spawn(follow_local(backend.clone(), cluster.clone(), view.clone()));
     let services = services::Services::default();
@@ -384,6 +393,13 @@ async fn run(args: Args) -> Result<()> {
         })
     };
 
+    let policies = policy::Policies::new(&cluster.name, args.policy_default_local_cluster);
+    let policies_task = tokio::spawn(policies.clone().follow(backend.clone()));
+    let policy_program_task = tokio::spawn(policies.clone().program(
+        view.clone(),
+        endpoints.clone(),
+        datapath.clone(),
+    ));
     let program_task = tokio::spawn(services.clone().program(
         cluster.name.clone(),
         view.clone(),
@@ -404,6 +420,7 @@ async fn run(args: Args) -> Result<()> {
         view,
         endpoints,
         services,
+        policies,
         datapath,
     });
 
@@ -437,6 +454,8 @@ async fn run(args: Args) -> Result<()> {
     local_task.abort();
     services_task.abort();
     program_task.abort();
+    policies_task.abort();
+    policy_program_task.abort();
     remote_task.abort();
     let _ = std::fs::remove_file(&args.api_socket);
     drop(mesh);

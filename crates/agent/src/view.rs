@@ -58,6 +58,8 @@ struct Inner {
     remote_services: BTreeMap<(String, String), ClusterService>,
     /// Bumped on every change of `remote_services`.
     services_generation: u64,
+    /// Bumped on every change of `identities`.
+    identities_generation: u64,
 }
 
 /// The node's view. Cheap to share.
@@ -244,7 +246,8 @@ impl NodeView {
 
     /// An identity of `cluster`.
     pub fn identity_upsert(&self, cluster: &str, id: u32, labels: String) {
-        self.lock().identities.insert(
+        let mut inner = self.lock();
+        inner.identities.insert(
             id,
             IdentityInfo {
                 id,
@@ -252,11 +255,14 @@ impl NodeView {
                 labels,
             },
         );
+        inner.identities_generation += 1;
     }
 
     /// An identity is gone.
     pub fn identity_delete(&self, id: u32) {
-        self.lock().identities.remove(&id);
+        let mut inner = self.lock();
+        inner.identities.remove(&id);
+        inner.identities_generation += 1;
     }
 
     /// Folds one remote cluster's event in.
@@ -313,6 +319,7 @@ impl NodeView {
                     let mut inner = self.lock();
                     inner.keys.retain(|(s, _), _| *s != source);
                     inner.identities.retain(|_, i| i.cluster != cluster);
+                    inner.identities_generation += 1;
                     inner.remote_services.retain(|(c, _), _| c != cluster);
                     inner.services_generation += 1;
                     inner.ipcache.remove_source(&source)
@@ -321,6 +328,20 @@ impl NodeView {
                 tracing::info!(%cluster, "remote cluster drained");
             }
         }
+    }
+
+    /// A number that changes whenever an identity comes, changes or goes.
+    pub fn identities_generation(&self) -> u64 {
+        self.lock().identities_generation
+    }
+
+    /// The labels (kvstore form) of every identity known, by id.
+    pub fn identity_labels(&self) -> BTreeMap<u32, String> {
+        self.lock()
+            .identities
+            .iter()
+            .map(|(id, i)| (*id, i.labels.clone()))
+            .collect()
     }
 
     /// A number that changes whenever a remote cluster's services change.

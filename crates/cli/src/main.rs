@@ -123,7 +123,12 @@ enum Command {
     /// A node's endpoints.
     Endpoint {
         #[command(subcommand)]
-        command: ListCommand,
+        command: EndpointCommand,
+    },
+    /// The cluster's network policies, as a node holds them.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
     },
     /// Nodes of every cluster, as a node sees them.
     Node {
@@ -155,6 +160,35 @@ enum Command {
     Context {
         #[command(subcommand)]
         command: ContextCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum EndpointCommand {
+    /// List them.
+    List {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// One endpoint with its identity and resolved policy (by id, pod or namespace/pod; without
+    /// --node, every node of the cluster is searched).
+    Get {
+        /// Endpoint id, pod name, or namespace/pod.
+        id: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCommand {
+    /// Print the policies.
+    Get {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
     },
 }
 
@@ -562,7 +596,29 @@ fn run(cli: Cli) -> Result<u8> {
                 .await?
             }
             Command::Endpoint {
-                command: ListCommand::List { output },
+                command: EndpointCommand::Get { id, output },
+            } => {
+                node::endpoint_get(
+                    cfg.context(ctx_name, &path)?,
+                    node,
+                    &id,
+                    output == Output::Json,
+                )
+                .await?
+            }
+            Command::Policy {
+                command: PolicyCommand::Get { output },
+            } => {
+                node::list(
+                    cfg.context(ctx_name, &path)?,
+                    node,
+                    "policy",
+                    output == Output::Json,
+                )
+                .await?
+            }
+            Command::Endpoint {
+                command: EndpointCommand::List { output },
             } => {
                 node::list(
                     cfg.context(ctx_name, &path)?,

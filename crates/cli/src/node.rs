@@ -1,6 +1,6 @@
-//! Per-node commands: `status`, `endpoint list`, `node list`, `identity list`,
-//! `service list`, `bpf ipcache list`, `bpf lb list`, `monitor`. They ask one node's agent over its socket (`--node`, default
-//! the cluster's first node).
+//! Per-node commands: `status`, `endpoint list|get`, `node list`, `identity list`,
+//! `service list`, `policy get`, `bpf ipcache list`, `bpf lb list`, `monitor`. They ask one
+//! node's agent over its socket (`--node`, default the cluster's first node).
 
 // Table headers are written as literals beside their column widths, for readability.
 #![allow(clippy::print_literal)]
@@ -60,6 +60,7 @@ pub async fn list(ctx: &Context, node: Option<&str>, what: &str, json: bool) -> 
         "ipcache" => "/v1/bpf/ipcache",
         "lb" => "/v1/bpf/lb",
         "service" => "/v1/services",
+        "policy" => "/v1/policy",
         other => anyhow::bail!("unknown listing {other}"),
     };
     let (name, v) = fetch(ctx, node, path).await?;
@@ -203,6 +204,25 @@ pub async fn list(ctx: &Context, node: Option<&str>, what: &str, json: bool) -> 
                 }
             }
         }
+        "policy" => {
+            println!("# policies held by node {name}");
+            if rows.is_empty() {
+                println!("(none)");
+            }
+            for r in rows {
+                let ns = s(&r["namespace"]);
+                let at = if ns.is_empty() {
+                    String::new()
+                } else {
+                    format!("{ns}/")
+                };
+                println!("{} {at}{}", s(&r["kind"]), s(&r["name"]));
+                let spec = serde_json::to_string_pretty(&r["object"]["spec"])?;
+                for line in spec.lines() {
+                    println!("    {line}");
+                }
+            }
+        }
         "lb" => {
             println!("# bpf lb of node {name}");
             println!("{:<24} {}", "SERVICE ADDRESS", "BACKEND ADDRESS (SLOT)");
@@ -244,6 +264,74 @@ pub async fn list(ctx: &Context, node: Option<&str>, what: &str, json: bool) -> 
                 );
             }
         }
+    }
+    Ok(())
+}
+
+/// `endpoint get ID`: the endpoint on `node`, or on whichever node of the cluster has it.
+pub async fn endpoint_get(ctx: &Context, node: Option<&str>, id: &str, json: bool) -> Result<()> {
+    let nodes: Vec<String> = match node {
+        Some(n) => vec![n.to_string()],
+        None => ctx.agents.iter().map(|a| a.node.clone()).collect(),
+    };
+    let mut errors = Vec::new();
+    for n in &nodes {
+        let (_, ep) = agent(ctx, Some(n))?;
+        match plexus_agent_api::get_json(&ep, &format!("/v1/endpoints/{id}"), TIMEOUT).await {
+            Ok(v) => return print_endpoint(n, &v, json),
+            Err(e) => errors.push(format!("{n}: {e:#}")),
+        }
+    }
+    anyhow::bail!(
+        "endpoint {id} not found in cluster {}: {}",
+        ctx.name,
+        errors.join("; ")
+    )
+}
+
+fn print_endpoint(node: &str, v: &Value, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+        return Ok(());
+    }
+    let e = &v["endpoint"];
+    println!("Endpoint:   {} on node {node}", s(&e["id"]));
+    println!("Pod:        {}/{}", s(&e["namespace"]), s(&e["pod"]));
+    println!("Address:    {}", s(&e["ip"]));
+    println!(
+        "Identity:   {} {}",
+        s(&e["identity"]),
+        s(&v["identity-labels"])
+    );
+    let p = &v["policy"];
+    let mode = |k: &str| {
+        if p[k] == true {
+            "enforced (default deny)"
+        } else {
+            "not enforced"
+        }
+    };
+    println!("Ingress:    {}", mode("ingress-enforced"));
+    println!("Egress:     {}", mode("egress-enforced"));
+    let entries = p["entries"].as_array().cloned().unwrap_or_default();
+    if entries.is_empty() {
+        return Ok(());
+    }
+    println!();
+    println!(
+        "{:<8} {:<6} {:<10} {:<6} {:<12} {}",
+        "DIR", "VERDICT", "PEER", "PROTO", "PORTS", "PEER LABELS"
+    );
+    for r in entries {
+        println!(
+            "{:<8} {:<6} {:<10} {:<6} {:<12} {}",
+            s(&r["direction"]),
+            s(&r["verdict"]),
+            s(&r["peer"]),
+            s(&r["protocol"]),
+            s(&r["ports"]),
+            r["peer-labels"].as_str().unwrap_or("")
+        );
     }
     Ok(())
 }

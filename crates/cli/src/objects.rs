@@ -2,7 +2,9 @@
 //!
 //! Namespaces, Pods, Deployments and StatefulSets are run by the lab of the context;
 //! Services are stored in the cluster's etcd (`plexus/objects/v1/services/<ns>/<name>`) where
-//! the apiserver's service controller reads them. A file is parsed and checked completely
+//! the apiserver's service controller reads them; network policies (CiliumNetworkPolicy,
+//! CiliumClusterwideNetworkPolicy, NetworkPolicy) under `plexus/objects/v1/policies/`, where
+//! the agents read them. A file is parsed and checked completely
 //! before anything is applied: one bad document and nothing of the file is.
 
 // Table headers are written as literals beside their column widths, for readability.
@@ -24,6 +26,7 @@ pub struct Parsed {
     namespaces: Vec<String>,
     workloads: Vec<Workload>,
     services: Vec<Service>,
+    policies: Vec<(plexus_policy::PolicyKey, serde_json::Value)>,
 }
 
 /// Parses every document of `file`; errors name the file, the document and the field.
@@ -33,6 +36,7 @@ pub fn parse(file: &Path, default_ns: &str) -> Result<Parsed> {
         namespaces: Vec::new(),
         workloads: Vec::new(),
         services: Vec::new(),
+        policies: Vec::new(),
     };
     for (i, doc) in serde_norway::Deserializer::from_str(&text).enumerate() {
         let value = serde_json::Value::deserialize(doc)
@@ -62,6 +66,18 @@ pub fn parse(file: &Path, default_ns: &str) -> Result<Parsed> {
                 svc.global_config().with_context(|| at("Service"))?;
                 out.services.push(svc);
             }
+            k if plexus_policy::parse::is_policy_kind(k) => {
+                let policy = plexus_policy::parse_value(&value, i + 1, default_ns)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                if out.policies.iter().any(|(key, _)| *key == policy.key) {
+                    bail!("{}: {} is defined twice", at(k), policy.key);
+                }
+                let mut value = value.clone();
+                if !policy.key.namespace.is_empty() {
+                    value["metadata"]["namespace"] = serde_json::json!(policy.key.namespace);
+                }
+                out.policies.push((policy.key, value));
+            }
             "" => bail!("{}: kind is required", at("?")),
             other => bail!("{}: kind {other} is not supported yet", at(other)),
         }
@@ -82,6 +98,30 @@ fn lab_of(ctx: &Context) -> Result<LabState> {
 /// `apply -f`.
 pub async fn apply(ctx: &Context, file: &Path, ns: &str) -> Result<()> {
     let parsed = parse(file, ns)?;
+    if !parsed.policies.is_empty() {
+        let etcd = crate::clustermesh::admin_etcd(ctx, std::time::Duration::from_secs(10)).await?;
+        // All policies of the file in one transaction: all of them apply, or none.
+        let ops = parsed
+            .policies
+            .iter()
+            .map(|(key, value)| {
+                Ok(plexus_kvstore::Op::Put {
+                    key: plexus_policy::store_key(key),
+                    value: serde_json::to_vec(value)?,
+                    lease: None,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        etcd.txn(plexus_kvstore::Txn {
+            compares: vec![],
+            ops,
+        })
+        .await
+        .context("store the policies")?;
+        for (key, _) in &parsed.policies {
+            println!("{}/{} configured", key.kind.name().to_lowercase(), key.name);
+        }
+    }
     if !parsed.services.is_empty() {
         let etcd = crate::clustermesh::admin_etcd(ctx, std::time::Duration::from_secs(10)).await?;
         for svc in &parsed.services {
@@ -114,6 +154,13 @@ pub async fn apply(ctx: &Context, file: &Path, ns: &str) -> Result<()> {
 /// `delete -f`.
 pub async fn delete(ctx: &Context, file: &Path, ns: &str) -> Result<()> {
     let parsed = parse(file, ns)?;
+    if !parsed.policies.is_empty() {
+        let etcd = crate::clustermesh::admin_etcd(ctx, std::time::Duration::from_secs(10)).await?;
+        for (key, _) in &parsed.policies {
+            etcd.delete(&plexus_policy::store_key(key)).await?;
+            println!("{}/{} deleted", key.kind.name().to_lowercase(), key.name);
+        }
+    }
     if !parsed.services.is_empty() {
         let etcd = crate::clustermesh::admin_etcd(ctx, std::time::Duration::from_secs(10)).await?;
         for svc in &parsed.services {

@@ -35,3 +35,17 @@ pub use repository::{EndpointInfo, PolicyConfig, PolicyRepository};
 pub use resolved::{Direction, EndpointPolicy, Peer, PolicyEntry, PolicyMap};
 pub use rule::{Policy, PolicyKey, PolicyKind};
 pub use selector::Selector;
+
+/// Where a cluster's policy objects are stored in its etcd: `<prefix><Kind>/<namespace>/<name>`
+/// (namespace `-` for clusterwide policies), the object as applied, in JSON.
+pub const POLICIES_PREFIX: &str = "plexus/objects/v1/policies/";
+
+/// The etcd key of a policy object.
+pub fn store_key(key: &PolicyKey) -> String {
+    let ns = if key.namespace.is_empty() {
+        "-"
+    } else {
+        key.namespace.as_str()
+    };
+    format!("{POLICIES_PREFIX}{}/{ns}/{}", key.kind.name(), key.name)
+}
