@@ -74,6 +74,9 @@ pub struct EndpointPolicyReport {
     pub entries: Vec<EntryReport>,
 }
 
+/// What the programmed state was computed from: policy and identity generations, endpoints.
+type Fingerprint = (u64, u64, Vec<(u16, u32)>);
+
 struct Inner {
     repo: PolicyRepository,
     /// Policy key of each stored object key.
@@ -245,7 +248,7 @@ impl Policies {
                     .collect()
             })
             .unwrap_or_default();
-        let mut last: Option<(u64, u64, Vec<(u16, u32)>)> = None;
+        let mut last: Option<Fingerprint> = None;
         loop {
             let eps = endpoints.list().await;
             let ep_keys: Vec<(u16, u32)> = eps.iter().map(|e| (e.id, e.identity)).collect();
