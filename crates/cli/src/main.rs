@@ -354,7 +354,18 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("start the async runtime")
 }
 
+/// Lets a closed pipe end the CLI quietly, as it ends `ls | head`, instead of a panic in
+/// `println!`.
+#[allow(unsafe_code)]
+fn default_sigpipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: called first thing in main, before any thread exists; SIG_DFL installs no Rust
+    // handler, so nothing runs in signal context.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
 fn main() -> std::process::ExitCode {
+    default_sigpipe();
     plexus_kvstore::install_crypto_provider();
     let cli = Cli::parse();
     match run(cli) {
