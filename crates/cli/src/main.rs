@@ -251,6 +251,14 @@ enum LabCommand {
         /// The node.
         node: String,
     },
+    /// Show or set a cluster's agent options (KEY=VALUE, e.g.
+    /// policy-default-local-cluster=false; KEY= removes one) and restart its agents.
+    AgentOptions {
+        /// The cluster.
+        cluster: String,
+        /// Changes.
+        changes: Vec<String>,
+    },
     /// Benchmark helper: a 1-byte TCP echo server.
     #[command(hide = true)]
     BenchEcho {
@@ -429,6 +437,24 @@ fn run(cli: Cli) -> Result<u8> {
                     let bins = plexus_lab::lab::Bins::beside_current_exe()?;
                     plexus_lab::lab::restart_agent(&lab::lab_dir(), &cluster, &node, &bins)?;
                     println!("✅ agent of {node} restarted");
+                    Ok(0)
+                }
+                LabCommand::AgentOptions { cluster, changes } => {
+                    let bins = plexus_lab::lab::Bins::beside_current_exe()?;
+                    let now = plexus_lab::lab::set_agent_options(
+                        &lab::lab_dir(),
+                        &cluster,
+                        &changes,
+                        &bins,
+                    )?;
+                    if !changes.is_empty() {
+                        println!("✅ agents of {cluster} restarted");
+                    }
+                    if now.is_empty() {
+                        println!("agent options of {cluster}: (defaults)");
+                    } else {
+                        println!("agent options of {cluster}: {}", now.join(" "));
+                    }
                     Ok(0)
                 }
                 LabCommand::Serve {

@@ -5,6 +5,9 @@
 //! - step 3: both clusters serve (each between 20 % and 80 % of 100 requests), from both sides;
 //! - step 4: `shared-service=false` in cluster1 keeps cluster2's x-wing at home, not cluster1's;
 //! - step 5: `service-affinity=local` keeps cluster1 at home until its backends are gone;
+//! - step 6: with `networkpolicy.yaml` in both clusters, x-wing in cluster1 is served by
+//!   cluster2 only: what lands on cluster1 is dropped, and `monitor --type drop` shows it as a
+//!   policy denial from x-wing's identity; DNS keeps working (`allow-dns`);
 //! - step 7: after `lab stop cluster2`, every new request from cluster1 succeeds within 10 s and
 //!   cluster2 is shown not connected; after `lab start cluster2`, both serve again.
 //!
@@ -83,6 +86,48 @@ impl Lab {
         counts
     }
 
+    /// The first pod of deployment `name`.
+    fn pod_name(&self, ctx: &str, name: &str) -> String {
+        let pods = self.json(&["--context", ctx, "get", "pods", "-o", "json"]);
+        pods.as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_string())
+            .find(|n| n.starts_with(name))
+            .unwrap()
+    }
+
+    /// `monitor --type drop` on the node of `pod`'s deployment, running until `finish`.
+    fn spawn_monitor(&self, ctx: &str, deployment: &str) -> Monitor {
+        let pods = self.json(&["--context", ctx, "get", "pods", "-o", "json"]);
+        let node = pods
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"].as_str().unwrap().starts_with(deployment))
+            .map(|p| p["node"].as_str().unwrap().to_string())
+            .unwrap();
+        let out = self.dir.parent().unwrap().join("monitor.txt");
+        let child = Command::new(workspace_bin("plexus"))
+            .env("PLEXUS_LAB_DIR", &self.dir)
+            .env("PLEXUS_CONFIG", &self.config)
+            .args([
+                "--context",
+                ctx,
+                "--node",
+                &node,
+                "monitor",
+                "--type",
+                "drop",
+            ])
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        Monitor { child, out }
+    }
+
     fn down(&mut self) {
         self.down = true;
         self.ok(&["lab", "down"]);
@@ -94,6 +139,26 @@ impl Drop for Lab {
         if !self.down {
             let _ = self.plexus(&["lab", "down"]);
         }
+    }
+}
+
+struct Monitor {
+    child: std::process::Child,
+    out: PathBuf,
+}
+
+impl Monitor {
+    fn finish(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::fs::read_to_string(&self.out).unwrap()
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -318,6 +383,64 @@ fn walkthrough(dir: PathBuf, config: PathBuf) {
 
     // A UDP service.
     udp_service(&lab);
+
+    // 6. The cross-cluster policy in both clusters: from x-wing in cluster1, what cluster2
+    //    serves succeeds, what lands on cluster1 is dropped as a policy denial; DNS still works.
+    let monitor = lab.spawn_monitor("cluster1", "x-wing");
+    for ctx in ["cluster1", "cluster2"] {
+        lab.ok(&[
+            "--context",
+            ctx,
+            "apply",
+            "-f",
+            &example("networkpolicy.yaml"),
+        ]);
+    }
+    eventually(Duration::from_secs(20), "policy enforced", || {
+        let c = lab.ask("cluster1", "deployment/x-wing", 20);
+        (share(&c, "cluster1") == 0 && share(&c, "cluster2") > 0 && share(&c, "failed") > 0)
+            .then_some(())
+            .ok_or(format!("{c:?}"))
+    });
+    let drops = monitor.finish();
+    let xwing = lab.json(&[
+        "--context",
+        "cluster1",
+        "endpoint",
+        "get",
+        &lab.pod_name("cluster1", "x-wing"),
+        "-o",
+        "json",
+    ]);
+    let xwing_id = xwing["endpoint"]["identity"].as_u64().unwrap();
+    let denial = drops
+        .lines()
+        .find(|l| {
+            l.contains("drop (Policy denied)") && l.contains(&format!("identity {xwing_id}->"))
+        })
+        .unwrap_or_else(|| panic!("no policy denial from x-wing ({xwing_id}) in:\n{drops}"));
+    assert!(denial.contains(":80 tcp SYN"), "{denial}");
+    let out = lab.ok(&["--context", "cluster1", "policy", "get"]);
+    assert!(
+        out.contains("allow-cross-cluster") && out.contains("allow-dns"),
+        "{out}"
+    );
+    assert_eq!(xwing["policy"]["egress-enforced"], true, "{xwing}");
+    for ctx in ["cluster1", "cluster2"] {
+        lab.ok(&[
+            "--context",
+            ctx,
+            "delete",
+            "-f",
+            &example("networkpolicy.yaml"),
+        ]);
+    }
+    eventually(Duration::from_secs(20), "policy removed", || {
+        let c = lab.ask("cluster1", "deployment/x-wing", 20);
+        (share(&c, "cluster1") > 0 && share(&c, "failed") == 0)
+            .then_some(())
+            .ok_or(format!("{c:?}"))
+    });
 
     // 7. cluster2 stops: within 10 s, every new request from cluster1 succeeds (on cluster1).
     lab.ok(&["lab", "stop", "cluster2"]);

@@ -71,6 +71,9 @@ pub struct ClusterState {
     pub nodes: Vec<NodeState>,
     /// Taken down by `lab stop`.
     pub stopped: bool,
+    /// Extra agent options (`--key=value`), set by `lab agent-options`.
+    #[serde(default)]
+    pub agent_options: Vec<String>,
 }
 
 /// A running lab.
@@ -204,6 +207,7 @@ fn plan(name: &str, dir: &Path, spec: &LabSpec) -> LabState {
                 apiserver_pid: None,
                 state_dir: cdir.join("apiserver"),
                 clustermesh_dir: cdir.join("clustermesh"),
+                agent_options: Vec::new(),
                 nodes: (1..=c.nodes)
                     .map(|j| {
                         let node = format!("{}-node{j}", c.name);
@@ -281,7 +285,7 @@ fn start_agent(lab: &LabState, c: &ClusterState, n: &NodeState, bins: &Bins) -> 
     std::fs::create_dir_all(&n.state_dir)?;
     std::fs::create_dir_all(&c.clustermesh_dir)?;
     let pki = c.state_dir.join("pki");
-    let args = vec![
+    let mut args = vec![
         format!("--cluster-name={}", c.name),
         format!("--cluster-id={}", c.id),
         format!("--node-name={}", n.name),
@@ -302,6 +306,7 @@ fn start_agent(lab: &LabState, c: &ClusterState, n: &NodeState, bins: &Bins) -> 
         format!("--clustermesh-config={}", c.clustermesh_dir.display()),
         format!("--api-socket={}", n.socket.display()),
     ];
+    args.extend(c.agent_options.iter().cloned());
     let log = n.state_dir.join("agent.log");
     let pid = sys::spawn_in(&n.netns, &bins.agent, &args, &log)?;
     sys::wait_until(
@@ -485,6 +490,53 @@ pub fn restart_agent(dir: &Path, cluster: &str, node: &str, bins: &Bins) -> Resu
         .context("cluster")?;
     lab.clusters[i].nodes[j].agent_pid = Some(pid);
     lab.save()
+}
+
+/// Sets agent options of `cluster` (`KEY=VALUE`, the agent's `--KEY=VALUE`; an empty VALUE
+/// removes KEY) and restarts its agents with them, as a configuration change rolls a
+/// DaemonSet. Returns the options now in force.
+pub fn set_agent_options(
+    dir: &Path,
+    cluster: &str,
+    changes: &[String],
+    bins: &Bins,
+) -> Result<Vec<String>> {
+    let mut lab = LabState::load(dir)?;
+    let i = lab
+        .clusters
+        .iter()
+        .position(|x| x.name == cluster)
+        .with_context(|| format!("no cluster {cluster} in the lab"))?;
+    let mut options = lab.clusters[i].agent_options.clone();
+    for change in changes {
+        let (key, value) = change
+            .trim_start_matches("--")
+            .split_once('=')
+            .with_context(|| format!("agent option {change:?}: expected KEY=VALUE"))?;
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            bail!("agent option {change:?}: {key:?} is not an option name");
+        }
+        options.retain(|o| !o.starts_with(&format!("--{key}=")));
+        if !value.is_empty() {
+            options.push(format!("--{key}={value}"));
+        }
+    }
+    if changes.is_empty() {
+        return Ok(options);
+    }
+    lab.clusters[i].agent_options = options.clone();
+    lab.save()?;
+    if !lab.clusters[i].stopped {
+        let nodes: Vec<String> = lab.clusters[i]
+            .nodes
+            .iter()
+            .map(|n| n.name.clone())
+            .collect();
+        for node in nodes {
+            restart_agent(dir, cluster, &node, bins)?;
+        }
+    }
+    Ok(options)
 }
 
 /// One line per process: what runs and whether it is alive.
