@@ -55,18 +55,15 @@ async fn connect_etcd(args: &Args) -> Result<Arc<dyn KvBackend>> {
         (None, None, None) => {}
         _ => bail!("--etcd-ca, --etcd-cert and --etcd-key go together"),
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    // A pod is not restarted when it exits: keep trying (queries get SERVFAIL meanwhile).
+    let mut delay = Duration::from_millis(500);
     loop {
         match EtcdBackend::connect(config.clone()).await {
             Ok(etcd) => return Ok(Arc::new(etcd)),
-            Err(err) if tokio::time::Instant::now() >= deadline => {
-                return Err(err).with_context(|| {
-                    format!("connect to the cluster's etcd {:?}", args.etcd_endpoints)
-                });
-            }
             Err(err) => {
-                tracing::info!(error = %err, "waiting for the cluster's etcd");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tracing::warn!(error = %err, endpoints = ?args.etcd_endpoints, "waiting for the cluster's etcd");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }
@@ -76,7 +73,9 @@ async fn connect_etcd(args: &Args) -> Result<Arc<dyn KvBackend>> {
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            // hickory logs every query at info.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,hickory_server=warn".into()),
         )
         .init();
     // The etcd client speaks TLS through rustls, which needs its provider chosen explicitly.
