@@ -1,7 +1,8 @@
 //! Cluster DNS in a real lab, as root: `lab up` runs the `kube-dns` pod in `kube-system`, which
 //! reads the cluster's etcd from its pod network namespace and answers for services applied
 //! afterwards; every pod (its process and `plexus exec`) sees its own resolv.conf over
-//! `/etc/resolv.conf`; `lab down` removes the pods, their resolv.conf files and namespaces.
+//! `/etc/resolv.conf`; after `lab stop` and `lab start` kube-dns answers again; `lab down`
+//! removes the pods, their resolv.conf files and namespaces.
 //!
 //! Service addresses are only reachable once the eBPF load balancer translates them, so the
 //! queries go to the kube-dns pod's own address, from a client pod's network namespace.
@@ -203,21 +204,24 @@ fn lab_pods_resolve_services_through_the_kube_dns_pod() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_ne!(web_ip, Ipv4Addr::new(10, 131, 0, 10));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let m = ask_in(&client_netns, dns_ip, "web.default.svc.cluster.local.");
-        if let Some(m) = &m
-            && m.metadata.response_code == ResponseCode::NoError
-            && a_records(m) == vec![web_ip]
-        {
-            break;
+    let until_web_resolves = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let m = ask_in(&client_netns, dns_ip, "web.default.svc.cluster.local.");
+            if let Some(m) = &m
+                && m.metadata.response_code == ResponseCode::NoError
+                && a_records(m) == vec![web_ip]
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: kube-dns ({dns_ip}) never answered web = {web_ip}: {m:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
         }
-        assert!(
-            Instant::now() < deadline,
-            "kube-dns ({dns_ip}) never answered web = {web_ip}: {m:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    };
+    until_web_resolves("after apply");
     let m = ask_in(
         &client_netns,
         dns_ip,
@@ -279,6 +283,14 @@ fn lab_pods_resolve_services_through_the_kube_dns_pod() {
         files.contains(&"default-client.resolv.conf".to_string()),
         "{files:?}"
     );
+
+    // The cluster fails and comes back: kube-dns runs again and reaches etcd again.
+    lab.ok(&["lab", "stop", "dns1"]);
+    assert!(ask_in(&client_netns, dns_ip, "web.default.svc.cluster.local.").is_none());
+    lab.ok(&["lab", "start", "dns1"]);
+    until_web_resolves("after lab stop and start");
+    let seen = lab.ok(&["exec", "client", "--", "cat", "/etc/resolv.conf"]);
+    assert_eq!(seen, want);
 
     // Deleting the pod removes its resolv.conf; `lab down` removes everything.
     std::fs::write(
