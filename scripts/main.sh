@@ -57,6 +57,9 @@ YAML
   run --context "$c" apply -f "$work/$c.yaml"
   run --context "$c" get pods
 done
+echo "  cluster DNS: the kube-dns pod, and the resolv.conf every pod sees"
+run --context cluster1 get pods -n kube-system
+run --context cluster1 exec x-wing -- cat /etc/resolv.conf
 
 step "4. x-wing in cluster1 reaches every rebel-base pod, in both clusters, directly by IP"
 for c in cluster1 cluster2; do
