@@ -222,6 +222,33 @@ fn lab_pods_resolve_services_through_the_kube_dns_pod() {
         }
     };
     until_web_resolves("after apply");
+    // glibc's resolver from the client pod, with the pod's search list but the kube-dns pod as
+    // nameserver: a short name resolves through the search list.
+    let resolv = lab.dir.parent().unwrap().join("to-dns-pod.resolv.conf");
+    std::fs::write(
+        &resolv,
+        format!("nameserver {dns_ip}\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5 timeout:1 attempts:1\n"),
+    )
+    .unwrap();
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--", "nsenter"])
+        .arg(format!("--net=/run/netns/{client_netns}"))
+        .args([
+            "--",
+            "sh",
+            "-c",
+            r#"mount --bind "$1" /etc/resolv.conf && getent hosts web"#,
+            "sh",
+        ])
+        .arg(&resolv)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with(&format!("{web_ip} ")) && text.contains("web.default.svc.cluster.local"),
+        "getent hosts web: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let m = ask_in(
         &client_netns,
         dns_ip,
