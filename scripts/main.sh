@@ -53,6 +53,8 @@ for _ in $(seq 60); do
   "$P" --context cluster1 service list -o json | grep -q '"cluster": "cluster2"' && break
   sleep 1
 done
+echo "  cluster DNS: the kube-dns pod, and the resolv.conf every pod sees"
+run --context cluster1 exec deployment/x-wing -- cat /etc/resolv.conf
 run --context cluster1 service list
 run --context cluster1 bpf lb list
 ask cluster1 100

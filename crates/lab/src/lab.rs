@@ -6,7 +6,9 @@
 //! - per cluster `i` (1-based): a control-plane namespace `plx-<lab>-<cluster>` at 172.31.i.1
 //!   running `plexus-apiserver` (and, as its child, etcd: client port 2379, status on 9963);
 //! - per node `j`: a namespace `plx-<lab>-<cluster>-n<j>` at 172.31.i.(10+j) running
-//!   `plexus-agent` (eBPF datapath, bpffs mounted under its state directory).
+//!   `plexus-agent` (eBPF datapath, bpffs mounted under its state directory);
+//! - per cluster, the cluster DNS: the `kube-dns` Service and pod in `kube-system` on the first
+//!   node ([`crate::dns`]).
 //!
 //! Each namespace joins the underlay through a veth created inside the underlay namespace
 //! (`u<i>c` / `u<i>n<j>`), its peer moved into the namespace as `eth0`. One CA (`<dir>/ca`)
@@ -103,6 +105,8 @@ pub struct Bins {
     pub cni: PathBuf,
     /// `plexus` (the built-in pod server).
     pub plexus: PathBuf,
+    /// `plexus-dns` (the cluster DNS pod).
+    pub dns: PathBuf,
 }
 
 impl Bins {
@@ -126,6 +130,7 @@ impl Bins {
             apiserver: find("plexus-apiserver")?,
             agent: find("plexus-agent")?,
             cni: find("plexus-cni")?,
+            dns: find("plexus-dns")?,
             plexus: exe,
         })
     }
@@ -317,7 +322,31 @@ fn start_agent(lab: &LabState, c: &ClusterState, n: &NodeState, bins: &Bins) -> 
                 .is_ok_and(|(c, _)| c == 200)
         },
     )?;
+    route_pods_from_control_plane(c, n)?;
     Ok(pid)
+}
+
+/// Routes node `n`'s pod CIDR (what its agent claimed) from the control plane's namespace to
+/// the node, as the underlay router of a real cluster would: pods, the `kube-dns` pod first,
+/// reach etcd and the apiserver at the control-plane address, and the answers find their way
+/// back. (A route through a link that goes down is dropped, so `lab start` sets it again.)
+fn route_pods_from_control_plane(c: &ClusterState, n: &NodeState) -> Result<()> {
+    let (code, body) = sys::unix_get(&n.socket, "/v1/status", Duration::from_secs(2))
+        .with_context(|| format!("status of the agent of {}", n.name))?;
+    let status: serde_json::Value = serde_json::from_str(&body)
+        .with_context(|| format!("status of the agent of {} (HTTP {code}): {body}", n.name))?;
+    let cidr = status["pod-cidr"]
+        .as_str()
+        .with_context(|| format!("the agent of {} reports no pod-cidr: {body}", n.name))?;
+    sys::ip(&[
+        "-n",
+        &c.netns,
+        "route",
+        "replace",
+        cidr,
+        "via",
+        &n.ip.to_string(),
+    ])
 }
 
 /// Brings a lab up from `spec` in `dir` (which must not hold a lab).
@@ -381,6 +410,12 @@ pub fn up(
             lab.clusters[i].nodes[j].agent_pid = Some(start_agent(&lab, &c, &n, &bins)?);
             lab.save()?;
         }
+        progress(&format!(
+            "⌛ cluster {}: cluster DNS (kube-dns, {})",
+            c.name,
+            crate::dns::dns_ip(&c.service_cidr)?
+        ));
+        crate::dns::deploy(&lab, &lab.clusters[i].clone(), &bins)?;
         progress(&format!(
             "✅ cluster {} is up ({} nodes)",
             c.name,

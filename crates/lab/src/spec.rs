@@ -66,7 +66,8 @@ pub struct LabSpec {
     pub routing: Routing,
 }
 
-fn parse_cidr(s: &str) -> Option<(u32, u8)> {
+/// `a.b.c.d/len` as (address, length).
+pub(crate) fn parse_cidr(s: &str) -> Option<(u32, u8)> {
     let (a, l) = s.split_once('/')?;
     let a: std::net::Ipv4Addr = a.parse().ok()?;
     let l: u8 = l.parse().ok()?;
@@ -136,6 +137,13 @@ impl LabSpec {
                     return Err(err(format!("{at}: {field} {value} overlaps {other}")));
                 }
                 cidrs.push((format!("{}.{field}", c.name), parsed));
+            }
+            // The cluster DNS service takes the 10th address of the service CIDR.
+            if parse_cidr(&c.service_cidr).is_some_and(|(_, len)| len > 28) {
+                return Err(err(format!(
+                    "{at}: serviceCIDR {} is too small: the cluster DNS service takes its 10th address (use /28 or larger)",
+                    c.service_cidr
+                )));
             }
             let pod = parse_cidr(&c.pod_cidr).map(|p| p.1).unwrap_or(32);
             if pod > 24 || (1u64 << (24 - pod)) < u64::from(c.nodes) {

@@ -66,15 +66,55 @@ pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
 /// Starts `bin args` inside network namespace `ns`, detached (own process group), output
 /// appended to `log`. Returns its pid.
 pub fn spawn_in(ns: &str, bin: &Path, args: &[String], log: &Path) -> Result<u32> {
+    spawn_in_pod(ns, None, bin, args, log)
+}
+
+/// A command that runs its program inside network namespace `ns` (append the program and its
+/// arguments). With `resolv_conf`, the program also runs in a private mount namespace where
+/// that file is bind-mounted over `/etc/resolv.conf`, as a container's would be: the mount
+/// namespace, and so the mount, ends with the process. Neither `unshare`, `nsenter` nor the
+/// shell forks, so the pid of the spawned command is the program's.
+pub fn pod_command(ns: &str, resolv_conf: Option<&Path>) -> Command {
+    match resolv_conf {
+        None => {
+            let mut cmd = Command::new("nsenter");
+            cmd.arg(format!("--net={}", netns_path(ns))).arg("--");
+            cmd
+        }
+        Some(file) => {
+            let mut cmd = Command::new("unshare");
+            cmd.args(["--mount", "--propagation", "private", "--", "nsenter"])
+                .arg(format!("--net={}", netns_path(ns)))
+                .args([
+                    "--",
+                    "sh",
+                    "-c",
+                    r#"mount --bind "$1" /etc/resolv.conf && shift && exec "$@""#,
+                    "plexus-pod",
+                ])
+                .arg(file);
+            cmd
+        }
+    }
+}
+
+/// Starts `bin args` as a pod's process: in network namespace `ns`, with `resolv_conf` over
+/// `/etc/resolv.conf` (see [`pod_command`]), detached (own process group), output appended to
+/// `log`. Returns its pid.
+pub fn spawn_in_pod(
+    ns: &str,
+    resolv_conf: Option<&Path>,
+    bin: &Path,
+    args: &[String],
+    log: &Path,
+) -> Result<u32> {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .with_context(|| format!("open {}", log.display()))?;
     let err = out.try_clone()?;
-    let child = Command::new("nsenter")
-        .arg(format!("--net={}", netns_path(ns)))
-        .arg("--")
+    let child = pod_command(ns, resolv_conf)
         .arg(bin)
         .args(args)
         .stdin(Stdio::null())

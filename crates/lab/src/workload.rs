@@ -3,7 +3,8 @@
 //! A pod is a network namespace (`plx-<lab>-p-<cluster>-<namespace>-<pod>`) wired by the real
 //! CNI plugin, run inside its node's namespace, with the node's agent. It runs its container's
 //! `command`/`args` in its namespace, or, with no command, the built-in server
-//! (`plexus lab serve`) on its container ports. Deployments get `<name>-<n>` pods spread over
+//! (`plexus lab serve`) on its container ports, with the cluster DNS in its resolv.conf
+//! (`<dir>/<cluster>/pods/<namespace>-<pod>.resolv.conf`, see [`crate::dns`]). Deployments get `<name>-<n>` pods spread over
 //! the nodes (fewest pods first), StatefulSets `<name>-<i>`. The lab keeps its workloads in
 //! `<dir>/<cluster>/workloads.json`; applying again converges (missing pods are created,
 //! surplus ones removed), deleting removes the pods (CNI DEL, process, namespace).
@@ -150,6 +151,9 @@ pub struct PodState {
     pub labels: BTreeMap<String, String>,
     /// The process it runs.
     pub pid: Option<u32>,
+    /// Its resolv.conf (bind-mounted over `/etc/resolv.conf` for its process and `exec`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolv_conf: Option<PathBuf>,
 }
 
 /// A cluster's workloads and pods.
@@ -349,6 +353,13 @@ fn run_process(
         .join("pods")
         .join(format!("{}-{}.log", pod.namespace, pod.name));
     std::fs::create_dir_all(log.parent().unwrap_or(Path::new("/")))?;
+    let resolv = lab
+        .dir
+        .join(&c.name)
+        .join("pods")
+        .join(format!("{}-{}.resolv.conf", pod.namespace, pod.name));
+    crate::dns::write_resolv_conf(c, &pod.namespace, &resolv)?;
+    pod.resolv_conf = Some(resolv);
     let (bin, args): (PathBuf, Vec<String>) = if container.command.is_empty() {
         let mut args = vec![
             "lab".to_string(),
@@ -371,7 +382,13 @@ fn run_process(
         all.extend(container.args.iter().cloned());
         (PathBuf::from(&all[0]), all[1..].to_vec())
     };
-    pod.pid = Some(sys::spawn_in(&pod.netns, &bin, &args, &log)?);
+    pod.pid = Some(sys::spawn_in_pod(
+        &pod.netns,
+        pod.resolv_conf.as_deref(),
+        &bin,
+        &args,
+        &log,
+    )?);
     Ok(())
 }
 
@@ -387,6 +404,9 @@ fn remove_pod(lab: &LabState, c: &ClusterState, pod: &PodState, bins: Option<&Bi
         let _ = lab;
     }
     sys::netns_del(&pod.netns);
+    if let Some(file) = &pod.resolv_conf {
+        let _ = std::fs::remove_file(file);
+    }
 }
 
 /// Stops the processes of cluster `cluster`'s pods (their namespaces stay), as `lab stop` does.
@@ -490,6 +510,7 @@ pub fn apply(
                 ip: String::new(),
                 labels: w.labels.clone(),
                 pid: None,
+                resolv_conf: None,
             };
             if let Err(err) = start_pod(lab, c, &w, &mut pod, bins) {
                 remove_pod(lab, c, &pod, Some(bins));
@@ -565,14 +586,13 @@ pub fn find_pod(lab: &LabState, cluster: &str, namespace: &str, target: &str) ->
     found.with_context(|| format!("no pod {target} in namespace {namespace} of cluster {cluster}"))
 }
 
-/// Runs `command` in pod `pod`'s network namespace with the caller's stdio; its exit code.
+/// Runs `command` in pod `pod`'s network namespace, with its resolv.conf, with the caller's
+/// stdio; its exit code.
 pub fn exec(pod: &PodState, command: &[String]) -> Result<i32> {
     if command.is_empty() {
         bail!("exec: no command given (plexus exec POD -- COMMAND...)");
     }
-    let status = Command::new("nsenter")
-        .arg(format!("--net={}", sys::netns_path(&pod.netns)))
-        .arg("--")
+    let status = sys::pod_command(&pod.netns, pod.resolv_conf.as_deref())
         .args(command)
         .status()
         .with_context(|| format!("run {} in pod {}", command[0], pod.name))?;
@@ -595,6 +615,7 @@ mod tests {
             ip: "10.10.0.2".into(),
             labels: BTreeMap::new(),
             pid: None,
+            resolv_conf: None,
         }
     }
 
