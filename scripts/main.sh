@@ -81,7 +81,12 @@ echo "without local backends, cluster2 serves:"
 run --context cluster1 delete deployment rebel-base
 sleep 3
 ask cluster1 20
-run --context cluster1 apply -f "$ex/cluster1.yaml"
+echo "the rebel-base deployment again (only it: applying the Service would reset its annotations):"
+awk 'BEGIN{RS="\n---\n"} /kind: Deployment/ && /name: rebel-base/' "$ex/cluster1.yaml" > /tmp/plexus-rebel-base.yaml
+run --context cluster1 apply -f /tmp/plexus-rebel-base.yaml
+sleep 3
+echo "local backends are back: cluster1 serves alone again"
+ask cluster1 20
 run --context cluster1 annotate service rebel-base io.cilium/service-affinity-
 sleep 3
 ask cluster1 20
