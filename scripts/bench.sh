@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Every benchmark of BENCHMARKS.md, on a fresh Debian 12 machine, as root: kvstore (put -> watch
 # latency, WatchStore ingest), clustermesh (propagation direct and through KVStoreMesh, 100k
-# resync, memory per remote entry), then the lab (pod-to-pod throughput and request/response,
-# tunnel and native, beside kernel routing).
+# resync, memory per remote entry), the load balancer (connection set-up latency with 100 to
+# 30,000 services beside kube-proxy's iptables DNAT; needs Debian's iptables), then the lab
+# (pod-to-pod throughput and request/response, tunnel and native, beside kernel routing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 cargo bench --locked -p plexus-kvstore --bench kvstore
 cargo bench --locked -p plexus-clustermesh --bench clustermesh
+cargo bench --locked -p plexus-datapath --bench lb_connect
 ./scripts/bench-lab.sh
