@@ -10,6 +10,7 @@ packages=(
   clang llvm libbpf-dev bpftool  # eBPF programs of the datapath (bpftool: the object layout test)
   iproute2 iputils-ping       # network namespaces, veth and VXLAN for the lab
   iperf3 netcat-openbsd curl  # traffic in the lab's tests and benchmarks
+  iptables                    # the load-balancer benchmark's kube-proxy-style baseline
 )
 
 missing=()
