@@ -464,7 +464,10 @@ fn walkthrough(dir: PathBuf, config: PathBuf) {
     let c = lab.ask("cluster1", "deployment/x-wing", 30);
     assert!(only(&c, "cluster1"), "after failover: {c:?}");
     let out = lab.ok(&["clustermesh", "status", "--context", "cluster1"]);
-    assert!(out.contains("cluster2: 2/2 configured, 0/2 connected"), "{out}");
+    assert!(
+        out.contains("cluster2: 2/2 configured, 0/2 connected"),
+        "{out}"
+    );
 
     lab.ok(&["lab", "start", "cluster2"]);
     eventually(Duration::from_secs(60), "cluster2 serves again", || {
