@@ -403,6 +403,31 @@ impl EbpfDatapath {
         })
     }
 
+    /// Runs `program` on `frame` `repeat` times in the kernel (`BPF_PROG_TEST_RUN`); the
+    /// verdict and the average time of one run, as the kernel measured it.
+    pub fn test_run_repeat(
+        &self,
+        program: &'static str,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, std::time::Duration), DatapathError> {
+        let mut st = self.lock();
+        let prog = classifier(&mut st.ebpf, program)?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let res = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                repeat,
+                ..TestRunOptions::default()
+            })
+            .map_err(|e| DatapathError::Program {
+                program,
+                source: Box::new(e),
+            })?;
+        Ok((res.return_value, res.duration))
+    }
+
     /// Detaches everything pinned under `pin_dir` and removes the pinned maps: the node's
     /// datapath is gone. The VXLAN device is left to its owner.
     pub fn uninstall(pin_dir: &Path) -> Result<(), DatapathError> {
