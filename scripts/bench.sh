@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every benchmark of BENCHMARKS.md, on a fresh Debian 12 machine, as root: kvstore (put -> watch
 # latency, WatchStore ingest), clustermesh (propagation direct and through KVStoreMesh, 100k
-# resync, memory per remote entry), the load balancer (connection set-up latency with 100 to
-# 30,000 services beside kube-proxy's iptables DNAT; needs Debian's iptables), then the lab
+# resync, memory per remote entry, ingest of a global service with 10,000 backends), the load
+# balancer (connection set-up latency with 100 to 30,000 services beside kube-proxy's iptables
+# DNAT), policy (per-packet lookup cost, recompute when 10,000 identities arrive), then the lab
 # (pod-to-pod throughput and request/response, tunnel and native, beside kernel routing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,4 +11,6 @@ cd "$(dirname "$0")/.."
 cargo bench --locked -p plexus-kvstore --bench kvstore
 cargo bench --locked -p plexus-clustermesh --bench clustermesh
 cargo bench --locked -p plexus-datapath --bench lb_connect
+cargo bench --locked -p plexus-datapath --bench policy_lookup
+cargo bench --locked -p plexus-policy --bench policy
 ./scripts/bench-lab.sh
