@@ -251,6 +251,18 @@ pub struct EndpointRequest {
     /// The pod's labels.
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// The pod's named container ports, by name.
+    #[serde(default)]
+    pub ports: std::collections::BTreeMap<String, ContainerPort>,
+}
+
+/// A named container port of a pod.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerPort {
+    /// Port number.
+    pub port: u16,
+    /// `TCP`, `UDP` or `SCTP`.
+    pub protocol: String,
 }
 
 /// The answer to [`EndpointRequest`] and to `GET /v1/endpoint/<container-id>`.

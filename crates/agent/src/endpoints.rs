@@ -51,6 +51,9 @@ pub struct EndpointState {
     pub labels: BTreeMap<String, String>,
     /// Security identity.
     pub identity: u32,
+    /// Named container ports.
+    #[serde(default)]
+    pub ports: BTreeMap<String, plexus_agent_api::ContainerPort>,
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -260,7 +263,15 @@ impl Endpoints {
             k8s_namespace: ep.namespace.clone(),
             k8s_pod_name: ep.pod.clone(),
             k8s_service_account: String::new(),
-            named_ports: Vec::new(),
+            named_ports: ep
+                .ports
+                .iter()
+                .map(|(name, p)| plexus_model::ipcache::NamedPort {
+                    name: name.clone(),
+                    port: p.port,
+                    protocol: p.protocol.clone(),
+                })
+                .collect(),
         };
         self.ip_store.upsert(
             ep.ip.to_string(),
@@ -273,7 +284,19 @@ impl Endpoints {
             node: self.node_name.clone(),
             labels: ep.labels.clone(),
             ready: true,
-            ports: BTreeMap::new(),
+            ports: ep
+                .ports
+                .iter()
+                .map(|(name, p)| {
+                    (
+                        name.clone(),
+                        plexus_loadbalancer::endpoint::ContainerPort {
+                            port: p.port,
+                            protocol: p.protocol.clone(),
+                        },
+                    )
+                })
+                .collect(),
         };
         self.record_store.upsert(
             record.key(),
@@ -325,6 +348,7 @@ impl Endpoints {
             pod: req.pod_name.clone(),
             labels: req.labels.clone(),
             identity: identity.0,
+            ports: req.ports.clone(),
         };
         if let Err(err) = self.install(&ep) {
             let _ = self.identities.release(&labels).await;

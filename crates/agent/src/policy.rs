@@ -8,8 +8,9 @@
 //! hands each endpoint's entries to the datapath, which writes new entries before it removes
 //! stale ones, so connections allowed before and after a change never see a gap.
 //!
-//! Peers given as CIDRs are resolved and shown, but the datapath matches identities only:
-//! CIDR entries are not enforced yet (the lab has no traffic from outside the mesh).
+//! Named ports of ingress rules resolve against the endpoint's own container ports (given by the
+//! CNI plugin). Peers given as CIDRs are resolved and shown, but the datapath matches identities
+//! only: CIDR entries are not enforced yet (the lab has no traffic from outside the mesh).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -306,9 +307,28 @@ impl Policies {
                 // Its identity is not in the view yet: resolve on the next change.
                 continue;
             };
+            let named_ports = ep
+                .ports
+                .iter()
+                .filter_map(|(name, p)| {
+                    let proto = match p.protocol.as_str() {
+                        "TCP" => plexus_policy::Proto::Tcp,
+                        "UDP" => plexus_policy::Proto::Udp,
+                        "SCTP" => plexus_policy::Proto::Sctp,
+                        _ => return None,
+                    };
+                    Some((
+                        name.clone(),
+                        BTreeSet::from([plexus_policy::NamedPort {
+                            port: p.port,
+                            proto,
+                        }]),
+                    ))
+                })
+                .collect();
             let policy = inner.repo.resolve(&EndpointInfo {
                 labels,
-                named_ports: Default::default(),
+                named_ports,
             });
             out.insert(ep.id, to_datapath(&policy));
             resolved.insert(ep.id, policy);

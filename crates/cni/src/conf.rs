@@ -240,6 +240,8 @@ pub struct NetConf {
     pub agent_socket: PathBuf,
     /// `args.cni.labels`.
     pub labels: BTreeMap<String, String>,
+    /// `args.cni.ports`: named container ports, `{"http": {"port": 80, "protocol": "TCP"}}`.
+    pub ports: BTreeMap<String, plexus_agent_api::ContainerPort>,
     /// `prevResult`, as given.
     pub prev_result: Option<Value>,
 }
@@ -308,6 +310,7 @@ impl NetConf {
             }
         };
         let labels = parse_labels(obj.get("args"))?;
+        let ports = parse_ports(obj.get("args"))?;
         let prev_result = match obj.get("prevResult") {
             None | Some(Value::Null) => None,
             Some(v @ Value::Object(_)) => Some(v.clone()),
@@ -324,9 +327,50 @@ impl NetConf {
             plugin_type,
             agent_socket,
             labels,
+            ports,
             prev_result,
         })
     }
+}
+
+fn parse_ports(
+    args: Option<&Value>,
+) -> Result<BTreeMap<String, plexus_agent_api::ContainerPort>, ConfError> {
+    let mut out = BTreeMap::new();
+    let Some(Value::Object(ports)) = args.and_then(|a| a.get("cni")).and_then(|c| c.get("ports"))
+    else {
+        return match args.and_then(|a| a.get("cni")).and_then(|c| c.get("ports")) {
+            None | Some(Value::Null) => Ok(out),
+            Some(other) => Err(conf_err(
+                "args.cni.ports",
+                format!("must be an object, not {other}"),
+            )),
+        };
+    };
+    for (name, v) in ports {
+        let field = format!("args.cni.ports.{name}");
+        let port = v
+            .get("port")
+            .and_then(Value::as_u64)
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0)
+            .ok_or_else(|| conf_err(format!("{field}.port"), "must be a port number 1-65535"))?;
+        let protocol = match v.get("protocol") {
+            None | Some(Value::Null) => "TCP".to_string(),
+            Some(Value::String(p)) if ["TCP", "UDP", "SCTP"].contains(&p.as_str()) => p.clone(),
+            Some(other) => {
+                return Err(conf_err(
+                    format!("{field}.protocol"),
+                    format!("must be TCP, UDP or SCTP, not {other}"),
+                ));
+            }
+        };
+        out.insert(
+            name.clone(),
+            plexus_agent_api::ContainerPort { port, protocol },
+        );
+    }
+    Ok(out)
 }
 
 fn parse_labels(args: Option<&Value>) -> Result<BTreeMap<String, String>, ConfError> {
@@ -392,6 +436,33 @@ mod tests {
         ),
         ("CNI_PATH", "/opt/cni/bin:/usr/lib/cni"),
     ];
+
+    #[test]
+    fn named_ports_are_parsed_and_checked() {
+        let conf = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"plexus","type":"plexus-cni",
+                "args":{"cni":{"ports":{"http":{"port":8080},"dns":{"port":53,"protocol":"UDP"}}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(conf.ports["http"].port, 8080);
+        assert_eq!(conf.ports["http"].protocol, "TCP");
+        assert_eq!(conf.ports["dns"].protocol, "UDP");
+        for (bad, field) in [
+            (r#"{"http":{"port":0}}"#, "args.cni.ports.http.port"),
+            (r#"{"http":{"port":"80"}}"#, "args.cni.ports.http.port"),
+            (
+                r#"{"http":{"port":80,"protocol":"ICMP"}}"#,
+                "args.cni.ports.http.protocol",
+            ),
+            (r#"[1]"#, "args.cni.ports"),
+        ] {
+            let text = format!(
+                r#"{{"cniVersion":"1.0.0","name":"plexus","type":"plexus-cni","args":{{"cni":{{"ports":{bad}}}}}}}"#
+            );
+            let err = NetConf::parse(text.as_bytes()).unwrap_err().to_string();
+            assert!(err.contains(field), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn env_add_is_parsed() {

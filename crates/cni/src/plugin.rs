@@ -172,6 +172,7 @@ impl<A: Agent, N: Network> Plugin<A, N> {
                 namespace: env.pod_namespace.clone(),
                 pod_name: env.pod_name.clone(),
                 labels: conf.labels.clone(),
+                ports: conf.ports.clone(),
             })
             .map_err(|e| CniError::agent("registering the endpoint (PUT /v1/endpoint)", &e))?;
         let v040 = conf.cni_version == "0.4.0";

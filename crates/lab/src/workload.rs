@@ -267,13 +267,24 @@ fn cni(
     command: &str,
     pod: &PodState,
     labels: &BTreeMap<String, String>,
+    ports: &[ContainerPort],
 ) -> Result<String> {
+    let named: serde_json::Map<String, serde_json::Value> = ports
+        .iter()
+        .filter_map(|p| {
+            let name = p.name.clone()?;
+            Some((
+                name,
+                serde_json::json!({"port": p.container_port, "protocol": p.protocol}),
+            ))
+        })
+        .collect();
     let conf = serde_json::json!({
         "cniVersion": "1.0.0",
         "name": "plexus",
         "type": "plexus-cni",
         "agent-socket": node.socket,
-        "args": {"cni": {"labels": labels}},
+        "args": {"cni": {"labels": labels, "ports": named}},
     });
     let mut child = Command::new("nsenter")
         .arg(format!("--net={}", sys::netns_path(&node.netns)))
@@ -326,7 +337,13 @@ fn start_pod(
         .find(|n| n.name == pod.node)
         .with_context(|| format!("node {} not in cluster {}", pod.node, c.name))?;
     sys::netns_add(&pod.netns)?;
-    let result = cni(bins, node, "ADD", pod, &w.labels)?;
+    let ports: Vec<ContainerPort> = w
+        .spec
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().cloned())
+        .collect();
+    let result = cni(bins, node, "ADD", pod, &w.labels, &ports)?;
     let v: serde_json::Value = serde_json::from_str(&result).context("CNI result")?;
     pod.ip = v["ips"][0]["address"]
         .as_str()
@@ -397,7 +414,7 @@ fn remove_pod(lab: &LabState, c: &ClusterState, pod: &PodState, bins: Option<&Bi
         sys::stop(pid, Duration::from_secs(2));
     }
     if let (Some(bins), Some(node)) = (bins, c.nodes.iter().find(|n| n.name == pod.node)) {
-        if let Err(err) = cni(bins, node, "DEL", pod, &BTreeMap::new()) {
+        if let Err(err) = cni(bins, node, "DEL", pod, &BTreeMap::new(), &[]) {
             eprintln!("⚠️  {err:#}");
         }
     } else {
