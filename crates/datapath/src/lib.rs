@@ -2,7 +2,8 @@
 //!
 //! The agent drives it through the narrow [`Datapath`] trait: local endpoints, the ipcache
 //! (prefix to identity and tunnel endpoint), service load balancing ([`LbService`]: a frontend
-//! and its active and inactive backends) and a stream of [`MonitorEvent`]s. Two
+//! and its active and inactive backends), per-endpoint policy and a stream of
+//! [`MonitorEvent`]s. Two
 //! implementations live here:
 //!
 //! - [`EbpfDatapath`]: the C programs under `bpf/` (built by `build.rs` into one object,
@@ -16,8 +17,10 @@
 //! the pod, and a pod reaching itself through its service is hairpinned (its source becomes
 //! 169.254.42.1). TCP and UDP; everything else to a service address passes untouched.
 //!
-//! IPv4 only for now. Policy comes later; the programs already call a policy step that allows
-//! everything.
+//! Policy ([`policy`]): per endpoint and direction a default-deny flag and allow/deny entries
+//! keyed by peer identity, protocol and port, in one longest-prefix map; egress is checked in
+//! `from_container` after service translation, ingress in `to_container`; every flow is tracked
+//! so replies of allowed connections pass. IPv4 only for now.
 
 pub mod bpffs;
 pub mod ebpf;
