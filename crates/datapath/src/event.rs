@@ -183,6 +183,8 @@ pub struct MonitorEvent {
     pub ifindex: u32,
     /// Packet length.
     pub len: u32,
+    /// The packet's flow hash (`skb->hash`), as Cilium's monitor shows it.
+    pub flow: u32,
     /// `bpf_ktime_get_ns` at the event.
     pub ktime_ns: u64,
 }
@@ -226,6 +228,7 @@ impl MonitorEvent {
             trace_reason: b[26],
             ifindex: u32_at(b, 28),
             len: u32_at(b, 32),
+            flow: u32_at(b, 36),
             ktime_ns: u64::from_ne_bytes(ktime),
         })
     }
@@ -261,6 +264,7 @@ impl MonitorEvent {
         b[26] = self.trace_reason;
         b[28..32].copy_from_slice(&self.ifindex.to_ne_bytes());
         b[32..36].copy_from_slice(&self.len.to_ne_bytes());
+        b[36..40].copy_from_slice(&self.flow.to_ne_bytes());
         b[40..48].copy_from_slice(&self.ktime_ns.to_ne_bytes());
         b
     }
@@ -338,14 +342,14 @@ impl fmt::Display for MonitorEvent {
                 };
                 write!(
                     f,
-                    " flow 0x0 , identity {}->{} state {state}: ",
-                    self.src_identity, self.dst_identity
+                    " flow {:#x} , identity {}->{} state {state}: ",
+                    self.flow, self.src_identity, self.dst_identity
                 )?;
             }
             EventKind::Drop(reason) => write!(
                 f,
-                "xx drop ({reason}) flow 0x0 to endpoint {}, identity {}->{}: ",
-                self.endpoint_id, self.src_identity, self.dst_identity
+                "xx drop ({reason}) flow {:#x} to endpoint {}, identity {}->{}: ",
+                self.flow, self.endpoint_id, self.src_identity, self.dst_identity
             )?,
         }
         self.write_flow(f)
@@ -371,6 +375,7 @@ mod tests {
             trace_reason: 0,
             ifindex: 7,
             len: 74,
+            flow: 0x28c6_44b8,
             ktime_ns: 99,
         }
     }
@@ -379,7 +384,7 @@ mod tests {
     fn trace_prints_like_cilium_monitor() {
         assert_eq!(
             syn().to_string(),
-            "-> endpoint 3833 flow 0x0 , identity 38354->6587186 state new: \
+            "-> endpoint 3833 flow 0x28c644b8 , identity 38354->6587186 state new: \
              10.60.1.7:42728 -> 10.60.2.9:6379 tcp SYN"
         );
     }
@@ -392,7 +397,7 @@ mod tests {
         };
         assert_eq!(
             ev.to_string(),
-            "xx drop (Policy denied) flow 0x0 to endpoint 3833, identity 38354->6587186: \
+            "xx drop (Policy denied) flow 0x28c644b8 to endpoint 3833, identity 38354->6587186: \
              10.60.1.7:42728 -> 10.60.2.9:6379 tcp SYN"
         );
     }

@@ -254,6 +254,7 @@ mod tests {
             trace_reason: 0,
             ifindex: 0,
             len: 84,
+            flow: 0,
             ktime_ns: 0,
         };
         dp.emit(ev);

@@ -134,10 +134,14 @@ async fn local_delivery_redirects_with_rewritten_macs_and_identity_mark() {
             (ev.endpoint_id, ev.src_identity, ev.dst_identity),
             (3833, 38354, 6587)
         );
+        assert_ne!(ev.flow, 0, "the flow hash of the packet");
         assert_eq!(
             ev.to_string(),
-            "<- endpoint 3833 flow 0x0 , identity 38354->6587 state new: \
-             10.60.1.7:42728 -> 10.60.1.9:6379 tcp SYN"
+            format!(
+                "<- endpoint 3833 flow {:#x} , identity 38354->6587 state new: \
+                 10.60.1.7:42728 -> 10.60.1.9:6379 tcp SYN",
+                ev.flow
+            )
         );
 
         // to_container takes the identity from the mark and clears it.
@@ -201,8 +205,10 @@ async fn unknown_source_is_dropped_with_an_event_and_counted() {
         assert_eq!(ev.kind, EventKind::Drop(DropReason::UnknownSource));
         assert_eq!((ev.saddr, ev.daddr), (stranger, POD_B));
         assert!(
-            ev.to_string()
-                .starts_with("xx drop (Unknown source endpoint) flow 0x0 to endpoint 0"),
+            ev.to_string().starts_with(&format!(
+                "xx drop (Unknown source endpoint) flow {:#x} to endpoint 0",
+                ev.flow
+            )),
             "{ev}"
         );
 

@@ -130,7 +130,7 @@ struct event {
 	__u8 pad;
 	__u32 ifindex;
 	__u32 len;
-	__u32 reserved;
+	__u32 flow; /* skb->hash, the flow of Cilium's monitor lines */
 	__u64 ktime_ns;
 };
 

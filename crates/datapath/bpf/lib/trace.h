@@ -18,6 +18,7 @@ static __always_inline void emit_event(struct __sk_buff *skb, __u8 type, __u8 su
 		.dst_identity = dst_identity,
 		.ifindex = skb->ifindex,
 		.len = skb->len,
+		.flow = bpf_get_hash_recalc(skb),
 		.ktime_ns = bpf_ktime_get_ns(),
 	};
 
