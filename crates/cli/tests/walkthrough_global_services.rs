@@ -15,12 +15,12 @@
 //! service answers, and a pod reaching its own service (hairpin) is answered.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+mod common;
 
-use plexus_test_support::workspace_bin;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{Lab, eventually, run_walkthrough};
 use serde_json::Value;
 
 fn example(file: &str) -> String {
@@ -30,140 +30,27 @@ fn example(file: &str) -> String {
     )
 }
 
-struct Lab {
-    dir: PathBuf,
-    config: PathBuf,
-    down: bool,
-}
-
-impl Lab {
-    fn plexus(&self, args: &[&str]) -> Output {
-        Command::new(workspace_bin("plexus"))
-            .env("PLEXUS_LAB_DIR", &self.dir)
-            .env("PLEXUS_CONFIG", &self.config)
-            .args(args)
-            .output()
-            .unwrap()
+/// `n` times `curl rebel-base` from `pod`: how many answers each cluster gave, and how many
+/// requests failed (under the key "failed").
+fn ask(lab: &Lab, ctx: &str, pod: &str, n: usize) -> BTreeMap<String, usize> {
+    let script = format!(
+        "for i in $(seq {n}); do curl -s --max-time 2 rebel-base || printf failed; echo; done"
+    );
+    let mut counts = BTreeMap::new();
+    for line in lab
+        .sh(ctx, "default", pod, &script)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+    {
+        let key = serde_json::from_str::<Value>(line)
+            .ok()
+            .and_then(|v| v["cluster"].as_str().map(str::to_string))
+            .unwrap_or_else(|| "failed".to_string());
+        *counts.entry(key).or_default() += 1;
     }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.plexus(args);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "plexus {args:?} failed:\n{text}");
-        String::from_utf8_lossy(&out.stdout).to_string()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        serde_json::from_str(&self.ok(args)).unwrap()
-    }
-
-    /// Runs a shell script in a pod (with the pod's resolv.conf).
-    fn sh(&self, ctx: &str, pod: &str, script: &str) -> String {
-        let out = self.plexus(&["--context", ctx, "exec", pod, "--", "sh", "-c", script]);
-        String::from_utf8_lossy(&out.stdout).to_string()
-    }
-
-    /// `n` times `curl rebel-base` from `pod`: how many answers each cluster gave, and how many
-    /// requests failed (under the key "failed").
-    fn ask(&self, ctx: &str, pod: &str, n: usize) -> BTreeMap<String, usize> {
-        let script = format!(
-            "for i in $(seq {n}); do curl -s --max-time 2 rebel-base || printf failed; echo; done"
-        );
-        let mut counts = BTreeMap::new();
-        for line in self
-            .sh(ctx, pod, &script)
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-        {
-            let key = serde_json::from_str::<Value>(line)
-                .ok()
-                .and_then(|v| v["cluster"].as_str().map(str::to_string))
-                .unwrap_or_else(|| "failed".to_string());
-            *counts.entry(key).or_default() += 1;
-        }
-        let total: usize = counts.values().sum();
-        assert_eq!(total, n, "{n} requests from {pod} in {ctx}: {counts:?}");
-        counts
-    }
-
-    /// The first pod of deployment `name`.
-    fn pod_name(&self, ctx: &str, name: &str) -> String {
-        let pods = self.json(&["--context", ctx, "get", "pods", "-o", "json"]);
-        pods.as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["name"].as_str().unwrap().to_string())
-            .find(|n| n.starts_with(name))
-            .unwrap()
-    }
-
-    /// `monitor --type drop` on the node of `pod`'s deployment, running until `finish`.
-    fn spawn_monitor(&self, ctx: &str, deployment: &str) -> Monitor {
-        let pods = self.json(&["--context", ctx, "get", "pods", "-o", "json"]);
-        let node = pods
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"].as_str().unwrap().starts_with(deployment))
-            .map(|p| p["node"].as_str().unwrap().to_string())
-            .unwrap();
-        let out = self.dir.parent().unwrap().join("monitor.txt");
-        let child = Command::new(workspace_bin("plexus"))
-            .env("PLEXUS_LAB_DIR", &self.dir)
-            .env("PLEXUS_CONFIG", &self.config)
-            .args([
-                "--context",
-                ctx,
-                "--node",
-                &node,
-                "monitor",
-                "--type",
-                "drop",
-            ])
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(500));
-        Monitor { child, out }
-    }
-
-    fn down(&mut self) {
-        self.down = true;
-        self.ok(&["lab", "down"]);
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if !self.down {
-            let _ = self.plexus(&["lab", "down"]);
-        }
-    }
-}
-
-struct Monitor {
-    child: std::process::Child,
-    out: PathBuf,
-}
-
-impl Monitor {
-    fn finish(mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        std::fs::read_to_string(&self.out).unwrap()
-    }
-}
-
-impl Drop for Monitor {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    let total: usize = counts.values().sum();
+    assert_eq!(total, n, "{n} requests from {pod} in {ctx}: {counts:?}");
+    counts
 }
 
 fn share(counts: &BTreeMap<String, usize>, cluster: &str) -> usize {
@@ -174,25 +61,7 @@ fn only(counts: &BTreeMap<String, usize>, cluster: &str) -> bool {
     counts.len() == 1 && counts.contains_key(cluster)
 }
 
-/// Polls `f` until it holds or `limit` passes; returns the time it took.
-fn eventually(limit: Duration, what: &str, mut f: impl FnMut() -> Result<(), String>) -> Duration {
-    let start = Instant::now();
-    loop {
-        match f() {
-            Ok(()) => return start.elapsed(),
-            Err(e) if start.elapsed() > limit => panic!("{what}: not within {limit:?}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(300)),
-        }
-    }
-}
-
-fn walkthrough(dir: PathBuf, config: PathBuf) {
-    let mut lab = Lab {
-        dir,
-        config,
-        down: false,
-    };
-
+fn walkthrough(mut lab: Lab) {
     // 1. The lab.
     lab.ok(&["lab", "up", "-f", &example("lab.yaml"), "--name", "gsw"]);
 
@@ -237,12 +106,12 @@ fn walkthrough(dir: PathBuf, config: PathBuf) {
     ]);
     for ctx in ["cluster1", "cluster2"] {
         eventually(Duration::from_secs(60), "both clusters serve", || {
-            let c = lab.ask(ctx, "deployment/x-wing", 10);
+            let c = ask(&lab, ctx, "deployment/x-wing", 10);
             (share(&c, "cluster1") > 0 && share(&c, "cluster2") > 0)
                 .then_some(())
                 .ok_or(format!("{ctx}: {c:?}"))
         });
-        let c = lab.ask(ctx, "deployment/x-wing", 100);
+        let c = ask(&lab, ctx, "deployment/x-wing", 100);
         for cluster in ["cluster1", "cluster2"] {
             let n = share(&c, cluster);
             assert!(
@@ -273,6 +142,7 @@ fn walkthrough(dir: PathBuf, config: PathBuf) {
     let vip = rebel["cluster-ip"].as_str().unwrap().to_string();
     let out = lab.sh(
         "cluster1",
+        "default",
         "deployment/x-wing",
         "curl -s --max-time 2 -o /dev/null -w '%{remote_ip}' rebel-base",
     );
@@ -290,10 +160,10 @@ fn walkthrough(dir: PathBuf, config: PathBuf) {
         "io.cilium/shared-service=false",
     ]);
     eventually(Duration::from_secs(20), "cluster2 stays home", || {
-        let c = lab.ask("cluster2", "deployment/x-wing", 20);
+        let c = ask(&lab, "cluster2", "deployment/x-wing", 20);
         only(&c, "cluster2").then_some(()).ok_or(format!("{c:?}"))
     });
-    let c = lab.ask("cluster1", "deployment/x-wing", 40);
+    let c = ask(&lab, "cluster1", "deployment/x-wing", 40);
     assert!(
         share(&c, "cluster1") > 0 && share(&c, "cluster2") > 0,
         "cluster1 still uses both: {c:?}"
@@ -307,7 +177,7 @@ fn walkthrough(dir: PathBuf, config: PathBuf) {
         "io.cilium/shared-service-",
     ]);
     eventually(Duration::from_secs(20), "cluster2 sees both again", || {
-        let c = lab.ask("cluster2", "deployment/x-wing", 20);
+        let c = ask(&lab, "cluster2", "deployment/x-wing", 20);
         (share(&c, "cluster1") > 0 && share(&c, "cluster2") > 0)
             .then_some(())
             .ok_or(format!("{c:?}"))
@@ -323,10 +193,10 @@ fn walkthrough(dir: PathBuf, config: PathBuf) {
         "io.cilium/service-affinity=local",
     ]);
     eventually(Duration::from_secs(20), "affinity local", || {
-        let c = lab.ask("cluster1", "deployment/x-wing", 20);
+        let c = ask(&lab, "cluster1", "deployment/x-wing", 20);
         only(&c, "cluster1").then_some(()).ok_or(format!("{c:?}"))
     });
-    let c = lab.ask("cluster1", "deployment/x-wing", 50);
+    let c = ask(&lab, "cluster1", "deployment/x-wing", 50);
     assert!(only(&c, "cluster1"), "affinity local: {c:?}");
     lab.ok(&[
         "--context",
@@ -336,7 +206,7 @@ fn walkthrough(dir: PathBuf, config: PathBuf) {
         "rebel-base",
     ]);
     eventually(Duration::from_secs(20), "fallback to cluster2", || {
-        let c = lab.ask("cluster1", "deployment/x-wing", 20);
+        let c = ask(&lab, "cluster1", "deployment/x-wing", 20);
         only(&c, "cluster2").then_some(()).ok_or(format!("{c:?}"))
     });
     // The deployment again (only it: applying the Service would reset its annotations).
@@ -355,7 +225,7 @@ fn walkthrough(dir: PathBuf, config: PathBuf) {
         file.to_str().unwrap(),
     ]);
     eventually(Duration::from_secs(30), "affinity local again", || {
-        let c = lab.ask("cluster1", "deployment/x-wing", 20);
+        let c = ask(&lab, "cluster1", "deployment/x-wing", 20);
         only(&c, "cluster1").then_some(()).ok_or(format!("{c:?}"))
     });
     lab.ok(&[
@@ -367,7 +237,7 @@ fn walkthrough(dir: PathBuf, config: PathBuf) {
         "io.cilium/service-affinity-",
     ]);
     eventually(Duration::from_secs(20), "both again", || {
-        let c = lab.ask("cluster1", "deployment/x-wing", 20);
+        let c = ask(&lab, "cluster1", "deployment/x-wing", 20);
         (share(&c, "cluster1") > 0 && share(&c, "cluster2") > 0)
             .then_some(())
             .ok_or(format!("{c:?}"))
@@ -384,6 +254,7 @@ fn walkthrough(dir: PathBuf, config: PathBuf) {
         .unwrap();
     let out = lab.sh(
         "cluster1",
+        "default",
         &me,
         "for i in $(seq 40); do curl -s --max-time 2 rebel-base || printf failed; echo; done",
     );
@@ -398,7 +269,8 @@ fn walkthrough(dir: PathBuf, config: PathBuf) {
 
     // 6. The cross-cluster policy in both clusters: from x-wing in cluster1, what cluster2
     //    serves succeeds, what lands on cluster1 is dropped as a policy denial; DNS still works.
-    let monitor = lab.spawn_monitor("cluster1", "x-wing");
+    let xwing_pod = lab.pod("cluster1", "x-wing");
+    let monitor = lab.spawn_monitor("cluster1", xwing_pod["node"].as_str().unwrap());
     for ctx in ["cluster1", "cluster2"] {
         lab.ok(&[
             "--context",
@@ -409,7 +281,7 @@ fn walkthrough(dir: PathBuf, config: PathBuf) {
         ]);
     }
     eventually(Duration::from_secs(90), "policy enforced", || {
-        let c = lab.ask("cluster1", "deployment/x-wing", 20);
+        let c = ask(&lab, "cluster1", "deployment/x-wing", 20);
         (share(&c, "cluster1") == 0 && share(&c, "cluster2") > 0 && share(&c, "failed") > 0)
             .then_some(())
             .ok_or(format!("{c:?}"))
@@ -420,7 +292,7 @@ fn walkthrough(dir: PathBuf, config: PathBuf) {
         "cluster1",
         "endpoint",
         "get",
-        &lab.pod_name("cluster1", "x-wing"),
+        xwing_pod["name"].as_str().unwrap(),
         "-o",
         "json",
     ]);
@@ -448,7 +320,7 @@ fn walkthrough(dir: PathBuf, config: PathBuf) {
         ]);
     }
     eventually(Duration::from_secs(20), "policy removed", || {
-        let c = lab.ask("cluster1", "deployment/x-wing", 20);
+        let c = ask(&lab, "cluster1", "deployment/x-wing", 20);
         (share(&c, "cluster1") > 0 && share(&c, "failed") == 0)
             .then_some(())
             .ok_or(format!("{c:?}"))
@@ -457,11 +329,11 @@ fn walkthrough(dir: PathBuf, config: PathBuf) {
     // 7. cluster2 stops: within 10 s, every new request from cluster1 succeeds (on cluster1).
     lab.ok(&["lab", "stop", "cluster2"]);
     let took = eventually(Duration::from_secs(10), "failover", || {
-        let c = lab.ask("cluster1", "deployment/x-wing", 10);
+        let c = ask(&lab, "cluster1", "deployment/x-wing", 10);
         only(&c, "cluster1").then_some(()).ok_or(format!("{c:?}"))
     });
     eprintln!("failover: new requests all served by cluster1 after {took:?}");
-    let c = lab.ask("cluster1", "deployment/x-wing", 30);
+    let c = ask(&lab, "cluster1", "deployment/x-wing", 30);
     assert!(only(&c, "cluster1"), "after failover: {c:?}");
     let out = lab.ok(&["clustermesh", "status", "--context", "cluster1"]);
     assert!(
@@ -471,7 +343,7 @@ fn walkthrough(dir: PathBuf, config: PathBuf) {
 
     lab.ok(&["lab", "start", "cluster2"]);
     eventually(Duration::from_secs(60), "cluster2 serves again", || {
-        let c = lab.ask("cluster1", "deployment/x-wing", 20);
+        let c = ask(&lab, "cluster1", "deployment/x-wing", 20);
         (share(&c, "cluster1") > 0 && share(&c, "cluster2") > 0)
             .then_some(())
             .ok_or(format!("{c:?}"))
@@ -531,6 +403,7 @@ spec:
     eventually(Duration::from_secs(30), "UDP service answers", || {
         let out = lab.sh(
             "cluster1",
+            "default",
             "deployment/x-wing",
             "echo hi | nc -u -w 1 echo-udp.default.svc.cluster.local 5353",
         );
@@ -542,28 +415,5 @@ spec:
 
 #[test]
 fn global_services_walkthrough_runs_as_written() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (dir, config) = (tmp.path().join("lab"), tmp.path().join("config.yaml"));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (d, c) = (dir.clone(), config.clone());
-    let runner = std::thread::spawn(move || {
-        walkthrough(d, c);
-        let _ = tx.send(());
-    });
-    let limit = Duration::from_secs(600);
-    match rx.recv_timeout(limit) {
-        Ok(()) => runner.join().unwrap(),
-        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-            std::panic::resume_unwind(runner.join().unwrap_err())
-        }
-        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-            // The walkthrough's thread is stuck: remove the lab from here, then fail.
-            let _ = Command::new(workspace_bin("plexus"))
-                .env("PLEXUS_LAB_DIR", &dir)
-                .env("PLEXUS_CONFIG", &config)
-                .args(["lab", "down"])
-                .output();
-            panic!("the walkthrough did not finish within {limit:?}");
-        }
-    }
+    run_walkthrough(Duration::from_secs(600), walkthrough);
 }

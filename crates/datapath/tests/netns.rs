@@ -9,219 +9,36 @@
 
 mod common;
 
+use common::pods::{self, GATEWAY, Netns, NsThread, Pod, endpoint, ip};
+
 use std::{
-    fs::File,
     net::Ipv4Addr,
     process::Command,
-    sync::{Arc, mpsc},
+    sync::Arc,
     thread,
     time::{Duration, Instant},
 };
 
 use aya::programs::{SchedClassifier, TcAttachType};
-use nix::sched::{CloneFlags, setns};
 use plexus_datapath::{
     Datapath, EbpfDatapath, Endpoint, EventKind, MonitorEvent, NodeConfig, ObservationPoint,
     RoutingMode,
 };
 use tokio::sync::broadcast;
 
-const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 60, 1, 1);
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Network namespaces deleted on drop.
-struct Netns {
-    names: Vec<String>,
-}
-
-impl Netns {
-    fn add(&mut self, name: String) -> String {
-        ip(&["netns", "add", &name]);
-        self.names.push(name.clone());
-        name
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for name in self.names.drain(..) {
-            let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        }
-    }
-}
-
-type Job = Box<dyn FnOnce() + Send>;
-
-/// A thread that lives in one network namespace (entered with setns) and runs closures there.
-struct NsThread {
-    tx: Option<mpsc::Sender<Job>>,
-    handle: Option<thread::JoinHandle<()>>,
-}
-
-impl NsThread {
-    fn enter(netns: &str) -> Self {
-        let path = format!("/run/netns/{netns}");
-        let (tx, rx) = mpsc::channel::<Job>();
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let handle = thread::spawn(move || {
-            let file = File::open(&path).unwrap();
-            ready_tx
-                .send(setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string()))
-                .unwrap();
-            for job in rx {
-                job();
-            }
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(10))
-            .unwrap()
-            .unwrap();
-        Self {
-            tx: Some(tx),
-            handle: Some(handle),
-        }
-    }
-
-    fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
-        let (tx, rx) = mpsc::channel();
-        self.tx
-            .as_ref()
-            .unwrap()
-            .send(Box::new(move || {
-                let _ = tx.send(f());
-            }))
-            .unwrap();
-        rx.recv_timeout(Duration::from_secs(60))
-            .expect("namespace job did not finish within 60 s")
-    }
-}
-
-impl Drop for NsThread {
-    fn drop(&mut self) {
-        self.tx.take();
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-struct Pod {
-    ns: String,
-    ip: Ipv4Addr,
-    host_if: String,
-    pod_mac: [u8; 6],
-    host_mac: [u8; 6],
-}
-
-fn mac_str(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+fn make_pod_at(nets: &mut Netns, node: &str, prefix: &str, n: u8, pod_ip: Ipv4Addr) -> Pod {
+    pods::make_pod(nets, node, prefix, n, pod_ip)
 }
 
 fn make_pod(nets: &mut Netns, node: &str, prefix: &str, n: u8) -> Pod {
     make_pod_at(nets, node, prefix, n, Ipv4Addr::new(10, 60, 1, 10 + n))
 }
 
-fn make_pod_at(nets: &mut Netns, node: &str, prefix: &str, n: u8, pod_ip: Ipv4Addr) -> Pod {
-    let pod = Pod {
-        ns: nets.add(format!("{prefix}-pod{n}")),
-        ip: pod_ip,
-        host_if: format!("lxc{n}"),
-        pod_mac: [0x0a, 0x58, 0, 0, 0, n],
-        host_mac: [0x0e, 0x58, 0, 0, 1, n],
-    };
-    ip(&[
-        "-n",
-        node,
-        "link",
-        "add",
-        &pod.host_if,
-        "address",
-        &mac_str(pod.host_mac),
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &pod.ns,
-    ]);
-    ip(&[
-        "-n",
-        &pod.ns,
-        "link",
-        "set",
-        "eth0",
-        "address",
-        &mac_str(pod.pod_mac),
-        "mtu",
-        "1450",
-    ]);
-    ip(&[
-        "-n",
-        &pod.ns,
-        "addr",
-        "add",
-        &format!("{}/32", pod.ip),
-        "dev",
-        "eth0",
-    ]);
-    ip(&["-n", &pod.ns, "link", "set", "lo", "up"]);
-    ip(&["-n", &pod.ns, "link", "set", "eth0", "up"]);
-    ip(&[
-        "-n",
-        &pod.ns,
-        "route",
-        "add",
-        &GATEWAY.to_string(),
-        "dev",
-        "eth0",
-        "scope",
-        "link",
-    ]);
-    ip(&[
-        "-n",
-        &pod.ns,
-        "route",
-        "add",
-        "default",
-        "via",
-        &GATEWAY.to_string(),
-        "dev",
-        "eth0",
-    ]);
-    ip(&["-n", node, "link", "set", &pod.host_if, "up"]);
-    pod
-}
-
-fn endpoint(pod: &Pod, id: u16, identity: u32) -> Endpoint {
-    Endpoint {
-        id,
-        ipv4: pod.ip,
-        host_ifname: pod.host_if.clone(),
-        host_ifindex: 0,
-        pod_mac: pod.pod_mac,
-        host_mac: pod.host_mac,
-        identity,
-    }
-}
-
+/// Pings from `from`'s namespace (entered with `nsenter --net` only, as everywhere here).
 fn ping(from: &Pod, to: &Pod) -> bool {
-    Command::new("ip")
-        .args([
-            "netns", "exec", &from.ns, "ping", "-c", "2", "-i", "0.2", "-W", "2",
-        ])
+    Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", from.ns))
+        .args(["ping", "-c", "2", "-i", "0.2", "-W", "2"])
         .arg(to.ip.to_string())
         .output()
         .unwrap()
@@ -273,7 +90,7 @@ fn wait_tcx(node: &NsThread, ifname: &str, attach: TcAttachType, expected: usize
 fn two_pods_ping_through_the_datapath_and_survive_a_restart() {
     let fs = common::Bpffs::new();
     let prefix = format!("plexus-dp-test-{:08x}", rand::random::<u32>());
-    let mut nets = Netns { names: Vec::new() };
+    let mut nets = Netns::default();
     let node_ns = nets.add(format!("{prefix}-node"));
     ip(&["-n", &node_ns, "link", "set", "lo", "up"]);
     let a = make_pod(&mut nets, &node_ns, &prefix, 1);
@@ -387,7 +204,7 @@ fn node_config(fs: &common::Bpffs, name: &str, node_ip: Ipv4Addr) -> NodeConfig 
 fn pods_on_two_nodes_ping_through_the_vxlan_tunnel_with_identity_in_the_vni() {
     let fs = common::Bpffs::new();
     let prefix = format!("plexus-dp-test-{:08x}", rand::random::<u32>());
-    let mut nets = Netns { names: Vec::new() };
+    let mut nets = Netns::default();
     let n1 = nets.add(format!("{prefix}-n1"));
     let n2 = nets.add(format!("{prefix}-n2"));
     let (ip1, ip2) = (
