@@ -4,7 +4,8 @@
 # clusters of two nodes), enables ClusterMesh with one shared CA and connects the clusters,
 # applies the walkthrough's files, and at each step sends requests `curl rebel-base` from x-wing
 # and prints which cluster answered, in what share: both clusters, shared=false, affinity local
-# (and its fallback), the failover when cluster2 stops and its return. It tears the lab down at
+# (and its fallback), the cross-cluster policy (drops shown by the monitor), the failover when
+# cluster2 stops and its return. It tears the lab down at
 # the end; KEEP_LAB=1 leaves it up (then: plexus lab down).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +28,7 @@ ask() {
   echo "\$ plexus --context $ctx exec deployment/x-wing -- curl -s rebel-base   # $n times"
   out=$("$P" --context "$ctx" exec deployment/x-wing -- sh -c \
     "for i in \$(seq $n); do curl -s --max-time 2 rebel-base || printf '{\"cluster\":\"(failed)\"}'; echo; done")
-  echo "$out" | head -3 | sed 's/^/  /'
+  echo "$out" | grep -v '^$' | head -3 | sed 's/^/  /'
   echo "$out" | grep -o '"cluster":"[^"]*"' | cut -d'"' -f4 | sort | uniq -c |
     awk -v n="$n" '{printf "  %-10s answered %3d of %d (%d%%)\n", $2, $1, n, 100*$1/n}'
 }
@@ -90,6 +91,24 @@ ask cluster1 20
 run --context cluster1 annotate service rebel-base io.cilium/service-affinity-
 sleep 3
 ask cluster1 20
+
+step "6. the cross-cluster policy (networkpolicy.yaml) in both clusters"
+node=$("$P" --context cluster1 get pods | awk '/^x-wing/ {print $3}')
+"$P" --context cluster1 --node "$node" monitor --type drop > /tmp/plexus-drops.txt 2>/dev/null &
+mon=$!
+run --context cluster1 apply -f "$ex/networkpolicy.yaml"
+run --context cluster2 apply -f "$ex/networkpolicy.yaml"
+sleep 3
+echo "x-wing in cluster1 may reach rebel-base in cluster2 only; DNS still answers (allow-dns):"
+ask cluster1 20
+kill "$mon" 2>/dev/null || true
+echo "the drops on $node, as monitor --type drop prints them:"
+grep 'Policy denied' /tmp/plexus-drops.txt | head -3 | sed 's/^/  /'
+run --context cluster1 endpoint get "$("$P" --context cluster1 get pods | awk '/^x-wing/ {print $1}')"
+echo "removing the policies again (step 7 wants cluster1's backends):"
+run --context cluster1 delete -f "$ex/networkpolicy.yaml"
+run --context cluster2 delete -f "$ex/networkpolicy.yaml"
+sleep 2
 
 step "7. cluster2 goes down: within 10 s every new request is served by cluster1"
 run lab stop cluster2

@@ -144,7 +144,7 @@ pub async fn list(ctx: &Context, node: Option<&str>, what: &str, json: bool) -> 
         "service" => {
             println!("# as seen by node {name}");
             println!(
-                "{:<28} {:<22} {:<10} {}",
+                "{:<28} {:<26} {:<14} {}",
                 "SERVICE", "FRONTEND", "MODE", "BACKENDS"
             );
             for r in rows {
@@ -196,10 +196,10 @@ pub async fn list(ctx: &Context, node: Option<&str>, what: &str, json: bool) -> 
                     .chain(backends.is_empty().then_some("-"))
                 {
                     if first {
-                        println!("{service:<28} {frontend:<22} {mode:<10} {b}");
+                        println!("{service:<28} {frontend:<26} {mode:<14} {b}");
                         first = false;
                     } else {
-                        println!("{:<28} {:<22} {:<10} {b}", "", "", "");
+                        println!("{:<28} {:<26} {:<14} {b}", "", "", "");
                     }
                 }
             }
