@@ -319,12 +319,12 @@ fn print_endpoint(node: &str, v: &Value, json: bool) -> Result<()> {
     }
     println!();
     println!(
-        "{:<8} {:<6} {:<10} {:<6} {:<12} {}",
+        "{:<8} {:<8} {:<10} {:<6} {:<12} {}",
         "DIR", "VERDICT", "PEER", "PROTO", "PORTS", "PEER LABELS"
     );
     for r in entries {
         println!(
-            "{:<8} {:<6} {:<10} {:<6} {:<12} {}",
+            "{:<8} {:<8} {:<10} {:<6} {:<12} {}",
             s(&r["direction"]),
             s(&r["verdict"]),
             s(&r["peer"]),
