@@ -9,8 +9,10 @@
 //! stale ones, so connections allowed before and after a change never see a gap.
 //!
 //! Named ports of ingress rules resolve against the endpoint's own container ports (given by the
-//! CNI plugin). Peers given as CIDRs are resolved and shown, but the datapath matches identities
-//! only: CIDR entries are not enforced yet (the lab has no traffic from outside the mesh).
+//! CNI plugin). Each IPv4 prefix a policy names gets a node-local CIDR identity, installed in
+//! the ipcache under every other source (pods, nodes and remote clusters keep theirs, as CIDR
+//! rules select only peers outside the mesh); a CIDR rule applies to the identities of the named
+//! prefixes within it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -19,6 +21,7 @@ use std::time::Duration;
 use plexus_datapath::Datapath;
 use plexus_datapath::policy as dp;
 use plexus_kvstore::{KvBackend, StoreEvent, WatchStore};
+use plexus_model::cidr::Cidr;
 use plexus_model::identity::NumericIdentity;
 use plexus_model::labels::Labels;
 use plexus_policy::{
@@ -89,6 +92,9 @@ struct Inner {
     identities: BTreeMap<u32, String>,
     /// Resolved policy per endpoint id.
     resolved: BTreeMap<u16, EndpointPolicy>,
+    /// Node-local CIDR identity of each prefix the resolved policies name.
+    cidr_ids: BTreeMap<Cidr, u32>,
+    next_cidr_id: u32,
 }
 
 /// The node's policies. Cheap to clone.
@@ -121,6 +127,8 @@ impl Policies {
                 synced: false,
                 identities: BTreeMap::new(),
                 resolved: BTreeMap::new(),
+                cidr_ids: BTreeMap::new(),
+                next_cidr_id: plexus_datapath::IDENTITY_LOCAL_BASE,
             })),
         }
     }
@@ -259,7 +267,9 @@ impl Policies {
                 ep_keys,
             );
             if last.as_ref() != Some(&fingerprint) {
-                let desired = self.resolve_all(&view, &eps);
+                let (desired, cidrs) = self.resolve_all(&view, &eps);
+                // The prefixes' identities enter the ipcache before rules name them.
+                view.set_policy_cidrs(cidrs);
                 let ok = sync(datapath.as_ref(), &mut programmed, desired);
                 last = ok.then_some(fingerprint);
                 if !ok {
@@ -275,7 +285,10 @@ impl Policies {
         &self,
         view: &NodeView,
         eps: &[crate::endpoints::EndpointState],
-    ) -> BTreeMap<u16, dp::EndpointPolicy> {
+    ) -> (
+        BTreeMap<u16, dp::EndpointPolicy>,
+        BTreeMap<plexus_datapath::Prefix, u32>,
+    ) {
         let current = view.identity_labels();
         let mut inner = self.lock();
         let mut changes = Vec::new();
@@ -330,23 +343,67 @@ impl Policies {
                 labels,
                 named_ports,
             });
-            out.insert(ep.id, to_datapath(&policy));
             resolved.insert(ep.id, policy);
         }
+        // CIDR identities: one per IPv4 prefix a policy names, kept while it is named.
+        let named: BTreeSet<Cidr> = resolved
+            .values()
+            .flat_map(|p| p.entries.iter())
+            .filter_map(|e| match e.peer {
+                Peer::Prefix(c) if c.addr.is_ipv4() => Some(c.network()),
+                _ => None,
+            })
+            .collect();
+        inner.cidr_ids.retain(|c, _| named.contains(c));
+        for c in &named {
+            if !inner.cidr_ids.contains_key(c) {
+                let id = inner.next_cidr_id;
+                inner.next_cidr_id = if id >= plexus_datapath::IDENTITY_LOCAL_MAX {
+                    plexus_datapath::IDENTITY_LOCAL_BASE
+                } else {
+                    id + 1
+                };
+                inner.cidr_ids.insert(*c, id);
+            }
+        }
+        for (id, policy) in &resolved {
+            out.insert(*id, to_datapath(policy, &inner.cidr_ids));
+        }
+        let cidrs = inner
+            .cidr_ids
+            .iter()
+            .filter_map(|(c, id)| match c.addr {
+                std::net::IpAddr::V4(a) => plexus_datapath::Prefix::new(a, c.prefix_len)
+                    .ok()
+                    .map(|p| (p, *id)),
+                std::net::IpAddr::V6(_) => None,
+            })
+            .collect();
         inner.resolved = resolved;
-        out
+        (out, cidrs)
     }
 }
 
+/// Whether prefix `inner` lies within prefix `outer`.
+fn within(inner: &Cidr, outer: &Cidr) -> bool {
+    inner.prefix_len >= outer.prefix_len && outer.contains(inner.addr)
+}
+
 /// The datapath's form: identity entries; a protocol-less entry with ports becomes one per
-/// protocol; CIDR entries are left out (see the module documentation).
-pub fn to_datapath(p: &EndpointPolicy) -> dp::EndpointPolicy {
+/// protocol; a CIDR entry applies to the CIDR identity of every named prefix within it (an
+/// address carries the identity of the most specific named prefix, so a rule on 10.0.0.0/8
+/// must also match the identity of a named 10.1.0.0/16).
+pub fn to_datapath(p: &EndpointPolicy, cidr_ids: &BTreeMap<Cidr, u32>) -> dp::EndpointPolicy {
     let mut rules = BTreeSet::new();
     for e in &p.entries {
-        let identity = match e.peer {
-            Peer::Any => dp::ANY_IDENTITY,
-            Peer::Identity(id) => id.0,
-            Peer::Prefix(_) => continue,
+        let identities: Vec<u32> = match e.peer {
+            Peer::Any => vec![dp::ANY_IDENTITY],
+            Peer::Identity(id) => vec![id.0],
+            Peer::Prefix(c) => cidr_ids
+                .iter()
+                .filter(|(named, _)| within(named, &c.network()))
+                .map(|(_, id)| *id)
+                .collect(),
         };
         let direction = match e.direction {
             Direction::Ingress => plexus_datapath::Direction::Ingress,
@@ -358,15 +415,18 @@ pub fn to_datapath(p: &EndpointPolicy) -> dp::EndpointPolicy {
             (None, None) => vec![0],
             (None, Some(_)) => vec![6, 17, 132],
         };
-        for proto in protos {
-            rules.insert(dp::PolicyRule {
-                direction,
-                identity,
-                proto,
-                port_lo: if proto == 0 { 0 } else { lo },
-                port_hi: if proto == 0 { u16::MAX } else { hi },
-                deny: e.deny,
-            });
+        for identity in &identities {
+            for proto in &protos {
+                let proto = *proto;
+                rules.insert(dp::PolicyRule {
+                    direction,
+                    identity: *identity,
+                    proto,
+                    port_lo: if proto == 0 { 0 } else { lo },
+                    port_hi: if proto == 0 { u16::MAX } else { hi },
+                    deny: e.deny,
+                });
+            }
         }
     }
     dp::EndpointPolicy {
@@ -476,7 +536,12 @@ mod tests {
                 ),
             ],
         };
-        let d = to_datapath(&p);
+        let cidrs = BTreeMap::from([
+            ("10.0.0.0/8".parse::<Cidr>().unwrap(), 16_777_216),
+            ("10.1.0.0/16".parse::<Cidr>().unwrap(), 16_777_217),
+            ("192.168.0.0/16".parse::<Cidr>().unwrap(), 16_777_218),
+        ]);
+        let d = to_datapath(&p, &cidrs);
         assert!(d.ingress_enforced && !d.egress_enforced);
         let rules: Vec<(u32, u8, u16, u16, bool)> = d
             .rules
@@ -491,7 +556,10 @@ mod tests {
                 (0, 17, 53, 53, false),
                 (0, 132, 53, 53, false),
                 (300, 6, 6379, 6379, false),
-            ]
+                (16_777_216, 0, 0, 65535, false),
+                (16_777_217, 0, 0, 65535, false),
+            ],
+            "10.0.0.0/8 applies to the named 10.1.0.0/16 too, not to 192.168.0.0/16"
         );
     }
 

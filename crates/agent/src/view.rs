@@ -60,6 +60,8 @@ struct Inner {
     services_generation: u64,
     /// Bumped on every change of `identities`.
     identities_generation: u64,
+    /// The prefixes policies name, with their node-local CIDR identities.
+    policy_cidrs: BTreeMap<Prefix, u32>,
 }
 
 /// The node's view. Cheap to share.
@@ -122,6 +124,38 @@ impl NodeView {
                 tracing::warn!(error = %err, "ipcache update not applied to the datapath");
             }
         }
+    }
+
+    /// Sets the prefixes network policies name, each with its node-local CIDR identity: they
+    /// enter the ipcache under every other source, so that traffic from and to addresses outside
+    /// the mesh carries the identity of the most specific prefix a policy names.
+    pub fn set_policy_cidrs(&self, cidrs: BTreeMap<Prefix, u32>) {
+        let changes = {
+            let mut inner = self.lock();
+            let mut changes = Vec::new();
+            let gone: Vec<Prefix> = inner
+                .policy_cidrs
+                .keys()
+                .filter(|p| !cidrs.contains_key(p))
+                .copied()
+                .collect();
+            for p in gone {
+                changes.extend(inner.ipcache.delete(p, &Source::PolicyCidr));
+            }
+            for (p, id) in &cidrs {
+                if inner.policy_cidrs.get(p) != Some(id) {
+                    let value = IpcacheValue {
+                        identity: *id,
+                        tunnel_endpoint: None,
+                        cluster_id: 0,
+                    };
+                    changes.extend(inner.ipcache.upsert(*p, Source::PolicyCidr, value));
+                }
+            }
+            inner.policy_cidrs = cidrs;
+            changes
+        };
+        self.apply(changes);
     }
 
     /// Sets (or, with `None`, removes) this node's own endpoint entry.

@@ -40,8 +40,8 @@ pub use event::{DropReason, EventKind, MonitorEvent, ObservationPoint};
 pub use fake::FakeDatapath;
 pub use lb::{Frontend, L4Proto, LbService};
 pub use types::{
-    Direction, Endpoint, IDENTITY_HOST, IDENTITY_MAX, IDENTITY_UNKNOWN, IDENTITY_WORLD,
-    IpcacheValue, Metric, NodeConfig, Prefix, RoutingMode,
+    Direction, Endpoint, IDENTITY_HOST, IDENTITY_LOCAL_BASE, IDENTITY_LOCAL_MAX, IDENTITY_MAX,
+    IDENTITY_UNKNOWN, IDENTITY_WORLD, IpcacheValue, Metric, NodeConfig, Prefix, RoutingMode,
 };
 
 /// Capacity of the event broadcast channel; slow subscribers see `Lagged` and lose events,
@@ -192,10 +192,15 @@ pub(crate) fn validate_endpoint(ep: &Endpoint) -> Result<(), DatapathError> {
 
 /// Checks an ipcache value.
 pub(crate) fn validate_ipcache(prefix: Prefix, v: &IpcacheValue) -> Result<(), DatapathError> {
-    if v.identity > IDENTITY_MAX {
+    if v.identity > IDENTITY_MAX
+        && !(IDENTITY_LOCAL_BASE..=IDENTITY_LOCAL_MAX).contains(&v.identity)
+    {
         return Err(DatapathError::Invalid {
             what: format!("ipcache entry {prefix}"),
-            reason: format!("identity {} does not fit in 24 bits", v.identity),
+            reason: format!(
+                "identity {} is neither a 24-bit identity nor a node-local one",
+                v.identity
+            ),
         });
     }
     if prefix.len > 32 {

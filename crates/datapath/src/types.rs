@@ -12,6 +12,11 @@ pub const IDENTITY_HOST: u32 = 1;
 pub const IDENTITY_WORLD: u32 = 2;
 /// Identities are 24 bits wide, like the VXLAN VNI that carries them between nodes.
 pub const IDENTITY_MAX: u32 = 0x00FF_FFFF;
+/// Node-local identities (CIDR identities of policy prefixes) start here, as Cilium's local
+/// scope does; they live in this node's ipcache and policy only and never travel in a VNI.
+pub const IDENTITY_LOCAL_BASE: u32 = 1 << 24;
+/// The last node-local identity.
+pub const IDENTITY_LOCAL_MAX: u32 = (1 << 25) - 1;
 
 /// How packets to pods on other nodes leave this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

@@ -251,3 +251,59 @@ async fn established_connections_survive_policy_changes() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn cidr_identities_let_egress_policy_name_addresses_outside_the_mesh() {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let f = fixture();
+        // The agent gives a prefix a policy names a node-local identity in the ipcache.
+        let cidr_identity = plexus_datapath::IDENTITY_LOCAL_BASE + 7;
+        f.dp.upsert_ipcache(
+            "203.0.113.0/24".parse().unwrap(),
+            IpcacheValue {
+                identity: cidr_identity,
+                tunnel_endpoint: None,
+                cluster_id: 0,
+            },
+        )
+        .unwrap();
+        f.dp.set_policy(
+            3833,
+            &EndpointPolicy {
+                ingress_enforced: false,
+                egress_enforced: true,
+                rules: vec![rule(Direction::Egress, cidr_identity, TCP, 443, false)],
+            },
+        )
+        .unwrap();
+        let to = |dst: Ipv4Addr, dport| l4_frame(TCP, DB, dst, 42000, dport, SYN, b"", false);
+        let inside = Ipv4Addr::new(203, 0, 113, 9);
+        assert_eq!(
+            verdict_of(&f, PROG_FROM_CONTAINER, &to(inside, 443)),
+            verdict::OK
+        );
+        assert_eq!(
+            verdict_of(&f, PROG_FROM_CONTAINER, &to(inside, 80)),
+            verdict::SHOT
+        );
+        let outside = Ipv4Addr::new(198, 51, 100, 1);
+        assert_eq!(
+            verdict_of(&f, PROG_FROM_CONTAINER, &to(outside, 443)),
+            verdict::SHOT
+        );
+        // An identity beyond the node-local range is refused by the ipcache.
+        assert!(
+            f.dp.upsert_ipcache(
+                "203.0.114.0/24".parse().unwrap(),
+                IpcacheValue {
+                    identity: plexus_datapath::IDENTITY_LOCAL_MAX + 1,
+                    tunnel_endpoint: None,
+                    cluster_id: 0,
+                },
+            )
+            .is_err()
+        );
+    })
+    .await
+    .unwrap();
+}

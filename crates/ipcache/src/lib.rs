@@ -29,6 +29,9 @@ pub enum Source {
     Node(String),
     /// A remote cluster, by name.
     Remote(String),
+    /// A prefix a network policy names (`toCIDR` and friends), with its node-local CIDR
+    /// identity. Weakest: any other source's entry for the same prefix wins.
+    PolicyCidr,
 }
 
 /// A change to the effective view.
