@@ -335,10 +335,16 @@ fn walkthrough(mut lab: Lab) {
     eprintln!("failover: new requests all served by cluster1 after {took:?}");
     let c = ask(&lab, "cluster1", "deployment/x-wing", 30);
     assert!(only(&c, "cluster1"), "after failover: {c:?}");
-    let out = lab.ok(&["clustermesh", "status", "--context", "cluster1"]);
-    assert!(
-        out.contains("cluster2: 2/2 configured, 0/2 connected"),
-        "{out}"
+    // Each node notices on its own health check; the status shows it once both have.
+    eventually(
+        Duration::from_secs(20),
+        "status shows cluster2 not connected",
+        || {
+            let out = lab.ok(&["clustermesh", "status", "--context", "cluster1"]);
+            out.contains("cluster2: 2/2 configured, 0/2 connected")
+                .then_some(())
+                .ok_or(out)
+        },
     );
 
     lab.ok(&["lab", "start", "cluster2"]);
