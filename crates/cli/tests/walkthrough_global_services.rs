@@ -53,6 +53,25 @@ fn ask(lab: &Lab, ctx: &str, pod: &str, n: usize) -> BTreeMap<String, usize> {
     counts
 }
 
+/// `annotate service rebel-base CHANGE` in cluster1.
+fn annotate_rebel_base(lab: &Lab, change: &str) {
+    lab.ok(&[
+        "--context",
+        "cluster1",
+        "annotate",
+        "service",
+        "rebel-base",
+        change,
+    ]);
+}
+
+/// Whether both clusters answered.
+fn both(counts: &BTreeMap<String, usize>) -> Result<(), String> {
+    (share(counts, "cluster1") > 0 && share(counts, "cluster2") > 0)
+        .then_some(())
+        .ok_or(format!("{counts:?}"))
+}
+
 fn share(counts: &BTreeMap<String, usize>, cluster: &str) -> usize {
     counts.get(cluster).copied().unwrap_or(0)
 }
@@ -106,10 +125,7 @@ fn walkthrough(mut lab: Lab) {
     ]);
     for ctx in ["cluster1", "cluster2"] {
         eventually(Duration::from_secs(60), "both clusters serve", || {
-            let c = ask(&lab, ctx, "deployment/x-wing", 10);
-            (share(&c, "cluster1") > 0 && share(&c, "cluster2") > 0)
-                .then_some(())
-                .ok_or(format!("{ctx}: {c:?}"))
+            both(&ask(&lab, ctx, "deployment/x-wing", 10)).map_err(|e| format!("{ctx}: {e}"))
         });
         let c = ask(&lab, ctx, "deployment/x-wing", 100);
         for cluster in ["cluster1", "cluster2"] {
@@ -151,47 +167,20 @@ fn walkthrough(mut lab: Lab) {
     assert!(lb.contains(&format!("{vip}:80/TCP")), "{lb}");
 
     // 4. shared=false in cluster1: cluster1 still uses both, cluster2 only its own.
-    lab.ok(&[
-        "--context",
-        "cluster1",
-        "annotate",
-        "service",
-        "rebel-base",
-        "io.cilium/shared-service=false",
-    ]);
+    annotate_rebel_base(&lab, "io.cilium/shared-service=false");
     eventually(Duration::from_secs(20), "cluster2 stays home", || {
         let c = ask(&lab, "cluster2", "deployment/x-wing", 20);
         only(&c, "cluster2").then_some(()).ok_or(format!("{c:?}"))
     });
     let c = ask(&lab, "cluster1", "deployment/x-wing", 40);
-    assert!(
-        share(&c, "cluster1") > 0 && share(&c, "cluster2") > 0,
-        "cluster1 still uses both: {c:?}"
-    );
-    lab.ok(&[
-        "--context",
-        "cluster1",
-        "annotate",
-        "service",
-        "rebel-base",
-        "io.cilium/shared-service-",
-    ]);
+    both(&c).unwrap_or_else(|e| panic!("cluster1 still uses both: {e}"));
+    annotate_rebel_base(&lab, "io.cilium/shared-service-");
     eventually(Duration::from_secs(20), "cluster2 sees both again", || {
-        let c = ask(&lab, "cluster2", "deployment/x-wing", 20);
-        (share(&c, "cluster1") > 0 && share(&c, "cluster2") > 0)
-            .then_some(())
-            .ok_or(format!("{c:?}"))
+        both(&ask(&lab, "cluster2", "deployment/x-wing", 20))
     });
 
     // 5. affinity local: cluster1 at home; without local backends, cluster2 serves.
-    lab.ok(&[
-        "--context",
-        "cluster1",
-        "annotate",
-        "service",
-        "rebel-base",
-        "io.cilium/service-affinity=local",
-    ]);
+    annotate_rebel_base(&lab, "io.cilium/service-affinity=local");
     eventually(Duration::from_secs(20), "affinity local", || {
         let c = ask(&lab, "cluster1", "deployment/x-wing", 20);
         only(&c, "cluster1").then_some(()).ok_or(format!("{c:?}"))
@@ -228,19 +217,9 @@ fn walkthrough(mut lab: Lab) {
         let c = ask(&lab, "cluster1", "deployment/x-wing", 20);
         only(&c, "cluster1").then_some(()).ok_or(format!("{c:?}"))
     });
-    lab.ok(&[
-        "--context",
-        "cluster1",
-        "annotate",
-        "service",
-        "rebel-base",
-        "io.cilium/service-affinity-",
-    ]);
+    annotate_rebel_base(&lab, "io.cilium/service-affinity-");
     eventually(Duration::from_secs(20), "both again", || {
-        let c = ask(&lab, "cluster1", "deployment/x-wing", 20);
-        (share(&c, "cluster1") > 0 && share(&c, "cluster2") > 0)
-            .then_some(())
-            .ok_or(format!("{c:?}"))
+        both(&ask(&lab, "cluster1", "deployment/x-wing", 20))
     });
 
     // Hairpin: a rebel-base pod reaching its own service is answered, by itself among others.
@@ -349,10 +328,7 @@ fn walkthrough(mut lab: Lab) {
 
     lab.ok(&["lab", "start", "cluster2"]);
     eventually(Duration::from_secs(60), "cluster2 serves again", || {
-        let c = ask(&lab, "cluster1", "deployment/x-wing", 20);
-        (share(&c, "cluster1") > 0 && share(&c, "cluster2") > 0)
-            .then_some(())
-            .ok_or(format!("{c:?}"))
+        both(&ask(&lab, "cluster1", "deployment/x-wing", 20))
     });
 
     lab.down();
