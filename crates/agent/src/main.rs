@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 use plexus_clustermesh::mesh::{ClusterMesh, MeshHandle};
 use plexus_clustermesh::remote_cluster::{Connector, DriverTiming, SharedConnector};
@@ -145,16 +145,14 @@ pub struct Agent {
 
 async fn connect_etcd(args: &Args) -> Result<Arc<dyn KvBackend>> {
     let mut config = EtcdConfig::new(args.etcd_endpoints.clone());
-    match (&args.etcd_ca, &args.etcd_cert, &args.etcd_key) {
-        (Some(ca), Some(cert), Some(key)) => {
-            config = config.with_tls(TlsFiles {
-                ca_file: ca.clone(),
-                cert_file: cert.clone(),
-                key_file: key.clone(),
-            });
-        }
-        (None, None, None) => {}
-        _ => bail!("--etcd-ca, --etcd-cert and --etcd-key go together"),
+    let tls = TlsFiles::from_parts(
+        args.etcd_ca.as_ref(),
+        args.etcd_cert.as_ref(),
+        args.etcd_key.as_ref(),
+    )
+    .context("--etcd-ca, --etcd-cert and --etcd-key")?;
+    if let Some(tls) = tls {
+        config = config.with_tls(tls);
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {

@@ -71,15 +71,12 @@ fn etcd_source(args: &Args) -> Result<EtcdSource> {
             advertise: args.etcd_advertise.clone(),
         });
     }
-    let tls = match (&args.etcd_ca, &args.etcd_cert, &args.etcd_key) {
-        (Some(ca), Some(cert), Some(key)) => Some(TlsFiles {
-            ca_file: ca.clone(),
-            cert_file: cert.clone(),
-            key_file: key.clone(),
-        }),
-        (None, None, None) => None,
-        _ => anyhow::bail!("--etcd-ca, --etcd-cert and --etcd-key go together"),
-    };
+    let tls = TlsFiles::from_parts(
+        args.etcd_ca.as_ref(),
+        args.etcd_cert.as_ref(),
+        args.etcd_key.as_ref(),
+    )
+    .context("--etcd-ca, --etcd-cert and --etcd-key")?;
     Ok(EtcdSource::External {
         endpoints: args.etcd_endpoints.clone(),
         tls,

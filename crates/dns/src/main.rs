@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Parser;
 use plexus_dns::{ClusterDns, DnsServer, ServiceRecords, spawn_follow_services};
 use plexus_kvstore::{EtcdBackend, EtcdConfig, KvBackend, TlsFiles};
@@ -44,16 +44,14 @@ struct Args {
 
 async fn connect_etcd(args: &Args) -> Result<Arc<dyn KvBackend>> {
     let mut config = EtcdConfig::new(args.etcd_endpoints.clone());
-    match (&args.etcd_ca, &args.etcd_cert, &args.etcd_key) {
-        (Some(ca), Some(cert), Some(key)) => {
-            config = config.with_tls(TlsFiles {
-                ca_file: ca.clone(),
-                cert_file: cert.clone(),
-                key_file: key.clone(),
-            });
-        }
-        (None, None, None) => {}
-        _ => bail!("--etcd-ca, --etcd-cert and --etcd-key go together"),
+    let tls = TlsFiles::from_parts(
+        args.etcd_ca.as_ref(),
+        args.etcd_cert.as_ref(),
+        args.etcd_key.as_ref(),
+    )
+    .context("--etcd-ca, --etcd-cert and --etcd-key")?;
+    if let Some(tls) = tls {
+        config = config.with_tls(tls);
     }
     // A pod is not restarted when it exits: keep trying (queries get SERVFAIL meanwhile).
     let mut delay = Duration::from_millis(500);

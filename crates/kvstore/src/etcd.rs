@@ -37,6 +37,31 @@ pub struct TlsFiles {
     pub key_file: PathBuf,
 }
 
+/// Only some of a CA, a client certificate and its key were given.
+#[derive(Debug, thiserror::Error)]
+#[error("the CA, the client certificate and its key go together: give all three or none")]
+pub struct IncompleteTls;
+
+impl TlsFiles {
+    /// The files given as three optional parts (as command-line flags are): all three make a
+    /// TLS configuration, none makes plain TCP, anything else is an error.
+    pub fn from_parts(
+        ca: Option<&PathBuf>,
+        cert: Option<&PathBuf>,
+        key: Option<&PathBuf>,
+    ) -> std::result::Result<Option<Self>, IncompleteTls> {
+        match (ca, cert, key) {
+            (Some(ca), Some(cert), Some(key)) => Ok(Some(Self {
+                ca_file: ca.clone(),
+                cert_file: cert.clone(),
+                key_file: key.clone(),
+            })),
+            (None, None, None) => Ok(None),
+            _ => Err(IncompleteTls),
+        }
+    }
+}
+
 /// How to reach an etcd cluster.
 #[derive(Clone, Debug)]
 pub struct EtcdConfig {
@@ -461,12 +486,23 @@ impl KvBackend for EtcdBackend {
 
 #[cfg(test)]
 mod tests {
-    use super::prefix_end;
+    use super::{PathBuf, TlsFiles, prefix_end};
 
     #[test]
     fn prefix_end_increments_the_last_byte() {
         assert_eq!(prefix_end("a/b/"), b"a/b0".to_vec());
         assert_eq!(prefix_end("a\u{7f}"), b"a\x80".to_vec());
         assert_eq!(prefix_end(""), vec![0]);
+    }
+
+    #[test]
+    fn tls_parts_are_all_or_nothing() {
+        let p = PathBuf::from("/x");
+        assert!(matches!(TlsFiles::from_parts(None, None, None), Ok(None)));
+        assert!(matches!(
+            TlsFiles::from_parts(Some(&p), Some(&p), Some(&p)),
+            Ok(Some(_))
+        ));
+        assert!(TlsFiles::from_parts(Some(&p), None, Some(&p)).is_err());
     }
 }

@@ -37,7 +37,7 @@ pub use backend::{
     Revision, Status, Txn,
 };
 pub use error::{Error, Result};
-pub use etcd::{EtcdBackend, EtcdConfig, TlsFiles};
+pub use etcd::{EtcdBackend, EtcdConfig, IncompleteTls, TlsFiles};
 pub use lease::LeaseManager;
 pub use memory::MemoryBackend;
 pub use metered::{KvMetrics, MeteredBackend};
