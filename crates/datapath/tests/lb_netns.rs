@@ -21,7 +21,7 @@ use std::{
     time::Duration,
 };
 
-use common::pods::{GATEWAY, Netns, NsThread, endpoint, ip, mac_str, make_pod};
+use common::pods::{self, GATEWAY, Netns, NsThread, endpoint, ip, mac_str, make_pod};
 use plexus_datapath::{
     Datapath, EbpfDatapath, Frontend, L4Proto, LbService, NodeConfig, RoutingMode,
 };
@@ -306,20 +306,8 @@ fn service_backend_on_another_node(routing: RoutingMode) {
     let fs = common::Bpffs::new();
     let prefix = format!("plxlb-{:08x}", rand::random::<u32>());
     let mut nets = Netns::default();
-    let n1 = nets.add(format!("{prefix}-n1"));
-    let n2 = nets.add(format!("{prefix}-n2"));
-    let (ip1, ip2) = (
-        Ipv4Addr::new(192, 168, 77, 1),
-        Ipv4Addr::new(192, 168, 77, 2),
-    );
-    ip(&[
-        "-n", &n1, "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", &n2,
-    ]);
-    for (ns, addr) in [(&n1, ip1), (&n2, ip2)] {
-        ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", "ul0"]);
-        ip(&["-n", ns, "link", "set", "ul0", "up"]);
-        ip(&["-n", ns, "link", "set", "lo", "up"]);
-    }
+    // The underlay: one veth pair between the nodes.
+    let ((n1, ip1), (n2, ip2)) = pods::two_nodes(&mut nets, &prefix);
     let client = make_pod(&mut nets, &n1, &prefix, 1, Ipv4Addr::new(10, 60, 1, 11));
     let backend = make_pod(&mut nets, &n2, &prefix, 2, Ipv4Addr::new(10, 60, 2, 12));
     if routing == RoutingMode::Native {

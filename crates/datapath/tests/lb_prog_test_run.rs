@@ -127,14 +127,6 @@ fn t(saddr: Ipv4Addr, sport: u16, daddr: Ipv4Addr, dport: u16) -> Tuple {
     }
 }
 
-/// The next event, or a failure after 5 s.
-async fn next_event(rx: &mut broadcast::Receiver<MonitorEvent>) -> MonitorEvent {
-    tokio::time::timeout(Duration::from_secs(5), rx.recv())
-        .await
-        .expect("no event within 5 s")
-        .unwrap()
-}
-
 #[tokio::test]
 async fn tcp_to_a_frontend_is_translated_to_the_backend_and_the_reply_back() {
     tokio::time::timeout(Duration::from_secs(30), async {
@@ -243,7 +235,7 @@ async fn a_frontend_without_active_backend_drops_with_its_reason() {
             .unwrap();
         let syn = l4_frame(TCP, POD_A, VIP, 40000, 80, SYN, b"", false);
         run(&f, PROG_FROM_CONTAINER, &syn, verdict::SHOT);
-        let ev = next_event(&mut f.events).await;
+        let ev = common::next_event(&mut f.events).await;
         assert_eq!(ev.kind, EventKind::Drop(DropReason::NoServiceBackend));
         assert_eq!((ev.saddr, ev.daddr, ev.dport), (POD_A, VIP, 80));
         assert!(

@@ -205,21 +205,8 @@ fn pods_on_two_nodes_ping_through_the_vxlan_tunnel_with_identity_in_the_vni() {
     let fs = common::Bpffs::new();
     let prefix = format!("plexus-dp-test-{:08x}", rand::random::<u32>());
     let mut nets = Netns::default();
-    let n1 = nets.add(format!("{prefix}-n1"));
-    let n2 = nets.add(format!("{prefix}-n2"));
-    let (ip1, ip2) = (
-        Ipv4Addr::new(192, 168, 77, 1),
-        Ipv4Addr::new(192, 168, 77, 2),
-    );
     // The underlay: one veth pair between the nodes.
-    ip(&[
-        "-n", &n1, "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", &n2,
-    ]);
-    for (ns, addr) in [(&n1, ip1), (&n2, ip2)] {
-        ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", "ul0"]);
-        ip(&["-n", ns, "link", "set", "ul0", "up"]);
-        ip(&["-n", ns, "link", "set", "lo", "up"]);
-    }
+    let ((n1, ip1), (n2, ip2)) = pods::two_nodes(&mut nets, &prefix);
     let a = make_pod_at(&mut nets, &n1, &prefix, 1, Ipv4Addr::new(10, 60, 1, 11));
     let b = make_pod_at(&mut nets, &n2, &prefix, 2, Ipv4Addr::new(10, 60, 2, 12));
 

@@ -82,14 +82,6 @@ fn fixture(routing: RoutingMode) -> Fixture {
     }
 }
 
-/// The next event, or a failure after 5 s.
-async fn next_event(rx: &mut broadcast::Receiver<MonitorEvent>) -> MonitorEvent {
-    tokio::time::timeout(Duration::from_secs(5), rx.recv())
-        .await
-        .expect("no event within 5 s")
-        .unwrap()
-}
-
 #[tokio::test]
 async fn arp_for_the_gateway_is_answered_with_the_host_mac() {
     tokio::time::timeout(Duration::from_secs(30), async {
@@ -128,7 +120,7 @@ async fn local_delivery_redirects_with_rewritten_macs_and_identity_mark() {
         assert_eq!(&out.frame[12..], &pkt[12..], "only the MACs change");
         assert_eq!(out.mark, MARK_MAGIC | 38354);
 
-        let ev = next_event(&mut f.events).await;
+        let ev = common::next_event(&mut f.events).await;
         assert_eq!(ev.kind, EventKind::Trace(ObservationPoint::FromEndpoint));
         assert_eq!(
             (ev.endpoint_id, ev.src_identity, ev.dst_identity),
@@ -150,7 +142,7 @@ async fn local_delivery_redirects_with_rewritten_macs_and_identity_mark() {
                 .unwrap();
         assert_eq!(out.verdict, verdict::OK);
         assert_eq!(out.mark, 0);
-        let ev = next_event(&mut f.events).await;
+        let ev = common::next_event(&mut f.events).await;
         assert_eq!(ev.kind, EventKind::Trace(ObservationPoint::ToEndpoint));
         assert_eq!(
             (ev.endpoint_id, ev.src_identity, ev.dst_identity),
@@ -173,7 +165,7 @@ async fn to_container_without_mark_uses_ipcache_then_world() {
         let syn = common::tcp_frame(A_HOST_MAC, B_POD_MAC, REMOTE_POD, POD_B, 5000, 80, 0x02);
         let out = f.dp.test_run(PROG_TO_CONTAINER, &syn, 0).unwrap();
         assert_eq!(out.verdict, verdict::OK);
-        let ev = next_event(&mut f.events).await;
+        let ev = common::next_event(&mut f.events).await;
         assert_eq!(ev.src_identity, 6_587_186);
         assert!(ev.to_string().ends_with("tcp SYN"), "{ev}");
 
@@ -187,7 +179,10 @@ async fn to_container_without_mark_uses_ipcache_then_world() {
             0x02,
         );
         f.dp.test_run(PROG_TO_CONTAINER, &from_world, 0).unwrap();
-        assert_eq!(next_event(&mut f.events).await.src_identity, IDENTITY_WORLD);
+        assert_eq!(
+            common::next_event(&mut f.events).await.src_identity,
+            IDENTITY_WORLD
+        );
     })
     .await
     .unwrap();
@@ -201,7 +196,7 @@ async fn unknown_source_is_dropped_with_an_event_and_counted() {
         let pkt = common::tcp_frame(A_POD_MAC, A_HOST_MAC, stranger, POD_B, 1, 2, 0x02);
         let out = f.dp.test_run(PROG_FROM_CONTAINER, &pkt, 0).unwrap();
         assert_eq!(out.verdict, verdict::SHOT);
-        let ev = next_event(&mut f.events).await;
+        let ev = common::next_event(&mut f.events).await;
         assert_eq!(ev.kind, EventKind::Drop(DropReason::UnknownSource));
         assert_eq!((ev.saddr, ev.daddr), (stranger, POD_B));
         assert!(
@@ -217,7 +212,7 @@ async fn unknown_source_is_dropped_with_an_event_and_counted() {
         let out = f.dp.test_run(PROG_FROM_CONTAINER, &spoofed, 0).unwrap();
         assert_eq!(out.verdict, verdict::SHOT);
         assert_eq!(
-            next_event(&mut f.events).await.drop_reason(),
+            common::next_event(&mut f.events).await.drop_reason(),
             Some(DropReason::SourceMismatch)
         );
 
@@ -242,7 +237,7 @@ async fn remote_prefix_is_tunnelled_or_routed() {
         let mut tunnel = fixture(RoutingMode::Tunnel);
         let out = tunnel.dp.test_run(PROG_FROM_CONTAINER, &pkt, 0).unwrap();
         assert_eq!(out.verdict, verdict::REDIRECT);
-        let ev = next_event(&mut tunnel.events).await;
+        let ev = common::next_event(&mut tunnel.events).await;
         assert_eq!((ev.src_identity, ev.dst_identity), (38354, 6_587_186));
         // Outside every prefix: handed to the stack as world.
         let outside = common::tcp_frame(
@@ -260,7 +255,7 @@ async fn remote_prefix_is_tunnelled_or_routed() {
             .unwrap();
         assert_eq!(out.verdict, verdict::OK);
         assert_eq!(
-            next_event(&mut tunnel.events).await.dst_identity,
+            common::next_event(&mut tunnel.events).await.dst_identity,
             IDENTITY_WORLD
         );
         let forwarded = tunnel
@@ -293,7 +288,7 @@ async fn overlay_without_tunnel_metadata_is_dropped() {
         let out = f.dp.test_run(PROG_FROM_OVERLAY, &pkt, 0).unwrap();
         assert_eq!(out.verdict, verdict::SHOT);
         assert_eq!(
-            next_event(&mut f.events).await.drop_reason(),
+            common::next_event(&mut f.events).await.drop_reason(),
             Some(DropReason::NoTunnelKey)
         );
     })

@@ -4,7 +4,7 @@
 
 pub mod pods;
 
-use std::{net::Ipv4Addr, path::Path};
+use std::{net::Ipv4Addr, path::Path, time::Duration};
 
 use nix::mount::{MntFlags, umount2};
 
@@ -199,4 +199,14 @@ pub fn l4_csum_ok(f: &[u8]) -> bool {
     daddr.copy_from_slice(&f[30..34]);
     let total = usize::from(u16::from_be_bytes([f[16], f[17]]));
     l4_csum_field(f) != 0 && l4_sum(saddr, daddr, f[23], &f[34..14 + total]) == 0xffff
+}
+
+/// The next monitor event, or a failure after 5 s.
+pub async fn next_event(
+    rx: &mut tokio::sync::broadcast::Receiver<plexus_datapath::MonitorEvent>,
+) -> plexus_datapath::MonitorEvent {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("no event within 5 s")
+        .unwrap()
 }

@@ -176,3 +176,23 @@ pub fn endpoint(pod: &Pod, id: u16, identity: u32) -> Endpoint {
         identity,
     }
 }
+
+/// Two node namespaces `<prefix>-n1` and `<prefix>-n2` joined by one veth pair `ul0` (the
+/// underlay) with addresses 192.168.77.1 and .2/24: their names and addresses.
+pub fn two_nodes(nets: &mut Netns, prefix: &str) -> ((String, Ipv4Addr), (String, Ipv4Addr)) {
+    let n1 = nets.add(format!("{prefix}-n1"));
+    let n2 = nets.add(format!("{prefix}-n2"));
+    let (ip1, ip2) = (
+        Ipv4Addr::new(192, 168, 77, 1),
+        Ipv4Addr::new(192, 168, 77, 2),
+    );
+    ip(&[
+        "-n", &n1, "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", &n2,
+    ]);
+    for (ns, addr) in [(&n1, ip1), (&n2, ip2)] {
+        ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", "ul0"]);
+        ip(&["-n", ns, "link", "set", "ul0", "up"]);
+        ip(&["-n", ns, "link", "set", "lo", "up"]);
+    }
+    ((n1, ip1), (n2, ip2))
+}
