@@ -110,7 +110,7 @@ async fn remote_nodes(
     State(agent): State<Arc<Agent>>,
 ) -> axum::Json<std::collections::BTreeMap<String, Vec<String>>> {
     let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-    for n in agent.view.nodes() {
+    for n in agent.core.read(crate::reports::nodes) {
         if n.cluster != agent.cluster.name {
             out.entry(n.cluster).or_default().push(n.name);
         }
@@ -118,22 +118,20 @@ async fn remote_nodes(
     axum::Json(out)
 }
 
-async fn nodes(State(agent): State<Arc<Agent>>) -> axum::Json<Vec<crate::view::NodeInfo>> {
-    axum::Json(agent.view.nodes())
+async fn nodes(State(agent): State<Arc<Agent>>) -> axum::Json<Vec<crate::reports::NodeInfo>> {
+    axum::Json(agent.core.read(crate::reports::nodes))
 }
 
-async fn identities(State(agent): State<Arc<Agent>>) -> axum::Json<Vec<crate::view::IdentityInfo>> {
-    axum::Json(agent.view.identities())
+async fn identities(
+    State(agent): State<Arc<Agent>>,
+) -> axum::Json<Vec<crate::reports::IdentityInfo>> {
+    axum::Json(agent.core.read(crate::reports::identities))
 }
 
 async fn services(
     State(agent): State<Arc<Agent>>,
-) -> axum::Json<Vec<crate::services::ServiceReport>> {
-    axum::Json(
-        agent
-            .services
-            .report(&agent.cluster.name, &agent.view, &agent.mesh),
-    )
+) -> axum::Json<Vec<crate::reports::ServiceReport>> {
+    axum::Json(agent.core.read(crate::reports::services))
 }
 
 async fn endpoints(
@@ -151,7 +149,7 @@ pub struct EndpointDetail {
     /// Its identity's labels.
     pub identity_labels: Option<String>,
     /// Its resolved policy.
-    pub policy: crate::policy::EndpointPolicyReport,
+    pub policy: crate::reports::EndpointPolicyReport,
 }
 
 /// An endpoint by id, pod name or `namespace/pod`.
@@ -169,21 +167,23 @@ async fn endpoint_detail(
             format!("no endpoint {id} on node {}", agent.node),
         ));
     };
+    let (identity_labels, policy) = agent.core.read(|core| {
+        (
+            crate::reports::identity_labels(core, endpoint.identity),
+            crate::reports::endpoint_policy(core, endpoint.id),
+        )
+    });
     Ok(axum::Json(EndpointDetail {
-        identity_labels: agent
-            .view
-            .identity_labels()
-            .get(&endpoint.identity)
-            .cloned(),
-        policy: agent.policies.endpoint_report(endpoint.id),
+        identity_labels,
+        policy,
         endpoint,
     }))
 }
 
 async fn policy_get(
     State(agent): State<Arc<Agent>>,
-) -> axum::Json<Vec<crate::policy::PolicyReport>> {
-    axum::Json(agent.policies.report())
+) -> axum::Json<Vec<crate::reports::PolicyReport>> {
+    axum::Json(agent.core.read(crate::reports::policies))
 }
 
 /// One row of `bpf ipcache list`.

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use plexus_agent_api::{EndpointRequest, EndpointResponse, IpamResponse};
-use plexus_datapath::{Datapath, Endpoint as DpEndpoint, IpcacheValue, Prefix};
+use plexus_datapath::{Datapath, Endpoint as DpEndpoint};
 use plexus_identity::allocator::IdentityAllocator;
 use plexus_kvstore::SyncStore;
 use plexus_loadbalancer::endpoint::EndpointRecord;
@@ -25,7 +25,8 @@ use plexus_model::labels::{Label, Labels, NAMESPACE_LABEL};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use crate::view::NodeView;
+use crate::core::{Input, LocalEndpoint};
+use crate::shell::CoreHandle;
 
 /// One endpoint as persisted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,11 +73,14 @@ pub struct Endpoints {
     record_store: SyncStore,
     node_name: String,
     node_ip: Ipv4Addr,
-    cluster_id: u16,
     mtu: u32,
     state_file: PathBuf,
-    view: Arc<NodeView>,
+    core: CoreHandle,
+    real_kernel: bool,
 }
+
+/// How long a registration waits for its ipcache entry to reach the datapath.
+const APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 struct Inner {
     ipam: plexus_ipam::PodIpam,
@@ -93,6 +97,30 @@ fn parse_mac(text: &str, what: &str) -> Result<[u8; 6]> {
         mac[i] = u8::from_str_radix(p, 16).with_context(|| format!("{what} {text:?}"))?;
     }
     Ok(mac)
+}
+
+/// The core's view of an endpoint: its named ports typed (a protocol other than TCP, UDP or
+/// SCTP names no port a policy can use).
+pub fn local_endpoint(ep: &EndpointState) -> LocalEndpoint {
+    LocalEndpoint {
+        id: ep.id,
+        ip: ep.ip,
+        identity: ep.identity,
+        named_ports: ep
+            .ports
+            .iter()
+            .filter_map(|(name, p)| {
+                let proto = plexus_policy::Proto::parse_any(&p.protocol, "protocol").ok()??;
+                Some((
+                    name.clone(),
+                    plexus_policy::NamedPort {
+                        port: p.port,
+                        proto,
+                    },
+                ))
+            })
+            .collect(),
+    }
 }
 
 /// The identity labels of a pod: its labels with the `k8s:` source and its namespace.
@@ -119,16 +147,17 @@ pub struct EndpointsConfig {
     pub node_name: String,
     /// Its underlay address.
     pub node_ip: Ipv4Addr,
-    /// The cluster id.
-    pub cluster_id: u16,
     /// The pods' MTU.
     pub mtu: u32,
     /// The node's pod addresses.
     pub ipam: plexus_ipam::PodIpam,
     /// Where the state is persisted.
     pub state_file: PathBuf,
-    /// The node's view (for the ipcache and listings).
-    pub view: Arc<NodeView>,
+    /// The node's core (the endpoint's ipcache entry, policy).
+    pub core: CoreHandle,
+    /// Whether the kernel is configured (routes and neighbours to pods); false with the
+    /// fake datapath.
+    pub real_kernel: bool,
 }
 
 impl Endpoints {
@@ -161,10 +190,10 @@ impl Endpoints {
             record_store: config.record_store,
             node_name: config.node_name,
             node_ip: config.node_ip,
-            cluster_id: config.cluster_id,
             mtu: config.mtu,
             state_file: config.state_file,
-            view: config.view,
+            core: config.core,
+            real_kernel: config.real_kernel,
         };
         let restored: Vec<EndpointState> = {
             let inner = this.inner.lock().await;
@@ -236,19 +265,11 @@ impl Endpoints {
                 identity: ep.identity,
             })
             .with_context(|| format!("datapath endpoint {} on {}", ep.ip, ep.host_ifname))?;
-        if self.view.real_kernel {
+        if self.real_kernel {
             crate::netcmd::route_to_device(&format!("{}/32", ep.ip), &ep.host_ifname)?;
             crate::netcmd::neigh_permanent(&ep.ip.to_string(), &ep.pod_mac, &ep.host_ifname)?;
         }
-        let prefix = Prefix::new(ep.ip, 32).map_err(|e| anyhow::anyhow!("{e}"))?;
-        self.view.ipcache_local(
-            prefix,
-            Some(IpcacheValue {
-                identity: ep.identity,
-                tunnel_endpoint: None,
-                cluster_id: self.cluster_id,
-            }),
-        );
+        self.core.step(Input::EndpointUpsert(local_endpoint(ep)));
         Ok(())
     }
 
@@ -354,6 +375,14 @@ impl Endpoints {
             let _ = self.identities.release(&labels).await;
             return Err(err);
         }
+        // The pod's ipcache entry is in the datapath before the CNI plugin returns.
+        if !self
+            .core
+            .wait_applied(self.core.read(|c| c.seq()), APPLY_WAIT)
+            .await
+        {
+            tracing::warn!(pod = %req.pod_name, "endpoint's ipcache entry not applied yet");
+        }
         self.publish(&ep);
         {
             let mut inner = self.inner.lock().await;
@@ -412,12 +441,10 @@ impl Endpoints {
             if let Err(err) = self.datapath.remove_endpoint(ep.ip) {
                 tracing::warn!(ip = %ep.ip, error = %err, "cannot remove endpoint from the datapath");
             }
-            if self.view.real_kernel {
+            if self.real_kernel {
                 crate::netcmd::route_delete(&format!("{}/32", ep.ip));
             }
-            if let Ok(prefix) = Prefix::new(ep.ip, 32) {
-                self.view.ipcache_local(prefix, None);
-            }
+            self.core.step(Input::EndpointDelete(ep.id));
             self.ip_store.delete(ep.ip.to_string());
             self.record_store
                 .delete(format!("{}/{}", ep.namespace, ep.pod));

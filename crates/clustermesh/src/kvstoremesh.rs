@@ -192,6 +192,7 @@ impl Reflector {
             RemoteEvent::ServiceDelete(key) => {
                 self.cache(&cluster).stores[&StateKind::Services].delete(key)
             }
+            RemoteEvent::ClusterConfig { .. } => {}
             RemoteEvent::Synced => {
                 for store in self.cache(&cluster).stores.values() {
                     store.synced();

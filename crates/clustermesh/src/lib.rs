@@ -2,15 +2,14 @@
 //!
 //! It holds the remote-cluster manager (one state machine per remote cluster that follows the
 //! consumer protocol of the wire format: mTLS connect, heartbeat, cluster-config validation,
-//! canary-gated list+watch, stale drain), the merged view handed to the agent, and the
+//! canary-gated list+watch, stale drain), one merged stream of events for the agent, and the
 //! KVStoreMesh reflector that mirrors remote clusters into the local kvstore. It builds on
 //! `plexus-kvstore` (WatchStore) and `plexus-model` (keys and values).
 //!
 //! Modules: [`access`] (the etcd users and roles of a cluster), [`config`] (the remote-cluster configuration directory, one file per remote),
 //! [`validate`] (what is accepted from a remote: its cluster config, id, and entries),
 //! [`remote`] (the consumer protocol for one remote as a state machine, without IO),
-//! [`metrics`] (Prometheus text for the remotes' status), [`report`] (its JSON shape) and
-//! [`view`] (the merged view of every remote's state),
+//! [`metrics`] (Prometheus text for the remotes' status), [`report`] (its JSON shape),
 //! [`publish`] (the cluster config and heartbeat a cluster keeps published for its readers).
 
 pub mod access;
@@ -23,4 +22,3 @@ pub mod remote;
 pub mod remote_cluster;
 pub mod report;
 pub mod validate;
-pub mod view;

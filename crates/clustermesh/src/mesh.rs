@@ -31,10 +31,21 @@ pub struct MeshStatus {
     pub config_errors: Vec<String>,
 }
 
-#[derive(Default)]
 struct Shared {
     remotes: BTreeMap<String, watch::Receiver<RemoteClusterStatus>>,
     config_errors: Vec<String>,
+    /// Bumped whenever a remote's status or the set of remotes changes.
+    changes: watch::Sender<u64>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            remotes: BTreeMap::new(),
+            config_errors: Vec::new(),
+            changes: watch::Sender::new(0),
+        }
+    }
 }
 
 /// The running manager. Dropping it stops every remote without draining.
@@ -116,6 +127,14 @@ impl MeshHandle {
             config_errors: shared.config_errors.clone(),
         }
     }
+
+    /// A receiver that is marked changed whenever a remote's status changes, a remote is added
+    /// or removed, or the configuration errors change: read [`MeshHandle::status`] then. Changes
+    /// coalesce, so a slow reader sees the latest state, never a backlog.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        shared.changes.subscribe()
+    }
 }
 
 impl Drop for ClusterMesh {
@@ -135,6 +154,12 @@ async fn run(
 ) {
     let ids = Arc::new(Mutex::new(ClusterIds::new(&local)));
     let mut remotes: BTreeMap<String, RemoteCluster> = BTreeMap::new();
+    // One task per remote passes its status changes on to the mesh's change counter.
+    let mut forwarders: BTreeMap<String, JoinHandle<()>> = BTreeMap::new();
+    let changes = {
+        let guard = shared.lock().unwrap_or_else(|e| e.into_inner());
+        guard.changes.clone()
+    };
     loop {
         match dir.scan() {
             Ok(scan) => {
@@ -164,17 +189,48 @@ async fn run(
                     );
                     remotes.insert(config.name, remote);
                 }
+                forwarders.retain(|name, task| {
+                    let keep = remotes.contains_key(name) && !task.is_finished();
+                    if !keep {
+                        task.abort();
+                    }
+                    keep
+                });
+                for (name, remote) in &remotes {
+                    if !forwarders.contains_key(name) {
+                        let mut rx = remote.subscribe();
+                        let changes = changes.clone();
+                        forwarders.insert(
+                            name.clone(),
+                            tokio::spawn(async move {
+                                while rx.changed().await.is_ok() {
+                                    changes.send_modify(|n| *n += 1);
+                                }
+                            }),
+                        );
+                    }
+                }
+                let errors: Vec<String> = scan.errors.iter().map(ToString::to_string).collect();
                 let mut guard = shared.lock().unwrap_or_else(|e| e.into_inner());
-                guard.config_errors = scan.errors.iter().map(ToString::to_string).collect();
+                let names_changed = !guard.remotes.keys().eq(remotes.keys());
+                let errors_changed = guard.config_errors != errors;
+                guard.config_errors = errors;
                 guard.remotes = remotes
                     .iter()
                     .map(|(k, v)| (k.clone(), v.subscribe()))
                     .collect();
+                if names_changed || errors_changed {
+                    guard.changes.send_modify(|n| *n += 1);
+                }
             }
             Err(err) => {
                 tracing::warn!(error = %err, "cannot read the clustermesh configuration directory");
                 let mut guard = shared.lock().unwrap_or_else(|e| e.into_inner());
-                guard.config_errors = vec![err.to_string()];
+                let errors = vec![err.to_string()];
+                if guard.config_errors != errors {
+                    guard.config_errors = errors;
+                    guard.changes.send_modify(|n| *n += 1);
+                }
             }
         }
         tokio::time::sleep(scan_interval).await;

@@ -37,6 +37,13 @@ use crate::validate::{
 /// What a remote cluster contributes, as it changes.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RemoteEvent {
+    /// The remote's cluster config was accepted: its entries belong to cluster `cluster_id`.
+    /// Sent once, before any entry of the remote; it holds until `Drained` (a changed
+    /// configuration file drains the remote, then connects anew and sends it again).
+    ClusterConfig {
+        /// The remote's cluster id, from its `cilium/cluster-config/<remote>`.
+        cluster_id: u32,
+    },
     /// A node was added or changed.
     NodeUpsert(Node),
     /// A node (by name) is gone.

@@ -63,6 +63,7 @@ impl View {
                 self.deletes += 1;
                 self.services.remove(&k);
             }
+            RemoteEvent::ClusterConfig { .. } => {}
             RemoteEvent::Synced => self.synced = true,
             RemoteEvent::Drained => self.drained = true,
         }

@@ -93,13 +93,7 @@ impl IpCache {
 
     /// Removes everything `source` contributed (a remote cluster drained).
     pub fn remove_source(&mut self, source: &Source) -> Vec<Change> {
-        let prefixes: Vec<Prefix> = self
-            .entries
-            .iter()
-            .filter(|(_, m)| m.contains_key(source))
-            .map(|(p, _)| *p)
-            .collect();
-        prefixes
+        self.prefixes_of(source)
             .into_iter()
             .filter_map(|p| self.delete(p, source))
             .collect()
@@ -115,6 +109,31 @@ impl IpCache {
         self.entries
             .iter()
             .filter_map(|(p, m)| m.iter().next().map(|(s, v)| (*p, s, *v)))
+    }
+
+    /// The effective entry of `prefix` with the source that won.
+    pub fn iter_prefix(&self, prefix: Prefix) -> Option<(&Source, IpcacheValue)> {
+        self.entries
+            .get(&prefix)
+            .and_then(|m| m.iter().next().map(|(s, v)| (s, *v)))
+    }
+
+    /// `source`'s own entry for `prefix`, whether it wins or not.
+    pub fn value_of(&self, prefix: Prefix, source: &Source) -> Option<IpcacheValue> {
+        self.entries
+            .get(&prefix)
+            .and_then(|m| m.get(source))
+            .copied()
+    }
+
+    /// The prefixes `source` contributes to (a scan: for rare events such as a remote's
+    /// cluster id becoming known).
+    pub fn prefixes_of(&self, source: &Source) -> Vec<Prefix> {
+        self.entries
+            .iter()
+            .filter(|(_, m)| m.contains_key(source))
+            .map(|(p, _)| *p)
+            .collect()
     }
 
     /// Number of effective entries.

@@ -1,0 +1,313 @@
+//! Where ipcache entries come from, which one wins, and the routes that follow nodes.
+//!
+//! Sources, strongest first (see [`plexus_ipcache::Source`]): this node's endpoints, this
+//! cluster's kvstore (other nodes' endpoints), nodes (their pod CIDR behind their underlay
+//! address, their address as `remote-node`), remote clusters, and last the CIDRs policies
+//! name. Every source's entries are kept; the effective entry of a prefix is the strongest
+//! source's, so withdrawing a strong entry uncovers the next one without a gap.
+//!
+//! In native routing mode every other node's pod CIDR is routed through its underlay address;
+//! [`RouteChange`]s say what to add, change or remove.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+
+use plexus_datapath::{IpcacheValue, Prefix, RoutingMode};
+use plexus_ipcache::{Change, IpCache, Source, from_node, from_pair};
+use plexus_model::ipcache::IpIdentityPair;
+use plexus_model::node::{Node, NodeAddressType};
+
+use super::CoreConfig;
+
+/// A change to the routes towards other nodes' pod CIDRs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RouteChange {
+    /// Route `dst` through `via` (add or replace).
+    Upsert {
+        /// The node's pod CIDR.
+        dst: Prefix,
+        /// The node's underlay address.
+        via: Ipv4Addr,
+    },
+    /// Remove the route to `dst`.
+    Delete(Prefix),
+}
+
+/// A node's underlay (InternalIP) IPv4 address.
+pub fn underlay(node: &Node) -> Option<Ipv4Addr> {
+    node.ip_addresses
+        .iter()
+        .find(|a| a.kind == NodeAddressType::InternalIp)
+        .and_then(|a| match a.ip {
+            std::net::IpAddr::V4(v) => Some(v),
+            std::net::IpAddr::V6(_) => None,
+        })
+}
+
+/// The ipcache's sources, the nodes known, and the desired routes.
+#[derive(Debug)]
+pub struct IpcacheState {
+    cluster: String,
+    cluster_id: u16,
+    node_name: String,
+    node_ip: Ipv4Addr,
+    routing: RoutingMode,
+    cache: IpCache,
+    /// The prefix of each (source, key), for deletions by key.
+    keys: HashMap<(Source, String), Prefix>,
+    /// Nodes by (cluster, name).
+    nodes: BTreeMap<(String, String), Node>,
+    /// Desired routes: node pod CIDR -> underlay address, by (cluster, node).
+    routes: BTreeMap<(String, String), (Prefix, Ipv4Addr)>,
+    /// The prefixes policies name, with their node-local identities.
+    policy_cidrs: BTreeMap<Prefix, u32>,
+    pending: Vec<Change>,
+    pending_routes: Vec<RouteChange>,
+}
+
+impl IpcacheState {
+    /// Nothing known yet.
+    pub fn new(config: &CoreConfig) -> Self {
+        Self {
+            cluster: config.cluster.clone(),
+            cluster_id: config.cluster_id,
+            node_name: config.node_name.clone(),
+            node_ip: config.node_ip,
+            routing: config.routing,
+            cache: IpCache::new(),
+            keys: HashMap::new(),
+            nodes: BTreeMap::new(),
+            routes: BTreeMap::new(),
+            policy_cidrs: BTreeMap::new(),
+            pending: Vec::new(),
+            pending_routes: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, change: Option<Change>) {
+        self.pending.extend(change);
+    }
+
+    /// Takes the changes made since the last call.
+    pub fn take_changes(&mut self) -> (Vec<Change>, Vec<RouteChange>) {
+        (
+            std::mem::take(&mut self.pending),
+            std::mem::take(&mut self.pending_routes),
+        )
+    }
+
+    /// Sets (or, with `None`, removes) this node's endpoint entry for `ip`.
+    pub fn local_endpoint(&mut self, ip: Ipv4Addr, identity: Option<u32>) {
+        let Ok(prefix) = Prefix::new(ip, 32) else {
+            return;
+        };
+        let change = match identity {
+            Some(identity) => self.cache.upsert(
+                prefix,
+                Source::LocalEndpoint,
+                IpcacheValue {
+                    identity,
+                    tunnel_endpoint: None,
+                    cluster_id: self.cluster_id,
+                },
+            ),
+            None => self.cache.delete(prefix, &Source::LocalEndpoint),
+        };
+        self.push(change);
+    }
+
+    /// An entry of `source` under `key` (an ip -> identity entry of the cluster or a remote).
+    pub(crate) fn keyed_upsert(
+        &mut self,
+        source: Source,
+        key: &str,
+        pair: &IpIdentityPair,
+        cluster_id: u16,
+    ) {
+        let Some((prefix, value)) = from_pair(pair, cluster_id) else {
+            return;
+        };
+        let old = self.keys.insert((source.clone(), key.to_string()), prefix);
+        if let Some(old) = old.filter(|o| *o != prefix) {
+            let change = self.cache.delete(old, &source);
+            self.push(change);
+        }
+        let change = self.cache.upsert(prefix, source, value);
+        self.push(change);
+    }
+
+    /// The entry of `source` under `key` is gone.
+    pub(crate) fn keyed_delete(&mut self, source: &Source, key: &str) {
+        if let Some(prefix) = self.keys.remove(&(source.clone(), key.to_string())) {
+            let change = self.cache.delete(prefix, source);
+            self.push(change);
+        }
+    }
+
+    /// An ip -> identity entry of this cluster (another node's endpoint; this node's own are
+    /// installed from the endpoint manager).
+    pub fn cluster_ip_upsert(&mut self, key: &str, pair: &IpIdentityPair) {
+        if pair.host_ip == self.node_ip.to_string() {
+            return;
+        }
+        self.keyed_upsert(Source::Cluster, key, pair, self.cluster_id);
+    }
+
+    /// An ip -> identity entry of this cluster is gone.
+    pub fn cluster_ip_delete(&mut self, key: &str) {
+        self.keyed_delete(&Source::Cluster, key);
+    }
+
+    /// A node of `cluster` (this one or a remote, whose id is `cluster_id`) appeared or
+    /// changed.
+    pub fn node_upsert(&mut self, cluster: &str, cluster_id: u16, node: &Node) {
+        let is_self = cluster == self.cluster && node.name == self.node_name;
+        let source = Source::Node(format!("{cluster}/{}", node.name));
+        let entries = from_node(node, cluster_id, is_self);
+        let key = (cluster.to_string(), node.name.clone());
+        // What the node's previous version contributed (derived, not scanned for).
+        let before: Vec<Prefix> = self
+            .nodes
+            .get(&key)
+            .map(|old| {
+                from_node(old, cluster_id, is_self)
+                    .into_iter()
+                    .map(|(p, _)| p)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for p in before {
+            if !entries.iter().any(|(q, _)| *q == p) {
+                let change = self.cache.delete(p, &source);
+                self.push(change);
+            }
+        }
+        for (p, v) in entries {
+            let change = self.cache.upsert(p, source.clone(), v);
+            self.push(change);
+        }
+        self.nodes.insert(key.clone(), node.clone());
+        let route = (!is_self && self.routing == RoutingMode::Native)
+            .then(|| {
+                let cidr = node.ipv4_alloc_cidr.as_ref()?;
+                let std::net::IpAddr::V4(addr) = cidr.addr else {
+                    return None;
+                };
+                let dst = Prefix::new(addr, cidr.prefix_len).ok()?;
+                Some((dst, underlay(node)?))
+            })
+            .flatten();
+        self.set_route(key, route);
+    }
+
+    fn set_route(&mut self, key: (String, String), route: Option<(Prefix, Ipv4Addr)>) {
+        let old = match route {
+            Some(r) => self.routes.insert(key, r),
+            None => self.routes.remove(&key),
+        };
+        if old == route {
+            return;
+        }
+        if let Some((old_dst, _)) = old
+            && route.is_none_or(|(dst, _)| dst != old_dst)
+            && !self.routes.values().any(|(dst, _)| *dst == old_dst)
+        {
+            self.pending_routes.push(RouteChange::Delete(old_dst));
+        }
+        if let Some((dst, via)) = route {
+            self.pending_routes.push(RouteChange::Upsert { dst, via });
+        }
+    }
+
+    /// A node of `cluster` is gone.
+    pub fn node_delete(&mut self, cluster: &str, name: &str) {
+        let source = Source::Node(format!("{cluster}/{name}"));
+        let changes = self.cache.remove_source(&source);
+        self.pending.extend(changes);
+        let key = (cluster.to_string(), name.to_string());
+        self.nodes.remove(&key);
+        self.set_route(key, None);
+    }
+
+    /// Names of the nodes of `cluster`.
+    pub fn node_names(&self, cluster: &str) -> Vec<String> {
+        self.nodes
+            .keys()
+            .filter(|(c, _)| c == cluster)
+            .map(|(_, n)| n.clone())
+            .collect()
+    }
+
+    /// Stamps every entry `source` contributes with `cluster_id` (a remote's id became known
+    /// after some of its entries).
+    pub(crate) fn restamp(&mut self, source: &Source, cluster_id: u16) {
+        for p in self.cache.prefixes_of(source) {
+            if let Some(mut v) = self.cache.value_of(p, source)
+                && v.cluster_id != cluster_id
+            {
+                v.cluster_id = cluster_id;
+                let change = self.cache.upsert(p, source.clone(), v);
+                self.push(change);
+            }
+        }
+    }
+
+    /// Removes everything `source` contributed, and forgets its keys.
+    pub(crate) fn remove_source(&mut self, source: &Source) {
+        self.keys.retain(|(s, _), _| s != source);
+        let changes = self.cache.remove_source(source);
+        self.pending.extend(changes);
+    }
+
+    /// Sets the prefixes network policies name, each with its node-local CIDR identity: the
+    /// weakest source, so that only addresses outside the mesh carry them.
+    pub fn set_policy_cidrs(&mut self, cidrs: BTreeMap<Prefix, u32>) {
+        let gone: Vec<Prefix> = self
+            .policy_cidrs
+            .keys()
+            .filter(|p| !cidrs.contains_key(p))
+            .copied()
+            .collect();
+        for p in gone {
+            let change = self.cache.delete(p, &Source::PolicyCidr);
+            self.push(change);
+        }
+        for (p, id) in &cidrs {
+            if self.policy_cidrs.get(p) != Some(id) {
+                let value = IpcacheValue {
+                    identity: *id,
+                    tunnel_endpoint: None,
+                    cluster_id: 0,
+                };
+                let change = self.cache.upsert(*p, Source::PolicyCidr, value);
+                self.push(change);
+            }
+        }
+        self.policy_cidrs = cidrs;
+    }
+
+    /// The effective entries.
+    pub fn effective(&self) -> BTreeMap<Prefix, IpcacheValue> {
+        self.cache.iter().map(|(p, _, v)| (p, v)).collect()
+    }
+
+    /// The effective entry of `prefix` with the source that won.
+    pub fn get(&self, prefix: Prefix) -> Option<(Source, IpcacheValue)> {
+        self.cache.iter_prefix(prefix).map(|(s, v)| (s.clone(), v))
+    }
+
+    /// Every node known, by (cluster, name).
+    pub fn nodes(&self) -> &BTreeMap<(String, String), Node> {
+        &self.nodes
+    }
+
+    /// The desired routes: pod CIDR -> underlay address.
+    pub fn routes(&self) -> BTreeMap<Prefix, Ipv4Addr> {
+        self.routes.values().copied().collect()
+    }
+
+    /// Whether `(cluster, name)` is this node.
+    pub fn is_self(&self, cluster: &str, name: &str) -> bool {
+        cluster == self.cluster && name == self.node_name
+    }
+}

@@ -1,0 +1,276 @@
+//! Services as this node load-balances them: backends across clusters, affinity and its
+//! fallback, unreachable clusters.
+//!
+//! Inputs: the cluster's Service objects and the backends the apiserver selected for them,
+//! the remote clusters' shared global services (ClusterServices), and which remote clusters
+//! are reachable. [`ServiceState::selections`] applies the global-service semantics of
+//! [`plexus_loadbalancer::select`]:
+//! - a global service also balances over the backends of every remote whose same-named service
+//!   is global and shared;
+//! - affinity `local` (`remote`) uses this cluster's (the others') backends while it has any,
+//!   the rest standing by as the fallback that takes over when the preferred side has none;
+//! - backends of an unreachable cluster take no new connection while a reachable one exists.
+//!
+//! [`ServiceState::desired`] turns that into the load balancer's table: one frontend per
+//! service port (typed port and protocol, never parsed back from display text), its active
+//! backends taking new connections, the standby and unreachable ones keeping the connections
+//! already established to them.
+//!
+//! The table is computed only once the cluster's services and backends are listed and the
+//! remote clusters synced (or the grace time passed), so that a restarted agent never
+//! withdraws frontends its predecessor programmed before it knows the whole picture.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use plexus_datapath::{Frontend, L4Proto, LbService};
+use plexus_loadbalancer::cluster_service::Backends;
+use plexus_loadbalancer::select::{BackendState, Selection, select};
+use plexus_loadbalancer::service::{GlobalConfig, Service};
+use plexus_model::service::ClusterService;
+
+/// One local service with its selected backends.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceSelection<'a> {
+    /// The object.
+    pub service: &'a Service,
+    /// Its global-service settings (the defaults when an annotation is bad).
+    pub config: GlobalConfig,
+    /// A bad annotation, if any.
+    pub error: Option<String>,
+    /// Every candidate backend with its state.
+    pub selection: Selection,
+}
+
+/// The node's services.
+#[derive(Debug)]
+pub struct ServiceState {
+    cluster: String,
+    services: BTreeMap<String, Service>,
+    backends: BTreeMap<String, Backends>,
+    /// Remote clusters' ClusterServices by (`<namespace>/<name>`, cluster).
+    remote: BTreeMap<String, BTreeMap<String, ClusterService>>,
+    reachable: BTreeSet<String>,
+    services_synced: bool,
+    backends_synced: bool,
+    remotes_ready: bool,
+    grace_expired: bool,
+    dirty: bool,
+}
+
+impl ServiceState {
+    /// No service yet.
+    pub fn new(cluster: &str) -> Self {
+        Self {
+            cluster: cluster.to_string(),
+            services: BTreeMap::new(),
+            backends: BTreeMap::new(),
+            remote: BTreeMap::new(),
+            reachable: BTreeSet::new(),
+            services_synced: false,
+            backends_synced: false,
+            remotes_ready: false,
+            grace_expired: false,
+            dirty: true,
+        }
+    }
+
+    /// A Service object.
+    pub fn service_upsert(&mut self, key: String, service: Service) {
+        if self.services.get(&key) != Some(&service) {
+            self.services.insert(key, service);
+            self.dirty = true;
+        }
+    }
+
+    /// A Service object is gone.
+    pub fn service_delete(&mut self, key: &str) {
+        self.dirty |= self.services.remove(key).is_some();
+    }
+
+    /// The Service objects are listed.
+    pub fn services_synced(&mut self) {
+        self.services_synced = true;
+        self.dirty = true;
+    }
+
+    /// A service's backends.
+    pub fn backends_upsert(&mut self, key: String, backends: Backends) {
+        if self.backends.get(&key) != Some(&backends) {
+            self.backends.insert(key, backends);
+            self.dirty = true;
+        }
+    }
+
+    /// A service's backends are gone.
+    pub fn backends_delete(&mut self, key: &str) {
+        self.dirty |= self.backends.remove(key).is_some();
+    }
+
+    /// The backends are listed.
+    pub fn backends_synced(&mut self) {
+        self.backends_synced = true;
+        self.dirty = true;
+    }
+
+    /// A remote cluster's shared global service.
+    pub fn remote_upsert(&mut self, cluster: &str, svc: ClusterService) {
+        let key = format!("{}/{}", svc.namespace, svc.name);
+        let slot = self.remote.entry(key).or_default();
+        if slot.get(cluster) != Some(&svc) {
+            slot.insert(cluster.to_string(), svc);
+            self.dirty = true;
+        }
+    }
+
+    /// A remote cluster's service is gone (or no longer shared, or withdrawn after the cache
+    /// TTL).
+    pub fn remote_delete(&mut self, cluster: &str, key: &str) {
+        if let Some(slot) = self.remote.get_mut(key) {
+            self.dirty |= slot.remove(cluster).is_some();
+            if slot.is_empty() {
+                self.remote.remove(key);
+            }
+        }
+    }
+
+    /// A remote cluster was drained: its services go.
+    pub fn remote_cluster_gone(&mut self, cluster: &str) {
+        for slot in self.remote.values_mut() {
+            self.dirty |= slot.remove(cluster).is_some();
+        }
+        self.remote.retain(|_, slot| !slot.is_empty());
+        self.reachable.remove(cluster);
+    }
+
+    /// Which remotes are reachable, and whether all have synced.
+    pub fn set_mesh_status(&mut self, reachable: BTreeSet<String>, all_ready: bool) {
+        if reachable != self.reachable {
+            self.reachable = reachable;
+            self.dirty = true;
+        }
+        if all_ready && !self.remotes_ready {
+            self.remotes_ready = true;
+            self.dirty = true;
+        }
+    }
+
+    /// The grace time for remotes to sync passed.
+    pub fn grace_expired(&mut self) {
+        if !self.grace_expired {
+            self.grace_expired = true;
+            self.dirty = true;
+        }
+    }
+
+    /// Whether the load balancer may be programmed: the local objects are listed and the
+    /// remotes synced or waited for long enough.
+    pub fn ready(&self) -> bool {
+        self.services_synced && self.backends_synced && (self.remotes_ready || self.grace_expired)
+    }
+
+    /// The remote clusters currently reachable.
+    pub fn reachable(&self) -> &BTreeSet<String> {
+        &self.reachable
+    }
+
+    /// Every local service with its backends, in key order.
+    pub fn selections(&self) -> Vec<ServiceSelection<'_>> {
+        let empty = Backends::new();
+        let reachable = |c: &str| self.reachable.contains(c);
+        self.services
+            .iter()
+            .map(|(key, service)| {
+                let (config, error) = match service.global_config() {
+                    Ok(c) => (c, None),
+                    Err(e) => (GlobalConfig::default(), Some(e.to_string())),
+                };
+                let local = self.backends.get(key).unwrap_or(&empty);
+                let remote = self.remote.get(key).into_iter().flat_map(|m| m.values());
+                ServiceSelection {
+                    service,
+                    config,
+                    error,
+                    selection: select(&self.cluster, config, local, remote, &reachable),
+                }
+            })
+            .collect()
+    }
+
+    /// The remote clusters' ClusterServices named `key`.
+    pub fn remote_services(&self, key: &str) -> Vec<&ClusterService> {
+        self.remote
+            .get(key)
+            .map(|m| m.values().collect())
+            .unwrap_or_default()
+    }
+
+    /// The load balancer's desired table.
+    pub fn desired(&self) -> BTreeMap<Frontend, LbService> {
+        desired_frontends(&self.selections())
+    }
+
+    /// The desired table if it may have changed since the last call and may be programmed.
+    pub fn take_desired(&mut self) -> Option<BTreeMap<Frontend, LbService>> {
+        if !self.dirty || !self.ready() {
+            return None;
+        }
+        self.dirty = false;
+        Some(self.desired())
+    }
+}
+
+/// The frontends of `services`: one per service port with an address and a protocol the load
+/// balancer handles (TCP, UDP), its active backends taking new connections, the others (standby,
+/// unreachable) keeping theirs. A backend without the port is left out; a service with a bad
+/// annotation is still balanced over its local backends, as `select` computed with the defaults.
+pub fn desired_frontends(services: &[ServiceSelection<'_>]) -> BTreeMap<Frontend, LbService> {
+    let mut out = BTreeMap::new();
+    for svc in services {
+        let Some(addr) = svc
+            .service
+            .spec
+            .cluster_ip
+            .as_deref()
+            .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+        else {
+            continue;
+        };
+        for port in &svc.service.spec.ports {
+            let Ok(proto) = port.protocol.parse::<L4Proto>() else {
+                continue;
+            };
+            let frontend = Frontend {
+                addr,
+                port: port.port,
+                proto,
+            };
+            let mut lb = LbService {
+                frontend,
+                active: Vec::new(),
+                inactive: Vec::new(),
+            };
+            for c in &svc.selection.candidates {
+                let Some(target) = c.ports.get(&port.name) else {
+                    continue;
+                };
+                if target.protocol.parse::<L4Proto>().ok() != Some(proto) {
+                    continue;
+                }
+                let Ok(ip) = c.ip.parse::<Ipv4Addr>() else {
+                    continue;
+                };
+                let backend = SocketAddrV4::new(ip, target.port);
+                if lb.active.contains(&backend) || lb.inactive.contains(&backend) {
+                    continue;
+                }
+                match c.state {
+                    BackendState::Active => lb.active.push(backend),
+                    BackendState::Standby | BackendState::Unreachable => lb.inactive.push(backend),
+                }
+            }
+            out.insert(frontend, lb);
+        }
+    }
+    out
+}

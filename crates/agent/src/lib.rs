@@ -1,0 +1,52 @@
+//! The Plexus node agent as a library: the node's logic as a pure core, the IO shell around
+//! it, the endpoint manager and the API. The `plexus-agent` binary only parses its options and
+//! calls [`run`].
+//!
+//! - [`core`]: a pure fold of everything the node knows (its endpoints; its cluster's nodes, ip
+//!   -> identity entries and identities; the remote clusters' events; services; policies) into
+//!   the desired datapath state (ipcache, routes, load balancer, policy). No IO, no clock:
+//!   tested with plain unit tests (`tests/` of this crate), no root, etcd or eBPF.
+//! - [`shell`]: the tasks that feed the core from etcd and the remote-cluster manager, and the
+//!   reconciler that applies its output to the datapath and the kernel as soon as it changes.
+//! - [`endpoints`]: the node's pods (addresses, identities, datapath entries, published
+//!   records, persisted state); [`netcmd`]: the few kernel settings the agent makes.
+//! - [`api`]: the API the CLI and the CNI plugin use; [`reports`]: what it lists.
+//! - [`daemon`]: the wiring of one node's agent; [`options`]: its flags.
+
+pub mod api;
+pub mod core;
+pub mod daemon;
+pub mod endpoints;
+pub mod netcmd;
+pub mod options;
+pub mod reports;
+pub mod shell;
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use plexus_clustermesh::mesh::MeshHandle;
+use plexus_datapath::Datapath;
+use plexus_kvstore::KvMetrics;
+use plexus_model::cluster::ClusterInfo;
+
+pub use daemon::run;
+pub use options::Options;
+
+use crate::endpoints::Endpoints;
+use crate::shell::CoreHandle;
+
+/// What the API handlers reach.
+pub struct Agent {
+    cluster: ClusterInfo,
+    node: String,
+    node_ip: Ipv4Addr,
+    pod_cidr: String,
+    routing: String,
+    datapath_kind: String,
+    kv: KvMetrics,
+    mesh: MeshHandle,
+    core: CoreHandle,
+    endpoints: Arc<Endpoints>,
+    datapath: Arc<dyn Datapath>,
+}

@@ -1,0 +1,324 @@
+//! Applies the core's output to the datapath and the kernel, on change.
+//!
+//! One task, the only writer of the datapath's ipcache, load-balancer and policy tables and of
+//! the routes to other nodes. It sleeps until the core is stepped, then takes the output and
+//! applies it in the order the core gives: ipcache entries (CIDR identities included) before
+//! the policies that name them, routes, services, policies. Services and policies are synced
+//! as a difference against what is programmed (read back from the datapath at start, so a
+//! restarted agent continues from its predecessor's tables); a part that fails is retried after
+//! a pause with the latest desired state, without hammering a datapath that refuses.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use plexus_datapath::policy as dp;
+use plexus_datapath::{Datapath, Frontend, LbService, Prefix};
+use plexus_ipcache::Change;
+
+use super::CoreDriver;
+use crate::core::RouteChange;
+
+/// Where routes to other nodes' pod CIDRs go (native routing). The kernel's routing table in
+/// the agent; a fake in tests.
+pub trait Routes: Send + Sync {
+    /// Routes `dst` through `via` (add or replace).
+    fn replace(&self, dst: Prefix, via: Ipv4Addr) -> Result<(), String>;
+    /// Removes the route to `dst`; a missing route is fine.
+    fn delete(&self, dst: Prefix);
+}
+
+/// The kernel's main routing table of the agent's network namespace.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelRoutes;
+
+impl Routes for KernelRoutes {
+    fn replace(&self, dst: Prefix, via: Ipv4Addr) -> Result<(), String> {
+        crate::netcmd::route_via(&dst.to_string(), &via.to_string()).map_err(|e| format!("{e:#}"))
+    }
+
+    fn delete(&self, dst: Prefix) {
+        crate::netcmd::route_delete(&dst.to_string());
+    }
+}
+
+/// No routes (the fake datapath has no kernel to route in).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoRoutes;
+
+impl Routes for NoRoutes {
+    fn replace(&self, _: Prefix, _: Ipv4Addr) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn delete(&self, _: Prefix) {}
+}
+
+/// How long a failed part waits before it is tried again.
+const RETRY: Duration = Duration::from_secs(2);
+
+/// The reconciler's state: what is programmed, and what still has to be.
+pub struct Reconciler {
+    driver: CoreDriver,
+    datapath: Arc<dyn Datapath>,
+    routes: Arc<dyn Routes>,
+    services: BTreeMap<Frontend, LbService>,
+    policies: BTreeMap<u16, dp::EndpointPolicy>,
+    /// Desired states whose programming failed, retried on the next round.
+    retry_services: Option<BTreeMap<Frontend, LbService>>,
+    retry_policies: Option<BTreeMap<u16, dp::EndpointPolicy>>,
+}
+
+impl Reconciler {
+    /// A reconciler that continues from what `datapath` holds now.
+    pub fn new(driver: CoreDriver, datapath: Arc<dyn Datapath>, routes: Arc<dyn Routes>) -> Self {
+        let services = match datapath.services() {
+            Ok(list) => list.into_iter().map(|s| (s.frontend, s)).collect(),
+            Err(err) => {
+                tracing::warn!(error = %err, "reading the datapath's services");
+                BTreeMap::new()
+            }
+        };
+        // The compiled entries cannot be turned back into rules: mark every endpoint with a
+        // policy as holding an unknown one, so the first desired state replaces or removes it.
+        let policies = datapath
+            .policies()
+            .map(|t| {
+                t.keys()
+                    .map(|id| (*id, dp::EndpointPolicy::default()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            driver,
+            datapath,
+            routes,
+            services,
+            policies,
+            retry_services: None,
+            retry_policies: None,
+        }
+    }
+
+    /// Applies changes until the task is dropped.
+    pub async fn run(mut self) {
+        loop {
+            let retrying = self.retry_services.is_some() || self.retry_policies.is_some();
+            if retrying {
+                tokio::select! {
+                    _ = self.driver.notify.notified() => {}
+                    _ = tokio::time::sleep(RETRY) => {}
+                }
+            } else {
+                self.driver.notify.notified().await;
+            }
+            self.round();
+        }
+    }
+
+    /// Takes the core's output and applies it; reports the inputs it covers as applied.
+    pub fn round(&mut self) {
+        let (output, seq) = {
+            let mut core = self.driver.core.lock().unwrap_or_else(|e| e.into_inner());
+            (core.take_output(), core.seq())
+        };
+        self.apply_ipcache(&output.ipcache);
+        self.apply_routes(&output.routes);
+        if let Some(desired) = output.services.or_else(|| self.retry_services.take())
+            && !sync_services(self.datapath.as_ref(), &mut self.services, &desired)
+        {
+            self.retry_services = Some(desired);
+        }
+        if let Some(desired) = output.policies.or_else(|| self.retry_policies.take())
+            && !sync_policies(self.datapath.as_ref(), &mut self.policies, &desired)
+        {
+            self.retry_policies = Some(desired);
+        }
+        self.driver.applied.send_replace(seq);
+    }
+
+    fn apply_ipcache(&self, changes: &[Change]) {
+        for change in changes {
+            let result = match change {
+                Change::Upsert(p, v) => self.datapath.upsert_ipcache(*p, *v),
+                Change::Delete(p) => self.datapath.remove_ipcache(*p),
+            };
+            if let Err(err) = result {
+                tracing::warn!(error = %err, "ipcache update not applied to the datapath");
+            }
+        }
+    }
+
+    fn apply_routes(&self, changes: &[RouteChange]) {
+        for change in changes {
+            match change {
+                RouteChange::Upsert { dst, via } => {
+                    if let Err(err) = self.routes.replace(*dst, *via) {
+                        tracing::warn!(%dst, %via, error = %err, "cannot route to a node's pods");
+                    }
+                }
+                RouteChange::Delete(dst) => self.routes.delete(*dst),
+            }
+        }
+    }
+}
+
+/// Applies the difference between what is programmed and what is desired; false when some
+/// change failed (it is left for the next attempt).
+pub fn sync_services(
+    datapath: &dyn Datapath,
+    programmed: &mut BTreeMap<Frontend, LbService>,
+    desired: &BTreeMap<Frontend, LbService>,
+) -> bool {
+    let mut ok = true;
+    let gone: Vec<Frontend> = programmed
+        .keys()
+        .filter(|f| !desired.contains_key(f))
+        .copied()
+        .collect();
+    for frontend in gone {
+        match datapath.remove_service(frontend) {
+            Ok(()) => {
+                programmed.remove(&frontend);
+                tracing::debug!(%frontend, "service frontend removed");
+            }
+            Err(err) => {
+                ok = false;
+                tracing::warn!(%frontend, error = %err, "removing a service frontend");
+            }
+        }
+    }
+    for (frontend, svc) in desired {
+        if programmed.get(frontend) == Some(svc) {
+            continue;
+        }
+        match datapath.upsert_service(svc) {
+            Ok(()) => {
+                tracing::debug!(%frontend, active = svc.active.len(), inactive = svc.inactive.len(), "service frontend programmed");
+                programmed.insert(*frontend, svc.clone());
+            }
+            Err(err) => {
+                ok = false;
+                tracing::warn!(%frontend, error = %err, "programming a service frontend");
+            }
+        }
+    }
+    ok
+}
+
+fn is_empty(p: &dp::EndpointPolicy) -> bool {
+    !p.ingress_enforced && !p.egress_enforced && p.rules.is_empty()
+}
+
+/// Programs the policies that changed and removes those no longer needed; false when something
+/// failed (left for the next attempt).
+pub fn sync_policies(
+    datapath: &dyn Datapath,
+    programmed: &mut BTreeMap<u16, dp::EndpointPolicy>,
+    desired: &BTreeMap<u16, dp::EndpointPolicy>,
+) -> bool {
+    let mut ok = true;
+    for (id, policy) in desired {
+        if is_empty(policy) || programmed.get(id) == Some(policy) {
+            continue;
+        }
+        match datapath.set_policy(*id, policy) {
+            Ok(()) => {
+                tracing::info!(
+                    endpoint = id,
+                    rules = policy.rules.len(),
+                    ingress = policy.ingress_enforced,
+                    egress = policy.egress_enforced,
+                    "policy programmed"
+                );
+                programmed.insert(*id, policy.clone());
+            }
+            Err(e) => {
+                ok = false;
+                tracing::warn!(endpoint = id, error = %e, "programming a policy");
+            }
+        }
+    }
+    let stale: Vec<u16> = programmed
+        .keys()
+        .filter(|id| desired.get(id).is_none_or(is_empty))
+        .copied()
+        .collect();
+    for id in stale {
+        match datapath.remove_policy(id) {
+            Ok(()) => {
+                programmed.remove(&id);
+            }
+            Err(e) => {
+                ok = false;
+                tracing::warn!(endpoint = id, error = %e, "removing a policy");
+            }
+        }
+    }
+    ok
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use plexus_datapath::{FakeDatapath, L4Proto};
+
+    fn lb(active: &[&str], inactive: &[&str]) -> LbService {
+        LbService {
+            frontend: Frontend {
+                addr: "10.11.0.5".parse().unwrap(),
+                port: 80,
+                proto: L4Proto::Tcp,
+            },
+            active: active.iter().map(|a| a.parse().unwrap()).collect(),
+            inactive: inactive.iter().map(|a| a.parse().unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_datapath_follows_service_changes_and_removals() {
+        let dp = FakeDatapath::new();
+        let mut programmed = BTreeMap::new();
+        let one = lb(&["10.10.0.5:80"], &[]);
+        let desired = BTreeMap::from([(one.frontend, one.clone())]);
+        assert!(sync_services(&dp, &mut programmed, &desired));
+        assert_eq!(dp.services().unwrap(), vec![one.clone()]);
+        let standby = lb(&[], &["10.10.0.5:80"]);
+        assert!(sync_services(
+            &dp,
+            &mut programmed,
+            &BTreeMap::from([(standby.frontend, standby.clone())])
+        ));
+        assert_eq!(dp.services().unwrap(), vec![standby]);
+        assert!(sync_services(&dp, &mut programmed, &BTreeMap::new()));
+        assert!(dp.services().unwrap().is_empty());
+        assert!(programmed.is_empty());
+    }
+
+    #[test]
+    fn endpoints_without_policy_are_cleared() {
+        let dp_ = FakeDatapath::new();
+        let mut programmed = BTreeMap::new();
+        let enforced = dp::EndpointPolicy {
+            ingress_enforced: true,
+            egress_enforced: false,
+            rules: vec![],
+        };
+        assert!(sync_policies(
+            &dp_,
+            &mut programmed,
+            &BTreeMap::from([(7, enforced.clone())])
+        ));
+        assert_eq!(dp_.policies().unwrap()[&7].0, (true, false));
+        assert!(sync_policies(
+            &dp_,
+            &mut programmed,
+            &BTreeMap::from([(7, dp::EndpointPolicy::default())])
+        ));
+        assert!(dp_.policies().unwrap().is_empty());
+        assert!(programmed.is_empty());
+    }
+}

@@ -1,0 +1,215 @@
+//! The tasks that feed the core: each follows one source and turns what it sees into
+//! [`Input`]s.
+//!
+//! - [`follow_local`]: this cluster's nodes, ip -> identity entries and identities;
+//! - [`follow_services`]: the cluster's Service objects and the backends the apiserver
+//!   selected for them;
+//! - [`follow_policies`]: the cluster's policy objects (a stored object the policy crate
+//!   refuses is logged and left out, never half-applied);
+//! - [`follow_remotes`]: the remote clusters' merged events, several per step when they come
+//!   in bursts (a remote's initial listing);
+//! - [`follow_mesh_status`]: the remote clusters' reachability, on every change the
+//!   remote-cluster manager reports;
+//! - [`service_grace`]: tells the core when a restarted agent stops waiting for its remotes
+//!   before programming services.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use plexus_clustermesh::mesh::MeshHandle;
+use plexus_clustermesh::remote_cluster::MeshEvent;
+use plexus_clustermesh::validate::{identity_decoder, ipcache_decoder, node_decoder};
+use plexus_kvstore::{KvBackend, StoreEvent, WatchStore};
+use plexus_loadbalancer::cluster_service::Backends;
+use plexus_loadbalancer::service::Service;
+use plexus_loadbalancer::{BACKENDS_PREFIX, SERVICES_PREFIX};
+use plexus_model::cluster::ClusterInfo;
+use plexus_model::keys::StateKind;
+use plexus_policy::Policy;
+use tokio::sync::mpsc;
+
+use super::CoreHandle;
+use crate::core::Input;
+
+/// Most events folded in one step when they come in a burst.
+const BATCH: usize = 512;
+
+/// Follows this cluster's own nodes, ip -> identity entries and identities.
+pub async fn follow_local(backend: Arc<dyn KvBackend>, cluster: ClusterInfo, core: CoreHandle) {
+    let mut nodes = WatchStore::new(
+        backend.clone(),
+        StateKind::Nodes.state_prefix(&cluster.name),
+        node_decoder(cluster.clone()),
+    );
+    let mut ips = WatchStore::new(
+        backend.clone(),
+        StateKind::Ip.state_prefix(&cluster.name),
+        ipcache_decoder(cluster.clone()),
+    );
+    let mut ids = WatchStore::new(
+        backend,
+        StateKind::Identities.state_prefix(&cluster.name),
+        identity_decoder(cluster.clone()),
+    );
+    loop {
+        let input = tokio::select! {
+            e = nodes.next() => match e {
+                StoreEvent::Upsert { value, .. } => Some(Input::NodeUpsert(value)),
+                StoreEvent::Delete { old, .. } => Some(Input::NodeDelete(old.name)),
+                StoreEvent::Rejected { key, reason } => {
+                    tracing::warn!(%key, %reason, "node refused");
+                    None
+                }
+                StoreEvent::Synced => None,
+            },
+            e = ips.next() => match e {
+                StoreEvent::Upsert { key, value, .. } => Some(Input::IpUpsert { key, pair: value }),
+                StoreEvent::Delete { key, .. } => Some(Input::IpDelete(key)),
+                StoreEvent::Rejected { key, reason } => {
+                    tracing::warn!(%key, %reason, "ipcache entry refused");
+                    None
+                }
+                StoreEvent::Synced => None,
+            },
+            e = ids.next() => match e {
+                StoreEvent::Upsert { value, .. } => Some(Input::IdentityUpsert {
+                    id: value.id.0,
+                    labels: value.labels,
+                }),
+                StoreEvent::Delete { old, .. } => Some(Input::IdentityDelete(old.id.0)),
+                StoreEvent::Rejected { key, reason } => {
+                    tracing::warn!(%key, %reason, "identity refused");
+                    None
+                }
+                StoreEvent::Synced => None,
+            },
+        };
+        if let Some(input) = input {
+            core.step(input);
+        }
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &'static str) -> plexus_kvstore::DecodeFn<T> {
+    Box::new(move |key, raw| serde_json::from_slice(raw).map_err(|e| format!("{what} {key}: {e}")))
+}
+
+/// Follows the cluster's Service objects and computed backends.
+pub async fn follow_services(backend: Arc<dyn KvBackend>, core: CoreHandle) {
+    let mut services: WatchStore<Service> =
+        WatchStore::new(backend.clone(), SERVICES_PREFIX, decode("service"));
+    let mut backends: WatchStore<Backends> =
+        WatchStore::new(backend, BACKENDS_PREFIX, decode("backends"));
+    loop {
+        let input = tokio::select! {
+            e = services.next() => match e {
+                StoreEvent::Upsert { key, value, .. } => Input::ServiceUpsert { key, service: Box::new(value) },
+                StoreEvent::Delete { key, .. } => Input::ServiceDelete(key),
+                StoreEvent::Rejected { key, reason } => {
+                    tracing::warn!(%key, %reason, "service object refused");
+                    Input::ServiceDelete(key)
+                }
+                StoreEvent::Synced => Input::ServicesSynced,
+            },
+            e = backends.next() => match e {
+                StoreEvent::Upsert { key, value, .. } => Input::BackendsUpsert { key, backends: value },
+                StoreEvent::Delete { key, .. } => Input::BackendsDelete(key),
+                StoreEvent::Rejected { key, reason } => {
+                    tracing::warn!(%key, %reason, "service backends refused");
+                    Input::BackendsDelete(key)
+                }
+                StoreEvent::Synced => Input::BackendsSynced,
+            },
+        };
+        core.step(input);
+    }
+}
+
+fn policy_decoder() -> plexus_kvstore::DecodeFn<(Policy, serde_json::Value)> {
+    Box::new(|key, raw| {
+        let value: serde_json::Value =
+            serde_json::from_slice(raw).map_err(|e| format!("policy {key}: {e}"))?;
+        let policy =
+            plexus_policy::parse_value(&value, 1, "default").map_err(|e| format!("{key}: {e}"))?;
+        Ok((policy, value))
+    })
+}
+
+/// Follows the cluster's policy objects.
+pub async fn follow_policies(backend: Arc<dyn KvBackend>, core: CoreHandle) {
+    let mut store = WatchStore::new(backend, plexus_policy::POLICIES_PREFIX, policy_decoder());
+    loop {
+        let input = match store.next().await {
+            StoreEvent::Upsert {
+                key,
+                value: (policy, object),
+                ..
+            } => Input::PolicyUpsert {
+                key,
+                policy: Box::new(policy),
+                object,
+            },
+            StoreEvent::Delete { key, .. } => Input::PolicyDelete(key),
+            StoreEvent::Rejected { key, reason } => {
+                tracing::warn!(%key, %reason, "policy object refused");
+                Input::PolicyDelete(key)
+            }
+            StoreEvent::Synced => Input::PoliciesSynced,
+        };
+        core.step(input);
+    }
+}
+
+/// Folds the remote clusters' events in, a burst at a time.
+pub async fn follow_remotes(mut rx: mpsc::Receiver<MeshEvent>, core: CoreHandle) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        for event in &batch {
+            match &event.event {
+                plexus_clustermesh::remote_cluster::RemoteEvent::Synced => {
+                    tracing::info!(cluster = %event.cluster, "remote cluster synced")
+                }
+                plexus_clustermesh::remote_cluster::RemoteEvent::Drained => {
+                    tracing::info!(cluster = %event.cluster, "remote cluster drained")
+                }
+                _ => {}
+            }
+        }
+        core.step_all(batch.drain(..).map(Input::Remote));
+    }
+}
+
+/// Tells the core which remotes are reachable and whether all have synced, whenever that
+/// changes.
+pub async fn follow_mesh_status(mesh: MeshHandle, core: CoreHandle) {
+    let mut changes = mesh.changes();
+    let mut last: Option<(BTreeSet<String>, bool)> = None;
+    loop {
+        let status = mesh.status();
+        let reachable: BTreeSet<String> = status
+            .remotes
+            .iter()
+            .filter(|(_, r)| r.protocol.connected)
+            .map(|(c, _)| c.clone())
+            .collect();
+        let all_ready = status.remotes.values().all(|r| r.protocol.ready);
+        let now = (reachable, all_ready);
+        if last.as_ref() != Some(&now) {
+            core.step(Input::MeshStatus {
+                reachable: now.0.clone(),
+                all_ready: now.1,
+            });
+            last = Some(now);
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// After `grace`, tells the core to program services even if some remote has not synced.
+pub async fn service_grace(grace: Duration, core: CoreHandle) {
+    tokio::time::sleep(grace).await;
+    core.step(Input::ServiceGraceExpired);
+}
