@@ -337,6 +337,7 @@ impl NodeView {
                     .remove(&(cluster.to_string(), key.clone()));
                 inner.services_generation += 1;
             }
+            RemoteEvent::ClusterConfig { .. } => {}
             RemoteEvent::Synced => tracing::info!(%cluster, "remote cluster synced"),
             RemoteEvent::Drained => {
                 let names: Vec<String> = self

@@ -1,7 +1,7 @@
 //! The merged view: what every remote cluster contributes, in one place, tagged by cluster.
 //!
 //! [`MergedView::apply`] folds the [`MeshEvent`]s of a [`crate::mesh::ClusterMesh`] into maps
-//! per remote (nodes by name, ipcache entries by key, identities by id, services by
+//! per remote (its cluster id, nodes by name, ipcache entries by key, identities by id, services by
 //! `<namespace>/<name>`) and remembers which remotes have synced. The agent keeps one for its
 //! listings (`node list`, `identity list`) and forwards the same events to its ipcache,
 //! identity, service and policy layers. `Drained` removes the remote altogether.
@@ -18,6 +18,8 @@ use crate::validate::RemoteIdentity;
 /// One remote's contribution.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RemoteView {
+    /// The remote's cluster id, from its cluster config (`None` until it was accepted).
+    pub cluster_id: Option<u32>,
     /// Nodes by name.
     pub nodes: BTreeMap<String, Node>,
     /// ipcache entries by key (`<ip>` or `<ip>/<len>`).
@@ -50,6 +52,7 @@ impl MergedView {
         }
         let r = self.remotes.entry(event.cluster.clone()).or_default();
         match &event.event {
+            RemoteEvent::ClusterConfig { cluster_id } => r.cluster_id = Some(*cluster_id),
             RemoteEvent::NodeUpsert(n) => {
                 r.nodes.insert(n.name.clone(), n.clone());
             }
@@ -119,10 +122,13 @@ mod tests {
             r#"{"IP":"10.2.0.5","Mask":null,"HostIP":"192.168.0.2","ID":131077,"Key":0,"Metadata":"","K8sNamespace":"default","K8sPodName":"x"}"#,
         )
         .unwrap();
+        view.apply(&ev("c2", RemoteEvent::ClusterConfig { cluster_id: 2 }));
         view.apply(&ev("c2", RemoteEvent::IpUpsert(pair.clone())));
         view.apply(&ev("c3", RemoteEvent::IpUpsert(pair)));
         view.apply(&ev("c2", RemoteEvent::Synced));
         assert_eq!(view.remote("c2").unwrap().ips.len(), 1);
+        assert_eq!(view.remote("c2").unwrap().cluster_id, Some(2));
+        assert_eq!(view.remote("c3").unwrap().cluster_id, None);
         assert_eq!(view.synced(), BTreeSet::from(["c2"]));
         view.apply(&ev("c2", RemoteEvent::IpDelete("10.2.0.5".into())));
         assert!(view.remote("c2").unwrap().ips.is_empty());
