@@ -66,7 +66,7 @@ impl KvStoreMesh {
             backend: local_backend,
             lease_rx: leases.subscribe(),
             configs,
-            mesh: mesh.handle(),
+            cluster_ids: BTreeMap::new(),
             remotes: BTreeMap::new(),
         };
         let task = tokio::spawn(reflector.run(rx));
@@ -122,7 +122,8 @@ struct Reflector {
     lease_rx: watch::Receiver<LeaseId>,
     /// The cached cluster configs, `cilium/cluster-config/<remote>`, re-written with the lease.
     configs: SyncStore,
-    mesh: MeshHandle,
+    /// Each remote's cluster id, from its accepted cluster config (the `ClusterConfig` event).
+    cluster_ids: BTreeMap<String, u32>,
     remotes: BTreeMap<String, Cache>,
 }
 
@@ -163,6 +164,9 @@ impl Reflector {
 
     async fn apply(&mut self, cluster: String, event: RemoteEvent) {
         match event {
+            RemoteEvent::ClusterConfig { cluster_id } => {
+                self.cluster_ids.insert(cluster, cluster_id);
+            }
             RemoteEvent::NodeUpsert(n) => {
                 let value = serde_json::to_vec(&n).unwrap_or_default();
                 self.cache(&cluster).stores[&StateKind::Nodes].upsert(n.name, value);
@@ -192,7 +196,6 @@ impl Reflector {
             RemoteEvent::ServiceDelete(key) => {
                 self.cache(&cluster).stores[&StateKind::Services].delete(key)
             }
-            RemoteEvent::ClusterConfig { .. } => {}
             RemoteEvent::Synced => {
                 for store in self.cache(&cluster).stores.values() {
                     store.synced();
@@ -205,6 +208,7 @@ impl Reflector {
             RemoteEvent::Drained => {
                 // Stop this remote's SyncStores, then remove what is left of it.
                 self.remotes.remove(&cluster);
+                self.cluster_ids.remove(&cluster);
                 self.queues
                     .0
                     .lock()
@@ -223,13 +227,7 @@ impl Reflector {
     }
 
     async fn write_config(&self, cluster: &str) {
-        let Some(id) = self
-            .mesh
-            .status()
-            .remotes
-            .get(cluster)
-            .and_then(|s| s.protocol.cluster_id)
-        else {
+        let Some(&id) = self.cluster_ids.get(cluster) else {
             return;
         };
         let mut config = CiliumClusterConfig::new(id, self.local.max);

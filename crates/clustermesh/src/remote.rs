@@ -2,11 +2,17 @@
 //!
 //! [`RemoteMachine`] is fed [`Input`]s (what the IO side observed) with the current time and
 //! returns [`Action`]s (what the IO side must do). It holds no sockets and no clock, so every
-//! path of the protocol is tested exactly, without IO:
+//! path of the protocol is tested exactly, without IO. Time is an input: the caller passes `now`
+//! with each step and asks [`RemoteMachine::next_deadline`] when the next [`Input::Tick`] can
+//! change anything, so the driver sleeps until then instead of ticking. The instants are tokio's
+//! ([`tokio::time::Instant`]), so a driver run under paused time is driven exactly too.
+//!
 //! 1. connect (mTLS); the connection is up once the heartbeat key was read; failures retry with
 //!    exponential backoff (1 s doubling to 30 s);
 //! 2. read the remote's `CiliumClusterConfig`, validate it and reserve its cluster id; retry
-//!    while it is missing or refused, for a bounded time, then give up with the reason;
+//!    while it is missing or refused, for a bounded time, then give up with the reason; once
+//!    accepted, announce the id to consumers ([`Action::ConfigAccepted`]) before any watch starts,
+//!    so every entry of the remote is read knowing its cluster id;
 //! 3. with `syncedCanaries`, start each kind's list+watch only once its canary exists (the
 //!    `cilium/cache/...` prefixes and canaries when the remote is a KVStoreMesh cache);
 //! 4. report synced once every kind has delivered its initial listing;
@@ -16,11 +22,12 @@
 //! 6. removing the remote's configuration stops everything, drains its state and releases its id.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use plexus_model::cluster::ClusterInfo;
 use plexus_model::config::CiliumClusterConfig;
 use plexus_model::keys::{StateKind, expected_canaries};
+use tokio::time::Instant;
 
 use crate::validate::{ClusterIds, check_remote_config};
 
@@ -87,6 +94,12 @@ pub enum Action {
     Connect(Duration),
     /// Read `cilium/cluster-config/<remote>` after this delay.
     FetchConfig(Duration),
+    /// The remote's cluster config was accepted with this id: tell consumers before any of the
+    /// remote's entries (it comes before the first `WaitCanaries` or `StartWatch`).
+    ConfigAccepted {
+        /// The remote's cluster id, from its cluster config.
+        cluster_id: u32,
+    },
     /// Watch these canary keys and report each as it appears.
     WaitCanaries(Vec<(StateKind, String)>),
     /// Start list+watch of a kind under this prefix.
@@ -300,9 +313,8 @@ impl RemoteMachine {
             }
             Input::Tick => {
                 let stale_after = self.timing.heartbeat_interval * 2;
-                if self.connected
-                    && let Some(at) = self.heartbeat_changed_at
-                    && now.duration_since(at) > stale_after
+                if let Some(at) = self.stale_at()
+                    && now >= at
                 {
                     self.connected = false;
                     self.stale = true;
@@ -311,9 +323,8 @@ impl RemoteMachine {
                         "heartbeat not updated for more than {stale_after:?}"
                     ));
                 }
-                if let (Some(ttl), Some(since)) = (self.timing.service_cache_ttl, self.lost_since)
-                    && !self.services_revoked
-                    && now.duration_since(since) >= ttl
+                if let Some(at) = self.revoke_at()
+                    && now >= at
                 {
                     self.services_revoked = true;
                     return vec![Action::RevokeServices];
@@ -321,6 +332,33 @@ impl RemoteMachine {
                 Vec::new()
             }
         }
+    }
+
+    /// The earliest time at which an [`Input::Tick`] can change anything (the heartbeat going
+    /// stale, the service cache TTL running out); `None` while nothing is pending. A tick at or
+    /// after it always changes the machine so that the deadline moves on, so a driver that
+    /// sleeps until it and then ticks never spins.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if self.phase == Phase::Removed {
+            return None;
+        }
+        [self.stale_at(), self.revoke_at()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// When the heartbeat goes stale: two heartbeat intervals after its value last changed.
+    fn stale_at(&self) -> Option<Instant> {
+        let at = self.heartbeat_changed_at.filter(|_| self.connected)?;
+        Some(at + self.timing.heartbeat_interval * 2)
+    }
+
+    /// When an unreachable remote's services are withdrawn (with a service cache TTL).
+    fn revoke_at(&self) -> Option<Instant> {
+        let ttl = self.timing.service_cache_ttl?;
+        let since = self.lost_since.filter(|_| !self.services_revoked)?;
+        Some(since + ttl)
     }
 
     /// The remote became unreachable (the first time since it was last reachable).
@@ -366,22 +404,22 @@ impl RemoteMachine {
             Ok(remote) => remote,
             Err(err) => return self.retry_config(err.to_string(), now),
         };
+        let cluster_id = remote.id;
         self.remote = Some(remote);
         self.cached = config.capabilities.cached;
         let exports = config.capabilities.service_exports_enabled.unwrap_or(false);
         let canaries = expected_canaries(&self.name, exports, self.cached);
         self.expected = canaries.iter().map(|(k, _)| *k).collect();
         self.phase = Phase::Running;
+        let mut actions = vec![Action::ConfigAccepted { cluster_id }];
         if config.capabilities.synced_canaries {
-            vec![Action::WaitCanaries(canaries)]
+            actions.push(Action::WaitCanaries(canaries));
         } else {
             // Without canaries there is nothing to wait for.
             let kinds: Vec<StateKind> = self.expected.iter().copied().collect();
-            kinds
-                .into_iter()
-                .flat_map(|k| self.start_watch(k))
-                .collect()
+            actions.extend(kinds.into_iter().flat_map(|k| self.start_watch(k)));
         }
+        actions
     }
 
     fn start_watch(&mut self, kind: StateKind) -> Vec<Action> {
@@ -430,7 +468,10 @@ mod tests {
             [Action::FetchConfig(Duration::ZERO)]
         );
         let actions = m.step(Input::ClusterConfig(Some(config(2))), t0, ids);
-        assert!(matches!(&actions[..], [Action::WaitCanaries(c)] if c.len() == 4));
+        assert!(matches!(
+            &actions[..],
+            [Action::ConfigAccepted { cluster_id: 2 }, Action::WaitCanaries(c)] if c.len() == 4
+        ));
         m
     }
 
@@ -484,7 +525,8 @@ mod tests {
         let mut cfg = config(2);
         cfg.capabilities.cached = true;
         let actions = m.step(Input::ClusterConfig(Some(cfg)), t0, &mut ids);
-        let Action::WaitCanaries(canaries) = &actions[0] else {
+        assert_eq!(actions[0], Action::ConfigAccepted { cluster_id: 2 });
+        let Action::WaitCanaries(canaries) = &actions[1] else {
             panic!("{actions:?}")
         };
         assert!(
@@ -511,9 +553,14 @@ mod tests {
         let mut cfg = config(2);
         cfg.capabilities.synced_canaries = false;
         let actions = m.step(Input::ClusterConfig(Some(cfg)), t0, &mut ids);
-        assert_eq!(actions.len(), 4);
+        assert_eq!(actions.len(), 5);
+        assert_eq!(
+            actions[0],
+            Action::ConfigAccepted { cluster_id: 2 },
+            "the id is announced before any watch starts"
+        );
         assert!(
-            actions
+            actions[1..]
                 .iter()
                 .all(|a| matches!(a, Action::StartWatch { .. }))
         );
@@ -684,6 +731,71 @@ mod tests {
         m.step(Input::Connected, t0, &mut ids);
         m.step(Input::HealthCheckFailed("timeout".into()), t0, &mut ids);
         assert!(m.step(Input::Tick, later(100_000), &mut ids).is_empty());
+    }
+
+    #[test]
+    fn the_next_deadline_is_when_a_tick_changes_something() {
+        let t0 = Instant::now();
+        let later = |s| t0 + Duration::from_secs(s);
+        let mut ids = ClusterIds::new(&local());
+        let timing = Timing {
+            heartbeat_interval: Duration::from_secs(10),
+            service_cache_ttl: Some(Duration::from_secs(30)),
+            ..Timing::default()
+        };
+        let (mut m, _) = RemoteMachine::new("c2", local(), timing);
+        assert_eq!(
+            m.next_deadline(),
+            None,
+            "nothing to wait for before connecting"
+        );
+        m.step(Input::Connected, t0, &mut ids);
+        assert_eq!(
+            m.next_deadline(),
+            Some(later(20)),
+            "stale after two intervals"
+        );
+        m.step(Input::Heartbeat(Some("a".into())), later(5), &mut ids);
+        assert_eq!(m.next_deadline(), Some(later(25)), "a new value moves it");
+        m.step(Input::Heartbeat(Some("a".into())), later(7), &mut ids);
+        assert_eq!(
+            m.next_deadline(),
+            Some(later(25)),
+            "the same value does not"
+        );
+        // A tick before the deadline changes nothing; one at the deadline does.
+        assert!(m.step(Input::Tick, later(24), &mut ids).is_empty());
+        assert!(m.status().connected);
+        assert!(m.step(Input::Tick, later(25), &mut ids).is_empty());
+        assert!(!m.status().connected, "stale at exactly two intervals");
+        // Now the service cache TTL runs, from the moment it went stale.
+        assert_eq!(m.next_deadline(), Some(later(55)));
+        assert_eq!(
+            m.step(Input::Tick, later(55), &mut ids),
+            [Action::RevokeServices]
+        );
+        assert_eq!(m.next_deadline(), None, "nothing left to happen by itself");
+        // A failed check while revoked: still nothing; back, the heartbeat clock restarts.
+        m.step(
+            Input::HealthCheckFailed("timeout".into()),
+            later(60),
+            &mut ids,
+        );
+        assert_eq!(m.next_deadline(), None);
+        m.step(Input::Heartbeat(Some("b".into())), later(70), &mut ids);
+        assert_eq!(m.next_deadline(), Some(later(90)));
+        m.step(
+            Input::HealthCheckFailed("timeout".into()),
+            later(71),
+            &mut ids,
+        );
+        assert_eq!(
+            m.next_deadline(),
+            Some(later(101)),
+            "only the TTL is pending"
+        );
+        m.step(Input::Removed, later(72), &mut ids);
+        assert_eq!(m.next_deadline(), None);
     }
 
     #[test]

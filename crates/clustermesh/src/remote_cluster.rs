@@ -8,13 +8,26 @@
 //! remote's name; entries are only ever sent after validation. Its status (the machine's plus
 //! entry counts and rejected values) is published on a watch channel.
 //!
+//! The remote's cluster id reaches consumers as one [`RemoteEvent::ClusterConfig`], sent once the
+//! remote's cluster config was accepted and before any of its entries; it holds until the
+//! remote's `Drained` (a changed configuration file drains the remote and starts it anew, with a
+//! new `ClusterConfig`). We send it once rather than carrying the id on every event: the id is a
+//! property of the remote, not of each entry, and consumers that fold per remote (the agent's
+//! view, the KVStoreMesh reflector) keep it beside the remote's other state.
+//!
+//! Time comes from tokio's clock ([`tokio::time::Instant`]): the driver steps the machine with
+//! the current time and sleeps until [`RemoteMachine::next_deadline`] (or the next message)
+//! rather than ticking, and every other wait (reconnect backoff, health checks, canary polls) is
+//! a tokio sleep too, so under paused time a test drives heartbeat staleness, the service cache
+//! TTL and the backoff exactly, without waiting.
+//!
 //! While the remote is unreachable nothing is deleted: the watches keep retrying and, when the
 //! remote is back, re-list and drain what vanished in between. [`RemoteCluster::remove`] drains
 //! everything the remote contributed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use plexus_kvstore::{
     DecodeFn, EtcdBackend, EtcdConfig, KvBackend, StoreEvent, TlsFiles, WatchStore,
@@ -27,6 +40,7 @@ use plexus_model::node::Node;
 use plexus_model::service::ClusterService;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::config::RemoteClusterConfig;
 use crate::remote::{Action, Input, RemoteMachine, RemoteStatus, Timing};
@@ -326,8 +340,9 @@ impl Driver {
         mut remove: oneshot::Receiver<()>,
     ) {
         self.execute(first).await;
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
+            // Sleep until the machine's next deadline; with none, only a message can wake us.
+            let deadline = self.machine.next_deadline();
             let input = tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(Msg::Input(input)) => input,
@@ -350,7 +365,7 @@ impl Driver {
                     }
                     None => return,
                 },
-                _ = tick.tick() => Input::Tick,
+                _ = sleep_until(deadline) => Input::Tick,
                 _ = &mut remove => Input::Removed,
             };
             let removed = input == Input::Removed;
@@ -439,6 +454,9 @@ impl Driver {
             match action {
                 Action::Connect(delay) => self.connect(delay),
                 Action::FetchConfig(delay) => self.fetch_config(delay),
+                Action::ConfigAccepted { cluster_id } => {
+                    self.emit(RemoteEvent::ClusterConfig { cluster_id }).await
+                }
                 Action::WaitCanaries(canaries) => {
                     for (kind, key) in canaries {
                         self.wait_canary(kind, key);
@@ -619,6 +637,14 @@ impl Driver {
                 let _ = tx.send(Msg::Input(Input::Synced(kind)));
             }
         }
+    }
+}
+
+/// Sleeps until `deadline`, or for ever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

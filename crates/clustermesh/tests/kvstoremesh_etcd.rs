@@ -94,6 +94,8 @@ async fn agents_read_remote_state_from_the_local_cache() {
         std::fs::write(agent_dir.path().join("c2"), format!("endpoints:\n- {}\n", etcd1.endpoint())).unwrap();
         let (tx, mut rx) = mpsc::channel(4096);
         let agent = ClusterMesh::spawn(agent_dir.path(), c1, tx, timing(), Duration::from_millis(200));
+        // The cached config's id reaches the agent before any entry.
+        assert_eq!(next(&mut rx).await, RemoteEvent::ClusterConfig { cluster_id: 2 });
         let (mut nodes_seen, mut ips_seen, mut ids_seen) = (0, 0, 0);
         loop {
             match next(&mut rx).await {

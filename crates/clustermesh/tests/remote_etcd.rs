@@ -22,6 +22,8 @@ use tokio::sync::mpsc;
 
 #[derive(Default, Debug)]
 struct View {
+    /// The id from the remote's cluster config, announced before its entries.
+    cluster_id: Option<u32>,
     nodes: BTreeSet<String>,
     ips: BTreeSet<String>,
     identities: BTreeSet<u32>,
@@ -34,7 +36,16 @@ struct View {
 impl View {
     fn apply(&mut self, e: MeshEvent) {
         assert_eq!(e.cluster, "c2");
+        let entry = !matches!(
+            e.event,
+            RemoteEvent::ClusterConfig { .. } | RemoteEvent::Synced | RemoteEvent::Drained
+        );
+        assert!(
+            !entry || self.cluster_id.is_some(),
+            "an entry before the cluster config: {e:?}"
+        );
         match e.event {
+            RemoteEvent::ClusterConfig { cluster_id } => self.cluster_id = Some(cluster_id),
             RemoteEvent::NodeUpsert(n) => {
                 self.nodes.insert(n.name);
             }
@@ -63,7 +74,6 @@ impl View {
                 self.deletes += 1;
                 self.services.remove(&k);
             }
-            RemoteEvent::ClusterConfig { .. } => {}
             RemoteEvent::Synced => self.synced = true,
             RemoteEvent::Drained => self.drained = true,
         }
@@ -189,6 +199,7 @@ async fn follows_a_remote_through_failure_and_removal() {
         let mesh = ClusterMesh::spawn(dir.path(), c1, tx, timing, Duration::from_millis(200));
         let mut view = View::default();
         until(&mut rx, &mut view, "initial sync", |v| v.synced).await;
+        assert_eq!(view.cluster_id, Some(2));
         assert_eq!(view.nodes, BTreeSet::from(["node-1".into(), "node-2".into()]));
         assert_eq!(view.ips.len(), 1000);
         assert_eq!(view.identities, BTreeSet::from([131072, 131073]));

@@ -4,105 +4,21 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use plexus_clustermesh::config::RemoteClusterConfig;
+use common::{Remote, publish_c2, spawn_c2};
 use plexus_clustermesh::remote::Timing;
-use plexus_clustermesh::remote_cluster::{
-    Connector, DriverTiming, MeshEvent, RemoteCluster, RemoteEvent,
-};
+use plexus_clustermesh::remote_cluster::{DriverTiming, MeshEvent, RemoteCluster, RemoteEvent};
 use plexus_clustermesh::validate::ClusterIds;
-use plexus_kvstore::{
-    BoxWatchStream, Error, KeyValue, KvBackend, LeaseId, ListResult, MemoryBackend, Result,
-    Revision, Status, Txn,
-};
-use plexus_model::cluster::{ClusterInfo, MaxConnectedClusters};
-use plexus_model::config::CiliumClusterConfig;
-use plexus_model::keys::{self, StateKind};
+use plexus_kvstore::KvBackend;
+use plexus_model::keys::StateKind;
 use proptest::prelude::*;
 use tokio::sync::mpsc;
-
-/// The remote's etcd, which can be taken down.
-#[derive(Clone)]
-struct Remote {
-    store: MemoryBackend,
-    up: Arc<AtomicBool>,
-}
-
-impl Remote {
-    fn check(&self) -> Result<()> {
-        if self.up.load(Ordering::SeqCst) {
-            Ok(())
-        } else {
-            Err(Error::Unavailable("remote is down".into()))
-        }
-    }
-}
-
-#[async_trait]
-impl KvBackend for Remote {
-    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        self.check()?;
-        self.store.get(key).await
-    }
-    async fn list_prefix(&self, prefix: &str) -> Result<ListResult> {
-        self.check()?;
-        self.store.list_prefix(prefix).await
-    }
-    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<Revision> {
-        self.check()?;
-        self.store.put(key, value, lease).await
-    }
-    async fn delete(&self, key: &str) -> Result<bool> {
-        self.check()?;
-        self.store.delete(key).await
-    }
-    async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
-        self.check()?;
-        self.store.delete_prefix(prefix).await
-    }
-    async fn txn(&self, txn: Txn) -> Result<bool> {
-        self.check()?;
-        self.store.txn(txn).await
-    }
-    async fn watch(&self, prefix: &str, from: Revision) -> Result<BoxWatchStream> {
-        self.check()?;
-        self.store.watch(prefix, from).await
-    }
-    async fn lease_grant(&self, ttl: Duration) -> Result<LeaseId> {
-        self.check()?;
-        self.store.lease_grant(ttl).await
-    }
-    async fn lease_keep_alive(&self, lease: LeaseId) -> Result<Duration> {
-        self.check()?;
-        self.store.lease_keep_alive(lease).await
-    }
-    async fn lease_revoke(&self, lease: LeaseId) -> Result<()> {
-        self.check()?;
-        self.store.lease_revoke(lease).await
-    }
-    async fn compact(&self, revision: Revision) -> Result<()> {
-        self.check()?;
-        self.store.compact(revision).await
-    }
-    async fn status(&self) -> Result<Status> {
-        self.check()?;
-        self.store.status().await
-    }
-}
-
-#[async_trait]
-impl Connector for Remote {
-    async fn connect(&self, _: &RemoteClusterConfig, _: Duration) -> Result<Arc<dyn KvBackend>> {
-        self.check()?;
-        Ok(Arc::new(self.clone()))
-    }
-}
 
 #[derive(Clone, Debug)]
 enum Step {
@@ -143,43 +59,14 @@ async fn follow(
     mpsc::Receiver<MeshEvent>,
     Arc<Mutex<ClusterIds>>,
 ) {
-    let b = remote.store.clone();
-    let config =
-        serde_json::to_vec(&CiliumClusterConfig::new(2, MaxConnectedClusters::Max255)).unwrap();
-    b.put(&keys::cluster_config_key("c2"), config, None)
-        .await
-        .unwrap();
-    for kind in StateKind::ALL {
-        b.put(&kind.canary("c2"), b"2026-11-22T12:00:00Z".to_vec(), None)
-            .await
-            .unwrap();
-    }
-    let local = ClusterInfo::new("c1", 1, MaxConnectedClusters::Max255).unwrap();
-    let ids = Arc::new(Mutex::new(ClusterIds::new(&local)));
-    let (tx, rx) = mpsc::channel(100_000);
+    publish_c2(&remote.store, 2).await;
     let timing = DriverTiming {
         protocol,
         health_interval: Duration::from_millis(100),
         health_timeout: Duration::from_millis(100),
         canary_poll: Duration::from_millis(50),
     };
-    let file = RemoteClusterConfig {
-        name: "c2".into(),
-        endpoints: vec!["http://remote".into()],
-        trusted_ca_file: None,
-        cert_file: None,
-        key_file: None,
-        content_hash: 0,
-    };
-    let cluster = RemoteCluster::spawn(
-        Arc::new(remote.clone()),
-        file,
-        local,
-        ids.clone(),
-        tx,
-        timing,
-    );
-    (cluster, rx, ids)
+    spawn_c2(remote, timing)
 }
 
 fn fast_timing() -> Timing {
@@ -192,10 +79,7 @@ fn fast_timing() -> Timing {
 }
 
 async fn run(steps: Vec<Step>) -> std::result::Result<(), TestCaseError> {
-    let remote = Remote {
-        store: MemoryBackend::new(),
-        up: Arc::new(AtomicBool::new(true)),
-    };
+    let remote = Remote::new();
     let b = remote.store.clone();
     let prefix = StateKind::Nodes.state_prefix("c2");
     let (cluster, mut rx, ids) = follow(&remote, fast_timing()).await;
@@ -318,53 +202,4 @@ proptest! {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
         rt.block_on(run(steps))?;
     }
-}
-
-/// With a service cache TTL, an unreachable remote's services are withdrawn after the TTL (its
-/// other state stays) and handed back when it returns.
-#[tokio::test(flavor = "current_thread")]
-async fn the_service_cache_ttl_withdraws_services_and_hands_them_back() {
-    tokio::time::timeout(Duration::from_secs(30), async {
-        let remote = Remote {
-            store: MemoryBackend::new(),
-            up: Arc::new(AtomicBool::new(true)),
-        };
-        let b = remote.store.clone();
-        b.put(
-            &format!("{}web", StateKind::Nodes.state_prefix("c2")),
-            node_value(1, 1, "c2"),
-            None,
-        )
-        .await
-        .unwrap();
-        b.put(
-            &format!("{}default/web", StateKind::Services.state_prefix("c2")),
-            br#"{"cluster":"c2","namespace":"default","name":"web","frontends":{},"backends":{"10.2.0.5":{"http":{"Protocol":"TCP","Port":80}}},"labels":{},"selector":{},"includeExternal":true,"shared":true,"clusterID":2}"#.to_vec(),
-            None,
-        )
-        .await
-        .unwrap();
-        let timing = Timing {
-            service_cache_ttl: Some(Duration::from_secs(2)),
-            ..fast_timing()
-        };
-        let (_cluster, mut rx, _ids) = follow(&remote, timing).await;
-        let mut next = async || rx.recv().await.unwrap().event;
-        loop {
-            if next().await == RemoteEvent::Synced {
-                break;
-            }
-        }
-        remote.up.store(false, Ordering::SeqCst);
-        b.break_watches();
-        // Only the service goes, after the TTL.
-        assert_eq!(next().await, RemoteEvent::ServiceDelete("default/web".into()));
-        remote.up.store(true, Ordering::SeqCst);
-        match next().await {
-            RemoteEvent::ServiceUpsert(s) => assert_eq!(s.name, "web"),
-            other => panic!("expected the service back, got {other:?}"),
-        }
-    })
-    .await
-    .unwrap();
 }
