@@ -8,7 +8,12 @@
 //! - unary requests time out after [`EtcdConfig::request_timeout`]; HTTP/2 keep-alives (no more
 //!   often than etcd tolerates) notice a dead server under an open watch;
 //! - permission errors become [`Error::PermissionDenied`], transport failures
-//!   [`Error::Unavailable`], a compacted watch start [`Error::Compacted`].
+//!   [`Error::Unavailable`] classified from their cause chain (see [`crate::error`]), a
+//!   compacted watch start [`Error::Compacted`];
+//! - when `get` or `status` (what connection probes and health checks use) fail over TLS
+//!   without a reason the transport saw, the server is asked why with a fresh handshake
+//!   ([`crate::diagnose`]): with TLS 1.3 a refused client certificate otherwise shows only as
+//!   a broken pipe.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -114,6 +119,8 @@ pub struct EtcdBackend {
     request_timeout: Duration,
     /// The endpoints, comma-separated, to name in errors.
     endpoints: Arc<str>,
+    /// The endpoints and TLS files, to ask a server why it dropped us.
+    config: Arc<EtcdConfig>,
 }
 
 /// Keys per page when listing a prefix.
@@ -263,12 +270,35 @@ impl EtcdBackend {
             client,
             request_timeout: config.request_timeout,
             endpoints,
+            config: Arc::new(config),
         })
     }
 
     /// The endpoints this backend talks to, comma-separated.
     pub fn endpoints(&self) -> &str {
         &self.endpoints
+    }
+
+    /// Refines a failure the transport could not classify (a TLS connection dropped without a
+    /// reason it saw) by asking the server with a fresh handshake; see [`crate::diagnose`].
+    async fn refine(&self, err: Error) -> Error {
+        let Some(tls) = &self.config.tls else {
+            return err;
+        };
+        let mut failure = match err {
+            Error::Unavailable(f) if f.kind == ErrorKind::Other => f,
+            other => return other,
+        };
+        for endpoint in &self.config.endpoints {
+            if let Some(kind) = crate::diagnose::why_dropped(endpoint, tls).await {
+                failure.causes.push(format!(
+                    "a fresh handshake with {endpoint} tells why: {kind}"
+                ));
+                failure.kind = kind;
+                break;
+            }
+        }
+        Error::Unavailable(failure)
     }
 
     /// Maps an error of request `op` (naming the endpoints).
@@ -322,10 +352,10 @@ impl EtcdBackend {
 impl KvBackend for EtcdBackend {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         let mut client = self.client.clone();
-        let resp = self
-            .timed("get", client.get(key, None))
-            .await
-            .map_err(self.err(&format!("get {key}")))?;
+        let resp = match self.timed("get", client.get(key, None)).await {
+            Ok(resp) => resp,
+            Err(err) => return Err(self.refine(self.err(&format!("get {key}"))(err)).await),
+        };
         resp.kvs().first().map(convert_kv).transpose()
     }
 
@@ -537,10 +567,10 @@ impl KvBackend for EtcdBackend {
 
     async fn status(&self) -> Result<Status> {
         let mut client = self.client.clone();
-        let resp = self
-            .timed("status", client.status())
-            .await
-            .map_err(self.err("status"))?;
+        let resp = match self.timed("status", client.status()).await {
+            Ok(resp) => resp,
+            Err(err) => return Err(self.refine(self.err("status")(err)).await),
+        };
         Ok(Status {
             version: resp.version().to_string(),
             revision: resp.header().map(|h| h.revision()).unwrap_or_default(),

@@ -27,6 +27,7 @@
 pub mod access;
 mod backend;
 pub mod connect;
+mod diagnose;
 pub mod error;
 pub mod etcd;
 pub mod lease;
