@@ -22,7 +22,7 @@ use anyhow::{Context as _, Result, bail};
 use plexus_agent_api::{ClusterMeshReport, Endpoint, RemoteClusterReport};
 use plexus_apiserver::ApiServerStatus;
 use plexus_clustermesh::failure::FailureKind;
-use plexus_kvstore::{EtcdBackend, EtcdConfig, ErrorKind, KvBackend, Retry, TlsReason, TlsSide, TlsFiles};
+use plexus_kvstore::{ErrorKind, EtcdBackend, EtcdConfig, Retry, TlsFiles, TlsReason, TlsSide};
 use plexus_pki::Ca;
 use serde::{Deserialize, Serialize};
 
@@ -896,7 +896,11 @@ mod tests {
         }
     }
 
-    fn remote(name: &str, ready: bool, failure: Option<(FailureKind, &str)>) -> RemoteClusterReport {
+    fn remote(
+        name: &str,
+        ready: bool,
+        failure: Option<(FailureKind, &str)>,
+    ) -> RemoteClusterReport {
         RemoteClusterReport {
             name: name.into(),
             ready,

@@ -8,7 +8,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -54,9 +53,8 @@ async fn connect_etcd(args: &Args) -> Result<Arc<dyn KvBackend>> {
         config = config.with_tls(tls);
     }
     // A pod is not restarted when it exits: keep trying (queries get SERVFAIL meanwhile).
-    let etcd =
-        plexus_kvstore::connect_with_retry(&config, &Retry::forever(), "the cluster's etcd")
-            .await?;
+    let etcd = plexus_kvstore::connect_with_retry(&config, &Retry::forever(), "the cluster's etcd")
+        .await?;
     Ok(Arc::new(etcd))
 }
 
