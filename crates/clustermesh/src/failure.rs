@@ -134,8 +134,8 @@ impl ChangeLog {
         });
         match (was_connected, connected) {
             (false, true) => {
-                // Back: the next failure is news even if it repeats the last one.
-                self.logged = None;
+                // The failure before the connection stays in the status; it is not news.
+                self.logged = last_failure.map(|f| (f.kind.clone(), f.message.clone()));
                 Some(StateChange::Connected {
                     after_failures: failures,
                 })
