@@ -996,6 +996,60 @@ mod tests {
     }
 
     #[test]
+    fn hints_come_from_the_failure_kind() {
+        let v1 = FailureKind::Kvstore(ErrorKind::Tls {
+            side: TlsSide::WeRefused,
+            reason: TlsReason::UnsupportedVersion,
+        });
+        let message = "connect: get cilium/.heartbeat on https://10.0.0.2:2379: tls: we refused \
+                       the server's certificate: unsupported certificate version: X.509 v1 (the \
+                       certificate was made without extensions)";
+        let r = build_report(
+            &ctx(),
+            true,
+            vec!["c2".into()],
+            None,
+            vec![(
+                "n1".into(),
+                Ok(ClusterMeshReport {
+                    node: "n1".into(),
+                    cluster: "c1".into(),
+                    mesh: MeshReport {
+                        remote_clusters: vec![remote("c2", false, Some((v1, message)))],
+                        config_errors: vec![],
+                    },
+                }),
+            )],
+        );
+        assert_eq!(r.errors.len(), 1);
+        assert_eq!(r.errors[0].message, format!("c2: {message}"));
+        let hint = r.errors[0].hint.as_deref().unwrap();
+        assert!(
+            hint.contains("-extfile") && hint.contains("X.509 v3"),
+            "{hint}"
+        );
+
+        let hint = |kind| hint_for(&FailureKind::Kvstore(kind), "c2").unwrap();
+        assert!(hint(ErrorKind::Refused).contains("nothing listens"));
+        assert!(hint(ErrorKind::Timeout).contains("does not answer"));
+        assert!(
+            hint(ErrorKind::Tls {
+                side: TlsSide::ServerRefused,
+                reason: TlsReason::UnknownIssuer,
+            })
+            .contains("refuses our client certificate")
+        );
+        assert!(
+            hint(ErrorKind::Tls {
+                side: TlsSide::WeRefused,
+                reason: TlsReason::UnknownIssuer,
+            })
+            .contains("does not trust")
+        );
+        assert_eq!(hint_for(&FailureKind::Other, "c2"), None);
+    }
+
+    #[test]
     fn endpoint_hosts_split_names_and_addresses() {
         let (dns, ips) = endpoint_hosts(&[
             "https://10.0.0.1:2379".into(),
