@@ -55,21 +55,14 @@ async fn connect_etcd(args: &Options) -> Result<Arc<dyn KvBackend>> {
     if let Some(tls) = tls {
         config = config.with_tls(tls);
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        match EtcdBackend::connect(config.clone()).await {
-            Ok(etcd) => return Ok(Arc::new(etcd)),
-            Err(err) if tokio::time::Instant::now() >= deadline => {
-                return Err(err).with_context(|| {
-                    format!("connect to the cluster's etcd {:?}", args.etcd_endpoints)
-                });
-            }
-            Err(err) => {
-                tracing::info!(error = %err, "waiting for the cluster's etcd");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    }
+    let etcd: EtcdBackend = plexus_kvstore::connect_with_retry(
+        &config,
+        &plexus_kvstore::Retry::for_at_most(Duration::from_secs(60)),
+        "the cluster's etcd",
+    )
+    .await
+    .with_context(|| format!("connect to the cluster's etcd {:?}", args.etcd_endpoints))?;
+    Ok(Arc::new(etcd))
 }
 
 fn own_node(args: &Options, cluster: &ClusterInfo, cidr: Cidr4, gateway: Ipv4Addr) -> Node {

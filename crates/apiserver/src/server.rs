@@ -398,24 +398,13 @@ impl Drop for ApiServer {
 }
 
 async fn connect_with_retry(config: EtcdConfig, limit: Duration) -> Result<EtcdBackend> {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        match EtcdBackend::connect(config.clone()).await {
-            Ok(etcd) => match etcd.status().await {
-                Ok(_) => return Ok(etcd),
-                Err(err) if tokio::time::Instant::now() >= deadline => {
-                    return Err(err)
-                        .context(format!("etcd {:?} does not answer", config.endpoints));
-                }
-                Err(_) => {}
-            },
-            Err(err) if tokio::time::Instant::now() >= deadline => {
-                return Err(err).context(format!("connect to etcd {:?}", config.endpoints));
-            }
-            Err(_) => {}
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    plexus_kvstore::connect_with_retry(
+        &config,
+        &plexus_kvstore::Retry::for_at_most(limit),
+        "the cluster's etcd",
+    )
+    .await
+    .with_context(|| format!("connect to etcd {:?}", config.endpoints))
 }
 
 /// Checks every 2 s that etcd answers; what `/readyz` reports.

@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use plexus_agent_api::{ClusterMeshReport, Endpoint, RemoteClusterReport};
 use plexus_apiserver::ApiServerStatus;
-use plexus_kvstore::{EtcdBackend, EtcdConfig, KvBackend, TlsFiles};
+use plexus_clustermesh::failure::FailureKind;
+use plexus_kvstore::{ErrorKind, EtcdBackend, EtcdConfig, Retry, TlsFiles, TlsReason, TlsSide};
 use plexus_pki::Ca;
 use serde::{Deserialize, Serialize};
 
@@ -38,26 +39,18 @@ pub async fn admin_etcd(ctx: &Context, limit: Duration) -> Result<EtcdBackend> {
         cert_file: admin.cert,
         key_file: admin.key,
     });
-    let deadline = Instant::now() + limit;
-    loop {
-        let attempt = async {
-            let etcd = EtcdBackend::connect(config.clone()).await?;
-            etcd.status().await?;
-            Ok::<_, plexus_kvstore::Error>(etcd)
-        };
-        match attempt.await {
-            Ok(etcd) => return Ok(etcd),
-            Err(err) if Instant::now() >= deadline => {
-                return Err(err).with_context(|| {
-                    format!(
-                        "cannot reach the etcd of cluster {} at {:?} as admin-{}",
-                        ctx.name, ctx.etcd_endpoints, ctx.name
-                    )
-                });
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-        }
-    }
+    plexus_kvstore::connect_with_retry(
+        &config,
+        &Retry::for_at_most(limit),
+        &format!("the etcd of cluster {}", ctx.name),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "cannot reach the etcd of cluster {} at {:?} as admin-{}",
+            ctx.name, ctx.etcd_endpoints, ctx.name
+        )
+    })
 }
 
 fn endpoint_hosts(endpoints: &[String]) -> (Vec<String>, Vec<IpAddr>) {
@@ -446,28 +439,65 @@ pub struct StatusReport {
     pub ready: bool,
 }
 
-fn hint_for(message: &str, remote: &str) -> Option<String> {
-    let m = message.to_lowercase();
-    Some(if m.contains("already used by") {
-        "cluster ids must be unique in a mesh: give one of the clusters another id".to_string()
-    } else if m.contains("max-connected-clusters") || m.contains("maxconnectedclusters") {
-        "every cluster of a mesh needs the same max-connected-clusters".to_string()
-    } else if m.contains("permission denied") || m.contains("certificate") || m.contains("tls") {
-        format!(
+/// What to try about a remote's failure, from its kind (never from its wording).
+fn hint_for(kind: &FailureKind, remote: &str) -> Option<String> {
+    let recertify = format!(
+        "re-issue the server certificate of {remote}'s etcd (plexus clustermesh enable --context {remote} issues a valid one)"
+    );
+    Some(match kind {
+        FailureKind::ClusterIdInUse => {
+            "cluster ids must be unique in a mesh: give one of the clusters another id".to_string()
+        }
+        FailureKind::ClusterConfigInvalid => {
+            "every cluster of a mesh needs the same max-connected-clusters and an id in its range"
+                .to_string()
+        }
+        FailureKind::ClusterConfigMissing => {
+            format!("is the apiserver of {remote} running? it publishes the cluster config")
+        }
+        FailureKind::HeartbeatStale => format!(
+            "the heartbeat of {remote} stopped: is the apiserver (or KVStoreMesh) of {remote} running?"
+        ),
+        FailureKind::Kvstore(ErrorKind::Tls { side, reason }) => match (side, reason) {
+            (_, TlsReason::Handshake(_)) => format!(
+                "the TLS handshake with the etcd of {remote} failed: is the endpoint in the configuration an https etcd endpoint?"
+            ),
+            (TlsSide::ServerRefused, _) => format!(
+                "the etcd of {remote} refuses our client certificate: run plexus clustermesh connect again to re-issue it from {remote}'s CA"
+            ),
+            (TlsSide::WeRefused, TlsReason::UnknownIssuer) => format!(
+                "the etcd of {remote} presents a certificate from a CA this cluster does not trust: the configuration of {remote} must name {remote}'s CA (run plexus clustermesh connect again)"
+            ),
+            (TlsSide::WeRefused, TlsReason::NameMismatch { .. }) => format!(
+                "the certificate of {remote}'s etcd does not name the host in the configuration's endpoints: {recertify} with that name or address"
+            ),
+            (TlsSide::WeRefused, TlsReason::Expired | TlsReason::NotYetValid) => {
+                format!("check the clocks, then {recertify}")
+            }
+            (TlsSide::WeRefused, TlsReason::UnsupportedVersion) => format!(
+                "{recertify}; with openssl, add extensions (openssl x509 -req ... -extfile with subjectAltName, keyUsage and extendedKeyUsage = serverAuth, clientAuth), which makes an X.509 v3 certificate"
+            ),
+            (TlsSide::WeRefused, TlsReason::UnsupportedKeyUsage) => format!(
+                "the certificate of {remote}'s etcd must allow extendedKeyUsage serverAuth: {recertify}"
+            ),
+            (TlsSide::WeRefused, _) => recertify,
+        },
+        FailureKind::Kvstore(ErrorKind::Unauthenticated | ErrorKind::PermissionDenied) => format!(
             "the credentials for {remote} are not accepted: run plexus clustermesh connect again to re-issue them"
-        )
-    } else if m.contains("unavailable")
-        || m.contains("connect")
-        || m.contains("timed out")
-        || m.contains("heartbeat")
-    {
-        format!(
+        ),
+        FailureKind::Kvstore(ErrorKind::Refused) => format!(
+            "nothing listens at the etcd endpoint of {remote}: is its etcd running, and is the endpoint in the configuration right?"
+        ),
+        FailureKind::Kvstore(ErrorKind::Timeout) => format!(
+            "the etcd of {remote} does not answer: is it reachable from this node (routes, firewalls)?"
+        ),
+        FailureKind::Kvstore(ErrorKind::Config) => format!(
+            "the configuration of {remote} names files this node cannot use: run plexus clustermesh connect again to rewrite it"
+        ),
+        FailureKind::Kvstore(ErrorKind::Other) => format!(
             "is the etcd of {remote} running and reachable? see plexus clustermesh status --context {remote}"
-        )
-    } else if m.contains("cluster config") || m.contains("cluster-config") {
-        format!("is the apiserver of {remote} running? it publishes the cluster config")
-    } else {
-        return None;
+        ),
+        FailureKind::Other => return None,
     })
 }
 
@@ -579,7 +609,10 @@ pub fn build_report(
                         };
                         errors.push(Problem {
                             scope: node.clone(),
-                            hint: r.last_failure.as_deref().and_then(|f| hint_for(f, &r.name)),
+                            hint: r
+                                .last_failure_kind
+                                .as_ref()
+                                .and_then(|k| hint_for(k, &r.name)),
                             message,
                         });
                     }
@@ -634,7 +667,7 @@ pub fn build_report(
             errors.push(Problem {
                 scope: "kvstoremesh".into(),
                 message: format!("{name}: {}", r.status),
-                hint: r.last_failure.as_deref().and_then(|f| hint_for(f, name)),
+                hint: r.last_failure_kind.as_ref().and_then(|k| hint_for(k, name)),
             });
         }
     }
@@ -863,7 +896,11 @@ mod tests {
         }
     }
 
-    fn remote(name: &str, ready: bool, failure: Option<&str>) -> RemoteClusterReport {
+    fn remote(
+        name: &str,
+        ready: bool,
+        failure: Option<(FailureKind, &str)>,
+    ) -> RemoteClusterReport {
         RemoteClusterReport {
             name: name.into(),
             ready,
@@ -879,7 +916,8 @@ mod tests {
             num_shared_services: 1,
             num_rejected: 0,
             num_failures: u64::from(failure.is_some()),
-            last_failure: failure.map(String::from),
+            last_failure: failure.as_ref().map(|(_, m)| m.to_string()),
+            last_failure_kind: failure.map(|(k, _)| k),
             synced: Default::default(),
             config: Default::default(),
         }
@@ -917,7 +955,10 @@ mod tests {
                         remote(
                             "c3",
                             false,
-                            Some("cluster \"c3\" has id 2, already used by cluster \"c2\""),
+                            Some((
+                                FailureKind::ClusterIdInUse,
+                                "cluster \"c3\" has id 2, already used by cluster \"c2\"",
+                            )),
                         ),
                     ],
                 ),
@@ -952,6 +993,60 @@ mod tests {
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["connections"][0]["endpoints"], 10);
         assert_eq!(json["agents"][2]["reachable"], false);
+    }
+
+    #[test]
+    fn hints_come_from_the_failure_kind() {
+        let v1 = FailureKind::Kvstore(ErrorKind::Tls {
+            side: TlsSide::WeRefused,
+            reason: TlsReason::UnsupportedVersion,
+        });
+        let message = "connect: get cilium/.heartbeat on https://10.0.0.2:2379: tls: we refused \
+                       the server's certificate: unsupported certificate version: X.509 v1 (the \
+                       certificate was made without extensions)";
+        let r = build_report(
+            &ctx(),
+            true,
+            vec!["c2".into()],
+            None,
+            vec![(
+                "n1".into(),
+                Ok(ClusterMeshReport {
+                    node: "n1".into(),
+                    cluster: "c1".into(),
+                    mesh: MeshReport {
+                        remote_clusters: vec![remote("c2", false, Some((v1, message)))],
+                        config_errors: vec![],
+                    },
+                }),
+            )],
+        );
+        assert_eq!(r.errors.len(), 1);
+        assert_eq!(r.errors[0].message, format!("c2: {message}"));
+        let hint = r.errors[0].hint.as_deref().unwrap();
+        assert!(
+            hint.contains("-extfile") && hint.contains("X.509 v3"),
+            "{hint}"
+        );
+
+        let hint = |kind| hint_for(&FailureKind::Kvstore(kind), "c2").unwrap();
+        assert!(hint(ErrorKind::Refused).contains("nothing listens"));
+        assert!(hint(ErrorKind::Timeout).contains("does not answer"));
+        assert!(
+            hint(ErrorKind::Tls {
+                side: TlsSide::ServerRefused,
+                reason: TlsReason::UnknownIssuer,
+            })
+            .contains("refuses our client certificate")
+        );
+        assert!(
+            hint(ErrorKind::Tls {
+                side: TlsSide::WeRefused,
+                reason: TlsReason::UnknownIssuer,
+            })
+            .contains("does not trust")
+        );
+        assert_eq!(hint_for(&FailureKind::Other, "c2"), None);
     }
 
     #[test]

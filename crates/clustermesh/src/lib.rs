@@ -8,12 +8,14 @@
 //!
 //! Modules: [`access`] (the etcd users and roles of a cluster), [`config`] (the remote-cluster configuration directory, one file per remote),
 //! [`validate`] (what is accepted from a remote: its cluster config, id, and entries),
+//! [`failure`] (what went wrong with a remote, as a message and a kind),
 //! [`remote`] (the consumer protocol for one remote as a state machine, without IO),
 //! [`metrics`] (Prometheus text for the remotes' status), [`report`] (its JSON shape),
 //! [`publish`] (the cluster config and heartbeat a cluster keeps published for its readers).
 
 pub mod access;
 pub mod config;
+pub mod failure;
 pub mod kvstoremesh;
 pub mod mesh;
 pub mod metrics;

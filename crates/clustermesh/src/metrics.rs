@@ -113,6 +113,7 @@ mod tests {
                 cached: false,
                 failures: 3,
                 last_failure: None,
+                last_failure_kind: None,
             },
             nodes: 2,
             endpoints: 10_000,

@@ -29,7 +29,8 @@ use plexus_model::config::CiliumClusterConfig;
 use plexus_model::keys::{StateKind, expected_canaries};
 use tokio::time::Instant;
 
-use crate::validate::{ClusterIds, check_remote_config};
+use crate::failure::{FailureKind, RemoteFailure};
+use crate::validate::{ClusterIds, RemoteConfigError, check_remote_config};
 
 /// Timing of the protocol.
 #[derive(Clone, Debug)]
@@ -68,11 +69,11 @@ pub enum Input {
     /// The connection is up (the heartbeat key was read).
     Connected,
     /// Connecting failed.
-    ConnectFailed(String),
+    ConnectFailed(RemoteFailure),
     /// The remote's cluster config was read (`None`: the key does not exist).
     ClusterConfig(Option<CiliumClusterConfig>),
     /// Reading the cluster config failed.
-    ConfigReadFailed(String),
+    ConfigReadFailed(RemoteFailure),
     /// The canary of a kind exists.
     Canary(StateKind),
     /// A kind's watch delivered its initial listing.
@@ -80,7 +81,7 @@ pub enum Input {
     /// A health check read the heartbeat key (`None`: absent).
     Heartbeat(Option<String>),
     /// A health check could not reach the remote.
-    HealthCheckFailed(String),
+    HealthCheckFailed(RemoteFailure),
     /// Time passed.
     Tick,
     /// The remote's configuration was removed.
@@ -159,6 +160,8 @@ pub struct RemoteStatus {
     pub failures: u64,
     /// The last failure.
     pub last_failure: Option<String>,
+    /// The kind of the last failure.
+    pub last_failure_kind: Option<FailureKind>,
 }
 
 /// The consumer protocol for one remote cluster.
@@ -179,7 +182,7 @@ pub struct RemoteMachine {
     heartbeat: Option<String>,
     heartbeat_changed_at: Option<Instant>,
     failures: u64,
-    last_failure: Option<String>,
+    last_failure: Option<RemoteFailure>,
     /// Since when the remote has been unreachable.
     lost_since: Option<Instant>,
     /// Whether its services were withdrawn after the TTL.
@@ -220,9 +223,9 @@ impl RemoteMachine {
         &self.phase
     }
 
-    fn fail(&mut self, reason: String) {
+    fn fail(&mut self, kind: FailureKind, reason: String) {
         self.failures += 1;
-        self.last_failure = Some(reason);
+        self.last_failure = Some(RemoteFailure::new(kind, reason));
     }
 
     fn backoff(&self) -> Duration {
@@ -257,7 +260,7 @@ impl RemoteMachine {
                 actions
             }
             Input::ConnectFailed(reason) => {
-                self.fail(format!("connect: {reason}"));
+                self.fail(reason.kind, format!("connect: {}", reason.message));
                 self.lost(now);
                 self.connected = false;
                 let delay = self.backoff();
@@ -266,7 +269,8 @@ impl RemoteMachine {
             }
             Input::ClusterConfig(config) => self.on_config(config, now, ids),
             Input::ConfigReadFailed(reason) => {
-                self.retry_config(format!("cluster config: {reason}"), now)
+                let message = format!("cluster config: {}", reason.message);
+                self.retry_config(reason.kind, message, now)
             }
             Input::Canary(kind) => {
                 if self.phase != Phase::Running
@@ -305,7 +309,7 @@ impl RemoteMachine {
             }
             Input::HealthCheckFailed(reason) => {
                 if self.connected {
-                    self.fail(format!("health check: {reason}"));
+                    self.fail(reason.kind, format!("health check: {}", reason.message));
                 }
                 self.lost(now);
                 self.connected = false;
@@ -319,9 +323,10 @@ impl RemoteMachine {
                     self.connected = false;
                     self.stale = true;
                     self.lost(now);
-                    self.fail(format!(
-                        "heartbeat not updated for more than {stale_after:?}"
-                    ));
+                    self.fail(
+                        FailureKind::HeartbeatStale,
+                        format!("heartbeat not updated for more than {stale_after:?}"),
+                    );
                 }
                 if let Some(at) = self.revoke_at()
                     && now >= at
@@ -376,8 +381,8 @@ impl RemoteMachine {
         }
     }
 
-    fn retry_config(&mut self, reason: String, now: Instant) -> Vec<Action> {
-        self.fail(reason);
+    fn retry_config(&mut self, kind: FailureKind, reason: String, now: Instant) -> Vec<Action> {
+        self.fail(kind, reason);
         let Phase::FetchingConfig { since } = self.phase else {
             return Vec::new();
         };
@@ -398,11 +403,18 @@ impl RemoteMachine {
             return Vec::new();
         }
         let Some(config) = config else {
-            return self.retry_config(format!("cluster config of {:?} is missing", self.name), now);
+            let reason = format!("cluster config of {:?} is missing", self.name);
+            return self.retry_config(FailureKind::ClusterConfigMissing, reason, now);
         };
         let remote = match check_remote_config(&self.local, &self.name, &config, ids) {
             Ok(remote) => remote,
-            Err(err) => return self.retry_config(err.to_string(), now),
+            Err(err) => {
+                let kind = match err {
+                    RemoteConfigError::IdInUse { .. } => FailureKind::ClusterIdInUse,
+                    RemoteConfigError::Invalid(_) => FailureKind::ClusterConfigInvalid,
+                };
+                return self.retry_config(kind, err.to_string(), now);
+            }
         };
         let cluster_id = remote.id;
         self.remote = Some(remote);
@@ -432,6 +444,11 @@ impl RemoteMachine {
         vec![Action::StartWatch { kind, prefix }]
     }
 
+    /// The last failure, with its cause chain.
+    pub fn last_failure(&self) -> Option<&RemoteFailure> {
+        self.last_failure.as_ref()
+    }
+
     /// A status snapshot.
     pub fn status(&self) -> RemoteStatus {
         RemoteStatus {
@@ -442,7 +459,8 @@ impl RemoteMachine {
             synced: self.synced.iter().copied().collect(),
             cached: self.cached,
             failures: self.failures,
-            last_failure: self.last_failure.clone(),
+            last_failure: self.last_failure.as_ref().map(|f| f.message.clone()),
+            last_failure_kind: self.last_failure.as_ref().map(|f| f.kind.clone()),
         }
     }
 }

@@ -21,6 +21,10 @@
 //! a tokio sleep too, so under paused time a test drives heartbeat staleness, the service cache
 //! TTL and the backoff exactly, without waiting.
 //!
+//! Each change of the connection state is logged once (see [`ChangeLog`]): connected, lost
+//! with its cause, failing with a new cause; a failure that repeats on every retry is not
+//! logged again.
+//!
 //! While the remote is unreachable nothing is deleted: the watches keep retrying and, when the
 //! remote is back, re-list and drain what vanished in between. [`RemoteCluster::remove`] drains
 //! everything the remote contributed.
@@ -43,6 +47,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::RemoteClusterConfig;
+use crate::failure::{ChangeLog, FailureKind, RemoteFailure};
 use crate::remote::{Action, Input, RemoteMachine, RemoteStatus, Timing};
 use crate::validate::{
     ClusterIds, RemoteIdentity, identity_decoder, ipcache_decoder, node_decoder, service_decoder,
@@ -267,6 +272,7 @@ impl RemoteCluster {
             services_revoked: false,
             rejected: 0,
             status_tx,
+            changes: ChangeLog::new(),
         };
         let task = tokio::spawn(driver.run(first, rx, remove_rx));
         Self {
@@ -330,6 +336,8 @@ struct Driver {
     services_revoked: bool,
     rejected: u64,
     status_tx: watch::Sender<RemoteClusterStatus>,
+    /// What of the connection state was last logged (each change is logged once).
+    changes: ChangeLog,
 }
 
 impl Driver {
@@ -384,10 +392,18 @@ impl Driver {
         }
     }
 
-    fn publish_status(&self) {
+    fn publish_status(&mut self) {
+        let protocol = self.machine.status();
+        if let Some(change) = self.changes.observe(
+            protocol.connected,
+            protocol.failures,
+            self.machine.last_failure(),
+        ) {
+            change.log(&self.config.name);
+        }
         let count = |k: StateKind| self.known.get(&k).map_or(0, BTreeSet::len);
         self.status_tx.send_replace(RemoteClusterStatus {
-            protocol: self.machine.status(),
+            protocol,
             nodes: count(StateKind::Nodes),
             endpoints: count(StateKind::Ip),
             identities: count(StateKind::Identities),
@@ -515,13 +531,13 @@ impl Driver {
             let backend = match connector.connect(&config, timing.health_timeout).await {
                 Ok(b) => b,
                 Err(err) => {
-                    let _ = tx.send(Msg::Input(Input::ConnectFailed(err.to_string())));
+                    let _ = tx.send(Msg::Input(Input::ConnectFailed(err.into())));
                     return;
                 }
             };
             // The connection is up once the heartbeat key could be read.
             if let Err(err) = backend.get(keys::HEARTBEAT).await {
-                let _ = tx.send(Msg::Input(Input::ConnectFailed(err.to_string())));
+                let _ = tx.send(Msg::Input(Input::ConnectFailed(err.into())));
                 return;
             }
             let _ = tx.send(Msg::Backend(backend.clone()));
@@ -536,10 +552,10 @@ impl Driver {
                         Ok(Ok(kv)) => Input::Heartbeat(
                             kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
                         ),
-                        Ok(Err(err)) => Input::HealthCheckFailed(err.to_string()),
-                        Err(_) => Input::HealthCheckFailed(format!(
-                            "no answer within {:?}",
-                            timing.health_timeout
+                        Ok(Err(err)) => Input::HealthCheckFailed(err.into()),
+                        Err(_) => Input::HealthCheckFailed(RemoteFailure::new(
+                            FailureKind::Kvstore(plexus_kvstore::ErrorKind::Timeout),
+                            format!("no answer within {:?}", timing.health_timeout),
                         )),
                     };
                 if tx.send(Msg::Input(input)).is_err() {
@@ -561,9 +577,12 @@ impl Driver {
                 Ok(None) => Input::ClusterConfig(None),
                 Ok(Some(kv)) => match CiliumClusterConfig::from_json(&name, &kv.value) {
                     Ok(config) => Input::ClusterConfig(Some(config)),
-                    Err(err) => Input::ConfigReadFailed(err.to_string()),
+                    Err(err) => Input::ConfigReadFailed(RemoteFailure::new(
+                        FailureKind::ClusterConfigInvalid,
+                        err.to_string(),
+                    )),
                 },
-                Err(err) => Input::ConfigReadFailed(err.to_string()),
+                Err(err) => Input::ConfigReadFailed(err.into()),
             };
             let _ = tx.send(Msg::Input(input));
         });

@@ -3,10 +3,13 @@
 //!
 //! Field names follow Cilium's `RemoteCluster` status model (kebab-case): `name`, `ready`,
 //! `connected`, `status`, `num-nodes`, `num-endpoints`, `num-identities`, `num-shared-services`,
-//! `num-failures`, `last-failure`, `synced`, `config`, plus Plexus's `num-rejected`.
+//! `num-failures`, `last-failure`, `synced`, `config`, plus Plexus's `num-rejected` and
+//! `last-failure-kind` (the failure classified, e.g.
+//! `{"kvstore": {"tls": {"side": "we-refused", "reason": "unknown-issuer"}}}`).
 
 use serde::{Deserialize, Serialize};
 
+use crate::failure::FailureKind;
 use crate::mesh::MeshStatus;
 use crate::remote_cluster::RemoteClusterStatus;
 use plexus_model::keys::StateKind;
@@ -62,6 +65,9 @@ pub struct RemoteClusterReport {
     /// The last failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<String>,
+    /// The kind of the last failure (what the CLI's hints come from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_kind: Option<FailureKind>,
     /// Synced kinds.
     pub synced: SyncedReport,
     /// The remote's accepted config.
@@ -104,6 +110,7 @@ impl From<&RemoteClusterStatus> for RemoteClusterReport {
             num_rejected: s.rejected,
             num_failures: p.failures,
             last_failure: p.last_failure.clone(),
+            last_failure_kind: p.last_failure_kind.clone(),
             synced: SyncedReport {
                 nodes: has(StateKind::Nodes),
                 endpoints: has(StateKind::Ip),

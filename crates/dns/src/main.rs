@@ -8,12 +8,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use plexus_dns::{ClusterDns, DnsServer, ServiceRecords, spawn_follow_services};
-use plexus_kvstore::{EtcdBackend, EtcdConfig, KvBackend, TlsFiles};
+use plexus_kvstore::{EtcdConfig, KvBackend, Retry, TlsFiles};
 
 /// The Plexus cluster DNS server.
 #[derive(Parser, Debug)]
@@ -54,17 +53,9 @@ async fn connect_etcd(args: &Args) -> Result<Arc<dyn KvBackend>> {
         config = config.with_tls(tls);
     }
     // A pod is not restarted when it exits: keep trying (queries get SERVFAIL meanwhile).
-    let mut delay = Duration::from_millis(500);
-    loop {
-        match EtcdBackend::connect(config.clone()).await {
-            Ok(etcd) => return Ok(Arc::new(etcd)),
-            Err(err) => {
-                tracing::warn!(error = %err, endpoints = ?args.etcd_endpoints, "waiting for the cluster's etcd");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+    let etcd = plexus_kvstore::connect_with_retry(&config, &Retry::forever(), "the cluster's etcd")
+        .await?;
+    Ok(Arc::new(etcd))
 }
 
 #[tokio::main]

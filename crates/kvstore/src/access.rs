@@ -31,7 +31,7 @@ fn auth_err(what: String) -> impl FnOnce(etcd_client::Error) -> Error {
         if text.contains("permission denied") || text.contains("Unauthenticated") {
             Error::PermissionDenied(format!("{what}: {text}"))
         } else {
-            Error::Unavailable(format!("{what}: {text}"))
+            crate::etcd::map_err(&what, e)
         }
     }
 }

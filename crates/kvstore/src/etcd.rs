@@ -8,9 +8,15 @@
 //! - unary requests time out after [`EtcdConfig::request_timeout`]; HTTP/2 keep-alives (no more
 //!   often than etcd tolerates) notice a dead server under an open watch;
 //! - permission errors become [`Error::PermissionDenied`], transport failures
-//!   [`Error::Unavailable`], a compacted watch start [`Error::Compacted`].
+//!   [`Error::Unavailable`] classified from their cause chain (see [`crate::error`]), a
+//!   compacted watch start [`Error::Compacted`];
+//! - when `get` or `status` (what connection probes and health checks use) fail over TLS
+//!   without a reason the transport saw, the server is asked why with a fresh handshake
+//!   ([`crate::diagnose`]): with TLS 1.3 a refused client certificate otherwise shows only as
+//!   a broken pipe.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,6 +30,7 @@ use crate::backend::{
     BoxWatchStream, Compare, KeyValue, KvBackend, LeaseId, ListResult, Op, RawEvent, RawEventKind,
     Revision, Status, Txn,
 };
+use crate::error::{ErrorKind, Failure};
 use crate::{Error, Result};
 
 /// Files of a TLS client identity.
@@ -110,6 +117,10 @@ impl EtcdConfig {
 pub struct EtcdBackend {
     client: Client,
     request_timeout: Duration,
+    /// The endpoints, comma-separated, to name in errors.
+    endpoints: Arc<str>,
+    /// The endpoints and TLS files, to ask a server why it dropped us.
+    config: Arc<EtcdConfig>,
 }
 
 /// Keys per page when listing a prefix.
@@ -120,27 +131,48 @@ fn read_file(path: &Path, what: &str) -> Result<Vec<u8>> {
         .map_err(|e| Error::Config(format!("cannot read {what} {}: {e}", path.display())))
 }
 
-fn map_err(err: etcd_client::Error) -> Error {
+/// Turns an etcd-client error from `context` (the operation and where) into ours: auth and
+/// argument errors by their gRPC code, everything else an [`Error::Unavailable`] classified
+/// from its cause chain.
+pub(crate) fn map_err(context: &str, err: etcd_client::Error) -> Error {
     use etcd_client::Error as E;
-    match err {
+    let chain: Vec<&(dyn std::error::Error + 'static)> = match &err {
         E::GRpcStatus(status) => {
             let msg = status.message().to_string();
             match status.code() {
                 tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
-                    Error::PermissionDenied(msg)
+                    return Error::PermissionDenied(msg);
                 }
                 tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => {
-                    Error::Rejected(msg)
+                    return Error::Rejected(msg);
                 }
-                _ if msg.contains("permission denied") => Error::PermissionDenied(msg),
-                code => Error::Unavailable(format!("{code:?}: {msg}")),
+                _ if msg.contains("permission denied") => return Error::PermissionDenied(msg),
+                _ => {}
             }
+            crate::error::chain_of(status)
         }
-        E::TransportError(e) => Error::Unavailable(format!("transport: {e}")),
-        E::InvalidUri(e) => Error::Config(format!("invalid endpoint: {e}")),
-        E::InvalidArgs(e) => Error::Config(e),
-        other => Error::Unavailable(other.to_string()),
-    }
+        E::TransportError(e) => crate::error::chain_of(e),
+        E::IoError(e) => crate::error::chain_of(e),
+        E::InvalidUri(e) => return Error::Config(format!("invalid endpoint: {e}")),
+        E::InvalidArgs(e) => return Error::Config(e.clone()),
+        _ => Vec::new(),
+    };
+    let (kind, causes) = if chain.is_empty() {
+        (ErrorKind::Other, vec![err.to_string()])
+    } else {
+        let kind = match &err {
+            E::GRpcStatus(status) if status.code() == tonic::Code::DeadlineExceeded => {
+                ErrorKind::Timeout
+            }
+            _ => crate::error::classify(&chain),
+        };
+        (kind, crate::error::chain_messages(&chain))
+    };
+    Error::Unavailable(Box::new(Failure {
+        context: context.to_string(),
+        kind,
+        causes,
+    }))
 }
 
 fn is_lease_not_found(err: &etcd_client::Error) -> bool {
@@ -205,17 +237,74 @@ impl EtcdBackend {
                 "https endpoints need TLS files (ca, cert, key)".into(),
             ));
         }
+        let endpoints: Arc<str> = config.endpoints.join(",").into();
+        let context = format!("connect to {endpoints}");
         let client = tokio::time::timeout(
             config.connect_timeout,
             Client::connect(config.endpoints.clone(), Some(options)),
         )
         .await
-        .map_err(|_| Error::Unavailable(format!("connect to {:?}: timed out", config.endpoints)))?
-        .map_err(map_err)?;
+        .map_err(|_| {
+            Error::Unavailable(Box::new(Failure {
+                context: context.clone(),
+                kind: ErrorKind::Timeout,
+                causes: vec![format!("no connection within {:?}", config.connect_timeout)],
+            }))
+        })?
+        .map_err(|e| match (map_err(&context, e), &config.tls) {
+            // Connecting touches no network (etcd-client connects on the first request), so a
+            // certificate refused here is our own: rustls will not load it.
+            (Error::Unavailable(f), Some(tls)) if matches!(f.kind, ErrorKind::Tls { .. }) => {
+                let reason = match &f.kind {
+                    ErrorKind::Tls { reason, .. } => reason.to_string(),
+                    _ => f.chain(),
+                };
+                Error::Config(format!(
+                    "cannot use the client certificate {}: {reason}",
+                    tls.cert_file.display()
+                ))
+            }
+            (err, _) => err,
+        })?;
         Ok(Self {
             client,
             request_timeout: config.request_timeout,
+            endpoints,
+            config: Arc::new(config),
         })
+    }
+
+    /// The endpoints this backend talks to, comma-separated.
+    pub fn endpoints(&self) -> &str {
+        &self.endpoints
+    }
+
+    /// Refines a failure the transport could not classify (a TLS connection dropped without a
+    /// reason it saw) by asking the server with a fresh handshake; see [`crate::diagnose`].
+    async fn refine(&self, err: Error) -> Error {
+        let Some(tls) = &self.config.tls else {
+            return err;
+        };
+        let mut failure = match err {
+            Error::Unavailable(f) if f.kind == ErrorKind::Other => f,
+            other => return other,
+        };
+        for endpoint in &self.config.endpoints {
+            if let Some(kind) = crate::diagnose::why_dropped(endpoint, tls).await {
+                failure.causes.push(format!(
+                    "a fresh handshake with {endpoint} tells why: {kind}"
+                ));
+                failure.kind = kind;
+                break;
+            }
+        }
+        Error::Unavailable(failure)
+    }
+
+    /// Maps an error of request `op` (naming the endpoints).
+    fn err(&self, op: &str) -> impl FnOnce(etcd_client::Error) -> Error + '_ {
+        let context = format!("{op} on {}", self.endpoints);
+        move |e| map_err(&context, e)
     }
 
     /// The underlying client (cheap to clone), for the auth helpers.
@@ -263,10 +352,10 @@ impl EtcdBackend {
 impl KvBackend for EtcdBackend {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         let mut client = self.client.clone();
-        let resp = self
-            .timed("get", client.get(key, None))
-            .await
-            .map_err(map_err)?;
+        let resp = match self.timed("get", client.get(key, None)).await {
+            Ok(resp) => resp,
+            Err(err) => return Err(self.refine(self.err(&format!("get {key}"))(err)).await),
+        };
         resp.kvs().first().map(convert_kv).transpose()
     }
 
@@ -286,7 +375,7 @@ impl KvBackend for EtcdBackend {
             let resp = self
                 .timed("list", client.get(from.clone(), Some(options)))
                 .await
-                .map_err(map_err)?;
+                .map_err(self.err(&format!("list {prefix}")))?;
             if revision == 0 {
                 revision = resp.header().map(|h| h.revision()).unwrap_or_default();
             }
@@ -310,7 +399,7 @@ impl KvBackend for EtcdBackend {
         match self.timed("put", client.put(key, value, options)).await {
             Ok(resp) => Ok(resp.header().map(|h| h.revision()).unwrap_or_default()),
             Err(err) if is_lease_not_found(&err) => Err(Error::LeaseNotFound(lease.unwrap_or(0))),
-            Err(err) => Err(map_err(err)),
+            Err(err) => Err(self.err(&format!("put {key}"))(err)),
         }
     }
 
@@ -319,7 +408,7 @@ impl KvBackend for EtcdBackend {
         let resp = self
             .timed("delete", client.delete(key, None))
             .await
-            .map_err(map_err)?;
+            .map_err(self.err(&format!("delete {key}")))?;
         Ok(resp.deleted() > 0)
     }
 
@@ -329,7 +418,7 @@ impl KvBackend for EtcdBackend {
         let resp = self
             .timed("delete prefix", client.delete(prefix, Some(options)))
             .await
-            .map_err(map_err)?;
+            .map_err(self.err(&format!("delete prefix {prefix}")))?;
         Ok(resp.deleted().max(0) as u64)
     }
 
@@ -355,7 +444,7 @@ impl KvBackend for EtcdBackend {
         match self.timed("txn", client.txn(request)).await {
             Ok(resp) => Ok(resp.succeeded()),
             Err(err) if is_lease_not_found(&err) => Err(Error::LeaseNotFound(lease.unwrap_or(0))),
-            Err(err) => Err(map_err(err)),
+            Err(err) => Err(self.err("txn")(err)),
         }
     }
 
@@ -368,56 +457,63 @@ impl KvBackend for EtcdBackend {
         let stream = self
             .timed("watch", client.watch(prefix, Some(options)))
             .await
-            .map_err(map_err)?;
+            .map_err(self.err(&format!("watch {prefix}")))?;
         let requested = from;
-        let events = futures::stream::unfold(Some(stream), move |state| async move {
-            let mut stream = state?;
-            loop {
-                let resp = match stream.message().await {
-                    Ok(Some(resp)) => resp,
-                    Ok(None) => {
-                        return Some((Err(Error::WatchBroken("watch stream ended".into())), None));
-                    }
-                    Err(err) => {
-                        let err = match map_err(err) {
-                            Error::Unavailable(m) => Error::WatchBroken(m),
-                            other => other,
+        let context = format!("watch {prefix} on {}", self.endpoints);
+        let events = futures::stream::unfold(Some(stream), move |state| {
+            let context = context.clone();
+            async move {
+                let mut stream = state?;
+                loop {
+                    let resp = match stream.message().await {
+                        Ok(Some(resp)) => resp,
+                        Ok(None) => {
+                            return Some((
+                                Err(Error::WatchBroken("watch stream ended".into())),
+                                None,
+                            ));
+                        }
+                        Err(err) => {
+                            let err = match map_err(&context, err) {
+                                Error::Unavailable(f) => Error::WatchBroken(f.to_string()),
+                                other => other,
+                            };
+                            return Some((Err(err), None));
+                        }
+                    };
+                    if resp.canceled() {
+                        let err = if resp.compact_revision() > 0 {
+                            Error::Compacted {
+                                requested,
+                                compact_revision: resp.compact_revision(),
+                            }
+                        } else {
+                            Error::WatchBroken(format!("watch canceled: {}", resp.cancel_reason()))
                         };
                         return Some((Err(err), None));
                     }
-                };
-                if resp.canceled() {
-                    let err = if resp.compact_revision() > 0 {
-                        Error::Compacted {
-                            requested,
-                            compact_revision: resp.compact_revision(),
-                        }
-                    } else {
-                        Error::WatchBroken(format!("watch canceled: {}", resp.cancel_reason()))
-                    };
-                    return Some((Err(err), None));
-                }
-                if resp.events().is_empty() {
-                    continue; // creation or progress notification
-                }
-                let mut batch = Vec::with_capacity(resp.events().len());
-                for event in resp.events() {
-                    let Some(kv) = event.kv() else { continue };
-                    let kv = match convert_kv(kv) {
-                        Ok(kv) => kv,
-                        Err(err) => {
-                            tracing::warn!(error = %err, "skipping a watch event");
-                            continue;
-                        }
-                    };
-                    let kind = match event.event_type() {
-                        EventType::Put => RawEventKind::Put,
-                        EventType::Delete => RawEventKind::Delete,
-                    };
-                    batch.push(RawEvent { kind, kv });
-                }
-                if !batch.is_empty() {
-                    return Some((Ok(batch), Some(stream)));
+                    if resp.events().is_empty() {
+                        continue; // creation or progress notification
+                    }
+                    let mut batch = Vec::with_capacity(resp.events().len());
+                    for event in resp.events() {
+                        let Some(kv) = event.kv() else { continue };
+                        let kv = match convert_kv(kv) {
+                            Ok(kv) => kv,
+                            Err(err) => {
+                                tracing::warn!(error = %err, "skipping a watch event");
+                                continue;
+                            }
+                        };
+                        let kind = match event.event_type() {
+                            EventType::Put => RawEventKind::Put,
+                            EventType::Delete => RawEventKind::Delete,
+                        };
+                        batch.push(RawEvent { kind, kv });
+                    }
+                    if !batch.is_empty() {
+                        return Some((Ok(batch), Some(stream)));
+                    }
                 }
             }
         });
@@ -430,7 +526,7 @@ impl KvBackend for EtcdBackend {
         let resp = self
             .timed("lease grant", client.lease_grant(secs, None))
             .await
-            .map_err(map_err)?;
+            .map_err(self.err("lease grant"))?;
         Ok(resp.id())
     }
 
@@ -446,7 +542,7 @@ impl KvBackend for EtcdBackend {
             Ok(Some(_)) => Err(Error::LeaseNotFound(lease)),
             Ok(None) => Err(Error::Unavailable("lease keep-alive stream closed".into())),
             Err(err) if is_lease_not_found(&err) => Err(Error::LeaseNotFound(lease)),
-            Err(err) => Err(map_err(err)),
+            Err(err) => Err(self.err("lease keep-alive")(err)),
         }
     }
 
@@ -455,7 +551,7 @@ impl KvBackend for EtcdBackend {
         match self.timed("lease revoke", client.lease_revoke(lease)).await {
             Ok(_) => Ok(()),
             Err(err) if is_lease_not_found(&err) => Err(Error::LeaseNotFound(lease)),
-            Err(err) => Err(map_err(err)),
+            Err(err) => Err(self.err("lease revoke")(err)),
         }
     }
 
@@ -465,16 +561,16 @@ impl KvBackend for EtcdBackend {
             Ok(_) => Ok(()),
             // Already compacted at or past this revision: nothing to do.
             Err(etcd_client::Error::GRpcStatus(s)) if s.message().contains("compacted") => Ok(()),
-            Err(err) => Err(map_err(err)),
+            Err(err) => Err(self.err("compact")(err)),
         }
     }
 
     async fn status(&self) -> Result<Status> {
         let mut client = self.client.clone();
-        let resp = self
-            .timed("status", client.status())
-            .await
-            .map_err(map_err)?;
+        let resp = match self.timed("status", client.status()).await {
+            Ok(resp) => resp,
+            Err(err) => return Err(self.refine(self.err("status")(err)).await),
+        };
         Ok(Status {
             version: resp.version().to_string(),
             revision: resp.header().map(|h| h.revision()).unwrap_or_default(),

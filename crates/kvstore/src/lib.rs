@@ -17,12 +17,18 @@
 //!   lease is replaced, and writes the sync canary once the initial set is written;
 //! - [`WatchStore`]: mirrors a prefix into a local cache and reports when it has synced.
 //!
+//! [`connect_with_retry`] is the one connect-and-wait loop of every daemon and the CLI; errors
+//! say what broke ([`ErrorKind`]: which side refused a certificate and why, refused, timeout,
+//! auth) and keep their cause chain ([`Failure`]).
+//!
 //! [`access`] manages etcd users, roles and authentication for certificate-based users;
 //! [`metered`] counts every operation for `/metrics`.
 
 pub mod access;
 mod backend;
-mod error;
+pub mod connect;
+mod diagnose;
+pub mod error;
 pub mod etcd;
 pub mod lease;
 pub mod memory;
@@ -36,7 +42,8 @@ pub use backend::{
     BoxWatchStream, Compare, KeyValue, KvBackend, LeaseId, ListResult, Op, RawEvent, RawEventKind,
     Revision, Status, Txn,
 };
-pub use error::{Error, Result};
+pub use connect::{Retry, connect_with_retry};
+pub use error::{Error, ErrorKind, Failure, Result, TlsReason, TlsSide};
 pub use etcd::{EtcdBackend, EtcdConfig, IncompleteTls, TlsFiles};
 pub use lease::LeaseManager;
 pub use memory::MemoryBackend;

@@ -366,10 +366,13 @@ impl KvBackend for MemoryBackend {
     async fn compact(&self, revision: Revision) -> Result<()> {
         let mut state = self.lock();
         if revision > state.revision {
-            return Err(Error::Unavailable(format!(
-                "cannot compact to future revision {revision} (current {})",
-                state.revision
-            )));
+            return Err(Error::Unavailable(
+                format!(
+                    "cannot compact to future revision {revision} (current {})",
+                    state.revision
+                )
+                .into(),
+            ));
         }
         if revision > state.compacted {
             state.compacted = revision;

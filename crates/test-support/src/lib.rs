@@ -2,10 +2,14 @@
 //!
 //! [`EtcdProcess`] starts the Debian `etcd` binary (etcd 3.4; override with `PLEXUS_ETCD_BIN`)
 //! on free loopback ports with a temporary data directory, plain ([`EtcdProcess::start`]) or
-//! with TLS and `--client-cert-auth` under a fresh CA ([`EtcdProcess::start_tls`]). It promises
+//! with TLS and `--client-cert-auth` under a fresh CA ([`EtcdProcess::start_tls`]) or with
+//! certificates the test made ([`EtcdProcess::start_tls_with`]). It promises
 //! cleanup: dropping it (also while a test panics) kills the process and removes the directory,
 //! and the process is started with a parent-death signal so it dies with the thread that
 //! started it even if the test process is killed.
+//!
+//! [`openssl`] makes certificates with the `openssl` binary, in the shapes users bring (Cilium's
+//! Helm chart, `openssl x509 -req` without extensions).
 //!
 //! [`EtcdProcess::setup_auth`] creates the users and roles of the wire format's access control
 //! (a root user, read-only users for prefixes) and enables etcd auth; with client-cert auth,
@@ -22,6 +26,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use plexus_pki::Ca;
+
+pub mod openssl;
 
 /// What went wrong starting or driving an etcd process.
 #[derive(Debug, thiserror::Error)]
@@ -78,8 +84,25 @@ pub struct ClientCert {
     pub key_file: PathBuf,
 }
 
+/// TLS material for [`EtcdProcess::start_tls_with`], made by the test itself (with openssl,
+/// rcgen or [`plexus_pki`]), so that a test can give etcd a deliberately wrong certificate.
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    /// The certificate etcd presents (PEM).
+    pub cert_file: PathBuf,
+    /// Its key (PEM).
+    pub key_file: PathBuf,
+    /// The CA etcd trusts for client certificates (PEM).
+    pub client_ca_file: PathBuf,
+    /// A client certificate etcd accepts, used by [`EtcdProcess::etcdctl`] as `root`. etcdctl
+    /// then skips verifying the server's certificate, which may be wrong on purpose.
+    pub root: ClientCert,
+}
+
 struct Tls {
-    ca: Ca,
+    /// The CA that issued the server and client certificates (`None`: the test brought its own
+    /// certificates, see [`ServerTls`]).
+    ca: Option<Ca>,
     ca_file: PathBuf,
     server_cert: PathBuf,
     server_key: PathBuf,
@@ -134,16 +157,22 @@ pub fn workspace_bin(name: &str) -> PathBuf {
 impl EtcdProcess {
     /// Starts a plain-HTTP etcd.
     pub fn start() -> Result<Self> {
-        Self::start_inner(false)
+        Self::start_inner(false, None)
     }
 
     /// Starts an etcd with TLS and `--client-cert-auth`: clients need a certificate from
     /// [`EtcdProcess::issue_client`].
     pub fn start_tls() -> Result<Self> {
-        Self::start_inner(true)
+        Self::start_inner(true, None)
     }
 
-    fn start_inner(tls: bool) -> Result<Self> {
+    /// Starts an etcd with TLS and `--client-cert-auth` that presents `tls.cert_file` and
+    /// trusts `tls.client_ca_file`; [`EtcdProcess::issue_client`] is not available.
+    pub fn start_tls_with(tls: ServerTls) -> Result<Self> {
+        Self::start_inner(true, Some(tls))
+    }
+
+    fn start_inner(tls: bool, custom: Option<ServerTls>) -> Result<Self> {
         let mut last = None;
         // A port picked as free may be taken before etcd binds it: try a few times.
         for _ in 0..3 {
@@ -151,10 +180,16 @@ impl EtcdProcess {
                 .prefix("plexus-etcd-")
                 .tempdir()
                 .map_err(io("create etcd temp dir"))?;
-            let tls = if tls {
-                Some(Self::make_tls(dir.path())?)
-            } else {
-                None
+            let tls = match (&custom, tls) {
+                (Some(custom), _) => Some(Tls {
+                    ca: None,
+                    ca_file: custom.client_ca_file.clone(),
+                    server_cert: custom.cert_file.clone(),
+                    server_key: custom.key_file.clone(),
+                    root: custom.root.clone(),
+                }),
+                (None, true) => Some(Self::make_tls(dir.path())?),
+                (None, false) => None,
             };
             let mut etcd = Self {
                 child: None,
@@ -188,7 +223,7 @@ impl EtcdProcess {
             key_file,
         };
         Ok(Tls {
-            ca,
+            ca: Some(ca),
             ca_file,
             server_cert,
             server_key,
@@ -215,6 +250,12 @@ impl EtcdProcess {
         self.dir.path().join("etcd.log")
     }
 
+    /// The CA that issued the server's and clients' certificates ([`EtcdProcess::start_tls`]
+    /// only), e.g. to issue certificates of other shapes from it.
+    pub fn ca(&self) -> Option<&Ca> {
+        self.tls.as_ref().and_then(|t| t.ca.as_ref())
+    }
+
     /// The CA file clients must trust (TLS mode only).
     pub fn ca_file(&self) -> Option<&Path> {
         self.tls.as_ref().map(|t| t.ca_file.as_path())
@@ -227,16 +268,19 @@ impl EtcdProcess {
 
     /// Issues a client certificate with common name `cn` (the etcd user). TLS mode only.
     pub fn issue_client(&self, cn: &str) -> Result<ClientCert> {
-        let tls = self.tls.as_ref().ok_or_else(|| TestSupportError::Io {
+        let ca = self
+            .tls
+            .as_ref()
+            .and_then(|t| t.ca.as_ref().map(|ca| (t, ca)));
+        let (tls, ca) = ca.ok_or_else(|| TestSupportError::Io {
             what: "issue a client certificate".into(),
-            source: std::io::Error::other("etcd runs without TLS"),
+            source: std::io::Error::other("etcd runs without TLS or with the test's certificates"),
         })?;
         let n = self
             .issued
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
-        let (cert_file, key_file) = tls
-            .ca
+        let (cert_file, key_file) = ca
             .issue_client(cn)?
             .write_to(self.dir.path(), &format!("client-{n}-{cn}"))?;
         Ok(ClientCert {
@@ -339,6 +383,9 @@ impl EtcdProcess {
             cmd.arg(format!("--cacert={}", tls.root.ca_file.display()))
                 .arg(format!("--cert={}", tls.root.cert_file.display()))
                 .arg(format!("--key={}", tls.root.key_file.display()));
+            if tls.ca.is_none() {
+                cmd.arg("--insecure-skip-tls-verify");
+            }
         }
         let out = cmd.args(args).output().map_err(io("run etcdctl"))?;
         let text = format!(
