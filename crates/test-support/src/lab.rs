@@ -84,12 +84,16 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// A fresh lab named after `base` (a few lower-case letters): its name is unique among the
-    /// labs of this host, its directory is new.
+    /// A fresh lab named after `base` (a few lower-case letters and digits, ending in a
+    /// letter): its name is unique among the labs of this host, its directory is new.
     pub fn new(base: &str) -> Self {
+        // Ending in a letter keeps the base apart from the pid after it.
         assert!(
-            !base.is_empty() && base.chars().all(|c| c.is_ascii_lowercase()),
-            "lab base name {base:?}: lower-case letters only"
+            base.ends_with(|c: char| c.is_ascii_lowercase())
+                && base
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()),
+            "lab base name {base:?}: lower-case letters and digits, ending in a letter"
         );
         static NEXT: AtomicU32 = AtomicU32::new(0);
         // The pid tells concurrent test processes apart, the counter the labs of one process.
@@ -267,8 +271,10 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        // Also when the test failed: nothing of the lab may stay behind.
-        if !self.down {
+        // Also when the test failed: nothing of the lab may stay behind. Without its directory
+        // `lab up` never ran (it creates the directory first): nothing to remove, and no
+        // `plexus` binary to ask, which might not even be built.
+        if !self.down && self.dir().exists() {
             let _ = self.plexus(&["lab", "down"]);
         }
     }
@@ -338,5 +344,34 @@ pub fn run_lab(base: &str, limit: Duration, test: impl FnOnce(Lab) + Send + 'sta
             let _ = cli.plexus(&["lab", "down"]);
             panic!("the test of lab {name} did not finish within {limit:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_lab_has_its_own_name_and_directory() {
+        let (a, b) = (Lab::new("twin"), Lab::new("twin"));
+        assert_ne!(a.name(), b.name());
+        assert!(a.name().starts_with("twin") && b.name().starts_with("twin"));
+        // `lab down` of one removes the namespaces `plx-NAME-*`: never the other's.
+        assert!(!format!("plx-{}-", b.name()).starts_with(&format!("plx-{}-", a.name())));
+        assert_ne!(a.dir(), b.dir());
+        assert!(a.dir().starts_with(a.scratch()) && a.config().starts_with(a.scratch()));
+        let file = a.write("lab.yaml", "clusters: []\n");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "clusters: []\n");
+        // Never brought up: dropping it asks no `plexus` and removes its directory.
+        let scratch = a.scratch().to_path_buf();
+        drop(a);
+        assert!(!scratch.exists());
+    }
+
+    #[test]
+    #[should_panic(expected = "ending in a letter")]
+    fn a_base_name_ending_in_a_digit_is_refused() {
+        // "dns1" + pid 23 would read as "dns" + pid 123.
+        let _ = Lab::new("dns1");
     }
 }
