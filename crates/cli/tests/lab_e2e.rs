@@ -5,108 +5,25 @@
 //! show cluster2; a TCP stream survives agent restarts; `lab down` leaves nothing behind.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use plexus_test_support::workspace_bin;
+use plexus_test_support::lab::{Lab, run_lab};
 use serde_json::Value;
 
-struct Lab {
-    dir: PathBuf,
-    config: PathBuf,
-    _tmp: tempfile::TempDir,
-    down: bool,
-}
-
-/// `plexus ARGS` with the lab's directory and configuration file, to run in any thread.
-fn plexus_command(dir: &Path, config: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(workspace_bin("plexus"));
-    cmd.env("PLEXUS_LAB_DIR", dir)
-        .env("PLEXUS_CONFIG", config)
-        .args(args);
-    cmd
-}
-
-impl Lab {
-    fn command(&self, args: &[&str]) -> Command {
-        plexus_command(&self.dir, &self.config, args)
-    }
-
-    fn plexus(&self, args: &[&str]) -> Output {
-        self.command(args).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.plexus(args);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "plexus {args:?} failed:\n{text}");
-        String::from_utf8_lossy(&out.stdout).to_string()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        serde_json::from_str(&self.ok(args)).unwrap()
-    }
-
-    fn pod_ip(&self, ctx: &str, pod: &str) -> String {
-        let v = self.json(&["--context", ctx, "get", "pods", pod, "-o", "json"]);
-        v[0]["ip"].as_str().unwrap().to_string()
-    }
-
-    fn exec(&self, ctx: &str, pod: &str, cmd: &[&str]) -> Output {
-        let mut args = vec!["--context", ctx, "exec", pod, "--"];
-        args.extend_from_slice(cmd);
-        self.plexus(&args)
-    }
-
-    fn down(&mut self) -> String {
-        self.down = true;
-        self.ok(&["lab", "down"])
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if !self.down {
-            let _ = self.plexus(&["lab", "down"]);
-        }
-    }
-}
-
-fn up(mode: &str, name: &str) -> Lab {
-    let tmp = tempfile::tempdir().unwrap();
-    let lab_file = tmp.path().join("lab.yaml");
-    std::fs::write(
-        &lab_file,
-        format!(
+fn up(lab: &Lab, mode: &str) {
+    let lab_file = lab.write(
+        "lab.yaml",
+        &format!(
             "clusters:\n- {{name: cluster1, id: 1, podCIDR: 10.10.0.0/16, serviceCIDR: 10.11.0.0/16, nodes: 2}}\n- {{name: cluster2, id: 2, podCIDR: 10.20.0.0/16, serviceCIDR: 10.21.0.0/16, nodes: 2}}\nrouting: {mode}\n"
         ),
-    )
-    .unwrap();
-    let lab = Lab {
-        dir: tmp.path().join("lab"),
-        config: tmp.path().join("config.yaml"),
-        _tmp: tmp,
-        down: false,
-    };
-    let out = lab.ok(&[
-        "lab",
-        "up",
-        "-f",
-        lab_file.to_str().unwrap(),
-        "--mesh",
-        "--name",
-        name,
-    ]);
+    );
+    let out = lab.up(&lab_file, &["--mesh"]);
     assert!(
         out.contains("2/2 nodes are connected to all clusters"),
         "{out}"
     );
-    lab
 }
 
 const PODS: &str = "apiVersion: v1
@@ -166,24 +83,19 @@ spec:
 ";
 
 fn apply(lab: &Lab, ctx: &str) {
-    let file = lab.dir.parent().unwrap().join(format!("{ctx}.yaml"));
-    std::fs::write(&file, PODS.replace("NODE", &format!("{ctx}-node1"))).unwrap();
+    let file = lab.write(
+        &format!("{ctx}.yaml"),
+        &PODS.replace("NODE", &format!("{ctx}-node1")),
+    );
     lab.ok(&["--context", ctx, "apply", "-f", file.to_str().unwrap()]);
 }
 
-fn pods_on(lab: &Lab, ctx: &str) -> Vec<Value> {
-    lab.json(&["--context", ctx, "get", "pods", "-o", "json"])
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
-fn run(mode: &str, name: &str, full_size: u32) {
-    let mut lab = up(mode, name);
+fn run(mut lab: Lab, mode: &str, full_size: u32) {
+    up(&lab, mode);
     apply(&lab, "cluster1");
     apply(&lab, "cluster2");
-    let c1 = pods_on(&lab, "cluster1");
-    let c2 = pods_on(&lab, "cluster2");
+    let c1 = lab.pods("cluster1", "default");
+    let c2 = lab.pods("cluster2", "default");
     let rebel = |pods: &[Value], node: &str| -> String {
         pods.iter()
             .find(|p| p["owner"] == "deployment/rebel-base" && p["node"] == node)
@@ -232,27 +144,23 @@ fn run(mode: &str, name: &str, full_size: u32) {
     let client_ip = lab.pod_ip("cluster1", "client");
     let server_ip = lab.pod_ip("cluster2", "client");
     let listener = {
-        let (dir, config) = (lab.dir.clone(), lab.config.clone());
+        let cli = lab.cli();
         std::thread::spawn(move || {
-            plexus_command(
-                &dir,
-                &config,
-                &[
-                    "--context",
-                    "cluster2",
-                    "exec",
-                    "client",
-                    "--",
-                    "nc",
-                    "-l",
-                    "-n",
-                    "-v",
-                    "-w",
-                    "5",
-                    "-p",
-                    "9000",
-                ],
-            )
+            cli.command(&[
+                "--context",
+                "cluster2",
+                "exec",
+                "client",
+                "--",
+                "nc",
+                "-l",
+                "-n",
+                "-v",
+                "-w",
+                "5",
+                "-p",
+                "9000",
+            ])
             .stdin(Stdio::null())
             .output()
             .unwrap()
@@ -301,29 +209,14 @@ fn run(mode: &str, name: &str, full_size: u32) {
         .find(|e| e["pod"] == "client")
         .map(|e| e["identity"].as_u64().unwrap())
         .unwrap();
-    let monitor = lab
-        .command(&[
-            "--context",
-            "cluster2",
-            "--node",
-            "cluster2-node1",
-            "monitor",
-            "--type",
-            "trace",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(700));
+    let monitor = lab.spawn_monitor("cluster2", "cluster2-node1", "trace");
     lab.exec(
         "cluster1",
         "client",
         &["ping", "-c", "3", "-W", "2", &server_ip],
     );
     std::thread::sleep(Duration::from_millis(500));
-    let _ = Command::new("kill").arg(monitor.id().to_string()).status();
-    let events = String::from_utf8_lossy(&monitor.wait_with_output().unwrap().stdout).to_string();
+    let events = monitor.finish();
     assert!(
         events.lines().any(|l| l.starts_with("-> endpoint")
             && l.contains(&format!("identity {client_identity}->"))
@@ -517,25 +410,21 @@ fn run(mode: &str, name: &str, full_size: u32) {
     // A TCP stream across the clusters survives restarts of both agents on its path.
     let iperf_ip = lab.pod_ip("cluster2", "iperf");
     let stream = {
-        let (dir, config) = (lab.dir.clone(), lab.config.clone());
+        let cli = lab.cli();
         std::thread::spawn(move || {
-            plexus_command(
-                &dir,
-                &config,
-                &[
-                    "--context",
-                    "cluster1",
-                    "exec",
-                    "client",
-                    "--",
-                    "iperf3",
-                    "-c",
-                    &iperf_ip,
-                    "-t",
-                    "6",
-                    "-J",
-                ],
-            )
+            cli.command(&[
+                "--context",
+                "cluster1",
+                "exec",
+                "client",
+                "--",
+                "iperf3",
+                "-c",
+                &iperf_ip,
+                "-t",
+                "6",
+                "-J",
+            ])
             .output()
             .unwrap()
         })
@@ -568,7 +457,7 @@ fn run(mode: &str, name: &str, full_size: u32) {
 
     // `lab down` leaves nothing behind.
     let state: Value =
-        serde_json::from_slice(&std::fs::read(lab.dir.join("lab.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(lab.dir().join("lab.json")).unwrap()).unwrap();
     let mut pids: Vec<u64> = Vec::new();
     for c in state["clusters"].as_array().unwrap() {
         pids.extend(c["apiserver-pid"].as_u64());
@@ -576,20 +465,10 @@ fn run(mode: &str, name: &str, full_size: u32) {
             pids.extend(n["agent-pid"].as_u64());
         }
     }
-    let dir = lab.dir.clone();
+    let dir = lab.dir().to_path_buf();
     lab.down();
-    let prefix = format!("plx-{name}-");
-    let left: Vec<String> = std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().to_string())
-                .collect()
-        })
-        .unwrap_or_default();
-    assert!(
-        !left.iter().any(|n| n.starts_with(&prefix)),
-        "namespaces left: {left:?}"
-    );
+    let left = lab.netns();
+    assert!(left.is_empty(), "namespaces left: {left:?}");
     for pid in pids {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         assert!(
@@ -606,28 +485,16 @@ fn run(mode: &str, name: &str, full_size: u32) {
     assert!(!Path::new(&dir).exists(), "lab directory left");
 }
 
-fn with_timeout(limit: Duration, f: impl FnOnce() + Send + 'static) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let start = Instant::now();
-    let t = std::thread::spawn(move || {
-        f();
-        let _ = tx.send(());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(()) => t.join().unwrap(),
-        Err(_) => match t.join() {
-            Err(p) => std::panic::resume_unwind(p),
-            Ok(()) => panic!("timed out after {:?}", start.elapsed()),
-        },
-    }
-}
-
 #[test]
 fn tunnel_mode_pods_reach_pods_across_clusters() {
-    with_timeout(Duration::from_secs(300), || run("tunnel", "e2et", 1422));
+    run_lab("e2et", Duration::from_secs(300), |lab| {
+        run(lab, "tunnel", 1422)
+    });
 }
 
 #[test]
 fn native_mode_pods_reach_pods_across_clusters() {
-    with_timeout(Duration::from_secs(300), || run("native", "e2en", 1472));
+    run_lab("e2en", Duration::from_secs(300), |lab| {
+        run(lab, "native", 1472)
+    });
 }

@@ -15,12 +15,10 @@
 //! service answers, and a pod reaching its own service (hairpin) is answered.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{Lab, eventually, run_walkthrough};
+use plexus_test_support::lab::{Lab, eventually, run_lab};
 use serde_json::Value;
 
 fn example(file: &str) -> String {
@@ -82,7 +80,7 @@ fn only(counts: &BTreeMap<String, usize>, cluster: &str) -> bool {
 
 fn walkthrough(mut lab: Lab) {
     // 1. The lab.
-    lab.ok(&["lab", "up", "-f", &example("lab.yaml"), "--name", "gsw"]);
+    lab.up(example("lab.yaml"), &[]);
 
     // 2. One shared CA, connected once from one side; each side shows the other connected.
     lab.ok(&["clustermesh", "enable", "--context", "cluster1"]);
@@ -204,7 +202,7 @@ fn walkthrough(mut lab: Lab) {
         .split("\n---\n")
         .find(|d| d.contains("kind: Deployment") && d.contains("name: rebel-base"))
         .unwrap();
-    let file = lab.dir.parent().unwrap().join("rebel-base.yaml");
+    let file = lab.scratch().join("rebel-base.yaml");
     std::fs::write(&file, deployment).unwrap();
     lab.ok(&[
         "--context",
@@ -249,7 +247,7 @@ fn walkthrough(mut lab: Lab) {
     // 6. The cross-cluster policy in both clusters: from x-wing in cluster1, what cluster2
     //    serves succeeds, what lands on cluster1 is dropped as a policy denial; DNS still works.
     let xwing_pod = lab.pod("cluster1", "x-wing");
-    let monitor = lab.spawn_monitor("cluster1", xwing_pod["node"].as_str().unwrap());
+    let monitor = lab.spawn_monitor("cluster1", xwing_pod["node"].as_str().unwrap(), "drop");
     for ctx in ["cluster1", "cluster2"] {
         lab.ok(&[
             "--context",
@@ -336,7 +334,7 @@ fn walkthrough(mut lab: Lab) {
 
 /// A service with a UDP port in front of the built-in server's UDP answer.
 fn udp_service(lab: &Lab) {
-    let file = lab.dir.parent().unwrap().join("udp.yaml");
+    let file = lab.scratch().join("udp.yaml");
     std::fs::write(
         &file,
         "apiVersion: v1
@@ -397,5 +395,5 @@ spec:
 
 #[test]
 fn global_services_walkthrough_runs_as_written() {
-    run_walkthrough(Duration::from_secs(600), walkthrough);
+    run_lab("gsw", Duration::from_secs(600), walkthrough);
 }

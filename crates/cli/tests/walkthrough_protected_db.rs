@@ -5,11 +5,9 @@
 //! With `policy-default-local-cluster` on (the default) and off, the outcome is the same.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Lab, eventually, run_walkthrough};
+use plexus_test_support::lab::{Lab, eventually, run_lab};
 use serde_json::Value;
 
 fn example(file: &str) -> String {
@@ -60,15 +58,7 @@ fn outcome(lab: &Lab, db_ip: &str) -> [bool; 3] {
 
 fn walkthrough(mut lab: Lab) {
     // 1. The lab, meshed.
-    let out = lab.ok(&[
-        "lab",
-        "up",
-        "-f",
-        &example("lab.yaml"),
-        "--mesh",
-        "--name",
-        "pdb",
-    ]);
+    let out = lab.up(example("lab.yaml"), &["--mesh"]);
     assert!(out.contains("connected"), "{out}");
 
     // 2. Before any policy, everyone connects.
@@ -98,7 +88,7 @@ fn walkthrough(mut lab: Lab) {
     });
 
     // 3. The L4 policy: employees connect, stranger's SYNs are dropped as policy denials.
-    let monitor = lab.spawn_monitor("cluster1", &db_node);
+    let monitor = lab.spawn_monitor("cluster1", &db_node, "drop");
     lab.ok(&[
         "--context",
         "cluster1",
@@ -175,5 +165,5 @@ fn walkthrough(mut lab: Lab) {
 
 #[test]
 fn protected_db_walkthrough_runs_as_written() {
-    run_walkthrough(Duration::from_secs(420), walkthrough);
+    run_lab("pdb", Duration::from_secs(420), walkthrough);
 }

@@ -6,70 +6,17 @@
 //!
 //! Service addresses are only reachable once the eBPF load balancer translates them, so the
 //! queries go to the kube-dns pod's own address, from a client pod's network namespace.
-//! The lab is named `dnst` (namespaces `plx-dnst-*`), apart from the other lab tests.
+//! The lab is named after `dnst` (namespaces `plx-dnst<pid>x<n>-*`), apart from every other lab.
 #![allow(clippy::unwrap_used)]
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
-use plexus_test_support::workspace_bin;
-use serde_json::Value;
-
-const LAB: &str = "dnst";
-
-struct Lab {
-    dir: PathBuf,
-    config: PathBuf,
-    _tmp: tempfile::TempDir,
-}
-
-impl Lab {
-    fn plexus(&self, args: &[&str]) -> Output {
-        Command::new(workspace_bin("plexus"))
-            .env("PLEXUS_LAB_DIR", &self.dir)
-            .env("PLEXUS_CONFIG", &self.config)
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.plexus(args);
-        assert!(
-            out.status.success(),
-            "plexus {args:?} failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        serde_json::from_str(&self.ok(args)).unwrap()
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        // Also when the test failed: nothing of the lab may stay behind.
-        let _ = self.plexus(&["lab", "down"]);
-    }
-}
-
-fn netns_of_lab() -> Vec<String> {
-    std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().to_string())
-                .filter(|n| n.starts_with(&format!("plx-{LAB}-")))
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use plexus_test_support::lab::{Lab, run_lab};
 
 /// Asks `server` for the A record of `name` from network namespace `netns`.
 fn ask_in(netns: &str, server: Ipv4Addr, name: &str) -> Option<Message> {
@@ -131,34 +78,26 @@ spec:
 
 #[test]
 fn lab_pods_resolve_services_through_the_kube_dns_pod() {
+    run_lab("dnst", Duration::from_secs(300), lab_pods_resolve_services);
+}
+
+fn lab_pods_resolve_services(mut lab: Lab) {
     assert!(
         std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0,
         "the lab test needs root (network namespaces)"
     );
     assert!(
-        netns_of_lab().is_empty(),
-        "namespaces of a lab {LAB} already exist: {:?}",
-        netns_of_lab()
+        lab.netns().is_empty(),
+        "namespaces of a lab {} already exist: {:?}",
+        lab.name(),
+        lab.netns()
     );
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let tmp = tempfile::tempdir().unwrap();
-    let lab_file = tmp.path().join("lab.yaml");
-    std::fs::write(
-        &lab_file,
+    let lab_file = lab.write(
+        "lab.yaml",
         "clusters:\n- {name: dns1, id: 41, podCIDR: 10.130.0.0/16, serviceCIDR: 10.131.0.0/16, nodes: 2}\nrouting: tunnel\n",
-    )
-    .unwrap();
-    let lab = Lab {
-        dir: tmp.path().join("lab"),
-        config: tmp.path().join("config.yaml"),
-        _tmp: tmp,
-    };
-    let out = lab.plexus(&["lab", "up", "-f", lab_file.to_str().unwrap(), "--name", LAB]);
-    assert!(
-        out.status.success(),
-        "lab up failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
     );
+    lab.up(&lab_file, &[]);
 
     // kube-dns runs in kube-system on the first node, with its Service at .10.
     let pods = lab.json(&["get", "pods", "-n", "kube-system", "-o", "json"]);
@@ -187,8 +126,7 @@ fn lab_pods_resolve_services_through_the_kube_dns_pod() {
     assert_eq!(svc[0]["spec"]["selector"]["k8s-app"], "kube-dns");
 
     // A service and a client pod applied afterwards.
-    let apps = lab.dir.parent().unwrap().join("apps.yaml");
-    std::fs::write(&apps, APPS).unwrap();
+    let apps = lab.write("apps.yaml", APPS);
     lab.ok(&["apply", "-f", apps.to_str().unwrap()]);
     let client = lab.json(&["get", "pods", "client", "-o", "json"]);
     let client_netns = client[0]["netns"].as_str().unwrap().to_string();
@@ -224,12 +162,10 @@ fn lab_pods_resolve_services_through_the_kube_dns_pod() {
     until_web_resolves("after apply");
     // glibc's resolver from the client pod, with the pod's search list but the kube-dns pod as
     // nameserver: a short name resolves through the search list.
-    let resolv = lab.dir.parent().unwrap().join("to-dns-pod.resolv.conf");
-    std::fs::write(
-        &resolv,
-        format!("nameserver {dns_ip}\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5 timeout:1 attempts:1\n"),
-    )
-    .unwrap();
+    let resolv = lab.write(
+        "to-dns-pod.resolv.conf",
+        &format!("nameserver {dns_ip}\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5 timeout:1 attempts:1\n"),
+    );
     let out = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "--", "nsenter"])
         .arg(format!("--net=/run/netns/{client_netns}"))
@@ -276,7 +212,7 @@ fn lab_pods_resolve_services_through_the_kube_dns_pod() {
         seen.starts_with("nameserver 10.131.0.10\nsearch kube-system.svc.cluster.local "),
         "{seen}"
     );
-    let log = lab.dir.join("dns1/pods/default-client.log");
+    let log = lab.dir().join("dns1/pods/default-client.log");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !std::fs::read_to_string(&log)
         .unwrap_or_default()
@@ -304,7 +240,7 @@ fn lab_pods_resolve_services_through_the_kube_dns_pod() {
             })
             .unwrap_or_default()
     };
-    let mut files = resolv_files(&lab.dir);
+    let mut files = resolv_files(lab.dir());
     files.sort();
     assert!(
         files.contains(&"default-client.resolv.conf".to_string()),
@@ -326,8 +262,8 @@ fn lab_pods_resolve_services_through_the_kube_dns_pod() {
     )
     .unwrap();
     lab.ok(&["delete", "-f", apps.to_str().unwrap()]);
-    assert!(!resolv_files(&lab.dir).contains(&"default-client.resolv.conf".to_string()));
-    lab.ok(&["lab", "down"]);
-    assert!(netns_of_lab().is_empty(), "{:?}", netns_of_lab());
-    assert!(!lab.dir.exists());
+    assert!(!resolv_files(lab.dir()).contains(&"default-client.resolv.conf".to_string()));
+    lab.down();
+    assert!(lab.netns().is_empty(), "{:?}", lab.netns());
+    assert!(!lab.dir().exists());
 }

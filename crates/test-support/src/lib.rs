@@ -1,4 +1,4 @@
-//! Real etcd processes for tests and benchmarks.
+//! Test parts that are real and clean up after themselves: etcd processes and whole labs.
 //!
 //! [`EtcdProcess`] starts the Debian `etcd` binary (etcd 3.4; override with `PLEXUS_ETCD_BIN`)
 //! on free loopback ports with a temporary data directory, plain ([`EtcdProcess::start`]) or
@@ -14,6 +14,9 @@
 //! [`EtcdProcess::setup_auth`] creates the users and roles of the wire format's access control
 //! (a root user, read-only users for prefixes) and enables etcd auth; with client-cert auth,
 //! the certificate's CN is the etcd user.
+//!
+//! [`lab`] is the harness of the lab tests (the CLI's and the cluster DNS's): a [`lab::Lab`]
+//! driven through the `plexus` binary, with its own name and directory, taken down on drop.
 
 // `pre_exec` with `prctl(PR_SET_PDEATHSIG)` needs unsafe: it is the only way to make sure no
 // etcd outlives a test process that was killed without unwinding.
@@ -27,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use plexus_pki::Ca;
 
+pub mod lab;
 pub mod openssl;
 
 /// What went wrong starting or driving an etcd process.
