@@ -22,7 +22,7 @@ pub const HOST_PREFIX: &str = "lxc";
 /// A device operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
-    /// A command on a device failed.
+    /// A device operation failed (reported by [`Network`] implementations other than the kernel).
     #[error("device {device}: {reason}")]
     Device {
         /// The device.
