@@ -1,59 +1,47 @@
-//! The few kernel settings the agent makes through iproute2 and procfs, in the node's network
-//! namespace: routes to local pods and, in native routing mode, to other nodes' pod CIDRs;
-//! IPv4 forwarding. Errors name the command and the device.
+//! The few kernel settings the agent makes, in the node's network namespace: routes to local
+//! pods and, in native routing mode, to other nodes' pod CIDRs, over rtnetlink
+//! ([`plexus_netlink`]); IPv4 forwarding through procfs. Errors name the route, neighbour or
+//! device at fault.
 
-use std::process::Command;
+use anyhow::{Context, Result};
+use plexus_netlink::{Ipv4Cidr, MacAddr, blocking};
 
-use anyhow::{Context, Result, bail};
-
-fn ip(args: &[&str]) -> Result<()> {
-    let bin = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .unwrap_or("ip");
-    let out = Command::new(bin)
-        .args(args)
-        .output()
-        .with_context(|| format!("run ip {}", args.join(" ")))?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-/// `ip route replace <dst> dev <dev>` (a local pod behind its host veth).
+/// `ip route replace <dst> dev <dev> scope link` (a local pod behind its host veth).
 pub fn route_to_device(dst: &str, dev: &str) -> Result<()> {
-    ip(&["route", "replace", dst, "dev", dev, "scope", "link"])
+    let dst: Ipv4Cidr = dst.parse()?;
+    blocking(|nl| async move { nl.route_replace_dev(dst, dev).await })?;
+    Ok(())
 }
 
 /// `ip route replace <dst> via <gw>` (another node's pod CIDR, native routing).
 pub fn route_via(dst: &str, gw: &str) -> Result<()> {
-    ip(&["route", "replace", dst, "via", gw])
+    let dst: Ipv4Cidr = dst.parse()?;
+    let gw = gw
+        .parse()
+        .with_context(|| format!("route {dst}: gateway {gw:?}"))?;
+    blocking(|nl| async move { nl.route_replace_via(dst, gw).await })?;
+    Ok(())
 }
 
 /// A permanent neighbour entry: the kernel never ARPs for a local pod (the datapath answers
 /// only the pods' own questions for their gateway).
 pub fn neigh_permanent(addr: &str, mac: &str, dev: &str) -> Result<()> {
-    ip(&[
-        "neigh",
-        "replace",
-        addr,
-        "lladdr",
-        mac,
-        "dev",
-        dev,
-        "nud",
-        "permanent",
-    ])
+    let ip = addr
+        .parse()
+        .with_context(|| format!("neighbour {addr:?} on {dev}"))?;
+    let mac: MacAddr = mac.parse()?;
+    blocking(|nl| async move { nl.neigh_replace_permanent(ip, mac, dev).await })?;
+    Ok(())
 }
 
-/// Removes the route to `dst`; a missing route is fine.
+/// Removes the route to `dst`; a missing route is fine, other failures are logged.
 pub fn route_delete(dst: &str) {
-    let _ = ip(&["route", "del", dst]);
+    let res = dst
+        .parse::<Ipv4Cidr>()
+        .and_then(|dst| blocking(|nl| async move { nl.route_delete(dst).await }));
+    if let Err(err) = res {
+        tracing::warn!(error = %err, "cannot remove a route");
+    }
 }
 
 /// Turns IPv4 forwarding on in this network namespace.

@@ -1,17 +1,17 @@
-//! The pod's veth pair, set up in the kernel with the `ip` command (iproute2).
+//! The pod's veth pair, set up in the kernel over rtnetlink ([`plexus_netlink`]).
 //!
 //! [`KernelNetwork`] is the real [`Network`](crate::plugin::Network): the host side is created in
 //! the namespace the plugin runs in (the node's), its peer directly inside the pod's namespace
-//! under its final name (one atomic `ip link add`, so no temporary name can clash on the host);
-//! the pod side is configured from a thread inside the pod's namespace ([`crate::netns`]).
-//! Every error names the device and the command that failed.
+//! under its final name (one atomic request naming the namespace by file descriptor, so no
+//! temporary name can clash on the host); the pod side is configured from a thread inside the
+//! pod's namespace ([`crate::netns`]), where the netlink socket is opened, so it belongs to the
+//! pod's namespace. Every error names the device, address or route at fault.
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
+use std::path::Path;
 
 use nix::net::if_::if_nametoindex;
+use plexus_netlink::{Ipv4Cidr, NetlinkError, blocking};
 
 use crate::netns::{self, NetnsError};
 use crate::plugin::{Macs, Network};
@@ -22,7 +22,7 @@ pub const HOST_PREFIX: &str = "lxc";
 /// A device operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
-    /// A command on a device failed.
+    /// A device operation failed (reported by [`Network`] implementations other than the kernel).
     #[error("device {device}: {reason}")]
     Device {
         /// The device.
@@ -33,13 +33,9 @@ pub enum LinkError {
     /// The pod's namespace could not be entered.
     #[error(transparent)]
     Netns(#[from] NetnsError),
-}
-
-fn device_err(device: &str, reason: impl Into<String>) -> LinkError {
-    LinkError::Device {
-        device: device.to_string(),
-        reason: reason.into(),
-    }
+    /// The kernel refused a request (the error names the device, address or route).
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
 }
 
 /// The host-side veth name of a container: `lxc` and the first 11 hex digits of the 64-bit
@@ -56,146 +52,62 @@ pub fn host_ifname(container_id: &str) -> String {
     format!("{HOST_PREFIX}{}", &hex[..11])
 }
 
-/// The `ip` binary: from `PATH` when it has one, else the usual locations (runtimes may run
-/// plugins with a bare environment).
-fn ip_binary() -> &'static Path {
-    static IP: OnceLock<PathBuf> = OnceLock::new();
-    IP.get_or_init(|| {
-        let in_path = std::env::var_os("PATH")
-            .map(|p| {
-                std::env::split_paths(&p)
-                    .map(|d| d.join("ip"))
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default();
-        in_path
-            .into_iter()
-            .chain(["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"].map(PathBuf::from))
-            .find(|p| p.is_file())
-            .unwrap_or_else(|| PathBuf::from("ip"))
-    })
-}
-
-/// Runs `ip ARGS` in the calling thread's network namespace.
-fn ip(device: &str, args: &[&str]) -> Result<String, LinkError> {
-    let out = Command::new(ip_binary())
-        .args(args)
-        .output()
-        .map_err(|e| device_err(device, format!("running `ip {}`: {e}", args.join(" "))))?;
-    if !out.status.success() {
-        return Err(device_err(
-            device,
-            format!(
-                "`ip {}` failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// Whether a device exists in the calling thread's namespace.
 pub fn exists(device: &str) -> bool {
     if_nametoindex(device).is_ok()
 }
 
-fn show_json(device: &str, what: &str) -> Result<serde_json::Value, LinkError> {
-    let out = ip(device, &["-j", what, "show", "dev", device])?;
-    let parsed: serde_json::Value = serde_json::from_str(&out)
-        .map_err(|e| device_err(device, format!("parsing `ip -j {what} show`: {e}")))?;
-    Ok(parsed[0].clone())
-}
-
 /// A device's MAC address.
 pub fn mac(device: &str) -> Result<String, LinkError> {
-    show_json(device, "link")?["address"]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| device_err(device, "has no MAC address"))
+    Ok(blocking(|nl| async move { nl.mac(device).await })?.to_string())
 }
 
 /// A device's IPv4 addresses in CIDR form.
 pub fn ipv4_addresses(device: &str) -> Result<Vec<String>, LinkError> {
-    let info = show_json(device, "addr")?;
-    Ok(info["addr_info"]
-        .as_array()
-        .map(|addrs| {
-            addrs
-                .iter()
-                .filter(|a| a["family"] == "inet")
-                .filter_map(|a| {
-                    Some(format!(
-                        "{}/{}",
-                        a["local"].as_str()?,
-                        a["prefixlen"].as_u64()?
-                    ))
-                })
-                .collect()
-        })
-        .unwrap_or_default())
+    let addrs = blocking(|nl| async move { nl.ipv4_addresses(device).await })?;
+    Ok(addrs.iter().map(ToString::to_string).collect())
 }
 
 /// Brings a device up.
 pub fn set_up(device: &str) -> Result<(), LinkError> {
-    ip(device, &["link", "set", "dev", device, "up"]).map(drop)
+    Ok(blocking(|nl| async move { nl.set_up(device).await })?)
 }
 
-/// Deletes a device; `Ok(false)` when it did not exist.
+/// Deletes a device; `Ok(false)` when it did not exist (or went away in between, with its
+/// peer's namespace: what DEL wants).
 pub fn delete(device: &str) -> Result<bool, LinkError> {
-    if !exists(device) {
-        return Ok(false);
-    }
-    match ip(device, &["link", "del", "dev", device]) {
-        Ok(_) => Ok(true),
-        // Gone in between (its peer's namespace was deleted): what DEL wants.
-        Err(_) if !exists(device) => Ok(false),
-        Err(e) => Err(e),
-    }
+    Ok(blocking(|nl| async move { nl.delete_link(device).await })?)
 }
 
-/// Creates the veth pair `host` <-> `pod`, `pod` directly inside the namespace at `netns`.
+/// Creates the veth pair `host` <-> `pod`, `pod` directly inside the namespace at `netns`, both
+/// with `mtu`.
 pub fn create_veth(host: &str, pod: &str, netns: &Path, mtu: u32) -> Result<(), LinkError> {
-    let mtu = mtu.to_string();
-    let netns = netns.to_string_lossy();
-    ip(
-        host,
-        &[
-            "link", "add", host, "mtu", &mtu, "type", "veth", "peer", "name", pod, "mtu", &mtu,
-            "netns", &netns,
-        ],
-    )
-    .map(drop)
+    Ok(blocking(|nl| async move {
+        nl.create_veth(host, pod, mtu, netns).await
+    })?)
 }
 
-/// Configures the pod side from inside its namespace: `ip`/32 on `ifname`, `ifname` and `lo` up,
-/// a link-scope route to `gateway` and the default route through it.
-pub fn configure_pod(ifname: &str, ip_addr: Ipv4Addr, gateway: Ipv4Addr) -> Result<(), LinkError> {
-    let addr = format!("{ip_addr}/32");
-    let gw = gateway.to_string();
-    ip(ifname, &["addr", "add", &addr, "dev", ifname])?;
-    ip(ifname, &["link", "set", "dev", ifname, "up"])?;
-    ip("lo", &["link", "set", "dev", "lo", "up"])?;
-    ip(
-        ifname,
-        &[
-            "route",
-            "add",
-            &format!("{gw}/32"),
-            "dev",
-            ifname,
-            "scope",
-            "link",
-        ],
-    )?;
-    ip(
-        ifname,
-        &["route", "add", "default", "via", &gw, "dev", ifname],
-    )?;
-    Ok(())
+/// Configures the pod side from inside its namespace (call it on a thread that has entered
+/// it, see [`crate::netns`]): `ip`/32 on `ifname`, `ifname` and `lo` up, a link-scope route to
+/// `gateway` and the default route through it. Returns the pod side's MAC address.
+pub fn configure_pod(
+    ifname: &str,
+    ip_addr: Ipv4Addr,
+    gateway: Ipv4Addr,
+) -> Result<String, LinkError> {
+    let mac = blocking(|nl| async move {
+        nl.add_address(ifname, Ipv4Cidr::host(ip_addr)).await?;
+        nl.set_up(ifname).await?;
+        nl.set_up("lo").await?;
+        nl.route_add_dev(Ipv4Cidr::host(gateway), ifname).await?;
+        nl.route_add_via_dev(Ipv4Cidr::DEFAULT, gateway, ifname)
+            .await?;
+        nl.mac(ifname).await
+    })?;
+    Ok(mac.to_string())
 }
 
-/// The kernel: veth pairs through `ip`, pod namespaces entered with `setns`.
+/// The kernel: veth pairs over rtnetlink, pod namespaces entered with `setns`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct KernelNetwork;
 
@@ -224,10 +136,7 @@ impl Network for KernelNetwork {
         ip_addr: Ipv4Addr,
         gateway: Ipv4Addr,
     ) -> Result<Macs, LinkError> {
-        let pod = netns::run_in(netns, || -> Result<String, LinkError> {
-            configure_pod(ifname, ip_addr, gateway)?;
-            mac(ifname)
-        })??;
+        let pod = netns::run_in(netns, || configure_pod(ifname, ip_addr, gateway))??;
         set_up(host)?;
         Ok(Macs {
             host: mac(host)?,

@@ -104,6 +104,9 @@ pub enum DatapathError {
         /// What went wrong.
         reason: String,
     },
+    /// A request to the kernel's network configuration failed (the error names the device).
+    #[error(transparent)]
+    Netlink(#[from] plexus_netlink::NetlinkError),
     /// The pin directory is unusable.
     #[error(transparent)]
     Bpffs(#[from] bpffs::BpffsError),

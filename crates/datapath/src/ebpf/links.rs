@@ -6,7 +6,7 @@
 //! device has gone (the update fails) is unpinned and attached anew.
 
 use std::{
-    fs, io,
+    fs,
     path::{Path, PathBuf},
 };
 
@@ -19,6 +19,7 @@ use aya::{
     },
 };
 
+use super::missing;
 use crate::{DatapathError, object::PROGRAMS};
 
 /// Where a program's link on a device is pinned (`pin_name` names the device, e.g. `if7`).
@@ -55,20 +56,23 @@ fn update_pinned(
     device: &str,
     pin: &Path,
 ) -> Result<bool, DatapathError> {
-    if !pin.exists() {
-        return Ok(false);
-    }
-    let old = PinnedLink::from_pin(pin).map_err(|e| {
-        let detail = match &e {
-            LinkError::SyscallError(s) => format!("{e}: {}", s.io_error),
-            _ => e.to_string(),
-        };
-        attach_err(
-            program,
-            device,
-            format!("opening {}: {detail}", pin.display()),
-        )
-    })?;
+    let old = match PinnedLink::from_pin(pin) {
+        Ok(link) => link,
+        Err(LinkError::SyscallError(s)) if missing::is_missing_file(&s.io_error) => {
+            return Ok(false);
+        }
+        Err(e) => {
+            let detail = match &e {
+                LinkError::SyscallError(s) => format!("{e}: {}", s.io_error),
+                _ => e.to_string(),
+            };
+            return Err(attach_err(
+                program,
+                device,
+                format!("opening {}: {detail}", pin.display()),
+            ));
+        }
+    };
     let prog = classifier(ebpf, program)?;
     let updated = SchedClassifierLink::try_from(FdLink::from(old))
         .map_err(|e| e.to_string())
@@ -84,10 +88,7 @@ fn update_pinned(
         }
         Err(reason) => {
             tracing::info!(program, device, %reason, "pinned link is defunct, attaching anew");
-            fs::remove_file(pin).map_err(|source| DatapathError::Io {
-                path: pin.to_owned(),
-                source,
-            })?;
+            missing::remove_pin(pin)?;
             Ok(false)
         }
     }
@@ -138,18 +139,14 @@ fn pin_detail(e: &aya::pin::PinError) -> String {
     }
 }
 
-/// Unpins (and so detaches) `program`'s link pinned under `pin_name`, if any.
+/// Unpins (and so detaches) `program`'s link pinned under `pin_name`; nothing pinned there is
+/// fine.
 pub(crate) fn detach_pinned(
     links_dir: &Path,
     program: &str,
     pin_name: &str,
 ) -> Result<(), DatapathError> {
-    let pin = pin_path(links_dir, program, pin_name);
-    match fs::remove_file(&pin) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(DatapathError::Io { path: pin, source }),
-    }
+    missing::remove_pin(&pin_path(links_dir, program, pin_name)).map(drop)
 }
 
 /// Moves every link pinned under `links_dir` to this process's programs. Returns the

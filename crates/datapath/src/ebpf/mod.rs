@@ -27,6 +27,7 @@
 //! migration (or a new pin directory).
 
 mod links;
+mod missing;
 pub mod netdev;
 mod reader;
 mod services;
@@ -167,10 +168,11 @@ const MAP_LAYOUTS: [(&str, u32, u32); 9] = [
 fn check_pinned_layouts(pin_dir: &Path) -> Result<(), DatapathError> {
     for (name, key, value) in MAP_LAYOUTS {
         let path = pin_dir.join(name);
-        if !path.exists() {
-            continue;
-        }
-        let info = aya::maps::MapInfo::from_pin(&path).map_err(map_err(name))?;
+        let info = match aya::maps::MapInfo::from_pin(&path) {
+            Ok(info) => info,
+            Err(e) if missing::is_missing_entry(&e) => continue,
+            Err(e) => return Err(map_err(name)(e)),
+        };
         if (info.key_size(), info.value_size()) != (key, value) {
             return Err(DatapathError::Invalid {
                 what: format!("pinned map {}", path.display()),
@@ -204,14 +206,6 @@ fn read_policies(
         }
     }
     Ok(out)
-}
-
-fn ignore_missing(r: Result<(), MapError>, map: &'static str) -> Result<(), DatapathError> {
-    match r {
-        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-        Err(e) => Err(map_err(map)(e)),
-    }
 }
 
 fn device_pin_name(ifindex: u32) -> String {
@@ -432,20 +426,24 @@ impl EbpfDatapath {
     /// datapath is gone. The VXLAN device is left to its owner.
     pub fn uninstall(pin_dir: &Path) -> Result<(), DatapathError> {
         let links_dir = pin_dir.join("links");
-        if links_dir.exists() {
-            for entry in fs::read_dir(&links_dir).map_err(io_err(&links_dir))? {
-                let entry = entry.map_err(io_err(&links_dir))?;
-                fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
+        match fs::read_dir(&links_dir) {
+            Ok(entries) => {
+                for entry in entries {
+                    let entry = entry.map_err(io_err(&links_dir))?;
+                    missing::remove_pin(&entry.path())?;
+                }
+                match fs::remove_dir(&links_dir) {
+                    Err(e) if !missing::is_missing_file(&e) => {
+                        return Err(io_err(&links_dir)(e));
+                    }
+                    _ => {}
+                }
             }
-            fs::remove_dir(&links_dir).map_err(io_err(&links_dir))?;
+            Err(e) if missing::is_missing_file(&e) => {}
+            Err(e) => return Err(io_err(&links_dir)(e)),
         }
         for map in crate::object::MAPS {
-            let path = pin_dir.join(map);
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => return Err(DatapathError::Io { path, source }),
-            }
+            missing::remove_pin(&pin_dir.join(map))?;
         }
         Ok(())
     }
@@ -524,13 +522,12 @@ impl Datapath for EbpfDatapath {
     fn remove_endpoint(&self, ipv4: Ipv4Addr) -> Result<(), DatapathError> {
         let mut st = self.lock();
         let key = ipv4.octets();
-        let Ok(prev) = st.endpoints.get(&key, 0) else {
-            return Ok(());
-        };
-        match st.endpoints.remove(&key) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
+        let prev = match st.endpoints.get(&key, 0) {
+            Ok(prev) => prev,
+            Err(e) if missing::is_missing_entry(&e) => return Ok(()),
             Err(e) => return Err(map_err(MAP_ENDPOINTS)(e)),
-        }
+        };
+        missing::entry_removed(st.endpoints.remove(&key), MAP_ENDPOINTS)?;
         drop(st);
         if self.attach {
             self.detach_device(abi::decode_endpoint(ipv4, &prev).host_ifindex)?;
@@ -562,13 +559,7 @@ impl Datapath for EbpfDatapath {
 
     fn remove_ipcache(&self, prefix: Prefix) -> Result<(), DatapathError> {
         let key = Key::new(u32::from(prefix.len), prefix.addr.octets());
-        match self.lock().ipcache.remove(&key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-                Ok(())
-            }
-            Err(e) => Err(map_err(MAP_IPCACHE)(e)),
-        }
+        missing::entry_removed(self.lock().ipcache.remove(&key), MAP_IPCACHE)
     }
 
     fn ipcache(&self) -> Result<Vec<(Prefix, IpcacheValue)>, DatapathError> {
@@ -656,7 +647,7 @@ impl Datapath for EbpfDatapath {
         // 3. Stale entries.
         for k in old.1.keys().filter(|k| !entries.contains_key(k)) {
             let (len, data) = crate::policy::encode_key(endpoint_id, k);
-            ignore_missing(st.policy.remove(&Key::new(len, data)), MAP_POLICY)?;
+            missing::entry_removed(st.policy.remove(&Key::new(len, data)), MAP_POLICY)?;
         }
         st.policies.insert(endpoint_id, (flags, entries));
         Ok(())
@@ -668,13 +659,13 @@ impl Datapath for EbpfDatapath {
         let Some((_, entries)) = st.policies.remove(&endpoint_id) else {
             return Ok(());
         };
-        ignore_missing(
+        missing::entry_removed(
             st.policy_enforce.remove(&u32::from(endpoint_id)),
             MAP_POLICY_ENFORCE,
         )?;
         for k in entries.keys() {
             let (len, data) = crate::policy::encode_key(endpoint_id, k);
-            ignore_missing(st.policy.remove(&Key::new(len, data)), MAP_POLICY)?;
+            missing::entry_removed(st.policy.remove(&Key::new(len, data)), MAP_POLICY)?;
         }
         Ok(())
     }
@@ -712,14 +703,6 @@ impl State {
     }
 }
 
-fn is_not_found(e: &MapError) -> bool {
-    match e {
-        MapError::KeyNotFound => true,
-        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
-        _ => false,
-    }
-}
-
 fn apply_lb_ops(
     lb_services: &mut HashMap<MapData, LbServiceKeyBytes, LbServiceValueBytes>,
     lb_backends: &mut HashMap<MapData, u32, LbBackendBytes>,
@@ -741,16 +724,13 @@ fn apply_lb_ops(
                     0,
                 )
                 .map_err(map_err(MAP_LB_SERVICES))?,
-            LbOp::DeleteSlot { frontend, slot } => {
-                match lb_services.remove(&abi::encode_service_key(*frontend, *slot)) {
-                    Err(e) if !is_not_found(&e) => return Err(map_err(MAP_LB_SERVICES)(e)),
-                    _ => {}
-                }
+            LbOp::DeleteSlot { frontend, slot } => missing::entry_removed(
+                lb_services.remove(&abi::encode_service_key(*frontend, *slot)),
+                MAP_LB_SERVICES,
+            )?,
+            LbOp::DeleteBackend { id } => {
+                missing::entry_removed(lb_backends.remove(id), MAP_LB_BACKENDS)?
             }
-            LbOp::DeleteBackend { id } => match lb_backends.remove(id) {
-                Err(e) if !is_not_found(&e) => return Err(map_err(MAP_LB_BACKENDS)(e)),
-                _ => {}
-            },
         }
     }
     Ok(())
