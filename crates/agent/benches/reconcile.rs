@@ -199,7 +199,8 @@ async fn measure(mode: Mode, n: u32) -> (Vec<Duration>, Vec<Duration>) {
         services.push(t0.elapsed());
         let lb = datapath.services().unwrap();
         assert!(
-            lb.iter().any(|s| s.active.iter().any(|b| *b.ip() == backend)),
+            lb.iter()
+                .any(|s| s.active.iter().any(|b| *b.ip() == backend)),
             "the LB maps hold the new backend"
         );
     }
@@ -232,13 +233,16 @@ async fn main() {
     println!(
         "reconciliation latency ({n} changes each; {SERVICES} services, {IDENTITIES} remote identities, {ENDPOINTS} endpoints; eBPF maps)"
     );
-    println!(
-        "  {:<44} {:>10} {:>10} {:>10}",
-        "", "p50", "p99", "max"
-    );
-    for (mode, name) in [(Mode::OnChange, "on change"), (Mode::Tick200ms, "200 ms tick (before)")] {
+    println!("  {:<44} {:>10} {:>10} {:>10}", "", "p50", "p99", "max");
+    for (mode, name) in [
+        (Mode::OnChange, "on change"),
+        (Mode::Tick200ms, "200 ms tick (before)"),
+    ] {
         let (svc, ids) = measure(mode, n).await;
-        for (what, v) in [("ClusterService event -> LB maps", &svc), ("remote identity -> policy map entry", &ids)] {
+        for (what, v) in [
+            ("ClusterService event -> LB maps", &svc),
+            ("remote identity -> policy map entry", &ids),
+        ] {
             println!(
                 "  {:<44} {:>10} {:>10} {:>10}",
                 format!("{what}, {name}"),
