@@ -1,17 +1,23 @@
-//! The agent's API, as the CLI and the CNI plugin see it.
+//! The agent's API, as the agent, the CLI and the CNI plugin see it.
 //!
-//! The agent serves HTTP/1.1 with JSON bodies on a unix socket (like Cilium's agent API);
-//! the apiserver serves the same kind of API on TCP. [`get_json`] and [`send_json`] are the one
+//! The request and response types of every agent endpoint live here: the agent serializes
+//! them and its clients deserialize them, so renaming a field breaks the build, not the output.
+//! The agent serves HTTP/1.1 with JSON bodies on a unix socket (like Cilium's agent API); the
+//! apiserver serves the same kind of API on TCP. [`get_json`] and [`send_json`] are the one
 //! small client both use: a request per connection, a timeout on the whole exchange, and errors
 //! that name the socket or address and the path.
 //!
 //! Paths served by the agent:
 //! - `GET /v1/healthz`: `"ok"`;
+//! - `GET /v1/status`: [`AgentStatus`];
 //! - `GET /v1/clustermesh`: [`ClusterMeshReport`], the remote clusters as this node sees them;
 //! - `GET /v1/remote-nodes`: remote node names by cluster, from the merged view;
-//! - `GET /v1/nodes`, `/v1/identities`, `/v1/endpoints`, `/v1/services`, `/v1/bpf/ipcache`,
-//!   `/v1/status`: the listings of the CLI; `GET /v1/monitor[?type=drop|trace]`: events, a line
-//!   each, streamed;
+//! - `GET /v1/nodes`: [`NodeInfo`]s; `GET /v1/identities`: [`IdentityInfo`]s;
+//! - `GET /v1/endpoints`: [`EndpointInfo`]s; `GET /v1/endpoints/<id | pod | namespace/pod>`:
+//!   [`EndpointDetail`], with the endpoint's resolved policy;
+//! - `GET /v1/services`: [`ServiceInfo`]s; `GET /v1/policy`: [`PolicyInfo`]s;
+//! - `GET /v1/bpf/ipcache`: [`IpcacheRow`]s; `GET /v1/bpf/lb`: [`LbRow`]s;
+//! - `GET /v1/monitor[?type=drop|trace]`: [`MonitorMessage`]s, a JSON line each, streamed;
 //! - `POST /v1/ipam` ([`IpamRequest`] -> [`IpamResponse`]): an address for a pod;
 //! - `PUT /v1/endpoint` ([`EndpointRequest`] -> [`EndpointResponse`]): register a configured pod;
 //! - `GET /v1/endpoint/<container-id>` -> [`EndpointResponse`] (CNI CHECK);
@@ -19,6 +25,17 @@
 //!   (deleting an unknown endpoint succeeds, as CNI DEL must).
 //!
 //! Errors are non-2xx statuses with a JSON body `{"error": "..."}` or plain text.
+
+pub mod cni;
+pub mod monitor;
+pub mod types;
+
+pub use cni::{Empty, EndpointRequest, EndpointResponse, IpamRequest, IpamResponse};
+pub use monitor::{MonitorEvent, MonitorFilter, MonitorMessage};
+pub use types::{
+    AgentStatus, ContainerPort, EndpointDetail, EndpointInfo, EndpointPolicy, IdentityInfo,
+    IpcacheRow, LbRow, NodeInfo, PolicyEntry, PolicyInfo, ServiceInfo,
+};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -204,81 +221,3 @@ pub async fn send_json<B: Serialize, T: DeserializeOwned>(
 }
 
 pub use hyper::Method;
-
-/// `POST /v1/ipam`: reserve an address for a pod.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct IpamRequest {
-    /// Who holds the address (the container id); asking again returns the same address.
-    pub owner: String,
-}
-
-/// The answer to [`IpamRequest`]: how to configure the pod's interface.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct IpamResponse {
-    /// The pod's address (configured as a /32).
-    pub ip: std::net::Ipv4Addr,
-    /// The gateway (a link-scope route to it, then the default route through it); the agent's
-    /// datapath answers ARP for it.
-    pub gateway: std::net::Ipv4Addr,
-    /// The pod interface's MTU (1450 in tunnel mode on a 1500 underlay).
-    pub mtu: u32,
-}
-
-/// `PUT /v1/endpoint`: register a pod whose interface is configured.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct EndpointRequest {
-    /// The container id (CNI_CONTAINERID).
-    pub container_id: String,
-    /// The pod's network namespace path (CNI_NETNS).
-    pub netns: String,
-    /// The interface inside the pod (CNI_IFNAME).
-    pub ifname: String,
-    /// The host-side veth.
-    pub host_ifname: String,
-    /// The host-side veth's MAC, `aa:bb:cc:dd:ee:ff`.
-    pub host_mac: String,
-    /// The pod interface's MAC.
-    pub pod_mac: String,
-    /// The pod's address (from [`IpamResponse`]).
-    pub ip: std::net::Ipv4Addr,
-    /// The pod's namespace (K8S_POD_NAMESPACE).
-    pub namespace: String,
-    /// The pod's name (K8S_POD_NAME).
-    pub pod_name: String,
-    /// The pod's labels.
-    #[serde(default)]
-    pub labels: std::collections::BTreeMap<String, String>,
-    /// The pod's named container ports, by name.
-    #[serde(default)]
-    pub ports: std::collections::BTreeMap<String, ContainerPort>,
-}
-
-/// A named container port of a pod.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ContainerPort {
-    /// Port number.
-    pub port: u16,
-    /// `TCP`, `UDP` or `SCTP`.
-    pub protocol: String,
-}
-
-/// The answer to [`EndpointRequest`] and to `GET /v1/endpoint/<container-id>`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct EndpointResponse {
-    /// The endpoint id on this node.
-    pub id: u16,
-    /// Its security identity.
-    pub identity: u32,
-    /// Its address.
-    pub ip: std::net::Ipv4Addr,
-    /// The host-side veth.
-    pub host_ifname: String,
-}
-
-/// An empty JSON object, the answer to deletions.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Empty {}

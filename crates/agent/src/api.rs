@@ -1,5 +1,9 @@
 //! The agent's API on its unix socket (HTTP/1.1, JSON), for the CLI and the CNI plugin.
 //! Paths and types: `plexus_agent_api`'s crate documentation.
+//!
+//! The handlers answer with `plexus_agent_api`'s types only; the conversions from the agent's
+//! own structures live at the bottom of this module, so the agent's internals can change
+//! without changing what its clients read.
 
 use std::sync::Arc;
 
@@ -9,12 +13,16 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use plexus_agent_api::{
-    ClusterMeshReport, Empty, EndpointRequest, EndpointResponse, IpamRequest, IpamResponse,
-    MeshReport,
+use plexus_agent_api::types::{
+    Affinity, Backend, BackendPort, BackendState, Direction, PolicyObject, ServiceBackends, Verdict,
 };
-use plexus_datapath::EventKind;
-use serde::{Deserialize, Serialize};
+use plexus_agent_api::{
+    AgentStatus, ClusterMeshReport, Empty, EndpointDetail, EndpointInfo, EndpointPolicy,
+    EndpointRequest, EndpointResponse, IdentityInfo, IpamRequest, IpamResponse, IpcacheRow, LbRow,
+    MeshReport, MonitorFilter, MonitorMessage, NodeInfo, PolicyEntry, PolicyInfo, ServiceInfo,
+    monitor,
+};
+use serde::Deserialize;
 
 use crate::Agent;
 
@@ -56,30 +64,6 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .with_state(agent)
 }
 
-/// What `status` shows.
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct AgentStatus {
-    /// Cluster.
-    pub cluster: String,
-    /// Cluster id.
-    pub cluster_id: u32,
-    /// Node.
-    pub node: String,
-    /// Underlay address.
-    pub node_ip: String,
-    /// Pod CIDR.
-    pub pod_cidr: String,
-    /// `tunnel` or `native`.
-    pub routing: String,
-    /// `ebpf` or `fake`.
-    pub datapath: String,
-    /// Local endpoints.
-    pub endpoints: usize,
-    /// Remote clusters: configured / ready.
-    pub remote_clusters: (usize, usize),
-}
-
 async fn status(State(agent): State<Arc<Agent>>) -> axum::Json<AgentStatus> {
     let mesh = agent.mesh.status();
     axum::Json(AgentStatus {
@@ -118,40 +102,42 @@ async fn remote_nodes(
     axum::Json(out)
 }
 
-async fn nodes(State(agent): State<Arc<Agent>>) -> axum::Json<Vec<crate::view::NodeInfo>> {
-    axum::Json(agent.view.nodes())
+async fn nodes(State(agent): State<Arc<Agent>>) -> axum::Json<Vec<NodeInfo>> {
+    axum::Json(agent.view.nodes().into_iter().map(node_info).collect())
 }
 
-async fn identities(State(agent): State<Arc<Agent>>) -> axum::Json<Vec<crate::view::IdentityInfo>> {
-    axum::Json(agent.view.identities())
-}
-
-async fn services(
-    State(agent): State<Arc<Agent>>,
-) -> axum::Json<Vec<crate::services::ServiceReport>> {
+async fn identities(State(agent): State<Arc<Agent>>) -> axum::Json<Vec<IdentityInfo>> {
     axum::Json(
         agent
-            .services
-            .report(&agent.cluster.name, &agent.view, &agent.mesh),
+            .view
+            .identities()
+            .into_iter()
+            .map(identity_info)
+            .collect(),
     )
 }
 
-async fn endpoints(
-    State(agent): State<Arc<Agent>>,
-) -> axum::Json<Vec<crate::endpoints::EndpointState>> {
-    axum::Json(agent.endpoints.list().await)
+async fn services(State(agent): State<Arc<Agent>>) -> axum::Json<Vec<ServiceInfo>> {
+    axum::Json(
+        agent
+            .services
+            .report(&agent.cluster.name, &agent.view, &agent.mesh)
+            .into_iter()
+            .map(service_info)
+            .collect(),
+    )
 }
 
-/// What `endpoint get` shows.
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct EndpointDetail {
-    /// The endpoint.
-    pub endpoint: crate::endpoints::EndpointState,
-    /// Its identity's labels.
-    pub identity_labels: Option<String>,
-    /// Its resolved policy.
-    pub policy: crate::policy::EndpointPolicyReport,
+async fn endpoints(State(agent): State<Arc<Agent>>) -> axum::Json<Vec<EndpointInfo>> {
+    axum::Json(
+        agent
+            .endpoints
+            .list()
+            .await
+            .into_iter()
+            .map(endpoint_info)
+            .collect(),
+    )
 }
 
 /// An endpoint by id, pod name or `namespace/pod`.
@@ -175,29 +161,20 @@ async fn endpoint_detail(
             .identity_labels()
             .get(&endpoint.identity)
             .cloned(),
-        policy: agent.policies.endpoint_report(endpoint.id),
-        endpoint,
+        policy: endpoint_policy(agent.policies.endpoint_report(endpoint.id)),
+        endpoint: endpoint_info(endpoint),
     }))
 }
 
-async fn policy_get(
-    State(agent): State<Arc<Agent>>,
-) -> axum::Json<Vec<crate::policy::PolicyReport>> {
-    axum::Json(agent.policies.report())
-}
-
-/// One row of `bpf ipcache list`.
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct IpcacheRow {
-    /// Prefix.
-    pub prefix: String,
-    /// Identity.
-    pub identity: u32,
-    /// Tunnel endpoint.
-    pub tunnel_endpoint: Option<String>,
-    /// Cluster id.
-    pub cluster_id: u16,
+async fn policy_get(State(agent): State<Arc<Agent>>) -> axum::Json<Vec<PolicyInfo>> {
+    axum::Json(
+        agent
+            .policies
+            .report()
+            .into_iter()
+            .map(policy_info)
+            .collect(),
+    )
 }
 
 async fn bpf_ipcache(
@@ -218,18 +195,6 @@ async fn bpf_ipcache(
     Ok(axum::Json(rows))
 }
 
-/// One frontend of `bpf lb list`.
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct LbRow {
-    /// `address:port/PROTO`.
-    pub frontend: String,
-    /// Backends taking new connections, in slot order.
-    pub active: Vec<String>,
-    /// Backends keeping their established connections only.
-    pub inactive: Vec<String>,
-}
-
 async fn bpf_lb(State(agent): State<Arc<Agent>>) -> Result<axum::Json<Vec<LbRow>>, ApiError> {
     let rows = agent
         .datapath
@@ -248,33 +213,30 @@ async fn bpf_lb(State(agent): State<Arc<Agent>>) -> Result<axum::Json<Vec<LbRow>
 #[derive(Deserialize)]
 struct MonitorQuery {
     #[serde(default, rename = "type")]
-    kind: Option<String>,
+    kind: Option<MonitorFilter>,
 }
 
-/// Streams one line per event (`?type=drop|trace` filters).
+/// Streams one [`MonitorMessage`] per line, as JSON (`?type=drop|trace` filters).
 async fn monitor(State(agent): State<Arc<Agent>>, Query(q): Query<MonitorQuery>) -> Response {
     let rx = agent.datapath.subscribe();
-    let filter = q.kind.unwrap_or_default();
-    let stream = futures::stream::unfold((rx, filter), |(mut rx, filter)| async move {
+    let stream = futures::stream::unfold((rx, q.kind), |(mut rx, filter)| async move {
         loop {
-            match rx.recv().await {
+            let message = match rx.recv().await {
                 Ok(ev) => {
-                    let keep = match filter.as_str() {
-                        "drop" => matches!(ev.kind, EventKind::Drop(_)),
-                        "trace" => matches!(ev.kind, EventKind::Trace(_)),
-                        _ => true,
-                    };
-                    if keep {
-                        let line = format!("{ev}\n");
-                        return Some((Ok::<_, std::io::Error>(line), (rx, filter)));
+                    let ev = monitor_event(&ev);
+                    if filter.is_some_and(|f| !f.keeps(&ev)) {
+                        continue;
                     }
+                    MonitorMessage::Event(ev)
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    let line = format!("(lost {n} events)\n");
-                    return Some((Ok(line), (rx, filter)));
+                    MonitorMessage::Lost { count: n }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-            }
+            };
+            let mut line = serde_json::to_vec(&message).unwrap_or_default();
+            line.push(b'\n');
+            return Some((Ok::<_, std::io::Error>(line), (rx, filter)));
         }
     });
     Response::new(Body::from_stream(stream))
@@ -335,4 +297,265 @@ pub async fn metrics(State(agent): State<Arc<Agent>>) -> String {
     let mut out = plexus_clustermesh::metrics::render(&agent.cluster.name, &agent.mesh.status());
     out.push_str(&agent.kv.render("local"));
     out
+}
+
+// Conversions from the agent's own structures to the API's types.
+
+fn node_info(n: crate::view::NodeInfo) -> NodeInfo {
+    NodeInfo {
+        cluster: n.cluster,
+        name: n.name,
+        ip: n.ip,
+        pod_cidr: n.pod_cidr,
+        local: n.local,
+    }
+}
+
+fn identity_info(i: crate::view::IdentityInfo) -> IdentityInfo {
+    IdentityInfo {
+        id: i.id,
+        cluster: i.cluster,
+        labels: i.labels,
+    }
+}
+
+fn endpoint_info(e: crate::endpoints::EndpointState) -> EndpointInfo {
+    EndpointInfo {
+        container_id: e.container_id,
+        id: e.id,
+        ip: e.ip,
+        host_ifname: e.host_ifname,
+        host_mac: e.host_mac,
+        pod_mac: e.pod_mac,
+        namespace: e.namespace,
+        pod: e.pod,
+        labels: e.labels,
+        identity: e.identity,
+        ports: e.ports,
+    }
+}
+
+fn endpoint_policy(p: crate::policy::EndpointPolicyReport) -> EndpointPolicy {
+    EndpointPolicy {
+        ingress_enforced: p.ingress_enforced,
+        egress_enforced: p.egress_enforced,
+        entries: p
+            .entries
+            .into_iter()
+            .map(|e| PolicyEntry {
+                direction: if e.direction == "egress" {
+                    Direction::Egress
+                } else {
+                    Direction::Ingress
+                },
+                verdict: if e.verdict == "deny" {
+                    Verdict::Deny
+                } else {
+                    Verdict::Allow
+                },
+                peer: e.peer,
+                peer_labels: e.peer_labels,
+                protocol: e.protocol,
+                ports: e.ports,
+            })
+            .collect(),
+    }
+}
+
+fn policy_info(p: crate::policy::PolicyReport) -> PolicyInfo {
+    let mut other = match p.object {
+        serde_json::Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    };
+    let spec = other.remove("spec");
+    let specs = match other.remove("specs") {
+        Some(serde_json::Value::Array(specs)) => Some(specs),
+        Some(v) => Some(vec![v]),
+        None => None,
+    };
+    PolicyInfo {
+        kind: p.kind,
+        namespace: p.namespace,
+        name: p.name,
+        object: PolicyObject { spec, specs, other },
+    }
+}
+
+fn service_info(s: crate::services::ServiceReport) -> ServiceInfo {
+    use plexus_loadbalancer::select::BackendState as State;
+    use plexus_loadbalancer::service::Affinity as Aff;
+    ServiceInfo {
+        namespace: s.namespace,
+        name: s.name,
+        cluster_ip: s.cluster_ip,
+        ports: s.ports,
+        global: s.global,
+        shared: s.shared,
+        affinity: match s.affinity {
+            Aff::None => Affinity::None,
+            Aff::Local => Affinity::Local,
+            Aff::Remote => Affinity::Remote,
+        },
+        backends: ServiceBackends {
+            candidates: s
+                .backends
+                .candidates
+                .into_iter()
+                .map(|c| Backend {
+                    cluster: c.cluster,
+                    ip: c.ip,
+                    ports: c
+                        .ports
+                        .into_iter()
+                        .map(|(name, p)| {
+                            (
+                                name,
+                                BackendPort {
+                                    protocol: p.protocol,
+                                    port: p.port,
+                                },
+                            )
+                        })
+                        .collect(),
+                    local: c.local,
+                    state: match c.state {
+                        State::Active => BackendState::Active,
+                        State::Standby => BackendState::Standby,
+                        State::Unreachable => BackendState::Unreachable,
+                    },
+                })
+                .collect(),
+        },
+        error: s.error,
+    }
+}
+
+fn monitor_event(e: &plexus_datapath::MonitorEvent) -> monitor::MonitorEvent {
+    use plexus_datapath::{EventKind, ObservationPoint as P};
+    monitor::MonitorEvent {
+        kind: match e.kind {
+            EventKind::Trace(point) => monitor::EventKind::Trace(match point {
+                P::FromEndpoint => monitor::ObservationPoint::FromEndpoint,
+                P::ToEndpoint => monitor::ObservationPoint::ToEndpoint,
+                P::FromOverlay => monitor::ObservationPoint::FromOverlay,
+                P::ToOverlay => monitor::ObservationPoint::ToOverlay,
+                P::ToStack => monitor::ObservationPoint::ToStack,
+                P::Other(raw) => monitor::ObservationPoint::Other(raw),
+            }),
+            EventKind::Drop(reason) => monitor::EventKind::Drop(monitor::DropReason {
+                code: reason.as_raw(),
+                name: reason.name(),
+            }),
+        },
+        endpoint_id: e.endpoint_id,
+        src_identity: e.src_identity,
+        dst_identity: e.dst_identity,
+        saddr: e.saddr,
+        daddr: e.daddr,
+        sport: e.sport,
+        dport: e.dport,
+        protocol: e.protocol,
+        tcp_flags: e.tcp_flags,
+        state: monitor::TraceState::from_raw(e.trace_reason),
+        ifindex: e.ifindex,
+        len: e.len,
+        flow: e.flow,
+        ktime_ns: e.ktime_ns,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plexus_datapath::{DropReason, EventKind, ObservationPoint};
+    use std::net::Ipv4Addr;
+
+    /// The CLI prints the API's events; they must read exactly as the datapath's own.
+    #[test]
+    fn monitor_events_print_as_the_datapath_prints_them() {
+        let base = plexus_datapath::MonitorEvent {
+            kind: EventKind::Trace(ObservationPoint::ToEndpoint),
+            endpoint_id: 3833,
+            src_identity: 38354,
+            dst_identity: 6587186,
+            saddr: Ipv4Addr::new(10, 60, 1, 7),
+            daddr: Ipv4Addr::new(10, 60, 2, 9),
+            sport: 42728,
+            dport: 6379,
+            protocol: 6,
+            tcp_flags: 0x12,
+            trace_reason: 0,
+            ifindex: 7,
+            len: 74,
+            flow: 0x28c6_44b8,
+            ktime_ns: 99,
+        };
+        let mut cases = Vec::new();
+        for raw in 0..=12u8 {
+            cases.push(plexus_datapath::MonitorEvent {
+                kind: EventKind::Drop(DropReason::from_raw(raw)),
+                ..base
+            });
+        }
+        for raw in 0..=6u8 {
+            cases.push(plexus_datapath::MonitorEvent {
+                kind: EventKind::Trace(ObservationPoint::from_raw(raw)),
+                trace_reason: raw,
+                ..base
+            });
+        }
+        for (protocol, sport, dport) in [
+            (17, 53, 53),
+            (1, 8, 0),
+            (1, 0, 0),
+            (1, 3, 1),
+            (1, 11, 0),
+            (1, 5, 2),
+            (47, 0, 0),
+            (0, 0, 0),
+        ] {
+            cases.push(plexus_datapath::MonitorEvent {
+                protocol,
+                sport,
+                dport,
+                ..base
+            });
+        }
+        cases.push(plexus_datapath::MonitorEvent {
+            saddr: Ipv4Addr::UNSPECIFIED,
+            daddr: Ipv4Addr::UNSPECIFIED,
+            protocol: 0,
+            ..base
+        });
+        for tcp_flags in [0, 0x01, 0x04, 0x17] {
+            cases.push(plexus_datapath::MonitorEvent { tcp_flags, ..base });
+        }
+        for ev in cases {
+            let api = MonitorMessage::Event(monitor_event(&ev));
+            let line = serde_json::to_string(&api).unwrap();
+            let back: MonitorMessage = serde_json::from_str(&line).unwrap();
+            assert_eq!(back.to_string(), ev.to_string());
+        }
+    }
+
+    #[test]
+    fn policy_objects_keep_their_spec_and_everything_else() {
+        let object = serde_json::json!({
+            "apiVersion": "cilium.io/v2",
+            "kind": "CiliumNetworkPolicy",
+            "metadata": {"name": "db", "namespace": "default"},
+            "spec": {"endpointSelector": {}},
+        });
+        let info = policy_info(crate::policy::PolicyReport {
+            kind: "CiliumNetworkPolicy".into(),
+            namespace: "default".into(),
+            name: "db".into(),
+            object: object.clone(),
+        });
+        assert_eq!(
+            info.object.spec,
+            Some(serde_json::json!({"endpointSelector": {}}))
+        );
+        assert_eq!(serde_json::to_value(&info.object).unwrap(), object);
+    }
 }

@@ -949,9 +949,12 @@ mod tests {
                 .unwrap()
                 .contains("plexus-agent running on node n3")
         );
-        let json = serde_json::to_value(&r).unwrap();
-        assert_eq!(json["connections"][0]["endpoints"], 10);
-        assert_eq!(json["agents"][2]["reachable"], false);
+        // `-o json` round-trips into the same typed report.
+        let json = serde_json::to_string(&r).unwrap();
+        let back: StatusReport = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(back.connections[0].endpoints, 10);
+        assert!(!back.agents[2].reachable);
     }
 
     #[test]
