@@ -19,7 +19,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use plexus_agent_api::{ClusterMeshReport, Endpoint, RemoteClusterReport};
+use plexus_agent_api::{ClusterMeshReport, RemoteClusterReport};
 use plexus_apiserver::ApiServerStatus;
 use plexus_kvstore::{EtcdBackend, EtcdConfig, KvBackend, TlsFiles};
 use plexus_pki::Ca;
@@ -131,13 +131,12 @@ pub async fn enable(
             "ℹ️  the CA changed: the apiserver restarts etcd to present the new certificate; restart the cluster's agents so they use theirs"
         );
     }
-    let apiserver_up = match &ctx.apiserver {
-        Some(addr) => tokio::time::timeout(
-            Duration::from_secs(2),
-            tokio::net::TcpStream::connect(addr.as_str()),
-        )
-        .await
-        .is_ok_and(|r| r.is_ok()),
+    let apiserver_up = match ctx.apiserver_client() {
+        Some(client) => client
+            .with_timeout(Duration::from_secs(2))
+            .get_text("/healthz")
+            .await
+            .is_ok(),
         None => true,
     };
     if apiserver_up {
@@ -664,27 +663,26 @@ pub fn build_report(
 
 /// Gathers the status of the context's cluster.
 pub async fn gather(ctx: &Context) -> StatusReport {
-    let apiserver = match &ctx.apiserver {
-        Some(addr) => Some(
-            plexus_agent_api::get_json::<ApiServerStatus>(
-                &Endpoint::Tcp(addr.clone()),
-                "/v1/status",
-                API_TIMEOUT,
-            )
-            .await
-            .map_err(|e| e.to_string()),
+    let apiserver = match ctx.apiserver_client() {
+        Some(client) => Some(
+            client
+                .with_timeout(API_TIMEOUT)
+                .get::<ApiServerStatus>("/v1/status")
+                .await
+                .map_err(|e| e.to_string()),
         ),
         None => None,
     };
     let mut agents = Vec::new();
     for a in &ctx.agents {
-        let r = plexus_agent_api::get_json::<ClusterMeshReport>(
-            &Endpoint::Unix(a.socket.clone()),
-            "/v1/clustermesh",
-            API_TIMEOUT,
-        )
-        .await
-        .map_err(|e| e.to_string());
+        let r = match ctx.agent_client(a) {
+            Ok(client) => client
+                .with_timeout(API_TIMEOUT)
+                .clustermesh()
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(format!("{e:#}")),
+        };
         agents.push((a.node.clone(), r));
     }
     build_report(

@@ -85,6 +85,20 @@ impl Context {
         plexus_pki::cluster::ClusterPki::new(self.state_dir.join("pki"), &self.name)
     }
 
+    /// A client of `agent`'s API.
+    pub fn agent_client(&self, agent: &AgentRef) -> Result<plexus_agent_api::Client> {
+        Ok(plexus_agent_api::Client::new(
+            plexus_agent_api::Endpoint::Unix(agent.socket.clone()),
+        ))
+    }
+
+    /// A client of the apiserver's HTTP endpoints, if the context names it.
+    pub fn apiserver_client(&self) -> Option<plexus_agent_api::Client> {
+        self.apiserver.as_ref().map(|addr| {
+            plexus_agent_api::Client::new(plexus_agent_api::Endpoint::Tcp(addr.clone()))
+        })
+    }
+
     /// How peers reach the cluster's etcd.
     pub fn mesh_endpoints(&self) -> &[String] {
         if self.mesh_endpoints.is_empty() {

@@ -10,17 +10,17 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use plexus_agent_api::types::Affinity;
 use plexus_agent_api::{
-    AgentStatus, Endpoint, EndpointDetail, EndpointInfo, IdentityInfo, IpcacheRow, LbRow,
-    MonitorFilter, MonitorMessage, NodeInfo, PolicyInfo, ServiceInfo,
+    AgentStatus, ApiError, Client, EndpointDetail, EndpointInfo, IdentityInfo, IpcacheRow, LbRow,
+    MonitorFilter, NodeInfo, PolicyInfo, ServiceInfo,
 };
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use crate::config::Context;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-fn agent(ctx: &Context, node: Option<&str>) -> Result<(String, Endpoint)> {
+/// The node named `node` (default: the context's first) and a client of its agent.
+fn agent(ctx: &Context, node: Option<&str>) -> Result<(String, Client)> {
     let a = match node {
         Some(n) => ctx.agents.iter().find(|a| a.node == n).with_context(|| {
             format!(
@@ -38,17 +38,7 @@ fn agent(ctx: &Context, node: Option<&str>) -> Result<(String, Endpoint)> {
             .first()
             .with_context(|| format!("context {} lists no agents", ctx.name))?,
     };
-    Ok((a.node.clone(), Endpoint::Unix(a.socket.clone())))
-}
-
-async fn fetch<T: DeserializeOwned>(
-    ctx: &Context,
-    node: Option<&str>,
-    path: &str,
-) -> Result<(String, T)> {
-    let (name, ep) = agent(ctx, node)?;
-    let v = plexus_agent_api::get_json(&ep, path, TIMEOUT).await?;
-    Ok((name, v))
+    Ok((a.node.clone(), ctx.agent_client(a)?.with_timeout(TIMEOUT)))
 }
 
 /// An optional value as a table cell.
@@ -89,39 +79,31 @@ fn show<T: Serialize>(v: &T, json: bool, table: impl FnOnce(&T) -> Result<()>) -
 
 /// Runs one listing; prints a table or JSON.
 pub async fn list(ctx: &Context, node: Option<&str>, what: Listing, json: bool) -> Result<()> {
+    let (name, client) = agent(ctx, node)?;
+    let asked = |e| ask_error(&name, e);
     match what {
-        Listing::Status => {
-            let (_, v) = fetch::<AgentStatus>(ctx, node, "/v1/status").await?;
-            show(&v, json, print_status)
-        }
-        Listing::Endpoints => {
-            let (name, v) = fetch::<Vec<EndpointInfo>>(ctx, node, "/v1/endpoints").await?;
-            show(&v, json, |v| print_endpoints(&name, v))
-        }
-        Listing::Nodes => {
-            let (name, v) = fetch::<Vec<NodeInfo>>(ctx, node, "/v1/nodes").await?;
-            show(&v, json, |v| print_nodes(&name, v))
-        }
-        Listing::Identities => {
-            let (name, v) = fetch::<Vec<IdentityInfo>>(ctx, node, "/v1/identities").await?;
-            show(&v, json, |v| print_identities(&name, v))
-        }
-        Listing::Services => {
-            let (name, v) = fetch::<Vec<ServiceInfo>>(ctx, node, "/v1/services").await?;
-            show(&v, json, |v| print_services(&name, v))
-        }
-        Listing::Policy => {
-            let (name, v) = fetch::<Vec<PolicyInfo>>(ctx, node, "/v1/policy").await?;
-            show(&v, json, |v| print_policies(&name, v))
-        }
-        Listing::Ipcache => {
-            let (name, v) = fetch::<Vec<IpcacheRow>>(ctx, node, "/v1/bpf/ipcache").await?;
-            show(&v, json, |v| print_ipcache(&name, v))
-        }
-        Listing::Lb => {
-            let (name, v) = fetch::<Vec<LbRow>>(ctx, node, "/v1/bpf/lb").await?;
-            show(&v, json, |v| print_lb(&name, v))
-        }
+        Listing::Status => show(&client.status().await.map_err(asked)?, json, print_status),
+        Listing::Endpoints => show(&client.endpoints().await.map_err(asked)?, json, |v| {
+            print_endpoints(&name, v)
+        }),
+        Listing::Nodes => show(&client.nodes().await.map_err(asked)?, json, |v| {
+            print_nodes(&name, v)
+        }),
+        Listing::Identities => show(&client.identities().await.map_err(asked)?, json, |v| {
+            print_identities(&name, v)
+        }),
+        Listing::Services => show(&client.services().await.map_err(asked)?, json, |v| {
+            print_services(&name, v)
+        }),
+        Listing::Policy => show(&client.policy().await.map_err(asked)?, json, |v| {
+            print_policies(&name, v)
+        }),
+        Listing::Ipcache => show(&client.ipcache().await.map_err(asked)?, json, |v| {
+            print_ipcache(&name, v)
+        }),
+        Listing::Lb => show(&client.lb().await.map_err(asked)?, json, |v| {
+            print_lb(&name, v)
+        }),
     }
 }
 
@@ -315,8 +297,8 @@ pub async fn endpoint_get(ctx: &Context, node: Option<&str>, id: &str, json: boo
     };
     let mut errors = Vec::new();
     for n in &nodes {
-        let (_, ep) = agent(ctx, Some(n))?;
-        match plexus_agent_api::get_json(&ep, &format!("/v1/endpoints/{id}"), TIMEOUT).await {
+        let (_, client) = agent(ctx, Some(n))?;
+        match client.endpoint(id).await {
             Ok(v) => return print_endpoint(n, &v, json),
             Err(e) => errors.push(format!("{n}: {e:#}")),
         }
@@ -375,31 +357,19 @@ fn print_endpoint(node: &str, v: &EndpointDetail, json: bool) -> Result<()> {
 
 /// `monitor [--type drop|trace]`: prints events as they come, until interrupted.
 pub async fn monitor(ctx: &Context, node: Option<&str>, kind: Option<MonitorFilter>) -> Result<()> {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    let (name, ep) = agent(ctx, node)?;
-    let Endpoint::Unix(socket) = ep else {
-        anyhow::bail!("monitor needs the agent's socket");
-    };
-    let mut stream = tokio::net::UnixStream::connect(&socket)
+    let (name, client) = agent(ctx, node)?;
+    let mut events = client
+        .monitor(kind)
         .await
-        .with_context(|| format!("connect to the agent of {name} at {}", socket.display()))?;
-    let query = kind
-        .map(|k| format!("?type={}", k.as_str()))
-        .unwrap_or_default();
-    stream
-        .write_all(format!("GET /v1/monitor{query} HTTP/1.0\r\nHost: agent\r\n\r\n").as_bytes())
-        .await?;
+        .map_err(|e| ask_error(&name, e))?;
     eprintln!("Listening for events on node {name}... Press Ctrl-C to quit");
-    let mut lines = tokio::io::BufReader::new(stream).lines();
-    let mut body = false;
-    while let Some(line) = lines.next_line().await? {
-        if !body {
-            body = line.is_empty();
-            continue;
-        }
-        let message: MonitorMessage = serde_json::from_str(&line)
-            .with_context(|| format!("monitor of {name}: unexpected line {line:?}"))?;
-        println!("{message}");
+    while let Some(message) = events.next().await {
+        println!("{}", message.map_err(|e| ask_error(&name, e))?);
     }
     Ok(())
+}
+
+/// An agent call's error, with what to try.
+fn ask_error(node: &str, err: ApiError) -> anyhow::Error {
+    anyhow::Error::new(err).context(format!("ask the agent of node {node}"))
 }

@@ -48,6 +48,7 @@ impl CniError {
             ApiError::Unreachable { .. } => (TRY_AGAIN_LATER, "the agent is unreachable"),
             ApiError::Status { .. } => (OTHER, "the agent refused"),
             ApiError::Decode { .. } => (OTHER, "the agent's answer is not understood"),
+            ApiError::Runtime(_) => (OTHER, "the agent client could not start"),
         };
         Self::new(code, format!("{what}: {how}"), err.to_string())
     }

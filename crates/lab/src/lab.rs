@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use plexus_agent_api::{Client, Endpoint, block_on};
 use serde::{Deserialize, Serialize};
 
 use crate::spec::{LabSpec, Routing};
@@ -267,7 +268,8 @@ fn start_apiserver(lab: &LabState, c: &ClusterState, bins: &Bins) -> Result<u32>
         &args,
         &lab.dir.join(&c.name).join("apiserver.log"),
     )?;
-    let addr = format!("{}:9963", c.ip);
+    let apiserver =
+        Client::new(Endpoint::Tcp(format!("{}:9963", c.ip))).with_timeout(Duration::from_secs(1));
     sys::wait_until(
         &format!(
             "apiserver of {} ready (log: {})",
@@ -276,9 +278,9 @@ fn start_apiserver(lab: &LabState, c: &ClusterState, bins: &Bins) -> Result<u32>
         ),
         Duration::from_secs(60),
         || {
-            let addr = addr.clone();
+            let apiserver = apiserver.clone();
             sys::in_netns(&c.netns, move || {
-                sys::http_get(&addr, "/readyz", Duration::from_secs(1))
+                Ok(block_on(apiserver.get_text("/readyz"))?)
             })
             .is_ok_and(|(code, _)| code == 200)
         },
@@ -314,13 +316,11 @@ fn start_agent(lab: &LabState, c: &ClusterState, n: &NodeState, bins: &Bins) -> 
     args.extend(c.agent_options.iter().cloned());
     let log = n.state_dir.join("agent.log");
     let pid = sys::spawn_in(&n.netns, &bins.agent, &args, &log)?;
+    let agent = Client::new(Endpoint::Unix(n.socket.clone())).with_timeout(Duration::from_secs(1));
     sys::wait_until(
         &format!("agent of {} ready (log: {})", n.name, log.display()),
         Duration::from_secs(60),
-        || {
-            sys::unix_get(&n.socket, "/v1/healthz", Duration::from_secs(1))
-                .is_ok_and(|(c, _)| c == 200)
-        },
+        || block_on(agent.healthz()).is_ok(),
     )?;
     route_pods_from_control_plane(c, n)?;
     Ok(pid)
@@ -331,19 +331,15 @@ fn start_agent(lab: &LabState, c: &ClusterState, n: &NodeState, bins: &Bins) -> 
 /// reach etcd and the apiserver at the control-plane address, and the answers find their way
 /// back. (A route through a link that goes down is dropped, so `lab start` sets it again.)
 fn route_pods_from_control_plane(c: &ClusterState, n: &NodeState) -> Result<()> {
-    let (code, body) = sys::unix_get(&n.socket, "/v1/status", Duration::from_secs(2))
-        .with_context(|| format!("status of the agent of {}", n.name))?;
-    let status: serde_json::Value = serde_json::from_str(&body)
-        .with_context(|| format!("status of the agent of {} (HTTP {code}): {body}", n.name))?;
-    let cidr = status["pod-cidr"]
-        .as_str()
-        .with_context(|| format!("the agent of {} reports no pod-cidr: {body}", n.name))?;
+    let agent = Client::new(Endpoint::Unix(n.socket.clone())).with_timeout(Duration::from_secs(2));
+    let status =
+        block_on(agent.status()).with_context(|| format!("status of the agent of {}", n.name))?;
     sys::ip(&[
         "-n",
         &c.netns,
         "route",
         "replace",
-        cidr,
+        &status.pod_cidr,
         "via",
         &n.ip.to_string(),
     ])
