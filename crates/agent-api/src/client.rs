@@ -16,6 +16,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper_util::rt::TokioIo;
 use serde::{Serialize, de::DeserializeOwned};
 
+use crate::error::{ErrorBody, ErrorKind};
 use crate::{
     AgentStatus, ClusterMeshReport, Empty, EndpointDetail, EndpointInfo, EndpointRequest,
     EndpointResponse, IdentityInfo, IpamRequest, IpamResponse, IpcacheRow, LbRow, MonitorFilter,
@@ -56,17 +57,19 @@ pub enum ApiError {
         /// Why.
         reason: String,
     },
-    /// The server answered with an error status.
-    #[error("{endpoint}{path}: {status}: {body}")]
-    Status {
+    /// The server answered with an error.
+    #[error("{endpoint}{path}: {status} {kind}: {message}")]
+    Server {
         /// Where.
         endpoint: String,
         /// The path asked for.
         path: String,
-        /// HTTP status.
+        /// The HTTP status.
         status: u16,
+        /// What kind of failure the server reports.
+        kind: ErrorKind,
         /// The server's message.
-        body: String,
+        message: String,
     },
     /// The answer is not what was expected.
     #[error("{endpoint}{path}: unexpected answer: {reason}")]
@@ -81,6 +84,17 @@ pub enum ApiError {
     /// The client's own runtime could not start (see [`block_on`]).
     #[error("cannot start the API client's runtime: {0}")]
     Runtime(std::io::Error),
+}
+
+impl ApiError {
+    /// The kind of failure the server reported; `None` when no answer came (unreachable,
+    /// broken exchange, timeout) or it could not be decoded.
+    pub fn kind(&self) -> Option<ErrorKind> {
+        match self {
+            Self::Server { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
 }
 
 /// Aborts the connection task when dropped, so no call leaves a task behind.
@@ -237,11 +251,13 @@ impl Client {
 
     /// The error for a non-2xx answer.
     fn status_error(&self, path: &str, status: u16, bytes: &Bytes) -> ApiError {
-        ApiError::Status {
+        let body = ErrorBody::decode(status, bytes);
+        ApiError::Server {
             endpoint: self.endpoint.to_string(),
             path: path.to_string(),
             status,
-            body: String::from_utf8_lossy(bytes).trim().to_string(),
+            kind: body.kind,
+            message: body.message,
         }
     }
 

@@ -24,14 +24,17 @@
 //! - `DELETE /v1/endpoint/<container-id>` -> [`Empty`]: forget the pod and release its address
 //!   (deleting an unknown endpoint succeeds, as CNI DEL must).
 //!
-//! Errors are non-2xx statuses with a JSON body `{"error": "..."}` or plain text.
+//! Errors are non-2xx statuses with the JSON body [`ErrorBody`], `{"kind": "...", "message":
+//! "..."}`; the client decodes them into [`ApiError::Server`] with its [`ErrorKind`].
 
 pub mod client;
 pub mod cni;
+pub mod error;
 pub mod monitor;
 pub mod types;
 
 pub use cni::{Empty, EndpointRequest, EndpointResponse, IpamRequest, IpamResponse};
+pub use error::{ErrorBody, ErrorKind};
 pub use monitor::{MonitorEvent, MonitorFilter, MonitorMessage};
 pub use types::{
     AgentStatus, ContainerPort, EndpointDetail, EndpointInfo, EndpointPolicy, IdentityInfo,

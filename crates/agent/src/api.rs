@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -18,24 +19,39 @@ use plexus_agent_api::types::{
 };
 use plexus_agent_api::{
     AgentStatus, ClusterMeshReport, Empty, EndpointDetail, EndpointInfo, EndpointPolicy,
-    EndpointRequest, EndpointResponse, IdentityInfo, IpamRequest, IpamResponse, IpcacheRow, LbRow,
-    MeshReport, MonitorFilter, MonitorMessage, NodeInfo, PolicyEntry, PolicyInfo, ServiceInfo,
-    monitor,
+    EndpointRequest, EndpointResponse, ErrorBody, ErrorKind, IdentityInfo, IpamRequest,
+    IpamResponse, IpcacheRow, LbRow, MeshReport, MonitorFilter, MonitorMessage, NodeInfo,
+    PolicyEntry, PolicyInfo, ServiceInfo, monitor,
 };
 use serde::Deserialize;
 
 use crate::Agent;
 
-struct ApiError(StatusCode, String);
+/// A failed call, answered as `plexus_agent_api`'s [`ErrorBody`].
+pub struct ApiError(ErrorBody);
+
+impl ApiError {
+    /// An error of `kind` saying `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self(ErrorBody::new(kind, message))
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, axum::Json(serde_json::json!({ "error": self.1 }))).into_response()
+        let status =
+            StatusCode::from_u16(self.0.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, axum::Json(self.0)).into_response()
     }
 }
 
 fn internal(err: anyhow::Error) -> ApiError {
-    ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}"))
+    ApiError::new(ErrorKind::Internal, format!("{err:#}"))
+}
+
+/// A request body that is not the expected JSON.
+fn invalid(rejection: JsonRejection) -> ApiError {
+    ApiError::new(ErrorKind::Invalid, rejection.body_text())
 }
 
 /// The router.
@@ -61,6 +77,9 @@ pub fn router(agent: Arc<Agent>) -> Router {
             get(endpoint_get).delete(endpoint_delete),
         )
         .route("/metrics", get(metrics))
+        .fallback(|uri: axum::http::Uri| async move {
+            ApiError::new(ErrorKind::NotFound, format!("no API path {uri}"))
+        })
         .with_state(agent)
 }
 
@@ -150,8 +169,8 @@ async fn endpoint_detail(
         e.id.to_string() == id || e.pod == id || format!("{}/{}", e.namespace, e.pod) == id
     });
     let Some(endpoint) = found else {
-        return Err(ApiError(
-            StatusCode::NOT_FOUND,
+        return Err(ApiError::new(
+            ErrorKind::NotFound,
             format!("no endpoint {id} on node {}", agent.node),
         ));
     };
@@ -244,8 +263,9 @@ async fn monitor(State(agent): State<Arc<Agent>>, Query(q): Query<MonitorQuery>)
 
 async fn ipam(
     State(agent): State<Arc<Agent>>,
-    axum::Json(req): axum::Json<IpamRequest>,
+    req: Result<axum::Json<IpamRequest>, JsonRejection>,
 ) -> Result<axum::Json<IpamResponse>, ApiError> {
+    let axum::Json(req) = req.map_err(invalid)?;
     agent
         .endpoints
         .ipam(&req.owner)
@@ -256,8 +276,9 @@ async fn ipam(
 
 async fn endpoint_put(
     State(agent): State<Arc<Agent>>,
-    axum::Json(req): axum::Json<EndpointRequest>,
+    req: Result<axum::Json<EndpointRequest>, JsonRejection>,
 ) -> Result<axum::Json<EndpointResponse>, ApiError> {
+    let axum::Json(req) = req.map_err(invalid)?;
     agent
         .endpoints
         .put(req)
@@ -277,9 +298,9 @@ async fn endpoint_get(
             ip: ep.ip,
             host_ifname: ep.host_ifname,
         })),
-        None => Err(ApiError(
-            StatusCode::NOT_FOUND,
-            format!("endpoint {id} not found"),
+        None => Err(ApiError::new(
+            ErrorKind::NotFound,
+            format!("endpoint {id} not found on node {}", agent.node),
         )),
     }
 }

@@ -19,7 +19,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use plexus_agent_api::{ClusterMeshReport, RemoteClusterReport};
+use plexus_agent_api::{ApiError, ClusterMeshReport, RemoteClusterReport};
 use plexus_apiserver::ApiServerStatus;
 use plexus_kvstore::{EtcdBackend, EtcdConfig, KvBackend, TlsFiles};
 use plexus_pki::Ca;
@@ -493,7 +493,7 @@ pub fn build_report(
     enabled: bool,
     configured: Vec<String>,
     apiserver: Option<Result<ApiServerStatus, String>>,
-    agents: Vec<(String, Result<ClusterMeshReport, String>)>,
+    agents: Vec<(String, Result<ClusterMeshReport, ApiError>)>,
 ) -> StatusReport {
     let mut errors = Vec::new();
     if !enabled {
@@ -616,13 +616,13 @@ pub fn build_report(
             Err(e) => {
                 errors.push(Problem {
                     scope: node.clone(),
-                    message: e.clone(),
-                    hint: Some(format!("is plexus-agent running on node {node}?")),
+                    message: e.to_string(),
+                    hint: Some(crate::node::agent_hint(&e, &node)),
                 });
                 statuses.push(AgentStatus {
                     node,
                     reachable: false,
-                    error: Some(e),
+                    error: Some(e.to_string()),
                     remote_clusters: Vec::new(),
                 });
             }
@@ -676,12 +676,11 @@ pub async fn gather(ctx: &Context) -> StatusReport {
     let mut agents = Vec::new();
     for a in &ctx.agents {
         let r = match ctx.agent_client(a) {
-            Ok(client) => client
-                .with_timeout(API_TIMEOUT)
-                .clustermesh()
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(format!("{e:#}")),
+            Ok(client) => client.with_timeout(API_TIMEOUT).clustermesh().await,
+            Err(e) => Err(ApiError::Unreachable {
+                endpoint: format!("the agent of {}", a.node),
+                reason: format!("{e:#}"),
+            }),
         };
         agents.push((a.node.clone(), r));
     }
@@ -842,7 +841,7 @@ pub async fn status(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use plexus_agent_api::MeshReport;
+    use plexus_agent_api::{ErrorKind, MeshReport};
 
     fn ctx() -> Context {
         Context {
@@ -919,14 +918,30 @@ mod tests {
                         ),
                     ],
                 ),
-                ("n3".into(), Err("cannot reach unix:/x: refused".into())),
+                (
+                    "n3".into(),
+                    Err(ApiError::Unreachable {
+                        endpoint: "unix:/x".into(),
+                        reason: "connection refused".into(),
+                    }),
+                ),
+                (
+                    "n4".into(),
+                    Err(ApiError::Server {
+                        endpoint: "https://10.0.0.4:9965".into(),
+                        path: "/v1/clustermesh".into(),
+                        status: 403,
+                        kind: ErrorKind::Forbidden,
+                        message: "certificate of c9 may not read".into(),
+                    }),
+                ),
             ],
         );
         assert!(!r.ready);
         let c2 = &r.connections[0];
         assert_eq!(
             (c2.cluster.as_str(), c2.configured, c2.connected, c2.total),
-            ("c2", 2, 2, 3)
+            ("c2", 2, 2, 4)
         );
         assert_eq!(
             (c2.nodes, c2.endpoints, c2.identities, c2.services),
@@ -934,7 +949,7 @@ mod tests {
         );
         let c3 = &r.connections[1];
         assert_eq!((c3.configured, c3.connected), (2, 1));
-        assert_eq!(r.errors.len(), 2);
+        assert_eq!(r.errors.len(), 3);
         assert!(
             r.errors[0].hint.as_deref().unwrap().contains("unique"),
             "{:?}",
@@ -946,6 +961,16 @@ mod tests {
                 .as_deref()
                 .unwrap()
                 .contains("plexus-agent running on node n3")
+        );
+        // The hint comes from the kind of failure, not from the message.
+        assert!(
+            r.errors[2]
+                .hint
+                .as_deref()
+                .unwrap()
+                .contains("admin certificate"),
+            "{:?}",
+            r.errors[2]
         );
         // `-o json` round-trips into the same typed report.
         let json = serde_json::to_string(&r).unwrap();

@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use plexus_agent_api::types::Affinity;
 use plexus_agent_api::{
-    AgentStatus, ApiError, Client, EndpointDetail, EndpointInfo, IdentityInfo, IpcacheRow, LbRow,
-    MonitorFilter, NodeInfo, PolicyInfo, ServiceInfo,
+    AgentStatus, ApiError, Client, EndpointDetail, EndpointInfo, ErrorKind, IdentityInfo,
+    IpcacheRow, LbRow, MonitorFilter, NodeInfo, PolicyInfo, ServiceInfo,
 };
 use serde::Serialize;
 
@@ -295,18 +295,28 @@ pub async fn endpoint_get(ctx: &Context, node: Option<&str>, id: &str, json: boo
         Some(n) => vec![n.to_string()],
         None => ctx.agents.iter().map(|a| a.node.clone()).collect(),
     };
-    let mut errors = Vec::new();
+    // Nodes that do not have it say so; any other failure is reported with its hint, since
+    // the endpoint may be on that node.
+    let mut failures = Vec::new();
     for n in &nodes {
         let (_, client) = agent(ctx, Some(n))?;
         match client.endpoint(id).await {
             Ok(v) => return print_endpoint(n, &v, json),
-            Err(e) => errors.push(format!("{n}: {e:#}")),
+            Err(e) if e.kind() == Some(ErrorKind::NotFound) => {}
+            Err(e) => failures.push(format!("{:#}", ask_error(n, e))),
         }
     }
+    if failures.is_empty() {
+        anyhow::bail!(
+            "endpoint {id} not found on any node of cluster {} ({})",
+            ctx.name,
+            nodes.join(", ")
+        )
+    }
     anyhow::bail!(
-        "endpoint {id} not found in cluster {}: {}",
+        "endpoint {id} not found in cluster {}; not every node answered: {}",
         ctx.name,
-        errors.join("; ")
+        failures.join("; ")
     )
 }
 
@@ -369,7 +379,34 @@ pub async fn monitor(ctx: &Context, node: Option<&str>, kind: Option<MonitorFilt
     Ok(())
 }
 
+/// What to try after a failed call to the agent of `node`, from the kind of failure.
+pub fn agent_hint(err: &ApiError, node: &str) -> String {
+    match err {
+        ApiError::Unreachable { .. } => format!("is plexus-agent running on node {node}?"),
+        ApiError::Server { kind, .. } => match kind {
+            ErrorKind::NotFound => format!("node {node} has no such object"),
+            ErrorKind::Invalid => {
+                "the agent refused the request: are the CLI and the agent the same version?"
+                    .to_string()
+            }
+            ErrorKind::Forbidden => format!(
+                "the context's certificate may only read: writes need the cluster's admin certificate (admin-<cluster>) or the agent's local socket on {node}"
+            ),
+            ErrorKind::Unavailable => {
+                format!("the agent of {node} is not ready yet: try again shortly")
+            }
+            ErrorKind::Internal => format!("the agent of {node} failed: see its log"),
+        },
+        ApiError::Decode { .. } => {
+            "the agent's answer is not understood: are the CLI and the agent the same version?"
+                .to_string()
+        }
+        ApiError::Runtime(_) => "the CLI could not start its API client".to_string(),
+    }
+}
+
 /// An agent call's error, with what to try.
 fn ask_error(node: &str, err: ApiError) -> anyhow::Error {
-    anyhow::Error::new(err).context(format!("ask the agent of node {node}"))
+    let hint = agent_hint(&err, node);
+    anyhow::Error::new(err).context(format!("ask the agent of node {node} (hint: {hint})"))
 }
