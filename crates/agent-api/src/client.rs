@@ -9,6 +9,7 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
@@ -29,12 +30,20 @@ pub use hyper::Method;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where an API is served.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Endpoint {
     /// A unix socket (the agent, locally).
     Unix(PathBuf),
     /// A TCP address, `host:port`, plain HTTP (the apiserver).
     Tcp(String),
+    /// A TCP address, `host:port`, with TLS (the agent from another host): the server's
+    /// certificate must be valid for `host`.
+    Tls {
+        /// `host:port`.
+        addr: String,
+        /// The client's TLS configuration ([`crate::tls::client_config`]).
+        config: Arc<rustls::ClientConfig>,
+    },
 }
 
 impl std::fmt::Display for Endpoint {
@@ -42,8 +51,18 @@ impl std::fmt::Display for Endpoint {
         match self {
             Self::Unix(p) => write!(f, "unix:{}", p.display()),
             Self::Tcp(a) => write!(f, "http://{a}"),
+            Self::Tls { addr, .. } => write!(f, "https://{addr}"),
         }
     }
+}
+
+/// The host part of `host:port` (brackets of an IPv6 address removed).
+fn host_of(addr: &str) -> &str {
+    let host = match addr.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
+        _ => addr,
+    };
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 /// What went wrong calling an API.
@@ -209,6 +228,18 @@ impl Client {
                 let stream = tokio::net::TcpStream::connect(addr.as_str())
                     .await
                     .map_err(|e| self.unreachable(e))?;
+                self.handshake(stream).await?
+            }
+            Endpoint::Tls { addr, config } => {
+                let name = rustls::pki_types::ServerName::try_from(host_of(addr).to_string())
+                    .map_err(|e| self.unreachable(format!("server name of {addr}: {e}")))?;
+                let stream = tokio::net::TcpStream::connect(addr.as_str())
+                    .await
+                    .map_err(|e| self.unreachable(e))?;
+                let stream = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| self.unreachable(format!("TLS handshake: {e}")))?;
                 self.handshake(stream).await?
             }
         };
@@ -485,6 +516,13 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_of_addresses() {
+        assert_eq!(host_of("172.31.1.11:9965"), "172.31.1.11");
+        assert_eq!(host_of("[::1]:9965"), "::1");
+        assert_eq!(host_of("agent.c1"), "agent.c1");
+    }
 
     #[test]
     fn segments_are_percent_encoded() {

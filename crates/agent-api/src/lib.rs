@@ -2,8 +2,10 @@
 //!
 //! The request and response types of every agent endpoint live here: the agent serializes
 //! them and its clients deserialize them, so renaming a field breaks the build, not the output.
-//! The agent serves HTTP/1.1 with JSON bodies on a unix socket (like Cilium's agent API); the
-//! apiserver serves the same kind of API on TCP. [`Client`] is the one client of both: a
+//! The agent serves HTTP/1.1 with JSON bodies on a unix socket (like Cilium's agent API),
+//! fully privileged, and optionally on a TCP port with mutual TLS ([`tls`]) for CLIs and relays
+//! on other hosts, where only the cluster's admin certificate may write; the apiserver serves
+//! the same kind of API on TCP. [`Client`] is the one client of both: a
 //! request per connection, a timeout on the whole exchange, errors that name the socket or
 //! address and the path, and a typed method per agent endpoint.
 //!
@@ -31,6 +33,7 @@ pub mod client;
 pub mod cni;
 pub mod error;
 pub mod monitor;
+pub mod tls;
 pub mod types;
 
 pub use cni::{Empty, EndpointRequest, EndpointResponse, IpamRequest, IpamResponse};

@@ -10,6 +10,7 @@
 //! - the API on a unix socket ([`api`]) for the CLI and the CNI plugin.
 
 mod api;
+mod api_tls;
 mod endpoints;
 mod netcmd;
 mod policy;
@@ -109,9 +110,22 @@ struct Args {
     /// Remote-cluster configuration directory (one file per remote).
     #[arg(long)]
     clustermesh_config: PathBuf,
-    /// The API socket.
+    /// The API socket (local, fully privileged).
     #[arg(long)]
     api_socket: PathBuf,
+    /// Also serve the API on this TCP address with mutual TLS (clients need a certificate of
+    /// `--api-tls-ca`; only `admin-<cluster>` may write).
+    #[arg(long, requires_all = ["api_tls_cert", "api_tls_key", "api_tls_ca"])]
+    api_listen: Option<std::net::SocketAddr>,
+    /// The TCP API's server certificate.
+    #[arg(long, requires = "api_listen")]
+    api_tls_cert: Option<PathBuf>,
+    /// The TCP API's server key.
+    #[arg(long, requires = "api_listen")]
+    api_tls_key: Option<PathBuf>,
+    /// The CA that client certificates of the TCP API must chain to (the cluster's).
+    #[arg(long, requires = "api_listen")]
+    api_tls_ca: Option<PathBuf>,
     /// Withdraw an unreachable remote cluster's service backends after this long (default:
     /// keep them until it returns; its backends are skipped meanwhile anyway).
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -429,6 +443,19 @@ async fn run(args: Args) -> Result<()> {
     let listener = tokio::net::UnixListener::bind(&args.api_socket)
         .with_context(|| format!("listen on {}", args.api_socket.display()))?;
     let app = api::router(agent.clone());
+    let tcp_api = match (
+        args.api_listen,
+        args.api_tls_cert,
+        args.api_tls_key,
+        args.api_tls_ca,
+    ) {
+        (Some(addr), Some(cert), Some(key), Some(ca)) => {
+            let files = plexus_agent_api::tls::TlsFiles { ca, cert, key };
+            tracing::info!(%addr, "API on TCP with mutual TLS");
+            Some(api_tls::start(addr, &files, app.clone(), &cluster.name).await?)
+        }
+        _ => None,
+    };
     if let Some(addr) = args.prometheus_listen {
         let tcp = tokio::net::TcpListener::bind(addr)
             .await
@@ -449,6 +476,9 @@ async fn run(args: Args) -> Result<()> {
     }
     // Stop without tearing anything down: pinned maps and links keep pods' traffic flowing
     // until the next agent takes over; the lease keeps our records for its TTL.
+    if let Some(task) = tcp_api {
+        task.abort();
+    }
     local_task.abort();
     services_task.abort();
     program_task.abort();

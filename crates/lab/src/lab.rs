@@ -6,7 +6,9 @@
 //! - per cluster `i` (1-based): a control-plane namespace `plx-<lab>-<cluster>` at 172.31.i.1
 //!   running `plexus-apiserver` (and, as its child, etcd: client port 2379, status on 9963);
 //! - per node `j`: a namespace `plx-<lab>-<cluster>-n<j>` at 172.31.i.(10+j) running
-//!   `plexus-agent` (eBPF datapath, bpffs mounted under its state directory);
+//!   `plexus-agent` (eBPF datapath, bpffs mounted under its state directory), its API on its
+//!   socket and on TCP port [`AGENT_API_PORT`] with mutual TLS (a server certificate of the
+//!   cluster's CA for the node's name and address, issued at each start);
 //! - per cluster, the cluster DNS: the `kube-dns` Service and pod in `kube-system` on the first
 //!   node ([`crate::dns`]).
 //!
@@ -26,6 +28,9 @@ use serde::{Deserialize, Serialize};
 use crate::spec::{LabSpec, Routing};
 use crate::sys;
 
+/// The TCP port of each agent's API (mutual TLS), on the node's underlay address.
+pub const AGENT_API_PORT: u16 = 9965;
+
 /// One node of a running lab.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -44,6 +49,13 @@ pub struct NodeState {
     pub socket: PathBuf,
     /// The agent's state directory.
     pub state_dir: PathBuf,
+}
+
+impl NodeState {
+    /// The agent's API on TCP, `ip:port`, as the lab's contexts name it.
+    pub fn api_address(&self) -> String {
+        format!("{}:{AGENT_API_PORT}", self.ip)
+    }
 }
 
 /// One cluster of a running lab.
@@ -292,6 +304,11 @@ fn start_agent(lab: &LabState, c: &ClusterState, n: &NodeState, bins: &Bins) -> 
     std::fs::create_dir_all(&n.state_dir)?;
     std::fs::create_dir_all(&c.clustermesh_dir)?;
     let pki = c.state_dir.join("pki");
+    // The API on TCP presents a certificate of the cluster's CA for the node's name and address.
+    let (api_cert, api_key) = plexus_pki::cluster::ClusterPki::new(&pki, &c.name)
+        .ca()?
+        .issue_server(&format!("agent-{}", n.name), &[&n.name], &[n.ip.into()])?
+        .write_to(&n.state_dir, "api")?;
     let mut args = vec![
         format!("--cluster-name={}", c.name),
         format!("--cluster-id={}", c.id),
@@ -312,6 +329,10 @@ fn start_agent(lab: &LabState, c: &ClusterState, n: &NodeState, bins: &Bins) -> 
         format!("--etcd-key={}", pki.join("admin.key").display()),
         format!("--clustermesh-config={}", c.clustermesh_dir.display()),
         format!("--api-socket={}", n.socket.display()),
+        format!("--api-listen={}", n.api_address()),
+        format!("--api-tls-cert={}", api_cert.display()),
+        format!("--api-tls-key={}", api_key.display()),
+        format!("--api-tls-ca={}", pki.join("ca.crt").display()),
     ];
     args.extend(c.agent_options.iter().cloned());
     let log = n.state_dir.join("agent.log");
