@@ -1,33 +1,53 @@
 //! The agent's API on its unix socket (HTTP/1.1, JSON), for the CLI and the CNI plugin.
 //! Paths and types: `plexus_agent_api`'s crate documentation.
+//!
+//! The handlers answer with `plexus_agent_api`'s types only; the conversions from the agent's
+//! own structures live at the bottom of this module, so the agent's internals can change
+//! without changing what its clients read.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use plexus_agent_api::{
-    ClusterMeshReport, Empty, EndpointRequest, EndpointResponse, IpamRequest, IpamResponse,
-    MeshReport,
+    AgentStatus, ClusterMeshReport, Empty, EndpointDetail, EndpointInfo, EndpointRequest,
+    EndpointResponse, ErrorBody, ErrorKind, IdentityInfo, IpamRequest, IpamResponse, IpcacheRow,
+    LbRow, MeshReport, MonitorFilter, MonitorMessage, NodeInfo, PolicyInfo, ServiceInfo, monitor,
 };
-use plexus_datapath::EventKind;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::Agent;
 
-struct ApiError(StatusCode, String);
+/// A failed call, answered as `plexus_agent_api`'s [`ErrorBody`].
+pub struct ApiError(ErrorBody);
+
+impl ApiError {
+    /// An error of `kind` saying `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self(ErrorBody::new(kind, message))
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, axum::Json(serde_json::json!({ "error": self.1 }))).into_response()
+        let status =
+            StatusCode::from_u16(self.0.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, axum::Json(self.0)).into_response()
     }
 }
 
 fn internal(err: anyhow::Error) -> ApiError {
-    ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}"))
+    ApiError::new(ErrorKind::Internal, format!("{err:#}"))
+}
+
+/// A request body that is not the expected JSON.
+fn invalid(rejection: JsonRejection) -> ApiError {
+    ApiError::new(ErrorKind::Invalid, rejection.body_text())
 }
 
 /// The router.
@@ -53,31 +73,10 @@ pub fn router(agent: Arc<Agent>) -> Router {
             get(endpoint_get).delete(endpoint_delete),
         )
         .route("/metrics", get(metrics))
+        .fallback(|uri: axum::http::Uri| async move {
+            ApiError::new(ErrorKind::NotFound, format!("no API path {uri}"))
+        })
         .with_state(agent)
-}
-
-/// What `status` shows.
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct AgentStatus {
-    /// Cluster.
-    pub cluster: String,
-    /// Cluster id.
-    pub cluster_id: u32,
-    /// Node.
-    pub node: String,
-    /// Underlay address.
-    pub node_ip: String,
-    /// Pod CIDR.
-    pub pod_cidr: String,
-    /// `tunnel` or `native`.
-    pub routing: String,
-    /// `ebpf` or `fake`.
-    pub datapath: String,
-    /// Local endpoints.
-    pub endpoints: usize,
-    /// Remote clusters: configured / ready.
-    pub remote_clusters: (usize, usize),
 }
 
 async fn status(State(agent): State<Arc<Agent>>) -> axum::Json<AgentStatus> {
@@ -118,38 +117,28 @@ async fn remote_nodes(
     axum::Json(out)
 }
 
-async fn nodes(State(agent): State<Arc<Agent>>) -> axum::Json<Vec<crate::reports::NodeInfo>> {
+async fn nodes(State(agent): State<Arc<Agent>>) -> axum::Json<Vec<NodeInfo>> {
     axum::Json(agent.core.read(crate::reports::nodes))
 }
 
-async fn identities(
-    State(agent): State<Arc<Agent>>,
-) -> axum::Json<Vec<crate::reports::IdentityInfo>> {
+async fn identities(State(agent): State<Arc<Agent>>) -> axum::Json<Vec<IdentityInfo>> {
     axum::Json(agent.core.read(crate::reports::identities))
 }
 
-async fn services(
-    State(agent): State<Arc<Agent>>,
-) -> axum::Json<Vec<crate::reports::ServiceReport>> {
+async fn services(State(agent): State<Arc<Agent>>) -> axum::Json<Vec<ServiceInfo>> {
     axum::Json(agent.core.read(crate::reports::services))
 }
 
-async fn endpoints(
-    State(agent): State<Arc<Agent>>,
-) -> axum::Json<Vec<crate::endpoints::EndpointState>> {
-    axum::Json(agent.endpoints.list().await)
-}
-
-/// What `endpoint get` shows.
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct EndpointDetail {
-    /// The endpoint.
-    pub endpoint: crate::endpoints::EndpointState,
-    /// Its identity's labels.
-    pub identity_labels: Option<String>,
-    /// Its resolved policy.
-    pub policy: crate::reports::EndpointPolicyReport,
+async fn endpoints(State(agent): State<Arc<Agent>>) -> axum::Json<Vec<EndpointInfo>> {
+    axum::Json(
+        agent
+            .endpoints
+            .list()
+            .await
+            .into_iter()
+            .map(endpoint_info)
+            .collect(),
+    )
 }
 
 /// An endpoint by id, pod name or `namespace/pod`.
@@ -162,8 +151,8 @@ async fn endpoint_detail(
         e.id.to_string() == id || e.pod == id || format!("{}/{}", e.namespace, e.pod) == id
     });
     let Some(endpoint) = found else {
-        return Err(ApiError(
-            StatusCode::NOT_FOUND,
+        return Err(ApiError::new(
+            ErrorKind::NotFound,
             format!("no endpoint {id} on node {}", agent.node),
         ));
     };
@@ -176,28 +165,12 @@ async fn endpoint_detail(
     Ok(axum::Json(EndpointDetail {
         identity_labels,
         policy,
-        endpoint,
+        endpoint: endpoint_info(endpoint),
     }))
 }
 
-async fn policy_get(
-    State(agent): State<Arc<Agent>>,
-) -> axum::Json<Vec<crate::reports::PolicyReport>> {
+async fn policy_get(State(agent): State<Arc<Agent>>) -> axum::Json<Vec<PolicyInfo>> {
     axum::Json(agent.core.read(crate::reports::policies))
-}
-
-/// One row of `bpf ipcache list`.
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct IpcacheRow {
-    /// Prefix.
-    pub prefix: String,
-    /// Identity.
-    pub identity: u32,
-    /// Tunnel endpoint.
-    pub tunnel_endpoint: Option<String>,
-    /// Cluster id.
-    pub cluster_id: u16,
 }
 
 async fn bpf_ipcache(
@@ -218,18 +191,6 @@ async fn bpf_ipcache(
     Ok(axum::Json(rows))
 }
 
-/// One frontend of `bpf lb list`.
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct LbRow {
-    /// `address:port/PROTO`.
-    pub frontend: String,
-    /// Backends taking new connections, in slot order.
-    pub active: Vec<String>,
-    /// Backends keeping their established connections only.
-    pub inactive: Vec<String>,
-}
-
 async fn bpf_lb(State(agent): State<Arc<Agent>>) -> Result<axum::Json<Vec<LbRow>>, ApiError> {
     let rows = agent
         .datapath
@@ -248,33 +209,30 @@ async fn bpf_lb(State(agent): State<Arc<Agent>>) -> Result<axum::Json<Vec<LbRow>
 #[derive(Deserialize)]
 struct MonitorQuery {
     #[serde(default, rename = "type")]
-    kind: Option<String>,
+    kind: Option<MonitorFilter>,
 }
 
-/// Streams one line per event (`?type=drop|trace` filters).
+/// Streams one [`MonitorMessage`] per line, as JSON (`?type=drop|trace` filters).
 async fn monitor(State(agent): State<Arc<Agent>>, Query(q): Query<MonitorQuery>) -> Response {
     let rx = agent.datapath.subscribe();
-    let filter = q.kind.unwrap_or_default();
-    let stream = futures::stream::unfold((rx, filter), |(mut rx, filter)| async move {
+    let stream = futures::stream::unfold((rx, q.kind), |(mut rx, filter)| async move {
         loop {
-            match rx.recv().await {
+            let message = match rx.recv().await {
                 Ok(ev) => {
-                    let keep = match filter.as_str() {
-                        "drop" => matches!(ev.kind, EventKind::Drop(_)),
-                        "trace" => matches!(ev.kind, EventKind::Trace(_)),
-                        _ => true,
-                    };
-                    if keep {
-                        let line = format!("{ev}\n");
-                        return Some((Ok::<_, std::io::Error>(line), (rx, filter)));
+                    let ev = monitor_event(&ev);
+                    if filter.is_some_and(|f| !f.keeps(&ev)) {
+                        continue;
                     }
+                    MonitorMessage::Event(ev)
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    let line = format!("(lost {n} events)\n");
-                    return Some((Ok(line), (rx, filter)));
+                    MonitorMessage::Lost { count: n }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-            }
+            };
+            let mut line = serde_json::to_vec(&message).unwrap_or_default();
+            line.push(b'\n');
+            return Some((Ok::<_, std::io::Error>(line), (rx, filter)));
         }
     });
     Response::new(Body::from_stream(stream))
@@ -282,8 +240,9 @@ async fn monitor(State(agent): State<Arc<Agent>>, Query(q): Query<MonitorQuery>)
 
 async fn ipam(
     State(agent): State<Arc<Agent>>,
-    axum::Json(req): axum::Json<IpamRequest>,
+    req: Result<axum::Json<IpamRequest>, JsonRejection>,
 ) -> Result<axum::Json<IpamResponse>, ApiError> {
+    let axum::Json(req) = req.map_err(invalid)?;
     agent
         .endpoints
         .ipam(&req.owner)
@@ -294,8 +253,9 @@ async fn ipam(
 
 async fn endpoint_put(
     State(agent): State<Arc<Agent>>,
-    axum::Json(req): axum::Json<EndpointRequest>,
+    req: Result<axum::Json<EndpointRequest>, JsonRejection>,
 ) -> Result<axum::Json<EndpointResponse>, ApiError> {
+    let axum::Json(req) = req.map_err(invalid)?;
     agent
         .endpoints
         .put(req)
@@ -315,9 +275,9 @@ async fn endpoint_get(
             ip: ep.ip,
             host_ifname: ep.host_ifname,
         })),
-        None => Err(ApiError(
-            StatusCode::NOT_FOUND,
-            format!("endpoint {id} not found"),
+        None => Err(ApiError::new(
+            ErrorKind::NotFound,
+            format!("endpoint {id} not found on node {}", agent.node),
         )),
     }
 }
@@ -335,4 +295,132 @@ pub async fn metrics(State(agent): State<Arc<Agent>>) -> String {
     let mut out = plexus_clustermesh::metrics::render(&agent.cluster.name, &agent.mesh.status());
     out.push_str(&agent.kv.render("local"));
     out
+}
+
+// Conversions from the agent's own structures to the API's types (the lists read from the
+// core are built in `crate::reports`).
+
+fn endpoint_info(e: crate::endpoints::EndpointState) -> EndpointInfo {
+    EndpointInfo {
+        container_id: e.container_id,
+        id: e.id,
+        ip: e.ip,
+        host_ifname: e.host_ifname,
+        host_mac: e.host_mac,
+        pod_mac: e.pod_mac,
+        namespace: e.namespace,
+        pod: e.pod,
+        labels: e.labels,
+        identity: e.identity,
+        ports: e.ports,
+    }
+}
+
+fn monitor_event(e: &plexus_datapath::MonitorEvent) -> monitor::MonitorEvent {
+    use plexus_datapath::{EventKind, ObservationPoint as P};
+    monitor::MonitorEvent {
+        kind: match e.kind {
+            EventKind::Trace(point) => monitor::EventKind::Trace(match point {
+                P::FromEndpoint => monitor::ObservationPoint::FromEndpoint,
+                P::ToEndpoint => monitor::ObservationPoint::ToEndpoint,
+                P::FromOverlay => monitor::ObservationPoint::FromOverlay,
+                P::ToOverlay => monitor::ObservationPoint::ToOverlay,
+                P::ToStack => monitor::ObservationPoint::ToStack,
+                P::Other(raw) => monitor::ObservationPoint::Other(raw),
+            }),
+            EventKind::Drop(reason) => monitor::EventKind::Drop(monitor::DropReason {
+                code: reason.as_raw(),
+                name: reason.name(),
+            }),
+        },
+        endpoint_id: e.endpoint_id,
+        src_identity: e.src_identity,
+        dst_identity: e.dst_identity,
+        saddr: e.saddr,
+        daddr: e.daddr,
+        sport: e.sport,
+        dport: e.dport,
+        protocol: e.protocol,
+        tcp_flags: e.tcp_flags,
+        state: monitor::TraceState::from_raw(e.trace_reason),
+        ifindex: e.ifindex,
+        len: e.len,
+        flow: e.flow,
+        ktime_ns: e.ktime_ns,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plexus_datapath::{DropReason, EventKind, ObservationPoint};
+    use std::net::Ipv4Addr;
+
+    /// The CLI prints the API's events; they must read exactly as the datapath's own.
+    #[test]
+    fn monitor_events_print_as_the_datapath_prints_them() {
+        let base = plexus_datapath::MonitorEvent {
+            kind: EventKind::Trace(ObservationPoint::ToEndpoint),
+            endpoint_id: 3833,
+            src_identity: 38354,
+            dst_identity: 6587186,
+            saddr: Ipv4Addr::new(10, 60, 1, 7),
+            daddr: Ipv4Addr::new(10, 60, 2, 9),
+            sport: 42728,
+            dport: 6379,
+            protocol: 6,
+            tcp_flags: 0x12,
+            trace_reason: 0,
+            ifindex: 7,
+            len: 74,
+            flow: 0x28c6_44b8,
+            ktime_ns: 99,
+        };
+        let mut cases = Vec::new();
+        for raw in 0..=12u8 {
+            cases.push(plexus_datapath::MonitorEvent {
+                kind: EventKind::Drop(DropReason::from_raw(raw)),
+                ..base
+            });
+        }
+        for raw in 0..=6u8 {
+            cases.push(plexus_datapath::MonitorEvent {
+                kind: EventKind::Trace(ObservationPoint::from_raw(raw)),
+                trace_reason: raw,
+                ..base
+            });
+        }
+        for (protocol, sport, dport) in [
+            (17, 53, 53),
+            (1, 8, 0),
+            (1, 0, 0),
+            (1, 3, 1),
+            (1, 11, 0),
+            (1, 5, 2),
+            (47, 0, 0),
+            (0, 0, 0),
+        ] {
+            cases.push(plexus_datapath::MonitorEvent {
+                protocol,
+                sport,
+                dport,
+                ..base
+            });
+        }
+        cases.push(plexus_datapath::MonitorEvent {
+            saddr: Ipv4Addr::UNSPECIFIED,
+            daddr: Ipv4Addr::UNSPECIFIED,
+            protocol: 0,
+            ..base
+        });
+        for tcp_flags in [0, 0x01, 0x04, 0x17] {
+            cases.push(plexus_datapath::MonitorEvent { tcp_flags, ..base });
+        }
+        for ev in cases {
+            let api = MonitorMessage::Event(monitor_event(&ev));
+            let line = serde_json::to_string(&api).unwrap();
+            let back: MonitorMessage = serde_json::from_str(&line).unwrap();
+            assert_eq!(back.to_string(), ev.to_string());
+        }
+    }
 }

@@ -268,6 +268,19 @@ pub async fn run(args: Options) -> Result<()> {
     let listener = tokio::net::UnixListener::bind(&args.api_socket)
         .with_context(|| format!("listen on {}", args.api_socket.display()))?;
     let app = crate::api::router(agent.clone());
+    let tcp_api = match (
+        args.api_listen,
+        args.api_tls_cert.clone(),
+        args.api_tls_key.clone(),
+        args.api_tls_ca.clone(),
+    ) {
+        (Some(addr), Some(cert), Some(key), Some(ca)) => {
+            let files = plexus_agent_api::tls::TlsFiles { ca, cert, key };
+            tracing::info!(%addr, "API on TCP with mutual TLS");
+            Some(crate::api_tls::start(addr, &files, app.clone(), &cluster.name).await?)
+        }
+        _ => None,
+    };
     if let Some(addr) = args.prometheus_listen {
         let tcp = tokio::net::TcpListener::bind(addr)
             .await
@@ -289,6 +302,9 @@ pub async fn run(args: Options) -> Result<()> {
     // Stop without tearing anything down: pinned maps and links keep pods' traffic flowing
     // until the next agent takes over; the lease keeps our records for its TTL.
     for task in tasks {
+        task.abort();
+    }
+    if let Some(task) = tcp_api {
         task.abort();
     }
     let _ = std::fs::remove_file(&args.api_socket);

@@ -77,9 +77,22 @@ pub struct Options {
     /// Remote-cluster configuration directory (one file per remote).
     #[arg(long)]
     pub clustermesh_config: PathBuf,
-    /// The API socket.
+    /// The API socket (local, fully privileged).
     #[arg(long)]
     pub api_socket: PathBuf,
+    /// Also serve the API on this TCP address with mutual TLS (clients need a certificate of
+    /// `--api-tls-ca`; only `admin-<cluster>` may write).
+    #[arg(long, requires_all = ["api_tls_cert", "api_tls_key", "api_tls_ca"])]
+    pub api_listen: Option<std::net::SocketAddr>,
+    /// The TCP API's server certificate.
+    #[arg(long, requires = "api_listen")]
+    pub api_tls_cert: Option<PathBuf>,
+    /// The TCP API's server key.
+    #[arg(long, requires = "api_listen")]
+    pub api_tls_key: Option<PathBuf>,
+    /// The CA that client certificates of the TCP API must chain to (the cluster's).
+    #[arg(long, requires = "api_listen")]
+    pub api_tls_ca: Option<PathBuf>,
     /// Withdraw an unreachable remote cluster's service backends after this long (default:
     /// keep them until it returns; its backends are skipped meanwhile anyway).
     #[arg(long, value_parser = humantime::parse_duration)]

@@ -1,113 +1,18 @@
-//! What the API lists, read from the core: nodes, identities, services with their backends,
-//! policies and an endpoint's resolved policy.
+//! What the API lists, read from the core and answered in `plexus_agent_api`'s types: nodes,
+//! identities, services with their backends, policies and an endpoint's resolved policy.
 
-use std::collections::BTreeMap;
-
-use plexus_loadbalancer::select::Selection;
-use plexus_loadbalancer::service::Affinity;
-use plexus_policy::{Direction, Peer};
-use serde::{Deserialize, Serialize};
+use plexus_agent_api::types::{
+    Affinity, Backend, BackendPort, BackendState, Direction, PolicyObject, ServiceBackends, Verdict,
+};
+use plexus_agent_api::{
+    EndpointPolicy, IdentityInfo, NodeInfo, PolicyEntry, PolicyInfo, ServiceInfo,
+};
+use plexus_loadbalancer::select::BackendState as LbState;
+use plexus_loadbalancer::service::Affinity as LbAffinity;
+use plexus_policy::Peer;
 
 use crate::core::NodeCore;
 use crate::core::ipcache::underlay;
-
-/// A node as `node list` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct NodeInfo {
-    /// Cluster.
-    pub cluster: String,
-    /// Name.
-    pub name: String,
-    /// Underlay address.
-    pub ip: Option<String>,
-    /// Pod CIDR.
-    pub pod_cidr: Option<String>,
-    /// Whether it is this node.
-    pub local: bool,
-}
-
-/// An identity as `identity list` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct IdentityInfo {
-    /// Number.
-    pub id: u32,
-    /// Cluster that allocated it.
-    pub cluster: String,
-    /// Labels, `source:key=value;...`.
-    pub labels: String,
-}
-
-/// One service as `service list` shows it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct ServiceReport {
-    /// Namespace.
-    pub namespace: String,
-    /// Name.
-    pub name: String,
-    /// Its address.
-    pub cluster_ip: Option<String>,
-    /// Its ports, `port/PROTO` by name.
-    pub ports: BTreeMap<String, String>,
-    /// Global.
-    pub global: bool,
-    /// Shared with the other clusters.
-    pub shared: bool,
-    /// Affinity.
-    pub affinity: Affinity,
-    /// Backends with their cluster and state.
-    pub backends: Selection,
-    /// A bad annotation, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// One policy as `policy get` shows it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct PolicyReport {
-    /// Kind.
-    pub kind: String,
-    /// Namespace (empty for clusterwide).
-    pub namespace: String,
-    /// Name.
-    pub name: String,
-    /// The object as applied.
-    pub object: serde_json::Value,
-}
-
-/// One resolved entry, as `endpoint get` shows it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct EntryReport {
-    /// `ingress` or `egress`.
-    pub direction: String,
-    /// `allow` or `deny`.
-    pub verdict: String,
-    /// The peer: an identity number, `any`, or a CIDR.
-    pub peer: String,
-    /// The peer identity's labels, when known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub peer_labels: Option<String>,
-    /// `ANY`, `TCP`, `UDP`, `SCTP`.
-    pub protocol: String,
-    /// `80`, `8000-8080`, or `any`.
-    pub ports: String,
-}
-
-/// An endpoint's resolved policy, as `endpoint get` shows it.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct EndpointPolicyReport {
-    /// Ingress is default-deny.
-    pub ingress_enforced: bool,
-    /// Egress is default-deny.
-    pub egress_enforced: bool,
-    /// The entries.
-    pub entries: Vec<EntryReport>,
-}
 
 /// Every node known, this cluster's first.
 pub fn nodes(core: &NodeCore) -> Vec<NodeInfo> {
@@ -153,11 +58,11 @@ pub fn identity_labels(core: &NodeCore, id: u32) -> Option<String> {
 }
 
 /// Every local service with its selected backends.
-pub fn services(core: &NodeCore) -> Vec<ServiceReport> {
+pub fn services(core: &NodeCore) -> Vec<ServiceInfo> {
     core.services()
         .selections()
         .into_iter()
-        .map(|s| ServiceReport {
+        .map(|s| ServiceInfo {
             namespace: s.service.metadata.namespace.clone(),
             name: s.service.metadata.name.clone(),
             cluster_ip: s.service.spec.cluster_ip.clone(),
@@ -170,33 +75,81 @@ pub fn services(core: &NodeCore) -> Vec<ServiceReport> {
                 .collect(),
             global: s.config.global,
             shared: s.config.shared,
-            affinity: s.config.affinity,
-            backends: s.selection,
+            affinity: match s.config.affinity {
+                LbAffinity::None => Affinity::None,
+                LbAffinity::Local => Affinity::Local,
+                LbAffinity::Remote => Affinity::Remote,
+            },
+            backends: ServiceBackends {
+                candidates: s
+                    .selection
+                    .candidates
+                    .into_iter()
+                    .map(|c| Backend {
+                        cluster: c.cluster,
+                        ip: c.ip,
+                        ports: c
+                            .ports
+                            .into_iter()
+                            .map(|(name, p)| {
+                                (
+                                    name,
+                                    BackendPort {
+                                        protocol: p.protocol,
+                                        port: p.port,
+                                    },
+                                )
+                            })
+                            .collect(),
+                        local: c.local,
+                        state: match c.state {
+                            LbState::Active => BackendState::Active,
+                            LbState::Standby => BackendState::Standby,
+                            LbState::Unreachable => BackendState::Unreachable,
+                        },
+                    })
+                    .collect(),
+            },
             error: s.error,
         })
         .collect()
 }
 
 /// Every policy, in key order.
-pub fn policies(core: &NodeCore) -> Vec<PolicyReport> {
+pub fn policies(core: &NodeCore) -> Vec<PolicyInfo> {
     core.policy()
         .objects()
         .iter()
-        .map(|(k, v)| PolicyReport {
+        .map(|(k, v)| PolicyInfo {
             kind: k.kind.name().to_string(),
             namespace: k.namespace.clone(),
             name: k.name.clone(),
-            object: v.clone(),
+            object: policy_object(v),
         })
         .collect()
 }
 
-/// The resolved policy of endpoint `id`.
-pub fn endpoint_policy(core: &NodeCore, id: u16) -> EndpointPolicyReport {
-    let Some(p) = core.policy().resolved(id) else {
-        return EndpointPolicyReport::default();
+/// A policy object as applied: its `spec` (or `specs`) typed apart, every other field kept.
+fn policy_object(object: &serde_json::Value) -> PolicyObject {
+    let mut other = match object {
+        serde_json::Value::Object(map) => map.clone(),
+        _ => serde_json::Map::new(),
     };
-    EndpointPolicyReport {
+    let spec = other.remove("spec");
+    let specs = match other.remove("specs") {
+        Some(serde_json::Value::Array(specs)) => Some(specs),
+        Some(v) => Some(vec![v]),
+        None => None,
+    };
+    PolicyObject { spec, specs, other }
+}
+
+/// The resolved policy of endpoint `id`.
+pub fn endpoint_policy(core: &NodeCore, id: u16) -> EndpointPolicy {
+    let Some(p) = core.policy().resolved(id) else {
+        return EndpointPolicy::default();
+    };
+    EndpointPolicy {
         ingress_enforced: p.ingress_enforced,
         egress_enforced: p.egress_enforced,
         entries: p
@@ -208,18 +161,21 @@ pub fn endpoint_policy(core: &NodeCore, id: u16) -> EndpointPolicyReport {
                     Peer::Identity(id) => (id.0.to_string(), identity_labels(core, id.0)),
                     Peer::Prefix(c) => (c.to_string(), None),
                 };
-                EntryReport {
+                PolicyEntry {
                     direction: match e.direction {
-                        Direction::Ingress => "ingress",
-                        Direction::Egress => "egress",
-                    }
-                    .into(),
-                    verdict: if e.deny { "deny" } else { "allow" }.into(),
+                        plexus_policy::Direction::Ingress => Direction::Ingress,
+                        plexus_policy::Direction::Egress => Direction::Egress,
+                    },
+                    verdict: if e.deny {
+                        Verdict::Deny
+                    } else {
+                        Verdict::Allow
+                    },
                     peer,
                     peer_labels,
                     protocol: e
                         .proto
-                        .map(|p| format!("{p:?}").to_uppercase())
+                        .map(|p| p.to_string())
                         .unwrap_or_else(|| "ANY".into()),
                     ports: match e.ports {
                         None => "any".into(),
@@ -229,5 +185,25 @@ pub fn endpoint_policy(core: &NodeCore, id: u16) -> EndpointPolicyReport {
                 }
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn policy_objects_keep_their_spec_and_everything_else() {
+        let object = serde_json::json!({
+            "apiVersion": "cilium.io/v2",
+            "kind": "CiliumNetworkPolicy",
+            "metadata": {"name": "db", "namespace": "default"},
+            "spec": {"endpointSelector": {}},
+        });
+        let info = policy_object(&object);
+        assert_eq!(info.spec, Some(serde_json::json!({"endpointSelector": {}})));
+        assert_eq!(serde_json::to_value(&info).unwrap(), object);
     }
 }

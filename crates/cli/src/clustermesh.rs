@@ -19,7 +19,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use plexus_agent_api::{ClusterMeshReport, Endpoint, RemoteClusterReport};
+use plexus_agent_api::{ApiError, ClusterMeshReport, RemoteClusterReport};
 use plexus_apiserver::ApiServerStatus;
 use plexus_clustermesh::failure::FailureKind;
 use plexus_kvstore::{ErrorKind, EtcdBackend, EtcdConfig, Retry, TlsFiles, TlsReason, TlsSide};
@@ -124,13 +124,12 @@ pub async fn enable(
             "ℹ️  the CA changed: the apiserver restarts etcd to present the new certificate; restart the cluster's agents so they use theirs"
         );
     }
-    let apiserver_up = match &ctx.apiserver {
-        Some(addr) => tokio::time::timeout(
-            Duration::from_secs(2),
-            tokio::net::TcpStream::connect(addr.as_str()),
-        )
-        .await
-        .is_ok_and(|r| r.is_ok()),
+    let apiserver_up = match ctx.apiserver_client() {
+        Some(client) => client
+            .with_timeout(Duration::from_secs(2))
+            .get_text("/healthz")
+            .await
+            .is_ok(),
         None => true,
     };
     if apiserver_up {
@@ -524,7 +523,7 @@ pub fn build_report(
     enabled: bool,
     configured: Vec<String>,
     apiserver: Option<Result<ApiServerStatus, String>>,
-    agents: Vec<(String, Result<ClusterMeshReport, String>)>,
+    agents: Vec<(String, Result<ClusterMeshReport, ApiError>)>,
 ) -> StatusReport {
     let mut errors = Vec::new();
     if !enabled {
@@ -650,13 +649,13 @@ pub fn build_report(
             Err(e) => {
                 errors.push(Problem {
                     scope: node.clone(),
-                    message: e.clone(),
-                    hint: Some(format!("is plexus-agent running on node {node}?")),
+                    message: e.to_string(),
+                    hint: Some(crate::node::agent_hint(&e, &node)),
                 });
                 statuses.push(AgentStatus {
                     node,
                     reachable: false,
-                    error: Some(e),
+                    error: Some(e.to_string()),
                     remote_clusters: Vec::new(),
                 });
             }
@@ -697,27 +696,25 @@ pub fn build_report(
 
 /// Gathers the status of the context's cluster.
 pub async fn gather(ctx: &Context) -> StatusReport {
-    let apiserver = match &ctx.apiserver {
-        Some(addr) => Some(
-            plexus_agent_api::get_json::<ApiServerStatus>(
-                &Endpoint::Tcp(addr.clone()),
-                "/v1/status",
-                API_TIMEOUT,
-            )
-            .await
-            .map_err(|e| e.to_string()),
+    let apiserver = match ctx.apiserver_client() {
+        Some(client) => Some(
+            client
+                .with_timeout(API_TIMEOUT)
+                .get::<ApiServerStatus>("/v1/status")
+                .await
+                .map_err(|e| e.to_string()),
         ),
         None => None,
     };
     let mut agents = Vec::new();
     for a in &ctx.agents {
-        let r = plexus_agent_api::get_json::<ClusterMeshReport>(
-            &Endpoint::Unix(a.socket.clone()),
-            "/v1/clustermesh",
-            API_TIMEOUT,
-        )
-        .await
-        .map_err(|e| e.to_string());
+        let r = match ctx.agent_client(a) {
+            Ok(client) => client.with_timeout(API_TIMEOUT).clustermesh().await,
+            Err(e) => Err(ApiError::Unreachable {
+                endpoint: format!("the agent of {}", a.node),
+                reason: format!("{e:#}"),
+            }),
+        };
         agents.push((a.node.clone(), r));
     }
     build_report(
@@ -877,7 +874,7 @@ pub async fn status(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use plexus_agent_api::MeshReport;
+    use plexus_agent_api::{ErrorKind as ApiErrorKind, MeshReport};
 
     fn ctx() -> Context {
         Context {
@@ -962,14 +959,30 @@ mod tests {
                         ),
                     ],
                 ),
-                ("n3".into(), Err("cannot reach unix:/x: refused".into())),
+                (
+                    "n3".into(),
+                    Err(ApiError::Unreachable {
+                        endpoint: "unix:/x".into(),
+                        reason: "connection refused".into(),
+                    }),
+                ),
+                (
+                    "n4".into(),
+                    Err(ApiError::Server {
+                        endpoint: "https://10.0.0.4:9965".into(),
+                        path: "/v1/clustermesh".into(),
+                        status: 403,
+                        kind: ApiErrorKind::Forbidden,
+                        message: "certificate of c9 may not read".into(),
+                    }),
+                ),
             ],
         );
         assert!(!r.ready);
         let c2 = &r.connections[0];
         assert_eq!(
             (c2.cluster.as_str(), c2.configured, c2.connected, c2.total),
-            ("c2", 2, 2, 3)
+            ("c2", 2, 2, 4)
         );
         assert_eq!(
             (c2.nodes, c2.endpoints, c2.identities, c2.services),
@@ -977,7 +990,7 @@ mod tests {
         );
         let c3 = &r.connections[1];
         assert_eq!((c3.configured, c3.connected), (2, 1));
-        assert_eq!(r.errors.len(), 2);
+        assert_eq!(r.errors.len(), 3);
         assert!(
             r.errors[0].hint.as_deref().unwrap().contains("unique"),
             "{:?}",
@@ -990,9 +1003,22 @@ mod tests {
                 .unwrap()
                 .contains("plexus-agent running on node n3")
         );
-        let json = serde_json::to_value(&r).unwrap();
-        assert_eq!(json["connections"][0]["endpoints"], 10);
-        assert_eq!(json["agents"][2]["reachable"], false);
+        // The hint comes from the kind of failure, not from the message.
+        assert!(
+            r.errors[2]
+                .hint
+                .as_deref()
+                .unwrap()
+                .contains("admin certificate"),
+            "{:?}",
+            r.errors[2]
+        );
+        // `-o json` round-trips into the same typed report.
+        let json = serde_json::to_string(&r).unwrap();
+        let back: StatusReport = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(back.connections[0].endpoints, 10);
+        assert!(!back.agents[2].reachable);
     }
 
     #[test]

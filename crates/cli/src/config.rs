@@ -14,9 +14,10 @@
 //!   apiserver: 127.0.0.1:9963      # the apiserver's status address
 //!   clustermesh-dir: /var/lib/plexus/cluster1/clustermesh   # where its agents read remote configs
 //!   kvstoremesh-dir: /var/lib/plexus/cluster1/kvstoremesh   # optional: KVStoreMesh's remote configs
-//!   agents:                        # the nodes' agent sockets
+//!   agents:                        # the nodes' agents
 //!   - node: node1
-//!     socket: /run/plexus/cluster1/node1/agent.sock
+//!     address: 10.0.0.11:9965      # the agent's API on TCP (mutual TLS, the admin certificate)
+//!     socket: /run/plexus/cluster1/node1/agent.sock   # or its local socket (used without address)
 //!   netns: plexus-lab-underlay     # optional: network namespace to reach the cluster from
 //!   lab-dir: /run/plexus-lab       # optional: the lab that runs the cluster's pods
 //! ```
@@ -28,14 +29,19 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
-/// One node's agent.
+/// One node's agent: its TCP address (mutual TLS with the context's admin certificate), or its
+/// local socket.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct AgentRef {
     /// Node name.
     pub node: String,
-    /// Its API socket.
-    pub socket: PathBuf,
+    /// Its API on TCP with mutual TLS, `host:port` (the agent's `--api-listen`); used when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Its API socket, for a CLI on the node itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
 }
 
 fn default_max() -> u32 {
@@ -83,6 +89,44 @@ impl Context {
     /// The certificate directory.
     pub fn pki(&self) -> plexus_pki::cluster::ClusterPki {
         plexus_pki::cluster::ClusterPki::new(self.state_dir.join("pki"), &self.name)
+    }
+
+    /// A client of `agent`'s API: over TCP with mutual TLS as the cluster's admin when the
+    /// agent has an address, else on its socket.
+    pub fn agent_client(&self, agent: &AgentRef) -> Result<plexus_agent_api::Client> {
+        use plexus_agent_api::{Client, Endpoint};
+        if let Some(addr) = &agent.address {
+            let admin = self.pki().admin();
+            let config = plexus_agent_api::tls::client_config(
+                &admin.ca,
+                Some((admin.cert.as_path(), admin.key.as_path())),
+            )
+            .with_context(|| {
+                format!(
+                    "the admin certificate of context {} for the agent of {} at {addr}",
+                    self.name, agent.node
+                )
+            })?;
+            return Ok(Client::new(Endpoint::Tls {
+                addr: addr.clone(),
+                config,
+            }));
+        }
+        match &agent.socket {
+            Some(socket) => Ok(Client::new(Endpoint::Unix(socket.clone()))),
+            None => bail!(
+                "context {}: the agent of {} has neither an address nor a socket",
+                self.name,
+                agent.node
+            ),
+        }
+    }
+
+    /// A client of the apiserver's HTTP endpoints, if the context names it.
+    pub fn apiserver_client(&self) -> Option<plexus_agent_api::Client> {
+        self.apiserver.as_ref().map(|addr| {
+            plexus_agent_api::Client::new(plexus_agent_api::Endpoint::Tcp(addr.clone()))
+        })
     }
 
     /// How peers reach the cluster's etcd.
@@ -214,7 +258,23 @@ mod tests {
             apiserver: None,
             clustermesh_dir: "/tmp/c1/clustermesh".into(),
             kvstoremesh_dir: None,
-            agents: vec![],
+            agents: vec![
+                AgentRef {
+                    node: "n1".into(),
+                    address: Some("10.0.0.11:9965".into()),
+                    socket: None,
+                },
+                AgentRef {
+                    node: "n2".into(),
+                    address: None,
+                    socket: Some("/run/plexus/n2.sock".into()),
+                },
+                AgentRef {
+                    node: "n3".into(),
+                    address: None,
+                    socket: None,
+                },
+            ],
             netns: None,
             lab_dir: None,
         });
@@ -223,6 +283,19 @@ mod tests {
         let back = CliConfig::load(&path).unwrap();
         assert_eq!(back, config);
         assert_eq!(back.context(None, &path).unwrap().name, "c1");
+        let c1 = back.context(None, &path).unwrap();
+        // n1's address needs the admin certificate, which this context does not have.
+        let err = format!("{:#}", c1.agent_client(&c1.agents[0]).unwrap_err());
+        assert!(
+            err.contains("admin certificate") && err.contains("n1"),
+            "{err}"
+        );
+        assert_eq!(
+            c1.agent_client(&c1.agents[1]).unwrap().target().to_string(),
+            "unix:/run/plexus/n2.sock"
+        );
+        let err = c1.agent_client(&c1.agents[2]).unwrap_err().to_string();
+        assert!(err.contains("neither an address nor a socket"), "{err}");
         let err = back.context(Some("c9"), &path).unwrap_err().to_string();
         assert!(err.contains("c9") && err.contains("known: c1"), "{err}");
 

@@ -38,7 +38,8 @@ pub fn contexts(lab: &LabState) -> Vec<Context> {
                 .iter()
                 .map(|n| AgentRef {
                     node: n.name.clone(),
-                    socket: n.socket.clone(),
+                    address: Some(n.api_address()),
+                    socket: Some(n.socket.clone()),
                 })
                 .collect(),
             netns: Some(lab.underlay.clone()),

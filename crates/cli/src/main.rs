@@ -627,7 +627,7 @@ fn run(cli: Cli) -> Result<u8> {
                 node::list(
                     cfg.context(ctx_name, &path)?,
                     node,
-                    "status",
+                    node::Listing::Status,
                     output == Output::Json,
                 )
                 .await?
@@ -649,7 +649,7 @@ fn run(cli: Cli) -> Result<u8> {
                 node::list(
                     cfg.context(ctx_name, &path)?,
                     node,
-                    "policy",
+                    node::Listing::Policy,
                     output == Output::Json,
                 )
                 .await?
@@ -660,7 +660,7 @@ fn run(cli: Cli) -> Result<u8> {
                 node::list(
                     cfg.context(ctx_name, &path)?,
                     node,
-                    "endpoint",
+                    node::Listing::Endpoints,
                     output == Output::Json,
                 )
                 .await?
@@ -671,7 +671,7 @@ fn run(cli: Cli) -> Result<u8> {
                 node::list(
                     cfg.context(ctx_name, &path)?,
                     node,
-                    "node",
+                    node::Listing::Nodes,
                     output == Output::Json,
                 )
                 .await?
@@ -682,7 +682,7 @@ fn run(cli: Cli) -> Result<u8> {
                 node::list(
                     cfg.context(ctx_name, &path)?,
                     node,
-                    "service",
+                    node::Listing::Services,
                     output == Output::Json,
                 )
                 .await?
@@ -693,7 +693,7 @@ fn run(cli: Cli) -> Result<u8> {
                 node::list(
                     cfg.context(ctx_name, &path)?,
                     node,
-                    "identity",
+                    node::Listing::Identities,
                     output == Output::Json,
                 )
                 .await?
@@ -702,10 +702,10 @@ fn run(cli: Cli) -> Result<u8> {
                 let (what, output) = match command {
                     BpfCommand::Ipcache {
                         command: ListCommand::List { output },
-                    } => ("ipcache", output),
+                    } => (node::Listing::Ipcache, output),
                     BpfCommand::Lb {
                         command: ListCommand::List { output },
-                    } => ("lb", output),
+                    } => (node::Listing::Lb, output),
                 };
                 node::list(
                     cfg.context(ctx_name, &path)?,
@@ -716,7 +716,12 @@ fn run(cli: Cli) -> Result<u8> {
                 .await?
             }
             Command::Monitor { kind } => {
-                node::monitor(cfg.context(ctx_name, &path)?, node, kind.as_deref()).await?
+                let kind = kind
+                    .as_deref()
+                    .map(str::parse::<plexus_agent_api::MonitorFilter>)
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                node::monitor(cfg.context(ctx_name, &path)?, node, kind).await?
             }
             Command::Lab { .. } | Command::Exec { .. } | Command::Context { .. } => {}
         }

@@ -8,14 +8,19 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use plexus_agent_api::Endpoint;
-use serde_json::Value;
+use plexus_agent_api::types::Affinity;
+use plexus_agent_api::{
+    AgentStatus, ApiError, Client, EndpointDetail, EndpointInfo, ErrorKind, IdentityInfo,
+    IpcacheRow, LbRow, MonitorFilter, NodeInfo, PolicyInfo, ServiceInfo,
+};
+use serde::Serialize;
 
 use crate::config::Context;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-fn agent(ctx: &Context, node: Option<&str>) -> Result<(String, Endpoint)> {
+/// The node named `node` (default: the context's first) and a client of its agent.
+fn agent(ctx: &Context, node: Option<&str>) -> Result<(String, Client)> {
     let a = match node {
         Some(n) => ctx.agents.iter().find(|a| a.node == n).with_context(|| {
             format!(
@@ -33,237 +38,253 @@ fn agent(ctx: &Context, node: Option<&str>) -> Result<(String, Endpoint)> {
             .first()
             .with_context(|| format!("context {} lists no agents", ctx.name))?,
     };
-    Ok((a.node.clone(), Endpoint::Unix(a.socket.clone())))
+    Ok((a.node.clone(), ctx.agent_client(a)?.with_timeout(TIMEOUT)))
 }
 
-async fn fetch(ctx: &Context, node: Option<&str>, path: &str) -> Result<(String, Value)> {
-    let (name, ep) = agent(ctx, node)?;
-    let v = plexus_agent_api::get_json(&ep, path, TIMEOUT).await?;
-    Ok((name, v))
+/// An optional value as a table cell.
+fn opt(v: Option<&str>) -> &str {
+    v.unwrap_or("-")
 }
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
+/// What a node lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listing {
+    /// `status`.
+    Status,
+    /// `endpoint list`.
+    Endpoints,
+    /// `node list`.
+    Nodes,
+    /// `identity list`.
+    Identities,
+    /// `service list`.
+    Services,
+    /// `policy get`.
+    Policy,
+    /// `bpf ipcache list`.
+    Ipcache,
+    /// `bpf lb list`.
+    Lb,
+}
+
+/// Prints `v` as JSON, or calls `table` to print it for people.
+fn show<T: Serialize>(v: &T, json: bool, table: impl FnOnce(&T) -> Result<()>) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+        Ok(())
+    } else {
+        table(v)
     }
 }
 
 /// Runs one listing; prints a table or JSON.
-pub async fn list(ctx: &Context, node: Option<&str>, what: &str, json: bool) -> Result<()> {
-    let path = match what {
-        "status" => "/v1/status",
-        "endpoint" => "/v1/endpoints",
-        "node" => "/v1/nodes",
-        "identity" => "/v1/identities",
-        "ipcache" => "/v1/bpf/ipcache",
-        "lb" => "/v1/bpf/lb",
-        "service" => "/v1/services",
-        "policy" => "/v1/policy",
-        other => anyhow::bail!("unknown listing {other}"),
-    };
-    let (name, v) = fetch(ctx, node, path).await?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
-    }
-    let rows = v.as_array().cloned().unwrap_or_default();
+pub async fn list(ctx: &Context, node: Option<&str>, what: Listing, json: bool) -> Result<()> {
+    let (name, client) = agent(ctx, node)?;
+    let asked = |e| ask_error(&name, e);
     match what {
-        "status" => {
-            println!(
-                "Cluster:   {} (id {})",
-                s(&v["cluster"]),
-                s(&v["cluster-id"])
-            );
-            println!("Node:      {} ({})", s(&v["node"]), s(&v["node-ip"]));
-            println!("Pod CIDR:  {}", s(&v["pod-cidr"]));
-            println!("Routing:   {}", s(&v["routing"]));
-            println!("Datapath:  {}", s(&v["datapath"]));
-            println!("Endpoints: {}", s(&v["endpoints"]));
-            println!(
-                "ClusterMesh: {}/{} remote clusters ready",
-                s(&v["remote-clusters"][1]),
-                s(&v["remote-clusters"][0])
-            );
+        Listing::Status => show(&client.status().await.map_err(asked)?, json, print_status),
+        Listing::Endpoints => show(&client.endpoints().await.map_err(asked)?, json, |v| {
+            print_endpoints(&name, v)
+        }),
+        Listing::Nodes => show(&client.nodes().await.map_err(asked)?, json, |v| {
+            print_nodes(&name, v)
+        }),
+        Listing::Identities => show(&client.identities().await.map_err(asked)?, json, |v| {
+            print_identities(&name, v)
+        }),
+        Listing::Services => show(&client.services().await.map_err(asked)?, json, |v| {
+            print_services(&name, v)
+        }),
+        Listing::Policy => show(&client.policy().await.map_err(asked)?, json, |v| {
+            print_policies(&name, v)
+        }),
+        Listing::Ipcache => show(&client.ipcache().await.map_err(asked)?, json, |v| {
+            print_ipcache(&name, v)
+        }),
+        Listing::Lb => show(&client.lb().await.map_err(asked)?, json, |v| {
+            print_lb(&name, v)
+        }),
+    }
+}
+
+fn print_status(v: &AgentStatus) -> Result<()> {
+    println!("Cluster:   {} (id {})", v.cluster, v.cluster_id);
+    println!("Node:      {} ({})", v.node, v.node_ip);
+    println!("Pod CIDR:  {}", v.pod_cidr);
+    println!("Routing:   {}", v.routing);
+    println!("Datapath:  {}", v.datapath);
+    println!("Endpoints: {}", v.endpoints);
+    let (configured, ready) = v.remote_clusters;
+    println!("ClusterMesh: {ready}/{configured} remote clusters ready");
+    Ok(())
+}
+
+fn print_endpoints(name: &str, rows: &[EndpointInfo]) -> Result<()> {
+    println!("# node {name}");
+    println!(
+        "{:<6} {:<10} {:<16} {:<32} {}",
+        "ID", "IDENTITY", "IPV4", "POD", "LABELS"
+    );
+    for r in rows {
+        let labels: Vec<String> = r.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "{:<6} {:<10} {:<16} {:<32} {}",
+            r.id,
+            r.identity,
+            r.ip,
+            format!("{}/{}", r.namespace, r.pod),
+            labels.join(",")
+        );
+    }
+    Ok(())
+}
+
+fn print_nodes(name: &str, rows: &[NodeInfo]) -> Result<()> {
+    println!("# as seen by node {name}");
+    println!(
+        "{:<16} {:<24} {:<16} {}",
+        "CLUSTER", "NAME", "IPV4", "POD CIDR"
+    );
+    for r in rows {
+        println!(
+            "{:<16} {:<24} {:<16} {}{}",
+            r.cluster,
+            r.name,
+            opt(r.ip.as_deref()),
+            opt(r.pod_cidr.as_deref()),
+            if r.local { "  (this node)" } else { "" }
+        );
+    }
+    Ok(())
+}
+
+fn print_identities(name: &str, rows: &[IdentityInfo]) -> Result<()> {
+    println!("# as seen by node {name}");
+    println!("{:<10} {:<16} {}", "ID", "CLUSTER", "LABELS");
+    for r in rows {
+        println!("{:<10} {:<16} {}", r.id, r.cluster, r.labels);
+    }
+    Ok(())
+}
+
+/// `global[,unshared][,local|,remote]` or `local`.
+fn service_mode(r: &ServiceInfo) -> String {
+    if !r.global {
+        return "local".to_string();
+    }
+    format!(
+        "global{}{}",
+        if r.shared { "" } else { ",unshared" },
+        match r.affinity {
+            Affinity::Local => ",local",
+            Affinity::Remote => ",remote",
+            Affinity::None => "",
         }
-        "endpoint" => {
-            println!("# node {name}");
-            println!(
-                "{:<6} {:<10} {:<16} {:<32} {}",
-                "ID", "IDENTITY", "IPV4", "POD", "LABELS"
-            );
-            for r in rows {
-                let labels: Vec<String> = r["labels"]
-                    .as_object()
-                    .map(|m| m.iter().map(|(k, v)| format!("{k}={}", s(v))).collect())
+    )
+}
+
+fn print_services(name: &str, rows: &[ServiceInfo]) -> Result<()> {
+    println!("# as seen by node {name}");
+    println!(
+        "{:<28} {:<26} {:<14} {}",
+        "SERVICE", "FRONTEND", "MODE", "BACKENDS"
+    );
+    for r in rows {
+        let ports: Vec<&str> = r.ports.values().map(String::as_str).collect();
+        let mode = service_mode(r);
+        let backends: Vec<String> = r
+            .backends
+            .candidates
+            .iter()
+            .map(|c| {
+                let port = c
+                    .ports
+                    .values()
+                    .next()
+                    .map(|p| p.port.to_string())
                     .unwrap_or_default();
-                println!(
-                    "{:<6} {:<10} {:<16} {:<32} {}",
-                    s(&r["id"]),
-                    s(&r["identity"]),
-                    s(&r["ip"]),
-                    format!("{}/{}", s(&r["namespace"]), s(&r["pod"])),
-                    labels.join(",")
-                );
+                format!("{}:{} ({}, {})", c.ip, port, c.cluster, c.state)
+            })
+            .collect();
+        let frontend = format!("{}:{}", opt(r.cluster_ip.as_deref()), ports.join(","));
+        let service = format!("{}/{}", r.namespace, r.name);
+        let mut first = true;
+        for b in backends
+            .iter()
+            .map(String::as_str)
+            .chain(backends.is_empty().then_some("-"))
+        {
+            if first {
+                println!("{service:<28} {frontend:<26} {mode:<14} {b}");
+                first = false;
+            } else {
+                println!("{:<28} {:<26} {:<14} {b}", "", "", "");
             }
         }
-        "node" => {
-            println!("# as seen by node {name}");
-            println!(
-                "{:<16} {:<24} {:<16} {}",
-                "CLUSTER", "NAME", "IPV4", "POD CIDR"
-            );
-            for r in rows {
-                println!(
-                    "{:<16} {:<24} {:<16} {}{}",
-                    s(&r["cluster"]),
-                    s(&r["name"]),
-                    s(&r["ip"]),
-                    s(&r["pod-cidr"]),
-                    if r["local"] == true {
-                        "  (this node)"
-                    } else {
-                        ""
-                    }
-                );
-            }
+    }
+    Ok(())
+}
+
+fn print_policies(name: &str, rows: &[PolicyInfo]) -> Result<()> {
+    println!("# policies held by node {name}");
+    if rows.is_empty() {
+        println!("(none)");
+    }
+    for r in rows {
+        let at = if r.namespace.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", r.namespace)
+        };
+        println!("{} {at}{}", r.kind, r.name);
+        let spec = match (&r.object.spec, &r.object.specs) {
+            (Some(spec), _) => serde_json::to_string_pretty(spec)?,
+            (None, Some(specs)) => serde_json::to_string_pretty(specs)?,
+            (None, None) => "null".to_string(),
+        };
+        for line in spec.lines() {
+            println!("    {line}");
         }
-        "identity" => {
-            println!("# as seen by node {name}");
-            println!("{:<10} {:<16} {}", "ID", "CLUSTER", "LABELS");
-            for r in rows {
-                println!(
-                    "{:<10} {:<16} {}",
-                    s(&r["id"]),
-                    s(&r["cluster"]),
-                    s(&r["labels"])
-                );
-            }
+    }
+    Ok(())
+}
+
+fn print_lb(name: &str, rows: &[LbRow]) -> Result<()> {
+    println!("# bpf lb of node {name}");
+    println!("{:<24} {}", "SERVICE ADDRESS", "BACKEND ADDRESS (SLOT)");
+    for r in rows {
+        let mut lines: Vec<String> = r
+            .active
+            .iter()
+            .enumerate()
+            .map(|(i, b)| format!("{b} ({})", i + 1))
+            .collect();
+        lines.extend(r.inactive.iter().map(|b| format!("{b} (inactive)")));
+        if lines.is_empty() {
+            lines.push("- (no backend: new connections are dropped)".into());
         }
-        "service" => {
-            println!("# as seen by node {name}");
-            println!(
-                "{:<28} {:<26} {:<14} {}",
-                "SERVICE", "FRONTEND", "MODE", "BACKENDS"
-            );
-            for r in rows {
-                let ip = s(&r["cluster-ip"]);
-                let ports: Vec<String> = r["ports"]
-                    .as_object()
-                    .map(|m| m.values().map(s).collect())
-                    .unwrap_or_default();
-                let mode = if r["global"] == true {
-                    format!(
-                        "global{}{}",
-                        if r["shared"] == true { "" } else { ",unshared" },
-                        match r["affinity"].as_str() {
-                            Some("local") => ",local",
-                            Some("remote") => ",remote",
-                            _ => "",
-                        }
-                    )
-                } else {
-                    "local".to_string()
-                };
-                let backends: Vec<String> = r["backends"]["candidates"]
-                    .as_array()
-                    .map(|cs| {
-                        cs.iter()
-                            .map(|c| {
-                                let port = c["ports"]
-                                    .as_object()
-                                    .and_then(|m| m.values().next())
-                                    .map(|p| s(&p["Port"]))
-                                    .unwrap_or_default();
-                                format!(
-                                    "{}:{} ({}, {})",
-                                    s(&c["ip"]),
-                                    port,
-                                    s(&c["cluster"]),
-                                    s(&c["state"])
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let frontend = format!("{ip}:{}", ports.join(","));
-                let service = format!("{}/{}", s(&r["namespace"]), s(&r["name"]));
-                let mut first = true;
-                for b in backends
-                    .iter()
-                    .map(String::as_str)
-                    .chain(backends.is_empty().then_some("-"))
-                {
-                    if first {
-                        println!("{service:<28} {frontend:<26} {mode:<14} {b}");
-                        first = false;
-                    } else {
-                        println!("{:<28} {:<26} {:<14} {b}", "", "", "");
-                    }
-                }
-            }
+        for (i, line) in lines.iter().enumerate() {
+            let f = if i == 0 { r.frontend.as_str() } else { "" };
+            println!("{f:<24} {line}");
         }
-        "policy" => {
-            println!("# policies held by node {name}");
-            if rows.is_empty() {
-                println!("(none)");
-            }
-            for r in rows {
-                let ns = s(&r["namespace"]);
-                let at = if ns.is_empty() {
-                    String::new()
-                } else {
-                    format!("{ns}/")
-                };
-                println!("{} {at}{}", s(&r["kind"]), s(&r["name"]));
-                let spec = serde_json::to_string_pretty(&r["object"]["spec"])?;
-                for line in spec.lines() {
-                    println!("    {line}");
-                }
-            }
-        }
-        "lb" => {
-            println!("# bpf lb of node {name}");
-            println!("{:<24} {}", "SERVICE ADDRESS", "BACKEND ADDRESS (SLOT)");
-            for r in rows {
-                let frontend = s(&r["frontend"]);
-                let strs = |k: &str| -> Vec<String> {
-                    r[k].as_array()
-                        .map(|a| a.iter().map(s).collect())
-                        .unwrap_or_default()
-                };
-                let mut lines: Vec<String> = strs("active")
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| format!("{b} ({})", i + 1))
-                    .collect();
-                lines.extend(strs("inactive").iter().map(|b| format!("{b} (inactive)")));
-                if lines.is_empty() {
-                    lines.push("- (no backend: new connections are dropped)".into());
-                }
-                for (i, line) in lines.iter().enumerate() {
-                    let f = if i == 0 { frontend.as_str() } else { "" };
-                    println!("{f:<24} {line}");
-                }
-            }
-        }
-        _ => {
-            println!("# bpf ipcache of node {name}");
-            println!(
-                "{:<20} {:<10} {:<16} {}",
-                "PREFIX", "IDENTITY", "TUNNEL", "CLUSTER-ID"
-            );
-            for r in rows {
-                println!(
-                    "{:<20} {:<10} {:<16} {}",
-                    s(&r["prefix"]),
-                    s(&r["identity"]),
-                    s(&r["tunnel-endpoint"]),
-                    s(&r["cluster-id"])
-                );
-            }
-        }
+    }
+    Ok(())
+}
+
+fn print_ipcache(name: &str, rows: &[IpcacheRow]) -> Result<()> {
+    println!("# bpf ipcache of node {name}");
+    println!(
+        "{:<20} {:<10} {:<16} {}",
+        "PREFIX", "IDENTITY", "TUNNEL", "CLUSTER-ID"
+    );
+    for r in rows {
+        println!(
+            "{:<20} {:<10} {:<16} {}",
+            r.prefix,
+            r.identity,
+            opt(r.tunnel_endpoint.as_deref()),
+            r.cluster_id
+        );
     }
     Ok(())
 }
@@ -274,47 +295,55 @@ pub async fn endpoint_get(ctx: &Context, node: Option<&str>, id: &str, json: boo
         Some(n) => vec![n.to_string()],
         None => ctx.agents.iter().map(|a| a.node.clone()).collect(),
     };
-    let mut errors = Vec::new();
+    // Nodes that do not have it say so; any other failure is reported with its hint, since
+    // the endpoint may be on that node.
+    let mut failures = Vec::new();
     for n in &nodes {
-        let (_, ep) = agent(ctx, Some(n))?;
-        match plexus_agent_api::get_json(&ep, &format!("/v1/endpoints/{id}"), TIMEOUT).await {
+        let (_, client) = agent(ctx, Some(n))?;
+        match client.endpoint(id).await {
             Ok(v) => return print_endpoint(n, &v, json),
-            Err(e) => errors.push(format!("{n}: {e:#}")),
+            Err(e) if e.kind() == Some(ErrorKind::NotFound) => {}
+            Err(e) => failures.push(format!("{:#}", ask_error(n, e))),
         }
     }
+    if failures.is_empty() {
+        anyhow::bail!(
+            "endpoint {id} not found on any node of cluster {} ({})",
+            ctx.name,
+            nodes.join(", ")
+        )
+    }
     anyhow::bail!(
-        "endpoint {id} not found in cluster {}: {}",
+        "endpoint {id} not found in cluster {}; not every node answered: {}",
         ctx.name,
-        errors.join("; ")
+        failures.join("; ")
     )
 }
 
-fn print_endpoint(node: &str, v: &Value, json: bool) -> Result<()> {
+fn print_endpoint(node: &str, v: &EndpointDetail, json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(v)?);
         return Ok(());
     }
-    let e = &v["endpoint"];
-    println!("Endpoint:   {} on node {node}", s(&e["id"]));
-    println!("Pod:        {}/{}", s(&e["namespace"]), s(&e["pod"]));
-    println!("Address:    {}", s(&e["ip"]));
+    let e = &v.endpoint;
+    println!("Endpoint:   {} on node {node}", e.id);
+    println!("Pod:        {}/{}", e.namespace, e.pod);
+    println!("Address:    {}", e.ip);
     println!(
         "Identity:   {} {}",
-        s(&e["identity"]),
-        s(&v["identity-labels"])
+        e.identity,
+        opt(v.identity_labels.as_deref())
     );
-    let p = &v["policy"];
-    let mode = |k: &str| {
-        if p[k] == true {
+    let mode = |enforced: bool| {
+        if enforced {
             "enforced (default deny)"
         } else {
             "not enforced"
         }
     };
-    println!("Ingress:    {}", mode("ingress-enforced"));
-    println!("Egress:     {}", mode("egress-enforced"));
-    let entries = p["entries"].as_array().cloned().unwrap_or_default();
-    if entries.is_empty() {
+    println!("Ingress:    {}", mode(v.policy.ingress_enforced));
+    println!("Egress:     {}", mode(v.policy.egress_enforced));
+    if v.policy.entries.is_empty() {
         return Ok(());
     }
     println!();
@@ -322,43 +351,62 @@ fn print_endpoint(node: &str, v: &Value, json: bool) -> Result<()> {
         "{:<8} {:<8} {:<10} {:<6} {:<12} {}",
         "DIR", "VERDICT", "PEER", "PROTO", "PORTS", "PEER LABELS"
     );
-    for r in entries {
+    for r in &v.policy.entries {
         println!(
             "{:<8} {:<8} {:<10} {:<6} {:<12} {}",
-            s(&r["direction"]),
-            s(&r["verdict"]),
-            s(&r["peer"]),
-            s(&r["protocol"]),
-            s(&r["ports"]),
-            r["peer-labels"].as_str().unwrap_or("")
+            r.direction.to_string(),
+            r.verdict.to_string(),
+            r.peer,
+            r.protocol,
+            r.ports,
+            r.peer_labels.as_deref().unwrap_or("")
         );
     }
     Ok(())
 }
 
 /// `monitor [--type drop|trace]`: prints events as they come, until interrupted.
-pub async fn monitor(ctx: &Context, node: Option<&str>, kind: Option<&str>) -> Result<()> {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    let (name, ep) = agent(ctx, node)?;
-    let Endpoint::Unix(socket) = ep else {
-        anyhow::bail!("monitor needs the agent's socket");
-    };
-    let mut stream = tokio::net::UnixStream::connect(&socket)
+pub async fn monitor(ctx: &Context, node: Option<&str>, kind: Option<MonitorFilter>) -> Result<()> {
+    let (name, client) = agent(ctx, node)?;
+    let mut events = client
+        .monitor(kind)
         .await
-        .with_context(|| format!("connect to the agent of {name} at {}", socket.display()))?;
-    let query = kind.map(|k| format!("?type={k}")).unwrap_or_default();
-    stream
-        .write_all(format!("GET /v1/monitor{query} HTTP/1.0\r\nHost: agent\r\n\r\n").as_bytes())
-        .await?;
+        .map_err(|e| ask_error(&name, e))?;
     eprintln!("Listening for events on node {name}... Press Ctrl-C to quit");
-    let mut lines = tokio::io::BufReader::new(stream).lines();
-    let mut body = false;
-    while let Some(line) = lines.next_line().await? {
-        if !body {
-            body = line.is_empty();
-            continue;
-        }
-        println!("{line}");
+    while let Some(message) = events.next().await {
+        println!("{}", message.map_err(|e| ask_error(&name, e))?);
     }
     Ok(())
+}
+
+/// What to try after a failed call to the agent of `node`, from the kind of failure.
+pub fn agent_hint(err: &ApiError, node: &str) -> String {
+    match err {
+        ApiError::Unreachable { .. } => format!("is plexus-agent running on node {node}?"),
+        ApiError::Server { kind, .. } => match kind {
+            ErrorKind::NotFound => format!("node {node} has no such object"),
+            ErrorKind::Invalid => {
+                "the agent refused the request: are the CLI and the agent the same version?"
+                    .to_string()
+            }
+            ErrorKind::Forbidden => format!(
+                "the context's certificate may only read: writes need the cluster's admin certificate (admin-<cluster>) or the agent's local socket on {node}"
+            ),
+            ErrorKind::Unavailable => {
+                format!("the agent of {node} is not ready yet: try again shortly")
+            }
+            ErrorKind::Internal => format!("the agent of {node} failed: see its log"),
+        },
+        ApiError::Decode { .. } => {
+            "the agent's answer is not understood: are the CLI and the agent the same version?"
+                .to_string()
+        }
+        ApiError::Runtime(_) => "the CLI could not start its API client".to_string(),
+    }
+}
+
+/// An agent call's error, with what to try.
+fn ask_error(node: &str, err: ApiError) -> anyhow::Error {
+    let hint = agent_hint(&err, node);
+    anyhow::Error::new(err).context(format!("ask the agent of node {node} (hint: {hint})"))
 }

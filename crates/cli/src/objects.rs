@@ -18,6 +18,7 @@ use plexus_lab::lab::{Bins, LabState};
 use plexus_lab::workload::{self, Workload, Workloads};
 use plexus_loadbalancer::SERVICES_PREFIX;
 use plexus_loadbalancer::service::Service;
+use serde::{Deserialize, Serialize};
 
 use crate::config::Context;
 
@@ -27,6 +28,29 @@ pub struct Parsed {
     workloads: Vec<Workload>,
     services: Vec<Service>,
     policies: Vec<(plexus_policy::PolicyKey, serde_json::Value)>,
+}
+
+/// The metadata of a Kubernetes-shaped document: what the CLI reads of it is typed, the rest
+/// (labels, annotations, ...) is kept as written.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct ObjectMeta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    namespace: Option<String>,
+    #[serde(flatten)]
+    other: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A Kubernetes-shaped document: its kind and metadata typed, the rest kept as written.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Document {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    metadata: Option<ObjectMeta>,
+    #[serde(flatten)]
+    other: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Parses every document of `file`; errors name the file, the document and the field.
@@ -45,13 +69,17 @@ pub fn parse(file: &Path, default_ns: &str) -> Result<Parsed> {
             continue;
         }
         let at = |what: &str| format!("{}: document {} ({what})", file.display(), i + 1);
-        let kind = value["kind"].as_str().unwrap_or_default().to_string();
+        let mut document = Document::deserialize(&value).with_context(|| {
+            at("kind and metadata: a kind string and a metadata mapping are expected")
+        })?;
+        let kind = document.kind.clone().unwrap_or_default();
+        let metadata = document.metadata.clone().unwrap_or_default();
         match kind.as_str() {
             "Namespace" => {
-                let name = value["metadata"]["name"]
-                    .as_str()
+                let name = metadata
+                    .name
                     .with_context(|| at("Namespace: metadata.name is required"))?;
-                out.namespaces.push(name.to_string());
+                out.namespaces.push(name);
             }
             "Pod" | "Deployment" | "StatefulSet" => {
                 let w = workload::workload_from(&value, default_ns).with_context(|| at(&kind))?;
@@ -60,7 +88,7 @@ pub fn parse(file: &Path, default_ns: &str) -> Result<Parsed> {
             "Service" => {
                 let mut svc: Service =
                     serde_json::from_value(value.clone()).with_context(|| at("Service"))?;
-                if value["metadata"]["namespace"].is_null() {
+                if metadata.namespace.is_none() {
                     svc.metadata.namespace = default_ns.to_string();
                 }
                 svc.global_config().with_context(|| at("Service"))?;
@@ -72,10 +100,13 @@ pub fn parse(file: &Path, default_ns: &str) -> Result<Parsed> {
                 if out.policies.iter().any(|(key, _)| *key == policy.key) {
                     bail!("{}: {} is defined twice", at(k), policy.key);
                 }
-                let mut value = value.clone();
                 if !policy.key.namespace.is_empty() {
-                    value["metadata"]["namespace"] = serde_json::json!(policy.key.namespace);
+                    document.metadata = Some(ObjectMeta {
+                        namespace: Some(policy.key.namespace.clone()),
+                        ..metadata
+                    });
                 }
+                let value = serde_json::to_value(&document).with_context(|| at(k))?;
                 out.policies.push((policy.key, value));
             }
             "" => bail!("{}: kind is required", at("?")),
@@ -84,8 +115,6 @@ pub fn parse(file: &Path, default_ns: &str) -> Result<Parsed> {
     }
     Ok(out)
 }
-
-use serde::Deserialize as _;
 
 fn lab_of(ctx: &Context) -> Result<LabState> {
     let dir = ctx
@@ -400,4 +429,52 @@ pub async fn annotate(
     }
     println!("service/{name} annotated");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_text(text: &str) -> Result<Parsed> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("objects.yaml");
+        std::fs::write(&file, text).unwrap();
+        parse(&file, "team")
+    }
+
+    #[test]
+    fn policies_get_the_default_namespace_and_keep_every_field() {
+        let parsed = parse_text(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: db\n  labels: {a: b}\nspec:\n  endpointSelector: {}\n---\nkind: Namespace\nmetadata: {name: team}\n",
+        )
+        .unwrap();
+        assert_eq!(parsed.namespaces, vec!["team".to_string()]);
+        let (key, value) = &parsed.policies[0];
+        assert_eq!(key.namespace, "team");
+        assert_eq!(
+            value,
+            &serde_json::json!({
+                "apiVersion": "cilium.io/v2",
+                "kind": "CiliumNetworkPolicy",
+                "metadata": {"name": "db", "namespace": "team", "labels": {"a": "b"}},
+                "spec": {"endpointSelector": {}},
+            })
+        );
+    }
+
+    #[test]
+    fn errors_name_the_document_and_field() {
+        let err = format!(
+            "{:#}",
+            parse_text("kind: Namespace\nmetadata: {}\n").err().unwrap()
+        );
+        assert!(
+            err.contains("document 1") && err.contains("metadata.name"),
+            "{err}"
+        );
+        let err = format!("{:#}", parse_text("metadata: {name: x}\n").err().unwrap());
+        assert!(err.contains("kind is required"), "{err}");
+        let err = format!("{:#}", parse_text("kind: [1]\n").err().unwrap());
+        assert!(err.contains("document 1"), "{err}");
+    }
 }

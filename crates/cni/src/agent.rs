@@ -1,13 +1,13 @@
 //! [`AgentClient`]: the real [`Agent`], the agent's API on its unix socket through
-//! `plexus-agent-api`'s client, each call bounded by a timeout so a hung agent cannot hang the
-//! container runtime.
+//! `plexus-agent-api`'s [`Client`], each call bounded by a timeout so a hung agent cannot hang
+//! the container runtime.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use plexus_agent_api::{
-    ApiError, Empty, Endpoint, EndpointRequest, EndpointResponse, IpamRequest, IpamResponse,
-    Method, get_json, send_json,
+    ApiError, Client, Endpoint, EndpointRequest, EndpointResponse, IpamRequest, IpamResponse,
+    block_on,
 };
 
 use crate::plugin::Agent;
@@ -18,62 +18,32 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The agent's API on a unix socket.
 #[derive(Debug)]
 pub struct AgentClient {
-    endpoint: Endpoint,
-    timeout: Duration,
-    runtime: tokio::runtime::Runtime,
+    client: Client,
 }
 
 impl AgentClient {
     /// A client of the agent listening on `socket`; connects on each call.
-    pub fn new(socket: PathBuf) -> std::io::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        Ok(Self {
-            endpoint: Endpoint::Unix(socket),
-            timeout: CALL_TIMEOUT,
-            runtime,
-        })
+    pub fn new(socket: PathBuf) -> Self {
+        Self {
+            client: Client::new(Endpoint::Unix(socket)).with_timeout(CALL_TIMEOUT),
+        }
     }
 }
 
 impl Agent for AgentClient {
     fn ipam(&self, req: &IpamRequest) -> Result<IpamResponse, ApiError> {
-        self.runtime.block_on(send_json(
-            &self.endpoint,
-            Method::POST,
-            "/v1/ipam",
-            req,
-            self.timeout,
-        ))
+        block_on(self.client.ipam(req))
     }
 
     fn put_endpoint(&self, req: &EndpointRequest) -> Result<EndpointResponse, ApiError> {
-        self.runtime.block_on(send_json(
-            &self.endpoint,
-            Method::PUT,
-            "/v1/endpoint",
-            req,
-            self.timeout,
-        ))
+        block_on(self.client.put_endpoint(req))
     }
 
     fn get_endpoint(&self, container_id: &str) -> Result<EndpointResponse, ApiError> {
-        let path = format!("/v1/endpoint/{container_id}");
-        self.runtime
-            .block_on(get_json(&self.endpoint, &path, self.timeout))
+        block_on(self.client.get_endpoint(container_id))
     }
 
     fn delete_endpoint(&self, container_id: &str) -> Result<(), ApiError> {
-        let path = format!("/v1/endpoint/{container_id}");
-        self.runtime
-            .block_on(send_json::<_, Empty>(
-                &self.endpoint,
-                Method::DELETE,
-                &path,
-                &Empty {},
-                self.timeout,
-            ))
-            .map(drop)
+        block_on(self.client.delete_endpoint(container_id))
     }
 }

@@ -2,7 +2,7 @@
 //! variable or device at fault, and details. It is what the runtime sees, printed on stdout in
 //! CNI's error form (see [`crate::result::ErrorResult`]).
 
-use plexus_agent_api::ApiError;
+use plexus_agent_api::{ApiError, ErrorKind};
 
 use crate::conf::ConfError;
 use crate::link::LinkError;
@@ -46,8 +46,13 @@ impl CniError {
     pub fn agent(what: &str, err: &ApiError) -> Self {
         let (code, how) = match err {
             ApiError::Unreachable { .. } => (TRY_AGAIN_LATER, "the agent is unreachable"),
-            ApiError::Status { .. } => (OTHER, "the agent refused"),
+            ApiError::Server {
+                kind: ErrorKind::Unavailable,
+                ..
+            } => (TRY_AGAIN_LATER, "the agent is not ready"),
+            ApiError::Server { .. } => (OTHER, "the agent refused"),
             ApiError::Decode { .. } => (OTHER, "the agent's answer is not understood"),
+            ApiError::Runtime(_) => (OTHER, "the agent client could not start"),
         };
         Self::new(code, format!("{what}: {how}"), err.to_string())
     }

@@ -20,7 +20,7 @@ pub mod plugin;
 pub mod result;
 
 use conf::{Command, DEFAULT_VERSION, Env, NetConf};
-use error::{CniError, OTHER};
+use error::CniError;
 use plugin::{Agent, Network, Plugin};
 use result::{ErrorResult, VersionResult};
 
@@ -50,8 +50,7 @@ fn failure(version: &str, err: &CniError) -> Outcome {
 /// Talks to the agent named by the configuration and changes the kernel's devices.
 pub fn run(var: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
     run_with(var, stdin, |conf| {
-        let agent = agent::AgentClient::new(conf.agent_socket.clone())
-            .map_err(|e| CniError::new(OTHER, "starting the agent client", e.to_string()))?;
+        let agent = agent::AgentClient::new(conf.agent_socket.clone());
         Ok(Plugin::new(agent, link::KernelNetwork))
     })
 }
@@ -110,7 +109,7 @@ mod tests {
             move |k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()),
             stdin.as_bytes(),
             |_| -> Result<Plugin<agent::AgentClient, link::KernelNetwork>, CniError> {
-                Err(CniError::new(OTHER, "no plugin in this test", ""))
+                Err(CniError::new(error::OTHER, "no plugin in this test", ""))
             },
         )
     }

@@ -332,11 +332,12 @@ mod tests {
         }
         fn put_endpoint(&self, req: &EndpointRequest) -> Result<EndpointResponse, ApiError> {
             if self.fail_put {
-                return Err(ApiError::Status {
+                return Err(ApiError::Server {
                     endpoint: "unix:/fake".into(),
                     path: "/v1/endpoint".into(),
                     status: 500,
-                    body: "boom".into(),
+                    kind: plexus_agent_api::ErrorKind::Internal,
+                    message: "boom".into(),
                 });
             }
             self.endpoints
@@ -352,11 +353,12 @@ mod tests {
         }
         fn get_endpoint(&self, id: &str) -> Result<EndpointResponse, ApiError> {
             let eps = self.endpoints.lock().unwrap();
-            let ep = eps.get(id).ok_or_else(|| ApiError::Status {
+            let ep = eps.get(id).ok_or_else(|| ApiError::Server {
                 endpoint: "unix:/fake".into(),
                 path: format!("/v1/endpoint/{id}"),
                 status: 404,
-                body: "unknown".into(),
+                kind: plexus_agent_api::ErrorKind::NotFound,
+                message: "unknown".into(),
             })?;
             Ok(EndpointResponse {
                 id: 1,

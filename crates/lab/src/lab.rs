@@ -6,7 +6,9 @@
 //! - per cluster `i` (1-based): a control-plane namespace `plx-<lab>-<cluster>` at 172.31.i.1
 //!   running `plexus-apiserver` (and, as its child, etcd: client port 2379, status on 9963);
 //! - per node `j`: a namespace `plx-<lab>-<cluster>-n<j>` at 172.31.i.(10+j) running
-//!   `plexus-agent` (eBPF datapath, bpffs mounted under its state directory);
+//!   `plexus-agent` (eBPF datapath, bpffs mounted under its state directory), its API on its
+//!   socket and on TCP port [`AGENT_API_PORT`] with mutual TLS (a server certificate of the
+//!   cluster's CA for the node's name and address, issued at each start);
 //! - per cluster, the cluster DNS: the `kube-dns` Service and pod in `kube-system` on the first
 //!   node ([`crate::dns`]).
 //!
@@ -20,10 +22,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use plexus_agent_api::{Client, Endpoint, block_on};
 use serde::{Deserialize, Serialize};
 
 use crate::spec::{LabSpec, Routing};
 use crate::sys;
+
+/// The TCP port of each agent's API (mutual TLS), on the node's underlay address.
+pub const AGENT_API_PORT: u16 = 9965;
 
 /// One node of a running lab.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +49,13 @@ pub struct NodeState {
     pub socket: PathBuf,
     /// The agent's state directory.
     pub state_dir: PathBuf,
+}
+
+impl NodeState {
+    /// The agent's API on TCP, `ip:port`, as the lab's contexts name it.
+    pub fn api_address(&self) -> String {
+        format!("{}:{AGENT_API_PORT}", self.ip)
+    }
 }
 
 /// One cluster of a running lab.
@@ -267,7 +280,8 @@ fn start_apiserver(lab: &LabState, c: &ClusterState, bins: &Bins) -> Result<u32>
         &args,
         &lab.dir.join(&c.name).join("apiserver.log"),
     )?;
-    let addr = format!("{}:9963", c.ip);
+    let apiserver =
+        Client::new(Endpoint::Tcp(format!("{}:9963", c.ip))).with_timeout(Duration::from_secs(1));
     sys::wait_until(
         &format!(
             "apiserver of {} ready (log: {})",
@@ -276,9 +290,9 @@ fn start_apiserver(lab: &LabState, c: &ClusterState, bins: &Bins) -> Result<u32>
         ),
         Duration::from_secs(60),
         || {
-            let addr = addr.clone();
+            let apiserver = apiserver.clone();
             sys::in_netns(&c.netns, move || {
-                sys::http_get(&addr, "/readyz", Duration::from_secs(1))
+                Ok(block_on(apiserver.get_text("/readyz"))?)
             })
             .is_ok_and(|(code, _)| code == 200)
         },
@@ -290,6 +304,11 @@ fn start_agent(lab: &LabState, c: &ClusterState, n: &NodeState, bins: &Bins) -> 
     std::fs::create_dir_all(&n.state_dir)?;
     std::fs::create_dir_all(&c.clustermesh_dir)?;
     let pki = c.state_dir.join("pki");
+    // The API on TCP presents a certificate of the cluster's CA for the node's name and address.
+    let (api_cert, api_key) = plexus_pki::cluster::ClusterPki::new(&pki, &c.name)
+        .ca()?
+        .issue_server(&format!("agent-{}", n.name), &[&n.name], &[n.ip.into()])?
+        .write_to(&n.state_dir, "api")?;
     let mut args = vec![
         format!("--cluster-name={}", c.name),
         format!("--cluster-id={}", c.id),
@@ -310,17 +329,19 @@ fn start_agent(lab: &LabState, c: &ClusterState, n: &NodeState, bins: &Bins) -> 
         format!("--etcd-key={}", pki.join("admin.key").display()),
         format!("--clustermesh-config={}", c.clustermesh_dir.display()),
         format!("--api-socket={}", n.socket.display()),
+        format!("--api-listen={}", n.api_address()),
+        format!("--api-tls-cert={}", api_cert.display()),
+        format!("--api-tls-key={}", api_key.display()),
+        format!("--api-tls-ca={}", pki.join("ca.crt").display()),
     ];
     args.extend(c.agent_options.iter().cloned());
     let log = n.state_dir.join("agent.log");
     let pid = sys::spawn_in(&n.netns, &bins.agent, &args, &log)?;
+    let agent = Client::new(Endpoint::Unix(n.socket.clone())).with_timeout(Duration::from_secs(1));
     sys::wait_until(
         &format!("agent of {} ready (log: {})", n.name, log.display()),
         Duration::from_secs(60),
-        || {
-            sys::unix_get(&n.socket, "/v1/healthz", Duration::from_secs(1))
-                .is_ok_and(|(c, _)| c == 200)
-        },
+        || block_on(agent.healthz()).is_ok(),
     )?;
     route_pods_from_control_plane(c, n)?;
     Ok(pid)
@@ -331,19 +352,15 @@ fn start_agent(lab: &LabState, c: &ClusterState, n: &NodeState, bins: &Bins) -> 
 /// reach etcd and the apiserver at the control-plane address, and the answers find their way
 /// back. (A route through a link that goes down is dropped, so `lab start` sets it again.)
 fn route_pods_from_control_plane(c: &ClusterState, n: &NodeState) -> Result<()> {
-    let (code, body) = sys::unix_get(&n.socket, "/v1/status", Duration::from_secs(2))
-        .with_context(|| format!("status of the agent of {}", n.name))?;
-    let status: serde_json::Value = serde_json::from_str(&body)
-        .with_context(|| format!("status of the agent of {} (HTTP {code}): {body}", n.name))?;
-    let cidr = status["pod-cidr"]
-        .as_str()
-        .with_context(|| format!("the agent of {} reports no pod-cidr: {body}", n.name))?;
+    let agent = Client::new(Endpoint::Unix(n.socket.clone())).with_timeout(Duration::from_secs(2));
+    let status =
+        block_on(agent.status()).with_context(|| format!("status of the agent of {}", n.name))?;
     sys::ip(&[
         "-n",
         &c.netns,
         "route",
         "replace",
-        cidr,
+        &status.pod_cidr,
         "via",
         &n.ip.to_string(),
     ])

@@ -1,8 +1,7 @@
 //! The host operations the lab is made of: network namespaces, links, processes in a
-//! namespace, mounts, and talking to a daemon inside a namespace. Every failure names the
-//! command, namespace or device.
+//! namespace, mounts, and running code inside a namespace. Every failure names the command,
+//! namespace or device. (The lab talks to its daemons through `plexus-agent-api`'s client.)
 
-use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -193,38 +192,6 @@ pub fn in_netns<T: Send + 'static>(
     })
     .join()
     .map_err(|_| anyhow::anyhow!("thread in {ns} panicked"))?
-}
-
-/// Sends `GET path` (HTTP/1.0) on `stream` and returns the status code and the body.
-fn get(mut stream: impl Read + Write, path: &str) -> Result<(u16, String)> {
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: lab\r\n\r\n")?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text)?;
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    Ok((code, body))
-}
-
-/// `GET path` over plain HTTP/1.0 on a TCP address (from the current namespace): status code
-/// and body.
-pub fn http_get(addr: &str, path: &str, timeout: Duration) -> Result<(u16, String)> {
-    let sock: std::net::SocketAddr = addr.parse().with_context(|| format!("address {addr}"))?;
-    let s = std::net::TcpStream::connect_timeout(&sock, timeout)
-        .with_context(|| format!("connect to {addr}"))?;
-    s.set_read_timeout(Some(timeout))?;
-    get(s, path)
-}
-
-/// `GET path` on a unix socket: status code and body.
-pub fn unix_get(socket: &Path, path: &str, timeout: Duration) -> Result<(u16, String)> {
-    let s = std::os::unix::net::UnixStream::connect(socket)
-        .with_context(|| format!("connect to {}", socket.display()))?;
-    s.set_read_timeout(Some(timeout))?;
-    get(s, path)
 }
 
 /// Unmounts `path` if something is mounted there.

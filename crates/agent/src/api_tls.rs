@@ -1,0 +1,324 @@
+//! The agent's API on TCP with mutual TLS, for CLIs and relays on other hosts.
+//!
+//! [`TlsListener`] accepts TCP connections and runs each TLS handshake on a task of its own (a
+//! slow or hostile client never holds up the others); a client without a certificate of the
+//! cluster's CA is refused during the handshake. Each connection carries its [`Peer`] (address
+//! and certificate common name) as axum's `ConnectInfo`, and [`authorized`] wraps the router so
+//! that only the cluster's admin identity (`admin-<cluster>`) may write: other clients of the
+//! CA get `GET`/`HEAD`, and a write is answered with the error kind `forbidden`. The unix
+//! socket is served without this layer: it is local and fully privileged.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use plexus_agent_api::ErrorKind;
+use plexus_agent_api::tls::Access;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
+
+use crate::api::ApiError;
+
+/// How long a client may take to complete its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client of the TCP API, as its handshake proved it.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// The common name of its (verified) certificate.
+    pub common_name: Option<String>,
+}
+
+/// TLS connections whose handshake succeeded, for `axum::serve`.
+pub struct TlsListener {
+    local: SocketAddr,
+    ready: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, Peer)>,
+    acceptor: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+    }
+}
+
+impl TlsListener {
+    /// Accepts on `tcp` with the server configuration `config`
+    /// (`plexus_agent_api::tls::server_config`).
+    pub fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
+        let local = tcp.local_addr()?;
+        let (tx, ready) = tokio::sync::mpsc::channel(16);
+        let tls = tokio_rustls::TlsAcceptor::from(config);
+        let acceptor = tokio::spawn(async move {
+            loop {
+                let (stream, addr) = match tcp.accept().await {
+                    Ok(conn) => conn,
+                    Err(err) => {
+                        // Out of file descriptors and the like: back off, then go on.
+                        tracing::warn!(error = %err, "API accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let tls = tls.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let common_name = stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|certs| certs.first())
+                                .and_then(plexus_agent_api::tls::common_name);
+                            let _ = tx.send((stream, Peer { addr, common_name })).await;
+                        }
+                        Ok(Err(err)) => {
+                            tracing::info!(peer = %addr, error = %err, "API client refused at the TLS handshake");
+                        }
+                        Err(_) => {
+                            tracing::info!(peer = %addr, "API client did not complete its TLS handshake in time");
+                        }
+                    }
+                });
+            }
+        });
+        Ok(Self {
+            local,
+            ready,
+            acceptor,
+        })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = Peer;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(conn) => conn,
+            // The acceptor task only ends when aborted, with the listener: wait forever.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(Peer {
+            addr: self.local,
+            common_name: None,
+        })
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        stream.remote_addr().clone()
+    }
+}
+
+/// Refuses writes from clients other than the admin of `cluster`.
+async fn authorize(State(cluster): State<Arc<str>>, request: Request, next: Next) -> Response {
+    // No peer means the router was served without TLS: refuse rather than assume.
+    let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<Peer>>().cloned() else {
+        return ApiError::new(ErrorKind::Forbidden, "no client identity").into_response();
+    };
+    let access = Access::of(peer.common_name.as_deref(), &cluster);
+    if access.allows(request.method()) {
+        return next.run(request).await;
+    }
+    tracing::info!(peer = %peer.addr, client = ?peer.common_name, method = %request.method(), path = request.uri().path(), "API write refused");
+    ApiError::new(
+        ErrorKind::Forbidden,
+        format!(
+            "{} {}: client {} may only read; writes need admin-{cluster}",
+            request.method(),
+            request.uri().path(),
+            peer.common_name
+                .as_deref()
+                .unwrap_or("without a common name"),
+        ),
+    )
+    .into_response()
+}
+
+/// `router` with the TCP API's authorization for an agent of `cluster`.
+pub fn authorized(router: Router, cluster: &str) -> Router {
+    router.layer(axum::middleware::from_fn_with_state(
+        Arc::<str>::from(cluster),
+        authorize,
+    ))
+}
+
+/// Listens on `addr` with mutual TLS from `files` and serves `router` (authorized for
+/// `cluster`) until the returned task is dropped or aborted.
+pub async fn start(
+    addr: SocketAddr,
+    files: &plexus_agent_api::tls::TlsFiles,
+    router: Router,
+    cluster: &str,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    use anyhow::Context as _;
+    let config = plexus_agent_api::tls::server_config(files)?;
+    let tcp = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listen on {addr}"))?;
+    let listener = TlsListener::new(tcp, config).with_context(|| format!("listen on {addr}"))?;
+    let cluster = cluster.to_string();
+    Ok(tokio::spawn(async move {
+        serve(listener, router, &cluster).await
+    }))
+}
+
+/// Serves `router` (authorized for `cluster`) on `listener` until the task is dropped.
+pub async fn serve(listener: TlsListener, router: Router, cluster: &str) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        authorized(router, cluster).into_make_service_with_connect_info::<Peer>(),
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    //! Real mutual TLS on loopback: certificates from a real CA (`plexus_pki`), the real client
+    //! of `plexus_agent_api`, the server of this module.
+
+    use super::*;
+    use axum::routing::get;
+    use plexus_agent_api::{ApiError as ClientError, Client, Endpoint, Method};
+    use std::path::Path;
+
+    fn write(
+        dir: &Path,
+        name: &str,
+        issued: &plexus_pki::Issued,
+    ) -> (std::path::PathBuf, std::path::PathBuf) {
+        issued.write_to(dir, name).unwrap()
+    }
+
+    struct Setup {
+        dir: tempfile::TempDir,
+        addr: String,
+        server: tokio::task::JoinHandle<std::io::Result<()>>,
+    }
+
+    impl Drop for Setup {
+        fn drop(&mut self) {
+            self.server.abort();
+        }
+    }
+
+    impl Setup {
+        fn client(&self, ca: &str, identity: Option<&str>) -> Client {
+            let d = self.dir.path();
+            let files = identity.map(|n| (d.join(format!("{n}.crt")), d.join(format!("{n}.key"))));
+            let config = plexus_agent_api::tls::client_config(
+                &d.join(format!("{ca}.crt")),
+                files.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+            )
+            .unwrap();
+            Client::new(Endpoint::Tls {
+                addr: self.addr.clone(),
+                config,
+            })
+            .with_timeout(Duration::from_secs(5))
+        }
+    }
+
+    async fn setup() -> Setup {
+        plexus_kvstore::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let ca = plexus_pki::Ca::generate("plexus-ca").unwrap();
+        ca.pem().write_to(d, "ca").unwrap();
+        let other = plexus_pki::Ca::generate("other-ca").unwrap();
+        other.pem().write_to(d, "other-ca").unwrap();
+        let server_cert = ca
+            .issue_server("agent-n1", &[], &["127.0.0.1".parse().unwrap()])
+            .unwrap();
+        let (cert, key) = write(d, "server", &server_cert);
+        write(d, "admin", &ca.issue_client("admin-c1").unwrap());
+        write(d, "reader", &ca.issue_client("remote-c2").unwrap());
+        write(d, "other-admin", &ca.issue_client("admin-c2").unwrap());
+        write(d, "stranger", &other.issue_client("admin-c1").unwrap());
+        let config = plexus_agent_api::tls::server_config(&plexus_agent_api::tls::TlsFiles {
+            ca: d.join("ca.crt"),
+            cert,
+            key,
+        })
+        .unwrap();
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap().to_string();
+        let listener = TlsListener::new(tcp, config).unwrap();
+        let router = Router::new()
+            .route("/v1/healthz", get(|| async { axum::Json("ok") }))
+            .route(
+                "/v1/endpoint/{id}",
+                get(|| async { axum::Json(plexus_agent_api::Empty {}) })
+                    .delete(|| async { axum::Json(plexus_agent_api::Empty {}) }),
+            );
+        let server = tokio::spawn(async move { serve(listener, router, "c1").await });
+        Setup { dir, addr, server }
+    }
+
+    async fn delete(client: &Client) -> Result<plexus_agent_api::Empty, ClientError> {
+        client
+            .send(
+                Method::DELETE,
+                "/v1/endpoint/x",
+                &plexus_agent_api::Empty {},
+            )
+            .await
+    }
+
+    #[tokio::test]
+    async fn mtls_reads_for_the_ca_writes_for_the_admin_and_refuses_strangers() {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            let s = setup().await;
+
+            // Any certificate of the cluster's CA reads.
+            for who in ["admin", "reader", "other-admin"] {
+                let c = s.client("ca", Some(who));
+                assert_eq!(c.healthz().await.unwrap(), "ok", "{who}");
+            }
+            // Only the cluster's admin writes; the others are refused with kind forbidden.
+            delete(&s.client("ca", Some("admin"))).await.unwrap();
+            for who in ["reader", "other-admin"] {
+                let err = delete(&s.client("ca", Some(who))).await.unwrap_err();
+                assert_eq!(err.kind(), Some(ErrorKind::Forbidden), "{who}: {err}");
+                assert!(err.to_string().contains("admin-c1"), "{err}");
+            }
+
+            // A certificate of another CA, or none, is refused at the handshake: no answer.
+            for who in [Some("stranger"), None] {
+                let err = s.client("ca", who).healthz().await.unwrap_err();
+                assert!(
+                    matches!(err, ClientError::Unreachable { .. }),
+                    "{who:?}: {err}"
+                );
+            }
+            // A client that does not trust the server's CA refuses it too.
+            let err = s
+                .client("other-ca", Some("stranger"))
+                .healthz()
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&err, ClientError::Unreachable { reason, .. } if reason.contains("TLS handshake")),
+                "{err}"
+            );
+
+            // Refused handshakes do not stop the listener.
+            assert_eq!(s.client("ca", Some("reader")).healthz().await.unwrap(), "ok");
+        })
+        .await
+        .expect("the mTLS test timed out");
+    }
+}
