@@ -105,6 +105,12 @@ fn policy() -> Input {
     }
 }
 
+/// A pause before the k-th change, spread evenly over 0..200 ms (37 and 200 are coprime), so
+/// that changes land at every phase of the tick instead of locking onto it.
+fn spread(k: u32) -> Duration {
+    Duration::from_millis(u64::from(k * 37 % 200))
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i]
@@ -192,7 +198,7 @@ async fn measure(mode: Mode, n: u32) -> (Vec<Duration>, Vec<Duration>) {
     for k in 0..n {
         let backend = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 2, 0, 0)) + k);
         // Spread the starts over the tick, as real events are.
-        tokio::time::sleep(Duration::from_millis(7)).await;
+        tokio::time::sleep(spread(k)).await;
         let t0 = Instant::now();
         let seq = core.step(cluster_service(k % SERVICES, backend));
         assert!(core.wait_applied(seq, Duration::from_secs(5)).await);
@@ -207,7 +213,7 @@ async fn measure(mode: Mode, n: u32) -> (Vec<Duration>, Vec<Duration>) {
     let mut identities = Vec::new();
     for k in 0..n {
         let id = 131_072 + IDENTITIES + k;
-        tokio::time::sleep(Duration::from_millis(7)).await;
+        tokio::time::sleep(spread(k)).await;
         let t0 = Instant::now();
         let seq = core.step(identity(id, "x-wing"));
         assert!(core.wait_applied(seq, Duration::from_secs(5)).await);

@@ -205,3 +205,33 @@ fn a_restarted_agent_waits_for_its_remotes_or_the_grace_time() {
     core.step(Input::ServiceGraceExpired);
     assert_eq!(core.take_output().services, None);
 }
+
+#[test]
+fn recomputing_only_the_changed_services_gives_the_full_table() {
+    let mut core = setup(Some("local"));
+    let mut other = service(None);
+    other.metadata.name = "other".into();
+    other.spec.cluster_ip = Some("10.11.0.6".into());
+    let steps = vec![
+        vec![Input::ServiceUpsert {
+            key: "default/other".into(),
+            service: Box::new(other),
+        }],
+        vec![Input::BackendsUpsert {
+            key: "default/other".into(),
+            backends: backends(&["10.1.1.9"]),
+        }],
+        vec![remote(
+            "c2",
+            RemoteEvent::ServiceUpsert(cluster_service("c2", "other", true, &["10.2.1.9"])),
+        )],
+        vec![mesh(&[])],
+        vec![Input::BackendsDelete("default/rebel-base".into())],
+        vec![Input::ServiceDelete("default/other".into())],
+        vec![mesh(&["c2"])],
+    ];
+    for inputs in steps {
+        let incremental = run(&mut core, inputs).services.unwrap();
+        assert_eq!(incremental, core.services().desired());
+    }
+}

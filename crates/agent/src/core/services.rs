@@ -55,7 +55,13 @@ pub struct ServiceState {
     backends_synced: bool,
     remotes_ready: bool,
     grace_expired: bool,
-    dirty: bool,
+    /// Every service must be computed again (sync, reachability).
+    dirty_all: bool,
+    /// The services (by key) whose inputs changed since the last desired table.
+    dirty: BTreeSet<String>,
+    /// Each service's frontends as last computed, by key: a change recomputes only its own
+    /// service, not every service of the cluster.
+    frontends: BTreeMap<String, Vec<LbService>>,
 }
 
 impl ServiceState {
@@ -71,55 +77,61 @@ impl ServiceState {
             backends_synced: false,
             remotes_ready: false,
             grace_expired: false,
-            dirty: true,
+            dirty_all: true,
+            dirty: BTreeSet::new(),
+            frontends: BTreeMap::new(),
         }
     }
 
     /// A Service object.
     pub fn service_upsert(&mut self, key: String, service: Service) {
         if self.services.get(&key) != Some(&service) {
+            self.dirty.insert(key.clone());
             self.services.insert(key, service);
-            self.dirty = true;
         }
     }
 
     /// A Service object is gone.
     pub fn service_delete(&mut self, key: &str) {
-        self.dirty |= self.services.remove(key).is_some();
+        if self.services.remove(key).is_some() {
+            self.dirty.insert(key.to_string());
+        }
     }
 
     /// The Service objects are listed.
     pub fn services_synced(&mut self) {
         self.services_synced = true;
-        self.dirty = true;
+        self.dirty_all = true;
     }
 
     /// A service's backends.
     pub fn backends_upsert(&mut self, key: String, backends: Backends) {
         if self.backends.get(&key) != Some(&backends) {
+            self.dirty.insert(key.clone());
             self.backends.insert(key, backends);
-            self.dirty = true;
         }
     }
 
     /// A service's backends are gone.
     pub fn backends_delete(&mut self, key: &str) {
-        self.dirty |= self.backends.remove(key).is_some();
+        if self.backends.remove(key).is_some() {
+            self.dirty.insert(key.to_string());
+        }
     }
 
     /// The backends are listed.
     pub fn backends_synced(&mut self) {
         self.backends_synced = true;
-        self.dirty = true;
+        self.dirty_all = true;
     }
 
     /// A remote cluster's shared global service.
     pub fn remote_upsert(&mut self, cluster: &str, svc: ClusterService) {
         let key = format!("{}/{}", svc.namespace, svc.name);
-        let slot = self.remote.entry(key).or_default();
+        let slot = self.remote.entry(key.clone()).or_default();
         if slot.get(cluster) != Some(&svc) {
             slot.insert(cluster.to_string(), svc);
-            self.dirty = true;
+            self.dirty.insert(key);
         }
     }
 
@@ -127,7 +139,9 @@ impl ServiceState {
     /// TTL).
     pub fn remote_delete(&mut self, cluster: &str, key: &str) {
         if let Some(slot) = self.remote.get_mut(key) {
-            self.dirty |= slot.remove(cluster).is_some();
+            if slot.remove(cluster).is_some() {
+                self.dirty.insert(key.to_string());
+            }
             if slot.is_empty() {
                 self.remote.remove(key);
             }
@@ -136,8 +150,10 @@ impl ServiceState {
 
     /// A remote cluster was drained: its services go.
     pub fn remote_cluster_gone(&mut self, cluster: &str) {
-        for slot in self.remote.values_mut() {
-            self.dirty |= slot.remove(cluster).is_some();
+        for (key, slot) in &mut self.remote {
+            if slot.remove(cluster).is_some() {
+                self.dirty.insert(key.clone());
+            }
         }
         self.remote.retain(|_, slot| !slot.is_empty());
         self.reachable.remove(cluster);
@@ -147,11 +163,11 @@ impl ServiceState {
     pub fn set_mesh_status(&mut self, reachable: BTreeSet<String>, all_ready: bool) {
         if reachable != self.reachable {
             self.reachable = reachable;
-            self.dirty = true;
+            self.dirty_all = true;
         }
         if all_ready && !self.remotes_ready {
             self.remotes_ready = true;
-            self.dirty = true;
+            self.dirty_all = true;
         }
     }
 
@@ -159,7 +175,7 @@ impl ServiceState {
     pub fn grace_expired(&mut self) {
         if !self.grace_expired {
             self.grace_expired = true;
-            self.dirty = true;
+            self.dirty_all = true;
         }
     }
 
@@ -174,26 +190,28 @@ impl ServiceState {
         &self.reachable
     }
 
-    /// Every local service with its backends, in key order.
-    pub fn selections(&self) -> Vec<ServiceSelection<'_>> {
+    fn selection<'a>(&self, key: &str, service: &'a Service) -> ServiceSelection<'a> {
         let empty = Backends::new();
         let reachable = |c: &str| self.reachable.contains(c);
+        let (config, error) = match service.global_config() {
+            Ok(c) => (c, None),
+            Err(e) => (GlobalConfig::default(), Some(e.to_string())),
+        };
+        let local = self.backends.get(key).unwrap_or(&empty);
+        let remote = self.remote.get(key).into_iter().flat_map(|m| m.values());
+        ServiceSelection {
+            service,
+            config,
+            error,
+            selection: select(&self.cluster, config, local, remote, &reachable),
+        }
+    }
+
+    /// Every local service with its backends, in key order.
+    pub fn selections(&self) -> Vec<ServiceSelection<'_>> {
         self.services
             .iter()
-            .map(|(key, service)| {
-                let (config, error) = match service.global_config() {
-                    Ok(c) => (c, None),
-                    Err(e) => (GlobalConfig::default(), Some(e.to_string())),
-                };
-                let local = self.backends.get(key).unwrap_or(&empty);
-                let remote = self.remote.get(key).into_iter().flat_map(|m| m.values());
-                ServiceSelection {
-                    service,
-                    config,
-                    error,
-                    selection: select(&self.cluster, config, local, remote, &reachable),
-                }
-            })
+            .map(|(key, service)| self.selection(key, service))
             .collect()
     }
 
@@ -205,18 +223,41 @@ impl ServiceState {
             .unwrap_or_default()
     }
 
-    /// The load balancer's desired table.
+    /// The load balancer's desired table, computed from scratch.
     pub fn desired(&self) -> BTreeMap<Frontend, LbService> {
         desired_frontends(&self.selections())
     }
 
     /// The desired table if it may have changed since the last call and may be programmed.
+    /// Only the services whose inputs changed are computed again.
     pub fn take_desired(&mut self) -> Option<BTreeMap<Frontend, LbService>> {
-        if !self.dirty || !self.ready() {
+        if !(self.dirty_all || !self.dirty.is_empty()) || !self.ready() {
             return None;
         }
-        self.dirty = false;
-        Some(self.desired())
+        let keys: Vec<String> = if std::mem::take(&mut self.dirty_all) {
+            self.frontends.clear();
+            self.dirty.clear();
+            self.services.keys().cloned().collect()
+        } else {
+            std::mem::take(&mut self.dirty).into_iter().collect()
+        };
+        for key in keys {
+            let computed = self
+                .services
+                .get(&key)
+                .map(|service| frontends_of(&self.selection(&key, service)));
+            match computed {
+                Some(list) => self.frontends.insert(key, list),
+                None => self.frontends.remove(&key),
+            };
+        }
+        Some(
+            self.frontends
+                .values()
+                .flatten()
+                .map(|lb| (lb.frontend, lb.clone()))
+                .collect(),
+        )
     }
 }
 
@@ -225,52 +266,59 @@ impl ServiceState {
 /// unreachable) keeping theirs. A backend without the port is left out; a service with a bad
 /// annotation is still balanced over its local backends, as `select` computed with the defaults.
 pub fn desired_frontends(services: &[ServiceSelection<'_>]) -> BTreeMap<Frontend, LbService> {
-    let mut out = BTreeMap::new();
-    for svc in services {
-        let Some(addr) = svc
-            .service
-            .spec
-            .cluster_ip
-            .as_deref()
-            .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
-        else {
+    services
+        .iter()
+        .flat_map(frontends_of)
+        .map(|lb| (lb.frontend, lb))
+        .collect()
+}
+
+/// The frontends of one service (see [`desired_frontends`]).
+pub fn frontends_of(svc: &ServiceSelection<'_>) -> Vec<LbService> {
+    let mut out = Vec::new();
+    let Some(addr) = svc
+        .service
+        .spec
+        .cluster_ip
+        .as_deref()
+        .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+    else {
+        return out;
+    };
+    for port in &svc.service.spec.ports {
+        let Ok(proto) = port.protocol.parse::<L4Proto>() else {
             continue;
         };
-        for port in &svc.service.spec.ports {
-            let Ok(proto) = port.protocol.parse::<L4Proto>() else {
+        let frontend = Frontend {
+            addr,
+            port: port.port,
+            proto,
+        };
+        let mut lb = LbService {
+            frontend,
+            active: Vec::new(),
+            inactive: Vec::new(),
+        };
+        for c in &svc.selection.candidates {
+            let Some(target) = c.ports.get(&port.name) else {
                 continue;
             };
-            let frontend = Frontend {
-                addr,
-                port: port.port,
-                proto,
-            };
-            let mut lb = LbService {
-                frontend,
-                active: Vec::new(),
-                inactive: Vec::new(),
-            };
-            for c in &svc.selection.candidates {
-                let Some(target) = c.ports.get(&port.name) else {
-                    continue;
-                };
-                if target.protocol.parse::<L4Proto>().ok() != Some(proto) {
-                    continue;
-                }
-                let Ok(ip) = c.ip.parse::<Ipv4Addr>() else {
-                    continue;
-                };
-                let backend = SocketAddrV4::new(ip, target.port);
-                if lb.active.contains(&backend) || lb.inactive.contains(&backend) {
-                    continue;
-                }
-                match c.state {
-                    BackendState::Active => lb.active.push(backend),
-                    BackendState::Standby | BackendState::Unreachable => lb.inactive.push(backend),
-                }
+            if target.protocol.parse::<L4Proto>().ok() != Some(proto) {
+                continue;
             }
-            out.insert(frontend, lb);
+            let Ok(ip) = c.ip.parse::<Ipv4Addr>() else {
+                continue;
+            };
+            let backend = SocketAddrV4::new(ip, target.port);
+            if lb.active.contains(&backend) || lb.inactive.contains(&backend) {
+                continue;
+            }
+            match c.state {
+                BackendState::Active => lb.active.push(backend),
+                BackendState::Standby | BackendState::Unreachable => lb.inactive.push(backend),
+            }
         }
+        out.push(lb);
     }
     out
 }
