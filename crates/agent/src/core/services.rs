@@ -231,7 +231,8 @@ impl ServiceState {
     /// The desired table if it may have changed since the last call and may be programmed.
     /// Only the services whose inputs changed are computed again.
     pub fn take_desired(&mut self) -> Option<BTreeMap<Frontend, LbService>> {
-        if !(self.dirty_all || !self.dirty.is_empty()) || !self.ready() {
+        let changed = self.dirty_all || !self.dirty.is_empty();
+        if !changed || !self.ready() {
             return None;
         }
         let keys: Vec<String> = if std::mem::take(&mut self.dirty_all) {
