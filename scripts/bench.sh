@@ -3,7 +3,8 @@
 # latency, WatchStore ingest), clustermesh (propagation direct and through KVStoreMesh, 100k
 # resync, memory per remote entry, ingest of a global service with 10,000 backends), the load
 # balancer (connection set-up latency with 100 to 30,000 services beside kube-proxy's iptables
-# DNAT), policy (per-packet lookup cost, recompute when 10,000 identities arrive), then the lab
+# DNAT), policy (per-packet lookup cost, recompute when 10,000 identities arrive), the agent's
+# reconciliation latency (on change beside a 200 ms tick), then the lab
 # (pod-to-pod throughput and request/response, tunnel and native, beside kernel routing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,4 +14,5 @@ cargo bench --locked -p plexus-clustermesh --bench clustermesh
 cargo bench --locked -p plexus-datapath --bench lb_connect
 cargo bench --locked -p plexus-datapath --bench policy_lookup
 cargo bench --locked -p plexus-policy --bench policy
+cargo bench --locked -p plexus-agent --bench reconcile
 ./scripts/bench-lab.sh
