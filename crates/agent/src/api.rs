@@ -130,15 +130,7 @@ async fn services(State(agent): State<Arc<Agent>>) -> axum::Json<Vec<ServiceInfo
 }
 
 async fn endpoints(State(agent): State<Arc<Agent>>) -> axum::Json<Vec<EndpointInfo>> {
-    axum::Json(
-        agent
-            .endpoints
-            .list()
-            .await
-            .into_iter()
-            .map(endpoint_info)
-            .collect(),
-    )
+    axum::Json(agent.endpoints.list().await)
 }
 
 /// An endpoint by id, pod name or `namespace/pod`.
@@ -165,7 +157,7 @@ async fn endpoint_detail(
     Ok(axum::Json(EndpointDetail {
         identity_labels,
         policy,
-        endpoint: endpoint_info(endpoint),
+        endpoint,
     }))
 }
 
@@ -299,22 +291,6 @@ pub async fn metrics(State(agent): State<Arc<Agent>>) -> String {
 
 // Conversions from the agent's own structures to the API's types (the lists read from the
 // core are built in `crate::reports`).
-
-fn endpoint_info(e: crate::endpoints::EndpointState) -> EndpointInfo {
-    EndpointInfo {
-        container_id: e.container_id,
-        id: e.id,
-        ip: e.ip,
-        host_ifname: e.host_ifname,
-        host_mac: e.host_mac,
-        pod_mac: e.pod_mac,
-        namespace: e.namespace,
-        pod: e.pod,
-        labels: e.labels,
-        identity: e.identity,
-        ports: e.ports,
-    }
-}
 
 fn monitor_event(e: &plexus_datapath::MonitorEvent) -> monitor::MonitorEvent {
     use plexus_datapath::{EventKind, ObservationPoint as P};

@@ -28,34 +28,9 @@ use tokio::sync::Mutex;
 use crate::core::{Input, LocalEndpoint};
 use crate::shell::CoreHandle;
 
-/// One endpoint as persisted.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct EndpointState {
-    /// Container id.
-    pub container_id: String,
-    /// Endpoint id on this node.
-    pub id: u16,
-    /// Address.
-    pub ip: Ipv4Addr,
-    /// Host-side veth.
-    pub host_ifname: String,
-    /// Its MAC.
-    pub host_mac: String,
-    /// The pod interface's MAC.
-    pub pod_mac: String,
-    /// Pod namespace.
-    pub namespace: String,
-    /// Pod name.
-    pub pod: String,
-    /// Pod labels (as given).
-    pub labels: BTreeMap<String, String>,
-    /// Security identity.
-    pub identity: u32,
-    /// Named container ports.
-    #[serde(default)]
-    pub ports: BTreeMap<String, plexus_agent_api::ContainerPort>,
-}
+/// One endpoint as persisted in `endpoints.json`: the same value the API lists (so the file
+/// and `endpoint list -o json` read alike).
+pub type EndpointState = plexus_agent_api::EndpointInfo;
 
 #[derive(Default, Serialize, Deserialize)]
 struct Persisted {
