@@ -239,7 +239,7 @@ async fn main() {
     println!(
         "reconciliation latency ({n} changes each; {SERVICES} services, {IDENTITIES} remote identities, {ENDPOINTS} endpoints; eBPF maps)"
     );
-    println!("  {:<44} {:>10} {:>10} {:>10}", "", "p50", "p99", "max");
+    println!("  {:<58} {:>10} {:>10} {:>10}", "", "p50", "p99", "max");
     for (mode, name) in [
         (Mode::OnChange, "on change"),
         (Mode::Tick200ms, "200 ms tick (before)"),
@@ -250,7 +250,7 @@ async fn main() {
             ("remote identity -> policy map entry", &ids),
         ] {
             println!(
-                "  {:<44} {:>10} {:>10} {:>10}",
+                "  {:<58} {:>10} {:>10} {:>10}",
                 format!("{what}, {name}"),
                 fmt(percentile(v, 0.5)),
                 fmt(percentile(v, 0.99)),
