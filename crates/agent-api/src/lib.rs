@@ -32,7 +32,8 @@
 pub mod client;
 pub mod cni;
 pub mod error;
-pub mod monitor;
+/// The monitor stream's events ([`plexus_monitor`]).
+pub use plexus_monitor as monitor;
 pub mod tls;
 pub mod types;
 

@@ -211,7 +211,7 @@ async fn monitor(State(agent): State<Arc<Agent>>, Query(q): Query<MonitorQuery>)
         loop {
             let message = match rx.recv().await {
                 Ok(ev) => {
-                    let ev = monitor_event(&ev);
+                    let ev = monitor::MonitorEvent::from(&ev);
                     if filter.is_some_and(|f| !f.keeps(&ev)) {
                         continue;
                     }
@@ -292,47 +292,14 @@ pub async fn metrics(State(agent): State<Arc<Agent>>) -> String {
 // Conversions from the agent's own structures to the API's types (the lists read from the
 // core are built in `crate::reports`).
 
-fn monitor_event(e: &plexus_datapath::MonitorEvent) -> monitor::MonitorEvent {
-    use plexus_datapath::{EventKind, ObservationPoint as P};
-    monitor::MonitorEvent {
-        kind: match e.kind {
-            EventKind::Trace(point) => monitor::EventKind::Trace(match point {
-                P::FromEndpoint => monitor::ObservationPoint::FromEndpoint,
-                P::ToEndpoint => monitor::ObservationPoint::ToEndpoint,
-                P::FromOverlay => monitor::ObservationPoint::FromOverlay,
-                P::ToOverlay => monitor::ObservationPoint::ToOverlay,
-                P::ToStack => monitor::ObservationPoint::ToStack,
-                P::Other(raw) => monitor::ObservationPoint::Other(raw),
-            }),
-            EventKind::Drop(reason) => monitor::EventKind::Drop(monitor::DropReason {
-                code: reason.as_raw(),
-                name: reason.name(),
-            }),
-        },
-        endpoint_id: e.endpoint_id,
-        src_identity: e.src_identity,
-        dst_identity: e.dst_identity,
-        saddr: e.saddr,
-        daddr: e.daddr,
-        sport: e.sport,
-        dport: e.dport,
-        protocol: e.protocol,
-        tcp_flags: e.tcp_flags,
-        state: monitor::TraceState::from_raw(e.trace_reason),
-        ifindex: e.ifindex,
-        len: e.len,
-        flow: e.flow,
-        ktime_ns: e.ktime_ns,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use plexus_datapath::{DropReason, EventKind, ObservationPoint};
     use std::net::Ipv4Addr;
 
-    /// The CLI prints the API's events; they must read exactly as the datapath's own.
+    /// The CLI prints the events it reads from the JSON stream; every kind of event survives the
+    /// stream and reads exactly as the datapath prints it.
     #[test]
     fn monitor_events_print_as_the_datapath_prints_them() {
         let base = plexus_datapath::MonitorEvent {
@@ -393,7 +360,7 @@ mod tests {
             cases.push(plexus_datapath::MonitorEvent { tcp_flags, ..base });
         }
         for ev in cases {
-            let api = MonitorMessage::Event(monitor_event(&ev));
+            let api = MonitorMessage::Event(monitor::MonitorEvent::from(&ev));
             let line = serde_json::to_string(&api).unwrap();
             let back: MonitorMessage = serde_json::from_str(&line).unwrap();
             assert_eq!(back.to_string(), ev.to_string());

@@ -276,83 +276,50 @@ impl MonitorEvent {
             EventKind::Trace(_) => None,
         }
     }
+}
 
-    fn write_flow(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.saddr.is_unspecified() && self.daddr.is_unspecified() && self.protocol == 0 {
-            return write!(f, "{} bytes on ifindex {}", self.len, self.ifindex);
-        }
-        match self.protocol {
-            6 => {
-                write!(
-                    f,
-                    "{}:{} -> {}:{} tcp",
-                    self.saddr, self.sport, self.daddr, self.dport
-                )?;
-                let names = [(0x02, "SYN"), (0x10, "ACK"), (0x04, "RST"), (0x01, "FIN")];
-                let flags: Vec<&str> = names
-                    .iter()
-                    .filter(|(bit, _)| self.tcp_flags & bit != 0)
-                    .map(|(_, n)| *n)
-                    .collect();
-                if !flags.is_empty() {
-                    write!(f, " {}", flags.join(", "))?;
-                }
-                Ok(())
-            }
-            17 => write!(
-                f,
-                "{}:{} -> {}:{} udp",
-                self.saddr, self.sport, self.daddr, self.dport
-            ),
-            1 => {
-                write!(f, "{} -> {} ", self.saddr, self.daddr)?;
-                match (self.sport, self.dport) {
-                    (8, _) => f.write_str("EchoRequest"),
-                    (0, _) => f.write_str("EchoReply"),
-                    (3, code) => write!(f, "DestinationUnreachable({code})"),
-                    (11, _) => f.write_str("TimeExceeded"),
-                    (t, c) => write!(f, "ICMPv4 type {t} code {c}"),
-                }
-            }
-            p => write!(f, "{} -> {} proto {p}", self.saddr, self.daddr),
+impl From<&MonitorEvent> for plexus_monitor::MonitorEvent {
+    /// The event as users see it (and as the agent streams it).
+    fn from(e: &MonitorEvent) -> Self {
+        use plexus_monitor as m;
+        m::MonitorEvent {
+            kind: match e.kind {
+                EventKind::Trace(point) => m::EventKind::Trace(match point {
+                    ObservationPoint::FromEndpoint => m::ObservationPoint::FromEndpoint,
+                    ObservationPoint::ToEndpoint => m::ObservationPoint::ToEndpoint,
+                    ObservationPoint::FromOverlay => m::ObservationPoint::FromOverlay,
+                    ObservationPoint::ToOverlay => m::ObservationPoint::ToOverlay,
+                    ObservationPoint::ToStack => m::ObservationPoint::ToStack,
+                    ObservationPoint::Other(raw) => m::ObservationPoint::Other(raw),
+                }),
+                EventKind::Drop(reason) => m::EventKind::Drop(m::DropReason {
+                    code: reason.as_raw(),
+                    name: reason.name(),
+                }),
+            },
+            endpoint_id: e.endpoint_id,
+            src_identity: e.src_identity,
+            dst_identity: e.dst_identity,
+            saddr: e.saddr,
+            daddr: e.daddr,
+            sport: e.sport,
+            dport: e.dport,
+            protocol: e.protocol,
+            tcp_flags: e.tcp_flags,
+            state: m::TraceState::from_raw(e.trace_reason),
+            ifindex: e.ifindex,
+            len: e.len,
+            flow: e.flow,
+            ktime_ns: e.ktime_ns,
         }
     }
 }
 
+/// Printed as `cilium monitor` prints it; the format lives in [`plexus_monitor`], the one place
+/// the CLI prints events from too.
 impl fmt::Display for MonitorEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.kind {
-            EventKind::Trace(point) => {
-                match point {
-                    ObservationPoint::FromEndpoint => {
-                        write!(f, "<- endpoint {}", self.endpoint_id)?
-                    }
-                    ObservationPoint::ToEndpoint => write!(f, "-> endpoint {}", self.endpoint_id)?,
-                    ObservationPoint::FromOverlay => f.write_str("<- overlay")?,
-                    ObservationPoint::ToOverlay => f.write_str("-> overlay")?,
-                    ObservationPoint::ToStack => f.write_str("-> stack")?,
-                    ObservationPoint::Other(raw) => write!(f, "-> point {raw}")?,
-                }
-                let state = match self.trace_reason {
-                    0 => "new".to_owned(),
-                    1 => "established".to_owned(),
-                    2 => "reply".to_owned(),
-                    3 => "related".to_owned(),
-                    other => format!("unknown({other})"),
-                };
-                write!(
-                    f,
-                    " flow {:#x} , identity {}->{} state {state}: ",
-                    self.flow, self.src_identity, self.dst_identity
-                )?;
-            }
-            EventKind::Drop(reason) => write!(
-                f,
-                "xx drop ({reason}) flow {:#x} to endpoint {}, identity {}->{}: ",
-                self.flow, self.endpoint_id, self.src_identity, self.dst_identity
-            )?,
-        }
-        self.write_flow(f)
+        plexus_monitor::MonitorEvent::from(self).fmt(f)
     }
 }
 

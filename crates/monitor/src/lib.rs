@@ -1,5 +1,7 @@
-//! `GET /v1/monitor[?type=drop|trace]`: the datapath's trace and drop events, streamed as JSON
-//! lines, one [`MonitorMessage`] each.
+//! The datapath's trace and drop events as users see them: the one place that says what an
+//! event holds and how it is printed. The datapath turns its raw events into [`MonitorEvent`]s;
+//! the agent streams them (`GET /v1/monitor[?type=drop|trace]`, JSON lines, one
+//! [`MonitorMessage`] each); the CLI prints them.
 //!
 //! The [`std::fmt::Display`] of a message is the line `plexus monitor` prints, in the shape of
 //! `cilium monitor`:
@@ -265,6 +267,8 @@ impl fmt::Display for MonitorEvent {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     fn syn() -> MonitorEvent {
