@@ -28,7 +28,9 @@ ask() {
   echo "\$ plexus --context $ctx exec deployment/x-wing -- curl -s rebel-base   # $n times"
   out=$("$P" --context "$ctx" exec deployment/x-wing -- sh -c \
     "for i in \$(seq $n); do curl -s --max-time 2 rebel-base || printf '{\"cluster\":\"(failed)\"}'; echo; done")
-  echo "$out" | grep -v '^$' | head -3 | sed 's/^/  /'
+  # awk reads all of its input (head would close the pipe early, and pipefail would end the
+  # script on the writer's SIGPIPE).
+  echo "$out" | awk 'NF && shown < 3 { print "  " $0; shown++ }'
   echo "$out" | grep -o '"cluster":"[^"]*"' | cut -d'"' -f4 | sort | uniq -c |
     awk -v n="$n" '{printf "  %-10s answered %3d of %d (%d%%)\n", $2, $1, n, 100*$1/n}'
 }
