@@ -105,7 +105,7 @@ echo "x-wing in cluster1 may reach rebel-base in cluster2 only; DNS still answer
 ask cluster1 20
 kill "$mon" 2>/dev/null || true
 echo "the drops on $node, as monitor --type drop prints them:"
-grep 'Policy denied' /tmp/plexus-drops.txt | head -3 | sed 's/^/  /'
+awk '/Policy denied/ && shown < 3 { print "  " $0; shown++ }' /tmp/plexus-drops.txt
 run --context cluster1 endpoint get "$("$P" --context cluster1 get pods | awk '/^x-wing/ {print $1}')"
 echo "removing the policies again (step 7 wants cluster1's backends):"
 run --context cluster1 delete -f "$ex/networkpolicy.yaml"
