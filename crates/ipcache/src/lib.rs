@@ -111,13 +111,6 @@ impl IpCache {
             .filter_map(|(p, m)| m.iter().next().map(|(s, v)| (*p, s, *v)))
     }
 
-    /// The effective entry of `prefix` with the source that won.
-    pub fn iter_prefix(&self, prefix: Prefix) -> Option<(&Source, IpcacheValue)> {
-        self.entries
-            .get(&prefix)
-            .and_then(|m| m.iter().next().map(|(s, v)| (s, *v)))
-    }
-
     /// `source`'s own entry for `prefix`, whether it wins or not.
     pub fn value_of(&self, prefix: Prefix, source: &Source) -> Option<IpcacheValue> {
         self.entries

@@ -291,11 +291,6 @@ impl IpcacheState {
         self.cache.iter().map(|(p, _, v)| (p, v)).collect()
     }
 
-    /// The effective entry of `prefix` with the source that won.
-    pub fn get(&self, prefix: Prefix) -> Option<(Source, IpcacheValue)> {
-        self.cache.iter_prefix(prefix).map(|(s, v)| (s.clone(), v))
-    }
-
     /// Every node known, by (cluster, name).
     pub fn nodes(&self) -> &BTreeMap<(String, String), Node> {
         &self.nodes

@@ -185,11 +185,6 @@ impl ServiceState {
         self.services_synced && self.backends_synced && (self.remotes_ready || self.grace_expired)
     }
 
-    /// The remote clusters currently reachable.
-    pub fn reachable(&self) -> &BTreeSet<String> {
-        &self.reachable
-    }
-
     fn selection<'a>(&self, key: &str, service: &'a Service) -> ServiceSelection<'a> {
         let empty = Backends::new();
         let reachable = |c: &str| self.reachable.contains(c);
@@ -213,14 +208,6 @@ impl ServiceState {
             .iter()
             .map(|(key, service)| self.selection(key, service))
             .collect()
-    }
-
-    /// The remote clusters' ClusterServices named `key`.
-    pub fn remote_services(&self, key: &str) -> Vec<&ClusterService> {
-        self.remote
-            .get(key)
-            .map(|m| m.values().collect())
-            .unwrap_or_default()
     }
 
     /// The load balancer's desired table, computed from scratch.

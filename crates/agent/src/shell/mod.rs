@@ -94,9 +94,4 @@ impl CoreHandle {
             .await
             .is_ok_and(|r| r.is_ok())
     }
-
-    /// The last input sequence number applied.
-    pub fn applied(&self) -> u64 {
-        *self.applied.borrow()
-    }
 }
