@@ -298,10 +298,10 @@ mod tests {
     use plexus_datapath::{DropReason, EventKind, ObservationPoint};
     use std::net::Ipv4Addr;
 
-    /// The CLI prints the events it reads from the JSON stream; every kind of event survives the
-    /// stream and reads exactly as the datapath prints it.
+    /// The CLI prints the events it reads from the JSON stream: every kind of event survives
+    /// the stream (serialized, read back) and still reads as the datapath prints it.
     #[test]
-    fn monitor_events_print_as_the_datapath_prints_them() {
+    fn every_kind_of_monitor_event_survives_the_json_stream() {
         let base = plexus_datapath::MonitorEvent {
             kind: EventKind::Trace(ObservationPoint::ToEndpoint),
             endpoint_id: 3833,

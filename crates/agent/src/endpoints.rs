@@ -228,7 +228,9 @@ impl Endpoints {
         })
     }
 
-    fn install(&self, ep: &EndpointState) -> Result<()> {
+    /// Makes the endpoint real: datapath entry, route and neighbour, and the core's input;
+    /// returns that input's sequence number (to wait until it is applied).
+    fn install(&self, ep: &EndpointState) -> Result<u64> {
         self.datapath
             .upsert_endpoint(&DpEndpoint {
                 id: ep.id,
@@ -244,8 +246,7 @@ impl Endpoints {
             crate::netcmd::route_to_device(&format!("{}/32", ep.ip), &ep.host_ifname)?;
             crate::netcmd::neigh_permanent(&ep.ip.to_string(), &ep.pod_mac, &ep.host_ifname)?;
         }
-        self.core.step(Input::EndpointUpsert(local_endpoint(ep)));
-        Ok(())
+        Ok(self.core.step(Input::EndpointUpsert(local_endpoint(ep))))
     }
 
     fn publish(&self, ep: &EndpointState) {
@@ -346,16 +347,15 @@ impl Endpoints {
             identity: identity.0,
             ports: req.ports.clone(),
         };
-        if let Err(err) = self.install(&ep) {
-            let _ = self.identities.release(&labels).await;
-            return Err(err);
-        }
+        let seq = match self.install(&ep) {
+            Ok(seq) => seq,
+            Err(err) => {
+                let _ = self.identities.release(&labels).await;
+                return Err(err);
+            }
+        };
         // The pod's ipcache entry is in the datapath before the CNI plugin returns.
-        if !self
-            .core
-            .wait_applied(self.core.read(|c| c.seq()), APPLY_WAIT)
-            .await
-        {
+        if !self.core.wait_applied(seq, APPLY_WAIT).await {
             tracing::warn!(pod = %req.pod_name, "endpoint's ipcache entry not applied yet");
         }
         self.publish(&ep);
