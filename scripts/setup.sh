@@ -11,6 +11,9 @@ packages=(
   iproute2 iputils-ping       # network namespaces, veth and VXLAN for the lab
   iperf3 netcat-openbsd curl  # traffic in the lab's tests and benchmarks
   iptables                    # the load-balancer benchmark's kube-proxy-style baseline
+  podman runc containernetworking-plugins catatonit  # containers as workloads: podman with its CNI
+                              # backend, runc, and catatonit for the infra container of pods
+  busybox-static              # the rootfs of the lab's locally built container image
 )
 
 missing=()
