@@ -107,6 +107,9 @@ pub struct Options {
     pub prometheus_listen: Option<std::net::SocketAddr>,
     /// podman's state file (`<graphroot>/libpod/bolt_state.db`), where the identity of a
     /// container registered by a CNI network with `"runtime": "podman"` is read.
-    #[arg(long, default_value = "/var/lib/containers/storage/libpod/bolt_state.db")]
+    #[arg(
+        long,
+        default_value = "/var/lib/containers/storage/libpod/bolt_state.db"
+    )]
     pub podman_state: PathBuf,
 }

@@ -6,6 +6,9 @@
 //! Configuration keys (CNI 1.0 network configuration):
 //! - `cniVersion` (required, `0.4.0` or `1.0.0`), `name` (required), `type` (required);
 //! - `agent-socket`: the agent's API socket, default [`DEFAULT_AGENT_SOCKET`];
+//! - `runtime`: `"podman"` when podman runs the workloads: the agent then reads each
+//!   container's name and labels from podman's state, and the plugin sends only the container
+//!   id (podman passes no labels to CNI); absent, the labels are the configuration's own;
 //! - `args.cni.labels`: the pod's labels, an object of strings (the CNI conventions' `args`);
 //! - `prevResult`: kept for CHECK.
 
@@ -238,6 +241,8 @@ pub struct NetConf {
     pub plugin_type: String,
     /// `agent-socket`.
     pub agent_socket: PathBuf,
+    /// `runtime`: where the agent takes the workload's identity from.
+    pub workload: plexus_agent_api::WorkloadSource,
     /// `args.cni.labels`.
     pub labels: BTreeMap<String, String>,
     /// `args.cni.ports`: named container ports, `{"http": {"port": 80, "protocol": "TCP"}}`.
@@ -309,6 +314,16 @@ impl NetConf {
                 ));
             }
         };
+        let workload = match obj.get("runtime") {
+            None | Some(Value::Null) => plexus_agent_api::WorkloadSource::Request,
+            Some(Value::String(s)) if s == "podman" => plexus_agent_api::WorkloadSource::Podman,
+            Some(other) => {
+                return Err(conf_err(
+                    "runtime",
+                    format!("must be \"podman\" or absent, not {other}"),
+                ));
+            }
+        };
         let labels = parse_labels(obj.get("args"))?;
         let ports = parse_ports(obj.get("args"))?;
         let prev_result = match obj.get("prevResult") {
@@ -326,6 +341,7 @@ impl NetConf {
             name,
             plugin_type,
             agent_socket,
+            workload,
             labels,
             ports,
             prev_result,
@@ -462,6 +478,27 @@ mod tests {
             let err = NetConf::parse(text.as_bytes()).unwrap_err().to_string();
             assert!(err.contains(field), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn runtime_podman_is_parsed_and_checked() {
+        let conf = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"plexus","type":"plexus-cni","runtime":"podman"}"#,
+        )
+        .unwrap();
+        assert_eq!(conf.workload, plexus_agent_api::WorkloadSource::Podman);
+        let conf = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"plexus","type":"plexus-cni"}"#)
+            .unwrap();
+        assert_eq!(conf.workload, plexus_agent_api::WorkloadSource::Request);
+        let err = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"plexus","type":"plexus-cni","runtime":"docker"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "network configuration: runtime: must be \"podman\" or absent, not \"docker\""
+        );
     }
 
     #[test]
