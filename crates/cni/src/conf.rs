@@ -288,15 +288,7 @@ impl NetConf {
             });
         }
         let name = required_str(&obj, "name")?.to_string();
-        if !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-        {
-            return Err(conf_err(
-                "name",
-                format!("{name:?} may only hold letters, digits, '_', '.' and '-'"),
-            ));
-        }
+        validate_network_name(&name)?;
         let plugin_type = required_str(&obj, "type")?.to_string();
         let agent_socket = match obj.get("agent-socket") {
             None | Some(Value::Null) => PathBuf::from(DEFAULT_AGENT_SOCKET),
@@ -347,6 +339,40 @@ impl NetConf {
             prev_result,
         })
     }
+}
+
+/// The CNI network configuration list (`<name>.conflist`) of a podman network served by this
+/// plugin: one plugin of type `plexus-cni` with `"runtime": "podman"`, talking to the agent on
+/// `agent_socket`. The container runtime adds `name` and `cniVersion` to the plugin's object
+/// before it runs the plugin.
+pub fn podman_conflist(name: &str, agent_socket: &std::path::Path) -> Value {
+    serde_json::json!({
+        "cniVersion": DEFAULT_VERSION,
+        "name": name,
+        "plugins": [{
+            "type": PLUGIN_TYPE,
+            "runtime": "podman",
+            "agent-socket": agent_socket.display().to_string(),
+        }],
+    })
+}
+
+/// The plugin's binary name, which is the `type` of its network configurations.
+pub const PLUGIN_TYPE: &str = "plexus-cni";
+
+/// Checks a network name as [`NetConf::parse`] does.
+pub fn validate_network_name(name: &str) -> Result<(), ConfError> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
+        return Err(conf_err(
+            "name",
+            format!("{name:?} may only hold letters, digits, '_', '.' and '-'"),
+        ));
+    }
+    Ok(())
 }
 
 fn parse_ports(
@@ -499,6 +525,20 @@ mod tests {
             err,
             "network configuration: runtime: must be \"podman\" or absent, not \"docker\""
         );
+    }
+
+    #[test]
+    fn the_podman_conflist_parses_as_the_runtime_passes_it() {
+        let list = podman_conflist("plexus", std::path::Path::new("/run/plexus/agent.sock"));
+        // libcni gives each plugin the list's name and version.
+        let mut plugin = list["plugins"][0].clone();
+        plugin["name"] = list["name"].clone();
+        plugin["cniVersion"] = list["cniVersion"].clone();
+        let conf = NetConf::parse(plugin.to_string().as_bytes()).unwrap();
+        assert_eq!(conf.workload, plexus_agent_api::WorkloadSource::Podman);
+        assert_eq!(conf.plugin_type, "plexus-cni");
+        assert_eq!(conf.agent_socket, PathBuf::from("/run/plexus/agent.sock"));
+        assert!(validate_network_name("a/b").is_err());
     }
 
     #[test]
