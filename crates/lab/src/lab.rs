@@ -387,7 +387,7 @@ fn setup_podman(lab: &LabState, bins: &Bins, progress: Progress<'_>) -> Result<(
     for c in &lab.clusters {
         for n in &c.nodes {
             progress(&format!("⌛ cluster {}: podman of {}", c.name, n.name));
-            NodePodman::of(n).setup(&tar, cni_dir)?;
+            NodePodman::of(n).setup(&bins.plexus, &tar, cni_dir)?;
         }
     }
     let _ = std::fs::remove_dir_all(&image_dir);

@@ -7,8 +7,8 @@
 //! - `storage.conf`: its own graph root and run root, so `podman ps` on one node lists only
 //!   that node's containers, and the libpod database the agent reads labels from is
 //!   `<graphroot>/libpod/bolt_state.db` ([`NodePodman::state_db`]);
-//! - `cni/plexus.conflist`: the CNI network `plexus` pointing at the node's agent
-//!   ([`network_config`]).
+//! - `cni/plexus.conflist`: the CNI network `plexus` pointing at the node's agent, written by
+//!   `plexus host install-cni` as on a real host.
 //!
 //! podman always runs through [`NodePodman::command`]: those two files in its environment
 //! (`CONTAINERS_CONF`, `CONTAINERS_STORAGE_CONF`) and entered into the node's network namespace
@@ -65,6 +65,14 @@ pub enum PodmanError {
         path: PathBuf,
         /// The cause.
         source: std::io::Error,
+    },
+    /// `plexus host install-cni` failed.
+    #[error("the CNI network of node {node}: {reason}")]
+    InstallCni {
+        /// The node.
+        node: String,
+        /// The command and its error output.
+        reason: String,
     },
     /// Building the image failed.
     #[error("building the lab's podman image: {0}")]
@@ -178,9 +186,10 @@ impl NodePodman {
         self.run(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
     }
 
-    /// Writes the node's podman configuration and CNI network, and imports the image (the
-    /// tarball of [`build_image`]). `cni_bin_dir` is where `plexus-cni` is.
-    pub fn setup(&self, image_tar: &Path, cni_bin_dir: &Path) -> Result<()> {
+    /// Writes the node's podman configuration and, with `plexus host install-cni` (`plexus`
+    /// is the binary), its CNI network; imports the image (the tarball of [`build_image`]).
+    /// `cni_bin_dir` is where `plexus-cni` is.
+    pub fn setup(&self, plexus: &Path, image_tar: &Path, cni_bin_dir: &Path) -> Result<()> {
         for dir in [
             self.dir.clone(),
             self.cni_dir(),
@@ -195,10 +204,18 @@ impl NodePodman {
         };
         write(self.containers_conf(), containers_conf(self, cni_bin_dir))?;
         write(self.storage_conf(), storage_conf(self))?;
-        write(
-            self.cni_dir().join(format!("{NETWORK}.conflist")),
-            network_config(&self.agent_socket).to_string(),
-        )?;
+        output(
+            Command::new(plexus)
+                .args(["host", "install-cni", "--name", NETWORK])
+                .arg("--network-config-dir")
+                .arg(self.cni_dir())
+                .arg("--agent-socket")
+                .arg(&self.agent_socket),
+        )
+        .map_err(|reason| PodmanError::InstallCni {
+            node: self.node.clone(),
+            reason,
+        })?;
         let tar = image_tar.display().to_string();
         self.run_strs(&["import", "--quiet", &tar, IMAGE])?;
         Ok(())
@@ -347,28 +364,10 @@ fn toml_string(s: &str) -> String {
     Value::String(s.to_string()).to_string()
 }
 
-/// The CNI network `plexus` for podman, pointing at the node's agent.
-///
-/// This is what `plexus host install-cni` writes on a real host; the lab writes it itself
-/// until that command exists, in this one place.
-pub fn network_config(agent_socket: &Path) -> Value {
-    serde_json::json!({
-        "cniVersion": "1.0.0",
-        "name": NETWORK,
-        "plugins": [{
-            "type": "plexus-cni",
-            "agent-socket": agent_socket,
-        }],
-    })
-}
-
-/// The agent options of a node whose pods podman runs.
-///
-/// The agent reads a container's labels from the libpod database ([`NodePodman::state_db`])
-/// once it has the `podman-state` option; until then this is empty (the pods still get
-/// addresses and endpoints, without labels).
-pub fn agent_options(_p: &NodePodman) -> Vec<String> {
-    Vec::new()
+/// The agent options of a node whose pods podman runs: the agent reads a container's name,
+/// namespace and labels from the node's libpod database ([`NodePodman::state_db`]).
+pub fn agent_options(p: &NodePodman) -> Vec<String> {
+    vec![format!("--podman-state={}", p.state_db().display())]
 }
 
 /// What a pod's container is.
@@ -447,7 +446,7 @@ pub fn build_image(dir: &Path, plexus: &Path) -> Result<PathBuf> {
             .map_err(|e| image_err(format!("copy {} to {}: {e}", from.display(), to.display())))
     };
     copy(busybox, &root.join("bin/busybox"))?;
-    let list = output(Command::new(busybox).arg("--list"))?;
+    let list = output(Command::new(busybox).arg("--list")).map_err(image_err)?;
     for applet in list.lines().map(str::trim).filter(|a| !a.is_empty()) {
         let link = root.join("bin").join(applet);
         if applet != "busybox" && !link.exists() {
@@ -457,8 +456,8 @@ pub fn build_image(dir: &Path, plexus: &Path) -> Result<PathBuf> {
     // The plexus binary without its debug information (a fraction of the size, the same
     // code), and what the loader needs to run it.
     let target = root.join(PLEXUS_IN_IMAGE.trim_start_matches('/'));
-    output(Command::new("strip").arg("-o").arg(&target).arg(plexus))?;
-    for lib in ldd_paths(&output(Command::new("ldd").arg(plexus))?) {
+    output(Command::new("strip").arg("-o").arg(&target).arg(plexus)).map_err(image_err)?;
+    for lib in ldd_paths(&output(Command::new("ldd").arg(plexus)).map_err(image_err)?) {
         copy(&lib, &root.join(lib.strip_prefix("/").unwrap_or(&lib)))?;
     }
     for (file, text) in [
@@ -476,7 +475,8 @@ pub fn build_image(dir: &Path, plexus: &Path) -> Result<PathBuf> {
             .arg("-cf")
             .arg(&tar)
             .arg("."),
-    )?;
+    )
+    .map_err(image_err)?;
     // The tarball is what the nodes import.
     let _ = std::fs::remove_dir_all(&root);
     Ok(tar)
@@ -496,16 +496,15 @@ pub fn ldd_paths(ldd: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-fn output(cmd: &mut Command) -> Result<String> {
+/// Runs a tool to the end: its stdout, or what failed (the command and its error output).
+fn output(cmd: &mut Command) -> std::result::Result<String, String> {
     let what = format!("{cmd:?}");
-    let out = cmd
-        .output()
-        .map_err(|e| PodmanError::Image(format!("run {what}: {e}")))?;
+    let out = cmd.output().map_err(|e| format!("run {what}: {e}"))?;
     if !out.status.success() {
-        return Err(PodmanError::Image(format!(
+        return Err(format!(
             "{what}: {}",
             String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).to_string())
 }
@@ -606,6 +605,10 @@ mod tests {
             p.state_db(),
             Path::new("/lab/c1/c1-node1/podman/storage/libpod/bolt_state.db")
         );
+        assert_eq!(
+            agent_options(&p),
+            ["--podman-state=/lab/c1/c1-node1/podman/storage/libpod/bolt_state.db"]
+        );
         let cmd = p.command();
         let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy()).collect();
         assert_eq!(cmd.get_program(), "nsenter");
@@ -621,17 +624,6 @@ mod tests {
         assert_eq!(
             env["CONTAINERS_STORAGE_CONF"].as_deref(),
             Some("/lab/c1/c1-node1/podman/storage.conf")
-        );
-    }
-
-    #[test]
-    fn the_network_points_at_the_node_agent() {
-        let v = network_config(Path::new("/lab/c1/c1-node1/agent.sock"));
-        assert_eq!(v["name"], "plexus");
-        assert_eq!(v["plugins"][0]["type"], "plexus-cni");
-        assert_eq!(
-            v["plugins"][0]["agent-socket"],
-            "/lab/c1/c1-node1/agent.sock"
         );
     }
 
