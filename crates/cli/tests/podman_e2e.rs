@@ -14,7 +14,7 @@
 //!   dropped, and the drop shows in `monitor`.
 //!
 //! The walkthroughs select pods by their labels, which the agent reads from podman's own
-//! database (its `podman-state` option): they need that reader.
+//! database (the lab gives each node's agent `podman-state`), never from the lab.
 //! The labs run one at a time (two cores; step 7's failover is timed against the others' load).
 #![allow(clippy::unwrap_used)]
 
