@@ -307,19 +307,22 @@ enum LabCommand {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
-    /// The built-in server of pods without a command (run by the lab in a pod).
+    /// The built-in server of pods without a command (run by the lab in a pod, and the default
+    /// command of the lab's container image, where the environment names who answers).
     #[command(hide = true)]
     Serve {
-        #[arg(long)]
+        /// The pod (default: the container's hostname, which `podman kube play` sets to the
+        /// pod's name).
+        #[arg(long, env = "HOSTNAME")]
         pod: String,
-        #[arg(long)]
+        #[arg(long, env = "PLEXUS_NAMESPACE", default_value = "default")]
         namespace: String,
-        #[arg(long)]
+        #[arg(long, env = "PLEXUS_NODE")]
         node: String,
-        #[arg(long)]
+        #[arg(long, env = "PLEXUS_CLUSTER")]
         cluster: String,
-        /// `PORT/tcp` or `PORT/udp`.
-        #[arg(long)]
+        /// `PORT/tcp` or `PORT/udp` (none: it just waits).
+        #[arg(long, env = "PLEXUS_PORTS", value_delimiter = ',')]
         port: Vec<String>,
     },
 }

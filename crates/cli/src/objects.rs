@@ -1,6 +1,8 @@
 //! `plexus apply -f | delete -f | get | exec`: Kubernetes-shaped objects.
 //!
-//! Namespaces, Pods, Deployments and StatefulSets are run by the lab of the context;
+//! Namespaces, Pods, Deployments and StatefulSets are run by the lab of the context; a
+//! cluster of real hosts runs its workloads with podman (`podman kube play` of the same file),
+//! so there they are skipped, each named in the output;
 //! Services are stored in the cluster's etcd (`plexus/objects/v1/services/<ns>/<name>`) where
 //! the apiserver's service controller reads them; network policies (CiliumNetworkPolicy,
 //! CiliumClusterwideNetworkPolicy, NetworkPolicy) under `plexus/objects/v1/policies/`, where
@@ -124,9 +126,29 @@ fn lab_of(ctx: &Context) -> Result<LabState> {
     LabState::load(dir)
 }
 
+/// Outside a lab, workloads run on the cluster's hosts (podman): says which of the file's are
+/// left to them and drops them from `parsed`, before anything is applied.
+fn leave_workloads_to_hosts(ctx: &Context, parsed: &mut Parsed, verb: &str) {
+    if ctx.lab_dir.is_some() {
+        return;
+    }
+    for w in parsed.workloads.drain(..) {
+        println!(
+            "{}/{} {verb}: cluster {} runs its workloads on its hosts (podman kube play)",
+            w.kind.to_lowercase(),
+            w.name,
+            ctx.name
+        );
+    }
+    for n in parsed.namespaces.drain(..) {
+        println!("namespace/{n} skipped: cluster {} has no lab", ctx.name);
+    }
+}
+
 /// `apply -f`.
 pub async fn apply(ctx: &Context, file: &Path, ns: &str) -> Result<()> {
-    let parsed = parse(file, ns)?;
+    let mut parsed = parse(file, ns)?;
+    leave_workloads_to_hosts(ctx, &mut parsed, "skipped");
     if !parsed.policies.is_empty() {
         let etcd = crate::clustermesh::admin_etcd(ctx, std::time::Duration::from_secs(10)).await?;
         // All policies of the file in one transaction: all of them apply, or none.
@@ -182,7 +204,8 @@ pub async fn apply(ctx: &Context, file: &Path, ns: &str) -> Result<()> {
 
 /// `delete -f`.
 pub async fn delete(ctx: &Context, file: &Path, ns: &str) -> Result<()> {
-    let parsed = parse(file, ns)?;
+    let mut parsed = parse(file, ns)?;
+    leave_workloads_to_hosts(ctx, &mut parsed, "skipped");
     if !parsed.policies.is_empty() {
         let etcd = crate::clustermesh::admin_etcd(ctx, std::time::Duration::from_secs(10)).await?;
         for (key, _) in &parsed.policies {

@@ -217,7 +217,10 @@ impl NodePodman {
             reason,
         })?;
         let tar = image_tar.display().to_string();
-        self.run_strs(&["import", "--quiet", &tar, IMAGE])?;
+        // Its default command is the built-in server on port 80, which takes who it is from
+        // the environment, so `podman kube play` of a walkthrough's Deployments runs it too.
+        let cmd = format!("CMD [\"{PLEXUS_IN_IMAGE}\", \"lab\", \"serve\", \"--port=80/tcp\"]");
+        self.run_strs(&["import", "--quiet", "--change", &cmd, &tar, IMAGE])?;
         Ok(())
     }
 
