@@ -212,6 +212,25 @@ mod tests {
     }
 
     #[test]
+    fn each_required_value_is_named_by_its_own_key() {
+        let serde_norway::Value::Mapping(all) = serde_norway::to_value(complete()).unwrap() else {
+            panic!("a configuration is a mapping");
+        };
+        assert_eq!(all.len(), 9, "{all:?}");
+        for key in all.keys() {
+            let mut without = all.clone();
+            without.remove(key);
+            let c: AgentConfig = serde_norway::from_value(without.into()).unwrap();
+            let e = Options::resolve(c, Some(Path::new(FILE))).unwrap_err();
+            let key = key.as_str().unwrap();
+            assert!(
+                e.to_string().starts_with(&format!("--{key} is required")),
+                "{key}: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn the_tcp_api_needs_its_certificates() {
         let c = AgentConfig {
             api_listen: Some("10.0.0.1:9965".parse().unwrap()),

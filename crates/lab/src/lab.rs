@@ -9,8 +9,9 @@
 //!   `plexus-agent` (eBPF datapath, bpffs mounted under its state directory), its API on its
 //!   socket and on TCP port [`AGENT_API_PORT`] with mutual TLS (a server certificate of the
 //!   cluster's CA for the node's name and address, issued at each start);
-//! - every daemon runs with only `--config FILE`, as on a real host: `<dir>/<cluster>/apiserver.yaml`
-//!   and `<node state dir>/agent.yaml` (what `lab agent-options` edits);
+//! - every daemon runs with only `--config FILE`, as on a real host:
+//!   `<dir>/<cluster>/apiserver.yaml` and `<node state dir>/agent.yaml` (which `lab
+//!   agent-options` edits);
 //! - per cluster, the cluster DNS: the `kube-dns` Service and pod in `kube-system` on the first
 //!   node ([`crate::dns`]).
 //!
