@@ -18,8 +18,7 @@ use plexus_datapath::{Datapath, EbpfDatapath, FakeDatapath, NodeConfig, RoutingM
 use plexus_identity::allocator::IdentityAllocator;
 use plexus_ipam::{Cidr4, PodIpam, claim_node_cidr};
 use plexus_kvstore::{
-    EtcdBackend, EtcdConfig, KvBackend, LeaseManager, MeteredBackend, SyncStore, SyncStoreConfig,
-    TlsFiles,
+    EtcdBackend, KvBackend, LeaseManager, MeteredBackend, SyncStore, SyncStoreConfig,
 };
 use plexus_model::cidr::Cidr;
 use plexus_model::cluster::{ClusterInfo, MaxConnectedClusters};
@@ -45,16 +44,7 @@ fn routing_mode(routing: Routing) -> RoutingMode {
 }
 
 async fn connect_etcd(args: &Options) -> Result<Arc<dyn KvBackend>> {
-    let mut config = EtcdConfig::new(args.etcd_endpoints.clone());
-    let tls = TlsFiles::from_parts(
-        args.etcd_ca.as_ref(),
-        args.etcd_cert.as_ref(),
-        args.etcd_key.as_ref(),
-    )
-    .context("--etcd-ca, --etcd-cert and --etcd-key")?;
-    if let Some(tls) = tls {
-        config = config.with_tls(tls);
-    }
+    let config = args.etcd_config()?;
     let etcd: EtcdBackend = plexus_kvstore::connect_with_retry(
         &config,
         &plexus_kvstore::Retry::for_at_most(Duration::from_secs(60)),

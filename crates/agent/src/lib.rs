@@ -12,7 +12,7 @@
 //!   records, persisted state); [`netcmd`]: the few kernel settings the agent makes.
 //! - [`api`]: the API the CLI and the CNI plugin use, on a unix socket and ([`api_tls`]) on TCP
 //!   with mutual TLS; [`reports`]: what it lists.
-//! - [`daemon`]: the wiring of one node's agent; [`options`]: its flags.
+//! - [`daemon`]: the wiring of one node's agent; [`options`]: its flags and configuration file.
 
 pub mod api;
 pub mod api_tls;

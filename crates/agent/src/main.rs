@@ -1,7 +1,6 @@
 //! `plexus-agent`: the daemon of one node (see the `plexus_agent` library for what it does).
 
 use anyhow::Result;
-use clap::Parser;
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -12,5 +11,7 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     plexus_kvstore::install_crypto_provider();
-    plexus_agent::run(plexus_agent::Options::parse()).await
+    // A bad flag, file or value ends the process here, naming the flag, the file and the key.
+    let options = plexus_agent::Options::from_command_line()?;
+    plexus_agent::run(options).await
 }

@@ -1,115 +1,310 @@
-//! The agent's options: flags (and, later, its configuration file).
+//! The agent's options: its flags and its configuration file (`--config FILE`).
+//!
+//! Both share one schema, [`plexus_config::AgentConfig`], whose keys are the flag names: the
+//! command line ([`CommandLine`]) is `--config` plus every option as a flag. [`Options`] is
+//! what the daemon runs with: the flags laid over the file (a flag wins), defaults filled in,
+//! and every required value present, or an error naming the flag and the file.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+use plexus_config::{AgentConfig, ConfigError, invalid, required};
 use plexus_ipam::Cidr4;
+use plexus_kvstore::EtcdConfig;
 
-/// How packets reach other nodes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Routing {
-    /// VXLAN between nodes, the source identity in the VNI.
-    Tunnel,
-    /// Plain routes to other nodes' pod CIDRs.
-    Native,
-}
+pub use plexus_config::agent::{DatapathKind, Routing};
 
-/// Which datapath the agent drives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum DatapathKind {
-    /// eBPF programs in the kernel.
-    Ebpf,
-    /// In-memory maps (control-plane tests).
-    Fake,
-}
-
-/// The Plexus node agent.
+/// The Plexus node agent's command line.
 #[derive(Parser, Debug)]
-#[command(name = "plexus-agent", version)]
+#[command(name = "plexus-agent", version, about = "The Plexus node agent.")]
+pub struct CommandLine {
+    /// Read the options from this YAML file (its keys are the flag names without `--`); a flag
+    /// given on the command line overrides the file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Every option, as a flag.
+    #[command(flatten)]
+    pub flags: AgentConfig,
+}
+
+/// The options the agent runs with (see [`AgentConfig`] for what each one means).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Options {
     /// Cluster name.
-    #[arg(long)]
     pub cluster_name: String,
     /// Cluster id.
-    #[arg(long)]
     pub cluster_id: u32,
     /// 255 or 511.
-    #[arg(long, default_value_t = 255)]
     pub max_connected_clusters: u32,
     /// This node's name.
-    #[arg(long)]
     pub node_name: String,
     /// This node's underlay address (its tunnel endpoint).
-    #[arg(long)]
     pub node_ip: Ipv4Addr,
     /// The cluster's pod CIDR, carved into node CIDRs.
-    #[arg(long)]
     pub pod_cidr: Cidr4,
     /// Prefix length of each node's CIDR.
-    #[arg(long, default_value_t = 24)]
     pub node_cidr_size: u8,
     /// How packets reach other nodes.
-    #[arg(long, value_enum, default_value = "tunnel")]
     pub routing: Routing,
     /// The datapath.
-    #[arg(long, value_enum, default_value = "ebpf")]
     pub datapath: DatapathKind,
     /// Pod MTU (default: 1450 in tunnel mode, 1500 in native mode).
-    #[arg(long)]
     pub mtu: Option<u32>,
     /// Endpoint state, bpffs and cgroup2 mounts.
-    #[arg(long)]
     pub state_dir: PathBuf,
     /// The cluster's etcd (comma-separated URLs).
-    #[arg(long, value_delimiter = ',', required = true)]
     pub etcd_endpoints: Vec<String>,
     /// Client identity for the cluster's etcd: CA.
-    #[arg(long)]
     pub etcd_ca: Option<PathBuf>,
     /// Client identity: certificate.
-    #[arg(long)]
     pub etcd_cert: Option<PathBuf>,
     /// Client identity: key.
-    #[arg(long)]
     pub etcd_key: Option<PathBuf>,
     /// Remote-cluster configuration directory (one file per remote).
-    #[arg(long)]
     pub clustermesh_config: PathBuf,
     /// The API socket (local, fully privileged).
-    #[arg(long)]
     pub api_socket: PathBuf,
     /// Also serve the API on this TCP address with mutual TLS (clients need a certificate of
     /// `--api-tls-ca`; only `admin-<cluster>` may write).
-    #[arg(long, requires_all = ["api_tls_cert", "api_tls_key", "api_tls_ca"])]
     pub api_listen: Option<std::net::SocketAddr>,
     /// The TCP API's server certificate.
-    #[arg(long, requires = "api_listen")]
     pub api_tls_cert: Option<PathBuf>,
     /// The TCP API's server key.
-    #[arg(long, requires = "api_listen")]
     pub api_tls_key: Option<PathBuf>,
     /// The CA that client certificates of the TCP API must chain to (the cluster's).
-    #[arg(long, requires = "api_listen")]
     pub api_tls_ca: Option<PathBuf>,
     /// Withdraw an unreachable remote cluster's service backends after this long (default:
     /// keep them until it returns; its backends are skipped meanwhile anyway).
-    #[arg(long, value_parser = humantime::parse_duration)]
     pub clustermesh_service_cache_ttl: Option<Duration>,
     /// `policy-default-local-cluster`: peer endpoint selectors without the cluster label select
     /// only this cluster's endpoints (as current Cilium releases do); `false` gives the older
     /// any-cluster behaviour.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub policy_default_local_cluster: bool,
     /// Also serve `/metrics` (Prometheus) on this TCP address.
-    #[arg(long)]
     pub prometheus_listen: Option<std::net::SocketAddr>,
     /// podman's state file (`<graphroot>/libpod/bolt_state.db`), where the identity of a
     /// container registered by a CNI network with `"runtime": "podman"` is read.
-    #[arg(
-        long,
-        default_value = "/var/lib/containers/storage/libpod/bolt_state.db"
-    )]
     pub podman_state: PathBuf,
+}
+
+impl Options {
+    /// The options of this process: its command line (clap prints the usage and exits on a
+    /// bad flag) laid over `--config FILE`.
+    pub fn from_command_line() -> Result<Self, ConfigError> {
+        let cli = CommandLine::parse();
+        Self::from_layers(cli.config.as_deref(), cli.flags)
+    }
+
+    /// `flags` laid over the configuration file `file` (if any), resolved.
+    pub fn from_layers(file: Option<&Path>, flags: AgentConfig) -> Result<Self, ConfigError> {
+        Self::resolve(plexus_config::layer(file, flags)?, file)
+    }
+
+    /// Fills the defaults of `c` and checks that it has every value the agent needs; `file`
+    /// is where `c` came from (with the flags), named in errors.
+    pub fn resolve(c: AgentConfig, file: Option<&Path>) -> Result<Self, ConfigError> {
+        let api_tls = [&c.api_tls_cert, &c.api_tls_key, &c.api_tls_ca];
+        match (c.api_listen, api_tls.iter().all(|p| p.is_some())) {
+            (Some(_), false) => {
+                return Err(invalid(
+                    "api-listen",
+                    "the TCP API needs --api-tls-cert, --api-tls-key and --api-tls-ca",
+                    file,
+                ));
+            }
+            (None, _) if api_tls.iter().any(|p| p.is_some()) => {
+                return Err(invalid(
+                    "api-tls-cert, api-tls-key, api-tls-ca",
+                    "they configure the TCP API, which only --api-listen turns on",
+                    file,
+                ));
+            }
+            _ => {}
+        }
+        let options = Self {
+            cluster_name: required(c.cluster_name, "cluster-name", file)?,
+            cluster_id: required(c.cluster_id, "cluster-id", file)?,
+            max_connected_clusters: c.max_connected_clusters.unwrap_or(255),
+            node_name: required(c.node_name, "node-name", file)?,
+            node_ip: required(c.node_ip, "node-ip", file)?,
+            pod_cidr: required(c.pod_cidr, "pod-cidr", file)?,
+            node_cidr_size: c.node_cidr_size.unwrap_or(24),
+            routing: c.routing.unwrap_or(Routing::Tunnel),
+            datapath: c.datapath.unwrap_or(DatapathKind::Ebpf),
+            mtu: c.mtu,
+            state_dir: required(c.state_dir, "state-dir", file)?,
+            etcd_endpoints: required(c.etcd_endpoints, "etcd-endpoints", file)?,
+            etcd_ca: c.etcd_ca,
+            etcd_cert: c.etcd_cert,
+            etcd_key: c.etcd_key,
+            clustermesh_config: required(c.clustermesh_config, "clustermesh-config", file)?,
+            api_socket: required(c.api_socket, "api-socket", file)?,
+            api_listen: c.api_listen,
+            api_tls_cert: c.api_tls_cert,
+            api_tls_key: c.api_tls_key,
+            api_tls_ca: c.api_tls_ca,
+            clustermesh_service_cache_ttl: c.clustermesh_service_cache_ttl,
+            policy_default_local_cluster: c.policy_default_local_cluster.unwrap_or(true),
+            prometheus_listen: c.prometheus_listen,
+            podman_state: c
+                .podman_state
+                .unwrap_or_else(|| PathBuf::from(plexus_podman::DEFAULT_STATE_PATH)),
+        };
+        // Refuse a half-given etcd identity now, naming the file, not at connect time.
+        plexus_config::etcd_config(
+            &options.etcd_endpoints,
+            options.etcd_ca.as_ref(),
+            options.etcd_cert.as_ref(),
+            options.etcd_key.as_ref(),
+            file,
+        )?;
+        Ok(options)
+    }
+
+    /// How to reach the cluster's etcd.
+    pub fn etcd_config(&self) -> Result<EtcdConfig, ConfigError> {
+        plexus_config::etcd_config(
+            &self.etcd_endpoints,
+            self.etcd_ca.as_ref(),
+            self.etcd_cert.as_ref(),
+            self.etcd_key.as_ref(),
+            None,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "/etc/plexus/agent.yaml";
+
+    fn complete() -> AgentConfig {
+        plexus_config::from_yaml(
+            "cluster-name: c1\ncluster-id: 1\nnode-name: n1\nnode-ip: 10.0.0.1\n\
+             pod-cidr: 10.1.0.0/16\nstate-dir: /var/lib/plexus/agent\n\
+             etcd-endpoints: https://10.0.0.10:2379\nclustermesh-config: /etc/plexus/clustermesh\n\
+             api-socket: /run/plexus/agent.sock\n",
+            Path::new(FILE),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn defaults_fill_what_is_not_given() {
+        let o = Options::resolve(complete(), Some(Path::new(FILE))).unwrap();
+        assert_eq!(o.max_connected_clusters, 255);
+        assert_eq!(o.node_cidr_size, 24);
+        assert_eq!(o.routing, Routing::Tunnel);
+        assert_eq!(o.datapath, DatapathKind::Ebpf);
+        assert!(o.policy_default_local_cluster);
+        assert_eq!(o.mtu, None);
+        assert!(o.etcd_config().unwrap().tls.is_none());
+    }
+
+    #[test]
+    fn a_missing_value_names_the_flag_and_the_file() {
+        let c = AgentConfig {
+            node_ip: None,
+            ..complete()
+        };
+        let e = Options::resolve(c, Some(Path::new(FILE))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("--node-ip is required: give the flag or `node-ip:` in {FILE}")
+        );
+    }
+
+    #[test]
+    fn each_required_value_is_named_by_its_own_key() {
+        let serde_norway::Value::Mapping(all) = serde_norway::to_value(complete()).unwrap() else {
+            panic!("a configuration is a mapping");
+        };
+        assert_eq!(all.len(), 9, "{all:?}");
+        for key in all.keys() {
+            let mut without = all.clone();
+            without.remove(key);
+            let c: AgentConfig = serde_norway::from_value(without.into()).unwrap();
+            let e = Options::resolve(c, Some(Path::new(FILE))).unwrap_err();
+            let key = key.as_str().unwrap();
+            assert!(
+                e.to_string().starts_with(&format!("--{key} is required")),
+                "{key}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_tcp_api_needs_its_certificates() {
+        let c = AgentConfig {
+            api_listen: Some("10.0.0.1:9965".parse().unwrap()),
+            api_tls_cert: Some("/p/api.crt".into()),
+            ..complete()
+        };
+        let e = Options::resolve(c, Some(Path::new(FILE))).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with(&format!("api-listen in the flags and {FILE}: ")),
+            "{e}"
+        );
+        let c = AgentConfig {
+            api_tls_ca: Some("/p/ca.crt".into()),
+            ..complete()
+        };
+        assert!(Options::resolve(c, None).is_err());
+    }
+
+    #[test]
+    fn a_half_given_etcd_identity_is_refused() {
+        let c = AgentConfig {
+            etcd_ca: Some("/p/ca.crt".into()),
+            ..complete()
+        };
+        let e = Options::resolve(c, Some(Path::new(FILE))).unwrap_err();
+        assert!(
+            e.to_string().contains("etcd-ca, etcd-cert, etcd-key"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.yaml");
+        std::fs::write(&file, complete().to_yaml().unwrap()).unwrap();
+        let cli = CommandLine::try_parse_from([
+            "plexus-agent",
+            "--config",
+            file.to_str().unwrap(),
+            "--node-name=n2",
+            "--routing=native",
+        ])
+        .unwrap();
+        let o = Options::from_layers(cli.config.as_deref(), cli.flags).unwrap();
+        assert_eq!(o.node_name, "n2");
+        assert_eq!(o.routing, Routing::Native);
+        assert_eq!(o.cluster_name, "c1");
+    }
+
+    #[test]
+    fn flags_alone_still_work() {
+        let cli = CommandLine::try_parse_from([
+            "plexus-agent",
+            "--cluster-name=c1",
+            "--cluster-id=1",
+            "--node-name=n1",
+            "--node-ip=10.0.0.1",
+            "--pod-cidr=10.1.0.0/16",
+            "--state-dir=/s",
+            "--etcd-endpoints=http://10.0.0.10:2379",
+            "--clustermesh-config=/m",
+            "--api-socket=/a.sock",
+            "--policy-default-local-cluster=false",
+        ])
+        .unwrap();
+        let o = Options::from_layers(cli.config.as_deref(), cli.flags).unwrap();
+        assert!(!o.policy_default_local_cluster);
+    }
 }

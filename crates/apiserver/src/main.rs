@@ -1,86 +1,77 @@
 //! `plexus-apiserver`: the daemon of one cluster. It composes `plexus_apiserver::ApiServer`:
-//! parse flags, start, run until SIGINT or SIGTERM, stop cleanly.
+//! read its options (flags over `--config FILE`, the schema `plexus_config::ApiServerConfig`),
+//! start, run until SIGINT or SIGTERM, stop cleanly.
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
 use plexus_apiserver::{ApiServer, ApiServerConfig, EtcdSource};
-use plexus_kvstore::TlsFiles;
+use plexus_config::{ConfigError, invalid, required};
 use plexus_model::cluster::{ClusterInfo, MaxConnectedClusters};
 
 /// The apiserver of one Plexus cluster: its etcd, access rules, cluster config, heartbeat,
 /// identity GC, KVStoreMesh, health and metrics.
 #[derive(Parser, Debug)]
 #[command(name = "plexus-apiserver", version)]
-struct Args {
-    /// Cluster name.
-    #[arg(long)]
-    cluster_name: String,
-    /// Cluster id (1..=255, or 1..=511 with --max-connected-clusters 511).
-    #[arg(long)]
-    cluster_id: u32,
-    /// 255 or 511.
-    #[arg(long, default_value_t = 255)]
-    max_connected_clusters: u32,
-    /// Certificates (pki/), etcd data (etcd/) and logs.
-    #[arg(long)]
-    state_dir: PathBuf,
-    /// Use this etcd instead of starting one (repeat or comma-separate).
-    #[arg(long, value_delimiter = ',')]
-    etcd_endpoints: Vec<String>,
-    /// Client identity for --etcd-endpoints: CA file.
-    #[arg(long, requires = "etcd_endpoints")]
-    etcd_ca: Option<PathBuf>,
-    /// Client identity for --etcd-endpoints: certificate (CN admin-<cluster> or root).
-    #[arg(long, requires = "etcd_endpoints")]
-    etcd_cert: Option<PathBuf>,
-    /// Client identity for --etcd-endpoints: key.
-    #[arg(long, requires = "etcd_endpoints")]
-    etcd_key: Option<PathBuf>,
-    /// Local etcd: client port address.
-    #[arg(long, default_value = "127.0.0.1:2379")]
-    etcd_listen: SocketAddr,
-    /// Local etcd: peer port address.
-    #[arg(long, default_value = "127.0.0.1:2380")]
-    etcd_peer_listen: SocketAddr,
-    /// Local etcd: address peers reach it by (advertised, and in its certificate).
-    #[arg(long)]
-    etcd_advertise: Vec<IpAddr>,
-    /// Health, readiness and metrics.
-    #[arg(long, default_value = "127.0.0.1:9963")]
-    http_listen: SocketAddr,
-    /// KVStoreMesh: mirror the remote clusters configured in this directory.
-    #[arg(long)]
-    kvstoremesh_config: Option<PathBuf>,
-    /// Allocate service addresses from this CIDR.
-    #[arg(long)]
-    service_cidr: Option<plexus_ipam::Cidr4>,
-    /// Heartbeat period.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-    heartbeat_interval: Duration,
+struct CommandLine {
+    /// Read the options from this YAML file (its keys are the flag names without `--`); a flag
+    /// given on the command line overrides the file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    flags: plexus_config::ApiServerConfig,
 }
 
-fn etcd_source(args: &Args) -> Result<EtcdSource> {
-    if args.etcd_endpoints.is_empty() {
-        return Ok(EtcdSource::Local {
-            client_listen: args.etcd_listen,
-            peer_listen: args.etcd_peer_listen,
-            advertise: args.etcd_advertise.clone(),
-        });
+/// The flags laid over the file `file`, defaults filled in and every required value present.
+fn resolve(
+    file: Option<&Path>,
+    flags: plexus_config::ApiServerConfig,
+) -> Result<ApiServerConfig, ConfigError> {
+    let c = plexus_config::layer(file, flags)?;
+    let cluster_name = required(c.cluster_name, "cluster-name", file)?;
+    let cluster_id = required(c.cluster_id, "cluster-id", file)?;
+    let max = MaxConnectedClusters::from_u32(c.max_connected_clusters.unwrap_or(255))
+        .map_err(|e| invalid("max-connected-clusters", e, file))?;
+    let cluster = ClusterInfo::new(cluster_name, cluster_id, max)
+        .map_err(|e| invalid("cluster-name, cluster-id", e, file))?;
+    let etcd = match c.etcd_endpoints.filter(|e| !e.is_empty()) {
+        None => {
+            if c.etcd_ca.is_some() || c.etcd_cert.is_some() || c.etcd_key.is_some() {
+                return Err(invalid(
+                    "etcd-ca, etcd-cert, etcd-key",
+                    "they are the client identity for --etcd-endpoints, which is not given",
+                    file,
+                ));
+            }
+            EtcdSource::Local {
+                client_listen: c.etcd_listen.unwrap_or(([127, 0, 0, 1], 2379).into()),
+                peer_listen: c.etcd_peer_listen.unwrap_or(([127, 0, 0, 1], 2380).into()),
+                advertise: c.etcd_advertise.unwrap_or_default(),
+            }
+        }
+        Some(endpoints) => EtcdSource::External {
+            tls: plexus_config::etcd_tls(
+                c.etcd_ca.as_ref(),
+                c.etcd_cert.as_ref(),
+                c.etcd_key.as_ref(),
+                file,
+            )?,
+            endpoints,
+        },
+    };
+    let mut config = ApiServerConfig::new(
+        cluster,
+        required(c.state_dir, "state-dir", file)?,
+        etcd,
+        c.http_listen.unwrap_or(([127, 0, 0, 1], 9963).into()),
+    );
+    config.kvstoremesh_dir = c.kvstoremesh_config;
+    if let Some(interval) = c.heartbeat_interval {
+        config.heartbeat_interval = interval;
     }
-    let tls = TlsFiles::from_parts(
-        args.etcd_ca.as_ref(),
-        args.etcd_cert.as_ref(),
-        args.etcd_key.as_ref(),
-    )
-    .context("--etcd-ca, --etcd-cert and --etcd-key")?;
-    Ok(EtcdSource::External {
-        endpoints: args.etcd_endpoints.clone(),
-        tls,
-    })
+    config.service_cidr = c.service_cidr;
+    Ok(config)
 }
 
 #[tokio::main]
@@ -92,20 +83,9 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     plexus_kvstore::install_crypto_provider();
-    let args = Args::parse();
-    let max = MaxConnectedClusters::from_u32(args.max_connected_clusters)
-        .context("--max-connected-clusters")?;
-    let cluster = ClusterInfo::new(args.cluster_name.clone(), args.cluster_id, max)
-        .context("--cluster-name/--cluster-id")?;
-    let mut config = ApiServerConfig::new(
-        cluster,
-        args.state_dir.clone(),
-        etcd_source(&args)?,
-        args.http_listen,
-    );
-    config.kvstoremesh_dir = args.kvstoremesh_config.clone();
-    config.heartbeat_interval = args.heartbeat_interval;
-    config.service_cidr = args.service_cidr;
+    let cli = CommandLine::parse();
+    // A bad flag, file or value ends the process here, naming the flag, the file and the key.
+    let config = resolve(cli.config.as_deref(), cli.flags)?;
     let server = ApiServer::start(config).await?;
     println!("plexus-apiserver: serving on http://{}", server.http_addr());
 

@@ -3,58 +3,61 @@
 //! It connects to the cluster's etcd with the same flags as the other daemons
 //! (`--etcd-endpoints`, and `--etcd-ca`/`--etcd-cert`/`--etcd-key` for mTLS), mirrors the
 //! Service objects, and answers `<service>.<namespace>.svc.<domain>` on UDP and TCP `--listen`
-//! (default `0.0.0.0:53`) until SIGTERM or SIGINT.
+//! (default `0.0.0.0:53`) until SIGTERM or SIGINT. Its options can also come from
+//! `--config FILE` (YAML, keys are the flag names; flags override the file).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use plexus_config::{ConfigError, DnsConfig, required};
 use plexus_dns::{ClusterDns, DnsServer, ServiceRecords, spawn_follow_services};
-use plexus_kvstore::{EtcdConfig, KvBackend, Retry, TlsFiles};
+use plexus_kvstore::{EtcdConfig, KvBackend, Retry};
 
 /// The Plexus cluster DNS server.
 #[derive(Parser, Debug)]
 #[command(name = "plexus-dns", version)]
-struct Args {
-    /// The cluster's etcd (comma-separated URLs).
-    #[arg(long, value_delimiter = ',', required = true)]
-    etcd_endpoints: Vec<String>,
-    /// Client identity for the cluster's etcd: CA.
-    #[arg(long)]
-    etcd_ca: Option<PathBuf>,
-    /// Client identity: certificate.
-    #[arg(long)]
-    etcd_cert: Option<PathBuf>,
-    /// Client identity: key.
-    #[arg(long)]
-    etcd_key: Option<PathBuf>,
-    /// UDP and TCP address to answer on.
-    #[arg(long, default_value = "0.0.0.0:53")]
+struct CommandLine {
+    /// Read the options from this YAML file (its keys are the flag names without `--`); a flag
+    /// given on the command line overrides the file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    flags: DnsConfig,
+}
+
+/// What `plexus-dns` runs with: the flags laid over the file, defaults filled in.
+struct Options {
+    etcd: EtcdConfig,
     listen: SocketAddr,
-    /// The cluster domain.
-    #[arg(long, default_value = plexus_dns::DEFAULT_DOMAIN)]
     domain: String,
-    /// TTL of answers, in seconds.
-    #[arg(long, default_value_t = plexus_dns::DEFAULT_TTL)]
     ttl: u32,
 }
 
-async fn connect_etcd(args: &Args) -> Result<Arc<dyn KvBackend>> {
-    let mut config = EtcdConfig::new(args.etcd_endpoints.clone());
-    let tls = TlsFiles::from_parts(
-        args.etcd_ca.as_ref(),
-        args.etcd_cert.as_ref(),
-        args.etcd_key.as_ref(),
-    )
-    .context("--etcd-ca, --etcd-cert and --etcd-key")?;
-    if let Some(tls) = tls {
-        config = config.with_tls(tls);
-    }
+fn resolve(file: Option<&Path>, flags: DnsConfig) -> Result<Options, ConfigError> {
+    let c = plexus_config::layer(file, flags)?;
+    Ok(Options {
+        etcd: plexus_config::etcd_config(
+            &required(c.etcd_endpoints, "etcd-endpoints", file)?,
+            c.etcd_ca.as_ref(),
+            c.etcd_cert.as_ref(),
+            c.etcd_key.as_ref(),
+            file,
+        )?,
+        listen: c.listen.unwrap_or(([0, 0, 0, 0], 53).into()),
+        domain: c
+            .domain
+            .unwrap_or_else(|| plexus_dns::DEFAULT_DOMAIN.to_string()),
+        ttl: c.ttl.unwrap_or(plexus_dns::DEFAULT_TTL),
+    })
+}
+
+async fn connect_etcd(config: &EtcdConfig) -> Result<Arc<dyn KvBackend>> {
     // A pod is not restarted when it exits: keep trying (queries get SERVFAIL meanwhile).
-    let etcd = plexus_kvstore::connect_with_retry(&config, &Retry::forever(), "the cluster's etcd")
-        .await?;
+    let etcd =
+        plexus_kvstore::connect_with_retry(config, &Retry::forever(), "the cluster's etcd").await?;
     Ok(Arc::new(etcd))
 }
 
@@ -69,7 +72,8 @@ async fn main() -> Result<()> {
         .init();
     // The etcd client speaks TLS through rustls, which needs its provider chosen explicitly.
     plexus_kvstore::install_crypto_provider();
-    let args = Args::parse();
+    let cli = CommandLine::parse();
+    let args = resolve(cli.config.as_deref(), cli.flags)?;
     let records = Arc::new(RwLock::new(
         ServiceRecords::new(&args.domain).context("--domain")?,
     ));
@@ -78,7 +82,7 @@ async fn main() -> Result<()> {
     let mut server = DnsServer::bind(args.listen, handler)
         .await
         .context("start the DNS server")?;
-    let etcd = connect_etcd(&args).await?;
+    let etcd = connect_etcd(&args.etcd).await?;
     let follow = spawn_follow_services(etcd, records);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("install the SIGTERM handler")?;

@@ -9,6 +9,9 @@
 //!   `plexus-agent` (eBPF datapath, bpffs mounted under its state directory), its API on its
 //!   socket and on TCP port [`AGENT_API_PORT`] with mutual TLS (a server certificate of the
 //!   cluster's CA for the node's name and address, issued at each start);
+//! - every daemon runs with only `--config FILE`, as on a real host:
+//!   `<dir>/<cluster>/apiserver.yaml` and `<node state dir>/agent.yaml` (which `lab
+//!   agent-options` edits);
 //! - per cluster, the cluster DNS: the `kube-dns` Service and pod in `kube-system` on the first
 //!   node ([`crate::dns`]);
 //! - with `runtime: podman`, per node a podman of its own under `<node>/podman`, with the lab's
@@ -25,6 +28,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use plexus_agent_api::{Client, Endpoint, block_on};
+use plexus_config::{AgentConfig, ApiServerConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::podman::{self, NodePodman};
@@ -89,9 +93,6 @@ pub struct ClusterState {
     pub nodes: Vec<NodeState>,
     /// Taken down by `lab stop`.
     pub stopped: bool,
-    /// Extra agent options (`--key=value`), set by `lab agent-options`.
-    #[serde(default)]
-    pub agent_options: Vec<String>,
 }
 
 /// A running lab.
@@ -231,7 +232,6 @@ fn plan(name: &str, dir: &Path, spec: &LabSpec) -> LabState {
                 apiserver_pid: None,
                 state_dir: cdir.join("apiserver"),
                 clustermesh_dir: cdir.join("clustermesh"),
-                agent_options: Vec::new(),
                 nodes: (1..=c.nodes)
                     .map(|j| {
                         let node = format!("{}-node{j}", c.name);
@@ -270,17 +270,40 @@ fn join_underlay(underlay: &str, ns: &str, uplink: &str, ip: Ipv4Addr) -> Result
     sys::ip(&["-n", ns, "link", "set", "eth0", "up"])
 }
 
+/// The apiserver's configuration file in the lab.
+fn apiserver_config_file(lab: &LabState, c: &ClusterState) -> PathBuf {
+    lab.dir.join(&c.name).join("apiserver.yaml")
+}
+
+fn apiserver_config(c: &ClusterState) -> Result<ApiServerConfig> {
+    Ok(ApiServerConfig {
+        cluster_name: Some(c.name.clone()),
+        cluster_id: Some(c.id),
+        state_dir: Some(c.state_dir.clone()),
+        etcd_listen: Some((c.ip, 2379).into()),
+        etcd_peer_listen: Some((Ipv4Addr::LOCALHOST, 2380).into()),
+        etcd_advertise: Some(vec![c.ip.into()]),
+        http_listen: Some((c.ip, 9963).into()),
+        service_cidr: Some(
+            c.service_cidr
+                .parse()
+                .with_context(|| format!("service CIDR of {}", c.name))?,
+        ),
+        ..Default::default()
+    })
+}
+
+/// Writes a configuration file whole (a crash never leaves half a file behind).
+fn write_config(path: &Path, yaml: &str) -> Result<()> {
+    let tmp = path.with_extension("yaml.tmp");
+    std::fs::write(&tmp, yaml).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))
+}
+
 fn start_apiserver(lab: &LabState, c: &ClusterState, bins: &Bins) -> Result<u32> {
-    let args = vec![
-        format!("--cluster-name={}", c.name),
-        format!("--cluster-id={}", c.id),
-        format!("--state-dir={}", c.state_dir.display()),
-        format!("--etcd-listen={}:2379", c.ip),
-        "--etcd-peer-listen=127.0.0.1:2380".to_string(),
-        format!("--etcd-advertise={}", c.ip),
-        format!("--http-listen={}:9963", c.ip),
-        format!("--service-cidr={}", c.service_cidr),
-    ];
+    let file = apiserver_config_file(lab, c);
+    write_config(&file, &apiserver_config(c)?.to_yaml()?)?;
+    let args = vec![format!("--config={}", file.display())];
     let pid = sys::spawn_in(
         &c.netns,
         &bins.apiserver,
@@ -307,44 +330,61 @@ fn start_apiserver(lab: &LabState, c: &ClusterState, bins: &Bins) -> Result<u32>
     Ok(pid)
 }
 
+/// The agent's configuration file of node `n`.
+fn agent_config_file(n: &NodeState) -> PathBuf {
+    n.state_dir.join("agent.yaml")
+}
+
+/// What the lab sets in the agent's file of node `n` (`lab agent-options` sets the other keys).
+fn agent_config(lab: &LabState, c: &ClusterState, n: &NodeState) -> Result<AgentConfig> {
+    let pki = c.state_dir.join("pki");
+    Ok(AgentConfig {
+        cluster_name: Some(c.name.clone()),
+        cluster_id: Some(c.id),
+        node_name: Some(n.name.clone()),
+        node_ip: Some(n.ip),
+        pod_cidr: Some(
+            c.pod_cidr
+                .parse()
+                .with_context(|| format!("pod CIDR of {}", c.name))?,
+        ),
+        routing: Some(match lab.routing {
+            Routing::Tunnel => plexus_config::agent::Routing::Tunnel,
+            Routing::Native => plexus_config::agent::Routing::Native,
+        }),
+        state_dir: Some(n.state_dir.clone()),
+        etcd_endpoints: Some(vec![format!("https://{}:2379", c.ip)]),
+        etcd_ca: Some(pki.join("ca.crt")),
+        etcd_cert: Some(pki.join("admin.crt")),
+        etcd_key: Some(pki.join("admin.key")),
+        clustermesh_config: Some(c.clustermesh_dir.clone()),
+        api_socket: Some(n.socket.clone()),
+        api_listen: Some((n.ip, AGENT_API_PORT).into()),
+        // Issued by `start_agent` at each start.
+        api_tls_cert: Some(n.state_dir.join("api.crt")),
+        api_tls_key: Some(n.state_dir.join("api.key")),
+        api_tls_ca: Some(pki.join("ca.crt")),
+        podman_state: (lab.runtime == Runtime::Podman).then(|| NodePodman::of(n).state_db()),
+        ..Default::default()
+    })
+}
+
 fn start_agent(lab: &LabState, c: &ClusterState, n: &NodeState, bins: &Bins) -> Result<u32> {
     std::fs::create_dir_all(&n.state_dir)?;
     std::fs::create_dir_all(&c.clustermesh_dir)?;
     let pki = c.state_dir.join("pki");
     // The API on TCP presents a certificate of the cluster's CA for the node's name and address.
-    let (api_cert, api_key) = plexus_pki::cluster::ClusterPki::new(&pki, &c.name)
+    plexus_pki::cluster::ClusterPki::new(&pki, &c.name)
         .ca()?
         .issue_server(&format!("agent-{}", n.name), &[&n.name], &[n.ip.into()])?
         .write_to(&n.state_dir, "api")?;
-    let mut args = vec![
-        format!("--cluster-name={}", c.name),
-        format!("--cluster-id={}", c.id),
-        format!("--node-name={}", n.name),
-        format!("--node-ip={}", n.ip),
-        format!("--pod-cidr={}", c.pod_cidr),
-        format!(
-            "--routing={}",
-            match lab.routing {
-                Routing::Tunnel => "tunnel",
-                Routing::Native => "native",
-            }
-        ),
-        format!("--state-dir={}", n.state_dir.display()),
-        format!("--etcd-endpoints=https://{}:2379", c.ip),
-        format!("--etcd-ca={}", pki.join("ca.crt").display()),
-        format!("--etcd-cert={}", pki.join("admin.crt").display()),
-        format!("--etcd-key={}", pki.join("admin.key").display()),
-        format!("--clustermesh-config={}", c.clustermesh_dir.display()),
-        format!("--api-socket={}", n.socket.display()),
-        format!("--api-listen={}", n.api_address()),
-        format!("--api-tls-cert={}", api_cert.display()),
-        format!("--api-tls-key={}", api_key.display()),
-        format!("--api-tls-ca={}", pki.join("ca.crt").display()),
-    ];
-    if lab.runtime == Runtime::Podman {
-        args.extend(podman::agent_options(&NodePodman::of(n)));
+    // The file is written once, at the node's first start: later starts (a restart, `lab
+    // start`) read it as it is, with what `lab agent-options` changed in it.
+    let file = agent_config_file(n);
+    if !file.exists() {
+        write_config(&file, &agent_config(lab, c, n)?.to_yaml()?)?;
     }
-    args.extend(c.agent_options.iter().cloned());
+    let args = vec![format!("--config={}", file.display())];
     let log = n.state_dir.join("agent.log");
     let pid = sys::spawn_in(&n.netns, &bins.agent, &args, &log)?;
     let agent = Client::new(Endpoint::Unix(n.socket.clone())).with_timeout(Duration::from_secs(1));
@@ -579,51 +619,119 @@ pub fn restart_agent(dir: &Path, cluster: &str, node: &str, bins: &Bins) -> Resu
     lab.save()
 }
 
-/// Sets agent options of `cluster` (`KEY=VALUE`, the agent's `--KEY=VALUE`; an empty VALUE
-/// removes KEY) and restarts its agents with them, as a configuration change rolls a
-/// DaemonSet. Returns the options now in force.
+/// Sets agent options of `cluster` (`KEY=VALUE`, a key of the agent's configuration file,
+/// which is its flag's name; an empty VALUE removes KEY) in the configuration file of each of
+/// its agents and restarts them, as a configuration change rolls a DaemonSet. VALUE is read
+/// as YAML (`false`, `1400`, `30s`, `[a, b]` or `a,b`). The keys the lab sets itself (cluster,
+/// node, etcd, API) are refused, and so is an unknown key or a bad value, before any file is
+/// written. Returns the options now in force besides the lab's own (`KEY=VALUE`).
 pub fn set_agent_options(
     dir: &Path,
     cluster: &str,
     changes: &[String],
     bins: &Bins,
 ) -> Result<Vec<String>> {
-    let mut lab = LabState::load(dir)?;
-    let i = lab
-        .clusters
-        .iter()
-        .position(|x| x.name == cluster)
-        .with_context(|| format!("no cluster {cluster} in the lab"))?;
-    let mut options = lab.clusters[i].agent_options.clone();
+    let lab = LabState::load(dir)?;
+    let c = lab.cluster(cluster)?.clone();
+    let mut edits = Vec::new();
     for change in changes {
         let (key, value) = change
             .trim_start_matches("--")
             .split_once('=')
             .with_context(|| format!("agent option {change:?}: expected KEY=VALUE"))?;
-        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            bail!("agent option {change:?}: {key:?} is not an option name");
+        let value = if value.is_empty() {
+            None
+        } else {
+            Some(
+                serde_norway::from_str::<serde_norway::Value>(value)
+                    .with_context(|| format!("agent option {change:?}: {value:?} is not YAML"))?,
+            )
+        };
+        edits.push((key.to_string(), value));
+    }
+    // Edit every node's file in memory and check each against the agent's schema first.
+    let mut files = Vec::new();
+    let mut in_force = Vec::new();
+    for n in &c.nodes {
+        let path = agent_config_file(n);
+        let lab_keys = yaml_mapping(&agent_config(&lab, &c, n)?)?;
+        let mut mapping = match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                // Checked as the agent reads it, so a bad file is named.
+                let config: AgentConfig = plexus_config::from_yaml(&text, &path)?;
+                yaml_mapping(&config)?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => lab_keys.clone(),
+            Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+        };
+        for (key, value) in &edits {
+            let k = serde_norway::Value::String(key.clone());
+            if lab_keys.contains_key(&k) {
+                bail!(
+                    "agent option {key:?}: the lab sets it itself (from the lab file);                      agent-options changes the agent's other keys"
+                );
+            }
+            match value {
+                Some(v) => {
+                    mapping.insert(k, v.clone());
+                }
+                None => {
+                    mapping.remove(&k);
+                }
+            }
         }
-        options.retain(|o| !o.starts_with(&format!("--{key}=")));
-        if !value.is_empty() {
-            options.push(format!("--{key}={value}"));
+        // Checked against the agent's schema (unknown keys, bad values), and written in its
+        // order of keys.
+        let config: AgentConfig =
+            plexus_config::from_yaml(&serde_norway::to_string(&mapping)?, &path)
+                .context("agent options")?;
+        let mapping = yaml_mapping(&config)?;
+        let yaml = config.to_yaml()?;
+        if files.is_empty() {
+            // Every node gets the same edits: the first one's file tells what is in force.
+            in_force = mapping
+                .iter()
+                .filter(|(k, _)| !lab_keys.contains_key(*k))
+                .map(|(k, v)| format!("{}={}", yaml_text(k), yaml_text(v)))
+                .collect();
         }
+        files.push((path, yaml));
     }
     if changes.is_empty() {
-        return Ok(options);
+        return Ok(in_force);
     }
-    lab.clusters[i].agent_options = options.clone();
-    lab.save()?;
-    if !lab.clusters[i].stopped {
-        let nodes: Vec<String> = lab.clusters[i]
-            .nodes
-            .iter()
-            .map(|n| n.name.clone())
-            .collect();
-        for node in nodes {
-            restart_agent(dir, cluster, &node, bins)?;
+    for (path, yaml) in &files {
+        write_config(path, yaml)?;
+    }
+    if !c.stopped {
+        for n in &c.nodes {
+            restart_agent(dir, cluster, &n.name, bins)?;
         }
     }
-    Ok(options)
+    Ok(in_force)
+}
+
+/// A schema's YAML mapping, absent values left out.
+fn yaml_mapping(config: &impl Serialize) -> Result<serde_norway::Mapping> {
+    match serde_norway::to_value(config)? {
+        serde_norway::Value::Mapping(m) => Ok(m),
+        other => bail!("a configuration is a mapping, not {other:?}"),
+    }
+}
+
+/// A YAML value as a person types it after `KEY=`: scalars bare, lists comma-separated.
+fn yaml_text(v: &serde_norway::Value) -> String {
+    use serde_norway::Value;
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::Null => String::new(),
+        Value::Sequence(items) => items.iter().map(yaml_text).collect::<Vec<_>>().join(","),
+        other => serde_norway::to_string(other)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+    }
 }
 
 /// One line per process: what runs and whether it is alive.
@@ -645,4 +753,135 @@ pub fn status(dir: &Path) -> Result<Vec<(String, String, bool)>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lab of one stopped cluster of two nodes in `dir`, with its agents' files written as
+    /// `start_agent` writes them (nothing runs, so `set_agent_options` restarts nothing).
+    fn stopped_lab(dir: &Path) -> LabState {
+        let spec = LabSpec::parse(
+            "lab.yaml",
+            "clusters:\n- {name: c1, id: 1, podCIDR: 10.1.0.0/16, serviceCIDR: 10.2.0.0/16, nodes: 2}\n",
+        )
+        .unwrap();
+        let mut lab = plan("t", dir, &spec);
+        lab.clusters[0].stopped = true;
+        let c = lab.clusters[0].clone();
+        for n in &c.nodes {
+            std::fs::create_dir_all(&n.state_dir).unwrap();
+            let yaml = agent_config(&lab, &c, n).unwrap().to_yaml().unwrap();
+            write_config(&agent_config_file(n), &yaml).unwrap();
+        }
+        lab.save().unwrap();
+        lab
+    }
+
+    fn bins() -> Bins {
+        let none = PathBuf::from("/nonexistent");
+        Bins {
+            apiserver: none.clone(),
+            agent: none.clone(),
+            cni: none.clone(),
+            plexus: none.clone(),
+            dns: none,
+        }
+    }
+
+    fn files(lab: &LabState) -> Vec<String> {
+        lab.clusters[0]
+            .nodes
+            .iter()
+            .map(|n| std::fs::read_to_string(agent_config_file(n)).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_lab_writes_what_the_daemons_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let lab = stopped_lab(dir.path());
+        let c = &lab.clusters[0];
+        let agent = AgentConfig::load(&agent_config_file(&c.nodes[1])).unwrap();
+        assert_eq!(agent.node_name.as_deref(), Some("c1-node2"));
+        assert_eq!(agent.node_ip, Some(c.nodes[1].ip));
+        assert_eq!(
+            agent.etcd_endpoints,
+            Some(vec![format!("https://{}:2379", c.ip)])
+        );
+        let apiserver = apiserver_config(c).unwrap();
+        let text = apiserver.to_yaml().unwrap();
+        assert!(text.contains("service-cidr: 10.2.0.0/16"), "{text}");
+        assert_eq!(
+            plexus_config::from_yaml::<ApiServerConfig>(&text, Path::new("apiserver.yaml"))
+                .unwrap(),
+            apiserver
+        );
+    }
+
+    #[test]
+    fn agent_options_edit_every_agent_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let lab = stopped_lab(dir.path());
+        let set = |changes: &[&str]| {
+            let changes: Vec<String> = changes.iter().map(|s| s.to_string()).collect();
+            set_agent_options(dir.path(), "c1", &changes, &bins())
+        };
+        assert_eq!(set(&[]).unwrap(), Vec::<String>::new());
+        let now = set(&[
+            "policy-default-local-cluster=false",
+            "--clustermesh-service-cache-ttl=30s",
+        ])
+        .unwrap();
+        assert_eq!(
+            now,
+            [
+                "clustermesh-service-cache-ttl=30s",
+                "policy-default-local-cluster=false",
+            ]
+        );
+        for n in &lab.clusters[0].nodes {
+            let c = AgentConfig::load(&agent_config_file(n)).unwrap();
+            assert_eq!(c.policy_default_local_cluster, Some(false));
+            assert_eq!(
+                c.clustermesh_service_cache_ttl,
+                Some(Duration::from_secs(30))
+            );
+            assert_eq!(c.node_name.as_deref(), Some(n.name.as_str()));
+        }
+        // Shown again without changes; an empty value removes the key.
+        assert_eq!(set(&[]).unwrap(), now);
+        assert_eq!(
+            set(&["policy-default-local-cluster="]).unwrap(),
+            ["clustermesh-service-cache-ttl=30s"]
+        );
+    }
+
+    #[test]
+    fn bad_agent_options_are_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let lab = stopped_lab(dir.path());
+        let before = files(&lab);
+        let set = |changes: &[&str]| {
+            let changes: Vec<String> = changes.iter().map(|s| s.to_string()).collect();
+            set_agent_options(dir.path(), "c1", &changes, &bins()).map_err(|e| format!("{e:#}"))
+        };
+        // An unknown key, even after a good one.
+        let e = set(&["mtu=1400", "policy-default-local-clustre=false"]).unwrap_err();
+        assert!(
+            e.contains("unknown field `policy-default-local-clustre`"),
+            "{e}"
+        );
+        assert!(e.contains("agent.yaml"), "{e}");
+        // A bad value names the key.
+        let e = set(&["mtu=big"]).unwrap_err();
+        assert!(e.contains("mtu: invalid type: string \"big\""), "{e}");
+        // What the lab sets itself.
+        let e = set(&["node-name=x"]).unwrap_err();
+        assert!(e.contains("\"node-name\": the lab sets it itself"), "{e}");
+        assert!(set(&["mtu"]).unwrap_err().contains("expected KEY=VALUE"));
+        assert!(set(&[]).unwrap().is_empty());
+        assert_eq!(files(&lab), before);
+    }
 }

@@ -367,12 +367,6 @@ fn toml_string(s: &str) -> String {
     Value::String(s.to_string()).to_string()
 }
 
-/// The agent options of a node whose pods podman runs: the agent reads a container's name,
-/// namespace and labels from the node's libpod database ([`NodePodman::state_db`]).
-pub fn agent_options(p: &NodePodman) -> Vec<String> {
-    vec![format!("--podman-state={}", p.state_db().display())]
-}
-
 /// What a pod's container is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodRun {
@@ -607,10 +601,6 @@ mod tests {
         assert_eq!(
             p.state_db(),
             Path::new("/lab/c1/c1-node1/podman/storage/libpod/bolt_state.db")
-        );
-        assert_eq!(
-            agent_options(&p),
-            ["--podman-state=/lab/c1/c1-node1/podman/storage/libpod/bolt_state.db"]
         );
         let cmd = p.command();
         let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy()).collect();
