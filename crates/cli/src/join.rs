@@ -155,7 +155,10 @@ fn check_out_dir(req: &JoinRequest) -> Result<()> {
         Ok(text) => {
             let node = serde_norway::from_str::<serde_norway::Value>(&text)
                 .ok()
-                .and_then(|v| v.get("node-name").and_then(|n| n.as_str().map(String::from)));
+                .and_then(|v| {
+                    v.get("node-name")
+                        .and_then(|n| n.as_str().map(String::from))
+                });
             match node {
                 Some(n) if n == req.node_name => {
                     if !req.overwrite {
@@ -377,11 +380,7 @@ pub fn print(report: &JoinReport) {
         report.out.display()
     );
     for f in &report.files {
-        println!(
-            "   {:<20} -> {}",
-            f,
-            report.install_dir.join(f).display()
-        );
+        println!("   {:<20} -> {}", f, report.install_dir.join(f).display());
     }
     println!(
         "   etcd user {} (writes only its own node key and what agents allocate)",
@@ -447,7 +446,10 @@ mod tests {
         let err = check_out_dir(&req(other.path(), "h1", true))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("api.key") && err.contains("another node"), "{err}");
+        assert!(
+            err.contains("api.key") && err.contains("another node"),
+            "{err}"
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -462,14 +464,23 @@ mod tests {
             check_cluster(&kv, "c1", &r).await.unwrap();
             let mut wrong = r.clone();
             wrong.pod_cidr = "10.9.0.0/16".parse().unwrap();
-            let err = check_cluster(&kv, "c1", &wrong).await.unwrap_err().to_string();
-            assert!(err.contains("10.1.0.0/24") && err.contains("--pod-cidr"), "{err}");
+            let err = check_cluster(&kv, "c1", &wrong)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("10.1.0.0/24") && err.contains("--pod-cidr"),
+                "{err}"
+            );
 
             kv.put("plexus/ipam/v1/nodes/10.1.1.0-24", b"h1".to_vec(), None)
                 .await
                 .unwrap();
             let err = check_cluster(&kv, "c1", &r).await.unwrap_err().to_string();
-            assert!(err.contains("already taken") && err.contains("10.1.1.0/24"), "{err}");
+            assert!(
+                err.contains("already taken") && err.contains("10.1.1.0/24"),
+                "{err}"
+            );
 
             let r2 = req(Path::new("/nonexistent"), "h2", false);
             kv.put("cilium/state/nodes/v1/c1/h2", b"{}".to_vec(), None)

@@ -137,6 +137,10 @@ mod tests {
         assert_eq!(node_user("c1", "h1"), "node-c1-h1");
         let (_, write) = node_grants("c1", "h1");
         assert!(write.contains(&ReadGrant::Key("cilium/state/nodes/v1/c1/h1".into())));
-        assert!(!write.iter().any(|g| matches!(g, ReadGrant::Prefix(p) if p.starts_with("cilium/state/nodes"))));
+        assert!(
+            !write
+                .iter()
+                .any(|g| matches!(g, ReadGrant::Prefix(p) if p.starts_with("cilium/state/nodes")))
+        );
     }
 }
