@@ -16,7 +16,9 @@
 //! of the same node, never another node's). The node's etcd user has a role of its own
 //! ([`plexus_clustermesh::access::grant_node`]): a stolen node key cannot rewrite other nodes,
 //! the cluster config, services or policies. A node name already registered in the cluster, or
-//! holding a pod CIDR claim, is refused. The context then lists the node's agent (its TCP API),
+//! holding a pod CIDR claim, is refused. The remote-cluster configurations that
+//! `clustermesh connect` writes into the context's `clustermesh-dir` are copied to the node's
+//! `--clustermesh-config` directory (default `/etc/plexus/clustermesh`). The context then lists the node's agent (its TCP API),
 //! so `status --node` and `clustermesh status` reach it.
 
 use std::net::Ipv4Addr;
@@ -52,6 +54,8 @@ pub struct JoinRequest {
     pub state_dir: PathBuf,
     /// The agent's API socket on the node.
     pub api_socket: PathBuf,
+    /// Where the agent reads remote-cluster configurations on the node.
+    pub clustermesh_config: PathBuf,
     /// Rewrite files of the same node already in `out`.
     pub overwrite: bool,
 }
@@ -314,7 +318,7 @@ pub async fn join(
         etcd_ca: on_node("ca.crt"),
         etcd_cert: on_node("etcd-client.crt"),
         etcd_key: on_node("etcd-client.key"),
-        clustermesh_config: ctx.clustermesh_dir.clone(),
+        clustermesh_config: req.clustermesh_config.clone(),
         api_socket: req.api_socket.clone(),
         api_listen: format!("{}:{AGENT_API_PORT}", req.node_ip),
         api_tls_cert: on_node("api.crt"),
@@ -410,6 +414,7 @@ mod tests {
             install_dir: "/etc/plexus".into(),
             state_dir: "/var/lib/plexus/agent".into(),
             api_socket: "/run/plexus/agent.sock".into(),
+            clustermesh_config: "/etc/plexus/clustermesh".into(),
             overwrite,
         }
     }

@@ -236,6 +236,10 @@ enum NodeCommand {
         /// The agent's API socket on the node.
         #[arg(long, default_value = "/run/plexus/agent.sock")]
         api_socket: PathBuf,
+        /// Where the agent reads remote-cluster configurations on the node (copies of the
+        /// context's clustermesh-dir).
+        #[arg(long, default_value = "/etc/plexus/clustermesh")]
+        clustermesh_config: PathBuf,
         /// Write the files again when --out already holds this node's.
         #[arg(long)]
         overwrite: bool,
@@ -718,6 +722,7 @@ fn run(cli: Cli) -> Result<u8> {
                         install_dir,
                         state_dir,
                         api_socket,
+                        clustermesh_config,
                         overwrite,
                         output,
                     },
@@ -730,6 +735,7 @@ fn run(cli: Cli) -> Result<u8> {
                     install_dir,
                     state_dir,
                     api_socket,
+                    clustermesh_config,
                     overwrite,
                 };
                 let report = join::join(&mut cfg, &path, ctx_name, &req).await?;
