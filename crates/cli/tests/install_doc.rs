@@ -346,7 +346,9 @@ fn build_hosts(lab: &Lab, world: &World) -> Hosts {
             "test/bin",
             "test/units",
             "test/logs",
+            // What a fresh Debian host has.
             "usr/local/bin",
+            "etc/systemd/system",
         ] {
             std::fs::create_dir_all(root.join(d)).unwrap();
         }
@@ -412,6 +414,29 @@ fn write_stand_ins(world: &World, lab: &str, host: &str) {
             world.rewrite(exec, host),
         )
         .unwrap();
+        // The directories systemd creates for the unit before it starts it.
+        let mut dirs = String::new();
+        for (key, base, mode_key) in [
+            ("StateDirectory=", "/var/lib", "StateDirectoryMode="),
+            ("RuntimeDirectory=", "/run", "RuntimeDirectoryMode="),
+            (
+                "ConfigurationDirectory=",
+                "/etc",
+                "ConfigurationDirectoryMode=",
+            ),
+        ] {
+            let mode = text
+                .lines()
+                .find_map(|l| l.strip_prefix(mode_key))
+                .unwrap_or("0755");
+            for l in text.lines().filter_map(|l| l.strip_prefix(key)) {
+                for d in l.split_whitespace() {
+                    let path = world.rewrite(&format!("{base}/{d}"), host);
+                    dirs.push_str(&format!("install -d -m {mode} {path}\n"));
+                }
+            }
+        }
+        std::fs::write(root.join(format!("test/units/{unit}.dirs")), dirs).unwrap();
     }
     let units = root.join("test/units");
     let installed = root.join("etc/systemd/system");
@@ -430,6 +455,7 @@ case "$*" in
   "enable --now "*)
     unit="${{3%.service}}"
     cmp "{installed}/$unit.service" "{repo_units}/$unit.service"
+    bash -eu "{units}/$unit.dirs"
     setsid bash -c "exec $(cat "{units}/$unit.exec")" >"{logs}/$unit.log" 2>&1 </dev/null &
     echo $! >>"{pids}"
     echo "(test) started $unit: $(cat "{units}/$unit.exec")"
