@@ -56,6 +56,8 @@ pub struct JoinRequest {
     pub api_socket: PathBuf,
     /// Where the agent reads remote-cluster configurations on the node.
     pub clustermesh_config: PathBuf,
+    /// podman's state file on the node (where the agent reads containers' labels).
+    pub podman_state: PathBuf,
     /// Rewrite files of the same node already in `out`.
     pub overwrite: bool,
 }
@@ -99,6 +101,8 @@ pub struct AgentFile {
     pub api_tls_key: PathBuf,
     /// `--api-tls-ca`.
     pub api_tls_ca: PathBuf,
+    /// `--podman-state`.
+    pub podman_state: PathBuf,
 }
 
 /// What `node join` did (`-o json`).
@@ -324,6 +328,7 @@ pub async fn join(
         api_tls_cert: on_node("api.crt"),
         api_tls_key: on_node("api.key"),
         api_tls_ca: on_node("ca.crt"),
+        podman_state: req.podman_state.clone(),
     };
     let yaml = format!(
         "# plexus-agent of node {} in cluster {} (written by plexus node join)\n{}",
@@ -415,6 +420,7 @@ mod tests {
             state_dir: "/var/lib/plexus/agent".into(),
             api_socket: "/run/plexus/agent.sock".into(),
             clustermesh_config: "/etc/plexus/clustermesh".into(),
+            podman_state: "/var/lib/containers/storage/libpod/bolt_state.db".into(),
             overwrite,
         }
     }

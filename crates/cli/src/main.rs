@@ -240,6 +240,12 @@ enum NodeCommand {
         /// context's clustermesh-dir).
         #[arg(long, default_value = "/etc/plexus/clustermesh")]
         clustermesh_config: PathBuf,
+        /// podman's state file on the node (where the agent reads containers' labels).
+        #[arg(
+            long,
+            default_value = "/var/lib/containers/storage/libpod/bolt_state.db"
+        )]
+        podman_state: PathBuf,
         /// Write the files again when --out already holds this node's.
         #[arg(long)]
         overwrite: bool,
@@ -723,6 +729,7 @@ fn run(cli: Cli) -> Result<u8> {
                         state_dir,
                         api_socket,
                         clustermesh_config,
+                        podman_state,
                         overwrite,
                         output,
                     },
@@ -736,6 +743,7 @@ fn run(cli: Cli) -> Result<u8> {
                     state_dir,
                     api_socket,
                     clustermesh_config,
+                    podman_state,
                     overwrite,
                 };
                 let report = join::join(&mut cfg, &path, ctx_name, &req).await?;

@@ -221,9 +221,85 @@ impl World {
         }
     }
 
+    /// podman's configuration on each host that has the guide's containers.conf: that file,
+    /// plus this machine's facts and a state of the host's own (see [`podman_additions`]).
+    fn podman_files(&self) {
+        for root in self.hosts.values() {
+            let Ok(doc) = std::fs::read_to_string(root.join("etc/containers/containers.conf"))
+            else {
+                continue;
+            };
+            std::fs::write(
+                root.join("test/containers.conf"),
+                merge_toml_sections(&doc, &podman_additions(root)),
+            )
+            .unwrap();
+            std::fs::write(
+                root.join("test/storage.conf"),
+                format!(
+                    "[storage]\ndriver = \"vfs\"\ngraphroot = \"{r}/var/lib/containers/storage\"\nrunroot = \"{r}/run/containers/storage\"\n",
+                    r = root.display()
+                ),
+            )
+            .unwrap();
+        }
+    }
+
     fn netns(&self, lab: &str, host: &str) -> String {
         format!("plx-{lab}-{}", short(host))
     }
+}
+
+/// What the test adds to the guide's containers.conf on a host: the facts of this machine
+/// (docs/podman.md: lowered ulimits, cgroupfs, events to a file; the guide's runc and CNI backend
+/// are the guide's own) and the host's own podman state (its storage in the host's directory,
+/// file locks instead of the machine-wide shared memory locks).
+fn podman_additions(root: &Path) -> Vec<(&'static str, Vec<String>)> {
+    let r = root.display();
+    vec![
+        (
+            "containers",
+            vec![r#"default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]"#.to_string()],
+        ),
+        (
+            "engine",
+            vec![
+                r#"cgroup_manager = "cgroupfs""#.to_string(),
+                r#"events_logger = "file""#.to_string(),
+                r#"lock_type = "file""#.to_string(),
+                format!(r#"tmp_dir = "{r}/run/libpod""#),
+                format!(r#"static_dir = "{r}/var/lib/containers/storage/libpod""#),
+                format!(r#"volume_path = "{r}/var/lib/containers/storage/volumes""#),
+            ],
+        ),
+    ]
+}
+
+/// `doc` with `lines` added to its TOML sections (after the section's header, or in a new
+/// section at the end).
+fn merge_toml_sections(doc: &str, add: &[(&str, Vec<String>)]) -> String {
+    let mut out = String::new();
+    let mut done = Vec::new();
+    for line in doc.lines() {
+        out.push_str(line);
+        out.push('\n');
+        let header = line.trim();
+        if let Some((name, lines)) = add.iter().find(|(name, _)| header == format!("[{name}]")) {
+            for l in lines {
+                out.push_str(l);
+                out.push('\n');
+            }
+            done.push(*name);
+        }
+    }
+    for (name, lines) in add.iter().filter(|(n, _)| !done.contains(n)) {
+        out.push_str(&format!("\n[{name}]\n"));
+        for l in lines {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// `c1-host1` -> `c1h1` (interface and namespace names stay short).
@@ -258,8 +334,25 @@ struct Hosts {
     root: PathBuf,
 }
 
+impl Hosts {
+    fn netns_of(&self, host: &str) -> String {
+        format!("plx-{}-{}", self.lab, short(host))
+    }
+}
+
 impl Drop for Hosts {
     fn drop(&mut self) {
+        // Containers first: their CNI DEL asks the agents, which still run.
+        for (h, _) in HOSTS {
+            let podman = self.root.join(h).join("test/bin/podman");
+            if self.root.join(h).join("test/busybox-imported").exists() {
+                let _ = Command::new("nsenter")
+                    .arg(format!("--net=/run/netns/{}", self.netns_of(h)))
+                    .arg(&podman)
+                    .args(["rm", "-af", "-t", "0"])
+                    .status();
+            }
+        }
         // The daemons the stand-in systemctl started (pids in <host>/test/pids).
         let mut pids = Vec::new();
         for (h, _) in HOSTS {
@@ -280,7 +373,10 @@ impl Drop for Hosts {
             std::thread::sleep(Duration::from_millis(100));
         }
         for pid in &pids {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .stderr(std::process::Stdio::null())
+                .status();
         }
         // The agents' bpffs and cgroup2 mounts, deepest first.
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -297,7 +393,6 @@ impl Drop for Hosts {
         for ns in &self.netns {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
-        let _ = &self.lab;
     }
 }
 
@@ -507,6 +602,31 @@ esac
 "#
         ),
     );
+    let t = root.join("test");
+    write_exec(
+        &bin.join("podman"),
+        &format!(
+            r#"#!/bin/bash
+# Stand-in for podman on a test host: the real podman, with the host's containers.conf as the
+# test completes it (this machine's facts, the host's own state; see podman_additions).
+set -eu
+export CONTAINERS_CONF="{t}/containers.conf" CONTAINERS_STORAGE_CONF="{t}/storage.conf"
+[ -f "$CONTAINERS_CONF" ] || {{ echo "(test) podman: this host has no /etc/containers/containers.conf" >&2; exit 1; }}
+# No registry is reachable here: docker.io/library/busybox is the machine's static busybox.
+if [ ! -e "{t}/busybox-imported" ]; then
+  r="{t}/busybox-rootfs"
+  mkdir -p "$r/bin" "$r/etc" "$r/tmp" "$r/proc" "$r/sys" "$r/dev"
+  cp /bin/busybox "$r/bin/busybox"
+  for a in $(/bin/busybox --list); do [ -e "$r/bin/$a" ] || ln -s busybox "$r/bin/$a"; done
+  tar -C "$r" -cf "{t}/busybox.tar" .
+  /usr/bin/podman import --change 'CMD ["sh"]' "{t}/busybox.tar" docker.io/library/busybox:latest >/dev/null
+  touch "{t}/busybox-imported"
+fi
+exec /usr/bin/podman "$@"
+"#,
+            t = t.display()
+        ),
+    );
     let host_names: Vec<&str> = world.hosts.keys().map(String::as_str).collect();
     write_exec(
         &bin.join("scp"),
@@ -612,6 +732,7 @@ fn follow_the_guide(lab: Lab) {
         }
         for host in &block.hosts {
             world.rewrite_files();
+            world.podman_files();
             let code = world.rewrite_block(&block.code, host);
             last = run_on(
                 &world,
@@ -652,7 +773,11 @@ fn follow_the_guide(lab: Lab) {
         "podman inspect web --format '{{.Config.Hostname}}'",
         "the web container's host name",
     );
-    assert_eq!(last.trim(), hostname.trim(), "the answer from c2");
+    assert_eq!(
+        last.trim().lines().last(),
+        Some(hostname.trim()),
+        "the answer from c2 is the last line of the last block:\n{last}"
+    );
 
     // A name the cluster has is refused, and nothing is written.
     let taken = String::from(
