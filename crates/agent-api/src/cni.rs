@@ -53,6 +53,22 @@ pub struct EndpointRequest {
     /// The pod's named container ports, by name.
     #[serde(default)]
     pub ports: std::collections::BTreeMap<String, ContainerPort>,
+    /// Where the pod's identity comes from: these fields, or the container runtime's state.
+    #[serde(default)]
+    pub workload: WorkloadSource,
+}
+
+/// Where the agent takes a pod's name, namespace and labels from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorkloadSource {
+    /// The request's `namespace`, `pod-name` and `labels` (the lab's CNI arguments).
+    #[default]
+    Request,
+    /// podman's stored state, by `container-id` (the agent's `--podman-state` file): the
+    /// container's (or its pod's) name and labels, the namespace from the label
+    /// `io.kubernetes.pod.namespace`. The request's namespace, name and labels are ignored.
+    Podman,
 }
 
 /// The answer to [`EndpointRequest`] and to `GET /v1/endpoint/<container-id>`.

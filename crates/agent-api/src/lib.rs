@@ -37,7 +37,9 @@ pub use plexus_monitor as monitor;
 pub mod tls;
 pub mod types;
 
-pub use cni::{Empty, EndpointRequest, EndpointResponse, IpamRequest, IpamResponse};
+pub use cni::{
+    Empty, EndpointRequest, EndpointResponse, IpamRequest, IpamResponse, WorkloadSource,
+};
 pub use error::{ErrorBody, ErrorKind};
 pub use monitor::{MonitorEvent, MonitorFilter, MonitorMessage};
 pub use types::{

@@ -253,7 +253,19 @@ async fn endpoint_put(
         .put(req)
         .await
         .map(axum::Json)
-        .map_err(internal)
+        .map_err(registration_error)
+}
+
+/// A failed registration: a workload whose labels are invalid is the request's fault; an
+/// unreadable podman state may pass (podman holding its lock, a state not written yet).
+fn registration_error(err: anyhow::Error) -> ApiError {
+    use plexus_podman::PodmanError;
+    let kind = match err.chain().find_map(|e| e.downcast_ref::<PodmanError>()) {
+        Some(PodmanError::Label { .. } | PodmanError::Config { .. }) => ErrorKind::Invalid,
+        Some(_) => ErrorKind::Unavailable,
+        None => ErrorKind::Internal,
+    };
+    ApiError::new(kind, format!("{err:#}"))
 }
 
 async fn endpoint_get(

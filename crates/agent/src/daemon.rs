@@ -213,6 +213,7 @@ pub async fn run(args: Options) -> Result<()> {
             state_file: args.state_dir.join("endpoints.json"),
             core: core.clone(),
             real_kernel,
+            podman_state: args.podman_state.clone(),
         })
         .await?,
     );

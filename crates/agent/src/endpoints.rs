@@ -8,6 +8,12 @@
 //! `<state-dir>/endpoints.json` (written through a rename), so a restarted agent restores every
 //! endpoint: same address, same id, programs re-attached to the pinned maps, records
 //! re-published.
+//!
+//! A registration names its workload's source ([`WorkloadSource`]): the lab's CNI arguments
+//! carry the pod's name, namespace and labels in the request; a podman network sends only the
+//! container id, and the agent reads the container's (or its pod's) name and labels from
+//! podman's state file ([`plexus_podman::PodmanState`]) before anything is allocated, so an
+//! invalid label or an unreadable state refuses the registration with nothing created.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -15,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use plexus_agent_api::{EndpointRequest, EndpointResponse, IpamResponse};
+use plexus_agent_api::{EndpointRequest, EndpointResponse, IpamResponse, WorkloadSource};
 use plexus_datapath::{Datapath, Endpoint as DpEndpoint};
 use plexus_identity::allocator::IdentityAllocator;
 use plexus_kvstore::SyncStore;
@@ -52,6 +58,7 @@ pub struct Endpoints {
     state_file: PathBuf,
     core: CoreHandle,
     real_kernel: bool,
+    podman_state: PathBuf,
 }
 
 /// How long a registration waits for its ipcache entry to reach the datapath.
@@ -98,6 +105,11 @@ pub fn local_endpoint(ep: &EndpointState) -> LocalEndpoint {
     }
 }
 
+/// The first 12 characters of a container id, as podman prints it.
+fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
 /// The identity labels of a pod: its labels with the `k8s:` source and its namespace.
 pub fn identity_labels(namespace: &str, labels: &BTreeMap<String, String>) -> Labels {
     let mut out = Labels::new();
@@ -133,6 +145,8 @@ pub struct EndpointsConfig {
     /// Whether the kernel is configured (routes and neighbours to pods); false with the
     /// fake datapath.
     pub real_kernel: bool,
+    /// podman's state file, read for registrations from podman networks.
+    pub podman_state: PathBuf,
 }
 
 impl Endpoints {
@@ -169,6 +183,7 @@ impl Endpoints {
             state_file: config.state_file,
             core: config.core,
             real_kernel: config.real_kernel,
+            podman_state: config.podman_state,
         };
         let restored: Vec<EndpointState> = {
             let inner = this.inner.lock().await;
@@ -301,8 +316,36 @@ impl Endpoints {
         );
     }
 
+    /// The request with its workload's name, namespace and labels filled in from its source:
+    /// for podman, read from podman's state (a [`plexus_podman::PodmanError`] in the chain
+    /// when that fails).
+    pub async fn resolve_workload(&self, mut req: EndpointRequest) -> Result<EndpointRequest> {
+        match req.workload {
+            WorkloadSource::Request => Ok(req),
+            WorkloadSource::Podman => {
+                let state = plexus_podman::PodmanState::open(self.podman_state.clone());
+                let id = req.container_id.clone();
+                // File I/O under a lock that podman may hold for a moment: off the runtime.
+                let workload = tokio::task::spawn_blocking(move || state.workload(&id))
+                    .await
+                    .context("reading podman's state")?
+                    .with_context(|| {
+                        format!(
+                            "workload of podman container {}",
+                            short_id(&req.container_id)
+                        )
+                    })?;
+                req.pod_name = workload.endpoint_name().to_string();
+                req.namespace = workload.namespace;
+                req.labels = workload.labels;
+                Ok(req)
+            }
+        }
+    }
+
     /// Registers a configured pod.
     pub async fn put(&self, req: EndpointRequest) -> Result<EndpointResponse> {
+        let req = self.resolve_workload(req).await?;
         {
             let inner = self.inner.lock().await;
             match inner.persisted.reserved.get(&req.container_id) {

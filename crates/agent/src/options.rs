@@ -105,4 +105,11 @@ pub struct Options {
     /// Also serve `/metrics` (Prometheus) on this TCP address.
     #[arg(long)]
     pub prometheus_listen: Option<std::net::SocketAddr>,
+    /// podman's state file (`<graphroot>/libpod/bolt_state.db`), where the identity of a
+    /// container registered by a CNI network with `"runtime": "podman"` is read.
+    #[arg(
+        long,
+        default_value = "/var/lib/containers/storage/libpod/bolt_state.db"
+    )]
+    pub podman_state: PathBuf,
 }

@@ -6,11 +6,13 @@
 //! - per node: `status`, `endpoint list`, `node list`, `identity list`, `bpf ipcache list`, `bpf lb list`,
 //!   `monitor` ([`node`]);
 //! - `node join`: the files a new host needs to run a cluster's agent ([`join`]);
+//! - `host install-cni` ([`host`]): set up a host's podman to run containers on Plexus;
 //! - `context list|use`. Contexts live in the configuration file of [`config`]; a context with
 //!   a `netns` (a lab cluster) is reached from inside that network namespace.
 
 mod clustermesh;
 mod config;
+mod host;
 mod join;
 mod lab;
 mod node;
@@ -162,6 +164,38 @@ enum Command {
     Context {
         #[command(subcommand)]
         command: ContextCommand,
+    },
+    /// Set up this host to run workloads on Plexus.
+    Host {
+        #[command(subcommand)]
+        command: HostCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum HostCommand {
+    /// Write the CNI network podman uses (`podman run --network NAME`), pointing at the local
+    /// agent; with --cni-bin-dir, also install the plexus-cni plugin there.
+    InstallCni {
+        /// Where podman reads CNI networks (its `network_config_dir`).
+        #[arg(long, default_value = "/etc/cni/net.d")]
+        network_config_dir: PathBuf,
+        /// The network's name.
+        #[arg(long, default_value = "plexus")]
+        name: String,
+        /// The local agent's API socket.
+        #[arg(long, default_value = "/run/plexus/agent.sock")]
+        agent_socket: PathBuf,
+        /// Also copy the plexus-cni binary into this directory (podman's `cni_plugin_dirs`,
+        /// e.g. /usr/lib/cni).
+        #[arg(long)]
+        cni_bin_dir: Option<PathBuf>,
+        /// The plexus-cni binary to copy (default: the one beside this plexus binary).
+        #[arg(long, requires = "cni_bin_dir")]
+        cni_plugin: Option<PathBuf>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
     },
 }
 
@@ -444,6 +478,27 @@ fn run(cli: Cli) -> Result<u8> {
     let ctx_name = cli.context.as_deref();
     let node = cli.node.as_deref();
     match cli.command {
+        Command::Host {
+            command:
+                HostCommand::InstallCni {
+                    network_config_dir,
+                    name,
+                    agent_socket,
+                    cni_bin_dir,
+                    cni_plugin,
+                    output,
+                },
+        } => {
+            let done = host::install_cni(
+                &network_config_dir,
+                &name,
+                &agent_socket,
+                cni_bin_dir.as_deref(),
+                cni_plugin.as_deref(),
+            )?;
+            host::print_install_cni(&done, output == Output::Json)?;
+            return Ok(0);
+        }
         Command::Lab { command } => {
             return match command {
                 LabCommand::Up { file, mesh, name } => {
@@ -811,7 +866,10 @@ fn run(cli: Cli) -> Result<u8> {
                     .map_err(|e| anyhow::anyhow!(e))?;
                 node::monitor(cfg.context(ctx_name, &path)?, node, kind).await?
             }
-            Command::Lab { .. } | Command::Exec { .. } | Command::Context { .. } => {}
+            Command::Lab { .. }
+            | Command::Exec { .. }
+            | Command::Context { .. }
+            | Command::Host { .. } => {}
         }
         Ok::<_, anyhow::Error>(0)
     })

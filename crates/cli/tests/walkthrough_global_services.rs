@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use plexus_test_support::lab::{Lab, eventually, run_lab};
-use serde_json::Value;
+use plexus_test_support::walkthrough::{self, both, only, share};
 
 fn example(file: &str) -> String {
     format!(
@@ -31,24 +31,7 @@ fn example(file: &str) -> String {
 /// `n` times `curl rebel-base` from `pod`: how many answers each cluster gave, and how many
 /// requests failed (under the key "failed").
 fn ask(lab: &Lab, ctx: &str, pod: &str, n: usize) -> BTreeMap<String, usize> {
-    let script = format!(
-        "for i in $(seq {n}); do curl -s --max-time 2 rebel-base || printf failed; echo; done"
-    );
-    let mut counts = BTreeMap::new();
-    for line in lab
-        .sh(ctx, "default", pod, &script)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-    {
-        let key = serde_json::from_str::<Value>(line)
-            .ok()
-            .and_then(|v| v["cluster"].as_str().map(str::to_string))
-            .unwrap_or_else(|| "failed".to_string());
-        *counts.entry(key).or_default() += 1;
-    }
-    let total: usize = counts.values().sum();
-    assert_eq!(total, n, "{n} requests from {pod} in {ctx}: {counts:?}");
-    counts
+    walkthrough::ask(lab, ctx, pod, "rebel-base", n)
 }
 
 /// `annotate service rebel-base CHANGE` in cluster1.
@@ -61,21 +44,6 @@ fn annotate_rebel_base(lab: &Lab, change: &str) {
         "rebel-base",
         change,
     ]);
-}
-
-/// Whether both clusters answered.
-fn both(counts: &BTreeMap<String, usize>) -> Result<(), String> {
-    (share(counts, "cluster1") > 0 && share(counts, "cluster2") > 0)
-        .then_some(())
-        .ok_or(format!("{counts:?}"))
-}
-
-fn share(counts: &BTreeMap<String, usize>, cluster: &str) -> usize {
-    counts.get(cluster).copied().unwrap_or(0)
-}
-
-fn only(counts: &BTreeMap<String, usize>, cluster: &str) -> bool {
-    counts.len() == 1 && counts.contains_key(cluster)
 }
 
 fn walkthrough(mut lab: Lab) {

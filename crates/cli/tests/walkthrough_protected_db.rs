@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use plexus_test_support::lab::{Lab, eventually, run_lab};
+use plexus_test_support::walkthrough;
 use serde_json::Value;
 
 fn example(file: &str) -> String {
@@ -19,8 +20,7 @@ fn example(file: &str) -> String {
 
 /// Whether a TCP connection from `pod` to `target:6379` is answered by protected-db.
 fn reaches(lab: &Lab, ctx: &str, ns: &str, pod: &str, target: &str) -> bool {
-    lab.sh(ctx, ns, pod, &format!("nc -w 2 {target} 6379 </dev/null"))
-        .contains("protected-db")
+    walkthrough::reaches(lab, ctx, ns, pod, target, 6379, "protected-db")
 }
 
 fn ok_within(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {

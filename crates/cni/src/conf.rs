@@ -6,6 +6,9 @@
 //! Configuration keys (CNI 1.0 network configuration):
 //! - `cniVersion` (required, `0.4.0` or `1.0.0`), `name` (required), `type` (required);
 //! - `agent-socket`: the agent's API socket, default [`DEFAULT_AGENT_SOCKET`];
+//! - `runtime`: `"podman"` when podman runs the workloads: the agent then reads each
+//!   container's name and labels from podman's state, and the plugin sends only the container
+//!   id (podman passes no labels to CNI); absent, the labels are the configuration's own;
 //! - `args.cni.labels`: the pod's labels, an object of strings (the CNI conventions' `args`);
 //! - `prevResult`: kept for CHECK.
 
@@ -238,6 +241,8 @@ pub struct NetConf {
     pub plugin_type: String,
     /// `agent-socket`.
     pub agent_socket: PathBuf,
+    /// `runtime`: where the agent takes the workload's identity from.
+    pub workload: plexus_agent_api::WorkloadSource,
     /// `args.cni.labels`.
     pub labels: BTreeMap<String, String>,
     /// `args.cni.ports`: named container ports, `{"http": {"port": 80, "protocol": "TCP"}}`.
@@ -283,15 +288,7 @@ impl NetConf {
             });
         }
         let name = required_str(&obj, "name")?.to_string();
-        if !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-        {
-            return Err(conf_err(
-                "name",
-                format!("{name:?} may only hold letters, digits, '_', '.' and '-'"),
-            ));
-        }
+        validate_network_name(&name)?;
         let plugin_type = required_str(&obj, "type")?.to_string();
         let agent_socket = match obj.get("agent-socket") {
             None | Some(Value::Null) => PathBuf::from(DEFAULT_AGENT_SOCKET),
@@ -306,6 +303,16 @@ impl NetConf {
                 return Err(conf_err(
                     "agent-socket",
                     format!("must be a string, not {other}"),
+                ));
+            }
+        };
+        let workload = match obj.get("runtime") {
+            None | Some(Value::Null) => plexus_agent_api::WorkloadSource::Request,
+            Some(Value::String(s)) if s == "podman" => plexus_agent_api::WorkloadSource::Podman,
+            Some(other) => {
+                return Err(conf_err(
+                    "runtime",
+                    format!("must be \"podman\" or absent, not {other}"),
                 ));
             }
         };
@@ -326,11 +333,46 @@ impl NetConf {
             name,
             plugin_type,
             agent_socket,
+            workload,
             labels,
             ports,
             prev_result,
         })
     }
+}
+
+/// The CNI network configuration list (`<name>.conflist`) of a podman network served by this
+/// plugin: one plugin of type `plexus-cni` with `"runtime": "podman"`, talking to the agent on
+/// `agent_socket`. The container runtime adds `name` and `cniVersion` to the plugin's object
+/// before it runs the plugin.
+pub fn podman_conflist(name: &str, agent_socket: &std::path::Path) -> Value {
+    serde_json::json!({
+        "cniVersion": DEFAULT_VERSION,
+        "name": name,
+        "plugins": [{
+            "type": PLUGIN_TYPE,
+            "runtime": "podman",
+            "agent-socket": agent_socket.display().to_string(),
+        }],
+    })
+}
+
+/// The plugin's binary name, which is the `type` of its network configurations.
+pub const PLUGIN_TYPE: &str = "plexus-cni";
+
+/// Checks a network name as [`NetConf::parse`] does.
+pub fn validate_network_name(name: &str) -> Result<(), ConfError> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
+        return Err(conf_err(
+            "name",
+            format!("{name:?} may only hold letters, digits, '_', '.' and '-'"),
+        ));
+    }
+    Ok(())
 }
 
 fn parse_ports(
@@ -462,6 +504,41 @@ mod tests {
             let err = NetConf::parse(text.as_bytes()).unwrap_err().to_string();
             assert!(err.contains(field), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn runtime_podman_is_parsed_and_checked() {
+        let conf = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"plexus","type":"plexus-cni","runtime":"podman"}"#,
+        )
+        .unwrap();
+        assert_eq!(conf.workload, plexus_agent_api::WorkloadSource::Podman);
+        let conf = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"plexus","type":"plexus-cni"}"#)
+            .unwrap();
+        assert_eq!(conf.workload, plexus_agent_api::WorkloadSource::Request);
+        let err = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"plexus","type":"plexus-cni","runtime":"docker"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "network configuration: runtime: must be \"podman\" or absent, not \"docker\""
+        );
+    }
+
+    #[test]
+    fn the_podman_conflist_parses_as_the_runtime_passes_it() {
+        let list = podman_conflist("plexus", std::path::Path::new("/run/plexus/agent.sock"));
+        // libcni gives each plugin the list's name and version.
+        let mut plugin = list["plugins"][0].clone();
+        plugin["name"] = list["name"].clone();
+        plugin["cniVersion"] = list["cniVersion"].clone();
+        let conf = NetConf::parse(plugin.to_string().as_bytes()).unwrap();
+        assert_eq!(conf.workload, plexus_agent_api::WorkloadSource::Podman);
+        assert_eq!(conf.plugin_type, "plexus-cni");
+        assert_eq!(conf.agent_socket, PathBuf::from("/run/plexus/agent.sock"));
+        assert!(validate_network_name("a/b").is_err());
     }
 
     #[test]

@@ -41,18 +41,26 @@ impl CniError {
         }
     }
 
-    /// An agent call failed while doing `what`: unreachable is "try again later", anything else
-    /// is code 999.
+    /// An agent call failed while doing `what`: unreachable is "try again later" (the message
+    /// names the agent's socket), a refusal carries the agent's reason in the message, anything
+    /// else is code 999.
     pub fn agent(what: &str, err: &ApiError) -> Self {
         let (code, how) = match err {
-            ApiError::Unreachable { .. } => (TRY_AGAIN_LATER, "the agent is unreachable"),
+            ApiError::Unreachable { endpoint, .. } => (
+                TRY_AGAIN_LATER,
+                format!("the agent is unreachable at {endpoint}"),
+            ),
             ApiError::Server {
                 kind: ErrorKind::Unavailable,
+                message,
                 ..
-            } => (TRY_AGAIN_LATER, "the agent is not ready"),
-            ApiError::Server { .. } => (OTHER, "the agent refused"),
-            ApiError::Decode { .. } => (OTHER, "the agent's answer is not understood"),
-            ApiError::Runtime(_) => (OTHER, "the agent client could not start"),
+            } => (
+                TRY_AGAIN_LATER,
+                format!("the agent is not ready: {message}"),
+            ),
+            ApiError::Server { message, .. } => (OTHER, format!("the agent refused: {message}")),
+            ApiError::Decode { .. } => (OTHER, "the agent's answer is not understood".into()),
+            ApiError::Runtime(_) => (OTHER, "the agent client could not start".into()),
         };
         Self::new(code, format!("{what}: {how}"), err.to_string())
     }

@@ -14,7 +14,9 @@
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use plexus_agent_api::{ApiError, EndpointRequest, EndpointResponse, IpamRequest, IpamResponse};
+use plexus_agent_api::{
+    ApiError, EndpointRequest, EndpointResponse, IpamRequest, IpamResponse, WorkloadSource,
+};
 
 use crate::conf::{Env, NetConf};
 use crate::error::{CniError, INVALID_ENVIRONMENT, OTHER};
@@ -171,8 +173,13 @@ impl<A: Agent, N: Network> Plugin<A, N> {
                 ip: ipam.ip,
                 namespace: env.pod_namespace.clone(),
                 pod_name: env.pod_name.clone(),
-                labels: conf.labels.clone(),
+                // With podman the agent reads the labels from podman's state by container id.
+                labels: match conf.workload {
+                    WorkloadSource::Request => conf.labels.clone(),
+                    WorkloadSource::Podman => Default::default(),
+                },
                 ports: conf.ports.clone(),
+                workload: conf.workload,
             })
             .map_err(|e| CniError::agent("registering the endpoint (PUT /v1/endpoint)", &e))?;
         let v040 = conf.cni_version == "0.4.0";
@@ -535,6 +542,7 @@ mod tests {
         let plugin = Plugin::new(agent, FakeNet::default());
         let err = plugin.add(&env(Command::Add), &conf()).unwrap_err();
         assert!(err.msg.contains("PUT /v1/endpoint"), "{err}");
+        assert!(err.msg.ends_with("the agent refused: boom"), "{err}");
         assert!(err.details.contains("500"), "{err}");
         assert!(plugin.net.links.lock().unwrap().is_empty());
         assert!(plugin.agent.leases.lock().unwrap().is_empty());
@@ -559,6 +567,32 @@ mod tests {
         plugin.net.links.lock().unwrap().remove(&host);
         let err = plugin.check(&env(Command::Check), &conf()).unwrap_err();
         assert!(err.msg.contains(&host), "{err}");
+    }
+
+    #[test]
+    fn podman_networks_send_no_labels() {
+        let plugin = Plugin::new(FakeAgent::default(), FakeNet::default());
+        let mut c = conf();
+        c.workload = WorkloadSource::Podman;
+        plugin.add(&env(Command::Add), &c).unwrap();
+        let ep = plugin.agent.endpoints.lock().unwrap()["c0ffee"].clone();
+        assert_eq!(ep.workload, WorkloadSource::Podman);
+        assert!(ep.labels.is_empty(), "{ep:?}");
+        assert_eq!(ep.container_id, "c0ffee");
+    }
+
+    #[test]
+    fn unreachable_agent_names_its_socket() {
+        let agent = FakeAgent {
+            unreachable: true,
+            ..FakeAgent::default()
+        };
+        let plugin = Plugin::new(agent, FakeNet::default());
+        let err = plugin.add(&env(Command::Add), &conf()).unwrap_err();
+        assert_eq!(
+            err.msg,
+            "requesting an address (POST /v1/ipam): the agent is unreachable at unix:/fake"
+        );
     }
 
     #[test]

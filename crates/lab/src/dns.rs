@@ -49,10 +49,20 @@ pub fn dns_ip(service_cidr: &str) -> Result<Ipv4Addr> {
     Ok(Ipv4Addr::from((addr & mask) + 10))
 }
 
+/// The search list of a pod in `namespace`: its namespace's services first.
+pub fn search_list(namespace: &str) -> Vec<String> {
+    vec![
+        format!("{namespace}.svc.{DOMAIN}"),
+        format!("svc.{DOMAIN}"),
+        DOMAIN.to_string(),
+    ]
+}
+
 /// The resolv.conf of a pod in `namespace`.
 pub fn resolv_conf(dns: Ipv4Addr, namespace: &str) -> String {
     format!(
-        "nameserver {dns}\nsearch {namespace}.svc.{DOMAIN} svc.{DOMAIN} {DOMAIN}\noptions ndots:5\n"
+        "nameserver {dns}\nsearch {}\noptions ndots:5\n",
+        search_list(namespace).join(" ")
     )
 }
 
@@ -116,6 +126,9 @@ pub fn workload(c: &ClusterState, bins: &Bins) -> Result<Workload> {
             }],
             node_name: Some(node.name.clone()),
         },
+        // A process of the lab's with the host's binary and certificate files, whatever runs
+        // the other pods.
+        runtime: Some(crate::spec::Runtime::Netns),
     })
 }
 

@@ -10,7 +10,9 @@
 //!   socket and on TCP port [`AGENT_API_PORT`] with mutual TLS (a server certificate of the
 //!   cluster's CA for the node's name and address, issued at each start);
 //! - per cluster, the cluster DNS: the `kube-dns` Service and pod in `kube-system` on the first
-//!   node ([`crate::dns`]).
+//!   node ([`crate::dns`]);
+//! - with `runtime: podman`, per node a podman of its own under `<node>/podman`, with the lab's
+//!   image imported ([`crate::podman`]).
 //!
 //! Each namespace joins the underlay through a veth created inside the underlay namespace
 //! (`u<i>c` / `u<i>n<j>`), its peer moved into the namespace as `eth0`. One CA (`<dir>/ca`)
@@ -25,7 +27,8 @@ use anyhow::{Context, Result, bail};
 use plexus_agent_api::{Client, Endpoint, block_on};
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{LabSpec, Routing};
+use crate::podman::{self, NodePodman};
+use crate::spec::{LabSpec, Routing, Runtime};
 use crate::sys;
 
 /// The TCP port of each agent's API (mutual TLS), on the node's underlay address.
@@ -103,6 +106,9 @@ pub struct LabState {
     pub underlay: String,
     /// Routing mode.
     pub routing: Routing,
+    /// What runs the pods.
+    #[serde(default, skip_serializing_if = "Runtime::is_default")]
+    pub runtime: Runtime,
     /// Clusters.
     pub clusters: Vec<ClusterState>,
 }
@@ -249,6 +255,7 @@ fn plan(name: &str, dir: &Path, spec: &LabSpec) -> LabState {
         dir: dir.to_path_buf(),
         underlay,
         routing: spec.routing,
+        runtime: spec.runtime,
         clusters,
     }
 }
@@ -334,6 +341,9 @@ fn start_agent(lab: &LabState, c: &ClusterState, n: &NodeState, bins: &Bins) -> 
         format!("--api-tls-key={}", api_key.display()),
         format!("--api-tls-ca={}", pki.join("ca.crt").display()),
     ];
+    if lab.runtime == Runtime::Podman {
+        args.extend(podman::agent_options(&NodePodman::of(n)));
+    }
     args.extend(c.agent_options.iter().cloned());
     let log = n.state_dir.join("agent.log");
     let pid = sys::spawn_in(&n.netns, &bins.agent, &args, &log)?;
@@ -364,6 +374,24 @@ fn route_pods_from_control_plane(c: &ClusterState, n: &NodeState) -> Result<()> 
         "via",
         &n.ip.to_string(),
     ])
+}
+
+/// Gives every node its own podman with the lab's image ([`crate::podman`]).
+fn setup_podman(lab: &LabState, bins: &Bins, progress: Progress<'_>) -> Result<()> {
+    progress("⌛ podman: the lab's image (busybox and plexus)");
+    let image_dir = lab.dir.join("podman-image");
+    std::fs::create_dir_all(&image_dir)
+        .with_context(|| format!("create {}", image_dir.display()))?;
+    let tar = podman::build_image(&image_dir, &bins.plexus)?;
+    let cni_dir = bins.cni.parent().context("the directory of plexus-cni")?;
+    for c in &lab.clusters {
+        for n in &c.nodes {
+            progress(&format!("⌛ cluster {}: podman of {}", c.name, n.name));
+            NodePodman::of(n).setup(&bins.plexus, &tar, cni_dir)?;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&image_dir);
+    Ok(())
 }
 
 /// Brings a lab up from `spec` in `dir` (which must not hold a lab).
@@ -415,6 +443,9 @@ pub fn up(
         pki.ensure(&[], &[c.ip.into()])?;
     }
     lab.save()?;
+    if lab.runtime == Runtime::Podman {
+        setup_podman(&lab, bins, progress)?;
+    }
     let bins = bins.clone();
     for i in 0..lab.clusters.len() {
         let c = lab.clusters[i].clone();
@@ -458,6 +489,10 @@ pub fn down(dir: &Path, progress: Progress<'_>) -> Result<()> {
             }
             sys::unmount(&n.state_dir.join("bpffs"));
             sys::unmount(&n.state_dir.join("cgroupv2"));
+            // Whatever the lab file said: a lab that failed half-way up may have some.
+            podman::teardown(&NodePodman::of(n), &mut |warning| {
+                progress(&format!("⚠️  {warning}"))
+            });
         }
         if let Some(pid) = c.apiserver_pid {
             sys::stop(pid, Duration::from_secs(10));

@@ -2,12 +2,14 @@
 //!
 //! [`spec`] reads the lab file; [`lab`] brings the lab up and down and fails a cluster on
 //! purpose ([`lab::stop`] / [`lab::start`]); [`workload`] runs pods (Pods, Deployments,
-//! StatefulSets) through the real CNI plugin; [`serve`] is the built-in server of pods without
+//! StatefulSets) through the real CNI plugin, or as podman containers ([`podman`], the lab
+//! file's `runtime: podman`); [`serve`] is the built-in server of pods without
 //! a command; [`dns`] gives every cluster its `kube-dns` and every pod its resolv.conf; [`bench`] measures request/response rates for the benchmarks; [`sys`] holds the host operations (namespaces, links, processes, mounts).
 
 pub mod bench;
 pub mod dns;
 pub mod lab;
+pub mod podman;
 pub mod serve;
 pub mod spec;
 pub mod sys;

@@ -8,9 +8,12 @@
 //!     serviceCIDR: 10.11.0.0/16
 //!     nodes: 2
 //! routing: tunnel        # or: native
+//! runtime: netns         # or: podman
 //! ```
 //!
-//! Errors name the file and the field; unknown fields are refused.
+//! `runtime` says what runs the pods: `netns` (the default) makes each pod a network namespace
+//! and a process of the lab's own; `podman` makes each pod a podman container on its node
+//! ([`crate::podman`]). Errors name the file and the field; unknown fields are refused.
 
 use std::path::Path;
 
@@ -55,6 +58,25 @@ pub enum Routing {
     Native,
 }
 
+/// What runs the lab's pods.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// A network namespace and a process of the lab's own per pod.
+    #[default]
+    Netns,
+    /// A podman container per pod, on its node's own podman ([`crate::podman`]).
+    Podman,
+}
+
+impl Runtime {
+    /// Whether this is the default (so state files written before the field existed read the
+    /// same, and it is left out of them).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 /// The whole lab.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -64,6 +86,9 @@ pub struct LabSpec {
     /// Routing mode.
     #[serde(default)]
     pub routing: Routing,
+    /// What runs the pods.
+    #[serde(default)]
+    pub runtime: Runtime,
 }
 
 /// `a.b.c.d/len` as (address, length).
@@ -171,6 +196,7 @@ mod tests {
         let spec = LabSpec::load(Path::new(&path)).unwrap();
         assert_eq!(spec.clusters.len(), 2);
         assert_eq!(spec.routing, Routing::Tunnel);
+        assert_eq!(spec.runtime, Runtime::Netns, "the default runtime");
         let protected_db = "clusters:
   - name: cluster1
     id: 101
@@ -193,5 +219,9 @@ routing: native
         assert!(bad(&format!("{base}- {{name: c2, id: 2, podCIDR: 10.1.128.0/17, serviceCIDR: 10.4.0.0/16, nodes: 1}}\n")).contains("podCIDR 10.1.128.0/17 overlaps c1.podCIDR"));
         assert!(bad("clusters:\n- {name: c1, id: 1, podCIDR: nope, serviceCIDR: 10.2.0.0/16, nodes: 2}\n").contains("podCIDR: \"nope\""));
         assert!(bad("clusters: []\nroutes: tunnel\n").contains("routes"));
+        let podman = LabSpec::parse("lab.yaml", &format!("{base}runtime: podman\n")).unwrap();
+        assert_eq!(podman.runtime, Runtime::Podman);
+        let err = bad(&format!("{base}runtime: docker\n"));
+        assert!(err.contains("runtime") && err.contains("podman"), "{err}");
     }
 }

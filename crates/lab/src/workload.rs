@@ -1,13 +1,22 @@
 //! Pods in the lab: Namespaces, Pods, Deployments and StatefulSets from Kubernetes YAML.
 //!
-//! A pod is a network namespace (`plx-<lab>-p-<cluster>-<namespace>-<pod>`) wired by the real
-//! CNI plugin, run inside its node's namespace, with the node's agent. It runs its container's
-//! `command`/`args` in its namespace, or, with no command, the built-in server
-//! (`plexus lab serve`) on its container ports, with the cluster DNS in its resolv.conf
-//! (`<dir>/<cluster>/pods/<namespace>-<pod>.resolv.conf`, see [`crate::dns`]). Deployments get `<name>-<n>` pods spread over
-//! the nodes (fewest pods first), StatefulSets `<name>-<i>`. The lab keeps its workloads in
-//! `<dir>/<cluster>/workloads.json`; applying again converges (missing pods are created,
-//! surplus ones removed), deleting removes the pods (CNI DEL, process, namespace).
+//! With the lab's default runtime (`netns`), a pod is a network namespace
+//! (`plx-<lab>-p-<cluster>-<namespace>-<pod>`) wired by the real CNI plugin, run inside its
+//! node's namespace, with the node's agent. It runs its container's `command`/`args` in its
+//! namespace, or, with no command, the built-in server (`plexus lab serve`) on its container
+//! ports, with the cluster DNS in its resolv.conf
+//! (`<dir>/<cluster>/pods/<namespace>-<pod>.resolv.conf`, see [`crate::dns`]).
+//!
+//! With `runtime: podman`, a pod is a podman container named after the pod on its node's own
+//! podman ([`crate::podman`]), which runs the CNI plugin; the same command or built-in server
+//! runs in it, with the same DNS settings. Its network namespace is podman's; `exec` enters it
+//! (and only it) with the pod's resolv.conf, so host tools such as curl run as in the pod. The
+//! cluster DNS pod stays a lab pod ([`Workload::runtime`]).
+//!
+//! Deployments get `<name>-<n>` pods spread over the nodes (fewest pods first), StatefulSets
+//! `<name>-<i>`. The lab keeps its workloads in `<dir>/<cluster>/workloads.json`; applying
+//! again converges (missing pods are created, surplus ones removed), deleting removes the pods
+//! (CNI DEL, process, namespace; for podman `podman rm -f`).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -18,7 +27,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::lab::{Bins, ClusterState, LabState};
+use crate::lab::{Bins, ClusterState, LabState, NodeState};
+use crate::podman::{self, NodePodman};
+use crate::spec::Runtime;
 use crate::sys;
 
 /// A container port.
@@ -127,6 +138,9 @@ pub struct Workload {
     pub labels: BTreeMap<String, String>,
     /// Pod spec.
     pub spec: PodSpec,
+    /// What runs its pods; `None`: the lab's runtime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<Runtime>,
 }
 
 /// A running pod.
@@ -141,15 +155,19 @@ pub struct PodState {
     pub owner: String,
     /// Node.
     pub node: String,
-    /// Its network namespace.
+    /// What runs it.
+    #[serde(default, skip_serializing_if = "Runtime::is_default")]
+    pub runtime: Runtime,
+    /// Its network namespace (with podman: the container's, named by podman; empty while the
+    /// container does not run).
     pub netns: String,
-    /// The CNI container id.
+    /// The CNI container id (with podman: podman's id of the container).
     pub container_id: String,
     /// Its address.
     pub ip: String,
     /// Labels.
     pub labels: BTreeMap<String, String>,
-    /// The process it runs.
+    /// The process it runs (with podman: the container's first process).
     pub pid: Option<u32>,
     /// Its resolv.conf (bind-mounted over `/etc/resolv.conf` for its process and `exec`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -214,6 +232,7 @@ pub fn workload_from(doc: &serde_json::Value, default_ns: &str) -> Result<Option
                 replicas: 1,
                 labels: meta.labels.clone(),
                 spec,
+                runtime: None,
             }
         }
         "Deployment" | "StatefulSet" => {
@@ -226,6 +245,7 @@ pub fn workload_from(doc: &serde_json::Value, default_ns: &str) -> Result<Option
                 replicas: spec.replicas,
                 labels: spec.template.metadata.labels,
                 spec: spec.template.spec,
+                runtime: None,
             }
         }
         _ => return Ok(None),
@@ -331,11 +351,10 @@ fn start_pod(
     pod: &mut PodState,
     bins: &Bins,
 ) -> Result<()> {
-    let node = c
-        .nodes
-        .iter()
-        .find(|n| n.name == pod.node)
-        .with_context(|| format!("node {} not in cluster {}", pod.node, c.name))?;
+    let node = node_of(c, pod)?;
+    if pod.runtime == Runtime::Podman {
+        return start_container(lab, c, w, pod, node);
+    }
     sys::netns_add(&pod.netns)?;
     let ports: Vec<ContainerPort> = w
         .spec
@@ -355,6 +374,89 @@ fn start_pod(
     run_process(lab, c, w, pod, bins)
 }
 
+fn node_of<'a>(c: &'a ClusterState, pod: &PodState) -> Result<&'a NodeState> {
+    c.nodes
+        .iter()
+        .find(|n| n.name == pod.node)
+        .with_context(|| format!("node {} not in cluster {}", pod.node, c.name))
+}
+
+/// Writes the pod's resolv.conf (the cluster DNS, searching its namespace first) beside its log.
+fn pod_resolv_conf(lab: &LabState, c: &ClusterState, pod: &mut PodState) -> Result<()> {
+    let resolv = lab
+        .dir
+        .join(&c.name)
+        .join("pods")
+        .join(format!("{}-{}.resolv.conf", pod.namespace, pod.name));
+    std::fs::create_dir_all(resolv.parent().unwrap_or(Path::new("/")))?;
+    crate::dns::write_resolv_conf(c, &pod.namespace, &resolv)?;
+    pod.resolv_conf = Some(resolv);
+    Ok(())
+}
+
+/// Runs the pod as a podman container on its node: `podman run` (podman runs CNI ADD), then
+/// where podman put it.
+fn start_container(
+    lab: &LabState,
+    c: &ClusterState,
+    w: &Workload,
+    pod: &mut PodState,
+    node: &NodeState,
+) -> Result<()> {
+    let p = NodePodman::of(node);
+    let container = &w.spec.containers[0];
+    let mut command = container.command.clone();
+    command.extend(container.args.iter().cloned());
+    let run = podman::PodRun {
+        name: pod.name.clone(),
+        namespace: pod.namespace.clone(),
+        labels: w.labels.clone(),
+        image: p.ensure_image(&container.image)?,
+        dns: (
+            crate::dns::dns_ip(&c.service_cidr)?.to_string(),
+            crate::dns::search_list(&pod.namespace),
+        ),
+        command,
+        serve: (
+            pod.node.clone(),
+            c.name.clone(),
+            container
+                .ports
+                .iter()
+                .map(|p| format!("{}/{}", p.container_port, p.protocol.to_ascii_lowercase()))
+                .collect(),
+        ),
+    };
+    p.run(&podman::run_args(&run))?;
+    refresh_container(lab, c, pod, &p)?;
+    if pod.ip.is_empty() {
+        bail!(
+            "pod {}/{}: podman shows no address of its container on network {} of node {}",
+            pod.namespace,
+            pod.name,
+            podman::NETWORK,
+            pod.node
+        );
+    }
+    Ok(())
+}
+
+/// Reads where podman runs the pod's container now (it may have a new network namespace after
+/// a restart).
+fn refresh_container(
+    lab: &LabState,
+    c: &ClusterState,
+    pod: &mut PodState,
+    p: &NodePodman,
+) -> Result<()> {
+    let info = p.inspect(&pod.name)?;
+    pod.container_id = info.id;
+    pod.netns = info.netns;
+    pod.ip = info.ip;
+    pod.pid = info.pid;
+    pod_resolv_conf(lab, c, pod)
+}
+
 /// Starts the pod's process (its command, or the built-in server) in its namespace.
 fn run_process(
     lab: &LabState,
@@ -370,13 +472,7 @@ fn run_process(
         .join("pods")
         .join(format!("{}-{}.log", pod.namespace, pod.name));
     std::fs::create_dir_all(log.parent().unwrap_or(Path::new("/")))?;
-    let resolv = lab
-        .dir
-        .join(&c.name)
-        .join("pods")
-        .join(format!("{}-{}.resolv.conf", pod.namespace, pod.name));
-    crate::dns::write_resolv_conf(c, &pod.namespace, &resolv)?;
-    pod.resolv_conf = Some(resolv);
+    pod_resolv_conf(lab, c, pod)?;
     let (bin, args): (PathBuf, Vec<String>) = if container.command.is_empty() {
         let mut args = vec![
             "lab".to_string(),
@@ -410,6 +506,18 @@ fn run_process(
 }
 
 fn remove_pod(lab: &LabState, c: &ClusterState, pod: &PodState, bins: Option<&Bins>) {
+    if pod.runtime == Runtime::Podman {
+        // podman runs CNI DEL (to the agent, while it runs) and removes the namespace.
+        if let Ok(node) = node_of(c, pod)
+            && let Err(err) = NodePodman::of(node).remove(&pod.name)
+        {
+            eprintln!("⚠️  {err}");
+        }
+        if let Some(file) = &pod.resolv_conf {
+            let _ = std::fs::remove_file(file);
+        }
+        return;
+    }
     if let Some(pid) = pod.pid {
         sys::stop(pid, Duration::from_secs(2));
     }
@@ -427,9 +535,18 @@ fn remove_pod(lab: &LabState, c: &ClusterState, pod: &PodState, bins: Option<&Bi
 }
 
 /// Stops the processes of cluster `cluster`'s pods (their namespaces stay), as `lab stop` does.
+/// podman's containers are paused: their processes stop, their namespaces and endpoints stay
+/// (no CNI DEL reaches the agents, which are down too).
 pub fn stop_processes(lab: &LabState, cluster: &str) -> Result<()> {
+    let c = lab.cluster(cluster)?;
     let mut state = Workloads::load(lab, cluster)?;
     for pod in state.pods.values_mut() {
+        if pod.runtime == Runtime::Podman {
+            let p = NodePodman::of(node_of(c, pod)?);
+            p.run(&["pause".to_string(), pod.name.clone()])?;
+            pod.pid = None;
+            continue;
+        }
         if let Some(pid) = pod.pid.take() {
             sys::kill(pid);
         }
@@ -443,6 +560,10 @@ pub fn start_processes(lab: &LabState, cluster: &str, bins: &Bins) -> Result<()>
     let mut state = Workloads::load(lab, cluster)?;
     let workloads = state.workloads.clone();
     for pod in state.pods.values_mut() {
+        if pod.runtime == Runtime::Podman {
+            resume_container(lab, c, pod)?;
+            continue;
+        }
         let Some(w) = workloads.values().find(|w| {
             format!("{}/{}", w.kind.to_lowercase(), w.name) == pod.owner
                 && w.namespace == pod.namespace
@@ -454,6 +575,20 @@ pub fn start_processes(lab: &LabState, cluster: &str, bins: &Bins) -> Result<()>
         }
     }
     state.save(lab, cluster)
+}
+
+/// Lets a paused container run again (or starts it, if it ended), as `lab start` does.
+fn resume_container(lab: &LabState, c: &ClusterState, pod: &mut PodState) -> Result<()> {
+    let p = NodePodman::of(node_of(c, pod)?);
+    let verb = match p.inspect(&pod.name)?.status.as_str() {
+        "running" => None,
+        "paused" => Some("unpause"),
+        _ => Some("start"),
+    };
+    if let Some(verb) = verb {
+        p.run(&[verb.to_string(), pod.name.clone()])?;
+    }
+    refresh_container(lab, c, pod, &p)
 }
 
 /// Removes every pod of cluster `c` (before `lab down` stops its agents).
@@ -508,21 +643,41 @@ pub fn apply(
             if state.pods.contains_key(&pkey) {
                 continue;
             }
+            let runtime = w.runtime.unwrap_or(lab.runtime);
             let node = match &w.spec.node_name {
                 Some(n) => n.clone(),
                 None => c
                     .nodes
                     .iter()
+                    // A podman container is named after its pod: one of a name per node.
+                    .filter(|n| {
+                        runtime != Runtime::Podman
+                            || !state.pods.values().any(|p| {
+                                p.node == n.name && p.name == name && p.runtime == runtime
+                            })
+                    })
                     .min_by_key(|n| state.pods.values().filter(|p| p.node == n.name).count())
                     .map(|n| n.name.clone())
-                    .context("cluster has no nodes")?,
+                    .with_context(|| {
+                        format!(
+                            "pod {}/{name}: no node of cluster {} without a container named {name} (podman names containers after their pods)",
+                            w.namespace, c.name
+                        )
+                    })?,
             };
             let mut pod = PodState {
                 namespace: w.namespace.clone(),
                 name: name.clone(),
                 owner: owner.clone(),
                 node,
-                netns: format!("plx-{}-p-{}-{}-{name}", lab.name, c.name, w.namespace),
+                runtime,
+                netns: match runtime {
+                    Runtime::Netns => {
+                        format!("plx-{}-p-{}-{}-{name}", lab.name, c.name, w.namespace)
+                    }
+                    // podman names it when it creates the container.
+                    Runtime::Podman => String::new(),
+                },
                 container_id: format!("{}-{}-{name}", c.name, w.namespace),
                 ip: String::new(),
                 labels: w.labels.clone(),
@@ -609,6 +764,13 @@ pub fn exec(pod: &PodState, command: &[String]) -> Result<i32> {
     if command.is_empty() {
         bail!("exec: no command given (plexus exec POD -- COMMAND...)");
     }
+    if pod.netns.is_empty() {
+        bail!(
+            "exec: pod {}/{} has no network namespace: its container does not run",
+            pod.namespace,
+            pod.name
+        );
+    }
     let status = sys::pod_command(&pod.netns, pod.resolv_conf.as_deref())
         .args(command)
         .status()
@@ -627,6 +789,7 @@ mod tests {
             name: name.into(),
             owner: owner.into(),
             node: "c1-node1".into(),
+            runtime: Runtime::Netns,
             netns: format!("plx-t-p-c1-{ns}-{name}"),
             container_id: format!("c1-{ns}-{name}"),
             ip: "10.10.0.2".into(),
@@ -644,6 +807,7 @@ mod tests {
             dir: dir.path().to_path_buf(),
             underlay: "plx-t-u".into(),
             routing: Routing::Tunnel,
+            runtime: Runtime::Netns,
             clusters: vec![],
         };
         std::fs::create_dir_all(dir.path().join("c1")).unwrap();

@@ -16,7 +16,8 @@
 //! the certificate's CN is the etcd user.
 //!
 //! [`lab`] is the harness of the lab tests (the CLI's and the cluster DNS's): a [`lab::Lab`]
-//! driven through the `plexus` binary, with its own name and directory, taken down on drop.
+//! driven through the `plexus` binary, with its own name and directory, taken down on drop;
+//! [`walkthrough`] holds the checks the walkthrough tests share.
 
 // `pre_exec` with `prctl(PR_SET_PDEATHSIG)` needs unsafe: it is the only way to make sure no
 // etcd outlives a test process that was killed without unwinding.
@@ -32,6 +33,7 @@ use plexus_pki::Ca;
 
 pub mod lab;
 pub mod openssl;
+pub mod walkthrough;
 
 /// What went wrong starting or driving an etcd process.
 #[derive(Debug, thiserror::Error)]
