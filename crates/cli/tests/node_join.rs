@@ -319,6 +319,7 @@ fn joined_node() {
                     pod_name: "web".into(),
                     labels: [("app".to_string(), "web".to_string())].into(),
                     ports: Default::default(),
+                    workload: Default::default(),
                 })
                 .await
         })
