@@ -257,11 +257,18 @@ fn write_remote_config(
     for e in endpoints {
         text.push_str(&format!("- {e}\n"));
     }
+    // File names only: the agents resolve them against the directory, so the directory can be
+    // copied to the cluster's nodes wherever they keep it (/etc/plexus/clustermesh).
+    let name = |p: &std::path::Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default()
+    };
     text.push_str(&format!(
         "trusted-ca-file: {}\ncert-file: {}\nkey-file: {}\n",
-        files.0.display(),
-        files.1.display(),
-        files.2.display()
+        name(&files.0),
+        name(&files.1),
+        name(&files.2)
     ));
     write_atomic(&dir.join(remote), text.as_bytes(), 0o644)
 }

@@ -5,6 +5,7 @@
 //! - `clustermesh enable|connect|disconnect|status` ([`clustermesh`]);
 //! - per node: `status`, `endpoint list`, `node list`, `identity list`, `bpf ipcache list`, `bpf lb list`,
 //!   `monitor` ([`node`]);
+//! - `node join`: the files a new host needs to run a cluster's agent ([`join`]);
 //! - `host install-cni` ([`host`]): set up a host's podman to run containers on Plexus;
 //! - `context list|use`. Contexts live in the configuration file of [`config`]; a context with
 //!   a `netns` (a lab cluster) is reached from inside that network namespace.
@@ -12,6 +13,7 @@
 mod clustermesh;
 mod config;
 mod host;
+mod join;
 mod lab;
 mod node;
 mod objects;
@@ -132,10 +134,10 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
-    /// Nodes of every cluster, as a node sees them.
+    /// Nodes of every cluster as a node sees them; add a node to a cluster.
     Node {
         #[command(subcommand)]
-        command: ListCommand,
+        command: NodeCommand,
     },
     /// Services with their frontends and backends (with cluster and state), as a node sees them.
     Service {
@@ -230,6 +232,57 @@ enum PolicyCommand {
 enum ListCommand {
     /// List them.
     List {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum NodeCommand {
+    /// List them.
+    List {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Write what a new host needs to run the cluster's agent: agent.yaml, the node's etcd
+    /// client certificate (its own etcd user) and the agent's API certificate (files 0600).
+    Join {
+        /// The node's name.
+        #[arg(long)]
+        node_name: String,
+        /// The node's underlay address.
+        #[arg(long)]
+        node_ip: std::net::Ipv4Addr,
+        /// The cluster's pod CIDR (the same for every node of the cluster).
+        #[arg(long)]
+        pod_cidr: plexus_ipam::Cidr4,
+        /// Where to write the files (default: ./<node-name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Where the files will live on the node (the paths agent.yaml refers to).
+        #[arg(long, default_value = "/etc/plexus")]
+        install_dir: PathBuf,
+        /// The agent's state directory on the node.
+        #[arg(long, default_value = "/var/lib/plexus/agent")]
+        state_dir: PathBuf,
+        /// The agent's API socket on the node.
+        #[arg(long, default_value = "/run/plexus/agent.sock")]
+        api_socket: PathBuf,
+        /// Where the agent reads remote-cluster configurations on the node (copies of the
+        /// context's clustermesh-dir).
+        #[arg(long, default_value = "/etc/plexus/clustermesh")]
+        clustermesh_config: PathBuf,
+        /// podman's state file on the node (where the agent reads containers' labels).
+        #[arg(
+            long,
+            default_value = "/var/lib/containers/storage/libpod/bolt_state.db"
+        )]
+        podman_state: PathBuf,
+        /// Write the files again when --out already holds this node's.
+        #[arg(long)]
+        overwrite: bool,
         /// Output format.
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
@@ -724,7 +777,42 @@ fn run(cli: Cli) -> Result<u8> {
                 .await?
             }
             Command::Node {
-                command: ListCommand::List { output },
+                command:
+                    NodeCommand::Join {
+                        node_name,
+                        node_ip,
+                        pod_cidr,
+                        out,
+                        install_dir,
+                        state_dir,
+                        api_socket,
+                        clustermesh_config,
+                        podman_state,
+                        overwrite,
+                        output,
+                    },
+            } => {
+                let req = join::JoinRequest {
+                    out: out.unwrap_or_else(|| PathBuf::from(&node_name)),
+                    node_name,
+                    node_ip,
+                    pod_cidr,
+                    install_dir,
+                    state_dir,
+                    api_socket,
+                    clustermesh_config,
+                    podman_state,
+                    overwrite,
+                };
+                let report = join::join(&mut cfg, &path, ctx_name, &req).await?;
+                if output == Output::Json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    join::print(&report);
+                }
+            }
+            Command::Node {
+                command: NodeCommand::List { output },
             } => {
                 node::list(
                     cfg.context(ctx_name, &path)?,

@@ -7,6 +7,11 @@
 //!   `cilium/synced/<c>/`;
 //! - `local-<c>`: role `local`, read-only on `cilium/.heartbeat`, `cilium/cache/`,
 //!   `cilium/cluster-config/` and `cilium/synced/` (agents that read a KVStoreMesh cache).
+//! - `node-<c>-<node>`: the agent of one node (`plexus node join`), role `node-<c>-<node>`:
+//!   reads `cilium/` and `plexus/`, writes its own node key and the shared ranges an agent
+//!   allocates in (identities, ip entries, endpoint records, pod CIDR claims), but not another
+//!   node's key, the cluster config, the heartbeat, services or objects. Plexus's own addition
+//!   to the wire format (Cilium's agents write as one shared user).
 //!
 //! [`apply`] creates all of this and enables auth; it is idempotent, so the apiserver runs it at
 //! every start. [`grant_peer`] adds the per-peer user when a peer is connected.
@@ -32,6 +37,39 @@ pub fn remote_user(peer: &str) -> String {
 /// The etcd user of cluster `cluster`'s agents reading the KVStoreMesh cache.
 pub fn local_user(cluster: &str) -> String {
     format!("local-{cluster}")
+}
+
+/// The etcd user (and role) of node `node`'s agent in cluster `cluster`.
+pub fn node_user(cluster: &str, node: &str) -> String {
+    format!("node-{cluster}-{node}")
+}
+
+/// What the agent of `node` may read, and what it may write.
+pub fn node_grants(cluster: &str, node: &str) -> (Vec<ReadGrant>, Vec<ReadGrant>) {
+    let read = vec![
+        ReadGrant::Prefix(format!("{}/", keys::ROOT)),
+        ReadGrant::Prefix("plexus/".to_string()),
+    ];
+    let write = vec![
+        ReadGrant::Key(keys::node_key(cluster, node)),
+        ReadGrant::Prefix(format!("{}/", keys::IDENTITIES)),
+        ReadGrant::Prefix(format!("{}/", keys::IP)),
+        ReadGrant::Prefix("plexus/endpoints/v1/".to_string()),
+        ReadGrant::Prefix("plexus/ipam/v1/nodes/".to_string()),
+    ];
+    (read, write)
+}
+
+/// Creates the user and role of node `node`'s agent. Idempotent; must run as root.
+pub async fn grant_node(
+    etcd: &EtcdBackend,
+    cluster: &str,
+    node: &str,
+) -> plexus_kvstore::Result<()> {
+    let user = node_user(cluster, node);
+    let (read, write) = node_grants(cluster, node);
+    etcd.ensure_writer_role(&user, &read, &write).await?;
+    etcd.ensure_user(&user, &[&user]).await
 }
 
 /// What the `remote` role of cluster `cluster` may read.
@@ -96,5 +134,13 @@ mod tests {
         assert_eq!(remote_user("c2"), "remote-c2");
         assert_eq!(local_user("c1"), "local-c1");
         assert_eq!(admin_user("c1"), "admin-c1");
+        assert_eq!(node_user("c1", "h1"), "node-c1-h1");
+        let (_, write) = node_grants("c1", "h1");
+        assert!(write.contains(&ReadGrant::Key("cilium/state/nodes/v1/c1/h1".into())));
+        assert!(
+            !write
+                .iter()
+                .any(|g| matches!(g, ReadGrant::Prefix(p) if p.starts_with("cilium/state/nodes")))
+        );
     }
 }

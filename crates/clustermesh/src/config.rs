@@ -11,6 +11,10 @@
 //! key-file: /var/lib/plexus/clustermesh/cluster2.etcd-client.key
 //! ```
 //!
+//! A relative file path is relative to the configuration directory, so a directory written on
+//! one machine (`plexus clustermesh connect` writes file names) can be copied to the nodes of a
+//! cluster wherever they keep it.
+//!
 //! Only files that contain `endpoints:` are configurations (a mounted secret also holds the
 //! certificates beside them); hidden files are skipped. [`ConfigDir::scan`] reports what was
 //! added, changed (by content hash) or removed since the last scan, so the manager connects,
@@ -118,12 +122,19 @@ pub fn parse(
             "https endpoints need trusted-ca-file, cert-file and key-file".into(),
         ));
     }
+    // Relative to the directory the file is in, not to the reader's working directory.
+    let resolve = |f: Option<PathBuf>| {
+        f.map(|f| match path.parent() {
+            Some(dir) if f.is_relative() => dir.join(f),
+            _ => f,
+        })
+    };
     Ok(Some(RemoteClusterConfig {
         name: name.to_string(),
         endpoints: file.endpoints,
-        trusted_ca_file: file.trusted_ca_file,
-        cert_file: file.cert_file,
-        key_file: file.key_file,
+        trusted_ca_file: resolve(file.trusted_ca_file),
+        cert_file: resolve(file.cert_file),
+        key_file: resolve(file.key_file),
         content_hash: content_hash(contents),
     }))
 }
@@ -264,6 +275,23 @@ mod tests {
             .unwrap()
             .is_none()
         );
+    }
+
+    #[test]
+    fn relative_files_are_relative_to_the_directory() {
+        let rel = "endpoints:\n- https://127.0.0.1:2379\ntrusted-ca-file: c2.etcd-client-ca.crt\ncert-file: c2.etcd-client.crt\nkey-file: /abs/c2.key\n";
+        let c = parse("c2", Path::new("/etc/plexus/clustermesh/c2"), rel)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            c.trusted_ca_file.as_deref(),
+            Some(Path::new("/etc/plexus/clustermesh/c2.etcd-client-ca.crt"))
+        );
+        assert_eq!(
+            c.cert_file.as_deref(),
+            Some(Path::new("/etc/plexus/clustermesh/c2.etcd-client.crt"))
+        );
+        assert_eq!(c.key_file.as_deref(), Some(Path::new("/abs/c2.key")));
     }
 
     #[test]

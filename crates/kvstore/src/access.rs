@@ -6,6 +6,9 @@
 //! [`EtcdBackend::ensure_user`] and [`EtcdBackend::enable_auth`] do this idempotently: running
 //! them again on a set-up etcd changes nothing, so a restarted apiserver simply re-applies them.
 //! The caller must be `root` (or have the root role) once auth is enabled.
+//!
+//! A writer that is not root (a node's agent) gets a role from
+//! [`EtcdBackend::ensure_writer_role`]: read access to some ranges, read-write access to others.
 
 use etcd_client::{Permission, UserAddOptions};
 
@@ -39,16 +42,35 @@ fn auth_err(what: String) -> impl FnOnce(etcd_client::Error) -> Error {
 impl EtcdBackend {
     /// Creates role `name` if missing and grants it read access to `grants`.
     pub async fn ensure_role(&self, name: &str, grants: &[ReadGrant]) -> Result<()> {
+        self.ensure_writer_role(name, grants, &[]).await
+    }
+
+    /// Creates role `name` if missing and grants it read access to `read` and read-write access
+    /// to `write` (a [`ReadGrant`] here only names the key range).
+    pub async fn ensure_writer_role(
+        &self,
+        name: &str,
+        read: &[ReadGrant],
+        write: &[ReadGrant],
+    ) -> Result<()> {
         let mut client = self.client();
         match client.role_add(name).await {
             Ok(_) => {}
             Err(e) if already_exists(&e) => {}
             Err(e) => return Err(auth_err(format!("add role {name:?}"))(e)),
         }
-        for grant in grants {
-            let perm = match grant {
-                ReadGrant::Key(key) => Permission::read(key.as_bytes()),
-                ReadGrant::Prefix(prefix) => Permission::read(prefix.as_bytes()).with_prefix(),
+        let read = read.iter().map(|g| (g, false));
+        let write = write.iter().map(|g| (g, true));
+        for (grant, writes) in read.chain(write) {
+            let perm = match (grant, writes) {
+                (ReadGrant::Key(key), false) => Permission::read(key.as_bytes()),
+                (ReadGrant::Prefix(prefix), false) => {
+                    Permission::read(prefix.as_bytes()).with_prefix()
+                }
+                (ReadGrant::Key(key), true) => Permission::read_write(key.as_bytes()),
+                (ReadGrant::Prefix(prefix), true) => {
+                    Permission::read_write(prefix.as_bytes()).with_prefix()
+                }
             };
             client
                 .role_grant_permission(name, perm)
