@@ -30,7 +30,7 @@ use anyhow::{Context as _, Result, bail};
 use plexus_ipam::{Cidr4, NODE_CIDRS_PREFIX};
 use plexus_kvstore::KvBackend;
 use plexus_model::keys;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::config::{AgentRef, CliConfig};
 
@@ -60,49 +60,6 @@ pub struct JoinRequest {
     pub podman_state: PathBuf,
     /// Rewrite files of the same node already in `out`.
     pub overwrite: bool,
-}
-
-/// The agent's configuration file, keyed by the agent's long flag names (the `plexus-config`
-/// contract of `AgentConfig`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct AgentFile {
-    /// `--cluster-name`.
-    pub cluster_name: String,
-    /// `--cluster-id`.
-    pub cluster_id: u32,
-    /// `--max-connected-clusters`.
-    pub max_connected_clusters: u32,
-    /// `--node-name`.
-    pub node_name: String,
-    /// `--node-ip`.
-    pub node_ip: Ipv4Addr,
-    /// `--pod-cidr`.
-    pub pod_cidr: String,
-    /// `--state-dir`.
-    pub state_dir: PathBuf,
-    /// `--etcd-endpoints`.
-    pub etcd_endpoints: Vec<String>,
-    /// `--etcd-ca`.
-    pub etcd_ca: PathBuf,
-    /// `--etcd-cert`.
-    pub etcd_cert: PathBuf,
-    /// `--etcd-key`.
-    pub etcd_key: PathBuf,
-    /// `--clustermesh-config`.
-    pub clustermesh_config: PathBuf,
-    /// `--api-socket`.
-    pub api_socket: PathBuf,
-    /// `--api-listen`.
-    pub api_listen: String,
-    /// `--api-tls-cert`.
-    pub api_tls_cert: PathBuf,
-    /// `--api-tls-key`.
-    pub api_tls_key: PathBuf,
-    /// `--api-tls-ca`.
-    pub api_tls_ca: PathBuf,
-    /// `--podman-state`.
-    pub podman_state: PathBuf,
 }
 
 /// What `node join` did (`-o json`).
@@ -310,31 +267,32 @@ pub async fn join(
         .with_context(|| format!("create etcd user {user} in cluster {}", ctx.name))?;
 
     let on_node = |f: &str| req.install_dir.join(PKI).join(f);
-    let agent = AgentFile {
-        cluster_name: ctx.name.clone(),
-        cluster_id: ctx.cluster_id,
-        max_connected_clusters: ctx.max_connected_clusters,
-        node_name: req.node_name.clone(),
-        node_ip: req.node_ip,
-        pod_cidr: req.pod_cidr.to_string(),
-        state_dir: req.state_dir.clone(),
-        etcd_endpoints: ctx.mesh_endpoints().to_vec(),
-        etcd_ca: on_node("ca.crt"),
-        etcd_cert: on_node("etcd-client.crt"),
-        etcd_key: on_node("etcd-client.key"),
-        clustermesh_config: req.clustermesh_config.clone(),
-        api_socket: req.api_socket.clone(),
-        api_listen: format!("{}:{AGENT_API_PORT}", req.node_ip),
-        api_tls_cert: on_node("api.crt"),
-        api_tls_key: on_node("api.key"),
-        api_tls_ca: on_node("ca.crt"),
-        podman_state: req.podman_state.clone(),
+    let agent = plexus_config::AgentConfig {
+        cluster_name: Some(ctx.name.clone()),
+        cluster_id: Some(ctx.cluster_id),
+        max_connected_clusters: Some(ctx.max_connected_clusters),
+        node_name: Some(req.node_name.clone()),
+        node_ip: Some(req.node_ip),
+        pod_cidr: Some(req.pod_cidr),
+        state_dir: Some(req.state_dir.clone()),
+        etcd_endpoints: Some(ctx.mesh_endpoints().to_vec()),
+        etcd_ca: Some(on_node("ca.crt")),
+        etcd_cert: Some(on_node("etcd-client.crt")),
+        etcd_key: Some(on_node("etcd-client.key")),
+        clustermesh_config: Some(req.clustermesh_config.clone()),
+        api_socket: Some(req.api_socket.clone()),
+        api_listen: Some((req.node_ip, AGENT_API_PORT).into()),
+        api_tls_cert: Some(on_node("api.crt")),
+        api_tls_key: Some(on_node("api.key")),
+        api_tls_ca: Some(on_node("ca.crt")),
+        podman_state: Some(req.podman_state.clone()),
+        ..Default::default()
     };
     let yaml = format!(
         "# plexus-agent of node {} in cluster {} (written by plexus node join)\n{}",
         req.node_name,
         ctx.name,
-        serde_norway::to_string(&agent)?
+        agent.to_yaml()?
     );
 
     create_private_dir(&req.out)?;
