@@ -21,9 +21,17 @@
 //! host would read it. The build block (`cargo build --release`) is not run: the test uses the
 //! binaries of its own build (`target/release/` stands for them).
 //!
+//! No registry is reachable here: each host's podman has the lab's image
+//! ([`plexus_lab::podman::build_image`]: busybox and `plexus`) under every name the guide's
+//! containers ask for (busybox, nginx, json-mock), with the host and its cluster in its
+//! environment, so the guide's `rebel-base` pods answer, as the lab's do, with their pod, node
+//! and cluster; nginx would answer its welcome page.
+//!
 //! The test fails on the first block that fails (with its output); then it checks what the
 //! guide promises: both clusters connected on every node, the web container reachable from the
-//! other cluster, and a join of a name already taken refused.
+//! other cluster, the global service's pods (`podman kube play`) as endpoints with their labels
+//! and as the service's backends, its ClusterIP answered by both clusters' pods, and a join of
+//! a name already taken refused.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -31,6 +39,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use plexus_lab::podman::PLEXUS_IN_IMAGE;
 use plexus_test_support::lab::Lab;
 use plexus_test_support::workspace_bin;
 use serde_json::Value;
@@ -58,6 +67,13 @@ const HOST_PATHS: [&str; 11] = [
     "/run/libpod",
 ];
 
+/// The images the guide's containers ask for, as podman names them (all the lab's image here).
+const IMAGES: [&str; 3] = [
+    "docker.io/library/busybox:latest",
+    "docker.io/library/nginx:1.15.8",
+    "docker.io/cilium/json-mock:1.2",
+];
+
 /// How long one block may run (`clustermesh status --wait` waits up to 5 minutes itself).
 const BLOCK_LIMIT: Duration = Duration::from_secs(360);
 
@@ -69,13 +85,19 @@ struct Block {
     code: String,
     /// Its line in the guide.
     line: usize,
+    /// The heading of its section (`## 8. Containers`).
+    section: String,
 }
 
 /// The `sh` blocks of `md`, in order; every one must say where it runs.
 fn blocks(md: &str) -> Vec<Block> {
     let mut out = Vec::new();
+    let mut section = String::new();
     let mut lines = md.lines().enumerate();
     while let Some((i, line)) = lines.next() {
+        if line.starts_with("## ") {
+            section = line.to_string();
+        }
         let Some(info) = line.strip_prefix("```") else {
             continue;
         };
@@ -120,6 +142,7 @@ fn blocks(md: &str) -> Vec<Block> {
             hosts,
             code,
             line: i + 1,
+            section: section.clone(),
         });
     }
     out
@@ -134,12 +157,15 @@ struct World {
     hosts: BTreeMap<String, PathBuf>,
     bins: PathBuf,
     repo: PathBuf,
+    /// The lab's image (a tarball of [`plexus_lab::podman::build_image`]), which the hosts'
+    /// podman imports under the names of [`IMAGES`].
+    image: PathBuf,
 }
 
 impl World {
     /// `text` as host `host` sees it: the guide's host paths in its directory (a path right
-    /// after `OTHER:` in OTHER's), `target/release/` the test's binaries, `deploy/` the
-    /// checkout's. Paths already rewritten stay as they are.
+    /// after `OTHER:` in OTHER's), `target/release/` the test's binaries, `deploy/` and
+    /// `examples/` the checkout's. Paths already rewritten stay as they are.
     fn rewrite(&self, text: &str, host: &str) -> String {
         let mut out = String::with_capacity(text.len());
         let mut rest = text;
@@ -164,13 +190,12 @@ impl World {
                         continue 'scan;
                     }
                 }
-                for (rel, to) in [("target/release/", &self.bins), ("deploy/", &self.repo)] {
+                for (rel, base) in [
+                    ("target/release/", self.bins.clone()),
+                    ("deploy/", self.repo.join("deploy")),
+                    ("examples/", self.repo.join("examples")),
+                ] {
                     if let Some(after) = rest.strip_prefix(rel) {
-                        let base = if rel == "deploy/" {
-                            to.join("deploy")
-                        } else {
-                            to.clone()
-                        };
                         out.push_str(&format!("{}/", base.display()));
                         rest = after;
                         continue 'scan;
@@ -252,7 +277,7 @@ impl World {
 
 /// What the test adds to the guide's containers.conf on a host: the facts of this machine
 /// (docs/podman.md: lowered ulimits, cgroupfs, events to a file; the guide's runc and CNI backend
-/// are the guide's own) and the host's own podman state (its storage in the host's directory,
+/// are the guide's own), the host's own podman state (its storage in the host's directory,
 /// file locks instead of the machine-wide shared memory locks).
 fn podman_additions(root: &Path) -> Vec<(&'static str, Vec<String>)> {
     let r = root.display();
@@ -345,12 +370,17 @@ impl Drop for Hosts {
         // Containers first: their CNI DEL asks the agents, which still run.
         for (h, _) in HOSTS {
             let podman = self.root.join(h).join("test/bin/podman");
-            if self.root.join(h).join("test/busybox-imported").exists() {
-                let _ = Command::new("nsenter")
-                    .arg(format!("--net=/run/netns/{}", self.netns_of(h)))
-                    .arg(&podman)
-                    .args(["rm", "-af", "-t", "0"])
-                    .status();
+            if self.root.join(h).join("test/images-imported").exists() {
+                for args in [
+                    &["pod", "rm", "-af", "-t", "0"][..],
+                    &["rm", "-af", "-t", "0"],
+                ] {
+                    let _ = Command::new("nsenter")
+                        .arg(format!("--net=/run/netns/{}", self.netns_of(h)))
+                        .arg(&podman)
+                        .args(args)
+                        .status();
+                }
             }
         }
         // The daemons the stand-in systemctl started (pids in <host>/test/pids).
@@ -612,19 +642,24 @@ esac
 set -eu
 export CONTAINERS_CONF="{t}/containers.conf" CONTAINERS_STORAGE_CONF="{t}/storage.conf"
 [ -f "$CONTAINERS_CONF" ] || {{ echo "(test) podman: this host has no /etc/containers/containers.conf" >&2; exit 1; }}
-# No registry is reachable here: docker.io/library/busybox is the machine's static busybox.
-if [ ! -e "{t}/busybox-imported" ]; then
-  r="{t}/busybox-rootfs"
-  mkdir -p "$r/bin" "$r/etc" "$r/tmp" "$r/proc" "$r/sys" "$r/dev"
-  cp /bin/busybox "$r/bin/busybox"
-  for a in $(/bin/busybox --list); do [ -e "$r/bin/$a" ] || ln -s busybox "$r/bin/$a"; done
-  tar -C "$r" -cf "{t}/busybox.tar" .
-  /usr/bin/podman import --change 'CMD ["sh"]' "{t}/busybox.tar" docker.io/library/busybox:latest >/dev/null
-  touch "{t}/busybox-imported"
+# No registry is reachable here: every image the guide names is the lab's image (busybox with
+# its applets and plexus). Its default command is the lab's built-in server on port 80, which
+# answers with its pod (HOSTNAME: podman kube play names a pod's host after the pod) and, from
+# the image's environment here, this host and its cluster.
+if [ ! -e "{t}/images-imported" ]; then
+  /usr/bin/podman import --quiet --change 'CMD ["{PLEXUS_IN_IMAGE}", "lab", "serve", "--port=80/tcp"]' \
+    --change 'ENV PLEXUS_NODE={host}' \
+    --change 'ENV PLEXUS_CLUSTER={cluster}' "{image}" {lab_image} >/dev/null
+  for name in {names}; do /usr/bin/podman tag {lab_image} "$name"; done
+  touch "{t}/images-imported"
 fi
 exec /usr/bin/podman "$@"
 "#,
-            t = t.display()
+            t = t.display(),
+            cluster = host.split('-').next().unwrap_or(host),
+            image = world.image.display(),
+            lab_image = plexus_lab::podman::IMAGE,
+            names = IMAGES.join(" "),
         ),
     );
     let host_names: Vec<&str> = world.hosts.keys().map(String::as_str).collect();
@@ -696,6 +731,34 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// The guide's output, block by block: (block, host, stdout).
+type Outputs<'a> = Vec<(&'a Block, String, String)>;
+
+/// The stdout of the last block of the section whose heading starts with `section`.
+fn output_of<'a>(outputs: &'a Outputs, section: &str) -> (&'a Block, &'a str) {
+    outputs
+        .iter()
+        .rev()
+        .find(|(b, _, _)| b.section.starts_with(section))
+        .map(|(b, _, out)| (*b, out.as_str()))
+        .unwrap_or_else(|| panic!("docs/install.md has no block in a section {section:?}"))
+}
+
+/// The JSON answers of the test's image in `out` (one line each), by cluster.
+fn answers_by_cluster(out: &str) -> BTreeMap<String, Vec<Value>> {
+    let mut by = BTreeMap::<String, Vec<Value>>::new();
+    for v in out
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    {
+        by.entry(v["cluster"].as_str().unwrap_or_default().to_string())
+            .or_default()
+            .push(v);
+    }
+    by
+}
+
 fn follow_the_guide(lab: Lab) {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -704,6 +767,11 @@ fn follow_the_guide(lab: Lab) {
         .to_path_buf();
     let md = std::fs::read_to_string(repo.join("docs/install.md")).unwrap();
     let blocks = blocks(&md);
+    for bin in ["plexus", "plexus-agent", "plexus-apiserver", "plexus-cni"] {
+        workspace_bin(bin);
+    }
+    let image_dir = lab.scratch().join("image");
+    std::fs::create_dir_all(&image_dir).unwrap();
     let world = World {
         hosts: HOSTS
             .iter()
@@ -711,14 +779,12 @@ fn follow_the_guide(lab: Lab) {
             .collect(),
         bins: workspace_bin("plexus").parent().unwrap().to_path_buf(),
         repo,
+        image: plexus_lab::podman::build_image(&image_dir, &workspace_bin("plexus")).unwrap(),
     };
-    for bin in ["plexus", "plexus-agent", "plexus-apiserver", "plexus-cni"] {
-        workspace_bin(bin);
-    }
     let _hosts = build_hosts(&lab, &world);
     let name = lab.name().to_string();
 
-    let mut last = String::new();
+    let mut outputs: Outputs = Vec::new();
     for block in &blocks {
         if block.hosts.is_empty() {
             // The build machine: the test runs on binaries it built itself.
@@ -734,21 +800,21 @@ fn follow_the_guide(lab: Lab) {
             world.rewrite_files();
             world.podman_files();
             let code = world.rewrite_block(&block.code, host);
-            last = run_on(
+            let out = run_on(
                 &world,
                 &name,
                 host,
                 &code,
                 &format!("docs/install.md:{}", block.line),
             );
+            outputs.push((block, host.clone(), out));
         }
     }
+    let on = |host: &str, code: &str, what: &str| run_on(&world, &name, host, code, what);
 
     // Both clusters see each other on every node.
     for (ctx, remote) in [("c1", "c2"), ("c2", "c1")] {
-        let out = run_on(
-            &world,
-            &name,
+        let out = on(
             "c1-host1",
             &format!("plexus clustermesh status --context {ctx} -o json"),
             "clustermesh status",
@@ -765,25 +831,146 @@ fn follow_the_guide(lab: Lab) {
         );
     }
 
-    // The page came from the web container of c1, fetched from c2.
-    let hostname = run_on(
-        &world,
-        &name,
+    // 8: the page came from the web container of c1, fetched from c2.
+    let hostname = on(
         "c1-host2",
         "podman inspect web --format '{{.Config.Hostname}}'",
         "the web container's host name",
     );
+    let (_, containers) = output_of(&outputs, "## 8.");
     assert_eq!(
-        last.trim().lines().last(),
+        containers.trim().lines().last(),
         Some(hostname.trim()),
-        "the answer from c2 is the last line of the last block:\n{last}"
+        "the answer from c2 is the last line of section 8:\n{containers}"
     );
+
+    // 9: apply stored the Services and named the Deployments it left to podman.
+    let applied: String = outputs
+        .iter()
+        .filter(|(b, _, _)| b.section.starts_with("## 9.") && b.code.contains(" apply -f "))
+        .map(|(_, _, out)| out.as_str())
+        .collect();
+    for (ctx, line) in [
+        ("c1", "service/rebel-base configured"),
+        (
+            "c1",
+            "deployment/rebel-base skipped: cluster c1 runs its workloads on its hosts (podman kube play)",
+        ),
+        (
+            "c1",
+            "deployment/x-wing skipped: cluster c1 runs its workloads on its hosts (podman kube play)",
+        ),
+        (
+            "c2",
+            "deployment/rebel-base skipped: cluster c2 runs its workloads on its hosts (podman kube play)",
+        ),
+    ] {
+        assert!(
+            applied.contains(line),
+            "plexus --context {ctx} apply printed {line:?}:\n{applied}"
+        );
+    }
+    // The kube-play pods are endpoints named after their pods, with the template's labels, and
+    // c1's rebel-base has exactly the rebel-base pods of both clusters as backends.
+    let mut pods = BTreeMap::new();
+    for (ctx, host) in [("c1", "c1-host2"), ("c2", "c2-host2")] {
+        let out = on(
+            "c1-host1",
+            &format!("plexus --context {ctx} --node {host} endpoint list -o json"),
+            "endpoint list",
+        );
+        let eps: Value = serde_json::from_str(&out).unwrap();
+        for pod in ["rebel-base-pod-0", "rebel-base-pod-1", "x-wing-pod-0"] {
+            let ep = eps
+                .as_array()
+                .and_then(|a| a.iter().find(|e| e["pod"] == pod))
+                .unwrap_or_else(|| panic!("{host} has no endpoint of pod {pod}: {eps:#}"));
+            let app = pod.split("-pod-").next().unwrap();
+            assert_eq!(ep["namespace"], "default", "{host}: {ep:#}");
+            assert_eq!(ep["labels"]["name"], app, "{host}: {pod}'s labels: {ep:#}");
+            if app == "rebel-base" {
+                pods.insert(ep["ip"].as_str().unwrap().to_string(), ctx.to_string());
+            }
+        }
+    }
+    let services: Value = serde_json::from_str(&on(
+        "c1-host1",
+        "plexus --context c1 service list -o json",
+        "service list",
+    ))
+    .unwrap();
+    let rebel = services
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == "rebel-base"))
+        .unwrap_or_else(|| panic!("c1 has no service rebel-base: {services:#}"));
+    assert_eq!(rebel["global"], true, "{rebel:#}");
+    let backends: BTreeMap<String, String> = rebel["backends"]["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["ip"].as_str().unwrap().to_string(),
+                c["cluster"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        backends, pods,
+        "rebel-base's backends are the kube-play pods: {rebel:#}"
+    );
+
+    // The answers through the ClusterIP came from both clusters' pods. Which backend takes a
+    // connection is chance: if the guide's ten all went to one cluster (1 in 512), the same
+    // block runs again.
+    let (block, out) = output_of(&outputs, "## 9.");
+    let mut by = answers_by_cluster(out);
+    assert_eq!(
+        by.values().map(Vec::len).sum::<usize>(),
+        10,
+        "each of the guide's ten connections is answered:\n{out}"
+    );
+    for _ in 0..2 {
+        if by.len() >= 2 {
+            break;
+        }
+        let again = on(
+            "c1-host1",
+            &world.rewrite_block(&block.code, "c1-host1"),
+            "the requests to rebel-base again",
+        );
+        for (c, vs) in answers_by_cluster(&again) {
+            by.entry(c).or_default().extend(vs);
+        }
+    }
+    if by.len() < 2 {
+        // What the pods and their containers did, for the failure message.
+        let mut state = String::new();
+        for host in ["c1-host2", "c2-host2"] {
+            state.push_str(&on(
+                host,
+                "podman ps -a; for c in $(podman ps -a --format '{{.Names}}' | grep rebel-base); do echo \"== $c\"; podman logs $c 2>&1 | tail -5; done",
+                "the pods",
+            ));
+        }
+        panic!(
+            "answers from both clusters, not only {:?}:\n{out}\n{state}",
+            by.keys()
+        );
+    }
+    for (cluster, answers) in &by {
+        for a in answers {
+            let pod = a["pod"].as_str().unwrap_or_default();
+            assert!(pod.starts_with("rebel-base-pod-"), "{a}");
+            assert_eq!(a["node"], format!("{cluster}-host2"), "{a}");
+        }
+    }
 
     // A name the cluster has is refused, and nothing is written.
     let taken = String::from(
         "! plexus node join --context c1 --node-name c1-host2 --node-ip 192.168.10.13 --pod-cidr 10.1.0.0/16 --out again 2>err; grep -q 'node name c1-host2 is already taken in cluster c1' err; test ! -e again",
     );
-    run_on(&world, &name, "c1-host1", &taken, "join of a taken name");
+    on("c1-host1", &taken, "join of a taken name");
 }
 
 #[test]
@@ -814,6 +1001,7 @@ fn paths_are_rewritten_per_host_once() {
             .collect(),
         bins: "/b".into(),
         repo: "/r".into(),
+        image: "/i".into(),
     };
     let text = "cat > /etc/plexus/agent.yaml; state-dir: /var/lib/plexus/agent\n[\"/usr/local/lib/cni\", \"/usr/lib/cni\"] /etc/plexusx /x/etc/plexus";
     let once = world.rewrite(text, "c1-host2");
