@@ -9,11 +9,12 @@ packages=(
   openssl                     # certificate checks in tests
   clang llvm libbpf-dev bpftool  # eBPF programs of the datapath (bpftool: the object layout test)
   iproute2 iputils-ping       # network namespaces, veth and VXLAN for the lab
-  iperf3 netcat-openbsd curl  # traffic in the lab's tests and benchmarks
+  iperf3 netcat-openbsd curl jq  # traffic in the lab's tests and benchmarks; jq for docs/install.md
   iptables                    # the load-balancer benchmark's kube-proxy-style baseline
   podman runc containernetworking-plugins catatonit  # containers as workloads: podman with its CNI
                               # backend, runc, and catatonit for the infra container of pods
   busybox-static              # the rootfs of the lab's locally built container image
+  systemd                     # systemd-analyze checks the units of deploy/systemd
 )
 
 missing=()
