@@ -346,6 +346,15 @@ enum LabCommand {
         /// Changes.
         changes: Vec<String>,
     },
+    /// Run podman as one node of a `runtime: podman` lab runs it (its configuration files,
+    /// entered into the node's network namespace), e.g. `plexus lab podman cluster1-node1 ps`.
+    Podman {
+        /// The node (`plexus lab status` lists them).
+        node: String,
+        /// podman's arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Benchmark helper: a 1-byte TCP echo server.
     #[command(hide = true)]
     BenchEcho {
@@ -549,6 +558,27 @@ fn run(cli: Cli) -> Result<u8> {
                     plexus_lab::lab::restart_agent(&lab::lab_dir(), &cluster, &node, &bins)?;
                     println!("✅ agent of {node} restarted");
                     Ok(0)
+                }
+                LabCommand::Podman { node, args } => {
+                    let state = plexus_lab::lab::LabState::load(&lab::lab_dir())?;
+                    let n = state
+                        .clusters
+                        .iter()
+                        .flat_map(|c| &c.nodes)
+                        .find(|n| n.name == node)
+                        .with_context(|| format!("no node {node} in the lab"))?;
+                    if state.runtime != plexus_lab::spec::Runtime::Podman {
+                        anyhow::bail!("the lab runs its pods without podman (runtime: netns)");
+                    }
+                    let status = plexus_lab::podman::NodePodman::of(n)
+                        .command()
+                        .args(&args)
+                        .status()
+                        .context("run podman")?;
+                    Ok(status
+                        .code()
+                        .and_then(|c| u8::try_from(c).ok())
+                        .unwrap_or(1))
                 }
                 LabCommand::AgentOptions { cluster, changes } => {
                     let bins = plexus_lab::lab::Bins::beside_current_exe()?;

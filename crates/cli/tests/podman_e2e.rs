@@ -185,7 +185,8 @@ fn pods_get_addresses_and_answer(lab: Lab) {
             .map(|p| p["name"].as_str().unwrap().to_string())
             .collect();
         expected.sort();
-        let listed = podman(&lab, "c1", node, &["ps", "--format", "{{.Names}}"]);
+        // As a person looks: `plexus lab podman NODE ...`.
+        let listed = lab.ok(&["lab", "podman", node, "ps", "--format", "{{.Names}}"]);
         let mut listed: Vec<&str> = listed.lines().collect();
         listed.sort();
         assert_eq!(listed, expected, "podman ps on {node}");
