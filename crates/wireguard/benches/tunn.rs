@@ -8,10 +8,15 @@
 //! (`enc`). Sizes: 1420 B (a full packet under a 1500 B underlay after WireGuard's overhead)
 //! and 64 B (ACKs, request/response). Gbit/s counts inner-packet bytes.
 //!
-//! Baseline in the same run: `memcpy`, the same per-packet copies of the same bytes without
-//! the crypto (the TUN-read copy plus one copy standing for the hand-over to B), so the ratio
-//! core/memcpy compares across machines. A counting allocator reports heap allocations per
-//! packet (boringtun's are 0; this is one reason it was chosen, see the crate doc).
+//! Baselines in the same run, so the figures compare across machines:
+//! - `aead seal+open`: ring's ChaCha20-Poly1305 (the AEAD boringtun uses) sealing and opening
+//!   the same bytes in place with the same TUN-read copy, and nothing else. `enc+dec` minus
+//!   this is what WireGuard's framing, counters, replay window and session lookup cost;
+//! - `memcpy`: the same per-packet copies without any crypto (the TUN-read copy plus one copy
+//!   standing for the hand-over to B).
+//!
+//! A counting allocator reports heap allocations per packet (boringtun's are 0; this is one
+//! reason it was chosen, see the crate doc).
 //!
 //! Sizes: `PLEXUS_BENCH_PACKETS_1420` (default 200,000), `PLEXUS_BENCH_PACKETS_64` (default
 //! 1,000,000), `PLEXUS_BENCH_REPS` (default 7; best and median are printed).
@@ -26,6 +31,7 @@ use std::time::Instant;
 
 use boringtun::noise::{Tunn, TunnResult};
 use plexus_wireguard::NodeKey;
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 
 /// Counts heap allocations, so the bench shows whether the data path allocates per packet.
 struct Counting;
@@ -89,6 +95,7 @@ struct Pair {
     src: Vec<u8>,
     wire: Vec<u8>,
     out: Vec<u8>,
+    aead: LessSafeKey,
 }
 
 impl Pair {
@@ -122,6 +129,7 @@ impl Pair {
             src: vec![0u8; 65536],
             wire: vec![0u8; 65536 + 32],
             out: vec![0u8; 65536],
+            aead: LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &[0x33; 32]).unwrap()),
         }
     }
 
@@ -163,7 +171,39 @@ impl Pair {
         wire
     }
 
-    /// The baseline: the TUN-read copy and one more copy of the same bytes, no crypto.
+    /// The AEAD baseline: the TUN-read copy, then ChaCha20-Poly1305 seal and open in place
+    /// with a fresh nonce per packet (WireGuard's counter nonce), as one core doing both ends.
+    #[inline(never)]
+    fn aead(&mut self, payload: &[u8], n: usize) -> u64 {
+        let len = payload.len();
+        let mut opened = 0u64;
+        for counter in 0..n as u64 {
+            self.src[..len].copy_from_slice(black_box(payload));
+            let mut nonce = [0u8; 12];
+            nonce[4..].copy_from_slice(&counter.to_le_bytes());
+            let tag = self
+                .aead
+                .seal_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::empty(),
+                    &mut self.src[..len],
+                )
+                .unwrap();
+            self.src[len..len + 16].copy_from_slice(tag.as_ref());
+            let plain = self
+                .aead
+                .open_in_place(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::empty(),
+                    black_box(&mut self.src[..len + 16]),
+                )
+                .unwrap();
+            opened += black_box(plain).len() as u64;
+        }
+        opened
+    }
+
+    /// The copy baseline: the TUN-read copy and one more copy of the same bytes, no crypto.
     #[inline(never)]
     fn memcpy(&mut self, payload: &[u8], n: usize) -> u64 {
         let len = payload.len();
@@ -181,6 +221,7 @@ impl Pair {
 enum Mode {
     EncDec,
     Enc,
+    Aead,
     Memcpy,
 }
 
@@ -189,7 +230,8 @@ impl Mode {
         match self {
             Mode::EncDec => "enc+dec",
             Mode::Enc => "enc",
-            Mode::Memcpy => "memcpy (baseline)",
+            Mode::Aead => "aead seal+open",
+            Mode::Memcpy => "memcpy",
         }
     }
 }
@@ -207,11 +249,12 @@ fn main() {
         (1420usize, env_or("PLEXUS_BENCH_PACKETS_1420", 200_000)),
         (64, env_or("PLEXUS_BENCH_PACKETS_64", 1_000_000)),
     ];
-    let modes = [Mode::EncDec, Mode::Enc, Mode::Memcpy];
+    let modes = [Mode::EncDec, Mode::Enc, Mode::Aead, Mode::Memcpy];
     let mut pair = Pair::new();
 
     println!(
-        "wireguard core (boringtun 0.7.1 noise::Tunn), one thread, in memory, {} cpus",
+        "wireguard core (boringtun 0.7.1 noise::Tunn), one thread, in memory, {} cpus\n\
+         baselines in the same run: aead seal+open (ring ChaCha20-Poly1305 alone, same bytes), memcpy",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     for (size, n) in sizes {
@@ -219,6 +262,7 @@ fn main() {
         // Warm-up: caches, branch predictors, CPU frequency.
         pair.enc_dec(&payload, n / 10);
         pair.enc(&payload, n / 10);
+        pair.aead(&payload, n / 10);
         println!("\n{size} B packets, {n} per rep, {reps} reps (best / median)");
         println!(
             "  {:<20} {:>9} {:>9} {:>8} {:>8} {:>9} {:>11}",
@@ -234,6 +278,7 @@ fn main() {
                 let bytes = match mode {
                     Mode::EncDec => pair.enc_dec(&payload, n),
                     Mode::Enc => pair.enc(&payload, n),
+                    Mode::Aead => pair.aead(&payload, n),
                     Mode::Memcpy => pair.memcpy(&payload, n),
                 };
                 secs[i].push(start.elapsed().as_secs_f64());
