@@ -15,6 +15,7 @@ packages=(
                               # backend, runc, and catatonit for the infra container of pods
   busybox-static              # the rootfs of the lab's locally built container image
   systemd                     # systemd-analyze checks the units of deploy/systemd
+  wireguard-tools             # `wg genkey`/`wg pubkey`: crates/wireguard's key tests check against them
 )
 
 missing=()

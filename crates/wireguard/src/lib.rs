@@ -8,7 +8,8 @@
 //! step has only the node's static key pair ([`keys`]); nothing uses it yet, and no option
 //! claims encryption.
 //!
-//! Why boringtun 0.7.1's sans-IO `noise::Tunn` (the comparison is in the research note):
+//! Why boringtun 0.7.1's sans-IO `noise::Tunn`, after comparing it with gotatun 0.10.2 (Mullvad's
+//! fork) and defguard_boringtun 0.7.1 on throughput here, API and licence:
 //! - **licence:** BSD-3-Clause, so it can be vendored or patched (for example to hand session
 //!   state to a restarted agent). gotatun, the most active fork, is MPL-2.0 (file-level
 //!   copyleft) for new code;
@@ -20,10 +21,11 @@
 //!   quietest run): encapsulate+decapsulate of 1420 B packets 6.34 Gbit/s (0.56 Mpps) against
 //!   gotatun 0.10.2's 5.72 Gbit/s (aws-lc-rs) and 5.68 (ring); of 64 B packets 2.32 Mpps against
 //!   1.68 Mpps (28 % fewer packets/s for gotatun, with either crypto backend). Encapsulate alone
-//!   at 1420 B: 12.66 against 10.95 Gbit/s. Command: in `/work/scratch/wgbench`,
-//!   `./run.sh 3 --reps 7 --packets 200000,1000000` then `python3 summarize.py results/*.txt`.
+//!   at 1420 B: 12.66 against 10.95 Gbit/s. The comparison bench lives outside the repository
+//!   (it builds all three crates), in `/work/scratch/wgbench` on the project machine: `./run.sh 3
+//!   --reps 7 --packets 200000,1000000`, then `python3 summarize.py results/*.txt`.
 //!   This crate's own bench (`cargo bench -p plexus-wireguard --bench tunn`) measures the core
-//!   as we use it, beside a plain copy of the same bytes;
+//!   as we use it, beside the AEAD alone and a plain copy of the same bytes;
 //! - **footprint:** 52 crates with ring (which rustls already brings), no tokio, no C build.
 //!
 //! Fallback: `defguard_boringtun` 0.7.x (BSD-3, same `noise::Tunn` API, newer RustCrypto
