@@ -21,9 +21,8 @@
 //!   quietest run): encapsulate+decapsulate of 1420 B packets 6.34 Gbit/s (0.56 Mpps) against
 //!   gotatun 0.10.2's 5.72 Gbit/s (aws-lc-rs) and 5.68 (ring); of 64 B packets 2.32 Mpps against
 //!   1.68 Mpps (28 % fewer packets/s for gotatun, with either crypto backend). Encapsulate alone
-//!   at 1420 B: 12.66 against 10.95 Gbit/s. The comparison bench lives outside the repository
-//!   (it builds all three crates), in `/work/scratch/wgbench` on the project machine: `./run.sh 3
-//!   --reps 7 --packets 200000,1000000`, then `python3 summarize.py results/*.txt`.
+//!   at 1420 B: 12.66 against 10.95 Gbit/s. (The three-way comparison was a one-off bench
+//!   that built all three crates side by side, the same loop as this crate's bench.)
 //!   This crate's own bench (`cargo bench -p plexus-wireguard --bench tunn`) measures the core
 //!   as we use it, beside the AEAD alone and a plain copy of the same bytes;
 //! - **footprint:** 52 crates with ring (which rustls already brings), no tokio, no C build.
