@@ -309,41 +309,20 @@ impl Container {
     }
 }
 
-/// The node's `containers.conf`. Each setting is a fact of the lab's machine (Debian 12, a
-/// hybrid cgroup layout, no CAP_SYS_RESOURCE), see docs/lab.md:
-/// - `network_backend = "cni"`: Plexus is a CNI plugin (Debian's podman picks netavark when it
-///   is installed);
-/// - `runtime = "runc"`: crun refuses the hybrid cgroup layout;
-/// - `cgroup_manager = "cgroupfs"`, `events_logger = "file"`: no systemd to talk to;
-/// - `default_ulimits`: raising a limit fails without CAP_SYS_RESOURCE, so containers get
-///   lowered ones;
-/// - `network_config_dir`, `cni_plugin_dirs`, `tmp_dir`, `static_dir`: the node's own.
+/// The node's `containers.conf`: the settings this machine needs and the node's own
+/// directories ([`plexus_podman::sandbox::containers_conf`], see docs/lab.md).
 pub fn containers_conf(p: &NodePodman, cni_bin_dir: &Path) -> String {
-    let q = |path: &Path| toml_string(&path.display().to_string());
+    let conf = plexus_podman::sandbox::containers_conf(&plexus_podman::sandbox::ConfDirs {
+        tmp_dir: &p.dir.join("tmp"),
+        static_dir: &p.graph_root().join("libpod"),
+        volume_path: &p.graph_root().join("volumes"),
+        network_config_dir: &p.cni_dir(),
+        cni_plugin_dirs: &[cni_bin_dir.to_path_buf()],
+        events_logfile: Some(&p.dir.join("events.log")),
+    });
     format!(
-        "# The podman of lab node {node} (written by plexus lab up).
-[containers]
-default_ulimits = [\"nofile=1024:1024\", \"nproc=4096:4096\"]
-
-[engine]
-runtime = \"runc\"
-cgroup_manager = \"cgroupfs\"
-events_logger = \"file\"
-events_logfile_path = {events}
-tmp_dir = {tmp}
-static_dir = {static_dir}
-
-[network]
-network_backend = \"cni\"
-network_config_dir = {cni}
-cni_plugin_dirs = [{bin}]
-",
-        node = p.node,
-        events = q(&p.dir.join("events.log")),
-        tmp = q(&p.dir.join("tmp")),
-        static_dir = q(&p.graph_root().join("libpod")),
-        cni = q(&p.cni_dir()),
-        bin = q(cni_bin_dir),
+        "# The podman of lab node {} (written by plexus lab up).\n{conf}",
+        p.node
     )
 }
 
@@ -586,6 +565,7 @@ mod tests {
             "runtime = \"runc\"",
             "cgroup_manager = \"cgroupfs\"",
             "events_logger = \"file\"",
+            "lock_type = \"file\"",
             "default_ulimits = [\"nofile=1024:1024\", \"nproc=4096:4096\"]",
             "network_config_dir = \"/lab/c1/c1-node1/podman/cni\"",
             "cni_plugin_dirs = [\"/target/debug\"]",

@@ -58,6 +58,69 @@ pub struct SandboxOptions {
     pub netns: Option<PathBuf>,
 }
 
+/// The directories one podman state keeps for itself, as its `containers.conf` names them.
+#[derive(Clone, Copy, Debug)]
+pub struct ConfDirs<'a> {
+    /// `[engine] tmp_dir`: its run-time files, and its file locks under `locks/`.
+    pub tmp_dir: &'a Path,
+    /// `[engine] static_dir`: the libpod database (`bolt_state.db`) lives here.
+    pub static_dir: &'a Path,
+    /// `[engine] volume_path`.
+    pub volume_path: &'a Path,
+    /// `[network] network_config_dir`: its CNI networks.
+    pub network_config_dir: &'a Path,
+    /// `[network] cni_plugin_dirs` (empty: podman's defaults).
+    pub cni_plugin_dirs: &'a [PathBuf],
+    /// `[engine] events_logfile_path` (default: podman's, under its tmp dir).
+    pub events_logfile: Option<&'a Path>,
+}
+
+/// A `containers.conf` for a podman state of its own on this machine (docs/podman.md):
+/// - `network_backend = "cni"`: Plexus is a CNI plugin (Debian's podman picks netavark when it
+///   is installed);
+/// - `runtime = "runc"`: crun refuses the hybrid cgroup layout;
+/// - `cgroup_manager = "cgroupfs"`, `events_logger = "file"`: no systemd to talk to;
+/// - `default_ulimits`: raising a limit fails without CAP_SYS_RESOURCE, so containers get
+///   lowered ones;
+/// - `lock_type = "file"`: podman's default shared-memory locks are one set per machine, shared
+///   by every podman state on it, so two states would hand out the same lock numbers (and a
+///   `system reset` of one would reset the other's); file locks live in the state's `tmp_dir`;
+/// - the directories of `dirs`.
+pub fn containers_conf(dirs: &ConfDirs<'_>) -> String {
+    let mut conf = format!(
+        "[containers]\n\
+         default_ulimits = [\"nofile=1024:1024\", \"nproc=4096:4096\"]\n\
+         [engine]\n\
+         runtime = \"runc\"\n\
+         cgroup_manager = \"cgroupfs\"\n\
+         events_logger = \"file\"\n\
+         lock_type = \"file\"\n\
+         tmp_dir = {}\n\
+         static_dir = {}\n\
+         volume_path = {}\n",
+        toml_str(dirs.tmp_dir),
+        toml_str(dirs.static_dir),
+        toml_str(dirs.volume_path),
+    );
+    if let Some(log) = dirs.events_logfile {
+        conf.push_str(&format!("events_logfile_path = {}\n", toml_str(log)));
+    }
+    conf.push_str(&format!(
+        "[network]\nnetwork_backend = \"cni\"\nnetwork_config_dir = {}\n",
+        toml_str(dirs.network_config_dir)
+    ));
+    if !dirs.cni_plugin_dirs.is_empty() {
+        let plugin_dirs = dirs
+            .cni_plugin_dirs
+            .iter()
+            .map(|p| toml_str(p))
+            .collect::<Vec<_>>()
+            .join(", ");
+        conf.push_str(&format!("cni_plugin_dirs = [{plugin_dirs}]\n"));
+    }
+    conf
+}
+
 /// A podman with all its state under one directory.
 #[derive(Debug)]
 pub struct Sandbox {
@@ -95,34 +158,14 @@ impl Sandbox {
                 toml_str(&dir.join("run")),
             ),
         )?;
-        let plugin_dirs = options
-            .cni_plugin_dirs
-            .iter()
-            .map(|p| toml_str(p))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut conf = format!(
-            "[containers]\n\
-             default_ulimits = [\"nofile=1024:1024\", \"nproc=4096:4096\"]\n\
-             [engine]\n\
-             runtime = \"runc\"\n\
-             cgroup_manager = \"cgroupfs\"\n\
-             events_logger = \"file\"\n\
-             lock_type = \"file\"\n\
-             tmp_dir = {}\n\
-             static_dir = {}\n\
-             volume_path = {}\n\
-             [network]\n\
-             network_backend = \"cni\"\n\
-             network_config_dir = {}\n",
-            toml_str(&dir.join("tmp")),
-            toml_str(&dir.join("graph/libpod")),
-            toml_str(&dir.join("graph/volumes")),
-            toml_str(&cni_dir),
-        );
-        if !options.cni_plugin_dirs.is_empty() {
-            conf.push_str(&format!("cni_plugin_dirs = [{plugin_dirs}]\n"));
-        }
+        let conf = containers_conf(&ConfDirs {
+            tmp_dir: &dir.join("tmp"),
+            static_dir: &dir.join("graph/libpod"),
+            volume_path: &dir.join("graph/volumes"),
+            network_config_dir: &cni_dir,
+            cni_plugin_dirs: &options.cni_plugin_dirs,
+            events_logfile: None,
+        });
         write(dir.join("containers.conf"), conf)?;
         Ok(Self {
             dir: dir.to_path_buf(),
