@@ -16,6 +16,8 @@ packages=(
   busybox-static              # the rootfs of the lab's locally built container image
   systemd                     # systemd-analyze checks the units of deploy/systemd
   wireguard-tools             # `wg genkey`/`wg pubkey`: crates/wireguard's key tests check against them
+  wireguard-go tcpdump        # crates/wireguard's device tests: the interop peer and the underlay
+                              # capture; scripts/bench-wg.sh: the throughput baseline
 )
 
 missing=()

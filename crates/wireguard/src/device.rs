@@ -80,6 +80,8 @@ struct PeerCore {
     endpoint: Option<SocketAddr>,
     allowed_ips: Vec<AllowedIp>,
     keepalive: u16,
+    /// When the last handshake with the peer completed (for `get`).
+    last_handshake: Option<SystemTime>,
 }
 
 /// The device's own key pair and the handshake rate limiter bound to its public key.
@@ -302,6 +304,7 @@ impl Device {
     }
 
     fn handle_datagram(&self, socket: &Udp, datagram: &[u8], from: SocketAddr, out: &mut [u8]) {
+        let mut handshake = false;
         let peer = {
             let st = read(&self.state);
             let Some(key) = st.key.clone() else {
@@ -319,6 +322,10 @@ impl Device {
                 }
                 Err(_) => return,
             };
+            handshake = matches!(
+                packet,
+                Packet::HandshakeInit(_) | Packet::HandshakeResponse(_)
+            );
             let peer = match packet {
                 Packet::HandshakeInit(ref init) => {
                     let Ok(half) = parse_handshake_anon(&key.secret, &key.public, init) else {
@@ -362,6 +369,10 @@ impl Device {
         }
         // Authenticated: the peer is at `from` now (roaming).
         core.endpoint = Some(from);
+        if handshake {
+            // A valid initiation (answered) or response completes a handshake.
+            core.last_handshake = Some(SystemTime::now());
+        }
         drop(core);
         peer.rx_bytes
             .fetch_add(datagram.len() as u64, Ordering::Relaxed);
@@ -529,6 +540,7 @@ impl Device {
                             endpoint: None,
                             allowed_ips: Vec::new(),
                             keepalive: 0,
+                            last_handshake: None,
                         }),
                         rx_bytes: AtomicU64::new(0),
                         tx_bytes: AtomicU64::new(0),
@@ -578,17 +590,16 @@ impl Device {
 
     fn info(&self) -> DeviceInfo {
         let st = read(&self.state);
-        let now = SystemTime::now();
         let mut peers: Vec<PeerInfo> = st
             .peers
             .values()
             .map(|p| {
                 let core = lock(&p.core);
+                // Only while the Tunn still has a session: a new key or an expired session
+                // shows no handshake, as with wireguard-go.
                 let last_handshake = core
-                    .tunn
-                    .as_ref()
-                    .and_then(|t| t.stats().0)
-                    .and_then(|d| now.checked_sub(d));
+                    .last_handshake
+                    .filter(|_| core.tunn.as_ref().is_some_and(|t| t.stats().0.is_some()));
                 PeerInfo {
                     public_key: p.public,
                     endpoint: core.endpoint,
