@@ -304,7 +304,7 @@ impl Device {
     }
 
     fn handle_datagram(&self, socket: &Udp, datagram: &[u8], from: SocketAddr, out: &mut [u8]) {
-        let mut handshake = false;
+        let handshake: bool;
         let peer = {
             let st = read(&self.state);
             let Some(key) = st.key.clone() else {
