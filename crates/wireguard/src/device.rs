@@ -19,8 +19,9 @@
 //! device panic: malformed input is dropped or refused.
 
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread;
@@ -30,7 +31,13 @@ use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
+use nix::errno::Errno;
+use nix::sys::socket::{
+    ControlMessage, ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, sendmsg, setsockopt,
+    sockopt,
+};
 
+use crate::offload::{self, VNET_HDR_LEN, VnetHdr};
 use crate::tun::Tun;
 use crate::uapi::{AllowedIp, DeviceInfo, Key, PeerInfo, SetDevice, UapiHandler};
 
@@ -215,10 +222,12 @@ impl Device {
         self.stopping.store(true, Ordering::Relaxed);
     }
 
-    /// TUN -> allowed-IPs lookup -> encrypt -> UDP.
+    /// TUN -> allowed-IPs lookup -> (segment) -> encrypt -> UDP (GSO batches).
     fn outgoing_loop(&self) {
-        let mut buf = vec![0u8; MAX_PACKET];
-        let mut out = vec![0u8; OUT_BUF];
+        let mut buf = vec![0u8; VNET_HDR_LEN + MAX_PACKET];
+        let mut scratch = vec![0u8; MAX_PACKET];
+        let mut one = vec![0u8; OUT_BUF];
+        let mut batch = Batch::default();
         while !self.stopping.load(Ordering::Relaxed) {
             let n = match self.tun.recv(&mut buf) {
                 Ok(n) => n,
@@ -229,7 +238,10 @@ impl Device {
                     continue;
                 }
             };
-            let packet = &buf[..n];
+            let Some(hdr) = VnetHdr::parse(&buf[..n]) else {
+                continue;
+            };
+            let packet = &mut buf[VNET_HDR_LEN..n];
             let Some(dst) = Tunn::dst_address(packet) else {
                 continue;
             };
@@ -240,21 +252,32 @@ impl Device {
                 };
                 (peer.clone(), st.socket.clone())
             };
+            let Some(socket) = socket else {
+                continue;
+            };
             let mut core = lock(&peer.core);
-            let endpoint = core.endpoint;
+            let Some(endpoint) = core.endpoint else {
+                continue;
+            };
             let Some(tunn) = core.tunn.as_mut() else {
                 continue;
             };
-            match tunn.encapsulate(packet, &mut out) {
-                TunnResult::WriteToNetwork(data) => {
-                    drop(core);
-                    self.send(&peer, socket.as_deref(), endpoint, data);
+            batch.clear();
+            let split = offload::split(&hdr, packet, &mut scratch, |segment| {
+                match tunn.encapsulate(segment, &mut one) {
+                    TunnResult::WriteToNetwork(data) => batch.push(data),
+                    TunnResult::Err(e) => {
+                        tracing::debug!(peer = %peer.public, error = ?e, "encapsulate");
+                    }
+                    _ => {}
                 }
-                TunnResult::Err(e) => {
-                    tracing::debug!(peer = %peer.public, error = ?e, "encapsulate");
-                }
-                _ => {}
+            });
+            // Sent after the peer's lock is released, so the incoming thread is not held up.
+            drop(core);
+            if let Err(e) = split {
+                tracing::debug!(link = self.tun.name(), error = %e, "packet from the link dropped");
             }
+            batch.send(&socket, endpoint, &peer);
         }
     }
 
@@ -280,7 +303,7 @@ impl Device {
                 thread::sleep(TIMER_TICK);
                 continue;
             };
-            let (n, from) = match socket.socket.recv_from(&mut buf) {
+            let (n, from, seg) = match socket.recv_segments(&mut buf) {
                 Ok(r) => r,
                 Err(e)
                     if matches!(
@@ -298,12 +321,16 @@ impl Device {
                     continue;
                 }
             };
-            let from = SocketAddr::new(from.ip().to_canonical(), from.port());
-            self.handle_datagram(&socket, &buf[..n], from, &mut out);
+            for datagram in buf[..n].chunks(seg) {
+                self.handle_datagram(&socket, datagram, from, &mut out);
+            }
         }
     }
 
-    fn handle_datagram(&self, socket: &Udp, datagram: &[u8], from: SocketAddr, out: &mut [u8]) {
+    /// Handles one datagram. `frame` is the output buffer: its first [`VNET_HDR_LEN`] bytes
+    /// stay zero (the vnet header of a plain packet), the decrypted packet goes after them.
+    fn handle_datagram(&self, socket: &Udp, datagram: &[u8], from: SocketAddr, frame: &mut [u8]) {
+        let (_, out) = frame.split_at_mut(VNET_HDR_LEN);
         let handshake: bool;
         let peer = {
             let st = read(&self.state);
@@ -385,7 +412,7 @@ impl Device {
                 tracing::debug!(peer = %peer.public, %src, "source not in the peer's allowed ips");
                 return;
             }
-            if let Err(e) = self.tun.send(&out[..len]) {
+            if let Err(e) = self.tun.send(&frame[..VNET_HDR_LEN + len]) {
                 tracing::debug!(link = self.tun.name(), error = %e, "writing the tun link");
             }
         }
@@ -639,24 +666,162 @@ fn bind_udp(port: u16) -> io::Result<Udp> {
         Err(_) => (UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))?, false),
     };
     socket.set_read_timeout(Some(Duration::from_millis(500)))?;
-    Ok(Udp { socket, v6 })
+    // Coalesced receives (UDP GRO); without it, one datagram per receive.
+    let _ = setsockopt(&socket, sockopt::UdpGroSegment, &true);
+    Ok(Udp {
+        socket,
+        v6,
+        gso: AtomicBool::new(true),
+    })
 }
 
-/// The device's UDP socket, and whether it is a dual-stack IPv6 one.
+/// The device's UDP socket, whether it is a dual-stack IPv6 one, and whether UDP GSO works.
 struct Udp {
     socket: UdpSocket,
     v6: bool,
+    gso: AtomicBool,
+}
+
+/// The encrypted datagrams of one read from the link, back to back, sent in GSO batches.
+#[derive(Default)]
+struct Batch {
+    data: Vec<u8>,
+    lens: Vec<usize>,
+}
+
+/// Most segments the kernel takes in one UDP GSO send (`UDP_MAX_SEGMENTS`).
+const GSO_MAX_SEGMENTS: usize = 64;
+/// Most bytes in one UDP GSO send: the payload of one maximal UDP datagram.
+const GSO_MAX_BYTES: usize = 65_000;
+
+impl Batch {
+    fn clear(&mut self) {
+        self.data.clear();
+        self.lens.clear();
+    }
+
+    fn push(&mut self, datagram: &[u8]) {
+        self.data.extend_from_slice(datagram);
+        self.lens.push(datagram.len());
+    }
+
+    /// Sends the datagrams: runs of equal size (the last of a run may be shorter) go out in one
+    /// `sendmsg` with `UDP_SEGMENT`.
+    fn send(&self, socket: &Udp, to: SocketAddr, peer: &Peer) {
+        let mut start = 0; // byte offset of the run
+        let mut i = 0;
+        while i < self.lens.len() {
+            let seg = self.lens[i];
+            let mut end = start + seg;
+            let mut j = i + 1;
+            while j < self.lens.len()
+                && j - i < GSO_MAX_SEGMENTS
+                && self.lens[j] <= seg
+                && end + self.lens[j] <= GSO_MAX_BYTES
+            {
+                end += self.lens[j];
+                j += 1;
+                if self.lens[j - 1] < seg {
+                    break; // a shorter datagram ends a run
+                }
+            }
+            match socket.send_segments(&self.data[start..end], seg, to) {
+                Ok(n) => {
+                    peer.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(e) => tracing::debug!(peer = %peer.public, %to, error = %e, "send"),
+            }
+            start = end;
+            i = j;
+        }
+    }
 }
 
 impl Udp {
-    /// Sends one datagram; IPv4 endpoints go as v4-mapped addresses on a dual-stack socket.
-    fn send_to(&self, data: &[u8], to: SocketAddr) -> io::Result<usize> {
-        let to = match to {
+    /// Sends `data`, datagrams of `seg` bytes back to back (the last may be shorter): one
+    /// `sendmsg` with UDP GSO when there are several and the kernel supports it, else one
+    /// `sendto` each. Returns the bytes sent.
+    fn send_segments(&self, data: &[u8], seg: usize, to: SocketAddr) -> io::Result<usize> {
+        if data.len() > seg && self.gso.load(Ordering::Relaxed) {
+            let addr = SockaddrStorage::from(self.wire_addr(to));
+            let seg16 = u16::try_from(seg).unwrap_or(u16::MAX);
+            let cmsg = [ControlMessage::UdpGsoSegments(&seg16)];
+            match sendmsg(
+                self.socket.as_raw_fd(),
+                &[IoSlice::new(data)],
+                &cmsg,
+                MsgFlags::empty(),
+                Some(&addr),
+            ) {
+                Ok(n) => return Ok(n),
+                Err(Errno::EIO | Errno::EINVAL | Errno::ENOPROTOOPT | Errno::EOPNOTSUPP) => {
+                    tracing::info!("udp gso refused by the kernel; sending datagrams one by one");
+                    self.gso.store(false, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut sent = 0;
+        for d in data.chunks(seg.max(1)) {
+            sent += self.send_to(d, to)?;
+        }
+        Ok(sent)
+    }
+
+    fn wire_addr(&self, to: SocketAddr) -> SocketAddr {
+        match to {
             SocketAddr::V4(v4) if self.v6 => {
                 SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
             }
             _ => to,
-        };
-        self.socket.send_to(data, to)
+        }
+    }
+
+    /// Sends one datagram; IPv4 endpoints go as v4-mapped addresses on a dual-stack socket.
+    fn send_to(&self, data: &[u8], to: SocketAddr) -> io::Result<usize> {
+        self.socket.send_to(data, self.wire_addr(to))
+    }
+
+    /// Receives datagrams into `buf`: several from one sender back to back when UDP GRO
+    /// coalesced them. Returns the bytes, the sender, and the size of each datagram (the last
+    /// may be shorter).
+    fn recv_segments(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, usize)> {
+        let mut cmsg = nix::cmsg_space!(i32);
+        let mut iov = [IoSliceMut::new(buf)];
+        let msg = recvmsg::<SockaddrStorage>(
+            self.socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::empty(),
+        )
+        .map_err(io::Error::from)?;
+        let n = msg.bytes;
+        let seg = msg
+            .cmsgs()
+            .ok()
+            .and_then(|mut c| {
+                c.find_map(|c| match c {
+                    ControlMessageOwned::UdpGroSegments(s) => usize::try_from(s).ok(),
+                    _ => None,
+                })
+            })
+            .filter(|s| *s > 0)
+            .unwrap_or(n.max(1));
+        let from = msg
+            .address
+            .and_then(|a| {
+                a.as_sockaddr_in6()
+                    .map(|a| SocketAddr::V6(std::net::SocketAddrV6::from(*a)))
+                    .or_else(|| {
+                        a.as_sockaddr_in()
+                            .map(|a| SocketAddr::V4(std::net::SocketAddrV4::from(*a)))
+                    })
+            })
+            .ok_or_else(|| io::Error::other("datagram without a sender address"))?;
+        Ok((
+            n,
+            SocketAddr::new(from.ip().to_canonical(), from.port()),
+            seg,
+        ))
     }
 }
