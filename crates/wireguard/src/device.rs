@@ -37,7 +37,7 @@ use nix::sys::socket::{
     sockopt,
 };
 
-use crate::offload::{self, VNET_HDR_LEN, VnetHdr};
+use crate::offload::{self, Coalescer, VNET_HDR_LEN, VnetHdr};
 use crate::tun::Tun;
 use crate::uapi::{AllowedIp, DeviceInfo, Key, PeerInfo, SetDevice, UapiHandler};
 
@@ -298,6 +298,7 @@ impl Device {
     fn incoming_loop(&self) {
         let mut buf = vec![0u8; MAX_PACKET];
         let mut out = vec![0u8; OUT_BUF];
+        let mut coalescer = Coalescer::default();
         while !self.stopping.load(Ordering::Relaxed) {
             let Some(socket) = read(&self.state).socket.clone() else {
                 thread::sleep(TIMER_TICK);
@@ -322,14 +323,25 @@ impl Device {
                 }
             };
             for datagram in buf[..n].chunks(seg) {
-                self.handle_datagram(&socket, datagram, from, &mut out);
+                let c = self.tun.offloads().then_some(&mut coalescer);
+                self.handle_datagram(&socket, datagram, from, &mut out, c);
             }
+            coalescer.flush(&mut |f| self.write_tun(f));
         }
     }
 
     /// Handles one datagram. `frame` is the output buffer: its first [`VNET_HDR_LEN`] bytes
     /// stay zero (the vnet header of a plain packet), the decrypted packet goes after them.
-    fn handle_datagram(&self, socket: &Udp, datagram: &[u8], from: SocketAddr, frame: &mut [u8]) {
+    /// With a `coalescer`, decrypted TCP segments are handed to it instead of written one by
+    /// one (the caller flushes it after the batch).
+    fn handle_datagram(
+        &self,
+        socket: &Udp,
+        datagram: &[u8],
+        from: SocketAddr,
+        frame: &mut [u8],
+        coalescer: Option<&mut Coalescer>,
+    ) {
         let (_, out) = frame.split_at_mut(VNET_HDR_LEN);
         let handshake: bool;
         let peer = {
@@ -412,9 +424,19 @@ impl Device {
                 tracing::debug!(peer = %peer.public, %src, "source not in the peer's allowed ips");
                 return;
             }
-            if let Err(e) = self.tun.send(&frame[..VNET_HDR_LEN + len]) {
-                tracing::debug!(link = self.tun.name(), error = %e, "writing the tun link");
+            match coalescer {
+                Some(c) => c.push(&frame[VNET_HDR_LEN..VNET_HDR_LEN + len], &mut |f| {
+                    self.write_tun(f)
+                }),
+                None => self.write_tun(&frame[..VNET_HDR_LEN + len]),
             }
+        }
+    }
+
+    /// Writes one frame (vnet header and packet) to the link.
+    fn write_tun(&self, frame: &[u8]) {
+        if let Err(e) = self.tun.send(frame) {
+            tracing::debug!(link = self.tun.name(), error = %e, "writing the tun link");
         }
     }
 

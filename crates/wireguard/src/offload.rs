@@ -231,6 +231,218 @@ fn segment_tcp(
     Ok(())
 }
 
+/// Most bytes of one coalesced IP packet (the IPv4 total length field's limit).
+const MAX_COALESCED: usize = 65_535;
+
+/// Coalesces consecutive TCP segments of one flow, as decrypted from one batch of datagrams,
+/// into one large packet written to the link with a GSO vnet header (the receive side of TSO,
+/// what the kernel's GRO does on a NIC): the kernel's TCP then handles one packet per batch
+/// instead of one per segment. Anything that does not continue the current run (another flow,
+/// other flags or options, a gap in the sequence, not TCP) ends the run and goes out as is.
+///
+/// The buffer keeps [`VNET_HDR_LEN`] bytes in front of the packet for the header.
+pub struct Coalescer {
+    buf: Vec<u8>,
+    /// Segments in `buf` (0: empty).
+    count: usize,
+    v6: bool,
+    ip_len: usize,
+    hdr_len: usize,
+    seg_size: usize,
+    next_seq: u32,
+    /// A shorter segment or a PSH ended the run: nothing more may join.
+    closed: bool,
+}
+
+impl Default for Coalescer {
+    fn default() -> Self {
+        Coalescer {
+            buf: Vec::with_capacity(VNET_HDR_LEN + MAX_COALESCED),
+            count: 0,
+            v6: false,
+            ip_len: 0,
+            hdr_len: 0,
+            seg_size: 0,
+            next_seq: 0,
+            closed: false,
+        }
+    }
+}
+
+/// The parts of a TCP segment that decide whether it can join a run.
+struct TcpSeg {
+    v6: bool,
+    ip_len: usize,
+    hdr_len: usize,
+    seq: u32,
+    flags: u8,
+    payload: usize,
+}
+
+const TCP_ACK: u8 = 0x10;
+const TCP_PSH: u8 = 0x08;
+
+/// A plain data segment (ACK, maybe PSH; no options on IPv4, no extension headers on IPv6, not
+/// fragmented), or `None`.
+fn tcp_seg(p: &[u8]) -> Option<TcpSeg> {
+    let v = p.first()? >> 4;
+    let (v6, ip_len, total) = match v {
+        4 => {
+            // ihl 5 only; no fragment offset or MF.
+            if p[0] & 0x0f != 5
+                || p.len() < 20
+                || p[9] != IPPROTO_TCP
+                || p[6] & 0x3f != 0
+                || p[7] != 0
+            {
+                return None;
+            }
+            (false, 20, usize::from(u16::from_be_bytes([p[2], p[3]])))
+        }
+        6 => {
+            if p.len() < 40 || p[6] != IPPROTO_TCP {
+                return None;
+            }
+            (true, 40, 40 + usize::from(u16::from_be_bytes([p[4], p[5]])))
+        }
+        _ => return None,
+    };
+    if total != p.len() {
+        return None;
+    }
+    let doff = usize::from(p.get(ip_len + 12)? >> 4) * 4;
+    let hdr_len = ip_len + doff;
+    if doff < 20 || p.len() <= hdr_len {
+        return None;
+    }
+    let flags = p[ip_len + 13];
+    if flags & !TCP_PSH != TCP_ACK {
+        return None;
+    }
+    let t = ip_len;
+    Some(TcpSeg {
+        v6,
+        ip_len,
+        hdr_len,
+        seq: u32::from_be_bytes([p[t + 4], p[t + 5], p[t + 6], p[t + 7]]),
+        flags,
+        payload: p.len() - hdr_len,
+    })
+}
+
+impl Coalescer {
+    /// Adds a decrypted packet; writes out whatever it cannot join to (`write` gets a whole
+    /// frame: vnet header and packet).
+    pub fn push(&mut self, packet: &[u8], write: &mut impl FnMut(&[u8])) {
+        let Some(seg) = tcp_seg(packet) else {
+            self.flush(write);
+            self.write_plain(packet, write);
+            return;
+        };
+        if self.count > 0 && self.joins(&seg, packet) {
+            self.buf.extend_from_slice(&packet[seg.hdr_len..]);
+            self.count += 1;
+            self.next_seq = seg.seq.wrapping_add(seg.payload as u32);
+            if seg.flags & TCP_PSH != 0 {
+                // Carry the PSH onto the merged header.
+                let f = VNET_HDR_LEN + self.ip_len + 13;
+                self.buf[f] |= TCP_PSH;
+                self.closed = true;
+            }
+            if seg.payload < self.seg_size {
+                self.closed = true;
+            }
+            return;
+        }
+        self.flush(write);
+        self.buf.clear();
+        self.buf.resize(VNET_HDR_LEN, 0);
+        self.buf.extend_from_slice(packet);
+        self.count = 1;
+        self.v6 = seg.v6;
+        self.ip_len = seg.ip_len;
+        self.hdr_len = seg.hdr_len;
+        self.seg_size = seg.payload;
+        self.next_seq = seg.seq.wrapping_add(seg.payload as u32);
+        self.closed = seg.flags & TCP_PSH != 0;
+    }
+
+    fn joins(&self, seg: &TcpSeg, p: &[u8]) -> bool {
+        if self.closed
+            || seg.v6 != self.v6
+            || seg.hdr_len != self.hdr_len
+            || seg.seq != self.next_seq
+            || seg.payload > self.seg_size
+            || self.buf.len() - VNET_HDR_LEN + seg.payload > MAX_COALESCED
+        {
+            return false;
+        }
+        let h = &self.buf[VNET_HDR_LEN..VNET_HDR_LEN + self.hdr_len];
+        let t = self.ip_len;
+        let ip_same = if self.v6 {
+            h[..4] == p[..4] && h[6..40] == p[6..40]
+        } else {
+            // version/ihl/tos, flags, ttl/protocol, addresses
+            h[..2] == p[..2] && h[6..10] == p[6..10] && h[12..20] == p[12..20]
+        };
+        // ports, ack, flags other than PSH, window, options (timestamps included)
+        ip_same
+            && h[t..t + 4] == p[t..t + 4]
+            && h[t + 8..t + 13] == p[t + 8..t + 13]
+            && h[t + 13] & !TCP_PSH == p[t + 13] & !TCP_PSH
+            && h[t + 14..t + 16] == p[t + 14..t + 16]
+            && h[t + 20..self.hdr_len] == p[t + 20..self.hdr_len]
+    }
+
+    /// Writes out the current run: one segment as is, several as one GSO packet.
+    pub fn flush(&mut self, write: &mut impl FnMut(&[u8])) {
+        match self.count {
+            0 => {}
+            1 => write(&self.buf),
+            _ => {
+                let len = self.buf.len() - VNET_HDR_LEN;
+                let t = self.ip_len;
+                let p = &mut self.buf[VNET_HDR_LEN..];
+                let tcp_len = len - t;
+                let mut acc;
+                if self.v6 {
+                    p[4..6].copy_from_slice(&(tcp_len as u16).to_be_bytes());
+                    acc = sum_ne(&p[8..40], 0);
+                    let l = (tcp_len as u32).to_be_bytes();
+                    acc = sum_ne(&[l[0], l[1], l[2], l[3], 0, 0, 0, IPPROTO_TCP], acc);
+                } else {
+                    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+                    p[10..12].copy_from_slice(&[0, 0]);
+                    let c = finish(sum_ne(&p[..20], 0));
+                    p[10..12].copy_from_slice(&c);
+                    acc = sum_ne(&p[12..20], 0);
+                    let l = (tcp_len as u16).to_be_bytes();
+                    acc = sum_ne(&[0, IPPROTO_TCP, l[0], l[1]], acc);
+                }
+                // CHECKSUM_PARTIAL: the field holds the pseudo-header sum, not complemented.
+                p[t + 16..t + 18].copy_from_slice(&fold(acc).to_ne_bytes());
+                let hdr = [F_NEEDS_CSUM, if self.v6 { GSO_TCPV6 } else { GSO_TCPV4 }];
+                self.buf[..2].copy_from_slice(&hdr);
+                self.buf[2..4].copy_from_slice(&(self.hdr_len as u16).to_le_bytes());
+                self.buf[4..6].copy_from_slice(&(self.seg_size as u16).to_le_bytes());
+                self.buf[6..8].copy_from_slice(&(t as u16).to_le_bytes());
+                self.buf[8..10].copy_from_slice(&16u16.to_le_bytes());
+                write(&self.buf);
+            }
+        }
+        self.count = 0;
+        self.buf.clear();
+    }
+
+    fn write_plain(&mut self, packet: &[u8], write: &mut impl FnMut(&[u8])) {
+        self.buf.clear();
+        self.buf.resize(VNET_HDR_LEN, 0);
+        self.buf.extend_from_slice(packet);
+        write(&self.buf);
+        self.buf.clear();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,5 +618,90 @@ mod tests {
             );
         }
         assert_eq!(VnetHdr::parse(&[0; 9]), None);
+    }
+
+    /// Segments a TSO packet, then coalesces the segments again: one GSO frame whose packet,
+    /// once the kernel segments it, is the original.
+    #[test]
+    fn segments_coalesce_back_into_one_gso_frame() {
+        let mut p = tso_v4(5000, 0x10 | 0x08);
+        let hdr = VnetHdr {
+            gso_type: GSO_TCPV4,
+            gso_size: 1380,
+            ..VnetHdr::default()
+        };
+        let mut scratch = vec![0u8; 2000];
+        let mut segs = Vec::new();
+        split(&hdr, &mut p, &mut scratch, |s| segs.push(s.to_vec())).unwrap();
+        assert_eq!(segs.len(), 4);
+        let mut c = Coalescer::default();
+        let mut frames: Vec<Vec<u8>> = Vec::new();
+        let mut w = |f: &[u8]| frames.push(f.to_vec());
+        for s in &segs {
+            c.push(s, &mut w);
+        }
+        c.flush(&mut w);
+        assert_eq!(frames.len(), 1);
+        let f = &frames[0];
+        let h = VnetHdr::parse(f).unwrap();
+        assert_eq!(
+            h,
+            VnetHdr {
+                flags: F_NEEDS_CSUM,
+                gso_type: GSO_TCPV4,
+                hdr_len: 40,
+                gso_size: 1380,
+                csum_start: 20,
+                csum_offset: 16
+            }
+        );
+        let pkt = &f[VNET_HDR_LEN..];
+        assert_eq!(pkt.len(), 5040);
+        assert_eq!(u16::from_be_bytes([pkt[2], pkt[3]]), 5040);
+        assert!(valid(sum_ne(&pkt[..20], 0)));
+        assert_eq!(pkt[33], 0x18, "PSH of the last segment kept");
+        assert_eq!(&pkt[40..], &tso_v4(5000, 0)[40..]);
+        // And the kernel's way back: segmenting the frame again gives the same segments.
+        let mut again = Vec::new();
+        let mut pkt = pkt.to_vec();
+        split(&h, &mut pkt, &mut scratch, |s| again.push(s.to_vec())).unwrap();
+        assert_eq!(again, segs);
+    }
+
+    #[test]
+    fn other_flows_gaps_and_non_tcp_end_a_run() {
+        let mut c = Coalescer::default();
+        let mut frames: Vec<Vec<u8>> = Vec::new();
+        let mut w = |f: &[u8]| frames.push(f.to_vec());
+        let seg = |seq: u32, port: u16, len: usize| {
+            let mut p = tso_v4(len, 0x10);
+            p[24..28].copy_from_slice(&seq.to_be_bytes());
+            p[20..22].copy_from_slice(&port.to_be_bytes());
+            p
+        };
+        c.push(&seg(0, 1, 100), &mut w);
+        c.push(&seg(100, 1, 100), &mut w); // joins
+        c.push(&seg(300, 1, 100), &mut w); // gap: new run
+        c.push(&seg(400, 2, 100), &mut w); // other flow: new run
+        c.push(&[0x45, 0, 0, 20], &mut w); // not TCP: out as is
+        c.push(&seg(500, 2, 100), &mut w);
+        c.push(&seg(600, 2, 50), &mut w); // shorter: joins and closes
+        c.push(&seg(650, 2, 50), &mut w); // closed: new run
+        c.flush(&mut w);
+        let kinds: Vec<(u8, usize)> = frames
+            .iter()
+            .map(|f| (f[1], f.len() - VNET_HDR_LEN))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (GSO_TCPV4, 240),
+                (GSO_NONE, 140),
+                (GSO_NONE, 140),
+                (GSO_NONE, 4),
+                (GSO_TCPV4, 190),
+                (GSO_NONE, 90)
+            ]
+        );
     }
 }
