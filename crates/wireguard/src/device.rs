@@ -433,11 +433,25 @@ impl Device {
         }
     }
 
-    /// Writes one frame (vnet header and packet) to the link.
+    /// Writes one frame (vnet header and packet) to the link. Should the kernel refuse a
+    /// coalesced (GSO) frame, its segments are written one by one instead, so no data is lost.
     fn write_tun(&self, frame: &[u8]) {
-        if let Err(e) = self.tun.send(frame) {
-            tracing::debug!(link = self.tun.name(), error = %e, "writing the tun link");
-        }
+        let Err(e) = self.tun.send(frame) else {
+            return;
+        };
+        tracing::debug!(link = self.tun.name(), error = %e, "writing the tun link");
+        let Some(hdr) = VnetHdr::parse(frame).filter(|h| h.gso_type != 0) else {
+            return;
+        };
+        let mut packet = frame[VNET_HDR_LEN..].to_vec();
+        let mut scratch = vec![0u8; MAX_PACKET];
+        let _ = offload::split(&hdr, &mut packet, &mut scratch, |segment| {
+            let mut plain = vec![0u8; VNET_HDR_LEN];
+            plain.extend_from_slice(segment);
+            if let Err(e) = self.tun.send(&plain) {
+                tracing::debug!(link = self.tun.name(), error = %e, "writing the tun link");
+            }
+        });
     }
 
     /// Every 250 ms: each peer's timers (handshake retries, keepalives, rekeying, expiry); every

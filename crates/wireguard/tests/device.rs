@@ -377,12 +377,15 @@ fn ping_full_size(from: &Side, to: &Side, pair: &Pair) {
 
 /// Sends 8 MiB over TCP from `from` to `to` through the tunnel and checks they arrive intact.
 fn tcp_transfer(from: &Side, to: &Side) {
+    tcp_transfer_to(from, to, to.tunnel)
+}
+
+/// [`tcp_transfer`] to the address `addr` of `to`.
+fn tcp_transfer_to(from: &Side, to: &Side, addr: &str) {
     let data: Vec<u8> = (0..8 << 20)
         .map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
-    let listener = to
-        .ns
-        .within(|| TcpListener::bind((to.tunnel, 5201)).unwrap());
+    let listener = to.ns.within(|| TcpListener::bind((addr, 5201)).unwrap());
     std::thread::scope(|s| {
         let server = s.spawn(|| {
             let (mut conn, _) = listener.accept().unwrap();
@@ -394,7 +397,7 @@ fn tcp_transfer(from: &Side, to: &Side) {
         });
         let mut conn = from.ns.within(|| {
             TcpStream::connect_timeout(
-                &SocketAddr::new(to.tunnel.parse().unwrap(), 5201),
+                &SocketAddr::new(addr.parse().unwrap(), 5201),
                 Duration::from_secs(20),
             )
             .unwrap()
@@ -489,6 +492,51 @@ fn tunnel_carries_ping_and_tcp_and_only_udp_is_on_the_wire() {
     tcp_transfer(&p.a, &p.b);
     let other = cap.finish(&["not arp and not (udp and src port 51871 and dst port 51871)"]);
     assert!(other.is_empty(), "cleartext on the underlay: {other:?}");
+}
+
+#[test]
+fn ipv6_inside_the_tunnel() {
+    let p = Pair::both_devices("6");
+    for (side, me, peer, peer_key) in [
+        (&p.a, "fd77::1", "fd77::2", p.b.key.public_key()),
+        (&p.b, "fd77::2", "fd77::1", p.a.key.public_key()),
+    ] {
+        side.ns.ok(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{me}/64"),
+            "dev",
+            "wg0",
+            "nodad",
+        ]);
+        side.uapi()
+            .set(&SetDevice {
+                peers: vec![SetPeer {
+                    allowed_ips: vec![format!("{peer}/128").parse().unwrap()],
+                    ..SetPeer::new(peer_key)
+                }],
+                ..SetDevice::default()
+            })
+            .unwrap();
+    }
+    // Full size: 1420 - 40 (IPv6) - 8 (ICMPv6).
+    let size = (MTU - 48).to_string();
+    let mut last = None;
+    for _ in 0..10 {
+        let out = p.a.ns.run(&[
+            "ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", "-M", "do", "-s", &size, "fd77::2",
+        ]);
+        if out.status.success() {
+            last = None;
+            break;
+        }
+        last = Some(out);
+    }
+    assert!(last.is_none(), "ping -6: {last:?}\n{}", p.logs());
+    tcp_transfer_to(&p.a, &p.b, "fd77::2");
+    tcp_transfer_to(&p.b, &p.a, "fd77::1");
 }
 
 #[test]
