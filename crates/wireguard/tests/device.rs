@@ -653,6 +653,95 @@ fn reconfiguring_keeps_sessions_and_removal_drops_the_peer() {
 }
 
 #[test]
+fn key_rotation_keeps_the_old_session_until_the_peer_has_the_new_key() {
+    let p = Pair::both_devices("k");
+    ping_full_size(&p.a, &p.b, &p);
+    let old_public = p.a.key.public_key();
+    let data: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8).collect();
+    let listener =
+        p.b.ns
+            .within(|| TcpListener::bind((p.b.tunnel, 5202)).unwrap());
+    std::thread::scope(|s| {
+        // A TCP stream runs through the whole rotation, paced so it lasts a few seconds.
+        let server = s.spawn(|| {
+            let (mut conn, _) = listener.accept().unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(30)))
+                .unwrap();
+            let mut got = Vec::new();
+            conn.read_to_end(&mut got).unwrap();
+            got
+        });
+        let client = s.spawn(|| {
+            let mut conn = p.a.ns.within(|| {
+                TcpStream::connect_timeout(
+                    &SocketAddr::new(p.b.tunnel.parse().unwrap(), 5202),
+                    Duration::from_secs(20),
+                )
+                .unwrap()
+            });
+            conn.set_write_timeout(Some(Duration::from_secs(30)))
+                .unwrap();
+            for chunk in data.chunks(256 << 10) {
+                conn.write_all(chunk).unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+
+        // a rotates its key: the new one is in effect at once.
+        std::thread::sleep(Duration::from_millis(500));
+        let new_key = NodeKey::rotate(&p.dir.path().join("a.key")).unwrap();
+        p.a.uapi()
+            .set(&SetDevice {
+                private_key: Some(new_key.private_key()),
+                ..SetDevice::default()
+            })
+            .unwrap();
+        assert_eq!(
+            p.a.uapi().get().unwrap().public_key,
+            Some(new_key.public_key())
+        );
+        // b still knows a by its old key: the old session carries traffic both ways.
+        for (from, to) in [(&p.a, &p.b), (&p.b, &p.a)] {
+            let out = from
+                .ns
+                .run(&["ping", "-c", "2", "-i", "0.2", "-W", "2", to.tunnel]);
+            assert!(out.status.success(), "{out:?}\n{}", p.logs());
+        }
+        // b learns a's new key (what its agent does when a's Node changes).
+        std::thread::sleep(Duration::from_millis(500));
+        p.b.uapi()
+            .set(&SetDevice {
+                peers: vec![
+                    SetPeer {
+                        remove: true,
+                        ..SetPeer::new(old_public)
+                    },
+                    SetPeer {
+                        endpoint: Some(SocketAddr::new(p.a.underlay.parse().unwrap(), PORT)),
+                        allowed_ips: vec![format!("{}/32", p.a.tunnel).parse().unwrap()],
+                        ..SetPeer::new(new_key.public_key())
+                    },
+                ],
+                ..SetDevice::default()
+            })
+            .unwrap();
+        client.join().unwrap();
+        let got = server.join().unwrap();
+        assert!(got == data, "stream corrupted or cut through the rotation");
+        // The new key's handshake happened: b's peer is a's new key, with a session.
+        let info = p.b.uapi().get().unwrap();
+        assert_eq!(info.peers.len(), 1);
+        assert_eq!(info.peers[0].public_key, new_key.public_key());
+        assert!(
+            info.peers[0].last_handshake.is_some(),
+            "{info:?}\n{}",
+            p.logs()
+        );
+    });
+    ping_full_size(&p.a, &p.b, &p);
+}
+
+#[test]
 fn restarted_device_reattaches_and_a_dead_one_fails_closed() {
     let mut p = Pair::both_devices("d");
     ping_full_size(&p.a, &p.b, &p);
