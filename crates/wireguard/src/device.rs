@@ -17,6 +17,14 @@
 //! index of ours, by decrypting the initiator's static key (`parse_handshake_anon`) after the
 //! rate limiter has checked their MAC. Nothing from the network or the socket can make the
 //! device panic: malformed input is dropped or refused.
+//!
+//! Configuration (`set`) keeps what it can: the same private key again changes nothing; a peer
+//! whose public key stays keeps its noise state (its sessions) when its endpoint, allowed IPs
+//! or the `replace_peers` flag come along (`replace_peers` removes only the peers the request
+//! does not name, unlike wireguard-go, which drops and re-creates all); a new private key keeps
+//! the established sessions until each peer has done a handshake with the new key (see
+//! [`Previous`]). A request is parsed whole and a new port bound before anything changes, so a
+//! refused request changes nothing.
 
 use std::collections::HashMap;
 use std::io::{self, IoSlice, IoSliceMut};
@@ -985,5 +993,62 @@ impl Udp {
             SocketAddr::new(from.ip().to_canonical(), from.port()),
             seg,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(b: u8) -> Arc<Peer> {
+        Arc::new(Peer {
+            public: Key([b; 32]),
+            core: Mutex::new(PeerCore {
+                tunn: None,
+                index: u32::from(b),
+                previous: None,
+                endpoint: None,
+                allowed_ips: Vec::new(),
+                keepalive: 0,
+                last_handshake: None,
+            }),
+            rx_bytes: AtomicU64::new(0),
+            tx_bytes: AtomicU64::new(0),
+        })
+    }
+
+    fn ips(list: &[&str]) -> Vec<AllowedIp> {
+        list.iter()
+            .map(|s| s.parse::<AllowedIp>().unwrap().masked())
+            .collect()
+    }
+
+    #[test]
+    fn longest_prefix_wins() {
+        let (a, b, c) = (peer(1), peer(2), peer(3));
+        let (ia, ib, ic) = (
+            ips(&["0.0.0.0/0", "fd00::/8"]),
+            ips(&["10.0.0.0/8", "fd00:1::/32"]),
+            ips(&["10.1.2.3/32", "10.1.0.0/16", "fd00:1::5/128"]),
+        );
+        let t = RouteTable::build(
+            [
+                (&a, ia.as_slice()),
+                (&b, ib.as_slice()),
+                (&c, ic.as_slice()),
+            ]
+            .into_iter(),
+        );
+        let who = |ip: &str| t.lookup(ip.parse().unwrap()).map(|p| p.public.0[0]);
+        assert_eq!(who("10.1.2.3"), Some(3));
+        assert_eq!(who("10.1.9.9"), Some(3));
+        assert_eq!(who("10.2.0.1"), Some(2));
+        assert_eq!(who("192.0.2.1"), Some(1));
+        assert_eq!(who("fd00:1::5"), Some(3));
+        assert_eq!(who("fd00:1::6"), Some(2));
+        assert_eq!(who("fd01::1"), Some(1));
+        assert_eq!(who("2001:db8::1"), None);
+        let empty = RouteTable::default();
+        assert!(empty.lookup("10.0.0.1".parse().unwrap()).is_none());
     }
 }

@@ -540,6 +540,84 @@ fn ipv6_inside_the_tunnel() {
 }
 
 #[test]
+fn ipv6_underlay() {
+    let mut p = Pair::new("u");
+    for (s, dev, addr) in [(&p.a, "va", "fd78::1"), (&p.b, "vb", "fd78::2")] {
+        s.ns.ok(&[
+            "sysctl",
+            "-q",
+            "-w",
+            &format!("net.ipv6.conf.{dev}.disable_ipv6=0"),
+        ]);
+        s.ns.ok(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{addr}/64"),
+            "dev",
+            dev,
+            "nodad",
+        ]);
+    }
+    p.a.underlay = "fd78::1";
+    p.b.underlay = "fd78::2";
+    p.a.start_device(&[]);
+    p.b.start_device(&[]);
+    p.a.address_tunnel();
+    p.b.address_tunnel();
+    p.a.configure(&p.b);
+    p.b.configure(&p.a);
+    ping_full_size(&p.a, &p.b, &p);
+    tcp_transfer(&p.b, &p.a);
+    let info = p.a.uapi().get().unwrap();
+    assert_eq!(
+        info.peers[0].endpoint,
+        Some("[fd78::2]:51871".parse().unwrap()),
+        "{info:?}"
+    );
+}
+
+#[test]
+fn garbage_from_the_network_is_dropped_and_the_tunnel_lives_on() {
+    let p = Pair::both_devices("f");
+    ping_full_size(&p.a, &p.b, &p);
+    // Datagrams of every WireGuard message type and of the sizes the parser tells apart, with
+    // random content, from b's side to a's port.
+    p.b.ns.within(|| {
+        let sock = std::net::UdpSocket::bind(("192.168.77.2", 0)).unwrap();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for &len in &[
+            0usize, 1, 3, 4, 15, 16, 31, 32, 33, 64, 92, 147, 148, 149, 200, 1452,
+        ] {
+            for kind in 0u8..6 {
+                for _ in 0..50 {
+                    let mut d: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                    if let Some(first) = d.first_mut() {
+                        *first = kind;
+                    }
+                    if len >= 4 {
+                        d[1..4].copy_from_slice(&[0, 0, 0]);
+                    }
+                    let _ = sock.send_to(&d, ("192.168.77.1", PORT));
+                }
+            }
+        }
+    });
+    // Both devices still answer, and the tunnel still carries traffic.
+    p.a.uapi().get().unwrap();
+    ping_full_size(&p.a, &p.b, &p);
+    ping_full_size(&p.b, &p.a, &p);
+    assert!(!p.a.log().contains("panicked"), "{}", p.a.log());
+}
+
+#[test]
 fn source_outside_allowed_ips_is_dropped_and_lpm_picks_the_peer() {
     let p = Pair::both_devices("s");
     ping_full_size(&p.a, &p.b, &p);
