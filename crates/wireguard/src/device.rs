@@ -23,7 +23,7 @@
 //! or the `replace_peers` flag come along (`replace_peers` removes only the peers the request
 //! does not name, unlike wireguard-go, which drops and re-creates all); a new private key keeps
 //! the established sessions until each peer has done a handshake with the new key (see
-//! [`Previous`]). A request is parsed whole and a new port bound before anything changes, so a
+//! `Previous`). A request is parsed whole and a new port bound before anything changes, so a
 //! refused request changes nothing.
 
 use std::collections::HashMap;
