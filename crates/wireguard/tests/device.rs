@@ -375,6 +375,26 @@ fn ping_full_size(from: &Side, to: &Side, pair: &Pair) {
     panic!("ping {} failed: {last:?}\n{}", to.tunnel, pair.logs());
 }
 
+/// Accepts one connection, or panics after `limit` (a plain `accept` could wait forever if the
+/// client failed).
+fn accept_within(listener: &TcpListener, limit: Duration) -> TcpStream {
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + limit;
+    loop {
+        match listener.accept() {
+            Ok((conn, _)) => {
+                conn.set_nonblocking(false).unwrap();
+                return conn;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(Instant::now() < deadline, "no connection within {limit:?}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
 /// Sends 8 MiB over TCP from `from` to `to` through the tunnel and checks they arrive intact.
 fn tcp_transfer(from: &Side, to: &Side) {
     tcp_transfer_to(from, to, to.tunnel)
@@ -388,7 +408,7 @@ fn tcp_transfer_to(from: &Side, to: &Side, addr: &str) {
     let listener = to.ns.within(|| TcpListener::bind((addr, 5201)).unwrap());
     std::thread::scope(|s| {
         let server = s.spawn(|| {
-            let (mut conn, _) = listener.accept().unwrap();
+            let mut conn = accept_within(&listener, Duration::from_secs(20));
             conn.set_read_timeout(Some(Duration::from_secs(30)))
                 .unwrap();
             let mut got = Vec::new();
@@ -742,7 +762,7 @@ fn key_rotation_keeps_the_old_session_until_the_peer_has_the_new_key() {
     std::thread::scope(|s| {
         // A TCP stream runs through the whole rotation, paced so it lasts a few seconds.
         let server = s.spawn(|| {
-            let (mut conn, _) = listener.accept().unwrap();
+            let mut conn = accept_within(&listener, Duration::from_secs(20));
             conn.set_read_timeout(Some(Duration::from_secs(30)))
                 .unwrap();
             let mut got = Vec::new();
