@@ -281,16 +281,35 @@ impl Device {
     }
 
     /// TUN -> allowed-IPs lookup -> (segment) -> encrypt -> UDP (GSO batches).
+    ///
+    /// Reads what the link has queued, one packet after the other, encrypting into a batch for
+    /// one peer; the batch goes out when the link has nothing more, when a packet for another
+    /// peer comes, or when it is full. Under load one `sendmsg` so carries many datagrams;
+    /// alone, a packet goes out at once.
     fn outgoing_loop(&self) {
         let mut buf = vec![0u8; VNET_HDR_LEN + MAX_PACKET];
         let mut scratch = vec![0u8; MAX_PACKET];
         let mut one = vec![0u8; OUT_BUF];
         let mut batch = Batch::default();
+        // Whom the batch is for.
+        let mut pending: Option<(Arc<Peer>, Arc<Udp>, SocketAddr)> = None;
+        let flush = |batch: &mut Batch, pending: &mut Option<(Arc<Peer>, Arc<Udp>, SocketAddr)>| {
+            if let Some((peer, socket, endpoint)) = pending.take() {
+                batch.send(&socket, endpoint, &peer);
+            }
+            batch.clear();
+        };
         while !self.stopping.load(Ordering::Relaxed) {
             let n = match self.tun.recv(&mut buf) {
                 Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    flush(&mut batch, &mut pending);
+                    self.tun.wait_readable(500);
+                    continue;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
+                    flush(&mut batch, &mut pending);
                     tracing::warn!(link = self.tun.name(), error = %e, "reading the tun link");
                     thread::sleep(Duration::from_millis(100));
                     continue;
@@ -313,6 +332,13 @@ impl Device {
             let Some(socket) = socket else {
                 continue;
             };
+            if pending
+                .as_ref()
+                .is_some_and(|(p, _, _)| !Arc::ptr_eq(p, &peer))
+                || batch.data.len() >= BATCH_BYTES
+            {
+                flush(&mut batch, &mut pending);
+            }
             let mut guard = lock(&peer.core);
             let core = &mut *guard;
             let Some(endpoint) = core.endpoint else {
@@ -321,7 +347,6 @@ impl Device {
             let Some(current) = core.tunn.as_ref() else {
                 continue;
             };
-            batch.clear();
             // After a key change: the old key's session carries the packet, and a handshake
             // with the new key is tried alongside.
             let use_previous = !has_session(current)
@@ -351,7 +376,7 @@ impl Device {
             if let Err(e) = split {
                 tracing::debug!(link = self.tun.name(), error = %e, "packet from the link dropped");
             }
-            batch.send(&socket, endpoint, &peer);
+            pending = Some((peer, socket, endpoint));
         }
     }
 
@@ -863,6 +888,8 @@ struct Batch {
 const GSO_MAX_SEGMENTS: usize = 64;
 /// Most bytes in one UDP GSO send: the payload of one maximal UDP datagram.
 const GSO_MAX_BYTES: usize = 65_000;
+/// A batch is sent once it holds this much (a few GSO sends), even if the link has more.
+const BATCH_BYTES: usize = 64 << 10;
 
 impl Batch {
     fn clear(&mut self) {
