@@ -905,18 +905,35 @@ fn socket_is_private_and_a_second_device_is_refused() {
         String::from_utf8_lossy(&out.stderr).contains("another device"),
         "{out:?}"
     );
-    // Garbage on the socket gets errno=22 and the device lives on.
+    // Garbage on the socket gets errno=-22 and the device lives on.
     let mut s = std::os::unix::net::UnixStream::connect(&p.a.socket).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(b"set=1\nlisten_port=banana\n\n").unwrap();
     let mut reply = String::new();
     s.read_to_string(&mut reply).unwrap();
-    assert_eq!(reply, "errno=22\n\n");
+    assert_eq!(reply, "errno=-22\n\n");
     let mut s = std::os::unix::net::UnixStream::connect(&p.a.socket).unwrap();
     s.write_all(&[0xff; 4000]).unwrap();
     drop(s);
     p.a.uapi().get().unwrap();
     let _ = p.a.proc.as_ref().unwrap().pid();
+}
+
+/// [`wg`], returning the output whether it succeeded or not.
+fn wg_run(side: &Side, run_dir: &Path, args: &[&str]) -> Output {
+    let mut script = format!("mount --bind {} /run && exec wg", run_dir.display());
+    for a in args {
+        script.push_str(&format!(" '{a}'"));
+    }
+    side.ns.run(&[
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+    ])
 }
 
 /// Runs Debian's `wg` in a private mount namespace where `<dir>/run` is mounted over /run,
@@ -997,6 +1014,13 @@ fn debian_wg_tool_configures_and_shows_the_device() {
     assert_ne!(fields[4], "0", "no handshake in {dump}");
     // `wg show interfaces` finds it by its socket.
     assert_eq!(wg(&p.b, &run_dir, &["show", "interfaces"]).trim(), "wg0");
+    // A setting the device does not support is refused, and wg says so.
+    let out = wg_run(&p.b, &run_dir, &["set", "wg0", "fwmark", "7"]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Invalid argument"),
+        "{out:?}"
+    );
     // `wg set ... peer X remove`.
     wg(
         &p.b,
