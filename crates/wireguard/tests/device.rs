@@ -570,6 +570,103 @@ fn udp_bursts_arrive_intact() {
     assert!(!p.b.log().contains("writing the tun link"), "{}", p.b.log());
 }
 
+/// The lab's tunnel mode in small: a kernel VXLAN device between the two underlay addresses,
+/// its outer packets (UDP 8472) steered into the WireGuard link by a policy rule, the peers'
+/// allowed IPs being the underlay addresses. The overlay carries full-size pings and TCP, and
+/// the underlay shows only WireGuard.
+#[test]
+fn vxlan_through_the_tunnel_as_in_tunnel_mode() {
+    let p = Pair::both_devices("x");
+    for (side, peer, overlay) in [(&p.a, &p.b, "10.200.0.1"), (&p.b, &p.a, "10.200.0.2")] {
+        side.uapi()
+            .set(&SetDevice {
+                peers: vec![SetPeer {
+                    allowed_ips: vec![format!("{}/32", peer.underlay).parse().unwrap()],
+                    ..SetPeer::new(peer.key.public_key())
+                }],
+                ..SetDevice::default()
+            })
+            .unwrap();
+        let ns = &side.ns;
+        for key in ["all", "default", "wg0"] {
+            ns.ok(&[
+                "sysctl",
+                "-q",
+                "-w",
+                &format!("net.ipv4.conf.{key}.rp_filter=0"),
+            ]);
+        }
+        ns.ok(&[
+            "ip",
+            "link",
+            "add",
+            "vx0",
+            "type",
+            "vxlan",
+            "id",
+            "42",
+            "local",
+            side.underlay,
+            "remote",
+            peer.underlay,
+            "dstport",
+            "8472",
+        ]);
+        ns.ok(&[
+            "ip",
+            "link",
+            "set",
+            "vx0",
+            "mtu",
+            &(MTU - 50).to_string(),
+            "up",
+        ]);
+        ns.ok(&["ip", "addr", "add", &format!("{overlay}/24"), "dev", "vx0"]);
+        ns.ok(&[
+            "ip", "rule", "add", "ipproto", "udp", "dport", "8472", "lookup", "100",
+        ]);
+        ns.ok(&[
+            "ip", "route", "add", "default", "dev", "wg0", "table", "100",
+        ]);
+    }
+    let cap = Capture::start(
+        &p.a.ns,
+        "va",
+        p.dir.path().join("vx.pcap"),
+        &p.dir.path().join("tcpdump.log"),
+    );
+    let size = (MTU - 50 - 28).to_string();
+    let mut last = None;
+    for _ in 0..10 {
+        let out = p.a.ns.run(&[
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            "-M",
+            "do",
+            "-s",
+            &size,
+            "10.200.0.2",
+        ]);
+        if out.status.success() {
+            last = None;
+            break;
+        }
+        last = Some(out);
+    }
+    assert!(last.is_none(), "overlay ping: {last:?}\n{}", p.logs());
+    tcp_transfer_to(&p.a, &p.b, "10.200.0.2");
+    tcp_transfer_to(&p.b, &p.a, "10.200.0.1");
+    let other = cap.finish(&["not arp and not (udp and src port 51871 and dst port 51871)"]);
+    assert!(other.is_empty(), "cleartext on the underlay: {other:?}");
+    // The coalesced VXLAN datagrams were taken by the kernel as they were written.
+    assert!(!p.logs().contains("writing the tun link"), "{}", p.logs());
+}
+
 #[test]
 fn ipv6_inside_the_tunnel() {
     let p = Pair::both_devices("6");
