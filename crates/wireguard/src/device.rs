@@ -951,10 +951,13 @@ impl Udp {
                 Some(&addr),
             ) {
                 Ok(n) => return Ok(n),
-                Err(Errno::EIO | Errno::EINVAL | Errno::ENOPROTOOPT | Errno::EOPNOTSUPP) => {
+                // No GSO on this kernel or path: from now on, one datagram per send.
+                Err(Errno::EIO | Errno::ENOPROTOOPT | Errno::EOPNOTSUPP) => {
                     tracing::info!("udp gso refused by the kernel; sending datagrams one by one");
                     self.gso.store(false, Ordering::Relaxed);
                 }
+                // This batch only (datagrams larger than the path MTU, for one): one by one.
+                Err(Errno::EINVAL) => {}
                 Err(e) => return Err(e.into()),
             }
         }
