@@ -180,12 +180,13 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 
 /// One side of the tunnel: its namespace, underlay and tunnel addresses, key and socket.
 struct Side {
+    /// First, so the process is stopped before its namespace is deleted (fields drop in order).
+    proc: Option<Proc>,
     ns: Netns,
     underlay: &'static str,
     tunnel: &'static str,
     key: NodeKey,
     socket: PathBuf,
-    proc: Option<Proc>,
     log: PathBuf,
 }
 
