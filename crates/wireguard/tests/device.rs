@@ -668,6 +668,84 @@ fn vxlan_through_the_tunnel_as_in_tunnel_mode() {
     assert!(!p.logs().contains("writing the tun link"), "{}", p.logs());
 }
 
+/// A device with two peers (a in the middle, b and c on their own veths): each peer's traffic
+/// goes to and comes from the right one, at the same time, and `get` reports both.
+#[test]
+fn two_peers_at_once() {
+    let mut p = Pair::new("m");
+    let mut c = Side {
+        proc: None,
+        ns: Netns::new("mc"),
+        underlay: "192.168.79.2",
+        tunnel: "10.77.0.3",
+        key: NodeKey::load_or_create(&p.dir.path().join("c.key")).unwrap(),
+        socket: p.dir.path().join("c.sock"),
+        log: p.dir.path().join("c.log"),
+    };
+    p.a.ns.ok(&[
+        "ip", "link", "add", "va2", "type", "veth", "peer", "name", "vc", "netns", &c.ns.name,
+    ]);
+    p.a.ns
+        .ok(&["ip", "addr", "add", "192.168.79.1/24", "dev", "va2"]);
+    p.a.ns.ok(&["ip", "link", "set", "va2", "up"]);
+    c.ns.ok(&["ip", "addr", "add", "192.168.79.2/24", "dev", "vc"]);
+    c.ns.ok(&["ip", "link", "set", "vc", "up"]);
+    p.a.start_device(&[]);
+    p.b.start_device(&[]);
+    c.start_device(&[]);
+    p.a.address_tunnel();
+    p.b.address_tunnel();
+    c.address_tunnel();
+    p.b.configure(&p.a);
+    // c reaches a by a's second address.
+    c.uapi()
+        .set(&SetDevice {
+            private_key: Some(c.key.private_key()),
+            listen_port: Some(PORT),
+            peers: vec![SetPeer {
+                endpoint: Some("192.168.79.1:51871".parse().unwrap()),
+                allowed_ips: vec![format!("{}/32", p.a.tunnel).parse().unwrap()],
+                ..SetPeer::new(p.a.key.public_key())
+            }],
+            ..SetDevice::default()
+        })
+        .unwrap();
+    p.a.uapi()
+        .set(&SetDevice {
+            private_key: Some(p.a.key.private_key()),
+            listen_port: Some(PORT),
+            peers: [(&p.b, p.b.underlay), (&c, c.underlay)]
+                .into_iter()
+                .map(|(s, ip)| SetPeer {
+                    endpoint: Some(SocketAddr::new(ip.parse().unwrap(), PORT)),
+                    allowed_ips: vec![format!("{}/32", s.tunnel).parse().unwrap()],
+                    ..SetPeer::new(s.key.public_key())
+                })
+                .collect(),
+            ..SetDevice::default()
+        })
+        .unwrap();
+    ping_full_size(&p.a, &p.b, &p);
+    ping_full_size(&p.a, &c, &p);
+    std::thread::scope(|s| {
+        s.spawn(|| tcp_transfer(&p.a, &p.b));
+        s.spawn(|| tcp_transfer(&c, &p.a));
+    });
+    let info = p.a.uapi().get().unwrap();
+    assert_eq!(info.peers.len(), 2, "{info:?}");
+    for peer in &info.peers {
+        assert!(peer.last_handshake.is_some(), "{info:?}");
+        assert!(peer.rx_bytes > 0 && peer.tx_bytes > 0, "{info:?}");
+    }
+    let of = |k| info.peers.iter().find(|x| x.public_key == k).unwrap();
+    assert!(of(p.b.key.public_key()).tx_bytes > 8 << 20, "{info:?}");
+    assert!(of(c.key.public_key()).rx_bytes > 8 << 20, "{info:?}");
+    assert_eq!(
+        of(c.key.public_key()).endpoint,
+        Some("192.168.79.2:51871".parse().unwrap())
+    );
+}
+
 #[test]
 fn ipv6_inside_the_tunnel() {
     let p = Pair::both_devices("6");
