@@ -28,8 +28,9 @@ use crate::keys::KEY_LEN;
 const MAX_LINE: usize = 512;
 
 /// The most lines one request or reply may have: bounds the memory a client of the socket (or a
-/// misbehaving device) can make the other side spend.
-const MAX_LINES: usize = 1 << 20;
+/// misbehaving device) can make the other side spend (at most 128 MiB), while leaving room for
+/// tens of thousands of peers (a peer takes about six lines).
+const MAX_LINES: usize = 1 << 18;
 
 /// The errno a device replies for a request it does not understand or refuses (EINVAL).
 pub const EINVAL: i32 = 22;
