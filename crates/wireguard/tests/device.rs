@@ -1274,8 +1274,20 @@ fn interoperates_with_wireguard_go() {
     // Both configured through our UAPI client: wireguard-go speaks the same protocol.
     p.a.configure(&p.b);
     p.b.configure(&p.a);
-    ping_full_size(&p.a, &p.b, &p);
+    // wireguard-go initiates the first handshake.
     ping_full_size(&p.b, &p.a, &p);
+    // Our device initiates the next: the peer re-created on our side has no session.
+    let remove = SetDevice {
+        peers: vec![SetPeer {
+            remove: true,
+            ..SetPeer::new(p.b.key.public_key())
+        }],
+        ..SetDevice::default()
+    };
+    p.a.uapi().set(&remove).unwrap();
+    p.a.configure(&p.b);
+    assert!(p.a.uapi().get().unwrap().peers[0].last_handshake.is_none());
+    ping_full_size(&p.a, &p.b, &p);
     tcp_transfer(&p.a, &p.b);
     tcp_transfer(&p.b, &p.a);
     let go = p.b.uapi().get().unwrap();
