@@ -246,7 +246,9 @@ fn rotation_writes_the_file_sets_the_device_then_publishes() {
     let key_file = dir.path().join("plexus_wg0.key");
     let key = NodeKey::load_or_create(&key_file).unwrap();
     let device = Arc::new(FakeDevice::new());
-    let published: Arc<Mutex<Vec<(Key, Option<Key>)>>> = Arc::default();
+    /// Each published key, with the key the device held at that moment.
+    type Published = Arc<Mutex<Vec<(Key, Option<Key>)>>>;
+    let published: Published = Arc::default();
     let (handle, task) = Wireguard::start(WireguardConfig {
         device: device.clone(),
         datapath: Arc::new(FakeDatapath::new()),
