@@ -72,6 +72,11 @@ fn fixture() -> Fixture {
     }
 }
 
+/// Both clusters listed: peers not desired may go.
+fn settled() -> BTreeSet<String> {
+    ["c1".to_string(), "c2".to_string()].into()
+}
+
 fn marked(dp: &FakeDatapath) -> BTreeSet<Ipv4Addr> {
     dp.encrypted_nodes().unwrap()
 }
@@ -83,7 +88,7 @@ fn ips(list: &[&str]) -> BTreeSet<Ipv4Addr> {
 #[test]
 fn the_first_sync_sets_key_port_and_peers_in_one_request() {
     let mut f = fixture();
-    f.sync.set_desired(two_peers(), vec![]);
+    f.sync.set_desired(two_peers(), vec![], settled());
     f.sync.sync().unwrap();
     let sets = f.device.sets();
     assert_eq!(sets.len(), 1);
@@ -118,13 +123,14 @@ fn the_first_sync_sets_key_port_and_peers_in_one_request() {
 #[test]
 fn a_peer_goes_from_the_map_before_it_goes_from_the_device() {
     let mut f = fixture();
-    f.sync.set_desired(two_peers(), vec![]);
+    f.sync.set_desired(two_peers(), vec![], settled());
     f.sync.sync().unwrap();
     // m2 is gone; the device does not answer yet.
     f.device.set_unreachable(true);
     f.sync.set_desired(
         [peer(K_M1, "m1", "192.168.2.1", "192.168.2.1/32")].into(),
         vec![],
+        settled(),
     );
     let err = f.sync.sync().unwrap_err();
     assert!(err.contains("connection refused"), "{err}");
@@ -150,7 +156,7 @@ fn a_peer_goes_from_the_map_before_it_goes_from_the_device() {
 fn nothing_is_marked_before_the_device_has_the_peer() {
     let mut f = fixture();
     f.device.set_unreachable(true);
-    f.sync.set_desired(two_peers(), vec![]);
+    f.sync.set_desired(two_peers(), vec![], settled());
     assert!(f.sync.sync().is_err());
     assert!(marked(&f.datapath).is_empty());
     f.datapath
@@ -174,7 +180,7 @@ fn nothing_is_marked_before_the_device_has_the_peer() {
 #[test]
 fn a_restarted_device_is_set_up_again_and_stale_or_changed_peers_are_fixed() {
     let mut f = fixture();
-    f.sync.set_desired(two_peers(), vec![]);
+    f.sync.set_desired(two_peers(), vec![], settled());
     f.sync.sync().unwrap();
     f.device.restart();
     f.sync.sync().unwrap();
@@ -200,7 +206,13 @@ fn a_restarted_device_is_set_up_again_and_stale_or_changed_peers_are_fixed() {
             ..Default::default()
         })
         .unwrap();
-    let want = diff(&f.device.info(), f.private.private_key(), &two_peers()).unwrap();
+    let want = diff(
+        &f.device.info(),
+        f.private.private_key(),
+        &two_peers(),
+        &BTreeSet::new(),
+    )
+    .unwrap();
     assert_eq!(
         want.to_uapi(),
         format!(
@@ -212,7 +224,12 @@ fn a_restarted_device_is_set_up_again_and_stale_or_changed_peers_are_fixed() {
     );
     f.sync.sync().unwrap();
     assert_eq!(
-        diff(&f.device.info(), f.private.private_key(), &two_peers()),
+        diff(
+            &f.device.info(),
+            f.private.private_key(),
+            &two_peers(),
+            &BTreeSet::new(),
+        ),
         None
     );
 }
@@ -220,7 +237,7 @@ fn a_restarted_device_is_set_up_again_and_stale_or_changed_peers_are_fixed() {
 #[test]
 fn a_new_private_key_is_all_a_rotation_changes_on_the_device() {
     let mut f = fixture();
-    f.sync.set_desired(two_peers(), vec![]);
+    f.sync.set_desired(two_peers(), vec![], settled());
     f.sync.sync().unwrap();
     let next = NodeKey::from_private_bytes([9; 32]);
     f.sync.set_private_key(next.private_key());
@@ -267,9 +284,10 @@ fn rotation_writes_the_file_sets_the_device_then_publishes() {
             })
         },
         kernel: None,
+        records_file: None,
     });
     let thread = std::thread::spawn(move || task.run());
-    handle.set_desired(two_peers(), vec![]);
+    handle.set_desired(two_peers(), vec![], settled());
     let deadline = Instant::now() + Duration::from_secs(10);
     while handle.status().peers != 2 {
         assert!(Instant::now() < deadline, "the sync thread never synced");
@@ -304,4 +322,79 @@ fn rotation_writes_the_file_sets_the_device_then_publishes() {
     }
     drop(handle);
     thread.join().unwrap();
+}
+
+/// A restarted agent starts with an empty desired state: it must not remove the peers (and
+/// so the sessions) of clusters whose nodes it has not listed yet. It knows whose each peer is
+/// from its predecessor's records; a peer nobody recorded goes at once.
+#[test]
+fn a_restarted_agent_keeps_the_peers_of_clusters_it_has_not_listed_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let records = dir.path().join("wireguard-peers.json");
+    let mut f = fixture();
+    f.sync = WireguardSync::new(
+        f.device.clone(),
+        f.datapath.clone(),
+        f.private.private_key(),
+    )
+    .with_records(records.clone());
+    f.sync.set_desired(two_peers(), vec![], settled());
+    f.sync.sync().unwrap();
+    let text = std::fs::read_to_string(&records).unwrap();
+    assert!(text.contains(r#""node": "m2""#), "{text}");
+    // Someone's own peer, which no agent recorded.
+    let stranger: Key = "aGVsbG8gd29ybGQgaGVsbG8gd29ybGQgaGVsbG8gd28="
+        .parse()
+        .unwrap();
+    use plexus_agent::shell::wireguard::WireguardDevice;
+    f.device
+        .set(&plexus_wireguard::uapi::SetDevice {
+            peers: vec![plexus_wireguard::uapi::SetPeer::new(stranger)],
+            ..Default::default()
+        })
+        .unwrap();
+    let sets = f.device.sets().len();
+
+    // The next agent: only its own cluster listed, c2's nodes not yet.
+    let mut next = WireguardSync::new(
+        f.device.clone(),
+        f.datapath.clone(),
+        f.private.private_key(),
+    )
+    .with_records(records.clone());
+    next.set_desired(WireguardPeers::new(), vec![], ["c1".to_string()].into());
+    next.sync().unwrap();
+    assert_eq!(
+        f.device.sets()[sets..]
+            .iter()
+            .map(|r| r.to_uapi())
+            .collect::<Vec<_>>(),
+        vec![format!(
+            "set=1\npublic_key={}\nremove=true\n\n",
+            stranger.to_hex()
+        )],
+        "only the stranger goes"
+    );
+    assert_eq!(marked(&f.datapath), ips(&["192.168.2.1", "192.168.2.2"]));
+
+    // c2 lists m1 (m2 vanished meanwhile): m2 stays until c2 has synced.
+    next.set_desired(
+        [peer(K_M1, "m1", "192.168.2.1", "192.168.2.1/32")].into(),
+        vec![],
+        ["c1".to_string()].into(),
+    );
+    next.sync().unwrap();
+    assert_eq!(f.device.info().peers.len(), 2);
+    next.set_desired(
+        [peer(K_M1, "m1", "192.168.2.1", "192.168.2.1/32")].into(),
+        vec![],
+        settled(),
+    );
+    next.sync().unwrap();
+    let info = f.device.info();
+    assert_eq!(info.peers.len(), 1);
+    assert_eq!(info.peers[0].public_key, key(K_M1));
+    assert_eq!(marked(&f.datapath), ips(&["192.168.2.1"]));
+    let text = std::fs::read_to_string(&records).unwrap();
+    assert!(!text.contains(r#""node": "m2""#), "{text}");
 }

@@ -279,3 +279,49 @@ fn a_rotated_key_replaces_the_peer_and_bad_or_shared_keys_make_no_second_peer() 
     // (c1, n3) sorts before (c2, m1): the key goes to n3.
     assert_eq!(summary(&out.wireguard_peers.unwrap()), want);
 }
+
+/// Which clusters' peers may go when not wanted: a restarted agent's device keeps the peers of
+/// a cluster until the core has listed that cluster's nodes (or the remote was drained).
+#[test]
+fn clusters_settle_once_their_nodes_are_listed_or_they_are_drained() {
+    let mut core = core_with(RoutingMode::Tunnel, WIREGUARD);
+    let settled = |core: &plexus_agent::core::NodeCore| -> Vec<String> {
+        core.settled_clusters().into_iter().collect()
+    };
+    // At start the core knows only this node: nothing is settled, yet the peers are output
+    // (empty), and must not be taken as "remove everything".
+    let out = run(
+        &mut core,
+        [Input::NodeUpsert(with_key(
+            node("c1", 1, "n1", "192.168.1.1", "10.1.1.0"),
+            K_N1,
+        ))],
+    );
+    assert_eq!(out.wireguard_peers, Some(Default::default()));
+    assert!(settled(&core).is_empty());
+    let out = run(&mut core, [Input::NodesSynced]);
+    assert!(
+        out.wireguard_peers.is_some(),
+        "settling is news for the device"
+    );
+    assert_eq!(settled(&core), vec!["c1"]);
+    run(
+        &mut core,
+        [
+            remote("c2", RemoteEvent::ClusterConfig { cluster_id: 2 }),
+            remote("c3", RemoteEvent::ClusterConfig { cluster_id: 3 }),
+        ],
+    );
+    assert_eq!(settled(&core), vec!["c1"]);
+    let out = run(&mut core, [remote("c2", RemoteEvent::Synced)]);
+    assert!(out.wireguard_peers.is_some());
+    assert_eq!(settled(&core), vec!["c1", "c2"]);
+    run(&mut core, [remote("c3", RemoteEvent::Drained)]);
+    assert_eq!(settled(&core), vec!["c1", "c2", "c3"]);
+    // Configured again: c3 settles once it has synced.
+    run(
+        &mut core,
+        [remote("c3", RemoteEvent::ClusterConfig { cluster_id: 3 })],
+    );
+    assert_eq!(settled(&core), vec!["c1", "c2"]);
+}

@@ -167,7 +167,7 @@ fn agent_sync(ns: &Netns, device: &Device, me: Ipv4Addr, mine: &NodeKey, peers: 
         let kernel: Box<dyn WireguardKernel> = Box::new(KernelSetup::new(true, me, 1440));
         let mut sync = WireguardSync::new(Arc::new(client), Arc::new(FakeDatapath::new()), private)
             .with_kernel(kernel);
-        sync.set_desired(peers, vec![]);
+        sync.set_desired(peers, vec![], ["c1".to_string()].into());
         sync.sync()
     })
     .unwrap();
