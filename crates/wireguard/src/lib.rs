@@ -34,6 +34,7 @@
 
 pub mod device;
 pub mod keys;
+pub mod offload;
 pub mod tun;
 pub mod uapi;
 

@@ -1,4 +1,5 @@
-//! The device's persistent TUN link (`/dev/net/tun`, `IFF_TUN | IFF_NO_PI`).
+//! The device's persistent TUN link (`/dev/net/tun`, `IFF_TUN | IFF_NO_PI | IFF_VNET_HDR`, with
+//! checksum and TCP segmentation offload: see [`crate::offload`]).
 //!
 //! The link is made persistent (`TUNSETPERSIST`): it outlives the process. If the device dies,
 //! the link, its addresses and the routes through it stay, and packets routed into it are
@@ -18,6 +19,11 @@ use std::os::fd::AsRawFd;
 const IFF_TUN: libc::c_short = 0x0001;
 /// `IFF_NO_PI`: no 4-byte packet-information prefix before each packet.
 const IFF_NO_PI: libc::c_short = 0x1000;
+/// `IFF_VNET_HDR`: a `virtio_net_hdr` before each packet, for the offloads.
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+/// `TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6`: we accept partial checksums and TCP packets of up to
+/// 64 KiB (see [`crate::offload`]).
+const OFFLOADS: libc::c_ulong = 0x01 | 0x02 | 0x04;
 
 /// `struct ifreq` as `TUNSETIFF` reads it: the name and the flags; the union's other members
 /// are not used but the kernel copies the whole struct.
@@ -32,11 +38,20 @@ struct IfReq {
 // `struct ifreq *` nonetheless).
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+/// `_IOW('T', 208, unsigned int)`.
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 
 /// `ioctl(fd, TUNSETPERSIST, on)`.
 fn tunsetpersist(fd: libc::c_int, on: libc::c_int) -> nix::Result<()> {
     // SAFETY: TUNSETPERSIST takes its argument by value; a bad fd is an error, not UB.
     let r = unsafe { libc::ioctl(fd, TUNSETPERSIST, libc::c_ulong::from(on.unsigned_abs())) };
+    nix::errno::Errno::result(r).map(drop)
+}
+
+/// `ioctl(fd, TUNSETOFFLOAD, flags)`.
+fn tunsetoffload(fd: libc::c_int, flags: libc::c_ulong) -> nix::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes its argument by value; a bad fd is an error, not UB.
+    let r = unsafe { libc::ioctl(fd, TUNSETOFFLOAD, flags) };
     nix::errno::Errno::result(r).map(drop)
 }
 
@@ -79,6 +94,7 @@ pub enum TunError {
 pub struct Tun {
     file: File,
     name: String,
+    offloads: bool,
 }
 
 impl Tun {
@@ -126,7 +142,7 @@ impl Tun {
             })?;
         let mut req = IfReq {
             name: [0; libc::IFNAMSIZ],
-            flags: IFF_TUN | IFF_NO_PI,
+            flags: IFF_TUN | IFF_NO_PI | IFF_VNET_HDR,
             _pad: [0; 22],
         };
         req.name[..bytes.len()].copy_from_slice(bytes);
@@ -135,10 +151,29 @@ impl Tun {
             op: "TUNSETIFF",
             source,
         })?;
+        // Without offloads the link still works, one MTU-sized packet per read.
+        let offloads = tunsetoffload(file.as_raw_fd(), OFFLOADS).is_ok();
+        // Non-blocking reads, so the device can read what is queued in one go and send it as
+        // one batch ([`Tun::wait_readable`] waits for more).
+        nix::fcntl::fcntl(
+            &file,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .map_err(|source| TunError::Ioctl {
+            name: name.into(),
+            op: "fcntl O_NONBLOCK",
+            source,
+        })?;
         Ok(Tun {
             file,
             name: name.into(),
+            offloads,
         })
+    }
+
+    /// Whether the kernel accepted TSO and checksum offload on the link.
+    pub fn offloads(&self) -> bool {
+        self.offloads
     }
 
     /// The link's name.
@@ -146,12 +181,25 @@ impl Tun {
         &self.name
     }
 
-    /// Reads one packet into `buf`; returns its length.
+    /// Reads one packet into `buf`, preceded by its `virtio_net_hdr`
+    /// ([`crate::offload::VNET_HDR_LEN`] bytes); returns the length of both. `WouldBlock` when
+    /// no packet is queued.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         (&self.file).read(buf)
     }
 
-    /// Writes one packet.
+    /// Waits until a packet can be read, at most `timeout_ms`.
+    pub fn wait_readable(&self, timeout_ms: u16) {
+        use std::os::fd::AsFd;
+        let mut fds = [nix::poll::PollFd::new(
+            self.file.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let _ = nix::poll::poll(&mut fds, timeout_ms);
+    }
+
+    /// Writes one packet, which must be preceded by a `virtio_net_hdr` (zeros: a plain packet
+    /// with a complete checksum).
     pub fn send(&self, packet: &[u8]) -> io::Result<usize> {
         (&self.file).write(packet)
     }
