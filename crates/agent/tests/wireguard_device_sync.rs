@@ -398,3 +398,20 @@ fn a_restarted_agent_keeps_the_peers_of_clusters_it_has_not_listed_yet() {
     let text = std::fs::read_to_string(&records).unwrap();
     assert!(!text.contains(r#""node": "m2""#), "{text}");
 }
+
+/// A node that publishes this node's own key (a copied key file) is no peer: the device would
+/// refuse the whole request, and the other peers with it.
+#[test]
+fn a_node_with_this_nodes_own_key_is_no_peer() {
+    let mut f = fixture();
+    let mut desired = two_peers();
+    let own = f.private.public_key();
+    let (_, mut twin) = peer(K_M1, "twin", "192.168.2.9", "192.168.2.9/32");
+    twin.public_key = own;
+    desired.insert(own, twin);
+    f.sync.set_desired(desired, vec![], settled());
+    f.sync.sync().unwrap();
+    let keys: Vec<Key> = f.device.info().peers.iter().map(|p| p.public_key).collect();
+    assert_eq!(keys, vec![key(K_M1), key(K_M2)]);
+    assert_eq!(marked(&f.datapath), ips(&["192.168.2.1", "192.168.2.2"]));
+}

@@ -470,6 +470,12 @@ impl WireguardSync {
     }
 
     fn sync_inner(&mut self) -> Result<usize, (bool, String)> {
+        // A node publishing this node's own key (a copied key file) cannot be a peer: a device
+        // refuses a peer with its own key, and the whole request with it.
+        let own = NodeKey::from_private_bytes(self.private_key.0).public_key();
+        if let Some(p) = self.desired.remove(&own) {
+            tracing::warn!(cluster = %p.cluster, node = %p.node, key = %own, "a node publishes this node's own WireGuard key: not a peer");
+        }
         // Peers of clusters not listed yet stay, and so do their nodes' marks.
         let kept: Records = self
             .records
