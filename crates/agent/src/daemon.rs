@@ -215,6 +215,9 @@ pub async fn run(args: Options) -> Result<()> {
     } else {
         None
     };
+    if real_kernel && !args.enable_wireguard {
+        crate::netcmd::wireguard_teardown()?;
+    }
     let underlay_mtu = if real_kernel && args.enable_wireguard {
         crate::netcmd::underlay_mtu(args.node_ip)?
     } else {

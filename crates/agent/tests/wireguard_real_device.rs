@@ -9,7 +9,8 @@
 //!   WireGuard (the devices count its bytes and a handshake);
 //! - a second set-up (a restarted agent) changes nothing and adds no second rule;
 //! - native mode routes a node's pod CIDR `dev plexus_wg0`;
-//! - with the device's link gone, the packet is refused (unreachable), never sent in the clear.
+//! - with the device's link gone, the packet is refused (unreachable), never sent in the clear;
+//! - an agent started with WireGuard off removes the policy routing.
 //!
 //! Every namespace is named `pwga<pid>-*` and deleted on drop, also when an assertion fails;
 //! devices are stopped on drop; every wait is bounded.
