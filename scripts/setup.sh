@@ -16,6 +16,8 @@ packages=(
   busybox-static              # the rootfs of the lab's locally built container image
   systemd                     # systemd-analyze checks the units of deploy/systemd
   wireguard-tools             # `wg genkey`/`wg pubkey`: crates/wireguard's key tests check against them
+  wireguard-go                # the userspace device scripts/bench-lab.sh compares plexus-wireguard with
+  tcpdump                     # the encryption e2e test captures the lab's underlay
 )
 
 missing=()
