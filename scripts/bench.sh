@@ -5,7 +5,8 @@
 # balancer (connection set-up latency with 100 to 30,000 services beside kube-proxy's iptables
 # DNAT), policy (per-packet lookup cost, recompute when 10,000 identities arrive), the agent's
 # reconciliation latency (on change beside a 200 ms tick), the WireGuard core (encapsulate and
-# decapsulate in memory, beside the AEAD alone and a copy), then the lab
+# decapsulate in memory, beside the AEAD alone and a copy), the WireGuard device (plexus-wireguard
+# beside wireguard-go through iperf3 between two netns), then the lab
 # (pod-to-pod throughput and request/response, tunnel and native, beside kernel routing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,4 +18,5 @@ cargo bench --locked -p plexus-datapath --bench policy_lookup
 cargo bench --locked -p plexus-policy --bench policy
 cargo bench --locked -p plexus-agent --bench reconcile
 cargo bench --locked -p plexus-wireguard --bench tunn
+./scripts/bench-wg.sh
 ./scripts/bench-lab.sh

@@ -16,8 +16,9 @@ packages=(
   busybox-static              # the rootfs of the lab's locally built container image
   systemd                     # systemd-analyze checks the units of deploy/systemd
   wireguard-tools             # `wg genkey`/`wg pubkey`: crates/wireguard's key tests check against them
-  wireguard-go                # the userspace device scripts/bench-lab.sh compares plexus-wireguard with
-  tcpdump                     # the encryption e2e test captures the lab's underlay
+  wireguard-go tcpdump        # crates/wireguard's device tests: the interop peer and the underlay
+                              # capture; scripts/bench-wg.sh and scripts/bench-lab.sh: the
+                              # userspace baseline; the encryption e2e test's underlay capture
 )
 
 missing=()

@@ -105,15 +105,8 @@ impl NodeKey {
             Err(KeyError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
             other => return other,
         }
-        let mut bytes = [0u8; KEY_LEN];
-        OsRng
-            .try_fill_bytes(&mut bytes)
-            .map_err(|source| KeyError::Random {
-                path: path.to_owned(),
-                source,
-            })?;
-        let key = NodeKey::from_private_bytes(clamp(bytes));
-        match write_new(path, &key.private_base64()) {
+        let key = NodeKey::generate(path)?;
+        match write_new(path, &key.private_base64(), false) {
             Ok(()) => Ok(key),
             // Another process created the file between our look and our rename: use its key,
             // so both agree on the node's identity.
@@ -122,6 +115,29 @@ impl NodeKey {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Replaces the key at `path` by a newly generated one (key rotation), atomically: a
+    /// temporary file with mode 0600 renamed over the old file, so a reader sees either the old
+    /// key or the new one, never a partial file, and a crash leaves one of the two. Creates the
+    /// file if there is none. The caller then hands the new private key to the device (UAPI
+    /// `set private_key`) and publishes the new public key.
+    pub fn rotate(path: &Path) -> Result<NodeKey, KeyError> {
+        let key = NodeKey::generate(path)?;
+        write_new(path, &key.private_base64(), true)?;
+        Ok(key)
+    }
+
+    /// A new clamped key pair from the OS random source; `path` only names the key in errors.
+    fn generate(path: &Path) -> Result<NodeKey, KeyError> {
+        let mut bytes = [0u8; KEY_LEN];
+        OsRng
+            .try_fill_bytes(&mut bytes)
+            .map_err(|source| KeyError::Random {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(NodeKey::from_private_bytes(clamp(bytes)))
     }
 
     /// Loads the key pair from an existing file at `path`, with the checks of
@@ -204,6 +220,17 @@ impl NodeKey {
         STANDARD.encode(self.public.as_bytes())
     }
 
+    /// The public key as a UAPI [`Key`](crate::uapi::Key) (base64 in `Display`).
+    pub fn public_key(&self) -> crate::uapi::Key {
+        crate::uapi::Key(self.public.to_bytes())
+    }
+
+    /// The private key as a UAPI [`Key`](crate::uapi::Key), for `set private_key` on the
+    /// device. Keep it out of logs (its `Display` prints the secret).
+    pub fn private_key(&self) -> crate::uapi::Key {
+        crate::uapi::Key(self.secret.to_bytes())
+    }
+
     /// The private key in `wg genkey`'s form. Only for writing the key file.
     fn private_base64(&self) -> String {
         STANDARD.encode(self.secret.to_bytes())
@@ -218,11 +245,11 @@ fn clamp(mut bytes: [u8; KEY_LEN]) -> [u8; KEY_LEN] {
     bytes
 }
 
-/// Writes `base64` and a newline to a new file at `path`: a temporary file beside it created
-/// with mode 0600, synced, renamed into place only if `path` still does not exist
-/// (`RENAME_NOREPLACE`; `AlreadyExists` otherwise), and the directory synced so the rename
-/// survives a crash.
-fn write_new(path: &Path, base64: &str) -> Result<(), KeyError> {
+/// Writes `base64` and a newline to a file at `path`: a temporary file beside it created
+/// with mode 0600, synced, renamed into place, and the directory synced so the rename survives
+/// a crash. Without `replace`, only if `path` still does not exist (`RENAME_NOREPLACE`;
+/// `AlreadyExists` otherwise); with it, over the old file (rotation).
+fn write_new(path: &Path, base64: &str, replace: bool) -> Result<(), KeyError> {
     let err = |p: &Path, op| {
         let p = p.to_owned();
         move |source| KeyError::Io {
@@ -268,7 +295,11 @@ fn write_new(path: &Path, base64: &str) -> Result<(), KeyError> {
             &tmp,
             AT_FDCWD,
             path,
-            RenameFlags::RENAME_NOREPLACE,
+            if replace {
+                RenameFlags::empty()
+            } else {
+                RenameFlags::RENAME_NOREPLACE
+            },
         )
         .map_err(|e| io::Error::from_raw_os_error(e as i32))
         .map_err(err(path, "rename into place"))
@@ -316,6 +347,32 @@ mod tests {
         // A second node's key is a different one.
         let other = NodeKey::load_or_create(&dir.path().join("other.key")).unwrap();
         assert_ne!(other.public_base64(), created.public_base64());
+    }
+
+    #[test]
+    fn rotate_replaces_the_key_atomically_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plexus_wg0.key");
+        let old = NodeKey::load_or_create(&path).unwrap();
+        let new = NodeKey::rotate(&path).unwrap();
+        assert_ne!(new.public_key(), old.public_key());
+        assert_eq!(mode(&path), 0o600);
+        let reloaded = NodeKey::load(&path).unwrap();
+        assert_eq!(reloaded.public_key(), new.public_key());
+        assert_eq!(reloaded.private_key(), new.private_key());
+        assert_eq!(new.public_key().to_string(), new.public_base64());
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("plexus_wg0.key")]);
+        // Rotating where no key exists yet creates one.
+        let fresh = dir.path().join("fresh.key");
+        let k = NodeKey::rotate(&fresh).unwrap();
+        assert_eq!(NodeKey::load(&fresh).unwrap().public_key(), k.public_key());
+        // A missing directory is an error naming it.
+        let err = NodeKey::rotate(&dir.path().join("nodir").join("k")).unwrap_err();
+        assert!(err.to_string().contains("nodir"), "{err}");
     }
 
     #[test]

@@ -1,12 +1,11 @@
 //! The node's userspace WireGuard (issue 13).
 //!
-//! What it will be: each node encrypts pod traffic to other nodes, in its own cluster and in
-//! remote ones, with WireGuard in userspace (this machine, and many hosts without Kubernetes,
-//! have no WireGuard kernel module). A device `plexus_wg0` over TUN on UDP port 51871, its
-//! peers learned from the Nodes' `WireguardPubKey`, strict mode (nothing leaves in the clear
-//! before a peer's key is known) and key rotation come in later steps of issue 13. This first
-//! step has only the node's static key pair ([`keys`]); nothing uses it yet, and no option
-//! claims encryption.
+//! Each node encrypts pod traffic to other nodes, in its own cluster and in remote ones, with
+//! WireGuard in userspace (this machine, and many hosts without Kubernetes, have no WireGuard
+//! kernel module). The crate has the node's static key pair ([`keys`]), WireGuard's
+//! cross-platform UAPI text protocol, client and server side ([`uapi`]), and the device the
+//! `plexus-wireguard` binary runs: a persistent TUN link ([`tun`]) and the data path between it
+//! and UDP port 51871 ([`device`]), configured through the UAPI like wireguard-go.
 //!
 //! Why boringtun 0.7.1's sans-IO `noise::Tunn`, after comparing it with gotatun 0.10.2 (Mullvad's
 //! fork) and defguard_boringtun 0.7.1 on throughput here, API and licence:
@@ -33,9 +32,14 @@
 //! crate go quiet again or a security fix land only in the forks. boringtun 0.7.1 depends on
 //! pre-release RustCrypto crates, hence the exact `=0.7.1` pin and the committed Cargo.lock.
 
+pub mod device;
 pub mod keys;
+pub mod offload;
+pub mod tun;
+pub mod uapi;
 
 pub use keys::{KeyError, NodeKey};
+pub use uapi::{Key, UapiClient, UapiError};
 
 /// WireGuard's UDP port on every node, the one Cilium uses.
 pub const WIREGUARD_PORT: u16 = 51871;
