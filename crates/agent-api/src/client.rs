@@ -415,6 +415,17 @@ impl Client {
         self.lines(&format!("/v1/monitor{query}")).await
     }
 
+    /// `GET /v1/encryption`.
+    pub async fn encryption(&self) -> Result<crate::EncryptionReport, ApiError> {
+        self.get("/v1/encryption").await
+    }
+
+    /// `POST /v1/encryption/rotate-key`.
+    pub async fn rotate_key(&self) -> Result<crate::RotateKeyReport, ApiError> {
+        self.send(Method::POST, "/v1/encryption/rotate-key", &crate::Empty {})
+            .await
+    }
+
     /// `POST /v1/ipam`.
     pub async fn ipam(&self, req: &IpamRequest) -> Result<IpamResponse, ApiError> {
         self.send(Method::POST, "/v1/ipam", req).await

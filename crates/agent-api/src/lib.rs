@@ -20,6 +20,10 @@
 //! - `GET /v1/services`: [`ServiceInfo`]s; `GET /v1/policy`: [`PolicyInfo`]s;
 //! - `GET /v1/bpf/ipcache`: [`IpcacheRow`]s; `GET /v1/bpf/lb`: [`LbRow`]s;
 //! - `GET /v1/monitor[?type=drop|trace]`: [`MonitorMessage`]s, a JSON line each, streamed;
+//! - `GET /v1/encryption`: [`EncryptionReport`], the node's WireGuard device and peers;
+//! - `POST /v1/encryption/rotate-key` ([`Empty`] -> [`RotateKeyReport`]): a new WireGuard key,
+//!   set on the device and published in the node's `Node` (error kind `invalid` when
+//!   encryption is off);
 //! - `POST /v1/ipam` ([`IpamRequest`] -> [`IpamResponse`]): an address for a pod;
 //! - `PUT /v1/endpoint` ([`EndpointRequest`] -> [`EndpointResponse`]): register a configured pod;
 //! - `GET /v1/endpoint/<container-id>` -> [`EndpointResponse`] (CNI CHECK);
@@ -31,6 +35,7 @@
 
 pub mod client;
 pub mod cni;
+pub mod encryption;
 pub mod error;
 /// The monitor stream's events ([`plexus_monitor`]).
 pub use plexus_monitor as monitor;
@@ -39,6 +44,9 @@ pub mod types;
 
 pub use cni::{
     Empty, EndpointRequest, EndpointResponse, IpamRequest, IpamResponse, WorkloadSource,
+};
+pub use encryption::{
+    EncryptionMode, EncryptionReport, EncryptionSummary, PeerReport, RotateKeyReport,
 };
 pub use error::{ErrorBody, ErrorKind};
 pub use monitor::{MonitorEvent, MonitorFilter, MonitorMessage};

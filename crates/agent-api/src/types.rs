@@ -31,6 +31,9 @@ pub struct AgentStatus {
     pub endpoints: usize,
     /// Remote clusters: `[configured, ready]` (a pair, as `-o json` has always shown it).
     pub remote_clusters: (usize, usize),
+    /// Transparent encryption (absent from agents that predate it: disabled).
+    #[serde(default)]
+    pub encryption: crate::EncryptionSummary,
 }
 
 /// One node of `GET /v1/nodes`, of any cluster this node knows.
@@ -361,6 +364,11 @@ mod tests {
             datapath: "ebpf".into(),
             endpoints: 2,
             remote_clusters: (2, 1),
+            encryption: crate::EncryptionSummary {
+                mode: crate::EncryptionMode::Wireguard,
+                peers: 3,
+                device_reachable: true,
+            },
         };
         assert_eq!(
             serde_json::to_value(&status).unwrap(),
@@ -368,6 +376,7 @@ mod tests {
                 "cluster": "c1", "cluster-id": 1, "node": "n1", "node-ip": "10.0.0.1",
                 "pod-cidr": "10.1.0.0/24", "routing": "tunnel", "datapath": "ebpf",
                 "endpoints": 2, "remote-clusters": [2, 1],
+                "encryption": {"mode": "wireguard", "peers": 3, "device-reachable": true},
             })
         );
         let backend = Backend {

@@ -135,6 +135,7 @@ async fn measure(mode: Mode, n: u32) -> (Vec<Duration>, Vec<Duration>) {
                 cluster_id: 1,
                 tunnel_ifname: "unused".into(),
                 pin_dir: fs.path().join("node"),
+                encryption: Default::default(),
             },
             79,
         )
@@ -147,6 +148,7 @@ async fn measure(mode: Mode, n: u32) -> (Vec<Duration>, Vec<Duration>) {
         node_ip: Ipv4Addr::new(192, 168, 1, 1),
         routing: RoutingMode::Tunnel,
         policy_default_local_cluster: true,
+        encryption: Default::default(),
     }));
     let mut reconciler = Reconciler::new(driver, datapath.clone(), Arc::new(NoRoutes));
     let task = match mode {

@@ -15,9 +15,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use plexus_agent_api::{
-    AgentStatus, ClusterMeshReport, Empty, EndpointDetail, EndpointInfo, EndpointRequest,
-    EndpointResponse, ErrorBody, ErrorKind, IdentityInfo, IpamRequest, IpamResponse, IpcacheRow,
-    LbRow, MeshReport, MonitorFilter, MonitorMessage, NodeInfo, PolicyInfo, ServiceInfo, monitor,
+    AgentStatus, ClusterMeshReport, Empty, EncryptionMode, EncryptionReport, EncryptionSummary,
+    EndpointDetail, EndpointInfo, EndpointRequest, EndpointResponse, ErrorBody, ErrorKind,
+    IdentityInfo, IpamRequest, IpamResponse, IpcacheRow, LbRow, MeshReport, MonitorFilter,
+    MonitorMessage, NodeInfo, PolicyInfo, RotateKeyReport, ServiceInfo, monitor,
 };
 use serde::Deserialize;
 
@@ -66,6 +67,8 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/bpf/lb", get(bpf_lb))
         .route("/v1/services", get(services))
         .route("/v1/monitor", get(monitor))
+        .route("/v1/encryption", get(encryption))
+        .route("/v1/encryption/rotate-key", post(rotate_key))
         .route("/v1/ipam", post(ipam))
         .route("/v1/endpoint", put(endpoint_put))
         .route(
@@ -94,8 +97,92 @@ async fn status(State(agent): State<Arc<Agent>>) -> axum::Json<AgentStatus> {
             mesh.remotes.len(),
             mesh.remotes.values().filter(|r| r.protocol.ready).count(),
         ),
+        encryption: match &agent.wireguard {
+            None => EncryptionSummary::default(),
+            Some(wg) => {
+                let status = wg.status();
+                EncryptionSummary {
+                    mode: EncryptionMode::Wireguard,
+                    peers: status.peers,
+                    device_reachable: status.reachable,
+                }
+            }
+        },
     })
 }
+
+/// The node's encryption: its key, its device's live state and peers (one UAPI `get`).
+async fn encryption(
+    State(agent): State<Arc<Agent>>,
+) -> Result<axum::Json<EncryptionReport>, ApiError> {
+    let base = EncryptionReport {
+        node: agent.node.clone(),
+        cluster: agent.cluster.name.clone(),
+        node_ip: agent.node_ip.to_string(),
+        mode: EncryptionMode::Disabled,
+        strict: false,
+        public_key: None,
+        port: None,
+        socket: None,
+        device_reachable: false,
+        device_error: None,
+        last_synced: None,
+        peers: Vec::new(),
+    };
+    let Some(wg) = agent.wireguard.clone() else {
+        return Ok(axum::Json(base));
+    };
+    let live = {
+        let wg = wg.clone();
+        tokio::task::spawn_blocking(move || wg.device_info())
+            .await
+            .map_err(|e| internal(e.into()))?
+    };
+    Ok(axum::Json(crate::reports::encryption(base, &wg, live)))
+}
+
+/// A new WireGuard key for this node: set on the device, then published.
+async fn rotate_key(
+    State(agent): State<Arc<Agent>>,
+) -> Result<axum::Json<RotateKeyReport>, ApiError> {
+    let Some(wg) = agent.wireguard.clone() else {
+        return Err(ApiError::new(
+            ErrorKind::Invalid,
+            format!(
+                "encryption is disabled on node {} (enable-wireguard is off)",
+                agent.node
+            ),
+        ));
+    };
+    let old = wg.public_key();
+    let rotated = {
+        let wg = wg.clone();
+        tokio::task::spawn_blocking(move || wg.rotate_key(ROTATE_WAIT))
+            .await
+            .map_err(|e| internal(e.into()))?
+    };
+    let (device_updated, device_error) = match &rotated {
+        Ok(_) => (true, None),
+        Err(e) => (false, Some(e.clone())),
+    };
+    if wg.public_key() == old {
+        // The key file could not be replaced: nothing changed.
+        return Err(ApiError::new(
+            ErrorKind::Internal,
+            device_error.unwrap_or_else(|| "the key did not change".into()),
+        ));
+    }
+    Ok(axum::Json(RotateKeyReport {
+        node: agent.node.clone(),
+        old_public_key: old.to_string(),
+        public_key: wg.public_key().to_string(),
+        device_updated,
+        device_error,
+    }))
+}
+
+/// How long a key rotation waits for the device to take the new key.
+const ROTATE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn clustermesh(State(agent): State<Arc<Agent>>) -> axum::Json<ClusterMeshReport> {
     axum::Json(ClusterMeshReport {
@@ -332,7 +419,7 @@ mod tests {
             ktime_ns: 99,
         };
         let mut cases = Vec::new();
-        for raw in 0..=12u8 {
+        for raw in 0..=13u8 {
             cases.push(plexus_datapath::MonitorEvent {
                 kind: EventKind::Drop(DropReason::from_raw(raw)),
                 ..base

@@ -1,6 +1,8 @@
 //! The daemon: wires the library's parts together for one node and runs them.
 //!
-//! [`run`] connects to the cluster's etcd, claims the node's pod CIDR, publishes its `Node`,
+//! [`run`] connects to the cluster's etcd, claims the node's pod CIDR, publishes its `Node`
+//! (with WireGuard on, with its public key: the key is generated once in the state dir, and
+//! a thread syncs the node's WireGuard device, see [`crate::shell::wireguard`]),
 //! loads the datapath, restores the endpoints, starts the remote-cluster manager, the sources
 //! that feed the core ([`crate::shell::sources`]) and the reconciler that applies its output
 //! ([`crate::shell::reconciler`]), and serves the API until SIGTERM or Ctrl-C. It stops
@@ -8,13 +10,13 @@
 //! next agent takes over, and the lease keeps the node's records for its TTL.
 
 use std::net::Ipv4Addr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use plexus_clustermesh::mesh::ClusterMesh;
 use plexus_clustermesh::remote_cluster::{Connector, DriverTiming, SharedConnector};
-use plexus_datapath::{Datapath, EbpfDatapath, FakeDatapath, NodeConfig, RoutingMode};
+use plexus_datapath::{Datapath, EbpfDatapath, Encryption, FakeDatapath, NodeConfig, RoutingMode};
 use plexus_identity::allocator::IdentityAllocator;
 use plexus_ipam::{Cidr4, PodIpam, claim_node_cidr};
 use plexus_kvstore::{
@@ -24,12 +26,15 @@ use plexus_model::cidr::Cidr;
 use plexus_model::cluster::{ClusterInfo, MaxConnectedClusters};
 use plexus_model::keys::StateKind;
 use plexus_model::node::{Node, NodeAddress, NodeAddressType};
+use plexus_wireguard::NodeKey;
+use plexus_wireguard::uapi::UapiClient;
 
 use crate::Agent;
 use crate::core::{CoreConfig, Input, NodeCore};
 use crate::endpoints::{Endpoints, EndpointsConfig};
 use crate::options::{DatapathKind, Options, Routing};
 use crate::shell::reconciler::{KernelRoutes, NoRoutes, Reconciler, Routes};
+use crate::shell::wireguard::{KernelSetup, Wireguard, WireguardConfig, WireguardKernel};
 use crate::shell::{CoreHandle, sources};
 
 /// How long a starting agent waits for its remote clusters to sync before it programs
@@ -55,7 +60,23 @@ async fn connect_etcd(args: &Options) -> Result<Arc<dyn KvBackend>> {
     Ok(Arc::new(etcd))
 }
 
-fn own_node(args: &Options, cluster: &ClusterInfo, cidr: Cidr4, gateway: Ipv4Addr) -> Node {
+/// Cilium's `EncryptionKey` of a node (and `Key` of its endpoints' ip -> identity entries)
+/// with WireGuard on: `wgTypes.StaticEncryptKey`, a non-zero static index (WireGuard has no
+/// key index; peers only need to know that the node encrypts).
+pub const WIREGUARD_ENCRYPT_KEY: u8 = 255;
+
+/// The WireGuard key file in the state directory (Cilium's `cilium_wg0.key`).
+pub const WIREGUARD_KEY_FILE: &str = "plexus_wg0.key";
+
+/// This node's `Node`, as Cilium publishes it; with a WireGuard public key (base64), also its
+/// `WireguardPubKey` and `EncryptionKey`.
+pub fn own_node(
+    args: &Options,
+    cluster: &ClusterInfo,
+    cidr: Cidr4,
+    gateway: Ipv4Addr,
+    wireguard_key: Option<&str>,
+) -> Node {
     Node {
         name: args.node_name.clone(),
         cluster: cluster.name.clone(),
@@ -71,8 +92,35 @@ fn own_node(args: &Options, cluster: &ClusterInfo, cidr: Cidr4, gateway: Ipv4Add
         ],
         ipv4_alloc_cidr: Cidr::new(cidr.addr.into(), cidr.len).ok(),
         cluster_id: cluster.id,
+        encryption_key: if wireguard_key.is_some() {
+            WIREGUARD_ENCRYPT_KEY
+        } else {
+            0
+        },
+        wireguard_pub_key: wireguard_key.unwrap_or_default().to_string(),
         ..Default::default()
     }
+}
+
+fn encryption(args: &Options) -> Encryption {
+    Encryption {
+        enabled: args.enable_wireguard,
+        strict: args.enable_wireguard && args.encryption_strict_mode,
+    }
+}
+
+/// The pods' MTU when `--mtu` is not given: the underlay's (1500 unless WireGuard is on and the
+/// node's device says otherwise) less WireGuard's overhead when it is on and VXLAN's in tunnel
+/// mode: 1450/1500 without WireGuard, 1390/1440 with it, on a 1500-byte underlay.
+pub fn default_mtu(routing: Routing, wireguard: bool, underlay: u32) -> u32 {
+    let mut mtu = underlay;
+    if wireguard {
+        mtu -= crate::netcmd::WIREGUARD_OVERHEAD;
+    }
+    if routing == Routing::Tunnel {
+        mtu -= crate::netcmd::VXLAN_OVERHEAD;
+    }
+    mtu
 }
 
 fn load_datapath(
@@ -81,7 +129,10 @@ fn load_datapath(
     gateway: Ipv4Addr,
 ) -> Result<Arc<dyn Datapath>> {
     match args.datapath {
-        DatapathKind::Fake => Ok(Arc::new(FakeDatapath::new())),
+        DatapathKind::Fake => Ok(Arc::new(FakeDatapath::with_encryption(
+            args.node_ip,
+            encryption(args),
+        ))),
         DatapathKind::Ebpf => {
             let pin_dir = args.state_dir.join("bpffs");
             std::fs::create_dir_all(&pin_dir)
@@ -100,6 +151,7 @@ fn load_datapath(
                 cluster_id: u16::try_from(cluster.id).context("cluster id")?,
                 tunnel_ifname: "plexus_vxlan".into(),
                 pin_dir,
+                encryption: encryption(args),
             })
             .context("load the eBPF datapath")?;
             Ok(Arc::new(dp))
@@ -145,26 +197,92 @@ pub async fn run(args: Options) -> Result<()> {
         node_ip: args.node_ip,
         routing: routing_mode(args.routing),
         policy_default_local_cluster: args.policy_default_local_cluster,
+        encryption: encryption(&args),
     }));
     let routes: Arc<dyn Routes> = if real_kernel {
         Arc::new(KernelRoutes)
     } else {
         Arc::new(NoRoutes)
     };
-    let reconciler = tokio::spawn(Reconciler::new(driver, datapath.clone(), routes).run());
+
+    // The node's WireGuard key, generated once and kept in the state dir.
+    let key_file = args.state_dir.join(WIREGUARD_KEY_FILE);
+    let wireguard_key = if args.enable_wireguard {
+        Some(NodeKey::load_or_create(&key_file).context("the node's WireGuard key")?)
+    } else {
+        None
+    };
+    let underlay_mtu = if real_kernel && args.enable_wireguard {
+        crate::netcmd::underlay_mtu(args.node_ip)?
+    } else {
+        1500
+    };
 
     // This node, published under the lease.
-    let node = own_node(&args, &cluster, cidr, gateway);
-    let node_store = SyncStore::start(
+    let node = own_node(
+        &args,
+        &cluster,
+        cidr,
+        gateway,
+        wireguard_key.as_ref().map(|k| k.public_base64()).as_deref(),
+    );
+    let node_store = Arc::new(SyncStore::start(
         backend.clone(),
         &leases,
         SyncStoreConfig {
             prefix: StateKind::Nodes.state_prefix(&cluster.name),
             canary: None,
         },
-    );
+    ));
     node_store.upsert(node.name.clone(), serde_json::to_vec(&node)?);
-    core.step(Input::NodeUpsert(node));
+    core.step(Input::NodeUpsert(node.clone()));
+
+    let mut reconciler = Reconciler::new(driver, datapath.clone(), routes);
+    let wireguard = match wireguard_key {
+        None => None,
+        Some(key) => {
+            let published = Mutex::new(node);
+            let (store, stepper) = (node_store.clone(), core.clone());
+            // A rotated key: the Node again, with the new public key.
+            let publish = Box::new(move |public: plexus_wireguard::uapi::Key| {
+                let node = {
+                    let mut n = published.lock().unwrap_or_else(|e| e.into_inner());
+                    n.wireguard_pub_key = public.to_string();
+                    n.clone()
+                };
+                match serde_json::to_vec(&node) {
+                    Ok(bytes) => store.upsert(node.name.clone(), bytes),
+                    Err(e) => tracing::warn!(error = %e, "encoding the node"),
+                }
+                stepper.step(Input::NodeUpsert(node));
+            });
+            let kernel: Option<Box<dyn WireguardKernel>> = real_kernel.then(|| {
+                Box::new(KernelSetup::new(
+                    args.routing == Routing::Tunnel,
+                    args.node_ip,
+                    underlay_mtu - crate::netcmd::WIREGUARD_OVERHEAD,
+                )) as Box<dyn WireguardKernel>
+            });
+            tracing::info!(public_key = %key.public_base64(), socket = %args.wireguard_socket.display(), strict = args.encryption_strict_mode, "WireGuard on");
+            let (handle, task) = Wireguard::start(WireguardConfig {
+                device: Arc::new(UapiClient::new(args.wireguard_socket.clone())),
+                datapath: datapath.clone(),
+                key,
+                key_file: key_file.clone(),
+                socket: args.wireguard_socket.clone(),
+                strict: args.encryption_strict_mode,
+                publish,
+                kernel,
+            });
+            std::thread::Builder::new()
+                .name("wireguard-sync".into())
+                .spawn(move || task.run())
+                .context("start the WireGuard sync thread")?;
+            reconciler = reconciler.with_wireguard(handle.clone());
+            Some(handle)
+        }
+    };
+    let reconciler = tokio::spawn(reconciler.run());
 
     let identities = Arc::new(IdentityAllocator::new(
         backend.clone(),
@@ -172,10 +290,9 @@ pub async fn run(args: Options) -> Result<()> {
         args.node_name.clone(),
         leases.subscribe(),
     ));
-    let mtu = args.mtu.unwrap_or(match args.routing {
-        Routing::Tunnel => 1450,
-        Routing::Native => 1500,
-    });
+    let mtu = args
+        .mtu
+        .unwrap_or_else(|| default_mtu(args.routing, args.enable_wireguard, underlay_mtu));
     let endpoints = Arc::new(
         Endpoints::new(EndpointsConfig {
             datapath: datapath.clone(),
@@ -204,6 +321,11 @@ pub async fn run(args: Options) -> Result<()> {
             core: core.clone(),
             real_kernel,
             podman_state: args.podman_state.clone(),
+            encrypt_key: if args.enable_wireguard {
+                WIREGUARD_ENCRYPT_KEY
+            } else {
+                0
+            },
         })
         .await?,
     );
@@ -250,6 +372,7 @@ pub async fn run(args: Options) -> Result<()> {
         core,
         endpoints,
         datapath,
+        wireguard,
     });
 
     if let Some(dir) = args.api_socket.parent() {

@@ -59,6 +59,7 @@ pub struct Endpoints {
     core: CoreHandle,
     real_kernel: bool,
     podman_state: PathBuf,
+    encrypt_key: u8,
 }
 
 /// How long a registration waits for its ipcache entry to reach the datapath.
@@ -147,6 +148,9 @@ pub struct EndpointsConfig {
     pub real_kernel: bool,
     /// podman's state file, read for registrations from podman networks.
     pub podman_state: PathBuf,
+    /// The `Key` of the endpoints' ip -> identity entries: Cilium's encryption key index of
+    /// this node's endpoints (255, `StaticEncryptKey`, with WireGuard; 0 without).
+    pub encrypt_key: u8,
 }
 
 impl Endpoints {
@@ -184,6 +188,7 @@ impl Endpoints {
             core: config.core,
             real_kernel: config.real_kernel,
             podman_state: config.podman_state,
+            encrypt_key: config.encrypt_key,
         };
         let restored: Vec<EndpointState> = {
             let inner = this.inner.lock().await;
@@ -270,7 +275,7 @@ impl Endpoints {
             mask: None,
             host_ip: self.node_ip.to_string(),
             id: ep.identity,
-            key: 0,
+            key: self.encrypt_key,
             metadata: String::new(),
             k8s_namespace: ep.namespace.clone(),
             k8s_pod_name: ep.pod.clone(),

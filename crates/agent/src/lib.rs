@@ -51,4 +51,6 @@ pub struct Agent {
     core: CoreHandle,
     endpoints: Arc<Endpoints>,
     datapath: Arc<dyn Datapath>,
+    /// The node's WireGuard, when `enable-wireguard` is on.
+    wireguard: Option<Arc<shell::wireguard::Wireguard>>,
 }

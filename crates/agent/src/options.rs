@@ -87,7 +87,17 @@ pub struct Options {
     /// podman's state file (`<graphroot>/libpod/bolt_state.db`), where the identity of a
     /// container registered by a CNI network with `"runtime": "podman"` is read.
     pub podman_state: PathBuf,
+    /// `enable-wireguard`: pod traffic to other nodes goes through the node's WireGuard device.
+    pub enable_wireguard: bool,
+    /// `encryption-strict-mode`: with WireGuard, pod traffic to a node without a configured
+    /// peer is dropped (default true; without WireGuard it has no effect).
+    pub encryption_strict_mode: bool,
+    /// The WireGuard device's UAPI socket.
+    pub wireguard_socket: PathBuf,
 }
+
+/// Where the WireGuard device listens by default (as `wireguard-go plexus_wg0` would).
+pub const DEFAULT_WIREGUARD_SOCKET: &str = "/run/wireguard/plexus_wg0.sock";
 
 impl Options {
     /// The options of this process: its command line (clap prints the usage and exits on a
@@ -151,6 +161,11 @@ impl Options {
             podman_state: c
                 .podman_state
                 .unwrap_or_else(|| PathBuf::from(plexus_podman::DEFAULT_STATE_PATH)),
+            enable_wireguard: c.enable_wireguard.unwrap_or(false),
+            encryption_strict_mode: c.encryption_strict_mode.unwrap_or(true),
+            wireguard_socket: c
+                .wireguard_socket
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_WIREGUARD_SOCKET)),
         };
         // Refuse a half-given etcd identity now, naming the file, not at connect time.
         plexus_config::etcd_config(
@@ -202,6 +217,15 @@ mod tests {
         assert!(o.policy_default_local_cluster);
         assert_eq!(o.mtu, None);
         assert!(o.etcd_config().unwrap().tls.is_none());
+        assert!(!o.enable_wireguard);
+        assert!(
+            o.encryption_strict_mode,
+            "strict by default once WireGuard is on"
+        );
+        assert_eq!(
+            o.wireguard_socket,
+            PathBuf::from("/run/wireguard/plexus_wg0.sock")
+        );
     }
 
     #[test]
@@ -302,9 +326,15 @@ mod tests {
             "--clustermesh-config=/m",
             "--api-socket=/a.sock",
             "--policy-default-local-cluster=false",
+            "--enable-wireguard=true",
+            "--encryption-strict-mode=false",
+            "--wireguard-socket=/w.sock",
         ])
         .unwrap();
         let o = Options::from_layers(cli.config.as_deref(), cli.flags).unwrap();
         assert!(!o.policy_default_local_cluster);
+        assert!(o.enable_wireguard);
+        assert!(!o.encryption_strict_mode);
+        assert_eq!(o.wireguard_socket, PathBuf::from("/w.sock"));
     }
 }

@@ -1,5 +1,6 @@
 //! What the API lists, read from the core and answered in `plexus_agent_api`'s types: nodes,
-//! identities, services with their backends, policies and an endpoint's resolved policy.
+//! identities, services with their backends, policies and an endpoint's resolved policy, and
+//! the node's encryption (its WireGuard device's peers beside the desired ones).
 
 use plexus_agent_api::types::{
     Affinity, Backend, BackendPort, BackendState, Direction, PolicyObject, ServiceBackends, Verdict,
@@ -185,6 +186,85 @@ pub fn endpoint_policy(core: &NodeCore, id: u16) -> EndpointPolicy {
                 }
             })
             .collect(),
+    }
+}
+
+/// Unix seconds of `t` (`None` before the epoch).
+fn unix(t: std::time::SystemTime) -> Option<u64> {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs())
+}
+
+/// The encryption report of a node with WireGuard: `base` (the node's names) completed from
+/// its WireGuard handle and the device's live state `live` (or why it could not be read).
+/// Peers are the union of the device's and the desired ones, by key.
+pub fn encryption(
+    base: plexus_agent_api::EncryptionReport,
+    wg: &crate::shell::wireguard::Wireguard,
+    live: Result<plexus_wireguard::uapi::DeviceInfo, String>,
+) -> plexus_agent_api::EncryptionReport {
+    use plexus_agent_api::{EncryptionMode, PeerReport};
+    let status = wg.status();
+    let desired = wg.desired();
+    let (device_reachable, device_error, device) = match live {
+        Ok(info) => (true, status.error.clone(), Some(info)),
+        Err(e) => (false, Some(e), None),
+    };
+    let mut peers: Vec<PeerReport> = Vec::new();
+    if let Some(info) = &device {
+        for p in &info.peers {
+            let want = desired.get(&p.public_key);
+            peers.push(PeerReport {
+                public_key: p.public_key.to_string(),
+                cluster: want.map(|w| w.cluster.clone()),
+                node: want.map(|w| w.node.clone()),
+                node_ip: want.map(|w| w.node_ip.to_string()),
+                endpoint: p.endpoint.map(|e| e.to_string()),
+                allowed_ips: p.allowed_ips.iter().map(ToString::to_string).collect(),
+                last_handshake: p.last_handshake.and_then(unix),
+                rx_bytes: p.rx_bytes,
+                tx_bytes: p.tx_bytes,
+                configured: true,
+                desired: want.is_some(),
+            });
+        }
+    }
+    for (key, w) in &desired {
+        let on_device = device
+            .as_ref()
+            .is_some_and(|i| i.peers.iter().any(|p| p.public_key == *key));
+        if on_device {
+            continue;
+        }
+        peers.push(PeerReport {
+            public_key: key.to_string(),
+            cluster: Some(w.cluster.clone()),
+            node: Some(w.node.clone()),
+            node_ip: Some(w.node_ip.to_string()),
+            endpoint: Some(w.endpoint.to_string()),
+            allowed_ips: w.allowed_ips.iter().map(ToString::to_string).collect(),
+            last_handshake: None,
+            rx_bytes: 0,
+            tx_bytes: 0,
+            configured: false,
+            desired: true,
+        });
+    }
+    peers.sort_by(|a, b| {
+        (&a.cluster, &a.node, &a.public_key).cmp(&(&b.cluster, &b.node, &b.public_key))
+    });
+    plexus_agent_api::EncryptionReport {
+        mode: EncryptionMode::Wireguard,
+        strict: wg.strict(),
+        public_key: Some(wg.public_key().to_string()),
+        port: device.as_ref().map(|i| i.listen_port).filter(|p| *p != 0),
+        socket: Some(wg.socket().display().to_string()),
+        device_reachable,
+        device_error,
+        last_synced: status.last_synced.and_then(unix),
+        peers,
+        ..base
     }
 }
 

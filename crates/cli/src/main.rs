@@ -5,6 +5,8 @@
 //! - `clustermesh enable|connect|disconnect|status` ([`clustermesh`]);
 //! - per node: `status`, `endpoint list`, `node list`, `identity list`, `bpf ipcache list`, `bpf lb list`,
 //!   `monitor` ([`node`]);
+//! - `encryption status|rotate-key`: WireGuard keys, devices and peers of a cluster's nodes
+//!   ([`encryption`]);
 //! - `node join`: the files a new host needs to run a cluster's agent ([`join`]);
 //! - `host install-cni` ([`host`]): set up a host's podman to run containers on Plexus;
 //! - `context list|use`. Contexts live in the configuration file of [`config`]; a context with
@@ -12,6 +14,7 @@
 
 mod clustermesh;
 mod config;
+mod encryption;
 mod host;
 mod join;
 mod lab;
@@ -160,6 +163,11 @@ enum Command {
         #[arg(long = "type", value_parser = ["drop", "trace"])]
         kind: Option<String>,
     },
+    /// WireGuard encryption of the cluster's nodes (every node, or --node).
+    Encryption {
+        #[command(subcommand)]
+        command: EncryptionCommand,
+    },
     /// List or switch contexts.
     Context {
         #[command(subcommand)]
@@ -193,6 +201,24 @@ enum HostCommand {
         /// The plexus-cni binary to copy (default: the one beside this plexus binary).
         #[arg(long, requires = "cni_bin_dir")]
         cni_plugin: Option<PathBuf>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum EncryptionCommand {
+    /// Per node: the public key, the port, the device, and each peer with its endpoint,
+    /// allowed IPs, last handshake and bytes.
+    Status {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// A new WireGuard key for each node (one after the other): set on its device, published
+    /// in its Node, picked up by its peers.
+    RotateKey {
         /// Output format.
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
@@ -906,6 +932,20 @@ fn run(cli: Cli) -> Result<u8> {
                 )
                 .await?
             }
+            Command::Encryption { command } => match command {
+                EncryptionCommand::Status { output } => {
+                    encryption::status(cfg.context(ctx_name, &path)?, node, output == Output::Json)
+                        .await?
+                }
+                EncryptionCommand::RotateKey { output } => {
+                    encryption::rotate_key(
+                        cfg.context(ctx_name, &path)?,
+                        node,
+                        output == Output::Json,
+                    )
+                    .await?
+                }
+            },
             Command::Monitor { kind } => {
                 let kind = kind
                     .as_deref()

@@ -1,4 +1,5 @@
-//! Per-node commands: `status`, `endpoint list|get`, `node list`, `identity list`,
+//! Per-node commands: `status` (with its encryption line), `endpoint list|get`, `node list`,
+//! `identity list`,
 //! `service list`, `policy get`, `bpf ipcache list`, `bpf lb list`, `monitor`. They ask one
 //! node's agent over its socket (`--node`, default the cluster's first node).
 
@@ -20,7 +21,7 @@ use crate::config::Context;
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The node named `node` (default: the context's first) and a client of its agent.
-fn agent(ctx: &Context, node: Option<&str>) -> Result<(String, Client)> {
+pub(crate) fn agent(ctx: &Context, node: Option<&str>) -> Result<(String, Client)> {
     let a = match node {
         Some(n) => ctx.agents.iter().find(|a| a.node == n).with_context(|| {
             format!(
@@ -116,7 +117,25 @@ fn print_status(v: &AgentStatus) -> Result<()> {
     println!("Endpoints: {}", v.endpoints);
     let (configured, ready) = v.remote_clusters;
     println!("ClusterMesh: {ready}/{configured} remote clusters ready");
+    println!("{}", encryption_line(&v.encryption));
     Ok(())
+}
+
+/// `Encryption: WireGuard (userspace), N peers` or `Encryption: Disabled`.
+fn encryption_line(e: &plexus_agent_api::EncryptionSummary) -> String {
+    match e.mode {
+        plexus_agent_api::EncryptionMode::Disabled => "Encryption: Disabled".to_string(),
+        plexus_agent_api::EncryptionMode::Wireguard => format!(
+            "Encryption: WireGuard (userspace), {} peer{}{}",
+            e.peers,
+            if e.peers == 1 { "" } else { "s" },
+            if e.device_reachable {
+                ""
+            } else {
+                " (device unreachable)"
+            }
+        ),
+    }
 }
 
 fn print_endpoints(name: &str, rows: &[EndpointInfo]) -> Result<()> {
@@ -406,7 +425,7 @@ pub fn agent_hint(err: &ApiError, node: &str) -> String {
 }
 
 /// An agent call's error, with what to try.
-fn ask_error(node: &str, err: ApiError) -> anyhow::Error {
+pub(crate) fn ask_error(node: &str, err: ApiError) -> anyhow::Error {
     let hint = agent_hint(&err, node);
     anyhow::Error::new(err).context(format!("ask the agent of node {node} (hint: {hint})"))
 }

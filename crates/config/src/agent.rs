@@ -13,6 +13,8 @@
 //! etcd-key: /etc/plexus/pki/node1.key
 //! clustermesh-config: /etc/plexus/clustermesh
 //! api-socket: /run/plexus/agent.sock
+//! enable-wireguard: true                          # optional: encrypt node-to-node traffic
+//! wireguard-socket: /run/wireguard/plexus_wg0.sock
 //! ```
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -168,6 +170,21 @@ pub struct AgentConfig {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub podman_state: Option<PathBuf>,
+    /// Encrypt pod traffic to other nodes (of this cluster and remote ones) with WireGuard, as
+    /// Cilium's `enable-wireguard`: the agent drives the node's userspace device
+    /// (`plexus-wireguard`, started beside the agent, never by it) [default: false].
+    #[arg(long, action = clap::ArgAction::Set)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_wireguard: Option<bool>,
+    /// With WireGuard on: drop pod traffic to another node whose WireGuard peer is not
+    /// configured yet, rather than send it in the clear [default: true].
+    #[arg(long, action = clap::ArgAction::Set)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_strict_mode: Option<bool>,
+    /// The WireGuard device's UAPI socket [default: /run/wireguard/plexus_wg0.sock].
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard_socket: Option<PathBuf>,
 }
 
 crate::file_methods!(AgentConfig);

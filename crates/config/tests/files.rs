@@ -51,6 +51,9 @@ clustermesh-service-cache-ttl: 1m 30s
 policy-default-local-cluster: false
 prometheus-listen: 0.0.0.0:9962
 podman-state: /var/lib/containers/storage/libpod/bolt_state.db
+enable-wireguard: true
+encryption-strict-mode: false
+wireguard-socket: /run/wireguard/plexus_wg0.sock
 "#,
     )
     .unwrap();
@@ -86,6 +89,9 @@ podman-state: /var/lib/containers/storage/libpod/bolt_state.db
             policy_default_local_cluster: Some(false),
             prometheus_listen: Some("0.0.0.0:9962".parse().unwrap()),
             podman_state: p("/var/lib/containers/storage/libpod/bolt_state.db"),
+            enable_wireguard: Some(true),
+            encryption_strict_mode: Some(false),
+            wireguard_socket: p("/run/wireguard/plexus_wg0.sock"),
         }
     );
     // What it writes reads back the same (the form `plexus node join` writes).

@@ -208,6 +208,7 @@ fn ebpf_node(nets: &mut Netns, prefix: &str, pin_dir: &Path) -> (Node, Arc<EbpfD
         cluster_id: 1,
         tunnel_ifname: "plexus_vxlan".into(),
         pin_dir: pin_dir.to_owned(),
+        encryption: Default::default(),
     };
     let eps = [endpoint(&client, 11, 5001), endpoint(&server, 12, 5002)];
     let dp = node.run(move || {

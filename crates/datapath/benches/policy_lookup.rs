@@ -52,6 +52,7 @@ fn main() {
                     cluster_id: 1,
                     tunnel_ifname: "unused".into(),
                     pin_dir: fs.path().join("node"),
+                    encryption: Default::default(),
                 },
                 79,
             )

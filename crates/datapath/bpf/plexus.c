@@ -10,7 +10,8 @@
  * and between nodes in the VXLAN VNI. Each step is a static function so that egress policy
  * slots in between the existing ones. Service load balancing (lib/lb.h) translates a packet to
  * a frontend into one to its backend first thing in from_container, so every later step sees
- * the backend; replies get the service back in to_container.
+ * the backend; replies get the service back in to_container. With WireGuard in strict mode
+ * (lib/encrypt.h), from_container drops what would reach another node unencrypted.
  */
 #include "lib/common.h"
 #include "lib/maps.h"
@@ -21,6 +22,7 @@
 #include "lib/policy.h"
 #include "lib/conntrack.h"
 #include "lib/lb.h"
+#include "lib/encrypt.h"
 
 char LICENSE[] SEC("license") = "Apache-2.0";
 
@@ -124,6 +126,11 @@ static __always_inline int ipv4_from_container(struct __sk_buff *skb, const stru
 	dst_identity = remote ? remote->sec_identity : IDENTITY_WORLD;
 	if (policy_egress(src, dst_identity, &pi) != POLICY_ALLOW)
 		return send_drop(skb, DROP_POLICY_DENIED, DIR_EGRESS, src->ep_id, src_identity,
+				 dst_identity, &pi);
+
+	/* Strict mode: nothing to another node leaves before its WireGuard peer is there. */
+	if (remote && encrypt_strict_drop(cfg, remote->tunnel_endpoint))
+		return send_drop(skb, DROP_UNENCRYPTED, DIR_EGRESS, src->ep_id, src_identity,
 				 dst_identity, &pi);
 
 	if (remote && remote->tunnel_endpoint && cfg->routing_mode == ROUTING_TUNNEL)

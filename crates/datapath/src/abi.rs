@@ -96,6 +96,7 @@ pub(crate) fn encode_config(cfg: &NodeConfig, tunnel_ifindex: u32) -> ConfigByte
     b[8..12].copy_from_slice(&cfg.routing.as_raw().to_ne_bytes());
     b[12..16].copy_from_slice(&cfg.gateway_ip.octets());
     b[16..20].copy_from_slice(&u32::from(cfg.cluster_id).to_ne_bytes());
+    b[20..24].copy_from_slice(&cfg.encryption.as_raw_flags().to_ne_bytes());
     b
 }
 

@@ -48,6 +48,9 @@ pub enum DropReason {
     TunnelKeyFailed,
     /// A packet to a service frontend that has no active backend.
     NoServiceBackend,
+    /// Strict-mode encryption: the destination's node has no WireGuard peer yet, so the packet
+    /// would have left unencrypted.
+    Unencrypted,
     /// A reason this version does not know.
     Other(u8),
 }
@@ -67,6 +70,7 @@ impl DropReason {
             9 => Self::NoConfig,
             10 => Self::TunnelKeyFailed,
             11 => Self::NoServiceBackend,
+            12 => Self::Unencrypted,
             other => Self::Other(other),
         }
     }
@@ -85,6 +89,7 @@ impl DropReason {
             Self::NoConfig => 9,
             Self::TunnelKeyFailed => 10,
             Self::NoServiceBackend => 11,
+            Self::Unencrypted => 12,
             Self::Other(raw) => raw,
         }
     }
@@ -103,6 +108,7 @@ impl DropReason {
             Self::NoConfig => "Datapath not configured".into(),
             Self::TunnelKeyFailed => "Failed to set tunnel key".into(),
             Self::NoServiceBackend => "Service backend not found".into(),
+            Self::Unencrypted => "Traffic is unencrypted".into(),
             Self::Other(raw) => format!("Unknown reason {raw}"),
         }
     }

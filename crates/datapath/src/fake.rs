@@ -4,7 +4,7 @@
 //! lets a test inject monitor events with [`FakeDatapath::emit`].
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     sync::{Mutex, MutexGuard},
 };
@@ -12,8 +12,8 @@ use std::{
 use tokio::sync::broadcast;
 
 use crate::{
-    Datapath, DatapathError, EVENT_CHANNEL_CAPACITY, Endpoint, Frontend, IpcacheValue, LbService,
-    Metric, MonitorEvent, Prefix, validate_endpoint, validate_ipcache,
+    Datapath, DatapathError, EVENT_CHANNEL_CAPACITY, Encryption, Endpoint, Frontend, IpcacheValue,
+    LbService, Metric, MonitorEvent, Prefix, validate_endpoint, validate_ipcache,
 };
 
 /// In-memory maps behind the [`Datapath`] trait.
@@ -23,6 +23,9 @@ pub struct FakeDatapath {
     ipcache: Mutex<BTreeMap<Prefix, IpcacheValue>>,
     services: Mutex<BTreeMap<Frontend, LbService>>,
     policies: Mutex<crate::PolicyTables>,
+    encrypted_nodes: Mutex<BTreeSet<Ipv4Addr>>,
+    /// This node's address and its encryption, for [`FakeDatapath::strict_drop`].
+    encryption: Mutex<(Ipv4Addr, Encryption)>,
     events: broadcast::Sender<MonitorEvent>,
 }
 
@@ -45,8 +48,28 @@ impl FakeDatapath {
             ipcache: Mutex::new(BTreeMap::new()),
             services: Mutex::new(BTreeMap::new()),
             policies: Mutex::new(BTreeMap::new()),
+            encrypted_nodes: Mutex::new(BTreeSet::new()),
+            encryption: Mutex::new((Ipv4Addr::UNSPECIFIED, Encryption::DISABLED)),
             events: broadcast::channel(EVENT_CHANNEL_CAPACITY).0,
         }
+    }
+
+    /// Empty maps of node `node_ip` with `encryption`, as [`crate::NodeConfig`] configures the
+    /// real datapath.
+    pub fn with_encryption(node_ip: Ipv4Addr, encryption: Encryption) -> Self {
+        let dp = Self::new();
+        *lock(&dp.encryption) = (node_ip, encryption);
+        dp
+    }
+
+    /// Whether `from_container` would drop a pod's packet to `dst` as unencrypted (strict
+    /// mode, the destination's node without a WireGuard peer): the programs' rule on these
+    /// maps.
+    pub fn strict_drop(&self, dst: Ipv4Addr) -> bool {
+        let (node_ip, encryption) = *lock(&self.encryption);
+        let node = self.lookup(dst).and_then(|(_, v)| v.tunnel_endpoint);
+        let encrypted = lock(&self.encrypted_nodes);
+        encryption.strict_drop(node_ip, node, |n| encrypted.contains(&n))
     }
 
     /// Sends an event to the subscribers, as the ring-buffer reader would.
@@ -114,6 +137,20 @@ impl Datapath for FakeDatapath {
 
     fn subscribe(&self) -> broadcast::Receiver<MonitorEvent> {
         self.events.subscribe()
+    }
+
+    fn upsert_encrypted_node(&self, node: Ipv4Addr) -> Result<(), DatapathError> {
+        lock(&self.encrypted_nodes).insert(node);
+        Ok(())
+    }
+
+    fn remove_encrypted_node(&self, node: Ipv4Addr) -> Result<(), DatapathError> {
+        lock(&self.encrypted_nodes).remove(&node);
+        Ok(())
+    }
+
+    fn encrypted_nodes(&self) -> Result<BTreeSet<Ipv4Addr>, DatapathError> {
+        Ok(lock(&self.encrypted_nodes).clone())
     }
 
     fn upsert_service(&self, service: &LbService) -> Result<(), DatapathError> {
@@ -234,6 +271,51 @@ mod tests {
         dp.remove_ipcache("10.1.9.9/16".parse().unwrap()).unwrap();
         assert_eq!(id("10.1.2.4"), Some(10));
         assert_eq!(dp.ipcache().unwrap().len(), 2);
+    }
+
+    /// The fake applies the programs' strict-mode rule to its maps (the kernel side is
+    /// `tests/prog_test_run.rs`).
+    #[test]
+    fn strict_mode_drops_until_the_node_has_a_peer() {
+        let this = Ipv4Addr::new(192, 168, 0, 1);
+        let other = Ipv4Addr::new(192, 168, 0, 2);
+        let behind = |node| IpcacheValue {
+            identity: 5000,
+            tunnel_endpoint: Some(node),
+            cluster_id: 1,
+        };
+        for (encryption, drops) in [
+            (
+                Encryption {
+                    enabled: true,
+                    strict: true,
+                },
+                true,
+            ),
+            (
+                Encryption {
+                    enabled: true,
+                    strict: false,
+                },
+                false,
+            ),
+            (Encryption::DISABLED, false),
+        ] {
+            let dp = FakeDatapath::with_encryption(this, encryption);
+            dp.upsert_ipcache("10.2.0.0/24".parse().unwrap(), behind(other))
+                .unwrap();
+            dp.upsert_ipcache("10.1.0.0/24".parse().unwrap(), behind(this))
+                .unwrap();
+            let remote_pod = Ipv4Addr::new(10, 2, 0, 7);
+            assert_eq!(dp.strict_drop(remote_pod), drops, "{encryption:?}");
+            assert!(!dp.strict_drop(Ipv4Addr::new(10, 1, 0, 7)), "this node");
+            assert!(!dp.strict_drop(Ipv4Addr::new(8, 8, 8, 8)), "no node");
+            dp.upsert_encrypted_node(other).unwrap();
+            assert!(!dp.strict_drop(remote_pod));
+            assert_eq!(dp.encrypted_nodes().unwrap(), BTreeSet::from([other]));
+            dp.remove_encrypted_node(other).unwrap();
+            assert_eq!(dp.strict_drop(remote_pod), drops);
+        }
     }
 
     #[tokio::test]

@@ -21,6 +21,11 @@
 //! keyed by peer identity, protocol and port, in one longest-prefix map; egress is checked in
 //! `from_container` after service translation, ingress in `to_container`; every flow is tracked
 //! so replies of allowed connections pass. IPv4 only for now.
+//!
+//! Encryption ([`Encryption`] in [`NodeConfig`]): with WireGuard in strict mode, a pod's packet
+//! to a pod behind another node is dropped ([`DropReason::Unencrypted`]) unless that node is
+//! one of [`Datapath::encrypted_nodes`] (a WireGuard peer is configured for it). The routing
+//! into the WireGuard device itself is the agent's (policy routing, routes).
 
 pub mod bpffs;
 pub mod ebpf;
@@ -40,8 +45,9 @@ pub use event::{DropReason, EventKind, MonitorEvent, ObservationPoint};
 pub use fake::FakeDatapath;
 pub use lb::{Frontend, L4Proto, LbService};
 pub use types::{
-    Direction, Endpoint, IDENTITY_HOST, IDENTITY_LOCAL_BASE, IDENTITY_LOCAL_MAX, IDENTITY_MAX,
-    IDENTITY_UNKNOWN, IDENTITY_WORLD, IpcacheValue, Metric, NodeConfig, Prefix, RoutingMode,
+    Direction, Encryption, Endpoint, IDENTITY_HOST, IDENTITY_LOCAL_BASE, IDENTITY_LOCAL_MAX,
+    IDENTITY_MAX, IDENTITY_UNKNOWN, IDENTITY_WORLD, IpcacheValue, Metric, NodeConfig, Prefix,
+    RoutingMode,
 };
 
 /// Capacity of the event broadcast channel; slow subscribers see `Lagged` and lose events,
@@ -164,6 +170,15 @@ pub trait Datapath: Send + Sync {
     fn remove_policy(&self, endpoint_id: u16) -> Result<(), DatapathError>;
     /// The endpoints with a policy and its compiled map entries (key -> deny).
     fn policies(&self) -> Result<PolicyTables, DatapathError>;
+    /// Marks the node at underlay address `node` as having a configured WireGuard peer: in
+    /// strict mode, pod traffic to it passes from now on. Call it after the device accepted
+    /// the peer.
+    fn upsert_encrypted_node(&self, node: Ipv4Addr) -> Result<(), DatapathError>;
+    /// Forgets `node` (its peer is about to go): in strict mode, pod traffic to it is dropped.
+    /// Removing an unknown node is not an error.
+    fn remove_encrypted_node(&self, node: Ipv4Addr) -> Result<(), DatapathError>;
+    /// The nodes marked with [`Datapath::upsert_encrypted_node`], in address order.
+    fn encrypted_nodes(&self) -> Result<std::collections::BTreeSet<Ipv4Addr>, DatapathError>;
 }
 
 /// Per endpoint: ingress and egress enforcement, and the compiled entries (key -> deny).

@@ -37,8 +37,10 @@ pub const MAP_LB_SERVICES: &str = "PLEXUS_LB_SERVICES";
 pub const MAP_LB_BACKENDS: &str = "PLEXUS_LB_BACKENDS";
 /// LRU hash: connection tracking (the backend of each service connection, reverse NAT).
 pub const MAP_CT: &str = "PLEXUS_CT";
+/// Hash: underlay addresses of the nodes with a configured WireGuard peer (strict mode).
+pub const MAP_WG_PEERS: &str = "PLEXUS_WG_PEERS";
 /// All maps in the object; all are pinned by name.
-pub const MAPS: [&str; 10] = [
+pub const MAPS: [&str; 11] = [
     MAP_IPCACHE,
     MAP_ENDPOINTS,
     MAP_CONFIG,
@@ -49,4 +51,5 @@ pub const MAPS: [&str; 10] = [
     MAP_LB_SERVICES,
     MAP_LB_BACKENDS,
     MAP_CT,
+    MAP_WG_PEERS,
 ];

@@ -38,6 +38,56 @@ impl RoutingMode {
     }
 }
 
+/// Transparent encryption of pod traffic between nodes (WireGuard), as the programs see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Encryption {
+    /// Pod traffic to other nodes goes through the node's WireGuard device.
+    pub enabled: bool,
+    /// Strict mode: a pod's packet to a node whose WireGuard peer is not configured (not in
+    /// [`crate::Datapath::encrypted_nodes`]) is dropped ([`crate::DropReason::Unencrypted`]),
+    /// never sent in the clear. Only with `enabled`.
+    pub strict: bool,
+}
+
+impl Encryption {
+    /// No encryption.
+    pub const DISABLED: Self = Self {
+        enabled: false,
+        strict: false,
+    };
+
+    /// The bits of `node_config.flags` in the BPF programs.
+    pub(crate) fn as_raw_flags(self) -> u32 {
+        let mut flags = 0;
+        if self.enabled {
+            flags |= 0x1;
+            if self.strict {
+                flags |= 0x2;
+            }
+        }
+        flags
+    }
+
+    /// Whether a pod's packet to a destination behind `node` (not this node, `this_node`) is
+    /// dropped when `encrypted` says which nodes have a peer: the programs' rule, for the fake
+    /// datapath and for tests.
+    pub fn strict_drop(
+        self,
+        this_node: Ipv4Addr,
+        node: Option<Ipv4Addr>,
+        encrypted: impl FnOnce(Ipv4Addr) -> bool,
+    ) -> bool {
+        let flags = self.as_raw_flags();
+        if flags & 0x3 != 0x3 {
+            return false;
+        }
+        match node {
+            Some(n) if !n.is_unspecified() && n != this_node => !encrypted(n),
+            _ => false,
+        }
+    }
+}
+
 /// What the datapath of one node needs to know about that node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeConfig {
@@ -53,6 +103,8 @@ pub struct NodeConfig {
     pub tunnel_ifname: String,
     /// A directory on a bpffs where maps and links are pinned; reused across restarts.
     pub pin_dir: PathBuf,
+    /// WireGuard encryption and its strict mode.
+    pub encryption: Encryption,
 }
 
 /// A pod on this node, as the datapath sees it.

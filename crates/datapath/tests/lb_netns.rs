@@ -172,6 +172,7 @@ fn a_client_pod_reaches_two_backends_and_itself_through_services() {
         cluster_id: 1,
         tunnel_ifname: "plexus_vxlan".into(),
         pin_dir: fs.path().join("node"),
+        encryption: Default::default(),
     };
     let eps = [
         endpoint(&client, 11, 5001),
@@ -349,6 +350,7 @@ fn service_backend_on_another_node(routing: RoutingMode) {
         cluster_id: 1,
         tunnel_ifname: "plexus_vxlan".into(),
         pin_dir: fs.path().join(name),
+        encryption: Default::default(),
     };
     let setup = |cfg: NodeConfig,
                  ep: plexus_datapath::Endpoint,

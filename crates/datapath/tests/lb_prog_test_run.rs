@@ -48,6 +48,7 @@ fn config(fs: &common::Bpffs) -> NodeConfig {
         cluster_id: 1,
         tunnel_ifname: "unused".into(),
         pin_dir: fs.path().join("node"),
+        encryption: Default::default(),
     }
 }
 

@@ -104,6 +104,7 @@ fn two_pods_ping_through_the_datapath_and_survive_a_restart() {
         cluster_id: 1,
         tunnel_ifname: "plexus_vxlan".into(),
         pin_dir: fs.path().join("node"),
+        encryption: Default::default(),
     };
     let (ep_a, ep_b) = (endpoint(&a, 101, 5001), endpoint(&b, 102, 5002));
 
@@ -197,6 +198,7 @@ fn node_config(fs: &common::Bpffs, name: &str, node_ip: Ipv4Addr) -> NodeConfig 
         cluster_id: 1,
         tunnel_ifname: "plexus_vxlan".into(),
         pin_dir: fs.path().join(name),
+        encryption: Default::default(),
     }
 }
 

@@ -7,7 +7,7 @@ mod common;
 use std::{net::Ipv4Addr, time::Duration};
 
 use plexus_datapath::{
-    Datapath, Direction, DropReason, EbpfDatapath, Endpoint, EventKind, IDENTITY_WORLD,
+    Datapath, Direction, DropReason, EbpfDatapath, Encryption, Endpoint, EventKind, IDENTITY_WORLD,
     IpcacheValue, MonitorEvent, NodeConfig, ObservationPoint, Prefix, RoutingMode,
     ebpf::verdict,
     object::{PROG_FROM_CONTAINER, PROG_FROM_OVERLAY, PROG_TO_CONTAINER},
@@ -35,6 +35,10 @@ struct Fixture {
 }
 
 fn fixture(routing: RoutingMode) -> Fixture {
+    fixture_with(routing, Encryption::DISABLED)
+}
+
+fn fixture_with(routing: RoutingMode, encryption: Encryption) -> Fixture {
     let fs = common::Bpffs::new();
     let config = NodeConfig {
         node_ip: Ipv4Addr::new(192, 168, 77, 1),
@@ -43,6 +47,7 @@ fn fixture(routing: RoutingMode) -> Fixture {
         cluster_id: 1,
         tunnel_ifname: "unused".into(),
         pin_dir: fs.path().join("node"),
+        encryption,
     };
     let dp = EbpfDatapath::load_unattached(config, 77).unwrap();
     dp.upsert_endpoint(&Endpoint {
@@ -369,10 +374,87 @@ fn maps_pinned_with_another_layout_are_refused() {
         cluster_id: 1,
         tunnel_ifname: "unused".into(),
         pin_dir,
+        encryption: Default::default(),
     };
     let err = EbpfDatapath::load_unattached(config, 77).unwrap_err();
     assert!(
         err.to_string().contains("PLEXUS_ENDPOINTS") && err.to_string().contains("4/24"),
         "{err}"
     );
+}
+
+/// WireGuard strict mode: a pod's packet to a pod behind another node is dropped with its own
+/// reason until that node has a peer (`PLEXUS_WG_PEERS`), in tunnel and native mode alike;
+/// same-node traffic is never checked, and without strict mode nothing is dropped.
+#[tokio::test]
+async fn strict_mode_drops_traffic_to_a_node_without_a_wireguard_peer() {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let strict = Encryption {
+            enabled: true,
+            strict: true,
+        };
+        let pkt = common::tcp_frame(A_POD_MAC, A_HOST_MAC, POD_A, REMOTE_POD, 42728, 6379, 0x02);
+        for (routing, passes) in [
+            (RoutingMode::Tunnel, verdict::REDIRECT),
+            (RoutingMode::Native, verdict::OK),
+        ] {
+            let mut f = fixture_with(routing, strict);
+            let out = f.dp.test_run(PROG_FROM_CONTAINER, &pkt, 0).unwrap();
+            assert_eq!(out.verdict, verdict::SHOT, "{routing:?}");
+            let ev = common::next_event(&mut f.events).await;
+            assert_eq!(ev.drop_reason(), Some(DropReason::Unencrypted));
+            assert_eq!(
+                ev.to_string(),
+                format!(
+                    "xx drop (Traffic is unencrypted) flow {:#x} to endpoint 3833, \
+                     identity 38354->6587186: 10.60.1.7:42728 -> 10.60.2.9:6379 tcp SYN",
+                    ev.flow
+                )
+            );
+            let dropped =
+                f.dp.metrics()
+                    .unwrap()
+                    .into_iter()
+                    .find(|m| m.drop_reason == Some(DropReason::Unencrypted))
+                    .expect("a metric of the drop");
+            assert_eq!((dropped.direction, dropped.packets), (Direction::Egress, 1));
+
+            // Same node: not checked.
+            let local = common::tcp_frame(A_POD_MAC, A_HOST_MAC, POD_A, POD_B, 42728, 80, 0x02);
+            let out = f.dp.test_run(PROG_FROM_CONTAINER, &local, 0).unwrap();
+            assert_eq!(out.verdict, verdict::REDIRECT);
+
+            // The node's peer is configured: its traffic leaves (into the tunnel or the stack,
+            // where the agent's routing sends it through WireGuard).
+            f.dp.upsert_encrypted_node(REMOTE_NODE).unwrap();
+            assert_eq!(
+                f.dp.encrypted_nodes()
+                    .unwrap()
+                    .into_iter()
+                    .collect::<Vec<_>>(),
+                vec![REMOTE_NODE]
+            );
+            let out = f.dp.test_run(PROG_FROM_CONTAINER, &pkt, 0).unwrap();
+            assert_eq!(out.verdict, passes, "{routing:?}");
+
+            // And goes again.
+            f.dp.remove_encrypted_node(REMOTE_NODE).unwrap();
+            f.dp.remove_encrypted_node(REMOTE_NODE).unwrap();
+            let out = f.dp.test_run(PROG_FROM_CONTAINER, &pkt, 0).unwrap();
+            assert_eq!(out.verdict, verdict::SHOT);
+        }
+
+        // WireGuard without strict mode drops nothing.
+        let f = fixture_with(
+            RoutingMode::Tunnel,
+            Encryption {
+                enabled: true,
+                strict: false,
+            },
+        );
+        let out = f.dp.test_run(PROG_FROM_CONTAINER, &pkt, 0).unwrap();
+        assert_eq!(out.verdict, verdict::REDIRECT);
+    })
+    .await
+    .unwrap();
 }

@@ -57,6 +57,17 @@ pub enum NetlinkError {
         #[source]
         source: io::Error,
     },
+    /// Adding or listing a policy-routing rule failed.
+    #[error("rule {rule}: {op}: {source}")]
+    Rule {
+        /// The rule, as `ip rule` would print it (`ipproto udp dport 8472 lookup 201`).
+        rule: String,
+        /// `add` or `list`.
+        op: &'static str,
+        /// The kernel's answer.
+        #[source]
+        source: io::Error,
+    },
     /// Replacing or listing a neighbour entry failed.
     #[error("neighbour {address} on {device}: {source}")]
     Neighbour {
@@ -100,6 +111,7 @@ impl NetlinkError {
             | Self::Device { source: e, .. }
             | Self::Address { source: e, .. }
             | Self::Route { source: e, .. }
+            | Self::Rule { source: e, .. }
             | Self::Neighbour { source: e, .. }
             | Self::Netns { source: e, .. } => e.raw_os_error(),
             _ => None,

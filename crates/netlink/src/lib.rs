@@ -43,6 +43,8 @@ use error::kernel;
 const ENODEV: i32 = 19;
 /// Linux's `ESRCH`: the route to delete does not exist.
 const ESRCH: i32 = 3;
+/// Linux's `EEXIST`: the rule to add is there already.
+const EEXIST: i32 = 17;
 
 /// What the kernel reports about a device.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +78,19 @@ pub struct Route {
     pub oif: Option<u32>,
     /// Whether the route has link scope (the destination is directly on the device).
     pub link_scope: bool,
+}
+
+/// An IPv4 route of another table than main ([`Netlink::ipv4_routes_in_table`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableRoute {
+    /// Destination prefix.
+    pub dst: Ipv4Cidr,
+    /// Whether it is an `unreachable` route.
+    pub unreachable: bool,
+    /// Output interface index.
+    pub oif: Option<u32>,
+    /// Its metric (`priority`).
+    pub metric: u32,
 }
 
 /// An IPv4 neighbour (ARP) entry.
@@ -374,6 +389,180 @@ impl Netlink {
             op: if replace { "replace" } else { "add" },
             source: kernel(e),
         })
+    }
+
+    /// The device that holds the IPv4 address `addr`, if any.
+    pub async fn link_with_address(&self, addr: Ipv4Addr) -> Result<Option<Link>, NetlinkError> {
+        let mut addrs = self
+            .handle
+            .address()
+            .get()
+            .set_address_filter(IpAddr::V4(addr))
+            .execute();
+        let index = match addrs.try_next().await {
+            Ok(Some(msg)) => msg.header.index,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                return Err(NetlinkError::Address {
+                    address: addr.to_string(),
+                    device: "*".to_string(),
+                    source: kernel(e),
+                });
+            }
+        };
+        let mut links = self.handle.link().get().match_index(index).execute();
+        match links.try_next().await {
+            Ok(Some(msg)) => Ok(Some(link_from_message(msg))),
+            Ok(None) => Ok(None),
+            Err(e) => Err(Self::device_err(&format!("index {index}"), "read", e)),
+        }
+    }
+
+    /// Sets a device's MTU (`ip link set DEV mtu MTU`).
+    pub async fn set_mtu(&self, name: &str, mtu: u32) -> Result<(), NetlinkError> {
+        let index = self.ifindex(name).await?;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
+            .execute()
+            .await
+            .map_err(|e| Self::device_err(name, format!("set mtu {mtu}"), e))
+    }
+
+    /// Adds or replaces the route to `dst` on `device` in routing table `table` with metric
+    /// `metric`, link scope, preferring source `src` (`ip route replace DST dev DEV [src SRC]
+    /// table TABLE metric METRIC`).
+    pub async fn route_replace_dev_in_table(
+        &self,
+        dst: Ipv4Cidr,
+        device: &str,
+        src: Option<Ipv4Addr>,
+        table: u32,
+        metric: u32,
+    ) -> Result<(), NetlinkError> {
+        let index = self.ifindex(device).await?;
+        let mut b = route_builder(dst)
+            .output_interface(index)
+            .scope(RouteScope::Link)
+            .table_id(table)
+            .priority(metric);
+        if let Some(src) = src {
+            b = b.pref_source(src);
+        }
+        let src = src.map(|s| format!(" src {s}")).unwrap_or_default();
+        self.route_request(b.build(), true, || {
+            format!("{dst} dev {device}{src} table {table} metric {metric}")
+        })
+        .await
+    }
+
+    /// Adds or replaces an `unreachable` route to `dst` in table `table` with metric `metric`
+    /// (`ip route replace unreachable DST table TABLE metric METRIC`): packets that reach it
+    /// are refused with an ICMP error, never sent elsewhere.
+    pub async fn route_replace_unreachable_in_table(
+        &self,
+        dst: Ipv4Cidr,
+        table: u32,
+        metric: u32,
+    ) -> Result<(), NetlinkError> {
+        let msg = route_builder(dst)
+            .kind(RouteType::Unreachable)
+            .table_id(table)
+            .priority(metric)
+            .build();
+        self.route_request(msg, true, || {
+            format!("unreachable {dst} table {table} metric {metric}")
+        })
+        .await
+    }
+
+    /// The IPv4 routes of table `table`.
+    pub async fn ipv4_routes_in_table(&self, table: u32) -> Result<Vec<TableRoute>, NetlinkError> {
+        let mut routes = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        let mut out = Vec::new();
+        while let Some(msg) = routes.try_next().await.map_err(|e| NetlinkError::Route {
+            route: format!("* table {table}"),
+            op: "list",
+            source: kernel(e),
+        })? {
+            let t = msg
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Table(t) => Some(*t),
+                    _ => None,
+                })
+                .unwrap_or(u32::from(msg.header.table));
+            if t != table {
+                continue;
+            }
+            let mut dst = Ipv4Addr::UNSPECIFIED;
+            let mut oif = None;
+            let mut metric = 0;
+            for a in &msg.attributes {
+                match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = *d,
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::Priority(p) => metric = *p,
+                    _ => {}
+                }
+            }
+            if let Some(dst) = Ipv4Cidr::new(dst, msg.header.destination_prefix_length) {
+                out.push(TableRoute {
+                    dst,
+                    unreachable: msg.header.kind == RouteType::Unreachable,
+                    oif,
+                    metric,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes sure the rule `priority PRIORITY ipproto udp dport PORT lookup TABLE` exists
+    /// (`ip rule add ...`): packets the kernel routes to UDP port `port` (for example the
+    /// outer packets of a UDP tunnel) are routed by table `table`. `Ok(false)` when it was
+    /// there already.
+    pub async fn ensure_rule_udp_dport(
+        &self,
+        port: u16,
+        table: u32,
+        priority: u32,
+    ) -> Result<bool, NetlinkError> {
+        use rtnetlink::packet_route::IpProtocol;
+        use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RulePortRange};
+        let mut req = self
+            .handle
+            .rule()
+            .add()
+            .v4()
+            .table_id(table)
+            .priority(priority)
+            .action(RuleAction::ToTable);
+        let attrs = &mut req.message_mut().attributes;
+        attrs.push(RuleAttribute::IpProtocol(IpProtocol::Udp));
+        attrs.push(RuleAttribute::DestinationPortRange(RulePortRange {
+            start: port,
+            end: port,
+        }));
+        match req.execute().await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let source = kernel(e);
+                if source.raw_os_error() == Some(EEXIST) {
+                    return Ok(false);
+                }
+                Err(NetlinkError::Rule {
+                    rule: format!("priority {priority} ipproto udp dport {port} lookup {table}"),
+                    op: "add",
+                    source,
+                })
+            }
+        }
     }
 
     /// Deletes the main-table route to `dst`, whatever its next hop; `Ok(false)` when there

@@ -6,8 +6,9 @@
 //! name. Every source's entries are kept; the effective entry of a prefix is the strongest
 //! source's, so withdrawing a strong entry uncovers the next one without a gap.
 //!
-//! In native routing mode every other node's pod CIDR is routed through its underlay address;
-//! [`RouteChange`]s say what to add, change or remove.
+//! In native routing mode every other node's pod CIDR is routed through its underlay address,
+//! or, with WireGuard on, into the WireGuard device (nodes that publish a key; every node in
+//! strict mode); [`RouteChange`]s say what to add, change or remove.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -29,8 +30,24 @@ pub enum RouteChange {
         /// The node's underlay address.
         via: Ipv4Addr,
     },
+    /// Route `dst` into the WireGuard device (add or replace): with WireGuard on, the pod
+    /// CIDR of a node that publishes a key (or of every node, in strict mode, so that nothing
+    /// reaches a node in the clear before its key is known).
+    Encrypted {
+        /// The node's pod CIDR.
+        dst: Prefix,
+    },
     /// Remove the route to `dst`.
     Delete(Prefix),
+}
+
+/// Where a route to a node's pod CIDR leads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NextHop {
+    /// The node's underlay address.
+    Via(Ipv4Addr),
+    /// The WireGuard device.
+    Wireguard,
 }
 
 /// A node's underlay (InternalIP) IPv4 address.
@@ -57,8 +74,10 @@ pub struct IpcacheState {
     keys: HashMap<(Source, String), Prefix>,
     /// Nodes by (cluster, name).
     nodes: BTreeMap<(String, String), Node>,
-    /// Desired routes: node pod CIDR -> underlay address, by (cluster, node).
-    routes: BTreeMap<(String, String), (Prefix, Ipv4Addr)>,
+    /// Desired routes: node pod CIDR -> next hop, by (cluster, node).
+    routes: BTreeMap<(String, String), (Prefix, NextHop)>,
+    /// WireGuard and its strict mode.
+    encryption: plexus_datapath::Encryption,
     /// The prefixes policies name, with their node-local identities.
     policy_cidrs: BTreeMap<Prefix, u32>,
     pending: Vec<Change>,
@@ -78,6 +97,7 @@ impl IpcacheState {
             keys: HashMap::new(),
             nodes: BTreeMap::new(),
             routes: BTreeMap::new(),
+            encryption: config.encryption,
             policy_cidrs: BTreeMap::new(),
             pending: Vec::new(),
             pending_routes: Vec::new(),
@@ -194,13 +214,23 @@ impl IpcacheState {
                     return None;
                 };
                 let dst = Prefix::new(addr, cidr.prefix_len).ok()?;
-                Some((dst, underlay(node)?))
+                let via = underlay(node)?;
+                let encrypted = self.encryption.enabled
+                    && (self.encryption.strict || super::encryption::public_key(node).is_some());
+                Some((
+                    dst,
+                    if encrypted {
+                        NextHop::Wireguard
+                    } else {
+                        NextHop::Via(via)
+                    },
+                ))
             })
             .flatten();
         self.set_route(key, route);
     }
 
-    fn set_route(&mut self, key: (String, String), route: Option<(Prefix, Ipv4Addr)>) {
+    fn set_route(&mut self, key: (String, String), route: Option<(Prefix, NextHop)>) {
         let old = match route {
             Some(r) => self.routes.insert(key, r),
             None => self.routes.remove(&key),
@@ -214,8 +244,14 @@ impl IpcacheState {
         {
             self.pending_routes.push(RouteChange::Delete(old_dst));
         }
-        if let Some((dst, via)) = route {
-            self.pending_routes.push(RouteChange::Upsert { dst, via });
+        match route {
+            Some((dst, NextHop::Via(via))) => {
+                self.pending_routes.push(RouteChange::Upsert { dst, via })
+            }
+            Some((dst, NextHop::Wireguard)) => {
+                self.pending_routes.push(RouteChange::Encrypted { dst })
+            }
+            None => {}
         }
     }
 
@@ -296,9 +332,24 @@ impl IpcacheState {
         &self.nodes
     }
 
-    /// The desired routes: pod CIDR -> underlay address.
+    /// The desired routes through an underlay address: pod CIDR -> underlay address.
     pub fn routes(&self) -> BTreeMap<Prefix, Ipv4Addr> {
-        self.routes.values().copied().collect()
+        self.routes
+            .values()
+            .filter_map(|(dst, hop)| match hop {
+                NextHop::Via(via) => Some((*dst, *via)),
+                NextHop::Wireguard => None,
+            })
+            .collect()
+    }
+
+    /// The desired routes into the WireGuard device (pod CIDRs).
+    pub fn encrypted_routes(&self) -> Vec<Prefix> {
+        self.routes
+            .values()
+            .filter(|(_, hop)| *hop == NextHop::Wireguard)
+            .map(|(dst, _)| *dst)
+            .collect()
     }
 
     /// Whether `(cluster, name)` is this node.

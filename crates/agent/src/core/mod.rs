@@ -15,14 +15,16 @@
 //! - the load balancer's whole desired table when anything it depends on changed
 //!   ([`services`]);
 //! - every local endpoint's desired policy when anything it depends on changed ([`policy`]);
-//!   the node-local identities of the CIDRs policies name enter the ipcache first.
+//!   the node-local identities of the CIDRs policies name enter the ipcache first;
+//! - with WireGuard on, the whole desired peer set when the nodes changed ([`encryption`]).
 //!
 //! Module map: [`ipcache`] (sources of ipcache entries and their precedence, routes),
 //! [`remotes`] (remote clusters: cluster id from their config, stale entries after a
 //! reconnect, drain), [`services`] (backends across clusters: global, shared, affinity with its
 //! fallback, unreachable clusters), [`policy`] (selector cache, per-endpoint resolution, CIDR
-//! identities).
+//! identities), [`encryption`] (WireGuard peers from the nodes' keys).
 
+pub mod encryption;
 pub mod ipcache;
 pub mod policy;
 pub mod remotes;
@@ -31,7 +33,7 @@ pub mod services;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use plexus_clustermesh::remote_cluster::MeshEvent;
+use plexus_clustermesh::remote_cluster::{MeshEvent, RemoteEvent};
 use plexus_datapath::policy as dp;
 use plexus_datapath::{Frontend, LbService, Prefix, RoutingMode};
 use plexus_ipcache::Change;
@@ -42,6 +44,7 @@ use plexus_model::labels::Labels;
 use plexus_model::node::Node;
 use plexus_policy::Policy;
 
+pub use self::encryption::{WireguardPeer, WireguardPeers};
 pub use self::ipcache::{IpcacheState, RouteChange};
 pub use self::policy::{PolicyState, PortSpec};
 pub use self::remotes::RemoteState;
@@ -62,6 +65,8 @@ pub struct CoreConfig {
     pub routing: RoutingMode,
     /// `policy-default-local-cluster`.
     pub policy_default_local_cluster: bool,
+    /// WireGuard (`enable-wireguard`) and its strict mode.
+    pub encryption: plexus_datapath::Encryption,
 }
 
 /// One endpoint of this node, as the core needs it.
@@ -165,6 +170,8 @@ pub struct Output {
     pub services: Option<BTreeMap<Frontend, LbService>>,
     /// The desired policy of every local endpoint, when it may have changed.
     pub policies: Option<BTreeMap<u16, dp::EndpointPolicy>>,
+    /// With WireGuard on: the whole desired peer set, when the nodes changed.
+    pub wireguard_peers: Option<WireguardPeers>,
 }
 
 impl Output {
@@ -174,6 +181,7 @@ impl Output {
             && self.routes.is_empty()
             && self.services.is_none()
             && self.policies.is_none()
+            && self.wireguard_peers.is_none()
     }
 }
 
@@ -187,6 +195,8 @@ pub struct NodeCore {
     policy: PolicyState,
     /// Local endpoints by id.
     endpoints: BTreeMap<u16, LocalEndpoint>,
+    /// Whether the nodes changed since the WireGuard peers were last output.
+    peers_dirty: bool,
     /// Inputs folded so far.
     seq: u64,
 }
@@ -200,6 +210,8 @@ impl NodeCore {
             policy: PolicyState::new(&config.cluster, config.policy_default_local_cluster),
             remotes: BTreeMap::new(),
             endpoints: BTreeMap::new(),
+            // The first output carries the peer set, even an empty one.
+            peers_dirty: true,
             seq: 0,
             config,
         }
@@ -219,6 +231,20 @@ impl NodeCore {
     pub fn step(&mut self, input: Input) {
         self.seq += 1;
         let own_cluster = self.config.cluster.clone();
+        if matches!(
+            &input,
+            Input::NodeUpsert(_)
+                | Input::NodeDelete(_)
+                | Input::Remote(MeshEvent {
+                    event: RemoteEvent::NodeUpsert(_)
+                        | RemoteEvent::NodeDelete(_)
+                        | RemoteEvent::ClusterConfig { .. }
+                        | RemoteEvent::Drained,
+                    ..
+                })
+        ) {
+            self.peers_dirty = true;
+        }
         match input {
             Input::EndpointUpsert(ep) => {
                 self.ipcache.local_endpoint(ep.ip, Some(ep.identity));
@@ -292,12 +318,24 @@ impl NodeCore {
                 policies
             });
         let (ipcache, routes) = self.ipcache.take_changes();
+        let wireguard_peers = (self.config.encryption.enabled
+            && std::mem::take(&mut self.peers_dirty))
+        .then(|| self.wireguard_peers());
         Output {
             ipcache,
             routes,
             services,
             policies,
+            wireguard_peers,
         }
+    }
+
+    /// The WireGuard peers this node wants now (see [`encryption`]), whether or not WireGuard
+    /// is on.
+    pub fn wireguard_peers(&self) -> WireguardPeers {
+        encryption::desired_peers(self.config.routing, self.ipcache.nodes(), |c, n| {
+            self.ipcache.is_self(c, n)
+        })
     }
 
     /// The ipcache's sources and effective view.

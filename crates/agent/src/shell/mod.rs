@@ -15,9 +15,12 @@
 //! polls: a change is applied as soon as the reconciler runs after it, and changes that arrive
 //! while it works are applied together on its next round. [`CoreHandle::wait_applied`] lets a
 //! caller (the endpoint manager, a benchmark) wait until its own input reached the datapath.
+//! With WireGuard on, the reconciler hands the desired peers to [`wireguard`], whose own thread
+//! syncs the device (a separate process) and strict mode's map.
 
 pub mod reconciler;
 pub mod sources;
+pub mod wireguard;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;

@@ -18,6 +18,7 @@ use plexus_datapath::{Datapath, Frontend, LbService, Prefix};
 use plexus_ipcache::Change;
 
 use super::CoreDriver;
+use super::wireguard::Wireguard;
 use crate::core::RouteChange;
 
 /// Where routes to other nodes' pod CIDRs go (native routing). The kernel's routing table in
@@ -25,6 +26,8 @@ use crate::core::RouteChange;
 pub trait Routes: Send + Sync {
     /// Routes `dst` through `via` (add or replace).
     fn replace(&self, dst: Prefix, via: Ipv4Addr) -> Result<(), String>;
+    /// Routes `dst` into the WireGuard device `plexus_wg0` (add or replace).
+    fn replace_encrypted(&self, dst: Prefix) -> Result<(), String>;
     /// Removes the route to `dst`; a missing route is fine.
     fn delete(&self, dst: Prefix);
 }
@@ -38,6 +41,11 @@ impl Routes for KernelRoutes {
         crate::netcmd::route_via(&dst.to_string(), &via.to_string()).map_err(|e| format!("{e:#}"))
     }
 
+    fn replace_encrypted(&self, dst: Prefix) -> Result<(), String> {
+        crate::netcmd::route_to_device(&dst.to_string(), crate::netcmd::WIREGUARD_DEVICE)
+            .map_err(|e| format!("{e:#}"))
+    }
+
     fn delete(&self, dst: Prefix) {
         crate::netcmd::route_delete(&dst.to_string());
     }
@@ -49,6 +57,10 @@ pub struct NoRoutes;
 
 impl Routes for NoRoutes {
     fn replace(&self, _: Prefix, _: Ipv4Addr) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn replace_encrypted(&self, _: Prefix) -> Result<(), String> {
         Ok(())
     }
 
@@ -68,6 +80,8 @@ pub struct Reconciler {
     /// Desired states whose programming failed, retried on the next round.
     retry_services: Option<BTreeMap<Frontend, LbService>>,
     retry_policies: Option<BTreeMap<u16, dp::EndpointPolicy>>,
+    /// With WireGuard on: where the desired peers go.
+    wireguard: Option<Arc<Wireguard>>,
 }
 
 impl Reconciler {
@@ -98,7 +112,14 @@ impl Reconciler {
             policies,
             retry_services: None,
             retry_policies: None,
+            wireguard: None,
         }
+    }
+
+    /// Hands the core's WireGuard peers to `wireguard` (its thread syncs the device).
+    pub fn with_wireguard(mut self, wireguard: Arc<Wireguard>) -> Self {
+        self.wireguard = Some(wireguard);
+        self
     }
 
     /// Applies changes until the task is dropped.
@@ -119,12 +140,17 @@ impl Reconciler {
 
     /// Takes the core's output and applies it; reports the inputs it covers as applied.
     pub fn round(&mut self) {
-        let (output, seq) = {
+        let (output, seq, encrypted_routes) = {
             let mut core = self.driver.core.lock().unwrap_or_else(|e| e.into_inner());
-            (core.take_output(), core.seq())
+            let output = core.take_output();
+            let routes = core.ipcache().encrypted_routes();
+            (output, core.seq(), routes)
         };
         self.apply_ipcache(&output.ipcache);
         self.apply_routes(&output.routes);
+        if let (Some(wg), Some(peers)) = (&self.wireguard, output.wireguard_peers) {
+            wg.set_desired(peers, encrypted_routes);
+        }
         if let Some(desired) = output.services.or_else(|| self.retry_services.take())
             && !sync_services(self.datapath.as_ref(), &mut self.services, &desired)
         {
@@ -156,6 +182,11 @@ impl Reconciler {
                 RouteChange::Upsert { dst, via } => {
                     if let Err(err) = self.routes.replace(*dst, *via) {
                         tracing::warn!(%dst, %via, error = %err, "cannot route to a node's pods");
+                    }
+                }
+                RouteChange::Encrypted { dst } => {
+                    if let Err(err) = self.routes.replace_encrypted(*dst) {
+                        tracing::warn!(%dst, error = %err, "cannot route a node's pods into WireGuard");
                     }
                 }
                 RouteChange::Delete(dst) => self.routes.delete(*dst),

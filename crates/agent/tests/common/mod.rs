@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use plexus_agent::core::{CoreConfig, Input, LocalEndpoint, NodeCore, Output};
 use plexus_clustermesh::remote_cluster::{MeshEvent, RemoteEvent};
 use plexus_clustermesh::validate::RemoteIdentity;
-use plexus_datapath::{IpcacheValue, Prefix, RoutingMode};
+use plexus_datapath::{Encryption, IpcacheValue, Prefix, RoutingMode};
 use plexus_ipcache::Change;
 use plexus_model::identity::NumericIdentity;
 use plexus_model::ipcache::IpIdentityPair;
@@ -17,6 +17,11 @@ use plexus_model::service::ClusterService;
 
 /// Node `n1` (192.168.1.1) of cluster `c1` (id 1).
 pub fn core(routing: RoutingMode) -> NodeCore {
+    core_with(routing, Encryption::DISABLED)
+}
+
+/// Node `n1` of cluster `c1` with `encryption`.
+pub fn core_with(routing: RoutingMode, encryption: Encryption) -> NodeCore {
     NodeCore::new(CoreConfig {
         cluster: "c1".into(),
         cluster_id: 1,
@@ -24,7 +29,15 @@ pub fn core(routing: RoutingMode) -> NodeCore {
         node_ip: "192.168.1.1".parse().unwrap(),
         routing,
         policy_default_local_cluster: true,
+        encryption,
     })
+}
+
+/// `node` publishing WireGuard key `key` (base64), as Cilium does with WireGuard on.
+pub fn with_key(mut node: Node, key: &str) -> Node {
+    node.wireguard_pub_key = key.to_string();
+    node.encryption_key = 255;
+    node
 }
 
 /// A `Node` of `cluster` (id `id`) as Cilium publishes it: underlay `ip`, pod CIDR `cidr` /24.

@@ -67,6 +67,7 @@
 #define DROP_NO_CONFIG 9
 #define DROP_TUNNEL_KEY_FAILED 10
 #define DROP_NO_SERVICE_BACKEND 11
+#define DROP_UNENCRYPTED 12 /* strict mode: no WireGuard peer for the destination node yet */
 
 /* PLEXUS_IPCACHE key: an LPM trie key, prefixlen counts the bits of ipv4. */
 struct ipcache_key {
@@ -91,6 +92,10 @@ struct endpoint_info {
 	__u32 sec_identity;
 };
 
+/* node_config.flags */
+#define NODE_F_ENCRYPT 0x1        /* pod traffic to other nodes goes through WireGuard */
+#define NODE_F_ENCRYPT_STRICT 0x2 /* ...and never leaves unencrypted (lib/encrypt.h) */
+
 /* PLEXUS_CONFIG[0]. */
 struct node_config {
 	__u32 tunnel_ifindex;
@@ -98,7 +103,8 @@ struct node_config {
 	__u32 routing_mode; /* ROUTING_* */
 	__u32 gateway_ipv4; /* network order */
 	__u32 cluster_id;
-	__u32 reserved[11];
+	__u32 flags; /* NODE_F_* */
+	__u32 reserved[10];
 };
 
 /* PLEXUS_METRICS key. */

@@ -76,6 +76,20 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } PLEXUS_CT SEC(".maps");
 
+/*
+ * Nodes (underlay IPv4, network order) that have a WireGuard peer configured on this node's
+ * device: the agent adds one after the device accepted the peer and removes it before the
+ * peer goes. The value is reserved (0).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} PLEXUS_WG_PEERS SEC(".maps");
+
 static __always_inline struct node_config *node_config(void)
 {
 	__u32 zero = 0;

@@ -5,7 +5,8 @@
 //!
 //! 1. loads the embedded object with every map pinned by name under `pin_dir`, reusing maps a
 //!    previous agent pinned there (their content survives a restart);
-//! 2. writes `PLEXUS_CONFIG`;
+//! 2. writes `PLEXUS_CONFIG` (with the encryption flags, so a restarted agent's strict mode
+//!    holds from the first packet);
 //! 3. creates the VXLAN device (collect-metadata mode, UDP 8472, MTU 1450 for a 1500-byte
 //!    underlay) unless it exists, and attaches `from_overlay` to its ingress;
 //! 4. moves every tc link a previous agent pinned to the new programs;
@@ -59,8 +60,8 @@ use crate::{
     bpffs,
     object::{
         MAP_CONFIG, MAP_CT, MAP_ENDPOINTS, MAP_EVENTS, MAP_IPCACHE, MAP_LB_BACKENDS,
-        MAP_LB_SERVICES, MAP_METRICS, MAP_POLICY, MAP_POLICY_ENFORCE, PLEXUS_BPF_OBJECT,
-        PROG_FROM_CONTAINER, PROG_FROM_OVERLAY, PROG_TO_CONTAINER, PROGRAMS,
+        MAP_LB_SERVICES, MAP_METRICS, MAP_POLICY, MAP_POLICY_ENFORCE, MAP_WG_PEERS,
+        PLEXUS_BPF_OBJECT, PROG_FROM_CONTAINER, PROG_FROM_OVERLAY, PROG_TO_CONTAINER, PROGRAMS,
     },
     validate_endpoint, validate_ipcache,
 };
@@ -106,6 +107,8 @@ struct State {
     policy_enforce: HashMap<MapData, u32, [u8; 4]>,
     /// What the policy maps hold, per endpoint (read back at load).
     policies: crate::PolicyTables,
+    /// Node addresses (octets) with a configured WireGuard peer.
+    wg_peers: HashMap<MapData, [u8; 4], u32>,
 }
 
 /// The eBPF datapath of one node. Dropping it stops the event reader; the attached programs
@@ -152,7 +155,7 @@ fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, Datap
 }
 
 /// Key and value sizes this build expects of each pinned map (see `bpf/lib/common.h`).
-const MAP_LAYOUTS: [(&str, u32, u32); 9] = [
+const MAP_LAYOUTS: [(&str, u32, u32); 10] = [
     (MAP_IPCACHE, 8, 12),
     (MAP_ENDPOINTS, 4, 24),
     (MAP_CONFIG, 4, 64),
@@ -162,6 +165,7 @@ const MAP_LAYOUTS: [(&str, u32, u32); 9] = [
     (MAP_CT, 16, 32),
     (MAP_POLICY, 16, 4),
     (MAP_POLICY_ENFORCE, 4, 4),
+    (MAP_WG_PEERS, 4, 4),
 ];
 
 /// Refuses maps pinned by a build with another layout: reusing them would corrupt entries.
@@ -289,6 +293,9 @@ impl EbpfDatapath {
             take_map(&mut ebpf, MAP_POLICY_ENFORCE)?
                 .try_into()
                 .map_err(map_err(MAP_POLICY_ENFORCE))?;
+        let wg_peers = take_map(&mut ebpf, MAP_WG_PEERS)?
+            .try_into()
+            .map_err(map_err(MAP_WG_PEERS))?;
         let policies = read_policies(&policy, &policy_enforce)?;
         let (lb, garbage) = read_lb_tables(&lb_services, &lb_backends)?;
         if !garbage.is_empty() {
@@ -329,6 +336,7 @@ impl EbpfDatapath {
                 policy,
                 policy_enforce,
                 policies,
+                wg_peers,
             }),
             events,
             config,
@@ -672,6 +680,26 @@ impl Datapath for EbpfDatapath {
 
     fn policies(&self) -> Result<crate::PolicyTables, DatapathError> {
         Ok(self.lock().policies.clone())
+    }
+
+    fn upsert_encrypted_node(&self, node: Ipv4Addr) -> Result<(), DatapathError> {
+        self.lock()
+            .wg_peers
+            .insert(node.octets(), 0, 0)
+            .map_err(map_err(MAP_WG_PEERS))
+    }
+
+    fn remove_encrypted_node(&self, node: Ipv4Addr) -> Result<(), DatapathError> {
+        missing::entry_removed(self.lock().wg_peers.remove(&node.octets()), MAP_WG_PEERS)
+    }
+
+    fn encrypted_nodes(&self) -> Result<std::collections::BTreeSet<Ipv4Addr>, DatapathError> {
+        let st = self.lock();
+        let mut out = std::collections::BTreeSet::new();
+        for key in st.wg_peers.keys() {
+            out.insert(Ipv4Addr::from(key.map_err(map_err(MAP_WG_PEERS))?));
+        }
+        Ok(out)
     }
 
     fn remove_service(&self, frontend: Frontend) -> Result<(), DatapathError> {
