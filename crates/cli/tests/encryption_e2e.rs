@@ -203,7 +203,19 @@ impl Capture {
         let file = lab.scratch().join(format!("{what}.pcap"));
         let mut child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/plx-{}-u", lab.name()))
-            .args(["--", "tcpdump", "-i", "any", "-n", "-U", "-s", "0", "-w"])
+            .args([
+                "--",
+                "tcpdump",
+                "-i",
+                "any",
+                "-y",
+                "LINUX_SLL2",
+                "-n",
+                "-U",
+                "-s",
+                "0",
+                "-w",
+            ])
             .arg(&file)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -229,7 +241,7 @@ impl Capture {
     }
 
     /// Stops the capture (SIGINT: tcpdump writes out what it has); the packets, as Linux's
-    /// cooked capture gives them (link-layer protocol, then the network-layer packet).
+    /// cooked capture v2 gives them (link-layer protocol, then the network-layer packet).
     fn finish(mut self) -> Vec<(u16, Vec<u8>)> {
         let _ = Command::new("kill")
             .args(["-INT", &self.child.id().to_string()])
@@ -247,8 +259,8 @@ impl Drop for Capture {
     }
 }
 
-/// The packets of a pcap file of link type LINUX_SLL (what `tcpdump -i any` writes):
-/// (protocol, packet after the 16-byte cooked header).
+/// The packets of a pcap file of link type LINUX_SLL2 (`tcpdump -i any -y LINUX_SLL2`):
+/// (protocol, packet after the 20-byte cooked header, which starts with the protocol).
 fn parse_pcap(bytes: &[u8]) -> Vec<(u16, Vec<u8>)> {
     assert!(bytes.len() >= 24, "a pcap file of {} bytes", bytes.len());
     assert_eq!(
@@ -257,16 +269,16 @@ fn parse_pcap(bytes: &[u8]) -> Vec<(u16, Vec<u8>)> {
         "a little-endian pcap file"
     );
     let u32_at = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
-    assert_eq!(u32_at(bytes, 20), 113, "link type LINUX_SLL");
+    assert_eq!(u32_at(bytes, 20), 276, "link type LINUX_SLL2");
     let mut out = Vec::new();
     let mut at = 24;
     while at + 16 <= bytes.len() {
         let len = u32_at(bytes, at + 8) as usize;
         let data = &bytes[at + 16..(at + 16 + len).min(bytes.len())];
         at += 16 + len;
-        if data.len() >= 16 {
-            let proto = u16::from_be_bytes([data[14], data[15]]);
-            out.push((proto, data[16..].to_vec()));
+        if data.len() >= 20 {
+            let proto = u16::from_be_bytes([data[0], data[1]]);
+            out.push((proto, data[20..].to_vec()));
         }
     }
     out

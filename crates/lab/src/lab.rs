@@ -385,6 +385,9 @@ fn agent_config(lab: &LabState, c: &ClusterState, n: &NodeState) -> Result<Agent
         api_tls_key: Some(n.state_dir.join("api.key")),
         api_tls_ca: Some(pki.join("ca.crt")),
         podman_state: (lab.runtime == Runtime::Podman).then(|| NodePodman::of(n).state_db()),
+        enable_wireguard: (lab.encryption == Encryption::Wireguard).then_some(true),
+        wireguard_socket: (lab.encryption == Encryption::Wireguard)
+            .then(|| wireguard::socket(n, lab.wireguard_device)),
         ..Default::default()
     })
 }
