@@ -203,9 +203,12 @@ impl Capture {
         let file = lab.scratch().join(format!("{what}.pcap"));
         let mut child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/plx-{}-u", lab.name()))
+            // --immediate-mode: each packet as it comes (else the kernel hands them over in
+            // blocks, and the last of them would still wait there when the capture stops).
             .args([
                 "--",
                 "tcpdump",
+                "--immediate-mode",
                 "-i",
                 "any",
                 "-y",
@@ -243,6 +246,8 @@ impl Capture {
     /// Stops the capture (SIGINT: tcpdump writes out what it has); the packets, as Linux's
     /// cooked capture v2 gives them (link-layer protocol, then the network-layer packet).
     fn finish(mut self) -> Vec<(u16, Vec<u8>)> {
+        // The last packets reach the capture a moment after the command that sent them ended.
+        std::thread::sleep(Duration::from_millis(500));
         let _ = Command::new("kill")
             .args(["-INT", &self.child.id().to_string()])
             .status();
@@ -778,4 +783,47 @@ fn native_mode_encrypts_pod_traffic_between_nodes_and_clusters() {
     run_lab("encn", Duration::from_secs(900), |lab| {
         run(lab, "native", 1440)
     });
+}
+
+/// The capture's judge, on packets made here: it flags what the e2e tests must never see.
+#[test]
+fn the_judge_flags_cleartext() {
+    fn ipv4(
+        src: [u8; 4],
+        dst: [u8; 4],
+        proto: u8,
+        sport: u16,
+        dport: u16,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let mut p = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, proto, 0, 0];
+        p.extend_from_slice(&src);
+        p.extend_from_slice(&dst);
+        p.extend_from_slice(&sport.to_be_bytes());
+        p.extend_from_slice(&dport.to_be_bytes());
+        p.extend_from_slice(&[0; 16]);
+        p.extend_from_slice(payload);
+        p
+    }
+    let (n1, n2, cp) = ([172, 31, 1, 11], [172, 31, 2, 12], [172, 31, 1, 1]);
+    let good = vec![
+        (0x0800, ipv4(n1, n2, 17, 51871, 51871, b"ciphertext")),
+        (0x0800, ipv4(n1, cp, 6, 40000, 2379, b"tls")),
+        (0x0800, ipv4([10, 10, 0, 9], cp, 6, 40001, 2379, b"tls")),
+        (0x0806, vec![0; 28]),
+    ];
+    let v = judge(&good, &[MARKER]);
+    assert!(v.bad.is_empty(), "{:?}", v.bad);
+    assert_eq!((v.wireguard, v.tls), (1, 2));
+    let bad = [
+        ipv4(n1, n2, 17, 40000, 8472, b"inner"),
+        ipv4([10, 10, 0, 5], [10, 20, 1, 4], 1, 0, 0, b""),
+        ipv4(n1, n2, 17, 51871, 51871, MARKER.as_bytes()),
+        ipv4(n1, n2, 6, 40000, 80, b"GET /"),
+        ipv4([10, 10, 0, 5], n2, 17, 51871, 51871, b""),
+    ];
+    for p in bad {
+        let v = judge(&[(0x0800, p.clone())], &[MARKER]);
+        assert_eq!(v.bad.len(), 1, "{p:?}: {:?}", v.bad);
+    }
 }
