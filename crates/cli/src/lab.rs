@@ -125,10 +125,14 @@ pub fn status() -> Result<bool> {
     let rows = lab::status(&dir)?;
     let lab = LabState::load(&dir)?;
     println!(
-        "lab {} in {} ({:?} routing)",
+        "lab {} in {} ({:?} routing{})",
         lab.name,
         dir.display(),
-        lab.routing
+        lab.routing,
+        match lab.encryption {
+            plexus_lab::spec::Encryption::None => "",
+            plexus_lab::spec::Encryption::Wireguard => ", WireGuard encryption",
+        }
     );
     let mut all = true;
     for (cluster, what, alive) in rows {
