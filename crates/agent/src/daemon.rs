@@ -273,6 +273,7 @@ pub async fn run(args: Options) -> Result<()> {
                 strict: args.encryption_strict_mode,
                 publish,
                 kernel,
+                keep_at_start: crate::shell::wireguard::KEEP_AT_START,
             });
             std::thread::Builder::new()
                 .name("wireguard-sync".into())

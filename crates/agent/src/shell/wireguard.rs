@@ -36,6 +36,12 @@ use crate::core::{WireguardPeer, WireguardPeers};
 pub const RESYNC: Duration = Duration::from_secs(5);
 /// How soon a failed sync is tried again.
 pub const RETRY: Duration = Duration::from_secs(1);
+/// How long a starting agent keeps the device's peers (and strict mode's marks) that it does
+/// not want (yet): a restarted agent learns the nodes anew (its cluster's listing, the remote
+/// clusters through the mesh), and a sync before that would take working tunnels down, so a
+/// restart would stop pod traffic for a moment. Only additions and changes are applied
+/// meanwhile.
+pub const KEEP_AT_START: Duration = Duration::from_secs(30);
 
 /// The node's WireGuard device, as the agent drives it. Errors are messages naming the socket.
 pub trait WireguardDevice: Send + Sync {
@@ -306,6 +312,8 @@ pub struct WireguardSync {
     /// Node addresses in `PLEXUS_WG_PEERS` (read back from the pinned map at start).
     marked: BTreeSet<Ipv4Addr>,
     status: SyncStatus,
+    /// Until then nothing is removed from the device or the map (see [`KEEP_AT_START`]).
+    keep_until: std::time::Instant,
 }
 
 impl WireguardSync {
@@ -328,7 +336,14 @@ impl WireguardSync {
             kernel: None,
             marked,
             status: SyncStatus::default(),
+            keep_until: std::time::Instant::now(),
         }
+    }
+
+    /// Removes nothing for `keep` from now (see [`KEEP_AT_START`]).
+    pub fn keeping_for(mut self, keep: Duration) -> Self {
+        self.keep_until = std::time::Instant::now() + keep;
+        self
     }
 
     /// Also sets up the kernel around the device on every sync (when needed).
@@ -389,8 +404,14 @@ impl WireguardSync {
 
     fn sync_inner(&mut self) -> Result<usize, (bool, String)> {
         let wanted: BTreeSet<Ipv4Addr> = self.desired.values().map(|p| p.node_ip).collect();
+        let keeping = std::time::Instant::now() < self.keep_until;
         // Before a peer goes from the device: traffic to its node stops at the datapath.
-        for node in self.marked.clone().difference(&wanted) {
+        let unwanted: Vec<Ipv4Addr> = if keeping {
+            Vec::new()
+        } else {
+            self.marked.difference(&wanted).copied().collect()
+        };
+        for node in &unwanted {
             match self.datapath.remove_encrypted_node(*node) {
                 Ok(()) => {
                     self.marked.remove(node);
@@ -402,7 +423,16 @@ impl WireguardSync {
         if let Some(kernel) = &mut self.kernel {
             kernel.ensure(&self.routes).map_err(|e| (true, e))?;
         }
-        if let Some(req) = diff(&info, self.private_key, &self.desired) {
+        let req = diff(&info, self.private_key, &self.desired).and_then(|mut req| {
+            if keeping {
+                req.peers.retain(|p| !p.remove);
+                if req.private_key.is_none() && req.listen_port.is_none() && req.peers.is_empty() {
+                    return None;
+                }
+            }
+            Some(req)
+        });
+        if let Some(req) = req {
             let (removed, changed) =
                 req.peers.iter().fold(
                     (0, 0),
@@ -481,6 +511,8 @@ pub struct WireguardConfig {
     pub publish: Box<dyn Fn(Key) + Send + Sync>,
     /// The kernel around the device (none with the fake datapath).
     pub kernel: Option<Box<dyn WireguardKernel>>,
+    /// How long after the start nothing is removed ([`KEEP_AT_START`]; zero in tests).
+    pub keep_at_start: Duration,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -500,6 +532,7 @@ impl Wireguard {
         if let Some(kernel) = config.kernel {
             sync = sync.with_kernel(kernel);
         }
+        sync = sync.keeping_for(config.keep_at_start);
         let handle = Arc::new(Self {
             device: config.device,
             key_file: config.key_file,
@@ -610,5 +643,72 @@ impl WireguardTask {
         let mut shared = lock(&self.shared);
         shared.status = self.sync.status().clone();
         shared.desired = self.sync.desired().clone();
+    }
+}
+
+#[cfg(test)]
+mod keep_at_start_tests {
+    use super::*;
+    use plexus_datapath::fake::FakeDatapath;
+
+    fn peer(n: u8) -> (Key, WireguardPeer) {
+        let key = Key([n; 32]);
+        let ip = Ipv4Addr::new(172, 31, 1, 10 + n);
+        (
+            key,
+            WireguardPeer {
+                public_key: key,
+                cluster: "c1".into(),
+                node: format!("n{n}"),
+                node_ip: ip,
+                endpoint: std::net::SocketAddrV4::new(ip, WIREGUARD_PORT),
+                allowed_ips: vec![Prefix::host(ip)],
+            },
+        )
+    }
+
+    /// A restarted agent first knows no node: within the keep time its syncs take no peer off
+    /// the device and no node out of strict mode's map; afterwards they do.
+    #[test]
+    fn a_starting_agent_removes_nothing_until_the_keep_time_passed() {
+        let device = Arc::new(FakeDevice::new());
+        let datapath = Arc::new(FakeDatapath::new());
+        let key = Key([9; 32]);
+        let desired: WireguardPeers = [peer(1), peer(2)].into_iter().collect();
+        // The agent before the restart: two peers configured and marked.
+        let mut before = WireguardSync::new(device.clone(), datapath.clone(), key);
+        before.set_desired(desired.clone(), vec![]);
+        before.sync().unwrap();
+        assert_eq!(device.info().peers.len(), 2);
+        assert_eq!(datapath.encrypted_nodes().unwrap().len(), 2);
+
+        // Restarted, with nothing desired yet, then only one node known.
+        let mut after = WireguardSync::new(device.clone(), datapath.clone(), key)
+            .keeping_for(Duration::from_secs(60));
+        after.sync().unwrap();
+        after.set_desired([peer(1)].into_iter().collect(), vec![]);
+        after.sync().unwrap();
+        assert_eq!(
+            device.info().peers.len(),
+            2,
+            "no peer removed while keeping"
+        );
+        assert_eq!(
+            datapath.encrypted_nodes().unwrap().len(),
+            2,
+            "no node unmarked"
+        );
+        // A new node is still added meanwhile.
+        after.set_desired([peer(1), peer(3)].into_iter().collect(), vec![]);
+        after.sync().unwrap();
+        assert_eq!(device.info().peers.len(), 3);
+
+        // Without the keep time (or once it passed), what is not wanted goes.
+        let mut later = WireguardSync::new(device.clone(), datapath.clone(), key);
+        later.set_desired([peer(1), peer(3)].into_iter().collect(), vec![]);
+        later.sync().unwrap();
+        assert_eq!(device.info().peers.len(), 2);
+        let marked = datapath.encrypted_nodes().unwrap();
+        assert!(!marked.contains(&peer(2).1.node_ip), "{marked:?}");
     }
 }
