@@ -17,6 +17,14 @@
 //! index of ours, by decrypting the initiator's static key (`parse_handshake_anon`) after the
 //! rate limiter has checked their MAC. Nothing from the network or the socket can make the
 //! device panic: malformed input is dropped or refused.
+//!
+//! Configuration (`set`) keeps what it can: the same private key again changes nothing; a peer
+//! whose public key stays keeps its noise state (its sessions) when its endpoint, allowed IPs
+//! or the `replace_peers` flag come along (`replace_peers` removes only the peers the request
+//! does not name, unlike wireguard-go, which drops and re-creates all); a new private key keeps
+//! the established sessions until each peer has done a handshake with the new key (see
+//! `Previous`). A request is parsed whole and a new port bound before anything changes, so a
+//! refused request changes nothing.
 
 use std::collections::HashMap;
 use std::io::{self, IoSlice, IoSliceMut};
@@ -74,8 +82,6 @@ fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 /// One peer: its identity and configuration, its noise state, and its counters.
 struct Peer {
     public: Key,
-    /// The 24-bit index its `Tunn` puts in the top bits of our session indices.
-    index: u32,
     core: Mutex<PeerCore>,
     rx_bytes: AtomicU64,
     tx_bytes: AtomicU64,
@@ -84,11 +90,63 @@ struct Peer {
 struct PeerCore {
     /// `None` while the device has no private key.
     tunn: Option<Tunn>,
+    /// The 24-bit index `tunn` puts in the top bits of our session indices.
+    index: u32,
+    /// The noise state of our previous private key, kept for a while after a key change
+    /// (see [`Previous`]).
+    previous: Option<Previous>,
     endpoint: Option<SocketAddr>,
     allowed_ips: Vec<AllowedIp>,
     keepalive: u16,
     /// When the last handshake with the peer completed (for `get`).
     last_handshake: Option<SystemTime>,
+}
+
+/// How long the sessions of a replaced private key may carry traffic: until the peer has done a
+/// handshake with the new key, at most this long (sessions of the old key are at most this old
+/// plus the rekey time, within WireGuard's 180 s reject limit).
+const ROTATION_GRACE: Duration = Duration::from_secs(60);
+
+/// A peer's noise state under our previous private key. When the private key changes, the
+/// peer learns our new public key only later (the agent publishes it, the peer's agent updates
+/// its device): until then a handshake with the new key cannot succeed, so the established
+/// session of the old key keeps carrying the traffic in both directions (its receiver indices
+/// still lead here), and a handshake with the new key is started alongside. The first
+/// session of the new key ends it, as does [`ROTATION_GRACE`]. Key rotation so costs no gap
+/// longer than the peers' own update.
+struct Previous {
+    tunn: Tunn,
+    index: u32,
+    since: Instant,
+    /// When we last sent a handshake initiation with the new key.
+    last_kick: Option<Instant>,
+}
+
+/// How often a handshake with the new key is retried while the old key's session is in use:
+/// the peer accepts it only once it has our new key, and the sooner we then try, the sooner
+/// the old session (which the peer dropped with our old key) is replaced.
+const KICK_INTERVAL: Duration = Duration::from_millis(250);
+
+impl PeerCore {
+    /// After a key change, before the new key has a session: a handshake initiation with the
+    /// new key if [`KICK_INTERVAL`] has passed since the last, to send to the peer.
+    fn kick<'a>(&mut self, out: &'a mut [u8]) -> Option<&'a mut [u8]> {
+        let prev = self.previous.as_mut()?;
+        let current = self.tunn.as_mut()?;
+        if has_session(current) || prev.last_kick.is_some_and(|t| t.elapsed() < KICK_INTERVAL) {
+            return None;
+        }
+        prev.last_kick = Some(Instant::now());
+        match current.format_handshake_initiation(out, true) {
+            TunnResult::WriteToNetwork(init) => Some(init),
+            _ => None,
+        }
+    }
+}
+
+/// Whether `tunn` has a current session to send with.
+fn has_session(tunn: &Tunn) -> bool {
+    tunn.time_since_last_handshake().is_some()
 }
 
 /// The device's own key pair and the handshake rate limiter bound to its public key.
@@ -223,16 +281,35 @@ impl Device {
     }
 
     /// TUN -> allowed-IPs lookup -> (segment) -> encrypt -> UDP (GSO batches).
+    ///
+    /// Reads what the link has queued, one packet after the other, encrypting into a batch for
+    /// one peer; the batch goes out when the link has nothing more, when a packet for another
+    /// peer comes, or when it is full. Under load one `sendmsg` so carries many datagrams;
+    /// alone, a packet goes out at once.
     fn outgoing_loop(&self) {
         let mut buf = vec![0u8; VNET_HDR_LEN + MAX_PACKET];
         let mut scratch = vec![0u8; MAX_PACKET];
         let mut one = vec![0u8; OUT_BUF];
         let mut batch = Batch::default();
+        // Whom the batch is for.
+        let mut pending: Option<(Arc<Peer>, Arc<Udp>, SocketAddr)> = None;
+        let flush = |batch: &mut Batch, pending: &mut Option<(Arc<Peer>, Arc<Udp>, SocketAddr)>| {
+            if let Some((peer, socket, endpoint)) = pending.take() {
+                batch.send(&socket, endpoint, &peer);
+            }
+            batch.clear();
+        };
         while !self.stopping.load(Ordering::Relaxed) {
             let n = match self.tun.recv(&mut buf) {
                 Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    flush(&mut batch, &mut pending);
+                    self.tun.wait_readable(500);
+                    continue;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
+                    flush(&mut batch, &mut pending);
                     tracing::warn!(link = self.tun.name(), error = %e, "reading the tun link");
                     thread::sleep(Duration::from_millis(100));
                     continue;
@@ -255,14 +332,36 @@ impl Device {
             let Some(socket) = socket else {
                 continue;
             };
-            let mut core = lock(&peer.core);
+            if pending
+                .as_ref()
+                .is_some_and(|(p, _, _)| !Arc::ptr_eq(p, &peer))
+                || batch.data.len() >= BATCH_BYTES
+            {
+                flush(&mut batch, &mut pending);
+            }
+            let mut guard = lock(&peer.core);
+            let core = &mut *guard;
             let Some(endpoint) = core.endpoint else {
                 continue;
             };
-            let Some(tunn) = core.tunn.as_mut() else {
+            let Some(current) = core.tunn.as_ref() else {
                 continue;
             };
-            batch.clear();
+            // After a key change: the old key's session carries the packet, and a handshake
+            // with the new key is tried alongside.
+            let use_previous = !has_session(current)
+                && core
+                    .previous
+                    .as_ref()
+                    .is_some_and(|p| p.since.elapsed() < ROTATION_GRACE);
+            if use_previous && let Some(init) = core.kick(&mut one) {
+                batch.push(init);
+            }
+            let tunn = match (use_previous, core.previous.as_mut(), core.tunn.as_mut()) {
+                (true, Some(prev), _) => &mut prev.tunn,
+                (_, _, Some(current)) => current,
+                _ => continue,
+            };
             let split = offload::split(&hdr, packet, &mut scratch, |segment| {
                 match tunn.encapsulate(segment, &mut one) {
                     TunnResult::WriteToNetwork(data) => batch.push(data),
@@ -273,11 +372,11 @@ impl Device {
                 }
             });
             // Sent after the peer's lock is released, so the incoming thread is not held up.
-            drop(core);
+            drop(guard);
             if let Err(e) = split {
                 tracing::debug!(link = self.tun.name(), error = %e, "packet from the link dropped");
             }
-            batch.send(&socket, endpoint, &peer);
+            pending = Some((peer, socket, endpoint));
         }
     }
 
@@ -344,6 +443,8 @@ impl Device {
     ) {
         let (_, out) = frame.split_at_mut(VNET_HDR_LEN);
         let handshake: bool;
+        // The peer index the packet is addressed to (all but initiations).
+        let mut index = None;
         let peer = {
             let st = read(&self.state);
             let Some(key) = st.key.clone() else {
@@ -372,18 +473,33 @@ impl Device {
                     };
                     st.peers.get(&Key(half.peer_static_public))
                 }
-                Packet::HandshakeResponse(ref p) => st.by_index.get(&(p.receiver_idx >> 8)),
-                Packet::PacketCookieReply(ref p) => st.by_index.get(&(p.receiver_idx >> 8)),
-                Packet::PacketData(ref p) => st.by_index.get(&(p.receiver_idx >> 8)),
+                Packet::HandshakeResponse(ref p) => {
+                    index = Some(p.receiver_idx >> 8);
+                    st.by_index.get(&(p.receiver_idx >> 8))
+                }
+                Packet::PacketCookieReply(ref p) => {
+                    index = Some(p.receiver_idx >> 8);
+                    st.by_index.get(&(p.receiver_idx >> 8))
+                }
+                Packet::PacketData(ref p) => {
+                    index = Some(p.receiver_idx >> 8);
+                    st.by_index.get(&(p.receiver_idx >> 8))
+                }
             };
             let Some(peer) = peer else {
                 return;
             };
             peer.clone()
         };
-        let mut core = lock(&peer.core);
-        let Some(tunn) = core.tunn.as_mut() else {
-            return;
+        let mut guard = lock(&peer.core);
+        let core = &mut *guard;
+        // Addressed to a session of our previous key (after a key change): that state.
+        let tunn = match core.previous.as_mut() {
+            Some(prev) if index == Some(prev.index) => &mut prev.tunn,
+            _ => match core.tunn.as_mut() {
+                Some(t) => t,
+                None => return,
+            },
         };
         let mut deliver: Option<(usize, IpAddr)> = None;
         match tunn.decapsulate(Some(from.ip()), datagram, out) {
@@ -412,7 +528,7 @@ impl Device {
             // A valid initiation (answered) or response completes a handshake.
             core.last_handshake = Some(SystemTime::now());
         }
-        drop(core);
+        drop(guard);
         peer.rx_bytes
             .fetch_add(datagram.len() as u64, Ordering::Relaxed);
         if let Some((len, src)) = deliver {
@@ -478,6 +594,19 @@ impl Device {
             for peer in peers {
                 let mut core = lock(&peer.core);
                 let endpoint = core.endpoint;
+                // The previous key's state ends with the new key's first session, or its time.
+                if core.previous.as_ref().is_some_and(|p| {
+                    p.since.elapsed() >= ROTATION_GRACE
+                        || core.tunn.as_ref().is_some_and(has_session)
+                }) {
+                    core.previous = None;
+                }
+                if let Some(init) = core.kick(&mut out) {
+                    let n = init.len();
+                    drop(core);
+                    self.send(&peer, socket.as_deref(), endpoint, &out[..n]);
+                    continue;
+                }
                 let Some(tunn) = core.tunn.as_mut() else {
                     continue;
                 };
@@ -541,7 +670,9 @@ impl Device {
             if k.is_zero() {
                 st.key = None;
                 for p in st.peers.values() {
-                    lock(&p.core).tunn = None;
+                    let mut core = lock(&p.core);
+                    core.tunn = None;
+                    core.previous = None;
                 }
             } else if !same {
                 let secret = StaticSecret::from(k.0);
@@ -553,9 +684,24 @@ impl Device {
                 });
                 // A peer with our own public key cannot be talked to (the kernel drops it too).
                 st.peers.remove(&Key(public.to_bytes()));
-                for p in st.peers.values() {
+                let peers: Vec<Arc<Peer>> = st.peers.values().cloned().collect();
+                for p in peers {
+                    // A fresh index, so packets for the old key's sessions still find them.
+                    let index = alloc_index(&mut st);
                     let mut core = lock(&p.core);
-                    core.tunn = Device::new_tunn(Some(&own), &p.public, p.index, core.keepalive);
+                    let old_index = core.index;
+                    // (Two changes in a row without a new session keep the older state.)
+                    core.previous = match core.tunn.take().filter(has_session) {
+                        Some(tunn) => Some(Previous {
+                            tunn,
+                            index: old_index,
+                            since: Instant::now(),
+                            last_kick: None,
+                        }),
+                        None => core.previous.take(),
+                    };
+                    core.index = index;
+                    core.tunn = Device::new_tunn(Some(&own), &p.public, index, core.keepalive);
                 }
                 st.key = Some(own);
             }
@@ -587,19 +733,14 @@ impl Device {
                 Some(p) => p.clone(),
                 None if sp.update_only => continue,
                 None => {
-                    let index = loop {
-                        let i = st.next_index & 0x00ff_ffff;
-                        st.next_index = st.next_index.wrapping_add(1);
-                        if !st.by_index.contains_key(&i) {
-                            break i;
-                        }
-                    };
+                    let index = alloc_index(&mut st);
                     let tunn = Device::new_tunn(st.key.as_deref(), &sp.public_key, index, 0);
                     let p = Arc::new(Peer {
                         public: sp.public_key,
-                        index,
                         core: Mutex::new(PeerCore {
                             tunn,
+                            index,
+                            previous: None,
                             endpoint: None,
                             allowed_ips: Vec::new(),
                             keepalive: 0,
@@ -621,7 +762,7 @@ impl Device {
             {
                 // boringtun fixes the keepalive at construction: a new Tunn (a new handshake).
                 core.keepalive = ka;
-                core.tunn = Device::new_tunn(st.key.as_deref(), &peer.public, peer.index, ka);
+                core.tunn = Device::new_tunn(st.key.as_deref(), &peer.public, core.index, ka);
             }
             if sp.replace_allowed_ips {
                 core.allowed_ips.clear();
@@ -646,7 +787,14 @@ impl Device {
             .values()
             .map(|p| (p.clone(), lock(&p.core).allowed_ips.clone()))
             .collect();
-        st.by_index = peers.iter().map(|(p, _)| (p.index, p.clone())).collect();
+        st.by_index = HashMap::new();
+        for (p, _) in &peers {
+            let core = lock(&p.core);
+            st.by_index.insert(core.index, p.clone());
+            if let Some(prev) = &core.previous {
+                st.by_index.insert(prev.index, p.clone());
+            }
+        }
         st.routes = RouteTable::build(peers.iter().map(|(p, ips)| (p, ips.as_slice())));
         Ok(())
     }
@@ -660,9 +808,9 @@ impl Device {
                 let core = lock(&p.core);
                 // Only while the Tunn still has a session: a new key or an expired session
                 // shows no handshake, as with wireguard-go.
-                let last_handshake = core
-                    .last_handshake
-                    .filter(|_| core.tunn.as_ref().is_some_and(|t| t.stats().0.is_some()));
+                let last_handshake = core.last_handshake.filter(|_| {
+                    core.tunn.as_ref().is_some_and(has_session) || core.previous.is_some()
+                });
                 PeerInfo {
                     public_key: p.public,
                     endpoint: core.endpoint,
@@ -734,6 +882,17 @@ impl Device {
     }
 }
 
+/// A 24-bit peer index no peer uses now (current or previous key).
+fn alloc_index(st: &mut State) -> u32 {
+    loop {
+        let i = st.next_index & 0x00ff_ffff;
+        st.next_index = st.next_index.wrapping_add(1);
+        if !st.by_index.contains_key(&i) {
+            return i;
+        }
+    }
+}
+
 /// Binds the device's UDP socket: dual-stack `[::]:port`, or `0.0.0.0:port` where IPv6 is off.
 /// A receive timeout lets the incoming thread notice a rebind and a stop.
 fn bind_udp(port: u16) -> io::Result<Udp> {
@@ -769,6 +928,8 @@ struct Batch {
 const GSO_MAX_SEGMENTS: usize = 64;
 /// Most bytes in one UDP GSO send: the payload of one maximal UDP datagram.
 const GSO_MAX_BYTES: usize = 65_000;
+/// A batch is sent once it holds this much (a few GSO sends), even if the link has more.
+const BATCH_BYTES: usize = 64 << 10;
 
 impl Batch {
     fn clear(&mut self) {
@@ -830,10 +991,13 @@ impl Udp {
                 Some(&addr),
             ) {
                 Ok(n) => return Ok(n),
-                Err(Errno::EIO | Errno::EINVAL | Errno::ENOPROTOOPT | Errno::EOPNOTSUPP) => {
+                // No GSO on this kernel or path: from now on, one datagram per send.
+                Err(Errno::EIO | Errno::ENOPROTOOPT | Errno::EOPNOTSUPP) => {
                     tracing::info!("udp gso refused by the kernel; sending datagrams one by one");
                     self.gso.store(false, Ordering::Relaxed);
                 }
+                // This batch only (datagrams larger than the path MTU, for one): one by one.
+                Err(Errno::EINVAL) => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -899,5 +1063,62 @@ impl Udp {
             SocketAddr::new(from.ip().to_canonical(), from.port()),
             seg,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(b: u8) -> Arc<Peer> {
+        Arc::new(Peer {
+            public: Key([b; 32]),
+            core: Mutex::new(PeerCore {
+                tunn: None,
+                index: u32::from(b),
+                previous: None,
+                endpoint: None,
+                allowed_ips: Vec::new(),
+                keepalive: 0,
+                last_handshake: None,
+            }),
+            rx_bytes: AtomicU64::new(0),
+            tx_bytes: AtomicU64::new(0),
+        })
+    }
+
+    fn ips(list: &[&str]) -> Vec<AllowedIp> {
+        list.iter()
+            .map(|s| s.parse::<AllowedIp>().unwrap().masked())
+            .collect()
+    }
+
+    #[test]
+    fn longest_prefix_wins() {
+        let (a, b, c) = (peer(1), peer(2), peer(3));
+        let (ia, ib, ic) = (
+            ips(&["0.0.0.0/0", "fd00::/8"]),
+            ips(&["10.0.0.0/8", "fd00:1::/32"]),
+            ips(&["10.1.2.3/32", "10.1.0.0/16", "fd00:1::5/128"]),
+        );
+        let t = RouteTable::build(
+            [
+                (&a, ia.as_slice()),
+                (&b, ib.as_slice()),
+                (&c, ic.as_slice()),
+            ]
+            .into_iter(),
+        );
+        let who = |ip: &str| t.lookup(ip.parse().unwrap()).map(|p| p.public.0[0]);
+        assert_eq!(who("10.1.2.3"), Some(3));
+        assert_eq!(who("10.1.9.9"), Some(3));
+        assert_eq!(who("10.2.0.1"), Some(2));
+        assert_eq!(who("192.0.2.1"), Some(1));
+        assert_eq!(who("fd00:1::5"), Some(3));
+        assert_eq!(who("fd00:1::6"), Some(2));
+        assert_eq!(who("fd01::1"), Some(1));
+        assert_eq!(who("2001:db8::1"), None);
+        let empty = RouteTable::default();
+        assert!(empty.lookup("10.0.0.1".parse().unwrap()).is_none());
     }
 }

@@ -5,7 +5,9 @@
 //! kernel module). The crate has the node's static key pair ([`keys`]), WireGuard's
 //! cross-platform UAPI text protocol, client and server side ([`uapi`]), and the device the
 //! `plexus-wireguard` binary runs: a persistent TUN link ([`tun`]) and the data path between it
-//! and UDP port 51871 ([`device`]), configured through the UAPI like wireguard-go.
+//! and UDP port 51871 ([`device`]), configured through the UAPI like wireguard-go, with the
+//! TUN offloads and UDP GSO/GRO that make it faster than wireguard-go ([`offload`];
+//! `scripts/bench-wg.sh` and BENCHMARKS.md compare the two).
 //!
 //! Why boringtun 0.7.1's sans-IO `noise::Tunn`, after comparing it with gotatun 0.10.2 (Mullvad's
 //! fork) and defguard_boringtun 0.7.1 on throughput here, API and licence:

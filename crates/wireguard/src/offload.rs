@@ -25,6 +25,11 @@ const GSO_TCPV6: u8 = 4;
 const GSO_ECN: u8 = 0x80;
 
 const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+/// `VIRTIO_NET_HDR_GSO_UDP_L4`: UDP segmentation (USO).
+const GSO_UDP_L4: u8 = 5;
+/// Most datagrams in one coalesced UDP packet (the kernel's `UDP_MAX_SEGMENTS`).
+const MAX_UDP_SEGMENTS: usize = 64;
 
 /// A `struct virtio_net_hdr` (little-endian on the hosts we run on: the TUN default).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -136,8 +141,77 @@ pub fn split(
         }
         GSO_TCPV4 => segment_tcp(hdr, packet, scratch, false, emit),
         GSO_TCPV6 => segment_tcp(hdr, packet, scratch, true, emit),
+        GSO_UDP_L4 => segment_udp(hdr, packet, scratch, emit),
         other => Err(SplitError::UnsupportedGso(other)),
     }
+}
+
+/// Cuts a USO packet into datagrams of `gso_size` bytes of payload, each with its lengths and
+/// checksums complete.
+fn segment_udp(
+    hdr: &VnetHdr,
+    packet: &[u8],
+    scratch: &mut [u8],
+    mut emit: impl FnMut(&[u8]),
+) -> Result<(), SplitError> {
+    let bad = SplitError::BadGsoHeaders;
+    let v6 = packet.first().ok_or(bad)? >> 4 == 6;
+    let ip_len = if v6 {
+        if packet.len() < 48 || packet[6] != IPPROTO_UDP {
+            return Err(bad);
+        }
+        40
+    } else {
+        let ihl = usize::from(packet[0] & 0x0f) * 4;
+        if packet[0] >> 4 != 4 || ihl < 20 || packet.len() < ihl + 8 || packet[9] != IPPROTO_UDP {
+            return Err(bad);
+        }
+        ihl
+    };
+    let hl = ip_len + 8;
+    let size = usize::from(hdr.gso_size);
+    if size == 0 {
+        return Err(SplitError::ZeroGsoSize);
+    }
+    let payload = &packet[hl..];
+    let id0 = u16::from_be_bytes([packet[4], packet[5]]);
+    let n = payload.len().div_ceil(size).max(1);
+    for i in 0..n {
+        let off = i * size;
+        let chunk = &payload[off.min(payload.len())..(off + size).min(payload.len())];
+        let len = hl + chunk.len();
+        let seg = scratch.get_mut(..len).ok_or(SplitError::TooLarge)?;
+        seg[..hl].copy_from_slice(&packet[..hl]);
+        seg[hl..].copy_from_slice(chunk);
+        let udp_len = 8 + chunk.len();
+        let t = ip_len;
+        seg[t + 4..t + 6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+        seg[t + 6..t + 8].copy_from_slice(&[0, 0]);
+        let mut acc;
+        if v6 {
+            seg[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+            acc = sum_ne(&seg[8..40], 0);
+            let l = (udp_len as u32).to_be_bytes();
+            acc = sum_ne(&[l[0], l[1], l[2], l[3], 0, 0, 0, IPPROTO_UDP], acc);
+        } else {
+            seg[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            seg[4..6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
+            seg[10..12].copy_from_slice(&[0, 0]);
+            let c = finish(sum_ne(&seg[..ip_len], 0));
+            seg[10..12].copy_from_slice(&c);
+            acc = sum_ne(&seg[12..20], 0);
+            let l = (udp_len as u16).to_be_bytes();
+            acc = sum_ne(&[0, IPPROTO_UDP, l[0], l[1]], acc);
+        }
+        acc = sum_ne(&seg[t..], acc);
+        let mut c = finish(acc);
+        if c == [0, 0] {
+            c = [0xff, 0xff]; // a computed zero is sent as all ones (zero means "none")
+        }
+        seg[t + 6..t + 8].copy_from_slice(&c);
+        emit(seg);
+    }
+    Ok(())
 }
 
 fn segment_tcp(
@@ -237,8 +311,11 @@ const MAX_COALESCED: usize = 65_535;
 /// Coalesces consecutive TCP segments of one flow, as decrypted from one batch of datagrams,
 /// into one large packet written to the link with a GSO vnet header (the receive side of TSO,
 /// what the kernel's GRO does on a NIC): the kernel's TCP then handles one packet per batch
-/// instead of one per segment. Anything that does not continue the current run (another flow,
-/// other flags or options, a gap in the sequence, not TCP) ends the run and goes out as is.
+/// instead of one per segment. Consecutive UDP datagrams of one flow and one size (VXLAN's
+/// outer packets in tunnel mode, for example) are coalesced the same way as one USO packet, so
+/// they cost one write instead of one each; the kernel splits them again on delivery. Anything
+/// that does not continue the current run (another flow, other flags or options, a gap in the
+/// sequence, another protocol) ends the run and goes out as is.
 ///
 /// The buffer keeps [`VNET_HDR_LEN`] bytes in front of the packet for the header.
 pub struct Coalescer {
@@ -246,6 +323,7 @@ pub struct Coalescer {
     /// Segments in `buf` (0: empty).
     count: usize,
     v6: bool,
+    udp: bool,
     ip_len: usize,
     hdr_len: usize,
     seg_size: usize,
@@ -260,6 +338,7 @@ impl Default for Coalescer {
             buf: Vec::with_capacity(VNET_HDR_LEN + MAX_COALESCED),
             count: 0,
             v6: false,
+            udp: false,
             ip_len: 0,
             hdr_len: 0,
             seg_size: 0,
@@ -269,9 +348,10 @@ impl Default for Coalescer {
     }
 }
 
-/// The parts of a TCP segment that decide whether it can join a run.
+/// The parts of a TCP segment or UDP datagram that decide whether it can join a run.
 struct TcpSeg {
     v6: bool,
+    udp: bool,
     ip_len: usize,
     hdr_len: usize,
     seq: u32,
@@ -282,8 +362,8 @@ struct TcpSeg {
 const TCP_ACK: u8 = 0x10;
 const TCP_PSH: u8 = 0x08;
 
-/// A plain data segment (ACK, maybe PSH; no options on IPv4, no extension headers on IPv6, not
-/// fragmented), or `None`.
+/// A plain TCP data segment (ACK, maybe PSH) or UDP datagram with a payload (no options on
+/// IPv4, no extension headers on IPv6, not fragmented), or `None`.
 fn tcp_seg(p: &[u8]) -> Option<TcpSeg> {
     let v = p.first()? >> 4;
     let (v6, ip_len, total) = match v {
@@ -291,7 +371,7 @@ fn tcp_seg(p: &[u8]) -> Option<TcpSeg> {
             // ihl 5 only; no fragment offset or MF.
             if p[0] & 0x0f != 5
                 || p.len() < 20
-                || p[9] != IPPROTO_TCP
+                || (p[9] != IPPROTO_TCP && p[9] != IPPROTO_UDP)
                 || p[6] & 0x3f != 0
                 || p[7] != 0
             {
@@ -300,7 +380,7 @@ fn tcp_seg(p: &[u8]) -> Option<TcpSeg> {
             (false, 20, usize::from(u16::from_be_bytes([p[2], p[3]])))
         }
         6 => {
-            if p.len() < 40 || p[6] != IPPROTO_TCP {
+            if p.len() < 40 || (p[6] != IPPROTO_TCP && p[6] != IPPROTO_UDP) {
                 return None;
             }
             (true, 40, 40 + usize::from(u16::from_be_bytes([p[4], p[5]])))
@@ -309,6 +389,25 @@ fn tcp_seg(p: &[u8]) -> Option<TcpSeg> {
     };
     if total != p.len() {
         return None;
+    }
+    let proto = if v6 { p[6] } else { p[9] };
+    if proto == IPPROTO_UDP {
+        let udp_len = usize::from(u16::from_be_bytes([
+            *p.get(ip_len + 4)?,
+            *p.get(ip_len + 5)?,
+        ]));
+        if udp_len != p.len() - ip_len || udp_len <= 8 {
+            return None;
+        }
+        return Some(TcpSeg {
+            v6,
+            udp: true,
+            ip_len,
+            hdr_len: ip_len + 8,
+            seq: 0,
+            flags: 0,
+            payload: udp_len - 8,
+        });
     }
     let doff = usize::from(p.get(ip_len + 12)? >> 4) * 4;
     let hdr_len = ip_len + doff;
@@ -322,6 +421,7 @@ fn tcp_seg(p: &[u8]) -> Option<TcpSeg> {
     let t = ip_len;
     Some(TcpSeg {
         v6,
+        udp: false,
         ip_len,
         hdr_len,
         seq: u32::from_be_bytes([p[t + 4], p[t + 5], p[t + 6], p[t + 7]]),
@@ -343,6 +443,12 @@ impl Coalescer {
             self.buf.extend_from_slice(&packet[seg.hdr_len..]);
             self.count += 1;
             self.next_seq = seg.seq.wrapping_add(seg.payload as u32);
+            if seg.udp {
+                if seg.payload < self.seg_size || self.count >= MAX_UDP_SEGMENTS {
+                    self.closed = true;
+                }
+                return;
+            }
             if seg.flags & TCP_PSH != 0 {
                 // Carry the PSH onto the merged header.
                 let f = VNET_HDR_LEN + self.ip_len + 13;
@@ -360,6 +466,7 @@ impl Coalescer {
         self.buf.extend_from_slice(packet);
         self.count = 1;
         self.v6 = seg.v6;
+        self.udp = seg.udp;
         self.ip_len = seg.ip_len;
         self.hdr_len = seg.hdr_len;
         self.seg_size = seg.payload;
@@ -370,8 +477,9 @@ impl Coalescer {
     fn joins(&self, seg: &TcpSeg, p: &[u8]) -> bool {
         if self.closed
             || seg.v6 != self.v6
+            || seg.udp != self.udp
             || seg.hdr_len != self.hdr_len
-            || seg.seq != self.next_seq
+            || (!seg.udp && seg.seq != self.next_seq)
             || seg.payload > self.seg_size
             || self.buf.len() - VNET_HDR_LEN + seg.payload > MAX_COALESCED
         {
@@ -385,6 +493,10 @@ impl Coalescer {
             // version/ihl/tos, flags, ttl/protocol, addresses
             h[..2] == p[..2] && h[6..10] == p[6..10] && h[12..20] == p[12..20]
         };
+        if self.udp {
+            // ports
+            return ip_same && h[t..t + 4] == p[t..t + 4];
+        }
         // ports, ack, flags other than PSH, window, options (timestamps included)
         ip_same
             && h[t..t + 4] == p[t..t + 4]
@@ -403,30 +515,43 @@ impl Coalescer {
                 let len = self.buf.len() - VNET_HDR_LEN;
                 let t = self.ip_len;
                 let p = &mut self.buf[VNET_HDR_LEN..];
-                let tcp_len = len - t;
+                let l4_len = len - t;
+                let (proto, csum_offset) = if self.udp {
+                    (IPPROTO_UDP, 6)
+                } else {
+                    (IPPROTO_TCP, 16)
+                };
+                if self.udp {
+                    p[t + 4..t + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+                }
                 let mut acc;
                 if self.v6 {
-                    p[4..6].copy_from_slice(&(tcp_len as u16).to_be_bytes());
+                    p[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
                     acc = sum_ne(&p[8..40], 0);
-                    let l = (tcp_len as u32).to_be_bytes();
-                    acc = sum_ne(&[l[0], l[1], l[2], l[3], 0, 0, 0, IPPROTO_TCP], acc);
+                    let l = (l4_len as u32).to_be_bytes();
+                    acc = sum_ne(&[l[0], l[1], l[2], l[3], 0, 0, 0, proto], acc);
                 } else {
                     p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
                     p[10..12].copy_from_slice(&[0, 0]);
                     let c = finish(sum_ne(&p[..20], 0));
                     p[10..12].copy_from_slice(&c);
                     acc = sum_ne(&p[12..20], 0);
-                    let l = (tcp_len as u16).to_be_bytes();
-                    acc = sum_ne(&[0, IPPROTO_TCP, l[0], l[1]], acc);
+                    let l = (l4_len as u16).to_be_bytes();
+                    acc = sum_ne(&[0, proto, l[0], l[1]], acc);
                 }
                 // CHECKSUM_PARTIAL: the field holds the pseudo-header sum, not complemented.
-                p[t + 16..t + 18].copy_from_slice(&fold(acc).to_ne_bytes());
-                let hdr = [F_NEEDS_CSUM, if self.v6 { GSO_TCPV6 } else { GSO_TCPV4 }];
+                p[t + csum_offset..t + csum_offset + 2].copy_from_slice(&fold(acc).to_ne_bytes());
+                let gso = match (self.udp, self.v6) {
+                    (true, _) => GSO_UDP_L4,
+                    (false, true) => GSO_TCPV6,
+                    (false, false) => GSO_TCPV4,
+                };
+                let hdr = [F_NEEDS_CSUM, gso];
                 self.buf[..2].copy_from_slice(&hdr);
                 self.buf[2..4].copy_from_slice(&(self.hdr_len as u16).to_le_bytes());
                 self.buf[4..6].copy_from_slice(&(self.seg_size as u16).to_le_bytes());
                 self.buf[6..8].copy_from_slice(&(t as u16).to_le_bytes());
-                self.buf[8..10].copy_from_slice(&16u16.to_le_bytes());
+                self.buf[8..10].copy_from_slice(&(csum_offset as u16).to_le_bytes());
                 write(&self.buf);
             }
         }
@@ -703,5 +828,91 @@ mod tests {
                 (GSO_NONE, 90)
             ]
         );
+    }
+
+    fn udp_v4(payload: usize, sport: u16, fill: u8) -> Vec<u8> {
+        let mut p = vec![0u8; 28 + payload];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&((28 + payload) as u16).to_be_bytes());
+        p[6] = 0x40;
+        p[8] = 64;
+        p[9] = IPPROTO_UDP;
+        p[12..16].copy_from_slice(&[10, 0, 0, 1]);
+        p[16..20].copy_from_slice(&[10, 0, 0, 2]);
+        p[20..22].copy_from_slice(&sport.to_be_bytes());
+        p[22..24].copy_from_slice(&8472u16.to_be_bytes());
+        p[24..26].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
+        for b in &mut p[28..] {
+            *b = fill;
+        }
+        // A complete checksum, as the sender's kernel computed it.
+        let mut acc = sum_ne(&p[12..20], 0);
+        let l = ((8 + payload) as u16).to_be_bytes();
+        acc = sum_ne(&[0, IPPROTO_UDP, l[0], l[1]], acc);
+        let c = finish(sum_ne(&p[20..], acc));
+        p[26..28].copy_from_slice(&c);
+        let c = finish(sum_ne(&p[..20], 0));
+        p[10..12].copy_from_slice(&c);
+        p
+    }
+
+    fn udp_ok(seg: &[u8]) -> bool {
+        let udp_len = seg.len() - 20;
+        let mut acc = sum_ne(&seg[12..20], 0);
+        let l = (udp_len as u16).to_be_bytes();
+        acc = sum_ne(&[0, IPPROTO_UDP, l[0], l[1]], acc);
+        valid(sum_ne(&seg[20..], acc)) && valid(sum_ne(&seg[..20], 0))
+    }
+
+    #[test]
+    fn udp_datagrams_coalesce_into_one_uso_frame_and_split_back() {
+        let dgrams: Vec<Vec<u8>> = (0..5)
+            .map(|i| udp_v4(if i == 4 { 300 } else { 1000 }, 4000, i as u8))
+            .collect();
+        let mut c = Coalescer::default();
+        let mut frames: Vec<Vec<u8>> = Vec::new();
+        let mut w = |f: &[u8]| frames.push(f.to_vec());
+        for d in &dgrams {
+            c.push(d, &mut w);
+        }
+        c.push(&udp_v4(1000, 4000, 9), &mut w); // after the shorter one: a new run
+        c.push(&udp_v4(1000, 4001, 9), &mut w); // another flow
+        c.flush(&mut w);
+        assert_eq!(frames.len(), 3);
+        let h = VnetHdr::parse(&frames[0]).unwrap();
+        assert_eq!(
+            h,
+            VnetHdr {
+                flags: F_NEEDS_CSUM,
+                gso_type: GSO_UDP_L4,
+                hdr_len: 28,
+                gso_size: 1000,
+                csum_start: 20,
+                csum_offset: 6
+            }
+        );
+        assert_eq!(frames[0].len() - VNET_HDR_LEN, 28 + 4300);
+        assert_eq!(VnetHdr::parse(&frames[1]).unwrap().gso_type, GSO_NONE);
+        // The kernel's way back (and our fallback): the same datagrams, checksums valid.
+        let mut pkt = frames[0][VNET_HDR_LEN..].to_vec();
+        let mut scratch = vec![0u8; 2000];
+        let mut again = Vec::new();
+        split(&h, &mut pkt, &mut scratch, |s| again.push(s.to_vec())).unwrap();
+        assert_eq!(again.len(), 5);
+        for (a, d) in again.iter().zip(&dgrams) {
+            assert!(udp_ok(a));
+            assert_eq!(a[28..], d[28..]);
+            assert_eq!(a.len(), d.len());
+        }
+        // At most 64 datagrams per run.
+        let mut c = Coalescer::default();
+        let mut frames: Vec<Vec<u8>> = Vec::new();
+        let mut w = |f: &[u8]| frames.push(f.to_vec());
+        for _ in 0..70 {
+            c.push(&udp_v4(100, 1, 0), &mut w);
+        }
+        c.flush(&mut w);
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[0].len() - VNET_HDR_LEN, 28 + 64 * 100);
     }
 }

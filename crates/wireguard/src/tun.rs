@@ -153,6 +153,17 @@ impl Tun {
         })?;
         // Without offloads the link still works, one MTU-sized packet per read.
         let offloads = tunsetoffload(file.as_raw_fd(), OFFLOADS).is_ok();
+        // Non-blocking reads, so the device can read what is queued in one go and send it as
+        // one batch ([`Tun::wait_readable`] waits for more).
+        nix::fcntl::fcntl(
+            &file,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .map_err(|source| TunError::Ioctl {
+            name: name.into(),
+            op: "fcntl O_NONBLOCK",
+            source,
+        })?;
         Ok(Tun {
             file,
             name: name.into(),
@@ -171,9 +182,20 @@ impl Tun {
     }
 
     /// Reads one packet into `buf`, preceded by its `virtio_net_hdr`
-    /// ([`crate::offload::VNET_HDR_LEN`] bytes); returns the length of both.
+    /// ([`crate::offload::VNET_HDR_LEN`] bytes); returns the length of both. `WouldBlock` when
+    /// no packet is queued.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         (&self.file).read(buf)
+    }
+
+    /// Waits until a packet can be read, at most `timeout_ms`.
+    pub fn wait_readable(&self, timeout_ms: u16) {
+        use std::os::fd::AsFd;
+        let mut fds = [nix::poll::PollFd::new(
+            self.file.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let _ = nix::poll::poll(&mut fds, timeout_ms);
     }
 
     /// Writes one packet, which must be preceded by a `virtio_net_hdr` (zeros: a plain packet

@@ -28,8 +28,9 @@ use crate::keys::KEY_LEN;
 const MAX_LINE: usize = 512;
 
 /// The most lines one request or reply may have: bounds the memory a client of the socket (or a
-/// misbehaving device) can make the other side spend.
-const MAX_LINES: usize = 1 << 20;
+/// misbehaving device) can make the other side spend (at most 128 MiB), while leaving room for
+/// tens of thousands of peers (a peer takes about six lines).
+const MAX_LINES: usize = 1 << 18;
 
 /// The errno a device replies for a request it does not understand or refuses (EINVAL).
 pub const EINVAL: i32 = 22;
@@ -487,8 +488,9 @@ impl UapiClient {
     }
 }
 
-/// Parses an `errno=` value. wireguard-go writes it negative, the kernel's `wg` convention
-/// positive; either way the magnitude is the errno.
+/// Parses an `errno=` value. Devices write it negative (wireguard-go's `errno=-22`, which is
+/// what `wg` expects: it prints the negated value's `strerror`); a positive one is read the
+/// same, the magnitude is the errno.
 fn parse_errno(value: &str) -> Result<i32, String> {
     value
         .parse::<i64>()
@@ -800,7 +802,7 @@ pub trait UapiHandler {
 
 /// Serves UAPI requests on one connection until the client closes it: reads `get=1` or `set=1`
 /// requests, replies to each, and returns on end of stream. A request the handler cannot parse
-/// gets `errno=22` and closes the connection, since the rest of the stream can no longer be
+/// gets `errno=-22` (EINVAL, negative as wireguard-go and `wg` have it) and closes the connection, since the rest of the stream can no longer be
 /// framed. Errors are returned for the caller to log; nothing panics on bad input.
 pub fn serve<S: Read + Write>(stream: S, handler: &dyn UapiHandler) -> Result<(), ServeError> {
     let mut reader = BufReader::new(stream);
@@ -816,7 +818,7 @@ pub fn serve<S: Read + Write>(stream: S, handler: &dyn UapiHandler) -> Result<()
             "get=1" => {
                 let blank = read_line(&mut reader).map_err(ServeError::Io)?;
                 if blank.as_deref() != Some("") {
-                    reply(reader.get_mut(), &format!("errno={EINVAL}\n"))?;
+                    reply(reader.get_mut(), &format!("errno=-{EINVAL}\n"))?;
                     return Err(ServeError::Request(bad(
                         2,
                         blank.as_deref().map_or("", key_of),
@@ -840,7 +842,7 @@ pub fn serve<S: Read + Write>(stream: S, handler: &dyn UapiHandler) -> Result<()
                     }
                     lines += 1;
                     if lines > MAX_LINES {
-                        reply(reader.get_mut(), &format!("errno={EINVAL}\n"))?;
+                        reply(reader.get_mut(), &format!("errno=-{EINVAL}\n"))?;
                         return Err(ServeError::Request(bad(
                             lines + 1,
                             "",
@@ -854,7 +856,7 @@ pub fn serve<S: Read + Write>(stream: S, handler: &dyn UapiHandler) -> Result<()
                     Ok(req) => match handler.set(req) {
                         Ok(()) => reply(reader.get_mut(), "errno=0\n")?,
                         Err((errno, msg)) => {
-                            reply(reader.get_mut(), &format!("errno={errno}\n"))?;
+                            reply(reader.get_mut(), &format!("errno=-{errno}\n"))?;
                             return Err(ServeError::Refused {
                                 errno,
                                 message: msg,
@@ -862,13 +864,13 @@ pub fn serve<S: Read + Write>(stream: S, handler: &dyn UapiHandler) -> Result<()
                         }
                     },
                     Err(e) => {
-                        reply(reader.get_mut(), &format!("errno={EINVAL}\n"))?;
+                        reply(reader.get_mut(), &format!("errno=-{EINVAL}\n"))?;
                         return Err(ServeError::Request(e));
                     }
                 }
             }
             other => {
-                reply(reader.get_mut(), &format!("errno={EINVAL}\n"))?;
+                reply(reader.get_mut(), &format!("errno=-{EINVAL}\n"))?;
                 return Err(ServeError::Request(bad(
                     1,
                     key_of(other),
@@ -892,7 +894,7 @@ pub enum ServeError {
     /// Reading or writing the connection failed, or it broke off mid-request.
     #[error("uapi connection: {0}")]
     Io(io::Error),
-    /// The request was not valid protocol text (the client got errno=22).
+    /// The request was not valid protocol text (the client got errno=-22).
     #[error("uapi request refused: {0}")]
     Request(ParseError),
     /// The device refused a well-formed request.
@@ -1307,7 +1309,7 @@ mod tests {
         let f = fake();
         let input = format!("set=1\npublic_key={HEX_02}\nallowed_ip=10.0.0.2/32\nbogus=1\n\n");
         let (out, r) = serve_text(&input, &f);
-        assert_eq!(out, "errno=22\n\n");
+        assert_eq!(out, "errno=-22\n\n");
         match r.unwrap_err() {
             ServeError::Request(e) => {
                 assert_eq!((e.line, e.key.as_str()), (4, "bogus"));
@@ -1317,11 +1319,11 @@ mod tests {
         assert!(f.sets.lock().unwrap().is_empty(), "a bad request applied");
 
         let (out, r) = serve_text("delete=1\n\n", &f);
-        assert_eq!(out, "errno=22\n\n");
+        assert_eq!(out, "errno=-22\n\n");
         assert!(r.unwrap_err().to_string().contains("delete"));
 
         let (out, r) = serve_text("get=1\nfoo=bar\n\n", &f);
-        assert_eq!(out, "errno=22\n\n");
+        assert_eq!(out, "errno=-22\n\n");
         assert!(r.is_err());
 
         // A line too long, binary junk, a request cut off: errors, no panic.
@@ -1336,7 +1338,7 @@ mod tests {
             ..fake()
         };
         let (out, r) = serve_text("set=1\nlisten_port=1\n\n", &refusing);
-        assert_eq!(out, "errno=98\n\n");
+        assert_eq!(out, "errno=-98\n\n");
         assert!(matches!(r, Err(ServeError::Refused { errno: 98, .. })));
     }
 
@@ -1360,11 +1362,11 @@ mod tests {
                 serve(s, &f).unwrap();
             }
             let (s, _) = listener.accept().unwrap();
-            // A device refusing the request, wireguard-go style (negative errno).
+            // A device refusing the request with a positive errno: read the same.
             let mut r = BufReader::new(s);
             let mut line = String::new();
             r.read_line(&mut line).unwrap();
-            r.get_mut().write_all(b"errno=-22\n\n").unwrap();
+            r.get_mut().write_all(b"errno=22\n\n").unwrap();
             f.sets.into_inner().unwrap()
         });
         let client = UapiClient::new(&path).with_timeout(Duration::from_secs(10));
