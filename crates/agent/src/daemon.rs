@@ -68,6 +68,9 @@ pub const WIREGUARD_ENCRYPT_KEY: u8 = 255;
 /// The WireGuard key file in the state directory (Cilium's `cilium_wg0.key`).
 pub const WIREGUARD_KEY_FILE: &str = "plexus_wg0.key";
 
+/// Whose each of the device's peers is, in the state directory (for the next agent).
+pub const WIREGUARD_PEERS_FILE: &str = "wireguard-peers.json";
+
 /// This node's `Node`, as Cilium publishes it; with a WireGuard public key (base64), also its
 /// `WireguardPubKey` and `EncryptionKey`.
 pub fn own_node(
@@ -212,6 +215,9 @@ pub async fn run(args: Options) -> Result<()> {
     } else {
         None
     };
+    if real_kernel && !args.enable_wireguard {
+        crate::netcmd::wireguard_teardown()?;
+    }
     let underlay_mtu = if real_kernel && args.enable_wireguard {
         crate::netcmd::underlay_mtu(args.node_ip)?
     } else {
@@ -273,7 +279,7 @@ pub async fn run(args: Options) -> Result<()> {
                 strict: args.encryption_strict_mode,
                 publish,
                 kernel,
-                keep_at_start: crate::shell::wireguard::KEEP_AT_START,
+                records_file: Some(args.state_dir.join(WIREGUARD_PEERS_FILE)),
             });
             std::thread::Builder::new()
                 .name("wireguard-sync".into())

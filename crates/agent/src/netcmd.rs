@@ -44,6 +44,30 @@ pub fn underlay_mtu(node_ip: Ipv4Addr) -> Result<u32> {
     Ok(link.and_then(|l| l.mtu).unwrap_or(1500))
 }
 
+/// Undoes tunnel mode's policy routing into WireGuard (the rule and table
+/// [`WIREGUARD_TABLE`]), for an agent started with WireGuard off: a device stopped after
+/// encryption was turned off leaves its link, and the rule would keep routing VXLAN into it.
+/// Native mode's routes into the device are replaced by the agent's own routes anyway.
+pub fn wireguard_teardown() -> Result<()> {
+    let (rules, routes) = blocking(|nl| async move {
+        let rules = nl
+            .delete_rules_udp_dport(VXLAN_PORT, WIREGUARD_TABLE)
+            .await?;
+        // The table is ours only if our rule pointed at it: leave another owner's alone.
+        let routes = if rules > 0 {
+            nl.flush_table(WIREGUARD_TABLE).await?
+        } else {
+            0
+        };
+        Ok((rules, routes))
+    })
+    .context("remove WireGuard's policy routing")?;
+    if rules + routes > 0 {
+        tracing::info!(rules, routes, "WireGuard off: its policy routing removed");
+    }
+    Ok(())
+}
+
 /// Sets up the kernel around the WireGuard device (see the module documentation); returns the
 /// device's interface index. Fails, naming it, when the device does not exist yet.
 pub fn wireguard_setup(tunnel: bool, node_ip: Ipv4Addr, mtu: u32) -> Result<u32> {

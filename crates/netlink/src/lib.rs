@@ -565,6 +565,99 @@ impl Netlink {
         }
     }
 
+    /// Removes every rule `ipproto udp dport PORT lookup TABLE` (what
+    /// [`Netlink::ensure_rule_udp_dport`] adds); how many there were.
+    pub async fn delete_rules_udp_dport(
+        &self,
+        port: u16,
+        table: u32,
+    ) -> Result<usize, NetlinkError> {
+        use rtnetlink::packet_route::IpProtocol;
+        use rtnetlink::packet_route::rule::RuleAttribute;
+        let describe = || format!("ipproto udp dport {port} lookup {table}");
+        let mut rules = self.handle.rule().get(rtnetlink::IpVersion::V4).execute();
+        let mut matching = Vec::new();
+        while let Some(msg) = rules.try_next().await.map_err(|e| NetlinkError::Rule {
+            rule: describe(),
+            op: "list",
+            source: kernel(e),
+        })? {
+            let t = msg
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RuleAttribute::Table(t) => Some(*t),
+                    _ => None,
+                })
+                .unwrap_or(u32::from(msg.header.table));
+            let udp = msg
+                .attributes
+                .iter()
+                .any(|a| matches!(a, RuleAttribute::IpProtocol(IpProtocol::Udp)));
+            let dport = msg.attributes.iter().any(|a| {
+                matches!(a, RuleAttribute::DestinationPortRange(r) if r.start == port && r.end == port)
+            });
+            if t == table && udp && dport {
+                matching.push(msg);
+            }
+        }
+        let n = matching.len();
+        for msg in matching {
+            self.handle
+                .rule()
+                .del(msg)
+                .execute()
+                .await
+                .map_err(|e| NetlinkError::Rule {
+                    rule: describe(),
+                    op: "delete",
+                    source: kernel(e),
+                })?;
+        }
+        Ok(n)
+    }
+
+    /// Removes every IPv4 route of table `table` (`ip route flush table TABLE`); how many.
+    pub async fn flush_table(&self, table: u32) -> Result<usize, NetlinkError> {
+        let mut routes = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        let mut matching = Vec::new();
+        while let Some(msg) = routes.try_next().await.map_err(|e| NetlinkError::Route {
+            route: format!("* table {table}"),
+            op: "list",
+            source: kernel(e),
+        })? {
+            let t = msg
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Table(t) => Some(*t),
+                    _ => None,
+                })
+                .unwrap_or(u32::from(msg.header.table));
+            if t == table {
+                matching.push(msg);
+            }
+        }
+        let n = matching.len();
+        for msg in matching {
+            if let Err(e) = self.handle.route().del(msg).execute().await {
+                let source = kernel(e);
+                if source.raw_os_error() != Some(ESRCH) {
+                    return Err(NetlinkError::Route {
+                        route: format!("* table {table}"),
+                        op: "delete",
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(n)
+    }
+
     /// Deletes the main-table route to `dst`, whatever its next hop; `Ok(false)` when there
     /// was none.
     pub async fn route_delete(&self, dst: Ipv4Cidr) -> Result<bool, NetlinkError> {

@@ -93,6 +93,8 @@ pub enum Input {
     NodeUpsert(Node),
     /// A node of this cluster (by name) is gone.
     NodeDelete(String),
+    /// This cluster's nodes are listed (the node store's first listing is complete).
+    NodesSynced,
     /// An ip -> identity entry of this cluster, by its key relative to the prefix.
     IpUpsert {
         /// `<ip>` or `<ip>/<len>`.
@@ -197,6 +199,11 @@ pub struct NodeCore {
     endpoints: BTreeMap<u16, LocalEndpoint>,
     /// Whether the nodes changed since the WireGuard peers were last output.
     peers_dirty: bool,
+    /// Whether this cluster's nodes are listed.
+    local_nodes_synced: bool,
+    /// Remote clusters drained (their configuration removed) since this agent started and not
+    /// configured again.
+    drained: BTreeSet<String>,
     /// Inputs folded so far.
     seq: u64,
 }
@@ -212,6 +219,8 @@ impl NodeCore {
             endpoints: BTreeMap::new(),
             // The first output carries the peer set, even an empty one.
             peers_dirty: true,
+            local_nodes_synced: false,
+            drained: BTreeSet::new(),
             seq: 0,
             config,
         }
@@ -235,15 +244,28 @@ impl NodeCore {
             &input,
             Input::NodeUpsert(_)
                 | Input::NodeDelete(_)
+                | Input::NodesSynced
                 | Input::Remote(MeshEvent {
                     event: RemoteEvent::NodeUpsert(_)
                         | RemoteEvent::NodeDelete(_)
                         | RemoteEvent::ClusterConfig { .. }
+                        | RemoteEvent::Synced
                         | RemoteEvent::Drained,
                     ..
                 })
         ) {
             self.peers_dirty = true;
+        }
+        if let Input::Remote(MeshEvent { cluster, event }) = &input {
+            match event {
+                RemoteEvent::Drained => {
+                    self.drained.insert(cluster.clone());
+                }
+                RemoteEvent::ClusterConfig { .. } => {
+                    self.drained.remove(cluster);
+                }
+                _ => {}
+            }
         }
         match input {
             Input::EndpointUpsert(ep) => {
@@ -264,6 +286,7 @@ impl NodeCore {
                 self.ipcache.node_upsert(&own_cluster, id, &node);
             }
             Input::NodeDelete(name) => self.ipcache.node_delete(&own_cluster, &name),
+            Input::NodesSynced => self.local_nodes_synced = true,
             Input::IpUpsert { key, pair } => self.ipcache.cluster_ip_upsert(&key, &pair),
             Input::IpDelete(key) => self.ipcache.cluster_ip_delete(&key),
             Input::IdentityUpsert { id, labels } => {
@@ -328,6 +351,25 @@ impl NodeCore {
             policies,
             wireguard_peers,
         }
+    }
+
+    /// The clusters whose WireGuard peers may be removed when the core does not want them:
+    /// those whose nodes it has listed in full since the agent started (this cluster once its
+    /// nodes are listed, a remote once it synced) and the remotes drained since. A restarted
+    /// agent keeps the device's other peers until their cluster is listed, so a restart (or a
+    /// remote that is unreachable meanwhile) never tears down a working tunnel.
+    pub fn settled_clusters(&self) -> BTreeSet<String> {
+        let mut out: BTreeSet<String> = self
+            .remotes
+            .iter()
+            .filter(|(_, r)| r.synced)
+            .map(|(c, _)| c.clone())
+            .collect();
+        out.extend(self.drained.iter().cloned());
+        if self.local_nodes_synced {
+            out.insert(self.config.cluster.clone());
+        }
+        out
     }
 
     /// The WireGuard peers this node wants now (see [`encryption`]), whether or not WireGuard

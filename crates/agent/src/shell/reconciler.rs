@@ -140,16 +140,16 @@ impl Reconciler {
 
     /// Takes the core's output and applies it; reports the inputs it covers as applied.
     pub fn round(&mut self) {
-        let (output, seq, encrypted_routes) = {
+        let (output, seq, encrypted_routes, settled) = {
             let mut core = self.driver.core.lock().unwrap_or_else(|e| e.into_inner());
             let output = core.take_output();
             let routes = core.ipcache().encrypted_routes();
-            (output, core.seq(), routes)
+            (output, core.seq(), routes, core.settled_clusters())
         };
         self.apply_ipcache(&output.ipcache);
         self.apply_routes(&output.routes);
         if let (Some(wg), Some(peers)) = (&self.wireguard, output.wireguard_peers) {
-            wg.set_desired(peers, encrypted_routes);
+            wg.set_desired(peers, encrypted_routes, settled);
         }
         if let Some(desired) = output.services.or_else(|| self.retry_services.take())
             && !sync_services(self.datapath.as_ref(), &mut self.services, &desired)

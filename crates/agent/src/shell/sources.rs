@@ -61,7 +61,7 @@ pub async fn follow_local(backend: Arc<dyn KvBackend>, cluster: ClusterInfo, cor
                     tracing::warn!(%key, %reason, "node refused");
                     None
                 }
-                StoreEvent::Synced => None,
+                StoreEvent::Synced => Some(Input::NodesSynced),
             },
             e = ips.next() => match e {
                 StoreEvent::Upsert { key, value, .. } => Some(Input::IpUpsert { key, pair: value }),

@@ -13,6 +13,11 @@
 //! device accepted its peer, and unmarked before its peer is removed, so the datapath never
 //! lets a pod's packet through towards a node the device cannot encrypt for.
 //!
+//! A restart never tears tunnels down: the agent records whose each peer it set is
+//! ([`PeerRecord`], in the state dir), and a new agent removes a peer it does not want only
+//! once that peer's cluster is settled (its nodes listed in full since the start, or the
+//! remote drained): until then the core simply does not know that cluster's nodes yet.
+//!
 //! [`WireguardTask`] runs the sync in its own thread (UAPI calls block, with timeouts): on
 //! every new desired state, on a key rotation, and every [`RESYNC`] (every [`RETRY`] while the
 //! device is unreachable or refused a change). The periodic check is why a device that
@@ -36,12 +41,6 @@ use crate::core::{WireguardPeer, WireguardPeers};
 pub const RESYNC: Duration = Duration::from_secs(5);
 /// How soon a failed sync is tried again.
 pub const RETRY: Duration = Duration::from_secs(1);
-/// How long a starting agent keeps the device's peers (and strict mode's marks) that it does
-/// not want (yet): a restarted agent learns the nodes anew (its cluster's listing, the remote
-/// clusters through the mesh), and a sync before that would take working tunnels down, so a
-/// restart would stop pod traffic for a moment. Only additions and changes are applied
-/// meanwhile.
-pub const KEEP_AT_START: Duration = Duration::from_secs(30);
 
 /// The node's WireGuard device, as the agent drives it. Errors are messages naming the socket.
 pub trait WireguardDevice: Send + Sync {
@@ -173,10 +172,15 @@ fn allowed(p: &Prefix) -> AllowedIp {
 }
 
 /// The one `set` request that turns the device's state `info` into the desired one (private
-/// key `private_key`, port [`WIREGUARD_PORT`], exactly the peers `desired`); `None` when the
-/// device is as desired. Peers to remove come first, so a prefix moving from a stale peer to a
-/// new one is never claimed twice.
-pub fn diff(info: &DeviceInfo, private_key: Key, desired: &WireguardPeers) -> Option<SetDevice> {
+/// key `private_key`, port [`WIREGUARD_PORT`], the peers `desired`, and no other peer but
+/// those in `keep`); `None` when the device is as desired. Peers to remove come first, so a
+/// prefix moving from a stale peer to a new one is never claimed twice.
+pub fn diff(
+    info: &DeviceInfo,
+    private_key: Key,
+    desired: &WireguardPeers,
+    keep: &BTreeSet<Key>,
+) -> Option<SetDevice> {
     let mut req = SetDevice::default();
     if info.private_key != Some(private_key) {
         req.private_key = Some(private_key);
@@ -185,7 +189,7 @@ pub fn diff(info: &DeviceInfo, private_key: Key, desired: &WireguardPeers) -> Op
         req.listen_port = Some(WIREGUARD_PORT);
     }
     for peer in &info.peers {
-        if !desired.contains_key(&peer.public_key) {
+        if !desired.contains_key(&peer.public_key) && !keep.contains(&peer.public_key) {
             req.peers.push(SetPeer {
                 remove: true,
                 ..SetPeer::new(peer.public_key)
@@ -299,6 +303,54 @@ pub struct SyncStatus {
     pub peers: usize,
 }
 
+/// What the agent remembers of a peer it set on the device: whose it is. Kept in the state dir
+/// (`wireguard-peers.json`), so a restarted agent knows which cluster each of the device's
+/// peers belongs to and keeps it until that cluster's nodes are listed again.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct PeerRecord {
+    /// The node's cluster.
+    pub cluster: String,
+    /// The node.
+    pub node: String,
+    /// Its underlay address.
+    pub node_ip: Ipv4Addr,
+}
+
+/// The records by public key (base64), as the state file holds them.
+type Records = BTreeMap<Key, PeerRecord>;
+
+fn load_records(path: &std::path::Path) -> Records {
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Records::new(),
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "reading the WireGuard peer records");
+            return Records::new();
+        }
+    };
+    let raw: BTreeMap<String, PeerRecord> = match serde_json::from_slice(&text) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "WireGuard peer records not valid: ignored");
+            return Records::new();
+        }
+    };
+    raw.into_iter()
+        .filter_map(|(k, v)| Some((k.parse::<Key>().ok()?, v)))
+        .collect()
+}
+
+fn save_records(path: &std::path::Path, records: &Records) -> Result<(), String> {
+    let raw: BTreeMap<String, &PeerRecord> =
+        records.iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let bytes = serde_json::to_vec_pretty(&raw).map_err(|e| e.to_string())?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("write {}: {e}", path.display()))
+}
+
 /// The sync's state: the desired peers and key, what the datapath's strict-mode map holds.
 pub struct WireguardSync {
     device: Arc<dyn WireguardDevice>,
@@ -307,13 +359,17 @@ pub struct WireguardSync {
     desired: WireguardPeers,
     /// Native mode's pod CIDRs routed into the device.
     routes: Vec<Prefix>,
+    /// The clusters whose peers may go when not desired (see
+    /// [`crate::core::NodeCore::settled_clusters`]).
+    settled: BTreeSet<String>,
+    /// Whose each peer set on the device is, and where that is kept.
+    records: Records,
+    records_file: Option<PathBuf>,
     /// The kernel around the device (none in tests of the device alone).
     kernel: Option<Box<dyn WireguardKernel>>,
     /// Node addresses in `PLEXUS_WG_PEERS` (read back from the pinned map at start).
     marked: BTreeSet<Ipv4Addr>,
     status: SyncStatus,
-    /// Until then nothing is removed from the device or the map (see [`KEEP_AT_START`]).
-    keep_until: std::time::Instant,
 }
 
 impl WireguardSync {
@@ -333,16 +389,19 @@ impl WireguardSync {
             private_key,
             desired: WireguardPeers::new(),
             routes: Vec::new(),
+            settled: BTreeSet::new(),
+            records: Records::new(),
+            records_file: None,
             kernel: None,
             marked,
             status: SyncStatus::default(),
-            keep_until: std::time::Instant::now(),
         }
     }
 
-    /// Removes nothing for `keep` from now (see [`KEEP_AT_START`]).
-    pub fn keeping_for(mut self, keep: Duration) -> Self {
-        self.keep_until = std::time::Instant::now() + keep;
+    /// Remembers whose each peer is in `file` (read now, written after each change).
+    pub fn with_records(mut self, file: PathBuf) -> Self {
+        self.records = load_records(&file);
+        self.records_file = Some(file);
         self
     }
 
@@ -352,11 +411,19 @@ impl WireguardSync {
         self
     }
 
-    /// Sets the peers the node wants and the pod CIDRs routed into the device (applied on the
-    /// next [`WireguardSync::sync`]).
-    pub fn set_desired(&mut self, desired: WireguardPeers, routes: Vec<Prefix>) {
+    /// Sets the peers the node wants, the pod CIDRs routed into the device, and the clusters
+    /// whose other peers may go (applied on the next [`WireguardSync::sync`]). A peer the
+    /// agent set earlier (recorded) for a cluster not in `settled` stays, with its node still
+    /// marked; a peer nobody recorded goes.
+    pub fn set_desired(
+        &mut self,
+        desired: WireguardPeers,
+        routes: Vec<Prefix>,
+        settled: BTreeSet<String>,
+    ) {
         self.desired = desired;
         self.routes = routes;
+        self.settled = settled;
     }
 
     /// Sets the device's private key (applied on the next sync).
@@ -403,15 +470,28 @@ impl WireguardSync {
     }
 
     fn sync_inner(&mut self) -> Result<usize, (bool, String)> {
-        let wanted: BTreeSet<Ipv4Addr> = self.desired.values().map(|p| p.node_ip).collect();
-        let keeping = std::time::Instant::now() < self.keep_until;
+        // A node publishing this node's own key (a copied key file) cannot be a peer: a device
+        // refuses a peer with its own key, and the whole request with it.
+        let own = NodeKey::from_private_bytes(self.private_key.0).public_key();
+        if let Some(p) = self.desired.remove(&own) {
+            tracing::warn!(cluster = %p.cluster, node = %p.node, key = %own, "a node publishes this node's own WireGuard key: not a peer");
+        }
+        // Peers of clusters not listed yet stay, and so do their nodes' marks.
+        let kept: Records = self
+            .records
+            .iter()
+            .filter(|(k, r)| !self.desired.contains_key(*k) && !self.settled.contains(&r.cluster))
+            .map(|(k, r)| (*k, r.clone()))
+            .collect();
+        let keep: BTreeSet<Key> = kept.keys().copied().collect();
+        let wanted: BTreeSet<Ipv4Addr> = self
+            .desired
+            .values()
+            .map(|p| p.node_ip)
+            .chain(kept.values().map(|r| r.node_ip))
+            .collect();
         // Before a peer goes from the device: traffic to its node stops at the datapath.
-        let unwanted: Vec<Ipv4Addr> = if keeping {
-            Vec::new()
-        } else {
-            self.marked.difference(&wanted).copied().collect()
-        };
-        for node in &unwanted {
+        for node in self.marked.clone().difference(&wanted) {
             match self.datapath.remove_encrypted_node(*node) {
                 Ok(()) => {
                     self.marked.remove(node);
@@ -423,16 +503,7 @@ impl WireguardSync {
         if let Some(kernel) = &mut self.kernel {
             kernel.ensure(&self.routes).map_err(|e| (true, e))?;
         }
-        let req = diff(&info, self.private_key, &self.desired).and_then(|mut req| {
-            if keeping {
-                req.peers.retain(|p| !p.remove);
-                if req.private_key.is_none() && req.listen_port.is_none() && req.peers.is_empty() {
-                    return None;
-                }
-            }
-            Some(req)
-        });
-        if let Some(req) = req {
+        if let Some(req) = diff(&info, self.private_key, &self.desired, &keep) {
             let (removed, changed) =
                 req.peers.iter().fold(
                     (0, 0),
@@ -444,11 +515,35 @@ impl WireguardSync {
                 port = ?req.listen_port,
                 removed,
                 added_or_changed = changed,
+                kept = keep.len(),
                 "WireGuard device updated"
             );
         }
+        // Whose the device's peers are now, for the next agent.
+        let on_device: BTreeSet<Key> = info.peers.iter().map(|p| p.public_key).collect();
+        let mut records: Records = kept
+            .into_iter()
+            .filter(|(k, _)| on_device.contains(k))
+            .collect();
+        records.extend(self.desired.iter().map(|(k, p)| {
+            (
+                *k,
+                PeerRecord {
+                    cluster: p.cluster.clone(),
+                    node: p.node.clone(),
+                    node_ip: p.node_ip,
+                },
+            )
+        }));
+        if records != self.records {
+            if let Some(file) = &self.records_file {
+                save_records(file, &records).map_err(|e| (true, e))?;
+            }
+            self.records = records;
+        }
         // The device accepted every desired peer: their nodes may receive pod traffic.
-        for node in wanted.difference(&self.marked.clone()) {
+        let desired_nodes: BTreeSet<Ipv4Addr> = self.desired.values().map(|p| p.node_ip).collect();
+        for node in desired_nodes.difference(&self.marked.clone()) {
             match self.datapath.upsert_encrypted_node(*node) {
                 Ok(()) => {
                     self.marked.insert(*node);
@@ -462,7 +557,7 @@ impl WireguardSync {
 
 /// What wakes the sync thread.
 enum Wake {
-    Desired(WireguardPeers, Vec<Prefix>),
+    Desired(WireguardPeers, Vec<Prefix>, BTreeSet<String>),
     Key(Key, std::sync::mpsc::Sender<Result<(), String>>),
 }
 
@@ -511,8 +606,8 @@ pub struct WireguardConfig {
     pub publish: Box<dyn Fn(Key) + Send + Sync>,
     /// The kernel around the device (none with the fake datapath).
     pub kernel: Option<Box<dyn WireguardKernel>>,
-    /// How long after the start nothing is removed ([`KEEP_AT_START`]; zero in tests).
-    pub keep_at_start: Duration,
+    /// Where the agent remembers whose each of the device's peers is (none: not kept).
+    pub records_file: Option<PathBuf>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -532,7 +627,9 @@ impl Wireguard {
         if let Some(kernel) = config.kernel {
             sync = sync.with_kernel(kernel);
         }
-        sync = sync.keeping_for(config.keep_at_start);
+        if let Some(file) = config.records_file {
+            sync = sync.with_records(file);
+        }
         let handle = Arc::new(Self {
             device: config.device,
             key_file: config.key_file,
@@ -546,10 +643,16 @@ impl Wireguard {
         (handle, WireguardTask { sync, rx, shared })
     }
 
-    /// Hands the desired peers and native mode's encrypted routes to the sync thread.
-    pub fn set_desired(&self, desired: WireguardPeers, routes: Vec<Prefix>) {
+    /// Hands the desired peers, native mode's encrypted routes and the settled clusters to
+    /// the sync thread (see [`WireguardSync::set_desired`]).
+    pub fn set_desired(
+        &self,
+        desired: WireguardPeers,
+        routes: Vec<Prefix>,
+        settled: BTreeSet<String>,
+    ) {
         // A send fails only once the thread is gone (the agent is stopping).
-        let _ = self.tx.send(Wake::Desired(desired, routes));
+        let _ = self.tx.send(Wake::Desired(desired, routes, settled));
     }
 
     /// This node's public key.
@@ -615,7 +718,7 @@ impl WireguardTask {
             // Key rotations waiting for the device to take their key.
             let mut waiting = Vec::new();
             let mut take = |sync: &mut WireguardSync, wake: Wake| match wake {
-                Wake::Desired(d, r) => sync.set_desired(d, r),
+                Wake::Desired(d, r, settled) => sync.set_desired(d, r, settled),
                 Wake::Key(k, done) => {
                     sync.set_private_key(k);
                     waiting.push(done);
@@ -643,72 +746,5 @@ impl WireguardTask {
         let mut shared = lock(&self.shared);
         shared.status = self.sync.status().clone();
         shared.desired = self.sync.desired().clone();
-    }
-}
-
-#[cfg(test)]
-mod keep_at_start_tests {
-    use super::*;
-    use plexus_datapath::fake::FakeDatapath;
-
-    fn peer(n: u8) -> (Key, WireguardPeer) {
-        let key = Key([n; 32]);
-        let ip = Ipv4Addr::new(172, 31, 1, 10 + n);
-        (
-            key,
-            WireguardPeer {
-                public_key: key,
-                cluster: "c1".into(),
-                node: format!("n{n}"),
-                node_ip: ip,
-                endpoint: std::net::SocketAddrV4::new(ip, WIREGUARD_PORT),
-                allowed_ips: vec![Prefix::host(ip)],
-            },
-        )
-    }
-
-    /// A restarted agent first knows no node: within the keep time its syncs take no peer off
-    /// the device and no node out of strict mode's map; afterwards they do.
-    #[test]
-    fn a_starting_agent_removes_nothing_until_the_keep_time_passed() {
-        let device = Arc::new(FakeDevice::new());
-        let datapath = Arc::new(FakeDatapath::new());
-        let key = Key([9; 32]);
-        let desired: WireguardPeers = [peer(1), peer(2)].into_iter().collect();
-        // The agent before the restart: two peers configured and marked.
-        let mut before = WireguardSync::new(device.clone(), datapath.clone(), key);
-        before.set_desired(desired.clone(), vec![]);
-        before.sync().unwrap();
-        assert_eq!(device.info().peers.len(), 2);
-        assert_eq!(datapath.encrypted_nodes().unwrap().len(), 2);
-
-        // Restarted, with nothing desired yet, then only one node known.
-        let mut after = WireguardSync::new(device.clone(), datapath.clone(), key)
-            .keeping_for(Duration::from_secs(60));
-        after.sync().unwrap();
-        after.set_desired([peer(1)].into_iter().collect(), vec![]);
-        after.sync().unwrap();
-        assert_eq!(
-            device.info().peers.len(),
-            2,
-            "no peer removed while keeping"
-        );
-        assert_eq!(
-            datapath.encrypted_nodes().unwrap().len(),
-            2,
-            "no node unmarked"
-        );
-        // A new node is still added meanwhile.
-        after.set_desired([peer(1), peer(3)].into_iter().collect(), vec![]);
-        after.sync().unwrap();
-        assert_eq!(device.info().peers.len(), 3);
-
-        // Without the keep time (or once it passed), what is not wanted goes.
-        let mut later = WireguardSync::new(device.clone(), datapath.clone(), key);
-        later.set_desired([peer(1), peer(3)].into_iter().collect(), vec![]);
-        later.sync().unwrap();
-        assert_eq!(device.info().peers.len(), 2);
-        let marked = datapath.encrypted_nodes().unwrap();
-        assert!(!marked.contains(&peer(2).1.node_ip), "{marked:?}");
     }
 }
