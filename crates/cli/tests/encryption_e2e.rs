@@ -758,8 +758,8 @@ fn run(mut lab: Lab, mode: &str, mtu: u32) {
     apply_pods(&lab);
     reach(&lab, mode, mtu);
     capture_check(&lab, mode);
-    // Strict mode before the restarts: a restarted agent keeps its peers for a while
-    // (KEEP_AT_START), and strict mode waits for cluster1-node1 to let a peer go.
+    // Strict mode before the restarts: a restarted agent keeps its peers until their cluster
+    // is listed again, and strict mode waits for cluster1-node1 to let a peer go.
     if tunnel {
         strict_mode(&lab);
     }
