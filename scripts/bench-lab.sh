@@ -4,15 +4,23 @@
 # beside the same topology routed by the kernel without Plexus's programs, in the same run:
 # "kernel" pods are plain veth namespaces on the same node namespaces, reached through kernel
 # routes (native) or through a kernel VXLAN device between the two nodes (tunnel).
-# Seconds per measurement: PLEXUS_BENCH_SECONDS (default 5).
+# Then encryption (issue 13), side by side in the same run, between pods on two nodes of one
+# cluster: unencrypted, with Plexus's WireGuard (plexus-wireguard per node), and with Debian's
+# wireguard-go as the device carrying the same pod traffic between the same node namespaces
+# (`lab up --wireguard-device wireguard-go`), each with the CPU time it costs.
+# Seconds per measurement: PLEXUS_BENCH_SECONDS (default 5). Parts: PLEXUS_BENCH_PARTS
+# (default "datapath encryption"); modes of the encryption part: PLEXUS_BENCH_MODES (default
+# "tunnel native").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh >/dev/null
 cargo build --release --workspace --bins --locked 2>&1 | tail -1
-P="$(pwd)/target/release/plexus"
+P="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release/plexus"
 work=$(mktemp -d)
 export PLEXUS_LAB_DIR="$work/lab" PLEXUS_CONFIG="$work/config.yaml"
 secs=${PLEXUS_BENCH_SECONDS:-5}
+parts=${PLEXUS_BENCH_PARTS:-datapath encryption}
+ip_of() { "$P" --context "$1" get pods "$2" -o json | sed -n 's/.*"ip": "\([0-9.]*\)".*/\1/p'; }
 
 cleanup() {
   "$P" lab down >/dev/null 2>&1 || true
@@ -48,6 +56,7 @@ measure() { # $1 label, $2 run-in-client command prefix (array name), $3 target 
 
 echo "lab benchmark: ${secs}s per figure, $(nproc) cores, kernel $(uname -r)"
 for mode in tunnel native; do
+  [[ " $parts " == *" datapath "* ]] || break
   cat > "$work/lab.yaml" <<EOF
 clusters:
 - {name: cluster1, id: 1, podCIDR: 10.10.0.0/16, serviceCIDR: 10.11.0.0/16, nodes: 2}
@@ -84,7 +93,6 @@ spec:
 EOF
     "$P" --context "$c" apply -f "$work/$c.yaml" >/dev/null
   done
-  ip_of() { "$P" --context "$1" get pods "$2" -o json | sed -n 's/.*"ip": "\([0-9.]*\)".*/\1/p'; }
   s1=$(ip_of cluster1 server); e1=$(ip_of cluster1 echo); s2=$(ip_of cluster2 server); e2=$(ip_of cluster2 echo)
   sleep 1
   echo
@@ -132,4 +140,86 @@ EOF
   done
   for ns in plx-bench-ka plx-bench-kb plx-bench-kc; do ip netns del "$ns"; done
   "$P" lab down >/dev/null 2>&1
+done
+
+# Encryption: unencrypted, plexus-wireguard and wireguard-go between the same two nodes.
+[[ " $parts " == *" encryption "* ]] || exit 0
+hz=$(getconf CLK_TCK)
+# Busy jiffies of the whole machine (user, nice, system, irq, softirq): the kernel's share of a
+# userspace tunnel (TUN, UDP, softirq) is charged to no process of its own.
+busy() { awk '/^cpu / {print $2+$3+$4+$7+$8}' /proc/stat; }
+# utime+stime of processes (the WireGuard devices), in jiffies.
+jiffies_of() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$t"; }
+# CPU seconds per Gbit moved, i.e. (CPU s per s) per Gbit/s: $1 jiffies, $2 Gbit/s.
+per_gbit() { awk -v j="$1" -v hz="$hz" -v g="$2" -v s="$secs" 'BEGIN {printf "%.2f", j/hz/(g*s)}'; }
+# CPU microseconds per transaction: $1 jiffies, $2 trans/s.
+per_tx() { awk -v j="$1" -v hz="$hz" -v r="$2" -v s="$secs" 'BEGIN {printf "%.0f", j/hz*1e6/(r*s)}'; }
+# One row: $1 label, $2 device pids (a list, may be empty), $3 iperf3 server, $4 echo address.
+measure_enc() {
+  local label=$1 devs=$2 server=$3 echo=$4 b0 d0 b1 d1 tput rr all_g dev_g all_t dev_t
+  b0=$(busy); d0=$(jiffies_of $devs)
+  tput=$("$P" --context cluster1 exec client -- iperf3 -c "$server" -t "$secs" -f g | gbps)
+  b1=$(busy); d1=$(jiffies_of $devs)
+  all_g=$(per_gbit $((b1 - b0)) "$tput"); dev_g=$(per_gbit $((d1 - d0)) "$tput")
+  b0=$(busy); d0=$(jiffies_of $devs)
+  rr=$("$P" --context cluster1 exec client -- "$P" lab bench-rr --to "$echo:7000" --seconds "$secs")
+  b1=$(busy); d1=$(jiffies_of $devs)
+  all_t=$(per_tx $((b1 - b0)) "$rr"); dev_t=$(per_tx $((d1 - d0)) "$rr")
+  printf '  %-24s %6s Gbit/s  %5s %5s    %7s trans/s  %5s %5s\n' \
+    "$label" "$tput" "$all_g" "$dev_g" "$rr" "$all_t" "$dev_t"
+}
+
+echo
+echo "encryption: pod on cluster1-node1 -> pod on cluster1-node2"
+echo "CPU: whole machine (all) and the two WireGuard device processes (dev)"
+for mode in ${PLEXUS_BENCH_MODES:-tunnel native}; do
+  echo
+  echo "$mode mode                 throughput   CPU s/Gbit     request/response  CPU us/trans"
+  echo "                                           all   dev                          all   dev"
+  for variant in none plexus wireguard-go; do
+    enc=wireguard; device=plexus
+    case $variant in
+      none) enc=none; label="unencrypted" ;;
+      plexus) label="Plexus WireGuard" ;;
+      wireguard-go) device=wireguard-go; label="wireguard-go (Debian)" ;;
+    esac
+    printf 'clusters:\n- {name: cluster1, id: 1, podCIDR: 10.10.0.0/16, serviceCIDR: 10.11.0.0/16, nodes: 2}\nrouting: %s\nencryption: %s\n' \
+      "$mode" "$enc" > "$work/lab.yaml"
+    "$P" lab up -f "$work/lab.yaml" --name bench --wireguard-device "$device" >/dev/null 2>&1
+    sed "s#PLEXUS#$P#" > "$work/pods.yaml" <<'PODS'
+apiVersion: v1
+kind: Pod
+metadata: {name: server, labels: {app: server}}
+spec:
+  nodeName: cluster1-node2
+  containers:
+  - {name: iperf, image: iperf3, command: [iperf3, -s]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: echo, labels: {app: echo}}
+spec:
+  nodeName: cluster1-node2
+  containers:
+  - {name: echo, image: echo, command: ["PLEXUS", lab, bench-echo, --port, "7000"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, labels: {app: client}}
+spec:
+  nodeName: cluster1-node1
+  containers:
+  - {name: client, image: busybox, command: [sleep, "3600"]}
+PODS
+    "$P" --context cluster1 apply -f "$work/pods.yaml" >/dev/null
+    server=$(ip_of cluster1 server); echo_ip=$(ip_of cluster1 echo)
+    devs=$(jq -r '[.clusters[].nodes[]["wireguard-pid"] // empty | tostring] | join(" ")' "$PLEXUS_LAB_DIR/lab.json")
+    # The first packets wait for the WireGuard handshake: measure once a ping passes.
+    for _ in $(seq 50); do
+      "$P" --context cluster1 exec client -- ping -c 1 -W 1 "$server" >/dev/null 2>&1 && break
+      sleep 0.2
+    done
+    measure_enc "$label" "$devs" "$server" "$echo_ip"
+    "$P" lab down >/dev/null 2>&1
+  done
 done

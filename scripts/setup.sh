@@ -17,7 +17,8 @@ packages=(
   systemd                     # systemd-analyze checks the units of deploy/systemd
   wireguard-tools             # `wg genkey`/`wg pubkey`: crates/wireguard's key tests check against them
   wireguard-go tcpdump        # crates/wireguard's device tests: the interop peer and the underlay
-                              # capture; scripts/bench-wg.sh: the throughput baseline
+                              # capture; scripts/bench-wg.sh and scripts/bench-lab.sh: the
+                              # userspace baseline; the encryption e2e test's underlay capture
 )
 
 missing=()

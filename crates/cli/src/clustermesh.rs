@@ -173,6 +173,7 @@ fn two<'a>(
 /// `clustermesh connect`: both directions.
 pub async fn connect(config: &CliConfig, path: &Path, a: Option<&str>, b: &str) -> Result<()> {
     let (a, b) = two(config, path, a, b)?;
+    same_encryption(a, b)?;
     for c in [a, b] {
         if !c.pki().has_ca() {
             bail!(
@@ -218,6 +219,24 @@ pub async fn connect(config: &CliConfig, path: &Path, a: Option<&str>, b: &str) 
     link(a, b).await?;
     link(b, a).await?;
     println!("✅ Connected cluster {} and cluster {}!", a.name, b.name);
+    Ok(())
+}
+
+/// Refuses to mesh an encrypted cluster with an unencrypted one: pod traffic between them would
+/// either leave in the clear or (strict mode) be dropped. Cilium refuses the mix too. Checked
+/// first, before anything is written: no enabling makes the pair connectable.
+fn same_encryption(a: &Context, b: &Context) -> Result<()> {
+    if a.encryption != b.encryption {
+        bail!(
+            "cluster {} has encryption {} and cluster {} has encryption {}: clusters of a mesh \
+             must all encrypt pod traffic the same way (enable-wireguard on the agents of \
+             both, or of neither)",
+            a.name,
+            a.encryption.as_str(),
+            b.name,
+            b.encryption.as_str()
+        );
+    }
     Ok(())
 }
 
@@ -888,6 +907,7 @@ mod tests {
             name: "c1".into(),
             cluster_id: 1,
             max_connected_clusters: 255,
+            encryption: Default::default(),
             state_dir: "/nonexistent".into(),
             etcd_endpoints: vec!["https://127.0.0.1:2379".into()],
             mesh_endpoints: vec![],
@@ -1026,6 +1046,37 @@ mod tests {
         assert_eq!(back, r);
         assert_eq!(back.connections[0].endpoints, 10);
         assert!(!back.agents[2].reachable);
+    }
+
+    #[test]
+    fn an_encrypted_cluster_is_not_meshed_with_an_unencrypted_one() {
+        use crate::config::Encryption;
+        let plain = Context {
+            name: "plain".into(),
+            cluster_id: 2,
+            ..ctx()
+        };
+        let wg = Context {
+            encryption: Encryption::Wireguard,
+            ..ctx()
+        };
+        let err = same_encryption(&wg, &plain).unwrap_err().to_string();
+        assert!(
+            err.contains("cluster c1 has encryption wireguard")
+                && err.contains("cluster plain has encryption none"),
+            "{err}"
+        );
+        let err = same_encryption(&plain, &wg).unwrap_err().to_string();
+        assert!(
+            err.starts_with("cluster plain has encryption none"),
+            "{err}"
+        );
+        assert!(same_encryption(&ctx(), &plain).is_ok());
+        let wg2 = Context {
+            name: "c2".into(),
+            ..wg.clone()
+        };
+        assert!(same_encryption(&wg, &wg2).is_ok());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - name: cluster1                 # the cluster's name
 //!   cluster-id: 1
 //!   max-connected-clusters: 255    # optional
+//!   encryption: wireguard          # optional: none (default) or wireguard, as its agents run
 //!   state-dir: /var/lib/plexus/cluster1   # certificates under pki/
 //!   etcd-endpoints: [https://127.0.0.1:2379]   # how the CLI reaches the cluster's etcd
 //!   mesh-endpoints: [https://10.0.0.1:2379]    # how other clusters reach it (default: etcd-endpoints)
@@ -48,6 +49,33 @@ fn default_max() -> u32 {
     255
 }
 
+/// Encryption of pod traffic between a cluster's nodes, as its agents run it
+/// (`enable-wireguard`). Clusters of one mesh must agree: `clustermesh connect` refuses a mix.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encryption {
+    /// Pod traffic between nodes travels as it is.
+    #[default]
+    None,
+    /// WireGuard between every pair of nodes, across clusters too.
+    Wireguard,
+}
+
+impl Encryption {
+    /// Whether this is `none` (left out of the file).
+    pub fn is_none(&self) -> bool {
+        *self == Self::None
+    }
+
+    /// As written in the file.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Wireguard => "wireguard",
+        }
+    }
+}
+
 /// How to reach one cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -59,6 +87,9 @@ pub struct Context {
     /// 255 or 511.
     #[serde(default = "default_max")]
     pub max_connected_clusters: u32,
+    /// Encryption of pod traffic between the cluster's nodes (its agents' `enable-wireguard`).
+    #[serde(default, skip_serializing_if = "Encryption::is_none")]
+    pub encryption: Encryption,
     /// Where the cluster's certificates live (`pki/`).
     pub state_dir: PathBuf,
     /// The cluster's etcd, as the CLI reaches it.
@@ -252,6 +283,7 @@ mod tests {
             name: "c1".into(),
             cluster_id: 1,
             max_connected_clusters: 255,
+            encryption: Encryption::Wireguard,
             state_dir: "/tmp/c1".into(),
             etcd_endpoints: vec!["https://127.0.0.1:2379".into()],
             mesh_endpoints: vec![],

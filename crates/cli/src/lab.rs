@@ -27,6 +27,10 @@ pub fn contexts(lab: &LabState) -> Vec<Context> {
             name: c.name.clone(),
             cluster_id: c.id,
             max_connected_clusters: 255,
+            encryption: match lab.encryption {
+                plexus_lab::spec::Encryption::None => crate::config::Encryption::None,
+                plexus_lab::spec::Encryption::Wireguard => crate::config::Encryption::Wireguard,
+            },
             state_dir: c.state_dir.clone(),
             etcd_endpoints: vec![format!("https://{}:2379", c.ip)],
             mesh_endpoints: vec![],
@@ -49,8 +53,15 @@ pub fn contexts(lab: &LabState) -> Vec<Context> {
 }
 
 /// `lab up`: builds the lab and writes its contexts. Returns the lab.
-pub fn up(file: &Path, name: &str, config: &mut CliConfig, path: &Path) -> Result<LabState> {
-    let spec = LabSpec::load(file)?;
+pub fn up(
+    file: &Path,
+    name: &str,
+    wireguard_device: plexus_lab::wireguard::Device,
+    config: &mut CliConfig,
+    path: &Path,
+) -> Result<LabState> {
+    let mut spec = LabSpec::load(file)?;
+    spec.wireguard_device = wireguard_device;
     let bins = Bins::beside_current_exe()?;
     let dir = lab_dir();
     let mut p = progress;
@@ -114,10 +125,14 @@ pub fn status() -> Result<bool> {
     let rows = lab::status(&dir)?;
     let lab = LabState::load(&dir)?;
     println!(
-        "lab {} in {} ({:?} routing)",
+        "lab {} in {} ({:?} routing{})",
         lab.name,
         dir.display(),
-        lab.routing
+        lab.routing,
+        match lab.encryption {
+            plexus_lab::spec::Encryption::None => "",
+            plexus_lab::spec::Encryption::Wireguard => ", WireGuard encryption",
+        }
     );
     let mut all = true;
     for (cluster, what, alive) in rows {

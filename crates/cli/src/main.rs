@@ -342,6 +342,11 @@ enum LabCommand {
         /// Lab name (prefix of its network namespaces).
         #[arg(long, default_value = "lab")]
         name: String,
+        /// With `encryption: wireguard`: the program that is each node's WireGuard device,
+        /// `plexus` (plexus-wireguard) or `wireguard-go` (Debian's; for the benchmark's
+        /// comparison only, so hidden).
+        #[arg(long, hide = true, default_value = "plexus", value_parser = ["plexus", "wireguard-go"])]
+        wireguard_device: String,
     },
     /// Remove the lab: every process, namespace, mount and file.
     Down,
@@ -539,8 +544,18 @@ fn run(cli: Cli) -> Result<u8> {
         }
         Command::Lab { command } => {
             return match command {
-                LabCommand::Up { file, mesh, name } => {
-                    let lab = lab::up(&file, &name, &mut cfg, &path)?;
+                LabCommand::Up {
+                    file,
+                    mesh,
+                    name,
+                    wireguard_device,
+                } => {
+                    let device = if wireguard_device == "wireguard-go" {
+                        plexus_lab::wireguard::Device::WireguardGo
+                    } else {
+                        plexus_lab::wireguard::Device::Plexus
+                    };
+                    let lab = lab::up(&file, &name, device, &mut cfg, &path)?;
                     if mesh {
                         enter_netns(&lab.underlay)?;
                         let names: Vec<String> =

@@ -2,8 +2,9 @@
 //! one (with `ExecStart` pointing at this build's binaries, since nothing is installed under
 //! `/usr/local/bin` here) without a single complaint, so a misspelt key, which systemd would
 //! ignore with a warning, fails the test. Their exposure (`systemd-analyze security`) stays
-//! within the bounds the hardening reached: the apiserver's is low; the agent's is higher,
-//! because the datapath needs capabilities and the host's mount namespace.
+//! within the bounds the hardening reached: the apiserver's and the WireGuard device's are low;
+//! the agent's is higher, because the datapath needs capabilities and the host's mount
+//! namespace.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,11 +45,35 @@ fn analyze(args: &[&str], unit: &Path) -> (bool, String, String) {
     )
 }
 
+/// Every unit of `deploy/systemd/`.
+const UNITS: [&str; 3] = [
+    "plexus-apiserver.service",
+    "plexus-agent.service",
+    "plexus-wireguard.service",
+];
+
 #[test]
 fn units_load_without_warnings() {
+    let mut present: Vec<String> = std::fs::read_dir(units_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".service"))
+        .collect();
+    present.sort();
+    let mut checked = UNITS.to_vec();
+    checked.sort();
+    assert_eq!(
+        present, checked,
+        "every unit of deploy/systemd is checked here"
+    );
     let dir = tempfile::tempdir().unwrap();
-    for name in ["plexus-apiserver.service", "plexus-agent.service"] {
-        let unit = unit_for_this_build(dir.path(), name);
+    // All of them in one directory first: the agent's unit wants the WireGuard device's, and
+    // verify loads what a unit names from beside it.
+    let units: Vec<PathBuf> = UNITS
+        .iter()
+        .map(|name| unit_for_this_build(dir.path(), name))
+        .collect();
+    for (name, unit) in UNITS.iter().zip(units) {
         let (ok, _, stderr) = analyze(&["verify", "--man=no"], &unit);
         assert!(ok, "{name}: systemd-analyze verify failed:\n{stderr}");
         assert!(
@@ -77,10 +102,12 @@ fn a_misspelt_key_is_noticed() {
 fn exposure_stays_within_bounds() {
     let dir = tempfile::tempdir().unwrap();
     // systemd prints exposure from 0 (locked down) to 10 (unprotected; 9.6 is a unit with no
-    // hardening); `--threshold` takes it times ten. Today: apiserver 2.2, agent 6.6.
+    // hardening); `--threshold` takes it times ten. Today: apiserver 2.2, agent 6.6,
+    // WireGuard device 2.5.
     for (name, threshold) in [
         ("plexus-apiserver.service", "30"),
         ("plexus-agent.service", "70"),
+        ("plexus-wireguard.service", "30"),
     ] {
         let unit = unit_for_this_build(dir.path(), name);
         let (ok, stdout, stderr) = analyze(

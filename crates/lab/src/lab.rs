@@ -15,7 +15,10 @@
 //! - per cluster, the cluster DNS: the `kube-dns` Service and pod in `kube-system` on the first
 //!   node ([`crate::dns`]);
 //! - with `runtime: podman`, per node a podman of its own under `<node>/podman`, with the lab's
-//!   image imported ([`crate::podman`]).
+//!   image imported ([`crate::podman`]);
+//! - with `encryption: wireguard`, per node a WireGuard device `plexus_wg0` (the process
+//!   `plexus-wireguard`, socket `<node>/wireguard.sock`), started before the agent and outliving
+//!   agent restarts ([`crate::wireguard`]).
 //!
 //! Each namespace joins the underlay through a veth created inside the underlay namespace
 //! (`u<i>c` / `u<i>n<j>`), its peer moved into the namespace as `eth0`. One CA (`<dir>/ca`)
@@ -32,8 +35,9 @@ use plexus_config::{AgentConfig, ApiServerConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::podman::{self, NodePodman};
-use crate::spec::{LabSpec, Routing, Runtime};
+use crate::spec::{Encryption, LabSpec, Routing, Runtime};
 use crate::sys;
+use crate::wireguard;
 
 /// The TCP port of each agent's API (mutual TLS), on the node's underlay address.
 pub const AGENT_API_PORT: u16 = 9965;
@@ -52,6 +56,9 @@ pub struct NodeState {
     pub uplink: String,
     /// The agent's pid.
     pub agent_pid: Option<u32>,
+    /// The WireGuard device's pid (`encryption: wireguard`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard_pid: Option<u32>,
     /// The agent's socket.
     pub socket: PathBuf,
     /// The agent's state directory.
@@ -110,6 +117,12 @@ pub struct LabState {
     /// What runs the pods.
     #[serde(default, skip_serializing_if = "Runtime::is_default")]
     pub runtime: Runtime,
+    /// Encryption of pod traffic between nodes.
+    #[serde(default, skip_serializing_if = "Encryption::is_default")]
+    pub encryption: Encryption,
+    /// Which program is each node's WireGuard device (with encryption).
+    #[serde(default, skip_serializing_if = "wireguard::Device::is_default")]
+    pub wireguard_device: wireguard::Device,
     /// Clusters.
     pub clusters: Vec<ClusterState>,
 }
@@ -127,6 +140,9 @@ pub struct Bins {
     pub plexus: PathBuf,
     /// `plexus-dns` (the cluster DNS pod).
     pub dns: PathBuf,
+    /// `plexus-wireguard` (each node's WireGuard device, with `encryption: wireguard`; looked
+    /// for only when a lab needs it).
+    pub wireguard: PathBuf,
 }
 
 impl Bins {
@@ -151,6 +167,7 @@ impl Bins {
             agent: find("plexus-agent")?,
             cni: find("plexus-cni")?,
             dns: find("plexus-dns")?,
+            wireguard: dir.join("plexus-wireguard"),
             plexus: exe,
         })
     }
@@ -240,6 +257,7 @@ fn plan(name: &str, dir: &Path, spec: &LabSpec) -> LabState {
                             ip: Ipv4Addr::new(172, 31, i, 10 + j as u8),
                             uplink: format!("u{i}n{j}"),
                             agent_pid: None,
+                            wireguard_pid: None,
                             socket: cdir.join(&node).join("agent.sock"),
                             state_dir: cdir.join(&node),
                             name: node,
@@ -256,6 +274,8 @@ fn plan(name: &str, dir: &Path, spec: &LabSpec) -> LabState {
         underlay,
         routing: spec.routing,
         runtime: spec.runtime,
+        encryption: spec.encryption,
+        wireguard_device: spec.wireguard_device,
         clusters,
     }
 }
@@ -365,6 +385,9 @@ fn agent_config(lab: &LabState, c: &ClusterState, n: &NodeState) -> Result<Agent
         api_tls_key: Some(n.state_dir.join("api.key")),
         api_tls_ca: Some(pki.join("ca.crt")),
         podman_state: (lab.runtime == Runtime::Podman).then(|| NodePodman::of(n).state_db()),
+        enable_wireguard: (lab.encryption == Encryption::Wireguard).then_some(true),
+        wireguard_socket: (lab.encryption == Encryption::Wireguard)
+            .then(|| wireguard::socket(n, lab.wireguard_device)),
         ..Default::default()
     })
 }
@@ -494,6 +517,15 @@ pub fn up(
         lab.save()?;
         for j in 0..c.nodes.len() {
             let n = c.nodes[j].clone();
+            if lab.encryption == Encryption::Wireguard {
+                progress(&format!(
+                    "⌛ cluster {}: WireGuard device of {}",
+                    c.name, n.name
+                ));
+                lab.clusters[i].nodes[j].wireguard_pid =
+                    Some(wireguard::start(&n, lab.wireguard_device, &bins)?);
+                lab.save()?;
+            }
             progress(&format!("⌛ cluster {}: agent of {}", c.name, n.name));
             lab.clusters[i].nodes[j].agent_pid = Some(start_agent(&lab, &c, &n, &bins)?);
             lab.save()?;
@@ -527,6 +559,9 @@ pub fn down(dir: &Path, progress: Progress<'_>) -> Result<()> {
             if let Some(pid) = n.agent_pid {
                 sys::stop(pid, Duration::from_secs(5));
             }
+            // After the agent, which drives it; also when the lab file had no encryption (a
+            // half-up lab may have a device without its pid recorded).
+            wireguard::stop(n, n.wireguard_pid);
             sys::unmount(&n.state_dir.join("bpffs"));
             sys::unmount(&n.state_dir.join("cgroupv2"));
             // Whatever the lab file said: a lab that failed half-way up may have some.
@@ -558,6 +593,10 @@ pub fn stop(dir: &Path, name: &str) -> Result<()> {
         if let Some(pid) = n.agent_pid.take() {
             sys::kill(pid);
         }
+        // The node fails whole: its WireGuard device too (its link stays, as after a crash).
+        if let Some(pid) = n.wireguard_pid.take() {
+            sys::kill(pid);
+        }
         sys::ip(&["-n", &underlay, "link", "set", &n.uplink, "down"])?;
     }
     if let Some(pid) = c.apiserver_pid.take() {
@@ -585,6 +624,15 @@ pub fn start(dir: &Path, name: &str, bins: &Bins, progress: Progress<'_>) -> Res
         .context("cluster")?;
     lab.clusters[i].apiserver_pid = Some(pid);
     for (j, n) in c.nodes.iter().enumerate() {
+        if lab.encryption == Encryption::Wireguard {
+            progress(&format!(
+                "⌛ cluster {}: WireGuard device of {}",
+                c.name, n.name
+            ));
+            let pid = wireguard::start(n, lab.wireguard_device, bins)?;
+            lab.clusters[i].nodes[j].wireguard_pid = Some(pid);
+            lab.save()?;
+        }
         progress(&format!("⌛ cluster {}: agent of {}", c.name, n.name));
         let pid = start_agent(&lab, &c, n, bins)?;
         lab.clusters[i].nodes[j].agent_pid = Some(pid);
@@ -745,6 +793,13 @@ pub fn status(dir: &Path) -> Result<Vec<(String, String, bool)>> {
             c.apiserver_pid.is_some_and(sys::alive),
         ));
         for n in &c.nodes {
+            if lab.encryption == Encryption::Wireguard {
+                out.push((
+                    c.name.clone(),
+                    format!("wireguard {} {}", n.name, wireguard::INTERFACE),
+                    n.wireguard_pid.is_some_and(sys::alive),
+                ));
+            }
             out.push((
                 c.name.clone(),
                 format!("agent {} {}", n.name, n.ip),
@@ -786,7 +841,8 @@ mod tests {
             agent: none.clone(),
             cni: none.clone(),
             plexus: none.clone(),
-            dns: none,
+            dns: none.clone(),
+            wireguard: none,
         }
     }
 

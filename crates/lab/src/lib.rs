@@ -4,7 +4,7 @@
 //! purpose ([`lab::stop`] / [`lab::start`]); [`workload`] runs pods (Pods, Deployments,
 //! StatefulSets) through the real CNI plugin, or as podman containers ([`podman`], the lab
 //! file's `runtime: podman`); [`serve`] is the built-in server of pods without
-//! a command; [`dns`] gives every cluster its `kube-dns` and every pod its resolv.conf; [`bench`] measures request/response rates for the benchmarks; [`sys`] holds the host operations (namespaces, links, processes, mounts).
+//! a command; [`dns`] gives every cluster its `kube-dns` and every pod its resolv.conf; [`bench`] measures request/response rates for the benchmarks; [`sys`] holds the host operations (namespaces, links, processes, mounts); [`wireguard`] runs each node's WireGuard device (`encryption: wireguard`).
 
 pub mod bench;
 pub mod dns;
@@ -13,4 +13,5 @@ pub mod podman;
 pub mod serve;
 pub mod spec;
 pub mod sys;
+pub mod wireguard;
 pub mod workload;

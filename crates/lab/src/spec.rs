@@ -9,11 +9,14 @@
 //!     nodes: 2
 //! routing: tunnel        # or: native
 //! runtime: netns         # or: podman
+//! encryption: wireguard  # or: none (the default)
 //! ```
 //!
 //! `runtime` says what runs the pods: `netns` (the default) makes each pod a network namespace
 //! and a process of the lab's own; `podman` makes each pod a podman container on its node
-//! ([`crate::podman`]). Errors name the file and the field; unknown fields are refused.
+//! ([`crate::podman`]). `encryption: wireguard` encrypts pod traffic between nodes with a
+//! userspace WireGuard device per node (`plexus-wireguard`, see docs/encryption.md). Errors
+//! name the file and the field; unknown fields and values are refused.
 
 use std::path::Path;
 
@@ -77,6 +80,32 @@ impl Runtime {
     }
 }
 
+/// Encryption of pod traffic between nodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encryption {
+    /// None: pod traffic between nodes travels as it is (VXLAN or routed).
+    #[default]
+    None,
+    /// WireGuard: a `plexus-wireguard` device per node, the agents' `enable-wireguard`.
+    Wireguard,
+}
+
+impl Encryption {
+    /// Whether this is the default (left out of state files, which then read as before).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The name in the lab file (and in the CLI's contexts).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Wireguard => "wireguard",
+        }
+    }
+}
+
 /// The whole lab.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -89,6 +118,13 @@ pub struct LabSpec {
     /// What runs the pods.
     #[serde(default)]
     pub runtime: Runtime,
+    /// Encryption of pod traffic between nodes.
+    #[serde(default)]
+    pub encryption: Encryption,
+    /// Which program is each node's WireGuard device: not in the lab file, set by `plexus lab
+    /// up --wireguard-device` (hidden: for the benchmark's comparison only).
+    #[serde(skip)]
+    pub wireguard_device: crate::wireguard::Device,
 }
 
 /// `a.b.c.d/len` as (address, length).
@@ -223,5 +259,13 @@ routing: native
         assert_eq!(podman.runtime, Runtime::Podman);
         let err = bad(&format!("{base}runtime: docker\n"));
         assert!(err.contains("runtime") && err.contains("podman"), "{err}");
+        assert_eq!(spec.encryption, Encryption::None, "the default encryption");
+        let wg = LabSpec::parse("lab.yaml", &format!("{base}encryption: wireguard\n")).unwrap();
+        assert_eq!(wg.encryption, Encryption::Wireguard);
+        let err = bad(&format!("{base}encryption: ipsec\n"));
+        assert!(
+            err.contains("encryption") && err.contains("ipsec") && err.contains("wireguard"),
+            "{err}"
+        );
     }
 }

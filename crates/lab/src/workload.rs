@@ -808,6 +808,8 @@ mod tests {
             underlay: "plx-t-u".into(),
             routing: Routing::Tunnel,
             runtime: Runtime::Netns,
+            encryption: Default::default(),
+            wireguard_device: Default::default(),
             clusters: vec![],
         };
         std::fs::create_dir_all(dir.path().join("c1")).unwrap();

@@ -3,12 +3,24 @@
 //!
 //! The answers are the lab's built-in server's JSON (`{"pod":..,"cluster":..}`), so a check
 //! counts clusters by the `cluster` field; anything else is a failed request.
+//!
+//! [`global_services`] is the global-services walkthrough itself from its step 2 on, so the
+//! walkthrough test and the tests that run it on a variant of its lab (encryption) share it.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::lab::Lab;
+use crate::lab::{Lab, eventually};
+
+/// A file of `examples/global-services/`.
+pub fn example(file: &str) -> String {
+    format!(
+        "{}/../../examples/global-services/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
 
 /// `n` times `curl -s --max-time 2 TARGET` from `pod` (namespace `default` of `ctx`): how
 /// many answers each cluster gave, and how many requests failed (under the key "failed").
@@ -63,4 +75,343 @@ pub fn reaches(
 ) -> bool {
     lab.sh(ctx, ns, pod, &format!("nc -w 2 {target} {port} </dev/null"))
         .contains(answerer)
+}
+
+/// `n` times `curl rebel-base` from `pod`: how many answers each cluster gave, and how many
+/// requests failed (under the key "failed").
+fn ask_rebel_base(lab: &Lab, ctx: &str, pod: &str, n: usize) -> BTreeMap<String, usize> {
+    ask(lab, ctx, pod, "rebel-base", n)
+}
+
+/// `annotate service rebel-base CHANGE` in cluster1.
+fn annotate_rebel_base(lab: &Lab, change: &str) {
+    lab.ok(&[
+        "--context",
+        "cluster1",
+        "annotate",
+        "service",
+        "rebel-base",
+        change,
+    ]);
+}
+
+/// The global-services walkthrough (`examples/global-services/README.md`) from its step 2 on,
+/// on a lab of its two clusters that is up (the walkthrough's `lab.yaml`, or a variant of it:
+/// other routing, encryption). `connected`: the lab came up with `--mesh`, so step 2's enable
+/// and connect are skipped (its checks are not). What each step checks is told in the
+/// walkthrough test's own doc (`crates/cli/tests/walkthrough_global_services.rs`).
+// Test code: a failed unwrap is the test's failure, as in the tests themselves.
+#[allow(clippy::unwrap_used)]
+pub fn global_services(lab: &Lab, connected: bool) {
+    // 2. One shared CA, connected once from one side; each side shows the other connected.
+    if !connected {
+        lab.ok(&["clustermesh", "enable", "--context", "cluster1"]);
+        lab.ok(&["clustermesh", "enable", "--context", "cluster2"]);
+        lab.ok(&[
+            "clustermesh",
+            "connect",
+            "--context",
+            "cluster1",
+            "--destination-context",
+            "cluster2",
+        ]);
+    }
+    for (ctx, other) in [("cluster1", "cluster2"), ("cluster2", "cluster1")] {
+        let out = lab.ok(&[
+            "clustermesh",
+            "status",
+            "--context",
+            ctx,
+            "--wait",
+            "--wait-duration",
+            "2m",
+        ]);
+        assert!(out.contains(other), "{ctx}: {out}");
+    }
+
+    // 3. The walkthrough's objects; both clusters answer, from both sides.
+    lab.ok(&[
+        "--context",
+        "cluster1",
+        "apply",
+        "-f",
+        &example("cluster1.yaml"),
+    ]);
+    lab.ok(&[
+        "--context",
+        "cluster2",
+        "apply",
+        "-f",
+        &example("cluster2.yaml"),
+    ]);
+    for ctx in ["cluster1", "cluster2"] {
+        eventually(Duration::from_secs(60), "both clusters serve", || {
+            both(&ask_rebel_base(lab, ctx, "deployment/x-wing", 10))
+                .map_err(|e| format!("{ctx}: {e}"))
+        });
+        let c = ask_rebel_base(lab, ctx, "deployment/x-wing", 100);
+        for cluster in ["cluster1", "cluster2"] {
+            let n = share(&c, cluster);
+            assert!(
+                (20..=80).contains(&n),
+                "from {ctx}: {cluster} served {n} of 100: {c:?}"
+            );
+        }
+    }
+    let status = lab.json(&[
+        "clustermesh",
+        "status",
+        "--context",
+        "cluster1",
+        "-o",
+        "json",
+    ]);
+    let text = status.to_string();
+    assert!(text.contains("cluster2"), "{text}");
+
+    // Replies come from the service address: the client's socket is connected to it.
+    let svc = lab.json(&["--context", "cluster1", "service", "list", "-o", "json"]);
+    let rebel = svc
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "rebel-base")
+        .unwrap();
+    let vip = rebel["cluster-ip"].as_str().unwrap().to_string();
+    let out = lab.sh(
+        "cluster1",
+        "default",
+        "deployment/x-wing",
+        "curl -s --max-time 2 -o /dev/null -w '%{remote_ip}' rebel-base",
+    );
+    assert_eq!(out.trim(), vip, "curl's peer is the service address");
+    let lb = lab.ok(&["--context", "cluster1", "bpf", "lb", "list"]);
+    assert!(lb.contains(&format!("{vip}:80/TCP")), "{lb}");
+
+    // 4. shared=false in cluster1: cluster1 still uses both, cluster2 only its own.
+    annotate_rebel_base(lab, "io.cilium/shared-service=false");
+    eventually(Duration::from_secs(20), "cluster2 stays home", || {
+        let c = ask_rebel_base(lab, "cluster2", "deployment/x-wing", 20);
+        only(&c, "cluster2").then_some(()).ok_or(format!("{c:?}"))
+    });
+    let c = ask_rebel_base(lab, "cluster1", "deployment/x-wing", 40);
+    both(&c).unwrap_or_else(|e| panic!("cluster1 still uses both: {e}"));
+    annotate_rebel_base(lab, "io.cilium/shared-service-");
+    eventually(Duration::from_secs(20), "cluster2 sees both again", || {
+        both(&ask_rebel_base(lab, "cluster2", "deployment/x-wing", 20))
+    });
+
+    // 5. affinity local: cluster1 at home; without local backends, cluster2 serves.
+    annotate_rebel_base(lab, "io.cilium/service-affinity=local");
+    eventually(Duration::from_secs(20), "affinity local", || {
+        let c = ask_rebel_base(lab, "cluster1", "deployment/x-wing", 20);
+        only(&c, "cluster1").then_some(()).ok_or(format!("{c:?}"))
+    });
+    let c = ask_rebel_base(lab, "cluster1", "deployment/x-wing", 50);
+    assert!(only(&c, "cluster1"), "affinity local: {c:?}");
+    lab.ok(&[
+        "--context",
+        "cluster1",
+        "delete",
+        "deployment",
+        "rebel-base",
+    ]);
+    eventually(Duration::from_secs(20), "fallback to cluster2", || {
+        let c = ask_rebel_base(lab, "cluster1", "deployment/x-wing", 20);
+        only(&c, "cluster2").then_some(()).ok_or(format!("{c:?}"))
+    });
+    // The deployment again (only it: applying the Service would reset its annotations).
+    let text = std::fs::read_to_string(example("cluster1.yaml")).unwrap();
+    let deployment = text
+        .split("\n---\n")
+        .find(|d| d.contains("kind: Deployment") && d.contains("name: rebel-base"))
+        .unwrap();
+    let file = lab.scratch().join("rebel-base.yaml");
+    std::fs::write(&file, deployment).unwrap();
+    lab.ok(&[
+        "--context",
+        "cluster1",
+        "apply",
+        "-f",
+        file.to_str().unwrap(),
+    ]);
+    eventually(Duration::from_secs(30), "affinity local again", || {
+        let c = ask_rebel_base(lab, "cluster1", "deployment/x-wing", 20);
+        only(&c, "cluster1").then_some(()).ok_or(format!("{c:?}"))
+    });
+    annotate_rebel_base(lab, "io.cilium/service-affinity-");
+    eventually(Duration::from_secs(20), "both again", || {
+        both(&ask_rebel_base(lab, "cluster1", "deployment/x-wing", 20))
+    });
+
+    // Hairpin: a rebel-base pod reaching its own service is answered, by itself among others.
+    let pods = lab.json(&["--context", "cluster1", "get", "pods", "-o", "json"]);
+    let me = pods
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .find(|n| n.starts_with("rebel-base"))
+        .unwrap();
+    let out = lab.sh(
+        "cluster1",
+        "default",
+        &me,
+        "for i in $(seq 40); do curl -s --max-time 2 rebel-base || printf failed; echo; done",
+    );
+    assert!(!out.contains("failed"), "hairpin: {out}");
+    assert!(
+        out.contains(&format!("\"pod\":\"{me}\"")),
+        "{me} answered itself: {out}"
+    );
+
+    // A UDP service.
+    udp_service(lab);
+
+    // 6. The cross-cluster policy in both clusters: from x-wing in cluster1, what cluster2
+    //    serves succeeds, what lands on cluster1 is dropped as a policy denial; DNS still works.
+    let xwing_pod = lab.pod("cluster1", "x-wing");
+    let monitor = lab.spawn_monitor("cluster1", xwing_pod["node"].as_str().unwrap(), "drop");
+    for ctx in ["cluster1", "cluster2"] {
+        lab.ok(&[
+            "--context",
+            ctx,
+            "apply",
+            "-f",
+            &example("networkpolicy.yaml"),
+        ]);
+    }
+    eventually(Duration::from_secs(90), "policy enforced", || {
+        let c = ask_rebel_base(lab, "cluster1", "deployment/x-wing", 20);
+        (share(&c, "cluster1") == 0 && share(&c, "cluster2") > 0 && share(&c, "failed") > 0)
+            .then_some(())
+            .ok_or(format!("{c:?}"))
+    });
+    let drops = monitor.finish();
+    let xwing = lab.json(&[
+        "--context",
+        "cluster1",
+        "endpoint",
+        "get",
+        xwing_pod["name"].as_str().unwrap(),
+        "-o",
+        "json",
+    ]);
+    let xwing_id = xwing["endpoint"]["identity"].as_u64().unwrap();
+    let denial = drops
+        .lines()
+        .find(|l| {
+            l.contains("drop (Policy denied)") && l.contains(&format!("identity {xwing_id}->"))
+        })
+        .unwrap_or_else(|| panic!("no policy denial from x-wing ({xwing_id}) in:\n{drops}"));
+    assert!(denial.contains(":80 tcp SYN"), "{denial}");
+    let out = lab.ok(&["--context", "cluster1", "policy", "get"]);
+    assert!(
+        out.contains("allow-cross-cluster") && out.contains("allow-dns"),
+        "{out}"
+    );
+    assert_eq!(xwing["policy"]["egress-enforced"], true, "{xwing}");
+    for ctx in ["cluster1", "cluster2"] {
+        lab.ok(&[
+            "--context",
+            ctx,
+            "delete",
+            "-f",
+            &example("networkpolicy.yaml"),
+        ]);
+    }
+    eventually(Duration::from_secs(20), "policy removed", || {
+        let c = ask_rebel_base(lab, "cluster1", "deployment/x-wing", 20);
+        (share(&c, "cluster1") > 0 && share(&c, "failed") == 0)
+            .then_some(())
+            .ok_or(format!("{c:?}"))
+    });
+
+    // 7. cluster2 stops: within 10 s, every new request from cluster1 succeeds (on cluster1).
+    lab.ok(&["lab", "stop", "cluster2"]);
+    let took = eventually(Duration::from_secs(10), "failover", || {
+        let c = ask_rebel_base(lab, "cluster1", "deployment/x-wing", 10);
+        only(&c, "cluster1").then_some(()).ok_or(format!("{c:?}"))
+    });
+    eprintln!("failover: new requests all served by cluster1 after {took:?}");
+    let c = ask_rebel_base(lab, "cluster1", "deployment/x-wing", 30);
+    assert!(only(&c, "cluster1"), "after failover: {c:?}");
+    // Each node notices on its own health check; the status shows it once both have.
+    eventually(
+        Duration::from_secs(20),
+        "status shows cluster2 not connected",
+        || {
+            let out = lab.ok(&["clustermesh", "status", "--context", "cluster1"]);
+            out.contains("cluster2: 2/2 configured, 0/2 connected")
+                .then_some(())
+                .ok_or(out)
+        },
+    );
+
+    lab.ok(&["lab", "start", "cluster2"]);
+    eventually(Duration::from_secs(60), "cluster2 serves again", || {
+        both(&ask_rebel_base(lab, "cluster1", "deployment/x-wing", 20))
+    });
+}
+
+/// A service with a UDP port in front of the built-in server's UDP answer.
+#[allow(clippy::unwrap_used)]
+fn udp_service(lab: &Lab) {
+    let file = lab.scratch().join("udp.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: echo-udp
+spec:
+  ports:
+  - name: echo
+    port: 5353
+    targetPort: 7000
+    protocol: UDP
+  selector:
+    app: echo-udp
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: echo-udp
+spec:
+  replicas: 1
+  selector:
+    matchLabels:
+      app: echo-udp
+  template:
+    metadata:
+      labels:
+        app: echo-udp
+    spec:
+      containers:
+      - name: echo
+        image: echo
+        ports:
+        - containerPort: 7000
+          protocol: UDP
+",
+    )
+    .unwrap();
+    lab.ok(&[
+        "--context",
+        "cluster1",
+        "apply",
+        "-f",
+        file.to_str().unwrap(),
+    ]);
+    eventually(Duration::from_secs(30), "UDP service answers", || {
+        let out = lab.sh(
+            "cluster1",
+            "default",
+            "deployment/x-wing",
+            "echo hi | nc -u -w 1 echo-udp.default.svc.cluster.local 5353",
+        );
+        out.contains("\"cluster\":\"cluster1\"")
+            .then_some(())
+            .ok_or(out)
+    });
 }

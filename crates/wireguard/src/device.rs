@@ -838,7 +838,47 @@ impl UapiHandler for Device {
     }
 
     fn set(&self, request: SetDevice) -> Result<(), (i32, String)> {
-        self.apply(request)
+        let before: std::collections::HashSet<Key> =
+            read(&self.state).peers.keys().copied().collect();
+        self.apply(request)?;
+        self.greet_new_peers(&before);
+        Ok(())
+    }
+}
+
+impl Device {
+    /// A peer added with an endpoint gets a handshake initiation at once, not on its first
+    /// packet. After a key rotation the rotating node's own initiation may have been refused by
+    /// a peer that did not know its new key yet (and is retried only after 5 s), while the peer
+    /// that just learned the key may have nothing to send (a TCP receiver): its initiation
+    /// closes that gap.
+    fn greet_new_peers(&self, before: &std::collections::HashSet<Key>) {
+        let (peers, socket) = {
+            let st = read(&self.state);
+            let new: Vec<Arc<Peer>> = st
+                .peers
+                .iter()
+                .filter(|(k, _)| !before.contains(*k))
+                .map(|(_, p)| p.clone())
+                .collect();
+            (new, st.socket.clone())
+        };
+        let mut out = vec![0u8; OUT_BUF];
+        for peer in peers {
+            let mut core = lock(&peer.core);
+            let endpoint = core.endpoint;
+            let Some(tunn) = core.tunn.as_mut() else {
+                continue;
+            };
+            if endpoint.is_none() {
+                continue;
+            }
+            if let TunnResult::WriteToNetwork(p) = tunn.format_handshake_initiation(&mut out, false)
+            {
+                drop(core);
+                self.send(&peer, socket.as_deref(), endpoint, p);
+            }
+        }
     }
 }
 
