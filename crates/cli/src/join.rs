@@ -286,6 +286,8 @@ pub async fn join(
         api_tls_key: Some(on_node("api.key")),
         api_tls_ca: Some(on_node("ca.crt")),
         podman_state: Some(req.podman_state.clone()),
+        // A cluster whose context says it encrypts gets agents that do (docs/encryption.md).
+        enable_wireguard: (!ctx.encryption.is_none()).then_some(true),
         ..Default::default()
     };
     let yaml = format!(

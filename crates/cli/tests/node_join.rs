@@ -223,6 +223,10 @@ fn joined_node() {
     assert_eq!(yaml["etcd-cert"], "/etc/plexus/pki/etcd-client.crt");
     assert_eq!(yaml["etcd-endpoints"][0], s.etcd.as_str());
     assert_eq!(yaml["api-listen"], "127.0.0.1:9965");
+    assert!(
+        yaml.get("enable-wireguard").is_none(),
+        "a cluster without encryption: {yaml}"
+    );
     // The context now lists the node's agent.
     let cfg = std::fs::read_to_string(s.config()).unwrap();
     assert!(
@@ -371,4 +375,39 @@ fn joined_node() {
     let same = s.join("h1", "127.0.0.1", &out, &[]);
     assert!(!same.status.success());
     assert!(text(&same).contains("--overwrite"), "{}", text(&same));
+}
+
+/// A cluster whose context says `encryption: wireguard` gets agents that encrypt.
+#[test]
+fn a_context_that_encrypts_gets_agents_that_do() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let test = std::thread::spawn(move || {
+        joined_with_encryption();
+        let _ = tx.send(());
+    });
+    match rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(()) => test.join().unwrap(),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            std::panic::resume_unwind(test.join().unwrap_err())
+        }
+        Err(_) => panic!("node join test did not finish within 120 s"),
+    }
+}
+
+fn joined_with_encryption() {
+    let s = start();
+    let mut cfg: serde_json::Value =
+        serde_norway::from_str(&std::fs::read_to_string(s.config()).unwrap()).unwrap();
+    cfg["contexts"][0]["encryption"] = "wireguard".into();
+    std::fs::write(s.config(), serde_norway::to_string(&cfg).unwrap()).unwrap();
+    let out = s.root.path().join("h1");
+    let joined = s.join("h1", "127.0.0.1", &out, &[]);
+    assert!(joined.status.success(), "join h1: {}", text(&joined));
+    let yaml: serde_json::Value =
+        serde_norway::from_str(&std::fs::read_to_string(out.join("agent.yaml")).unwrap()).unwrap();
+    assert_eq!(yaml["enable-wireguard"], true, "{yaml}");
+    // The agent reads the file it got (strict: an unknown key would be refused).
+    let agent: plexus_config::AgentConfig =
+        serde_norway::from_str(&std::fs::read_to_string(out.join("agent.yaml")).unwrap()).unwrap();
+    assert_eq!(agent.enable_wireguard, Some(true));
 }

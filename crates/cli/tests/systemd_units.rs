@@ -67,8 +67,8 @@ fn units_load_without_warnings() {
         "every unit of deploy/systemd is checked here"
     );
     let dir = tempfile::tempdir().unwrap();
-    // All of them in one directory first: the agent's unit wants the WireGuard device's, and
-    // verify loads what a unit names from beside it.
+    // All of them in one directory first: the agent's unit is ordered after the WireGuard
+    // device's, and verify loads what a unit names from beside it.
     let units: Vec<PathBuf> = UNITS
         .iter()
         .map(|name| unit_for_this_build(dir.path(), name))
