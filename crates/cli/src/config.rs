@@ -49,32 +49,7 @@ fn default_max() -> u32 {
     255
 }
 
-/// Encryption of pod traffic between a cluster's nodes, as its agents run it
-/// (`enable-wireguard`). Clusters of one mesh must agree: `clustermesh connect` refuses a mix.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Encryption {
-    /// Pod traffic between nodes travels as it is.
-    #[default]
-    None,
-    /// WireGuard between every pair of nodes, across clusters too.
-    Wireguard,
-}
-
-impl Encryption {
-    /// Whether this is `none` (left out of the file).
-    pub fn is_none(&self) -> bool {
-        *self == Self::None
-    }
-
-    /// As written in the file.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::None => "none",
-            Self::Wireguard => "wireguard",
-        }
-    }
-}
+pub use plexus_config::Encryption;
 
 /// How to reach one cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

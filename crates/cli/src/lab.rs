@@ -27,10 +27,7 @@ pub fn contexts(lab: &LabState) -> Vec<Context> {
             name: c.name.clone(),
             cluster_id: c.id,
             max_connected_clusters: 255,
-            encryption: match lab.encryption {
-                plexus_lab::spec::Encryption::None => crate::config::Encryption::None,
-                plexus_lab::spec::Encryption::Wireguard => crate::config::Encryption::Wireguard,
-            },
+            encryption: lab.encryption,
             state_dir: c.state_dir.clone(),
             etcd_endpoints: vec![format!("https://{}:2379", c.ip)],
             mesh_endpoints: vec![],

@@ -37,6 +37,7 @@ pub(crate) use file_methods;
 pub mod agent;
 pub mod apiserver;
 pub mod dns;
+pub mod encryption;
 mod etcd;
 mod value;
 
@@ -45,6 +46,7 @@ use std::path::{Path, PathBuf};
 pub use agent::AgentConfig;
 pub use apiserver::ApiServerConfig;
 pub use dns::DnsConfig;
+pub use encryption::Encryption;
 pub use etcd::{etcd_config, etcd_tls};
 use serde::Serialize;
 use serde::de::DeserializeOwned;

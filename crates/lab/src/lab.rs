@@ -118,7 +118,7 @@ pub struct LabState {
     #[serde(default, skip_serializing_if = "Runtime::is_default")]
     pub runtime: Runtime,
     /// Encryption of pod traffic between nodes.
-    #[serde(default, skip_serializing_if = "Encryption::is_default")]
+    #[serde(default, skip_serializing_if = "Encryption::is_none")]
     pub encryption: Encryption,
     /// Which program is each node's WireGuard device (with encryption).
     #[serde(default, skip_serializing_if = "wireguard::Device::is_default")]

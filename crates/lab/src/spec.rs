@@ -80,31 +80,7 @@ impl Runtime {
     }
 }
 
-/// Encryption of pod traffic between nodes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Encryption {
-    /// None: pod traffic between nodes travels as it is (VXLAN or routed).
-    #[default]
-    None,
-    /// WireGuard: a `plexus-wireguard` device per node, the agents' `enable-wireguard`.
-    Wireguard,
-}
-
-impl Encryption {
-    /// Whether this is the default (left out of state files, which then read as before).
-    pub fn is_default(&self) -> bool {
-        *self == Self::default()
-    }
-
-    /// The name in the lab file (and in the CLI's contexts).
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::None => "none",
-            Self::Wireguard => "wireguard",
-        }
-    }
-}
+pub use plexus_config::Encryption;
 
 /// The whole lab.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

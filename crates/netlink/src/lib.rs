@@ -476,14 +476,15 @@ impl Netlink {
         .await
     }
 
-    /// The IPv4 routes of table `table`.
-    pub async fn ipv4_routes_in_table(&self, table: u32) -> Result<Vec<TableRoute>, NetlinkError> {
+    /// The kernel's messages for the IPv4 routes of table `table` (the dump holds every table:
+    /// a table id above 255 travels only as an attribute).
+    async fn route_messages_of_table(&self, table: u32) -> Result<Vec<RouteMessage>, NetlinkError> {
         let mut routes = self
             .handle
             .route()
             .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
             .execute();
-        let mut out = Vec::new();
+        let mut matching = Vec::new();
         while let Some(msg) = routes.try_next().await.map_err(|e| NetlinkError::Route {
             route: format!("* table {table}"),
             op: "list",
@@ -497,9 +498,17 @@ impl Netlink {
                     _ => None,
                 })
                 .unwrap_or(u32::from(msg.header.table));
-            if t != table {
-                continue;
+            if t == table {
+                matching.push(msg);
             }
+        }
+        Ok(matching)
+    }
+
+    /// The IPv4 routes of table `table`.
+    pub async fn ipv4_routes_in_table(&self, table: u32) -> Result<Vec<TableRoute>, NetlinkError> {
+        let mut out = Vec::new();
+        for msg in self.route_messages_of_table(table).await? {
             let mut dst = Ipv4Addr::UNSPECIFIED;
             let mut oif = None;
             let mut metric = 0;
@@ -619,29 +628,7 @@ impl Netlink {
 
     /// Removes every IPv4 route of table `table` (`ip route flush table TABLE`); how many.
     pub async fn flush_table(&self, table: u32) -> Result<usize, NetlinkError> {
-        let mut routes = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute();
-        let mut matching = Vec::new();
-        while let Some(msg) = routes.try_next().await.map_err(|e| NetlinkError::Route {
-            route: format!("* table {table}"),
-            op: "list",
-            source: kernel(e),
-        })? {
-            let t = msg
-                .attributes
-                .iter()
-                .find_map(|a| match a {
-                    RouteAttribute::Table(t) => Some(*t),
-                    _ => None,
-                })
-                .unwrap_or(u32::from(msg.header.table));
-            if t == table {
-                matching.push(msg);
-            }
-        }
+        let matching = self.route_messages_of_table(table).await?;
         let n = matching.len();
         for msg in matching {
             if let Err(e) = self.handle.route().del(msg).execute().await {
