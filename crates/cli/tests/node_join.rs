@@ -166,6 +166,22 @@ fn start() -> Setup {
     setup
 }
 
+/// Runs `test` on its own thread and fails when it has not finished within `limit`.
+fn within(limit: Duration, test: fn()) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let runner = std::thread::spawn(move || {
+        test();
+        let _ = tx.send(());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(()) => runner.join().unwrap(),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            std::panic::resume_unwind(runner.join().unwrap_err())
+        }
+        Err(_) => panic!("node join test did not finish within {limit:?}"),
+    }
+}
+
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
 }
@@ -180,18 +196,7 @@ fn text(out: &Output) -> String {
 
 #[test]
 fn a_joined_node_runs_its_agent_as_its_own_etcd_user() {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let test = std::thread::spawn(move || {
-        joined_node();
-        let _ = tx.send(());
-    });
-    match rx.recv_timeout(Duration::from_secs(240)) {
-        Ok(()) => test.join().unwrap(),
-        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-            std::panic::resume_unwind(test.join().unwrap_err())
-        }
-        Err(_) => panic!("node join test did not finish within 240 s"),
-    }
+    within(Duration::from_secs(240), joined_node);
 }
 
 fn joined_node() {
@@ -380,18 +385,7 @@ fn joined_node() {
 /// A cluster whose context says `encryption: wireguard` gets agents that encrypt.
 #[test]
 fn a_context_that_encrypts_gets_agents_that_do() {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let test = std::thread::spawn(move || {
-        joined_with_encryption();
-        let _ = tx.send(());
-    });
-    match rx.recv_timeout(Duration::from_secs(120)) {
-        Ok(()) => test.join().unwrap(),
-        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-            std::panic::resume_unwind(test.join().unwrap_err())
-        }
-        Err(_) => panic!("node join test did not finish within 120 s"),
-    }
+    within(Duration::from_secs(120), joined_with_encryption);
 }
 
 fn joined_with_encryption() {

@@ -1151,13 +1151,14 @@ fn socket_is_private_and_a_second_device_is_refused() {
     let _ = p.a.proc.as_ref().unwrap().pid();
 }
 
-/// [`wg`], returning the output whether it succeeded or not.
-fn wg_run(side: &Side, run_dir: &Path, args: &[&str]) -> Output {
+/// The command that runs Debian's `wg ARGS` in a private mount namespace where `run_dir` is
+/// mounted over /run, so `/var/run/wireguard/wg0.sock` is the test's socket.
+fn wg_argv(run_dir: &Path, args: &[&str]) -> Vec<String> {
     let mut script = format!("mount --bind {} /run && exec wg", run_dir.display());
     for a in args {
         script.push_str(&format!(" '{a}'"));
     }
-    side.ns.run(&[
+    [
         "unshare",
         "--mount",
         "--propagation",
@@ -1165,25 +1166,23 @@ fn wg_run(side: &Side, run_dir: &Path, args: &[&str]) -> Output {
         "sh",
         "-c",
         &script,
-    ])
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
-/// Runs Debian's `wg` in a private mount namespace where `<dir>/run` is mounted over /run,
-/// so `/var/run/wireguard/wg0.sock` is the test's socket.
+/// [`wg`], returning the output whether it succeeded or not.
+fn wg_run(side: &Side, run_dir: &Path, args: &[&str]) -> Output {
+    let argv = wg_argv(run_dir, args);
+    side.ns
+        .run(&argv.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// Runs Debian's `wg ARGS` (see [`wg_argv`]), asserted to succeed; its stdout.
 fn wg(side: &Side, run_dir: &Path, args: &[&str]) -> String {
-    let mut script = format!("mount --bind {} /run && exec wg", run_dir.display());
-    for a in args {
-        script.push_str(&format!(" '{a}'"));
-    }
-    side.ns.ok(&[
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        &script,
-    ])
+    let argv = wg_argv(run_dir, args);
+    side.ns
+        .ok(&argv.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 #[test]
