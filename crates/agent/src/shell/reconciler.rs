@@ -140,16 +140,20 @@ impl Reconciler {
 
     /// Takes the core's output and applies it; reports the inputs it covers as applied.
     pub fn round(&mut self) {
-        let (output, seq, encrypted_routes, settled) = {
+        let (output, seq, wireguard) = {
             let mut core = self.driver.core.lock().unwrap_or_else(|e| e.into_inner());
-            let output = core.take_output();
-            let routes = core.ipcache().encrypted_routes();
-            (output, core.seq(), routes, core.settled_clusters())
+            let mut output = core.take_output();
+            // Only a round whose peers changed reads the rest of WireGuard's desired state.
+            let wireguard = output.wireguard_peers.take().map(|peers| {
+                let routes = core.ipcache().encrypted_routes();
+                (peers, routes, core.settled_clusters())
+            });
+            (output, core.seq(), wireguard)
         };
         self.apply_ipcache(&output.ipcache);
         self.apply_routes(&output.routes);
-        if let (Some(wg), Some(peers)) = (&self.wireguard, output.wireguard_peers) {
-            wg.set_desired(peers, encrypted_routes, settled);
+        if let (Some(wg), Some((peers, routes, settled))) = (&self.wireguard, wireguard) {
+            wg.set_desired(peers, routes, settled);
         }
         if let Some(desired) = output.services.or_else(|| self.retry_services.take())
             && !sync_services(self.datapath.as_ref(), &mut self.services, &desired)
