@@ -398,7 +398,7 @@ pub async fn run(args: Options) -> Result<()> {
         (Some(addr), Some(cert), Some(key), Some(ca)) => {
             let files = plexus_agent_api::tls::TlsFiles { ca, cert, key };
             tracing::info!(%addr, "API on TCP with mutual TLS");
-            Some(crate::api_tls::start(addr, &files, app.clone(), &cluster.name).await?)
+            Some(plexus_tls_api::start(addr, &files, app.clone(), &cluster.name).await?)
         }
         _ => None,
     };

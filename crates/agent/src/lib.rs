@@ -10,12 +10,11 @@
 //!   reconciler that applies its output to the datapath and the kernel as soon as it changes.
 //! - [`endpoints`]: the node's pods (addresses, identities, datapath entries, published
 //!   records, persisted state); [`netcmd`]: the few kernel settings the agent makes.
-//! - [`api`]: the API the CLI and the CNI plugin use, on a unix socket and ([`api_tls`]) on TCP
-//!   with mutual TLS; [`reports`]: what it lists.
+//! - [`api`]: the API the CLI and the CNI plugin use, on a unix socket and on TCP
+//!   with mutual TLS (`plexus_tls_api`); [`reports`]: what it lists.
 //! - [`daemon`]: the wiring of one node's agent; [`options`]: its flags and configuration file.
 
 pub mod api;
-pub mod api_tls;
 pub mod core;
 pub mod daemon;
 pub mod endpoints;

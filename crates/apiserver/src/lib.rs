@@ -2,12 +2,14 @@
 //! run.
 //!
 //! [`server`] wires the parts together: the cluster's etcd ([`local_etcd`] when it starts its
-//! own), the access rules, the cluster config and heartbeat, identity GC, the service controller ([`services`]), KVStoreMesh, and the
-//! HTTP endpoints of [`http`].
+//! own), the access rules, the cluster config and heartbeat, identity GC, the service
+//! controller ([`services`]), KVStoreMesh, the plain HTTP endpoints of probes and metrics
+//! (`http`) and the API on TCP with mutual TLS ([`api`]).
 
+pub mod api;
 mod http;
 pub mod local_etcd;
 pub mod server;
 pub mod services;
 
-pub use server::{ApiServer, ApiServerConfig, ApiServerStatus, EtcdSource};
+pub use server::{ApiListen, ApiServer, ApiServerConfig, ApiServerStatus, EtcdSource};

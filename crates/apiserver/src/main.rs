@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::Parser;
-use plexus_apiserver::{ApiServer, ApiServerConfig, EtcdSource};
+use plexus_apiserver::{ApiListen, ApiServer, ApiServerConfig, EtcdSource};
 use plexus_config::{ConfigError, invalid, required};
 use plexus_model::cluster::{ClusterInfo, MaxConnectedClusters};
 
 /// The apiserver of one Plexus cluster: its etcd, access rules, cluster config, heartbeat,
-/// identity GC, KVStoreMesh, health and metrics.
+/// identity GC, KVStoreMesh, health and metrics, and its API (mutual TLS).
 #[derive(Parser, Debug)]
 #[command(name = "plexus-apiserver", version)]
 struct CommandLine {
@@ -66,6 +66,28 @@ fn resolve(
         etcd,
         c.http_listen.unwrap_or(([127, 0, 0, 1], 9963).into()),
     );
+    config.api = match (c.api_listen, c.api_tls_cert, c.api_tls_key, c.api_tls_ca) {
+        (None, None, None, None) => None,
+        (Some(addr), None, None, None) => Some(ApiListen { addr, tls: None }),
+        (Some(addr), Some(cert), Some(key), Some(ca)) => Some(ApiListen {
+            addr,
+            tls: Some(plexus_agent_api::tls::TlsFiles { ca, cert, key }),
+        }),
+        (None, ..) => {
+            return Err(invalid(
+                "api-tls-cert, api-tls-key, api-tls-ca",
+                "they configure the TLS API, which only --api-listen turns on",
+                file,
+            ));
+        }
+        (Some(_), ..) => {
+            return Err(invalid(
+                "api-tls-cert, api-tls-key, api-tls-ca",
+                "give all three, or none to have the certificate issued from <state-dir>/pki",
+                file,
+            ));
+        }
+    };
     config.kvstoremesh_dir = c.kvstoremesh_config;
     if let Some(interval) = c.heartbeat_interval {
         config.heartbeat_interval = interval;
@@ -88,6 +110,9 @@ async fn main() -> Result<()> {
     let config = resolve(cli.config.as_deref(), cli.flags)?;
     let server = ApiServer::start(config).await?;
     println!("plexus-apiserver: serving on http://{}", server.http_addr());
+    if let Some(addr) = server.api_addr() {
+        println!("plexus-apiserver: API (mutual TLS) on https://{addr}");
+    }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -12,7 +12,8 @@
 //!    and the ClusterService of every global service;
 //! 5. optionally (a KVStoreMesh configuration directory given) mirrors the remote clusters into
 //!    the local etcd ([`plexus_clustermesh::kvstoremesh`]);
-//! 6. serves `/healthz`, `/readyz`, `/metrics` and `/v1/status` ([`crate::http`]).
+//! 6. serves `/healthz`, `/readyz`, `/metrics` and `/v1/status` ([`crate::http`]), and, with
+//!    an API address, its API on TCP with mutual TLS ([`crate::api`]).
 //!
 //! It is ready once etcd answers, the access rules are in place, the cluster config is
 //! published and, with KVStoreMesh, every configured remote has synced once.
@@ -81,6 +82,19 @@ pub struct ApiServerConfig {
     pub identity_gc_interval: Duration,
     /// Where service addresses are allocated from.
     pub service_cidr: Option<plexus_ipam::Cidr4>,
+    /// The API on TCP with mutual TLS, if served.
+    pub api: Option<ApiListen>,
+}
+
+/// Where and how the apiserver's API (mutual TLS) is served.
+#[derive(Clone, Debug)]
+pub struct ApiListen {
+    /// The TCP address.
+    pub addr: SocketAddr,
+    /// The server certificate, key and the CA of clients; `None`: issued from the cluster's CA
+    /// in `<state-dir>/pki` (`apiserver.crt`, CN `apiserver-<cluster>`, for the listen address
+    /// and the etcd's advertised addresses).
+    pub tls: Option<plexus_agent_api::tls::TlsFiles>,
 }
 
 impl ApiServerConfig {
@@ -101,6 +115,7 @@ impl ApiServerConfig {
             lease_ttl: Duration::from_secs(15),
             identity_gc_interval: Duration::from_secs(300),
             service_cidr: None,
+            api: None,
         }
     }
 }
@@ -204,6 +219,7 @@ impl Shared {
 /// A running apiserver. Dropping it stops everything (the local etcd too).
 pub struct ApiServer {
     http_addr: SocketAddr,
+    api_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _publisher: SelfPublisher,
@@ -348,9 +364,34 @@ impl ApiServer {
             .with_context(|| format!("listen on {}", config.http_listen))?;
         let http_addr = listener.local_addr()?;
         tasks.push(tokio::spawn(crate::http::serve(listener, shared.clone())));
-        tracing::info!(cluster = %cluster.name, id = cluster.id, %http_addr, "apiserver running");
+        let api_addr = match &config.api {
+            None => None,
+            Some(api) => {
+                let files = match &api.tls {
+                    Some(files) => files.clone(),
+                    None => issue_api_certificate(&config, api.addr)?,
+                };
+                let tcp = tokio::net::TcpListener::bind(api.addr)
+                    .await
+                    .with_context(|| format!("listen on {} (the API)", api.addr))?;
+                let addr = tcp.local_addr()?;
+                let tls = plexus_agent_api::tls::server_config(&files)?;
+                let listener = plexus_tls_api::TlsListener::new(tcp, tls)
+                    .with_context(|| format!("listen on {addr} (the API)"))?;
+                let router = crate::api::router(shared.clone());
+                let name = cluster.name.clone();
+                tasks.push(tokio::spawn(async move {
+                    if let Err(err) = plexus_tls_api::serve(listener, router, &name).await {
+                        tracing::error!(error = %err, "API server stopped");
+                    }
+                }));
+                Some(addr)
+            }
+        };
+        tracing::info!(cluster = %cluster.name, id = cluster.id, %http_addr, ?api_addr, "apiserver running");
         Ok(Self {
             http_addr,
+            api_addr,
             shared,
             tasks,
             _publisher: publisher,
@@ -365,6 +406,11 @@ impl ApiServer {
     /// Where `/healthz`, `/readyz`, `/metrics` and `/v1/status` are served.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Where the API (mutual TLS) is served, if it is.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api_addr
     }
 
     /// The current status.
@@ -395,6 +441,42 @@ impl Drop for ApiServer {
             t.abort();
         }
     }
+}
+
+/// The API's server certificate, issued from the cluster's CA in `<state-dir>/pki` for the
+/// API's address, the etcd's advertised addresses and loopback (CN `apiserver-<cluster>`; it
+/// also serves as the relay's client certificate towards agents and other relays).
+fn issue_api_certificate(
+    config: &ApiServerConfig,
+    addr: SocketAddr,
+) -> Result<plexus_agent_api::tls::TlsFiles> {
+    let pki = ClusterPki::new(config.state_dir.join("pki"), &config.cluster.name);
+    let ca = pki.ca().with_context(|| {
+        format!(
+            "the API's certificate: no CA in {} to issue it from (give --api-tls-cert, \
+             --api-tls-key and --api-tls-ca)",
+            pki.dir().display()
+        )
+    })?;
+    let mut ips: Vec<IpAddr> = vec![std::net::Ipv4Addr::LOCALHOST.into()];
+    if !addr.ip().is_unspecified() {
+        ips.push(addr.ip());
+    }
+    if let EtcdSource::Local { advertise, .. } = &config.etcd {
+        ips.extend(advertise.iter().copied());
+    }
+    ips.sort();
+    ips.dedup();
+    let name = format!("apiserver-{}", config.cluster.name);
+    let (cert, key) = ca
+        .issue_server(&name, &[&name], &ips)?
+        .write_to(pki.dir(), "apiserver")
+        .with_context(|| format!("write the API's certificate in {}", pki.dir().display()))?;
+    Ok(plexus_agent_api::tls::TlsFiles {
+        ca: pki.ca_cert(),
+        cert,
+        key,
+    })
 }
 
 async fn connect_with_retry(config: EtcdConfig, limit: Duration) -> Result<EtcdBackend> {

@@ -912,6 +912,7 @@ mod tests {
             etcd_endpoints: vec!["https://127.0.0.1:2379".into()],
             mesh_endpoints: vec![],
             apiserver: None,
+            relay: None,
             clustermesh_dir: "/nonexistent/cm".into(),
             kvstoremesh_dir: None,
             agents: vec![],

@@ -13,6 +13,7 @@
 //!   etcd-endpoints: [https://127.0.0.1:2379]   # how the CLI reaches the cluster's etcd
 //!   mesh-endpoints: [https://10.0.0.1:2379]    # how other clusters reach it (default: etcd-endpoints)
 //!   apiserver: 127.0.0.1:9963      # the apiserver's status address
+//!   relay: 10.0.0.1:4245           # the apiserver's API (mutual TLS): flow relay, web view
 //!   clustermesh-dir: /var/lib/plexus/cluster1/clustermesh   # where its agents read remote configs
 //!   kvstoremesh-dir: /var/lib/plexus/cluster1/kvstoremesh   # optional: KVStoreMesh's remote configs
 //!   agents:                        # the nodes' agents
@@ -75,6 +76,10 @@ pub struct Context {
     /// The apiserver's HTTP address (`host:port`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub apiserver: Option<String>,
+    /// The apiserver's API on TCP with mutual TLS (`host:port`, its `--api-listen`): the flow
+    /// relay and the web view.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
     /// Where the cluster's agents read remote-cluster configurations.
     pub clustermesh_dir: PathBuf,
     /// Where the cluster's KVStoreMesh reads remote-cluster configurations (KVStoreMesh on).
@@ -263,6 +268,7 @@ mod tests {
             etcd_endpoints: vec!["https://127.0.0.1:2379".into()],
             mesh_endpoints: vec![],
             apiserver: None,
+            relay: None,
             clustermesh_dir: "/tmp/c1/clustermesh".into(),
             kvstoremesh_dir: None,
             agents: vec![

@@ -32,6 +32,7 @@ pub fn contexts(lab: &LabState) -> Vec<Context> {
             etcd_endpoints: vec![format!("https://{}:2379", c.ip)],
             mesh_endpoints: vec![],
             apiserver: Some(format!("{}:9963", c.ip)),
+            relay: Some(c.api_address()),
             clustermesh_dir: c.clustermesh_dir.clone(),
             kvstoremesh_dir: None,
             agents: c

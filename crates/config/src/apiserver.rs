@@ -79,6 +79,23 @@ pub struct ApiServerConfig {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_listen: Option<SocketAddr>,
+    /// Also serve the apiserver's API (status, flow relay, web view) on this TCP address with
+    /// mutual TLS: clients need a certificate of the cluster's CA (of `--api-tls-ca`).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_listen: Option<SocketAddr>,
+    /// The API's server certificate [default: issued from the CA in `<state-dir>/pki`].
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_tls_cert: Option<PathBuf>,
+    /// The API's server key (with `--api-tls-cert`).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_tls_key: Option<PathBuf>,
+    /// The CA client certificates must chain to (with `--api-tls-cert`).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_tls_ca: Option<PathBuf>,
     /// KVStoreMesh: mirror the remote clusters configured in this directory.
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -42,6 +42,10 @@ use crate::wireguard;
 /// The TCP port of each agent's API (mutual TLS), on the node's underlay address.
 pub const AGENT_API_PORT: u16 = 9965;
 
+/// The TCP port of each apiserver's API (mutual TLS: the flow relay, the web view), on the
+/// control plane's address (Hubble Relay's port).
+pub const APISERVER_API_PORT: u16 = 4245;
+
 /// One node of a running lab.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -69,6 +73,13 @@ impl NodeState {
     /// The agent's API on TCP, `ip:port`, as the lab's contexts name it.
     pub fn api_address(&self) -> String {
         format!("{}:{AGENT_API_PORT}", self.ip)
+    }
+}
+
+impl ClusterState {
+    /// The apiserver's API on TCP, `ip:port`, as the lab's contexts name it (`relay`).
+    pub fn api_address(&self) -> String {
+        format!("{}:{APISERVER_API_PORT}", self.ip)
     }
 }
 
@@ -304,6 +315,7 @@ fn apiserver_config(c: &ClusterState) -> Result<ApiServerConfig> {
         etcd_peer_listen: Some((Ipv4Addr::LOCALHOST, 2380).into()),
         etcd_advertise: Some(vec![c.ip.into()]),
         http_listen: Some((c.ip, 9963).into()),
+        api_listen: Some((c.ip, APISERVER_API_PORT).into()),
         service_cidr: Some(
             c.service_cidr
                 .parse()

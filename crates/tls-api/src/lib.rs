@@ -1,12 +1,14 @@
-//! The agent's API on TCP with mutual TLS, for CLIs and relays on other hosts.
+//! Serving a Plexus daemon's HTTP API on TCP with mutual TLS, for CLIs, relays and browsers
+//! behind a proxy on other hosts: the agent's API (port 9965) and the apiserver's (relay and
+//! web view) use the same listener and the same rule of who may write.
 //!
 //! [`TlsListener`] accepts TCP connections and runs each TLS handshake on a task of its own (a
 //! slow or hostile client never holds up the others); a client without a certificate of the
 //! cluster's CA is refused during the handshake. Each connection carries its [`Peer`] (address
 //! and certificate common name) as axum's `ConnectInfo`, and [`authorized`] wraps the router so
 //! that only the cluster's admin identity (`admin-<cluster>`) may write: other clients of the
-//! CA get `GET`/`HEAD`, and a write is answered with the error kind `forbidden`. The unix
-//! socket is served without this layer: it is local and fully privileged.
+//! CA get `GET`/`HEAD`, and a write is answered with the error kind `forbidden`. A unix socket
+//! is served without this layer: it is local and fully privileged.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
+use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use plexus_agent_api::ErrorKind;
@@ -21,7 +24,7 @@ use plexus_agent_api::tls::Access;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
 
-use crate::api::ApiError;
+use plexus_agent_api::ErrorBody;
 
 /// How long a client may take to complete its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -127,25 +130,30 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsL
 async fn authorize(State(cluster): State<Arc<str>>, request: Request, next: Next) -> Response {
     // No peer means the router was served without TLS: refuse rather than assume.
     let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<Peer>>().cloned() else {
-        return ApiError::new(ErrorKind::Forbidden, "no client identity").into_response();
+        return forbidden("no client identity".into());
     };
     let access = Access::of(peer.common_name.as_deref(), &cluster);
     if access.allows(request.method()) {
         return next.run(request).await;
     }
     tracing::info!(peer = %peer.addr, client = ?peer.common_name, method = %request.method(), path = request.uri().path(), "API write refused");
-    ApiError::new(
-        ErrorKind::Forbidden,
-        format!(
-            "{} {}: client {} may only read; writes need admin-{cluster}",
-            request.method(),
-            request.uri().path(),
-            peer.common_name
-                .as_deref()
-                .unwrap_or("without a common name"),
-        ),
+    forbidden(format!(
+        "{} {}: client {} may only read; writes need admin-{cluster}",
+        request.method(),
+        request.uri().path(),
+        peer.common_name
+            .as_deref()
+            .unwrap_or("without a common name"),
+    ))
+}
+
+/// The API's error answer for a refused request.
+fn forbidden(message: String) -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        axum::Json(ErrorBody::new(ErrorKind::Forbidden, message)),
     )
-    .into_response()
+        .into_response()
 }
 
 /// `router` with the TCP API's authorization for an agent of `cluster`.
