@@ -363,7 +363,11 @@ impl LabelSelector {
             let mut head = t[..open].split_whitespace();
             let (key, op) = match (head.next(), head.next(), head.next()) {
                 (Some(k), Some(op), None) => (k, op),
-                _ => return Err(format!("{t:?}: expected `key in (a,b)` or `key notin (a,b)`")),
+                _ => {
+                    return Err(format!(
+                        "{t:?}: expected `key in (a,b)` or `key notin (a,b)`"
+                    ));
+                }
             };
             let values: Vec<String> = t[open + 1..close]
                 .split(',')
@@ -559,8 +563,7 @@ fn name_matches(set: &[NameFilter], ep: &Endpoint) -> bool {
 }
 
 fn service_matches(set: &[NameFilter], svc: Option<&Service>) -> bool {
-    set.is_empty()
-        || svc.is_some_and(|s| set.iter().any(|f| f.matches(&s.namespace, &s.name)))
+    set.is_empty() || svc.is_some_and(|s| set.iter().any(|f| f.matches(&s.namespace, &s.name)))
 }
 
 impl CompiledFilter {

@@ -71,7 +71,10 @@ pub mod timestamp {
         use super::*;
 
         /// Serializes an optional time (use with `skip_serializing_if = "Option::is_none"`).
-        pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+        pub fn serialize<S: Serializer>(
+            t: &Option<DateTime<Utc>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
             match t {
                 Some(t) => s.serialize_str(&format(t)),
                 None => s.serialize_none(),
@@ -598,13 +601,21 @@ impl DropReasonInfo {
             10 => (141, "Failed to set tunnel key"),
             11 => (158, "Service backend not found"),
             12 => (195, "Traffic is unencrypted"),
-            other => return Self { code: u32::from(other), text: "Unknown reason" },
+            other => {
+                return Self {
+                    code: u32::from(other),
+                    text: "Unknown reason",
+                };
+            }
         };
         Self { code, text }
     }
 
     /// Policy denied (133).
-    pub const POLICY_DENIED: Self = Self { code: 133, text: "Policy denied" };
+    pub const POLICY_DENIED: Self = Self {
+        code: 133,
+        text: "Policy denied",
+    };
 }
 
 /// Hubble's `CiliumEventType`: the monitor message type and sub-type a flow came from.

@@ -27,9 +27,9 @@ pub mod ring;
 
 pub use filter::{EventTypeFilter, FilterError, FlowFilter, FlowMatcher, FlowRequest};
 pub use flow::{
-    CiliumEventType, DropReasonDesc, DropReasonInfo, Endpoint, Flow, FlowType, Icmp, Ip,
-    IpVersion, Layer4, NetworkInterface, Policy, PolicyDeny, Service, SocketTranslationPoint,
-    Tcp, TcpFlags, TraceObservationPoint, TrafficDirection, Translation, Udp, Verdict,
+    CiliumEventType, DropReasonDesc, DropReasonInfo, Endpoint, Flow, FlowType, Icmp, Ip, IpVersion,
+    Layer4, NetworkInterface, Policy, PolicyDeny, Service, SocketTranslationPoint, Tcp, TcpFlags,
+    TraceObservationPoint, TrafficDirection, Translation, Udp, Verdict,
 };
 pub use merge::{Timed, merge_follow, merge_history, merge_sorted};
 pub use observe::{FlagError, ObserveBuilder};

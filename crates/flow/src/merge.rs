@@ -39,7 +39,10 @@ pub const MAX_HELD: usize = 65_536;
 
 /// Merges time-ordered lists into one time-ordered list (ties: lower list index first).
 pub fn merge_sorted<T: Timed>(lists: Vec<Vec<T>>) -> Vec<T> {
-    let mut iters: Vec<_> = lists.into_iter().map(|l| l.into_iter().peekable()).collect();
+    let mut iters: Vec<_> = lists
+        .into_iter()
+        .map(|l| l.into_iter().peekable())
+        .collect();
     let mut out = Vec::new();
     loop {
         let next = iters

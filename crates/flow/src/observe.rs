@@ -244,7 +244,13 @@ fn parse_identity(flag: &str, v: &str) -> Result<u32, FlagError> {
     }
     ReservedIdentity::from_name(v)
         .map(|r| r.id().0)
-        .ok_or_else(|| invalid(flag, v, "expected a numeric identity or a reserved name (world, host, remote-node, ...)"))
+        .ok_or_else(|| {
+            invalid(
+                flag,
+                v,
+                "expected a numeric identity or a reserved name (world, host, remote-node, ...)",
+            )
+        })
 }
 
 /// Parses a `--type` value: `drop`, `trace`, `trace:<point>` (`trace:to-endpoint`),
@@ -260,7 +266,9 @@ pub fn parse_event_type(v: &str) -> Result<EventTypeFilter, String> {
         "policy-verdict" => message_type::POLICY_VERDICT,
         "translation" | "trace-sock" => message_type::TRACE_SOCK,
         n => n.parse::<i32>().map_err(|_| {
-            format!("unknown type {n:?}: expected drop, trace, policy-verdict, translation or a number")
+            format!(
+                "unknown type {n:?}: expected drop, trace, policy-verdict, translation or a number"
+            )
         })?,
     };
     let Some(sub) = sub else {
@@ -374,7 +382,11 @@ impl ObserveBuilder {
                             _ => return Err(invalid(name, value, "expected true or false")),
                         }
                     }
-                    _ => self.since = Some(parse_since(value, self.now).map_err(|r| invalid(name, value, r))?),
+                    _ => {
+                        self.since = Some(
+                            parse_since(value, self.now).map_err(|r| invalid(name, value, r))?,
+                        )
+                    }
                 }
                 return Ok(self);
             }
@@ -461,7 +473,11 @@ fn set(t: &mut Tracker, name: &str, value: &str) -> Result<(), FlagError> {
         _ => {}
     }
     match name {
-        "pod" => t.apply(Side::Both, text(|f| &mut f.source_pod), text(|f| &mut f.destination_pod)),
+        "pod" => t.apply(
+            Side::Both,
+            text(|f| &mut f.source_pod),
+            text(|f| &mut f.destination_pod),
+        ),
         "from-pod" => t.all(text(|f| &mut f.source_pod)),
         "to-pod" => t.all(text(|f| &mut f.destination_pod)),
         "service" => t.apply(
@@ -471,7 +487,11 @@ fn set(t: &mut Tracker, name: &str, value: &str) -> Result<(), FlagError> {
         ),
         "from-service" => t.all(text(|f| &mut f.source_service)),
         "to-service" => t.all(text(|f| &mut f.destination_service)),
-        "ip" => t.apply(Side::Both, text(|f| &mut f.source_ip), text(|f| &mut f.destination_ip)),
+        "ip" => t.apply(
+            Side::Both,
+            text(|f| &mut f.source_ip),
+            text(|f| &mut f.destination_ip),
+        ),
         "from-ip" => t.all(text(|f| &mut f.source_ip)),
         "to-ip" => t.all(text(|f| &mut f.destination_ip)),
         "label" => t.apply(

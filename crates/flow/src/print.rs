@@ -25,9 +25,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 use plexus_model::identity::ReservedIdentity;
 
-use crate::flow::{
-    Flow, Layer4, TraceObservationPoint, Verdict, message_type, policy_match,
-};
+use crate::flow::{Flow, Layer4, TraceObservationPoint, Verdict, message_type, policy_match};
 use crate::response::{FlowResponse, NodeState, NodeStatusEvent, ResponseKind};
 
 /// The output formats of `plexus observe -o`.
@@ -95,22 +93,23 @@ pub fn hostnames(flow: &Flow) -> (String, String) {
         return (String::new(), String::new());
     };
     let ports = flow.l4.as_ref().and_then(Layer4::ports);
-    let side = |addr: &str, ep: &crate::flow::Endpoint, svc: Option<&crate::flow::Service>, port| {
-        let mut ns = ep.namespace.as_str();
-        let mut svc_name = "";
-        if let Some(s) = svc {
-            ns = &s.namespace;
-            svc_name = &s.name;
-        }
-        let host = if !ep.pod_name.is_empty() {
-            join_ns(ns, &ep.pod_name)
-        } else if !svc_name.is_empty() {
-            join_ns(ns, svc_name)
-        } else {
-            addr.to_string()
+    let side =
+        |addr: &str, ep: &crate::flow::Endpoint, svc: Option<&crate::flow::Service>, port| {
+            let mut ns = ep.namespace.as_str();
+            let mut svc_name = "";
+            if let Some(s) = svc {
+                ns = &s.namespace;
+                svc_name = &s.name;
+            }
+            let host = if !ep.pod_name.is_empty() {
+                join_ns(ns, &ep.pod_name)
+            } else if !svc_name.is_empty() {
+                join_ns(ns, svc_name)
+            } else {
+                addr.to_string()
+            };
+            host_port(&host, port)
         };
-        host_port(&host, port)
-    };
     (
         side(
             &ip.source,

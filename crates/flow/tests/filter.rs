@@ -48,14 +48,20 @@ fn ip_filters_take_addresses_and_cidrs() {
     assert!(passes(src(&["0.0.0.0/0"]), &f));
     assert!(!passes(src(&["10.60.2.0/24"]), &f));
     assert!(!passes(src(&["10.60.1.8"]), &f));
-    assert!(passes(src(&["192.168.0.0/16", "10.60.1.7"]), &f), "values OR");
+    assert!(
+        passes(src(&["192.168.0.0/16", "10.60.1.7"]), &f),
+        "values OR"
+    );
     assert!(passes(dst(&["10.60.2.9/32"]), &f));
     assert!(!passes(dst(&["10.60.1.7"]), &f));
     assert!(!passes(src(&["fd00::/8"]), &f), "families never mix");
     let v6 = udp_at("2026-12-07T12:00:00Z", "fd00::1", "fd00:1::2");
     assert!(passes(src(&["fd00::/32"]), &v6));
     assert!(!passes(dst(&["fd00::/32"]), &v6));
-    assert!(!passes(src(&["10.0.0.0/8"]), &Flow::default()), "no IP, no match");
+    assert!(
+        !passes(src(&["10.0.0.0/8"]), &Flow::default()),
+        "no IP, no match"
+    );
 }
 
 #[test]
@@ -79,8 +85,14 @@ fn pod_filters_are_namespace_and_name_prefix_on_their_side() {
     assert!(passes(dst(&["default/rebel"]), &f));
     assert!(passes(dst(&["default/rebel-base-1"]), &f));
     assert!(!passes(dst(&["default/rebel-base-2"]), &f));
-    assert!(passes(dst(&["kube-system/", "default/rebel"]), &f), "values OR");
-    assert!(!passes(src(&["default/"]), &Flow::default()), "no pod, no match");
+    assert!(
+        passes(dst(&["kube-system/", "default/rebel"]), &f),
+        "values OR"
+    );
+    assert!(
+        !passes(src(&["default/"]), &Flow::default()),
+        "no pod, no match"
+    );
 }
 
 #[test]
@@ -93,7 +105,10 @@ fn service_filters_match_the_flows_service() {
     assert!(passes(dst(&["default/rebel-base"]), &f));
     assert!(passes(dst(&["default/"]), &f));
     assert!(!passes(dst(&["default/x"]), &f));
-    assert!(!passes(dst(&["default/rebel-base"]), &denied()), "no service");
+    assert!(
+        !passes(dst(&["default/rebel-base"]), &denied()),
+        "no service"
+    );
     let mut g = denied();
     g.source_service = Some(Service {
         name: "x-wing-svc".into(),
@@ -133,7 +148,10 @@ fn label_filters_are_selectors() {
     assert!(passes(src(&["tier!=db"]), &f), "!= holds when absent");
     assert!(passes(src(&["app in (y-wing, x-wing)"]), &f));
     assert!(!passes(src(&["app in (y-wing,b-wing)"]), &f));
-    assert!(passes(src(&["app notin (y-wing,b-wing),class=fighter"]), &f));
+    assert!(passes(
+        src(&["app notin (y-wing,b-wing),class=fighter"]),
+        &f
+    ));
     assert!(!passes(src(&["app notin (x-wing)"]), &f));
     assert!(passes(
         FlowFilter {
@@ -154,25 +172,88 @@ fn label_filters_are_selectors() {
 #[test]
 fn identity_cluster_verdict_direction_filters_are_exact() {
     let f = denied();
-    let check = |filter: FlowFilter, want: bool| assert_eq!(passes(filter.clone(), &f), want, "{filter:?}");
-    check(FlowFilter { source_identity: vec![38354], ..Default::default() }, true);
-    check(FlowFilter { source_identity: vec![6587186], ..Default::default() }, false);
-    check(FlowFilter { destination_identity: vec![1, 6587186], ..Default::default() }, true);
-    check(FlowFilter { source_cluster_name: s(&["c1"]), ..Default::default() }, true);
-    check(FlowFilter { source_cluster_name: s(&["c2"]), ..Default::default() }, false);
-    check(FlowFilter { destination_cluster_name: s(&["c2"]), ..Default::default() }, true);
-    check(FlowFilter { verdict: vec![Verdict::Dropped], ..Default::default() }, true);
-    check(FlowFilter { verdict: vec![Verdict::Forwarded, Verdict::Translated], ..Default::default() }, false);
-    check(FlowFilter { traffic_direction: vec![TrafficDirection::Ingress], ..Default::default() }, true);
-    check(FlowFilter { traffic_direction: vec![TrafficDirection::Egress], ..Default::default() }, false);
+    let check =
+        |filter: FlowFilter, want: bool| assert_eq!(passes(filter.clone(), &f), want, "{filter:?}");
+    check(
+        FlowFilter {
+            source_identity: vec![38354],
+            ..Default::default()
+        },
+        true,
+    );
+    check(
+        FlowFilter {
+            source_identity: vec![6587186],
+            ..Default::default()
+        },
+        false,
+    );
+    check(
+        FlowFilter {
+            destination_identity: vec![1, 6587186],
+            ..Default::default()
+        },
+        true,
+    );
+    check(
+        FlowFilter {
+            source_cluster_name: s(&["c1"]),
+            ..Default::default()
+        },
+        true,
+    );
+    check(
+        FlowFilter {
+            source_cluster_name: s(&["c2"]),
+            ..Default::default()
+        },
+        false,
+    );
+    check(
+        FlowFilter {
+            destination_cluster_name: s(&["c2"]),
+            ..Default::default()
+        },
+        true,
+    );
+    check(
+        FlowFilter {
+            verdict: vec![Verdict::Dropped],
+            ..Default::default()
+        },
+        true,
+    );
+    check(
+        FlowFilter {
+            verdict: vec![Verdict::Forwarded, Verdict::Translated],
+            ..Default::default()
+        },
+        false,
+    );
+    check(
+        FlowFilter {
+            traffic_direction: vec![TrafficDirection::Ingress],
+            ..Default::default()
+        },
+        true,
+    );
+    check(
+        FlowFilter {
+            traffic_direction: vec![TrafficDirection::Egress],
+            ..Default::default()
+        },
+        false,
+    );
 }
 
 #[test]
 fn protocol_and_port_filters() {
     let tcp = denied(); // TCP 41234 -> 80
     let udp = udp_at("2026-12-07T12:00:00Z", "10.0.0.1", "10.0.0.2"); // UDP 5353 -> 53
-    let mut icmp = Flow::default();
-    icmp.l4 = plexus_flow::Layer4::from_raw(1, 8, 0, 0);
+    let icmp = Flow {
+        l4: plexus_flow::Layer4::from_raw(1, 8, 0, 0),
+        ..Default::default()
+    };
     let proto = |v: &[&str]| FlowFilter {
         protocol: s(v),
         ..Default::default()
@@ -220,13 +301,20 @@ fn event_type_filters_and_policy_verdicts_take_policy_drops() {
         match_sub_type: true,
         sub_type: s,
     };
-    assert!(passes(ev(vec![sub(4, 0)]), &trace), "sub-type 0 is to-endpoint");
+    assert!(
+        passes(ev(vec![sub(4, 0)]), &trace),
+        "sub-type 0 is to-endpoint"
+    );
     assert!(!passes(ev(vec![sub(4, 5)]), &trace));
     assert!(passes(ev(vec![sub(1, 133)]), &drop));
     // policy-verdict (5) also matches drops whose reason is a policy denial...
     assert!(passes(ev(vec![of(5)]), &drop));
     // ...but not other drops, nor traces.
-    let other_drop = Flow::drop(drop.time, "c/n", plexus_flow::DropReasonInfo::from_plexus(3));
+    let other_drop = Flow::drop(
+        drop.time,
+        "c/n",
+        plexus_flow::DropReasonInfo::from_plexus(3),
+    );
     assert!(!passes(ev(vec![of(5)]), &other_drop));
     assert!(!passes(ev(vec![of(5)]), &trace));
     let verdict = Flow::policy_verdict(drop.time, "c/n", TrafficDirection::Egress, 2);
@@ -329,19 +417,73 @@ fn invalid_values_are_refused_naming_the_field() {
         req.matcher().unwrap_err().to_string()
     };
     assert_eq!(
-        err(FlowFilter { source_ip: s(&["10.0.0.300"]), ..Default::default() }, false),
+        err(
+            FlowFilter {
+                source_ip: s(&["10.0.0.300"]),
+                ..Default::default()
+            },
+            false
+        ),
         r#"flow filter whitelist[0].source_ip: "10.0.0.300": not an IP address or CIDR"#
     );
-    let e = err(FlowFilter { destination_ip: s(&["10.0.0.0/33"]), ..Default::default() }, true);
-    assert!(e.starts_with(r#"flow filter blacklist[1].destination_ip: "10.0.0.0/33": "#), "{e}");
-    let e = err(FlowFilter { source_pod: s(&["/"]), ..Default::default() }, false);
+    let e = err(
+        FlowFilter {
+            destination_ip: s(&["10.0.0.0/33"]),
+            ..Default::default()
+        },
+        true,
+    );
+    assert!(
+        e.starts_with(r#"flow filter blacklist[1].destination_ip: "10.0.0.0/33": "#),
+        "{e}"
+    );
+    let e = err(
+        FlowFilter {
+            source_pod: s(&["/"]),
+            ..Default::default()
+        },
+        false,
+    );
     assert!(e.contains("whitelist[0].source_pod"), "{e}");
-    let e = err(FlowFilter { source_label: s(&["app in (a"]), ..Default::default() }, false);
-    assert!(e.contains("whitelist[0].source_label") && e.contains("parenthesis"), "{e}");
-    let e = err(FlowFilter { protocol: s(&["http"]), ..Default::default() }, false);
-    assert!(e.contains("whitelist[0].protocol") && e.contains("expected tcp"), "{e}");
-    let e = err(FlowFilter { destination_port: s(&["http"]), ..Default::default() }, false);
-    assert!(e.contains("whitelist[0].destination_port") && e.contains("port number"), "{e}");
-    let e = err(FlowFilter { node_name: s(&[""]), ..Default::default() }, false);
+    let e = err(
+        FlowFilter {
+            source_label: s(&["app in (a"]),
+            ..Default::default()
+        },
+        false,
+    );
+    assert!(
+        e.contains("whitelist[0].source_label") && e.contains("parenthesis"),
+        "{e}"
+    );
+    let e = err(
+        FlowFilter {
+            protocol: s(&["http"]),
+            ..Default::default()
+        },
+        false,
+    );
+    assert!(
+        e.contains("whitelist[0].protocol") && e.contains("expected tcp"),
+        "{e}"
+    );
+    let e = err(
+        FlowFilter {
+            destination_port: s(&["http"]),
+            ..Default::default()
+        },
+        false,
+    );
+    assert!(
+        e.contains("whitelist[0].destination_port") && e.contains("port number"),
+        "{e}"
+    );
+    let e = err(
+        FlowFilter {
+            node_name: s(&[""]),
+            ..Default::default()
+        },
+        false,
+    );
     assert!(e.contains("whitelist[0].node_name"), "{e}");
 }

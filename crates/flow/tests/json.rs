@@ -137,7 +137,11 @@ fn drop_reasons_map_to_ciliums_codes() {
         (6, 133, Some("POLICY_DENIED")),
         (7, 132, Some("INVALID_SOURCE_IP")),
         (8, 150, Some("UNKNOWN_L3_TARGET_ADDRESS")),
-        (9, 165, Some("NO_CONFIGURATION_AVAILABLE_TO_PERFORM_POLICY_DECISION")),
+        (
+            9,
+            165,
+            Some("NO_CONFIGURATION_AVAILABLE_TO_PERFORM_POLICY_DECISION"),
+        ),
         (10, 141, Some("ERROR_WRITING_TO_PACKET")),
         (11, 158, Some("SERVICE_BACKEND_NOT_FOUND")),
         (12, 195, None),
@@ -146,7 +150,11 @@ fn drop_reasons_map_to_ciliums_codes() {
     for (raw, code, name) in cases {
         let info = DropReasonInfo::from_plexus(raw);
         assert_eq!(info.code, code, "plexus drop reason {raw}");
-        assert_eq!(DropReasonDesc(code).name(), name, "plexus drop reason {raw}");
+        assert_eq!(
+            DropReasonDesc(code).name(),
+            name,
+            "plexus drop reason {raw}"
+        );
     }
     // A code without a Hubble name is written as a number, as protojson does.
     let f = Flow::drop(
@@ -156,7 +164,10 @@ fn drop_reasons_map_to_ciliums_codes() {
     );
     let json = serde_json::to_string(&f).unwrap();
     assert!(json.contains(r#""drop_reason_desc":195"#), "{json}");
-    assert!(json.contains(r#""drop_reason_text":"Traffic is unencrypted""#), "{json}");
+    assert!(
+        json.contains(r#""drop_reason_text":"Traffic is unencrypted""#),
+        "{json}"
+    );
     let back: Flow = serde_json::from_str(&json).unwrap();
     assert_eq!(back, f);
 }
@@ -173,7 +184,10 @@ fn empty_flow_is_just_its_time() {
     );
     let trace = Flow::trace(f.time, "c/n", TraceObservationPoint::FromOverlay);
     let json = serde_json::to_string(&trace).unwrap();
-    assert!(json.contains(r#""event_type":{"type":4,"sub_type":9}"#), "{json}");
+    assert!(
+        json.contains(r#""event_type":{"type":4,"sub_type":9}"#),
+        "{json}"
+    );
 }
 
 #[test]
@@ -201,10 +215,14 @@ fn request_round_trips_through_the_query_parameter() {
     let decoded = plexus_flow::filter::percent_decode(&q).unwrap();
     assert_eq!(FlowRequest::from_json(&decoded).unwrap(), req);
     // The note's shorter names for the cluster fields are accepted.
-    let alias: FlowRequest =
-        FlowRequest::from_json(r#"{"whitelist":[{"source_cluster":["c1"],"destination_cluster":["c2"]}]}"#)
-            .unwrap();
+    let alias: FlowRequest = FlowRequest::from_json(
+        r#"{"whitelist":[{"source_cluster":["c1"],"destination_cluster":["c2"]}]}"#,
+    )
+    .unwrap();
     assert_eq!(alias.whitelist[0].source_cluster_name, vec!["c1"]);
     assert_eq!(alias.whitelist[0].destination_cluster_name, vec!["c2"]);
-    assert_eq!(FlowRequest::from_json("{}").unwrap(), FlowRequest::default());
+    assert_eq!(
+        FlowRequest::from_json("{}").unwrap(),
+        FlowRequest::default()
+    );
 }

@@ -34,25 +34,27 @@ fn label(r: &FlowResponse) -> String {
 /// Yields each item `ms` milliseconds after the stream is first polled, then ends at `end_ms`.
 fn timed(items: Vec<(u64, FlowResponse)>, end_ms: u64) -> impl Stream<Item = FlowResponse> + Unpin {
     let start = tokio::time::Instant::now();
-    Box::pin(futures::stream::unfold(
-        (items.into_iter(), start, end_ms, false),
-        |(mut items, start, end_ms, done)| async move {
-            if done {
-                return None;
-            }
-            match items.next() {
-                Some((ms, item)) => {
-                    tokio::time::sleep_until(start + Duration::from_millis(ms)).await;
-                    Some((Some(item), (items, start, end_ms, false)))
+    Box::pin(
+        futures::stream::unfold(
+            (items.into_iter(), start, end_ms, false),
+            |(mut items, start, end_ms, done)| async move {
+                if done {
+                    return None;
                 }
-                None => {
-                    tokio::time::sleep_until(start + Duration::from_millis(end_ms)).await;
-                    Some((None, (items, start, end_ms, true)))
+                match items.next() {
+                    Some((ms, item)) => {
+                        tokio::time::sleep_until(start + Duration::from_millis(ms)).await;
+                        Some((Some(item), (items, start, end_ms, false)))
+                    }
+                    None => {
+                        tokio::time::sleep_until(start + Duration::from_millis(end_ms)).await;
+                        Some((None, (items, start, end_ms, true)))
+                    }
                 }
-            }
-        },
+            },
+        )
+        .filter_map(|x| async move { x }),
     )
-    .filter_map(|x| async move { x }))
 }
 
 #[test]
@@ -73,7 +75,10 @@ fn sorted_lists_merge_exactly() {
 #[tokio::test(start_paused = true)]
 async fn history_merge_waits_for_every_head() {
     // Node b is slow: its oldest flow arrives last, yet comes out first.
-    let a = timed(vec![(0, line("a", 2)), (1, line("a", 3)), (2, line("a", 7))], 3);
+    let a = timed(
+        vec![(0, line("a", 2)), (1, line("a", 3)), (2, line("a", 7))],
+        3,
+    );
     let b = timed(vec![(5_000, line("b", 1)), (5_001, line("b", 5))], 5_002);
     let c = timed(vec![], 0);
     let merged: Vec<FlowResponse> = within(merge_history(vec![a, b, c]).collect()).await;
@@ -87,8 +92,14 @@ fn follow_inputs() -> Vec<std::pin::Pin<Box<dyn Stream<Item = FlowResponse>>>> {
     // Node a: flow time 10 arrives at 0 s, flow time 20 at 1.2 s.
     // Node b: flow time 5 arrives at 0.5 s, flow time 15 at 3 s. Both end at 5 s.
     vec![
-        Box::pin(timed(vec![(0, line("a", 10)), (1_200, line("a", 20))], 5_000)),
-        Box::pin(timed(vec![(500, line("b", 5)), (3_000, line("b", 15))], 5_000)),
+        Box::pin(timed(
+            vec![(0, line("a", 10)), (1_200, line("a", 20))],
+            5_000,
+        )),
+        Box::pin(timed(
+            vec![(500, line("b", 5)), (3_000, line("b", 15))],
+            5_000,
+        )),
     ]
 }
 

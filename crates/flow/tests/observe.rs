@@ -7,8 +7,7 @@ mod common;
 use common::{denied, forwarded, t, translated};
 use plexus_flow::observe::DEFAULT_LAST;
 use plexus_flow::{
-    EventTypeFilter, FlagError, FlowFilter, FlowRequest, ObserveBuilder, TrafficDirection,
-    Verdict,
+    EventTypeFilter, FlagError, FlowFilter, FlowRequest, ObserveBuilder, TrafficDirection, Verdict,
 };
 
 fn now() -> chrono::DateTime<chrono::Utc> {
@@ -26,15 +25,40 @@ fn s(v: &[&str]) -> Vec<String> {
 #[test]
 fn plain_observe_asks_for_the_last_20() {
     let r = build(&[]).unwrap();
-    assert_eq!(r, FlowRequest { number: Some(DEFAULT_LAST), ..Default::default() });
+    assert_eq!(
+        r,
+        FlowRequest {
+            number: Some(DEFAULT_LAST),
+            ..Default::default()
+        }
+    );
     let r = build(&[("--follow", "")]).unwrap();
-    assert_eq!(r, FlowRequest { follow: true, ..Default::default() });
+    assert_eq!(
+        r,
+        FlowRequest {
+            follow: true,
+            ..Default::default()
+        }
+    );
     let r = build(&[("-f", ""), ("--last", "5")]).unwrap();
-    assert_eq!(r, FlowRequest { follow: true, number: Some(5), ..Default::default() });
+    assert_eq!(
+        r,
+        FlowRequest {
+            follow: true,
+            number: Some(5),
+            ..Default::default()
+        }
+    );
     let r = build(&[("all", "")]).unwrap();
     assert_eq!(r.number, Some(u64::MAX));
     let r = build(&[("since", "5m")]).unwrap();
-    assert_eq!(r, FlowRequest { since: Some(t("2026-12-07T11:55:00Z")), ..Default::default() });
+    assert_eq!(
+        r,
+        FlowRequest {
+            since: Some(t("2026-12-07T11:55:00Z")),
+            ..Default::default()
+        }
+    );
     let r = build(&[("since", "2026-12-07T10:00:00+01:00")]).unwrap();
     assert_eq!(r.since, Some(t("2026-12-07T09:00:00Z")));
 }
@@ -45,21 +69,35 @@ fn pod_means_from_or_to_the_pod() {
     assert_eq!(
         r.whitelist,
         vec![
-            FlowFilter { source_pod: s(&["default/x-wing"]), ..Default::default() },
-            FlowFilter { destination_pod: s(&["default/x-wing"]), ..Default::default() },
+            FlowFilter {
+                source_pod: s(&["default/x-wing"]),
+                ..Default::default()
+            },
+            FlowFilter {
+                destination_pod: s(&["default/x-wing"]),
+                ..Default::default()
+            },
         ]
     );
     let m = r.matcher().unwrap();
     assert!(m.matches(&denied()), "x-wing is the source");
     let r = build(&[("--pod", "default/rebel-base-1")]).unwrap();
-    assert!(r.matcher().unwrap().matches(&denied()), "rebel-base-1 is the destination");
+    assert!(
+        r.matcher().unwrap().matches(&denied()),
+        "rebel-base-1 is the destination"
+    );
     let r = build(&[("--pod", "default/y-wing")]).unwrap();
     assert!(!r.matcher().unwrap().matches(&denied()));
 }
 
 #[test]
 fn other_flags_apply_to_both_sides_filters() {
-    let r = build(&[("pod", "default/x-wing"), ("verdict", "DROPPED"), ("port", "80")]).unwrap();
+    let r = build(&[
+        ("pod", "default/x-wing"),
+        ("verdict", "DROPPED"),
+        ("port", "80"),
+    ])
+    .unwrap();
     assert_eq!(
         r.whitelist,
         vec![
@@ -80,7 +118,12 @@ fn other_flags_apply_to_both_sides_filters() {
     // x-wing's drop has destination port 80, but x-wing is the source: the first filter needs
     // source port 80, the second needs x-wing as destination. Neither matches.
     assert!(!r.matcher().unwrap().matches(&denied()));
-    let r = build(&[("pod", "default/rebel-base-1"), ("verdict", "dropped"), ("port", "80")]).unwrap();
+    let r = build(&[
+        ("pod", "default/rebel-base-1"),
+        ("verdict", "dropped"),
+        ("port", "80"),
+    ])
+    .unwrap();
     assert!(r.matcher().unwrap().matches(&denied()));
 }
 
@@ -125,7 +168,10 @@ fn cluster_identity_label_ip_are_both_sided() {
     assert_eq!(r.whitelist.len(), 2);
     assert_eq!(r.whitelist[0].source_cluster_name, s(&["c2"]));
     assert_eq!(r.whitelist[1].destination_cluster_name, s(&["c2"]));
-    assert!(r.matcher().unwrap().matches(&denied()), "c1 -> c2 touches c2");
+    assert!(
+        r.matcher().unwrap().matches(&denied()),
+        "c1 -> c2 touches c2"
+    );
     let r = build(&[("identity", "world")]).unwrap();
     assert_eq!(r.whitelist[0].source_identity, vec![2]);
     assert_eq!(r.whitelist[1].destination_identity, vec![2]);
@@ -142,14 +188,24 @@ fn namespace_restricts_each_side_and_prefixes_pods() {
     assert_eq!(
         r.whitelist,
         vec![
-            FlowFilter { source_pod: s(&["default/"]), ..Default::default() },
-            FlowFilter { destination_pod: s(&["default/"]), ..Default::default() },
+            FlowFilter {
+                source_pod: s(&["default/"]),
+                ..Default::default()
+            },
+            FlowFilter {
+                destination_pod: s(&["default/"]),
+                ..Default::default()
+            },
         ]
     );
     let r = build(&[("pod", "x-wing"), ("namespace", "empire")]).unwrap();
     assert_eq!(r.whitelist[0].source_pod, s(&["empire/x-wing"]));
     assert_eq!(r.whitelist[1].destination_pod, s(&["empire/x-wing"]));
-    let r = build(&[("from-namespace", "default"), ("to-namespace", "kube-system")]).unwrap();
+    let r = build(&[
+        ("from-namespace", "default"),
+        ("to-namespace", "kube-system"),
+    ])
+    .unwrap();
     assert_eq!(
         r.whitelist,
         vec![FlowFilter {
@@ -162,28 +218,60 @@ fn namespace_restricts_each_side_and_prefixes_pods() {
 
 #[test]
 fn not_negates_the_next_filter_flag_only() {
-    let r = build(&[("verdict", "DROPPED"), ("--not", ""), ("pod", "default/x-wing")]).unwrap();
+    let r = build(&[
+        ("verdict", "DROPPED"),
+        ("--not", ""),
+        ("pod", "default/x-wing"),
+    ])
+    .unwrap();
     assert_eq!(
         r.whitelist,
-        vec![FlowFilter { verdict: vec![Verdict::Dropped], ..Default::default() }]
+        vec![FlowFilter {
+            verdict: vec![Verdict::Dropped],
+            ..Default::default()
+        }]
     );
     assert_eq!(
         r.blacklist,
         vec![
-            FlowFilter { source_pod: s(&["default/x-wing"]), ..Default::default() },
-            FlowFilter { destination_pod: s(&["default/x-wing"]), ..Default::default() },
+            FlowFilter {
+                source_pod: s(&["default/x-wing"]),
+                ..Default::default()
+            },
+            FlowFilter {
+                destination_pod: s(&["default/x-wing"]),
+                ..Default::default()
+            },
         ]
     );
     let m = r.matcher().unwrap();
     assert!(!m.matches(&denied()), "dropped but involves x-wing");
     // --not applies once: the next flag goes to the whitelist again.
     let r = build(&[("not", ""), ("type", "trace"), ("verdict", "FORWARDED")]).unwrap();
-    assert_eq!(r.blacklist, vec![FlowFilter { event_type: vec![EventTypeFilter::of_type(4)], ..Default::default() }]);
-    assert_eq!(r.whitelist, vec![FlowFilter { verdict: vec![Verdict::Forwarded], ..Default::default() }]);
+    assert_eq!(
+        r.blacklist,
+        vec![FlowFilter {
+            event_type: vec![EventTypeFilter::of_type(4)],
+            ..Default::default()
+        }]
+    );
+    assert_eq!(
+        r.whitelist,
+        vec![FlowFilter {
+            verdict: vec![Verdict::Forwarded],
+            ..Default::default()
+        }]
+    );
     let m = r.matcher().unwrap();
     assert!(!m.matches(&forwarded()) && !m.matches(&translated()));
     // Two negated flags of the same kind: two --not.
-    let r = build(&[("not", ""), ("type", "trace"), ("not", ""), ("type", "translation")]).unwrap();
+    let r = build(&[
+        ("not", ""),
+        ("type", "trace"),
+        ("not", ""),
+        ("type", "translation"),
+    ])
+    .unwrap();
     assert_eq!(
         r.blacklist,
         vec![FlowFilter {
@@ -196,7 +284,10 @@ fn not_negates_the_next_filter_flag_only() {
     // The builder's own method.
     let mut b = ObserveBuilder::new(now());
     b.not().unwrap().flag("verdict", "DROPPED").unwrap();
-    assert_eq!(b.build().unwrap().blacklist[0].verdict, vec![Verdict::Dropped]);
+    assert_eq!(
+        b.build().unwrap().blacklist[0].verdict,
+        vec![Verdict::Dropped]
+    );
 }
 
 #[test]
@@ -209,13 +300,28 @@ fn type_values() {
     assert_eq!(ty("trace-sock"), EventTypeFilter::of_type(7));
     assert_eq!(
         ty("trace:to-endpoint"),
-        EventTypeFilter { r#type: 4, match_sub_type: true, sub_type: 0 }
+        EventTypeFilter {
+            r#type: 4,
+            match_sub_type: true,
+            sub_type: 0
+        }
     );
     assert_eq!(
         ty("trace:from-overlay"),
-        EventTypeFilter { r#type: 4, match_sub_type: true, sub_type: 9 }
+        EventTypeFilter {
+            r#type: 4,
+            match_sub_type: true,
+            sub_type: 9
+        }
     );
-    assert_eq!(ty("1:133"), EventTypeFilter { r#type: 1, match_sub_type: true, sub_type: 133 });
+    assert_eq!(
+        ty("1:133"),
+        EventTypeFilter {
+            r#type: 1,
+            match_sub_type: true,
+            sub_type: 133
+        }
+    );
     // policy-verdict includes policy drops.
     let r = build(&[("type", "policy-verdict")]).unwrap();
     assert!(r.matcher().unwrap().matches(&denied()));
@@ -234,8 +340,14 @@ fn bad_values_name_the_flag() {
         r#"--verdict "LOST": expected FORWARDED, DROPPED, TRANSLATED, AUDIT, REDIRECTED, TRACED or ERROR"#
     );
     assert!(err(&[("type", "l7")]).starts_with(r#"--type "l7": unknown type"#));
-    assert!(err(&[("type", "trace:sideways")]).starts_with(r#"--type "trace:sideways": unknown sub-type"#));
-    assert!(err(&[("since", "yesterday")]).starts_with(r#"--since "yesterday": expected an RFC 3339 time"#));
+    assert!(
+        err(&[("type", "trace:sideways")])
+            .starts_with(r#"--type "trace:sideways": unknown sub-type"#)
+    );
+    assert!(
+        err(&[("since", "yesterday")])
+            .starts_with(r#"--since "yesterday": expected an RFC 3339 time"#)
+    );
     assert!(err(&[("last", "many")]).starts_with(r#"--last "many""#));
     assert!(err(&[("to-port", "http")]).starts_with(r#"--to-port "http""#));
     assert!(err(&[("identity", "nobody")]).starts_with(r#"--identity "nobody""#));
@@ -244,7 +356,10 @@ fn bad_values_name_the_flag() {
     assert!(err(&[("traffic-direction", "up")]).starts_with(r#"--traffic-direction "up""#));
     assert!(err(&[("pod", "")]).starts_with(r#"--pod "": empty value"#));
     assert_eq!(err(&[("colour", "red")]), "--colour: unknown observe flag");
-    assert_eq!(err(&[("not", "")]), "--not must be followed by a filter flag, got nothing");
+    assert_eq!(
+        err(&[("not", "")]),
+        "--not must be followed by a filter flag, got nothing"
+    );
     assert_eq!(err(&[("not", ""), ("not", "")]), "--not: consecutive --not");
     assert_eq!(
         err(&[("not", ""), ("follow", "")]),

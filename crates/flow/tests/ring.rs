@@ -72,7 +72,10 @@ fn keeps_the_newest_capacity_flows() {
     assert_eq!(ring.capacity(), 4);
     assert_eq!(ring.total_pushed(), 10);
     assert_eq!(history(&ring, FlowRequest::default()), names(6..10));
-    assert_eq!(FlowRing::with_default_capacity("c/n").capacity(), DEFAULT_CAPACITY);
+    assert_eq!(
+        FlowRing::with_default_capacity("c/n").capacity(),
+        DEFAULT_CAPACITY
+    );
     assert_eq!(DEFAULT_CAPACITY, 4095);
     assert_eq!(FlowRing::new(0, "c/n").capacity(), 1);
 }
@@ -90,10 +93,16 @@ fn last_n_since_and_filters() {
         ..Default::default()
     };
     assert_eq!(history(&ring, req(Some(3), None, vec![])), names(7..10));
-    assert_eq!(history(&ring, req(Some(0), None, vec![])), Vec::<String>::new());
+    assert_eq!(
+        history(&ring, req(Some(0), None, vec![])),
+        Vec::<String>::new()
+    );
     assert_eq!(history(&ring, req(Some(50), None, vec![])), names(0..10));
     assert_eq!(history(&ring, req(None, Some(at(6)), vec![])), names(6..10));
-    assert_eq!(history(&ring, req(Some(2), Some(at(3)), vec![])), names(8..10));
+    assert_eq!(
+        history(&ring, req(Some(2), Some(at(3)), vec![])),
+        names(8..10)
+    );
     assert_eq!(
         history(&ring, req(Some(2), None, vec![dropped()])),
         vec!["flow-7", "flow-9"],
@@ -178,7 +187,10 @@ async fn a_lagging_follower_gets_the_lost_count() {
         FlowResponse::lost(LostEventSource::HubbleRingBuffer, 6, "c1/n1", at(6))
     );
     for i in 6..10 {
-        assert_eq!(uuid(&within(follower.next()).await.unwrap()), format!("flow-{i}"));
+        assert_eq!(
+            uuid(&within(follower.next()).await.unwrap()),
+            format!("flow-{i}")
+        );
     }
     // It keeps following afterwards.
     ring.push(flow(10));
