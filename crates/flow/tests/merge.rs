@@ -137,3 +137,12 @@ async fn follow_merge_emits_once_the_window_expires_while_inputs_stay_open() {
     drop((tx_a, tx_b));
     assert!(within(merged.next()).await.is_none());
 }
+
+#[test]
+fn merged_streams_are_send_for_http_bodies() {
+    fn assert_send<T: Send>(_: &T) {}
+    type Input = std::pin::Pin<Box<dyn Stream<Item = FlowResponse> + Send>>;
+    let inputs = || -> Vec<Input> { vec![Box::pin(futures::stream::empty())] };
+    assert_send(&merge_history(inputs()));
+    assert_send(&merge_follow(inputs(), Duration::from_millis(100)));
+}
