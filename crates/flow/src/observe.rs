@@ -238,6 +238,12 @@ pub const FLAGS: &[&str] = &[
     "since",
 ];
 
+/// Whether a flag takes a value (`--pod X`) or is a switch (`--not`, `--all`, `--follow`).
+/// Short names are accepted (`-f`).
+pub fn takes_value(flag: &str) -> bool {
+    !matches!(flag.trim_start_matches('-'), "not" | "all" | "follow" | "f")
+}
+
 fn parse_identity(flag: &str, v: &str) -> Result<u32, FlagError> {
     if let Ok(id) = v.parse::<u32>() {
         return Ok(id);

@@ -291,6 +291,14 @@ fn not_negates_the_next_filter_flag_only() {
 }
 
 #[test]
+fn switches_take_no_value() {
+    use plexus_flow::observe::{FLAGS, takes_value};
+    let switches: Vec<&str> = FLAGS.iter().copied().filter(|f| !takes_value(f)).collect();
+    assert_eq!(switches, vec!["not", "all", "follow"]);
+    assert!(!takes_value("-f") && takes_value("--pod") && takes_value("-n"));
+}
+
+#[test]
 fn type_values() {
     let ty = |v: &str| build(&[("type", v)]).unwrap().whitelist[0].event_type[0];
     assert_eq!(ty("drop"), EventTypeFilter::of_type(1));
