@@ -9,8 +9,10 @@
 //! Followers read from a tokio broadcast channel that holds `capacity` flows (tokio rounds it
 //! up to a power of two). A follower that falls further behind loses the oldest unread flows
 //! and reports them as one `lost_events` line (source `HUBBLE_RING_BUFFER`, the count, the time
-//! of the first flow after the gap) before the next flow, as Hubble does. Lost-event lines are
-//! never filtered.
+//! of the first flow after the gap) before the next flow, as Hubble does. Losses upstream of
+//! the ring (the BPF ring buffer, the agent's event reader) are handed to the followers with
+//! [`FlowRing::push_lost`]; they are not kept in the history. Lost-event lines are never
+//! filtered.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,6 +24,13 @@ use tokio::sync::broadcast;
 use crate::filter::{FilterError, FlowMatcher, FlowRequest};
 use crate::flow::Flow;
 use crate::response::{FlowResponse, LostEventSource};
+
+/// What the ring hands its followers.
+#[derive(Clone, Debug)]
+enum RingEvent {
+    Flow(Arc<Flow>),
+    Lost(FlowResponse),
+}
 
 /// Hubble's default ring capacity.
 pub const DEFAULT_CAPACITY: usize = 4095;
@@ -36,7 +45,7 @@ pub struct FlowRing {
     capacity: usize,
     node_name: String,
     state: Mutex<RingState>,
-    tx: broadcast::Sender<Arc<Flow>>,
+    tx: broadcast::Sender<RingEvent>,
 }
 
 impl FlowRing {
@@ -102,8 +111,18 @@ impl FlowRing {
         state.pushed += 1;
         // Sent under the lock so that a query's history and subscription see the same cut.
         // An error only means there is no follower.
-        let _ = self.tx.send(flow.clone());
+        let _ = self.tx.send(RingEvent::Flow(flow.clone()));
         flow
+    }
+
+    /// Tells the followers that `count` events were lost at `source` (upstream of the ring:
+    /// `PERF_EVENT_RING_BUFFER`, `OBSERVER_EVENTS_QUEUE`), noticed at `time`. Not kept in the
+    /// history.
+    pub fn push_lost(&self, source: LostEventSource, count: u64, time: DateTime<Utc>) {
+        let line = FlowResponse::lost(source, count, &self.node_name, time);
+        let _guard = self.lock();
+        // An error only means there is no follower.
+        let _ = self.tx.send(RingEvent::Lost(line));
     }
 
     /// The history `request` asks for (see [`FlowRequest`]), oldest first.
@@ -145,6 +164,7 @@ impl FlowRing {
             matcher: matcher.clone(),
             node_name: self.node_name.clone(),
             pending: None,
+            pending_lost: None,
             last_time: history.last().map(|f| f.time),
         });
         drop(state);
@@ -176,10 +196,11 @@ impl FlowQuery {
 
 /// Follows a ring's new flows that pass a request's filters.
 pub struct FlowFollower {
-    rx: broadcast::Receiver<Arc<Flow>>,
+    rx: broadcast::Receiver<RingEvent>,
     matcher: FlowMatcher,
     node_name: String,
     pending: Option<Arc<Flow>>,
+    pending_lost: Option<FlowResponse>,
     last_time: Option<DateTime<Utc>>,
 }
 
@@ -187,21 +208,29 @@ impl FlowFollower {
     /// The next line: a matching flow, or a `lost_events` line when this follower fell behind.
     /// `None` once the ring is gone.
     pub async fn next(&mut self) -> Option<FlowResponse> {
+        if let Some(line) = self.pending_lost.take() {
+            return Some(line);
+        }
         loop {
             let flow = match self.pending.take() {
                 Some(f) => f,
                 None => match self.rx.recv().await {
-                    Ok(f) => f,
+                    Ok(RingEvent::Flow(f)) => f,
+                    Ok(RingEvent::Lost(line)) => return Some(line),
                     Err(broadcast::error::RecvError::Closed) => return None,
                     Err(broadcast::error::RecvError::Lagged(mut lost)) => {
                         // Stamp the loss with the first flow after the gap (or the last one
                         // before it if the ring closes), keeping the stream's times ordered.
                         let time = loop {
                             match self.rx.recv().await {
-                                Ok(f) => {
+                                Ok(RingEvent::Flow(f)) => {
                                     let t = f.time;
                                     self.pending = Some(f);
                                     break t;
+                                }
+                                Ok(RingEvent::Lost(line)) => {
+                                    self.pending_lost = Some(line);
+                                    break self.last_time.unwrap_or_default();
                                 }
                                 Err(broadcast::error::RecvError::Lagged(more)) => lost += more,
                                 Err(broadcast::error::RecvError::Closed) => {

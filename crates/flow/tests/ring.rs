@@ -244,3 +244,30 @@ async fn query_stream_is_history_then_follow() {
     assert_eq!(lines[0].node_name, "c1/n1");
     assert_eq!(lines[0].time, at(1));
 }
+
+#[tokio::test]
+async fn upstream_losses_reach_followers_but_not_history() {
+    let ring = FlowRing::new(8, "c1/n1");
+    let mut follower = ring
+        .query(&FlowRequest {
+            follow: true,
+            whitelist: vec![dropped()],
+            ..Default::default()
+        })
+        .unwrap()
+        .follower
+        .unwrap();
+    ring.push(flow(1));
+    ring.push_lost(LostEventSource::PerfEventRingBuffer, 42, at(2));
+    ring.push(flow(3));
+    assert_eq!(uuid(&within(follower.next()).await.unwrap()), "flow-1");
+    assert_eq!(
+        within(follower.next()).await.unwrap(),
+        FlowResponse::lost(LostEventSource::PerfEventRingBuffer, 42, "c1/n1", at(2))
+    );
+    assert_eq!(uuid(&within(follower.next()).await.unwrap()), "flow-3");
+    assert_eq!(
+        history(&ring, FlowRequest::default()),
+        vec!["flow-1", "flow-3"]
+    );
+}
