@@ -415,6 +415,18 @@ impl Client {
         self.lines(&format!("/v1/monitor{query}")).await
     }
 
+    /// `GET /v1/flows?request=...`: the node's flows as `request` asks (history, then new
+    /// ones when it follows), with `lost_events` lines. Errors: kind `invalid` for a filter
+    /// value the agent refuses (the message names the field), `unavailable` when the node's
+    /// flows are off.
+    pub async fn flows(
+        &self,
+        request: &plexus_flow::FlowRequest,
+    ) -> Result<JsonLines<plexus_flow::FlowResponse>, ApiError> {
+        self.lines(&format!("/v1/flows?request={}", request.to_query_value()))
+            .await
+    }
+
     /// `GET /v1/encryption`.
     pub async fn encryption(&self) -> Result<crate::EncryptionReport, ApiError> {
         self.get("/v1/encryption").await

@@ -20,6 +20,11 @@
 //! - `GET /v1/services`: [`ServiceInfo`]s; `GET /v1/policy`: [`PolicyInfo`]s;
 //! - `GET /v1/bpf/ipcache`: [`IpcacheRow`]s; `GET /v1/bpf/lb`: [`LbRow`]s;
 //! - `GET /v1/monitor[?type=drop|trace]`: [`MonitorMessage`]s, a JSON line each, streamed;
+//! - `GET /v1/flows?request=<percent-encoded JSON plexus_flow::FlowRequest>`:
+//!   [`plexus_flow::FlowResponse`]s, a JSON line each (Hubble's `GetFlowsResponse`): the
+//!   node's recent flows that pass the request's filters, then, with `follow`, new ones as
+//!   they come, and `lost_events` lines; a read, so also for read-only TCP clients (relays).
+//!   Error kind `invalid` names the request's field at fault, `unavailable` when flows are off;
 //! - `GET /v1/encryption`: [`EncryptionReport`], the node's WireGuard device and peers;
 //! - `POST /v1/encryption/rotate-key` ([`Empty`] -> [`RotateKeyReport`]): a new WireGuard key,
 //!   set on the device and published in the node's `Node` (error kind `invalid` when

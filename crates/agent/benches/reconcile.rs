@@ -191,6 +191,8 @@ async fn measure(mode: Mode, n: u32) -> (Vec<Duration>, Vec<Duration>) {
             ip: Ipv4Addr::new(10, 1, 1, 10 + id as u8),
             identity: 300,
             named_ports: Default::default(),
+            namespace: String::new(),
+            pod_name: String::new(),
         }));
     }
     let seq = core.step_all(inputs);

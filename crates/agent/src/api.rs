@@ -67,6 +67,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/bpf/lb", get(bpf_lb))
         .route("/v1/services", get(services))
         .route("/v1/monitor", get(monitor))
+        .route("/v1/flows", get(flows))
         .route("/v1/encryption", get(encryption))
         .route("/v1/encryption/rotate-key", post(rotate_key))
         .route("/v1/ipam", post(ipam))
@@ -315,6 +316,14 @@ async fn monitor(State(agent): State<Arc<Agent>>, Query(q): Query<MonitorQuery>)
         }
     });
     Response::new(Body::from_stream(stream))
+}
+
+/// `GET /v1/flows?request=...`: see [`crate::flows::api`].
+async fn flows(
+    State(agent): State<Arc<Agent>>,
+    q: Result<Query<crate::flows::api::FlowsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    crate::flows::api::serve(agent.flows.as_ref(), crate::flows::api::query(q)?)
 }
 
 async fn ipam(

@@ -244,6 +244,21 @@ pub async fn run(args: Options) -> Result<()> {
     core.step(Input::NodeUpsert(node.clone()));
 
     let mut reconciler = Reconciler::new(driver, datapath.clone(), routes);
+    // Flows: the reconciler keeps the decoder's snapshot of the core; one task decodes.
+    let flows = args.enable_flows.then(|| {
+        let cell = Arc::new(crate::flows::SnapshotCell::default());
+        let ring = Arc::new(plexus_flow::FlowRing::new(
+            args.flow_ring_size,
+            &format!("{}/{}", cluster.name, args.node_name),
+        ));
+        (cell, ring)
+    });
+    if let Some((cell, _)) = &flows {
+        reconciler = reconciler.with_flows(crate::flows::SnapshotBuilder::new(
+            cell.clone(),
+            cluster.max,
+        ));
+    }
     let wireguard = match wireguard_key {
         None => None,
         Some(key) => {
@@ -366,6 +381,16 @@ pub async fn run(args: Options) -> Result<()> {
         tokio::spawn(sources::service_grace(REMOTE_GRACE, core.clone())),
         reconciler,
     ];
+    let flow_task = flows.as_ref().map(|(cell, ring)| {
+        tracing::info!(capacity = ring.capacity(), "flows on");
+        tokio::spawn(crate::flows::run(
+            datapath.clone(),
+            cell.clone(),
+            ring.clone(),
+            format!("{}/{}", cluster.name, args.node_name),
+            None,
+        ))
+    });
 
     let agent = Arc::new(Agent {
         cluster: cluster.clone(),
@@ -380,6 +405,7 @@ pub async fn run(args: Options) -> Result<()> {
         endpoints,
         datapath,
         wireguard,
+        flows: flows.map(|(_, ring)| ring),
     });
 
     if let Some(dir) = args.api_socket.parent() {
@@ -426,6 +452,9 @@ pub async fn run(args: Options) -> Result<()> {
         task.abort();
     }
     if let Some(task) = tcp_api {
+        task.abort();
+    }
+    if let Some(task) = flow_task {
         task.abort();
     }
     let _ = std::fs::remove_file(&args.api_socket);

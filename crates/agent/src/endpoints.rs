@@ -103,6 +103,8 @@ pub fn local_endpoint(ep: &EndpointState) -> LocalEndpoint {
                 ))
             })
             .collect(),
+        namespace: ep.namespace.clone(),
+        pod_name: ep.pod.clone(),
     }
 }
 

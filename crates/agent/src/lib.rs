@@ -10,6 +10,8 @@
 //!   reconciler that applies its output to the datapath and the kernel as soon as it changes.
 //! - [`endpoints`]: the node's pods (addresses, identities, datapath entries, published
 //!   records, persisted state); [`netcmd`]: the few kernel settings the agent makes.
+//! - [`flows`]: datapath events decoded into Hubble-shaped flows, kept in a bounded ring and
+//!   served on `/v1/flows`.
 //! - [`api`]: the API the CLI and the CNI plugin use, on a unix socket and on TCP
 //!   with mutual TLS (`plexus_tls_api`); [`reports`]: what it lists.
 //! - [`daemon`]: the wiring of one node's agent; [`options`]: its flags and configuration file.
@@ -18,6 +20,7 @@ pub mod api;
 pub mod core;
 pub mod daemon;
 pub mod endpoints;
+pub mod flows;
 pub mod netcmd;
 pub mod options;
 pub mod reports;
@@ -52,4 +55,6 @@ pub struct Agent {
     datapath: Arc<dyn Datapath>,
     /// The node's WireGuard, when `enable-wireguard` is on.
     wireguard: Option<Arc<shell::wireguard::Wireguard>>,
+    /// The node's flows, when `enable-flows` is on.
+    flows: Option<Arc<plexus_flow::FlowRing>>,
 }

@@ -94,6 +94,10 @@ pub struct Options {
     pub encryption_strict_mode: bool,
     /// The WireGuard device's UAPI socket.
     pub wireguard_socket: PathBuf,
+    /// `enable-flows`: decode datapath events into flows for `/v1/flows` (default true).
+    pub enable_flows: bool,
+    /// `flow-ring-size`: how many flows the node keeps (default 4095, at least 1).
+    pub flow_ring_size: usize,
 }
 
 /// Where the WireGuard device listens by default (as `wireguard-go plexus_wg0` would).
@@ -166,6 +170,18 @@ impl Options {
             wireguard_socket: c
                 .wireguard_socket
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_WIREGUARD_SOCKET)),
+            enable_flows: c.enable_flows.unwrap_or(true),
+            flow_ring_size: match c.flow_ring_size {
+                None => plexus_flow::DEFAULT_CAPACITY,
+                Some(0) => {
+                    return Err(invalid(
+                        "flow-ring-size",
+                        "the flow ring must hold at least one flow",
+                        file,
+                    ));
+                }
+                Some(n) => n,
+            },
         };
         // Refuse a half-given etcd identity now, naming the file, not at connect time.
         plexus_config::etcd_config(
@@ -226,6 +242,18 @@ mod tests {
             o.wireguard_socket,
             PathBuf::from("/run/wireguard/plexus_wg0.sock")
         );
+        assert!(o.enable_flows);
+        assert_eq!(o.flow_ring_size, 4095);
+    }
+
+    #[test]
+    fn an_empty_flow_ring_is_refused() {
+        let c = AgentConfig {
+            flow_ring_size: Some(0),
+            ..complete()
+        };
+        let e = Options::resolve(c, Some(Path::new(FILE))).unwrap_err();
+        assert!(e.to_string().contains("flow-ring-size"), "{e}");
     }
 
     #[test]
@@ -329,6 +357,8 @@ mod tests {
             "--enable-wireguard=true",
             "--encryption-strict-mode=false",
             "--wireguard-socket=/w.sock",
+            "--enable-flows=false",
+            "--flow-ring-size=16",
         ])
         .unwrap();
         let o = Options::from_layers(cli.config.as_deref(), cli.flags).unwrap();
@@ -336,5 +366,7 @@ mod tests {
         assert!(o.enable_wireguard);
         assert!(!o.encryption_strict_mode);
         assert_eq!(o.wireguard_socket, PathBuf::from("/w.sock"));
+        assert!(!o.enable_flows);
+        assert_eq!(o.flow_ring_size, 16);
     }
 }

@@ -185,6 +185,17 @@ pub struct AgentConfig {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wireguard_socket: Option<PathBuf>,
+    /// Decode the datapath's events into flows (Hubble's shape), kept in a ring and served on
+    /// `GET /v1/flows` for `plexus observe` and the relay; off, there is no flow task and
+    /// `/v1/flows` answers unavailable [default: true].
+    #[arg(long, action = clap::ArgAction::Set)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_flows: Option<bool>,
+    /// How many flows the node keeps for `/v1/flows` history (Hubble's ring buffer size)
+    /// [default: 4095].
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_ring_size: Option<usize>,
 }
 
 crate::file_methods!(AgentConfig);

@@ -54,6 +54,8 @@ podman-state: /var/lib/containers/storage/libpod/bolt_state.db
 enable-wireguard: true
 encryption-strict-mode: false
 wireguard-socket: /run/wireguard/plexus_wg0.sock
+enable-flows: false
+flow-ring-size: 8191
 "#,
     )
     .unwrap();
@@ -92,6 +94,8 @@ wireguard-socket: /run/wireguard/plexus_wg0.sock
             enable_wireguard: Some(true),
             encryption_strict_mode: Some(false),
             wireguard_socket: p("/run/wireguard/plexus_wg0.sock"),
+            enable_flows: Some(false),
+            flow_ring_size: Some(8191),
         }
     );
     // What it writes reads back the same (the form `plexus node join` writes).

@@ -31,7 +31,9 @@ pub use entity::Entity;
 pub use error::PolicyError;
 pub use parse::{parse_documents, parse_value};
 pub use port::{NamedPort, NamedPorts, Proto};
-pub use repository::{EndpointInfo, PolicyConfig, PolicyRepository};
+pub use repository::{
+    EndpointInfo, PolicyConfig, PolicyRepository, PolicySources, SelectingPolicy,
+};
 pub use resolved::{Direction, EndpointPolicy, Peer, PolicyEntry, PolicyMap};
 pub use rule::{Policy, PolicyKey, PolicyKind};
 pub use selector::Selector;

@@ -380,10 +380,32 @@ impl PolicyRepository {
 
     /// Resolves the policy of an endpoint.
     pub fn resolve(&self, endpoint: &EndpointInfo) -> EndpointPolicy {
+        self.resolve_inner(endpoint, None)
+    }
+
+    /// Resolves the policy of an endpoint and says which policy each entry comes from (for
+    /// flows: which policy allowed or denied a connection), in the same pass.
+    pub fn resolve_with_sources(&self, endpoint: &EndpointInfo) -> (EndpointPolicy, PolicySources) {
+        let mut sources = PolicySources::default();
+        let policy = self.resolve_inner(endpoint, Some(&mut sources));
+        (policy, sources)
+    }
+
+    fn resolve_inner(
+        &self,
+        endpoint: &EndpointInfo,
+        mut sources: Option<&mut PolicySources>,
+    ) -> EndpointPolicy {
         let mut out = EndpointPolicy::default();
-        for rule in self.matching_rules(&endpoint.labels) {
+        for (key, rule) in self.policies.iter().flat_map(|(key, s)| {
+            s.compiled
+                .iter()
+                .filter(|r| r.subject.matches(&endpoint.labels))
+                .map(move |r| (key, r))
+        }) {
             out.ingress_enforced |= rule.ingress;
             out.egress_enforced |= rule.egress;
+            let first_entry = out.entries.len();
             for (section, (direction, deny)) in rule.sections.iter().zip(SECTIONS) {
                 for pr in section {
                     if pr.peers.is_empty() {
@@ -444,9 +466,95 @@ impl PolicyRepository {
                     }
                 }
             }
+            if let Some(sources) = sources.as_deref_mut() {
+                sources.record(key, rule.ingress, rule.egress, &out.entries[first_entry..]);
+            }
         }
         out.entries.sort_unstable();
         out.entries.dedup();
         out
+    }
+}
+
+/// A policy that selects an endpoint, and the directions its rules enforce there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SelectingPolicy {
+    /// The policy.
+    pub key: PolicyKey,
+    /// Whether one of its rules selecting the endpoint enforces ingress.
+    pub ingress: bool,
+    /// Whether one of its rules selecting the endpoint enforces egress.
+    pub egress: bool,
+}
+
+/// Where an endpoint's resolved entries come from ([`PolicyRepository::resolve_with_sources`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicySources {
+    /// Every policy with a rule selecting the endpoint, in key order.
+    pub policies: Vec<SelectingPolicy>,
+    /// Each entry with the index in `policies` of the policy it comes from (an entry two
+    /// policies give appears twice).
+    pub entries: Vec<(PolicyEntry, usize)>,
+}
+
+impl PolicySources {
+    fn record(&mut self, key: &PolicyKey, ingress: bool, egress: bool, entries: &[PolicyEntry]) {
+        let index = match self.policies.last_mut() {
+            Some(last) if last.key == *key => {
+                last.ingress |= ingress;
+                last.egress |= egress;
+                self.policies.len() - 1
+            }
+            _ => {
+                self.policies.push(SelectingPolicy {
+                    key: key.clone(),
+                    ingress,
+                    egress,
+                });
+                self.policies.len() - 1
+            }
+        };
+        self.entries.extend(entries.iter().map(|e| (*e, index)));
+    }
+
+    /// The policies with an entry of `deny` kind that covers the packet (see
+    /// [`PolicyEntry::covers`]; a protocol without ports, `None` here, is covered only by
+    /// entries for every protocol and port), each once, in key order.
+    pub fn covering(
+        &self,
+        deny: bool,
+        direction: Direction,
+        peer: NumericIdentity,
+        peer_ip: Option<IpAddr>,
+        proto: Option<Proto>,
+        port: u16,
+    ) -> Vec<&PolicyKey> {
+        let mut found: BTreeSet<usize> = BTreeSet::new();
+        for (entry, index) in &self.entries {
+            let covers = match proto {
+                Some(proto) => entry.covers(direction, peer, peer_ip, proto, port),
+                None => {
+                    entry.proto.is_none()
+                        && entry.ports.is_none()
+                        && entry.covers(direction, peer, peer_ip, Proto::Tcp, 0)
+                }
+            };
+            if entry.deny == deny && covers {
+                found.insert(*index);
+            }
+        }
+        found.into_iter().map(|i| &self.policies[i].key).collect()
+    }
+
+    /// The policies that enforce `direction` on the endpoint (make it default-deny there).
+    pub fn enforcing(&self, direction: Direction) -> Vec<&PolicyKey> {
+        self.policies
+            .iter()
+            .filter(|p| match direction {
+                Direction::Ingress => p.ingress,
+                Direction::Egress => p.egress,
+            })
+            .map(|p| &p.key)
+            .collect()
     }
 }

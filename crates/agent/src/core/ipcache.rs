@@ -72,6 +72,8 @@ pub struct IpcacheState {
     cache: IpCache,
     /// The prefix of each (source, key), for deletions by key.
     keys: HashMap<(Source, String), Prefix>,
+    /// The pod (namespace, name) an entry names, by (source, key), for flows.
+    pods: HashMap<(Source, String), (Prefix, String, String)>,
     /// Nodes by (cluster, name).
     nodes: BTreeMap<(String, String), Node>,
     /// Desired routes: node pod CIDR -> next hop, by (cluster, node).
@@ -95,6 +97,7 @@ impl IpcacheState {
             routing: config.routing,
             cache: IpCache::new(),
             keys: HashMap::new(),
+            pods: HashMap::new(),
             nodes: BTreeMap::new(),
             routes: BTreeMap::new(),
             encryption: config.encryption,
@@ -147,6 +150,18 @@ impl IpcacheState {
         let Some((prefix, value)) = from_pair(pair, cluster_id) else {
             return;
         };
+        if pair.k8s_pod_name.is_empty() {
+            self.pods.remove(&(source.clone(), key.to_string()));
+        } else {
+            self.pods.insert(
+                (source.clone(), key.to_string()),
+                (
+                    prefix,
+                    pair.k8s_namespace.clone(),
+                    pair.k8s_pod_name.clone(),
+                ),
+            );
+        }
         let old = self.keys.insert((source.clone(), key.to_string()), prefix);
         if let Some(old) = old.filter(|o| *o != prefix) {
             let change = self.cache.delete(old, &source);
@@ -158,6 +173,7 @@ impl IpcacheState {
 
     /// The entry of `source` under `key` is gone.
     pub(crate) fn keyed_delete(&mut self, source: &Source, key: &str) {
+        self.pods.remove(&(source.clone(), key.to_string()));
         if let Some(prefix) = self.keys.remove(&(source.clone(), key.to_string())) {
             let change = self.cache.delete(prefix, source);
             self.push(change);
@@ -291,6 +307,7 @@ impl IpcacheState {
     /// Removes everything `source` contributed, and forgets its keys.
     pub(crate) fn remove_source(&mut self, source: &Source) {
         self.keys.retain(|(s, _), _| s != source);
+        self.pods.retain(|(s, _), _| s != source);
         let changes = self.cache.remove_source(source);
         self.pending.extend(changes);
     }
@@ -325,6 +342,14 @@ impl IpcacheState {
     /// The effective entries.
     pub fn effective(&self) -> BTreeMap<Prefix, IpcacheValue> {
         self.cache.iter().map(|(p, _, v)| (p, v)).collect()
+    }
+
+    /// The pods the entries of this cluster's and remote clusters' kvstores name: prefix,
+    /// namespace, pod name (this node's own pods are the core's endpoints).
+    pub fn pods(&self) -> impl Iterator<Item = (Prefix, &str, &str)> + '_ {
+        self.pods
+            .values()
+            .map(|(p, ns, pod)| (*p, ns.as_str(), pod.as_str()))
     }
 
     /// Every node known, by (cluster, name).

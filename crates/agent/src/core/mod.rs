@@ -80,6 +80,10 @@ pub struct LocalEndpoint {
     pub identity: u32,
     /// Its named container ports.
     pub named_ports: BTreeMap<String, PortSpec>,
+    /// Its pod's namespace (empty when not known), for flows.
+    pub namespace: String,
+    /// Its pod's name (empty when not known), for flows.
+    pub pod_name: String,
 }
 
 /// Everything the core is fed.

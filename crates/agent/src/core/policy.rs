@@ -14,6 +14,7 @@
 //! never opens what its predecessor enforced.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use plexus_datapath::Prefix;
 use plexus_datapath::policy as dp;
@@ -22,7 +23,7 @@ use plexus_model::identity::NumericIdentity;
 use plexus_model::labels::Labels;
 use plexus_policy::{
     Direction, EndpointInfo, EndpointPolicy, IdentityChange, NamedPort, Peer, Policy, PolicyConfig,
-    PolicyKey, PolicyRepository,
+    PolicyKey, PolicyRepository, PolicySources,
 };
 
 use super::LocalEndpoint;
@@ -54,6 +55,10 @@ pub struct PolicyState {
     pending: Vec<IdentityChange>,
     /// Resolved policy per endpoint id.
     resolved: BTreeMap<u16, EndpointPolicy>,
+    /// Which policy each resolved entry comes from, per endpoint id (for flows).
+    sources: BTreeMap<u16, Arc<PolicySources>>,
+    /// Bumped on every identity change (flows rebuild their identity table on it).
+    identity_revision: u64,
     /// Node-local CIDR identity of each prefix the resolved policies name.
     cidr_ids: BTreeMap<Cidr, u32>,
     next_cidr_id: u32,
@@ -73,6 +78,8 @@ impl PolicyState {
             identities: BTreeMap::new(),
             pending: Vec::new(),
             resolved: BTreeMap::new(),
+            sources: BTreeMap::new(),
+            identity_revision: 0,
             cidr_ids: BTreeMap::new(),
             next_cidr_id: plexus_datapath::IDENTITY_LOCAL_BASE,
             dirty: true,
@@ -127,12 +134,14 @@ impl PolicyState {
             entry.labels.clone(),
         ));
         self.identities.insert(id, entry);
+        self.identity_revision += 1;
         self.dirty = true;
     }
 
     /// An identity is gone.
     pub fn identity_delete(&mut self, id: u32) {
         if self.identities.remove(&id).is_some() {
+            self.identity_revision += 1;
             self.pending
                 .push(IdentityChange::Remove(NumericIdentity(id)));
             self.dirty = true;
@@ -160,6 +169,22 @@ impl PolicyState {
     /// The policy objects as applied, in key order.
     pub fn objects(&self) -> &BTreeMap<PolicyKey, serde_json::Value> {
         &self.objects
+    }
+
+    /// A number that changes whenever an identity comes, changes or goes.
+    pub fn identity_revision(&self) -> u64 {
+        self.identity_revision
+    }
+
+    /// The policy repository's revision (Hubble's `revision` of a flow's policies).
+    pub fn revision(&self) -> u64 {
+        self.repo.revision()
+    }
+
+    /// Which policy each entry of endpoint `id`'s resolved policy comes from, as last
+    /// computed.
+    pub fn sources(&self) -> &BTreeMap<u16, Arc<PolicySources>> {
+        &self.sources
     }
 
     /// The resolved policy of endpoint `id`, as last computed.
@@ -190,6 +215,7 @@ impl PolicyState {
                 .update_identities(std::mem::take(&mut self.pending));
         }
         let mut resolved = BTreeMap::new();
+        let mut sources = BTreeMap::new();
         for ep in endpoints.values() {
             let Some(entry) = self.identities.get(&ep.identity) else {
                 // Its identity is not known yet: resolved once it is.
@@ -200,11 +226,12 @@ impl PolicyState {
                 .iter()
                 .map(|(name, p)| (name.clone(), BTreeSet::from([*p])))
                 .collect();
-            let policy = self.repo.resolve(&EndpointInfo {
+            let (policy, from) = self.repo.resolve_with_sources(&EndpointInfo {
                 labels: entry.labels.clone(),
                 named_ports,
             });
             resolved.insert(ep.id, policy);
+            sources.insert(ep.id, Arc::new(from));
         }
         // CIDR identities: one per IPv4 prefix a policy names, kept while it is named.
         let named: BTreeSet<Cidr> = resolved
@@ -240,6 +267,7 @@ impl PolicyState {
             })
             .collect();
         self.resolved = resolved;
+        self.sources = sources;
         (out, cidrs)
     }
 }

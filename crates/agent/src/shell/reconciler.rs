@@ -20,6 +20,7 @@ use plexus_ipcache::Change;
 use super::CoreDriver;
 use super::wireguard::Wireguard;
 use crate::core::RouteChange;
+use crate::flows::SnapshotBuilder;
 
 /// Where routes to other nodes' pod CIDRs go (native routing). The kernel's routing table in
 /// the agent; a fake in tests.
@@ -82,6 +83,8 @@ pub struct Reconciler {
     retry_policies: Option<BTreeMap<u16, dp::EndpointPolicy>>,
     /// With WireGuard on: where the desired peers go.
     wireguard: Option<Arc<Wireguard>>,
+    /// With flows on: the snapshot of the core the flow decoder reads, rebuilt after a round.
+    flows: Option<SnapshotBuilder>,
 }
 
 impl Reconciler {
@@ -113,7 +116,15 @@ impl Reconciler {
             retry_services: None,
             retry_policies: None,
             wireguard: None,
+            flows: None,
         }
+    }
+
+    /// After each round, copies what the flow decoder needs from the core into a snapshot
+    /// (`builder` swaps it in), so decoding never takes the core's lock.
+    pub fn with_flows(mut self, builder: SnapshotBuilder) -> Self {
+        self.flows = Some(builder);
+        self
     }
 
     /// Hands the core's WireGuard peers to `wireguard` (its thread syncs the device).
@@ -148,6 +159,9 @@ impl Reconciler {
                 let routes = core.ipcache().encrypted_routes();
                 (peers, routes, core.settled_clusters())
             });
+            if let Some(flows) = &mut self.flows {
+                flows.update(&core, &output);
+            }
             (output, core.seq(), wireguard)
         };
         self.apply_ipcache(&output.ipcache);

@@ -102,6 +102,8 @@ pub fn endpoint(id: u16, ip: &str, identity: u32) -> LocalEndpoint {
         ip: ip.parse().unwrap(),
         identity,
         named_ports: BTreeMap::new(),
+        namespace: String::new(),
+        pod_name: String::new(),
     }
 }
 
