@@ -384,7 +384,7 @@ pub async fn run(args: Options) -> Result<()> {
     let flow_task = flows.as_ref().map(|(cell, ring)| {
         tracing::info!(capacity = ring.capacity(), "flows on");
         tokio::spawn(crate::flows::run(
-            datapath.clone(),
+            datapath.subscribe(),
             cell.clone(),
             ring.clone(),
             format!("{}/{}", cluster.name, args.node_name),

@@ -70,8 +70,10 @@ fn service() -> Service {
 }
 
 fn backends(ip: &str) -> Backends {
-    serde_json::from_str(&format!(r#"{{"{ip}":{{"http":{{"Protocol":"TCP","Port":80}}}}}}"#))
-        .unwrap()
+    serde_json::from_str(&format!(
+        r#"{{"{ip}":{{"http":{{"Protocol":"TCP","Port":80}}}}}}"#
+    ))
+    .unwrap()
 }
 
 /// A core of c1/n1 with endpoint 7 (rebel-base-1, 10.1.1.5) and c2's x-wing (10.2.1.5) and

@@ -28,8 +28,9 @@ pub mod snapshot;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use plexus_datapath::{Datapath, MonitorEvent};
+use plexus_datapath::MonitorEvent;
 use plexus_flow::{FlowRing, LostEventSource};
+use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
 pub use decode::{
@@ -63,29 +64,30 @@ pub fn event_time(ev: &MonitorEvent) -> DateTime<Utc> {
     }
 }
 
-/// The flow pipeline of one node: datapath events in, flows into `ring`, until the datapath's
-/// channel closes. `node_name` is `cluster/node`.
+/// The flow pipeline of one node: the datapath's events (`events`, from
+/// [`plexus_datapath::Datapath::subscribe`], taken before the task starts so nothing emitted meanwhile is
+/// missed) in, flows into `ring`, until the datapath's channel closes. `node_name` is
+/// `cluster/node`; `lookup` is the snapshot cell the reconciler keeps.
 pub async fn run(
-    datapath: Arc<dyn Datapath>,
+    events: broadcast::Receiver<MonitorEvent>,
     lookup: Arc<SnapshotCell>,
     ring: Arc<FlowRing>,
     node_name: String,
     counter: Option<Arc<dyn FlowCounter>>,
 ) {
-    run_with(datapath, move || lookup.load(), ring, node_name, counter).await
+    run_with(events, move || lookup.load(), ring, node_name, counter).await
 }
 
 /// [`run`] with any lookup: `lookup` gives the one to use for the next event.
 pub async fn run_with<L: FlowLookup>(
-    datapath: Arc<dyn Datapath>,
+    mut events: broadcast::Receiver<MonitorEvent>,
     lookup: impl Fn() -> Arc<L>,
     ring: Arc<FlowRing>,
     node_name: String,
     counter: Option<Arc<dyn FlowCounter>>,
 ) {
-    let mut rx = datapath.subscribe();
     loop {
-        match rx.recv().await {
+        match events.recv().await {
             Ok(ev) => {
                 let flow = decode::decode(&ev, lookup().as_ref(), &node_name, event_time(&ev));
                 if let Some(c) = &counter {

@@ -1,0 +1,355 @@
+//! The flow pipeline end to end, with the fake datapath: events emitted by the datapath are
+//! decoded by the flow task into the ring, and `GET /v1/flows` (served on a unix socket,
+//! read with `plexus_agent_api::Client::flows`) answers history with filters, follows new
+//! flows, reports the task's losses as `lost_events` (OBSERVER_EVENTS_QUEUE), refuses a bad
+//! filter naming the field, and says unavailable when flows are off.
+
+#![allow(clippy::unwrap_used)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use plexus_agent::flows::{EndpointMeta, FakeLookup, IdentityMeta, IpMeta};
+use plexus_agent_api::{Client, Endpoint, ErrorKind};
+use plexus_datapath::{
+    Datapath, DropReason, EventKind, FakeDatapath, MonitorEvent, ObservationPoint,
+};
+use plexus_flow::{
+    FlowFilter, FlowRequest, FlowResponse, FlowRing, LostEventSource, ResponseKind, Verdict,
+};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(LIMIT, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no result within {LIMIT:?}"))
+}
+
+const REBEL_BASE: u32 = 65_836;
+const X_WING: u32 = 131_372;
+
+/// c1/n1 with endpoint 42 (default/rebel-base-1, 10.1.0.5) and c2's x-wing (10.2.0.7).
+fn lookup() -> FakeLookup {
+    let mut l = FakeLookup::default();
+    l.endpoints.insert(
+        42,
+        EndpointMeta {
+            ip: Some("10.1.0.5".parse().unwrap()),
+            identity: REBEL_BASE,
+            namespace: "default".into(),
+            pod_name: "rebel-base-1".into(),
+        },
+    );
+    l.ips.insert(
+        "10.2.0.7".parse().unwrap(),
+        IpMeta {
+            identity: X_WING,
+            cluster: "c2".into(),
+            namespace: "default".into(),
+            pod_name: "x-wing".into(),
+        },
+    );
+    for (id, app, cluster) in [(REBEL_BASE, "rebel-base", "c1"), (X_WING, "x-wing", "c2")] {
+        l.identities.insert(
+            id,
+            IdentityMeta {
+                labels: vec![
+                    format!("k8s:app={app}"),
+                    format!("k8s:io.cilium.k8s.policy.cluster={cluster}"),
+                    "k8s:io.kubernetes.pod.namespace=default".into(),
+                ],
+                cluster: cluster.into(),
+            },
+        );
+    }
+    l
+}
+
+fn event(kind: EventKind, saddr: &str, daddr: &str, dport: u16) -> MonitorEvent {
+    let (src, dst) = if saddr == "10.2.0.7" {
+        (X_WING, REBEL_BASE)
+    } else {
+        (REBEL_BASE, X_WING)
+    };
+    MonitorEvent {
+        kind,
+        endpoint_id: 42,
+        src_identity: src,
+        dst_identity: dst,
+        saddr: saddr.parse().unwrap(),
+        daddr: daddr.parse().unwrap(),
+        sport: 41234,
+        dport,
+        protocol: 6,
+        tcp_flags: 0x02,
+        trace_reason: 0,
+        ifindex: 0,
+        len: 74,
+        flow: 0,
+        ktime_ns: 0,
+    }
+}
+
+/// x-wing's SYN to rebel-base:80, dropped by policy at endpoint 42.
+fn denied() -> MonitorEvent {
+    event(
+        EventKind::Drop(DropReason::PolicyDenied),
+        "10.2.0.7",
+        "10.1.0.5",
+        80,
+    )
+}
+
+/// rebel-base's SYN to x-wing:`dport`, leaving the endpoint.
+fn outgoing(dport: u16) -> MonitorEvent {
+    event(
+        EventKind::Trace(ObservationPoint::FromEndpoint),
+        "10.1.0.5",
+        "10.2.0.7",
+        dport,
+    )
+}
+
+struct Pipeline {
+    datapath: Arc<FakeDatapath>,
+    ring: Arc<FlowRing>,
+    client: Client,
+    _dir: tempfile::TempDir,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// The flow task over the fake datapath and `/v1/flows` on a unix socket (`None`: flows off).
+async fn pipeline(flows_on: bool) -> Pipeline {
+    let datapath = Arc::new(FakeDatapath::new());
+    let ring = Arc::new(FlowRing::new(8192, "c1/n1"));
+    let lookup = Arc::new(lookup());
+    let mut tasks = vec![tokio::spawn(plexus_agent::flows::run_with(
+        datapath.subscribe(),
+        move || lookup.clone(),
+        ring.clone(),
+        "c1/n1".into(),
+        None,
+    ))];
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("agent.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    let app = plexus_agent::flows::api::router(flows_on.then(|| ring.clone()));
+    tasks.push(tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    }));
+    Pipeline {
+        datapath,
+        ring,
+        client: Client::new(Endpoint::Unix(socket)).with_timeout(LIMIT),
+        _dir: dir,
+        tasks,
+    }
+}
+
+/// Waits until the task pushed `n` flows in all.
+async fn pushed(ring: &FlowRing, n: u64) {
+    within("flows pushed into the ring", async {
+        while ring.total_pushed() < n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+async fn history(client: &Client, request: &FlowRequest) -> Vec<FlowResponse> {
+    within("flow history", async {
+        let mut lines = client.flows(request).await.unwrap();
+        let mut out = Vec::new();
+        while let Some(line) = lines.next().await {
+            out.push(line.unwrap());
+        }
+        out
+    })
+    .await
+}
+
+fn filter(f: impl FnOnce(&mut FlowFilter)) -> FlowFilter {
+    let mut out = FlowFilter::default();
+    f(&mut out);
+    out
+}
+
+#[tokio::test]
+async fn history_with_filters_reads_the_decoded_flows() {
+    let p = pipeline(true).await;
+    p.datapath.emit(outgoing(80));
+    p.datapath.emit(denied());
+    p.datapath.emit(outgoing(443));
+    pushed(&p.ring, 3).await;
+
+    let all = history(&p.client, &FlowRequest::default()).await;
+    assert_eq!(all.len(), 3);
+
+    // Drops from cluster c2: the one policy drop, as a full JSON line.
+    let drops = history(
+        &p.client,
+        &FlowRequest {
+            whitelist: vec![filter(|f| {
+                f.verdict = vec![Verdict::Dropped];
+                f.source_cluster_name = vec!["c2".into()];
+            })],
+            ..FlowRequest::default()
+        },
+    )
+    .await;
+    assert_eq!(drops.len(), 1);
+    // The time is the wall clock of the event: checked, then fixed for the literal line.
+    let mut line: serde_json::Value = serde_json::from_str(&drops[0].to_json_line()).unwrap();
+    let time = line["time"].as_str().unwrap().to_string();
+    assert_eq!(line["flow"]["time"].as_str().unwrap(), time);
+    assert!(plexus_flow::flow::timestamp::parse(&time).is_ok(), "{time}");
+    line["time"] = "2026-12-07T12:00:01.123456789Z".into();
+    line["flow"]["time"] = "2026-12-07T12:00:01.123456789Z".into();
+    let expected: serde_json::Value = serde_json::from_str(concat!(
+        r#"{"flow":{"time":"2026-12-07T12:00:01.123456789Z","verdict":"DROPPED","drop_reason":133,"#,
+        r#""IP":{"source":"10.2.0.7","destination":"10.1.0.5","ipVersion":"IPv4"},"#,
+        r#""l4":{"TCP":{"source_port":41234,"destination_port":80,"flags":{"SYN":true}}},"#,
+        r#""source":{"identity":131372,"cluster_name":"c2","namespace":"default","#,
+        r#""labels":["k8s:app=x-wing","k8s:io.cilium.k8s.policy.cluster=c2","k8s:io.kubernetes.pod.namespace=default"],"pod_name":"x-wing"},"#,
+        r#""destination":{"ID":42,"identity":65836,"cluster_name":"c1","namespace":"default","#,
+        r#""labels":["k8s:app=rebel-base","k8s:io.cilium.k8s.policy.cluster=c1","k8s:io.kubernetes.pod.namespace=default"],"pod_name":"rebel-base-1"},"#,
+        r#""Type":"L3_L4","node_name":"c1/n1","event_type":{"type":1,"sub_type":133},"#,
+        r#""traffic_direction":"INGRESS","drop_reason_desc":"POLICY_DENIED","#,
+        r#""Summary":"TCP Flags: SYN","drop_reason_text":"Policy denied"},"#,
+        r#""node_name":"c1/n1","time":"2026-12-07T12:00:01.123456789Z"}"#,
+    ))
+    .unwrap();
+    assert_eq!(line, expected);
+
+    // Last 1 of the traces to port 443, by pod and destination port.
+    let last = history(
+        &p.client,
+        &FlowRequest {
+            whitelist: vec![filter(|f| {
+                f.source_pod = vec!["default/rebel-base".into()];
+                f.destination_port = vec!["443".into()];
+            })],
+            number: Some(1),
+            ..FlowRequest::default()
+        },
+    )
+    .await;
+    let flow = last[0].as_flow().unwrap();
+    assert_eq!(last.len(), 1);
+    assert_eq!(flow.l4.as_ref().unwrap().ports(), Some((41234, 443)));
+
+    // The blacklist takes the drop away.
+    let forwarded = history(
+        &p.client,
+        &FlowRequest {
+            blacklist: vec![filter(|f| f.verdict = vec![Verdict::Dropped])],
+            ..FlowRequest::default()
+        },
+    )
+    .await;
+    assert_eq!(forwarded.len(), 2);
+}
+
+#[tokio::test]
+async fn follow_streams_new_flows_and_reports_the_tasks_losses() {
+    let p = pipeline(true).await;
+    p.datapath.emit(outgoing(80));
+    pushed(&p.ring, 1).await;
+
+    let request = FlowRequest {
+        whitelist: vec![filter(|f| f.verdict = vec![Verdict::Forwarded])],
+        follow: true,
+        ..FlowRequest::default()
+    };
+    let mut lines = within("follow", p.client.flows(&request)).await.unwrap();
+    // Following without number or since: no history; what comes next is new.
+    within("the follower subscribed", async {
+        while p.ring.followers() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    p.datapath.emit(denied());
+    p.datapath.emit(outgoing(8080));
+    let next = within("a followed flow", lines.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let flow = next.as_flow().expect("a flow line");
+    assert_eq!(flow.l4.as_ref().unwrap().ports(), Some((41234, 8080)));
+    pushed(&p.ring, 3).await;
+
+    // Flood the datapath's channel (4096 events) while the task cannot run (one thread, no
+    // await): it lags by what the channel could not hold (the flood and the last trace, less
+    // 4096), and the followers hear how many events it lost before the flows that follow.
+    let flood = plexus_datapath::EVENT_CHANNEL_CAPACITY + 904;
+    for _ in 0..flood {
+        p.datapath.emit(denied());
+    }
+    p.datapath.emit(outgoing(9090));
+    let lost = within("the lost events line", lines.next())
+        .await
+        .unwrap()
+        .unwrap();
+    match &lost.kind {
+        ResponseKind::LostEvents(l) => {
+            assert_eq!(l.source, LostEventSource::ObserverEventsQueue);
+            assert_eq!(l.num_events_lost, 905);
+        }
+        other => panic!("expected lost events, got {other:?}"),
+    }
+    assert_eq!(lost.node_name, "c1/n1");
+    let next = within("the flow after the loss", lines.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        next.as_flow().unwrap().l4.as_ref().unwrap().ports(),
+        Some((41234, 9090))
+    );
+}
+
+#[tokio::test]
+async fn a_bad_filter_is_invalid_naming_the_field_and_flows_off_is_unavailable() {
+    let p = pipeline(true).await;
+    let bad = FlowRequest {
+        whitelist: vec![
+            FlowFilter::default(),
+            filter(|f| f.source_ip = vec!["10.0.0.0/33".into()]),
+        ],
+        ..FlowRequest::default()
+    };
+    let err = within("a bad request", p.client.flows(&bad))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.kind(), Some(ErrorKind::Invalid));
+    assert!(err.to_string().contains("whitelist[1].source_ip"), "{err}");
+    let not_json = within(
+        "a request that is not JSON",
+        p.client.lines::<FlowResponse>("/v1/flows?request=%7Bnope"),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(not_json.kind(), Some(ErrorKind::Invalid));
+    assert!(not_json.to_string().contains("request"), "{not_json}");
+
+    let off = pipeline(false).await;
+    let err = within("flows off", off.client.flows(&FlowRequest::default()))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.kind(), Some(ErrorKind::Unavailable));
+    assert!(err.to_string().contains("enable-flows"), "{err}");
+}
