@@ -398,4 +398,28 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn entries_carry_their_kind_of_match_for_policy_verdicts() {
+        let key = |identity, l4_bits| PolicyKey {
+            direction: Direction::Ingress,
+            identity,
+            l4_bits,
+            proto: if l4_bits == 0 { 0 } else { TCP },
+            port: 0,
+        };
+        for (k, kind) in [
+            (key(7, 0), PolicyMatch::L3Only),
+            (key(7, 24), PolicyMatch::L3L4),
+            (key(7, 12), PolicyMatch::L3L4),
+            (key(7, 8), PolicyMatch::L3Proto),
+            (key(ANY_IDENTITY, 24), PolicyMatch::L4Only),
+            (key(ANY_IDENTITY, 8), PolicyMatch::ProtoOnly),
+            (key(ANY_IDENTITY, 0), PolicyMatch::All),
+        ] {
+            assert_eq!(match_kind(&k), kind, "{k:?}");
+            assert_eq!(encode_value(&k, false), [0, kind.as_raw(), 0, 0]);
+            assert_eq!(encode_value(&k, true)[0], 1);
+        }
+    }
 }

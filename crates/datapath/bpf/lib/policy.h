@@ -7,7 +7,9 @@
  * the direction, the peer's identity, the protocol and the destination port, the last two
  * wildcarded by the prefix length. A packet is looked up with the peer's identity, then with
  * identity 0 (any peer); the control plane (src/policy.rs) compiles the rules so that the longest
- * match carries the verdict, deny winning over allow.
+ * match carries the verdict, deny winning over allow, and writes into each entry the kind of
+ * match it is (POLICY_MATCH_*), which the policy verdict event of an allowed new connection
+ * reports.
  */
 #ifndef PLEXUS_POLICY_H
 #define PLEXUS_POLICY_H
