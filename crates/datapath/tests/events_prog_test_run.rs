@@ -14,6 +14,7 @@ use std::{
     time::Duration,
 };
 
+use aya::maps::{Map, MapData, lpm_trie::LpmTrie};
 use common::{events_so_far, l4_frame};
 use plexus_datapath::{
     Datapath, Direction, DropReason, EbpfDatapath, Endpoint, EventKind, Frontend, IpcacheValue,
@@ -44,24 +45,24 @@ const SYN_ACK: u8 = 0x12;
 struct Fixture {
     dp: EbpfDatapath,
     events: broadcast::Receiver<MonitorEvent>,
-    _fs: common::Bpffs,
+    fs: common::Bpffs,
+}
+
+fn config(fs: &common::Bpffs) -> NodeConfig {
+    NodeConfig {
+        node_ip: Ipv4Addr::new(192, 168, 77, 1),
+        routing: RoutingMode::Tunnel,
+        gateway_ip: Ipv4Addr::new(10, 60, 1, 1),
+        cluster_id: 1,
+        tunnel_ifname: "unused".into(),
+        pin_dir: fs.path().join("node"),
+        encryption: Default::default(),
+    }
 }
 
 fn fixture() -> Fixture {
     let fs = common::Bpffs::new();
-    let dp = EbpfDatapath::load_unattached(
-        NodeConfig {
-            node_ip: Ipv4Addr::new(192, 168, 77, 1),
-            routing: RoutingMode::Tunnel,
-            gateway_ip: Ipv4Addr::new(10, 60, 1, 1),
-            cluster_id: 1,
-            tunnel_ifname: "unused".into(),
-            pin_dir: fs.path().join("node"),
-            encryption: Default::default(),
-        },
-        77,
-    )
-    .unwrap();
+    let dp = EbpfDatapath::load_unattached(config(&fs), 77).unwrap();
     dp.upsert_endpoint(&Endpoint {
         id: A_EP,
         ipv4: POD_A,
@@ -92,11 +93,7 @@ fn fixture() -> Fixture {
     )
     .unwrap();
     let events = dp.subscribe();
-    Fixture {
-        dp,
-        events,
-        _fs: fs,
-    }
+    Fixture { dp, events, fs }
 }
 
 /// Runs `frame` through `program` with `mark`, expecting `expected`; the frame and mark after.
@@ -554,6 +551,69 @@ async fn a_full_ring_buffer_counts_the_events_it_loses() {
         assert_eq!(f.dp.events_lost().unwrap(), lost, "a running total");
         let events = events_so_far(&f.dp, &mut f.events).await;
         assert!(events.is_empty(), "{} more events than runs", events.len());
+    })
+    .await
+    .unwrap();
+}
+
+/// The pinned policy map's values (the verdict byte, the match-kind byte, two reserved).
+fn pinned_policy_values(fs: &common::Bpffs) -> Vec<[u8; 4]> {
+    let trie = pinned_policy(fs);
+    trie.iter().map(|item| item.unwrap().1).collect()
+}
+
+fn pinned_policy(fs: &common::Bpffs) -> LpmTrie<MapData, [u8; 12], [u8; 4]> {
+    let data = MapData::from_pin(config(fs).pin_dir.join("PLEXUS_POLICY")).unwrap();
+    LpmTrie::try_from(Map::LpmTrie(data)).unwrap()
+}
+
+/// Policy entries written by an earlier agent have no match kind: a new agent writes it at
+/// load, and its verdicts name the kind.
+#[tokio::test]
+async fn policy_entries_of_an_earlier_agent_get_their_match_kind_at_load() {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let f = fixture();
+        f.dp.set_policy(
+            B_EP,
+            &EndpointPolicy {
+                ingress_enforced: true,
+                egress_enforced: false,
+                rules: vec![rule(Direction::Ingress, A_ID, TCP, 6379, 6379)],
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            pinned_policy_values(&f.fs),
+            [[0, PolicyMatch::L3L4.as_raw(), 0, 0]]
+        );
+        // As an earlier agent left it: the verdict only.
+        let mut trie = pinned_policy(&f.fs);
+        let keys: Vec<_> = trie.iter().map(|item| item.unwrap().0).collect();
+        for key in &keys {
+            trie.insert(key, [0, 0, 0, 0], 0).unwrap();
+        }
+        drop(trie);
+
+        let Fixture { dp, fs, .. } = f;
+        drop(dp);
+        let dp = EbpfDatapath::load_unattached(config(&fs), 77).unwrap();
+        assert_eq!(
+            pinned_policy_values(&fs),
+            [[0, PolicyMatch::L3L4.as_raw(), 0, 0]]
+        );
+        let mut f = Fixture {
+            events: dp.subscribe(),
+            dp,
+            fs,
+        };
+        a_to_b(&f, TCP, 42000, 6379, SYN);
+        let events = events_so_far(&f.dp, &mut f.events).await;
+        let verdicts = of_kind(&events, is_verdict);
+        assert_eq!(verdicts.len(), 1, "{events:#?}");
+        assert_eq!(
+            verdicts[0].kind,
+            EventKind::PolicyVerdict(PolicyMatch::L3L4)
+        );
     })
     .await
     .unwrap();
