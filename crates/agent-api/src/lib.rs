@@ -19,7 +19,8 @@
 //!   [`EndpointDetail`], with the endpoint's resolved policy;
 //! - `GET /v1/services`: [`ServiceInfo`]s; `GET /v1/policy`: [`PolicyInfo`]s;
 //! - `GET /v1/bpf/ipcache`: [`IpcacheRow`]s; `GET /v1/bpf/lb`: [`LbRow`]s;
-//! - `GET /v1/monitor[?type=drop|trace]`: [`MonitorMessage`]s, a JSON line each, streamed;
+//! - `GET /v1/monitor[?type=drop|trace|translation|policy-verdict]`: [`MonitorMessage`]s, a
+//!   JSON line each, streamed;
 //! - `GET /v1/flows?request=<percent-encoded JSON plexus_flow::FlowRequest>`:
 //!   [`plexus_flow::FlowResponse`]s, a JSON line each (Hubble's `GetFlowsResponse`): the
 //!   node's recent flows that pass the request's filters, then, with `follow`, new ones as

@@ -292,7 +292,8 @@ struct MonitorQuery {
     kind: Option<MonitorFilter>,
 }
 
-/// Streams one [`MonitorMessage`] per line, as JSON (`?type=drop|trace` filters).
+/// Streams one [`MonitorMessage`] per line, as JSON (`?type=drop|trace|translation|policy-verdict`
+/// filters).
 async fn monitor(State(agent): State<Arc<Agent>>, Query(q): Query<MonitorQuery>) -> Response {
     let rx = agent.datapath.subscribe();
     let stream = futures::stream::unfold((rx, q.kind), |(mut rx, filter)| async move {
@@ -403,7 +404,9 @@ pub async fn metrics(State(agent): State<Arc<Agent>>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use plexus_datapath::{DropReason, EventKind, ObservationPoint};
+    use plexus_datapath::{
+        Direction, DropReason, EventKind, ObservationPoint, PolicyMatch, TraceState,
+    };
     use std::net::Ipv4Addr;
 
     /// The CLI prints the events it reads from the JSON stream: every kind of event survives
@@ -421,7 +424,8 @@ mod tests {
             dport: 6379,
             protocol: 6,
             tcp_flags: 0x12,
-            trace_reason: 0,
+            state: TraceState::New,
+            direction: Some(Direction::Ingress),
             ifindex: 7,
             len: 74,
             flow: 0x28c6_44b8,
@@ -437,9 +441,25 @@ mod tests {
         for raw in 0..=6u8 {
             cases.push(plexus_datapath::MonitorEvent {
                 kind: EventKind::Trace(ObservationPoint::from_raw(raw)),
-                trace_reason: raw,
+                state: TraceState::from_raw(raw),
                 ..base
             });
+        }
+        for direction in [None, Some(Direction::Egress), Some(Direction::Ingress)] {
+            cases.push(plexus_datapath::MonitorEvent {
+                kind: EventKind::Translation {
+                    frontend: "10.96.0.10:80".parse().unwrap(),
+                },
+                direction,
+                ..base
+            });
+            for raw in 0..=7u8 {
+                cases.push(plexus_datapath::MonitorEvent {
+                    kind: EventKind::PolicyVerdict(PolicyMatch::from_raw(raw)),
+                    direction,
+                    ..base
+                });
+            }
         }
         for (protocol, sport, dport) in [
             (17, 53, 53),

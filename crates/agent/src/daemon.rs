@@ -383,13 +383,15 @@ pub async fn run(args: Options) -> Result<()> {
     ];
     let flow_task = flows.as_ref().map(|(cell, ring)| {
         tracing::info!(capacity = ring.capacity(), "flows on");
-        tokio::spawn(crate::flows::run(
-            datapath.subscribe(),
-            cell.clone(),
-            ring.clone(),
-            format!("{}/{}", cluster.name, args.node_name),
-            None,
-        ))
+        let task = crate::flows::FlowTask {
+            events: datapath.subscribe(),
+            datapath: datapath.clone(),
+            ring: ring.clone(),
+            node_name: format!("{}/{}", cluster.name, args.node_name),
+            counter: None,
+            lost_poll: crate::flows::LOST_POLL,
+        };
+        tokio::spawn(task.run(cell.clone()))
     });
 
     let agent = Arc::new(Agent {

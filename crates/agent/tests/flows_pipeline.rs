@@ -1,7 +1,8 @@
 //! The flow pipeline end to end, with the fake datapath: events emitted by the datapath are
 //! decoded by the flow task into the ring, and `GET /v1/flows` (served on a unix socket,
 //! read with `plexus_agent_api::Client::flows`) answers history with filters, follows new
-//! flows, reports the task's losses as `lost_events` (OBSERVER_EVENTS_QUEUE), refuses a bad
+//! flows, reports losses as `lost_events` (the task's lag as OBSERVER_EVENTS_QUEUE, the
+//! datapath's lost-event counter as PERF_EVENT_RING_BUFFER), refuses a bad
 //! filter naming the field, and says unavailable when flows are off.
 
 #![allow(clippy::unwrap_used)]
@@ -10,10 +11,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use plexus_agent::flows::{EndpointMeta, FakeLookup, IdentityMeta, IpMeta};
+use plexus_agent::flows::{EndpointMeta, FakeLookup, FlowTask, IdentityMeta, IpMeta};
 use plexus_agent_api::{Client, Endpoint, ErrorKind};
 use plexus_datapath::{
-    Datapath, DropReason, EventKind, FakeDatapath, MonitorEvent, ObservationPoint,
+    Datapath, DropReason, EventKind, FakeDatapath, MonitorEvent, ObservationPoint, TraceState,
 };
 use plexus_flow::{
     FlowFilter, FlowRequest, FlowResponse, FlowRing, LostEventSource, ResponseKind, Verdict,
@@ -74,7 +75,6 @@ fn event(kind: EventKind, saddr: &str, daddr: &str, dport: u16) -> MonitorEvent 
         (REBEL_BASE, X_WING)
     };
     MonitorEvent {
-        kind,
         endpoint_id: 42,
         src_identity: src,
         dst_identity: dst,
@@ -84,11 +84,18 @@ fn event(kind: EventKind, saddr: &str, daddr: &str, dport: u16) -> MonitorEvent 
         dport,
         protocol: 6,
         tcp_flags: 0x02,
-        trace_reason: 0,
+        // As the datapath reports them: drops without a connection state.
+        state: if matches!(kind, EventKind::Drop(_)) {
+            TraceState::Unknown
+        } else {
+            TraceState::New
+        },
+        direction: None,
         ifindex: 0,
         len: 74,
         flow: 0,
         ktime_ns: 0,
+        kind,
     }
 }
 
@@ -133,13 +140,15 @@ async fn pipeline(flows_on: bool) -> Pipeline {
     let datapath = Arc::new(FakeDatapath::new());
     let ring = Arc::new(FlowRing::new(8192, "c1/n1"));
     let lookup = Arc::new(lookup());
-    let mut tasks = vec![tokio::spawn(plexus_agent::flows::run_with(
-        datapath.subscribe(),
-        move || lookup.clone(),
-        ring.clone(),
-        "c1/n1".into(),
-        None,
-    ))];
+    let task = FlowTask {
+        events: datapath.subscribe(),
+        datapath: datapath.clone(),
+        ring: ring.clone(),
+        node_name: "c1/n1".into(),
+        counter: None,
+        lost_poll: Duration::from_millis(20),
+    };
+    let mut tasks = vec![tokio::spawn(task.run_with(move || lookup.clone()))];
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("agent.sock");
     let listener = tokio::net::UnixListener::bind(&socket).unwrap();
@@ -317,6 +326,20 @@ async fn follow_streams_new_flows_and_reports_the_tasks_losses() {
         next.as_flow().unwrap().l4.as_ref().unwrap().ports(),
         Some((41234, 9090))
     );
+
+    // The BPF programs lose 7 events to a full ring buffer: the datapath's counter says so.
+    p.datapath.lose_events(7);
+    let lost = within("the ring buffer's lost events", lines.next())
+        .await
+        .unwrap()
+        .unwrap();
+    match &lost.kind {
+        ResponseKind::LostEvents(l) => {
+            assert_eq!(l.source, LostEventSource::PerfEventRingBuffer);
+            assert_eq!(l.num_events_lost, 7);
+        }
+        other => panic!("expected lost events, got {other:?}"),
+    }
 }
 
 #[tokio::test]

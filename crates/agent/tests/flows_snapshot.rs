@@ -15,7 +15,7 @@ use common::*;
 use plexus_agent::core::{Input, LocalEndpoint, NodeCore};
 use plexus_agent::flows::{FlowLookup, PolicyQuery, SnapshotBuilder, SnapshotCell, decode_event};
 use plexus_clustermesh::remote_cluster::RemoteEvent;
-use plexus_datapath::{DropReason, EventKind, MonitorEvent, RoutingMode};
+use plexus_datapath::{Direction, DropReason, EventKind, MonitorEvent, RoutingMode, TraceState};
 use plexus_flow::{PolicyDeny, TrafficDirection};
 use plexus_loadbalancer::cluster_service::Backends;
 use plexus_loadbalancer::service::Service;
@@ -162,7 +162,8 @@ fn denied_syn(saddr: &str, src: u32, dport: u16) -> MonitorEvent {
         dport,
         protocol: 6,
         tcp_flags: 0x02,
-        trace_reason: 0,
+        state: TraceState::New,
+        direction: Some(Direction::Ingress),
         ifindex: 0,
         len: 74,
         flow: 0,

@@ -17,7 +17,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 
 use chrono::{DateTime, Utc};
-use plexus_datapath::{DropReason, EventKind, MonitorEvent, ObservationPoint};
+use plexus_datapath::{Direction, DropReason, EventKind, MonitorEvent, ObservationPoint};
 use plexus_flow::{
     DropReasonInfo, Endpoint, Flow, NetworkInterface, Policy, PolicyDeny, Service,
     TraceObservationPoint, TrafficDirection,
@@ -127,9 +127,14 @@ pub fn observation_point(p: ObservationPoint) -> TraceObservationPoint {
     }
 }
 
-/// The packet's direction seen from the local endpoint `meta` (egress when it sent it,
-/// ingress when it receives it).
+/// The packet's direction seen from the local endpoint: the event's own when it says, else
+/// from `meta`'s address (egress when it sent the packet, ingress when it receives it).
 fn direction_of(ev: &MonitorEvent, meta: Option<&EndpointMeta>) -> TrafficDirection {
+    match ev.direction {
+        Some(Direction::Ingress) => return TrafficDirection::Ingress,
+        Some(Direction::Egress) => return TrafficDirection::Egress,
+        None => {}
+    }
     match meta.and_then(|m| m.ip) {
         Some(ip) if ip == ev.saddr => TrafficDirection::Egress,
         Some(ip) if ip == ev.daddr => TrafficDirection::Ingress,
@@ -221,7 +226,29 @@ pub fn decode(
             }
             f
         }
+        EventKind::Translation { frontend } => {
+            let backend = SocketAddrV4::new(ev.daddr, ev.dport);
+            let cluster = lookup.backend_cluster(ev.daddr).unwrap_or_default();
+            let mut f =
+                Flow::translation(time, node_name, frontend.into(), backend.into(), &cluster);
+            f.traffic_direction = direction;
+            f.destination_service = lookup.service(frontend, ev.protocol);
+            f
+        }
+        EventKind::PolicyVerdict(kind) => {
+            let mut f = Flow::policy_verdict(time, node_name, direction, u32::from(kind.as_raw()));
+            if let Some(q) = policy_query(ev, direction) {
+                let allowed = lookup.allowed_by(&q);
+                match direction {
+                    TrafficDirection::Ingress => f.ingress_allowed_by = allowed,
+                    TrafficDirection::Egress => f.egress_allowed_by = allowed,
+                    TrafficDirection::Unknown => {}
+                }
+            }
+            f
+        }
     };
+    flow.is_reply = ev.is_reply();
     flow = flow.with_packet(
         IpAddr::V4(ev.saddr),
         IpAddr::V4(ev.daddr),
@@ -247,7 +274,7 @@ pub fn decode(
     };
     flow.source = endpoint(lookup, ev.saddr, ev.src_identity, src_local);
     flow.destination = endpoint(lookup, ev.daddr, ev.dst_identity, dst_local);
-    if matches!(ev.protocol, 6 | 17) {
+    if flow.destination_service.is_none() && matches!(ev.protocol, 6 | 17) {
         flow.destination_service =
             lookup.service(SocketAddrV4::new(ev.daddr, ev.dport), ev.protocol);
     }
@@ -299,6 +326,7 @@ mod tests {
     use super::*;
     use crate::flows::FakeLookup;
     use chrono::TimeZone;
+    use plexus_datapath::{PolicyMatch, TraceState};
 
     fn time() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 12, 7, 12, 0, 1).unwrap()
@@ -317,7 +345,8 @@ mod tests {
             dport: 0,
             protocol: 0,
             tcp_flags: 0,
-            trace_reason: 0,
+            state: TraceState::Unknown,
+            direction: None,
             ifindex: 0,
             len: 0,
             flow: 0,
@@ -546,5 +575,119 @@ mod tests {
             "NO_MATCHING_LOCAL_CONTAINER_FOUND"
         );
         assert_eq!(flow.policy_deny, None);
+    }
+
+    fn rebel_base_service(lookup: &mut FakeLookup) {
+        lookup.services.insert(
+            ("10.96.0.10:80".parse().unwrap(), 6),
+            Service {
+                name: "rebel-base".into(),
+                namespace: "default".into(),
+            },
+        );
+    }
+
+    #[test]
+    fn a_translation_names_the_frontend_the_backend_and_its_cluster() {
+        let mut lookup = mesh();
+        rebel_base_service(&mut lookup);
+        lookup
+            .backends
+            .insert("10.2.0.9".parse().unwrap(), "c2".into());
+        // Endpoint 42's new connection to the service, sent to c2's backend 10.2.0.9:8080.
+        let ev = MonitorEvent {
+            endpoint_id: 42,
+            src_identity: 65836,
+            saddr: "10.1.0.5".parse().unwrap(),
+            daddr: "10.2.0.9".parse().unwrap(),
+            sport: 5555,
+            dport: 8080,
+            protocol: 6,
+            tcp_flags: 0x02,
+            state: TraceState::New,
+            direction: Some(Direction::Egress),
+            ..event(EventKind::Translation {
+                frontend: "10.96.0.10:80".parse().unwrap(),
+            })
+        };
+        let flow = decode(&ev, &lookup, "c1/n1", time());
+        assert_eq!(
+            serde_json::to_string(&flow).unwrap(),
+            concat!(
+                r#"{"time":"2026-12-07T12:00:01.123456789Z","verdict":"TRANSLATED","#,
+                r#""IP":{"source":"10.1.0.5","destination":"10.2.0.9","ipVersion":"IPv4"},"#,
+                r#""l4":{"TCP":{"source_port":5555,"destination_port":8080,"flags":{"SYN":true}}},"#,
+                r#""source":{"ID":42,"identity":65836,"cluster_name":"c1","namespace":"default","#,
+                r#""labels":["k8s:app=rebel-base","k8s:io.cilium.k8s.policy.cluster=c1","k8s:io.kubernetes.pod.namespace=default"],"#,
+                r#""pod_name":"rebel-base-1"},"#,
+                r#""Type":"SOCK","node_name":"c1/n1","event_type":{"type":7,"sub_type":2},"#,
+                r#""destination_service":{"name":"rebel-base","namespace":"default"},"#,
+                r#""traffic_direction":"EGRESS","is_reply":false,"#,
+                r#""sock_xlate_point":"SOCK_XLATE_POINT_POST_DIRECTION_FWD","#,
+                r#""Summary":"TCP 10.96.0.10:80 -> 10.2.0.9:8080 (cluster c2)","#,
+                r#""translation":{"frontend":"10.96.0.10:80","backend":"10.2.0.9:8080","backend_cluster":"c2"}}"#,
+            )
+        );
+    }
+
+    #[test]
+    fn a_policy_verdict_names_the_allowing_policy_and_a_reply_is_marked() {
+        let mut lookup = mesh();
+        let allow = Policy {
+            name: "allow-x-wing".into(),
+            ..deny_policy()
+        };
+        lookup.allows.insert(
+            (42, TrafficDirection::Ingress, 131_372, 80),
+            vec![allow.clone()],
+        );
+        let ev = MonitorEvent {
+            endpoint_id: 42,
+            src_identity: 131_372,
+            dst_identity: 65836,
+            saddr: "10.2.0.7".parse().unwrap(),
+            daddr: "10.1.0.5".parse().unwrap(),
+            sport: 41234,
+            dport: 80,
+            protocol: 6,
+            tcp_flags: 0x02,
+            state: TraceState::New,
+            direction: Some(Direction::Ingress),
+            ..event(EventKind::PolicyVerdict(PolicyMatch::L3L4))
+        };
+        let flow = decode(&ev, &lookup, "c1/n1", time());
+        assert_eq!(flow.verdict, plexus_flow::Verdict::Forwarded);
+        assert_eq!(
+            flow.message_type(),
+            plexus_flow::flow::message_type::POLICY_VERDICT
+        );
+        assert_eq!(
+            flow.policy_match_type,
+            plexus_flow::flow::policy_match::L3_L4
+        );
+        assert_eq!(flow.traffic_direction, TrafficDirection::Ingress);
+        assert_eq!(flow.ingress_allowed_by, vec![allow]);
+        assert!(flow.egress_allowed_by.is_empty());
+        assert_eq!(flow.is_reply, Some(false));
+        assert_eq!(flow.source.cluster_name, "c2");
+
+        // rebel-base's reply, traced into c2's pod direction: a reply.
+        let reply = MonitorEvent {
+            endpoint_id: 42,
+            src_identity: 65836,
+            dst_identity: 131_372,
+            saddr: "10.1.0.5".parse().unwrap(),
+            daddr: "10.2.0.7".parse().unwrap(),
+            sport: 80,
+            dport: 41234,
+            protocol: 6,
+            tcp_flags: 0x12,
+            state: TraceState::Reply,
+            direction: Some(Direction::Egress),
+            ..event(EventKind::Trace(ObservationPoint::FromEndpoint))
+        };
+        let flow = decode(&reply, &lookup, "c1/n1", time());
+        assert_eq!(flow.is_reply, Some(true));
+        assert_eq!(flow.summary, "TCP Flags: SYN, ACK");
     }
 }

@@ -14,9 +14,11 @@
 //! - [`fake`]: a lookup of plain maps for tests.
 //! - [`api`]: the `/v1/flows` handler.
 //!
-//! Losses are reported to followers as `lost_events` lines: events the task missed because it
-//! fell behind the datapath's broadcast channel as `OBSERVER_EVENTS_QUEUE` (Hubble's name for
-//! the observer's own queue); a follower that falls behind the ring gets `HUBBLE_RING_BUFFER`
+//! Losses are reported to followers as `lost_events` lines: events the BPF programs could not
+//! write to their full ring buffer (the datapath's counter, read every [`LOST_POLL`]) as
+//! `PERF_EVENT_RING_BUFFER`; events the task missed because it fell behind the datapath's
+//! broadcast channel as `OBSERVER_EVENTS_QUEUE` (Hubble's name for the observer's own queue);
+//! a follower that falls behind the ring gets `HUBBLE_RING_BUFFER`
 //! lines from the ring itself. With `enable-flows` off there is no task and no ring, and
 //! `/v1/flows` answers `unavailable`.
 
@@ -28,7 +30,9 @@ pub mod snapshot;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use plexus_datapath::MonitorEvent;
+use std::time::Duration;
+
+use plexus_datapath::{Datapath, MonitorEvent};
 use plexus_flow::{FlowRing, LostEventSource};
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
@@ -64,42 +68,80 @@ pub fn event_time(ev: &MonitorEvent) -> DateTime<Utc> {
     }
 }
 
-/// The flow pipeline of one node: the datapath's events (`events`, from
-/// [`plexus_datapath::Datapath::subscribe`], taken before the task starts so nothing emitted meanwhile is
-/// missed) in, flows into `ring`, until the datapath's channel closes. `node_name` is
-/// `cluster/node`; `lookup` is the snapshot cell the reconciler keeps.
-pub async fn run(
-    events: broadcast::Receiver<MonitorEvent>,
-    lookup: Arc<SnapshotCell>,
-    ring: Arc<FlowRing>,
-    node_name: String,
-    counter: Option<Arc<dyn FlowCounter>>,
-) {
-    run_with(events, move || lookup.load(), ring, node_name, counter).await
+/// How often the task reads the datapath's lost-event counter.
+pub const LOST_POLL: Duration = Duration::from_secs(1);
+
+/// The flow pipeline of one node: the datapath's events in, flows into the ring, until the
+/// datapath's channel closes. See the module documentation.
+pub struct FlowTask {
+    /// The datapath's events, from [`Datapath::subscribe`], taken before the task starts so
+    /// nothing emitted meanwhile is missed.
+    pub events: broadcast::Receiver<MonitorEvent>,
+    /// The datapath, for its lost-event counter ([`Datapath::events_lost`]).
+    pub datapath: Arc<dyn Datapath>,
+    /// Where the flows go.
+    pub ring: Arc<FlowRing>,
+    /// This node, `cluster/node`.
+    pub node_name: String,
+    /// Counts the flows (the agent's flow metrics), when given.
+    pub counter: Option<Arc<dyn FlowCounter>>,
+    /// How often the lost-event counter is read ([`LOST_POLL`]).
+    pub lost_poll: Duration,
 }
 
-/// [`run`] with any lookup: `lookup` gives the one to use for the next event.
-pub async fn run_with<L: FlowLookup>(
-    mut events: broadcast::Receiver<MonitorEvent>,
-    lookup: impl Fn() -> Arc<L>,
-    ring: Arc<FlowRing>,
-    node_name: String,
-    counter: Option<Arc<dyn FlowCounter>>,
-) {
-    loop {
-        match events.recv().await {
-            Ok(ev) => {
-                let flow = decode::decode(&ev, lookup().as_ref(), &node_name, event_time(&ev));
-                if let Some(c) = &counter {
-                    c.count(&flow);
-                }
-                ring.push(flow);
+impl FlowTask {
+    /// Runs with the core's snapshots (`cell`, kept by the reconciler).
+    pub async fn run(self, cell: Arc<SnapshotCell>) {
+        self.run_with(move || cell.load()).await
+    }
+
+    /// Runs with any lookup: `lookup` gives the one to use for the next event.
+    pub async fn run_with<L: FlowLookup>(self, lookup: impl Fn() -> Arc<L>) {
+        let Self {
+            mut events,
+            datapath,
+            ring,
+            node_name,
+            counter,
+            lost_poll,
+        } = self;
+        // Losses before this task started are not this stream's.
+        let mut lost_seen = datapath.events_lost().unwrap_or(0);
+        let mut poll = tokio::time::interval(lost_poll);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                next = events.recv() => match next {
+                    Ok(ev) => {
+                        let flow =
+                            decode::decode(&ev, lookup().as_ref(), &node_name, event_time(&ev));
+                        if let Some(c) = &counter {
+                            c.count(&flow);
+                        }
+                        ring.push(flow);
+                    }
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::debug!(lost = n, "flow task fell behind the datapath's events");
+                        ring.push_lost(LostEventSource::ObserverEventsQueue, n, Utc::now());
+                    }
+                    Err(RecvError::Closed) => return,
+                },
+                _ = poll.tick() => match datapath.events_lost() {
+                    Ok(total) if total > lost_seen => {
+                        ring.push_lost(
+                            LostEventSource::PerfEventRingBuffer,
+                            total - lost_seen,
+                            Utc::now(),
+                        );
+                        lost_seen = total;
+                    }
+                    // A counter that went back (maps recreated) starts over.
+                    Ok(total) => lost_seen = total,
+                    Err(err) => {
+                        tracing::debug!(error = %err, "reading the datapath's lost events");
+                    }
+                },
             }
-            Err(RecvError::Lagged(n)) => {
-                tracing::debug!(lost = n, "flow pipeline fell behind the datapath's events");
-                ring.push_lost(LostEventSource::ObserverEventsQueue, n, Utc::now());
-            }
-            Err(RecvError::Closed) => return,
         }
     }
 }
