@@ -233,7 +233,11 @@ fn cni(node: &Netns, vars: &[(&str, &str)], conf: &Value) -> Run {
         // The plugin may answer (VERSION) and exit without reading its stdin, as
         // runtimes allow: a closed pipe is not an error here.
         if let Err(e) = child.stdin.take().unwrap().write_all(&stdin) {
-            assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "writing stdin: {e}");
+            assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe,
+                "writing stdin: {e}"
+            );
         }
         let deadline = Instant::now() + BINARY_TIMEOUT;
         let status = loop {
