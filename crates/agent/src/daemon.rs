@@ -381,6 +381,13 @@ pub async fn run(args: Options) -> Result<()> {
         tokio::spawn(sources::service_grace(REMOTE_GRACE, core.clone())),
         reconciler,
     ];
+
+    let metrics = Arc::new(crate::metrics::Metrics::new(
+        &cluster.name,
+        mesh.handle(),
+        &kv,
+        datapath.clone(),
+    ));
     let flow_task = flows.as_ref().map(|(cell, ring)| {
         tracing::info!(capacity = ring.capacity(), "flows on");
         let task = crate::flows::FlowTask {
@@ -388,12 +395,11 @@ pub async fn run(args: Options) -> Result<()> {
             datapath: datapath.clone(),
             ring: ring.clone(),
             node_name: format!("{}/{}", cluster.name, args.node_name),
-            counter: None,
+            counter: Some(Arc::new(metrics.flows().clone())),
             lost_poll: crate::flows::LOST_POLL,
         };
         tokio::spawn(task.run(cell.clone()))
     });
-
     let agent = Arc::new(Agent {
         cluster: cluster.clone(),
         node: args.node_name.clone(),
@@ -401,13 +407,13 @@ pub async fn run(args: Options) -> Result<()> {
         pod_cidr: cidr.to_string(),
         routing: format!("{:?}", args.routing).to_lowercase(),
         datapath_kind: format!("{:?}", args.datapath).to_lowercase(),
-        kv,
         mesh: mesh.handle(),
         core,
         endpoints,
         datapath,
         wireguard,
         flows: flows.map(|(_, ring)| ring),
+        metrics,
     });
 
     if let Some(dir) = args.api_socket.parent() {

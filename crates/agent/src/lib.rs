@@ -12,8 +12,9 @@
 //!   records, persisted state); [`netcmd`]: the few kernel settings the agent makes.
 //! - [`flows`]: datapath events decoded into Hubble-shaped flows, kept in a bounded ring and
 //!   served on `/v1/flows`.
-//! - [`api`]: the API the CLI and the CNI plugin use, on a unix socket and on TCP
-//!   with mutual TLS (`plexus_tls_api`); [`reports`]: what it lists.
+//! - [`api`]: the API the CLI and the CNI plugin use, on a unix socket and on TCP with mutual
+//!   TLS (`plexus_tls_api`); [`reports`]: what it lists; [`metrics`]: the Prometheus registry
+//!   of `/metrics` (datapath counters, flow metrics, remote clusters, kvstore).
 //! - [`daemon`]: the wiring of one node's agent; [`options`]: its flags and configuration file.
 
 pub mod api;
@@ -21,6 +22,7 @@ pub mod core;
 pub mod daemon;
 pub mod endpoints;
 pub mod flows;
+pub mod metrics;
 pub mod netcmd;
 pub mod options;
 pub mod reports;
@@ -31,7 +33,6 @@ use std::sync::Arc;
 
 use plexus_clustermesh::mesh::MeshHandle;
 use plexus_datapath::Datapath;
-use plexus_kvstore::KvMetrics;
 use plexus_model::cluster::ClusterInfo;
 
 pub use daemon::run;
@@ -48,7 +49,6 @@ pub struct Agent {
     pod_cidr: String,
     routing: String,
     datapath_kind: String,
-    kv: KvMetrics,
     mesh: MeshHandle,
     core: CoreHandle,
     endpoints: Arc<Endpoints>,
@@ -57,4 +57,13 @@ pub struct Agent {
     wireguard: Option<Arc<shell::wireguard::Wireguard>>,
     /// The node's flows, when `enable-flows` is on.
     flows: Option<Arc<plexus_flow::FlowRing>>,
+    /// What `/metrics` serves.
+    metrics: Arc<metrics::Metrics>,
+}
+
+impl Agent {
+    /// The flow metrics, for the flow pipeline to count into.
+    pub fn flow_metrics(&self) -> &metrics::FlowMetrics {
+        self.metrics.flows()
+    }
 }

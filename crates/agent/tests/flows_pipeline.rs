@@ -2,7 +2,7 @@
 //! decoded by the flow task into the ring, and `GET /v1/flows` (served on a unix socket,
 //! read with `plexus_agent_api::Client::flows`) answers history with filters, follows new
 //! flows, reports losses as `lost_events` (the task's lag as OBSERVER_EVENTS_QUEUE, the
-//! datapath's lost-event counter as PERF_EVENT_RING_BUFFER), refuses a bad
+//! datapath's lost-event counter as PERF_EVENT_RING_BUFFER), counts the flow metrics, refuses a bad
 //! filter naming the field, and says unavailable when flows are off.
 
 #![allow(clippy::unwrap_used)]
@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use plexus_agent::flows::{EndpointMeta, FakeLookup, FlowTask, IdentityMeta, IpMeta};
+use plexus_agent::metrics::FlowMetrics;
 use plexus_agent_api::{Client, Endpoint, ErrorKind};
 use plexus_datapath::{
     Datapath, DropReason, EventKind, FakeDatapath, MonitorEvent, ObservationPoint, TraceState,
@@ -19,6 +20,7 @@ use plexus_datapath::{
 use plexus_flow::{
     FlowFilter, FlowRequest, FlowResponse, FlowRing, LostEventSource, ResponseKind, Verdict,
 };
+use plexus_metrics::prometheus_client::registry::Registry;
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -123,6 +125,7 @@ struct Pipeline {
     datapath: Arc<FakeDatapath>,
     ring: Arc<FlowRing>,
     client: Client,
+    metrics: Registry,
     _dir: tempfile::TempDir,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -140,12 +143,15 @@ async fn pipeline(flows_on: bool) -> Pipeline {
     let datapath = Arc::new(FakeDatapath::new());
     let ring = Arc::new(FlowRing::new(8192, "c1/n1"));
     let lookup = Arc::new(lookup());
+    let flow_metrics = FlowMetrics::default();
+    let mut metrics = Registry::default();
+    flow_metrics.register(&mut metrics);
     let task = FlowTask {
         events: datapath.subscribe(),
         datapath: datapath.clone(),
         ring: ring.clone(),
         node_name: "c1/n1".into(),
-        counter: None,
+        counter: Some(Arc::new(flow_metrics.clone())),
         lost_poll: Duration::from_millis(20),
     };
     let mut tasks = vec![tokio::spawn(task.run_with(move || lookup.clone()))];
@@ -160,6 +166,7 @@ async fn pipeline(flows_on: bool) -> Pipeline {
         datapath,
         ring,
         client: Client::new(Endpoint::Unix(socket)).with_timeout(LIMIT),
+        metrics,
         _dir: dir,
         tasks,
     }
@@ -203,6 +210,14 @@ async fn history_with_filters_reads_the_decoded_flows() {
 
     let all = history(&p.client, &FlowRequest::default()).await;
     assert_eq!(all.len(), 3);
+    // The task counted them into the flow metrics.
+    let text = plexus_metrics::encode(&p.metrics, plexus_metrics::Format::Text).unwrap();
+    for line in [
+        r#"plexus_flows_processed_total{type="Trace",verdict="FORWARDED"} 2"#,
+        r#"plexus_drop_total{reason="POLICY_DENIED",direction="INGRESS",source_cluster="c2",destination_cluster="c1"} 1"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+    }
 
     // Drops from cluster c2: the one policy drop, as a full JSON line.
     let drops = history(

@@ -4,7 +4,7 @@
 //! ```text
 //!  Datapath::subscribe ──► run (one task) ──decode──► FlowRing ──► /v1/flows (history, follow)
 //!                             ▲        │                 └──────► followers (broadcast)
-//!       SnapshotCell::load ───┘        └──► flow metrics (when given)
+//!       SnapshotCell::load ───┘        └──► flow metrics (FlowCounter: the agent's FlowMetrics)
 //!  (swapped in by the reconciler after each round: SnapshotBuilder)
 //! ```
 //!
@@ -47,6 +47,31 @@ pub use snapshot::{Snapshot, SnapshotBuilder, SnapshotCell};
 pub trait FlowCounter: Send + Sync {
     /// One flow went into the ring.
     fn count(&self, flow: &plexus_flow::Flow);
+}
+
+/// The agent's flow metrics count every flow by type and verdict, and drops by reason,
+/// direction and both clusters (Hubble's `hubble_flows_processed_total` and
+/// `hubble_drop_total` with the `plexus_` prefix).
+impl FlowCounter for crate::metrics::FlowMetrics {
+    fn count(&self, flow: &plexus_flow::Flow) {
+        use plexus_flow::flow::message_type;
+        let kind = match flow.message_type() {
+            message_type::TRACE => "Trace",
+            message_type::DROP => "Drop",
+            message_type::POLICY_VERDICT => "PolicyVerdict",
+            message_type::TRACE_SOCK => "Translation",
+            _ => "Unknown",
+        };
+        self.flow_processed(kind, flow.verdict.as_str());
+        if flow.verdict == plexus_flow::Verdict::Dropped {
+            self.flow_dropped(
+                &flow.drop_reason_desc.to_string(),
+                flow.traffic_direction.as_str(),
+                &flow.source.cluster_name,
+                &flow.destination.cluster_name,
+            );
+        }
+    }
 }
 
 /// The wall-clock time of an event: its `bpf_ktime_get_ns` (CLOCK_MONOTONIC) placed on the
@@ -142,6 +167,52 @@ impl FlowTask {
                     }
                 },
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use plexus_flow::{DropReasonInfo, Flow, TraceObservationPoint, TrafficDirection};
+    use plexus_metrics::Format;
+    use plexus_metrics::prometheus_client::registry::Registry;
+
+    #[test]
+    fn flow_metrics_count_flows_by_type_and_drops_by_clusters() {
+        let metrics = crate::metrics::FlowMetrics::default();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let counter: Arc<dyn FlowCounter> = Arc::new(metrics.clone());
+        let now = Utc::now();
+        let mut drop = Flow::drop(now, "c1/n1", DropReasonInfo::POLICY_DENIED);
+        drop.traffic_direction = TrafficDirection::Ingress;
+        drop.source.cluster_name = "c2".into();
+        drop.destination.cluster_name = "c1".into();
+        counter.count(&drop);
+        counter.count(&drop);
+        counter.count(&Flow::trace(
+            now,
+            "c1/n1",
+            TraceObservationPoint::ToEndpoint,
+        ));
+        counter.count(&Flow::translation(
+            now,
+            "c1/n1",
+            "10.96.0.10:80".parse().unwrap(),
+            "10.2.0.9:8080".parse().unwrap(),
+            "c2",
+        ));
+        let text = plexus_metrics::encode(&registry, Format::Text).unwrap();
+        for line in [
+            r#"plexus_flows_processed_total{type="Drop",verdict="DROPPED"} 2"#,
+            r#"plexus_flows_processed_total{type="Trace",verdict="FORWARDED"} 1"#,
+            r#"plexus_flows_processed_total{type="Translation",verdict="TRANSLATED"} 1"#,
+            r#"plexus_drop_total{reason="POLICY_DENIED",direction="INGRESS",source_cluster="c2",destination_cluster="c1"} 2"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }
     }
 }
