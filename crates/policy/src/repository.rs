@@ -10,7 +10,9 @@
 //! [`SelectorCache`] and released when the policy is replaced or deleted.
 //!
 //! [`PolicyRepository::resolve`] computes an endpoint's [`EndpointPolicy`] from its labels and
-//! named ports. Identity changes go through [`PolicyRepository::update_identities`], which
+//! named ports; [`PolicyRepository::resolve_with_sources`] also says which policy each entry
+//! comes from and which policies enforce each direction ([`PolicySources`], for flows: which
+//! policy allowed or denied a packet). Identity changes go through [`PolicyRepository::update_identities`], which
 //! returns the changed selectors; [`PolicyRepository::affects`] tells whether an endpoint's
 //! policy depends on any of them, so callers recompute only those endpoints.
 //!
