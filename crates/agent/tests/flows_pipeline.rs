@@ -391,3 +391,51 @@ async fn a_bad_filter_is_invalid_naming_the_field_and_flows_off_is_unavailable()
     assert_eq!(err.kind(), Some(ErrorKind::Unavailable));
     assert!(err.to_string().contains("enable-flows"), "{err}");
 }
+
+#[tokio::test]
+async fn the_tls_api_serves_flows_to_a_read_only_certificate() {
+    within("flows over mutual TLS", async {
+        let p = pipeline(true).await;
+        p.datapath.emit(denied());
+        pushed(&p.ring, 1).await;
+
+        plexus_kvstore::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let ca = plexus_pki::Ca::generate("plexus-ca").unwrap();
+        ca.pem().write_to(d, "ca").unwrap();
+        let (cert, key) = ca
+            .issue_server("agent-n1", &[], &["127.0.0.1".parse().unwrap()])
+            .unwrap()
+            .write_to(d, "server")
+            .unwrap();
+        // The relay's certificate: of the cluster's CA, not its admin, so read-only.
+        let (rcert, rkey) = ca
+            .issue_client("apiserver-c1")
+            .unwrap()
+            .write_to(d, "relay")
+            .unwrap();
+        let config = plexus_agent_api::tls::server_config(&plexus_agent_api::tls::TlsFiles {
+            ca: d.join("ca.crt"),
+            cert,
+            key,
+        })
+        .unwrap();
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap().to_string();
+        let listener = plexus_tls_api::TlsListener::new(tcp, config).unwrap();
+        let router = plexus_agent::flows::api::router(Some(p.ring.clone()));
+        let server = tokio::spawn(plexus_tls_api::serve(listener, router, "c1"));
+
+        let config =
+            plexus_agent_api::tls::client_config(&d.join("ca.crt"), Some((&rcert, &rkey))).unwrap();
+        let client = Client::new(Endpoint::Tls { addr, config }).with_timeout(LIMIT);
+        let lines = history(&client, &FlowRequest::default()).await;
+        server.abort();
+        assert_eq!(lines.len(), 1);
+        let flow = lines[0].as_flow().unwrap();
+        assert_eq!(flow.source.pod_name, "x-wing");
+        assert_eq!(flow.verdict, Verdict::Dropped);
+    })
+    .await;
+}
