@@ -118,6 +118,10 @@ fn core_with_mesh() -> NodeCore {
             "c2",
             RemoteEvent::IpUpsert(pair("10.2.1.6", "192.168.2.1", TIE_FIGHTER)),
         ),
+        remote(
+            "c2",
+            RemoteEvent::IpUpsert(pair("10.2.1.9", "192.168.2.1", X_WING)),
+        ),
         Input::ServiceUpsert {
             key: "default/rebel-base".into(),
             service: Box::new(service()),
@@ -315,4 +319,12 @@ fn the_snapshot_follows_the_core_after_a_round() {
         before.ip("10.2.1.7".parse().unwrap()).is_none(),
         "a reader's snapshot never changes under it"
     );
+
+    // The entry goes: the next snapshot no longer has it, the one before still does.
+    core.step(remote("c2", RemoteEvent::IpDelete("10.2.1.7".into())));
+    let out = core.take_output();
+    assert!(!out.ipcache.is_empty());
+    builder.update(&core, &out);
+    assert!(cell.load().ip("10.2.1.7".parse().unwrap()).is_none());
+    assert!(after.ip("10.2.1.7".parse().unwrap()).is_some());
 }

@@ -215,6 +215,14 @@ impl ServiceState {
         desired_frontends(&self.selections())
     }
 
+    /// Each frontend of the last desired table with its service's key (`<namespace>/<name>`),
+    /// as computed then (nothing is computed again).
+    pub fn frontends_by_service(&self) -> impl Iterator<Item = (&str, &LbService)> + '_ {
+        self.frontends
+            .iter()
+            .flat_map(|(key, list)| list.iter().map(move |lb| (key.as_str(), lb)))
+    }
+
     /// The desired table if it may have changed since the last call and may be programmed.
     /// Only the services whose inputs changed are computed again.
     pub fn take_desired(&mut self) -> Option<BTreeMap<Frontend, LbService>> {

@@ -4,7 +4,9 @@
 //! The [`SnapshotBuilder`] lives in the reconciler and runs under the core's lock right after
 //! `take_output`: it copies only the parts the round may have changed (the ipcache when it
 //! changed, identities when their revision moved, services and policies when the core output
-//! them, endpoints when they differ), each an `Arc` shared with the previous snapshot.
+//! them, endpoints when they differ), each an `Arc` shared with the previous snapshot. Nothing
+//! is computed again: the copies are of what the core already holds, so a round costs at most
+//! a copy of the parts it changed.
 //!
 //! Where each answer comes from:
 //! - local endpoints: the core's endpoints (id, address, identity, pod);
@@ -12,8 +14,8 @@
 //!   cluster id (this cluster's or a remote's), the pod the entry's kvstore record names;
 //! - identities: the core's identities (labels and the cluster that allocated them), reserved
 //!   identities as `reserved:<name>`, else the cluster from the identity's cluster-id bits;
-//! - services: the core's services (frontend -> name) and their candidates (backend address ->
-//!   cluster);
+//! - services: the frontends the core last computed (frontend -> service name); a backend's
+//!   cluster is its address's (ipcache);
 //! - policies: the resolved policy's sources per endpoint ([`plexus_policy::PolicySources`]):
 //!   deny entries covering the packet name the deny rule's policies; otherwise, when the
 //!   direction is enforced, default deny with the policies that enforce it.
@@ -24,6 +26,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use plexus_datapath::{IpcacheValue, Prefix};
 use plexus_flow::{Policy, PolicyDeny, Service, TrafficDirection};
+use plexus_ipcache::Change;
 use plexus_model::cluster::MaxConnectedClusters;
 use plexus_model::identity::{NumericIdentity, ReservedIdentity};
 use plexus_policy::{Direction, PolicyKey, PolicySources, Proto};
@@ -42,9 +45,14 @@ struct IpTable {
 }
 
 #[derive(Debug, Default)]
+struct Endpoints {
+    by_id: BTreeMap<u16, LocalEndpoint>,
+    by_ip: HashMap<Ipv4Addr, u16>,
+}
+
+#[derive(Debug, Default)]
 struct Services {
     frontends: HashMap<(SocketAddrV4, u8), Service>,
-    backends: HashMap<Ipv4Addr, String>,
 }
 
 #[derive(Debug, Default)]
@@ -59,7 +67,7 @@ pub struct Snapshot {
     cluster: String,
     max: MaxConnectedClusters,
     cluster_names: Arc<HashMap<u16, String>>,
-    endpoints: Arc<BTreeMap<u16, LocalEndpoint>>,
+    endpoints: Arc<Endpoints>,
     ips: Arc<IpTable>,
     identities: Arc<HashMap<u32, IdentityMeta>>,
     services: Arc<Services>,
@@ -92,6 +100,7 @@ pub struct SnapshotBuilder {
     cell: Arc<SnapshotCell>,
     current: Snapshot,
     identity_revision: Option<u64>,
+    ipcache: HashMap<Prefix, IpcacheValue>,
     first: bool,
 }
 
@@ -136,6 +145,7 @@ impl SnapshotBuilder {
                 ..Snapshot::default()
             },
             identity_revision: None,
+            ipcache: HashMap::new(),
             first: true,
         }
     }
@@ -150,9 +160,23 @@ impl SnapshotBuilder {
             s.cluster = core.config().cluster.clone();
         }
         if first || !output.ipcache.is_empty() {
-            let entries: HashMap<Prefix, IpcacheValue> =
-                core.desired_ipcache().into_iter().collect();
-            let lengths: BTreeSet<u8> = entries.keys().map(|p| p.len).collect();
+            // The effective ipcache, kept here and moved by the round's changes (the whole
+            // view is read from the core only once).
+            if first {
+                self.ipcache = core.desired_ipcache().into_iter().collect();
+            } else {
+                for change in &output.ipcache {
+                    match change {
+                        Change::Upsert(p, v) => {
+                            self.ipcache.insert(*p, *v);
+                        }
+                        Change::Delete(p) => {
+                            self.ipcache.remove(p);
+                        }
+                    }
+                }
+            }
+            let lengths: BTreeSet<u8> = self.ipcache.keys().map(|p| p.len).collect();
             let pods = core
                 .ipcache()
                 .pods()
@@ -160,15 +184,17 @@ impl SnapshotBuilder {
                 .map(|(p, ns, pod)| (p.addr, (ns.to_string(), pod.to_string())))
                 .collect();
             s.ips = Arc::new(IpTable {
-                entries,
+                entries: self.ipcache.clone(),
                 lengths: lengths.into_iter().rev().collect(),
                 pods,
             });
             s.cluster_names = Arc::new(cluster_names(core));
             changed = true;
         }
-        if s.endpoints.as_ref() != core.endpoints() {
-            s.endpoints = Arc::new(core.endpoints().clone());
+        if &s.endpoints.by_id != core.endpoints() {
+            let by_id = core.endpoints().clone();
+            let by_ip = by_id.values().map(|e| (e.ip, e.id)).collect();
+            s.endpoints = Arc::new(Endpoints { by_id, by_ip });
             changed = true;
         }
         let revision = core.policy().identity_revision();
@@ -194,26 +220,23 @@ impl SnapshotBuilder {
             changed = true;
         }
         if first || output.services.is_some() {
-            let mut services = Services::default();
-            for sel in core.services().selections() {
-                let name = Service {
-                    name: sel.service.metadata.name.clone(),
-                    namespace: sel.service.metadata.namespace.clone(),
-                };
-                for lb in crate::core::services::frontends_of(&sel) {
+            // The frontends as the core last computed them: nothing is selected again here.
+            let frontends = core
+                .services()
+                .frontends_by_service()
+                .map(|(key, lb)| {
+                    let (namespace, name) = key.split_once('/').unwrap_or(("", key));
                     let f = lb.frontend;
-                    services.frontends.insert(
+                    (
                         (SocketAddrV4::new(f.addr, f.port), f.proto.number()),
-                        name.clone(),
-                    );
-                }
-                for c in &sel.selection.candidates {
-                    if let Ok(ip) = c.ip.parse::<Ipv4Addr>() {
-                        services.backends.insert(ip, c.cluster.clone());
-                    }
-                }
-            }
-            s.services = Arc::new(services);
+                        Service {
+                            name: name.to_string(),
+                            namespace: namespace.to_string(),
+                        },
+                    )
+                })
+                .collect();
+            s.services = Arc::new(Services { frontends });
             changed = true;
         }
         if first || output.policies.is_some() {
@@ -281,7 +304,7 @@ impl Snapshot {
 
 impl FlowLookup for Snapshot {
     fn endpoint(&self, id: u16) -> Option<EndpointMeta> {
-        self.endpoints.get(&id).map(|e| EndpointMeta {
+        self.endpoints.by_id.get(&id).map(|e| EndpointMeta {
             ip: Some(e.ip),
             identity: e.identity,
             namespace: e.namespace.clone(),
@@ -290,7 +313,11 @@ impl FlowLookup for Snapshot {
     }
 
     fn ip(&self, ip: Ipv4Addr) -> Option<IpMeta> {
-        let local = self.endpoints.values().find(|e| e.ip == ip);
+        let local = self
+            .endpoints
+            .by_ip
+            .get(&ip)
+            .and_then(|id| self.endpoints.by_id.get(id));
         let entry = self.entry(ip);
         if local.is_none() && entry.is_none() {
             return None;
@@ -346,7 +373,10 @@ impl FlowLookup for Snapshot {
     }
 
     fn backend_cluster(&self, backend: Ipv4Addr) -> Option<String> {
-        self.services.backends.get(&backend).cloned()
+        // A backend is a pod: its ipcache entry carries its cluster's id.
+        self.ip(backend)
+            .map(|m| m.cluster)
+            .filter(|c| !c.is_empty())
     }
 
     fn denied_by(&self, query: &PolicyQuery) -> Option<Denial> {
