@@ -316,6 +316,8 @@ fn apiserver_config(c: &ClusterState) -> Result<ApiServerConfig> {
         etcd_advertise: Some(vec![c.ip.into()]),
         http_listen: Some((c.ip, 9963).into()),
         api_listen: Some((c.ip, APISERVER_API_PORT).into()),
+        // The relay asks the connected clusters' relays at their control plane's address.
+        clustermesh_config: Some(c.clustermesh_dir.clone()),
         service_cidr: Some(
             c.service_cidr
                 .parse()
