@@ -707,23 +707,28 @@ struct RelayQuery {
 }
 
 impl RelayQuery {
-    fn scope_cluster(&self) -> Result<bool, Response> {
+    fn scope_cluster(&self) -> Result<bool, Invalid> {
         match self.scope.as_deref() {
             None => Ok(false),
             Some("cluster") => Ok(true),
-            Some(other) => Err(invalid(format!(
+            Some(other) => Err(Invalid(format!(
                 "scope: {other:?} is not a scope (only \"cluster\")"
             ))),
         }
     }
 }
 
-fn invalid(message: String) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        axum::Json(ErrorBody::new(ErrorKind::Invalid, message)),
-    )
-        .into_response()
+/// A request the relay cannot read: 400 with the API's error body.
+struct Invalid(String);
+
+impl IntoResponse for Invalid {
+    fn into_response(self) -> Response {
+        (
+            StatusCode::BAD_REQUEST,
+            axum::Json(ErrorBody::new(ErrorKind::Invalid, self.0)),
+        )
+            .into_response()
+    }
 }
 
 /// The relay's routes: `GET /v1/flows` and `GET /v1/relay/nodes`.
@@ -737,26 +742,17 @@ pub(crate) fn router(relay: Arc<Relay>) -> Router {
 async fn flows(
     State(relay): State<Arc<Relay>>,
     query: Result<Query<RelayQuery>, QueryRejection>,
-) -> Response {
-    let Query(query) = match query {
-        Ok(q) => q,
-        Err(rejection) => return invalid(rejection.body_text()),
-    };
-    let scope_cluster = match query.scope_cluster() {
-        Ok(s) => s,
-        Err(response) => return response,
-    };
+) -> Result<Response, Invalid> {
+    let Query(query) = query.map_err(|r| Invalid(r.body_text()))?;
+    let scope_cluster = query.scope_cluster()?;
     let request = match query.request.as_deref() {
         None => FlowRequest::default(),
-        Some(json) => match FlowRequest::from_json(json) {
-            Ok(r) => r,
-            Err(err) => return invalid(format!("request: {err}")),
-        },
+        Some(json) => FlowRequest::from_json(json).map_err(|e| Invalid(format!("request: {e}")))?,
     };
     // Refuse a bad filter once here rather than once per node.
-    if let Err(err) = request.matcher() {
-        return invalid(format!("request: {err}"));
-    }
+    request
+        .matcher()
+        .map_err(|e| Invalid(format!("request: {e}")))?;
     let rx = relay.flows(request, scope_cluster);
     let body = futures::stream::unfold(rx, |mut rx| async move {
         let line = rx.recv().await?;
@@ -764,21 +760,16 @@ async fn flows(
         bytes.push(b'\n');
         Some((Ok::<_, std::io::Error>(bytes), rx))
     });
-    Response::new(Body::from_stream(body))
+    Ok(Response::new(Body::from_stream(body)))
 }
 
 async fn nodes(
     State(relay): State<Arc<Relay>>,
     query: Result<Query<RelayQuery>, QueryRejection>,
-) -> Response {
-    let scope_cluster = match query
-        .map_err(|r| invalid(r.body_text()))
-        .and_then(|Query(q)| q.scope_cluster())
-    {
-        Ok(s) => s,
-        Err(response) => return response,
-    };
-    axum::Json(relay.nodes(scope_cluster).await).into_response()
+) -> Result<axum::Json<Vec<RelayNode>>, Invalid> {
+    let Query(query) = query.map_err(|r| Invalid(r.body_text()))?;
+    let scope_cluster = query.scope_cluster()?;
+    Ok(axum::Json(relay.nodes(scope_cluster).await))
 }
 
 #[cfg(test)]
@@ -803,9 +794,10 @@ mod tests {
     }
 
     fn flow_at(ms: i64) -> FlowResponse {
-        let mut flow = plexus_flow::Flow::default();
-        flow.time = DateTime::from_timestamp_millis(ms).unwrap_or_default();
-        FlowResponse::flow(flow)
+        FlowResponse::flow(plexus_flow::Flow {
+            time: DateTime::from_timestamp_millis(ms).unwrap_or_default(),
+            ..plexus_flow::Flow::default()
+        })
     }
 
     #[test]

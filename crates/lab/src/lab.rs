@@ -883,6 +883,11 @@ mod tests {
         let apiserver = apiserver_config(c).unwrap();
         let text = apiserver.to_yaml().unwrap();
         assert!(text.contains("service-cidr: 10.2.0.0/16"), "{text}");
+        // The relay reads the connected clusters from the cluster's clustermesh directory.
+        assert_eq!(
+            apiserver.clustermesh_config.as_ref(),
+            Some(&c.clustermesh_dir)
+        );
         assert_eq!(
             plexus_config::from_yaml::<ApiServerConfig>(&text, Path::new("apiserver.yaml"))
                 .unwrap(),
