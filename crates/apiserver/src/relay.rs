@@ -76,7 +76,9 @@ pub struct RelayConfig {
     pub peer_port: u16,
     /// The connected clusters' configuration directory (one file per remote cluster), if any.
     pub clustermesh_dir: Option<PathBuf>,
-    /// How long connecting and the answer's head may take, per node.
+    /// How long connecting and the answer's head may take, per node; also how long a node's
+    /// history may pause between two lines (three times that for a connected cluster's relay,
+    /// which waits for its own nodes) before the relay gives up on it.
     pub connect_timeout: Duration,
     /// While following, how often a lost node is asked again.
     pub retry_interval: Duration,
@@ -376,7 +378,11 @@ impl Relay {
         if !request.follow {
             let inputs: Vec<_> = opened
                 .into_iter()
-                .map(|(t, lines)| history_stream(t.name, lines, out.clone()))
+                .map(|(t, lines)| {
+                    // A connected cluster's relay may itself wait that long for its nodes.
+                    let idle = self.config.connect_timeout * if t.remote { 3 } else { 1 };
+                    history_stream(t.name, lines, out.clone(), idle)
+                })
                 .collect();
             let merged = plexus_flow::merge_history(inputs);
             forward(Box::pin(merged), &out, number, None).await;
@@ -557,36 +563,39 @@ impl Failure {
 type LineStream = Pin<Box<dyn Stream<Item = FlowResponse> + Send>>;
 
 /// One node's history as a stream of its flows and lost events; its status lines, and a
-/// `NODE_UNAVAILABLE` line if it breaks, go straight to `out`.
+/// `NODE_UNAVAILABLE` line if it breaks or sends nothing for `idle`, go straight to `out`.
+/// (The merge waits for every node's next line: a node that hangs must not hold it for ever.)
 fn history_stream(
     name: String,
     lines: JsonLines<FlowResponse>,
     out: mpsc::Sender<FlowResponse>,
+    idle: Duration,
 ) -> LineStream {
     Box::pin(futures::stream::unfold(
         Some((name, lines, out)),
-        |state| async move {
+        move |state| async move {
             let (name, mut lines, out) = state?;
             loop {
-                match lines.next().await {
-                    Some(Ok(line)) if matches!(line.kind, ResponseKind::NodeStatus(_)) => {
+                let reason = match tokio::time::timeout(idle, lines.next()).await {
+                    Ok(Some(Ok(line))) if matches!(line.kind, ResponseKind::NodeStatus(_)) => {
                         if out.send(line).await.is_err() {
                             return None;
                         }
+                        continue;
                     }
-                    Some(Ok(line)) => return Some((line, Some((name, lines, out)))),
-                    Some(Err(err)) => {
-                        let line = FlowResponse::node_status(
-                            NodeState::Unavailable,
-                            vec![name],
-                            &err.to_string(),
-                            Utc::now(),
-                        );
-                        let _ = out.send(line).await;
-                        return None;
-                    }
-                    None => return None,
-                }
+                    Ok(Some(Ok(line))) => return Some((line, Some((name, lines, out)))),
+                    Ok(Some(Err(err))) => err.to_string(),
+                    Ok(None) => return None,
+                    Err(_) => format!("no line within {idle:?}"),
+                };
+                let line = FlowResponse::node_status(
+                    NodeState::Unavailable,
+                    vec![name],
+                    &reason,
+                    Utc::now(),
+                );
+                let _ = out.send(line).await;
+                return None;
             }
         },
     ))

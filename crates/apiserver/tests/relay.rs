@@ -1,9 +1,10 @@
 //! The flow relay of two real apiservers (each with its own supervised etcd, one shared CA)
 //! against small fake agents: real mutual TLS on loopback addresses, certificates of the
-//! shared CA, `/v1/flows` answering canned lines. Cluster 1 has four nodes: two that answer,
-//! one whose address nobody listens on, one whose stream breaks after its first line. Cluster 2
-//! has one node, and its relay's configuration names cluster 1 back (a loop, if relays asked
-//! each other without `scope=cluster`); cluster 3 is configured but nobody listens.
+//! shared CA, `/v1/flows` answering canned lines. Cluster 1 has five nodes: two that answer,
+//! one whose address nobody listens on, one whose stream breaks after its first line, one that
+//! answers and then falls silent. Cluster 2 has one node, and its relay's configuration names
+//! cluster 1 back (a loop, if relays asked each other without `scope=cluster`); cluster 3 is
+//! configured but nobody listens.
 #![allow(clippy::unwrap_used)]
 
 use std::net::{IpAddr, SocketAddr};
@@ -41,6 +42,8 @@ struct FakeAgent {
     flows: Vec<i64>,
     /// Its stream breaks after its first line, unless the request resumes (`since` set).
     breaks: bool,
+    /// It answers the head, then never a line.
+    hangs: bool,
     /// `/v1/flows` calls received.
     calls: Arc<AtomicUsize>,
 }
@@ -60,6 +63,11 @@ fn flow_line(node: &str, ms: i64) -> FlowResponse {
 
 async fn fake_flows(State(agent): State<FakeAgent>, Query(q): Query<FlowsQuery>) -> Response {
     agent.calls.fetch_add(1, Ordering::SeqCst);
+    if agent.hangs {
+        return Response::new(Body::from_stream(futures::stream::pending::<
+            Result<Vec<u8>, std::io::Error>,
+        >()));
+    }
     let request = FlowRequest::from_json(&q.request).unwrap();
     let mut lines: Vec<FlowResponse> = agent
         .flows
@@ -261,7 +269,7 @@ async fn the_relay_merges_nodes_and_clusters_by_time_and_names_what_it_cannot_re
         agent_port,
         peer_port,
         clustermesh_dir: Some(mesh.to_path_buf()),
-        connect_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(2),
         retry_interval: Duration::from_millis(200),
         // Generous: in the follow test, cluster 2's history (held for its relay's window) must
         // reach cluster 1's merge within its (doubled) window to come out in order.
@@ -302,17 +310,23 @@ async fn the_relay_merges_nodes_and_clusters_by_time_and_names_what_it_cannot_re
             node: node.to_string(),
             flows: flows.to_vec(),
             breaks,
+            hangs: false,
             calls: Arc::new(AtomicUsize::new(0)),
         };
         let n1 = fake("cluster1/n1", &[1, 4, 7], false);
         let n2 = fake("cluster1/n2", &[2, 5, 8], false);
         let n4 = fake("cluster1/n4", &[3, 11], true);
+        let n5 = FakeAgent {
+            hangs: true,
+            ..fake("cluster1/n5", &[], false)
+        };
         let m1 = fake("cluster2/m1", &[6, 9], false);
         let mut servers = Vec::new();
         for (agent, host) in [
             (n1.clone(), "127.0.0.11"),
             (n2.clone(), "127.0.0.12"),
             (n4.clone(), "127.0.0.14"),
+            (n5.clone(), "127.0.0.15"),
             (m1.clone(), "127.0.0.21"),
         ] {
             let addr = SocketAddr::new(ip(host), agent_port);
@@ -323,6 +337,8 @@ async fn the_relay_merges_nodes_and_clusters_by_time_and_names_what_it_cannot_re
         // Nobody listens at n3's address.
         publish_node(&etcd1, "cluster1", 1, "n3", "127.0.0.13").await;
         publish_node(&etcd1, "cluster1", 1, "n4", "127.0.0.14").await;
+        // n5 answers, then sends nothing: the history does not wait for it for ever.
+        publish_node(&etcd1, "cluster1", 1, "n5", "127.0.0.15").await;
         publish_node(&etcd2, "cluster2", 2, "m1", "127.0.0.21").await;
 
         // A reader of the mesh's CA, as `plexus observe` is.
@@ -341,7 +357,7 @@ async fn the_relay_merges_nodes_and_clusters_by_time_and_names_what_it_cannot_re
         // The node list: every node of both clusters once the relays' watches have them.
         let nodes = loop {
             let nodes: Vec<RelayNode> = relay.relay_nodes().await.unwrap();
-            if nodes.len() == 6 {
+            if nodes.len() == 7 {
                 break nodes;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -358,6 +374,7 @@ async fn the_relay_merges_nodes_and_clusters_by_time_and_names_what_it_cannot_re
                 ("cluster1/n2".into(), a("127.0.0.12", agent_port), true),
                 ("cluster1/n3".into(), a("127.0.0.13", agent_port), false),
                 ("cluster1/n4".into(), a("127.0.0.14", agent_port), true),
+                ("cluster1/n5".into(), a("127.0.0.15", agent_port), true),
                 ("cluster2/m1".into(), a("127.0.0.21", agent_port), true),
                 ("cluster3".into(), a("127.0.0.30", peer_port), false),
             ]
@@ -386,12 +403,18 @@ async fn the_relay_merges_nodes_and_clusters_by_time_and_names_what_it_cannot_re
         );
         assert_eq!(
             answer.names(NodeState::Connected),
-            ["cluster1/n1", "cluster1/n2", "cluster1/n4", "cluster2/m1"]
+            [
+                "cluster1/n1",
+                "cluster1/n2",
+                "cluster1/n4",
+                "cluster1/n5",
+                "cluster2/m1"
+            ]
         );
-        // n3 never answered, n4 broke mid-way, cluster 3's relay is not there.
+        // n3 never answered, n4 broke mid-way, n5 fell silent, cluster 3's relay is not there.
         assert_eq!(
             answer.names(NodeState::Unavailable),
-            ["cluster1/n3", "cluster1/n4", "cluster3"]
+            ["cluster1/n3", "cluster1/n4", "cluster1/n5", "cluster3"]
         );
         for (state, names, message) in &answer.status {
             if *state == NodeState::Unavailable {
