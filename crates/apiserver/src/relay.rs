@@ -755,7 +755,7 @@ async fn flows(
     let Query(query) = query.map_err(|r| Invalid(r.body_text()))?;
     let scope_cluster = query.scope_cluster()?;
     let request = match query.request.as_deref() {
-        None => FlowRequest::default(),
+        None | Some("") => FlowRequest::default(),
         Some(json) => FlowRequest::from_json(json).map_err(|e| Invalid(format!("request: {e}")))?,
     };
     // Refuse a bad filter once here rather than once per node.
@@ -769,7 +769,10 @@ async fn flows(
         bytes.push(b'\n');
         Some((Ok::<_, std::io::Error>(bytes), rx))
     });
-    Ok(Response::new(Body::from_stream(body)))
+    Ok(Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(body))
+        .unwrap_or_else(|_| Response::new(Body::empty())))
 }
 
 async fn nodes(
