@@ -159,8 +159,9 @@ enum Command {
     },
     /// Print a node's datapath events.
     Monitor {
-        /// Only drops or only traces.
-        #[arg(long = "type", value_parser = ["drop", "trace"])]
+        /// Only one kind of event: drops, traces, service translations, or policy verdicts
+        /// (allowed new connections and drops by policy).
+        #[arg(long = "type", value_parser = ["drop", "trace", "translation", "policy-verdict"])]
         kind: Option<String>,
     },
     /// WireGuard encryption of the cluster's nodes (every node, or --node).
