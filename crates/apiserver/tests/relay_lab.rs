@@ -6,7 +6,7 @@
 //! node: each is named by a `node_status` line that is not `NODE_UNAVAILABLE`.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use plexus_test_support::lab::{Lab, eventually, run_lab};
 use serde_json::Value;
 
 /// `GET https://<relay><path>` from the lab's underlay namespace; the body, or why not.
-fn relay_get(lab: &Lab, relay: &str, pki: &PathBuf, path: &str) -> Result<String, String> {
+fn relay_get(lab: &Lab, relay: &str, pki: &Path, path: &str) -> Result<String, String> {
     let out = Command::new("nsenter")
         .arg(format!("--net=/run/netns/plx-{}-u", lab.name()))
         .args(["curl", "-sS", "--fail-with-body", "--max-time", "20"])
