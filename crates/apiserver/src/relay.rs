@@ -812,6 +812,48 @@ mod tests {
         })
     }
 
+    async fn forwarded(
+        lines: Vec<FlowResponse>,
+        number: Option<usize>,
+        tail_until: Option<(Instant, DateTime<Utc>)>,
+    ) -> Vec<i64> {
+        let (out, mut rx) = mpsc::channel(16);
+        forward(
+            Box::pin(futures::stream::iter(lines)),
+            &out,
+            number,
+            tail_until,
+        )
+        .await;
+        drop(out);
+        let mut times = Vec::new();
+        while let Some(line) = rx.recv().await {
+            times.push(line.time.timestamp_millis());
+        }
+        times
+    }
+
+    #[tokio::test]
+    async fn the_last_n_apply_to_the_history_and_a_live_line_ends_it() {
+        let within = Duration::from_secs(60);
+        tokio::time::timeout(within, async {
+            let lines = || (1..=5).map(flow_at).collect::<Vec<_>>();
+            // History: the newest 2 of all.
+            assert_eq!(forwarded(lines(), Some(2), None).await, vec![4, 5]);
+            assert_eq!(forwarded(lines(), None, None).await, vec![1, 2, 3, 4, 5]);
+            // Following, the request came at 3: 1..=3 are history (newest 2 kept), 4 and 5 are
+            // live and go out as they come.
+            let far = Instant::now() + Duration::from_secs(3600);
+            let start = DateTime::from_timestamp_millis(3).unwrap_or_default();
+            assert_eq!(
+                forwarded(lines(), Some(2), Some((far, start))).await,
+                vec![2, 3, 4, 5]
+            );
+        })
+        .await
+        .unwrap_or_else(|_| panic!("not within {within:?}"));
+    }
+
     #[test]
     fn the_tail_keeps_the_newest_flows_and_the_losses_among_them() {
         let mut tail = Tail::new(2);
