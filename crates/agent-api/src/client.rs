@@ -347,6 +347,13 @@ impl Client {
         })
     }
 
+    // The apiserver's endpoints.
+
+    /// `GET /v1/relay/nodes` of an apiserver: the nodes its flow relay reads.
+    pub async fn relay_nodes(&self) -> Result<Vec<crate::RelayNode>, ApiError> {
+        self.get("/v1/relay/nodes").await
+    }
+
     // The agent's endpoints.
 
     /// `GET /v1/healthz`.

@@ -58,7 +58,7 @@ pub use error::{ErrorBody, ErrorKind};
 pub use monitor::{MonitorEvent, MonitorFilter, MonitorMessage};
 pub use types::{
     AgentStatus, ContainerPort, EndpointDetail, EndpointInfo, EndpointPolicy, IdentityInfo,
-    IpcacheRow, LbRow, NodeInfo, PolicyEntry, PolicyInfo, ServiceInfo,
+    IpcacheRow, LbRow, NodeInfo, PolicyEntry, PolicyInfo, RelayNode, ServiceInfo,
 };
 
 use serde::{Deserialize, Serialize};

@@ -331,6 +331,27 @@ pub struct LbRow {
     pub inactive: Vec<String>,
 }
 
+/// One node a flow relay reads: an answer of the apiserver's `GET /v1/relay/nodes` (for
+/// `plexus observe` and the web view). The relay's own cluster's nodes come with the result of
+/// a health probe of their agent; a connected cluster's nodes as its relay reported them, or one
+/// entry named after the cluster when its relay could not be reached.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RelayNode {
+    /// `cluster/node`, or the cluster alone for a connected cluster whose relay did not answer.
+    pub name: String,
+    /// The node's cluster.
+    pub cluster: String,
+    /// Where the relay asks for its flows, `host:port` (the agent's API, or the connected
+    /// cluster's relay); empty when the node publishes no address.
+    pub address: String,
+    /// The agent (or relay) answered.
+    pub reachable: bool,
+    /// Why it is not reachable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

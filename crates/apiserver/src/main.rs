@@ -11,7 +11,7 @@ use plexus_config::{ConfigError, invalid, required};
 use plexus_model::cluster::{ClusterInfo, MaxConnectedClusters};
 
 /// The apiserver of one Plexus cluster: its etcd, access rules, cluster config, heartbeat,
-/// identity GC, KVStoreMesh, health and metrics, and its API (mutual TLS).
+/// identity GC, KVStoreMesh, health and metrics, and its API (mutual TLS) with the flow relay.
 #[derive(Parser, Debug)]
 #[command(name = "plexus-apiserver", version)]
 struct CommandLine {
@@ -88,7 +88,16 @@ fn resolve(
             ));
         }
     };
+    // With KVStoreMesh its directory names the remotes' own etcds (the agents' directory then
+    // points at the local etcd), so the relay reads it unless told otherwise.
+    config.relay.clustermesh_dir = c.clustermesh_config.or(c.kvstoremesh_config.clone());
     config.kvstoremesh_dir = c.kvstoremesh_config;
+    if let Some(port) = c.relay_agent_port {
+        config.relay.agent_port = port;
+    }
+    if let Some(port) = c.relay_peer_port {
+        config.relay.peer_port = port;
+    }
     if let Some(interval) = c.heartbeat_interval {
         config.heartbeat_interval = interval;
     }

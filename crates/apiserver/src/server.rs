@@ -13,7 +13,8 @@
 //! 5. optionally (a KVStoreMesh configuration directory given) mirrors the remote clusters into
 //!    the local etcd ([`plexus_clustermesh::kvstoremesh`]);
 //! 6. serves `/healthz`, `/readyz`, `/metrics` and `/v1/status` ([`crate::http`]), and, with
-//!    an API address, its API on TCP with mutual TLS ([`crate::api`]).
+//!    an API address, its API on TCP with mutual TLS ([`crate::api`]), the flow relay
+//!    ([`crate::relay`]) among it.
 //!
 //! It is ready once etcd answers, the access rules are in place, the cluster config is
 //! published and, with KVStoreMesh, every configured remote has synced once.
@@ -84,6 +85,8 @@ pub struct ApiServerConfig {
     pub service_cidr: Option<plexus_ipam::Cidr4>,
     /// The API on TCP with mutual TLS, if served.
     pub api: Option<ApiListen>,
+    /// The flow relay (served on the API).
+    pub relay: crate::relay::RelayConfig,
 }
 
 /// Where and how the apiserver's API (mutual TLS) is served.
@@ -116,6 +119,7 @@ impl ApiServerConfig {
             identity_gc_interval: Duration::from_secs(300),
             service_cidr: None,
             api: None,
+            relay: crate::relay::RelayConfig::default(),
         }
     }
 }
@@ -378,7 +382,19 @@ impl ApiServer {
                 let tls = plexus_agent_api::tls::server_config(&files)?;
                 let listener = plexus_tls_api::TlsListener::new(tcp, tls)
                     .with_context(|| format!("listen on {addr} (the API)"))?;
-                let router = crate::api::router(shared.clone());
+                // The relay presents the API's own certificate to agents and other relays.
+                let client_tls = plexus_agent_api::tls::client_config(
+                    &files.ca,
+                    Some((&files.cert, &files.key)),
+                )
+                .context("the relay's client identity (the API's certificate)")?;
+                let relay = Arc::new(crate::relay::Relay::new(
+                    cluster.clone(),
+                    config.relay.clone(),
+                    client_tls,
+                ));
+                tasks.push(tokio::spawn(relay.clone().watch_nodes(backend.clone())));
+                let router = crate::api::router(shared.clone(), relay);
                 let name = cluster.name.clone();
                 tasks.push(tokio::spawn(async move {
                     if let Err(err) = plexus_tls_api::serve(listener, router, &name).await {

@@ -8,6 +8,8 @@
 //! etcd-advertise: [192.168.1.10]
 //! http-listen: 192.168.1.10:9963
 //! service-cidr: 10.96.0.0/16
+//! api-listen: 192.168.1.10:4245
+//! clustermesh-config: /var/lib/plexus/clustermesh
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
@@ -96,6 +98,23 @@ pub struct ApiServerConfig {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_tls_ca: Option<PathBuf>,
+    /// The flow relay: the connected clusters' configuration directory (one file per remote
+    /// cluster, as the agents read it); each remote's relay is asked at the host of its first
+    /// etcd endpoint and `--relay-peer-port` [default: `--kvstoremesh-config`'s directory,
+    /// whose files name the remotes' own etcds; without either, only this cluster].
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clustermesh_config: Option<PathBuf>,
+    /// The flow relay: the port of the agents' API (mutual TLS) on each node's InternalIP
+    /// [default: 9965].
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_agent_port: Option<u16>,
+    /// The flow relay: the port of the connected clusters' relays (their apiserver's
+    /// `--api-listen` port) [default: 4245].
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_peer_port: Option<u16>,
     /// KVStoreMesh: mirror the remote clusters configured in this directory.
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]

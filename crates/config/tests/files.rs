@@ -115,7 +115,11 @@ fn apiserver_file_parses() {
          http-listen: 192.168.1.10:9963\n\
          kvstoremesh-config: /etc/plexus/clustermesh\n\
          service-cidr: 10.96.0.0/16\n\
-         heartbeat-interval: 30s\n",
+         heartbeat-interval: 30s\n\
+         api-listen: 192.168.1.10:4245\n\
+         clustermesh-config: /var/lib/plexus/clustermesh\n\
+         relay-agent-port: 9975\n\
+         relay-peer-port: 4345\n",
     )
     .unwrap();
     assert_eq!(
@@ -131,6 +135,10 @@ fn apiserver_file_parses() {
             kvstoremesh_config: Some("/etc/plexus/clustermesh".into()),
             service_cidr: Some("10.96.0.0/16".parse().unwrap()),
             heartbeat_interval: Some(Duration::from_secs(30)),
+            api_listen: Some("192.168.1.10:4245".parse().unwrap()),
+            clustermesh_config: Some("/var/lib/plexus/clustermesh".into()),
+            relay_agent_port: Some(9975),
+            relay_peer_port: Some(4345),
             ..Default::default()
         }
     );

@@ -326,6 +326,8 @@ fn apiserver_config(c: &ClusterState) -> Result<ApiServerConfig> {
         etcd_advertise: Some(vec![c.ip.into()]),
         http_listen: Some((c.ip, 9963).into()),
         api_listen: Some((c.ip, APISERVER_API_PORT).into()),
+        // The relay asks the connected clusters' relays at their control plane's address.
+        clustermesh_config: Some(c.clustermesh_dir.clone()),
         service_cidr: Some(
             c.service_cidr
                 .parse()
@@ -892,6 +894,11 @@ mod tests {
         let apiserver = apiserver_config(c).unwrap();
         let text = apiserver.to_yaml().unwrap();
         assert!(text.contains("service-cidr: 10.2.0.0/16"), "{text}");
+        // The relay reads the connected clusters from the cluster's clustermesh directory.
+        assert_eq!(
+            apiserver.clustermesh_config.as_ref(),
+            Some(&c.clustermesh_dir)
+        );
         assert_eq!(
             plexus_config::from_yaml::<ApiServerConfig>(&text, Path::new("apiserver.yaml"))
                 .unwrap(),
