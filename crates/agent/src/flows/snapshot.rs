@@ -353,6 +353,9 @@ impl FlowLookup for Snapshot {
             });
         }
         let nid = NumericIdentity(id);
+        // A node-local identity is a CIDR a policy names: an address outside the mesh, which
+        // Cilium labels `reserved:world` (besides its `cidr:` labels, which Plexus does not
+        // keep).
         if nid.is_local() {
             return Some(IdentityMeta {
                 labels: vec!["reserved:world".into()],
