@@ -3,7 +3,8 @@
 //! `admin-<cluster>` may write.
 //!
 //! - `GET /v1/healthz`: `"ok"` while the process serves;
-//! - `GET /v1/status`: [`ApiServerStatus`](crate::ApiServerStatus) as JSON.
+//! - `GET /v1/status`: [`ApiServerStatus`](crate::ApiServerStatus) as JSON;
+//! - the web view, `/ui` and `/ui/api/...` ([`crate::ui`], merged in by the server).
 //!
 //! Errors are the agent API's error bodies (`plexus_agent_api::ErrorBody`), so one client
 //! (`plexus_agent_api::Client`) talks to both.

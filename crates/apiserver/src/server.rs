@@ -84,6 +84,9 @@ pub struct ApiServerConfig {
     pub service_cidr: Option<plexus_ipam::Cidr4>,
     /// The API on TCP with mutual TLS, if served.
     pub api: Option<ApiListen>,
+    /// The port of the cluster's agents' TCP API (at each node's InternalIP): the web view
+    /// asks one of them for the mesh and the services.
+    pub agent_port: u16,
 }
 
 /// Where and how the apiserver's API (mutual TLS) is served.
@@ -116,6 +119,7 @@ impl ApiServerConfig {
             identity_gc_interval: Duration::from_secs(300),
             service_cidr: None,
             api: None,
+            agent_port: crate::ui::DEFAULT_AGENT_PORT,
         }
     }
 }
@@ -378,7 +382,18 @@ impl ApiServer {
                 let tls = plexus_agent_api::tls::server_config(&files)?;
                 let listener = plexus_tls_api::TlsListener::new(tcp, tls)
                     .with_context(|| format!("listen on {addr} (the API)"))?;
-                let router = crate::api::router(shared.clone());
+                // The web view asks agents as the API's certificate (read access).
+                let agent_tls = plexus_agent_api::tls::client_config(
+                    &files.ca,
+                    Some((&files.cert, &files.key)),
+                )?;
+                let ui = crate::ui::UiState::new(
+                    &cluster.name,
+                    backend.clone(),
+                    config.agent_port,
+                    agent_tls,
+                );
+                let router = crate::api::router(shared.clone()).merge(crate::ui::router(ui));
                 let name = cluster.name.clone();
                 tasks.push(tokio::spawn(async move {
                     if let Err(err) = plexus_tls_api::serve(listener, router, &name).await {

@@ -141,7 +141,12 @@ impl Context {
             &admin.ca,
             Some((admin.cert.as_path(), admin.key.as_path())),
         )
-        .with_context(|| format!("the admin certificate of context {} for {purpose}", self.name))
+        .with_context(|| {
+            format!(
+                "the admin certificate of context {} for {purpose}",
+                self.name
+            )
+        })
     }
 
     /// The relay's address (`relay:`), or an error saying the context has none.
@@ -341,7 +346,10 @@ mod tests {
             "unix:/run/plexus/n2.sock"
         );
         let err = format!("{:#}", c1.relay_client().unwrap_err());
-        assert!(err.contains("names no relay") && err.contains("c1"), "{err}");
+        assert!(
+            err.contains("names no relay") && err.contains("c1"),
+            "{err}"
+        );
         let err = c1.agent_client(&c1.agents[2]).unwrap_err().to_string();
         assert!(err.contains("neither an address nor a socket"), "{err}");
         let err = back.context(Some("c9"), &path).unwrap_err().to_string();

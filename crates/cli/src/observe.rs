@@ -19,8 +19,8 @@ use anyhow::{Context as _, Result};
 use clap::{Arg, ArgAction, ArgMatches, Args, FromArgMatches};
 use plexus_agent_api::Client;
 use plexus_flow::{
-    FlowRequest, FlowResponse, NodeState, ObserveBuilder, OutputFormat, PrintOptions,
-    ResponseKind, print,
+    FlowRequest, FlowResponse, NodeState, ObserveBuilder, OutputFormat, PrintOptions, ResponseKind,
+    print,
 };
 
 use crate::config::Context;
@@ -48,11 +48,7 @@ const SPECS: &[FlagSpec] = &[
         None,
         "Negate the next filter flag (it goes to the blacklist)",
     ),
-    spec(
-        "pod",
-        None,
-        "Flows from or to pods [namespace/]name-prefix",
-    ),
+    spec("pod", None, "Flows from or to pods [namespace/]name-prefix"),
     spec("from-pod", None, "Flows from pods [namespace/]name-prefix"),
     spec("to-pod", None, "Flows to pods [namespace/]name-prefix"),
     spec("namespace", Some('n'), "Flows from or to this namespace"),
@@ -183,11 +179,7 @@ impl FromArgMatches for ObserveArgs {
                 continue;
             };
             {
-                let values = m
-                    .get_many::<String>(s.long)
-                    .into_iter()
-                    .flatten()
-                    .cloned();
+                let values = m.get_many::<String>(s.long).into_iter().flatten().cloned();
                 for (i, v) in indices.zip(values) {
                     flags.push((i, s.long.to_string(), v));
                 }
@@ -494,12 +486,13 @@ mod tests {
         // to the whitelist.
         assert_eq!(req.blacklist.len(), 1, "{req:?}");
         assert_eq!(req.blacklist[0].destination_pod, ["default/db"]);
-        assert_eq!(
-            req.blacklist[0].verdict,
-            [plexus_flow::Verdict::Forwarded]
+        assert_eq!(req.blacklist[0].verdict, [plexus_flow::Verdict::Forwarded]);
+        assert!(
+            req.whitelist
+                .iter()
+                .all(|f| f.destination_pod != ["default/db"]
+                    && f.verdict == [plexus_flow::Verdict::Dropped])
         );
-        assert!(req.whitelist.iter().all(|f| f.destination_pod != ["default/db"]
-            && f.verdict == [plexus_flow::Verdict::Dropped]));
     }
 
     #[test]

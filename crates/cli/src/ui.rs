@@ -58,10 +58,7 @@ pub async fn serve(listener: std::net::TcpListener, upstream: Upstream) -> Resul
         tokio::net::TcpListener::from_std(listener).context("hand the listener to the runtime")?;
     let proxy = Arc::new(Proxy {
         upstream,
-        hosts: vec![
-            format!("127.0.0.1:{port}"),
-            format!("localhost:{port}"),
-        ],
+        hosts: vec![format!("127.0.0.1:{port}"), format!("localhost:{port}")],
     });
     let app = axum::Router::new().fallback(forward).with_state(proxy);
     axum::serve(listener, app)
@@ -70,7 +67,12 @@ pub async fn serve(listener: std::net::TcpListener, upstream: Upstream) -> Resul
 }
 
 fn plain(status: StatusCode, text: String) -> Response {
-    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        text,
+    )
+        .into_response()
 }
 
 async fn forward(State(proxy): State<Arc<Proxy>>, req: Request) -> Response {
@@ -100,11 +102,7 @@ async fn forward(State(proxy): State<Arc<Proxy>>, req: Request) -> Response {
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
     if path == "/" {
-        return (
-            StatusCode::TEMPORARY_REDIRECT,
-            [(header::LOCATION, "/ui")],
-        )
-            .into_response();
+        return (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, "/ui")]).into_response();
     }
     let accept = req.headers().get(header::ACCEPT).cloned();
     match tokio::time::timeout(
@@ -143,7 +141,9 @@ async fn send(
         _ => upstream.addr.as_str(),
     };
     let name = rustls::pki_types::ServerName::try_from(
-        host.trim_start_matches('[').trim_end_matches(']').to_string(),
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
     )
     .with_context(|| format!("server name of {}", upstream.addr))?;
     let tcp = tokio::net::TcpStream::connect(upstream.addr.as_str())
