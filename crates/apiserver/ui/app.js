@@ -355,11 +355,23 @@ async function startFlows() {
   }
 }
 
+// Filters may come in the page's address, by field name: /ui?verdict=DROPPED&follow=0.
+function prefill() {
+  const form = document.getElementById('filters');
+  for (const [k, v] of new URLSearchParams(window.location.search)) {
+    const e = form.elements.namedItem(k);
+    if (!e || !e.name) continue;
+    if (e.type === 'checkbox') e.checked = !['0', 'false', 'no', 'off'].includes(v.toLowerCase());
+    else e.value = v;
+  }
+}
+
 document.getElementById('filters').addEventListener('submit', (ev) => {
   ev.preventDefault();
   startFlows();
 });
 
+prefill();
 loadMesh();
 loadServices();
 startFlows();
