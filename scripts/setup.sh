@@ -19,6 +19,8 @@ packages=(
   wireguard-go tcpdump        # crates/wireguard's device tests: the interop peer and the underlay
                               # capture; scripts/bench-wg.sh and scripts/bench-lab.sh: the
                               # userspace baseline; the encryption e2e test's underlay capture
+  chromium                    # the web view's test (crates/cli/tests/web_view.rs): headless
+                              # Chromium renders the page and dumps its DOM and a screenshot
 )
 
 missing=()
