@@ -19,7 +19,8 @@
 //!   [`EndpointDetail`], with the endpoint's resolved policy;
 //! - `GET /v1/services`: [`ServiceInfo`]s; `GET /v1/policy`: [`PolicyInfo`]s;
 //! - `GET /v1/bpf/ipcache`: [`IpcacheRow`]s; `GET /v1/bpf/lb`: [`LbRow`]s;
-//! - `GET /v1/monitor[?type=drop|trace]`: [`MonitorMessage`]s, a JSON line each, streamed;
+//! - `GET /v1/monitor[?type=drop|trace|translation|policy-verdict]`: [`MonitorMessage`]s, a
+//!   JSON line each, streamed;
 //! - `GET /v1/encryption`: [`EncryptionReport`], the node's WireGuard device and peers;
 //! - `POST /v1/encryption/rotate-key` ([`Empty`] -> [`RotateKeyReport`]): a new WireGuard key,
 //!   set on the device and published in the node's `Node` (error kind `invalid` when

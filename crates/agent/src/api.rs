@@ -11,7 +11,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use plexus_agent_api::{
@@ -20,6 +20,7 @@ use plexus_agent_api::{
     IdentityInfo, IpamRequest, IpamResponse, IpcacheRow, LbRow, MeshReport, MonitorFilter,
     MonitorMessage, NodeInfo, PolicyInfo, RotateKeyReport, ServiceInfo, monitor,
 };
+use plexus_metrics::Format;
 use serde::Deserialize;
 
 use crate::Agent;
@@ -291,7 +292,8 @@ struct MonitorQuery {
     kind: Option<MonitorFilter>,
 }
 
-/// Streams one [`MonitorMessage`] per line, as JSON (`?type=drop|trace` filters).
+/// Streams one [`MonitorMessage`] per line, as JSON (`?type=drop|trace|translation|policy-verdict`
+/// filters).
 async fn monitor(State(agent): State<Arc<Agent>>, Query(q): Query<MonitorQuery>) -> Response {
     let rx = agent.datapath.subscribe();
     let stream = futures::stream::unfold((rx, q.kind), |(mut rx, filter)| async move {
@@ -381,11 +383,24 @@ async fn endpoint_delete(
     Ok(axum::Json(Empty {}))
 }
 
-/// Prometheus text: the remote clusters and the kvstore operations of the local connection.
-pub async fn metrics(State(agent): State<Arc<Agent>>) -> String {
-    let mut out = plexus_clustermesh::metrics::render(&agent.cluster.name, &agent.mesh.status());
-    out.push_str(&agent.kv.render("local"));
-    out
+/// `/metrics`: the agent's registry ([`crate::metrics`]), OpenMetrics for Prometheus (which
+/// asks for it), the Prometheus text format 0.0.4 otherwise.
+pub async fn metrics(State(agent): State<Arc<Agent>>, headers: HeaderMap) -> Response {
+    let format = Format::negotiate(
+        headers
+            .get(axum::http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok()),
+    );
+    match agent.metrics.encode(format) {
+        Ok(body) => (
+            [(axum::http::header::CONTENT_TYPE, format.content_type())],
+            body,
+        )
+            .into_response(),
+        Err(err) => {
+            ApiError::new(ErrorKind::Internal, format!("encode metrics: {err}")).into_response()
+        }
+    }
 }
 
 // Conversions from the agent's own structures to the API's types (the lists read from the
@@ -394,7 +409,9 @@ pub async fn metrics(State(agent): State<Arc<Agent>>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use plexus_datapath::{DropReason, EventKind, ObservationPoint};
+    use plexus_datapath::{
+        Direction, DropReason, EventKind, ObservationPoint, PolicyMatch, TraceState,
+    };
     use std::net::Ipv4Addr;
 
     /// The CLI prints the events it reads from the JSON stream: every kind of event survives
@@ -412,7 +429,8 @@ mod tests {
             dport: 6379,
             protocol: 6,
             tcp_flags: 0x12,
-            trace_reason: 0,
+            state: TraceState::New,
+            direction: Some(Direction::Ingress),
             ifindex: 7,
             len: 74,
             flow: 0x28c6_44b8,
@@ -428,9 +446,25 @@ mod tests {
         for raw in 0..=6u8 {
             cases.push(plexus_datapath::MonitorEvent {
                 kind: EventKind::Trace(ObservationPoint::from_raw(raw)),
-                trace_reason: raw,
+                state: TraceState::from_raw(raw),
                 ..base
             });
+        }
+        for direction in [None, Some(Direction::Egress), Some(Direction::Ingress)] {
+            cases.push(plexus_datapath::MonitorEvent {
+                kind: EventKind::Translation {
+                    frontend: "10.96.0.10:80".parse().unwrap(),
+                },
+                direction,
+                ..base
+            });
+            for raw in 0..=7u8 {
+                cases.push(plexus_datapath::MonitorEvent {
+                    kind: EventKind::PolicyVerdict(PolicyMatch::from_raw(raw)),
+                    direction,
+                    ..base
+                });
+            }
         }
         for (protocol, sport, dport) in [
             (17, 53, 53),

@@ -163,8 +163,9 @@ enum Command {
     },
     /// Print a node's datapath events.
     Monitor {
-        /// Only drops or only traces.
-        #[arg(long = "type", value_parser = ["drop", "trace"])]
+        /// Only one kind of event: drops, traces, service translations, or policy verdicts
+        /// (allowed new connections and drops by policy).
+        #[arg(long = "type", value_parser = ["drop", "trace", "translation", "policy-verdict"])]
         kind: Option<String>,
     },
     /// Flows of every node of every cluster of the mesh, through the cluster's relay (or one

@@ -384,7 +384,8 @@ fn print_endpoint(node: &str, v: &EndpointDetail, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// `monitor [--type drop|trace]`: prints events as they come, until interrupted.
+/// `monitor [--type drop|trace|translation|policy-verdict]`: prints events as they come, until
+/// interrupted.
 pub async fn monitor(ctx: &Context, node: Option<&str>, kind: Option<MonitorFilter>) -> Result<()> {
     let (name, client) = agent(ctx, node)?;
     let mut events = client

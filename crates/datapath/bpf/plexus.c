@@ -12,6 +12,11 @@
  * a frontend into one to its backend first thing in from_container, so every later step sees
  * the backend; replies get the service back in to_container. With WireGuard in strict mode
  * (lib/encrypt.h), from_container drops what would reach another node unencrypted.
+ *
+ * Events (lib/trace.h): a trace per forwarded packet (TCP only with SYN, FIN or RST) carrying
+ * the connection state the policy's conntrack lookup found, a drop per dropped packet, and once
+ * per new connection a translation (lib/lb.h) and, where a policy is enforced, a policy verdict
+ * for each direction that allowed it (lib/policy.h).
  */
 #include "lib/common.h"
 #include "lib/maps.h"
@@ -55,7 +60,7 @@ static __always_inline int deliver_local(struct __sk_buff *skb, const struct end
 static __always_inline int encap_and_redirect(struct __sk_buff *skb, const struct node_config *cfg,
 					      const struct endpoint_info *src,
 					      const struct ipcache_value *remote, __u32 src_identity,
-					      const struct pkt_info *pi)
+					      const struct pkt_info *pi, __u8 ct_state)
 {
 	struct bpf_tunnel_key key = {};
 
@@ -66,7 +71,8 @@ static __always_inline int encap_and_redirect(struct __sk_buff *skb, const struc
 	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0)
 		return send_drop(skb, DROP_TUNNEL_KEY_FAILED, DIR_EGRESS, src->ep_id, src_identity,
 				 remote->sec_identity, pi);
-	send_trace(skb, OBS_FROM_ENDPOINT, src->ep_id, src_identity, remote->sec_identity, pi);
+	send_trace(skb, OBS_FROM_ENDPOINT, ct_state, src->ep_id, src_identity, remote->sec_identity,
+		   pi);
 	count(REASON_FORWARDED, DIR_EGRESS, skb->len);
 	return bpf_redirect(cfg->tunnel_ifindex, 0);
 }
@@ -77,6 +83,7 @@ static __always_inline int ipv4_from_container(struct __sk_buff *skb, const stru
 	struct endpoint_info *src, *dst;
 	struct ipcache_value *remote;
 	__u32 src_identity, dst_identity;
+	__u8 ct_state;
 	int ret;
 
 	if (parse_ipv4(skb, &pi) < 0)
@@ -102,29 +109,30 @@ static __always_inline int ipv4_from_container(struct __sk_buff *skb, const stru
 			return send_drop(skb, ret, DIR_EGRESS, src->ep_id, src_identity, 0, &pi);
 		dst = pi.daddr != bpf_htonl(IPV4_LOOPBACK) ? lookup_endpoint(pi.daddr) : 0;
 		if (dst) {
-			send_trace(skb, OBS_FROM_ENDPOINT, src->ep_id, src_identity,
+			send_trace(skb, OBS_FROM_ENDPOINT, CT_STATE_REPLY, src->ep_id, src_identity,
 				   dst->sec_identity, &pi);
 			return deliver_local_mark(skb, dst, src_identity, DIR_EGRESS,
 						  MARK_MAGIC_REPLY);
 		}
 	} else {
-		ret = lb4_local(skb, &pi);
+		ret = lb4_local(skb, &pi, src);
 		if (ret)
 			return send_drop(skb, ret, DIR_EGRESS, src->ep_id, src_identity, 0, &pi);
 	}
 
 	dst = lookup_endpoint(pi.daddr);
 	if (dst) {
-		if (policy_egress(src, dst->sec_identity, &pi) != POLICY_ALLOW)
+		if (policy_egress(skb, src, dst->sec_identity, &pi, &ct_state) != POLICY_ALLOW)
 			return send_drop(skb, DROP_POLICY_DENIED, DIR_EGRESS, src->ep_id,
 					 src_identity, dst->sec_identity, &pi);
-		send_trace(skb, OBS_FROM_ENDPOINT, src->ep_id, src_identity, dst->sec_identity, &pi);
+		send_trace(skb, OBS_FROM_ENDPOINT, ct_state, src->ep_id, src_identity,
+			   dst->sec_identity, &pi);
 		return deliver_local(skb, dst, src_identity, DIR_EGRESS);
 	}
 
 	remote = lookup_ipcache(pi.daddr);
 	dst_identity = remote ? remote->sec_identity : IDENTITY_WORLD;
-	if (policy_egress(src, dst_identity, &pi) != POLICY_ALLOW)
+	if (policy_egress(skb, src, dst_identity, &pi, &ct_state) != POLICY_ALLOW)
 		return send_drop(skb, DROP_POLICY_DENIED, DIR_EGRESS, src->ep_id, src_identity,
 				 dst_identity, &pi);
 
@@ -134,10 +142,10 @@ static __always_inline int ipv4_from_container(struct __sk_buff *skb, const stru
 				 dst_identity, &pi);
 
 	if (remote && remote->tunnel_endpoint && cfg->routing_mode == ROUTING_TUNNEL)
-		return encap_and_redirect(skb, cfg, src, remote, src_identity, &pi);
+		return encap_and_redirect(skb, cfg, src, remote, src_identity, &pi, ct_state);
 
 	/* Native routing, or no tunnel endpoint: the kernel routes (the agent installs routes). */
-	send_trace(skb, OBS_FROM_ENDPOINT, src->ep_id, src_identity, dst_identity, &pi);
+	send_trace(skb, OBS_FROM_ENDPOINT, ct_state, src->ep_id, src_identity, dst_identity, &pi);
 	count(REASON_FORWARDED, DIR_EGRESS, skb->len);
 	return TC_ACT_OK;
 }
@@ -182,6 +190,7 @@ int to_container(struct __sk_buff *skb)
 	struct endpoint_info *ep;
 	__u32 src_identity, dst_identity = 0;
 	__u16 ep_id = 0;
+	__u8 ct_state = CT_STATE_UNKNOWN;
 	int ret, settled;
 
 	/* ARP replies from from_container and anything not IPv4 pass untouched. */
@@ -196,19 +205,21 @@ int to_container(struct __sk_buff *skb)
 	 */
 	src_identity = resolve_src_identity(skb, &pi);
 	settled = (skb->mark & MARK_MAGIC_MASK) == MARK_MAGIC_REPLY;
+	if (settled)
+		ct_state = CT_STATE_REPLY;
 	skb->mark = 0;
 	ep = lookup_endpoint(pi.daddr);
 	if (ep) {
 		ep_id = ep->ep_id;
 		dst_identity = ep->sec_identity;
-		if (!settled && policy_ingress(ep, src_identity, &pi) != POLICY_ALLOW)
+		if (!settled && policy_ingress(skb, ep, src_identity, &pi, &ct_state) != POLICY_ALLOW)
 			return send_drop(skb, DROP_POLICY_DENIED, DIR_INGRESS, ep_id, src_identity,
 					 dst_identity, &pi);
 	}
 	ret = lb4_rev_nat(skb, &pi);
 	if (ret)
 		return send_drop(skb, ret, DIR_INGRESS, ep_id, src_identity, dst_identity, &pi);
-	send_trace(skb, OBS_TO_ENDPOINT, ep_id, src_identity, dst_identity, &pi);
+	send_trace(skb, OBS_TO_ENDPOINT, ct_state, ep_id, src_identity, dst_identity, &pi);
 	count(REASON_FORWARDED, DIR_INGRESS, skb->len);
 	return TC_ACT_OK;
 }
@@ -233,6 +244,8 @@ int from_overlay(struct __sk_buff *skb)
 	ep = lookup_endpoint(pi.daddr);
 	if (!ep)
 		return send_drop(skb, DROP_NO_ENDPOINT, DIR_INGRESS, 0, src_identity, 0, &pi);
-	send_trace(skb, OBS_FROM_OVERLAY, ep->ep_id, src_identity, ep->sec_identity, &pi);
+	/* No conntrack lookup here: to_container looks the connection up on the way in. */
+	send_trace(skb, OBS_FROM_OVERLAY, CT_STATE_UNKNOWN, ep->ep_id, src_identity,
+		   ep->sec_identity, &pi);
 	return deliver_local(skb, ep, src_identity, DIR_INGRESS);
 }

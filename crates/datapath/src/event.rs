@@ -1,24 +1,38 @@
-//! Monitor events: the trace and drop records the BPF programs write to the `PLEXUS_EVENTS`
-//! ring buffer, decoded, and printed in the shape of `cilium monitor`.
+//! Monitor events: the records the BPF programs write to the `PLEXUS_EVENTS` ring buffer
+//! (traces, drops, translations, policy verdicts), decoded, and printed in the shape of
+//! `cilium monitor`.
 //!
-//! Decoding never panics: a record shorter than the layout is an [`EventError`], an unknown
-//! reason or observation point keeps its raw number.
+//! Decoding never panics: a record shorter than the oldest layout is an [`EventError`], an
+//! unknown reason, observation point, state or match kind keeps its raw number. Records of the
+//! 48-byte layout of earlier builds (still in a pinned ring buffer after an upgrade) decode with
+//! no direction and no frontend.
 
-use std::{fmt, net::Ipv4Addr};
+use std::{
+    fmt,
+    net::{Ipv4Addr, SocketAddrV4},
+};
+
+pub use plexus_monitor::{PolicyMatch, TraceState};
+
+use crate::Direction;
 
 /// Size of one ring-buffer record (`struct event` in `bpf/lib/common.h`).
-pub const EVENT_SIZE: usize = 48;
+pub const EVENT_SIZE: usize = 56;
+/// Size of the records of earlier builds (no direction, no frontend).
+pub const EVENT_SIZE_V1: usize = 48;
 
 const EVENT_TRACE: u8 = 1;
 const EVENT_DROP: u8 = 2;
+const EVENT_TRANSLATION: u8 = 3;
+const EVENT_POLICY_VERDICT: u8 = 4;
 
 /// A ring-buffer record that cannot be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EventError {
-    /// The record is shorter than [`EVENT_SIZE`].
-    #[error("event record of {0} bytes, expected at least {EVENT_SIZE}")]
+    /// The record is shorter than [`EVENT_SIZE_V1`].
+    #[error("event record of {0} bytes, expected at least {EVENT_SIZE_V1}")]
     Truncated(usize),
-    /// The record's type byte is neither trace nor drop.
+    /// The record's type byte is none of trace, drop, translation and policy verdict.
     #[error("unknown event type {0}")]
     UnknownType(u8),
 }
@@ -149,21 +163,47 @@ impl ObservationPoint {
             other => Self::Other(other),
         }
     }
+
+    /// The raw code used by the BPF programs.
+    pub fn as_raw(self) -> u8 {
+        match self {
+            Self::FromEndpoint => 1,
+            Self::ToEndpoint => 2,
+            Self::FromOverlay => 3,
+            Self::ToOverlay => 4,
+            Self::ToStack => 5,
+            Self::Other(raw) => raw,
+        }
+    }
 }
 
-/// Trace or drop.
+/// What an event reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventKind {
-    /// A packet seen on its way.
+    /// A packet seen on its way (TCP only with SYN, FIN or RST).
     Trace(ObservationPoint),
     /// A packet dropped.
     Drop(DropReason),
+    /// The load balancer translated a new connection to a service frontend (once per
+    /// connection, at its first packet or a SYN that reopens it): the event's `daddr`/`dport`
+    /// are the backend chosen, its `saddr`/`sport` the client as it sent (also for a pod that
+    /// reached itself, whose packet leaves with the hairpin source 169.254.42.1).
+    Translation {
+        /// The frontend (service address and port) the client sent to.
+        frontend: SocketAddrV4,
+    },
+    /// An enforced policy allowed a new connection (once per connection and direction: egress
+    /// at the sender's endpoint, ingress at the receiver's; the event's `direction` says
+    /// which), by a match of this kind. Denials are [`EventKind::Drop`]s with
+    /// [`DropReason::PolicyDenied`]; an endpoint without policy in that direction gets none.
+    PolicyVerdict(PolicyMatch),
 }
 
 /// One decoded ring-buffer record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct MonitorEvent {
-    /// Trace (with its observation point) or drop (with its reason).
+    /// Trace (with its observation point), drop (with its reason), translation (with the
+    /// frontend) or policy verdict (with the kind of match).
     pub kind: EventKind,
     /// The local endpoint involved, 0 if none.
     pub endpoint_id: u16,
@@ -183,8 +223,14 @@ pub struct MonitorEvent {
     pub protocol: u8,
     /// TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10).
     pub tcp_flags: u8,
-    /// Connection state of a trace; 0 is "new" (no conntrack yet).
-    pub trace_reason: u8,
+    /// The connection state conntrack found for the packet: traces where the policy's
+    /// conntrack was looked up (new, established, reply), [`TraceState::Reply`] for replies
+    /// restored by the load balancer, [`TraceState::New`] for translations and policy verdicts,
+    /// [`TraceState::Unknown`] where nothing was looked up (drops, arrivals from the tunnel).
+    pub state: TraceState,
+    /// The packet's direction seen from `endpoint_id` (egress leaving it, ingress entering it);
+    /// `None` when the record does not say (records of earlier builds).
+    pub direction: Option<Direction>,
     /// Interface the program ran on.
     pub ifindex: u32,
     /// Packet length.
@@ -208,33 +254,42 @@ fn ip_at(b: &[u8], off: usize) -> Ipv4Addr {
 }
 
 impl MonitorEvent {
-    /// Decodes one ring-buffer record.
-    pub fn decode(b: &[u8]) -> Result<Self, EventError> {
-        if b.len() < EVENT_SIZE {
-            return Err(EventError::Truncated(b.len()));
+    /// Decodes one ring-buffer record (of this layout or, shorter, of [`EVENT_SIZE_V1`]).
+    pub fn decode(record: &[u8]) -> Result<Self, EventError> {
+        if record.len() < EVENT_SIZE_V1 {
+            return Err(EventError::Truncated(record.len()));
         }
+        // Fields an older, shorter record lacks read as zero.
+        let mut b = [0u8; EVENT_SIZE];
+        let n = record.len().min(EVENT_SIZE);
+        b[..n].copy_from_slice(&record[..n]);
         let kind = match b[0] {
             EVENT_TRACE => EventKind::Trace(ObservationPoint::from_raw(b[1])),
             EVENT_DROP => EventKind::Drop(DropReason::from_raw(b[1])),
+            EVENT_TRANSLATION => EventKind::Translation {
+                frontend: SocketAddrV4::new(ip_at(&b, 48), u16_at(&b, 52)),
+            },
+            EVENT_POLICY_VERDICT => EventKind::PolicyVerdict(PolicyMatch::from_raw(b[1])),
             other => return Err(EventError::UnknownType(other)),
         };
         let mut ktime = [0u8; 8];
         ktime.copy_from_slice(&b[40..48]);
         Ok(Self {
             kind,
-            endpoint_id: u16_at(b, 2),
-            src_identity: u32_at(b, 4),
-            dst_identity: u32_at(b, 8),
-            saddr: ip_at(b, 12),
-            daddr: ip_at(b, 16),
-            sport: u16_at(b, 20),
-            dport: u16_at(b, 22),
+            endpoint_id: u16_at(&b, 2),
+            src_identity: u32_at(&b, 4),
+            dst_identity: u32_at(&b, 8),
+            saddr: ip_at(&b, 12),
+            daddr: ip_at(&b, 16),
+            sport: u16_at(&b, 20),
+            dport: u16_at(&b, 22),
             protocol: b[24],
             tcp_flags: b[25],
-            trace_reason: b[26],
-            ifindex: u32_at(b, 28),
-            len: u32_at(b, 32),
-            flow: u32_at(b, 36),
+            state: TraceState::from_raw(b[26]),
+            direction: Direction::from_raw(b[27]),
+            ifindex: u32_at(&b, 28),
+            len: u32_at(&b, 32),
+            flow: u32_at(&b, 36),
             ktime_ns: u64::from_ne_bytes(ktime),
         })
     }
@@ -243,18 +298,14 @@ impl MonitorEvent {
     pub fn encode(&self) -> [u8; EVENT_SIZE] {
         let mut b = [0u8; EVENT_SIZE];
         let (ty, sub) = match self.kind {
-            EventKind::Trace(p) => (
-                EVENT_TRACE,
-                match p {
-                    ObservationPoint::FromEndpoint => 1,
-                    ObservationPoint::ToEndpoint => 2,
-                    ObservationPoint::FromOverlay => 3,
-                    ObservationPoint::ToOverlay => 4,
-                    ObservationPoint::ToStack => 5,
-                    ObservationPoint::Other(raw) => raw,
-                },
-            ),
+            EventKind::Trace(p) => (EVENT_TRACE, p.as_raw()),
             EventKind::Drop(r) => (EVENT_DROP, r.as_raw()),
+            EventKind::Translation { frontend } => {
+                b[48..52].copy_from_slice(&frontend.ip().octets());
+                b[52..54].copy_from_slice(&frontend.port().to_ne_bytes());
+                (EVENT_TRANSLATION, 0)
+            }
+            EventKind::PolicyVerdict(m) => (EVENT_POLICY_VERDICT, m.as_raw()),
         };
         b[0] = ty;
         b[1] = sub;
@@ -267,7 +318,8 @@ impl MonitorEvent {
         b[22..24].copy_from_slice(&self.dport.to_ne_bytes());
         b[24] = self.protocol;
         b[25] = self.tcp_flags;
-        b[26] = self.trace_reason;
+        b[26] = self.state.as_raw();
+        b[27] = self.direction.map_or(0, Direction::as_raw);
         b[28..32].copy_from_slice(&self.ifindex.to_ne_bytes());
         b[32..36].copy_from_slice(&self.len.to_ne_bytes());
         b[36..40].copy_from_slice(&self.flow.to_ne_bytes());
@@ -279,8 +331,13 @@ impl MonitorEvent {
     pub fn drop_reason(&self) -> Option<DropReason> {
         match self.kind {
             EventKind::Drop(r) => Some(r),
-            EventKind::Trace(_) => None,
+            _ => None,
         }
+    }
+
+    /// Whether the packet is a reply of its connection; `None` when the state is unknown.
+    pub fn is_reply(&self) -> Option<bool> {
+        self.state.is_reply()
     }
 }
 
@@ -302,6 +359,8 @@ impl From<&MonitorEvent> for plexus_monitor::MonitorEvent {
                     code: reason.as_raw(),
                     name: reason.name(),
                 }),
+                EventKind::Translation { frontend } => m::EventKind::Translation { frontend },
+                EventKind::PolicyVerdict(kind) => m::EventKind::PolicyVerdict(kind),
             },
             endpoint_id: e.endpoint_id,
             src_identity: e.src_identity,
@@ -312,7 +371,11 @@ impl From<&MonitorEvent> for plexus_monitor::MonitorEvent {
             dport: e.dport,
             protocol: e.protocol,
             tcp_flags: e.tcp_flags,
-            state: m::TraceState::from_raw(e.trace_reason),
+            state: e.state,
+            direction: e.direction.map(|d| match d {
+                Direction::Ingress => m::TrafficDirection::Ingress,
+                Direction::Egress => m::TrafficDirection::Egress,
+            }),
             ifindex: e.ifindex,
             len: e.len,
             flow: e.flow,
@@ -345,7 +408,8 @@ mod tests {
             dport: 6379,
             protocol: 6,
             tcp_flags: 0x02,
-            trace_reason: 0,
+            state: TraceState::New,
+            direction: Some(Direction::Ingress),
             ifindex: 7,
             len: 74,
             flow: 0x28c6_44b8,
@@ -420,6 +484,104 @@ mod tests {
         assert_eq!(MonitorEvent::decode(&bad), Err(EventError::UnknownType(9)));
         for raw in 0..=255u8 {
             assert_eq!(DropReason::from_raw(raw).as_raw(), raw);
+            assert_eq!(ObservationPoint::from_raw(raw).as_raw(), raw);
         }
+        for ev in [
+            MonitorEvent {
+                kind: EventKind::Translation {
+                    frontend: "10.96.0.10:80".parse().unwrap(),
+                },
+                direction: Some(Direction::Egress),
+                ..syn()
+            },
+            MonitorEvent {
+                kind: EventKind::PolicyVerdict(PolicyMatch::L3L4),
+                state: TraceState::Reply,
+                ..syn()
+            },
+            MonitorEvent {
+                kind: EventKind::PolicyVerdict(PolicyMatch::Other(77)),
+                state: TraceState::Unknown,
+                direction: None,
+                ..syn()
+            },
+        ] {
+            assert_eq!(MonitorEvent::decode(&ev.encode()).unwrap(), ev);
+        }
+    }
+
+    /// The byte offsets are the C struct's (`bpf/lib/common.h`), checked on a hand-made record.
+    #[test]
+    fn layout_matches_the_c_struct() {
+        let mut b = [0u8; EVENT_SIZE];
+        b[0] = 3; // EVENT_TRANSLATION
+        b[2..4].copy_from_slice(&3833u16.to_ne_bytes());
+        b[12..16].copy_from_slice(&[10, 60, 1, 7]);
+        b[16..20].copy_from_slice(&[10, 60, 1, 9]);
+        b[22..24].copy_from_slice(&8080u16.to_ne_bytes());
+        b[26] = 2; // CT_STATE_REPLY
+        b[27] = 2; // DIR_EGRESS
+        b[48..52].copy_from_slice(&[10, 96, 0, 10]);
+        b[52..54].copy_from_slice(&80u16.to_ne_bytes());
+        let ev = MonitorEvent::decode(&b).unwrap();
+        assert_eq!(
+            ev.kind,
+            EventKind::Translation {
+                frontend: "10.96.0.10:80".parse().unwrap()
+            }
+        );
+        assert_eq!((ev.daddr, ev.dport), (Ipv4Addr::new(10, 60, 1, 9), 8080));
+        assert_eq!(ev.state, TraceState::Reply);
+        assert_eq!(ev.is_reply(), Some(true));
+        assert_eq!(ev.direction, Some(Direction::Egress));
+        assert_eq!(ev.encode(), b);
+        b[0] = 4; // EVENT_POLICY_VERDICT
+        b[1] = 3; // POLICY_MATCH_L4_ONLY
+        b[26] = 5; // CT_STATE_UNKNOWN
+        let ev = MonitorEvent::decode(&b).unwrap();
+        assert_eq!(ev.kind, EventKind::PolicyVerdict(PolicyMatch::L4Only));
+        assert_eq!(ev.is_reply(), None);
+    }
+
+    /// A record of the 48-byte layout (a ring buffer pinned by an earlier build) still decodes.
+    #[test]
+    fn records_of_the_earlier_layout_decode() {
+        let ev = MonitorEvent {
+            direction: None,
+            ..syn()
+        };
+        let old = &ev.encode()[..EVENT_SIZE_V1];
+        assert_eq!(MonitorEvent::decode(old).unwrap(), ev);
+        assert_eq!(
+            MonitorEvent::decode(&old[..47]),
+            Err(EventError::Truncated(47))
+        );
+    }
+
+    #[test]
+    fn new_kinds_print_through_plexus_monitor() {
+        let xlate = MonitorEvent {
+            kind: EventKind::Translation {
+                frontend: "10.96.0.10:80".parse().unwrap(),
+            },
+            direction: Some(Direction::Egress),
+            ..syn()
+        };
+        assert!(
+            xlate
+                .to_string()
+                .starts_with("xlate service 10.96.0.10:80 -> backend 10.60.2.9:6379 "),
+            "{xlate}"
+        );
+        let verdict = MonitorEvent {
+            kind: EventKind::PolicyVerdict(PolicyMatch::L3Only),
+            ..syn()
+        };
+        assert!(
+            verdict
+                .to_string()
+                .contains("remote ID 38354, proto 6, ingress, action allow, match L3-Only"),
+            "{verdict}"
+        );
     }
 }

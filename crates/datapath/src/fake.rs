@@ -1,12 +1,16 @@
 //! An in-memory [`Datapath`] for control-plane tests: the same maps, no kernel.
 //!
 //! It validates like the real datapath, answers longest-prefix lookups like the LPM trie, and
-//! lets a test inject monitor events with [`FakeDatapath::emit`].
+//! lets a test inject monitor events with [`FakeDatapath::emit`] and losses of events (a full
+//! ring buffer) with [`FakeDatapath::lose_events`].
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
-    sync::{Mutex, MutexGuard},
+    sync::{
+        Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use tokio::sync::broadcast;
@@ -27,6 +31,8 @@ pub struct FakeDatapath {
     /// This node's address and its encryption, for [`FakeDatapath::strict_drop`].
     encryption: Mutex<(Ipv4Addr, Encryption)>,
     events: broadcast::Sender<MonitorEvent>,
+    /// What [`Datapath::events_lost`] answers.
+    events_lost: AtomicU64,
 }
 
 impl Default for FakeDatapath {
@@ -51,6 +57,7 @@ impl FakeDatapath {
             encrypted_nodes: Mutex::new(BTreeSet::new()),
             encryption: Mutex::new((Ipv4Addr::UNSPECIFIED, Encryption::DISABLED)),
             events: broadcast::channel(EVENT_CHANNEL_CAPACITY).0,
+            events_lost: AtomicU64::new(0),
         }
     }
 
@@ -76,6 +83,12 @@ impl FakeDatapath {
     pub fn emit(&self, event: MonitorEvent) {
         // No subscriber is not an error: events are best effort.
         let _ = self.events.send(event);
+    }
+
+    /// Counts `n` events as lost by the programs (a full ring buffer): the running total of
+    /// [`Datapath::events_lost`] grows by `n`.
+    pub fn lose_events(&self, n: u64) {
+        self.events_lost.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Longest-prefix match, as the BPF programs look up the ipcache.
@@ -137,6 +150,10 @@ impl Datapath for FakeDatapath {
 
     fn subscribe(&self) -> broadcast::Receiver<MonitorEvent> {
         self.events.subscribe()
+    }
+
+    fn events_lost(&self) -> Result<u64, DatapathError> {
+        Ok(self.events_lost.load(Ordering::Relaxed))
     }
 
     fn upsert_encrypted_node(&self, node: Ipv4Addr) -> Result<(), DatapathError> {
@@ -333,7 +350,8 @@ mod tests {
             dport: 0,
             protocol: 1,
             tcp_flags: 0,
-            trace_reason: 0,
+            state: crate::TraceState::New,
+            direction: Some(crate::Direction::Egress),
             ifindex: 0,
             len: 84,
             flow: 0,
@@ -345,5 +363,14 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(got, ev);
+    }
+
+    #[test]
+    fn lost_events_add_up() {
+        let dp = FakeDatapath::new();
+        assert_eq!(dp.events_lost().unwrap(), 0);
+        dp.lose_events(3);
+        dp.lose_events(4);
+        assert_eq!(dp.events_lost().unwrap(), 7);
     }
 }

@@ -41,7 +41,7 @@ mod abi;
 use std::{net::Ipv4Addr, path::PathBuf};
 
 pub use ebpf::EbpfDatapath;
-pub use event::{DropReason, EventKind, MonitorEvent, ObservationPoint};
+pub use event::{DropReason, EventKind, MonitorEvent, ObservationPoint, PolicyMatch, TraceState};
 pub use fake::FakeDatapath;
 pub use lb::{Frontend, L4Proto, LbService};
 pub use types::{
@@ -149,8 +149,15 @@ pub trait Datapath: Send + Sync {
     fn ipcache(&self) -> Result<Vec<(Prefix, IpcacheValue)>, DatapathError>;
     /// Forwarded and dropped packet counters.
     fn metrics(&self) -> Result<Vec<Metric>, DatapathError>;
-    /// A new subscription to trace and drop events, from now on.
+    /// A new subscription to the datapath's events (traces, drops, translations, policy
+    /// verdicts), from now on. A subscriber that falls behind by more than
+    /// [`EVENT_CHANNEL_CAPACITY`] events gets `Lagged` with the count it missed.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<MonitorEvent>;
+    /// How many events the programs lost since the event counter was created (with the pinned
+    /// maps: it survives agent restarts) because the ring buffer was full: a running total,
+    /// summed over CPUs. Events lost between the ring buffer and a subscriber are the
+    /// subscriber's `Lagged` instead.
+    fn events_lost(&self) -> Result<u64, DatapathError>;
     /// Adds or replaces the load balancing of one frontend (see [`LbService`]). Connections
     /// established to a backend that stays (active or inactive) keep it.
     fn upsert_service(&self, service: &LbService) -> Result<(), DatapathError>;

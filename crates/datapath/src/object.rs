@@ -24,8 +24,10 @@ pub const MAP_ENDPOINTS: &str = "PLEXUS_ENDPOINTS";
 pub const MAP_CONFIG: &str = "PLEXUS_CONFIG";
 /// Per-CPU hash: (reason, direction) to packets and bytes.
 pub const MAP_METRICS: &str = "PLEXUS_METRICS";
-/// Ring buffer of trace and drop events.
+/// Ring buffer of events (trace, drop, translation, policy verdict).
 pub const MAP_EVENTS: &str = "PLEXUS_EVENTS";
+/// Per-CPU array of one counter: events lost because the ring buffer was full.
+pub const MAP_EVENTS_LOST: &str = "PLEXUS_EVENTS_LOST";
 /// LPM trie: (endpoint, direction, peer identity, protocol, port) to allow or deny.
 pub const MAP_POLICY: &str = "PLEXUS_POLICY";
 /// Hash: endpoint id to whether its ingress and egress are default-deny.
@@ -40,12 +42,13 @@ pub const MAP_CT: &str = "PLEXUS_CT";
 /// Hash: underlay addresses of the nodes with a configured WireGuard peer (strict mode).
 pub const MAP_WG_PEERS: &str = "PLEXUS_WG_PEERS";
 /// All maps in the object; all are pinned by name.
-pub const MAPS: [&str; 11] = [
+pub const MAPS: [&str; 12] = [
     MAP_IPCACHE,
     MAP_ENDPOINTS,
     MAP_CONFIG,
     MAP_METRICS,
     MAP_EVENTS,
+    MAP_EVENTS_LOST,
     MAP_POLICY,
     MAP_POLICY_ENFORCE,
     MAP_LB_SERVICES,

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::Direction;
+use crate::{Direction, PolicyMatch};
 
 /// Peer identity meaning "any peer".
 pub const ANY_IDENTITY: u32 = 0;
@@ -191,6 +191,25 @@ pub fn lookup(
             .map(|(_, deny)| *deny)
     };
     longest(identity).or_else(|| longest(ANY_IDENTITY))
+}
+
+/// The kind of match an allowing entry reports in policy verdict events: whether it names the
+/// peer's identity, and how much of protocol and port it fixes.
+pub fn match_kind(key: &PolicyKey) -> PolicyMatch {
+    let l3 = key.identity != ANY_IDENTITY;
+    match (l3, key.l4_bits) {
+        (true, 0) => PolicyMatch::L3Only,
+        (false, 0) => PolicyMatch::All,
+        (true, 8) => PolicyMatch::L3Proto,
+        (false, 8) => PolicyMatch::ProtoOnly,
+        (true, _) => PolicyMatch::L3L4,
+        (false, _) => PolicyMatch::L4Only,
+    }
+}
+
+/// A `struct policy_value`: the verdict and the kind of match of the entry `key`.
+pub(crate) fn encode_value(key: &PolicyKey, deny: bool) -> [u8; 4] {
+    [u8::from(deny), match_kind(key).as_raw(), 0, 0]
 }
 
 /// Bytes of a `struct policy_key` after its prefix length (see `bpf/lib/policy.h`).
@@ -377,6 +396,30 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn entries_carry_their_kind_of_match_for_policy_verdicts() {
+        let key = |identity, l4_bits| PolicyKey {
+            direction: Direction::Ingress,
+            identity,
+            l4_bits,
+            proto: if l4_bits == 0 { 0 } else { TCP },
+            port: 0,
+        };
+        for (k, kind) in [
+            (key(7, 0), PolicyMatch::L3Only),
+            (key(7, 24), PolicyMatch::L3L4),
+            (key(7, 12), PolicyMatch::L3L4),
+            (key(7, 8), PolicyMatch::L3Proto),
+            (key(ANY_IDENTITY, 24), PolicyMatch::L4Only),
+            (key(ANY_IDENTITY, 8), PolicyMatch::ProtoOnly),
+            (key(ANY_IDENTITY, 0), PolicyMatch::All),
+        ] {
+            assert_eq!(match_kind(&k), kind, "{k:?}");
+            assert_eq!(encode_value(&k, false), [0, kind.as_raw(), 0, 0]);
+            assert_eq!(encode_value(&k, true)[0], 1);
         }
     }
 }

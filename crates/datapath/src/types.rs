@@ -224,11 +224,20 @@ pub enum Direction {
 }
 
 impl Direction {
-    pub(crate) fn from_raw(raw: u8) -> Option<Self> {
+    /// The direction for a raw code of the BPF programs (`DIR_*`: 1 ingress, 2 egress).
+    pub fn from_raw(raw: u8) -> Option<Self> {
         match raw {
             1 => Some(Self::Ingress),
             2 => Some(Self::Egress),
             _ => None,
+        }
+    }
+
+    /// The raw code used by the BPF programs.
+    pub fn as_raw(self) -> u8 {
+        match self {
+            Self::Ingress => 1,
+            Self::Egress => 2,
         }
     }
 }

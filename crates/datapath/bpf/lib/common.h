@@ -46,6 +46,23 @@
 /* Event types. */
 #define EVENT_TRACE 1
 #define EVENT_DROP 2
+#define EVENT_TRANSLATION 3    /* the load balancer translated a new connection (lib/lb.h) */
+#define EVENT_POLICY_VERDICT 4 /* policy allowed a new connection (lib/policy.h) */
+
+/* event.ct_state: the connection state of the packet (Cilium's trace reasons). */
+#define CT_STATE_NEW 0
+#define CT_STATE_ESTABLISHED 1
+#define CT_STATE_REPLY 2
+#define CT_STATE_RELATED 3
+#define CT_STATE_UNKNOWN 5 /* no conntrack lookup on this path */
+
+/* Policy match kinds (Cilium's PolicyMatchType numbers): the subtype of a policy verdict. */
+#define POLICY_MATCH_L3_ONLY 1 /* the peer's identity, any port */
+#define POLICY_MATCH_L3_L4 2   /* the peer's identity and the protocol/port */
+#define POLICY_MATCH_L4_ONLY 3 /* any peer, the protocol/port */
+#define POLICY_MATCH_ALL 4     /* any peer, any port */
+#define POLICY_MATCH_L3_PROTO 5   /* the peer's identity and the protocol, any port */
+#define POLICY_MATCH_PROTO_ONLY 6 /* any peer, the protocol, any port */
 
 /* Trace observation points. */
 #define OBS_FROM_ENDPOINT 1
@@ -121,8 +138,9 @@ struct metrics_value {
 
 /* One PLEXUS_EVENTS record. */
 struct event {
-	__u8 type;    /* EVENT_* */
-	__u8 subtype; /* observation point (trace) or reason (drop) */
+	__u8 type; /* EVENT_* */
+	/* observation point (trace), reason (drop), POLICY_MATCH_* (policy verdict), 0 */
+	__u8 subtype;
 	__u16 ep_id;
 	__u32 src_identity;
 	__u32 dst_identity;
@@ -132,12 +150,15 @@ struct event {
 	__u16 dport; /* host order; ICMP: code */
 	__u8 proto;
 	__u8 tcp_flags;
-	__u8 trace_reason; /* connection state, 0 = new */
-	__u8 pad;
+	__u8 ct_state; /* CT_STATE_* */
+	__u8 dir;      /* DIR_*, seen from the endpoint; 0 = unknown */
 	__u32 ifindex;
 	__u32 len;
 	__u32 flow; /* skb->hash, the flow of Cilium's monitor lines */
 	__u64 ktime_ns;
+	__u32 orig_daddr; /* translation: the frontend's address (network order), else 0 */
+	__u16 orig_dport; /* translation: the frontend's port (host order), else 0 */
+	__u16 reserved;
 };
 
 /* What the programs learn from an IPv4 packet's headers. */
@@ -227,7 +248,7 @@ _Static_assert(sizeof(struct endpoint_info) == 24, "endpoint_info layout");
 _Static_assert(sizeof(struct node_config) == 64, "node_config layout");
 _Static_assert(sizeof(struct metrics_key) == 4, "metrics_key layout");
 _Static_assert(sizeof(struct metrics_value) == 16, "metrics_value layout");
-_Static_assert(sizeof(struct event) == 48, "event layout");
+_Static_assert(sizeof(struct event) == 56, "event layout");
 _Static_assert(sizeof(struct lb_service_key) == 12, "lb_service_key layout");
 _Static_assert(sizeof(struct lb_service_value) == 12, "lb_service_value layout");
 _Static_assert(sizeof(struct lb_backend) == 12, "lb_backend layout");

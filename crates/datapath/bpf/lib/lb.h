@@ -12,11 +12,16 @@
  *
  * Checksums are updated incrementally: the IPv4 header's, and the L4 one including its
  * pseudo-header; a UDP checksum of 0 (none) stays 0.
+ *
+ * Each new connection lb4_local translates (when it writes the connection's entries: the first
+ * packet, or a TCP SYN that reopens a tuple) is reported once with a translation event; the
+ * packets after it are not.
  */
 #ifndef PLEXUS_LB_H
 #define PLEXUS_LB_H
 
 #include "conntrack.h"
+#include "trace.h"
 
 #define IP_CSUM_OFF (ETH_HLEN + 10)
 #define IP_SADDR_OFF (ETH_HLEN + 12)
@@ -63,11 +68,24 @@ static __always_inline int lb_applies(const struct pkt_info *pi)
 	return pi->l4_off && (pi->proto == IPPROTO_TCP || pi->proto == IPPROTO_UDP);
 }
 
+/* The identity of a backend, as from_container will resolve it for the translated packet. */
+static __always_inline __u32 lb_backend_identity(__be32 addr)
+{
+	struct endpoint_info *ep = lookup_endpoint(addr);
+	struct ipcache_value *info;
+
+	if (ep)
+		return ep->sec_identity;
+	info = lookup_ipcache(addr);
+	return info ? info->sec_identity : IDENTITY_WORLD;
+}
+
 /*
- * Load balancing of a packet leaving a pod. Returns 0 (pi describes the packet as it is now:
- * translated, or untouched when it is not for a frontend) or a DROP_* reason.
+ * Load balancing of a packet leaving the pod `src`. Returns 0 (pi describes the packet as it is
+ * now: translated, or untouched when it is not for a frontend) or a DROP_* reason.
  */
-static __always_inline int lb4_local(struct __sk_buff *skb, struct pkt_info *pi)
+static __always_inline int lb4_local(struct __sk_buff *skb, struct pkt_info *pi,
+				     const struct endpoint_info *src)
 {
 	struct lb_service_key skey = {};
 	struct lb_service_value *svc, *slot;
@@ -78,7 +96,7 @@ static __always_inline int lb4_local(struct __sk_buff *skb, struct pkt_info *pi)
 	__u32 backend_id = 0, service_id;
 	__be32 be_addr, new_saddr, client = pi->saddr, vip = pi->daddr;
 	__be16 be_port, vport = bpf_htons(pi->dport);
-	int syn = tcp_is_syn(pi);
+	int syn = tcp_is_syn(pi), created = 0;
 	__u64 now;
 
 	if (!lb_applies(pi))
@@ -144,6 +162,7 @@ static __always_inline int lb4_local(struct __sk_buff *skb, struct pkt_info *pi)
 		entry.rev_nat_port = vport;
 		entry.client_addr = client;
 		bpf_map_update_elem(&PLEXUS_CT, &rkey, &entry, BPF_ANY);
+		created = 1;
 	}
 
 	if (nat_addr(skb, pi, IP_DADDR_OFF, vip, be_addr) < 0 ||
@@ -153,6 +172,9 @@ static __always_inline int lb4_local(struct __sk_buff *skb, struct pkt_info *pi)
 	pi->daddr = be_addr;
 	pi->dport = bpf_ntohs(be_port);
 	pi->saddr = new_saddr;
+	if (created)
+		send_translation(skb, src->ep_id, src->sec_identity & IDENTITY_MASK,
+				 lb_backend_identity(be_addr), pi, client, vip, bpf_ntohs(vport));
 	return 0;
 }
 

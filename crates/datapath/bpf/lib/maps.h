@@ -47,6 +47,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } PLEXUS_EVENTS SEC(".maps");
 
+/* Events lost because PLEXUS_EVENTS was full (bpf_ringbuf_output failed), per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} PLEXUS_EVENTS_LOST SEC(".maps");
+
 /* Frontends: master entries (slot 0) and backend slots. 30,000 services fit. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

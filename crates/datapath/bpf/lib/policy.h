@@ -7,13 +7,16 @@
  * the direction, the peer's identity, the protocol and the destination port, the last two
  * wildcarded by the prefix length. A packet is looked up with the peer's identity, then with
  * identity 0 (any peer); the control plane (src/policy.rs) compiles the rules so that the longest
- * match carries the verdict, deny winning over allow.
+ * match carries the verdict, deny winning over allow, and writes into each entry the kind of
+ * match it is (POLICY_MATCH_*), which the policy verdict event of an allowed new connection
+ * reports.
  */
 #ifndef PLEXUS_POLICY_H
 #define PLEXUS_POLICY_H
 
 #include "common.h"
 #include "conntrack.h"
+#include "trace.h"
 
 #define POLICY_ALLOW 0
 #define POLICY_DENY 1
@@ -36,7 +39,8 @@ struct policy_key {
 
 struct policy_value {
 	__u8 deny;
-	__u8 pad[3];
+	__u8 match; /* POLICY_MATCH_* of the entry's key (0 from agents before it was written) */
+	__u8 pad[2];
 };
 
 struct policy_enforce {
@@ -77,8 +81,13 @@ static __always_inline int policy_enforced(__u16 ep_id, __u8 dir)
 	return dir == DIR_INGRESS ? e->ingress : e->egress;
 }
 
+/*
+ * The verdict of the longest match for the packet, and in `match` the kind of an allowing match
+ * (POLICY_MATCH_*: written by the control plane into the entry; an entry without it counts as
+ * L3-only when the peer's identity matched, allow-all otherwise).
+ */
 static __always_inline int policy_lookup(__u16 ep_id, __u8 dir, __u32 identity,
-					 const struct pkt_info *pi)
+					 const struct pkt_info *pi, __u8 *match)
 {
 	struct policy_key key = {
 		.prefixlen = POLICY_FULL_BITS,
@@ -89,6 +98,7 @@ static __always_inline int policy_lookup(__u16 ep_id, __u8 dir, __u32 identity,
 		.dport = bpf_htons(pi->dport),
 	};
 	struct policy_value *v;
+	__u8 fallback = POLICY_MATCH_L3_ONLY;
 
 	/* ICMP has no port: its type and code are not policy ports. */
 	if (pi->proto != IPPROTO_TCP && pi->proto != IPPROTO_UDP && pi->proto != IPPROTO_SCTP)
@@ -96,11 +106,13 @@ static __always_inline int policy_lookup(__u16 ep_id, __u8 dir, __u32 identity,
 	v = bpf_map_lookup_elem(&PLEXUS_POLICY, &key);
 	if (!v) {
 		key.identity = 0;
+		fallback = POLICY_MATCH_ALL;
 		v = bpf_map_lookup_elem(&PLEXUS_POLICY, &key);
 	}
-	if (!v)
+	if (!v || v->deny)
 		return POLICY_DENY;
-	return v->deny ? POLICY_DENY : POLICY_ALLOW;
+	*match = v->match ? v->match : fallback;
+	return POLICY_ALLOW;
 }
 
 /*
@@ -145,8 +157,11 @@ static __always_inline int policy_is_reply(const struct pkt_info *pi, __u8 other
 	return 1;
 }
 
-/* Records (or refreshes) an allowed connection in direction `dir`; a SYN starts it afresh. */
-static __always_inline void policy_track(const struct pkt_info *pi, __u8 dir, __u64 now)
+/*
+ * Records (or refreshes) an allowed connection in direction `dir`; a SYN starts it afresh.
+ * Returns CT_STATE_ESTABLISHED for a live connection, CT_STATE_NEW for one recorded now.
+ */
+static __always_inline __u8 policy_track(const struct pkt_info *pi, __u8 dir, __u64 now)
 {
 	struct ct_key key;
 	struct ct_entry *e, entry = {};
@@ -155,49 +170,68 @@ static __always_inline void policy_track(const struct pkt_info *pi, __u8 dir, __
 	e = bpf_map_lookup_elem(&PLEXUS_CT, &key);
 	if (e && !tcp_is_syn(pi) && ct_is_live(e, pi->proto, now)) {
 		ct_refresh(e, pi->tcp_flags, now);
-		return;
+		return CT_STATE_ESTABLISHED;
 	}
 	entry.last_seen_ns = now;
 	entry.tcp_flags = pi->tcp_flags;
 	bpf_map_update_elem(&PLEXUS_CT, &key, &entry, BPF_ANY);
+	return CT_STATE_NEW;
 }
 
-static __always_inline int policy_egress(const struct endpoint_info *src, __u32 dst_identity,
-					 const struct pkt_info *pi)
+/*
+ * The policy check of endpoint `ep_id` in `dir` for a packet from `src_identity` to
+ * `dst_identity`; `peer` is the other side's identity. Sets `ct_state` to what conntrack said of
+ * the packet (CT_STATE_UNKNOWN for untracked protocols). A new connection (or, untracked, any
+ * packet) that an enforced policy allowed is reported with a policy verdict event; a denial is
+ * the caller's drop.
+ */
+static __always_inline int policy_check(struct __sk_buff *skb, __u16 ep_id, __u8 dir, __u32 peer,
+					__u32 src_identity, __u32 dst_identity,
+					const struct pkt_info *pi, __u8 *ct_state)
 {
-	__u64 now;
+	__u8 track_dir = dir == DIR_EGRESS ? CT_DIR_POLICY_OUT : CT_DIR_POLICY_IN;
+	__u8 reply_dir = dir == DIR_EGRESS ? CT_DIR_POLICY_IN : CT_DIR_POLICY_OUT;
+	int tracked = policy_tracked(pi);
+	__u8 match = 0;
+	__u64 now = 0;
 
-	if (!policy_tracked(pi))
-		return policy_enforced(src->ep_id, DIR_EGRESS)
-			       ? policy_lookup(src->ep_id, DIR_EGRESS, dst_identity, pi)
-			       : POLICY_ALLOW;
-	now = bpf_ktime_get_ns();
-	if (policy_is_reply(pi, CT_DIR_POLICY_IN, now))
-		return POLICY_ALLOW;
-	if (policy_enforced(src->ep_id, DIR_EGRESS) &&
-	    policy_lookup(src->ep_id, DIR_EGRESS, dst_identity, pi) != POLICY_ALLOW)
+	*ct_state = CT_STATE_UNKNOWN;
+	if (tracked) {
+		now = bpf_ktime_get_ns();
+		if (policy_is_reply(pi, reply_dir, now)) {
+			*ct_state = CT_STATE_REPLY;
+			return POLICY_ALLOW;
+		}
+	}
+	if (policy_enforced(ep_id, dir) &&
+	    policy_lookup(ep_id, dir, peer, pi, &match) != POLICY_ALLOW)
 		return POLICY_DENY;
-	policy_track(pi, CT_DIR_POLICY_OUT, now);
+	if (tracked) {
+		*ct_state = policy_track(pi, track_dir, now);
+		if (*ct_state != CT_STATE_NEW)
+			return POLICY_ALLOW;
+	}
+	/* `match` is set only when an enforced policy allowed: no policy, no verdict. */
+	if (match)
+		send_policy_verdict(skb, dir, match, *ct_state, ep_id, src_identity, dst_identity,
+				    pi);
 	return POLICY_ALLOW;
 }
 
-static __always_inline int policy_ingress(const struct endpoint_info *dst, __u32 src_identity,
-					  const struct pkt_info *pi)
+static __always_inline int policy_egress(struct __sk_buff *skb, const struct endpoint_info *src,
+					 __u32 dst_identity, const struct pkt_info *pi,
+					 __u8 *ct_state)
 {
-	__u64 now;
+	return policy_check(skb, src->ep_id, DIR_EGRESS, dst_identity,
+			    src->sec_identity & IDENTITY_MASK, dst_identity, pi, ct_state);
+}
 
-	if (!policy_tracked(pi))
-		return policy_enforced(dst->ep_id, DIR_INGRESS)
-			       ? policy_lookup(dst->ep_id, DIR_INGRESS, src_identity, pi)
-			       : POLICY_ALLOW;
-	now = bpf_ktime_get_ns();
-	if (policy_is_reply(pi, CT_DIR_POLICY_OUT, now))
-		return POLICY_ALLOW;
-	if (policy_enforced(dst->ep_id, DIR_INGRESS) &&
-	    policy_lookup(dst->ep_id, DIR_INGRESS, src_identity, pi) != POLICY_ALLOW)
-		return POLICY_DENY;
-	policy_track(pi, CT_DIR_POLICY_IN, now);
-	return POLICY_ALLOW;
+static __always_inline int policy_ingress(struct __sk_buff *skb, const struct endpoint_info *dst,
+					  __u32 src_identity, const struct pkt_info *pi,
+					  __u8 *ct_state)
+{
+	return policy_check(skb, dst->ep_id, DIR_INGRESS, src_identity, src_identity,
+			    dst->sec_identity, pi, ct_state);
 }
 
 #endif

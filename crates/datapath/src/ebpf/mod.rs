@@ -12,7 +12,9 @@
 //! 4. moves every tc link a previous agent pinned to the new programs;
 //! 5. rebuilds its copy of the load-balancing maps (service and backend ids) from the pinned
 //!    ones, so that established connections keep their backends;
-//! 6. reads the `PLEXUS_EVENTS` ring buffer in a thread and broadcasts decoded events.
+//! 6. reads the `PLEXUS_EVENTS` ring buffer in a thread and broadcasts decoded events; what the
+//!    programs could not write to a full buffer they count in `PLEXUS_EVENTS_LOST`
+//!    ([`Datapath::events_lost`]).
 //!
 //! # Attachments and restarts
 //!
@@ -43,7 +45,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap, MapData, MapError, PerCpuHashMap, RingBuf,
+        Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions},
@@ -59,9 +61,10 @@ use crate::{
     },
     bpffs,
     object::{
-        MAP_CONFIG, MAP_CT, MAP_ENDPOINTS, MAP_EVENTS, MAP_IPCACHE, MAP_LB_BACKENDS,
-        MAP_LB_SERVICES, MAP_METRICS, MAP_POLICY, MAP_POLICY_ENFORCE, MAP_WG_PEERS,
-        PLEXUS_BPF_OBJECT, PROG_FROM_CONTAINER, PROG_FROM_OVERLAY, PROG_TO_CONTAINER, PROGRAMS,
+        MAP_CONFIG, MAP_CT, MAP_ENDPOINTS, MAP_EVENTS, MAP_EVENTS_LOST, MAP_IPCACHE,
+        MAP_LB_BACKENDS, MAP_LB_SERVICES, MAP_METRICS, MAP_POLICY, MAP_POLICY_ENFORCE,
+        MAP_WG_PEERS, PLEXUS_BPF_OBJECT, PROG_FROM_CONTAINER, PROG_FROM_OVERLAY, PROG_TO_CONTAINER,
+        PROGRAMS,
     },
     validate_endpoint, validate_ipcache,
 };
@@ -98,6 +101,8 @@ struct State {
     endpoints: HashMap<MapData, [u8; 4], EndpointBytes>,
     ipcache: LpmTrie<MapData, [u8; 4], IpcacheBytes>,
     metrics: PerCpuHashMap<MapData, MetricsKeyBytes, MetricsValueBytes>,
+    /// `PLEXUS_EVENTS_LOST[0]`, per CPU.
+    events_lost: PerCpuArray<MapData, u64>,
     lb_services: HashMap<MapData, LbServiceKeyBytes, LbServiceValueBytes>,
     lb_backends: HashMap<MapData, u32, LbBackendBytes>,
     conntrack: HashMap<MapData, CtKeyBytes, CtEntryBytes>,
@@ -120,7 +125,7 @@ pub struct EbpfDatapath {
     links_dir: PathBuf,
     tunnel_ifindex: u32,
     attach: bool,
-    _reader: reader::Reader,
+    reader: reader::Reader,
 }
 
 impl std::fmt::Debug for EbpfDatapath {
@@ -155,7 +160,7 @@ fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, Datap
 }
 
 /// Key and value sizes this build expects of each pinned map (see `bpf/lib/common.h`).
-const MAP_LAYOUTS: [(&str, u32, u32); 10] = [
+const MAP_LAYOUTS: [(&str, u32, u32); 11] = [
     (MAP_IPCACHE, 8, 12),
     (MAP_ENDPOINTS, 4, 24),
     (MAP_CONFIG, 4, 64),
@@ -166,6 +171,7 @@ const MAP_LAYOUTS: [(&str, u32, u32); 10] = [
     (MAP_POLICY, 16, 4),
     (MAP_POLICY_ENFORCE, 4, 4),
     (MAP_WG_PEERS, 4, 4),
+    (MAP_EVENTS_LOST, 4, 8),
 ];
 
 /// Refuses maps pinned by a build with another layout: reusing them would corrupt entries.
@@ -210,6 +216,27 @@ fn read_policies(
         }
     }
     Ok(out)
+}
+
+/// Rewrites the entries whose value lacks the match kind this build writes (entries of an
+/// earlier agent): policy verdicts report the kind from the value.
+fn upgrade_policy_values(
+    policy: &mut LpmTrie<MapData, crate::policy::PolicyKeyData, [u8; 4]>,
+) -> Result<usize, DatapathError> {
+    let mut stale = Vec::new();
+    for item in policy.iter() {
+        let (key, value) = item.map_err(map_err(MAP_POLICY))?;
+        if let Some((_, k)) = crate::policy::decode_key(key.prefix_len(), &key.data()) {
+            let wanted = crate::policy::encode_value(&k, value[0] != 0);
+            if value != wanted {
+                stale.push((key, wanted));
+            }
+        }
+    }
+    for (key, value) in &stale {
+        policy.insert(key, value, 0).map_err(map_err(MAP_POLICY))?;
+    }
+    Ok(stale.len())
 }
 
 fn device_pin_name(ifindex: u32) -> String {
@@ -276,6 +303,9 @@ impl EbpfDatapath {
         let ring: RingBuf<MapData> = take_map(&mut ebpf, MAP_EVENTS)?
             .try_into()
             .map_err(map_err(MAP_EVENTS))?;
+        let events_lost = take_map(&mut ebpf, MAP_EVENTS_LOST)?
+            .try_into()
+            .map_err(map_err(MAP_EVENTS_LOST))?;
         let mut lb_services = take_map(&mut ebpf, MAP_LB_SERVICES)?
             .try_into()
             .map_err(map_err(MAP_LB_SERVICES))?;
@@ -285,7 +315,7 @@ impl EbpfDatapath {
         let conntrack = take_map(&mut ebpf, MAP_CT)?
             .try_into()
             .map_err(map_err(MAP_CT))?;
-        let policy: LpmTrie<MapData, crate::policy::PolicyKeyData, [u8; 4]> =
+        let mut policy: LpmTrie<MapData, crate::policy::PolicyKeyData, [u8; 4]> =
             take_map(&mut ebpf, MAP_POLICY)?
                 .try_into()
                 .map_err(map_err(MAP_POLICY))?;
@@ -296,6 +326,13 @@ impl EbpfDatapath {
         let wg_peers = take_map(&mut ebpf, MAP_WG_PEERS)?
             .try_into()
             .map_err(map_err(MAP_WG_PEERS))?;
+        let upgraded = upgrade_policy_values(&mut policy)?;
+        if upgraded > 0 {
+            tracing::info!(
+                entries = upgraded,
+                "wrote the match kind into policy entries"
+            );
+        }
         let policies = read_policies(&policy, &policy_enforce)?;
         let (lb, garbage) = read_lb_tables(&lb_services, &lb_backends)?;
         if !garbage.is_empty() {
@@ -329,6 +366,7 @@ impl EbpfDatapath {
                 endpoints,
                 ipcache,
                 metrics,
+                events_lost,
                 lb_services,
                 lb_backends,
                 conntrack,
@@ -343,7 +381,7 @@ impl EbpfDatapath {
             links_dir,
             tunnel_ifindex,
             attach: unattached.is_none(),
-            _reader: reader,
+            reader,
         })
     }
 
@@ -355,6 +393,18 @@ impl EbpfDatapath {
     /// Index of the VXLAN device.
     pub fn tunnel_ifindex(&self) -> u32 {
         self.tunnel_ifindex
+    }
+
+    /// Stops reading the ring buffer until [`EbpfDatapath::resume_events`]; returns once the
+    /// reader has stopped. Meanwhile the buffer fills and, full, loses events (counted in
+    /// [`Datapath::events_lost`]). For tests and diagnosis.
+    pub fn pause_events(&self) {
+        self.reader.pause();
+    }
+
+    /// Reads the ring buffer again after [`EbpfDatapath::pause_events`].
+    pub fn resume_events(&self) {
+        self.reader.resume();
     }
 
     /// How many entries the conntrack map holds, expired ones that the LRU has not reclaimed
@@ -616,6 +666,15 @@ impl Datapath for EbpfDatapath {
         self.events.subscribe()
     }
 
+    fn events_lost(&self) -> Result<u64, DatapathError> {
+        let per_cpu = self
+            .lock()
+            .events_lost
+            .get(&0, 0)
+            .map_err(map_err(MAP_EVENTS_LOST))?;
+        Ok(per_cpu.iter().sum())
+    }
+
     fn upsert_service(&self, service: &LbService) -> Result<(), DatapathError> {
         let mut st = self.lock();
         let ops = st.lb.upsert(service)?;
@@ -639,7 +698,11 @@ impl Datapath for EbpfDatapath {
             }
             let (len, data) = crate::policy::encode_key(endpoint_id, k);
             st.policy
-                .insert(&Key::new(len, data), [u8::from(*deny), 0, 0, 0], 0)
+                .insert(
+                    &Key::new(len, data),
+                    crate::policy::encode_value(k, *deny),
+                    0,
+                )
                 .map_err(map_err(MAP_POLICY))?;
         }
         // 2. Enforcement.

@@ -210,3 +210,28 @@ pub async fn next_event(
         .expect("no event within 5 s")
         .unwrap()
 }
+
+/// Every event the programs emitted before now, in order. A marker goes through the ring
+/// buffer after them (an ARP request for an address other than the gateway, dropped by
+/// `from_container` as unsupported); since one reader takes the buffer's records in order, all
+/// earlier events have arrived once the marker has. So "no event" is asserted without waiting
+/// for a silence.
+pub async fn events_so_far(
+    dp: &plexus_datapath::EbpfDatapath,
+    rx: &mut tokio::sync::broadcast::Receiver<plexus_datapath::MonitorEvent>,
+) -> Vec<plexus_datapath::MonitorEvent> {
+    use plexus_datapath::{DropReason, EventKind};
+    const MARKER_SENDER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+    const MARKER_TARGET: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 99);
+    let marker = arp_request([0x0a, 0, 0, 0, 0, 0xee], MARKER_SENDER, MARKER_TARGET);
+    dp.test_run(plexus_datapath::object::PROG_FROM_CONTAINER, &marker, 0)
+        .unwrap();
+    let mut events = Vec::new();
+    loop {
+        let ev = next_event(rx).await;
+        if ev.kind == EventKind::Drop(DropReason::UnsupportedArp) {
+            return events;
+        }
+        events.push(ev);
+    }
+}
