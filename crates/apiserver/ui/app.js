@@ -87,15 +87,24 @@ function renderMesh(view) {
   }
 }
 
+// Each part says on <body> when it has settled (data-mesh, data-services, data-relay,
+// data-flows: loaded/unavailable, flows: streaming/done/unavailable), for scripts and tests
+// that drive the page.
+function settled(part, state) {
+  document.body.dataset[part] = state;
+}
+
 async function loadMesh() {
   try {
     renderMesh(await getJson('/ui/api/mesh'));
+    settled('mesh', 'loaded');
   } catch (e) {
     const body = document.getElementById('mesh-body');
     body.className = '';
     body.replaceChildren(unavailable('The mesh is', e.message));
+    settled('mesh', 'unavailable');
   }
-  loadRelayNodes();
+  await loadRelayNodes();
 }
 
 // The relay's node list: which nodes it reaches. Its shape is read leniently (a list of
@@ -112,8 +121,10 @@ async function loadRelayNodes() {
       const li = document.querySelector(`li.node[data-node="${CSS.escape(name(n))}"]`);
       if (li) li.append(' ', el('span', { class: 'badge bad', title: n.error || '' }, 'unreachable'));
     }
+    settled('relay', 'loaded');
   } catch (e) {
     out.textContent = `relay node list unavailable (${e.message})`;
+    settled('relay', 'unavailable');
   }
 }
 
@@ -161,10 +172,12 @@ function renderServices(view) {
 async function loadServices() {
   try {
     renderServices(await getJson('/ui/api/services'));
+    settled('services', 'loaded');
   } catch (e) {
     const body = document.getElementById('services-body');
     body.className = '';
     body.replaceChildren(unavailable('The services are', e.message));
+    settled('services', 'unavailable');
   }
 }
 
@@ -318,6 +331,7 @@ async function startFlows() {
   document.getElementById('flow-rows').replaceChildren();
   tally.connected.clear();
   tally.unavailable.clear();
+  settled('flows', 'starting');
   try {
     const flags = formFlags(document.getElementById('filters'));
     const request = await getJson(`/ui/api/request?flags=${encodeURIComponent(JSON.stringify(flags))}`);
@@ -331,6 +345,7 @@ async function startFlows() {
       throw new Error(`${resp.status} ${message}`.trim());
     }
     if (tally.connected.size + tally.unavailable.size === 0) setFlowStatus('streaming', false);
+    settled('flows', 'streaming');
     const reader = resp.body.getReader();
     const decoder = new TextDecoder();
     let buf = '';
@@ -349,9 +364,11 @@ async function startFlows() {
     if (current === controller && tally.connected.size + tally.unavailable.size === 0) {
       setFlowStatus('end of flows', false);
     }
+    if (current === controller) settled('flows', 'done');
   } catch (e) {
     if (e.name === 'AbortError') return;
     setFlowStatus(`Flows unavailable: ${e.message}`, true);
+    settled('flows', 'unavailable');
   }
 }
 

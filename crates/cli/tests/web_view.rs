@@ -7,10 +7,14 @@
 //! this crate's apiserver yet). The `/ui/api/` endpoints ask a fake agent (real mutual TLS) at
 //! the node's InternalIP. `plexus ui` proxies a local port to that API with the context's
 //! admin certificate; the proxy's checks (GET only, its own Host only, streaming) are tested
-//! with plain HTTP, then Chromium loads `/ui?follow=0` and the test asserts on the DOM after
-//! the page's scripts ran (`--dump-dom --virtual-time-budget`): the clusters, a node, the
-//! service row with its backends by cluster, flow rows with the drop marked, and the relay's
-//! `3/4 nodes`. A screenshot is kept as `<target>/test-artifacts/ui.png`.
+//! with plain HTTP, then Chromium loads `/ui?follow=0` and the test asserts on the DOM once
+//! the page's scripts ran: the clusters, a node, the service row with its backends by cluster,
+//! flow rows with the drop marked, and the relay's `3/4 nodes`. A screenshot is kept as
+//! `<target>/test-artifacts/ui.png`.
+//!
+//! Chromium is driven over the DevTools protocol on a pipe, and the test waits for the page's
+//! own "settled" marks rather than `--dump-dom --virtual-time-budget`: virtual time does not
+//! wait for a fetch's streamed body, so a dump could catch the flow table half read.
 //!
 //! Chromium runs as root here, so with `--no-sandbox`, with a temporary profile directory, in a
 //! process group of its own that is killed when the test ends however it ends.
@@ -46,60 +50,195 @@ impl Drop for Group {
     }
 }
 
-/// Runs headless Chromium on `url` with `args` (`--dump-dom`, `--screenshot=...`), at most
-/// 90 s; its stdout.
-async fn chromium(url: &str, args: &[String]) -> String {
-    let profile = tempfile::tempdir().unwrap();
-    let child = tokio::process::Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--no-default-browser-check",
-            "--disable-extensions",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            "--window-size=1400,1100",
-            "--virtual-time-budget=15000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(args)
-        .arg(url)
-        .env("HOME", profile.path())
-        .process_group(0)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run chromium (scripts/setup.sh installs Debian's chromium)");
-    let mut group = Group(child);
-    let mut stdout = group.0.stdout.take().unwrap();
-    let mut stderr = group.0.stderr.take().unwrap();
-    let run = async {
-        let mut out = Vec::new();
-        let mut err = Vec::new();
-        let (a, b, status) = tokio::join!(
-            tokio::io::AsyncReadExt::read_to_end(&mut stdout, &mut out),
-            tokio::io::AsyncReadExt::read_to_end(&mut stderr, &mut err),
-            group.0.wait()
+/// Headless Chromium driven over the DevTools protocol on a pipe (`--remote-debugging-pipe`:
+/// JSON messages ended by NUL, commands on its fd 3, answers on its fd 4; two FIFOs here). The
+/// test waits until the page says every part settled (`<body data-mesh data-services
+/// data-relay data-flows>`), not for a time.
+struct Browser {
+    group: Group,
+    to: std::fs::File,
+    from: std::io::BufReader<std::fs::File>,
+    next_id: u64,
+    session: String,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    /// Starts Chromium on `url` (blocking: call from a blocking thread); its process group id
+    /// goes to `pid` as soon as it runs.
+    fn start(url: &str, pid: std::sync::mpsc::Sender<u32>) -> Self {
+        let profile = tempfile::tempdir().unwrap();
+        let to_path = profile.path().join("cdp-in");
+        let from_path = profile.path().join("cdp-out");
+        for p in [&to_path, &from_path] {
+            nix::unistd::mkfifo(p, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        }
+        let child = tokio::process::Command::new("bash")
+            .args([
+                "-c",
+                r#"exec chromium "$@" 3<"$CDP_IN" 4>"$CDP_OUT""#,
+                "chromium",
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--disable-extensions",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-dev-shm-usage",
+                "--window-size=1400,1100",
+                "--remote-debugging-pipe",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(url)
+            .env("CDP_IN", &to_path)
+            .env("CDP_OUT", &from_path)
+            .env("HOME", profile.path())
+            .process_group(0)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("run chromium (scripts/setup.sh installs Debian's chromium)");
+        let group = Group(child);
+        let _ = pid.send(group.0.id().unwrap());
+        // bash opens fd 3 (our writing end) first, then fd 4 (our reading end).
+        let to = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&to_path)
+            .unwrap();
+        let from = std::io::BufReader::new(std::fs::File::open(&from_path).unwrap());
+        let mut b = Self {
+            group,
+            to,
+            from,
+            next_id: 0,
+            session: String::new(),
+            _profile: profile,
+        };
+        let targets = b.call("Target.getTargets", serde_json::json!({}), false);
+        let page = targets["targetInfos"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["type"] == "page")
+            .unwrap_or_else(|| panic!("no page target: {targets}"))["targetId"]
+            .clone();
+        let attached = b.call(
+            "Target.attachToTarget",
+            serde_json::json!({"targetId": page, "flatten": true}),
+            false,
         );
-        a.unwrap();
-        b.unwrap();
-        (status.unwrap(), out, err)
-    };
-    let (status, out, err) = tokio::time::timeout(Duration::from_secs(90), run)
-        .await
-        .expect("chromium did not finish within 90s");
-    assert!(
-        status.success(),
-        "chromium failed: {status}: {}",
-        String::from_utf8_lossy(&err)
-    );
-    drop(group);
-    String::from_utf8_lossy(&out).to_string()
+        b.session = attached["sessionId"].as_str().unwrap().to_string();
+        b
+    }
+
+    /// One command (on the page's session when `on_page`); its result.
+    fn call(
+        &mut self,
+        method: &str,
+        params: serde_json::Value,
+        on_page: bool,
+    ) -> serde_json::Value {
+        use std::io::BufRead;
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut msg = serde_json::json!({"id": id, "method": method, "params": params});
+        if on_page {
+            msg["sessionId"] = self.session.clone().into();
+        }
+        let mut bytes = serde_json::to_vec(&msg).unwrap();
+        bytes.push(0);
+        self.to.write_all(&bytes).unwrap();
+        loop {
+            let mut buf = Vec::new();
+            let n = self.from.read_until(0, &mut buf).unwrap();
+            assert!(n > 0, "chromium closed its DevTools pipe");
+            buf.pop();
+            let answer: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+            if answer["id"] != id {
+                continue; // an event, or another session's answer
+            }
+            assert!(answer.get("error").is_none(), "{method}: {answer}");
+            return answer["result"].clone();
+        }
+    }
+
+    /// Evaluates `expr` in the page; its value.
+    fn eval(&mut self, expr: &str) -> serde_json::Value {
+        let r = self.call(
+            "Runtime.evaluate",
+            serde_json::json!({"expression": expr, "returnByValue": true}),
+            true,
+        );
+        r["result"]["value"].clone()
+    }
+
+    /// Waits until every part of the page settled; the DOM then.
+    fn settled_dom(&mut self) -> String {
+        let settled = "(() => { const d = document.body && document.body.dataset; \
+            return !!d && !!d.mesh && !!d.services && !!d.relay \
+              && ['done', 'unavailable'].includes(d.flows); })()";
+        while self.eval(settled) != serde_json::Value::Bool(true) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.eval("document.documentElement.outerHTML")
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// A PNG of the page.
+    fn screenshot(&mut self, path: &Path) {
+        use base64::Engine as _;
+        let r = self.call(
+            "Page.captureScreenshot",
+            serde_json::json!({"format": "png"}),
+            true,
+        );
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(r["data"].as_str().unwrap())
+            .unwrap();
+        std::fs::write(path, png).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.group.0.start_kill();
+    }
+}
+
+/// Opens `url` in a fresh headless Chromium (at most 90 s): the settled DOM, and a screenshot
+/// into `png` when given. Chromium is killed when this returns or the test fails.
+async fn in_browser(url: &str, png: Option<std::path::PathBuf>) -> String {
+    let url = url.to_string();
+    let (pid_tx, pid_rx) = std::sync::mpsc::channel();
+    let mut task = tokio::task::spawn_blocking(move || {
+        let mut b = Browser::start(&url, pid_tx);
+        let dom = b.settled_dom();
+        if let Some(p) = png {
+            b.screenshot(&p);
+        }
+        dom
+    });
+    match tokio::time::timeout(Duration::from_secs(90), &mut task).await {
+        Ok(dom) => dom.unwrap(),
+        Err(_) => {
+            // The blocked thread owns the browser: kill its group, so the thread's next read
+            // of the DevTools pipe ends and nothing is left running.
+            if let Ok(pid) = pid_rx.try_recv() {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = task.await;
+            panic!("the page did not settle in Chromium within 90s");
+        }
+    }
 }
 
 /// One plain HTTP/1.1 exchange with the proxy; the whole answer (the request asks the server
@@ -288,9 +427,11 @@ async fn the_web_view_renders_the_mesh_services_and_flows_in_chromium() {
         .unwrap();
         assert!(relay_requests.lock().unwrap().last().unwrap().follow);
 
-        // Chromium: the DOM after the page's scripts ran.
+        // Chromium: the DOM once the page's parts settled, and a screenshot of it.
         let page = format!("{url}?follow=0");
-        let dom = chromium(&page, &["--dump-dom".to_string()]).await;
+        let png = common::artifacts_dir().join("ui.png");
+        let _ = std::fs::remove_file(&png);
+        let dom = in_browser(&page, Some(png.clone())).await;
         for needle in [
             "cluster cluster1",
             r#"data-cluster="cluster2""#,
@@ -315,11 +456,6 @@ async fn the_web_view_renders_the_mesh_services_and_flows_in_chromium() {
         let req = relay_requests.lock().unwrap().last().unwrap().clone();
         assert!(!req.follow, "{req:?}");
         assert_eq!(req.number, Some(100));
-
-        // A screenshot for people.
-        let png = common::artifacts_dir().join("ui.png");
-        let _ = std::fs::remove_file(&png);
-        chromium(&page, &[format!("--screenshot={}", png.display())]).await;
         let bytes = std::fs::read(&png).unwrap();
         assert!(
             bytes.starts_with(b"\x89PNG"),
@@ -327,9 +463,10 @@ async fn the_web_view_renders_the_mesh_services_and_flows_in_chromium() {
             png.display()
         );
 
-        // With the agent gone, the page says the mesh and services are unavailable.
+        // With the agent gone, the page says the mesh and services are unavailable; the flows
+        // still show.
         drop(_agent);
-        let dom = chromium(&page, &["--dump-dom".to_string()]).await;
+        let dom = in_browser(&page, None).await;
         assert!(dom.contains("The mesh is unavailable"), "{dom}");
         assert!(dom.contains("The services are unavailable"), "{dom}");
         assert!(dom.contains(r#"<tr class="flow dropped""#), "{dom}");
