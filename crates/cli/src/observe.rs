@@ -104,7 +104,7 @@ const SPECS: &[FlagSpec] = &[
     spec(
         "last",
         None,
-        "The last N flows of each node (default 20 without --since/--follow/--all)",
+        "The last N flows (default 20 without --since, --follow or --all)",
     ),
     spec("all", None, "Every flow the nodes keep"),
     spec("follow", Some('f'), "Keep streaming new flows"),
@@ -128,8 +128,12 @@ pub struct ObserveArgs {
 
 impl Args for ObserveArgs {
     fn augment_args(mut cmd: clap::Command) -> clap::Command {
-        for s in SPECS {
-            let mut arg = Arg::new(s.long).long(s.long).help(s.help);
+        // After the global flags (--config, --context, --node) in --help, in SPECS' order.
+        for (i, s) in SPECS.iter().enumerate() {
+            let mut arg = Arg::new(s.long)
+                .long(s.long)
+                .help(s.help)
+                .display_order(100 + i);
             if let Some(c) = s.short {
                 arg = arg.short(c);
             }
@@ -152,6 +156,7 @@ impl Args for ObserveArgs {
                 .short('o')
                 .long("output")
                 .help("compact, table or json (the FlowResponse lines as received)")
+                .display_order(200)
                 .default_value("compact")
                 .value_parser(|s: &str| s.parse::<OutputFormat>()),
         )
@@ -159,6 +164,7 @@ impl Args for ObserveArgs {
             Arg::new("print-node-name")
                 .long("print-node-name")
                 .help("Show the node (cluster/node) of each flow")
+                .display_order(201)
                 .action(ArgAction::SetTrue),
         )
     }
