@@ -182,8 +182,7 @@ async fn observe_asks_the_relay_and_prints_its_flows() {
         assert_eq!(relay.requests.lock().unwrap().len(), asked);
 
         // A relay that does not answer: the error says which.
-        drop(relay);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        relay.stop().await;
         let run = plexus(&config, &["observe"]).await;
         assert_eq!(run.code, 1);
         assert!(

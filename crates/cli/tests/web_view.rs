@@ -176,12 +176,9 @@ impl Browser {
         r["result"]["value"].clone()
     }
 
-    /// Waits until every part of the page settled; the DOM then.
-    fn settled_dom(&mut self) -> String {
-        let settled = "(() => { const d = document.body && document.body.dataset; \
-            return !!d && !!d.mesh && !!d.services && !!d.relay \
-              && ['done', 'unavailable'].includes(d.flows); })()";
-        while self.eval(settled) != serde_json::Value::Bool(true) {
+    /// Waits until the page's JavaScript condition `until` holds; the DOM then.
+    fn dom_when(&mut self, until: &str) -> String {
+        while self.eval(until) != serde_json::Value::Bool(true) {
             std::thread::sleep(Duration::from_millis(100));
         }
         self.eval("document.documentElement.outerHTML")
@@ -211,14 +208,21 @@ impl Drop for Browser {
     }
 }
 
-/// Opens `url` in a fresh headless Chromium (at most 90 s): the settled DOM, and a screenshot
-/// into `png` when given. Chromium is killed when this returns or the test fails.
-async fn in_browser(url: &str, png: Option<std::path::PathBuf>) -> String {
+/// Every part of the page settled, the flow history read to its end.
+const SETTLED: &str = "(() => { const d = document.body && document.body.dataset; \
+    return !!d && !!d.mesh && !!d.services && !!d.relay \
+      && ['done', 'unavailable'].includes(d.flows); })()";
+
+/// Opens `url` in a fresh headless Chromium (at most 90 s): the DOM once the JavaScript
+/// condition `until` holds, and a screenshot into `png` when given. Chromium is killed when
+/// this returns or the test fails.
+async fn in_browser(url: &str, until: &str, png: Option<std::path::PathBuf>) -> String {
     let url = url.to_string();
+    let until = until.to_string();
     let (pid_tx, pid_rx) = std::sync::mpsc::channel();
     let mut task = tokio::task::spawn_blocking(move || {
         let mut b = Browser::start(&url, pid_tx);
-        let dom = b.settled_dom();
+        let dom = b.dom_when(&until);
         if let Some(p) = png {
             b.screenshot(&p);
         }
@@ -352,6 +356,7 @@ async fn the_web_view_renders_the_mesh_services_and_flows_in_chromium() {
         )
         .await;
 
+        let api_addr = api.addr.clone();
         // plexus ui, to that API with the context's admin certificate.
         let config_file = dir.path().join("config.yaml");
         common::write_config(&config_file, dir.path(), &api.addr, &[]);
@@ -431,7 +436,7 @@ async fn the_web_view_renders_the_mesh_services_and_flows_in_chromium() {
         let page = format!("{url}?follow=0");
         let png = common::artifacts_dir().join("ui.png");
         let _ = std::fs::remove_file(&png);
-        let dom = in_browser(&page, Some(png.clone())).await;
+        let dom = in_browser(&page, SETTLED, Some(png.clone())).await;
         for needle in [
             "cluster cluster1",
             r#"data-cluster="cluster2""#,
@@ -463,13 +468,45 @@ async fn the_web_view_renders_the_mesh_services_and_flows_in_chromium() {
             png.display()
         );
 
+        // Following (the page's default): the live table fills while the relay's answer stays
+        // open, through the proxy.
+        let dom = in_browser(
+            &url,
+            "document.body.dataset.flows === 'streaming' \
+               && document.querySelectorAll('#flow-rows tr').length === 4",
+            None,
+        )
+        .await;
+        assert!(dom.contains(r#"<tr class="flow dropped""#), "{dom}");
+        assert!(dom.contains(r#"data-flows="streaming""#), "{dom}");
+        let req = relay_requests.lock().unwrap().last().unwrap().clone();
+        assert!(req.follow, "{req:?}");
+
         // With the agent gone, the page says the mesh and services are unavailable; the flows
         // still show.
-        drop(_agent);
-        let dom = in_browser(&page, None).await;
+        _agent.stop().await;
+        let dom = in_browser(&page, SETTLED, None).await;
         assert!(dom.contains("The mesh is unavailable"), "{dom}");
         assert!(dom.contains("The services are unavailable"), "{dom}");
         assert!(dom.contains(r#"<tr class="flow dropped""#), "{dom}");
+
+        // With the relay gone, the proxy says which relay did not answer.
+        api.stop().await;
+        let addr = proxy_addr.clone();
+        let relay = api_addr.clone();
+        let answer = tokio::task::spawn_blocking(move || {
+            http(
+                &addr,
+                &format!("GET /ui HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+            )
+        })
+        .await
+        .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+        assert!(
+            answer.contains(&format!("the relay at {relay} did not answer /ui")),
+            "{answer}"
+        );
 
         drop(proxy);
         server.shutdown().await;

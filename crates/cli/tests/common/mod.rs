@@ -34,6 +34,18 @@ pub struct Server {
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
+impl Server {
+    /// Stops serving and waits until the port refuses connections (the TLS listener's
+    /// acceptor ends a moment after the server task).
+    pub async fn stop(self) {
+        self.task.abort();
+        let addr = self.addr.clone();
+        while tokio::net::TcpStream::connect(&addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         self.task.abort();
