@@ -133,22 +133,6 @@ impl Context {
         }
     }
 
-    /// The TLS configuration of the context's admin certificate (`pki/admin.crt`), trusting
-    /// only the cluster's CA: what the CLI presents to the relay and to agents.
-    pub fn admin_tls(&self, purpose: &str) -> Result<std::sync::Arc<rustls::ClientConfig>> {
-        let admin = self.pki().admin();
-        plexus_agent_api::tls::client_config(
-            &admin.ca,
-            Some((admin.cert.as_path(), admin.key.as_path())),
-        )
-        .with_context(|| {
-            format!(
-                "the admin certificate of context {} for {purpose}",
-                self.name
-            )
-        })
-    }
-
     /// The relay's address (`relay:`), or an error saying the context has none.
     pub fn relay_address(&self) -> Result<&str> {
         self.relay.as_deref().with_context(|| {
@@ -162,7 +146,17 @@ impl Context {
     /// A client of the relay (the apiserver's API, mutual TLS with the admin certificate).
     pub fn relay_client(&self) -> Result<plexus_agent_api::Client> {
         let addr = self.relay_address()?;
-        let config = self.admin_tls(&format!("the relay at {addr}"))?;
+        let admin = self.pki().admin();
+        let config = plexus_agent_api::tls::client_config(
+            &admin.ca,
+            Some((admin.cert.as_path(), admin.key.as_path())),
+        )
+        .with_context(|| {
+            format!(
+                "the admin certificate of context {} for the relay at {addr}",
+                self.name
+            )
+        })?;
         Ok(plexus_agent_api::Client::new(
             plexus_agent_api::Endpoint::Tls {
                 addr: addr.to_string(),

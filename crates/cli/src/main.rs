@@ -982,7 +982,7 @@ fn run(cli: Cli) -> Result<u8> {
             Command::Ui { .. } => {
                 let ctx = cfg.context(ctx_name, &path)?;
                 let addr = ctx.relay_address()?.to_string();
-                let tls = ctx.admin_tls(&format!("the relay at {addr}"))?;
+                let client = ctx.relay_client()?.with_timeout(ui::UPSTREAM_TIMEOUT);
                 let listener = ui_listener.context("the web view's listener")?;
                 let local = listener.local_addr()?;
                 println!(
@@ -991,7 +991,7 @@ fn run(cli: Cli) -> Result<u8> {
                 );
                 use std::io::Write as _;
                 std::io::stdout().flush()?;
-                ui::serve(listener, ui::Upstream { addr, tls }).await?
+                ui::serve(listener, ui::Upstream { addr, client }).await?
             }
             Command::Lab { .. }
             | Command::Exec { .. }

@@ -2,8 +2,9 @@
 //!
 //! The apiserver serves the web view (`/ui`) on its API, which requires a client certificate;
 //! browsers have none. The proxy listens on 127.0.0.1 and forwards every `GET`/`HEAD` to the
-//! context's relay with the context's admin certificate, one TLS connection per request, and
-//! streams the answer back as it comes (the flow table follows a never-ending response).
+//! context's relay with the context's admin certificate (`plexus_agent_api::Client::forward`,
+//! one TLS connection per request), and streams the answer back as it comes (the flow table
+//! follows a never-ending response).
 //!
 //! It refuses other methods (the admin certificate may write; the page only reads) and
 //! requests whose `Host` is not the proxy's own loopback address, so a web page of another
@@ -18,21 +19,18 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use http_body_util::Empty;
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 
 /// How long connecting to the relay and receiving its answer's head may take.
-const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(15);
+pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Where the proxy forwards.
+/// Where the proxy forwards: the relay, with the admin certificate.
 pub struct Upstream {
-    /// The relay, `host:port`.
+    /// The relay, `host:port` (for messages).
     pub addr: String,
-    /// The admin certificate's TLS configuration.
-    pub tls: Arc<rustls::ClientConfig>,
+    /// A client of the relay (its timeout bounds connecting and the answer's head).
+    pub client: plexus_agent_api::Client,
 }
 
 struct Proxy {
@@ -104,81 +102,29 @@ async fn forward(State(proxy): State<Arc<Proxy>>, req: Request) -> Response {
     if path == "/" {
         return (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, "/ui")]).into_response();
     }
-    let accept = req.headers().get(header::ACCEPT).cloned();
-    match tokio::time::timeout(
-        UPSTREAM_TIMEOUT,
-        send(&proxy.upstream, req.method().clone(), &path, accept),
-    )
-    .await
+    match proxy
+        .upstream
+        .client
+        .forward(req.method().clone(), &path)
+        .await
     {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(err)) => plain(
+        Ok(resp) => {
+            let (parts, body) = resp.into_parts();
+            let mut out = Response::new(Body::new(body));
+            *out.status_mut() = parts.status;
+            for (k, v) in &parts.headers {
+                if k != header::CONNECTION && k != header::TRANSFER_ENCODING {
+                    out.headers_mut().append(k.clone(), v.clone());
+                }
+            }
+            out
+        }
+        Err(err) => plain(
             StatusCode::BAD_GATEWAY,
             format!(
-                "plexus ui: the relay at {} did not answer {path}: {err:#}",
-                proxy.upstream.addr
-            ),
-        ),
-        Err(_) => plain(
-            StatusCode::GATEWAY_TIMEOUT,
-            format!(
-                "plexus ui: the relay at {} did not answer {path} within {UPSTREAM_TIMEOUT:?}",
+                "plexus ui: the relay at {} did not answer {path}: {err}",
                 proxy.upstream.addr
             ),
         ),
     }
-}
-
-/// One request to the relay on a connection of its own; the answer's body streams.
-async fn send(
-    upstream: &Upstream,
-    method: Method,
-    path: &str,
-    accept: Option<HeaderValue>,
-) -> Result<Response> {
-    let host = match upstream.addr.rsplit_once(':') {
-        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
-        _ => upstream.addr.as_str(),
-    };
-    let name = rustls::pki_types::ServerName::try_from(
-        host.trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string(),
-    )
-    .with_context(|| format!("server name of {}", upstream.addr))?;
-    let tcp = tokio::net::TcpStream::connect(upstream.addr.as_str())
-        .await
-        .context("connect")?;
-    let tls = tokio_rustls::TlsConnector::from(upstream.tls.clone())
-        .connect(name, tcp)
-        .await
-        .context("TLS handshake")?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .context("HTTP handshake")?;
-    // The connection lives until the answer's body is read to its end or dropped (the browser
-    // went away).
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let mut request = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header(header::HOST, upstream.addr.as_str());
-    if let Some(a) = accept {
-        request = request.header(header::ACCEPT, a);
-    }
-    let request = request
-        .body(Empty::<Bytes>::new())
-        .context("build the request")?;
-    let response = sender.send_request(request).await.context("send")?;
-    let (parts, body) = response.into_parts();
-    let mut out = Response::new(Body::new(body));
-    *out.status_mut() = parts.status;
-    for (k, v) in &parts.headers {
-        if k != header::CONNECTION && k != header::TRANSFER_ENCODING {
-            out.headers_mut().append(k.clone(), v.clone());
-        }
-    }
-    Ok(out)
 }
