@@ -155,7 +155,11 @@ impl Browser {
         loop {
             let mut buf = Vec::new();
             let n = self.from.read_until(0, &mut buf).unwrap();
-            assert!(n > 0, "chromium closed its DevTools pipe");
+            assert!(
+                n > 0,
+                "chromium closed its DevTools pipe (is Debian's chromium installed? \
+                 scripts/setup.sh installs it)"
+            );
             buf.pop();
             let answer: serde_json::Value = serde_json::from_slice(&buf).unwrap();
             if answer["id"] != id {
@@ -467,6 +471,28 @@ async fn the_web_view_renders_the_mesh_services_and_flows_in_chromium() {
             "{} is not a PNG",
             png.display()
         );
+
+        // The filters: form fields and typed observe flags become the request plexus observe
+        // would send (--not included); a bad flag is shown, naming it.
+        let filtered = format!(
+            "{url}?follow=0&last=7&to-cluster=cluster1&more={}",
+            plexus_flow::filter::percent_encode("--not --from-pod default/x-wing --type=drop")
+        );
+        in_browser(&filtered, SETTLED, None).await;
+        let req = relay_requests.lock().unwrap().last().unwrap().clone();
+        assert_eq!(req.number, Some(7));
+        assert_eq!(req.whitelist[0].destination_cluster_name, ["cluster1"]);
+        assert_eq!(req.whitelist[0].event_type.len(), 1, "{req:?}");
+        assert_eq!(req.blacklist[0].source_pod, ["default/x-wing"], "{req:?}");
+        let asked = relay_requests.lock().unwrap().len();
+        let bad = format!("{url}?follow=0&more=--verdict%20LOST");
+        let dom = in_browser(&bad, SETTLED, None).await;
+        assert!(
+            dom.contains(r#"data-flows="unavailable""#)
+                && dom.contains("Flows unavailable: 400 --verdict \"LOST\""),
+            "{dom}"
+        );
+        assert_eq!(relay_requests.lock().unwrap().len(), asked);
 
         // Following (the page's default): the live table fills while the relay's answer stays
         // open, through the proxy.
