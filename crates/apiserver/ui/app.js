@@ -75,7 +75,7 @@ function renderMesh(view) {
       (r['num-failures'] ? ` · ${r['num-failures']} failures` : '');
     clusters.append(el('div', { class: 'cluster', 'data-cluster': r.name },
       el('h3', {}, r.name, ' ', stateBadge(r)),
-      el('div', { class: 'muted' }, r.status),
+      r.status && r.status !== 'ready' ? el('div', { class: 'muted' }, r.status) : null,
       el('div', { class: 'muted' }, counts),
       r['last-failure'] ? el('div', { class: 'unavailable' }, `last failure: ${r['last-failure']}`) : null,
       nodeList(byCluster(r.name))));
