@@ -401,8 +401,7 @@ impl ApiServer {
                     client_tls,
                 ));
                 tasks.push(tokio::spawn(relay.clone().watch_nodes(backend.clone())));
-                let router =
-                    crate::api::router(shared.clone(), relay).merge(crate::ui::router(ui));
+                let router = crate::api::router(shared.clone(), relay).merge(crate::ui::router(ui));
                 let name = cluster.name.clone();
                 tasks.push(tokio::spawn(async move {
                     if let Err(err) = plexus_tls_api::serve(listener, router, &name).await {
