@@ -21,6 +21,8 @@ packages=(
                               # userspace baseline; the encryption e2e test's underlay capture
   prometheus                  # the metrics test scrapes a lab with a real Prometheus (started by the
                               # test itself, never as Debian's service)
+  chromium                    # the web view's test (crates/cli/tests/web_view.rs): headless
+                              # Chromium renders the page and dumps its DOM and a screenshot
 )
 
 missing=()

@@ -4,8 +4,9 @@
 //! A [`Client`] opens one HTTP/1.1 connection per call (hyper), bounds the whole exchange by
 //! its timeout, and returns errors that name the endpoint and the path. Its typed methods
 //! ([`Client::status`], [`Client::services`], ...) pair each agent path with its answer type,
-//! so neither can drift from the other. [`Client::monitor`] streams. Synchronous callers (the
-//! CNI plugin, the lab) use [`block_on`].
+//! so neither can drift from the other. [`Client::monitor`] and [`Client::lines`] stream;
+//! [`Client::forward`] hands a proxy the raw answer as it streams. Synchronous callers (the CNI
+//! plugin, the lab) use [`block_on`].
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -319,6 +320,21 @@ impl Client {
         serde_json::from_slice(&bytes).map_err(|e| self.decode_error(path, e))
     }
 
+    /// `method path` (a `GET` or `HEAD` without a body) as it is, for a proxy (`plexus ui`):
+    /// the answer's head whatever its status, and its body as it streams. Only the connection
+    /// and the head are bounded by the timeout; the connection lasts as long as the body.
+    pub async fn forward(
+        &self,
+        method: Method,
+        path: &str,
+    ) -> Result<hyper::Response<StreamingBody>, ApiError> {
+        let (response, conn) =
+            tokio::time::timeout(self.timeout, self.exchange(method, path, None))
+                .await
+                .map_err(|_| self.unreachable(format!("no answer within {:?}", self.timeout)))??;
+        Ok(response.map(|body| StreamingBody { body, _conn: conn }))
+    }
+
     /// `GET path` answered by a stream of JSON lines. Only the connection and the response
     /// head are bounded by the timeout; the stream lasts until the server ends it or the
     /// returned [`JsonLines`] is dropped.
@@ -467,6 +483,32 @@ impl Client {
         self.send::<_, Empty>(Method::DELETE, &path, &Empty {})
             .await
             .map(drop)
+    }
+}
+
+/// The body of a [`Client::forward`] answer; it keeps its connection open until dropped.
+pub struct StreamingBody {
+    body: Incoming,
+    _conn: Connection,
+}
+
+impl hyper::body::Body for StreamingBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -63,7 +63,9 @@ pub use types::{
 
 use serde::{Deserialize, Serialize};
 
-pub use client::{ApiError, Client, DEFAULT_TIMEOUT, Endpoint, JsonLines, Method, block_on};
+pub use client::{
+    ApiError, Client, DEFAULT_TIMEOUT, Endpoint, JsonLines, Method, StreamingBody, block_on,
+};
 pub use plexus_clustermesh::report::{MeshReport, RemoteClusterReport};
 
 /// The remote clusters as one node's agent sees them.

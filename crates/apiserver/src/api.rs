@@ -6,6 +6,7 @@
 //! - `GET /v1/status`: [`ApiServerStatus`](crate::ApiServerStatus) as JSON;
 //! - `GET /v1/flows?request=...[&scope=cluster]` and `GET /v1/relay/nodes`: the flow relay
 //!   ([`crate::relay`]).
+//! - the web view, `/ui` and `/ui/api/...` ([`crate::ui`], merged in by the server).
 //!
 //! Errors are the agent API's error bodies (`plexus_agent_api::ErrorBody`), so one client
 //! (`plexus_agent_api::Client`) talks to both.

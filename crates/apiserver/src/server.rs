@@ -382,19 +382,26 @@ impl ApiServer {
                 let tls = plexus_agent_api::tls::server_config(&files)?;
                 let listener = plexus_tls_api::TlsListener::new(tcp, tls)
                     .with_context(|| format!("listen on {addr} (the API)"))?;
-                // The relay presents the API's own certificate to agents and other relays.
+                // The relay and the web view present the API's own certificate to agents and
+                // other relays (read access).
                 let client_tls = plexus_agent_api::tls::client_config(
                     &files.ca,
                     Some((&files.cert, &files.key)),
                 )
                 .context("the relay's client identity (the API's certificate)")?;
+                let ui = crate::ui::UiState::new(
+                    &cluster.name,
+                    backend.clone(),
+                    config.relay.agent_port,
+                    client_tls.clone(),
+                );
                 let relay = Arc::new(crate::relay::Relay::new(
                     cluster.clone(),
                     config.relay.clone(),
                     client_tls,
                 ));
                 tasks.push(tokio::spawn(relay.clone().watch_nodes(backend.clone())));
-                let router = crate::api::router(shared.clone(), relay);
+                let router = crate::api::router(shared.clone(), relay).merge(crate::ui::router(ui));
                 let name = cluster.name.clone();
                 tasks.push(tokio::spawn(async move {
                     if let Err(err) = plexus_tls_api::serve(listener, router, &name).await {

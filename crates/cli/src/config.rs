@@ -133,6 +133,38 @@ impl Context {
         }
     }
 
+    /// The relay's address (`relay:`), or an error saying the context has none.
+    pub fn relay_address(&self) -> Result<&str> {
+        self.relay.as_deref().with_context(|| {
+            format!(
+                "context {} names no relay (relay: HOST:PORT, the apiserver's API address)",
+                self.name
+            )
+        })
+    }
+
+    /// A client of the relay (the apiserver's API, mutual TLS with the admin certificate).
+    pub fn relay_client(&self) -> Result<plexus_agent_api::Client> {
+        let addr = self.relay_address()?;
+        let admin = self.pki().admin();
+        let config = plexus_agent_api::tls::client_config(
+            &admin.ca,
+            Some((admin.cert.as_path(), admin.key.as_path())),
+        )
+        .with_context(|| {
+            format!(
+                "the admin certificate of context {} for the relay at {addr}",
+                self.name
+            )
+        })?;
+        Ok(plexus_agent_api::Client::new(
+            plexus_agent_api::Endpoint::Tls {
+                addr: addr.to_string(),
+                config,
+            },
+        ))
+    }
+
     /// A client of the apiserver's HTTP endpoints, if the context names it.
     pub fn apiserver_client(&self) -> Option<plexus_agent_api::Client> {
         self.apiserver.as_ref().map(|addr| {
@@ -306,6 +338,11 @@ mod tests {
         assert_eq!(
             c1.agent_client(&c1.agents[1]).unwrap().target().to_string(),
             "unix:/run/plexus/n2.sock"
+        );
+        let err = format!("{:#}", c1.relay_client().unwrap_err());
+        assert!(
+            err.contains("names no relay") && err.contains("c1"),
+            "{err}"
         );
         let err = c1.agent_client(&c1.agents[2]).unwrap_err().to_string();
         assert!(err.contains("neither an address nor a socket"), "{err}");

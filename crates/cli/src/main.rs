@@ -7,6 +7,8 @@
 //!   `monitor` ([`node`]);
 //! - `encryption status|rotate-key`: WireGuard keys, devices and peers of a cluster's nodes
 //!   ([`encryption`]);
+//! - `observe`: flows of every node of the mesh through the cluster's relay ([`observe`]);
+//! - `ui`: the web view through a local proxy to the relay ([`ui`]);
 //! - `node join`: the files a new host needs to run a cluster's agent ([`join`]);
 //! - `host install-cni` ([`host`]): set up a host's podman to run containers on Plexus;
 //! - `context list|use`. Contexts live in the configuration file of [`config`]; a context with
@@ -20,6 +22,8 @@ mod join;
 mod lab;
 mod node;
 mod objects;
+mod observe;
+mod ui;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -163,6 +167,17 @@ enum Command {
         /// (allowed new connections and drops by policy).
         #[arg(long = "type", value_parser = ["drop", "trace", "translation", "policy-verdict"])]
         kind: Option<String>,
+    },
+    /// Flows of every node of every cluster of the mesh, through the cluster's relay (or one
+    /// node's agent with --node), as `hubble observe` prints them. `--not` negates the next
+    /// filter flag.
+    Observe(observe::ObserveArgs),
+    /// The web view (mesh, services, live flows) in a browser: a local proxy to the relay with
+    /// the context's admin certificate; open the URL it prints.
+    Ui {
+        /// The local port (on 127.0.0.1; 0: any free port).
+        #[arg(long, default_value_t = 12000)]
+        port: u16,
     },
     /// WireGuard encryption of the cluster's nodes (every node, or --node).
     Encryption {
@@ -709,6 +724,12 @@ fn run(cli: Cli) -> Result<u8> {
         _ => {}
     }
 
+    // The web view's listener is bound in this (the host's) network namespace, so a browser
+    // here reaches it even when the relay is reached from inside a lab's namespace.
+    let ui_listener = match &cli.command {
+        Command::Ui { port } => Some(ui::bind(*port)?),
+        _ => None,
+    };
     // Everything else talks to a cluster: enter its network namespace first (threads started
     // afterwards, the runtime's among them, inherit it).
     if let Some(ns) = cfg
@@ -954,6 +975,23 @@ fn run(cli: Cli) -> Result<u8> {
                     .transpose()
                     .map_err(|e| anyhow::anyhow!(e))?;
                 node::monitor(cfg.context(ctx_name, &path)?, node, kind).await?
+            }
+            Command::Observe(args) => {
+                observe::observe(cfg.context(ctx_name, &path)?, node, &args).await?
+            }
+            Command::Ui { .. } => {
+                let ctx = cfg.context(ctx_name, &path)?;
+                let addr = ctx.relay_address()?.to_string();
+                let client = ctx.relay_client()?.with_timeout(ui::UPSTREAM_TIMEOUT);
+                let listener = ui_listener.context("the web view's listener")?;
+                let local = listener.local_addr()?;
+                println!(
+                    "Plexus web view of cluster {} (relay {addr}): http://{local}/ui",
+                    ctx.name
+                );
+                use std::io::Write as _;
+                std::io::stdout().flush()?;
+                ui::serve(listener, ui::Upstream { addr, client }).await?
             }
             Command::Lab { .. }
             | Command::Exec { .. }
