@@ -7,10 +7,12 @@
 //! - intruder (cluster2) -> db dropped by the policy's deny rule;
 //! - employee -> the service: its translation (frontend, backend, backend cluster, service
 //!   name) and db's ingress policy verdict naming the allowing policy;
-//! - a follower receives a new drop as it happens.
+//! - a follower receives a new drop as it happens;
+//! - `plexus observe` through both clusters' relays reads the same agent's flows.
 
 #![allow(clippy::unwrap_used)]
 
+use std::process::Command;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -22,7 +24,7 @@ use plexus_flow::{
 };
 use plexus_lab::lab::LabState;
 use plexus_test_support::lab::{Lab, eventually, run_lab};
-use plexus_test_support::walkthrough;
+use plexus_test_support::{walkthrough, workspace_bin};
 
 const LAB: &str = "clusters:
 - {name: cluster1, id: 1, podCIDR: 10.10.0.0/16, serviceCIDR: 10.11.0.0/16, nodes: 1}
@@ -342,6 +344,44 @@ fn observe(mut lab: Lab) {
     let flow = line.as_flow().expect("a flow");
     assert_eq!(flow.source.pod_name, "stranger");
     assert_eq!(flow.policy_deny, Some(PolicyDeny::DefaultDeny));
+
+    // The whole chain: `plexus observe` asks cluster2's relay, which asks cluster1's relay,
+    // which asks this agent on its TCP API with the relay's certificate.
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/plx-{}-u", lab.name()))
+        .arg(workspace_bin("plexus"))
+        .env("PLEXUS_LAB_DIR", lab.dir())
+        .env("PLEXUS_CONFIG", lab.config())
+        .args([
+            "--context",
+            "cluster2",
+            "observe",
+            "--from-pod",
+            "default/intruder",
+            "--verdict",
+            "DROPPED",
+            "--last",
+            "1",
+            "-o",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "plexus observe: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let relayed: Vec<Flow> = stdout
+        .lines()
+        .filter_map(|l| FlowResponse::from_json_line(l).ok())
+        .filter_map(|r| r.as_flow().map(|f| Flow::clone(f)))
+        .collect();
+    assert_eq!(relayed.len(), 1, "{stdout}");
+    assert_eq!(relayed[0].node_name, node_name);
+    assert_eq!(relayed[0].policy_deny, Some(PolicyDeny::DenyRule));
+    assert_eq!(relayed[0].destination.pod_name, "db");
     lab.down();
 }
 
