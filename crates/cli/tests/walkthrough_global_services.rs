@@ -17,13 +17,16 @@
 //! Flows (`plexus observe`, through cluster1's relay): after step 6, x-wing's drops, its
 //! translations and both clusters' nodes in one stream (`walkthrough::observe_step6`); at the
 //! end, with one node's agent killed, `observe` reports `3/4 nodes` and keeps streaming the
-//! others' flows.
+//! others' flows. A real Prometheus scraping the lab answers a query by source cluster with step
+//! 6's drops.
 #![allow(clippy::unwrap_used)]
 
 use std::process::Stdio;
 use std::time::Duration;
 
+use plexus_lab::lab::LabState;
 use plexus_test_support::lab::{Lab, eventually, run_lab};
+use plexus_test_support::prometheus::{Job, Prometheus};
 use plexus_test_support::walkthrough::{ask_rebel_base, example, global_services};
 use serde_json::Value;
 
@@ -31,8 +34,58 @@ fn walkthrough(mut lab: Lab) {
     // 1. The lab; then the walkthrough's steps (crates/test-support's walkthrough module).
     lab.up(example("lab.yaml"), &[]);
     global_services(&lab, false);
+    drops_in_prometheus(&lab);
     observe_with_a_node_down(&lab);
     lab.down();
+}
+
+/// A real Prometheus scrapes every apiserver and agent of the lab; a PromQL query by source
+/// cluster returns step 6's drops (x-wing in cluster1 denied towards cluster1's rebel-base),
+/// counted by the agents' flow metrics.
+fn drops_in_prometheus(lab: &Lab) {
+    let state = LabState::load(lab.dir()).unwrap();
+    let apiservers: Vec<String> = state
+        .clusters
+        .iter()
+        .map(|c| format!("{}:9963", c.ip))
+        .collect();
+    let agents: Vec<String> = state
+        .clusters
+        .iter()
+        .flat_map(|c| c.nodes.iter().map(|n| n.metrics_address()))
+        .collect();
+    let prometheus = Prometheus::start(
+        &state.underlay,
+        &[
+            Job {
+                name: "plexus-apiserver".into(),
+                targets: apiservers,
+            },
+            Job {
+                name: "plexus-agent".into(),
+                targets: agents,
+            },
+        ],
+    );
+    let query = "sum by (source_cluster, destination_cluster, reason) (plexus_drop_total{source_cluster=\"cluster1\"})";
+    eventually(
+        Duration::from_secs(60),
+        "step 6's drops in Prometheus",
+        || {
+            let samples = prometheus.query(query)?;
+            samples
+                .iter()
+                .any(|s| {
+                    s.labels.get("destination_cluster").map(String::as_str) == Some("cluster1")
+                        && s.labels
+                            .get("reason")
+                            .is_some_and(|r| r == "POLICY_DENIED" || r == "Policy denied")
+                        && s.value > 0.0
+                })
+                .then_some(())
+                .ok_or(format!("{query}: {samples:?}"))
+        },
+    );
 }
 
 /// One agent of cluster2 killed: `observe` names it unreachable (`3/4 nodes`), and a
