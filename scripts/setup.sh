@@ -19,6 +19,8 @@ packages=(
   wireguard-go tcpdump        # crates/wireguard's device tests: the interop peer and the underlay
                               # capture; scripts/bench-wg.sh and scripts/bench-lab.sh: the
                               # userspace baseline; the encryption e2e test's underlay capture
+  prometheus                  # the metrics test scrapes a lab with a real Prometheus (started by the
+                              # test itself, never as Debian's service)
 )
 
 missing=()
@@ -32,11 +34,13 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Debian starts no etcd of its own without systemd; make sure none is left running either way,
-# so tests own every etcd on this machine.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
-  systemctl disable --now etcd >/dev/null 2>&1 || true
-fi
+# Debian starts no etcd or Prometheus of its own without systemd; make sure none is left running
+# either way, so tests own every etcd on this machine (and start their own Prometheus).
+for service in etcd prometheus; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$service" 2>/dev/null; then
+    systemctl disable --now "$service" >/dev/null 2>&1 || true
+  fi
+done
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found; install the Rust toolchain (rustup) first" >&2

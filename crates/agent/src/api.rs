@@ -11,7 +11,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use plexus_agent_api::{
@@ -20,6 +20,7 @@ use plexus_agent_api::{
     IdentityInfo, IpamRequest, IpamResponse, IpcacheRow, LbRow, MeshReport, MonitorFilter,
     MonitorMessage, NodeInfo, PolicyInfo, RotateKeyReport, ServiceInfo, monitor,
 };
+use plexus_metrics::Format;
 use serde::Deserialize;
 
 use crate::Agent;
@@ -382,11 +383,24 @@ async fn endpoint_delete(
     Ok(axum::Json(Empty {}))
 }
 
-/// Prometheus text: the remote clusters and the kvstore operations of the local connection.
-pub async fn metrics(State(agent): State<Arc<Agent>>) -> String {
-    let mut out = plexus_clustermesh::metrics::render(&agent.cluster.name, &agent.mesh.status());
-    out.push_str(&agent.kv.render("local"));
-    out
+/// `/metrics`: the agent's registry ([`crate::metrics`]), OpenMetrics for Prometheus (which
+/// asks for it), the Prometheus text format 0.0.4 otherwise.
+pub async fn metrics(State(agent): State<Arc<Agent>>, headers: HeaderMap) -> Response {
+    let format = Format::negotiate(
+        headers
+            .get(axum::http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok()),
+    );
+    match agent.metrics.encode(format) {
+        Ok(body) => (
+            [(axum::http::header::CONTENT_TYPE, format.content_type())],
+            body,
+        )
+            .into_response(),
+        Err(err) => {
+            ApiError::new(ErrorKind::Internal, format!("encode metrics: {err}")).into_response()
+        }
+    }
 }
 
 // Conversions from the agent's own structures to the API's types (the lists read from the

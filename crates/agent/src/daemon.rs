@@ -367,6 +367,12 @@ pub async fn run(args: Options) -> Result<()> {
         reconciler,
     ];
 
+    let metrics = Arc::new(crate::metrics::Metrics::new(
+        &cluster.name,
+        mesh.handle(),
+        &kv,
+        datapath.clone(),
+    ));
     let agent = Arc::new(Agent {
         cluster: cluster.clone(),
         node: args.node_name.clone(),
@@ -374,12 +380,12 @@ pub async fn run(args: Options) -> Result<()> {
         pod_cidr: cidr.to_string(),
         routing: format!("{:?}", args.routing).to_lowercase(),
         datapath_kind: format!("{:?}", args.datapath).to_lowercase(),
-        kv,
         mesh: mesh.handle(),
         core,
         endpoints,
         datapath,
         wireguard,
+        metrics,
     });
 
     if let Some(dir) = args.api_socket.parent() {

@@ -10,14 +10,16 @@
 //!   reconciler that applies its output to the datapath and the kernel as soon as it changes.
 //! - [`endpoints`]: the node's pods (addresses, identities, datapath entries, published
 //!   records, persisted state); [`netcmd`]: the few kernel settings the agent makes.
-//! - [`api`]: the API the CLI and the CNI plugin use, on a unix socket and on TCP
-//!   with mutual TLS (`plexus_tls_api`); [`reports`]: what it lists.
+//! - [`api`]: the API the CLI and the CNI plugin use, on a unix socket and on TCP with mutual
+//!   TLS (`plexus_tls_api`); [`reports`]: what it lists; [`metrics`]: the Prometheus registry
+//!   of `/metrics` (datapath counters, flow metrics, remote clusters, kvstore).
 //! - [`daemon`]: the wiring of one node's agent; [`options`]: its flags and configuration file.
 
 pub mod api;
 pub mod core;
 pub mod daemon;
 pub mod endpoints;
+pub mod metrics;
 pub mod netcmd;
 pub mod options;
 pub mod reports;
@@ -28,7 +30,6 @@ use std::sync::Arc;
 
 use plexus_clustermesh::mesh::MeshHandle;
 use plexus_datapath::Datapath;
-use plexus_kvstore::KvMetrics;
 use plexus_model::cluster::ClusterInfo;
 
 pub use daemon::run;
@@ -45,11 +46,19 @@ pub struct Agent {
     pod_cidr: String,
     routing: String,
     datapath_kind: String,
-    kv: KvMetrics,
     mesh: MeshHandle,
     core: CoreHandle,
     endpoints: Arc<Endpoints>,
     datapath: Arc<dyn Datapath>,
     /// The node's WireGuard, when `enable-wireguard` is on.
     wireguard: Option<Arc<shell::wireguard::Wireguard>>,
+    /// What `/metrics` serves.
+    metrics: Arc<metrics::Metrics>,
+}
+
+impl Agent {
+    /// The flow metrics, for the flow pipeline to count into.
+    pub fn flow_metrics(&self) -> &metrics::FlowMetrics {
+        self.metrics.flows()
+    }
 }

@@ -2,26 +2,36 @@
 //!
 //! - `GET /healthz`: 200 while the process serves (liveness);
 //! - `GET /readyz`: 200 once ready, else 503 with the reasons, one per line;
-//! - `GET /metrics`: Prometheus text (readiness, kvstore operations, KVStoreMesh remotes);
+//! - `GET /metrics`: Prometheus metrics (readiness, kvstore operations and sync queues,
+//!   KVStoreMesh remotes), OpenMetrics for Prometheus, text 0.0.4 for others
+//!   ([`plexus_metrics::Format`]), all read at scrape time from one registry;
 //! - `GET /v1/status`: [`crate::server::ApiServerStatus`] as JSON.
 
-use std::fmt::Write;
+use std::fmt;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use plexus_metrics::prometheus_client::collector::Collector;
+use plexus_metrics::prometheus_client::encoding::DescriptorEncoder;
+use plexus_metrics::prometheus_client::registry::Registry;
+use plexus_metrics::{Format, gauges};
 
 use crate::server::Shared;
 
 /// Serves the endpoints on `listener` until the task is dropped.
 pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    let registry = Arc::new(registry(&shared));
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route(
+            "/metrics",
+            get(move |headers: HeaderMap| metrics(registry.clone(), headers)),
+        )
         .route("/v1/status", get(status))
         .with_state(shared);
     if let Err(err) = axum::serve(listener, app).await {
@@ -45,47 +55,74 @@ async fn status(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     axum::Json(shared.status())
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    let status = shared.status();
-    let cluster = &shared.cluster.name;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP plexus_apiserver_ready Whether the apiserver is ready."
-    );
-    let _ = writeln!(out, "# TYPE plexus_apiserver_ready gauge");
-    let _ = writeln!(
-        out,
-        "plexus_apiserver_ready{{cluster=\"{cluster}\"}} {}",
-        u8::from(status.ready)
-    );
-    out.push_str(&shared.kv.render("local"));
-    let _ = writeln!(
-        out,
-        "# HELP plexus_kvstore_sync_queue_size Keys waiting to be written to the kvstore."
-    );
-    let _ = writeln!(out, "# TYPE plexus_kvstore_sync_queue_size gauge");
-    for (scope, remote, n) in shared.queue_sizes() {
-        match remote {
-            Some(r) => {
-                let _ = writeln!(
-                    out,
-                    "plexus_kvstore_sync_queue_size{{scope=\"{scope}\",target_cluster=\"{r}\"}} {n}"
-                );
-            }
-            None => {
-                let _ = writeln!(
-                    out,
-                    "plexus_kvstore_sync_queue_size{{scope=\"{scope}\"}} {n}"
-                );
-            }
-        }
-    }
+/// The apiserver's registry: its own gauges, the local kvstore's operations (`scope="local"`)
+/// and, with KVStoreMesh, the remotes it mirrors.
+fn registry(shared: &Arc<Shared>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(ApiServerCollector(shared.clone())));
+    registry.register_collector(Box::new(shared.kv.collector("local")));
     if let Some(mesh) = &shared.kvstoremesh {
-        out.push_str(&plexus_clustermesh::metrics::render(
-            cluster,
-            &mesh.status(),
-        ));
+        let mesh = mesh.clone();
+        registry.register_collector(Box::new(plexus_clustermesh::metrics::collector(
+            &shared.cluster.name,
+            move || mesh.status(),
+        )));
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+    registry
+}
+
+async fn metrics(registry: Arc<Registry>, headers: HeaderMap) -> impl IntoResponse {
+    let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    match plexus_metrics::encode(&registry, format) {
+        Ok(body) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, format.content_type())],
+            body,
+        ),
+        Err(err) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("encode metrics: {err}\n"),
+        ),
+    }
+}
+
+/// `plexus_apiserver_ready{cluster}` and `plexus_kvstore_sync_queue_size{scope[,target_cluster]}`,
+/// read from the apiserver's state at each scrape.
+struct ApiServerCollector(Arc<Shared>);
+
+impl fmt::Debug for ApiServerCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ApiServerCollector")
+            .field(&self.0.cluster.name)
+            .finish()
+    }
+}
+
+impl Collector for ApiServerCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let shared = &self.0;
+        gauges(
+            &mut encoder,
+            "plexus_apiserver_ready",
+            "Whether the apiserver is ready.",
+            [(
+                vec![("cluster", shared.cluster.name.as_str())],
+                u64::from(shared.status().ready),
+            )],
+        )?;
+        let queues = shared.queue_sizes();
+        gauges(
+            &mut encoder,
+            "plexus_kvstore_sync_queue_size",
+            "Keys waiting to be written to the kvstore.",
+            queues.iter().map(|(scope, remote, n)| {
+                let mut labels = vec![("scope", scope.as_str())];
+                if let Some(r) = remote {
+                    labels.push(("target_cluster", r.as_str()));
+                }
+                (labels, *n as u64)
+            }),
+        )
+    }
 }

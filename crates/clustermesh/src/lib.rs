@@ -10,7 +10,7 @@
 //! [`validate`] (what is accepted from a remote: its cluster config, id, and entries),
 //! [`failure`] (what went wrong with a remote, as a message and a kind),
 //! [`remote`] (the consumer protocol for one remote as a state machine, without IO),
-//! [`metrics`] (Prometheus text for the remotes' status), [`report`] (its JSON shape),
+//! [`metrics`] (a Prometheus collector of the remotes' status), [`report`] (its JSON shape),
 //! [`publish`] (the cluster config and heartbeat a cluster keeps published for its readers).
 
 pub mod access;

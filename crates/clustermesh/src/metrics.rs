@@ -1,105 +1,134 @@
 //! Prometheus metrics of the remote clusters a cluster follows.
 //!
-//! [`render`] turns a [`MeshStatus`] into the Prometheus text exposition format; the daemons
-//! serve it on `/metrics`. Names follow Cilium's `cilium_clustermesh_*` metrics with the
-//! `plexus_` prefix, labelled by `source_cluster` (us) and `target_cluster` (the remote).
+//! [`collector`] reads a [`MeshStatus`] at each scrape and exposes it in a daemon's
+//! `prometheus-client` registry (the agent's and, for KVStoreMesh, the apiserver's `/metrics`).
+//! Names follow Cilium's `cilium_clustermesh_*` metrics with the `plexus_` prefix, labelled by
+//! `source_cluster` (us) and `target_cluster` (the remote); as in Cilium,
+//! `..._remote_cluster_failures` is a gauge (failures since the remote was configured).
 
-use std::fmt::Write;
+use std::fmt;
+
+use plexus_metrics::prometheus_client::collector::Collector;
+use plexus_metrics::prometheus_client::encoding::DescriptorEncoder;
+use plexus_metrics::{Labels, counters, gauges};
 
 use crate::mesh::MeshStatus;
+use crate::remote_cluster::RemoteClusterStatus;
 
-/// Renders the mesh status of cluster `source` as Prometheus text.
-pub fn render(source: &str, status: &MeshStatus) -> String {
-    let mut out = String::new();
-    let mut family = |name: &str, help: &str, kind: &str, samples: Vec<(Option<&str>, f64)>| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (target, value) in samples {
-            match target {
-                Some(t) => {
-                    let _ = writeln!(
-                        out,
-                        "{name}{{source_cluster=\"{source}\",target_cluster=\"{t}\"}} {value}"
-                    );
-                }
-                None => {
-                    let _ = writeln!(out, "{name}{{source_cluster=\"{source}\"}} {value}");
-                }
-            }
-        }
+/// A collector of the remote clusters' status of cluster `source`, read through `status` at
+/// each scrape (e.g. `MeshHandle::status`).
+pub fn collector(
+    source: &str,
+    status: impl Fn() -> MeshStatus + Send + Sync + 'static,
+) -> MeshCollector {
+    MeshCollector {
+        source: source.to_string(),
+        status: Box::new(status),
+    }
+}
+
+/// The collector of [`collector`].
+pub struct MeshCollector {
+    source: String,
+    status: Box<dyn Fn() -> MeshStatus + Send + Sync>,
+}
+
+impl fmt::Debug for MeshCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MeshCollector")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Collector for MeshCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        encode(&self.source, &(self.status)(), &mut encoder)
+    }
+}
+
+/// Writes the families of `status` of cluster `source`.
+fn encode(source: &str, status: &MeshStatus, encoder: &mut DescriptorEncoder) -> fmt::Result {
+    let mine = || -> Labels<'_> { vec![("source_cluster", source)] };
+    let per = |f: fn(&RemoteClusterStatus) -> u64| {
+        status.remotes.iter().map(move |(name, s)| {
+            (
+                vec![
+                    ("source_cluster", source),
+                    ("target_cluster", name.as_str()),
+                ],
+                f(s),
+            )
+        })
     };
-    let remotes: Vec<_> = status.remotes.iter().collect();
-    let per = |f: &dyn Fn(&crate::remote_cluster::RemoteClusterStatus) -> f64| -> Vec<(Option<&str>, f64)> {
-        remotes.iter().map(|(name, s)| (Some(name.as_str()), f(s))).collect()
-    };
-    family(
+    gauges(
+        encoder,
         "plexus_clustermesh_remote_clusters",
         "Number of remote clusters configured.",
-        "gauge",
-        vec![(None, remotes.len() as f64)],
-    );
-    family(
+        [(mine(), status.remotes.len() as u64)],
+    )?;
+    gauges(
+        encoder,
         "plexus_clustermesh_remote_cluster_readiness_status",
         "Whether the remote cluster is connected and synced (1) or not (0).",
-        "gauge",
-        per(&|s| f64::from(u8::from(s.protocol.ready))),
-    );
-    family(
+        per(|s| u64::from(s.protocol.ready)),
+    )?;
+    gauges(
+        encoder,
         "plexus_clustermesh_remote_cluster_connected",
         "Whether the remote cluster's kvstore is reachable with a fresh heartbeat.",
-        "gauge",
-        per(&|s| f64::from(u8::from(s.protocol.connected))),
-    );
-    family(
+        per(|s| u64::from(s.protocol.connected)),
+    )?;
+    gauges(
+        encoder,
         "plexus_clustermesh_remote_cluster_failures",
         "Failures talking to the remote cluster since it was configured.",
-        "counter",
-        per(&|s| s.protocol.failures as f64),
-    );
-    family(
+        per(|s| s.protocol.failures),
+    )?;
+    gauges(
+        encoder,
         "plexus_clustermesh_remote_cluster_nodes",
         "Nodes held from the remote cluster.",
-        "gauge",
-        per(&|s| s.nodes as f64),
-    );
-    family(
+        per(|s| s.nodes as u64),
+    )?;
+    gauges(
+        encoder,
         "plexus_clustermesh_remote_cluster_endpoints",
         "ipcache entries held from the remote cluster.",
-        "gauge",
-        per(&|s| s.endpoints as f64),
-    );
-    family(
+        per(|s| s.endpoints as u64),
+    )?;
+    gauges(
+        encoder,
         "plexus_clustermesh_remote_cluster_identities",
         "Identities held from the remote cluster.",
-        "gauge",
-        per(&|s| s.identities as f64),
-    );
-    family(
+        per(|s| s.identities as u64),
+    )?;
+    gauges(
+        encoder,
         "plexus_clustermesh_remote_cluster_services",
         "Shared services held from the remote cluster.",
-        "gauge",
-        per(&|s| s.services as f64),
-    );
-    family(
-        "plexus_clustermesh_remote_cluster_rejected_entries_total",
+        per(|s| s.services as u64),
+    )?;
+    counters(
+        encoder,
+        "plexus_clustermesh_remote_cluster_rejected_entries",
         "Values from the remote cluster refused by validation.",
-        "counter",
-        per(&|s| s.rejected as f64),
-    );
-    family(
+        per(|s| s.rejected),
+    )?;
+    gauges(
+        encoder,
         "plexus_clustermesh_config_errors",
         "Remote-cluster configuration files that cannot be used.",
-        "gauge",
-        vec![(None, status.config_errors.len() as f64)],
-    );
-    out
+        [(mine(), status.config_errors.len() as u64)],
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::remote::RemoteStatus;
-    use crate::remote_cluster::RemoteClusterStatus;
+    use plexus_metrics::Format;
+    use plexus_metrics::prometheus_client::registry::Registry;
 
     #[test]
     fn renders_every_remote_with_labels() {
@@ -125,9 +154,12 @@ mod tests {
             remotes: [("c2".to_string(), remote)].into(),
             config_errors: vec!["x".into()],
         };
-        let text = render("c1", &status);
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(collector("c1", move || status.clone())));
+        let text = plexus_metrics::encode(&registry, Format::Text).unwrap();
         for line in [
             "# TYPE plexus_clustermesh_remote_clusters gauge",
+            "# TYPE plexus_clustermesh_remote_cluster_failures gauge",
             "plexus_clustermesh_remote_clusters{source_cluster=\"c1\"} 1",
             "plexus_clustermesh_remote_cluster_readiness_status{source_cluster=\"c1\",target_cluster=\"c2\"} 1",
             "plexus_clustermesh_remote_cluster_failures{source_cluster=\"c1\",target_cluster=\"c2\"} 3",

@@ -8,7 +8,8 @@
 //! - per node `j`: a namespace `plx-<lab>-<cluster>-n<j>` at 172.31.i.(10+j) running
 //!   `plexus-agent` (eBPF datapath, bpffs mounted under its state directory), its API on its
 //!   socket and on TCP port [`AGENT_API_PORT`] with mutual TLS (a server certificate of the
-//!   cluster's CA for the node's name and address, issued at each start);
+//!   cluster's CA for the node's name and address, issued at each start), and its metrics for
+//!   Prometheus on port [`AGENT_PROMETHEUS_PORT`] (plain HTTP, `/metrics`);
 //! - every daemon runs with only `--config FILE`, as on a real host:
 //!   `<dir>/<cluster>/apiserver.yaml` and `<node state dir>/agent.yaml` (which `lab
 //!   agent-options` edits);
@@ -46,6 +47,10 @@ pub const AGENT_API_PORT: u16 = 9965;
 /// control plane's address (Hubble Relay's port).
 pub const APISERVER_API_PORT: u16 = 4245;
 
+/// The TCP port of each agent's plain-HTTP `/metrics` for Prometheus (`prometheus-listen`), on
+/// the node's underlay address; Cilium's agent serves its metrics on the same port.
+pub const AGENT_PROMETHEUS_PORT: u16 = 9962;
+
 /// One node of a running lab.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -73,6 +78,11 @@ impl NodeState {
     /// The agent's API on TCP, `ip:port`, as the lab's contexts name it.
     pub fn api_address(&self) -> String {
         format!("{}:{AGENT_API_PORT}", self.ip)
+    }
+
+    /// The agent's Prometheus `/metrics`, `ip:port`.
+    pub fn metrics_address(&self) -> String {
+        format!("{}:{AGENT_PROMETHEUS_PORT}", self.ip)
     }
 }
 
@@ -392,6 +402,7 @@ fn agent_config(lab: &LabState, c: &ClusterState, n: &NodeState) -> Result<Agent
         clustermesh_config: Some(c.clustermesh_dir.clone()),
         api_socket: Some(n.socket.clone()),
         api_listen: Some((n.ip, AGENT_API_PORT).into()),
+        prometheus_listen: Some((n.ip, AGENT_PROMETHEUS_PORT).into()),
         // Issued by `start_agent` at each start.
         api_tls_cert: Some(n.state_dir.join("api.crt")),
         api_tls_key: Some(n.state_dir.join("api.key")),

@@ -17,10 +17,11 @@
 //!
 //! [`lab`] is the harness of the lab tests (the CLI's and the cluster DNS's): a [`lab::Lab`]
 //! driven through the `plexus` binary, with its own name and directory, taken down on drop;
-//! [`walkthrough`] holds the checks the walkthrough tests share.
+//! [`walkthrough`] holds the checks the walkthrough tests share; [`prometheus`] runs a real
+//! Prometheus inside a lab's namespace and queries it.
 
 // `pre_exec` with `prctl(PR_SET_PDEATHSIG)` needs unsafe: it is the only way to make sure no
-// etcd outlives a test process that was killed without unwinding.
+// etcd (or Prometheus) outlives a test process that was killed without unwinding.
 #![allow(unsafe_code)]
 
 use std::net::TcpListener;
@@ -33,6 +34,7 @@ use plexus_pki::Ca;
 
 pub mod lab;
 pub mod openssl;
+pub mod prometheus;
 pub mod walkthrough;
 
 /// What went wrong starting or driving an etcd process.

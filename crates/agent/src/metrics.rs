@@ -1,0 +1,303 @@
+//! The agent's Prometheus metrics: one `prometheus-client` registry served on `/metrics` (the
+//! API socket, the mutual-TLS API, and `--prometheus-listen` for Prometheus).
+//!
+//! [`Metrics`] holds the registry. What it exposes:
+//! - the remote clusters' status (`plexus_clustermesh_*`, [`plexus_clustermesh::metrics`]) and
+//!   the local kvstore's operations (`plexus_kvstore_*{scope="local"}`), read at scrape time;
+//! - the eBPF datapath's counters (the `PLEXUS_METRICS` map, summed over CPUs, read at scrape
+//!   time) in Cilium's shape: `plexus_drop_count_total{reason,direction}`,
+//!   `plexus_drop_bytes_total{reason,direction}`, `plexus_forward_count_total{direction}`,
+//!   `plexus_forward_bytes_total{direction}`, with Cilium's label values (`reason="Policy
+//!   denied"`, `direction="INGRESS"|"EGRESS"`);
+//! - the flow metrics of [`FlowMetrics`], counted by the flow pipeline as flows pass (Hubble's
+//!   `hubble_flows_processed_total` / `hubble_drop_total` with the `plexus_` prefix).
+
+use std::fmt;
+use std::sync::Arc;
+
+use plexus_clustermesh::mesh::MeshHandle;
+use plexus_datapath::{Datapath, Direction, Metric};
+use plexus_kvstore::KvMetrics;
+use plexus_metrics::Format;
+use plexus_metrics::prometheus_client::collector::Collector;
+use plexus_metrics::prometheus_client::encoding::DescriptorEncoder;
+use plexus_metrics::prometheus_client::metrics::counter::Counter;
+use plexus_metrics::prometheus_client::metrics::family::Family;
+use plexus_metrics::prometheus_client::registry::Registry;
+
+/// The agent's registry and the handles that feed it.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    flows: FlowMetrics,
+}
+
+impl Metrics {
+    /// The registry of the agent of cluster `cluster`: the remote clusters read from `mesh`,
+    /// the kvstore operations of `kv`, the counters of `datapath`, and empty flow metrics.
+    pub fn new(
+        cluster: &str,
+        mesh: MeshHandle,
+        kv: &KvMetrics,
+        datapath: Arc<dyn Datapath>,
+    ) -> Self {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(plexus_clustermesh::metrics::collector(
+            cluster,
+            move || mesh.status(),
+        )));
+        registry.register_collector(Box::new(kv.collector("local")));
+        registry.register_collector(Box::new(DatapathCollector(datapath)));
+        let flows = FlowMetrics::default();
+        flows.register(&mut registry);
+        Self { registry, flows }
+    }
+
+    /// The flow metrics, for the flow pipeline to count into.
+    pub fn flows(&self) -> &FlowMetrics {
+        &self.flows
+    }
+
+    /// Everything, encoded in `format`.
+    pub fn encode(&self, format: Format) -> Result<String, fmt::Error> {
+        plexus_metrics::encode(&self.registry, format)
+    }
+}
+
+/// The flow metrics: what the flow pipeline counts as flows pass, with plain strings so it
+/// needs nothing of this crate's types. Cheap to clone (clones count into the same families).
+///
+/// - `plexus_flows_processed_total{type,verdict}`: every flow; `type` is the flow's event type
+///   as Hubble names it (`Trace`, `Drop`, `PolicyVerdict`, `Translation`), `verdict` its
+///   verdict (`FORWARDED`, `DROPPED`, `TRANSLATED`).
+/// - `plexus_drop_total{reason,direction,source_cluster,destination_cluster}`: every dropped
+///   flow; `reason` as Hubble names it (`POLICY_DENIED`), `direction` the traffic direction
+///   (`INGRESS`, `EGRESS`), the clusters of both ends (empty when unknown).
+#[derive(Clone, Debug, Default)]
+pub struct FlowMetrics {
+    processed: Family<[(&'static str, String); 2], Counter>,
+    drops: Family<[(&'static str, String); 4], Counter>,
+}
+
+impl FlowMetrics {
+    /// Registers both families in `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "plexus_flows_processed",
+            "Flows processed, by event type and verdict",
+            self.processed.clone(),
+        );
+        registry.register(
+            "plexus_drop",
+            "Dropped flows, by reason, direction, source and destination cluster",
+            self.drops.clone(),
+        );
+    }
+
+    /// Counts one flow of event type `flow_type` with `verdict`.
+    pub fn flow_processed(&self, flow_type: &str, verdict: &str) {
+        self.processed
+            .get_or_create(&[("type", flow_type.into()), ("verdict", verdict.into())])
+            .inc();
+    }
+
+    /// Counts one dropped flow.
+    pub fn flow_dropped(
+        &self,
+        reason: &str,
+        direction: &str,
+        source_cluster: &str,
+        destination_cluster: &str,
+    ) {
+        self.drops
+            .get_or_create(&[
+                ("reason", reason.into()),
+                ("direction", direction.into()),
+                ("source_cluster", source_cluster.into()),
+                ("destination_cluster", destination_cluster.into()),
+            ])
+            .inc();
+    }
+}
+
+/// Reads the datapath's counters at each scrape.
+struct DatapathCollector(Arc<dyn Datapath>);
+
+impl fmt::Debug for DatapathCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DatapathCollector")
+    }
+}
+
+impl Collector for DatapathCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        match self.0.metrics() {
+            Ok(metrics) => encode_datapath(&metrics, &mut encoder),
+            // A scrape still serves everything else; the families are missing, not zero.
+            Err(err) => {
+                tracing::warn!(error = %err, "read the datapath's metrics map");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Cilium's label value of a direction.
+fn direction(d: Direction) -> &'static str {
+    match d {
+        Direction::Ingress => "INGRESS",
+        Direction::Egress => "EGRESS",
+    }
+}
+
+/// The four datapath families of `metrics` (one entry per reason and direction, as read from
+/// the map).
+fn encode_datapath(metrics: &[Metric], encoder: &mut DescriptorEncoder) -> fmt::Result {
+    let reasons: Vec<String> = metrics
+        .iter()
+        .map(|m| m.drop_reason.map(|r| r.name()).unwrap_or_default())
+        .collect();
+    let drops = || {
+        metrics
+            .iter()
+            .zip(&reasons)
+            .filter(|(m, _)| m.drop_reason.is_some())
+    };
+    let forwards = || metrics.iter().filter(|m| m.drop_reason.is_none());
+    plexus_metrics::counters(
+        encoder,
+        "plexus_drop_count",
+        "Packets dropped by the datapath, by reason and direction.",
+        drops().map(|(m, reason)| {
+            (
+                vec![
+                    ("reason", reason.as_str()),
+                    ("direction", direction(m.direction)),
+                ],
+                m.packets,
+            )
+        }),
+    )?;
+    plexus_metrics::counters(
+        encoder,
+        "plexus_drop_bytes",
+        "Bytes dropped by the datapath, by reason and direction.",
+        drops().map(|(m, reason)| {
+            (
+                vec![
+                    ("reason", reason.as_str()),
+                    ("direction", direction(m.direction)),
+                ],
+                m.bytes,
+            )
+        }),
+    )?;
+    plexus_metrics::counters(
+        encoder,
+        "plexus_forward_count",
+        "Packets forwarded by the datapath, by direction.",
+        forwards().map(|m| (vec![("direction", direction(m.direction))], m.packets)),
+    )?;
+    plexus_metrics::counters(
+        encoder,
+        "plexus_forward_bytes",
+        "Bytes forwarded by the datapath, by direction.",
+        forwards().map(|m| (vec![("direction", direction(m.direction))], m.bytes)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plexus_datapath::DropReason;
+
+    #[derive(Debug)]
+    struct Fixed(Vec<Metric>);
+
+    impl Collector for Fixed {
+        fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+            encode_datapath(&self.0, &mut encoder)
+        }
+    }
+
+    fn lines(registry: &Registry, format: Format) -> Vec<String> {
+        plexus_metrics::encode(registry, format)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn datapath_counters_read_as_ciliums() {
+        let metric = |direction, drop_reason, packets, bytes| Metric {
+            direction,
+            drop_reason,
+            packets,
+            bytes,
+        };
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Fixed(vec![
+            metric(Direction::Ingress, None, 10, 1000),
+            metric(Direction::Egress, None, 7, 700),
+            metric(Direction::Ingress, Some(DropReason::PolicyDenied), 3, 222),
+            metric(Direction::Egress, Some(DropReason::Other(99)), 1, 60),
+        ])));
+        for format in [Format::OpenMetrics, Format::Text] {
+            let text = lines(&registry, format);
+            for line in [
+                "plexus_forward_count_total{direction=\"INGRESS\"} 10",
+                "plexus_forward_count_total{direction=\"EGRESS\"} 7",
+                "plexus_forward_bytes_total{direction=\"EGRESS\"} 700",
+                "plexus_drop_count_total{reason=\"Policy denied\",direction=\"INGRESS\"} 3",
+                "plexus_drop_bytes_total{reason=\"Policy denied\",direction=\"INGRESS\"} 222",
+                "plexus_drop_count_total{reason=\"Unknown reason 99\",direction=\"EGRESS\"} 1",
+            ] {
+                assert!(text.iter().any(|l| l == line), "{line} in {text:#?}");
+            }
+            // Forwarded packets are no drops.
+            assert_eq!(
+                text.iter()
+                    .filter(|l| l.starts_with("plexus_drop_count_total"))
+                    .count(),
+                2,
+                "{text:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn flow_metrics_count_by_their_labels() {
+        let flows = FlowMetrics::default();
+        let mut registry = Registry::default();
+        flows.register(&mut registry);
+        // Registered but never counted: no samples (a family appears with its first flow).
+        let empty = lines(&registry, Format::OpenMetrics);
+        assert_eq!(empty, ["# EOF"]);
+
+        let pipeline = flows.clone();
+        pipeline.flow_processed("Trace", "FORWARDED");
+        pipeline.flow_processed("Trace", "FORWARDED");
+        pipeline.flow_processed("Drop", "DROPPED");
+        pipeline.flow_dropped("POLICY_DENIED", "INGRESS", "cluster2", "cluster1");
+        pipeline.flow_dropped("POLICY_DENIED", "INGRESS", "cluster2", "cluster1");
+        pipeline.flow_dropped("POLICY_DENIED", "EGRESS", "cluster1", "");
+        for format in [Format::OpenMetrics, Format::Text] {
+            let text = lines(&registry, format);
+            for line in [
+                "plexus_flows_processed_total{type=\"Trace\",verdict=\"FORWARDED\"} 2",
+                "plexus_flows_processed_total{type=\"Drop\",verdict=\"DROPPED\"} 1",
+                "plexus_drop_total{reason=\"POLICY_DENIED\",direction=\"INGRESS\",source_cluster=\"cluster2\",destination_cluster=\"cluster1\"} 2",
+                "plexus_drop_total{reason=\"POLICY_DENIED\",direction=\"EGRESS\",source_cluster=\"cluster1\",destination_cluster=\"\"} 1",
+            ] {
+                assert!(text.iter().any(|l| l == line), "{line} in {text:#?}");
+            }
+        }
+        let text = lines(&registry, Format::Text);
+        assert!(
+            text.iter()
+                .any(|l| l == "# HELP plexus_drop_total Dropped flows, by reason, direction, source and destination cluster."),
+            "{text:#?}"
+        );
+    }
+}
