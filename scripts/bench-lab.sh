@@ -8,8 +8,10 @@
 # cluster: unencrypted, with Plexus's WireGuard (plexus-wireguard per node), and with Debian's
 # wireguard-go as the device carrying the same pod traffic between the same node namespaces
 # (`lab up --wireguard-device wireguard-go`), each with the CPU time it costs.
+# Then flows (issue 14): the same pods with the agents' flow pipeline on and off
+# (`enable-flows`), alternating on/off/on/off in one lab, with the agents' CPU time.
 # Seconds per measurement: PLEXUS_BENCH_SECONDS (default 5). Parts: PLEXUS_BENCH_PARTS
-# (default "datapath encryption"); modes of the encryption part: PLEXUS_BENCH_MODES (default
+# (default "datapath encryption flows"); modes of the encryption part: PLEXUS_BENCH_MODES (default
 # "tunnel native").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +21,7 @@ P="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release/plexus"
 work=$(mktemp -d)
 export PLEXUS_LAB_DIR="$work/lab" PLEXUS_CONFIG="$work/config.yaml"
 secs=${PLEXUS_BENCH_SECONDS:-5}
-parts=${PLEXUS_BENCH_PARTS:-datapath encryption}
+parts=${PLEXUS_BENCH_PARTS:-datapath encryption flows}
 ip_of() { "$P" --context "$1" get pods "$2" -o json | sed -n 's/.*"ip": "\([0-9.]*\)".*/\1/p'; }
 
 cleanup() {
@@ -143,7 +145,6 @@ EOF
 done
 
 # Encryption: unencrypted, plexus-wireguard and wireguard-go between the same two nodes.
-[[ " $parts " == *" encryption "* ]] || exit 0
 hz=$(getconf CLK_TCK)
 # Busy jiffies of the whole machine (user, nice, system, irq, softirq): the kernel's share of a
 # userspace tunnel (TUN, UDP, softirq) is charged to no process of its own.
@@ -154,6 +155,7 @@ jiffies_of() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "
 per_gbit() { awk -v j="$1" -v hz="$hz" -v g="$2" -v s="$secs" 'BEGIN {printf "%.2f", j/hz/(g*s)}'; }
 # CPU microseconds per transaction: $1 jiffies, $2 trans/s.
 per_tx() { awk -v j="$1" -v hz="$hz" -v r="$2" -v s="$secs" 'BEGIN {printf "%.0f", j/hz*1e6/(r*s)}'; }
+if [[ " $parts " == *" encryption "* ]]; then
 # One row: $1 label, $2 device pids (a list, may be empty), $3 iperf3 server, $4 echo address.
 measure_enc() {
   local label=$1 devs=$2 server=$3 echo=$4 b0 d0 b1 d1 tput rr all_g dev_g all_t dev_t
@@ -223,3 +225,60 @@ PODS
     "$P" lab down >/dev/null 2>&1
   done
 done
+fi
+
+[[ " $parts " == *" flows "* ]] || exit 0
+echo
+echo "flows: pod on cluster1-node1 -> pod on cluster1-node2 (tunnel), agents' flows on and off"
+echo "agent CPU: utime+stime of the two agents over the measurement"
+echo
+echo "flows   TCP throughput  agent CPU s   UDP 1200 B throughput  agent CPU s   request/response  agent CPU s"
+printf 'clusters:\n- {name: cluster1, id: 1, podCIDR: 10.10.0.0/16, serviceCIDR: 10.11.0.0/16, nodes: 2}\nrouting: tunnel\n' > "$work/lab.yaml"
+"$P" lab up -f "$work/lab.yaml" --name bench >/dev/null 2>&1
+sed "s#PLEXUS#$P#" > "$work/pods.yaml" <<'PODS'
+apiVersion: v1
+kind: Pod
+metadata: {name: server, labels: {app: server}}
+spec:
+  nodeName: cluster1-node2
+  containers:
+  - {name: iperf, image: iperf3, command: [iperf3, -s]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: echo, labels: {app: echo}}
+spec:
+  nodeName: cluster1-node2
+  containers:
+  - {name: echo, image: echo, command: ["PLEXUS", lab, bench-echo, --port, "7000"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, labels: {app: client}}
+spec:
+  nodeName: cluster1-node1
+  containers:
+  - {name: client, image: busybox, command: [sleep, "3600"]}
+PODS
+"$P" --context cluster1 apply -f "$work/pods.yaml" >/dev/null
+server=$(ip_of cluster1 server); echo_ip=$(ip_of cluster1 echo)
+agents() { jq -r '[.clusters[].nodes[]["agent-pid"] // empty | tostring] | join(" ")' "$PLEXUS_LAB_DIR/lab.json"; }
+cpu_s() { awk -v j="$1" -v hz="$hz" 'BEGIN {printf "%.2f", j/hz}'; }
+for flows in true false true false; do
+  "$P" lab agent-options cluster1 "enable-flows=$flows" >/dev/null
+  for _ in $(seq 50); do
+    "$P" --context cluster1 exec client -- ping -c 1 -W 1 "$server" >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  pids=$(agents)
+  a0=$(jiffies_of $pids)
+  tput=$("$P" --context cluster1 exec client -- iperf3 -c "$server" -t "$secs" -f g | gbps)
+  a1=$(jiffies_of $pids)
+  udp=$("$P" --context cluster1 exec client -- iperf3 -u -b 2G -l 1200 -c "$server" -t "$secs" -f g | gbps)
+  a2=$(jiffies_of $pids)
+  rr=$("$P" --context cluster1 exec client -- "$P" lab bench-rr --to "$echo_ip:7000" --seconds "$secs")
+  a3=$(jiffies_of $pids)
+  printf '%-6s %9s Gbit/s %10s %14s Gbit/s %14s %12s trans/s %10s\n' "$([[ $flows == true ]] && echo on || echo off)" \
+    "$tput" "$(cpu_s $((a1 - a0)))" "$udp" "$(cpu_s $((a2 - a1)))" "$rr" "$(cpu_s $((a3 - a2)))"
+done
+"$P" lab down >/dev/null 2>&1

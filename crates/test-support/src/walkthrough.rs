@@ -79,7 +79,7 @@ pub fn reaches(
 
 /// `n` times `curl rebel-base` from `pod`: how many answers each cluster gave, and how many
 /// requests failed (under the key "failed").
-fn ask_rebel_base(lab: &Lab, ctx: &str, pod: &str, n: usize) -> BTreeMap<String, usize> {
+pub fn ask_rebel_base(lab: &Lab, ctx: &str, pod: &str, n: usize) -> BTreeMap<String, usize> {
     ask(lab, ctx, pod, "rebel-base", n)
 }
 
@@ -311,6 +311,7 @@ pub fn global_services(lab: &Lab, connected: bool) {
         "{out}"
     );
     assert_eq!(xwing["policy"]["egress-enforced"], true, "{xwing}");
+    observe_step6(lab, xwing_pod["name"].as_str().unwrap(), xwing_id, &vip);
     for ctx in ["cluster1", "cluster2"] {
         lab.ok(&[
             "--context",
@@ -352,6 +353,130 @@ pub fn global_services(lab: &Lab, connected: bool) {
     eventually(Duration::from_secs(60), "cluster2 serves again", || {
         both(&ask_rebel_base(lab, "cluster1", "deployment/x-wing", 20))
     });
+}
+
+/// The flow lines (`{"flow": ...}`) of `plexus observe ARGS -o json` through cluster1's relay.
+#[allow(clippy::unwrap_used)]
+pub fn observe_flows(lab: &Lab, args: &[&str]) -> Vec<Value> {
+    let mut all = vec!["--context", "cluster1", "observe", "-o", "json"];
+    all.extend_from_slice(args);
+    let out = lab.ok(&all);
+    out.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .filter_map(|v| v.get("flow").cloned())
+        .collect()
+}
+
+/// Whether `endpoint`'s labels (`["k8s:name=x-wing", ...]`) hold `label` (`name=x-wing`).
+fn has_label(endpoint: &Value, label: &str) -> bool {
+    endpoint["labels"].as_array().is_some_and(|l| {
+        l.iter().any(|v| {
+            v.as_str()
+                .is_some_and(|v| v.ends_with(&format!(":{label}")))
+        })
+    })
+}
+
+/// Flows after step 6 (the flows issue), read through cluster1's relay, which reads every node
+/// of both clusters: x-wing's drops towards cluster1 with both identities, labels, pods,
+/// clusters and the reason; x-wing's service translations with the frontend and each
+/// backend's cluster; flows of both clusters' nodes in one stream.
+#[allow(clippy::unwrap_used)]
+pub fn observe_step6(lab: &Lab, xwing: &str, xwing_id: u64, vip: &str) {
+    let mut drop = Value::Null;
+    eventually(
+        Duration::from_secs(30),
+        "observe shows x-wing's drops",
+        || {
+            let flows = observe_flows(
+                lab,
+                &[
+                    "--verdict",
+                    "DROPPED",
+                    "--to-cluster",
+                    "cluster1",
+                    "--last",
+                    "1000",
+                ],
+            );
+            drop = flows
+                .into_iter()
+                .find(|f| f["source"]["pod_name"] == xwing)
+                .ok_or_else(|| "no drop from x-wing yet".to_string())?;
+            Ok(())
+        },
+    );
+    let (src, dst) = (&drop["source"], &drop["destination"]);
+    assert_eq!(drop["verdict"], "DROPPED", "{drop}");
+    assert_eq!(drop["drop_reason_desc"], "POLICY_DENIED", "{drop}");
+    assert_eq!(drop["drop_reason_text"], "Policy denied", "{drop}");
+    assert_eq!(drop["traffic_direction"], "EGRESS", "{drop}");
+    assert!(
+        drop["node_name"].as_str().unwrap().starts_with("cluster1/"),
+        "{drop}"
+    );
+    assert_eq!(src["identity"].as_u64(), Some(xwing_id), "{drop}");
+    assert_eq!(src["cluster_name"], "cluster1", "{drop}");
+    assert_eq!(src["namespace"], "default", "{drop}");
+    assert!(has_label(src, "name=x-wing"), "{drop}");
+    assert_eq!(dst["cluster_name"], "cluster1", "{drop}");
+    assert_eq!(dst["namespace"], "default", "{drop}");
+    assert!(
+        dst["pod_name"].as_str().unwrap().starts_with("rebel-base"),
+        "{drop}"
+    );
+    assert!(has_label(dst, "name=rebel-base"), "{drop}");
+    assert!(dst["identity"].as_u64().unwrap() > 0, "{drop}");
+    assert_eq!(drop["l4"]["TCP"]["destination_port"], 80, "{drop}");
+    // Default deny: x-wing's egress is selected by the walkthrough's policies, none allows this.
+    assert_eq!(drop["policy_deny"], "default-deny", "{drop}");
+
+    // Translations: the frontend, and backends of both clusters.
+    let flows = observe_flows(
+        lab,
+        &[
+            "--from-pod",
+            &format!("default/{xwing}"),
+            "--type",
+            "translation",
+            "--last",
+            "1000",
+        ],
+    );
+    let frontend = format!("{vip}:80");
+    let clusters: std::collections::BTreeSet<String> = flows
+        .iter()
+        .filter(|f| f["translation"]["frontend"] == frontend.as_str())
+        .map(|f| {
+            f["translation"]["backend_cluster"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    assert!(
+        clusters.contains("cluster1") && clusters.contains("cluster2"),
+        "translations of {frontend} by backend cluster: {clusters:?} in {flows:?}"
+    );
+    let one = flows
+        .iter()
+        .find(|f| f["translation"]["frontend"] == frontend.as_str())
+        .unwrap();
+    assert_eq!(one["verdict"], "TRANSLATED", "{one}");
+    assert_eq!(one["destination_service"]["name"], "rebel-base", "{one}");
+
+    // One stream holds the nodes of both clusters.
+    let nodes: std::collections::BTreeSet<String> = observe_flows(lab, &["--last", "4000"])
+        .iter()
+        .filter_map(|f| f["node_name"].as_str().map(str::to_string))
+        .collect();
+    for cluster in ["cluster1/", "cluster2/"] {
+        assert!(
+            nodes.iter().any(|n| n.starts_with(cluster)),
+            "{cluster}: {nodes:?}"
+        );
+    }
 }
 
 /// A service with a UDP port in front of the built-in server's UDP answer.
