@@ -4,7 +4,8 @@
 # clusters of two nodes), enables ClusterMesh with one shared CA and connects the clusters,
 # applies the walkthrough's files, and at each step sends requests `curl rebel-base` from x-wing
 # and prints which cluster answered, in what share: both clusters, shared=false, affinity local
-# (and its fallback), the cross-cluster policy (drops shown by the monitor), the failover when
+# (and its fallback), the cross-cluster policy (drops shown by the monitor and as flows through
+# the relay, `plexus observe`), the failover when
 # cluster2 stops and its return. It tears the lab down at
 # the end; KEEP_LAB=1 leaves it up (then: plexus lab down).
 set -euo pipefail
@@ -107,6 +108,10 @@ kill "$mon" 2>/dev/null || true
 echo "the drops on $node, as monitor --type drop prints them:"
 awk '/Policy denied/ && shown < 3 { print "  " $0; shown++ }' /tmp/plexus-drops.txt
 run --context cluster1 endpoint get "$("$P" --context cluster1 get pods | awk '/^x-wing/ {print $1}')"
+echo "the same drops as flows, from every node of both clusters through cluster1's relay:"
+run --context cluster1 observe --verdict DROPPED --to-cluster cluster1 --last 3
+echo "x-wing's service translations: the frontend and the backend each one chose, with its cluster:"
+run --context cluster1 observe --from-pod default/x-wing --type translation --last 4
 echo "removing the policies again (step 7 wants cluster1's backends):"
 run --context cluster1 delete -f "$ex/networkpolicy.yaml"
 run --context cluster2 delete -f "$ex/networkpolicy.yaml"
