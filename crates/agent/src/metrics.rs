@@ -13,7 +13,7 @@
 //!   `hubble_flows_processed_total` / `hubble_drop_total` with the `plexus_` prefix).
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use plexus_clustermesh::mesh::MeshHandle;
 use plexus_datapath::{Datapath, Direction, Metric};
@@ -73,10 +73,45 @@ impl Metrics {
 /// - `plexus_drop_total{reason,direction,source_cluster,destination_cluster}`: every dropped
 ///   flow; `reason` as Hubble names it (`POLICY_DENIED`), `direction` the traffic direction
 ///   (`INGRESS`, `EGRESS`), the clusters of both ends (empty when unknown).
+///
+/// Counting is on the flow pipeline's path (once per datapath event), so the counters already
+/// looked up are kept in a small cache by their label values: a flow costs a short search
+/// and an atomic increment, not a label set allocated and hashed into the family.
 #[derive(Clone, Debug, Default)]
 pub struct FlowMetrics {
     processed: Family<[(&'static str, String); 2], Counter>,
     drops: Family<[(&'static str, String); 4], Counter>,
+    handles: Arc<Mutex<Handles>>,
+}
+
+/// The counters of [`FlowMetrics`] already looked up, by their label values (shared by clones).
+#[derive(Debug, Default)]
+struct Handles {
+    processed: Vec<([String; 2], Counter)>,
+    drops: Vec<([String; 4], Counter)>,
+}
+
+/// At most this many label sets per family are cached (more only when clusters or reasons
+/// are many; those are looked up in the family each time).
+const MAX_HANDLES: usize = 64;
+
+/// The cached counter for `values`, or the family's (cached when there is room).
+fn handle<const N: usize>(
+    cache: &mut Vec<([String; N], Counter)>,
+    values: [&str; N],
+    create: impl FnOnce() -> Counter,
+) -> Counter {
+    if let Some((_, c)) = cache
+        .iter()
+        .find(|(k, _)| k.iter().zip(values).all(|(a, b)| a == b))
+    {
+        return c.clone();
+    }
+    let counter = create();
+    if cache.len() < MAX_HANDLES {
+        cache.push((values.map(str::to_string), counter.clone()));
+    }
+    counter
 }
 
 impl FlowMetrics {
@@ -96,9 +131,13 @@ impl FlowMetrics {
 
     /// Counts one flow of event type `flow_type` with `verdict`.
     pub fn flow_processed(&self, flow_type: &str, verdict: &str) {
-        self.processed
-            .get_or_create(&[("type", flow_type.into()), ("verdict", verdict.into())])
-            .inc();
+        let mut handles = self.handles.lock().unwrap_or_else(PoisonError::into_inner);
+        handle(&mut handles.processed, [flow_type, verdict], || {
+            self.processed
+                .get_or_create(&[("type", flow_type.into()), ("verdict", verdict.into())])
+                .clone()
+        })
+        .inc();
     }
 
     /// Counts one dropped flow.
@@ -109,14 +148,22 @@ impl FlowMetrics {
         source_cluster: &str,
         destination_cluster: &str,
     ) {
-        self.drops
-            .get_or_create(&[
-                ("reason", reason.into()),
-                ("direction", direction.into()),
-                ("source_cluster", source_cluster.into()),
-                ("destination_cluster", destination_cluster.into()),
-            ])
-            .inc();
+        let mut handles = self.handles.lock().unwrap_or_else(PoisonError::into_inner);
+        handle(
+            &mut handles.drops,
+            [reason, direction, source_cluster, destination_cluster],
+            || {
+                self.drops
+                    .get_or_create(&[
+                        ("reason", reason.into()),
+                        ("direction", direction.into()),
+                        ("source_cluster", source_cluster.into()),
+                        ("destination_cluster", destination_cluster.into()),
+                    ])
+                    .clone()
+            },
+        )
+        .inc();
     }
 }
 

@@ -168,14 +168,17 @@ fn endpoint(
     if event_identity != 0 {
         out.identity = event_identity;
     }
-    if let Some(m) = &ip_meta {
+    // The ipcache's answer is ours: its strings are moved, not copied.
+    let mut ip_cluster = None;
+    if let Some(m) = ip_meta {
         if out.identity == 0 {
             out.identity = m.identity;
         }
         if out.pod_name.is_empty() && !m.pod_name.is_empty() {
-            out.namespace = m.namespace.clone();
-            out.pod_name = m.pod_name.clone();
+            out.namespace = m.namespace;
+            out.pod_name = m.pod_name;
         }
+        ip_cluster = Some(m.cluster);
     }
     if out.identity != 0
         && let Some(id) = lookup.identity(out.identity)
@@ -184,9 +187,9 @@ fn endpoint(
         out.cluster_name = id.cluster;
     }
     if out.cluster_name.is_empty()
-        && let Some(m) = ip_meta
+        && let Some(cluster) = ip_cluster
     {
-        out.cluster_name = m.cluster;
+        out.cluster_name = cluster;
     }
     if out.namespace.is_empty() {
         const NS: &str = "k8s:io.kubernetes.pod.namespace=";

@@ -35,7 +35,7 @@ use std::time::Duration;
 use plexus_datapath::{Datapath, MonitorEvent};
 use plexus_flow::{FlowRing, LostEventSource};
 use tokio::sync::broadcast;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 pub use decode::{
     Denial, EndpointMeta, FlowLookup, IdentityMeta, IpMeta, PolicyQuery, decode as decode_event,
@@ -93,6 +93,16 @@ pub fn event_time(ev: &MonitorEvent) -> DateTime<Utc> {
     }
 }
 
+/// At most this many queued events are handled per wake-up of the task (so the lost-event
+/// poll still gets its turn under a steady stream).
+const BATCH: usize = 1024;
+
+/// The task missed `n` events: it fell behind the datapath's channel.
+fn lagged(ring: &FlowRing, n: u64) {
+    tracing::debug!(lost = n, "flow task fell behind the datapath's events");
+    ring.push_lost(LostEventSource::ObserverEventsQueue, n, Utc::now());
+}
+
 /// How often the task reads the datapath's lost-event counter.
 pub const LOST_POLL: Duration = Duration::from_secs(1);
 
@@ -120,7 +130,8 @@ impl FlowTask {
         self.run_with(move || cell.load()).await
     }
 
-    /// Runs with any lookup: `lookup` gives the one to use for the next event.
+    /// Runs with any lookup: `lookup` gives the one to use for the next batch of events (the
+    /// events already queued when the task wakes up).
     pub async fn run_with<L: FlowLookup>(self, lookup: impl Fn() -> Arc<L>) {
         let Self {
             mut events,
@@ -138,17 +149,38 @@ impl FlowTask {
             tokio::select! {
                 next = events.recv() => match next {
                     Ok(ev) => {
-                        let flow =
-                            decode::decode(&ev, lookup().as_ref(), &node_name, event_time(&ev));
-                        if let Some(c) = &counter {
-                            c.count(&flow);
+                        // One wake-up handles what is already queued (up to BATCH), with one
+                        // snapshot: a burst costs one wake-up and one snapshot load.
+                        let current = lookup();
+                        let mut ev = ev;
+                        let mut handled = 0;
+                        loop {
+                            let flow = decode::decode(
+                                &ev,
+                                current.as_ref(),
+                                &node_name,
+                                event_time(&ev),
+                            );
+                            if let Some(c) = &counter {
+                                c.count(&flow);
+                            }
+                            ring.push(flow);
+                            handled += 1;
+                            if handled == BATCH {
+                                break;
+                            }
+                            match events.try_recv() {
+                                Ok(next) => ev = next,
+                                Err(TryRecvError::Lagged(n)) => {
+                                    lagged(&ring, n);
+                                    break;
+                                }
+                                Err(TryRecvError::Closed) => return,
+                                Err(TryRecvError::Empty) => break,
+                            }
                         }
-                        ring.push(flow);
                     }
-                    Err(RecvError::Lagged(n)) => {
-                        tracing::debug!(lost = n, "flow task fell behind the datapath's events");
-                        ring.push_lost(LostEventSource::ObserverEventsQueue, n, Utc::now());
-                    }
+                    Err(RecvError::Lagged(n)) => lagged(&ring, n),
                     Err(RecvError::Closed) => return,
                 },
                 _ = poll.tick() => match datapath.events_lost() {
