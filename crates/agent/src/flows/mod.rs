@@ -97,6 +97,13 @@ pub fn event_time(ev: &MonitorEvent) -> DateTime<Utc> {
 /// poll still gets its turn under a steady stream).
 const BATCH: usize = 1024;
 
+/// After a batch the task waits this long before it looks again, so a steady stream of
+/// events (UDP traced packet by packet) wakes it at most about a thousand times a second and
+/// each wake-up handles what arrived meanwhile: a wake-up across threads costs more than
+/// decoding a flow. Flows are at most this much later in the ring; the datapath's channel
+/// ([`plexus_datapath::EVENT_CHANNEL_CAPACITY`]) holds far more than a millisecond of events.
+const PACE: Duration = Duration::from_millis(1);
+
 /// The task missed `n` events: it fell behind the datapath's channel.
 fn lagged(ring: &FlowRing, n: u64) {
     tracing::debug!(lost = n, "flow task fell behind the datapath's events");
@@ -179,6 +186,7 @@ impl FlowTask {
                                 Err(TryRecvError::Empty) => break,
                             }
                         }
+                        tokio::time::sleep(PACE).await;
                     }
                     Err(RecvError::Lagged(n)) => lagged(&ring, n),
                     Err(RecvError::Closed) => return,
