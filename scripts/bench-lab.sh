@@ -146,6 +146,37 @@ done
 
 # Encryption: unencrypted, plexus-wireguard and wireguard-go between the same two nodes.
 hz=$(getconf CLK_TCK)
+# The benchmark's pods on cluster1: an iperf3 server and a 1-byte TCP echo server on
+# cluster1-node2, a client on cluster1-node1 (the encryption and flows parts).
+bench_pods() {
+  sed "s#PLEXUS#$P#" > "$work/pods.yaml" <<'PODS'
+apiVersion: v1
+kind: Pod
+metadata: {name: server, labels: {app: server}}
+spec:
+  nodeName: cluster1-node2
+  containers:
+  - {name: iperf, image: iperf3, command: [iperf3, -s]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: echo, labels: {app: echo}}
+spec:
+  nodeName: cluster1-node2
+  containers:
+  - {name: echo, image: echo, command: ["PLEXUS", lab, bench-echo, --port, "7000"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, labels: {app: client}}
+spec:
+  nodeName: cluster1-node1
+  containers:
+  - {name: client, image: busybox, command: [sleep, "3600"]}
+PODS
+  "$P" --context cluster1 apply -f "$work/pods.yaml" >/dev/null
+}
+
 # Busy jiffies of the whole machine (user, nice, system, irq, softirq): the kernel's share of a
 # userspace tunnel (TUN, UDP, softirq) is charged to no process of its own.
 busy() { awk '/^cpu / {print $2+$3+$4+$7+$8}' /proc/stat; }
@@ -188,32 +219,7 @@ for mode in ${PLEXUS_BENCH_MODES:-tunnel native}; do
     printf 'clusters:\n- {name: cluster1, id: 1, podCIDR: 10.10.0.0/16, serviceCIDR: 10.11.0.0/16, nodes: 2}\nrouting: %s\nencryption: %s\n' \
       "$mode" "$enc" > "$work/lab.yaml"
     "$P" lab up -f "$work/lab.yaml" --name bench --wireguard-device "$device" >/dev/null 2>&1
-    sed "s#PLEXUS#$P#" > "$work/pods.yaml" <<'PODS'
-apiVersion: v1
-kind: Pod
-metadata: {name: server, labels: {app: server}}
-spec:
-  nodeName: cluster1-node2
-  containers:
-  - {name: iperf, image: iperf3, command: [iperf3, -s]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: echo, labels: {app: echo}}
-spec:
-  nodeName: cluster1-node2
-  containers:
-  - {name: echo, image: echo, command: ["PLEXUS", lab, bench-echo, --port, "7000"]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: client, labels: {app: client}}
-spec:
-  nodeName: cluster1-node1
-  containers:
-  - {name: client, image: busybox, command: [sleep, "3600"]}
-PODS
-    "$P" --context cluster1 apply -f "$work/pods.yaml" >/dev/null
+    bench_pods
     server=$(ip_of cluster1 server); echo_ip=$(ip_of cluster1 echo)
     devs=$(jq -r '[.clusters[].nodes[]["wireguard-pid"] // empty | tostring] | join(" ")' "$PLEXUS_LAB_DIR/lab.json")
     # The first packets wait for the WireGuard handshake: measure once a ping passes.
@@ -235,32 +241,7 @@ echo
 echo "flows   TCP throughput  agent CPU s   UDP 1200 B throughput  agent CPU s   request/response  agent CPU s"
 printf 'clusters:\n- {name: cluster1, id: 1, podCIDR: 10.10.0.0/16, serviceCIDR: 10.11.0.0/16, nodes: 2}\nrouting: tunnel\n' > "$work/lab.yaml"
 "$P" lab up -f "$work/lab.yaml" --name bench >/dev/null 2>&1
-sed "s#PLEXUS#$P#" > "$work/pods.yaml" <<'PODS'
-apiVersion: v1
-kind: Pod
-metadata: {name: server, labels: {app: server}}
-spec:
-  nodeName: cluster1-node2
-  containers:
-  - {name: iperf, image: iperf3, command: [iperf3, -s]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: echo, labels: {app: echo}}
-spec:
-  nodeName: cluster1-node2
-  containers:
-  - {name: echo, image: echo, command: ["PLEXUS", lab, bench-echo, --port, "7000"]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: client, labels: {app: client}}
-spec:
-  nodeName: cluster1-node1
-  containers:
-  - {name: client, image: busybox, command: [sleep, "3600"]}
-PODS
-"$P" --context cluster1 apply -f "$work/pods.yaml" >/dev/null
+bench_pods
 server=$(ip_of cluster1 server); echo_ip=$(ip_of cluster1 echo)
 agents() { jq -r '[.clusters[].nodes[]["agent-pid"] // empty | tostring] | join(" ")' "$PLEXUS_LAB_DIR/lab.json"; }
 cpu_s() { awk -v j="$1" -v hz="$hz" 'BEGIN {printf "%.2f", j/hz}'; }
