@@ -19,6 +19,7 @@ pub mod ipcache;
 pub mod keys;
 pub mod labels;
 pub mod node;
+pub mod objects;
 pub mod service;
 pub mod time;
 
