@@ -18,7 +18,8 @@
 //! [`lab`] is the harness of the lab tests (the CLI's and the cluster DNS's): a [`lab::Lab`]
 //! driven through the `plexus` binary, with its own name and directory, taken down on drop;
 //! [`walkthrough`] holds the checks the walkthrough tests share; [`prometheus`] runs a real
-//! Prometheus inside a lab's namespace and queries it; [`web_view`] holds the canned answers of
+//! Prometheus inside a lab's namespace and queries it; [`netpol`] is the model, probes and
+//! truth tables of the Kubernetes NetworkPolicy e2e suite's port; [`web_view`] holds the canned answers of
 //! agents and relays for the web view's and `plexus observe`'s tests.
 
 // `pre_exec` with `prctl(PR_SET_PDEATHSIG)` needs unsafe: it is the only way to make sure no
@@ -34,6 +35,7 @@ use std::time::{Duration, Instant};
 use plexus_pki::Ca;
 
 pub mod lab;
+pub mod netpol;
 pub mod openssl;
 pub mod prometheus;
 pub mod walkthrough;
