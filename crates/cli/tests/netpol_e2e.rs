@@ -200,7 +200,17 @@ fn run(
     let mut failed = Vec::new();
     for case in chosen {
         eprintln!("netpol: {}", case.name);
-        if let Err(report) = (case.run)(&mut suite) {
+        // A step that panics (a command refused) fails its case, not the rest of the suite.
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (case.run)(&mut suite)))
+                .unwrap_or_else(|panic| {
+                    Err(panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "the case panicked".to_string()))
+                });
+        if let Err(report) = outcome {
             eprintln!("netpol: FAILED {}\n{report}", case.name);
             failed.push(format!("{}\n{report}", case.name));
         }
@@ -776,9 +786,11 @@ fn single_cases() -> Vec<Case> {
                 s.label("namespace", "y", "y", "ns2", "updated");
                 s.validate(
                     80,
-                    s.all()
-                        .expect_all_ingress("x/a", false)
-                        .expect_peer(Peer::ns("y"), Peer::any(), true),
+                    s.all().expect_all_ingress("x/a", false).expect_peer(
+                        Peer::ns("y"),
+                        Peer::any(),
+                        true,
+                    ),
                 )
             },
         },
@@ -1471,9 +1483,11 @@ fn multi_cases() -> Vec<Case> {
                 );
                 s.validate(
                     80,
-                    s.all()
-                        .expect_all_ingress("x/a", false)
-                        .expect_peer(Peer::ns("z"), Peer::pod("x", "a"), true),
+                    s.all().expect_all_ingress("x/a", false).expect_peer(
+                        Peer::ns("z"),
+                        Peer::pod("x", "a"),
+                        true,
+                    ),
                 )
             },
         },
@@ -1498,9 +1512,11 @@ fn multi_cases() -> Vec<Case> {
                 );
                 s.validate(
                     80,
-                    s.all()
-                        .expect_all_ingress("x/a", false)
-                        .expect_peer(Peer::ns("z"), Peer::pod("x", "a"), true),
+                    s.all().expect_all_ingress("x/a", false).expect_peer(
+                        Peer::ns("z"),
+                        Peer::pod("x", "a"),
+                        true,
+                    ),
                 )
             },
         },
@@ -1556,9 +1572,11 @@ fn multi_cases() -> Vec<Case> {
                 );
                 s.validate(
                     80,
-                    s.all()
-                        .expect_all_egress("x/a", false)
-                        .expect_peer(Peer::pod("x", "a"), Peer::ns("z"), true),
+                    s.all().expect_all_egress("x/a", false).expect_peer(
+                        Peer::pod("x", "a"),
+                        Peer::ns("z"),
+                        true,
+                    ),
                 )
             },
         },
@@ -1630,9 +1648,11 @@ fn multi_cases() -> Vec<Case> {
                 );
                 s.validate(
                     80,
-                    s.all()
-                        .expect_all_ingress("x/a", false)
-                        .expect_peer(Peer::ns("z"), Peer::pod("x", "a"), true),
+                    s.all().expect_all_ingress("x/a", false).expect_peer(
+                        Peer::ns("z"),
+                        Peer::pod("x", "a"),
+                        true,
+                    ),
                 )
             },
         },

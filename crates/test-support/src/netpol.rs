@@ -105,7 +105,13 @@ impl Model {
         }
         for (ctx, namespaces) in &by_cluster {
             let file = lab.write(&format!("netpol-model-{ctx}.yaml"), &manifest(namespaces));
-            lab.ok(&["--context", ctx, "apply", "-f", file.to_str().expect("UTF-8")]);
+            lab.ok(&[
+                "--context",
+                ctx,
+                "apply",
+                "-f",
+                file.to_str().expect("UTF-8"),
+            ]);
         }
         let mut pods = Vec::new();
         for ns in NAMESPACES {
