@@ -411,11 +411,10 @@ pub fn validate(
         }
         if start.elapsed() > limit {
             return Err(format!(
-                "TCP/{port}: {} wrong results after {rounds} rounds in {:?} ({} wrong: {})\n\
+                "TCP/{port}: {} wrong results after {rounds} rounds in {:?}: {}\n\
                  expected:\n{}\nobserved:\n{}\ncomparison (X = wrong):\n{}",
                 wrong.len(),
                 start.elapsed(),
-                wrong.len(),
                 wrong
                     .iter()
                     .map(|(f, t)| format!("{f}->{t}"))
