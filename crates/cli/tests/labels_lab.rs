@@ -103,7 +103,10 @@ fn pods_objects_follow_apply_label_and_delete() {
         );
         for p in &pods {
             let obj = &objs[&format!("shop/{}", p["name"].as_str().unwrap())];
-            assert_eq!(obj.metadata.labels, map(&[("app", "web"), ("tier", "front")]));
+            assert_eq!(
+                obj.metadata.labels,
+                map(&[("app", "web"), ("tier", "front")])
+            );
             assert_eq!(obj.metadata.annotations, map(&[("note", "one")]));
         }
         let (first, second) = (
@@ -179,6 +182,10 @@ fn pods_objects_follow_apply_label_and_delete() {
             !pod_objects(&lab).keys().any(|k| k.starts_with("shop/")),
             "no object of a deleted pod is left"
         );
-        assert!(plexus_lab::kv::list(c, NAMESPACES_PREFIX).unwrap().is_empty());
+        assert!(
+            plexus_lab::kv::list(c, NAMESPACES_PREFIX)
+                .unwrap()
+                .is_empty()
+        );
     });
 }
