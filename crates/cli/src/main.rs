@@ -58,7 +58,9 @@ enum Command {
         #[command(subcommand)]
         command: LabCommand,
     },
-    /// Create or update objects from a file.
+    /// Create or update objects from a file. Labels and annotations are merged as `kubectl
+    /// apply` merges them: keys the last applied file had and this one lacks are removed, keys
+    /// set with `label`/`annotate` stay, the file's keys win.
     Apply {
         /// The file.
         #[arg(short, long)]
@@ -83,7 +85,7 @@ enum Command {
     },
     /// List objects.
     Get {
-        /// pods, deployments, statefulsets, namespaces, services.
+        /// pods, deployments, statefulsets, namespaces (with their labels), services.
         kind: String,
         /// One object.
         name: Option<String>,

@@ -1,13 +1,17 @@
 //! `plexus apply -f | delete -f | get | exec`: Kubernetes-shaped objects.
 //!
-//! Namespaces, Pods, Deployments and StatefulSets are run by the lab of the context; a
+//! Pods, Deployments and StatefulSets are run by the lab of the context, which also stores
+//! each pod's object (labels, annotations) in the cluster's etcd ([`plexus_lab::workload`]); a
 //! cluster of real hosts runs its workloads with podman (`podman kube play` of the same file),
-//! so there they are skipped, each named in the output;
-//! Services are stored in the cluster's etcd (`plexus/objects/v1/services/<ns>/<name>`) where
-//! the apiserver's service controller reads them; network policies (CiliumNetworkPolicy,
-//! CiliumClusterwideNetworkPolicy, NetworkPolicy) under `plexus/objects/v1/policies/`, where
-//! the agents read them. A file is parsed and checked completely
-//! before anything is applied: one bad document and nothing of the file is.
+//! so there they are skipped, each named in the output.
+//! Namespaces are stored in the cluster's etcd (`plexus/objects/v1/namespaces/<name>`, where
+//! the agents read their labels; a lab also records them); Services
+//! (`plexus/objects/v1/services/<ns>/<name>`) where the apiserver's service controller reads
+//! them; network policies (CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, NetworkPolicy)
+//! under `plexus/objects/v1/policies/`, where the agents read them. All of a file's stored
+//! objects are written in one transaction, each with its labels and annotations merged over the
+//! live object's as `kubectl apply` merges them ([`plexus_model::apply`]). A file is parsed and
+//! checked completely before anything is applied: one bad document and nothing of the file is.
 
 // Table headers are written as literals beside their column widths, for readability.
 #![allow(clippy::print_literal)]
