@@ -100,6 +100,16 @@ pub fn parse(file: &Path, default_ns: &str) -> Result<Parsed> {
             }
             "Pod" | "Deployment" | "StatefulSet" => {
                 let w = workload::workload_from(&value, default_ns).with_context(|| at(&kind))?;
+                if let Some(w) = &w {
+                    for (k, v) in &w.labels {
+                        check_label(k, v).map_err(|e| {
+                            anyhow::anyhow!(
+                                "{}: pod labels: {e}",
+                                at(&format!("{kind} {}", w.name))
+                            )
+                        })?;
+                    }
+                }
                 out.workloads.extend(w);
             }
             "Service" => {
@@ -620,5 +630,27 @@ mod tests {
         assert!(err.contains("kind is required"), "{err}");
         let err = format!("{:#}", parse_text("kind: [1]\n").err().unwrap());
         assert!(err.contains("document 1"), "{err}");
+        let err = format!(
+            "{:#}",
+            parse_text(
+                "kind: Pod\nmetadata: {name: p, labels: {app: 'a;b'}}\nspec: {containers: [{name: c}]}\n"
+            )
+            .err()
+            .unwrap()
+        );
+        assert!(
+            err.contains("document 1 (Pod p): pod labels: label app=\"a;b\""),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            parse_text("kind: Namespace\nmetadata: {name: x, labels: {'a b': c}}\n")
+                .err()
+                .unwrap()
+        );
+        assert!(
+            err.contains("document 1 (namespace x): label key \"a b\""),
+            "{err}"
+        );
     }
 }
