@@ -16,7 +16,10 @@
 //! Deployments get `<name>-<n>` pods spread over the nodes (fewest pods first), StatefulSets
 //! `<name>-<i>`. The lab keeps its workloads in `<dir>/<cluster>/workloads.json`; applying
 //! again converges (missing pods are created, surplus ones removed), deleting removes the pods
-//! (CNI DEL, process, namespace; for podman `podman rm -f`).
+//! (CNI DEL, process, namespace; for podman `podman rm -f`). Every pod also has its object
+//! (`plexus/objects/v1/pods/<ns>/<name>`: labels, annotations) in the cluster's etcd, where
+//! the agents read the labels that make its identity; re-applying a workload with other pod
+//! labels relabels its pods in place ([`apply`]).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -623,10 +626,6 @@ pub fn pod_object(pod: &PodState) -> PodObject {
     obj
 }
 
-fn put_pod_object(pod: &PodState) -> Result<Op> {
-    put_object(&pod.namespace, &pod.name, &pod.labels, &pod.annotations)
-}
-
 fn put_object(
     namespace: &str,
     name: &str,
@@ -680,19 +679,23 @@ pub fn apply(
         let wanted = pod_names(&w);
         let mut ops = Vec::new();
         // Existing pods follow a changed template in place.
-        if let Some(old) = state.workloads.get(&key).cloned()
+        let mut relabeled = Vec::new();
+        if let Some(old) = state.workloads.get(&key)
             && (old.labels != w.labels || old.annotations != w.annotations)
         {
-            for pod in state.pods.values_mut().filter(|p| {
+            for (pkey, pod) in state.pods.iter().filter(|(_, p)| {
                 p.owner == owner && p.namespace == w.namespace && wanted.contains(&p.name)
             }) {
                 let labels = merge(Some(&old.labels), &pod.labels, &w.labels);
                 let annotations = merge(Some(&old.annotations), &pod.annotations, &w.annotations);
                 if labels != pod.labels || annotations != pod.annotations {
-                    pod.labels = labels;
-                    pod.annotations = annotations;
-                    ops.push(put_pod_object(pod)?);
-                    lines.push(format!("pod/{} relabeled", pod.name));
+                    ops.push(put_object(
+                        &pod.namespace,
+                        &pod.name,
+                        &labels,
+                        &annotations,
+                    )?);
+                    relabeled.push((pkey.clone(), labels, annotations));
                 }
             }
         }
@@ -703,15 +706,11 @@ pub fn apply(
             .filter(|(_, p)| {
                 p.owner == owner && p.namespace == w.namespace && !wanted.contains(&p.name)
             })
-            .map(|(k, _)| k.clone())
+            .map(|(k, p)| {
+                ops.push(delete_pod_object(p));
+                k.clone()
+            })
             .collect();
-        for k in surplus {
-            if let Some(p) = state.pods.remove(&k) {
-                remove_pod(lab, c, &p, Some(bins));
-                ops.push(delete_pod_object(&p));
-                lines.push(format!("pod/{} deleted", p.name));
-            }
-        }
         let missing: Vec<String> = wanted
             .into_iter()
             .filter(|name| !state.pods.contains_key(&format!("{}/{name}", w.namespace)))
@@ -719,9 +718,23 @@ pub fn apply(
         for name in &missing {
             ops.push(put_object(&w.namespace, name, &w.labels, &w.annotations)?);
         }
-        state.save(lab, cluster)?;
+        // The objects first, in one transaction: if that fails, nothing has changed.
         crate::kv::write(c, ops)
             .with_context(|| format!("{} {}/{}: pod objects", w.kind, w.namespace, w.name))?;
+        for (pkey, labels, annotations) in relabeled {
+            if let Some(pod) = state.pods.get_mut(&pkey) {
+                pod.labels = labels;
+                pod.annotations = annotations;
+                lines.push(format!("pod/{} relabeled", pod.name));
+            }
+        }
+        for k in surplus {
+            if let Some(p) = state.pods.remove(&k) {
+                remove_pod(lab, c, &p, Some(bins));
+                lines.push(format!("pod/{} deleted", p.name));
+            }
+        }
+        state.save(lab, cluster)?;
         for name in missing {
             let pkey = format!("{}/{name}", w.namespace);
             let runtime = w.runtime.unwrap_or(lab.runtime);
