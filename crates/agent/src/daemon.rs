@@ -242,6 +242,14 @@ pub async fn run(args: Options) -> Result<()> {
     ));
     node_store.upsert(node.name.clone(), serde_json::to_vec(&node)?);
     core.step(Input::NodeUpsert(node.clone()));
+    // A previous agent's policy prefixes keep their CIDR identities (before any resolution).
+    match datapath.policy_cidrs() {
+        Ok(cidrs) if !cidrs.is_empty() => {
+            core.step(Input::PolicyCidrsInDatapath(cidrs));
+        }
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "reading the datapath's policy prefixes"),
+    }
 
     let mut reconciler = Reconciler::new(driver, datapath.clone(), routes);
     // Flows: the reconciler keeps the decoder's snapshot of the core; one task decodes.

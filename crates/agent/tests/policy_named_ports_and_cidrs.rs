@@ -263,3 +263,37 @@ fn ip_blocks_select_remote_pods_by_address_with_except() {
     assert!(dp.policy_cidrs().unwrap().is_empty());
     assert!(allows(OTHER, [10, 9, 9, 9], 81));
 }
+
+#[test]
+fn a_restarted_agent_keeps_the_cidr_identities_it_finds_in_the_datapath() {
+    let base = plexus_datapath::IDENTITY_LOCAL_BASE;
+    let mut core = core(RoutingMode::Tunnel);
+    core.step(Input::PolicyCidrsInDatapath(
+        [
+            (prefix("10.2.0.0/24"), base + 40),
+            (prefix("192.0.2.0/24"), base + 41),
+        ]
+        .into(),
+    ));
+    core.step_all([
+        policy_input("to-block", IP_BLOCK),
+        Input::IdentityUpsert {
+            id: CLIENT,
+            labels: labels(
+                "k8s:app=client;k8s:io.cilium.k8s.policy.cluster=c1;k8s:io.kubernetes.pod.namespace=default",
+            ),
+        },
+        Input::EndpointUpsert(endpoint(7, "10.1.1.5", CLIENT)),
+        Input::PoliciesSynced,
+    ]);
+    let cidrs = core.take_output().policy_cidrs.unwrap();
+    assert_eq!(cidrs.len(), 8);
+    assert_eq!(cidrs[&prefix("10.2.0.0/24")], base + 40, "kept");
+    assert!(
+        !cidrs.contains_key(&prefix("192.0.2.0/24")),
+        "not named any more"
+    );
+    let ids: std::collections::BTreeSet<u32> = cidrs.values().copied().collect();
+    assert_eq!(ids.len(), 8, "no identity given twice: {cidrs:?}");
+    assert!(ids.iter().all(|id| *id == base + 40 || *id > base + 41));
+}

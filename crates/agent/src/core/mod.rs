@@ -163,6 +163,10 @@ pub enum Input {
     PolicyDelete(String),
     /// The policy objects are listed.
     PoliciesSynced,
+    /// The policy prefixes a previous agent left in the datapath, with their CIDR identities
+    /// (read at start): a prefix still named keeps its identity, so a restart renumbers
+    /// nothing and no address loses its CIDR identity while entries are rewritten.
+    PolicyCidrsInDatapath(BTreeMap<Prefix, u32>),
 }
 
 /// What the IO shell must apply, in this order.
@@ -333,6 +337,7 @@ impl NodeCore {
             } => self.policy.policy_upsert(key, *policy, object),
             Input::PolicyDelete(key) => self.policy.policy_delete(&key),
             Input::PoliciesSynced => self.policy.policies_synced(),
+            Input::PolicyCidrsInDatapath(cidrs) => self.policy.restore_cidr_ids(&cidrs),
         }
     }
 

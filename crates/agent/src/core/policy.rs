@@ -210,6 +210,31 @@ impl PolicyState {
         }
     }
 
+    /// Takes over the CIDR identities a previous agent gave prefixes (those not named any
+    /// more are dropped at the next resolution); later prefixes get identities after them.
+    pub fn restore_cidr_ids(&mut self, cidrs: &BTreeMap<Prefix, u32>) {
+        let range = plexus_datapath::IDENTITY_LOCAL_BASE..=plexus_datapath::IDENTITY_LOCAL_MAX;
+        let used: BTreeSet<u32> = self.cidr_ids.values().copied().collect();
+        for (prefix, id) in cidrs {
+            if !range.contains(id) || used.contains(id) {
+                continue;
+            }
+            let Ok(cidr) = Cidr::new(std::net::IpAddr::V4(prefix.addr), prefix.len) else {
+                continue;
+            };
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.cidr_ids.entry(cidr) {
+                slot.insert(*id);
+                if *id >= self.next_cidr_id {
+                    self.next_cidr_id = if *id >= plexus_datapath::IDENTITY_LOCAL_MAX {
+                        plexus_datapath::IDENTITY_LOCAL_BASE
+                    } else {
+                        id + 1
+                    };
+                }
+            }
+        }
+    }
+
     /// Every identity of `cluster` is gone (it was drained).
     pub fn remove_cluster(&mut self, cluster: &str) {
         let before = self.entry_ports.len();
