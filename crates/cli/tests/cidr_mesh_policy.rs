@@ -4,7 +4,8 @@
 //!
 //! 1. no policy: everything connects;
 //! 2. a NetworkPolicy with `ipBlock` on cluster2's pod CIDR, `except` target-b's address, port
-//!    8080: only target-a:8080 (the pods keep their own identities, the address decides);
+//!    8080: only target-a:8080 (the pods keep their own identities, the address decides); the
+//!    same after cluster1's agent restarts;
 //! 3. a CiliumNetworkPolicy towards cluster2's `app: target` on the named port `http`, which
 //!    cluster1's agent knows only from the remote ipcache entries' `NamedPorts`: 8080 of both;
 //! 4. an allow of every port of the targets with an `egressDeny` `toCIDR` of target-a's
@@ -150,6 +151,15 @@ fn cidr_and_named_ports(mut lab: Lab) {
         &a,
         &b,
         "ipBlock with except on pod addresses",
+        [true, false, false, false],
+    );
+    // A restarted agent keeps the prefixes' CIDR identities and the verdicts.
+    lab.ok(&["lab", "restart-agent", "cluster1", "cluster1-node1"]);
+    settles(
+        &lab,
+        &a,
+        &b,
+        "the same after an agent restart",
         [true, false, false, false],
     );
     lab.ok(&["--context", "cluster1", "delete", "-f", &knp]);
