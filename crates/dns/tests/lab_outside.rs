@@ -1,8 +1,9 @@
 //! The lab's outside network, as root: with `outside: {zone: example.test, servers: 2}` in the
 //! lab file, pods on every node resolve names of the zone at the outside's DNS server
 //! (172.31.254.1, outside every cluster) and reach the HTTP server behind each name through
-//! their node; a rewrite of the zone file moves a name; `lab status` lists the outside's
-//! servers and `lab down` removes its namespace with the others.
+//! their node; a rewrite of the zone file moves a name; after `lab stop` and `lab start` of the
+//! cluster the pods reach it again; `lab status` lists the outside's servers and `lab down`
+//! removes its namespace with the others.
 //!
 //! The lab is named after `outs` (namespaces `plx-outs<pid>x<n>-*`), apart from every other lab.
 #![allow(clippy::unwrap_used)]
@@ -188,6 +189,21 @@ fn pods_reach_the_outside(mut lab: Lab) {
         },
     );
     assert_eq!(http_in(netns, s2).unwrap()["pod"], "s2");
+
+    // After the cluster fails and comes back, its pods reach the outside again.
+    lab.ok(&["lab", "stop", "out1"]);
+    lab.ok(&["lab", "start", "out1"]);
+    for (node, netns) in &clients {
+        eventually(
+            Duration::from_secs(30),
+            &format!("{node} reaches s1 after lab start"),
+            || match http_in(netns, s1)?["pod"].as_str() {
+                Some("s1") => Ok(()),
+                other => Err(format!("answered by {other:?}")),
+            },
+        );
+    }
+    assert_eq!(resolve_in(netns, "www.example.test.").unwrap(), [s2]);
 
     lab.down();
     assert!(lab.netns().is_empty(), "{:?}", lab.netns());
