@@ -10,7 +10,10 @@
 //! - [`identity`]: one node-local identity per set of selectors (labels `fqdn:<pattern>`), as
 //!   Cilium >= 1.16 does, so a new address of a known set needs only an ipcache entry;
 //! - [`learner`]: the three above folded into one state machine fed `(event, now)` that
-//!   returns the identity and ipcache changes to apply, make-before-break.
+//!   returns the identity and ipcache changes to apply, make-before-break;
+//! - [`proxy`]: the exchange: a query in, forward or REFUSED out; only solicited responses
+//!   learned from; a response that changed something held until its changes are applied (at
+//!   most 100 ms by default).
 //!
 //! The proxy's sockets, the datapath redirect and the agent wiring build on these; see
 //! `docs/dns-proxy.md`.
@@ -19,6 +22,7 @@ pub mod answer;
 pub mod cache;
 pub mod identity;
 pub mod learner;
+pub mod proxy;
 pub mod rules;
 
 pub use answer::{FqdnSelectors, Learned, learn_from_response};
@@ -26,6 +30,9 @@ pub use cache::{CacheConfig, LearnedCache};
 pub use identity::IdentityError;
 pub use identity::{IdentityChange, SelectorSetIdentities, fqdn_labels};
 pub use learner::{Change, Learner};
+pub use proxy::{
+    DnsProxy, DropReason, Flow, HoldId, ProxyConfig, QueryAction, Release, ResponseAction,
+};
 pub use rules::{
     Decision, DnsRules, EndpointId, MessageError, Query, RefuseReason, encode, parse_query, refused,
 };

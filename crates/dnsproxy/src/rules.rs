@@ -151,7 +151,7 @@ impl DnsRules {
 }
 
 /// Why bytes are not a query the proxy handles.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum MessageError {
     /// Not a DNS message.
     #[error("not a DNS message: {0}")]
