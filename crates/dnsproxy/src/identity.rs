@@ -67,7 +67,7 @@ pub enum IdentityChange {
 }
 
 /// Why an identity could not be allocated.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IdentityError {
     /// Every identity of the range is in use.
     #[error(

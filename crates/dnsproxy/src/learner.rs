@@ -7,6 +7,11 @@
 //! input returns [`Change`]s in the order to apply them: the selector-set identity changes
 //! (make-before-break, see [`crate::identity`]) and, per name whose addresses changed, the new
 //! address set (for [`plexus_policy::PolicyRepository::set_fqdn_addresses`]).
+//!
+//! An address whose selector set gets no identity (the range is exhausted) keeps the identity
+//! it had, or stays out of the ipcache (so no `toFQDNs` rule allows it: fail closed); the
+//! error comes back in the [`Outcome`] beside the changes that did happen, which are always
+//! complete.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -31,6 +36,16 @@ pub enum Change {
         /// Its current addresses.
         addresses: BTreeSet<IpAddr>,
     },
+}
+
+/// What one input gave: the changes to apply, in order, and the addresses that could not get
+/// an identity.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// The changes, in the order to apply them.
+    pub changes: Vec<Change>,
+    /// Why some addresses got no (new) identity.
+    pub errors: Vec<IdentityError>,
 }
 
 /// The learned names and addresses of one node, and their identities.
@@ -74,31 +89,20 @@ impl Learner {
             .collect()
     }
 
-    fn refresh(
-        &mut self,
-        ips: impl IntoIterator<Item = IpAddr>,
-        out: &mut Vec<Change>,
-    ) -> Result<(), IdentityError> {
+    fn refresh(&mut self, ips: impl IntoIterator<Item = IpAddr>, out: &mut Outcome) {
         for ip in ips {
             let set = self.set_of(ip);
-            out.extend(
-                self.identities
-                    .set_address(ip, set)?
-                    .into_iter()
-                    .map(Change::Identity),
-            );
+            match self.identities.set_address(ip, set) {
+                Ok(changes) => out
+                    .changes
+                    .extend(changes.into_iter().map(Change::Identity)),
+                Err(e) => out.errors.push(e),
+            }
         }
-        Ok(())
     }
 
-    /// Learns from a DNS response received at `now`. On an identity error the addresses
-    /// handled before it are applied (their changes are lost with the error, so the caller
-    /// should resync from [`Self::identities`]); the cache keeps what it learned.
-    pub fn on_response(
-        &mut self,
-        msg: &Message,
-        now: Instant,
-    ) -> Result<Vec<Change>, IdentityError> {
+    /// Learns from a DNS response received at `now`.
+    pub fn on_response(&mut self, msg: &Message, now: Instant) -> Outcome {
         let mut out = Vec::new();
         let mut touched = BTreeSet::new();
         for learned in learn_from_response(msg) {
@@ -114,21 +118,18 @@ impl Learner {
                 });
             }
         }
-        let mut ids = Vec::new();
-        self.refresh(touched, &mut ids)?;
+        let mut ids = Outcome::default();
+        self.refresh(touched, &mut ids);
         // Identities first: the datapath must know an address before policy selects it.
-        ids.extend(out);
-        Ok(ids)
+        ids.changes.extend(out);
+        ids
     }
 
     /// Replaces the selectors (after a policy change): every address's set is recomputed;
     /// names no selector matches any more are forgotten by the policy (a `Name` change with
     /// no addresses) but stay in the cache until they expire, so a selector that comes back
     /// finds them.
-    pub fn set_selectors(
-        &mut self,
-        selectors: FqdnSelectors,
-    ) -> Result<Vec<Change>, IdentityError> {
+    pub fn set_selectors(&mut self, selectors: FqdnSelectors) -> Outcome {
         let before: BTreeSet<String> = self
             .cache
             .names()
@@ -136,7 +137,7 @@ impl Learner {
             .map(|(n, _)| n.to_string())
             .collect();
         self.selectors = selectors;
-        let mut out = Vec::new();
+        let mut out = Outcome::default();
         let ips: Vec<IpAddr> = self
             .cache
             .addresses()
@@ -144,7 +145,7 @@ impl Learner {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        self.refresh(ips, &mut out)?;
+        self.refresh(ips, &mut out);
         let names: Vec<(String, BTreeSet<IpAddr>)> = self
             .cache
             .names()
@@ -153,24 +154,20 @@ impl Learner {
         for (name, addresses) in names {
             let now_selected = self.selectors.selects(&name);
             match (before.contains(&name), now_selected) {
-                (false, true) => out.push(Change::Name { name, addresses }),
-                (true, false) => out.push(Change::Name {
+                (false, true) => out.changes.push(Change::Name { name, addresses }),
+                (true, false) => out.changes.push(Change::Name {
                     name,
                     addresses: BTreeSet::new(),
                 }),
                 _ => {}
             }
         }
-        Ok(out)
+        out
     }
 
     /// Expires what is due at `now`; `live(address)` says whether connections still use an
     /// address (then it is kept).
-    pub fn expire(
-        &mut self,
-        now: Instant,
-        live: impl Fn(IpAddr) -> bool,
-    ) -> Result<Vec<Change>, IdentityError> {
+    pub fn expire(&mut self, now: Instant, live: impl Fn(IpAddr) -> bool) -> Outcome {
         let removed = self.cache.expire(now, live);
         let ips: BTreeSet<IpAddr> = removed.values().flatten().copied().collect();
         let mut names: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
@@ -179,13 +176,16 @@ impl Learner {
                 names.insert(name.clone(), self.cache.addresses_of(name));
             }
         }
-        let mut out: Vec<Change> = names
-            .into_iter()
-            .map(|(name, addresses)| Change::Name { name, addresses })
-            .collect();
+        let mut out = Outcome {
+            changes: names
+                .into_iter()
+                .map(|(name, addresses)| Change::Name { name, addresses })
+                .collect(),
+            errors: Vec::new(),
+        };
         // Policy first (stop selecting), then the identities and ipcache entries.
-        self.refresh(ips, &mut out)?;
-        Ok(out)
+        self.refresh(ips, &mut out);
+        out
     }
 }
 
@@ -233,7 +233,7 @@ mod tests {
         let mut l = Learner::new(CacheConfig::default(), BASE..=BASE + 100);
         assert!(
             l.set_selectors(FqdnSelectors::new(patterns))
-                .unwrap()
+                .changes
                 .is_empty()
         );
         l
@@ -248,7 +248,7 @@ mod tests {
                 &answer("www.example.test.", &["192.0.2.1", "192.0.2.2"], 30),
                 t0,
             )
-            .unwrap();
+            .changes;
         let id = NumericIdentity(BASE);
         assert_eq!(
             changes,
@@ -274,13 +274,13 @@ mod tests {
         // Same answer again: nothing new.
         assert!(
             l.on_response(&answer("www.example.test.", &["192.0.2.1"], 30), t0)
-                .unwrap()
+                .changes
                 .is_empty()
         );
         // Another name of the same selector set: only an ipcache entry and the name.
         let changes = l
             .on_response(&answer("api.example.test.", &["192.0.2.3"], 30), t0)
-            .unwrap();
+            .changes;
         assert_eq!(
             changes,
             vec![
@@ -297,7 +297,7 @@ mod tests {
         // Names no selector matches are not learned.
         assert!(
             l.on_response(&answer("other.org.", &["198.51.100.1"], 30), t0)
-                .unwrap()
+                .changes
                 .is_empty()
         );
         assert_eq!(l.cache().names_of(ip("198.51.100.1")).count(), 0);
@@ -310,12 +310,11 @@ mod tests {
         l.on_response(
             &answer("www.example.test.", &["192.0.2.1", "192.0.2.2"], 10),
             t0,
-        )
-        .unwrap();
+        );
         let busy = ip("192.0.2.1");
         let changes = l
             .expire(t0 + Duration::from_secs(10), |a| a == busy)
-            .unwrap();
+            .changes;
         assert_eq!(
             changes,
             vec![
@@ -328,7 +327,7 @@ mod tests {
                 }),
             ]
         );
-        let changes = l.expire(t0 + Duration::from_secs(11), |_| false).unwrap();
+        let changes = l.expire(t0 + Duration::from_secs(11), |_| false).changes;
         assert_eq!(
             changes,
             vec![
@@ -348,13 +347,11 @@ mod tests {
     fn a_new_selector_moves_addresses_to_a_new_set() {
         let t0 = Instant::now();
         let mut l = learner(&["*.example.test"]);
-        l.on_response(&answer("www.example.test.", &["192.0.2.1"], 60), t0)
-            .unwrap();
-        l.on_response(&answer("api.example.test.", &["192.0.2.2"], 60), t0)
-            .unwrap();
+        l.on_response(&answer("www.example.test.", &["192.0.2.1"], 60), t0);
+        l.on_response(&answer("api.example.test.", &["192.0.2.2"], 60), t0);
         let changes = l
             .set_selectors(FqdnSelectors::new(["*.example.test", "www.example.test"]))
-            .unwrap();
+            .changes;
         let (old, new) = (NumericIdentity(BASE), NumericIdentity(BASE + 1));
         assert_eq!(
             changes,
@@ -374,7 +371,7 @@ mod tests {
             Some(old)
         );
         // Every selector gone: every address and identity leaves; the names are forgotten.
-        let changes = l.set_selectors(FqdnSelectors::default()).unwrap();
+        let changes = l.set_selectors(FqdnSelectors::default()).changes;
         assert_eq!(
             changes,
             vec![
@@ -399,7 +396,7 @@ mod tests {
         // A selector that comes back finds the cached names.
         let changes = l
             .set_selectors(FqdnSelectors::new(["www.example.test"]))
-            .unwrap();
+            .changes;
         assert_eq!(changes.len(), 3, "{changes:?}");
         assert_eq!(
             changes[2],
@@ -407,6 +404,38 @@ mod tests {
                 name: "www.example.test".into(),
                 addresses: ips(&["192.0.2.1"]),
             }
+        );
+    }
+
+    #[test]
+    fn an_exhausted_range_fails_closed_and_keeps_the_other_changes() {
+        let t0 = Instant::now();
+        let mut l = Learner::new(CacheConfig::default(), BASE..=BASE);
+        l.set_selectors(FqdnSelectors::new(["a.test", "b.test"]));
+        let one = l.on_response(&answer("a.test.", &["192.0.2.1"], 30), t0);
+        assert!(one.errors.is_empty());
+        let two = l.on_response(&answer("b.test.", &["192.0.2.2"], 30), t0);
+        assert_eq!(two.errors.len(), 1, "{two:?}");
+        assert_eq!(
+            two.changes,
+            vec![Change::Name {
+                name: "b.test".into(),
+                addresses: ips(&["192.0.2.2"]),
+            }],
+            "the name is learned, the address has no identity"
+        );
+        assert_eq!(l.identities().identity_of_address(ip("192.0.2.2")), None);
+        // Once the first expires, the next response gives the second its identity.
+        let gone = l.expire(t0 + Duration::from_secs(30), |_| false);
+        assert!(gone.errors.is_empty(), "{gone:?}");
+        let again = l.on_response(
+            &answer("b.test.", &["192.0.2.2", "192.0.2.3"], 30),
+            t0 + Duration::from_secs(31),
+        );
+        assert!(again.errors.is_empty(), "{again:?}");
+        assert_eq!(
+            l.identities().identity_of_address(ip("192.0.2.2")),
+            Some(NumericIdentity(BASE))
         );
     }
 }

@@ -210,22 +210,24 @@ impl DnsProxy {
         }
     }
 
-    /// A response from a server on `flow`. An identity error leaves the response undelivered
-    /// (the client retries; the caller should resync the learner's identities).
+    /// A response from a server on `flow`, and the addresses of it that got no identity (see
+    /// [`crate::learner`]: they stay unreachable through `toFQDNs`).
     pub fn on_response(
         &mut self,
         flow: Flow,
         bytes: &[u8],
         now: Instant,
-    ) -> Result<ResponseAction, IdentityError> {
+    ) -> (ResponseAction, Vec<IdentityError>) {
         let msg = match Message::from_vec(bytes) {
             Ok(m) if m.metadata.message_type == MessageType::Response => m,
             Ok(_) => {
-                return Ok(ResponseAction::Drop(DropReason::Malformed(
-                    "a query, not a response".into(),
-                )));
+                let reason = DropReason::Malformed("a query, not a response".into());
+                return (ResponseAction::Drop(reason), Vec::new());
             }
-            Err(e) => return Ok(ResponseAction::Drop(DropReason::Malformed(e.to_string()))),
+            Err(e) => {
+                let reason = DropReason::Malformed(e.to_string());
+                return (ResponseAction::Drop(reason), Vec::new());
+            }
         };
         let key = (flow, msg.metadata.id);
         let asked = match (self.pending.get(&key), msg.queries.as_slice()) {
@@ -233,12 +235,13 @@ impl DnsProxy {
             _ => false,
         };
         if !asked {
-            return Ok(ResponseAction::Drop(DropReason::Unsolicited));
+            return (ResponseAction::Drop(DropReason::Unsolicited), Vec::new());
         }
         self.pending.remove(&key);
-        let changes = self.learner.on_response(&msg, now)?;
+        let outcome = self.learner.on_response(&msg, now);
+        let (changes, errors) = (outcome.changes, outcome.errors);
         if changes.is_empty() {
-            return Ok(ResponseAction::Deliver(bytes.to_vec()));
+            return (ResponseAction::Deliver(bytes.to_vec()), errors);
         }
         let id = HoldId(self.next_hold);
         self.next_hold += 1;
@@ -250,7 +253,7 @@ impl DnsProxy {
                 deadline: now + self.config.hold_max,
             },
         );
-        Ok(ResponseAction::Hold { id, changes })
+        (ResponseAction::Hold { id, changes }, errors)
     }
 
     /// The changes of a hold are applied: release its response (`None` when `poll` already
@@ -342,9 +345,7 @@ spec:
             named_ports: Default::default(),
         };
         let mut learner = Learner::new(CacheConfig::default(), BASE..=BASE + 10);
-        learner
-            .set_selectors(FqdnSelectors::new(["*.example.test"]))
-            .unwrap();
+        learner.set_selectors(FqdnSelectors::new(["*.example.test"]));
         let mut p = DnsProxy::new(ProxyConfig::default(), learner);
         p.rules
             .set(EndpointId(1), repo.resolve(&info), repo.resolve_dns(&info));
@@ -396,7 +397,7 @@ spec:
         );
         assert_eq!(p.pending(), 1);
         let resp = answer(&q, &["192.0.2.1"]);
-        let ResponseAction::Hold { id, changes } = p.on_response(flow(), &resp, t0).unwrap() else {
+        let ResponseAction::Hold { id, changes } = p.on_response(flow(), &resp, t0).0 else {
             panic!("a new address is held");
         };
         assert!(matches!(
@@ -416,7 +417,7 @@ spec:
         // The same answer again changes nothing: delivered at once.
         p.on_query(flow(), &bytes, t0);
         assert_eq!(
-            p.on_response(flow(), &resp, t0).unwrap(),
+            p.on_response(flow(), &resp, t0).0,
             ResponseAction::Deliver(resp)
         );
     }
@@ -451,20 +452,20 @@ spec:
         // Never asked.
         let resp = answer(&q, &["192.0.2.66"]);
         assert_eq!(
-            p.on_response(flow(), &resp, t0).unwrap(),
+            p.on_response(flow(), &resp, t0).0,
             ResponseAction::Drop(DropReason::Unsolicited)
         );
         p.on_query(flow(), &q.to_vec().unwrap(), t0);
         // Another question under the same id, or another flow.
         let other = answer(&query(9, "api.example.test."), &["192.0.2.66"]);
         assert_eq!(
-            p.on_response(flow(), &other, t0).unwrap(),
+            p.on_response(flow(), &other, t0).0,
             ResponseAction::Drop(DropReason::Unsolicited)
         );
         let mut elsewhere = flow();
         elsewhere.client = "10.1.0.6:40000".parse().unwrap();
         assert_eq!(
-            p.on_response(elsewhere, &resp, t0).unwrap(),
+            p.on_response(elsewhere, &resp, t0).0,
             ResponseAction::Drop(DropReason::Unsolicited)
         );
         assert!(p.learner().cache().is_empty());
@@ -472,7 +473,7 @@ spec:
         p.poll(t0 + Duration::from_secs(10));
         assert_eq!(p.pending(), 0);
         assert_eq!(
-            p.on_response(flow(), &resp, t0).unwrap(),
+            p.on_response(flow(), &resp, t0).0,
             ResponseAction::Drop(DropReason::Unsolicited)
         );
     }
@@ -484,7 +485,7 @@ spec:
         let q = query(10, "www.example.test.");
         p.on_query(flow(), &q.to_vec().unwrap(), t0);
         let resp = answer(&q, &["192.0.2.1"]);
-        let ResponseAction::Hold { id, .. } = p.on_response(flow(), &resp, t0).unwrap() else {
+        let ResponseAction::Hold { id, .. } = p.on_response(flow(), &resp, t0).0 else {
             panic!("held");
         };
         assert!(p.poll(t0 + Duration::from_millis(99)).is_empty());
