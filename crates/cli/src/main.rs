@@ -453,6 +453,9 @@ enum LabCommand {
         /// `PORT/tcp` or `PORT/udp` (none: it just waits).
         #[arg(long, env = "PLEXUS_PORTS", value_delimiter = ',')]
         port: Vec<String>,
+        /// The address to listen on (default: every address).
+        #[arg(long, default_value = "0.0.0.0")]
+        address: std::net::IpAddr,
     },
 }
 
@@ -681,6 +684,7 @@ fn run(cli: Cli) -> Result<u8> {
                     node,
                     cluster,
                     port,
+                    address,
                 } => {
                     let mut ports = Vec::new();
                     for p in port {
@@ -690,7 +694,8 @@ fn run(cli: Cli) -> Result<u8> {
                             proto.to_string(),
                         ));
                     }
-                    plexus_lab::serve::serve(
+                    plexus_lab::serve::serve_on(
+                        address,
                         plexus_lab::serve::Identity {
                             pod,
                             namespace,

@@ -9,12 +9,13 @@
 //! - [`repository`]: policies by (kind, namespace, name) and the per-endpoint resolution into
 //!   allow and deny entries ([`resolved`]), with Cilium's semantics (default deny per direction,
 //!   deny before allow, named ports, `policy-default-local-cluster`), and a compact form for an
-//!   eBPF policy map.
+//!   eBPF policy map; [`dns`] the DNS rules (`rules.dns`) resolved for the DNS proxy.
 //!
 //! See `docs/policy.md` for the model and its semantics.
 
 pub mod api;
 pub mod cache;
+pub mod dns;
 pub mod entity;
 mod error;
 pub mod fqdn;
@@ -27,6 +28,7 @@ pub mod rule;
 pub mod selector;
 
 pub use cache::{IdentityChange, SelectorCache, SelectorId};
+pub use dns::{DnsEntry, DnsPolicy};
 pub use entity::Entity;
 pub use error::PolicyError;
 pub use parse::{parse_documents, parse_value};

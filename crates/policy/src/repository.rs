@@ -32,11 +32,12 @@ use plexus_model::identity::NumericIdentity;
 use plexus_model::labels::{CLUSTER_LABEL, Labels, SOURCE_K8S};
 
 use crate::cache::{IdentityChange, SelectorCache, SelectorId};
+use crate::dns::{DnsEntry, DnsPolicy};
 use crate::entity::EntityPeers;
 use crate::port::{NamedPorts, PortRef, PortSpec, Proto};
 use crate::prefix::subtract;
 use crate::resolved::{Direction, EndpointPolicy, Peer, PolicyEntry};
-use crate::rule::{PeerRule, PeerSpec, Policy, PolicyKey, Rule};
+use crate::rule::{DnsPortRule, PeerRule, PeerSpec, Policy, PolicyKey, Rule};
 use crate::selector::{Requirement, Selector};
 
 /// Agent options that change what policies mean.
@@ -83,6 +84,7 @@ enum CompiledPeer {
 struct CompiledPeerRule {
     peers: Vec<CompiledPeer>,
     ports: Vec<PortSpec>,
+    dns: Vec<DnsPortRule>,
 }
 
 #[derive(Clone, Debug)]
@@ -293,6 +295,7 @@ impl PolicyRepository {
         CompiledPeerRule {
             peers,
             ports: pr.ports.clone(),
+            dns: pr.dns.clone(),
         }
     }
 
@@ -474,6 +477,82 @@ impl PolicyRepository {
         }
         out.entries.sort_unstable();
         out.entries.dedup();
+        out
+    }
+}
+
+impl PolicyRepository {
+    /// Resolves the DNS rules of an endpoint (for the DNS proxy, see [`crate::dns`]): per peer
+    /// and port of its egress allow rules, the names it may look up there. A `toPorts` element
+    /// with `rules.dns` gives its patterns; an allow without DNS rules (no `toPorts`, or an
+    /// element without `rules`) gives an entry for every name, so that a peer and port allowed
+    /// both with and without DNS rules allows every name, as Cilium's L7 wildcarding does.
+    /// Named ports are looked up in the node-wide index only.
+    pub fn resolve_dns(&self, endpoint: &EndpointInfo) -> DnsPolicy {
+        let mut out = DnsPolicy::default();
+        for rule in self.matching_rules(&endpoint.labels) {
+            out.egress_enforced |= rule.egress;
+            // sections[2] is the egress allow section (see SECTIONS).
+            for pr in &rule.sections[2] {
+                if pr.peers.is_empty() {
+                    continue;
+                }
+                let peers = self.expand_peers(&pr.peers);
+                let mut push = |ports: &[ResolvedPort], patterns: Option<&[String]>| {
+                    for peer in &peers {
+                        for (proto, range) in ports {
+                            out.entries.push(DnsEntry {
+                                peer: *peer,
+                                proto: *proto,
+                                ports: *range,
+                                patterns: patterns.map(|p| p.iter().cloned().collect()),
+                            });
+                        }
+                    }
+                };
+                // The ports of the elements without DNS rules: all ports minus, once each,
+                // those of the elements with DNS rules.
+                let mut plain = pr.ports.clone();
+                for d in &pr.dns {
+                    for spec in &d.ports {
+                        if let Some(i) = plain.iter().position(|p| p == spec) {
+                            plain.remove(i);
+                        }
+                    }
+                    push(
+                        &Self::ports_of(&d.ports, &self.egress_named_ports),
+                        Some(&d.patterns),
+                    );
+                }
+                if pr.ports.is_empty() || !plain.is_empty() {
+                    push(&Self::ports_of(&plain, &self.egress_named_ports), None);
+                }
+            }
+        }
+        out.entries.sort_unstable();
+        out.entries.dedup();
+        out
+    }
+
+    /// The peers a compiled peer list stands for now.
+    fn expand_peers(&self, peers: &[CompiledPeer]) -> Vec<Peer> {
+        let mut out = Vec::new();
+        for peer in peers {
+            match peer {
+                CompiledPeer::Any => out.push(Peer::Any),
+                CompiledPeer::Selector(id) => {
+                    out.extend(self.cache.matches(*id).iter().map(|i| Peer::Identity(*i)));
+                }
+                CompiledPeer::Prefixes(list) => out.extend(list.iter().map(|c| Peer::Prefix(*c))),
+                CompiledPeer::Fqdn(pattern) => {
+                    for (name, addresses) in &self.fqdn_addresses {
+                        if crate::fqdn::matches(pattern, name) {
+                            out.extend(addresses.iter().map(|a| Peer::Prefix(Cidr::host(*a))));
+                        }
+                    }
+                }
+            }
+        }
         out
     }
 }

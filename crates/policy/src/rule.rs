@@ -180,8 +180,23 @@ pub struct PeerRule {
     pub peers: Option<Vec<PeerSpec>>,
     /// Ports; empty means every port.
     pub ports: Vec<PortSpec>,
-    /// Whether L7 rules (`rules.dns`) were given; they are enforced at L4 only.
+    /// Whether L7 rules (`rules.dns`) were given; the datapath enforces them at L4 only, the
+    /// DNS proxy ([`crate::dns`]) enforces the names.
     pub l7_ignored: bool,
+    /// The `rules.dns` of each `toPorts` element that has a non-empty one, with that element's
+    /// ports (an empty list of DNS rules is no L7 rule, as in Cilium).
+    pub dns: Vec<DnsPortRule>,
+}
+
+/// The DNS rules of one `toPorts` element: which names the endpoint may look up through the
+/// peers of its rule on these ports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DnsPortRule {
+    /// The element's ports (port 0 = every port when it listed none).
+    pub ports: Vec<PortSpec>,
+    /// `matchName`s and `matchPattern`s, normalized (see [`crate::fqdn`]); a name is a pattern
+    /// without `*`.
+    pub patterns: Vec<String>,
 }
 
 /// An L3 peer as written.
@@ -387,15 +402,18 @@ fn convert_peer_rule(
     }
     let mut ports = Vec::new();
     let mut l7_ignored = false;
+    let mut dns = Vec::new();
     if let Some(port_rules) = raw.ports {
         for (i, (list, rules)) in port_rules.into_iter().enumerate() {
             let at = format!("{field}.toPorts[{i}]");
+            let mut patterns = Vec::new();
             if let Some(rules) = rules {
                 for (j, d) in rules.dns.iter().flatten().enumerate() {
-                    fqdn(d, &format!("{at}.rules.dns[{j}]"))?;
+                    patterns.push(fqdn(d, &format!("{at}.rules.dns[{j}]"))?);
                 }
                 l7_ignored = true;
             }
+            let first_port = ports.len();
             match list {
                 Some(list) if !list.is_empty() => {
                     for (j, p) in list.iter().enumerate() {
@@ -413,12 +431,19 @@ fn convert_peer_rule(
                     end_port: None,
                 }),
             }
+            if !patterns.is_empty() {
+                dns.push(DnsPortRule {
+                    ports: ports[first_port..].to_vec(),
+                    patterns,
+                });
+            }
         }
     }
     Ok(PeerRule {
         peers: given.then_some(peers),
         ports,
         l7_ignored,
+        dns,
     })
 }
 
@@ -659,6 +684,7 @@ fn np_rule(
         peers: Some(peers),
         ports: np_ports(ports, field)?,
         l7_ignored: false,
+        dns: Vec::new(),
     })
 }
 
@@ -695,6 +721,7 @@ pub(crate) fn from_network_policy(
         peers: Some(Vec::new()),
         ports: Vec::new(),
         l7_ignored: false,
+        dns: Vec::new(),
     };
     let mut rule = Rule {
         subject,
