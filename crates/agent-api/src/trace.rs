@@ -20,9 +20,11 @@ pub struct TraceQuery {
     pub endpoint: String,
     /// `ingress` (the peer sends to the endpoint) or `egress` (the endpoint sends).
     pub direction: Direction,
-    /// The peer's identity as the datapath sees it (at ingress over a tunnel: the sender's,
-    /// from the VNI). Without it the agent looks `peer_ip` up in its ipcache, as the datapath
-    /// does for egress and for native routing (no entry: `world`, 2).
+    /// The peer's identity: at ingress the sender's, which a tunnel's VNI carries (ignored for
+    /// a peer that is a local endpoint and with native routing, where the datapath looks the
+    /// address up); at egress an override of the datapath's lookup. Without it the agent looks
+    /// `peer_ip` up as the datapath does: a local endpoint, else its ipcache (longest prefix),
+    /// else `world` (2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_identity: Option<u32>,
     /// The peer's address (for CIDR rules and the ipcache lookup).
@@ -68,6 +70,8 @@ impl TraceQuery {
 pub enum PeerIdentitySource {
     /// Given in the query.
     Request,
+    /// A local endpoint of this node has the address (the datapath's endpoint map).
+    LocalEndpoint,
     /// This node's ipcache entry for the peer's address.
     Ipcache,
     /// No ipcache entry for the address: `world`.

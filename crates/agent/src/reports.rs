@@ -206,8 +206,11 @@ fn policy_ref(key: &plexus_policy::PolicyKey) -> PolicyRef {
 
 /// Why a packet between local endpoint `endpoint` and a peer passes or is dropped there
 /// (`GET /v1/policy/trace`), from the endpoint's resolved policy as the core last computed it
-/// for the datapath. The peer identity is the query's, else this node's ipcache entry for the
-/// peer's address (the datapath's egress lookup), else `world`. `None` while the endpoint's
+/// for the datapath. The peer identity is the one the datapath would use: at egress the query's
+/// if given, else the address's; at ingress the query's (the sender's identity, which the
+/// tunnel's VNI carries) unless the peer is a local endpoint or the node routes natively, where
+/// the datapath uses the address's. The address's identity is a local endpoint's, else this
+/// node's ipcache entry (longest prefix), else `world`. `None` while the endpoint's
 /// policy is not resolved (policies not listed yet, or its identity not known yet).
 pub fn policy_trace(
     core: &NodeCore,
@@ -221,13 +224,31 @@ pub fn policy_trace(
         .peer_ip
         .and_then(|ip| core.ipcache().lookup(ip))
         .map(|v| v.identity);
-    let (peer_identity, peer_identity_source) = match (query.peer_identity, ipcache_identity) {
-        (Some(id), _) => (id, PeerIdentitySource::Request),
-        (None, Some(id)) => (id, PeerIdentitySource::Ipcache),
-        (None, None) => (
+    let local = query.peer_ip.and_then(|ip| {
+        core.endpoints()
+            .values()
+            .find(|e| e.ip == ip)
+            .map(|e| e.identity)
+    });
+    // The datapath's own lookup of the address: a local endpoint (its endpoint map, or the
+    // mark of a local delivery), else the ipcache, else world.
+    let looked_up = local
+        .map(|id| (id, PeerIdentitySource::LocalEndpoint))
+        .or(ipcache_identity.map(|id| (id, PeerIdentitySource::Ipcache)))
+        .unwrap_or((
             plexus_model::identity::ReservedIdentity::World.id().0,
             PeerIdentitySource::World,
-        ),
+        ));
+    let native = core.config().routing == plexus_datapath::RoutingMode::Native;
+    let (peer_identity, peer_identity_source) = match (query.direction, query.peer_identity) {
+        (_, Some(id)) if query.peer_ip.is_none() => (id, PeerIdentitySource::Request),
+        (Direction::Egress, Some(id)) => (id, PeerIdentitySource::Request),
+        // From another node over a tunnel, the VNI carries the sender's identity; natively
+        // routed packets carry none and the source address is looked up.
+        (Direction::Ingress, Some(id)) if local.is_none() && !native => {
+            (id, PeerIdentitySource::Request)
+        }
+        _ => looked_up,
     };
     let direction = match query.direction {
         Direction::Ingress => plexus_policy::Direction::Ingress,

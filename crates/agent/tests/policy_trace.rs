@@ -39,9 +39,19 @@ const X_WING: u32 = 131_073;
 const TIE: u32 = 131_074;
 
 fn setup() -> NodeCore {
+    setup_with(RoutingMode::Tunnel)
+}
+
+/// A local x-wing of c1 beside rebel-base (endpoint 8).
+const LOCAL_X_WING: u32 = 65_536 + 301;
+
+fn setup_with(routing: RoutingMode) -> NodeCore {
     let value: serde_json::Value = serde_norway::from_str(POLICY).unwrap();
     let policy = plexus_policy::parse_value(&value, 1, "default").unwrap();
-    let mut core = core(RoutingMode::Tunnel);
+    let mut core = core(routing);
+    let mut local = endpoint(8, "10.1.1.6", LOCAL_X_WING);
+    local.namespace = "default".into();
+    local.pod_name = "x-wing-0".into();
     let mut ep = endpoint(7, "10.1.1.5", REBEL_BASE);
     ep.namespace = "default".into();
     ep.pod_name = "rebel-base-0".into();
@@ -61,6 +71,13 @@ fn setup() -> NodeCore {
                 ),
             },
             Input::EndpointUpsert(ep),
+            Input::IdentityUpsert {
+                id: LOCAL_X_WING,
+                labels: labels(
+                    "k8s:app=x-wing;k8s:io.cilium.k8s.policy.cluster=c1;k8s:io.kubernetes.pod.namespace=default",
+                ),
+            },
+            Input::EndpointUpsert(local),
             remote("c2", RemoteEvent::ClusterConfig { cluster_id: 2 }),
             remote(
                 "c2",
@@ -234,11 +251,54 @@ fn the_peer_identity_of_an_address_is_the_ipcaches_or_world() {
 }
 
 #[test]
+fn the_peer_identity_is_the_one_the_datapath_uses() {
+    // A local peer: the endpoint map (egress) and the mark of local delivery (ingress).
+    let core = setup();
+    let t = trace(&core, Direction::Egress, None, Some("10.1.1.6"), 80);
+    assert_eq!(
+        (t.peer_identity, t.peer_identity_source),
+        (LOCAL_X_WING, PeerIdentitySource::LocalEndpoint)
+    );
+    let t = trace(
+        &core,
+        Direction::Ingress,
+        Some(X_WING),
+        Some("10.1.1.6"),
+        80,
+    );
+    assert_eq!(
+        (t.peer_identity, t.peer_identity_source),
+        (LOCAL_X_WING, PeerIdentitySource::LocalEndpoint)
+    );
+    assert_eq!(
+        t.decision,
+        TraceDecision::DefaultDeny,
+        "only c2's x-wing is allowed"
+    );
+
+    // From another node: the VNI carries the sender's identity over a tunnel...
+    let t = trace(&core, Direction::Ingress, Some(TIE), Some("10.2.1.5"), 80);
+    assert_eq!(
+        (t.peer_identity, t.peer_identity_source),
+        (TIE, PeerIdentitySource::Request)
+    );
+    assert_eq!(t.decision, TraceDecision::DenyRule);
+    // ...natively routed packets carry nothing: the node's ipcache decides.
+    let core = setup_with(RoutingMode::Native);
+    let t = trace(&core, Direction::Ingress, Some(TIE), Some("10.2.1.5"), 80);
+    assert_eq!(
+        (t.peer_identity, t.peer_identity_source),
+        (X_WING, PeerIdentitySource::Ipcache)
+    );
+    assert_eq!(t.decision, TraceDecision::Allowed);
+}
+
+#[test]
 fn the_verdict_is_the_datapaths() {
     let core = setup();
-    let addresses = ["10.2.1.5", "203.0.113.9", "198.51.100.1"];
+    let addresses = ["10.2.1.5", "10.1.1.6", "203.0.113.9", "198.51.100.1"];
     for direction in [Direction::Ingress, Direction::Egress] {
-        for peer in [X_WING, TIE, REBEL_BASE, 2] {
+        for peer in [X_WING, TIE, REBEL_BASE, LOCAL_X_WING, 2] {
             for dport in [22, 80, 443] {
                 let t = trace(&core, direction, Some(peer), None, dport);
                 assert_eq!(

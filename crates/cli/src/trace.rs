@@ -362,30 +362,28 @@ fn side(t: &PolicyTrace, at: &str) -> Vec<String> {
     out
 }
 
-/// Notes on the identity a side used, when it is not the pod's own.
+/// Notes on the identity a side used, when it is not the peer pod's own, or unknown there.
 fn notes(report: &TraceReport) -> Vec<String> {
     let mut out = Vec::new();
-    let (e, dst) = (&report.egress, &report.dst.endpoint);
-    if e.peer_identity != dst.identity {
-        let what = format!(
-            "{} ({}, identity {})",
-            dst.ip,
-            pod_name(&report.dst),
-            dst.identity
-        );
-        out.push(match e.peer_identity_source {
-            PeerIdentitySource::World => format!(
-                "note: node {} of {} has no ipcache entry for {what}, so its datapath sees \
-                 world: is the mesh connected?",
-                e.node, e.cluster
-            ),
-            _ => format!(
-                "note: node {} of {} maps {what} to identity {}",
-                e.node, e.cluster, e.peer_identity
-            ),
-        });
-    }
-    for t in [&report.egress, &report.ingress] {
+    for (t, peer) in [
+        (&report.egress, &report.dst),
+        (&report.ingress, &report.src),
+    ] {
+        let p = &peer.endpoint;
+        if t.peer_identity != p.identity {
+            let what = format!("{} ({}, identity {})", p.ip, pod_name(peer), p.identity);
+            out.push(match t.peer_identity_source {
+                PeerIdentitySource::World => format!(
+                    "note: node {} of {} has no ipcache entry for {what}, so its datapath sees \
+                     world: is the mesh connected?",
+                    t.node, t.cluster
+                ),
+                _ => format!(
+                    "note: node {} of {} maps {what} to identity {}",
+                    t.node, t.cluster, t.peer_identity
+                ),
+            });
+        }
         if t.peer_labels.is_none() {
             out.push(format!(
                 "note: node {} of {} does not know identity {} (no selector matches it there)",
@@ -593,7 +591,8 @@ mod tests {
         let dst = end("cluster2", "y", "b", [10, 2, 0, 7], 23456);
         let mut egress = trace(&src, Direction::Egress, 2, TraceDecision::NoPolicy);
         egress.peer_identity_source = PeerIdentitySource::World;
-        let mut ingress = trace(&dst, Direction::Ingress, 12345, TraceDecision::NoPolicy);
+        // Natively routed: the receiving node's ipcache has another identity, unknown there.
+        let mut ingress = trace(&dst, Direction::Ingress, 999, TraceDecision::NoPolicy);
         ingress.peer_labels = None;
         let report = TraceReport {
             src,
@@ -612,7 +611,10 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("note: node cluster2-n1 of cluster2 does not know identity 12345"),
+            text.contains(
+                "note: node cluster2-n1 of cluster2 maps 10.1.0.5 (x/a, identity 12345) to identity 999\n\
+                 note: node cluster2-n1 of cluster2 does not know identity 999 (no selector matches it there)"
+            ),
             "{text}"
         );
         assert!(text.contains("egress  at x/a  ALLOWED  no policy selects x/a"));
