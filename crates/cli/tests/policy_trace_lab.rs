@@ -1,9 +1,10 @@
-//! `plexus policy trace` in a lab of two meshed clusters, as root: a connection allowed at both
-//! ends (a CiliumNetworkPolicy at each), one denied by default at egress (a port the egress
-//! policy does not name), one denied by an explicit `ingressDeny` rule in the other cluster,
-//! and one denied by default at ingress (a NetworkPolicy without rules). Each trace names the
-//! deciding rule at both ends, and agrees with what a real TCP connection does. `-o json`, a
-//! named port of the destination, and the errors for an unknown pod, context or port.
+//! `plexus policy trace` in a lab of two meshed clusters (tunnel and native routing), as root:
+//! a connection allowed at both ends (a CiliumNetworkPolicy at each), one denied by default at
+//! egress (a port the egress policy does not name), one denied by an explicit `ingressDeny`
+//! rule in the other cluster, and one denied by default at ingress (a NetworkPolicy without
+//! rules). Each trace names the deciding rule at both ends, and agrees with what a real TCP
+//! connection does. `-o json`, a named port of the destination, and the errors for an unknown
+//! pod, context or port.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -138,10 +139,12 @@ fn settles(
     last
 }
 
-fn test(mut lab: Lab) {
+fn test(mut lab: Lab, routing: &str) {
     let lab_file = lab.write(
         "lab.yaml",
-        "clusters:\n- {name: cluster1, id: 1, podCIDR: 10.30.0.0/16, serviceCIDR: 10.31.0.0/16, nodes: 1}\n- {name: cluster2, id: 2, podCIDR: 10.40.0.0/16, serviceCIDR: 10.41.0.0/16, nodes: 1}\nrouting: tunnel\n",
+        &format!(
+            "clusters:\n- {{name: cluster1, id: 1, podCIDR: 10.30.0.0/16, serviceCIDR: 10.31.0.0/16, nodes: 1}}\n- {{name: cluster2, id: 2, podCIDR: 10.40.0.0/16, serviceCIDR: 10.41.0.0/16, nodes: 1}}\nrouting: {routing}\n"
+        ),
     );
     let out = lab.up(&lab_file, &["--mesh"]);
     assert!(out.contains("connected"), "{out}");
@@ -312,6 +315,13 @@ fn test(mut lab: Lab) {
 }
 
 #[test]
-fn policy_trace_names_the_deciding_rule_at_both_ends_across_clusters() {
-    run_lab("ptrace", Duration::from_secs(420), test);
+fn policy_trace_names_the_deciding_rule_at_both_ends_across_clusters_tunnel() {
+    run_lab("ptrt", Duration::from_secs(420), |lab| test(lab, "tunnel"));
+}
+
+/// Natively routed packets carry no identity: the receiving node looks the source up in its
+/// ipcache, and the trace does the same.
+#[test]
+fn policy_trace_names_the_deciding_rule_at_both_ends_across_clusters_native() {
+    run_lab("ptrn", Duration::from_secs(420), |lab| test(lab, "native"));
 }
