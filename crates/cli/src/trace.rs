@@ -340,7 +340,7 @@ fn side(t: &PolicyTrace, at: &str) -> Vec<String> {
     let mut out = match t.decision {
         TraceDecision::NoPolicy => vec![format!("no policy selects {at}")],
         TraceDecision::NotEnforced => vec![format!(
-            "not enforced: no policy selecting {at} has {} rules ({})",
+            "not enforced: no policy selecting {at} enforces {} ({})",
             t.direction,
             policies(&t.selecting)
         )],
