@@ -5,6 +5,8 @@
 //! - `clustermesh enable|connect|disconnect|status` ([`clustermesh`]);
 //! - per node: `status`, `endpoint list`, `node list`, `identity list`, `bpf ipcache list`, `bpf lb list`,
 //!   `monitor` ([`node`]);
+//! - `policy trace`: the verdict of a pod-to-pod connection at both ends and the rules that
+//!   decide it ([`trace`]);
 //! - `encryption status|rotate-key`: WireGuard keys, devices and peers of a cluster's nodes
 //!   ([`encryption`]);
 //! - `observe`: flows of every node of the mesh through the cluster's relay ([`observe`]);
@@ -24,6 +26,7 @@ mod metadata;
 mod node;
 mod objects;
 mod observe;
+mod trace;
 mod ui;
 
 use std::path::PathBuf;
@@ -284,6 +287,23 @@ enum EndpointCommand {
 enum PolicyCommand {
     /// Print the policies.
     Get {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Whether a connection from one pod to another passes policy, and the rule that decides
+    /// it at each end (each end evaluated by the agent hosting the pod, as its datapath does).
+    Trace {
+        /// The source pod: [CLUSTER/]NAMESPACE/POD (CLUSTER: a context; default --context).
+        #[arg(long)]
+        src: trace::PodRef,
+        /// The destination pod: [CLUSTER/]NAMESPACE/POD.
+        #[arg(long)]
+        dst: trace::PodRef,
+        /// The destination port: a number or a named port of the destination pod, with an
+        /// optional protocol (/tcp, the default, /udp, /sctp).
+        #[arg(long)]
+        dport: trace::PortArg,
         /// Output format.
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
@@ -898,6 +918,26 @@ fn run(cli: Cli) -> Result<u8> {
                     cfg.context(ctx_name, &path)?,
                     node,
                     node::Listing::Policy,
+                    output == Output::Json,
+                )
+                .await?
+            }
+            Command::Policy {
+                command:
+                    PolicyCommand::Trace {
+                        src,
+                        dst,
+                        dport,
+                        output,
+                    },
+            } => {
+                trace::run(
+                    &cfg,
+                    &path,
+                    ctx_name,
+                    &src,
+                    &dst,
+                    &dport,
                     output == Output::Json,
                 )
                 .await?

@@ -90,6 +90,8 @@ struct CompiledPeerRule {
 #[derive(Clone, Debug)]
 struct CompiledRule {
     subject: Selector,
+    /// `spec` or `specs[i]`.
+    path: String,
     ingress: bool,
     egress: bool,
     /// ingress, ingressDeny, egress, egressDeny.
@@ -102,6 +104,69 @@ const SECTIONS: [(Direction, bool); 4] = [
     (Direction::Egress, false),
     (Direction::Egress, true),
 ];
+
+/// A section of a rule, named as in the object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Section {
+    /// `ingress` (allow).
+    Ingress,
+    /// `ingressDeny`.
+    IngressDeny,
+    /// `egress` (allow).
+    Egress,
+    /// `egressDeny`.
+    EgressDeny,
+}
+
+impl Section {
+    /// The section of `direction` holding allow (`deny` false) or deny rules.
+    pub fn of(direction: Direction, deny: bool) -> Self {
+        match (direction, deny) {
+            (Direction::Ingress, false) => Self::Ingress,
+            (Direction::Ingress, true) => Self::IngressDeny,
+            (Direction::Egress, false) => Self::Egress,
+            (Direction::Egress, true) => Self::EgressDeny,
+        }
+    }
+
+    /// The field name: `ingress`, `ingressDeny`, `egress`, `egressDeny`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ingress => "ingress",
+            Self::IngressDeny => "ingressDeny",
+            Self::Egress => "egress",
+            Self::EgressDeny => "egressDeny",
+        }
+    }
+}
+
+impl std::fmt::Display for Section {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where in its policy object a resolved entry was written: the rule (`spec` or `specs[i]`),
+/// the section and the element's index in it (`egress[0]`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EntryOrigin {
+    /// `spec`, or `specs[i]` for a Cilium policy's i-th `specs` element.
+    pub rule: String,
+    /// The section.
+    pub section: Section,
+    /// The element's index in the section.
+    pub index: usize,
+}
+
+impl std::fmt::Display for EntryOrigin {
+    /// `egress[0]` for a rule written as `spec`, `specs[1].ingressDeny[2]` otherwise.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.rule != "spec" {
+            write!(f, "{}.", self.rule)?;
+        }
+        write!(f, "{}[{}]", self.section, self.index)
+    }
+}
 
 #[derive(Debug)]
 struct Stored {
@@ -314,6 +379,7 @@ impl PolicyRepository {
         }
         CompiledRule {
             subject: rule.subject.clone(),
+            path: rule.path.clone(),
             ingress: rule.enforces_ingress(),
             egress: rule.enforces_egress(),
             sections,
@@ -411,8 +477,10 @@ impl PolicyRepository {
             out.ingress_enforced |= rule.ingress;
             out.egress_enforced |= rule.egress;
             let first_entry = out.entries.len();
+            // Where each entry of this rule was written, parallel to its entries.
+            let mut origins = Vec::new();
             for (section, (direction, deny)) in rule.sections.iter().zip(SECTIONS) {
-                for pr in section {
+                for (element, pr) in section.iter().enumerate() {
                     if pr.peers.is_empty() {
                         continue;
                     }
@@ -469,10 +537,25 @@ impl PolicyRepository {
                             }
                         }
                     }
+                    if sources.is_some() {
+                        let origin = EntryOrigin {
+                            rule: rule.path.clone(),
+                            section: Section::of(direction, deny),
+                            index: element,
+                        };
+                        // The entries pushed for this element (entries only grow).
+                        origins.resize(out.entries.len() - first_entry, origin);
+                    }
                 }
             }
             if let Some(sources) = sources.as_deref_mut() {
-                sources.record(key, rule.ingress, rule.egress, &out.entries[first_entry..]);
+                sources.record(
+                    key,
+                    rule.ingress,
+                    rule.egress,
+                    &out.entries[first_entry..],
+                    origins,
+                );
             }
         }
         out.entries.sort_unstable();
@@ -576,10 +659,20 @@ pub struct PolicySources {
     /// Each entry with the index in `policies` of the policy it comes from (an entry two
     /// policies give appears twice).
     pub entries: Vec<(PolicyEntry, usize)>,
+    /// Where each element of `entries` was written in its policy (same index).
+    pub origins: Vec<EntryOrigin>,
 }
 
 impl PolicySources {
-    fn record(&mut self, key: &PolicyKey, ingress: bool, egress: bool, entries: &[PolicyEntry]) {
+    fn record(
+        &mut self,
+        key: &PolicyKey,
+        ingress: bool,
+        egress: bool,
+        entries: &[PolicyEntry],
+        origins: Vec<EntryOrigin>,
+    ) {
+        debug_assert_eq!(entries.len(), origins.len());
         let index = match self.policies.last_mut() {
             Some(last) if last.key == *key => {
                 last.ingress |= ingress;
@@ -596,6 +689,7 @@ impl PolicySources {
             }
         };
         self.entries.extend(entries.iter().map(|e| (*e, index)));
+        self.origins.extend(origins);
     }
 
     /// The policies with an entry of `deny` kind that covers the packet (see

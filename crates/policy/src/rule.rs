@@ -130,6 +130,9 @@ pub struct Rule {
     pub description: Option<String>,
     /// `labels` of the rule, as `source:key=value`.
     pub labels: Vec<String>,
+    /// Where the rule was written in its object: `spec`, or `specs[i]` for the i-th element of
+    /// a Cilium policy's `specs` (for explanations naming the rule that decided a verdict).
+    pub path: String,
 }
 
 impl Default for Rule {
@@ -144,6 +147,7 @@ impl Default for Rule {
             default_deny_egress: true,
             description: None,
             labels: Vec::new(),
+            path: "spec".to_string(),
         }
     }
 }
@@ -484,6 +488,7 @@ pub(crate) fn from_cilium_rule(
     };
     let mut out = Rule {
         subject,
+        path: field.to_string(),
         default_deny_ingress: rule
             .enable_default_deny
             .as_ref()
