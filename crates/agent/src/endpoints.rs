@@ -665,6 +665,11 @@ impl Endpoints {
                 Ok(()) => switched.push(old),
                 Err(err) => {
                     tracing::warn!(pod = %format!("{}/{}", old.namespace, old.pod), error = %format!("{err:#}"), "cannot switch a relabelled endpoint to its new identity; it keeps its identity");
+                    // Whatever part of the switch was made is undone before the new identity
+                    // goes.
+                    if let Err(err) = self.install(&old) {
+                        tracing::warn!(pod = %format!("{}/{}", old.namespace, old.pod), error = %format!("{err:#}"), "cannot restore the endpoint's old identity in the datapath");
+                    }
                     let _ = self.identities.release(&labels).await;
                 }
             }
