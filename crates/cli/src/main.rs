@@ -1,7 +1,7 @@
 //! `plexus`: the command-line tool of a Plexus mesh, in the shape of cilium-cli.
 //!
 //! - `lab up|down|status|stop|start` ([`lab`]), and the built-in pod server `lab serve`;
-//! - `apply -f`, `delete -f`, `get`, `annotate`, `exec` ([`objects`]);
+//! - `apply -f`, `delete -f`, `get`, `exec` ([`objects`]); `label`, `annotate` ([`metadata`]);
 //! - `clustermesh enable|connect|disconnect|status` ([`clustermesh`]);
 //! - per node: `status`, `endpoint list`, `node list`, `identity list`, `bpf ipcache list`, `bpf lb list`,
 //!   `monitor` ([`node`]);
@@ -20,6 +20,7 @@ mod encryption;
 mod host;
 mod join;
 mod lab;
+mod metadata;
 mod node;
 mod objects;
 mod observe;
@@ -57,7 +58,9 @@ enum Command {
         #[command(subcommand)]
         command: LabCommand,
     },
-    /// Create or update objects from a file.
+    /// Create or update objects from a file. Labels and annotations are merged as `kubectl
+    /// apply` merges them: keys the last applied file had and this one lacks are removed, keys
+    /// set with `label`/`annotate` stay, the file's keys win.
     Apply {
         /// The file.
         #[arg(short, long)]
@@ -82,7 +85,7 @@ enum Command {
     },
     /// List objects.
     Get {
-        /// pods, deployments, statefulsets, namespaces, services.
+        /// pods, deployments, statefulsets, namespaces (with their labels), services.
         kind: String,
         /// One object.
         name: Option<String>,
@@ -93,9 +96,26 @@ enum Command {
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
     },
-    /// Set or remove annotations (`KEY=VALUE`, `KEY-`) of a service.
+    /// Set or remove labels (`KEY=VALUE`, `KEY-`) of a pod or a namespace. The agents give
+    /// the pod (or the namespace's pods) new identities; `apply` keeps labels set here.
+    Label {
+        /// `pod` or `namespace`.
+        kind: String,
+        /// The object.
+        name: String,
+        /// `KEY=VALUE` or `KEY-`.
+        #[arg(required = true)]
+        changes: Vec<String>,
+        /// Replace an existing value.
+        #[arg(long)]
+        overwrite: bool,
+        /// Namespace (of a pod).
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+    },
+    /// Set or remove annotations (`KEY=VALUE`, `KEY-`) of a service, a pod or a namespace.
     Annotate {
-        /// `service`.
+        /// `service`, `pod` or `namespace`.
         kind: String,
         /// The object.
         name: String,
@@ -760,6 +780,24 @@ fn run(cli: Cli) -> Result<u8> {
                     _ => anyhow::bail!("delete needs -f FILE, or KIND NAME"),
                 }
             }
+            Command::Label {
+                kind,
+                name,
+                changes,
+                overwrite,
+                namespace,
+            } => {
+                metadata::run(
+                    cfg.context(ctx_name, &path)?,
+                    metadata::Field::Labels,
+                    &kind,
+                    &name,
+                    &changes,
+                    overwrite,
+                    &namespace,
+                )
+                .await?;
+            }
             Command::Annotate {
                 kind,
                 name,
@@ -767,8 +805,9 @@ fn run(cli: Cli) -> Result<u8> {
                 overwrite,
                 namespace,
             } => {
-                objects::annotate(
+                metadata::run(
                     cfg.context(ctx_name, &path)?,
+                    metadata::Field::Annotations,
                     &kind,
                     &name,
                     &changes,

@@ -1,13 +1,17 @@
 //! `plexus apply -f | delete -f | get | exec`: Kubernetes-shaped objects.
 //!
-//! Namespaces, Pods, Deployments and StatefulSets are run by the lab of the context; a
+//! Pods, Deployments and StatefulSets are run by the lab of the context, which also stores
+//! each pod's object (labels, annotations) in the cluster's etcd ([`plexus_lab::workload`]); a
 //! cluster of real hosts runs its workloads with podman (`podman kube play` of the same file),
-//! so there they are skipped, each named in the output;
-//! Services are stored in the cluster's etcd (`plexus/objects/v1/services/<ns>/<name>`) where
-//! the apiserver's service controller reads them; network policies (CiliumNetworkPolicy,
-//! CiliumClusterwideNetworkPolicy, NetworkPolicy) under `plexus/objects/v1/policies/`, where
-//! the agents read them. A file is parsed and checked completely
-//! before anything is applied: one bad document and nothing of the file is.
+//! so there they are skipped, each named in the output.
+//! Namespaces are stored in the cluster's etcd (`plexus/objects/v1/namespaces/<name>`, where
+//! the agents read their labels; a lab also records them); Services
+//! (`plexus/objects/v1/services/<ns>/<name>`) where the apiserver's service controller reads
+//! them; network policies (CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, NetworkPolicy)
+//! under `plexus/objects/v1/policies/`, where the agents read them. All of a file's stored
+//! objects are written in one transaction, each with its labels and annotations merged over the
+//! live object's as `kubectl apply` merges them ([`plexus_model::apply`]). A file is parsed and
+//! checked completely before anything is applied: one bad document and nothing of the file is.
 
 // Table headers are written as literals beside their column widths, for readability.
 #![allow(clippy::print_literal)]
@@ -22,13 +26,19 @@ use plexus_loadbalancer::SERVICES_PREFIX;
 use plexus_loadbalancer::service::Service;
 use serde::{Deserialize, Serialize};
 
+use plexus_kvstore::{Compare, EtcdBackend, Op, Txn};
+use plexus_model::apply::{Metadata, apply_metadata, check_label, document_map};
+use plexus_model::objects::{self, NamespaceObject};
+
 use crate::config::Context;
 
 /// What a file holds, checked.
 pub struct Parsed {
-    namespaces: Vec<String>,
+    /// Namespaces: name and document.
+    namespaces: Vec<(String, serde_json::Value)>,
     workloads: Vec<Workload>,
-    services: Vec<Service>,
+    /// Services and their documents (namespace filled in).
+    services: Vec<(Service, serde_json::Value)>,
     policies: Vec<(plexus_policy::PolicyKey, serde_json::Value)>,
 }
 
@@ -81,20 +91,37 @@ pub fn parse(file: &Path, default_ns: &str) -> Result<Parsed> {
                 let name = metadata
                     .name
                     .with_context(|| at("Namespace: metadata.name is required"))?;
-                out.namespaces.push(name);
+                let object = format!("namespace {name}");
+                for (k, v) in document_map(&value, "labels", &object)? {
+                    check_label(&k, &v).map_err(|e| anyhow::anyhow!("{}: {e}", at(&object)))?;
+                }
+                document_map(&value, "annotations", &object)?;
+                out.namespaces.push((name, value.clone()));
             }
             "Pod" | "Deployment" | "StatefulSet" => {
                 let w = workload::workload_from(&value, default_ns).with_context(|| at(&kind))?;
+                if let Some(w) = &w {
+                    for (k, v) in &w.labels {
+                        check_label(k, v).map_err(|e| {
+                            anyhow::anyhow!(
+                                "{}: pod labels: {e}",
+                                at(&format!("{kind} {}", w.name))
+                            )
+                        })?;
+                    }
+                }
                 out.workloads.extend(w);
             }
             "Service" => {
                 let mut svc: Service =
                     serde_json::from_value(value.clone()).with_context(|| at("Service"))?;
+                let mut value = value.clone();
                 if metadata.namespace.is_none() {
                     svc.metadata.namespace = default_ns.to_string();
+                    value["metadata"]["namespace"] = default_ns.into();
                 }
                 svc.global_config().with_context(|| at("Service"))?;
-                out.services.push(svc);
+                out.services.push((svc, value));
             }
             k if plexus_policy::parse::is_policy_kind(k) => {
                 let policy = plexus_policy::parse_value(&value, i + 1, default_ns)
@@ -140,63 +167,170 @@ fn leave_workloads_to_hosts(ctx: &Context, parsed: &mut Parsed, verb: &str) {
             ctx.name
         );
     }
-    for n in parsed.namespaces.drain(..) {
-        println!("namespace/{n} skipped: cluster {} has no lab", ctx.name);
+}
+
+/// What `apply` stores in etcd.
+enum StoredKind {
+    Namespace,
+    Service,
+    Policy,
+}
+
+/// One object `apply` stores in etcd: its key, its name in messages and output
+/// (`namespace/x`), and the document as the file has it.
+struct Stored {
+    kind: StoredKind,
+    key: String,
+    object: String,
+    document: serde_json::Value,
+}
+
+/// The value to store for `s` with the merged metadata.
+fn stored_value(s: &Stored, meta: &Metadata) -> Result<Vec<u8>> {
+    Ok(match s.kind {
+        StoredKind::Namespace => {
+            let name = s.document["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let mut ns = NamespaceObject::new(&name, meta.labels.clone());
+            ns.metadata.annotations = meta.annotations.clone();
+            serde_json::to_vec(&ns)?
+        }
+        StoredKind::Service => {
+            let mut svc: Service =
+                serde_json::from_value(s.document.clone()).with_context(|| s.object.clone())?;
+            svc.metadata.labels = meta.labels.clone();
+            svc.metadata.annotations = meta.annotations.clone();
+            svc.global_config().with_context(|| s.object.clone())?;
+            serde_json::to_vec(&svc)?
+        }
+        StoredKind::Policy => {
+            let mut doc = s.document.clone();
+            doc["metadata"]["labels"] = serde_json::to_value(&meta.labels)?;
+            doc["metadata"]["annotations"] = serde_json::to_value(&meta.annotations)?;
+            serde_json::to_vec(&doc)?
+        }
+    })
+}
+
+/// The labels and annotations of a stored Kubernetes-shaped value.
+pub fn stored_metadata(value: &[u8], object: &str) -> Result<Metadata> {
+    let v: serde_json::Value =
+        serde_json::from_slice(value).with_context(|| format!("stored {object}: not JSON"))?;
+    Ok(Metadata {
+        labels: document_map(&v, "labels", object)?,
+        annotations: document_map(&v, "annotations", object)?,
+    })
+}
+
+/// Stores `items` in one transaction, each with its labels and annotations merged over the
+/// live object's as `kubectl apply` does ([`plexus_model::apply`]); the transaction holds only
+/// if no object changed since it was read (else it is read and merged again). Prints one line
+/// per object.
+async fn store_applied(etcd: &EtcdBackend, items: &[Stored]) -> Result<()> {
+    if items.is_empty() {
+        return Ok(());
     }
+    for _ in 0..5 {
+        let mut compares = Vec::new();
+        let mut ops = Vec::new();
+        let mut lines = Vec::new();
+        for s in items {
+            let live = etcd
+                .get(&s.key)
+                .await
+                .with_context(|| format!("read {} ({})", s.object, s.key))?;
+            let live_meta = match &live {
+                Some(kv) => {
+                    compares.push(Compare::ModRevision(s.key.clone(), kv.mod_revision));
+                    Some(stored_metadata(&kv.value, &s.object)?)
+                }
+                None => {
+                    compares.push(Compare::Absent(s.key.clone()));
+                    None
+                }
+            };
+            let meta = apply_metadata(live_meta.as_ref(), &s.document, &s.object)?;
+            ops.push(Op::Put {
+                key: s.key.clone(),
+                value: stored_value(s, &meta)?,
+                lease: None,
+            });
+            lines.push(format!(
+                "{} {}",
+                s.object,
+                if live.is_some() {
+                    "configured"
+                } else {
+                    "created"
+                }
+            ));
+        }
+        if etcd
+            .txn(Txn { compares, ops })
+            .await
+            .context("store the objects")?
+        {
+            for l in lines {
+                println!("{l}");
+            }
+            return Ok(());
+        }
+    }
+    bail!("the objects changed while being applied, again and again; try again")
 }
 
 /// `apply -f`.
 pub async fn apply(ctx: &Context, file: &Path, ns: &str) -> Result<()> {
     let mut parsed = parse(file, ns)?;
     leave_workloads_to_hosts(ctx, &mut parsed, "skipped");
-    if !parsed.policies.is_empty() {
-        let etcd = crate::clustermesh::admin_etcd(ctx, std::time::Duration::from_secs(10)).await?;
-        // All policies of the file in one transaction: all of them apply, or none.
-        let ops = parsed
-            .policies
-            .iter()
-            .map(|(key, value)| {
-                Ok(plexus_kvstore::Op::Put {
-                    key: plexus_policy::store_key(key),
-                    value: serde_json::to_vec(value)?,
-                    lease: None,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        etcd.txn(plexus_kvstore::Txn {
-            compares: vec![],
-            ops,
-        })
-        .await
-        .context("store the policies")?;
-        for (key, _) in &parsed.policies {
-            println!("{}/{} configured", key.kind.name().to_lowercase(), key.name);
-        }
+    let mut stored = Vec::new();
+    for (name, document) in &parsed.namespaces {
+        stored.push(Stored {
+            kind: StoredKind::Namespace,
+            key: objects::namespace_key(name),
+            object: format!("namespace/{name}"),
+            document: document.clone(),
+        });
     }
-    if !parsed.services.is_empty() {
-        let etcd = crate::clustermesh::admin_etcd(ctx, std::time::Duration::from_secs(10)).await?;
-        for svc in &parsed.services {
-            etcd.put(
-                &format!("{SERVICES_PREFIX}{}", svc.key()),
-                serde_json::to_vec(svc)?,
-                None,
-            )
-            .await
-            .with_context(|| format!("store service {}", svc.key()))?;
-            println!("service/{} configured", svc.metadata.name);
-        }
+    for (svc, document) in &parsed.services {
+        stored.push(Stored {
+            kind: StoredKind::Service,
+            key: format!("{SERVICES_PREFIX}{}", svc.key()),
+            object: format!("service/{}", svc.metadata.name),
+            document: document.clone(),
+        });
     }
-    if !parsed.workloads.is_empty() || !parsed.namespaces.is_empty() {
+    for (key, document) in &parsed.policies {
+        stored.push(Stored {
+            kind: StoredKind::Policy,
+            key: plexus_policy::store_key(key),
+            object: format!("{}/{}", key.kind.name().to_lowercase(), key.name),
+            document: document.clone(),
+        });
+    }
+    if !stored.is_empty() {
+        let etcd = crate::clustermesh::admin_etcd(ctx, std::time::Duration::from_secs(10)).await?;
+        // Everything of the file that lives in etcd in one transaction: all of it applies, or
+        // none.
+        store_applied(&etcd, &stored).await?;
+    }
+    if ctx.lab_dir.is_some() && (!parsed.workloads.is_empty() || !parsed.namespaces.is_empty()) {
         let lab = lab_of(ctx)?;
         let bins = Bins::beside_current_exe()?;
-        let (workloads, namespaces) = (parsed.workloads, parsed.namespaces);
+        let workloads = parsed.workloads;
+        let namespaces = parsed.namespaces.into_iter().map(|(n, _)| n).collect();
         let name = ctx.name.clone();
         let lines = tokio::task::spawn_blocking(move || {
             workload::apply(&lab, &name, workloads, namespaces, &bins)
         })
         .await??;
         for l in lines {
-            println!("{l}");
+            // The namespaces' lines were printed with their objects.
+            if !l.starts_with("namespace/") {
+                println!("{l}");
+            }
         }
     }
     Ok(())
@@ -215,10 +349,26 @@ pub async fn delete(ctx: &Context, file: &Path, ns: &str) -> Result<()> {
     }
     if !parsed.services.is_empty() {
         let etcd = crate::clustermesh::admin_etcd(ctx, std::time::Duration::from_secs(10)).await?;
-        for svc in &parsed.services {
+        for (svc, _) in &parsed.services {
             etcd.delete(&format!("{SERVICES_PREFIX}{}", svc.key()))
                 .await?;
             println!("service/{} deleted", svc.metadata.name);
+        }
+    }
+    if !parsed.namespaces.is_empty() {
+        let etcd = crate::clustermesh::admin_etcd(ctx, std::time::Duration::from_secs(10)).await?;
+        for (name, _) in &parsed.namespaces {
+            etcd.delete(&objects::namespace_key(name)).await?;
+            println!("namespace/{name} deleted");
+        }
+        if ctx.lab_dir.is_some() {
+            let lab = lab_of(ctx)?;
+            let names: Vec<String> = parsed.namespaces.iter().map(|(n, _)| n.clone()).collect();
+            let cluster = ctx.name.clone();
+            tokio::task::spawn_blocking(move || {
+                workload::forget_namespaces(&lab, &cluster, &names)
+            })
+            .await??;
         }
     }
     if !parsed.workloads.is_empty() {
@@ -337,15 +487,25 @@ pub async fn get(
             }
         }
         "namespaces" | "namespace" | "ns" => {
-            let lab = lab_of(ctx)?;
-            let w = Workloads::load(&lab, &ctx.name)?;
-            let mut all = vec!["default".to_string()];
-            all.extend(w.namespaces.iter().cloned());
+            let mut all = namespaces(ctx).await?;
+            if let Some(n) = name {
+                all.retain(|o| o.metadata.name == n);
+                if all.is_empty() {
+                    bail!("namespace {n} not found in cluster {}", ctx.name);
+                }
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&all)?);
             } else {
-                for n in all {
-                    println!("{n}");
+                println!("{:<32} {}", "NAME", "LABELS");
+                for o in all {
+                    let labels: Vec<String> = o
+                        .metadata
+                        .labels
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect();
+                    println!("{:<32} {}", o.metadata.name, labels.join(","));
                 }
             }
         }
@@ -388,70 +548,41 @@ pub async fn get(
     Ok(())
 }
 
-/// `annotate KIND NAME KEY=VALUE|KEY- [--overwrite]` (services).
-pub async fn annotate(
-    ctx: &Context,
-    kind: &str,
-    name: &str,
-    changes: &[String],
-    overwrite: bool,
-    ns: &str,
-) -> Result<()> {
-    if !matches!(kind, "service" | "services" | "svc") {
-        bail!("annotate: kind {kind:?} is not supported (service)");
-    }
+/// The cluster's namespaces: the stored objects, `default`, and (in a lab) the namespaces
+/// the lab made without an object (its `kube-system`, namespaces of pods); each with the label
+/// `kubernetes.io/metadata.name=<name>` Kubernetes gives every namespace.
+pub async fn namespaces(ctx: &Context) -> Result<Vec<NamespaceObject>> {
     let etcd = crate::clustermesh::admin_etcd(ctx, std::time::Duration::from_secs(10)).await?;
-    let key = format!("{SERVICES_PREFIX}{ns}/{name}");
-    let kv = etcd
-        .get(&key)
-        .await?
-        .with_context(|| format!("service {ns}/{name} not found in cluster {}", ctx.name))?;
-    let mut svc: Service =
-        serde_json::from_slice(&kv.value).with_context(|| format!("stored service {ns}/{name}"))?;
-    // Check every change before applying any.
-    let mut parsed = Vec::new();
-    for change in changes {
-        if let Some(k) = change.strip_suffix('-') {
-            parsed.push((k.to_string(), None));
-        } else if let Some((k, v)) = change.split_once('=') {
-            if k.is_empty() {
-                bail!("annotate: {change:?}: the key is empty");
-            }
-            if !overwrite && svc.metadata.annotations.get(k).is_some_and(|old| old != v) {
-                bail!(
-                    "annotate: service {ns}/{name} already has {k}={}; pass --overwrite to change it",
-                    svc.metadata.annotations[k]
-                );
-            }
-            parsed.push((k.to_string(), Some(v.to_string())));
-        } else {
-            bail!("annotate: {change:?} is neither KEY=VALUE nor KEY-");
-        }
+    let list = etcd
+        .list_prefix(objects::NAMESPACES_PREFIX)
+        .await
+        .context("list the namespaces")?;
+    let mut all = std::collections::BTreeMap::new();
+    for kv in list.kvs {
+        let ns = NamespaceObject::from_kv(&kv.key, &kv.value)
+            .with_context(|| format!("stored namespace {}", kv.key))?;
+        all.insert(ns.metadata.name.clone(), ns);
     }
-    for (k, v) in parsed {
-        match v {
-            Some(v) => svc.metadata.annotations.insert(k, v),
-            None => svc.metadata.annotations.remove(&k),
-        };
+    let mut implicit = vec!["default".to_string()];
+    if ctx.lab_dir.is_some() {
+        let w = Workloads::load(&lab_of(ctx)?, &ctx.name)?;
+        implicit.extend(w.namespaces.iter().cloned());
+        implicit.extend(w.pods.values().map(|p| p.namespace.clone()));
     }
-    svc.global_config()
-        .with_context(|| format!("annotate service {ns}/{name}"))?;
-    let txn = plexus_kvstore::Txn {
-        compares: vec![plexus_kvstore::Compare::ModRevision(
-            key.clone(),
-            kv.mod_revision,
-        )],
-        ops: vec![plexus_kvstore::Op::Put {
-            key: key.clone(),
-            value: serde_json::to_vec(&svc)?,
-            lease: None,
-        }],
-    };
-    if !etcd.txn(txn).await? {
-        bail!("service {ns}/{name} changed meanwhile; try again");
+    for n in implicit {
+        all.entry(n.clone())
+            .or_insert_with(|| NamespaceObject::new(&n, Default::default()));
     }
-    println!("service/{name} annotated");
-    Ok(())
+    Ok(all
+        .into_values()
+        .map(|mut ns| {
+            ns.metadata.labels.insert(
+                objects::NAMESPACE_NAME_LABEL.to_string(),
+                ns.metadata.name.clone(),
+            );
+            ns
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -471,7 +602,7 @@ mod tests {
             "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: db\n  labels: {a: b}\nspec:\n  endpointSelector: {}\n---\nkind: Namespace\nmetadata: {name: team}\n",
         )
         .unwrap();
-        assert_eq!(parsed.namespaces, vec!["team".to_string()]);
+        assert_eq!(parsed.namespaces[0].0, "team");
         let (key, value) = &parsed.policies[0];
         assert_eq!(key.namespace, "team");
         assert_eq!(
@@ -499,5 +630,27 @@ mod tests {
         assert!(err.contains("kind is required"), "{err}");
         let err = format!("{:#}", parse_text("kind: [1]\n").err().unwrap());
         assert!(err.contains("document 1"), "{err}");
+        let err = format!(
+            "{:#}",
+            parse_text(
+                "kind: Pod\nmetadata: {name: p, labels: {app: 'a;b'}}\nspec: {containers: [{name: c}]}\n"
+            )
+            .err()
+            .unwrap()
+        );
+        assert!(
+            err.contains("document 1 (Pod p): pod labels: label app=\"a;b\""),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            parse_text("kind: Namespace\nmetadata: {name: x, labels: {'a b': c}}\n")
+                .err()
+                .unwrap()
+        );
+        assert!(
+            err.contains("document 1 (namespace x): label key \"a b\""),
+            "{err}"
+        );
     }
 }

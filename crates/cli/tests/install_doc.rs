@@ -851,7 +851,7 @@ fn follow_the_guide(lab: Lab) {
         .map(|(_, _, out)| out.as_str())
         .collect();
     for (ctx, line) in [
-        ("c1", "service/rebel-base configured"),
+        ("c1", "service/rebel-base created"),
         (
             "c1",
             "deployment/rebel-base skipped: cluster c1 runs its workloads on its hosts (podman kube play)",

@@ -21,7 +21,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use plexus_kvstore::{EtcdBackend, EtcdConfig, KvBackend, TlsFiles};
 use plexus_loadbalancer::SERVICES_PREFIX;
 use plexus_loadbalancer::service::{Metadata, Service, ServicePort, ServiceSpec};
 
@@ -116,6 +115,7 @@ pub fn workload(c: &ClusterState, bins: &Bins) -> Result<Workload> {
         name: NAME.into(),
         replicas: 1,
         labels: [(LABEL.0.to_string(), LABEL.1.to_string())].into(),
+        annotations: Default::default(),
         spec: PodSpec {
             containers: vec![Container {
                 name: "plexus-dns".into(),
@@ -134,35 +134,15 @@ pub fn workload(c: &ClusterState, bins: &Bins) -> Result<Workload> {
 
 /// Writes the DNS Service into cluster `c`'s etcd (from its control-plane namespace).
 fn store_service(c: &ClusterState, dns: Ipv4Addr) -> Result<()> {
-    let pki = c.state_dir.join("pki");
-    let config = EtcdConfig::new(vec![format!("https://{}:2379", c.ip)]).with_tls(TlsFiles {
-        ca_file: pki.join("ca.crt"),
-        cert_file: pki.join("admin.crt"),
-        key_file: pki.join("admin.key"),
-    });
     let svc = service(dns);
-    let key = format!("{SERVICES_PREFIX}{}", svc.key());
-    let value = serde_json::to_vec(&svc)?;
-    let cluster = c.name.clone();
-    sys::in_netns(&c.netns, move || {
-        // A runtime of its own, on this thread (in the control plane's namespace), whether or
-        // not the caller runs one.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("start a tokio runtime")?;
-        rt.block_on(async {
-            plexus_kvstore::install_crypto_provider();
-            let etcd = tokio::time::timeout(Duration::from_secs(20), EtcdBackend::connect(config))
-                .await
-                .with_context(|| format!("connect to the etcd of {cluster}: timed out"))?
-                .with_context(|| format!("connect to the etcd of {cluster}"))?;
-            etcd.put(&key, value, None)
-                .await
-                .with_context(|| format!("store {key} in the etcd of {cluster}"))?;
-            Ok(())
-        })
-    })
+    crate::kv::write(
+        c,
+        vec![plexus_kvstore::Op::Put {
+            key: format!("{SERVICES_PREFIX}{}", svc.key()),
+            value: serde_json::to_vec(&svc)?,
+            lease: None,
+        }],
+    )
 }
 
 /// A minimal DNS query (id 0x504c, recursion desired) for an `A` record of `name`.

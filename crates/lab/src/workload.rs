@@ -16,7 +16,10 @@
 //! Deployments get `<name>-<n>` pods spread over the nodes (fewest pods first), StatefulSets
 //! `<name>-<i>`. The lab keeps its workloads in `<dir>/<cluster>/workloads.json`; applying
 //! again converges (missing pods are created, surplus ones removed), deleting removes the pods
-//! (CNI DEL, process, namespace; for podman `podman rm -f`).
+//! (CNI DEL, process, namespace; for podman `podman rm -f`). Every pod also has its object
+//! (`plexus/objects/v1/pods/<ns>/<name>`: labels, annotations) in the cluster's etcd, where
+//! the agents read the labels that make its identity; re-applying a workload with other pod
+//! labels relabels its pods in place ([`apply`]).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -26,6 +29,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
+
+use plexus_kvstore::Op;
+use plexus_model::apply::merge;
+use plexus_model::objects::{self, PodObject};
 
 use crate::lab::{Bins, ClusterState, LabState, NodeState};
 use crate::podman::{self, NodePodman};
@@ -134,8 +141,12 @@ pub struct Workload {
     pub name: String,
     /// Replicas (1 for a Pod).
     pub replicas: u32,
-    /// Pod labels.
+    /// Pod labels (a Deployment's or StatefulSet's: its template's). The last applied ones:
+    /// re-applying merges against them ([`apply`]).
     pub labels: BTreeMap<String, String>,
+    /// Pod annotations (a Deployment's or StatefulSet's: its template's), as `labels`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
     /// Pod spec.
     pub spec: PodSpec,
     /// What runs its pods; `None`: the lab's runtime.
@@ -165,8 +176,12 @@ pub struct PodState {
     pub container_id: String,
     /// Its address.
     pub ip: String,
-    /// Labels.
+    /// Labels (the pod's own: its workload's when created, changed in place by re-applying
+    /// it or by `plexus label`).
     pub labels: BTreeMap<String, String>,
+    /// Annotations, as `labels`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
     /// The process it runs (with podman: the container's first process).
     pub pid: Option<u32>,
     /// Its resolv.conf (bind-mounted over `/etc/resolv.conf` for its process and `exec`).
@@ -231,6 +246,7 @@ pub fn workload_from(doc: &serde_json::Value, default_ns: &str) -> Result<Option
                 name: meta.name.clone(),
                 replicas: 1,
                 labels: meta.labels.clone(),
+                annotations: meta.annotations.clone(),
                 spec,
                 runtime: None,
             }
@@ -244,6 +260,7 @@ pub fn workload_from(doc: &serde_json::Value, default_ns: &str) -> Result<Option
                 name: meta.name.clone(),
                 replicas: spec.replicas,
                 labels: spec.template.metadata.labels,
+                annotations: spec.template.metadata.annotations,
                 spec: spec.template.spec,
                 runtime: None,
             }
@@ -602,8 +619,39 @@ pub fn remove_all(lab: &LabState, c: &ClusterState) {
     }
 }
 
-/// Applies workloads to cluster `cluster`: creates missing pods, removes surplus ones.
-/// Returns one line per change.
+/// The Pod object (metadata) the agents read for `pod`.
+pub fn pod_object(pod: &PodState) -> PodObject {
+    let mut obj = PodObject::new(&pod.namespace, &pod.name, pod.labels.clone());
+    obj.metadata.annotations = pod.annotations.clone();
+    obj
+}
+
+fn put_object(
+    namespace: &str,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
+) -> Result<Op> {
+    let mut obj = PodObject::new(namespace, name, labels.clone());
+    obj.metadata.annotations = annotations.clone();
+    Ok(Op::Put {
+        key: obj.key(),
+        value: serde_json::to_vec(&obj)?,
+        lease: None,
+    })
+}
+
+fn delete_pod_object(pod: &PodState) -> Op {
+    Op::Delete(objects::pod_key(&pod.namespace, &pod.name))
+}
+
+/// Applies workloads to cluster `cluster`: creates missing pods, removes surplus ones, and
+/// when a workload's pod labels or annotations changed since it was last applied, changes
+/// those of its existing pods in place (no restart), as `kubectl apply` merges: a pod keeps
+/// what was set on it by hand (`plexus label`), loses what only the old template had, and
+/// gets every key of the new template. Every pod's object (`plexus/objects/v1/pods/...`) is
+/// written to the cluster's etcd before the pod starts (so its agent finds it), rewritten when
+/// its labels change, and removed with the pod. Returns one line per change.
 pub fn apply(
     lab: &LabState,
     cluster: &str,
@@ -614,16 +662,43 @@ pub fn apply(
     let c = lab.cluster(cluster)?;
     let mut state = Workloads::load(lab, cluster)?;
     let mut lines = Vec::new();
+    let mut added_namespace = false;
     for ns in namespaces {
         if !state.namespaces.contains(&ns) {
             state.namespaces.push(ns.clone());
             lines.push(format!("namespace/{ns} created"));
+            added_namespace = true;
         }
+    }
+    if added_namespace {
+        state.save(lab, cluster)?;
     }
     for w in workloads {
         let key = format!("{}/{}/{}", w.kind, w.namespace, w.name);
         let owner = format!("{}/{}", w.kind.to_lowercase(), w.name);
         let wanted = pod_names(&w);
+        let mut ops = Vec::new();
+        // Existing pods follow a changed template in place.
+        let mut relabeled = Vec::new();
+        if let Some(old) = state.workloads.get(&key)
+            && (old.labels != w.labels || old.annotations != w.annotations)
+        {
+            for (pkey, pod) in state.pods.iter().filter(|(_, p)| {
+                p.owner == owner && p.namespace == w.namespace && wanted.contains(&p.name)
+            }) {
+                let labels = merge(Some(&old.labels), &pod.labels, &w.labels);
+                let annotations = merge(Some(&old.annotations), &pod.annotations, &w.annotations);
+                if labels != pod.labels || annotations != pod.annotations {
+                    ops.push(put_object(
+                        &pod.namespace,
+                        &pod.name,
+                        &labels,
+                        &annotations,
+                    )?);
+                    relabeled.push((pkey.clone(), labels, annotations));
+                }
+            }
+        }
         // Surplus pods of this workload.
         let surplus: Vec<String> = state
             .pods
@@ -631,18 +706,37 @@ pub fn apply(
             .filter(|(_, p)| {
                 p.owner == owner && p.namespace == w.namespace && !wanted.contains(&p.name)
             })
-            .map(|(k, _)| k.clone())
+            .map(|(k, p)| {
+                ops.push(delete_pod_object(p));
+                k.clone()
+            })
             .collect();
+        let missing: Vec<String> = wanted
+            .into_iter()
+            .filter(|name| !state.pods.contains_key(&format!("{}/{name}", w.namespace)))
+            .collect();
+        for name in &missing {
+            ops.push(put_object(&w.namespace, name, &w.labels, &w.annotations)?);
+        }
+        // The objects first, in one transaction: if that fails, nothing has changed.
+        crate::kv::write(c, ops)
+            .with_context(|| format!("{} {}/{}: pod objects", w.kind, w.namespace, w.name))?;
+        for (pkey, labels, annotations) in relabeled {
+            if let Some(pod) = state.pods.get_mut(&pkey) {
+                pod.labels = labels;
+                pod.annotations = annotations;
+                lines.push(format!("pod/{} relabeled", pod.name));
+            }
+        }
         for k in surplus {
             if let Some(p) = state.pods.remove(&k) {
                 remove_pod(lab, c, &p, Some(bins));
+                lines.push(format!("pod/{} deleted", p.name));
             }
         }
-        for name in wanted {
+        state.save(lab, cluster)?;
+        for name in missing {
             let pkey = format!("{}/{name}", w.namespace);
-            if state.pods.contains_key(&pkey) {
-                continue;
-            }
             let runtime = w.runtime.unwrap_or(lab.runtime);
             let node = match &w.spec.node_name {
                 Some(n) => n.clone(),
@@ -681,11 +775,15 @@ pub fn apply(
                 container_id: format!("{}-{}-{name}", c.name, w.namespace),
                 ip: String::new(),
                 labels: w.labels.clone(),
+                annotations: w.annotations.clone(),
                 pid: None,
                 resolv_conf: None,
             };
             if let Err(err) = start_pod(lab, c, &w, &mut pod, bins) {
                 remove_pod(lab, c, &pod, Some(bins));
+                if let Err(e) = crate::kv::write(c, vec![delete_pod_object(&pod)]) {
+                    eprintln!("⚠️  {e:#}");
+                }
                 state.save(lab, cluster)?;
                 return Err(err);
             }
@@ -705,7 +803,7 @@ pub fn apply(
     Ok(lines)
 }
 
-/// Deletes workloads (by kind, namespace, name) and their pods.
+/// Deletes workloads (by kind, namespace, name) and their pods, with their objects.
 pub fn delete(
     lab: &LabState,
     cluster: &str,
@@ -715,6 +813,7 @@ pub fn delete(
     let c = lab.cluster(cluster)?;
     let mut state = Workloads::load(lab, cluster)?;
     let mut lines = Vec::new();
+    let mut ops = Vec::new();
     for (kind, ns, name) in targets {
         let owner = format!("{}/{name}", kind.to_lowercase());
         let pods: Vec<String> = state
@@ -726,6 +825,7 @@ pub fn delete(
         for k in pods {
             if let Some(p) = state.pods.remove(&k) {
                 remove_pod(lab, c, &p, Some(bins));
+                ops.push(delete_pod_object(&p));
             }
         }
         if state
@@ -737,7 +837,35 @@ pub fn delete(
         }
         state.save(lab, cluster)?;
     }
+    crate::kv::write(c, ops).context("remove the pods' objects")?;
     Ok(lines)
+}
+
+/// Forgets namespaces (after their objects were deleted); their pods keep running.
+pub fn forget_namespaces(lab: &LabState, cluster: &str, names: &[String]) -> Result<()> {
+    let mut state = Workloads::load(lab, cluster)?;
+    state.namespaces.retain(|n| !names.contains(n));
+    state.save(lab, cluster)
+}
+
+/// Sets pod `namespace/name`'s labels and annotations in the lab's records (its object in etcd
+/// is the caller's: `plexus label` writes it with compare-and-swap first).
+pub fn set_pod_metadata(
+    lab: &LabState,
+    cluster: &str,
+    namespace: &str,
+    name: &str,
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
+) -> Result<()> {
+    let mut state = Workloads::load(lab, cluster)?;
+    let pod = state
+        .pods
+        .get_mut(&format!("{namespace}/{name}"))
+        .with_context(|| format!("no pod {name} in namespace {namespace} of cluster {cluster}"))?;
+    pod.labels = labels;
+    pod.annotations = annotations;
+    state.save(lab, cluster)
 }
 
 /// Finds a pod by name, `deployment/NAME` or `statefulset/NAME` (its first pod).
@@ -794,6 +922,7 @@ mod tests {
             container_id: format!("c1-{ns}-{name}"),
             ip: "10.10.0.2".into(),
             labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
             pid: None,
             resolv_conf: None,
         }

@@ -10,6 +10,7 @@
 //!
 //! It does no IO.
 
+pub mod apply;
 pub mod cidr;
 pub mod cluster;
 pub mod config;

@@ -220,7 +220,8 @@ pub fn global_services(lab: &Lab, connected: bool) {
         let c = ask_rebel_base(lab, "cluster1", "deployment/x-wing", 20);
         only(&c, "cluster2").then_some(()).ok_or(format!("{c:?}"))
     });
-    // The deployment again (only it: applying the Service would reset its annotations).
+    // The deployment again (only it; the Service would keep its annotations, which `apply`
+    // merges as kubectl does).
     let text = std::fs::read_to_string(example("cluster1.yaml")).unwrap();
     let deployment = text
         .split("\n---\n")

@@ -64,8 +64,13 @@ impl FlowCounter for crate::metrics::FlowMetrics {
         };
         self.flow_processed(kind, flow.verdict.as_str());
         if flow.verdict == plexus_flow::Verdict::Dropped {
+            // A known reason is a static name; only an unknown code is formatted.
+            let reason: std::borrow::Cow<'_, str> = match flow.drop_reason_desc.name() {
+                Some(name) => name.into(),
+                None => flow.drop_reason_desc.to_string().into(),
+            };
             self.flow_dropped(
-                &flow.drop_reason_desc.to_string(),
+                &reason,
                 flow.traffic_direction.as_str(),
                 &flow.source.cluster_name,
                 &flow.destination.cluster_name,
