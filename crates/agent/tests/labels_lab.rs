@@ -1,8 +1,8 @@
 //! Label changes for real, as root: a lab of 2 meshed clusters (cluster1 with 2 nodes, cluster2
 //! with 1), eBPF datapath. In both clusters `web` and `iperf` (`app: server`) admit only
 //! `role: frontend` pods of cluster1 on TCP 80 and 5201; `client` (cluster1) starts with
-//! `role: frontend`. Its labels change through its Pod object in cluster1's etcd (what
-//! `plexus label` writes):
+//! `role: frontend`. Its labels change with `plexus label pod` (its Pod object in cluster1's
+//! etcd):
 //! - a change that keeps it allowed (a label added): two iperf3 streams, to the other node and
 //!   to cluster2, run across the relabel and never break nor stall (data every second), and no
 //!   packet of the client is dropped on either server's node;
@@ -12,12 +12,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
-use plexus_lab::lab::LabState;
-use plexus_model::objects::PodObject;
 use plexus_test_support::lab::{Lab, eventually, run_lab};
 use serde_json::Value;
 
@@ -96,38 +92,11 @@ fn apply(lab: &Lab, ctx: &str, file: &str, yaml: &str) {
     lab.ok(&["--context", ctx, "apply", "-f", path.to_str().unwrap()]);
 }
 
-/// Stores the client's Pod object with `labels` in cluster1's etcd, from its control plane's
-/// namespace with the cluster's admin certificate.
-fn label_client(lab: &Lab, labels: &[(&str, &str)]) {
-    let state = LabState::load(lab.dir()).unwrap();
-    let c = state
-        .clusters
-        .iter()
-        .find(|c| c.name == "cluster1")
-        .unwrap();
-    let pki = c.state_dir.join("pki");
-    let labels: BTreeMap<String, String> = labels
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let pod = PodObject::new("default", "client", labels);
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", c.netns))
-        .arg("etcdctl")
-        .arg(format!("--endpoints=https://{}:2379", c.ip))
-        .arg(format!("--cacert={}", pki.join("ca.crt").display()))
-        .arg(format!("--cert={}", pki.join("admin.crt").display()))
-        .arg(format!("--key={}", pki.join("admin.key").display()))
-        .args(["put", &pod.key(), &serde_json::to_string(&pod).unwrap()])
-        .env("ETCDCTL_API", "3")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "etcdctl put {}: {}",
-        pod.key(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// `plexus label pod client CHANGES...` in cluster1 (its Pod object and the lab's record).
+fn label_client(lab: &Lab, changes: &[&str]) {
+    let mut args = vec!["--context", "cluster1", "label", "pod", "client"];
+    args.extend_from_slice(changes);
+    lab.ok(&args);
 }
 
 fn client_identity(lab: &Lab) -> u64 {
@@ -265,10 +234,7 @@ fn relabel(mut lab: Lab) {
     ];
     // Data flows before the change.
     std::thread::sleep(Duration::from_secs(2));
-    label_client(
-        &lab,
-        &[("app", "client"), ("role", "frontend"), ("tier", "one")],
-    );
+    label_client(&lab, &["tier=one"]);
     eventually(Duration::from_secs(30), "the client relabelled", || {
         if client_identity(&lab) != before {
             Ok(())
@@ -295,14 +261,14 @@ fn relabel(mut lab: Lab) {
     // `role` removed: denied in both clusters (the monitor shows the client's drops); back:
     // allowed again.
     let monitor = lab.spawn_monitor("cluster2", "cluster2-node1", "drop");
-    label_client(&lab, &[("app", "client"), ("tier", "one")]);
+    label_client(&lab, &["role-"]);
     verdicts(&lab, &web, false);
     let drops = monitor.finish();
     assert!(
         drops.lines().any(|l| l.contains(&client_ip)),
         "the denied client's drops are seen:\n{drops}"
     );
-    label_client(&lab, &[("app", "client"), ("role", "frontend")]);
+    label_client(&lab, &["role=frontend"]);
     verdicts(&lab, &web, true);
     lab.down();
 }
