@@ -8,7 +8,10 @@
 //!   packet of the client is dropped on either server's node;
 //! - `role` removed: both servers stop admitting it (the verdict flips in the other cluster
 //!   too, whose policy selects by the label);
-//! - `role` back: both admit it again.
+//! - `role` back: both admit it again;
+//! - its namespace labelled `quarantine: "true"` (`plexus label namespace`): cluster2, whose
+//!   policy denies quarantined namespaces of cluster1, refuses it, cluster1 still admits it;
+//!   the label removed, both admit it.
 
 #![allow(clippy::unwrap_used)]
 
@@ -70,6 +73,14 @@ spec:
         protocol: TCP
       - port: '5201'
         protocol: TCP
+DENY";
+
+/// cluster2 also refuses pods of cluster1 whose namespace is labelled `quarantine: "true"`.
+const QUARANTINE: &str = "  ingressDeny:
+  - fromEndpoints:
+    - matchLabels:
+        io.cilium.k8s.namespace.labels.quarantine: 'true'
+        io.cilium.k8s.policy.cluster: cluster1
 ";
 
 const CLIENT: &str = "apiVersion: v1
@@ -198,7 +209,8 @@ fn relabel(mut lab: Lab) {
         "servers1.yaml",
         &SERVERS
             .replace("NODE", "cluster1-node2")
-            .replace("FROM", ""),
+            .replace("FROM", "")
+            .replace("DENY", ""),
     );
     apply(
         &lab,
@@ -206,7 +218,8 @@ fn relabel(mut lab: Lab) {
         "servers2.yaml",
         &SERVERS
             .replace("NODE", "cluster2-node1")
-            .replace("FROM", "\n        io.cilium.k8s.policy.cluster: cluster1"),
+            .replace("FROM", "\n        io.cilium.k8s.policy.cluster: cluster1")
+            .replace("DENY", QUARANTINE),
     );
     apply(&lab, "cluster1", "client.yaml", CLIENT);
     let client_ip = lab.pod_ip("cluster1", "client");
@@ -269,6 +282,23 @@ fn relabel(mut lab: Lab) {
         "the denied client's drops are seen:\n{drops}"
     );
     label_client(&lab, &["role=frontend"]);
+    verdicts(&lab, &web, true);
+
+    // Its namespace quarantined: cluster2 refuses it, cluster1 still admits it; and back.
+    let namespace = |change: &str| {
+        lab.ok(&[
+            "--context",
+            "cluster1",
+            "label",
+            "namespace",
+            "default",
+            change,
+        ]);
+    };
+    namespace("quarantine=true");
+    verdicts(&lab, &web[1..], false);
+    verdicts(&lab, &web[..1], true);
+    namespace("quarantine-");
     verdicts(&lab, &web, true);
     lab.down();
 }
