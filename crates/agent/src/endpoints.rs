@@ -77,6 +77,8 @@ pub struct Endpoints {
     objects: SharedObjects,
     grace: Duration,
     generation: AtomicU64,
+    /// Wakes [`Endpoints::retry_wanted`] when a relabel failed and should be tried again.
+    retry: Arc<tokio::sync::Notify>,
     datapath: Arc<dyn Datapath>,
     identities: Arc<IdentityAllocator>,
     ip_store: SyncStore,
@@ -97,6 +99,9 @@ const APPLY_WAIT: Duration = Duration::from_secs(2);
 /// How long a relabel's switch waits for the node's core to know the new identity (it learns
 /// it through the same watch as every other node, normally within the grace period).
 const IDENTITY_WAIT: Duration = Duration::from_secs(5);
+
+/// How long after a failed allocation a relabel is tried again.
+const RELABEL_RETRY: Duration = Duration::from_secs(2);
 
 /// How long a registration waits for the Namespace and Pod objects to be listed.
 const OBJECTS_WAIT: Duration = Duration::from_secs(5);
@@ -226,6 +231,7 @@ impl Endpoints {
             objects: config.objects,
             grace: config.identity_change_grace,
             generation: AtomicU64::new(0),
+            retry: Arc::new(tokio::sync::Notify::new()),
             datapath: config.datapath,
             identities: config.identities,
             ip_store: config.ip_store,
@@ -617,10 +623,17 @@ impl Endpoints {
         }
     }
 
+    /// Returns when a relabel failed and [`Endpoints::relabel`] should run again (the task
+    /// that follows the objects waits for it).
+    pub async fn retry_wanted(&self) {
+        self.retry.notified().await;
+    }
+
     /// Steps 1-4 of a relabel for endpoints whose labels changed together.
     async fn relabel_moves(self: Arc<Self>, moves: Vec<Move>) {
         // 1. The new identities.
         let mut allocated = Vec::new();
+        let mut failed = false;
         for m in moves {
             let Some(namespace) = self.get(&m.container_id).await.map(|ep| ep.namespace) else {
                 continue;
@@ -629,19 +642,45 @@ impl Endpoints {
             match self.identities.allocate(&labels).await {
                 Ok((id, _)) => allocated.push((m, labels, id.0)),
                 Err(err) => {
-                    tracing::warn!(container = %m.container_id, error = %err, "cannot allocate the new identity of a relabelled endpoint; it keeps its identity");
+                    tracing::warn!(container = %m.container_id, error = %err, "cannot allocate the new identity of a relabelled endpoint; it keeps its identity for now");
                     let mut inner = self.inner.lock().await;
                     if inner.relabels.get(&m.container_id).map(|(g, _)| *g) == Some(m.generation) {
                         inner.relabels.remove(&m.container_id);
+                        failed = true;
                     }
                 }
             }
+        }
+        if failed {
+            // Tried again after a pause (the kvstore may be back), unless a newer change
+            // came meanwhile.
+            let retry = self.retry.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(RELABEL_RETRY).await;
+                retry.notify_one();
+            });
         }
         if allocated.is_empty() {
             return;
         }
         // 2. Peers learn them meanwhile.
         tokio::time::sleep(self.grace).await;
+        // The node's own core must know the new identities' labels to resolve the endpoints'
+        // policy under them; it learns them through the same watch as every other node.
+        let ids: Vec<u32> = allocated.iter().map(|(_, _, id)| *id).collect();
+        if !self
+            .core
+            .wait_until(
+                |core| {
+                    ids.iter()
+                        .all(|id| core.policy().identities().contains_key(id))
+                },
+                IDENTITY_WAIT,
+            )
+            .await
+        {
+            tracing::warn!(identities = ?ids, "the node has not learnt the new identities yet; switching anyway (the endpoints keep their policy until it has)");
+        }
         // 3. The switch, 4. the old identity released.
         let _ops = self.ops.lock().await;
         let mut switched = Vec::new();
@@ -694,18 +733,6 @@ impl Endpoints {
         let mut ep = old.clone();
         target.store(&mut ep);
         ep.identity = identity;
-        // The node's own core must know the new identity's labels to resolve the endpoint's
-        // policy under it; it learns it through the same watch as every other node.
-        if !self
-            .core
-            .wait_until(
-                |core| core.policy().identities().contains_key(&identity),
-                IDENTITY_WAIT,
-            )
-            .await
-        {
-            tracing::warn!(pod = %format!("{}/{}", ep.namespace, ep.pod), identity, "the node has not learnt the new identity yet; switching anyway");
-        }
         let seq = self.install(&ep)?;
         if !self.core.wait_applied(seq, APPLY_WAIT).await {
             tracing::warn!(pod = %ep.pod, "relabelled endpoint's policy not applied yet");

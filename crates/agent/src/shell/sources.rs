@@ -263,7 +263,8 @@ fn fold_object(objects: &SharedObjects, event: ObjectEvent) -> bool {
 }
 
 /// Follows the cluster's Namespace and Pod objects into `objects`; after each change (a burst
-/// of changes at once) that may concern them, the endpoints are relabelled.
+/// of changes at once) that may concern them, and when a failed relabel asks for it, the
+/// endpoints are relabelled.
 pub async fn follow_objects(
     backend: Arc<dyn KvBackend>,
     objects: SharedObjects,
@@ -289,6 +290,10 @@ pub async fn follow_objects(
         let first = tokio::select! {
             e = namespaces.next() => ObjectEvent::Namespace(e),
             e = pods.next() => ObjectEvent::Pod(e),
+            () = endpoints.retry_wanted() => {
+                endpoints.relabel().await;
+                continue;
+            }
         };
         let mut changed = fold_object(&objects, first);
         // What else is already there joins this change (one relabel, one grace period).
