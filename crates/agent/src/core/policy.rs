@@ -311,7 +311,14 @@ impl PolicyState {
         let mut sources = BTreeMap::new();
         for ep in endpoints.values() {
             let Some(entry) = self.identities.get(&ep.identity) else {
-                // Its identity is not known yet: resolved once it is.
+                // Its identity is not known yet: resolved once it is. Meanwhile an endpoint
+                // that had a policy (one moved to a new identity) keeps it, never left open.
+                if let (Some(policy), Some(from)) =
+                    (self.resolved.get(&ep.id), self.sources.get(&ep.id))
+                {
+                    resolved.insert(ep.id, policy.clone());
+                    sources.insert(ep.id, from.clone());
+                }
                 continue;
             };
             let named_ports = ep
