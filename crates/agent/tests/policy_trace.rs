@@ -113,6 +113,8 @@ fn api_endpoint() -> EndpointInfo {
         namespace: "default".into(),
         pod: "rebel-base-0".into(),
         labels: Default::default(),
+        namespace_labels: None,
+        registered_labels: None,
         identity: REBEL_BASE,
         ports: Default::default(),
     }

@@ -488,6 +488,8 @@ mod tests {
                 namespace: ns.into(),
                 pod: pod.into(),
                 labels: Default::default(),
+                namespace_labels: None,
+                registered_labels: None,
                 identity,
                 ports: [(
                     "http".to_string(),
