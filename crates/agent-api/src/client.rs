@@ -134,7 +134,7 @@ pub struct Client {
 }
 
 /// Percent-encodes one path segment (an endpoint id may be `namespace/pod`).
-fn segment(s: &str) -> String {
+pub(crate) fn segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':' | b'@') {
@@ -405,6 +405,17 @@ impl Client {
     /// `GET /v1/endpoints/<id>`: by endpoint id, pod name or `namespace/pod`.
     pub async fn endpoint(&self, id: &str) -> Result<EndpointDetail, ApiError> {
         self.get(&format!("/v1/endpoints/{}", segment(id))).await
+    }
+
+    /// `GET /v1/policy/trace?...`: why a packet between a local endpoint and a peer passes or
+    /// is dropped there. Errors: kind `not-found` when the node has no such endpoint,
+    /// `invalid` for a bad query, `unavailable` while the endpoint's policy is not resolved.
+    pub async fn policy_trace(
+        &self,
+        query: &crate::TraceQuery,
+    ) -> Result<crate::PolicyTrace, ApiError> {
+        self.get(&format!("/v1/policy/trace?{}", query.to_query_string()))
+            .await
     }
 
     /// `GET /v1/services`.

@@ -18,6 +18,10 @@
 //! - `GET /v1/endpoints`: [`EndpointInfo`]s; `GET /v1/endpoints/<id | pod | namespace/pod>`:
 //!   [`EndpointDetail`], with the endpoint's resolved policy;
 //! - `GET /v1/services`: [`ServiceInfo`]s; `GET /v1/policy`: [`PolicyInfo`]s;
+//! - `GET /v1/policy/trace?endpoint=..&direction=ingress|egress[&peer_identity=..]
+//!   [&peer_ip=..]&proto=tcp|udp|sctp&dport=..` ([`TraceQuery`]): [`PolicyTrace`], why such a
+//!   packet passes or is dropped at the local endpoint (verdict, enforcement, deciding rules);
+//!   `not-found` for an endpoint the node does not have;
 //! - `GET /v1/bpf/ipcache`: [`IpcacheRow`]s; `GET /v1/bpf/lb`: [`LbRow`]s;
 //! - `GET /v1/monitor[?type=drop|trace|translation|policy-verdict]`: [`MonitorMessage`]s, a
 //!   JSON line each, streamed;
@@ -46,6 +50,7 @@ pub mod error;
 /// The monitor stream's events ([`plexus_monitor`]).
 pub use plexus_monitor as monitor;
 pub mod tls;
+pub mod trace;
 pub mod types;
 
 pub use cni::{
@@ -56,6 +61,9 @@ pub use encryption::{
 };
 pub use error::{ErrorBody, ErrorKind};
 pub use monitor::{MonitorEvent, MonitorFilter, MonitorMessage};
+pub use trace::{
+    PeerIdentitySource, PolicyRef, PolicyTrace, TraceDecision, TraceEndpoint, TraceQuery, TraceRule,
+};
 pub use types::{
     AgentStatus, ContainerPort, EndpointDetail, EndpointInfo, EndpointPolicy, IdentityInfo,
     IpcacheRow, LbRow, NodeInfo, PolicyEntry, PolicyInfo, RelayNode, ServiceInfo,

@@ -93,8 +93,18 @@ pub struct EndpointInfo {
     pub namespace: String,
     /// The pod's name.
     pub pod: String,
-    /// The pod's labels, as given.
+    /// The pod's labels: its Pod object's (`plexus/objects/v1/pods/<ns>/<pod>`) when one is
+    /// stored, else those its registration carried.
     pub labels: BTreeMap<String, String>,
+    /// The labels of the pod's namespace in its identity (from the Namespace object; empty
+    /// when none is stored). Absent in the state of an agent older than namespace labels: its
+    /// identity was the pod's labels and namespace only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_labels: Option<BTreeMap<String, String>>,
+    /// The labels the registration carried (CNI arguments, podman), when the Pod object's
+    /// replaced them in `labels`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registered_labels: Option<BTreeMap<String, String>>,
     /// Its security identity.
     pub identity: u32,
     /// Its named container ports.

@@ -18,7 +18,8 @@ use plexus_agent_api::{
     AgentStatus, ClusterMeshReport, Empty, EncryptionMode, EncryptionReport, EncryptionSummary,
     EndpointDetail, EndpointInfo, EndpointRequest, EndpointResponse, ErrorBody, ErrorKind,
     IdentityInfo, IpamRequest, IpamResponse, IpcacheRow, LbRow, MeshReport, MonitorFilter,
-    MonitorMessage, NodeInfo, PolicyInfo, RotateKeyReport, ServiceInfo, monitor,
+    MonitorMessage, NodeInfo, PolicyInfo, PolicyTrace, RotateKeyReport, ServiceInfo, TraceQuery,
+    monitor,
 };
 use plexus_metrics::Format;
 use serde::Deserialize;
@@ -64,6 +65,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/endpoints", get(endpoints))
         .route("/v1/endpoints/{id}", get(endpoint_detail))
         .route("/v1/policy", get(policy_get))
+        .route("/v1/policy/trace", get(policy_trace))
         .route("/v1/bpf/ipcache", get(bpf_ipcache))
         .route("/v1/bpf/lb", get(bpf_lb))
         .route("/v1/services", get(services))
@@ -254,6 +256,51 @@ async fn policy_get(State(agent): State<Arc<Agent>>) -> axum::Json<Vec<PolicyInf
     axum::Json(agent.core.read(crate::reports::policies))
 }
 
+/// `GET /v1/policy/trace`: why a packet between a local endpoint and a peer passes or is
+/// dropped at the endpoint ([`crate::reports::policy_trace`]).
+async fn policy_trace(
+    State(agent): State<Arc<Agent>>,
+    q: Result<Query<TraceQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::Json<PolicyTrace>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::new(ErrorKind::Invalid, e.body_text()))?;
+    let proto = match q.proto.to_ascii_lowercase().as_str() {
+        "tcp" => plexus_policy::Proto::Tcp,
+        "udp" => plexus_policy::Proto::Udp,
+        "sctp" => plexus_policy::Proto::Sctp,
+        other => {
+            return Err(ApiError::new(
+                ErrorKind::Invalid,
+                format!("proto: {other:?} is not tcp, udp or sctp"),
+            ));
+        }
+    };
+    let all = agent.endpoints.list().await;
+    let Some(endpoint) = all.into_iter().find(|e| {
+        e.id.to_string() == q.endpoint
+            || e.pod == q.endpoint
+            || format!("{}/{}", e.namespace, e.pod) == q.endpoint
+    }) else {
+        return Err(ApiError::new(
+            ErrorKind::NotFound,
+            format!("no endpoint {} on node {}", q.endpoint, agent.node),
+        ));
+    };
+    agent
+        .core
+        .read(|core| crate::reports::policy_trace(core, &endpoint, &q, proto))
+        .map(axum::Json)
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "the policy of endpoint {}/{} (identity {}) on node {} is not resolved yet \
+                     (the policies are not listed yet, or the identity is not known yet)",
+                    endpoint.namespace, endpoint.pod, endpoint.identity, agent.node
+                ),
+            )
+        })
+}
+
 async fn bpf_ipcache(
     State(agent): State<Arc<Agent>>,
 ) -> Result<axum::Json<Vec<IpcacheRow>>, ApiError> {
@@ -422,6 +469,32 @@ mod tests {
         Direction, DropReason, EventKind, ObservationPoint, PolicyMatch, TraceState,
     };
     use std::net::Ipv4Addr;
+
+    /// What the client sends to `/v1/policy/trace` is what the handler reads.
+    #[test]
+    fn trace_queries_survive_the_url() {
+        let q = TraceQuery {
+            endpoint: "x/a b".into(),
+            direction: plexus_agent_api::types::Direction::Egress,
+            peer_identity: Some(131_073),
+            peer_ip: Some(Ipv4Addr::new(10, 2, 0, 7)),
+            proto: "udp".into(),
+            dport: 53,
+        };
+        let uri: axum::http::Uri = format!("/v1/policy/trace?{}", q.to_query_string())
+            .parse()
+            .unwrap();
+        let Query(back) = Query::<TraceQuery>::try_from_uri(&uri).unwrap();
+        assert_eq!(back, q);
+        let uri: axum::http::Uri = "/v1/policy/trace?endpoint=7&direction=ingress&dport=80"
+            .parse()
+            .unwrap();
+        let Query(q) = Query::<TraceQuery>::try_from_uri(&uri).unwrap();
+        assert_eq!(
+            (q.proto.as_str(), q.peer_identity, q.peer_ip),
+            ("tcp", None, None)
+        );
+    }
 
     /// The CLI prints the events it reads from the JSON stream: every kind of event survives
     /// the stream (serialized, read back) and still reads as the datapath prints it.

@@ -4,7 +4,8 @@
 //! (with WireGuard on, with its public key: the key is generated once in the state dir, and
 //! a thread syncs the node's WireGuard device, see [`crate::shell::wireguard`]),
 //! loads the datapath, restores the endpoints, starts the remote-cluster manager, the sources
-//! that feed the core ([`crate::shell::sources`]) and the reconciler that applies its output
+//! that feed the core and the endpoints' labels ([`crate::shell::sources`]) and the reconciler
+//! that applies its output
 //! ([`crate::shell::reconciler`]), and serves the API until SIGTERM or Ctrl-C. It stops
 //! without tearing anything down: pinned maps and links keep pods' traffic flowing until the
 //! next agent takes over, and the lease keeps the node's records for its TTL.
@@ -242,6 +243,14 @@ pub async fn run(args: Options) -> Result<()> {
     ));
     node_store.upsert(node.name.clone(), serde_json::to_vec(&node)?);
     core.step(Input::NodeUpsert(node.clone()));
+    // A previous agent's policy prefixes keep their CIDR identities (before any resolution).
+    match datapath.policy_cidrs() {
+        Ok(cidrs) if !cidrs.is_empty() => {
+            core.step(Input::PolicyCidrsInDatapath(cidrs));
+        }
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "reading the datapath's policy prefixes"),
+    }
 
     let mut reconciler = Reconciler::new(driver, datapath.clone(), routes);
     // Flows: the reconciler keeps the decoder's snapshot of the core; one task decodes.
@@ -312,6 +321,7 @@ pub async fn run(args: Options) -> Result<()> {
         args.node_name.clone(),
         leases.subscribe(),
     ));
+    let objects = crate::labels::SharedObjects::default();
     let mtu = args
         .mtu
         .unwrap_or_else(|| default_mtu(args.routing, args.enable_wireguard, underlay_mtu));
@@ -348,6 +358,8 @@ pub async fn run(args: Options) -> Result<()> {
             } else {
                 0
             },
+            objects: objects.clone(),
+            identity_change_grace: args.identity_change_grace_period,
         })
         .await?,
     );
@@ -376,6 +388,11 @@ pub async fn run(args: Options) -> Result<()> {
         )),
         tokio::spawn(sources::follow_services(backend.clone(), core.clone())),
         tokio::spawn(sources::follow_policies(backend.clone(), core.clone())),
+        tokio::spawn(sources::follow_objects(
+            backend.clone(),
+            objects,
+            endpoints.clone(),
+        )),
         tokio::spawn(sources::follow_remotes(rx, core.clone())),
         tokio::spawn(sources::follow_mesh_status(mesh.handle(), core.clone())),
         tokio::spawn(sources::service_grace(REMOTE_GRACE, core.clone())),

@@ -14,11 +14,33 @@
 //! container id, and the agent reads the container's (or its pod's) name and labels from
 //! podman's state file ([`plexus_podman::PodmanState`]) before anything is allocated, so an
 //! invalid label or an unreadable state refuses the registration with nothing created.
+//!
+//! An endpoint's identity labels are its pod labels (the Pod object's when one is stored, else
+//! the registration's) and its namespace's labels ([`crate::labels`]). When they change for a
+//! running endpoint, [`Endpoints::relabel`] moves it to the new identity make-before-break:
+//!
+//! 1. the new identity is allocated (every node of every cluster learns it through its watches
+//!    and puts it into its selector cache and policy maps);
+//! 2. the endpoint keeps its old identity for `identity-change-grace-period`, so that peers
+//!    know the new one before packets carry it; all endpoints of one change (a namespace
+//!    relabel) share one grace period, and a newer change of an endpoint during the grace
+//!    supersedes the older one (its new identity is released unused);
+//! 3. the switch: the datapath's endpoint entry, the core's endpoint (its own policy resolved
+//!    again; the datapath writes new policy entries before it removes stale ones), the ip ->
+//!    identity entry and endpoint record, `endpoints.json` (with the labels it now has);
+//! 4. the old identity is released.
+//!
+//! Since the datapath checks policy on every forward packet with the peer's identity from the
+//! VNI or the ipcache, a connection that stays allowed under the new identity never sees a
+//! packet dropped. A restarted agent restores each endpoint with the labels it persisted and
+//! relabels, once the objects are listed, those that changed while it was down.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use plexus_agent_api::{EndpointRequest, EndpointResponse, IpamResponse, WorkloadSource};
@@ -27,11 +49,11 @@ use plexus_identity::allocator::IdentityAllocator;
 use plexus_kvstore::SyncStore;
 use plexus_loadbalancer::endpoint::EndpointRecord;
 use plexus_model::ipcache::IpIdentityPair;
-use plexus_model::labels::{Label, Labels, NAMESPACE_LABEL};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use crate::core::{Input, LocalEndpoint};
+use crate::labels::{PodLabels, SharedObjects, endpoint_identity_labels, registered_labels};
 use crate::shell::CoreHandle;
 
 /// One endpoint as persisted in `endpoints.json`: the same value the API lists (so the file
@@ -48,6 +70,15 @@ struct Persisted {
 /// Manages the node's endpoints.
 pub struct Endpoints {
     inner: Mutex<Inner>,
+    /// Held by whatever changes an endpoint's identity or existence (registration, removal, a
+    /// relabel's scan and switch), so a relabel never races them: a registration that read
+    /// the objects before a change is in the state when the change's scan runs.
+    ops: Mutex<()>,
+    objects: SharedObjects,
+    grace: Duration,
+    generation: AtomicU64,
+    /// Wakes [`Endpoints::retry_wanted`] when a relabel failed and should be tried again.
+    retry: Arc<tokio::sync::Notify>,
     datapath: Arc<dyn Datapath>,
     identities: Arc<IdentityAllocator>,
     ip_store: SyncStore,
@@ -63,11 +94,30 @@ pub struct Endpoints {
 }
 
 /// How long a registration waits for its ipcache entry to reach the datapath.
-const APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+const APPLY_WAIT: Duration = Duration::from_secs(2);
+
+/// How long a relabel's switch waits for the node's core to know the new identity (it learns
+/// it through the same watch as every other node, normally within the grace period).
+const IDENTITY_WAIT: Duration = Duration::from_secs(5);
+
+/// How long after a failed allocation a relabel is tried again.
+const RELABEL_RETRY: Duration = Duration::from_secs(2);
+
+/// How long a registration waits for the Namespace and Pod objects to be listed.
+const OBJECTS_WAIT: Duration = Duration::from_secs(5);
 
 struct Inner {
     ipam: plexus_ipam::PodIpam,
     persisted: Persisted,
+    /// Relabels under way, by container id: the latest one's generation and target.
+    relabels: BTreeMap<String, (u64, PodLabels)>,
+}
+
+/// One endpoint of a relabel: its container, the relabel's generation, the target labels.
+struct Move {
+    container_id: String,
+    generation: u64,
+    target: PodLabels,
 }
 
 fn parse_mac(text: &str, what: &str) -> Result<[u8; 6]> {
@@ -113,16 +163,6 @@ fn short_id(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
 
-/// The identity labels of a pod: its labels with the `k8s:` source and its namespace.
-pub fn identity_labels(namespace: &str, labels: &BTreeMap<String, String>) -> Labels {
-    let mut out = Labels::new();
-    for (k, v) in labels {
-        out.insert(Label::k8s(k.clone(), v.clone()));
-    }
-    out.insert(Label::k8s(NAMESPACE_LABEL, namespace));
-    out
-}
-
 /// What [`Endpoints::new`] needs.
 pub struct EndpointsConfig {
     /// The datapath.
@@ -153,6 +193,10 @@ pub struct EndpointsConfig {
     /// The `Key` of the endpoints' ip -> identity entries: Cilium's encryption key index of
     /// this node's endpoints (255, `StaticEncryptKey`, with WireGuard; 0 without).
     pub encrypt_key: u8,
+    /// The cluster's Namespace and Pod objects (their labels).
+    pub objects: SharedObjects,
+    /// `identity-change-grace-period`.
+    pub identity_change_grace: Duration,
 }
 
 impl Endpoints {
@@ -178,7 +222,16 @@ impl Endpoints {
             ipam.restore(ep.ip, &ep.container_id);
         }
         let this = Self {
-            inner: Mutex::new(Inner { ipam, persisted }),
+            inner: Mutex::new(Inner {
+                ipam,
+                persisted,
+                relabels: BTreeMap::new(),
+            }),
+            ops: Mutex::new(()),
+            objects: config.objects,
+            grace: config.identity_change_grace,
+            generation: AtomicU64::new(0),
+            retry: Arc::new(tokio::sync::Notify::new()),
             datapath: config.datapath,
             identities: config.identities,
             ip_store: config.ip_store,
@@ -197,7 +250,9 @@ impl Endpoints {
             inner.persisted.endpoints.values().cloned().collect()
         };
         for ep in restored {
-            let labels = identity_labels(&ep.namespace, &ep.labels);
+            // The labels it persisted: a change while the agent was down is a relabel, once
+            // the objects are listed.
+            let labels = endpoint_identity_labels(&ep);
             let (id, _) = this.identities.allocate(&labels).await.with_context(|| {
                 format!("identity of restored endpoint {}/{}", ep.namespace, ep.pod)
             })?;
@@ -353,6 +408,12 @@ impl Endpoints {
     /// Registers a configured pod.
     pub async fn put(&self, req: EndpointRequest) -> Result<EndpointResponse> {
         let req = self.resolve_workload(req).await?;
+        // The objects are listed within moments of the agent's start; a registration before
+        // that gets the labels known so far, and is relabelled once they are listed.
+        if !self.objects.wait_synced(OBJECTS_WAIT).await {
+            tracing::warn!(pod = %format!("{}/{}", req.namespace, req.pod_name), "namespace and pod objects not listed yet; the pod may be relabelled once they are");
+        }
+        let _ops = self.ops.lock().await;
         {
             let inner = self.inner.lock().await;
             match inner.persisted.reserved.get(&req.container_id) {
@@ -369,7 +430,11 @@ impl Endpoints {
                 ),
             }
         }
-        let labels = identity_labels(&req.namespace, &req.labels);
+        let pod_labels = self
+            .objects
+            .lock()
+            .pod(&req.namespace, &req.pod_name, &req.labels);
+        let labels = pod_labels.identity_labels(&req.namespace);
         let (identity, _) = self
             .identities
             .allocate(&labels)
@@ -384,7 +449,7 @@ impl Endpoints {
                     .context("no free endpoint id")?,
             }
         };
-        let ep = EndpointState {
+        let mut ep = EndpointState {
             container_id: req.container_id.clone(),
             id,
             ip: req.ip,
@@ -393,10 +458,13 @@ impl Endpoints {
             pod_mac: req.pod_mac.clone(),
             namespace: req.namespace.clone(),
             pod: req.pod_name.clone(),
-            labels: req.labels.clone(),
+            labels: BTreeMap::new(),
+            namespace_labels: None,
+            registered_labels: None,
             identity: identity.0,
             ports: req.ports.clone(),
         };
+        pod_labels.store(&mut ep);
         let seq = match self.install(&ep) {
             Ok(seq) => seq,
             Err(err) => {
@@ -409,15 +477,24 @@ impl Endpoints {
             tracing::warn!(pod = %req.pod_name, "endpoint's ipcache entry not applied yet");
         }
         self.publish(&ep);
-        {
+        let replaced = {
             let mut inner = self.inner.lock().await;
             inner.persisted.reserved.remove(&req.container_id);
+            // Registered again: a relabel under way is for the endpoint it replaces.
+            inner.relabels.remove(&req.container_id);
             inner
                 .persisted
                 .endpoints
-                .insert(req.container_id.clone(), ep.clone());
-        }
+                .insert(req.container_id.clone(), ep.clone())
+        };
         self.save().await?;
+        // A registration again (the CNI plugin retried) holds one reference, not two.
+        if let Some(old) = replaced {
+            let _ = self
+                .identities
+                .release(&endpoint_identity_labels(&old))
+                .await;
+        }
         tracing::info!(pod = %format!("{}/{}", ep.namespace, ep.pod), ip = %ep.ip, id = ep.id, identity = ep.identity, "endpoint created");
         Ok(EndpointResponse {
             id: ep.id,
@@ -455,8 +532,11 @@ impl Endpoints {
 
     /// Forgets an endpoint and releases its address; unknown ones are fine.
     pub async fn delete(&self, container_id: &str) -> Result<()> {
+        let _ops = self.ops.lock().await;
         let (ep, released) = {
             let mut inner = self.inner.lock().await;
+            // A relabel under way finds it gone and releases its new identity.
+            inner.relabels.remove(container_id);
             let ep = inner.persisted.endpoints.remove(container_id);
             inner.persisted.reserved.remove(container_id);
             let released = inner.ipam.release(container_id);
@@ -475,12 +555,196 @@ impl Endpoints {
                 .delete(format!("{}/{}", ep.namespace, ep.pod));
             let _ = self
                 .identities
-                .release(&identity_labels(&ep.namespace, &ep.labels))
+                .release(&endpoint_identity_labels(&ep))
                 .await;
             tracing::info!(pod = %format!("{}/{}", ep.namespace, ep.pod), ip = %ep.ip, "endpoint deleted");
         } else if released.is_some() {
             tracing::info!(%container_id, "address released");
         }
         self.save().await
+    }
+
+    /// Compares every endpoint's labels with what the objects say now and starts moving those
+    /// that differ to their new identity (see the module documentation): returns at once, the
+    /// move runs in a task of its own. Does nothing before the objects are listed.
+    pub async fn relabel(self: &Arc<Self>) {
+        let _ops = self.ops.lock().await;
+        let mut moves = Vec::new();
+        let mut unchanged_labels = Vec::new();
+        {
+            let mut inner = self.inner.lock().await;
+            let objects = self.objects.lock();
+            if !objects.synced() {
+                return;
+            }
+            let Inner {
+                persisted,
+                relabels,
+                ..
+            } = &mut *inner;
+            for (container_id, ep) in &mut persisted.endpoints {
+                let target = objects.pod(&ep.namespace, &ep.pod, registered_labels(ep));
+                let current = PodLabels::of(ep);
+                if current.as_ref() == Some(&target) {
+                    // Back to what it has: a relabel under way is superseded.
+                    relabels.remove(container_id);
+                    continue;
+                }
+                if relabels.get(container_id).map(|(_, t)| t) == Some(&target) {
+                    continue;
+                }
+                if target.identity_labels(&ep.namespace) == endpoint_identity_labels(ep) {
+                    // Another spelling of the same identity (a namespace stating its
+                    // `kubernetes.io/metadata.name`): only the stored labels change.
+                    relabels.remove(container_id);
+                    target.store(ep);
+                    unchanged_labels.push(ep.clone());
+                    continue;
+                }
+                let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+                relabels.insert(container_id.clone(), (generation, target.clone()));
+                moves.push(Move {
+                    container_id: container_id.clone(),
+                    generation,
+                    target,
+                });
+            }
+        }
+        for ep in &unchanged_labels {
+            self.publish(ep);
+        }
+        if !unchanged_labels.is_empty()
+            && let Err(err) = self.save().await
+        {
+            tracing::warn!(error = %format!("{err:#}"), "persisting the endpoints' labels");
+        }
+        if !moves.is_empty() {
+            tokio::spawn(self.clone().relabel_moves(moves));
+        }
+    }
+
+    /// Returns when a relabel failed and [`Endpoints::relabel`] should run again (the task
+    /// that follows the objects waits for it).
+    pub async fn retry_wanted(&self) {
+        self.retry.notified().await;
+    }
+
+    /// Steps 1-4 of a relabel for endpoints whose labels changed together.
+    async fn relabel_moves(self: Arc<Self>, moves: Vec<Move>) {
+        // 1. The new identities.
+        let mut allocated = Vec::new();
+        let mut failed = false;
+        for m in moves {
+            let Some(namespace) = self.get(&m.container_id).await.map(|ep| ep.namespace) else {
+                continue;
+            };
+            let labels = m.target.identity_labels(&namespace);
+            match self.identities.allocate(&labels).await {
+                Ok((id, _)) => allocated.push((m, labels, id.0)),
+                Err(err) => {
+                    tracing::warn!(container = %m.container_id, error = %err, "cannot allocate the new identity of a relabelled endpoint; it keeps its identity for now");
+                    let mut inner = self.inner.lock().await;
+                    if inner.relabels.get(&m.container_id).map(|(g, _)| *g) == Some(m.generation) {
+                        inner.relabels.remove(&m.container_id);
+                        failed = true;
+                    }
+                }
+            }
+        }
+        if failed {
+            // Tried again after a pause (the kvstore may be back), unless a newer change
+            // came meanwhile.
+            let retry = self.retry.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(RELABEL_RETRY).await;
+                retry.notify_one();
+            });
+        }
+        if allocated.is_empty() {
+            return;
+        }
+        // 2. Peers learn them meanwhile.
+        tokio::time::sleep(self.grace).await;
+        // The node's own core must know the new identities' labels to resolve the endpoints'
+        // policy under them; it learns them through the same watch as every other node.
+        let ids: Vec<u32> = allocated.iter().map(|(_, _, id)| *id).collect();
+        if !self
+            .core
+            .wait_until(
+                |core| {
+                    ids.iter()
+                        .all(|id| core.policy().identities().contains_key(id))
+                },
+                IDENTITY_WAIT,
+            )
+            .await
+        {
+            tracing::warn!(identities = ?ids, "the node has not learnt the new identities yet; switching anyway (the endpoints keep their policy until it has)");
+        }
+        // 3. The switch, 4. the old identity released.
+        let _ops = self.ops.lock().await;
+        let mut switched = Vec::new();
+        for (m, labels, identity) in allocated {
+            let current = {
+                let mut inner = self.inner.lock().await;
+                let latest = inner.relabels.get(&m.container_id).map(|(g, _)| *g);
+                if latest == Some(m.generation) {
+                    inner.relabels.remove(&m.container_id);
+                    inner.persisted.endpoints.get(&m.container_id).cloned()
+                } else {
+                    None
+                }
+            };
+            let Some(old) = current else {
+                // Superseded by a newer change, registered again or deleted meanwhile.
+                let _ = self.identities.release(&labels).await;
+                continue;
+            };
+            match self.switch(&old, &m.target, identity).await {
+                Ok(()) => switched.push(old),
+                Err(err) => {
+                    tracing::warn!(pod = %format!("{}/{}", old.namespace, old.pod), error = %format!("{err:#}"), "cannot switch a relabelled endpoint to its new identity; it keeps its identity");
+                    // Whatever part of the switch was made is undone before the new identity
+                    // goes.
+                    if let Err(err) = self.install(&old) {
+                        tracing::warn!(pod = %format!("{}/{}", old.namespace, old.pod), error = %format!("{err:#}"), "cannot restore the endpoint's old identity in the datapath");
+                    }
+                    let _ = self.identities.release(&labels).await;
+                }
+            }
+        }
+        if switched.is_empty() {
+            return;
+        }
+        // Persisted before the old identities go, so a restart never brings one back.
+        if let Err(err) = self.save().await {
+            tracing::warn!(error = %format!("{err:#}"), "persisting the relabelled endpoints");
+        }
+        for old in switched {
+            let _ = self
+                .identities
+                .release(&endpoint_identity_labels(&old))
+                .await;
+        }
+    }
+
+    /// Step 3 for one endpoint: from `old` to `identity` with `target` labels.
+    async fn switch(&self, old: &EndpointState, target: &PodLabels, identity: u32) -> Result<()> {
+        let mut ep = old.clone();
+        target.store(&mut ep);
+        ep.identity = identity;
+        let seq = self.install(&ep)?;
+        if !self.core.wait_applied(seq, APPLY_WAIT).await {
+            tracing::warn!(pod = %ep.pod, "relabelled endpoint's policy not applied yet");
+        }
+        self.publish(&ep);
+        self.inner
+            .lock()
+            .await
+            .persisted
+            .endpoints
+            .insert(ep.container_id.clone(), ep.clone());
+        tracing::info!(pod = %format!("{}/{}", ep.namespace, ep.pod), old = old.identity, identity, labels = %target.identity_labels(&ep.namespace).to_kvstore_string(), "endpoint relabelled");
+        Ok(())
     }
 }

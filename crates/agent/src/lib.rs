@@ -9,7 +9,8 @@
 //! - [`shell`]: the tasks that feed the core from etcd and the remote-cluster manager, and the
 //!   reconciler that applies its output to the datapath and the kernel as soon as it changes.
 //! - [`endpoints`]: the node's pods (addresses, identities, datapath entries, published
-//!   records, persisted state); [`netcmd`]: the few kernel settings the agent makes.
+//!   records, persisted state, relabelling); [`labels`]: their identity labels from the
+//!   cluster's Namespace and Pod objects; [`netcmd`]: the few kernel settings the agent makes.
 //! - [`flows`]: datapath events decoded into Hubble-shaped flows, kept in a bounded ring and
 //!   served on `/v1/flows`.
 //! - [`api`]: the API the CLI and the CNI plugin use, on a unix socket and on TCP with mutual
@@ -22,6 +23,7 @@ pub mod core;
 pub mod daemon;
 pub mod endpoints;
 pub mod flows;
+pub mod labels;
 pub mod metrics;
 pub mod netcmd;
 pub mod options;

@@ -98,7 +98,15 @@ pub struct Options {
     pub enable_flows: bool,
     /// `flow-ring-size`: how many flows the node keeps (default 4095, at least 1).
     pub flow_ring_size: usize,
+    /// `identity-change-grace-period`: how long a pod whose identity labels changed keeps its
+    /// old identity after the new one is allocated (default 500ms).
+    pub identity_change_grace_period: Duration,
 }
+
+/// The default of `identity-change-grace-period`: long enough for every node of every
+/// connected cluster to learn a new identity through its watches (milliseconds), short enough
+/// that a label change takes effect at once to a person (Cilium's default is 5s).
+pub const DEFAULT_IDENTITY_CHANGE_GRACE: Duration = Duration::from_millis(500);
 
 /// Where the WireGuard device listens by default (as `wireguard-go plexus_wg0` would).
 pub const DEFAULT_WIREGUARD_SOCKET: &str = "/run/wireguard/plexus_wg0.sock";
@@ -182,6 +190,9 @@ impl Options {
                 }
                 Some(n) => n,
             },
+            identity_change_grace_period: c
+                .identity_change_grace_period
+                .unwrap_or(DEFAULT_IDENTITY_CHANGE_GRACE),
         };
         // Refuse a half-given etcd identity now, naming the file, not at connect time.
         plexus_config::etcd_config(
@@ -244,6 +255,7 @@ mod tests {
         );
         assert!(o.enable_flows);
         assert_eq!(o.flow_ring_size, 4095);
+        assert_eq!(o.identity_change_grace_period, Duration::from_millis(500));
     }
 
     #[test]
@@ -359,6 +371,7 @@ mod tests {
             "--wireguard-socket=/w.sock",
             "--enable-flows=false",
             "--flow-ring-size=16",
+            "--identity-change-grace-period=2s",
         ])
         .unwrap();
         let o = Options::from_layers(cli.config.as_deref(), cli.flags).unwrap();
@@ -368,5 +381,6 @@ mod tests {
         assert_eq!(o.wireguard_socket, PathBuf::from("/w.sock"));
         assert!(!o.enable_flows);
         assert_eq!(o.flow_ring_size, 16);
+        assert_eq!(o.identity_change_grace_period, Duration::from_secs(2));
     }
 }

@@ -1,16 +1,20 @@
 //! What the API lists, read from the core and answered in `plexus_agent_api`'s types: nodes,
-//! identities, services with their backends, policies and an endpoint's resolved policy, and
-//! the node's encryption (its WireGuard device's peers beside the desired ones).
+//! identities, services with their backends, policies, an endpoint's resolved policy and the
+//! trace of a packet through it (`plexus policy trace`), and the node's encryption (its WireGuard device's peers beside the desired ones).
 
 use plexus_agent_api::types::{
     Affinity, Backend, BackendPort, BackendState, Direction, PolicyObject, ServiceBackends, Verdict,
 };
 use plexus_agent_api::{
-    EndpointPolicy, IdentityInfo, NodeInfo, PolicyEntry, PolicyInfo, ServiceInfo,
+    EndpointInfo, EndpointPolicy, IdentityInfo, NodeInfo, PeerIdentitySource, PolicyEntry,
+    PolicyInfo, PolicyRef, PolicyTrace, ServiceInfo, TraceDecision, TraceEndpoint, TraceQuery,
+    TraceRule,
 };
 use plexus_loadbalancer::select::BackendState as LbState;
 use plexus_loadbalancer::service::Affinity as LbAffinity;
-use plexus_policy::Peer;
+use plexus_model::identity::NumericIdentity;
+use plexus_policy::{Decision, Peer};
+use std::net::IpAddr;
 
 use crate::core::NodeCore;
 use crate::core::ipcache::underlay;
@@ -153,40 +157,164 @@ pub fn endpoint_policy(core: &NodeCore, id: u16) -> EndpointPolicy {
     EndpointPolicy {
         ingress_enforced: p.ingress_enforced,
         egress_enforced: p.egress_enforced,
-        entries: p
-            .entries
+        entries: p.entries.iter().map(|e| api_entry(core, e)).collect(),
+    }
+}
+
+/// The API's form of a resolved entry (`endpoint get`, traces).
+fn api_entry(core: &NodeCore, e: &plexus_policy::PolicyEntry) -> PolicyEntry {
+    let (peer, peer_labels) = match e.peer {
+        Peer::Any => ("any".to_string(), None),
+        Peer::Identity(id) => (id.0.to_string(), identity_labels(core, id.0)),
+        Peer::Prefix(c) => (c.to_string(), None),
+    };
+    PolicyEntry {
+        direction: api_direction(e.direction),
+        verdict: if e.deny {
+            Verdict::Deny
+        } else {
+            Verdict::Allow
+        },
+        peer,
+        peer_labels,
+        protocol: e
+            .proto
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "ANY".into()),
+        ports: match e.ports {
+            None => "any".into(),
+            Some((lo, hi)) if lo == hi => lo.to_string(),
+            Some((lo, hi)) => format!("{lo}-{hi}"),
+        },
+    }
+}
+
+fn api_direction(d: plexus_policy::Direction) -> Direction {
+    match d {
+        plexus_policy::Direction::Ingress => Direction::Ingress,
+        plexus_policy::Direction::Egress => Direction::Egress,
+    }
+}
+
+fn policy_ref(key: &plexus_policy::PolicyKey) -> PolicyRef {
+    PolicyRef {
+        kind: key.kind.name().to_string(),
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+    }
+}
+
+/// Why a packet between local endpoint `endpoint` and a peer passes or is dropped there
+/// (`GET /v1/policy/trace`), from the endpoint's resolved policy as the core last computed it
+/// for the datapath. The peer identity is the one the datapath would use: at egress the query's
+/// if given, else the address's; at ingress the query's (the sender's identity, which the
+/// tunnel's VNI carries) unless the peer is a local endpoint or the node routes natively, where
+/// the datapath uses the address's. The address's identity is a local endpoint's, else this
+/// node's ipcache entry (longest prefix), else `world`. `None` while the endpoint's
+/// policy is not resolved (policies not listed yet, or its identity not known yet).
+pub fn policy_trace(
+    core: &NodeCore,
+    endpoint: &EndpointInfo,
+    query: &TraceQuery,
+    proto: plexus_policy::Proto,
+) -> Option<PolicyTrace> {
+    let policy = core.policy().resolved(endpoint.id)?;
+    let sources = core.policy().sources().get(&endpoint.id)?;
+    let ipcache_identity = query
+        .peer_ip
+        .and_then(|ip| core.ipcache().lookup(ip))
+        .map(|v| v.identity);
+    let local = query.peer_ip.and_then(|ip| {
+        core.endpoints()
+            .values()
+            .find(|e| e.ip == ip)
+            .map(|e| e.identity)
+    });
+    // The datapath's own lookup of the address: a local endpoint (its endpoint map, or the
+    // mark of a local delivery), else the ipcache, else world.
+    let looked_up = local
+        .map(|id| (id, PeerIdentitySource::LocalEndpoint))
+        .or(ipcache_identity.map(|id| (id, PeerIdentitySource::Ipcache)))
+        .unwrap_or((
+            plexus_model::identity::ReservedIdentity::World.id().0,
+            PeerIdentitySource::World,
+        ));
+    let native = core.config().routing == plexus_datapath::RoutingMode::Native;
+    let (peer_identity, peer_identity_source) = match (query.direction, query.peer_identity) {
+        (_, Some(id)) if query.peer_ip.is_none() => (id, PeerIdentitySource::Request),
+        (Direction::Egress, Some(id)) => (id, PeerIdentitySource::Request),
+        // From another node over a tunnel, the VNI carries the sender's identity; natively
+        // routed packets carry none and the source address is looked up.
+        (Direction::Ingress, Some(id)) if local.is_none() && !native => {
+            (id, PeerIdentitySource::Request)
+        }
+        _ => looked_up,
+    };
+    let direction = match query.direction {
+        Direction::Ingress => plexus_policy::Direction::Ingress,
+        Direction::Egress => plexus_policy::Direction::Egress,
+    };
+    let explained = plexus_policy::explain(
+        policy,
+        sources,
+        &plexus_policy::Packet {
+            direction,
+            peer: NumericIdentity(peer_identity),
+            peer_ip: query.peer_ip.map(IpAddr::V4),
+            proto,
+            port: query.dport,
+        },
+    );
+    Some(PolicyTrace {
+        node: core.config().node_name.clone(),
+        cluster: core.config().cluster.clone(),
+        endpoint: TraceEndpoint {
+            id: endpoint.id,
+            namespace: endpoint.namespace.clone(),
+            pod: endpoint.pod.clone(),
+            ip: endpoint.ip,
+            identity: endpoint.identity,
+        },
+        direction: query.direction,
+        peer_identity,
+        peer_identity_source,
+        peer_labels: identity_labels(core, peer_identity).or_else(|| {
+            plexus_model::identity::ReservedIdentity::from_id(peer_identity)
+                .map(|r| format!("reserved:{}", r.name()))
+        }),
+        peer_ip: query.peer_ip,
+        ipcache_identity,
+        protocol: proto.to_string(),
+        dport: query.dport,
+        verdict: match explained.verdict {
+            plexus_policy::resolved::Verdict::Allow => Verdict::Allow,
+            plexus_policy::resolved::Verdict::Deny => Verdict::Deny,
+        },
+        enforced: explained.enforced,
+        decision: match explained.decision {
+            Decision::NoPolicy => TraceDecision::NoPolicy,
+            Decision::NotEnforced => TraceDecision::NotEnforced,
+            Decision::Allowed => TraceDecision::Allowed,
+            Decision::DenyRule => TraceDecision::DenyRule,
+            Decision::DefaultDeny => TraceDecision::DefaultDeny,
+        },
+        match_kind: explained.match_kind().map(|m| m.to_string()),
+        rules: explained
+            .rules
             .iter()
-            .map(|e| {
-                let (peer, peer_labels) = match e.peer {
-                    Peer::Any => ("any".to_string(), None),
-                    Peer::Identity(id) => (id.0.to_string(), identity_labels(core, id.0)),
-                    Peer::Prefix(c) => (c.to_string(), None),
-                };
-                PolicyEntry {
-                    direction: match e.direction {
-                        plexus_policy::Direction::Ingress => Direction::Ingress,
-                        plexus_policy::Direction::Egress => Direction::Egress,
-                    },
-                    verdict: if e.deny {
-                        Verdict::Deny
-                    } else {
-                        Verdict::Allow
-                    },
-                    peer,
-                    peer_labels,
-                    protocol: e
-                        .proto
-                        .map(|p| p.to_string())
-                        .unwrap_or_else(|| "ANY".into()),
-                    ports: match e.ports {
-                        None => "any".into(),
-                        Some((lo, hi)) if lo == hi => lo.to_string(),
-                        Some((lo, hi)) => format!("{lo}-{hi}"),
-                    },
-                }
+            .map(|r| TraceRule {
+                policy: policy_ref(&r.policy),
+                rule: r.origin.rule.clone(),
+                section: r.origin.section.to_string(),
+                index: r.origin.index,
+                location: r.origin.to_string(),
+                entry: api_entry(core, &r.entry),
+                match_kind: r.match_kind.to_string(),
             })
             .collect(),
-    }
+        enforcing: explained.enforcing.iter().map(policy_ref).collect(),
+        selecting: explained.selecting.iter().map(policy_ref).collect(),
+    })
 }
 
 /// Unix seconds of `t` (`None` before the epoch).

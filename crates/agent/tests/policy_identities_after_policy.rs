@@ -142,3 +142,25 @@ fn an_endpoint_whose_identity_is_unknown_gets_its_policy_once_it_is_known() {
     let out = core.take_output().policies.unwrap();
     assert!(out[&8].ingress_enforced);
 }
+
+#[test]
+fn an_endpoint_moved_to_an_identity_not_known_yet_keeps_its_policy_until_it_is() {
+    let mut core = setup();
+    let before = desired(&mut core).unwrap();
+    assert!(before.ingress_enforced);
+    // Relabelled: its new identity has not reached this node's watch yet. It must not be left
+    // without policy (open) meanwhile.
+    const NEW: u32 = 65_536 + 301;
+    core.step(Input::EndpointUpsert(endpoint(7, "10.1.1.5", NEW)));
+    let meanwhile = desired(&mut core).unwrap();
+    assert_eq!(meanwhile, before, "the policy it had");
+    // Known, and no longer selected by the policy (other labels): its own policy now.
+    core.step(Input::IdentityUpsert {
+        id: NEW,
+        labels: labels(
+            "k8s:app=other;k8s:io.cilium.k8s.policy.cluster=c1;k8s:io.kubernetes.pod.namespace=default",
+        ),
+    });
+    let after = desired(&mut core).unwrap();
+    assert!(!after.ingress_enforced && after.rules.is_empty());
+}

@@ -5,6 +5,8 @@
 //! - `clustermesh enable|connect|disconnect|status` ([`clustermesh`]);
 //! - per node: `status`, `endpoint list`, `node list`, `identity list`, `bpf ipcache list`, `bpf lb list`,
 //!   `monitor` ([`node`]);
+//! - `policy trace`: the verdict of a pod-to-pod connection at both ends and the rules that
+//!   decide it ([`trace`]);
 //! - `encryption status|rotate-key`: WireGuard keys, devices and peers of a cluster's nodes
 //!   ([`encryption`]);
 //! - `observe`: flows of every node of the mesh through the cluster's relay ([`observe`]);
@@ -24,6 +26,7 @@ mod metadata;
 mod node;
 mod objects;
 mod observe;
+mod trace;
 mod ui;
 
 use std::path::PathBuf;
@@ -288,6 +291,23 @@ enum PolicyCommand {
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Whether a connection from one pod to another passes policy, and the rule that decides
+    /// it at each end (each end evaluated by the agent hosting the pod, as its datapath does).
+    Trace {
+        /// The source pod: [CLUSTER/]NAMESPACE/POD (CLUSTER: a context; default --context).
+        #[arg(long)]
+        src: trace::PodRef,
+        /// The destination pod: [CLUSTER/]NAMESPACE/POD.
+        #[arg(long)]
+        dst: trace::PodRef,
+        /// The destination port: a number or a named port of the destination pod, with an
+        /// optional protocol (/tcp, the default, /udp, /sctp).
+        #[arg(long)]
+        dport: trace::PortArg,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -453,6 +473,9 @@ enum LabCommand {
         /// `PORT/tcp` or `PORT/udp` (none: it just waits).
         #[arg(long, env = "PLEXUS_PORTS", value_delimiter = ',')]
         port: Vec<String>,
+        /// The address to listen on (default: every address).
+        #[arg(long, default_value = "0.0.0.0")]
+        address: std::net::IpAddr,
     },
 }
 
@@ -681,6 +704,7 @@ fn run(cli: Cli) -> Result<u8> {
                     node,
                     cluster,
                     port,
+                    address,
                 } => {
                     let mut ports = Vec::new();
                     for p in port {
@@ -690,7 +714,8 @@ fn run(cli: Cli) -> Result<u8> {
                             proto.to_string(),
                         ));
                     }
-                    plexus_lab::serve::serve(
+                    plexus_lab::serve::serve_on(
+                        address,
                         plexus_lab::serve::Identity {
                             pod,
                             namespace,
@@ -893,6 +918,26 @@ fn run(cli: Cli) -> Result<u8> {
                     cfg.context(ctx_name, &path)?,
                     node,
                     node::Listing::Policy,
+                    output == Output::Json,
+                )
+                .await?
+            }
+            Command::Policy {
+                command:
+                    PolicyCommand::Trace {
+                        src,
+                        dst,
+                        dport,
+                        output,
+                    },
+            } => {
+                trace::run(
+                    &cfg,
+                    &path,
+                    ctx_name,
+                    &src,
+                    &dst,
+                    &dport,
                     output == Output::Json,
                 )
                 .await?

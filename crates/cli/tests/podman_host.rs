@@ -294,7 +294,8 @@ fn podman_containers_on_a_host() {
         let detail = host.ctx(&["endpoint", "get", "bare", "-o", "json"]);
         assert_eq!(
             detail["identity-labels"],
-            "k8s:io.cilium.k8s.policy.cluster=cluster1;k8s:io.kubernetes.pod.namespace=default;",
+            "k8s:io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name=default;\
+             k8s:io.cilium.k8s.policy.cluster=cluster1;k8s:io.kubernetes.pod.namespace=default;",
             "{detail}"
         );
 

@@ -196,6 +196,17 @@ pub struct AgentConfig {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flow_ring_size: Option<usize>,
+    /// When a running pod's identity labels change (its labels or its namespace's), how long
+    /// the agent waits between allocating the new identity and switching the pod to it, so
+    /// that every node of every cluster knows the new identity before packets carry it
+    /// (Cilium's `identity-change-grace-period`) [default: 500ms].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::value::duration"
+    )]
+    pub identity_change_grace_period: Option<Duration>,
 }
 
 crate::file_methods!(AgentConfig);

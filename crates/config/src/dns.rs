@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Default, PartialEq, Eq, clap::Args, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct DnsConfig {
-    /// The cluster's etcd (comma-separated URLs; required).
+    /// The cluster's etcd (comma-separated URLs; required unless `zone-file` is given).
     #[arg(long, value_delimiter = ',')]
     #[serde(
         default,
@@ -50,6 +50,11 @@ pub struct DnsConfig {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<u32>,
+    /// Serve this zone file (an RFC 1035 master file for the zone `domain`, re-read when it
+    /// changes) instead of the cluster's services; no etcd then. The lab's "outside" DNS.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone_file: Option<PathBuf>,
 }
 
 crate::file_methods!(DnsConfig);

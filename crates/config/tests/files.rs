@@ -56,6 +56,7 @@ encryption-strict-mode: false
 wireguard-socket: /run/wireguard/plexus_wg0.sock
 enable-flows: false
 flow-ring-size: 8191
+identity-change-grace-period: 2s
 "#,
     )
     .unwrap();
@@ -96,6 +97,7 @@ flow-ring-size: 8191
             wireguard_socket: p("/run/wireguard/plexus_wg0.sock"),
             enable_flows: Some(false),
             flow_ring_size: Some(8191),
+            identity_change_grace_period: Some(Duration::from_secs(2)),
         }
     );
     // What it writes reads back the same (the form `plexus node join` writes).

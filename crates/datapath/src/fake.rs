@@ -27,6 +27,7 @@ pub struct FakeDatapath {
     ipcache: Mutex<BTreeMap<Prefix, IpcacheValue>>,
     services: Mutex<BTreeMap<Frontend, LbService>>,
     policies: Mutex<crate::PolicyTables>,
+    policy_cidrs: Mutex<BTreeMap<Prefix, u32>>,
     encrypted_nodes: Mutex<BTreeSet<Ipv4Addr>>,
     /// This node's address and its encryption, for [`FakeDatapath::strict_drop`].
     encryption: Mutex<(Ipv4Addr, Encryption)>,
@@ -54,6 +55,7 @@ impl FakeDatapath {
             ipcache: Mutex::new(BTreeMap::new()),
             services: Mutex::new(BTreeMap::new()),
             policies: Mutex::new(BTreeMap::new()),
+            policy_cidrs: Mutex::new(BTreeMap::new()),
             encrypted_nodes: Mutex::new(BTreeSet::new()),
             encryption: Mutex::new((Ipv4Addr::UNSPECIFIED, Encryption::DISABLED)),
             events: broadcast::channel(EVENT_CHANNEL_CAPACITY).0,
@@ -98,6 +100,43 @@ impl FakeDatapath {
             .filter(|(p, _)| p.contains(ip))
             .max_by_key(|(p, _)| p.len)
             .map(|(p, v)| (*p, *v))
+    }
+
+    /// Whether endpoint `endpoint_id`'s policy passes a new connection in `direction` with a
+    /// peer of identity `peer` at address `peer_ip`: the programs' decision on these maps (the
+    /// peer's identity, and the CIDR identity of the most specific policy prefix holding its
+    /// address; deny wins, then any allow, then the direction's default).
+    pub fn policy_allows(
+        &self,
+        endpoint_id: u16,
+        direction: crate::Direction,
+        peer: u32,
+        peer_ip: Ipv4Addr,
+        proto: u8,
+        port: u16,
+    ) -> bool {
+        let cidr_identity = lock(&self.policy_cidrs)
+            .iter()
+            .filter(|(p, _)| p.contains(peer_ip))
+            .max_by_key(|(p, _)| p.len)
+            .map(|(_, id)| *id);
+        let policies = lock(&self.policies);
+        let Some(((ingress, egress), entries)) = policies.get(&endpoint_id) else {
+            return true;
+        };
+        let enforced = match direction {
+            crate::Direction::Ingress => *ingress,
+            crate::Direction::Egress => *egress,
+        };
+        crate::policy::allows(
+            entries,
+            enforced,
+            direction,
+            peer,
+            cidr_identity,
+            proto,
+            port,
+        )
     }
 
     /// The endpoint with this address.
@@ -208,6 +247,27 @@ impl Datapath for FakeDatapath {
     fn policies(&self) -> Result<crate::PolicyTables, DatapathError> {
         Ok(lock(&self.policies).clone())
     }
+
+    fn upsert_policy_cidr(&self, prefix: Prefix, identity: u32) -> Result<(), DatapathError> {
+        crate::validate_policy_cidr(prefix, identity)?;
+        let prefix = Prefix::new(prefix.addr, prefix.len).map_err(|e| DatapathError::Invalid {
+            what: "policy prefix".into(),
+            reason: e.to_string(),
+        })?;
+        lock(&self.policy_cidrs).insert(prefix, identity);
+        Ok(())
+    }
+
+    fn remove_policy_cidr(&self, prefix: Prefix) -> Result<(), DatapathError> {
+        if let Ok(prefix) = Prefix::new(prefix.addr, prefix.len) {
+            lock(&self.policy_cidrs).remove(&prefix);
+        }
+        Ok(())
+    }
+
+    fn policy_cidrs(&self) -> Result<BTreeMap<Prefix, u32>, DatapathError> {
+        Ok(lock(&self.policy_cidrs).clone())
+    }
 }
 
 #[cfg(test)]
@@ -263,6 +323,58 @@ mod tests {
         };
         assert!(dp.upsert_ipcache("10.0.0.0/8".parse().unwrap(), v).is_err());
         assert!(dp.ipcache().unwrap().is_empty());
+    }
+
+    #[test]
+    fn policy_decisions_look_at_the_peer_address_too() {
+        use crate::Direction::Ingress;
+        use crate::policy::{EndpointPolicy, PolicyRule};
+        let dp = FakeDatapath::new();
+        let cidr = crate::IDENTITY_LOCAL_BASE;
+        dp.upsert_policy_cidr("10.1.0.0/16".parse().unwrap(), cidr)
+            .unwrap();
+        assert!(
+            dp.upsert_policy_cidr("10.2.0.0/16".parse().unwrap(), 7)
+                .is_err()
+        );
+        let rule = |identity, deny| PolicyRule {
+            direction: Ingress,
+            identity,
+            proto: 6,
+            port_lo: 80,
+            port_hi: 80,
+            deny,
+        };
+        let pod = Ipv4Addr::new(10, 1, 0, 5);
+        let other = Ipv4Addr::new(10, 3, 0, 5);
+        assert!(dp.policy_allows(9, Ingress, 500, other, 6, 80), "no policy");
+        let set = |rules| {
+            dp.set_policy(
+                9,
+                &EndpointPolicy {
+                    ingress_enforced: true,
+                    egress_enforced: false,
+                    rules,
+                },
+            )
+            .unwrap()
+        };
+        set(vec![rule(cidr, false)]);
+        assert!(dp.policy_allows(9, Ingress, 500, pod, 6, 80), "pod in CIDR");
+        assert!(!dp.policy_allows(9, Ingress, 500, other, 6, 80));
+        assert!(!dp.policy_allows(9, Ingress, 500, pod, 6, 81));
+        set(vec![rule(cidr, false), rule(500, true)]);
+        assert!(
+            !dp.policy_allows(9, Ingress, 500, pod, 6, 80),
+            "identity deny"
+        );
+        set(vec![rule(cidr, true), rule(500, false)]);
+        assert!(!dp.policy_allows(9, Ingress, 500, pod, 6, 80), "CIDR deny");
+        assert!(dp.policy_allows(9, Ingress, 500, other, 6, 80));
+        dp.remove_policy_cidr("10.1.0.0/16".parse().unwrap())
+            .unwrap();
+        assert!(dp.policy_allows(9, Ingress, 500, pod, 6, 80));
+        assert!(dp.policy_cidrs().unwrap().is_empty());
     }
 
     #[test]

@@ -18,7 +18,9 @@
 //! 169.254.42.1). TCP and UDP; everything else to a service address passes untouched.
 //!
 //! Policy ([`policy`]): per endpoint and direction a default-deny flag and allow/deny entries
-//! keyed by peer identity, protocol and port, in one longest-prefix map; egress is checked in
+//! keyed by peer identity, protocol and port, in one longest-prefix map, plus the prefixes that
+//! CIDR rules name (a peer's address in one is looked up with its CIDR identity too, whoever
+//! owns it); egress is checked in
 //! `from_container` after service translation, ingress in `to_container`; every flow is tracked
 //! so replies of allowed connections pass. IPv4 only for now.
 //!
@@ -177,6 +179,14 @@ pub trait Datapath: Send + Sync {
     fn remove_policy(&self, endpoint_id: u16) -> Result<(), DatapathError>;
     /// The endpoints with a policy and its compiled map entries (key -> deny).
     fn policies(&self) -> Result<PolicyTables, DatapathError>;
+    /// Adds or replaces a prefix that policies name, with its node-local CIDR identity: a
+    /// peer whose address lies in it (the most specific such prefix) is also looked up with
+    /// that identity, whoever owns the address (see [`policy`]).
+    fn upsert_policy_cidr(&self, prefix: Prefix, identity: u32) -> Result<(), DatapathError>;
+    /// Forgets a policy prefix; removing an absent one is not an error.
+    fn remove_policy_cidr(&self, prefix: Prefix) -> Result<(), DatapathError>;
+    /// The policy prefixes and their CIDR identities.
+    fn policy_cidrs(&self) -> Result<std::collections::BTreeMap<Prefix, u32>, DatapathError>;
     /// Marks the node at underlay address `node` as having a configured WireGuard peer: in
     /// strict mode, pod traffic to it passes from now on. Call it after the device accepted
     /// the peer.
@@ -211,6 +221,23 @@ pub(crate) fn validate_endpoint(ep: &Endpoint) -> Result<(), DatapathError> {
     }
     if ep.host_ifname.is_empty() && ep.host_ifindex == 0 {
         return Err(invalid("no host interface name or index".into()));
+    }
+    Ok(())
+}
+
+/// Checks a policy prefix's identity: node-local CIDR identities only.
+pub(crate) fn validate_policy_cidr(prefix: Prefix, identity: u32) -> Result<(), DatapathError> {
+    if !(IDENTITY_LOCAL_BASE..=IDENTITY_LOCAL_MAX).contains(&identity) {
+        return Err(DatapathError::Invalid {
+            what: format!("policy prefix {prefix}"),
+            reason: format!("identity {identity} is not a node-local CIDR identity"),
+        });
+    }
+    if prefix.len > 32 {
+        return Err(DatapathError::Invalid {
+            what: format!("policy prefix {prefix}"),
+            reason: "prefix longer than 32 bits".into(),
+        });
     }
     Ok(())
 }

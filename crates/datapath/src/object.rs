@@ -32,6 +32,9 @@ pub const MAP_EVENTS_LOST: &str = "PLEXUS_EVENTS_LOST";
 pub const MAP_POLICY: &str = "PLEXUS_POLICY";
 /// Hash: endpoint id to whether its ingress and egress are default-deny.
 pub const MAP_POLICY_ENFORCE: &str = "PLEXUS_POLICY_ENFORCE";
+/// LPM trie: IPv4 prefix a policy names to its node-local CIDR identity (CIDR rules match a
+/// peer's address whoever owns it).
+pub const MAP_POLICY_CIDR: &str = "PLEXUS_POLICY_CIDR";
 /// Hash: per frontend, a master entry (slot 0: active backend count, service id) and one
 /// entry per active backend slot (backend id).
 pub const MAP_LB_SERVICES: &str = "PLEXUS_LB_SERVICES";
@@ -42,7 +45,7 @@ pub const MAP_CT: &str = "PLEXUS_CT";
 /// Hash: underlay addresses of the nodes with a configured WireGuard peer (strict mode).
 pub const MAP_WG_PEERS: &str = "PLEXUS_WG_PEERS";
 /// All maps in the object; all are pinned by name.
-pub const MAPS: [&str; 12] = [
+pub const MAPS: [&str; 13] = [
     MAP_IPCACHE,
     MAP_ENDPOINTS,
     MAP_CONFIG,
@@ -51,6 +54,7 @@ pub const MAPS: [&str; 12] = [
     MAP_EVENTS_LOST,
     MAP_POLICY,
     MAP_POLICY_ENFORCE,
+    MAP_POLICY_CIDR,
     MAP_LB_SERVICES,
     MAP_LB_BACKENDS,
     MAP_CT,

@@ -8,6 +8,14 @@
 //! port range become prefix lengths (a range is split into aligned blocks). [`compile`] makes the
 //! longest match carry the right verdict: deny wins over allow wherever both apply, including a
 //! wildcard deny over an identity's allow, which is copied into that identity's space.
+//!
+//! CIDR rules are written as entries for node-local CIDR identities, one per prefix a policy
+//! names (the control plane writes a rule on a prefix for every named prefix inside it). The
+//! prefixes and their identities are in a second LPM map: when a peer's address lies in one and
+//! its identity differs from the peer's, the programs look the packet up with both identities
+//! and combine the two answers ([`allows`]): a deny drops, else an allow passes, else the
+//! direction's default. So a pod of any cluster whose address is inside an allowed CIDR passes,
+//! an `except` carves it out again, and a deny on either its identity or its address wins.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -191,6 +199,52 @@ pub fn lookup(
             .map(|(_, deny)| *deny)
     };
     longest(identity).or_else(|| longest(ANY_IDENTITY))
+}
+
+/// Whether the programs pass a new connection of an endpoint with compiled `entries` (whose
+/// `direction` is `enforced` or not: deny entries apply either way) with a peer of identity `identity` whose address lies in
+/// a policy prefix of CIDR identity `cidr_identity` (`None`: in none): `policy_decide` of
+/// `bpf/lib/policy.h`.
+pub fn allows(
+    entries: &BTreeMap<PolicyKey, bool>,
+    enforced: bool,
+    direction: Direction,
+    identity: u32,
+    cidr_identity: Option<u32>,
+    proto: u8,
+    port: u16,
+) -> bool {
+    let by_identity = lookup(entries, direction, identity, proto, port);
+    let by_address = cidr_identity
+        .filter(|c| *c != identity)
+        .and_then(|c| lookup(entries, direction, c, proto, port));
+    match (by_identity, by_address) {
+        (Some(true), _) | (_, Some(true)) => false,
+        (Some(false), _) | (_, Some(false)) => true,
+        (None, None) => !enforced,
+    }
+}
+
+/// The `struct policy_enforce` bytes (ingress, egress) for an endpoint whose directions are
+/// `enforced` as given, with compiled `entries`: 1 default deny; 2 not enforced but with deny
+/// entries, which apply (a rule with `enableDefaultDeny: false`); 0 nothing to look up.
+pub fn enforce_modes(enforced: (bool, bool), entries: &BTreeMap<PolicyKey, bool>) -> (u8, u8) {
+    let mode = |enforced: bool, direction: Direction| {
+        if enforced {
+            1
+        } else if entries
+            .iter()
+            .any(|(k, deny)| *deny && k.direction == direction)
+        {
+            2
+        } else {
+            0
+        }
+    };
+    (
+        mode(enforced.0, Direction::Ingress),
+        mode(enforced.1, Direction::Egress),
+    )
 }
 
 /// The kind of match an allowing entry reports in policy verdict events: whether it names the

@@ -308,3 +308,139 @@ async fn cidr_identities_let_egress_policy_name_addresses_outside_the_mesh() {
     .await
     .unwrap();
 }
+
+/// CIDR rules match the peer's address whoever owns it (here pods of another cluster with
+/// their own identities): the agent names the prefixes in the policy prefix map and writes the
+/// rules for their CIDR identities; the programs look a packet up with the peer's identity and
+/// its address's CIDR identity, deny winning.
+#[tokio::test]
+async fn cidr_rules_match_pod_addresses_and_deny_wins_either_way() {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let f = fixture();
+        // `fromCIDRSet: [{cidr: 10.60.2.8/30, except: [10.60.2.10/32]}]` resolves to
+        // 10.60.2.8/31 and 10.60.2.11/32: the employee (.9) is inside, the stranger (.10) is
+        // carved out.
+        let pair = plexus_datapath::IDENTITY_LOCAL_BASE + 1;
+        let eleven = plexus_datapath::IDENTITY_LOCAL_BASE + 2;
+        f.dp.upsert_policy_cidr("10.60.2.8/31".parse().unwrap(), pair)
+            .unwrap();
+        f.dp.upsert_policy_cidr("10.60.2.11/32".parse().unwrap(), eleven)
+            .unwrap();
+        assert_eq!(f.dp.policy_cidrs().unwrap().len(), 2);
+        let set = |rules: Vec<PolicyRule>| {
+            f.dp.set_policy(
+                3833,
+                &EndpointPolicy {
+                    ingress_enforced: true,
+                    egress_enforced: true,
+                    rules,
+                },
+            )
+            .unwrap()
+        };
+        let mut sport = 41000;
+        let mut syn_in = |src: Ipv4Addr, dport: u16| {
+            sport += 1;
+            verdict_of(
+                &f,
+                PROG_TO_CONTAINER,
+                &l4_frame(TCP, src, DB, sport, dport, SYN, b"", false),
+            )
+        };
+
+        // A pod inside the allowed CIDR passes; the excepted one and other ports do not.
+        set(vec![
+            rule(Direction::Ingress, pair, TCP, 6379, false),
+            rule(Direction::Ingress, eleven, TCP, 6379, false),
+            rule(Direction::Egress, pair, TCP, 443, false),
+        ]);
+        assert_eq!(syn_in(EMPLOYEE, 6379), verdict::OK, "pod inside the CIDR");
+        assert_eq!(syn_in(EMPLOYEE, 6380), verdict::SHOT, "another port");
+        assert_eq!(
+            syn_in(STRANGER, 6379),
+            verdict::SHOT,
+            "except carves it out"
+        );
+        // Egress: the destination's address decides.
+        let out = |dst: Ipv4Addr, sport: u16| {
+            verdict_of(
+                &f,
+                PROG_FROM_CONTAINER,
+                &l4_frame(TCP, DB, dst, sport, 443, SYN, b"", false),
+            )
+        };
+        assert_eq!(out(EMPLOYEE, 42001), verdict::OK);
+        assert_eq!(out(STRANGER, 42002), verdict::SHOT);
+
+        // A CIDR deny beats an allow of the pod's identity.
+        set(vec![
+            rule(Direction::Ingress, EMPLOYEE_ID, 0, 0, false),
+            rule(Direction::Ingress, pair, TCP, 6379, true),
+        ]);
+        assert_eq!(syn_in(EMPLOYEE, 6379), verdict::SHOT, "CIDR deny wins");
+        assert_eq!(
+            syn_in(EMPLOYEE, 6380),
+            verdict::OK,
+            "identity allow elsewhere"
+        );
+
+        // An identity deny beats a CIDR allow.
+        set(vec![
+            rule(Direction::Ingress, pair, 0, 0, false),
+            rule(Direction::Ingress, EMPLOYEE_ID, TCP, 6379, true),
+        ]);
+        assert_eq!(syn_in(EMPLOYEE, 6379), verdict::SHOT, "identity deny wins");
+        assert_eq!(syn_in(EMPLOYEE, 6380), verdict::OK, "CIDR allow elsewhere");
+
+        // A wildcard deny applies whichever identity is looked up.
+        set(vec![
+            rule(Direction::Ingress, pair, 0, 0, false),
+            rule(Direction::Ingress, 0, TCP, 22, true),
+        ]);
+        assert_eq!(syn_in(EMPLOYEE, 22), verdict::SHOT);
+        assert_eq!(syn_in(EMPLOYEE, 23), verdict::OK);
+
+        // A direction that is not enforced still applies its deny entries (a rule with
+        // `enableDefaultDeny: false`): by identity and by address.
+        f.dp.set_policy(
+            3833,
+            &EndpointPolicy {
+                ingress_enforced: false,
+                egress_enforced: false,
+                rules: vec![
+                    rule(Direction::Ingress, pair, TCP, 6379, true),
+                    rule(Direction::Ingress, STRANGER_ID, TCP, 6380, true),
+                ],
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            syn_in(EMPLOYEE, 6379),
+            verdict::SHOT,
+            "CIDR deny, not enforced"
+        );
+        assert_eq!(syn_in(EMPLOYEE, 6380), verdict::OK, "default allow");
+        assert_eq!(
+            syn_in(STRANGER, 6380),
+            verdict::SHOT,
+            "identity deny, not enforced"
+        );
+        assert_eq!(syn_in(STRANGER, 6379), verdict::OK);
+        set(vec![
+            rule(Direction::Ingress, pair, 0, 0, false),
+            rule(Direction::Ingress, 0, TCP, 22, true),
+        ]);
+
+        // Without the prefix in the map the address no longer counts.
+        f.dp.remove_policy_cidr("10.60.2.8/31".parse().unwrap())
+            .unwrap();
+        assert_eq!(syn_in(EMPLOYEE, 23), verdict::SHOT);
+        // Only node-local CIDR identities go into the prefix map.
+        assert!(
+            f.dp.upsert_policy_cidr("10.60.3.0/24".parse().unwrap(), EMPLOYEE_ID)
+                .is_err()
+        );
+    })
+    .await
+    .unwrap();
+}

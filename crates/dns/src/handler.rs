@@ -42,7 +42,8 @@ pub struct Response {
 }
 
 impl Response {
-    fn code(code: ResponseCode) -> Self {
+    /// A response with only a code.
+    pub fn code(code: ResponseCode) -> Self {
         Self {
             code,
             authoritative: false,
@@ -157,60 +158,74 @@ impl RequestHandler for ClusterDns {
     async fn handle_request<R: ResponseHandler, T: Time>(
         &self,
         request: &Request,
-        mut response_handle: R,
+        response_handle: R,
     ) -> ResponseInfo {
-        let response_edns = request.edns.as_ref().map(|req| {
-            let mut edns = Edns::new();
-            edns.set_max_payload(req.max_payload().max(512));
-            edns.set_version(0);
-            edns
-        });
-        let decided = if request.metadata.message_type != MessageType::Query {
-            Response::code(ResponseCode::FormErr)
-        } else if request.metadata.op_code != OpCode::Query {
-            Response::code(ResponseCode::NotImp)
-        } else {
-            match request.queries.queries() {
-                [q] => {
-                    let original = q.original();
-                    self.respond(
-                        original.name(),
-                        original.query_type(),
-                        original.query_class(),
-                    )
-                }
-                _ => Response::code(ResponseCode::FormErr),
+        send_response(request, response_handle, |name, qtype, class| {
+            self.respond(name, qtype, class)
+        })
+        .await
+    }
+}
+
+/// Answers one request with what `decide` says about its question (FORMERR for anything but
+/// one question of a query, NOTIMP for another opcode), with an OPT record when the request
+/// had one; shared by every handler of this crate.
+pub(crate) async fn send_response<R: ResponseHandler>(
+    request: &Request,
+    mut response_handle: R,
+    decide: impl FnOnce(&Name, RecordType, DNSClass) -> Response,
+) -> ResponseInfo {
+    let response_edns = request.edns.as_ref().map(|req| {
+        let mut edns = Edns::new();
+        edns.set_max_payload(req.max_payload().max(512));
+        edns.set_version(0);
+        edns
+    });
+    let decided = if request.metadata.message_type != MessageType::Query {
+        Response::code(ResponseCode::FormErr)
+    } else if request.metadata.op_code != OpCode::Query {
+        Response::code(ResponseCode::NotImp)
+    } else {
+        match request.queries.queries() {
+            [q] => {
+                let original = q.original();
+                decide(
+                    original.name(),
+                    original.query_type(),
+                    original.query_class(),
+                )
             }
-        };
-        tracing::debug!(
-            src = %request.src(),
-            question = ?request.queries.queries().first().map(|q| q.original().to_string()),
-            code = %decided.code,
-            answers = decided.answers.len(),
-            "query"
-        );
-        let mut metadata = Metadata::response_from_request(&request.metadata);
-        metadata.response_code = decided.code;
-        metadata.authoritative = decided.authoritative;
-        let builder = MessageResponseBuilder::new(&request.queries, response_edns.as_ref());
-        let response = builder.build(
-            metadata,
-            decided.answers.iter(),
-            decided.authorities.iter(),
-            std::iter::empty(),
-            std::iter::empty(),
-        );
-        match response_handle.send_response(response).await {
-            Ok(info) => info,
-            Err(err) => {
-                tracing::warn!(src = %request.src(), error = %err, "cannot send a DNS response");
-                let mut metadata = Metadata::response_from_request(&request.metadata);
-                metadata.response_code = ResponseCode::ServFail;
-                ResponseInfo::from(hickory_server::proto::op::Header {
-                    metadata,
-                    counts: Default::default(),
-                })
-            }
+            _ => Response::code(ResponseCode::FormErr),
+        }
+    };
+    tracing::debug!(
+        src = %request.src(),
+        question = ?request.queries.queries().first().map(|q| q.original().to_string()),
+        code = %decided.code,
+        answers = decided.answers.len(),
+        "query"
+    );
+    let mut metadata = Metadata::response_from_request(&request.metadata);
+    metadata.response_code = decided.code;
+    metadata.authoritative = decided.authoritative;
+    let builder = MessageResponseBuilder::new(&request.queries, response_edns.as_ref());
+    let response = builder.build(
+        metadata,
+        decided.answers.iter(),
+        decided.authorities.iter(),
+        std::iter::empty(),
+        std::iter::empty(),
+    );
+    match response_handle.send_response(response).await {
+        Ok(info) => info,
+        Err(err) => {
+            tracing::warn!(src = %request.src(), error = %err, "cannot send a DNS response");
+            let mut metadata = Metadata::response_from_request(&request.metadata);
+            metadata.response_code = ResponseCode::ServFail;
+            ResponseInfo::from(hickory_server::proto::op::Header {
+                metadata,
+                counts: Default::default(),
+            })
         }
     }
 }

@@ -5,6 +5,9 @@
 //! Service objects, and answers `<service>.<namespace>.svc.<domain>` on UDP and TCP `--listen`
 //! (default `0.0.0.0:53`) until SIGTERM or SIGINT. Its options can also come from
 //! `--config FILE` (YAML, keys are the flag names; flags override the file).
+//!
+//! With `--zone-file FILE --domain ZONE` it serves that zone file instead, authoritatively and
+//! without etcd, re-reading the file when it changes ([`plexus_dns::ZoneDns`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -30,22 +33,36 @@ struct CommandLine {
 
 /// What `plexus-dns` runs with: the flags laid over the file, defaults filled in.
 struct Options {
-    etcd: EtcdConfig,
+    /// The cluster's services from etcd, or a zone file.
+    source: Source,
     listen: SocketAddr,
     domain: String,
     ttl: u32,
 }
 
+enum Source {
+    Etcd(EtcdConfig),
+    ZoneFile(PathBuf),
+}
+
 fn resolve(file: Option<&Path>, flags: DnsConfig) -> Result<Options, ConfigError> {
     let c = plexus_config::layer(file, flags)?;
-    Ok(Options {
-        etcd: plexus_config::etcd_config(
+    let source = match c.zone_file {
+        Some(zone) => {
+            // A zone file names its own zone: no default domain then.
+            required(c.domain.clone(), "domain", file)?;
+            Source::ZoneFile(zone)
+        }
+        None => Source::Etcd(plexus_config::etcd_config(
             &required(c.etcd_endpoints, "etcd-endpoints", file)?,
             c.etcd_ca.as_ref(),
             c.etcd_cert.as_ref(),
             c.etcd_key.as_ref(),
             file,
-        )?,
+        )?),
+    };
+    Ok(Options {
+        source,
         listen: c.listen.unwrap_or(([0, 0, 0, 0], 53).into()),
         domain: c
             .domain
@@ -74,6 +91,10 @@ async fn main() -> Result<()> {
     plexus_kvstore::install_crypto_provider();
     let cli = CommandLine::parse();
     let args = resolve(cli.config.as_deref(), cli.flags)?;
+    let etcd_config = match args.source {
+        Source::Etcd(config) => config,
+        Source::ZoneFile(path) => return serve_zone(&path, &args.domain, args.listen).await,
+    };
     let records = Arc::new(RwLock::new(
         ServiceRecords::new(&args.domain).context("--domain")?,
     ));
@@ -82,7 +103,7 @@ async fn main() -> Result<()> {
     let mut server = DnsServer::bind(args.listen, handler)
         .await
         .context("start the DNS server")?;
-    let etcd = connect_etcd(&args.etcd).await?;
+    let etcd = connect_etcd(&etcd_config).await?;
     let follow = spawn_follow_services(etcd, records);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("install the SIGTERM handler")?;
@@ -92,6 +113,23 @@ async fn main() -> Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
     }
     follow.abort();
+    server.shutdown().await.context("stop the DNS server")?;
+    Ok(())
+}
+
+/// Serves a zone file until SIGTERM or SIGINT.
+async fn serve_zone(path: &Path, domain: &str, listen: SocketAddr) -> Result<()> {
+    let handler = plexus_dns::ZoneDns::load(path, domain)?;
+    let mut server = DnsServer::bind(listen, handler)
+        .await
+        .context("start the DNS server")?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("install the SIGTERM handler")?;
+    tokio::select! {
+        r = server.wait() => r.context("DNS server")?,
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+    }
     server.shutdown().await.context("stop the DNS server")?;
     Ok(())
 }

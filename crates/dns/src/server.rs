@@ -1,4 +1,4 @@
-//! Serving [`ClusterDns`] on UDP and TCP.
+//! Serving a request handler ([`ClusterDns`], [`crate::ZoneDns`]) on UDP and TCP.
 //!
 //! [`DnsServer::bind`] binds both protocols on one address (with port 0, one free port for
 //! both) and serves until [`DnsServer::shutdown`] or the end of the process. TCP connections
@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use hickory_server::Server;
+use hickory_server::server::RequestHandler;
 use tokio::net::{TcpListener, UdpSocket};
 
 use crate::handler::ClusterDns;
@@ -34,14 +35,14 @@ pub enum ServeError {
 }
 
 /// A running DNS server.
-pub struct DnsServer {
-    server: Server<ClusterDns>,
+pub struct DnsServer<H: RequestHandler = ClusterDns> {
+    server: Server<H>,
     addr: SocketAddr,
 }
 
-impl DnsServer {
+impl<H: RequestHandler> DnsServer<H> {
     /// Binds UDP and TCP on `addr` and starts answering with `handler`.
-    pub async fn bind(addr: SocketAddr, handler: ClusterDns) -> Result<Self, ServeError> {
+    pub async fn bind(addr: SocketAddr, handler: H) -> Result<Self, ServeError> {
         // With port 0 the UDP port is chosen first; TCP may find it taken, so try a few.
         let mut tries = if addr.port() == 0 { 20 } else { 1 };
         let (udp, tcp) = loop {

@@ -1,6 +1,7 @@
 //! The DNS server on loopback UDP and TCP, asked by a real DNS client (hickory's wire format
 //! over plain sockets): fed from the in-memory kvstore, and, as the `plexus-dns` binary, from
-//! a real etcd with mTLS.
+//! a real etcd with mTLS; and the binary serving a zone file (`--zone-file`) that the test
+//! rewrites.
 #![allow(clippy::unwrap_used)]
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -234,6 +235,52 @@ async fn the_binary_resolves_services_written_to_a_real_etcd_with_mtls() {
             .await
             .unwrap();
         until_udp(addr, name, &[]).await;
+    })
+    .await;
+    if result.is_err() {
+        panic!(
+            "test timed out; plexus-dns log:\n{}{}",
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_a_zone_file_and_follows_its_rewrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let zone = dir.path().join("example.test.zone");
+    std::fs::write(&zone, "$TTL 30\nwww IN A 192.0.2.10\nalias IN CNAME www\n").unwrap();
+    let log = dir.path().join("plexus-dns.log");
+    let port = free_port().unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let _dns = Child(
+        std::process::Command::new(workspace_bin("plexus-dns"))
+            .arg(format!("--zone-file={}", zone.display()))
+            .arg("--domain=example.test")
+            .arg(format!("--listen={addr}"))
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let result = tokio::time::timeout(Duration::from_secs(30), async {
+        until_udp(addr, "www.example.test.", &["192.0.2.10".parse().unwrap()]).await;
+        let m = ask_tcp(addr, "alias.example.test.", RecordType::A).await;
+        assert!(m.metadata.authoritative);
+        assert_eq!(m.answers[0].record_type(), RecordType::CNAME);
+        assert_eq!(
+            addresses(&m),
+            vec!["192.0.2.10".parse::<Ipv4Addr>().unwrap()]
+        );
+        let m = ask_udp(addr, "other.org.", RecordType::A).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+        // Rewritten through a temporary file: the next query sees it.
+        let tmp = dir.path().join("zone.tmp");
+        std::fs::write(&tmp, "$TTL 30\nwww IN A 192.0.2.11\n").unwrap();
+        std::fs::rename(&tmp, &zone).unwrap();
+        until_udp(addr, "www.example.test.", &["192.0.2.11".parse().unwrap()]).await;
+        until_udp(addr, "alias.example.test.", &[]).await;
     })
     .await;
     if result.is_err() {

@@ -17,6 +17,8 @@
 //!   node ([`crate::dns`]);
 //! - with `runtime: podman`, per node a podman of its own under `<node>/podman`, with the lab's
 //!   image imported ([`crate::podman`]);
+//! - with `outside:` in the lab file, the namespace `plx-<lab>-outside` at 172.31.254.1, no
+//!   cluster's, with an authoritative DNS server and HTTP servers ([`crate::outside`]);
 //! - with `encryption: wireguard`, per node a WireGuard device `plexus_wg0` (the process
 //!   `plexus-wireguard`, socket `<node>/wireguard.sock`), started before the agent and outliving
 //!   agent restarts ([`crate::wireguard`]).
@@ -35,6 +37,7 @@ use plexus_agent_api::{Client, Endpoint, block_on};
 use plexus_config::{AgentConfig, ApiServerConfig};
 use serde::{Deserialize, Serialize};
 
+use crate::outside::{self, OutsideState};
 use crate::podman::{self, NodePodman};
 use crate::spec::{Encryption, LabSpec, Routing, Runtime};
 use crate::sys;
@@ -144,6 +147,9 @@ pub struct LabState {
     /// Which program is each node's WireGuard device (with encryption).
     #[serde(default, skip_serializing_if = "wireguard::Device::is_default")]
     pub wireguard_device: wireguard::Device,
+    /// The outside network (`outside:` in the lab file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outside: Option<OutsideState>,
     /// Clusters.
     pub clusters: Vec<ClusterState>,
 }
@@ -297,6 +303,10 @@ fn plan(name: &str, dir: &Path, spec: &LabSpec) -> LabState {
         runtime: spec.runtime,
         encryption: spec.encryption,
         wireguard_device: spec.wireguard_device,
+        outside: spec
+            .outside
+            .as_ref()
+            .map(|o| OutsideState::plan(name, dir, o)),
         clusters,
     }
 }
@@ -441,15 +451,16 @@ fn start_agent(lab: &LabState, c: &ClusterState, n: &NodeState, bins: &Bins) -> 
         Duration::from_secs(60),
         || block_on(agent.healthz()).is_ok(),
     )?;
-    route_pods_from_control_plane(c, n)?;
+    route_pods_from_control_plane(lab, c, n)?;
     Ok(pid)
 }
 
 /// Routes node `n`'s pod CIDR (what its agent claimed) from the control plane's namespace to
 /// the node, as the underlay router of a real cluster would: pods, the `kube-dns` pod first,
 /// reach etcd and the apiserver at the control-plane address, and the answers find their way
-/// back. (A route through a link that goes down is dropped, so `lab start` sets it again.)
-fn route_pods_from_control_plane(c: &ClusterState, n: &NodeState) -> Result<()> {
+/// back. (A route through a link that goes down is dropped, so `lab start` sets it again.) The
+/// outside network, if any, gets the same route.
+fn route_pods_from_control_plane(lab: &LabState, c: &ClusterState, n: &NodeState) -> Result<()> {
     let agent = Client::new(Endpoint::Unix(n.socket.clone())).with_timeout(Duration::from_secs(2));
     let status =
         block_on(agent.status()).with_context(|| format!("status of the agent of {}", n.name))?;
@@ -461,7 +472,8 @@ fn route_pods_from_control_plane(c: &ClusterState, n: &NodeState) -> Result<()> 
         &status.pod_cidr,
         "via",
         &n.ip.to_string(),
-    ])
+    ])?;
+    outside::route_pods(lab, &status.pod_cidr, n.ip)
 }
 
 /// Gives every node its own podman with the lab's image ([`crate::podman`]).
@@ -531,6 +543,15 @@ pub fn up(
         pki.ensure(&[], &[c.ip.into()])?;
     }
     lab.save()?;
+    if let Some(o) = &lab.outside {
+        progress(&format!(
+            "⌛ outside: DNS for {} at {} and {} HTTP servers",
+            o.zone,
+            o.dns_ip,
+            o.servers.len()
+        ));
+        outside::up(&mut lab, bins)?;
+    }
     if lab.runtime == Runtime::Podman {
         setup_podman(&lab, bins, progress)?;
     }
@@ -598,6 +619,7 @@ pub fn down(dir: &Path, progress: Progress<'_>) -> Result<()> {
             sys::stop(pid, Duration::from_secs(10));
         }
     }
+    outside::down(&lab);
     for ns in sys::netns_with_prefix(&format!("plx-{}-", lab.name)) {
         sys::netns_del(&ns);
     }
@@ -832,6 +854,7 @@ pub fn status(dir: &Path) -> Result<Vec<(String, String, bool)>> {
             ));
         }
     }
+    out.extend(outside::status(&lab));
     Ok(out)
 }
 

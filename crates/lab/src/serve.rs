@@ -2,10 +2,11 @@
 //!
 //! It answers an HTTP request with `{"pod":..,"namespace":..,"node":..,"cluster":..}` (status
 //! 200, `application/json`), any other TCP connection with the same JSON on one line, and each
-//! UDP datagram with the JSON. With no ports it just waits.
+//! UDP datagram with the JSON. With no ports it just waits. It listens on every address, or on
+//! one ([`serve_on`]: the outside network's servers share a namespace, one per address).
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, TcpListener, UdpSocket};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -55,15 +56,20 @@ fn handle_tcp(mut s: std::net::TcpStream, body: &str) {
     let _ = s.write_all(reply.as_bytes());
 }
 
-/// Serves `ports` (`(port, "tcp"|"udp")`) until killed.
+/// Serves `ports` (`(port, "tcp"|"udp")`) on every address until killed.
 pub fn serve(id: Identity, ports: Vec<(u16, String)>) -> Result<()> {
+    serve_on(Ipv4Addr::UNSPECIFIED.into(), id, ports)
+}
+
+/// Serves `ports` on `address` until killed.
+pub fn serve_on(address: IpAddr, id: Identity, ports: Vec<(u16, String)>) -> Result<()> {
     let body = id.json();
     let mut threads = Vec::new();
     for (port, proto) in ports {
         let body = body.clone();
         if proto.eq_ignore_ascii_case("udp") {
-            let sock =
-                UdpSocket::bind(("0.0.0.0", port)).with_context(|| format!("bind udp/{port}"))?;
+            let sock = UdpSocket::bind((address, port))
+                .with_context(|| format!("bind udp {address}:{port}"))?;
             threads.push(std::thread::spawn(move || {
                 let mut buf = [0u8; 2048];
                 while let Ok((_, from)) = sock.recv_from(&mut buf) {
@@ -71,8 +77,8 @@ pub fn serve(id: Identity, ports: Vec<(u16, String)>) -> Result<()> {
                 }
             }));
         } else {
-            let l =
-                TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("bind tcp/{port}"))?;
+            let l = TcpListener::bind((address, port))
+                .with_context(|| format!("bind tcp {address}:{port}"))?;
             threads.push(std::thread::spawn(move || {
                 for s in l.incoming().flatten() {
                     let body = body.clone();

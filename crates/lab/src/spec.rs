@@ -10,6 +10,9 @@
 //! routing: tunnel        # or: native
 //! runtime: netns         # or: podman
 //! encryption: wireguard  # or: none (the default)
+//! outside:               # optional: a network outside every cluster ([`crate::outside`])
+//!   zone: example.test   # the zone its DNS server is authoritative for
+//!   servers: 4           # HTTP servers s1..s4.<zone> (default 4, at most 16)
 //! ```
 //!
 //! `runtime` says what runs the pods: `netns` (the default) makes each pod a network namespace
@@ -82,6 +85,21 @@ impl Runtime {
 
 pub use plexus_config::Encryption;
 
+/// The lab's outside network ([`crate::outside`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutsideSpec {
+    /// The zone of its authoritative DNS server, e.g. `example.test`.
+    pub zone: String,
+    /// How many HTTP servers (`s1`.. in the zone), 1..=16.
+    #[serde(default = "default_outside_servers")]
+    pub servers: u8,
+}
+
+fn default_outside_servers() -> u8 {
+    4
+}
+
 /// The whole lab.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -97,6 +115,9 @@ pub struct LabSpec {
     /// Encryption of pod traffic between nodes.
     #[serde(default)]
     pub encryption: Encryption,
+    /// The outside network, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outside: Option<OutsideSpec>,
     /// Which program is each node's WireGuard device: not in the lab file, set by `plexus lab
     /// up --wireguard-device` (hidden: for the benchmark's comparison only).
     #[serde(skip)]
@@ -190,6 +211,32 @@ impl LabSpec {
                 )));
             }
         }
+        if let Some(o) = &spec.outside {
+            let zone = o.zone.trim_end_matches('.');
+            let label_ok = |l: &str| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            };
+            if zone.is_empty() || !zone.split('.').all(label_ok) {
+                return Err(err(format!(
+                    "outside.zone: {:?} is not a DNS name (labels of a-z, 0-9 and -)",
+                    o.zone
+                )));
+            }
+            if o.servers == 0 || o.servers > 16 {
+                return Err(err(format!(
+                    "outside.servers: {} is not in 1..=16",
+                    o.servers
+                )));
+            }
+            // Its namespace is plx-<lab>-outside, as a cluster of that name's would be.
+            if spec.clusters.iter().any(|c| c.name == "outside") {
+                return Err(err(
+                    "outside: a cluster is named \"outside\", the outside network's name".into(),
+                ));
+            }
+        }
         Ok(spec)
     }
 }
@@ -238,6 +285,28 @@ routing: native
         assert_eq!(spec.encryption, Encryption::None, "the default encryption");
         let wg = LabSpec::parse("lab.yaml", &format!("{base}encryption: wireguard\n")).unwrap();
         assert_eq!(wg.encryption, Encryption::Wireguard);
+        let outside = LabSpec::parse(
+            "lab.yaml",
+            &format!("{base}outside: {{zone: example.test}}\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            outside.outside,
+            Some(OutsideSpec {
+                zone: "example.test".into(),
+                servers: 4
+            })
+        );
+        assert_eq!(spec.outside, None);
+        assert!(
+            bad(&format!("{base}outside: {{zone: 'bad name'}}\n"))
+                .contains("outside.zone: \"bad name\" is not a DNS name")
+        );
+        assert!(
+            bad(&format!("{base}outside: {{zone: a.test, servers: 17}}\n"))
+                .contains("outside.servers: 17 is not in 1..=16")
+        );
+        assert!(bad(&format!("{base}outside: {{zone: a.test, port: 1}}\n")).contains("port"));
         let err = bad(&format!("{base}encryption: ipsec\n"));
         assert!(
             err.contains("encryption") && err.contains("ipsec") && err.contains("wireguard"),

@@ -939,6 +939,7 @@ mod tests {
             runtime: Runtime::Netns,
             encryption: Default::default(),
             wireguard_device: Default::default(),
+            outside: None,
             clusters: vec![],
         };
         std::fs::create_dir_all(dir.path().join("c1")).unwrap();

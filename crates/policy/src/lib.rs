@@ -9,14 +9,18 @@
 //! - [`repository`]: policies by (kind, namespace, name) and the per-endpoint resolution into
 //!   allow and deny entries ([`resolved`]), with Cilium's semantics (default deny per direction,
 //!   deny before allow, named ports, `policy-default-local-cluster`), and a compact form for an
-//!   eBPF policy map.
+//!   eBPF policy map; [`dns`] the DNS rules (`rules.dns`) resolved for the DNS proxy;
+//! - [`explain`]: why one packet passes or is dropped at an endpoint, and the rules that
+//!   decide it (`plexus policy trace`).
 //!
 //! See `docs/policy.md` for the model and its semantics.
 
 pub mod api;
 pub mod cache;
+pub mod dns;
 pub mod entity;
 mod error;
+pub mod explain;
 pub mod fqdn;
 pub mod parse;
 pub mod port;
@@ -27,12 +31,15 @@ pub mod rule;
 pub mod selector;
 
 pub use cache::{IdentityChange, SelectorCache, SelectorId};
+pub use dns::{DnsEntry, DnsPolicy};
 pub use entity::Entity;
 pub use error::PolicyError;
+pub use explain::{DecidingRule, Decision, Explanation, MatchKind, Packet, explain};
 pub use parse::{parse_documents, parse_value};
 pub use port::{NamedPort, NamedPorts, Proto};
 pub use repository::{
-    EndpointInfo, PolicyConfig, PolicyRepository, PolicySources, SelectingPolicy,
+    EndpointInfo, EntryOrigin, PolicyConfig, PolicyRepository, PolicySources, Section,
+    SelectingPolicy,
 };
 pub use resolved::{Direction, EndpointPolicy, Peer, PolicyEntry, PolicyMap};
 pub use rule::{Policy, PolicyKey, PolicyKind};

@@ -32,11 +32,12 @@ use plexus_model::identity::NumericIdentity;
 use plexus_model::labels::{CLUSTER_LABEL, Labels, SOURCE_K8S};
 
 use crate::cache::{IdentityChange, SelectorCache, SelectorId};
+use crate::dns::{DnsEntry, DnsPolicy};
 use crate::entity::EntityPeers;
 use crate::port::{NamedPorts, PortRef, PortSpec, Proto};
 use crate::prefix::subtract;
 use crate::resolved::{Direction, EndpointPolicy, Peer, PolicyEntry};
-use crate::rule::{PeerRule, PeerSpec, Policy, PolicyKey, Rule};
+use crate::rule::{DnsPortRule, PeerRule, PeerSpec, Policy, PolicyKey, Rule};
 use crate::selector::{Requirement, Selector};
 
 /// Agent options that change what policies mean.
@@ -83,11 +84,14 @@ enum CompiledPeer {
 struct CompiledPeerRule {
     peers: Vec<CompiledPeer>,
     ports: Vec<PortSpec>,
+    dns: Vec<DnsPortRule>,
 }
 
 #[derive(Clone, Debug)]
 struct CompiledRule {
     subject: Selector,
+    /// `spec` or `specs[i]`.
+    path: String,
     ingress: bool,
     egress: bool,
     /// ingress, ingressDeny, egress, egressDeny.
@@ -100,6 +104,69 @@ const SECTIONS: [(Direction, bool); 4] = [
     (Direction::Egress, false),
     (Direction::Egress, true),
 ];
+
+/// A section of a rule, named as in the object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Section {
+    /// `ingress` (allow).
+    Ingress,
+    /// `ingressDeny`.
+    IngressDeny,
+    /// `egress` (allow).
+    Egress,
+    /// `egressDeny`.
+    EgressDeny,
+}
+
+impl Section {
+    /// The section of `direction` holding allow (`deny` false) or deny rules.
+    pub fn of(direction: Direction, deny: bool) -> Self {
+        match (direction, deny) {
+            (Direction::Ingress, false) => Self::Ingress,
+            (Direction::Ingress, true) => Self::IngressDeny,
+            (Direction::Egress, false) => Self::Egress,
+            (Direction::Egress, true) => Self::EgressDeny,
+        }
+    }
+
+    /// The field name: `ingress`, `ingressDeny`, `egress`, `egressDeny`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ingress => "ingress",
+            Self::IngressDeny => "ingressDeny",
+            Self::Egress => "egress",
+            Self::EgressDeny => "egressDeny",
+        }
+    }
+}
+
+impl std::fmt::Display for Section {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where in its policy object a resolved entry was written: the rule (`spec` or `specs[i]`),
+/// the section and the element's index in it (`egress[0]`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EntryOrigin {
+    /// `spec`, or `specs[i]` for a Cilium policy's i-th `specs` element.
+    pub rule: String,
+    /// The section.
+    pub section: Section,
+    /// The element's index in the section.
+    pub index: usize,
+}
+
+impl std::fmt::Display for EntryOrigin {
+    /// `egress[0]` for a rule written as `spec`, `specs[1].ingressDeny[2]` otherwise.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.rule != "spec" {
+            write!(f, "{}.", self.rule)?;
+        }
+        write!(f, "{}[{}]", self.section, self.index)
+    }
+}
 
 #[derive(Debug)]
 struct Stored {
@@ -293,6 +360,7 @@ impl PolicyRepository {
         CompiledPeerRule {
             peers,
             ports: pr.ports.clone(),
+            dns: pr.dns.clone(),
         }
     }
 
@@ -311,6 +379,7 @@ impl PolicyRepository {
         }
         CompiledRule {
             subject: rule.subject.clone(),
+            path: rule.path.clone(),
             ingress: rule.enforces_ingress(),
             egress: rule.enforces_egress(),
             sections,
@@ -408,8 +477,10 @@ impl PolicyRepository {
             out.ingress_enforced |= rule.ingress;
             out.egress_enforced |= rule.egress;
             let first_entry = out.entries.len();
+            // Where each entry of this rule was written, parallel to its entries.
+            let mut origins = Vec::new();
             for (section, (direction, deny)) in rule.sections.iter().zip(SECTIONS) {
-                for pr in section {
+                for (element, pr) in section.iter().enumerate() {
                     if pr.peers.is_empty() {
                         continue;
                     }
@@ -466,14 +537,105 @@ impl PolicyRepository {
                             }
                         }
                     }
+                    if sources.is_some() {
+                        let origin = EntryOrigin {
+                            rule: rule.path.clone(),
+                            section: Section::of(direction, deny),
+                            index: element,
+                        };
+                        // The entries pushed for this element (entries only grow).
+                        origins.resize(out.entries.len() - first_entry, origin);
+                    }
                 }
             }
             if let Some(sources) = sources.as_deref_mut() {
-                sources.record(key, rule.ingress, rule.egress, &out.entries[first_entry..]);
+                sources.record(
+                    key,
+                    rule.ingress,
+                    rule.egress,
+                    &out.entries[first_entry..],
+                    origins,
+                );
             }
         }
         out.entries.sort_unstable();
         out.entries.dedup();
+        out
+    }
+}
+
+impl PolicyRepository {
+    /// Resolves the DNS rules of an endpoint (for the DNS proxy, see [`crate::dns`]): per peer
+    /// and port of its egress allow rules, the names it may look up there. A `toPorts` element
+    /// with `rules.dns` gives its patterns; an allow without DNS rules (no `toPorts`, or an
+    /// element without `rules`) gives an entry for every name, so that a peer and port allowed
+    /// both with and without DNS rules allows every name, as Cilium's L7 wildcarding does.
+    /// Named ports are looked up in the node-wide index only.
+    pub fn resolve_dns(&self, endpoint: &EndpointInfo) -> DnsPolicy {
+        let mut out = DnsPolicy::default();
+        for rule in self.matching_rules(&endpoint.labels) {
+            out.egress_enforced |= rule.egress;
+            // sections[2] is the egress allow section (see SECTIONS).
+            for pr in &rule.sections[2] {
+                if pr.peers.is_empty() {
+                    continue;
+                }
+                let peers = self.expand_peers(&pr.peers);
+                let mut push = |ports: &[ResolvedPort], patterns: Option<&[String]>| {
+                    for peer in &peers {
+                        for (proto, range) in ports {
+                            out.entries.push(DnsEntry {
+                                peer: *peer,
+                                proto: *proto,
+                                ports: *range,
+                                patterns: patterns.map(|p| p.iter().cloned().collect()),
+                            });
+                        }
+                    }
+                };
+                // The ports of the elements without DNS rules: all ports minus, once each,
+                // those of the elements with DNS rules.
+                let mut plain = pr.ports.clone();
+                for d in &pr.dns {
+                    for spec in &d.ports {
+                        if let Some(i) = plain.iter().position(|p| p == spec) {
+                            plain.remove(i);
+                        }
+                    }
+                    push(
+                        &Self::ports_of(&d.ports, &self.egress_named_ports),
+                        Some(&d.patterns),
+                    );
+                }
+                if pr.ports.is_empty() || !plain.is_empty() {
+                    push(&Self::ports_of(&plain, &self.egress_named_ports), None);
+                }
+            }
+        }
+        out.entries.sort_unstable();
+        out.entries.dedup();
+        out
+    }
+
+    /// The peers a compiled peer list stands for now.
+    fn expand_peers(&self, peers: &[CompiledPeer]) -> Vec<Peer> {
+        let mut out = Vec::new();
+        for peer in peers {
+            match peer {
+                CompiledPeer::Any => out.push(Peer::Any),
+                CompiledPeer::Selector(id) => {
+                    out.extend(self.cache.matches(*id).iter().map(|i| Peer::Identity(*i)));
+                }
+                CompiledPeer::Prefixes(list) => out.extend(list.iter().map(|c| Peer::Prefix(*c))),
+                CompiledPeer::Fqdn(pattern) => {
+                    for (name, addresses) in &self.fqdn_addresses {
+                        if crate::fqdn::matches(pattern, name) {
+                            out.extend(addresses.iter().map(|a| Peer::Prefix(Cidr::host(*a))));
+                        }
+                    }
+                }
+            }
+        }
         out
     }
 }
@@ -497,10 +659,20 @@ pub struct PolicySources {
     /// Each entry with the index in `policies` of the policy it comes from (an entry two
     /// policies give appears twice).
     pub entries: Vec<(PolicyEntry, usize)>,
+    /// Where each element of `entries` was written in its policy (same index).
+    pub origins: Vec<EntryOrigin>,
 }
 
 impl PolicySources {
-    fn record(&mut self, key: &PolicyKey, ingress: bool, egress: bool, entries: &[PolicyEntry]) {
+    fn record(
+        &mut self,
+        key: &PolicyKey,
+        ingress: bool,
+        egress: bool,
+        entries: &[PolicyEntry],
+        origins: Vec<EntryOrigin>,
+    ) {
+        debug_assert_eq!(entries.len(), origins.len());
         let index = match self.policies.last_mut() {
             Some(last) if last.key == *key => {
                 last.ingress |= ingress;
@@ -517,6 +689,7 @@ impl PolicySources {
             }
         };
         self.entries.extend(entries.iter().map(|e| (*e, index)));
+        self.origins.extend(origins);
     }
 
     /// The policies with an entry of `deny` kind that covers the packet (see

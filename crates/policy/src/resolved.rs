@@ -6,9 +6,9 @@
 //! allows everything; otherwise a matching deny entry drops, else a matching allow entry
 //! passes, else the packet is dropped.
 //!
-//! Prefix peers (`fromCIDR`, `toCIDRSet` ...) match only peers outside the mesh: traffic whose
-//! source/destination identity is `world` (2, 9, 10) or a node-local CIDR identity, as in
-//! Cilium, where a pod's IP inside a `toCIDR` prefix still carries the pod's identity.
+//! Prefix peers (`fromCIDR`, `toCIDRSet` ...) match by address, whoever owns it: a pod of any
+//! cluster, a node or an address outside the mesh. A packet is allowed when an allow entry
+//! matches its peer's identity *or* its peer's address and no deny entry matches either.
 //!
 //! [`PolicyMap`] is the compact form: identity entries keyed
 //! `(direction, identity, proto, port, port_prefix_len)` with identity 0 and proto 0 as
@@ -21,7 +21,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use plexus_model::cidr::Cidr;
-use plexus_model::identity::{NumericIdentity, ReservedIdentity};
+use plexus_model::identity::NumericIdentity;
 
 use crate::port::{Proto, masked_ports};
 
@@ -41,7 +41,7 @@ pub enum Peer {
     Any,
     /// One security identity.
     Identity(NumericIdentity),
-    /// Addresses outside the mesh inside this prefix.
+    /// Every address inside this prefix, whoever owns it.
     Prefix(Cidr),
 }
 
@@ -80,17 +80,6 @@ pub struct EndpointPolicy {
     pub entries: Vec<PolicyEntry>,
 }
 
-fn is_outside(id: NumericIdentity) -> bool {
-    id.is_local()
-        || [
-            ReservedIdentity::World,
-            ReservedIdentity::WorldIpv4,
-            ReservedIdentity::WorldIpv6,
-        ]
-        .iter()
-        .any(|r| r.id() == id)
-}
-
 impl PolicyEntry {
     /// Whether this entry covers a packet with the given peer, protocol and port.
     pub fn covers(
@@ -104,7 +93,7 @@ impl PolicyEntry {
         let peer_ok = match self.peer {
             Peer::Any => true,
             Peer::Identity(id) => id == peer,
-            Peer::Prefix(p) => is_outside(peer) && peer_ip.is_some_and(|ip| p.contains(ip)),
+            Peer::Prefix(p) => peer_ip.is_some_and(|ip| p.contains(ip)),
         };
         self.direction == direction
             && peer_ok
@@ -221,7 +210,7 @@ pub struct MapKey {
 pub struct PrefixMapKey {
     /// Direction.
     pub direction: Direction,
-    /// Peer prefix (applies to peers outside the mesh only).
+    /// Peer prefix (matches the peer's address).
     pub prefix: Cidr,
     /// IP protocol number; 0 is any.
     pub proto: u8,
@@ -257,7 +246,7 @@ impl PolicyMap {
 
     /// The verdict for one packet, by the lookups a datapath makes: for the peer identity and
     /// identity 0, the protocol and protocol 0, and every port prefix length 0..=16, the key
-    /// with the port masked to that length; prefix entries for peers outside the mesh. Deny
+    /// with the port masked to that length; prefix entries containing the peer's address. Deny
     /// before allow, then the direction's default. Agrees with [`EndpointPolicy::verdict`].
     pub fn verdict(
         &self,
@@ -294,7 +283,7 @@ impl PolicyMap {
                 }
             }
         }
-        if let Some(ip) = peer_ip.filter(|_| is_outside(peer)) {
+        if let Some(ip) = peer_ip {
             for (k, v) in &self.prefixes {
                 let mask = if k.port_prefix_len == 0 {
                     0

@@ -130,6 +130,9 @@ pub struct Rule {
     pub description: Option<String>,
     /// `labels` of the rule, as `source:key=value`.
     pub labels: Vec<String>,
+    /// Where the rule was written in its object: `spec`, or `specs[i]` for the i-th element of
+    /// a Cilium policy's `specs` (for explanations naming the rule that decided a verdict).
+    pub path: String,
 }
 
 impl Default for Rule {
@@ -144,6 +147,7 @@ impl Default for Rule {
             default_deny_egress: true,
             description: None,
             labels: Vec::new(),
+            path: "spec".to_string(),
         }
     }
 }
@@ -180,8 +184,23 @@ pub struct PeerRule {
     pub peers: Option<Vec<PeerSpec>>,
     /// Ports; empty means every port.
     pub ports: Vec<PortSpec>,
-    /// Whether L7 rules (`rules.dns`) were given; they are enforced at L4 only.
+    /// Whether L7 rules (`rules.dns`) were given; the datapath enforces them at L4 only, the
+    /// DNS proxy ([`crate::dns`]) enforces the names.
     pub l7_ignored: bool,
+    /// The `rules.dns` of each `toPorts` element that has a non-empty one, with that element's
+    /// ports (an empty list of DNS rules is no L7 rule, as in Cilium).
+    pub dns: Vec<DnsPortRule>,
+}
+
+/// The DNS rules of one `toPorts` element: which names the endpoint may look up through the
+/// peers of its rule on these ports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DnsPortRule {
+    /// The element's ports (port 0 = every port when it listed none).
+    pub ports: Vec<PortSpec>,
+    /// `matchName`s and `matchPattern`s, normalized (see [`crate::fqdn`]); a name is a pattern
+    /// without `*`.
+    pub patterns: Vec<String>,
 }
 
 /// An L3 peer as written.
@@ -387,15 +406,18 @@ fn convert_peer_rule(
     }
     let mut ports = Vec::new();
     let mut l7_ignored = false;
+    let mut dns = Vec::new();
     if let Some(port_rules) = raw.ports {
         for (i, (list, rules)) in port_rules.into_iter().enumerate() {
             let at = format!("{field}.toPorts[{i}]");
+            let mut patterns = Vec::new();
             if let Some(rules) = rules {
                 for (j, d) in rules.dns.iter().flatten().enumerate() {
-                    fqdn(d, &format!("{at}.rules.dns[{j}]"))?;
+                    patterns.push(fqdn(d, &format!("{at}.rules.dns[{j}]"))?);
                 }
                 l7_ignored = true;
             }
+            let first_port = ports.len();
             match list {
                 Some(list) if !list.is_empty() => {
                     for (j, p) in list.iter().enumerate() {
@@ -413,12 +435,19 @@ fn convert_peer_rule(
                     end_port: None,
                 }),
             }
+            if !patterns.is_empty() {
+                dns.push(DnsPortRule {
+                    ports: ports[first_port..].to_vec(),
+                    patterns,
+                });
+            }
         }
     }
     Ok(PeerRule {
         peers: given.then_some(peers),
         ports,
         l7_ignored,
+        dns,
     })
 }
 
@@ -459,6 +488,7 @@ pub(crate) fn from_cilium_rule(
     };
     let mut out = Rule {
         subject,
+        path: field.to_string(),
         default_deny_ingress: rule
             .enable_default_deny
             .as_ref()
@@ -659,6 +689,7 @@ fn np_rule(
         peers: Some(peers),
         ports: np_ports(ports, field)?,
         l7_ignored: false,
+        dns: Vec::new(),
     })
 }
 
@@ -695,6 +726,7 @@ pub(crate) fn from_network_policy(
         peers: Some(Vec::new()),
         ports: Vec::new(),
         l7_ignored: false,
+        dns: Vec::new(),
     };
     let mut rule = Rule {
         subject,

@@ -263,8 +263,19 @@ spec:
     assert_eq!(v(2, "10.0.0.1", 443), Verdict::Deny, "except");
     assert_eq!(v(2, "10.0.0.2", 80), Verdict::Deny, "port");
     assert_eq!(v(2, "192.0.2.7", 1), Verdict::Allow);
-    // A pod whose IP lies in the prefix keeps its own identity: CIDR rules do not select it.
-    assert_eq!(v(C1 + 5, "192.0.2.7", 1), Verdict::Deny);
+    // CIDR rules match by address, whoever owns it: a pod of any cluster inside the prefix.
+    assert_eq!(v(C1 + 5, "192.0.2.7", 1), Verdict::Allow);
+    assert_eq!(v(C1 + 5, "10.0.0.2", 443), Verdict::Allow);
+    assert_eq!(
+        v(C1 + 5, "10.0.0.1", 443),
+        Verdict::Deny,
+        "except, for a pod too"
+    );
+    assert_eq!(
+        v(C1 + 5, "10.0.0.9", 443),
+        Verdict::Deny,
+        "outside the prefix"
+    );
     assert_eq!(p.to_map().prefixes.len(), 5);
 }
 

@@ -339,6 +339,14 @@ impl IpcacheState {
         self.policy_cidrs = cidrs;
     }
 
+    /// The effective entry of the longest prefix holding `ip`, as the datapath's LPM lookup
+    /// finds it.
+    pub fn lookup(&self, ip: Ipv4Addr) -> Option<IpcacheValue> {
+        (0..=32u8)
+            .rev()
+            .find_map(|len| self.cache.get(&Prefix::new(ip, len).ok()?))
+    }
+
     /// The effective entries.
     pub fn effective(&self) -> BTreeMap<Prefix, IpcacheValue> {
         self.cache.iter().map(|(p, _, v)| (p, v)).collect()

@@ -163,6 +163,10 @@ pub enum Input {
     PolicyDelete(String),
     /// The policy objects are listed.
     PoliciesSynced,
+    /// The policy prefixes a previous agent left in the datapath, with their CIDR identities
+    /// (read at start): a prefix still named keeps its identity, so a restart renumbers
+    /// nothing and no address loses its CIDR identity while entries are rewritten.
+    PolicyCidrsInDatapath(BTreeMap<Prefix, u32>),
 }
 
 /// What the IO shell must apply, in this order.
@@ -176,6 +180,9 @@ pub struct Output {
     pub services: Option<BTreeMap<Frontend, LbService>>,
     /// The desired policy of every local endpoint, when it may have changed.
     pub policies: Option<BTreeMap<u16, dp::EndpointPolicy>>,
+    /// With `policies`: every prefix the resolved policies name, with its node-local CIDR
+    /// identity (the datapath's policy prefix map, so CIDR rules match pods' addresses too).
+    pub policy_cidrs: Option<BTreeMap<Prefix, u32>>,
     /// With WireGuard on: the whole desired peer set, when the nodes changed.
     pub wireguard_peers: Option<WireguardPeers>,
 }
@@ -187,6 +194,7 @@ impl Output {
             && self.routes.is_empty()
             && self.services.is_none()
             && self.policies.is_none()
+            && self.policy_cidrs.is_none()
             && self.wireguard_peers.is_none()
     }
 }
@@ -291,8 +299,15 @@ impl NodeCore {
             }
             Input::NodeDelete(name) => self.ipcache.node_delete(&own_cluster, &name),
             Input::NodesSynced => self.local_nodes_synced = true,
-            Input::IpUpsert { key, pair } => self.ipcache.cluster_ip_upsert(&key, &pair),
-            Input::IpDelete(key) => self.ipcache.cluster_ip_delete(&key),
+            Input::IpUpsert { key, pair } => {
+                self.policy
+                    .ip_ports_upsert(&own_cluster, &key, pair.id, &pair.named_ports);
+                self.ipcache.cluster_ip_upsert(&key, &pair);
+            }
+            Input::IpDelete(key) => {
+                self.policy.ip_ports_delete(&own_cluster, &key);
+                self.ipcache.cluster_ip_delete(&key);
+            }
             Input::IdentityUpsert { id, labels } => {
                 self.policy.identity_upsert(id, &own_cluster, labels)
             }
@@ -322,6 +337,7 @@ impl NodeCore {
             } => self.policy.policy_upsert(key, *policy, object),
             Input::PolicyDelete(key) => self.policy.policy_delete(&key),
             Input::PoliciesSynced => self.policy.policies_synced(),
+            Input::PolicyCidrsInDatapath(cidrs) => self.policy.restore_cidr_ids(&cidrs),
         }
     }
 
@@ -336,14 +352,14 @@ impl NodeCore {
     /// when their inputs changed (and they may be programmed: their objects are listed).
     pub fn take_output(&mut self) -> Output {
         let services = self.services.take_desired();
-        let policies = self
-            .policy
-            .take_desired(&self.endpoints)
-            .map(|(policies, cidrs)| {
+        let (policies, policy_cidrs) = match self.policy.take_desired(&self.endpoints) {
+            Some((policies, cidrs)) => {
                 // The prefixes' identities enter the ipcache before rules name them.
-                self.ipcache.set_policy_cidrs(cidrs);
-                policies
-            });
+                self.ipcache.set_policy_cidrs(cidrs.clone());
+                (Some(policies), Some(cidrs))
+            }
+            None => (None, None),
+        };
         let (ipcache, routes) = self.ipcache.take_changes();
         let wireguard_peers = (self.config.encryption.enabled
             && std::mem::take(&mut self.peers_dirty))
@@ -353,6 +369,7 @@ impl NodeCore {
             routes,
             services,
             policies,
+            policy_cidrs,
             wireguard_peers,
         }
     }

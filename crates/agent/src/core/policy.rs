@@ -6,12 +6,17 @@
 //! applies the identity changes to the selector cache in one batch and resolves every local
 //! endpoint again, so a policy whose peer identities arrive later gains their entries then.
 //!
-//! Named ports of ingress rules resolve against the endpoint's own container ports. Each IPv4
-//! prefix a policy names gets a node-local CIDR identity (from
+//! Named ports of ingress rules resolve against the endpoint's own container ports; those of
+//! egress rules against the peer identity's ports, known from the `NamedPorts` of the ipcache
+//! entries of every cluster and of this node's endpoints (the union over an identity's
+//! endpoints), or the node-wide union for peers without known ports; a change of those re-resolves.
+//!
+//! Each IPv4 prefix a policy names gets a node-local CIDR identity (from
 //! [`plexus_datapath::IDENTITY_LOCAL_BASE`]); the core installs those prefixes in the ipcache
-//! under every other source, and a CIDR rule applies to the identities of the named prefixes
-//! within it. Nothing is programmed before the policy objects are listed, so a restarted agent
-//! never opens what its predecessor enforced.
+//! under every other source (addresses outside the mesh carry them) and in the datapath's policy
+//! prefix map (so a CIDR rule matches a pod's address too, whatever its cluster), and a CIDR rule
+//! applies to the identities of the named prefixes within it. Nothing is programmed before the
+//! policy objects are listed, so a restarted agent never opens what its predecessor enforced.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -22,8 +27,8 @@ use plexus_model::cidr::Cidr;
 use plexus_model::identity::NumericIdentity;
 use plexus_model::labels::Labels;
 use plexus_policy::{
-    Direction, EndpointInfo, EndpointPolicy, IdentityChange, NamedPort, Peer, Policy, PolicyConfig,
-    PolicyKey, PolicyRepository, PolicySources,
+    Direction, EndpointInfo, EndpointPolicy, IdentityChange, NamedPort, NamedPorts, Peer, Policy,
+    PolicyConfig, PolicyKey, PolicyRepository, PolicySources, Proto,
 };
 
 use super::LocalEndpoint;
@@ -62,7 +67,32 @@ pub struct PolicyState {
     /// Node-local CIDR identity of each prefix the resolved policies name.
     cidr_ids: BTreeMap<Cidr, u32>,
     next_cidr_id: u32,
+    /// Named ports of the ipcache entries that carry some, by (cluster, key): the identity and
+    /// its endpoint's ports.
+    entry_ports: BTreeMap<(String, String), (u32, NamedPorts)>,
+    /// The named ports last given to the repository, per identity (this node's endpoints
+    /// included).
+    fed_identity_ports: BTreeMap<u32, NamedPorts>,
     dirty: bool,
+}
+
+/// The typed named ports of an ipcache entry (a protocol other than TCP, UDP or SCTP names no
+/// port a policy can use).
+fn typed_ports(ports: &[plexus_model::ipcache::NamedPort]) -> NamedPorts {
+    let mut out = NamedPorts::new();
+    for p in ports {
+        let Ok(Some(proto)) = Proto::parse_any(&p.protocol, "Protocol") else {
+            continue;
+        };
+        if p.name.is_empty() {
+            continue;
+        }
+        out.entry(p.name.clone()).or_default().insert(NamedPort {
+            port: p.port,
+            proto,
+        });
+    }
+    out
 }
 
 impl PolicyState {
@@ -82,6 +112,8 @@ impl PolicyState {
             identity_revision: 0,
             cidr_ids: BTreeMap::new(),
             next_cidr_id: plexus_datapath::IDENTITY_LOCAL_BASE,
+            entry_ports: BTreeMap::new(),
+            fed_identity_ports: BTreeMap::new(),
             dirty: true,
         }
     }
@@ -148,8 +180,68 @@ impl PolicyState {
         }
     }
 
+    /// The ipcache entry `key` of `cluster` (this one or a remote): its identity's named ports
+    /// count for egress named ports from now on.
+    pub fn ip_ports_upsert(
+        &mut self,
+        cluster: &str,
+        key: &str,
+        identity: u32,
+        ports: &[plexus_model::ipcache::NamedPort],
+    ) {
+        let slot = (cluster.to_string(), key.to_string());
+        let ports = typed_ports(ports);
+        if ports.is_empty() {
+            self.ip_ports_delete(cluster, key);
+        } else if self.entry_ports.get(&slot) != Some(&(identity, ports.clone())) {
+            self.entry_ports.insert(slot, (identity, ports));
+            self.dirty = true;
+        }
+    }
+
+    /// The ipcache entry `key` of `cluster` is gone.
+    pub fn ip_ports_delete(&mut self, cluster: &str, key: &str) {
+        if self
+            .entry_ports
+            .remove(&(cluster.to_string(), key.to_string()))
+            .is_some()
+        {
+            self.dirty = true;
+        }
+    }
+
+    /// Takes over the CIDR identities a previous agent gave prefixes (those not named any
+    /// more are dropped at the next resolution); later prefixes get identities after them.
+    pub fn restore_cidr_ids(&mut self, cidrs: &BTreeMap<Prefix, u32>) {
+        let range = plexus_datapath::IDENTITY_LOCAL_BASE..=plexus_datapath::IDENTITY_LOCAL_MAX;
+        let used: BTreeSet<u32> = self.cidr_ids.values().copied().collect();
+        for (prefix, id) in cidrs {
+            if !range.contains(id) || used.contains(id) {
+                continue;
+            }
+            let Ok(cidr) = Cidr::new(std::net::IpAddr::V4(prefix.addr), prefix.len) else {
+                continue;
+            };
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.cidr_ids.entry(cidr) {
+                slot.insert(*id);
+                if *id >= self.next_cidr_id {
+                    self.next_cidr_id = if *id >= plexus_datapath::IDENTITY_LOCAL_MAX {
+                        plexus_datapath::IDENTITY_LOCAL_BASE
+                    } else {
+                        id + 1
+                    };
+                }
+            }
+        }
+    }
+
     /// Every identity of `cluster` is gone (it was drained).
     pub fn remove_cluster(&mut self, cluster: &str) {
+        let before = self.entry_ports.len();
+        self.entry_ports.retain(|(c, _), _| c != cluster);
+        if self.entry_ports.len() != before {
+            self.dirty = true;
+        }
         let gone: Vec<u32> = self
             .identities
             .iter()
@@ -214,11 +306,19 @@ impl PolicyState {
             self.repo
                 .update_identities(std::mem::take(&mut self.pending));
         }
+        self.feed_named_ports(endpoints);
         let mut resolved = BTreeMap::new();
         let mut sources = BTreeMap::new();
         for ep in endpoints.values() {
             let Some(entry) = self.identities.get(&ep.identity) else {
-                // Its identity is not known yet: resolved once it is.
+                // Its identity is not known yet: resolved once it is. Meanwhile an endpoint
+                // that had a policy (one moved to a new identity) keeps it, never left open.
+                if let (Some(policy), Some(from)) =
+                    (self.resolved.get(&ep.id), self.sources.get(&ep.id))
+                {
+                    resolved.insert(ep.id, policy.clone());
+                    sources.insert(ep.id, from.clone());
+                }
                 continue;
             };
             let named_ports = ep
@@ -269,6 +369,59 @@ impl PolicyState {
         self.resolved = resolved;
         self.sources = sources;
         (out, cidrs)
+    }
+}
+
+impl PolicyState {
+    /// Gives the repository the named ports of every identity (the union over its endpoints:
+    /// ipcache entries of every cluster and this node's endpoints) and their node-wide union,
+    /// for egress named ports.
+    fn feed_named_ports(&mut self, endpoints: &BTreeMap<u16, LocalEndpoint>) {
+        let mut by_identity: BTreeMap<u32, NamedPorts> = BTreeMap::new();
+        let mut add = |id: u32, name: &str, port: NamedPort| {
+            by_identity
+                .entry(id)
+                .or_default()
+                .entry(name.to_string())
+                .or_default()
+                .insert(port);
+        };
+        for (id, ports) in self.entry_ports.values() {
+            for (name, set) in ports {
+                for p in set {
+                    add(*id, name, *p);
+                }
+            }
+        }
+        for ep in endpoints.values() {
+            for (name, p) in &ep.named_ports {
+                add(ep.identity, name, *p);
+            }
+        }
+        if by_identity == self.fed_identity_ports {
+            return;
+        }
+        for id in self.fed_identity_ports.keys() {
+            if !by_identity.contains_key(id) {
+                self.repo
+                    .set_identity_named_ports(NumericIdentity(*id), NamedPorts::new());
+            }
+        }
+        let mut node_wide = NamedPorts::new();
+        for (id, ports) in &by_identity {
+            for (name, set) in ports {
+                node_wide
+                    .entry(name.clone())
+                    .or_default()
+                    .extend(set.iter().copied());
+            }
+            if self.fed_identity_ports.get(id) != Some(ports) {
+                self.repo
+                    .set_identity_named_ports(NumericIdentity(*id), ports.clone());
+            }
+        }
+        self.repo.set_egress_named_ports(node_wide);
+        self.fed_identity_ports = by_identity;
     }
 }
 
@@ -329,7 +482,9 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use plexus_policy::{PolicyEntry, Proto};
+    use plexus_policy::PolicyEntry;
+    use plexus_policy::resolved::Verdict;
+    use proptest::prelude::*;
 
     fn entry(
         peer: Peer,
@@ -393,5 +548,116 @@ mod tests {
             ],
             "10.0.0.0/8 applies to the named 10.1.0.0/16 too, not to 192.168.0.0/16"
         );
+    }
+
+    /// Prefixes for the property test: nested and disjoint, around the test's addresses.
+    const PREFIXES: [&str; 6] = [
+        "10.0.0.0/8",
+        "10.1.0.0/16",
+        "10.1.2.0/24",
+        "10.1.2.3/32",
+        "10.2.0.0/16",
+        "10.1.2.0/31",
+    ];
+    const ADDRESSES: [&str; 6] = [
+        "10.1.2.3",
+        "10.1.2.1",
+        "10.1.9.9",
+        "10.2.0.1",
+        "10.9.0.1",
+        "192.0.2.1",
+    ];
+
+    fn prop_entry() -> impl Strategy<Value = PolicyEntry> {
+        let peer = prop_oneof![
+            Just(Peer::Any),
+            (100u32..103).prop_map(|i| Peer::Identity(NumericIdentity(i))),
+            (0..PREFIXES.len()).prop_map(|i| Peer::Prefix(PREFIXES[i].parse().unwrap())),
+        ];
+        let proto = prop_oneof![Just(None), Just(Some(Proto::Tcp)), Just(Some(Proto::Udp))];
+        let ports = prop_oneof![
+            Just(None),
+            (0u16..20, 0u16..20).prop_map(|(a, b)| Some((a.min(b), a.max(b)))),
+        ];
+        (any::<bool>(), peer, proto, ports, any::<bool>()).prop_map(
+            |(ingress, peer, proto, ports, deny)| PolicyEntry {
+                direction: if ingress {
+                    Direction::Ingress
+                } else {
+                    Direction::Egress
+                },
+                peer,
+                proto,
+                ports,
+                deny,
+            },
+        )
+    }
+
+    proptest! {
+        /// What the datapath decides (the peer's identity, plus the CIDR identity of the most
+        /// specific named prefix holding the peer's address, deny winning) is what the rules
+        /// mean, for pods inside CIDRs as for addresses outside the mesh.
+        #[test]
+        fn datapath_decision_with_addresses_agrees_with_the_rules(
+            entries in prop::collection::vec(prop_entry(), 0..10),
+            ingress_enforced in any::<bool>(),
+            egress_enforced in any::<bool>(),
+            packets in prop::collection::vec(
+                (any::<bool>(), 0u32..5, 0..ADDRESSES.len(), any::<bool>(), 0u16..22),
+                1..40,
+            ),
+        ) {
+            let mut entries = entries;
+            entries.sort();
+            entries.dedup();
+            let policy = EndpointPolicy { ingress_enforced, egress_enforced, entries };
+            // The named prefixes get CIDR identities as `resolve_all` gives them.
+            let cidr_ids: BTreeMap<Cidr, u32> = policy
+                .entries
+                .iter()
+                .filter_map(|e| match e.peer {
+                    Peer::Prefix(c) => Some(c),
+                    _ => None,
+                })
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .zip(plexus_datapath::IDENTITY_LOCAL_BASE..)
+                .collect();
+            let d = to_datapath(&policy, &cidr_ids);
+            let compiled = dp::compile(&d.rules);
+            for (ingress, peer, addr, udp, port) in packets {
+                let ip: std::net::IpAddr = ADDRESSES[addr].parse().unwrap();
+                let cidr_identity = cidr_ids
+                    .iter()
+                    .filter(|(c, _)| c.contains(ip))
+                    .max_by_key(|(c, _)| c.prefix_len)
+                    .map(|(_, id)| *id);
+                // Pods (100..103), the world, or (outside the mesh) the ipcache's CIDR identity.
+                let peer = match peer {
+                    3 => 2,
+                    4 => cidr_identity.unwrap_or(2),
+                    p => 100 + p,
+                };
+                let (direction, dp_direction, enforced) = if ingress {
+                    (Direction::Ingress, plexus_datapath::Direction::Ingress, ingress_enforced)
+                } else {
+                    (Direction::Egress, plexus_datapath::Direction::Egress, egress_enforced)
+                };
+                let proto = if udp { Proto::Udp } else { Proto::Tcp };
+                let expected = policy.verdict(direction, NumericIdentity(peer), Some(ip), proto, port)
+                    == Verdict::Allow;
+                let got = dp::allows(
+                    &compiled,
+                    enforced,
+                    dp_direction,
+                    peer,
+                    cidr_identity,
+                    proto.number(),
+                    port,
+                );
+                prop_assert_eq!(got, expected, "{:?} peer {} {} {:?} {}", direction, peer, ip, proto, port);
+            }
+        }
     }
 }

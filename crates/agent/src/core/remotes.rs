@@ -73,9 +73,13 @@ pub(super) fn fold(
         RemoteEvent::IpUpsert(pair) => {
             let key = pair.key_suffix().unwrap_or_else(|_| pair.ip.to_string());
             let id = remote.cluster_id.unwrap_or(0);
+            policy.ip_ports_upsert(&cluster, &key, pair.id, &pair.named_ports);
             ipcache.keyed_upsert(source, &key, &pair, id);
         }
-        RemoteEvent::IpDelete(key) => ipcache.keyed_delete(&source, &key),
+        RemoteEvent::IpDelete(key) => {
+            policy.ip_ports_delete(&cluster, &key);
+            ipcache.keyed_delete(&source, &key);
+        }
         RemoteEvent::IdentityUpsert(identity) => {
             policy.identity_upsert(identity.id.0, &cluster, identity.labels)
         }

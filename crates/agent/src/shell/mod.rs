@@ -89,6 +89,24 @@ impl CoreHandle {
         f(&self.lock())
     }
 
+    /// Waits until `pred` holds on the core, at most `limit`; whether it does. The core is
+    /// checked again after every round of the reconciler (each follows inputs), so nothing
+    /// polls.
+    pub async fn wait_until(&self, pred: impl Fn(&NodeCore) -> bool, limit: Duration) -> bool {
+        let mut rx = self.applied.clone();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            rx.borrow_and_update();
+            if self.read(&pred) {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return self.read(&pred),
+            }
+        }
+    }
+
     /// Waits until the reconciler has applied everything up to input `seq`, at most `limit`;
     /// false when it has not by then (the change is still applied later).
     pub async fn wait_applied(&self, seq: u64, limit: Duration) -> bool {

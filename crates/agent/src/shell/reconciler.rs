@@ -3,7 +3,9 @@
 //! One task, the only writer of the datapath's ipcache, load-balancer and policy tables and of
 //! the routes to other nodes. It sleeps until the core is stepped, then takes the output and
 //! applies it in the order the core gives: ipcache entries (CIDR identities included) before
-//! the policies that name them, routes, services, policies. Services and policies are synced
+//! the policies that name them, routes, services, policies (policy prefixes no longer named
+//! out first, then the endpoints' policies, then new prefixes in: an address never carries a
+//! CIDR identity whose rules are not written yet). Services and policies are synced
 //! as a difference against what is programmed (read back from the datapath at start, so a
 //! restarted agent continues from its predecessor's tables); a part that fails is retried after
 //! a pause with the latest desired state, without hammering a datapath that refuses.
@@ -81,6 +83,9 @@ pub struct Reconciler {
     /// Desired states whose programming failed, retried on the next round.
     retry_services: Option<BTreeMap<Frontend, LbService>>,
     retry_policies: Option<BTreeMap<u16, dp::EndpointPolicy>>,
+    /// The policy prefixes programmed, and a desired set whose programming failed.
+    policy_cidrs: BTreeMap<Prefix, u32>,
+    retry_policy_cidrs: Option<BTreeMap<Prefix, u32>>,
     /// With WireGuard on: where the desired peers go.
     wireguard: Option<Arc<Wireguard>>,
     /// With flows on: the snapshot of the core the flow decoder reads, rebuilt after a round.
@@ -107,6 +112,10 @@ impl Reconciler {
                     .collect()
             })
             .unwrap_or_default();
+        let policy_cidrs = datapath.policy_cidrs().unwrap_or_else(|err| {
+            tracing::warn!(error = %err, "reading the datapath's policy prefixes");
+            BTreeMap::new()
+        });
         Self {
             driver,
             datapath,
@@ -115,6 +124,8 @@ impl Reconciler {
             policies,
             retry_services: None,
             retry_policies: None,
+            policy_cidrs,
+            retry_policy_cidrs: None,
             wireguard: None,
             flows: None,
         }
@@ -136,7 +147,9 @@ impl Reconciler {
     /// Applies changes until the task is dropped.
     pub async fn run(mut self) {
         loop {
-            let retrying = self.retry_services.is_some() || self.retry_policies.is_some();
+            let retrying = self.retry_services.is_some()
+                || self.retry_policies.is_some()
+                || self.retry_policy_cidrs.is_some();
             if retrying {
                 tokio::select! {
                     _ = self.driver.notify.notified() => {}
@@ -174,10 +187,23 @@ impl Reconciler {
         {
             self.retry_services = Some(desired);
         }
+        let cidrs = output
+            .policy_cidrs
+            .or_else(|| self.retry_policy_cidrs.take());
+        if let Some(desired) = &cidrs
+            && !remove_policy_cidrs(self.datapath.as_ref(), &mut self.policy_cidrs, desired)
+        {
+            self.retry_policy_cidrs = cidrs.clone();
+        }
         if let Some(desired) = output.policies.or_else(|| self.retry_policies.take())
             && !sync_policies(self.datapath.as_ref(), &mut self.policies, &desired)
         {
             self.retry_policies = Some(desired);
+        }
+        if let Some(desired) = &cidrs
+            && !add_policy_cidrs(self.datapath.as_ref(), &mut self.policy_cidrs, desired)
+        {
+            self.retry_policy_cidrs = cidrs.clone();
         }
         self.driver.applied.send_replace(seq);
     }
@@ -250,6 +276,57 @@ pub fn sync_services(
             Err(err) => {
                 ok = false;
                 tracing::warn!(%frontend, error = %err, "programming a service frontend");
+            }
+        }
+    }
+    ok
+}
+
+/// Removes the programmed policy prefixes that `desired` lacks (or gives another identity);
+/// false when a removal failed.
+pub fn remove_policy_cidrs(
+    datapath: &dyn Datapath,
+    programmed: &mut BTreeMap<Prefix, u32>,
+    desired: &BTreeMap<Prefix, u32>,
+) -> bool {
+    let mut ok = true;
+    let stale: Vec<Prefix> = programmed
+        .iter()
+        .filter(|(p, id)| desired.get(p) != Some(id))
+        .map(|(p, _)| *p)
+        .collect();
+    for prefix in stale {
+        match datapath.remove_policy_cidr(prefix) {
+            Ok(()) => {
+                programmed.remove(&prefix);
+            }
+            Err(err) => {
+                ok = false;
+                tracing::warn!(%prefix, error = %err, "removing a policy prefix");
+            }
+        }
+    }
+    ok
+}
+
+/// Programs the policy prefixes of `desired` not programmed yet; false when one failed.
+pub fn add_policy_cidrs(
+    datapath: &dyn Datapath,
+    programmed: &mut BTreeMap<Prefix, u32>,
+    desired: &BTreeMap<Prefix, u32>,
+) -> bool {
+    let mut ok = true;
+    for (prefix, id) in desired {
+        if programmed.get(prefix) == Some(id) {
+            continue;
+        }
+        match datapath.upsert_policy_cidr(*prefix, *id) {
+            Ok(()) => {
+                programmed.insert(*prefix, *id);
+            }
+            Err(err) => {
+                ok = false;
+                tracing::warn!(%prefix, identity = id, error = %err, "programming a policy prefix");
             }
         }
     }

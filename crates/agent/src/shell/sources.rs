@@ -11,7 +11,10 @@
 //! - [`follow_mesh_status`]: the remote clusters' reachability, on every change the
 //!   remote-cluster manager reports;
 //! - [`service_grace`]: tells the core when a restarted agent stops waiting for its remotes
-//!   before programming services.
+//!   before programming services;
+//! - [`follow_objects`]: the cluster's Namespace and Pod objects, whose labels are the local
+//!   endpoints' identity labels; not the core's input but the endpoint manager's, which
+//!   relabels the endpoints a change concerns.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -26,11 +29,14 @@ use plexus_loadbalancer::service::Service;
 use plexus_loadbalancer::{BACKENDS_PREFIX, SERVICES_PREFIX};
 use plexus_model::cluster::ClusterInfo;
 use plexus_model::keys::StateKind;
+use plexus_model::objects::{NAMESPACES_PREFIX, NamespaceObject, PODS_PREFIX, PodObject};
 use plexus_policy::Policy;
 use tokio::sync::mpsc;
 
 use super::CoreHandle;
 use crate::core::Input;
+use crate::endpoints::Endpoints;
+use crate::labels::SharedObjects;
 
 /// Most events folded in one step when they come in a burst.
 const BATCH: usize = 512;
@@ -212,4 +218,98 @@ pub async fn follow_mesh_status(mesh: MeshHandle, core: CoreHandle) {
 pub async fn service_grace(grace: Duration, core: CoreHandle) {
     tokio::time::sleep(grace).await;
     core.step(Input::ServiceGraceExpired);
+}
+
+/// One change of the objects' mirror.
+enum ObjectEvent {
+    Namespace(StoreEvent<NamespaceObject>),
+    Pod(StoreEvent<PodObject>),
+}
+
+/// Folds one event into the mirror; whether the endpoints may need relabelling.
+fn fold_object(objects: &SharedObjects, event: ObjectEvent) -> bool {
+    let mut o = objects.lock();
+    match event {
+        ObjectEvent::Namespace(e) => match e {
+            StoreEvent::Upsert { value, .. } => o.namespace_upsert(value),
+            StoreEvent::Delete { key, .. } => o.namespace_delete(&key),
+            StoreEvent::Rejected { key, reason } => {
+                tracing::warn!(key = %format!("{NAMESPACES_PREFIX}{key}"), %reason, "namespace object refused; its namespace has no labels");
+                o.namespace_delete(&key)
+            }
+            StoreEvent::Synced => {
+                o.namespaces_synced();
+                true
+            }
+        },
+        ObjectEvent::Pod(e) => match e {
+            StoreEvent::Upsert { value, .. } => o.pod_upsert(value),
+            StoreEvent::Delete { old, .. } => {
+                o.pod_delete(&old.metadata.namespace, &old.metadata.name)
+            }
+            StoreEvent::Rejected { key, reason } => {
+                tracing::warn!(key = %format!("{PODS_PREFIX}{key}"), %reason, "pod object refused; its pod has the labels it was registered with");
+                match key.split_once('/') {
+                    Some((ns, name)) => o.pod_delete(ns, name),
+                    None => false,
+                }
+            }
+            StoreEvent::Synced => {
+                o.pods_synced();
+                true
+            }
+        },
+    }
+}
+
+/// Follows the cluster's Namespace and Pod objects into `objects`; after each change (a burst
+/// of changes at once) that may concern them, and when a failed relabel asks for it, the
+/// endpoints are relabelled.
+pub async fn follow_objects(
+    backend: Arc<dyn KvBackend>,
+    objects: SharedObjects,
+    endpoints: Arc<Endpoints>,
+) {
+    use futures::FutureExt;
+    let mut namespaces = WatchStore::new(
+        backend.clone(),
+        NAMESPACES_PREFIX,
+        Box::new(|key: &str, raw: &[u8]| {
+            NamespaceObject::from_kv(&format!("{NAMESPACES_PREFIX}{key}"), raw)
+                .map_err(|e| e.to_string())
+        }),
+    );
+    let mut pods = WatchStore::new(
+        backend,
+        PODS_PREFIX,
+        Box::new(|key: &str, raw: &[u8]| {
+            PodObject::from_kv(&format!("{PODS_PREFIX}{key}"), raw).map_err(|e| e.to_string())
+        }),
+    );
+    loop {
+        let first = tokio::select! {
+            e = namespaces.next() => ObjectEvent::Namespace(e),
+            e = pods.next() => ObjectEvent::Pod(e),
+            () = endpoints.retry_wanted() => {
+                endpoints.relabel().await;
+                continue;
+            }
+        };
+        let mut changed = fold_object(&objects, first);
+        // What else is already there joins this change (one relabel, one grace period).
+        for _ in 0..BATCH {
+            let next = if let Some(e) = namespaces.next().now_or_never() {
+                ObjectEvent::Namespace(e)
+            } else if let Some(e) = pods.next().now_or_never() {
+                ObjectEvent::Pod(e)
+            } else {
+                break;
+            };
+            changed |= fold_object(&objects, next);
+        }
+        objects.publish_synced();
+        if changed {
+            endpoints.relabel().await;
+        }
+    }
 }

@@ -10,6 +10,13 @@
  * match carries the verdict, deny winning over allow, and writes into each entry the kind of
  * match it is (POLICY_MATCH_*), which the policy verdict event of an allowed new connection
  * reports.
+ *
+ * CIDR rules match by address, whoever owns it. PLEXUS_POLICY_CIDR maps each prefix that a
+ * resolved policy names to its node-local CIDR identity (the most specific prefix wins, as in the
+ * LPM trie); the control plane writes a CIDR rule as entries for the identity of every named
+ * prefix inside it. When the peer's address hits that map with an identity other than the
+ * peer's, the packet is looked up with both identities: any deny drops, else any allow passes
+ * (reporting the allowing entry's kind), else the direction's default (deny, when enforced).
  */
 #ifndef PLEXUS_POLICY_H
 #define PLEXUS_POLICY_H
@@ -20,6 +27,8 @@
 
 #define POLICY_ALLOW 0
 #define POLICY_DENY 1
+/* policy_lookup only: no entry matched (the caller applies the default). */
+#define POLICY_NONE 2
 
 /* Bits of a policy key that are always matched: ep_id, dir, pad, identity. */
 #define POLICY_FIXED_BITS 64
@@ -43,12 +52,28 @@ struct policy_value {
 	__u8 pad[2];
 };
 
+/* What struct policy_enforce says of a direction. */
+#define POLICY_ENFORCE_OFF 0 /* no policy: everything passes, no lookup */
+#define POLICY_ENFORCE_DEFAULT_DENY 1 /* what no entry allows is dropped */
+#define POLICY_ENFORCE_DENY_ONLY 2 /* not enforced, but deny entries apply */
+
 struct policy_enforce {
-	__u8 ingress;
+	__u8 ingress; /* POLICY_ENFORCE_* */
 	__u8 egress;
 	__u16 pad;
 };
 
+struct policy_cidr_key {
+	__u32 prefixlen;
+	__u32 ipv4; /* network order */
+};
+
+struct policy_cidr_value {
+	__u32 identity; /* node-local CIDR identity of the prefix */
+};
+
+_Static_assert(sizeof(struct policy_cidr_key) == 8, "policy_cidr_key layout");
+_Static_assert(sizeof(struct policy_cidr_value) == 4, "policy_cidr_value layout");
 _Static_assert(sizeof(struct policy_key) == 16, "policy_key layout");
 _Static_assert(sizeof(struct policy_value) == 4, "policy_value layout");
 _Static_assert(sizeof(struct policy_enforce) == 4, "policy_enforce layout");
@@ -70,7 +95,25 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } PLEXUS_POLICY_ENFORCE SEC(".maps");
 
-/* Whether the endpoint's traffic in `dir` is subject to policy. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct policy_cidr_key);
+	__type(value, struct policy_cidr_value);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} PLEXUS_POLICY_CIDR SEC(".maps");
+
+/* The CIDR identity of the most specific policy prefix holding `ipv4`, 0 when none does. */
+static __always_inline __u32 policy_cidr_identity(__u32 ipv4)
+{
+	struct policy_cidr_key key = { .prefixlen = 32, .ipv4 = ipv4 };
+	struct policy_cidr_value *v = bpf_map_lookup_elem(&PLEXUS_POLICY_CIDR, &key);
+
+	return v ? v->identity : 0;
+}
+
+/* How the endpoint's traffic in `dir` is subject to policy (POLICY_ENFORCE_*). */
 static __always_inline int policy_enforced(__u16 ep_id, __u8 dir)
 {
 	__u32 key = ep_id;
@@ -82,9 +125,10 @@ static __always_inline int policy_enforced(__u16 ep_id, __u8 dir)
 }
 
 /*
- * The verdict of the longest match for the packet, and in `match` the kind of an allowing match
- * (POLICY_MATCH_*: written by the control plane into the entry; an entry without it counts as
- * L3-only when the peer's identity matched, allow-all otherwise).
+ * The verdict of the longest match for the packet (POLICY_NONE when nothing matches), and in
+ * `match` the kind of an allowing match (POLICY_MATCH_*: written by the control plane into the
+ * entry; an entry without it counts as L3-only when the peer's identity matched, allow-all
+ * otherwise).
  */
 static __always_inline int policy_lookup(__u16 ep_id, __u8 dir, __u32 identity,
 					 const struct pkt_info *pi, __u8 *match)
@@ -109,10 +153,41 @@ static __always_inline int policy_lookup(__u16 ep_id, __u8 dir, __u32 identity,
 		fallback = POLICY_MATCH_ALL;
 		v = bpf_map_lookup_elem(&PLEXUS_POLICY, &key);
 	}
-	if (!v || v->deny)
+	if (!v)
+		return POLICY_NONE;
+	if (v->deny)
 		return POLICY_DENY;
 	*match = v->match ? v->match : fallback;
 	return POLICY_ALLOW;
+}
+
+/*
+ * The verdict of the entries for a packet whose peer has identity `peer` and address
+ * `peer_addr`: the peer's identity, and the CIDR identity of its address when that is another
+ * one (an address inside a policy's CIDR that a pod, a node or a remote cluster owns). Deny
+ * wins; otherwise an allow of either passes; otherwise POLICY_NONE (the caller's default).
+ */
+static __always_inline int policy_decide(__u16 ep_id, __u8 dir, __u32 peer, __u32 peer_addr,
+					 const struct pkt_info *pi, __u8 *match)
+{
+	int verdict = policy_lookup(ep_id, dir, peer, pi, match);
+	__u32 cidr_identity;
+	__u8 cidr_match = 0;
+	int cidr_verdict;
+
+	if (verdict == POLICY_DENY)
+		return POLICY_DENY;
+	cidr_identity = policy_cidr_identity(peer_addr);
+	if (cidr_identity && cidr_identity != peer) {
+		cidr_verdict = policy_lookup(ep_id, dir, cidr_identity, pi, &cidr_match);
+		if (cidr_verdict == POLICY_DENY)
+			return POLICY_DENY;
+		if (cidr_verdict == POLICY_ALLOW && verdict != POLICY_ALLOW) {
+			verdict = POLICY_ALLOW;
+			*match = cidr_match;
+		}
+	}
+	return verdict;
 }
 
 /*
@@ -192,8 +267,9 @@ static __always_inline int policy_check(struct __sk_buff *skb, __u16 ep_id, __u8
 	__u8 track_dir = dir == DIR_EGRESS ? CT_DIR_POLICY_OUT : CT_DIR_POLICY_IN;
 	__u8 reply_dir = dir == DIR_EGRESS ? CT_DIR_POLICY_IN : CT_DIR_POLICY_OUT;
 	int tracked = policy_tracked(pi);
-	__u8 match = 0;
+	__u8 match = 0, mode;
 	__u64 now = 0;
+	int verdict;
 
 	*ct_state = CT_STATE_UNKNOWN;
 	if (tracked) {
@@ -203,9 +279,14 @@ static __always_inline int policy_check(struct __sk_buff *skb, __u16 ep_id, __u8
 			return POLICY_ALLOW;
 		}
 	}
-	if (policy_enforced(ep_id, dir) &&
-	    policy_lookup(ep_id, dir, peer, pi, &match) != POLICY_ALLOW)
-		return POLICY_DENY;
+	mode = policy_enforced(ep_id, dir);
+	if (mode != POLICY_ENFORCE_OFF) {
+		verdict = policy_decide(ep_id, dir, peer,
+					dir == DIR_EGRESS ? pi->daddr : pi->saddr, pi, &match);
+		if (verdict == POLICY_DENY ||
+		    (verdict == POLICY_NONE && mode == POLICY_ENFORCE_DEFAULT_DENY))
+			return POLICY_DENY;
+	}
 	if (tracked) {
 		*ct_state = policy_track(pi, track_dir, now);
 		if (*ct_state != CT_STATE_NEW)

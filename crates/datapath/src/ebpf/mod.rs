@@ -62,9 +62,9 @@ use crate::{
     bpffs,
     object::{
         MAP_CONFIG, MAP_CT, MAP_ENDPOINTS, MAP_EVENTS, MAP_EVENTS_LOST, MAP_IPCACHE,
-        MAP_LB_BACKENDS, MAP_LB_SERVICES, MAP_METRICS, MAP_POLICY, MAP_POLICY_ENFORCE,
-        MAP_WG_PEERS, PLEXUS_BPF_OBJECT, PROG_FROM_CONTAINER, PROG_FROM_OVERLAY, PROG_TO_CONTAINER,
-        PROGRAMS,
+        MAP_LB_BACKENDS, MAP_LB_SERVICES, MAP_METRICS, MAP_POLICY, MAP_POLICY_CIDR,
+        MAP_POLICY_ENFORCE, MAP_WG_PEERS, PLEXUS_BPF_OBJECT, PROG_FROM_CONTAINER,
+        PROG_FROM_OVERLAY, PROG_TO_CONTAINER, PROGRAMS,
     },
     validate_endpoint, validate_ipcache,
 };
@@ -112,6 +112,8 @@ struct State {
     policy_enforce: HashMap<MapData, u32, [u8; 4]>,
     /// What the policy maps hold, per endpoint (read back at load).
     policies: crate::PolicyTables,
+    /// Prefixes policies name, to their CIDR identities (octets of the address, identity).
+    policy_cidr: LpmTrie<MapData, [u8; 4], u32>,
     /// Node addresses (octets) with a configured WireGuard peer.
     wg_peers: HashMap<MapData, [u8; 4], u32>,
 }
@@ -160,7 +162,7 @@ fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, Datap
 }
 
 /// Key and value sizes this build expects of each pinned map (see `bpf/lib/common.h`).
-const MAP_LAYOUTS: [(&str, u32, u32); 11] = [
+const MAP_LAYOUTS: [(&str, u32, u32); 12] = [
     (MAP_IPCACHE, 8, 12),
     (MAP_ENDPOINTS, 4, 24),
     (MAP_CONFIG, 4, 64),
@@ -170,6 +172,7 @@ const MAP_LAYOUTS: [(&str, u32, u32); 11] = [
     (MAP_CT, 16, 32),
     (MAP_POLICY, 16, 4),
     (MAP_POLICY_ENFORCE, 4, 4),
+    (MAP_POLICY_CIDR, 8, 4),
     (MAP_WG_PEERS, 4, 4),
     (MAP_EVENTS_LOST, 4, 8),
 ];
@@ -207,7 +210,8 @@ fn read_policies(
     for item in enforce.iter() {
         let (ep, flags) = item.map_err(map_err(MAP_POLICY_ENFORCE))?;
         let Ok(ep) = u16::try_from(ep) else { continue };
-        out.entry(ep).or_default().0 = (flags[0] != 0, flags[1] != 0);
+        // 2 (deny entries only) is not enforcement: it follows from the entries.
+        out.entry(ep).or_default().0 = (flags[0] == 1, flags[1] == 1);
     }
     for item in policy.iter() {
         let (key, value) = item.map_err(map_err(MAP_POLICY))?;
@@ -323,6 +327,9 @@ impl EbpfDatapath {
             take_map(&mut ebpf, MAP_POLICY_ENFORCE)?
                 .try_into()
                 .map_err(map_err(MAP_POLICY_ENFORCE))?;
+        let policy_cidr = take_map(&mut ebpf, MAP_POLICY_CIDR)?
+            .try_into()
+            .map_err(map_err(MAP_POLICY_CIDR))?;
         let wg_peers = take_map(&mut ebpf, MAP_WG_PEERS)?
             .try_into()
             .map_err(map_err(MAP_WG_PEERS))?;
@@ -374,6 +381,7 @@ impl EbpfDatapath {
                 policy,
                 policy_enforce,
                 policies,
+                policy_cidr,
                 wg_peers,
             }),
             events,
@@ -706,13 +714,12 @@ impl Datapath for EbpfDatapath {
                 .map_err(map_err(MAP_POLICY))?;
         }
         // 2. Enforcement.
-        if flags != old.0 || !st.policies.contains_key(&endpoint_id) {
+        let modes = crate::policy::enforce_modes(flags, &entries);
+        if modes != crate::policy::enforce_modes(old.0, &old.1)
+            || !st.policies.contains_key(&endpoint_id)
+        {
             st.policy_enforce
-                .insert(
-                    u32::from(endpoint_id),
-                    [u8::from(flags.0), u8::from(flags.1), 0, 0],
-                    0,
-                )
+                .insert(u32::from(endpoint_id), [modes.0, modes.1, 0, 0], 0)
                 .map_err(map_err(MAP_POLICY_ENFORCE))?;
         }
         // 3. Stale entries.
@@ -743,6 +750,37 @@ impl Datapath for EbpfDatapath {
 
     fn policies(&self) -> Result<crate::PolicyTables, DatapathError> {
         Ok(self.lock().policies.clone())
+    }
+
+    fn upsert_policy_cidr(&self, prefix: Prefix, identity: u32) -> Result<(), DatapathError> {
+        crate::validate_policy_cidr(prefix, identity)?;
+        let key = Key::new(u32::from(prefix.len), prefix.addr.octets());
+        self.lock()
+            .policy_cidr
+            .insert(&key, identity, 0)
+            .map_err(map_err(MAP_POLICY_CIDR))
+    }
+
+    fn remove_policy_cidr(&self, prefix: Prefix) -> Result<(), DatapathError> {
+        let key = Key::new(u32::from(prefix.len), prefix.addr.octets());
+        missing::entry_removed(self.lock().policy_cidr.remove(&key), MAP_POLICY_CIDR)
+    }
+
+    fn policy_cidrs(&self) -> Result<std::collections::BTreeMap<Prefix, u32>, DatapathError> {
+        let st = self.lock();
+        let mut all = std::collections::BTreeMap::new();
+        for item in st.policy_cidr.iter() {
+            let (key, identity) = item.map_err(map_err(MAP_POLICY_CIDR))?;
+            let len = u8::try_from(key.prefix_len()).unwrap_or(32);
+            all.insert(
+                Prefix {
+                    addr: Ipv4Addr::from(key.data()),
+                    len,
+                },
+                identity,
+            );
+        }
+        Ok(all)
     }
 
     fn upsert_encrypted_node(&self, node: Ipv4Addr) -> Result<(), DatapathError> {
