@@ -14,9 +14,9 @@
 //!   upstream cases whose meaning holds across clusters, the local-cluster default of KNP peers
 //!   (`policy-default-local-cluster`), and CNPs naming `io.cilium.k8s.policy.cluster`.
 //!
-//! One lab per test (both run at once) keeps CI short. Cases that need parts of issue 15 not
-//! on main yet are gated in one place, [`LANDED`]; the ignored tests `*_pending` run exactly
-//! those (`cargo test -p plexus-cli --test netpol_e2e -- --ignored`).
+//! One lab per test (both run at once) keeps CI short. Every ported case runs, also those on
+//! namespace labels, label changes, ipBlock on pod addresses and egress named ports (gated
+//! until those parts of issue 15 reached main).
 //!
 //! Not ported (see docs/policy.md, "Conformance"): the UDP and SCTP truth tables (upstream's
 //! `[LinuxOnly]` and `[Feature:SCTPConnectivity]` groups; the lab's server has no SCTP) and
@@ -33,41 +33,10 @@ use plexus_test_support::netpol::{Model, Peer, Reachability, validate};
 /// every node; a relabel also waits the agents' identity grace period).
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// A part of issue 15 that some cases need.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Part {
-    /// Namespace objects' labels in pods' identities (`labels-cli` stores them,
-    /// `labels-agent` puts them into identities).
-    NamespaceLabels,
-    /// Changing a running pod's or a namespace's labels (`plexus label`, `labels-cli`) and
-    /// the agents relabelling endpoints (`labels-agent`).
-    LabelUpdates,
-    /// ipBlock rules matching pods' addresses, with `except` (`cidr-mesh`).
-    CidrOnPods,
-    /// Egress rules on named ports towards any peer (`cidr-mesh`).
-    EgressNamedPorts,
-}
-
-/// THE GATE: the parts on main. A case needing a part not listed here is left out of the
-/// default run and runs in the ignored `*_pending` tests; add a part here when it lands.
-const LANDED: &[Part] = &[
-    Part::NamespaceLabels,
-    Part::LabelUpdates,
-    Part::CidrOnPods,
-    Part::EgressNamedPorts,
-];
-
-/// One ported case: upstream's name, what it needs, its steps.
+/// One ported case: upstream's name and its steps.
 struct Case {
     name: &'static str,
-    needs: &'static [Part],
     run: fn(&mut Suite) -> Result<(), String>,
-}
-
-impl Case {
-    fn landed(&self) -> bool {
-        self.needs.iter().all(|p| LANDED.contains(p))
-    }
 }
 
 /// The lab and model the cases of one test share, and what the current case changed.
@@ -174,18 +143,15 @@ impl Suite<'_> {
 }
 
 /// Brings up `lab_yaml` (with `--mesh` for several clusters), creates the model as `placement`
-/// says, waits until every pair connects, then runs `cases` (landed or `pending` ones), and
-/// fails naming every case that failed, with its tables.
+/// says, waits until every pair connects, then runs `cases`, and fails naming every case that
+/// failed, with its tables.
 fn run(
     lab: &Lab,
     lab_yaml: &str,
     mesh: bool,
     placement: &'static [(&'static str, &'static str)],
     cases: &[Case],
-    pending: bool,
 ) {
-    let chosen: Vec<&Case> = cases.iter().filter(|c| c.landed() != pending).collect();
-    assert!(!chosen.is_empty(), "no case to run");
     let file = lab.write("lab.yaml", lab_yaml);
     lab.up(&file, if mesh { &["--mesh"] } else { &[] });
     let model = Model::create(lab, placement);
@@ -203,7 +169,7 @@ fn run(
         }
     }
     let mut failed = Vec::new();
-    for case in chosen {
+    for case in cases {
         eprintln!("netpol: {}", case.name);
         // A step that panics (a command refused) fails its case, not the rest of the suite.
         let outcome =
@@ -238,30 +204,14 @@ const MULTI: &[(&str, &str)] = &[("x", "cluster1"), ("y", "cluster1"), ("z", "cl
 #[test]
 fn netpol_single_cluster() {
     run_lab("netpol", Duration::from_secs(900), |lab| {
-        run(&lab, SINGLE_LAB, false, SINGLE, &single_cases(), false);
+        run(&lab, SINGLE_LAB, false, SINGLE, &single_cases());
     });
 }
 
 #[test]
 fn netpol_multi_cluster() {
     run_lab("netpolmc", Duration::from_secs(600), |lab| {
-        run(&lab, MULTI_LAB, true, MULTI, &multi_cases(), false);
-    });
-}
-
-#[test]
-#[ignore = "runs the cases whose parts are not on main yet (see LANDED)"]
-fn netpol_single_cluster_pending() {
-    run_lab("netpolp", Duration::from_secs(600), |lab| {
-        run(&lab, SINGLE_LAB, false, SINGLE, &single_cases(), true);
-    });
-}
-
-#[test]
-#[ignore = "runs the cases whose parts are not on main yet (see LANDED)"]
-fn netpol_multi_cluster_pending() {
-    run_lab("netpolmcp", Duration::from_secs(600), |lab| {
-        run(&lab, MULTI_LAB, true, MULTI, &multi_cases(), true);
+        run(&lab, MULTI_LAB, true, MULTI, &multi_cases());
     });
 }
 
@@ -270,11 +220,9 @@ fn netpol_multi_cluster_pending() {
 // namespace labels need them in identities.
 
 fn single_cases() -> Vec<Case> {
-    use Part::*;
     vec![
         Case {
             name: "should support a 'default-deny-ingress' policy",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -292,7 +240,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should support a 'default-deny-all' policy",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -315,7 +262,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should enforce policy to allow traffic from pods within server namespace based on PodSelector",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -340,7 +286,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should enforce policy to allow ingress traffic for a target",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -373,7 +318,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should enforce policy to allow ingress traffic from pods in all namespaces",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -393,7 +337,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should enforce policy to allow traffic only from a different namespace, based on NamespaceSelector",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -413,7 +356,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should enforce policy to allow traffic only from a different namespace, based on NamespaceSelector (namespace label ns: y, as upstream before 1.21)",
-            needs: &[NamespaceLabels],
             run: |s| {
                 s.apply(
                     "x",
@@ -433,7 +375,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should enforce policy based on PodSelector with MatchExpressions",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -459,7 +400,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should enforce policy based on NamespaceSelector with MatchExpressions",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -481,7 +421,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should enforce policy based on PodSelector or NamespaceSelector",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -509,7 +448,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should enforce policy based on PodSelector and NamespaceSelector",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -538,7 +476,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should enforce policy based on Multiple PodSelectors and NamespaceSelectors",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -568,7 +505,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should enforce policy based on any PodSelectors",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -595,7 +531,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should enforce policy to allow traffic only from a pod in a different namespace based on PodSelector and NamespaceSelector",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -621,7 +556,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should enforce policy based on Ports",
-            needs: &[],
             run: |s| {
                 s.apply("x", ALLOW_Y_TO_XA_ON_81);
                 s.validate(81, from_y_only_to_xa(s))
@@ -629,7 +563,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should enforce multiple, stacked policies with overlapping podSelectors",
-            needs: &[],
             run: |s| {
                 s.apply("x", ALLOW_Y_TO_XA_ON_81);
                 s.validate(81, from_y_only_to_xa(s))?;
@@ -654,7 +587,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should support allow-all policy",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -674,7 +606,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should allow ingress access on one named port",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -695,7 +626,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should allow ingress access from namespace on one named port",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -718,7 +648,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should allow egress access on one named port",
-            needs: &[EgressNamedPorts],
             run: |s| {
                 s.apply(
                     "x",
@@ -740,7 +669,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should enforce updated policy",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -772,7 +700,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should allow ingress access from updated namespace",
-            needs: &[NamespaceLabels, LabelUpdates],
             run: |s| {
                 s.apply(
                     "x",
@@ -801,7 +728,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should allow ingress access from updated pod",
-            needs: &[LabelUpdates],
             run: |s| {
                 s.apply(
                     "x",
@@ -828,7 +754,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should deny ingress from pods on other namespaces",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -853,7 +778,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should deny ingress access to updated pod",
-            needs: &[LabelUpdates],
             run: |s| {
                 s.apply(
                     "x",
@@ -873,7 +797,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should deny egress from pods based on PodSelector",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -891,7 +814,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should deny egress from all pods in a namespace",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -909,7 +831,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should work with Ingress, Egress specified together",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -945,7 +866,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should support denying of egress traffic on the client side (even if the server explicitly allows this traffic)",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -998,7 +918,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should enforce egress policy allowing traffic to a server in a different namespace based on PodSelector and NamespaceSelector",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -1025,7 +944,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should enforce ingress policy allowing any port traffic to a server on a specific protocol (its TCP half)",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -1045,7 +963,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should enforce multiple ingress policies with ingress allow-all policy taking precedence",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -1078,7 +995,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should enforce multiple egress policies with egress allow-all policy taking precedence",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -1113,7 +1029,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should stop enforcing policies after they are deleted",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -1138,7 +1053,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should allow egress access to server in CIDR block",
-            needs: &[CidrOnPods],
             run: |s| {
                 let yb = s.ip("y/b");
                 s.apply(
@@ -1167,7 +1081,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should enforce except clause while egress access to server in CIDR block",
-            needs: &[CidrOnPods],
             run: |s| {
                 s.apply("x", &large_cidr_except_xb(s));
                 s.validate(80, s.all().expect("x/a", "x/b", false))
@@ -1175,7 +1088,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should ensure an IP overlapping both IPBlock.CIDR and IPBlock.Except is allowed",
-            needs: &[CidrOnPods],
             run: |s| {
                 s.apply("x", &large_cidr_except_xb(s));
                 s.validate(80, s.all().expect("x/a", "x/b", false))?;
@@ -1207,7 +1119,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should enforce policies to check ingress and egress policies can be controlled independently based on PodSelector",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -1239,7 +1150,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should not mistakenly treat 'protocol: SCTP' as 'protocol: TCP', even if the plugin doesn't support SCTP",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -1266,7 +1176,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should properly isolate pods that are selected by a policy allowing SCTP, even if the plugin doesn't support SCTP",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -1286,7 +1195,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should not allow access by TCP when a policy specifies only UDP",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -1306,7 +1214,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should enforce policy to allow traffic based on NamespaceSelector with MatchLabels using default ns label",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -1326,7 +1233,6 @@ fn single_cases() -> Vec<Case> {
         },
         Case {
             name: "should enforce policy based on NamespaceSelector with MatchExpressions using default ns label",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -1399,11 +1305,9 @@ fn large_cidr_except_xb(s: &Suite) -> String {
 // The multi-cluster variant: x and y in cluster1, z in cluster2.
 
 fn multi_cases() -> Vec<Case> {
-    use Part::*;
     vec![
         Case {
             name: "should support a 'default-deny-ingress' policy (z in the other cluster is denied too)",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -1421,7 +1325,6 @@ fn multi_cases() -> Vec<Case> {
         },
         Case {
             name: "should support a 'default-deny-all' policy in the other cluster (z in cluster2)",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "z",
@@ -1444,7 +1347,6 @@ fn multi_cases() -> Vec<Case> {
         },
         Case {
             name: "should enforce policy to allow ingress traffic from pods in all namespaces (KNP peers: the local cluster only)",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -1470,7 +1372,6 @@ fn multi_cases() -> Vec<Case> {
         },
         Case {
             name: "should enforce policy to allow traffic only from a different namespace, based on NamespaceSelector (z in the other cluster, named by its cluster)",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -1498,7 +1399,6 @@ fn multi_cases() -> Vec<Case> {
         },
         Case {
             name: "CNP: ingress to x/a from namespace z of cluster2 only (io.cilium.k8s.policy.cluster)",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -1527,7 +1427,6 @@ fn multi_cases() -> Vec<Case> {
         },
         Case {
             name: "CNP in cluster2: ingress to z/a from x/a of cluster1 only, on TCP 80",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "z",
@@ -1558,7 +1457,6 @@ fn multi_cases() -> Vec<Case> {
         },
         Case {
             name: "CNP: egress of x/a to cluster2 only",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -1587,7 +1485,6 @@ fn multi_cases() -> Vec<Case> {
         },
         Case {
             name: "should support denying of egress traffic on the client side (even if the server explicitly allows this traffic), across clusters",
-            needs: &[],
             run: |s| {
                 s.apply(
                     "x",
@@ -1634,7 +1531,6 @@ fn multi_cases() -> Vec<Case> {
         },
         Case {
             name: "CNP: ingress to x/a from namespace labels of cluster2's z (io.cilium.k8s.namespace.labels.ns)",
-            needs: &[NamespaceLabels],
             run: |s| {
                 s.apply(
                     "x",
@@ -1663,7 +1559,6 @@ fn multi_cases() -> Vec<Case> {
         },
         Case {
             name: "should allow ingress access from updated pod, in the other cluster",
-            needs: &[LabelUpdates],
             run: |s| {
                 s.apply(
                     "x",
@@ -1693,7 +1588,6 @@ fn multi_cases() -> Vec<Case> {
         },
         Case {
             name: "should allow egress access to server in CIDR block, in the other cluster",
-            needs: &[CidrOnPods],
             run: |s| {
                 let zb = s.ip("z/b");
                 s.apply(
@@ -1722,7 +1616,6 @@ fn multi_cases() -> Vec<Case> {
         },
         Case {
             name: "should allow egress access on one named port, towards the other cluster",
-            needs: &[EgressNamedPorts],
             run: |s| {
                 s.apply(
                     "x",
