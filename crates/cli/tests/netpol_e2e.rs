@@ -99,7 +99,10 @@ impl Suite<'_> {
 
     /// Validates `expected` on TCP `port`.
     fn validate(&self, port: u16, expected: Reachability) -> Result<(), String> {
-        validate(&self.model, port, &expected, LIMIT).map(|_| ())
+        let rounds = validate(&self.model, port, &expected, LIMIT)?;
+        // How long propagation took, in the log (not asserted).
+        eprintln!("netpol:   TCP/{port} matched in round {rounds}");
+        Ok(())
     }
 
     /// The address of pod `key` (`ns/pod`).
