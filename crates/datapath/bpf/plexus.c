@@ -11,7 +11,8 @@
  * slots in between the existing ones. Service load balancing (lib/lb.h) translates a packet to
  * a frontend into one to its backend first thing in from_container, so every later step sees
  * the backend; replies get the service back in to_container. With WireGuard in strict mode
- * (lib/encrypt.h), from_container drops what would reach another node unencrypted.
+ * (lib/encrypt.h), from_container drops what would reach another node unencrypted. An
+ * allowed DNS query of an endpoint with DNS rules goes to the node's DNS proxy (lib/proxy.h).
  *
  * Events (lib/trace.h): a trace per forwarded packet (TCP only with SYN, FIN or RST) carrying
  * the connection state the policy's conntrack lookup found, a drop per dropped packet, and once
@@ -28,6 +29,7 @@
 #include "lib/conntrack.h"
 #include "lib/lb.h"
 #include "lib/encrypt.h"
+#include "lib/proxy.h"
 
 char LICENSE[] SEC("license") = "Apache-2.0";
 
@@ -127,6 +129,8 @@ static __always_inline int ipv4_from_container(struct __sk_buff *skb, const stru
 					 src_identity, dst->sec_identity, &pi);
 		send_trace(skb, OBS_FROM_ENDPOINT, ct_state, src->ep_id, src_identity,
 			   dst->sec_identity, &pi);
+		if (dns_redirect(skb, src->ep_id, &pi))
+			return TC_ACT_OK;
 		return deliver_local(skb, dst, src_identity, DIR_EGRESS);
 	}
 
@@ -135,6 +139,13 @@ static __always_inline int ipv4_from_container(struct __sk_buff *skb, const stru
 	if (policy_egress(skb, src, dst_identity, &pi, &ct_state) != POLICY_ALLOW)
 		return send_drop(skb, DROP_POLICY_DENIED, DIR_EGRESS, src->ep_id, src_identity,
 				 dst_identity, &pi);
+
+	/* A DNS query allowed to its server goes to the node's DNS proxy, when there is one. */
+	if (dns_redirect(skb, src->ep_id, &pi)) {
+		send_trace(skb, OBS_FROM_ENDPOINT, ct_state, src->ep_id, src_identity,
+			   dst_identity, &pi);
+		return TC_ACT_OK;
+	}
 
 	/* Strict mode: nothing to another node leaves before its WireGuard peer is there. */
 	if (remote && encrypt_strict_drop(cfg, remote->tunnel_endpoint))

@@ -29,6 +29,7 @@ pub struct FakeDatapath {
     policies: Mutex<crate::PolicyTables>,
     policy_cidrs: Mutex<BTreeMap<Prefix, u32>>,
     encrypted_nodes: Mutex<BTreeSet<Ipv4Addr>>,
+    dns_redirects: Mutex<BTreeMap<u16, u16>>,
     /// This node's address and its encryption, for [`FakeDatapath::strict_drop`].
     encryption: Mutex<(Ipv4Addr, Encryption)>,
     events: broadcast::Sender<MonitorEvent>,
@@ -57,6 +58,7 @@ impl FakeDatapath {
             policies: Mutex::new(BTreeMap::new()),
             policy_cidrs: Mutex::new(BTreeMap::new()),
             encrypted_nodes: Mutex::new(BTreeSet::new()),
+            dns_redirects: Mutex::new(BTreeMap::new()),
             encryption: Mutex::new((Ipv4Addr::UNSPECIFIED, Encryption::DISABLED)),
             events: broadcast::channel(EVENT_CHANNEL_CAPACITY).0,
             events_lost: AtomicU64::new(0),
@@ -267,6 +269,23 @@ impl Datapath for FakeDatapath {
 
     fn policy_cidrs(&self) -> Result<BTreeMap<Prefix, u32>, DatapathError> {
         Ok(lock(&self.policy_cidrs).clone())
+    }
+
+    fn set_dns_redirect(
+        &self,
+        endpoint_id: u16,
+        proxy_port: Option<u16>,
+    ) -> Result<(), DatapathError> {
+        let mut redirects = lock(&self.dns_redirects);
+        match proxy_port {
+            Some(port) => redirects.insert(endpoint_id, port),
+            None => redirects.remove(&endpoint_id),
+        };
+        Ok(())
+    }
+
+    fn dns_redirects(&self) -> Result<BTreeMap<u16, u16>, DatapathError> {
+        Ok(lock(&self.dns_redirects).clone())
     }
 }
 

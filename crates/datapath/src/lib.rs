@@ -36,6 +36,7 @@ pub mod fake;
 pub mod lb;
 pub mod object;
 pub mod policy;
+pub mod proxy;
 pub mod types;
 
 mod abi;
@@ -196,6 +197,17 @@ pub trait Datapath: Send + Sync {
     fn remove_encrypted_node(&self, node: Ipv4Addr) -> Result<(), DatapathError>;
     /// The nodes marked with [`Datapath::upsert_encrypted_node`], in address order.
     fn encrypted_nodes(&self) -> Result<std::collections::BTreeSet<Ipv4Addr>, DatapathError>;
+    /// Sends the DNS queries (UDP and TCP to port 53) that egress policy allows endpoint
+    /// `endpoint_id` to the node's DNS proxy listening on 127.0.0.1:`proxy_port`, or, with
+    /// `None`, straight to their servers again. While no proxy socket is there, queries go to
+    /// their servers (see [`proxy`]).
+    fn set_dns_redirect(
+        &self,
+        endpoint_id: u16,
+        proxy_port: Option<u16>,
+    ) -> Result<(), DatapathError>;
+    /// The endpoints whose DNS queries go to the proxy, with the proxy's port.
+    fn dns_redirects(&self) -> Result<std::collections::BTreeMap<u16, u16>, DatapathError>;
 }
 
 /// Per endpoint: ingress and egress enforcement, and the compiled entries (key -> deny).

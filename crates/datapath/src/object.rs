@@ -44,8 +44,10 @@ pub const MAP_LB_BACKENDS: &str = "PLEXUS_LB_BACKENDS";
 pub const MAP_CT: &str = "PLEXUS_CT";
 /// Hash: underlay addresses of the nodes with a configured WireGuard peer (strict mode).
 pub const MAP_WG_PEERS: &str = "PLEXUS_WG_PEERS";
+/// Hash: endpoint id to the port of the node's DNS proxy its DNS queries go to.
+pub const MAP_DNS_REDIRECT: &str = "PLEXUS_DNS_REDIRECT";
 /// All maps in the object; all are pinned by name.
-pub const MAPS: [&str; 13] = [
+pub const MAPS: [&str; 14] = [
     MAP_IPCACHE,
     MAP_ENDPOINTS,
     MAP_CONFIG,
@@ -59,4 +61,5 @@ pub const MAPS: [&str; 13] = [
     MAP_LB_BACKENDS,
     MAP_CT,
     MAP_WG_PEERS,
+    MAP_DNS_REDIRECT,
 ];

@@ -45,6 +45,8 @@ const ENODEV: i32 = 19;
 const ESRCH: i32 = 3;
 /// Linux's `EEXIST`: the rule to add is there already.
 const EEXIST: i32 = 17;
+/// Linux's `EINVAL`.
+const EINVAL: i32 = 22;
 
 /// What the kernel reports about a device.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -624,6 +626,68 @@ impl Netlink {
                 })?;
         }
         Ok(n)
+    }
+
+    /// Makes sure the rule `priority PRIORITY fwmark MARK/MASK lookup TABLE` exists (`ip rule
+    /// add ...`): packets whose mark matches are routed by table `table`. `Ok(false)` when it
+    /// was there already.
+    pub async fn ensure_rule_fwmark(
+        &self,
+        mark: u32,
+        mask: u32,
+        table: u32,
+        priority: u32,
+    ) -> Result<bool, NetlinkError> {
+        use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute};
+        let mut req = self
+            .handle
+            .rule()
+            .add()
+            .v4()
+            .table_id(table)
+            .priority(priority)
+            .action(RuleAction::ToTable);
+        let attrs = &mut req.message_mut().attributes;
+        attrs.push(RuleAttribute::FwMark(mark));
+        attrs.push(RuleAttribute::FwMask(mask));
+        match req.execute().await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let source = kernel(e);
+                if source.raw_os_error() == Some(EEXIST) {
+                    return Ok(false);
+                }
+                Err(NetlinkError::Rule {
+                    rule: format!("priority {priority} fwmark {mark:#x}/{mask:#x} lookup {table}"),
+                    op: "add",
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Adds or replaces `local 0.0.0.0/0 dev lo table TABLE`: every packet routed by table
+    /// `table` is delivered to this host, whatever its destination.
+    pub async fn route_replace_local_default_in_table(
+        &self,
+        table: u32,
+    ) -> Result<(), NetlinkError> {
+        let index = self.ifindex("lo").await?;
+        let dst = Ipv4Cidr::new(Ipv4Addr::UNSPECIFIED, 0).ok_or_else(|| NetlinkError::Route {
+            route: format!("local 0.0.0.0/0 dev lo table {table}"),
+            op: "replace",
+            source: std::io::Error::from_raw_os_error(EINVAL),
+        })?;
+        let msg = route_builder(dst)
+            .kind(RouteType::Local)
+            .scope(RouteScope::Host)
+            .output_interface(index)
+            .table_id(table)
+            .build();
+        self.route_request(msg, true, || {
+            format!("local 0.0.0.0/0 dev lo table {table}")
+        })
+        .await
     }
 
     /// Removes every IPv4 route of table `table` (`ip route flush table TABLE`); how many.

@@ -61,8 +61,8 @@ use crate::{
     },
     bpffs,
     object::{
-        MAP_CONFIG, MAP_CT, MAP_ENDPOINTS, MAP_EVENTS, MAP_EVENTS_LOST, MAP_IPCACHE,
-        MAP_LB_BACKENDS, MAP_LB_SERVICES, MAP_METRICS, MAP_POLICY, MAP_POLICY_CIDR,
+        MAP_CONFIG, MAP_CT, MAP_DNS_REDIRECT, MAP_ENDPOINTS, MAP_EVENTS, MAP_EVENTS_LOST,
+        MAP_IPCACHE, MAP_LB_BACKENDS, MAP_LB_SERVICES, MAP_METRICS, MAP_POLICY, MAP_POLICY_CIDR,
         MAP_POLICY_ENFORCE, MAP_WG_PEERS, PLEXUS_BPF_OBJECT, PROG_FROM_CONTAINER,
         PROG_FROM_OVERLAY, PROG_TO_CONTAINER, PROGRAMS,
     },
@@ -116,6 +116,7 @@ struct State {
     policy_cidr: LpmTrie<MapData, [u8; 4], u32>,
     /// Node addresses (octets) with a configured WireGuard peer.
     wg_peers: HashMap<MapData, [u8; 4], u32>,
+    dns_redirect: HashMap<MapData, u32, u32>,
 }
 
 /// The eBPF datapath of one node. Dropping it stops the event reader; the attached programs
@@ -162,7 +163,7 @@ fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, Datap
 }
 
 /// Key and value sizes this build expects of each pinned map (see `bpf/lib/common.h`).
-const MAP_LAYOUTS: [(&str, u32, u32); 12] = [
+const MAP_LAYOUTS: [(&str, u32, u32); 13] = [
     (MAP_IPCACHE, 8, 12),
     (MAP_ENDPOINTS, 4, 24),
     (MAP_CONFIG, 4, 64),
@@ -175,6 +176,7 @@ const MAP_LAYOUTS: [(&str, u32, u32); 12] = [
     (MAP_POLICY_CIDR, 8, 4),
     (MAP_WG_PEERS, 4, 4),
     (MAP_EVENTS_LOST, 4, 8),
+    (MAP_DNS_REDIRECT, 4, 4),
 ];
 
 /// Refuses maps pinned by a build with another layout: reusing them would corrupt entries.
@@ -333,6 +335,10 @@ impl EbpfDatapath {
         let wg_peers = take_map(&mut ebpf, MAP_WG_PEERS)?
             .try_into()
             .map_err(map_err(MAP_WG_PEERS))?;
+        let dns_redirect = take_map(&mut ebpf, MAP_DNS_REDIRECT)?
+            .try_into()
+            .map_err(map_err(MAP_DNS_REDIRECT))?;
+        crate::proxy::ensure_routing()?;
         let upgraded = upgrade_policy_values(&mut policy)?;
         if upgraded > 0 {
             tracing::info!(
@@ -383,6 +389,7 @@ impl EbpfDatapath {
                 policies,
                 policy_cidr,
                 wg_peers,
+                dns_redirect,
             }),
             events,
             config,
@@ -794,6 +801,36 @@ impl Datapath for EbpfDatapath {
         missing::entry_removed(self.lock().wg_peers.remove(&node.octets()), MAP_WG_PEERS)
     }
 
+    fn set_dns_redirect(
+        &self,
+        endpoint_id: u16,
+        proxy_port: Option<u16>,
+    ) -> Result<(), DatapathError> {
+        let key = u32::from(endpoint_id);
+        let mut st = self.lock();
+        match proxy_port {
+            // struct dns_redirect { __u16 port; __u16 pad; }: the port in the low half.
+            Some(port) => st
+                .dns_redirect
+                .insert(key, u32::from_ne_bytes(abi_port(port)), 0)
+                .map_err(map_err(MAP_DNS_REDIRECT)),
+            None => missing::entry_removed(st.dns_redirect.remove(&key), MAP_DNS_REDIRECT),
+        }
+    }
+
+    fn dns_redirects(&self) -> Result<std::collections::BTreeMap<u16, u16>, DatapathError> {
+        let st = self.lock();
+        let mut out = std::collections::BTreeMap::new();
+        for item in st.dns_redirect.iter() {
+            let (key, value) = item.map_err(map_err(MAP_DNS_REDIRECT))?;
+            let b = value.to_ne_bytes();
+            if let Ok(id) = u16::try_from(key) {
+                out.insert(id, u16::from_ne_bytes([b[0], b[1]]));
+            }
+        }
+        Ok(out)
+    }
+
     fn encrypted_nodes(&self) -> Result<std::collections::BTreeSet<Ipv4Addr>, DatapathError> {
         let st = self.lock();
         let mut out = std::collections::BTreeSet::new();
@@ -902,4 +939,10 @@ fn classifier<'a>(
             program,
             source: Box::new(e),
         })
+}
+
+/// The bytes of a `struct dns_redirect` for `port` (its fields in the machine's order).
+fn abi_port(port: u16) -> [u8; 4] {
+    let p = port.to_ne_bytes();
+    [p[0], p[1], 0, 0]
 }
