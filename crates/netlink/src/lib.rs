@@ -545,7 +545,32 @@ impl Netlink {
         priority: u32,
     ) -> Result<bool, NetlinkError> {
         use rtnetlink::packet_route::IpProtocol;
-        use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RulePortRange};
+        use rtnetlink::packet_route::rule::{RuleAttribute, RulePortRange};
+        self.ensure_rule(
+            vec![
+                RuleAttribute::IpProtocol(IpProtocol::Udp),
+                RuleAttribute::DestinationPortRange(RulePortRange {
+                    start: port,
+                    end: port,
+                }),
+            ],
+            table,
+            priority,
+            || format!("priority {priority} ipproto udp dport {port} lookup {table}"),
+        )
+        .await
+    }
+
+    /// Adds the rule `priority PRIORITY <selector> lookup TABLE`, the selector given as rule
+    /// attributes; `Ok(false)` when it was there already. `describe` prints the rule for errors.
+    async fn ensure_rule(
+        &self,
+        selector: Vec<rtnetlink::packet_route::rule::RuleAttribute>,
+        table: u32,
+        priority: u32,
+        describe: impl FnOnce() -> String,
+    ) -> Result<bool, NetlinkError> {
+        use rtnetlink::packet_route::rule::RuleAction;
         let mut req = self
             .handle
             .rule()
@@ -554,12 +579,7 @@ impl Netlink {
             .table_id(table)
             .priority(priority)
             .action(RuleAction::ToTable);
-        let attrs = &mut req.message_mut().attributes;
-        attrs.push(RuleAttribute::IpProtocol(IpProtocol::Udp));
-        attrs.push(RuleAttribute::DestinationPortRange(RulePortRange {
-            start: port,
-            end: port,
-        }));
+        req.message_mut().attributes.extend(selector);
         match req.execute().await {
             Ok(()) => Ok(true),
             Err(e) => {
@@ -568,7 +588,7 @@ impl Netlink {
                     return Ok(false);
                 }
                 Err(NetlinkError::Rule {
-                    rule: format!("priority {priority} ipproto udp dport {port} lookup {table}"),
+                    rule: describe(),
                     op: "add",
                     source,
                 })
@@ -638,32 +658,14 @@ impl Netlink {
         table: u32,
         priority: u32,
     ) -> Result<bool, NetlinkError> {
-        use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute};
-        let mut req = self
-            .handle
-            .rule()
-            .add()
-            .v4()
-            .table_id(table)
-            .priority(priority)
-            .action(RuleAction::ToTable);
-        let attrs = &mut req.message_mut().attributes;
-        attrs.push(RuleAttribute::FwMark(mark));
-        attrs.push(RuleAttribute::FwMask(mask));
-        match req.execute().await {
-            Ok(()) => Ok(true),
-            Err(e) => {
-                let source = kernel(e);
-                if source.raw_os_error() == Some(EEXIST) {
-                    return Ok(false);
-                }
-                Err(NetlinkError::Rule {
-                    rule: format!("priority {priority} fwmark {mark:#x}/{mask:#x} lookup {table}"),
-                    op: "add",
-                    source,
-                })
-            }
-        }
+        use rtnetlink::packet_route::rule::RuleAttribute;
+        self.ensure_rule(
+            vec![RuleAttribute::FwMark(mark), RuleAttribute::FwMask(mask)],
+            table,
+            priority,
+            || format!("priority {priority} fwmark {mark:#x}/{mask:#x} lookup {table}"),
+        )
+        .await
     }
 
     /// Adds or replaces `local 0.0.0.0/0 dev lo table TABLE`: every packet routed by table
