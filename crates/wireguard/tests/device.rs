@@ -1275,7 +1275,9 @@ fn interoperates_with_wireguard_go() {
     p.b.configure(&p.a);
     // wireguard-go initiates the first handshake.
     ping_full_size(&p.b, &p.a, &p);
-    // Our device initiates the next: the peer re-created on our side has no session.
+    // The peer is removed and re-created on our side: its session is gone, so the next
+    // packets need a new handshake (ours, or wireguard-go's if its timers fire first: which
+    // side starts it is a race, so no assertion on it here).
     let remove = SetDevice {
         peers: vec![SetPeer {
             remove: true,
@@ -1285,7 +1287,6 @@ fn interoperates_with_wireguard_go() {
     };
     p.a.uapi().set(&remove).unwrap();
     p.a.configure(&p.b);
-    assert!(p.a.uapi().get().unwrap().peers[0].last_handshake.is_none());
     ping_full_size(&p.a, &p.b, &p);
     tcp_transfer(&p.a, &p.b);
     tcp_transfer(&p.b, &p.a);
