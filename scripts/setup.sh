@@ -49,4 +49,9 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+# cargo-fuzz runs the fuzz targets of fuzz/ (scripts/fuzz.sh) on this stable toolchain.
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-fuzz"
+  cargo install cargo-fuzz --locked --version 0.13.2 --quiet
+fi
 echo "setup: ok (etcd $(etcd --version | awk '/etcd Version/ {print $3}'), $(cargo --version))"

@@ -693,4 +693,61 @@ mod tests {
         assert_eq!(flow.is_reply, Some(true));
         assert_eq!(flow.summary, "TCP Flags: SYN, ACK");
     }
+
+    /// A ring-buffer record of the datapath, with fields drawn mostly from addresses,
+    /// endpoints and identities the lookup knows (so the lookups hit), sometimes anything.
+    fn record() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let ip = prop_oneof![
+            Just([10u8, 1, 0, 5]),
+            Just([10u8, 2, 0, 7]),
+            any::<[u8; 4]>()
+        ];
+        let identity = prop_oneof![Just(65836u32), Just(131_372u32), any::<u32>()];
+        (
+            (0u8..=5, any::<u8>(), prop_oneof![Just(42u16), Just(0u16), any::<u16>()]),
+            (identity.clone(), identity, ip.clone(), ip),
+            (any::<[u8; 4]>(), any::<[u8; 4]>()),
+            (any::<[u8; 20]>(), any::<[u8; 8]>()),
+            prop_oneof![Just(48usize), Just(56usize), 0usize..80],
+        )
+            .prop_map(|((ty, sub, ep), (src, dst, sa, da), (ports, misc), (rest, frontend), len)| {
+                let mut b = Vec::with_capacity(80);
+                b.extend([ty, sub]);
+                b.extend(ep.to_ne_bytes());
+                b.extend(src.to_ne_bytes());
+                b.extend(dst.to_ne_bytes());
+                b.extend(sa);
+                b.extend(da);
+                b.extend(ports);
+                b.extend(misc);
+                b.extend(rest);
+                b.extend(frontend);
+                b.resize(len, 0xa5);
+                b
+            })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Whatever a record holds (the ring buffer is shared with the BPF programs, and a
+        /// pinned one may hold records of another build), decoding it and turning it into a
+        /// flow never panics, and the flow serializes.
+        #[test]
+        fn any_record_decodes_into_a_flow_without_panicking(raw in record()) {
+            let mut lookup = mesh();
+            lookup.denials.insert(
+                (42, TrafficDirection::Ingress, 131_372, 80),
+                Denial {
+                    kind: PolicyDeny::DenyRule,
+                    policies: vec![deny_policy()],
+                },
+            );
+            if let Ok(ev) = MonitorEvent::decode(&raw) {
+                let flow = decode(&ev, &lookup, "c1/n1", time());
+                serde_json::to_string(&flow).unwrap();
+            }
+        }
+    }
 }
