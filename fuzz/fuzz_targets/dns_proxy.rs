@@ -3,6 +3,7 @@
 //! `learn_from_response`) to a forwarded query with the same id and question, so the answer
 //! reaches the learner, the identity allocator and the holds.
 #![no_main]
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::Message;
@@ -14,7 +15,8 @@ use plexus_dnsproxy::{
 use plexus_model::identity::NumericIdentity;
 use plexus_model::labels::Labels;
 use plexus_policy::{
-    EndpointInfo, IdentityChange, PolicyConfig, PolicyRepository, Proto, parse_documents,
+    DnsPolicy, EndpointInfo, EndpointPolicy, IdentityChange, PolicyConfig, PolicyRepository, Proto,
+    parse_documents,
 };
 
 const POLICY: &str = r#"
@@ -42,7 +44,9 @@ fn labels(app: &str, ns: &str) -> Labels {
     Labels::parse(&text).unwrap_or_else(|e| panic!("fixed labels {text:?}: {e}"))
 }
 
-fn proxy() -> DnsProxy {
+/// The client's resolved L4 and DNS policies, computed once: resolving per input would
+/// dominate the run.
+static POLICIES: LazyLock<(EndpointPolicy, DnsPolicy)> = LazyLock::new(|| {
     let mut repo = PolicyRepository::new(PolicyConfig::new("cluster1"));
     repo.upsert_all(parse_documents(POLICY, "default").unwrap_or_else(|e| panic!("{e}")));
     let client = labels("client", "default");
@@ -54,11 +58,15 @@ fn proxy() -> DnsProxy {
         labels: client,
         named_ports: Default::default(),
     };
+    (repo.resolve(&info), repo.resolve_dns(&info))
+});
+
+fn proxy() -> DnsProxy {
     let mut learner = Learner::new(CacheConfig::default(), BASE..=BASE + 10);
     learner.set_selectors(FqdnSelectors::new(["*.example.test", "a.test"]));
     let mut p = DnsProxy::new(ProxyConfig::default(), learner);
-    p.rules
-        .set(EndpointId(1), repo.resolve(&info), repo.resolve_dns(&info));
+    let (l4, dns) = POLICIES.clone();
+    p.rules.set(EndpointId(1), l4, dns);
     p
 }
 

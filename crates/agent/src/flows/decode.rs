@@ -705,27 +705,33 @@ mod tests {
         ];
         let identity = prop_oneof![Just(65836u32), Just(131_372u32), any::<u32>()];
         (
-            (0u8..=5, any::<u8>(), prop_oneof![Just(42u16), Just(0u16), any::<u16>()]),
+            (
+                0u8..=5,
+                any::<u8>(),
+                prop_oneof![Just(42u16), Just(0u16), any::<u16>()],
+            ),
             (identity.clone(), identity, ip.clone(), ip),
             (any::<[u8; 4]>(), any::<[u8; 4]>()),
             (any::<[u8; 20]>(), any::<[u8; 8]>()),
             prop_oneof![Just(48usize), Just(56usize), 0usize..80],
         )
-            .prop_map(|((ty, sub, ep), (src, dst, sa, da), (ports, misc), (rest, frontend), len)| {
-                let mut b = Vec::with_capacity(80);
-                b.extend([ty, sub]);
-                b.extend(ep.to_ne_bytes());
-                b.extend(src.to_ne_bytes());
-                b.extend(dst.to_ne_bytes());
-                b.extend(sa);
-                b.extend(da);
-                b.extend(ports);
-                b.extend(misc);
-                b.extend(rest);
-                b.extend(frontend);
-                b.resize(len, 0xa5);
-                b
-            })
+            .prop_map(
+                |((ty, sub, ep), (src, dst, sa, da), (ports, misc), (rest, frontend), len)| {
+                    let mut b = Vec::with_capacity(80);
+                    b.extend([ty, sub]);
+                    b.extend(ep.to_ne_bytes());
+                    b.extend(src.to_ne_bytes());
+                    b.extend(dst.to_ne_bytes());
+                    b.extend(sa);
+                    b.extend(da);
+                    b.extend(ports);
+                    b.extend(misc);
+                    b.extend(rest);
+                    b.extend(frontend);
+                    b.resize(len, 0xa5);
+                    b
+                },
+            )
     }
 
     proptest::proptest! {
