@@ -225,6 +225,10 @@ pub(crate) fn policy_out_peer(
     }
     let last_seen = u64::from_ne_bytes(entry[0..8].try_into().ok()?);
     let tcp_flags = entry[22];
+    // A closing connection (FIN or RST sent) needs its peer no more.
+    if proto == 6 && tcp_flags & (0x01 | 0x04) != 0 {
+        return None;
+    }
     if now_ns.saturating_sub(last_seen) > ct_lifetime_ns(proto, tcp_flags) {
         return None;
     }
