@@ -427,6 +427,7 @@ pub async fn run(args: Options) -> Result<()> {
         mesh.handle(),
         &kv,
         datapath.clone(),
+        dns.clone(),
     ));
     let flow_task = flows.as_ref().map(|(cell, ring)| {
         tracing::info!(capacity = ring.capacity(), "flows on");
@@ -453,6 +454,7 @@ pub async fn run(args: Options) -> Result<()> {
         datapath,
         wireguard,
         flows: flows.map(|(_, ring)| ring),
+        dns,
         metrics,
     });
 

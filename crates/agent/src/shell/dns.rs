@@ -316,6 +316,91 @@ impl DnsShell {
     pub fn learned(&self) -> LearnedState {
         lock(&self.proxy).learner().snapshot(Instant::now())
     }
+
+    /// Every learned (name, address) with the identity and selector set of the address and
+    /// its life left, sorted by name and address (for `GET /v1/fqdn/cache`).
+    pub fn cache(&self) -> Vec<CacheRow> {
+        let now = Instant::now();
+        let proxy = lock(&self.proxy);
+        let learner = proxy.learner();
+        let (cache, identities) = (learner.cache(), learner.identities());
+        let mut rows = Vec::with_capacity(cache.len());
+        for (name, ips) in cache.names() {
+            for ip in ips {
+                let left = cache
+                    .expiry(name, *ip)
+                    .map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
+                rows.push(CacheRow {
+                    name: name.to_string(),
+                    address: *ip,
+                    identity: identities.identity_of_address(*ip).map(|id| id.0),
+                    selectors: identities.set_of(*ip).cloned().unwrap_or_default(),
+                    ttl: u32::try_from(left.as_secs()).unwrap_or(u32::MAX),
+                });
+            }
+        }
+        rows.sort_by(|a, b| (&a.name, a.address).cmp(&(&b.name, b.address)));
+        rows
+    }
+
+    /// The proxy at a glance: its port once listening, the endpoints the datapath redirects
+    /// to it, how much it learned, and its counters (for status and metrics).
+    pub fn status(&self) -> DnsStatus {
+        let port = lock(&self.server).as_ref().map(|s| s.local_addr().port());
+        let redirected = match self.datapath.dns_redirects() {
+            Ok(r) => Some(r.len()),
+            Err(err) => {
+                tracing::warn!(error = %err, "reading the datapath's DNS redirects");
+                None
+            }
+        };
+        let (names, addresses) = self.learned_counts();
+        DnsStatus {
+            port,
+            redirected,
+            names,
+            addresses,
+            stats: self.stats(),
+        }
+    }
+
+    /// How many (name, address) pairs and distinct addresses are learned (cheaper than
+    /// [`Self::status`]: no datapath read).
+    pub fn learned_counts(&self) -> (usize, usize) {
+        let proxy = lock(&self.proxy);
+        let cache = proxy.learner().cache();
+        (cache.len(), cache.addresses().count())
+    }
+}
+
+/// One learned (name, address) of [`DnsShell::cache`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheRow {
+    /// The name.
+    pub name: String,
+    /// The address.
+    pub address: IpAddr,
+    /// The identity of the address's selector set (`None`: it got none).
+    pub identity: Option<u32>,
+    /// The `toFQDNs` selectors matching a name of the address.
+    pub selectors: BTreeSet<String>,
+    /// Seconds of life left (0: expired, kept for live connections).
+    pub ttl: u32,
+}
+
+/// What [`DnsShell::status`] gives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsStatus {
+    /// The port, once listening.
+    pub port: Option<u16>,
+    /// Endpoints redirected (`None`: the datapath could not be read).
+    pub redirected: Option<usize>,
+    /// Learned (name, address) pairs.
+    pub names: usize,
+    /// Distinct learned addresses.
+    pub addresses: usize,
+    /// The server's counters.
+    pub stats: ServerStats,
 }
 
 /// The proxy's view of the agent.
