@@ -128,7 +128,11 @@ mod tests {
         assert_eq!(status.port, Some(10053));
         assert_eq!(status.redirected_endpoints, Some(2));
         assert_eq!(
-            (status.stats.refused, status.stats.hold_expired, status.stats.forward_timeouts),
+            (
+                status.stats.refused,
+                status.stats.hold_expired,
+                status.stats.forward_timeouts
+            ),
             (2, 1, 1)
         );
         assert_eq!(serde_json::to_value(&status).unwrap(), doc);

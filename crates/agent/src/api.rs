@@ -15,11 +15,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use plexus_agent_api::{
-    AgentStatus, ClusterMeshReport, DnsProxyStats, DnsProxyStatus, Empty, EncryptionMode, EncryptionReport, EncryptionSummary,
-    EndpointDetail, EndpointInfo, EndpointRequest, EndpointResponse, ErrorBody, ErrorKind,
-    FqdnCacheEntry, IdentityInfo, IpamRequest, IpamResponse, IpcacheRow, LbRow, MeshReport, MonitorFilter,
-    MonitorMessage, NodeInfo, PolicyInfo, PolicyTrace, RotateKeyReport, ServiceInfo, TraceQuery,
-    monitor,
+    AgentStatus, ClusterMeshReport, DnsProxyStats, DnsProxyStatus, Empty, EncryptionMode,
+    EncryptionReport, EncryptionSummary, EndpointDetail, EndpointInfo, EndpointRequest,
+    EndpointResponse, ErrorBody, ErrorKind, FqdnCacheEntry, IdentityInfo, IpamRequest,
+    IpamResponse, IpcacheRow, LbRow, MeshReport, MonitorFilter, MonitorMessage, NodeInfo,
+    PolicyInfo, PolicyTrace, RotateKeyReport, ServiceInfo, TraceQuery, monitor,
 };
 use plexus_metrics::Format;
 use serde::Deserialize;

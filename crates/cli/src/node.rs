@@ -4,7 +4,7 @@
 //! node's agent over its socket (`--node`, default the cluster's first node).
 
 // Table headers are written as literals beside their column widths, for readability.
-#![allow(clippy::print_literal)]
+#![allow(clippy::print_literal, clippy::write_literal)]
 
 use std::time::Duration;
 
@@ -12,8 +12,8 @@ use anyhow::{Context as _, Result};
 use plexus_agent_api::types::Affinity;
 use plexus_agent_api::{
     AgentStatus, ApiError, Client, DnsProxyStatus, EndpointDetail, EndpointInfo, ErrorKind,
-    FqdnCacheEntry, IdentityInfo,
-    IpcacheRow, LbRow, MonitorFilter, NodeInfo, PolicyInfo, ServiceInfo,
+    FqdnCacheEntry, IdentityInfo, IpcacheRow, LbRow, MonitorFilter, NodeInfo, PolicyInfo,
+    ServiceInfo,
 };
 use serde::Serialize;
 
@@ -170,7 +170,9 @@ fn fqdn_cache_table(name: &str, rows: &[FqdnCacheEntry]) -> String {
         "NAME", "ADDRESS", "IDENTITY", "TTL", "SELECTORS"
     );
     for r in rows {
-        let identity = r.identity.map_or_else(|| "-".to_string(), |i| i.to_string());
+        let identity = r
+            .identity
+            .map_or_else(|| "-".to_string(), |i| i.to_string());
         // 0: past its TTL, kept while connections use it (Cilium's "zombie").
         let ttl = if r.ttl == 0 {
             "expired".to_string()
@@ -526,7 +528,13 @@ mod tests {
             lines,
             [
                 vec!["NAME", "ADDRESS", "IDENTITY", "TTL", "SELECTORS"],
-                vec!["s3.example.test", "172.31.254.13", "25165824", "expired", "*3.example.test"],
+                vec![
+                    "s3.example.test",
+                    "172.31.254.13",
+                    "25165824",
+                    "expired",
+                    "*3.example.test"
+                ],
                 vec!["www.example.test", "172.31.254.11", "-", "3s"],
                 vec![
                     "www.example.test",

@@ -112,7 +112,10 @@ fn inspect(lab: &Lab) {
         "{cache:#}"
     );
     // Sorted by name.
-    let names: Vec<&str> = entries.iter().map(|e| e["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = entries
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
     assert!(names.is_sorted(), "{names:?}");
 
     let table = lab.ok(&["fqdn", "cache", "list"]);
@@ -130,7 +133,10 @@ fn inspect(lab: &Lab) {
     let proxy = &status["dns-proxy"];
     assert_eq!(proxy["port"], 10053, "{status:#}");
     assert_eq!(proxy["redirected-endpoints"], 1, "{status:#}");
-    assert!(proxy["stats"]["refused"].as_u64().unwrap() >= 1, "{status:#}");
+    assert!(
+        proxy["stats"]["refused"].as_u64().unwrap() >= 1,
+        "{status:#}"
+    );
     assert!(
         proxy["stats"]["forwarded"].as_u64().unwrap() >= 2,
         "{status:#}"

@@ -442,3 +442,116 @@ impl ProxyHost for Host {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::core::{CoreConfig, NodeCore};
+    use plexus_datapath::{FakeDatapath, RoutingMode};
+
+    /// A proxy that takes over `state` (as a previous agent saved it just now), with no
+    /// sockets.
+    fn restored(dir: &std::path::Path, state: serde_json::Value) -> (Arc<DnsShell>, CoreHandle) {
+        let file = dir.join(STATE_FILE);
+        let saved = serde_json::json!({"savedAtUnixMs": unix_ms(), "state": state});
+        std::fs::write(&file, serde_json::to_vec(&saved).unwrap()).unwrap();
+        let (core, _driver) = CoreHandle::new(NodeCore::new(CoreConfig {
+            cluster: "c1".into(),
+            cluster_id: 1,
+            node_name: "n1".into(),
+            node_ip: std::net::Ipv4Addr::new(192, 168, 1, 1),
+            routing: RoutingMode::Tunnel,
+            policy_default_local_cluster: true,
+            encryption: Default::default(),
+        }));
+        let dns = DnsShell::new(
+            DnsOptions {
+                port: 10053,
+                min_ttl: Duration::ZERO,
+                hold_max: Duration::from_millis(100),
+                state_file: Some(file),
+            },
+            core.clone(),
+            Arc::new(FakeDatapath::new()),
+        );
+        dns.restore();
+        (dns, core)
+    }
+
+    /// `GET /v1/fqdn/cache` and the status read the learner: each (name, address) sorted,
+    /// with its address's identity and selector set, its life left (0 once past its TTL), and
+    /// the counts.
+    #[test]
+    fn cache_rows_carry_the_identity_of_each_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let www_id = *FQDN_IDENTITIES.start() + 5;
+        let both_id = *FQDN_IDENTITIES.start() + 9;
+        let (dns, _core) = restored(
+            dir.path(),
+            serde_json::json!({
+                "selectors": ["www.example.test", "*3.example.test"],
+                "identities": [
+                    {"id": www_id, "selectors": ["www.example.test"]},
+                    {"id": both_id, "selectors": ["*3.example.test", "www.example.test"]}
+                ],
+                "names": [
+                    {"name": "www.example.test", "address": "172.31.254.12", "ttl": 30},
+                    {"name": "www.example.test", "address": "172.31.254.13", "ttl": 30},
+                    {"name": "s3.example.test", "address": "172.31.254.13", "ttl": 0}
+                ]
+            }),
+        );
+        let rows = dns.cache();
+        let keys: Vec<(&str, String, Option<u32>, Vec<&str>)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.name.as_str(),
+                    r.address.to_string(),
+                    r.identity,
+                    r.selectors.iter().map(String::as_str).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                (
+                    "s3.example.test",
+                    "172.31.254.13".to_string(),
+                    Some(both_id),
+                    vec!["*3.example.test", "www.example.test"]
+                ),
+                (
+                    "www.example.test",
+                    "172.31.254.12".to_string(),
+                    Some(www_id),
+                    vec!["www.example.test"]
+                ),
+                (
+                    "www.example.test",
+                    "172.31.254.13".to_string(),
+                    Some(both_id),
+                    vec!["*3.example.test", "www.example.test"]
+                ),
+            ]
+        );
+        assert_eq!(rows[0].ttl, 0, "{rows:?}");
+        // Saved a moment ago with 30 s left (whole seconds, rounded down).
+        assert!((28..=30).contains(&rows[1].ttl), "{rows:?}");
+
+        let status = dns.status();
+        assert_eq!(
+            (
+                status.port,
+                status.redirected,
+                status.names,
+                status.addresses
+            ),
+            (None, Some(0), 3, 2)
+        );
+        assert_eq!(status.stats, ServerStats::default());
+        assert_eq!(dns.learned_counts(), (3, 2));
+    }
+}
