@@ -16,7 +16,8 @@
 //!
 //! Sockets made after `start` (the answers' transparent sockets, the forwarding sockets) are
 //! made by one thread that stays in the namespace `start` was called in, so the tokio workers
-//! may run in any namespace.
+//! may run in any namespace. It makes forwarding sockets ahead, a few dozen at a time, so a
+//! query does not wait for it; each is used for one exchange.
 //!
 //! Input never panics the server: malformed queries, unsolicited responses and socket errors
 //! are counted ([`ServerStats`]) and dropped. In-flight UDP forwards and TCP connections are
@@ -30,7 +31,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -213,7 +214,31 @@ type Job = Box<dyn FnOnce() + Send>;
 /// namespace of the thread that creates it, and tokio's workers may be elsewhere.
 struct NodeSockets {
     jobs: std::sync::mpsc::Sender<Job>,
+    /// Forwarding sockets made ahead (each used once), so a query does not wait for the
+    /// thread.
+    udp: Arc<Pool<std::net::UdpSocket>>,
+    tcp: Arc<Pool<std::net::TcpStream>>,
 }
+
+/// Sockets made ahead by the socket thread.
+struct Pool<T> {
+    ready: Mutex<Vec<T>>,
+    refilling: AtomicBool,
+}
+
+impl<T> Default for Pool<T> {
+    fn default() -> Self {
+        Self {
+            ready: Mutex::new(Vec::new()),
+            refilling: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Sockets a pool holds after a refill.
+const POOL_SIZE: usize = 64;
+/// A pool below this many is refilled.
+const POOL_LOW: usize = 16;
 
 impl NodeSockets {
     /// Starts the thread in the calling thread's namespace.
@@ -252,7 +277,48 @@ impl NodeSockets {
             .recv()
             .map_err(|_| err(io::Error::other("the socket thread ended")))?
             .map_err(err)?;
-        Ok(Self { jobs })
+        Ok(Self {
+            jobs,
+            udp: Arc::default(),
+            tcp: Arc::default(),
+        })
+    }
+
+    /// A fresh unconnected UDP socket of the namespace.
+    async fn udp(&self) -> io::Result<std::net::UdpSocket> {
+        self.take(&self.udp, udp_socket).await
+    }
+
+    /// A fresh unconnected TCP socket of the namespace.
+    async fn tcp(&self) -> io::Result<std::net::TcpStream> {
+        self.take(&self.tcp, tcp_socket).await
+    }
+
+    /// One socket of `pool` (made on the spot when it is empty), refilling it when low.
+    async fn take<T: Send + 'static>(
+        &self,
+        pool: &Arc<Pool<T>>,
+        make: fn() -> io::Result<T>,
+    ) -> io::Result<T> {
+        let (socket, left) = {
+            let mut ready = lock(&pool.ready);
+            (ready.pop(), ready.len())
+        };
+        if left < POOL_LOW && !pool.refilling.swap(true, Ordering::AcqRel) {
+            let refill = pool.clone();
+            let sent = self.jobs.send(Box::new(move || {
+                let made: Vec<T> = (left..POOL_SIZE).map_while(|_| make().ok()).collect();
+                lock(&refill.ready).extend(made);
+                refill.refilling.store(false, Ordering::Release);
+            }));
+            if sent.is_err() {
+                pool.refilling.store(false, Ordering::Release);
+            }
+        }
+        match socket {
+            Some(s) => Ok(s),
+            None => self.run(make).await,
+        }
     }
 
     /// Runs `f` in the namespace.
@@ -303,11 +369,15 @@ fn tcp_socket() -> io::Result<std::net::TcpStream> {
     Ok(std::net::TcpStream::from(fd))
 }
 
-/// A non-blocking UDP socket on a random port.
+/// A non-blocking UDP socket, not yet bound: connecting it binds a random port.
 fn udp_socket() -> io::Result<std::net::UdpSocket> {
-    let s = std::net::UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
-    s.set_nonblocking(true)?;
-    Ok(s)
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    Ok(std::net::UdpSocket::from(fd))
 }
 
 /// What one response led to, decided under the locks.
@@ -637,7 +707,7 @@ async fn udp_loop(shared: Arc<Shared>, socket: UdpSocket) {
 async fn forward_udp(shared: Arc<Shared>, flow: Flow, query: Vec<u8>) {
     let server = flow.server;
     let socket = async {
-        let socket = UdpSocket::from_std(shared.sockets.run(udp_socket).await?)?;
+        let socket = UdpSocket::from_std(shared.sockets.udp().await?)?;
         socket.connect(server).await?;
         socket.send(&query).await?;
         Ok::<_, io::Error>(socket)
@@ -775,7 +845,7 @@ async fn tcp_conn(shared: Arc<Shared>, client_conn: TcpStream, client: SocketAdd
         return;
     };
     let upstream = async {
-        let socket = TcpSocket::from_std_stream(shared.sockets.run(tcp_socket).await?);
+        let socket = TcpSocket::from_std_stream(shared.sockets.tcp().await?);
         socket.connect(server).await
     };
     let upstream = match tokio::time::timeout(shared.config.forward_timeout, upstream).await {

@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use common::{FakeHost, Lab, addresses, lookup_tcp, lookup_udp};
-use hickory_proto::op::ResponseCode;
+use std::io::{Read, Write};
+
+use hickory_proto::op::{Message, ResponseCode};
 use plexus_dnsproxy::{Change, IdentityChange};
 
 const ALLOWED: (&str, Ipv4Addr) = ("www.example.test.", Ipv4Addr::new(192, 0, 2, 10));
@@ -103,6 +105,23 @@ fn the_proxy_answers_as_the_server_refuses_denied_names_and_learns_before_answer
         "{stats:?}"
     );
 
+    // Junk is counted and dropped; a client that closes its sending side after its query
+    // still gets the answer.
+    udp.send_to(b"junk", server_53).unwrap();
+    let mut tcp = lab.client_tcp();
+    let q = common::query(10, ALLOWED.0);
+    let mut frame = (q.len() as u16).to_be_bytes().to_vec();
+    frame.extend_from_slice(&q);
+    tcp.write_all(&frame).unwrap();
+    tcp.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = Vec::new();
+    tcp.read_to_end(&mut answer).unwrap();
+    let m = Message::from_vec(&answer[2..]).unwrap();
+    assert_eq!((m.metadata.id, addresses(&m)), (10, vec![ALLOWED.1]));
+    let (m, _) = lookup_udp(&udp, lab.b.ip, 11, ALLOWED.0);
+    assert_eq!(addresses(&m), vec![ALLOWED.1]);
+    assert_eq!(server.stats().malformed, 1);
+
     // Applying never finishes: the answer goes out anyway after hold_max.
     host.hang.store(true, Ordering::SeqCst);
     let (m, from) = lookup_udp(&udp, lab.b.ip, 7, HELD.0);
@@ -116,7 +135,7 @@ fn the_proxy_answers_as_the_server_refuses_denied_names_and_learns_before_answer
             stats.responses_dropped,
             stats.forward_errors
         ),
-        (0, 0, 0, 0),
+        (1, 0, 0, 0),
         "{stats:?}"
     );
 
