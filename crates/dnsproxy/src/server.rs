@@ -403,6 +403,9 @@ struct Shared {
     apply_order: Mutex<()>,
     /// Wakes the timer when a deadline may have come nearer.
     timer: Notify,
+    /// Whether the timer sleeps until a deadline (a forwarded query's, 10 s away, then needs
+    /// no wake-up: only an idle timer or a new hold does).
+    timer_armed: AtomicBool,
 }
 
 impl Shared {
@@ -521,7 +524,9 @@ impl Shared {
             QueryAction::Forward(_) => {
                 inc(&self.stats.forwarded);
                 debug!(client = %flow.client, server = %flow.server, proto = ?flow.proto, "DNS proxy: query forwarded");
-                self.timer.notify_one();
+                if !self.timer_armed.load(Ordering::Acquire) {
+                    self.timer.notify_one();
+                }
             }
             QueryAction::Reply { reason, .. } => {
                 inc(&self.stats.refused);
@@ -590,6 +595,7 @@ impl DnsProxyServer {
             tcp_writers: Mutex::new(HashMap::new()),
             apply_order: Mutex::new(()),
             timer: Notify::new(),
+            timer_armed: AtomicBool::new(false),
         });
         let tasks = vec![
             runtime.spawn(udp_loop(shared.clone(), udp)),
@@ -982,7 +988,14 @@ impl Drop for AbortOnDrop {
 /// Releases the holds past `hold_max` and forgets timed-out queries, when due.
 async fn timer_loop(shared: Arc<Shared>) {
     loop {
-        let next = lock(&shared.proxy).next_deadline();
+        let next = {
+            // Stored under the proxy's lock: a query forwarded after it sees it, one before is
+            // in `next`; a wake-up after this point is kept (notify_one stores a permit).
+            let proxy = lock(&shared.proxy);
+            let next = proxy.next_deadline();
+            shared.timer_armed.store(next.is_some(), Ordering::Release);
+            next
+        };
         let notified = shared.timer.notified();
         match next {
             Some(deadline) => {
