@@ -32,7 +32,7 @@ pub use answer::{FqdnSelectors, Learned, learn_from_response};
 pub use cache::{CacheConfig, LearnedCache};
 pub use identity::IdentityError;
 pub use identity::{IdentityChange, SelectorSetIdentities, fqdn_labels};
-pub use learner::{Change, Learner, Outcome};
+pub use learner::{Change, LearnedState, Learner, Outcome, SavedIdentity, SavedName};
 pub use proxy::{
     DnsProxy, DropReason, Flow, HoldId, ProxyConfig, QueryAction, Release, ResponseAction,
 };

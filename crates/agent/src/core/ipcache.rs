@@ -2,8 +2,8 @@
 //!
 //! Sources, strongest first (see [`plexus_ipcache::Source`]): this node's endpoints, this
 //! cluster's kvstore (other nodes' endpoints), nodes (their pod CIDR behind their underlay
-//! address, their address as `remote-node`), remote clusters, and last the CIDRs policies
-//! name. Every source's entries are kept; the effective entry of a prefix is the strongest
+//! address, their address as `remote-node`), remote clusters, the addresses the DNS proxy
+//! learned for `toFQDNs`, and last the CIDRs policies name. Every source's entries are kept; the effective entry of a prefix is the strongest
 //! source's, so withdrawing a strong entry uncovers the next one without a gap.
 //!
 //! In native routing mode every other node's pod CIDR is routed through its underlay address,
@@ -337,6 +337,30 @@ impl IpcacheState {
             }
         }
         self.policy_cidrs = cidrs;
+    }
+
+    /// An address a DNS proxy learned gets (`Some`) or loses (`None`) the identity of its
+    /// `toFQDNs` selector set (IPv6 addresses are not programmed: the datapath is IPv4).
+    pub fn fqdn_address(&mut self, ip: std::net::IpAddr, identity: Option<u32>) {
+        let std::net::IpAddr::V4(v4) = ip else {
+            return;
+        };
+        let Ok(prefix) = Prefix::new(v4, 32) else {
+            return;
+        };
+        let change = match identity {
+            Some(identity) => self.cache.upsert(
+                prefix,
+                Source::Fqdn,
+                IpcacheValue {
+                    identity,
+                    tunnel_endpoint: None,
+                    cluster_id: 0,
+                },
+            ),
+            None => self.cache.delete(prefix, &Source::Fqdn),
+        };
+        self.push(change);
     }
 
     /// The effective entry of the longest prefix holding `ip`, as the datapath's LPM lookup

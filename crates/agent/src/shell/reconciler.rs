@@ -8,7 +8,8 @@
 //! CIDR identity whose rules are not written yet). Services and policies are synced
 //! as a difference against what is programmed (read back from the datapath at start, so a
 //! restarted agent continues from its predecessor's tables); a part that fails is retried after
-//! a pause with the latest desired state, without hammering a datapath that refuses.
+//! a pause with the latest desired state, without hammering a datapath that refuses. Last, the
+//! policy's DNS side goes to the node's DNS proxy ([`super::dns`]).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -20,6 +21,7 @@ use plexus_datapath::{Datapath, Frontend, LbService, Prefix};
 use plexus_ipcache::Change;
 
 use super::CoreDriver;
+use super::dns::DnsShell;
 use super::wireguard::Wireguard;
 use crate::core::RouteChange;
 use crate::flows::SnapshotBuilder;
@@ -90,6 +92,8 @@ pub struct Reconciler {
     wireguard: Option<Arc<Wireguard>>,
     /// With flows on: the snapshot of the core the flow decoder reads, rebuilt after a round.
     flows: Option<SnapshotBuilder>,
+    /// With the eBPF datapath: the node's DNS proxy, given the policy's DNS side.
+    dns: Option<Arc<DnsShell>>,
 }
 
 impl Reconciler {
@@ -128,7 +132,15 @@ impl Reconciler {
             retry_policy_cidrs: None,
             wireguard: None,
             flows: None,
+            dns: None,
         }
+    }
+
+    /// Hands the policy's DNS side (rules, `toFQDNs` patterns, which endpoints to redirect)
+    /// to the node's DNS proxy after each resolution.
+    pub fn with_dns(mut self, dns: Arc<DnsShell>) -> Self {
+        self.dns = Some(dns);
+        self
     }
 
     /// After each round, copies what the flow decoder needs from the core into a snapshot
@@ -204,6 +216,11 @@ impl Reconciler {
             && !add_policy_cidrs(self.datapath.as_ref(), &mut self.policy_cidrs, desired)
         {
             self.retry_policy_cidrs = cidrs.clone();
+        }
+        // After the policies: an endpoint's queries reach the proxy only once its rules are
+        // programmed (the proxy forwards what they allow).
+        if let (Some(dns), Some(desired)) = (&self.dns, &output.dns) {
+            dns.update(desired);
         }
         self.driver.applied.send_replace(seq);
     }
