@@ -727,9 +727,11 @@ async fn forward_udp(shared: Arc<Shared>, flow: Flow, query: Vec<u8>) {
         }
     };
     let deadline = tokio::time::Instant::now() + shared.config.forward_timeout;
-    let mut buf = vec![0u8; MAX_MESSAGE];
+    // Room for the largest datagram, never zeroed: `recv_buf_from` fills it from empty.
+    let mut buf = Vec::with_capacity(MAX_MESSAGE);
     loop {
-        match tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await {
+        buf.clear();
+        match tokio::time::timeout_at(deadline, socket.recv_buf_from(&mut buf)).await {
             Err(_) => {
                 inc(&shared.stats.forward_timeouts);
                 debug!(%server, client = %flow.client, "DNS proxy: no UDP response in time");
@@ -742,7 +744,7 @@ async fn forward_udp(shared: Arc<Shared>, flow: Flow, query: Vec<u8>) {
             }
             // Another sender's datagram: not the answer.
             Ok(Ok((_, from))) if from != server => {}
-            Ok(Ok((n, _))) => match shared.on_response(flow, &buf[..n]) {
+            Ok(Ok(_)) => match shared.on_response(flow, &buf) {
                 Responded::Deliver(bytes) => {
                     return shared.send_udp(server, flow.client, &bytes).await;
                 }
