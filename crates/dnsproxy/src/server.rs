@@ -1018,3 +1018,78 @@ async fn timer_loop(shared: Arc<Shared>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    const LIMIT: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn frames_are_read_whole_however_the_bytes_arrive() {
+        let (mut tx, rx) = tokio::io::duplex(8);
+        let mut frames = FrameReader::new(rx);
+        let writer = tokio::spawn(async move {
+            // Two messages in one write, then one split inside its length and its body.
+            tx.write_all(&[0, 2, 1, 2, 0, 1, 3]).await.unwrap();
+            tx.write_all(&[0]).await.unwrap();
+            tx.write_all(&[3, 4]).await.unwrap();
+            tx.write_all(&[5, 6]).await.unwrap();
+            // An empty message, then the end inside a frame.
+            tx.write_all(&[0, 0, 0, 9, 1]).await.unwrap();
+        });
+        let mut got = Vec::new();
+        while let Some(m) = tokio::time::timeout(LIMIT, frames.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            got.push(m);
+        }
+        writer.await.unwrap();
+        assert_eq!(got, vec![vec![1, 2], vec![3], vec![4, 5, 6], vec![]]);
+    }
+
+    #[tokio::test]
+    async fn frames_are_written_with_their_length() {
+        let mut out = Vec::new();
+        tokio::time::timeout(LIMIT, write_frame(&mut out, &[7, 8, 9]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(out, [0, 3, 7, 8, 9]);
+        let too_long = vec![0u8; 70_000];
+        assert!(write_frame(&mut out, &too_long).await.is_err());
+    }
+
+    #[test]
+    fn start_needs_a_runtime() {
+        let proxy = DnsProxy::new(
+            crate::ProxyConfig::default(),
+            crate::Learner::new(crate::CacheConfig::default(), 1..=2),
+        );
+        struct NoHost;
+        impl ProxyHost for NoHost {
+            fn endpoint_of(&self, _: IpAddr) -> Option<EndpointId> {
+                None
+            }
+            fn identity_of(&self, _: IpAddr) -> NumericIdentity {
+                NumericIdentity(2)
+            }
+            fn apply(&self, _: Vec<Change>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+                Box::pin(async {})
+            }
+        }
+        let err = DnsProxyServer::start(
+            ServerConfig::default(),
+            Arc::new(Mutex::new(proxy)),
+            Arc::new(NoHost),
+        )
+        .err()
+        .unwrap();
+        assert!(matches!(err, ServerError::NoRuntime), "{err}");
+    }
+}
