@@ -358,7 +358,12 @@ fn transparent_socket(ty: SockType, addr: SocketAddrV4) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// A non-blocking TCP socket, not yet connected.
+/// The mark of the proxy's forwarded queries (`SO_MARK`): in tunnel mode the node has no
+/// route of its own to other nodes' pods, so the agent routes packets with this mark (under
+/// mask `0xf00`) through a table of routes via the nodes' underlay addresses.
+pub const FORWARD_MARK: u32 = 0x300;
+
+/// A non-blocking TCP socket with [`FORWARD_MARK`], not yet connected.
 fn tcp_socket() -> io::Result<std::net::TcpStream> {
     let fd = socket(
         AddressFamily::Inet,
@@ -366,10 +371,12 @@ fn tcp_socket() -> io::Result<std::net::TcpStream> {
         SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
         None,
     )?;
+    setsockopt(&fd, sockopt::Mark, &FORWARD_MARK)?;
     Ok(std::net::TcpStream::from(fd))
 }
 
-/// A non-blocking UDP socket, not yet bound: connecting it binds a random port.
+/// A non-blocking UDP socket with [`FORWARD_MARK`], not yet bound: connecting it binds a
+/// random port.
 fn udp_socket() -> io::Result<std::net::UdpSocket> {
     let fd = socket(
         AddressFamily::Inet,
@@ -377,6 +384,7 @@ fn udp_socket() -> io::Result<std::net::UdpSocket> {
         SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
         None,
     )?;
+    setsockopt(&fd, sockopt::Mark, &FORWARD_MARK)?;
     Ok(std::net::UdpSocket::from(fd))
 }
 
