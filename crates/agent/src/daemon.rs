@@ -205,7 +205,10 @@ pub async fn run(args: Options) -> Result<()> {
         encryption: encryption(&args),
     }));
     let routes: Arc<dyn Routes> = if real_kernel {
-        Arc::new(KernelRoutes)
+        Arc::new(KernelRoutes {
+            table: (args.routing == Routing::Tunnel)
+                .then_some(plexus_datapath::proxy::PROXY_FORWARD_TABLE),
+        })
     } else {
         Arc::new(NoRoutes)
     };

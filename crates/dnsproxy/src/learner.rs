@@ -6,7 +6,8 @@
 //! (as Cilium does since 1.15: no identity for an address nobody's policy can select). Each
 //! input returns [`Change`]s in the order to apply them: the selector-set identity changes
 //! (make-before-break, see [`crate::identity`]) and, per name whose addresses changed, the new
-//! address set (for [`plexus_policy::PolicyRepository::set_fqdn_addresses`]).
+//! address set (for status: the agent lists what each name stands for). [`Learner::snapshot`]
+//! and [`Learner::restore`] carry it across an agent restart with the same identities.
 //!
 //! An address whose selector set gets no identity (the range is exhausted) keeps the identity
 //! it had, or stays out of the ipcache (so no `toFQDNs` rule allows it: fail closed); the

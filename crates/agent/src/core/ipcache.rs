@@ -8,7 +8,10 @@
 //!
 //! In native routing mode every other node's pod CIDR is routed through its underlay address,
 //! or, with WireGuard on, into the WireGuard device (nodes that publish a key; every node in
-//! strict mode); [`RouteChange`]s say what to add, change or remove.
+//! strict mode); [`RouteChange`]s say what to add, change or remove. In tunnel mode the same
+//! routes through underlay addresses are output for the node's own traffic to pods of other
+//! nodes (the DNS proxy forwarding a pod's query): the shell installs them in a table that
+//! only that traffic looks up, while pods' packets take the tunnel.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -223,7 +226,10 @@ impl IpcacheState {
             self.push(change);
         }
         self.nodes.insert(key.clone(), node.clone());
-        let route = (!is_self && self.routing == RoutingMode::Native)
+        // Tunnel mode routes too, for the node's own traffic to pods (the DNS proxy's
+        // forwarded queries): the shell puts those routes in a table only marked packets use.
+        let native = self.routing == RoutingMode::Native;
+        let route = (!is_self)
             .then(|| {
                 let cidr = node.ipv4_alloc_cidr.as_ref()?;
                 let std::net::IpAddr::V4(addr) = cidr.addr else {
@@ -231,7 +237,8 @@ impl IpcacheState {
                 };
                 let dst = Prefix::new(addr, cidr.prefix_len).ok()?;
                 let via = underlay(node)?;
-                let encrypted = self.encryption.enabled
+                let encrypted = native
+                    && self.encryption.enabled
                     && (self.encryption.strict || super::encryption::public_key(node).is_some());
                 Some((
                     dst,

@@ -37,13 +37,22 @@ pub trait Routes: Send + Sync {
     fn delete(&self, dst: Prefix);
 }
 
-/// The kernel's main routing table of the agent's network namespace.
+/// The kernel's routing table of the agent's network namespace: the main table (native
+/// routing), or in tunnel mode the table of the DNS proxy's forwarded queries
+/// ([`plexus_datapath::proxy::PROXY_FORWARD_TABLE`]), as pods' packets take the tunnel.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct KernelRoutes;
+pub struct KernelRoutes {
+    /// The table; `None` is the main table.
+    pub table: Option<u32>,
+}
 
 impl Routes for KernelRoutes {
     fn replace(&self, dst: Prefix, via: Ipv4Addr) -> Result<(), String> {
-        crate::netcmd::route_via(&dst.to_string(), &via.to_string()).map_err(|e| format!("{e:#}"))
+        match self.table {
+            None => crate::netcmd::route_via(&dst.to_string(), &via.to_string()),
+            Some(t) => crate::netcmd::route_via_in_table(&dst.to_string(), &via.to_string(), t),
+        }
+        .map_err(|e| format!("{e:#}"))
     }
 
     fn replace_encrypted(&self, dst: Prefix) -> Result<(), String> {
@@ -52,7 +61,10 @@ impl Routes for KernelRoutes {
     }
 
     fn delete(&self, dst: Prefix) {
-        crate::netcmd::route_delete(&dst.to_string());
+        match self.table {
+            None => crate::netcmd::route_delete(&dst.to_string()),
+            Some(t) => crate::netcmd::route_delete_in_table(&dst.to_string(), t),
+        }
     }
 }
 
