@@ -11,7 +11,9 @@
 //! - `disconnect` removes both files and both users.
 //! - `status` gathers the apiserver's and every agent's view into one report: access, per remote
 //!   cluster how many nodes have it configured and connected with its counts, and every error
-//!   with a hint.
+//!   with a hint. It also reads every certificate of the cluster (its PKI directory, and the
+//!   CA and client certificates of the remote configurations) and warns about those that
+//!   expire within `--expiry-warning` (30 days by default) or have expired.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -72,6 +74,24 @@ fn endpoint_hosts(endpoints: &[String]) -> (Vec<String>, Vec<IpAddr>) {
     (dns, ips)
 }
 
+/// Certificate lifetimes `clustermesh enable` issues with.
+#[derive(Clone, Copy, Debug)]
+pub struct Lifetimes {
+    /// Leaf certificates; `None`: one year for new ones, existing ones keep theirs.
+    pub leaf: Option<Duration>,
+    /// A CA created by `--create-ca`.
+    pub ca: Duration,
+}
+
+impl Default for Lifetimes {
+    fn default() -> Self {
+        Self {
+            leaf: None,
+            ca: plexus_pki::Validity::default().ca,
+        }
+    }
+}
+
 /// `clustermesh enable`.
 pub async fn enable(
     config: &CliConfig,
@@ -79,9 +99,13 @@ pub async fn enable(
     context: Option<&str>,
     create_ca: bool,
     ca_from: Option<&str>,
+    lifetimes: Lifetimes,
 ) -> Result<()> {
     let ctx = config.context(context, path)?;
-    let pki = ctx.pki();
+    let mut pki = ctx.pki();
+    if let Some(leaf) = lifetimes.leaf {
+        pki = pki.with_leaf_validity(leaf);
+    }
     let mut ca_changed = false;
     if let Some(from) = ca_from {
         let src = config.context(Some(from), path)?;
@@ -102,9 +126,21 @@ pub async fn enable(
             );
         }
     } else if create_ca {
-        let ca = Ca::generate("plexus-ca")?;
+        let ca = Ca::generate_with(
+            "plexus-ca",
+            plexus_pki::Validity {
+                ca: lifetimes.ca,
+                leaf: lifetimes
+                    .leaf
+                    .unwrap_or(plexus_pki::Validity::default().leaf),
+            },
+        )?;
         pki.install_ca(&ca)?;
-        println!("✅ CA created in {}", pki.dir().display());
+        println!(
+            "✅ CA created in {} (valid for {})",
+            pki.dir().display(),
+            span(i64::try_from(lifetimes.ca.as_secs()).unwrap_or(i64::MAX))
+        );
     } else {
         bail!(
             "cluster {} has no CA in {}: pass --create-ca, or --ca-from-context OTHER to share another cluster's CA",
@@ -117,7 +153,15 @@ pub async fn enable(
     let (dns, ips) = endpoint_hosts(&endpoints);
     let dns: Vec<&str> = dns.iter().map(String::as_str).collect();
     if pki.ensure(&dns, &ips)? {
-        println!("✅ certificates issued in {}", pki.dir().display());
+        let lifetime = std::fs::read_to_string(pki.admin().cert)
+            .ok()
+            .and_then(|pem| plexus_pki::inspect(&pem).ok())
+            .map(|i| span(i64::try_from(i.lifetime().as_secs()).unwrap_or(i64::MAX)))
+            .unwrap_or_default();
+        println!(
+            "✅ certificates issued in {} (valid for {lifetime})",
+            pki.dir().display()
+        );
     }
     if ca_changed {
         println!(
@@ -460,8 +504,203 @@ pub struct StatusReport {
     pub connections: Vec<Connection>,
     /// Everything wrong.
     pub errors: Vec<Problem>,
+    /// Every certificate of the cluster and of its remote configurations.
+    #[serde(default)]
+    pub certificates: Vec<CertificateStatus>,
+    /// What will go wrong: certificates that expire soon (or did).
+    #[serde(default)]
+    pub warnings: Vec<Problem>,
     /// Everything connected and synced.
     pub ready: bool,
+}
+
+/// How long before a certificate's expiry `clustermesh status` warns, by default.
+pub const DEFAULT_EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
+
+/// Where a certificate is used.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CertScope {
+    /// The cluster's own PKI directory (its CA, etcd, admin, local, remote-<peer>, API).
+    Cluster,
+    /// The agents' configuration of a remote cluster (its CA, our client certificate).
+    Remote(String),
+    /// KVStoreMesh's configuration of a remote cluster.
+    Kvstoremesh(String),
+}
+
+/// Whether a certificate is still good.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CertState {
+    /// Valid beyond the warning window.
+    Valid,
+    /// Expires within the warning window.
+    Expiring,
+    /// Expired.
+    Expired,
+}
+
+/// One certificate (a CA bundle gives one per CA in it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct CertificateStatus {
+    /// Its file.
+    pub file: String,
+    /// Where it is used.
+    pub scope: CertScope,
+    /// Its subject's common name.
+    pub common_name: String,
+    /// End of validity, RFC 3339.
+    pub not_after: String,
+    /// Seconds left (negative once expired).
+    pub expires_in_seconds: i64,
+    /// Valid, expiring or expired.
+    pub state: CertState,
+}
+
+/// "12 days", "5 hours", "40 minutes", "30 seconds".
+fn span(seconds: i64) -> String {
+    let s = seconds.unsigned_abs();
+    match s {
+        s if s >= 2 * 86_400 => format!("{} days", s / 86_400),
+        s if s >= 2 * 3600 => format!("{} hours", s / 3600),
+        s if s >= 120 => format!("{} minutes", s / 60),
+        s => format!("{s} seconds"),
+    }
+}
+
+/// Checks the certificates read from disk (`(scope, file, what inspecting it gave)`) at `now`
+/// (Unix seconds): their status, and a warning for each that expires within `warning`, with
+/// what to do about it.
+pub fn check_certificates(
+    cluster: &str,
+    files: Vec<(
+        CertScope,
+        std::path::PathBuf,
+        Result<Vec<plexus_pki::CertInfo>, String>,
+    )>,
+    now: i64,
+    warning: Duration,
+) -> (Vec<CertificateStatus>, Vec<Problem>) {
+    let window = i64::try_from(warning.as_secs()).unwrap_or(i64::MAX);
+    let mut certs = Vec::new();
+    let mut warnings = Vec::new();
+    for (scope, file, infos) in files {
+        let infos = match infos {
+            Ok(infos) => infos,
+            Err(reason) => {
+                warnings.push(Problem {
+                    scope: "certificates".into(),
+                    message: format!("{}: {reason}", file.display()),
+                    hint: None,
+                });
+                continue;
+            }
+        };
+        for info in infos {
+            let left = info.expires_in(now);
+            let state = if left <= 0 {
+                CertState::Expired
+            } else if left <= window {
+                CertState::Expiring
+            } else {
+                CertState::Valid
+            };
+            let not_after = chrono::DateTime::from_timestamp(info.not_after, 0)
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default();
+            if state != CertState::Valid {
+                let is_ca = file.file_name().is_some_and(|n| {
+                    let n = n.to_string_lossy();
+                    n == "ca.crt" || n.ends_with("-ca.crt")
+                });
+                let when = if state == CertState::Expired {
+                    format!("expired {} ago ({not_after})", span(left))
+                } else {
+                    format!("expires in {} ({not_after})", span(left))
+                };
+                let hint = match (&scope, is_ca) {
+                    (_, true) => format!(
+                        "replace the mesh's CA before it expires: plexus clustermesh rotate-ca --context {cluster}"
+                    ),
+                    (CertScope::Cluster, false) => format!(
+                        "the apiserver of {cluster} renews the certificates it issued before they expire; is it running? plexus clustermesh enable --context {cluster} re-issues them too"
+                    ),
+                    (CertScope::Remote(r) | CertScope::Kvstoremesh(r), false) => format!(
+                        "re-issue it: plexus clustermesh connect --context {cluster} --destination-context {r} (the agents reload it)"
+                    ),
+                };
+                warnings.push(Problem {
+                    scope: "certificates".into(),
+                    message: format!("{} (CN {}) {when}", file.display(), info.common_name),
+                    hint: Some(hint),
+                });
+            }
+            certs.push(CertificateStatus {
+                file: file.display().to_string(),
+                scope: scope.clone(),
+                common_name: info.common_name,
+                not_after,
+                expires_in_seconds: left,
+                state,
+            });
+        }
+    }
+    (certs, warnings)
+}
+
+/// Every certificate file (`*.crt`) of the cluster's PKI directory and of its agents' and
+/// KVStoreMesh's remote configurations, inspected.
+fn read_certificates(
+    ctx: &Context,
+) -> Vec<(
+    CertScope,
+    std::path::PathBuf,
+    Result<Vec<plexus_pki::CertInfo>, String>,
+)> {
+    let mut out = Vec::new();
+    let mut dirs: Vec<(std::path::PathBuf, fn(String) -> CertScope)> = vec![
+        (ctx.pki().dir().to_path_buf(), |_| CertScope::Cluster),
+        (ctx.clustermesh_dir.clone(), CertScope::Remote),
+    ];
+    if let Some(k) = &ctx.kvstoremesh_dir {
+        dirs.push((k.clone(), CertScope::Kvstoremesh));
+    }
+    for (dir, scope) in dirs {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut files: Vec<_> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name().is_some_and(|n| {
+                    let n = n.to_string_lossy();
+                    !n.starts_with('.') && n.ends_with(".crt")
+                })
+            })
+            .collect();
+        files.sort();
+        for file in files {
+            // <remote>.etcd-client.crt: the remote is the name before the first dot.
+            let remote = file
+                .file_name()
+                .map(|n| {
+                    n.to_string_lossy()
+                        .split('.')
+                        .next()
+                        .unwrap_or_default()
+                        .to_string()
+                })
+                .unwrap_or_default();
+            let infos = std::fs::read_to_string(&file)
+                .map_err(|e| e.to_string())
+                .and_then(|pem| plexus_pki::inspect_bundle(&pem).map_err(|e| e.to_string()));
+            out.push((scope(remote), file, infos));
+        }
+    }
+    out
 }
 
 /// What to try about a remote's failure, from its kind (never from its wording).
@@ -716,12 +955,15 @@ pub fn build_report(
         agents: statuses,
         connections,
         errors,
+        certificates: Vec::new(),
+        warnings: Vec::new(),
         ready,
     }
 }
 
-/// Gathers the status of the context's cluster.
-pub async fn gather(ctx: &Context) -> StatusReport {
+/// Gathers the status of the context's cluster; certificates expiring within `warning` are
+/// warned about.
+pub async fn gather(ctx: &Context, warning: Duration) -> StatusReport {
     let apiserver = match ctx.apiserver_client() {
         Some(client) => Some(
             client
@@ -743,13 +985,20 @@ pub async fn gather(ctx: &Context) -> StatusReport {
         };
         agents.push((a.node.clone(), r));
     }
-    build_report(
+    let mut report = build_report(
         ctx,
         ctx.pki().has_ca(),
         configured_remotes(ctx),
         apiserver,
         agents,
-    )
+    );
+    (report.certificates, report.warnings) = check_certificates(
+        &ctx.name,
+        read_certificates(ctx),
+        plexus_pki::unix_now(),
+        warning,
+    );
+    report
 }
 
 /// Prints the report for people, in the shape of cilium-cli's.
@@ -829,6 +1078,29 @@ pub fn print_text(r: &StatusReport) {
     } else {
         println!("ℹ️  No remote cluster configured");
     }
+    if !r.certificates.is_empty() {
+        let soonest = r.certificates.iter().min_by_key(|c| c.expires_in_seconds);
+        if let Some(c) = soonest.filter(|c| c.state == CertState::Valid) {
+            println!();
+            println!(
+                "✅ {} certificates valid; the first expires in {} ({}, {})",
+                r.certificates.len(),
+                span(c.expires_in_seconds),
+                c.common_name,
+                c.not_after
+            );
+        }
+    }
+    if !r.warnings.is_empty() {
+        println!();
+        println!("⚠️  {} warnings:", r.warnings.len());
+        for w in &r.warnings {
+            println!("  ⚠️  {}: {}", w.scope, w.message);
+            if let Some(h) = &w.hint {
+                println!("     hint: {h}");
+            }
+        }
+    }
     if !r.errors.is_empty() {
         println!();
         println!("❌ {} errors:", r.errors.len());
@@ -860,11 +1132,12 @@ pub async fn status(
     path: &Path,
     context: Option<&str>,
     wait: Option<Duration>,
+    expiry_warning: Duration,
     json: bool,
 ) -> Result<bool> {
     let ctx = config.context(context, path)?;
     let start = Instant::now();
-    let mut report = gather(ctx).await;
+    let mut report = gather(ctx, expiry_warning).await;
     if let Some(limit) = wait {
         let mut last_print = Instant::now();
         while !report.ready && start.elapsed() < limit {
@@ -878,7 +1151,7 @@ pub async fn status(
                 last_print = Instant::now();
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
-            report = gather(ctx).await;
+            report = gather(ctx, expiry_warning).await;
         }
     }
     if json {

@@ -497,6 +497,13 @@ enum MeshCommand {
         /// Share the CA of another context (as Cilium users copy the cilium-ca secret).
         #[arg(long, value_name = "CONTEXT", conflicts_with = "create_ca")]
         ca_from_context: Option<String>,
+        /// Lifetime of the certificates issued (etcd server, clients); certificates of another
+        /// lifetime are re-issued. Default: one year for new ones, existing ones keep theirs.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        cert_validity: Option<Duration>,
+        /// Lifetime of a CA created by --create-ca.
+        #[arg(long, value_name = "DURATION", default_value = "3y", value_parser = humantime::parse_duration)]
+        ca_validity: Duration,
     },
     /// Connect the cluster and another one, both directions.
     Connect {
@@ -518,6 +525,9 @@ enum MeshCommand {
         /// How long --wait waits.
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         wait_duration: Duration,
+        /// Warn about certificates that expire within this time.
+        #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = humantime::parse_duration)]
+        expiry_warning: Duration,
         /// Output format.
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
@@ -621,7 +631,15 @@ fn run(cli: Cli) -> Result<u8> {
                             lab.clusters.iter().map(|c| c.name.clone()).collect();
                         runtime()?.block_on(async {
                             for n in &names {
-                                clustermesh::enable(&cfg, &path, Some(n), false, None).await?;
+                                clustermesh::enable(
+                                    &cfg,
+                                    &path,
+                                    Some(n),
+                                    false,
+                                    None,
+                                    clustermesh::Lifetimes::default(),
+                                )
+                                .await?;
                             }
                             for (i, a) in names.iter().enumerate() {
                                 for b in &names[i + 1..] {
@@ -634,6 +652,7 @@ fn run(cli: Cli) -> Result<u8> {
                                     &path,
                                     Some(n),
                                     Some(Duration::from_secs(120)),
+                                    clustermesh::DEFAULT_EXPIRY_WARNING,
                                     false,
                                 )
                                 .await?;
@@ -860,6 +879,8 @@ fn run(cli: Cli) -> Result<u8> {
                 MeshCommand::Enable {
                     create_ca,
                     ca_from_context,
+                    cert_validity,
+                    ca_validity,
                 } => {
                     clustermesh::enable(
                         &cfg,
@@ -867,6 +888,10 @@ fn run(cli: Cli) -> Result<u8> {
                         ctx_name,
                         create_ca,
                         ca_from_context.as_deref(),
+                        clustermesh::Lifetimes {
+                            leaf: cert_validity,
+                            ca: ca_validity,
+                        },
                     )
                     .await?
                 }
@@ -879,6 +904,7 @@ fn run(cli: Cli) -> Result<u8> {
                 MeshCommand::Status {
                     wait,
                     wait_duration,
+                    expiry_warning,
                     output,
                 } => {
                     clustermesh::status(
@@ -886,6 +912,7 @@ fn run(cli: Cli) -> Result<u8> {
                         &path,
                         ctx_name,
                         wait.then_some(wait_duration),
+                        expiry_warning,
                         output == Output::Json,
                     )
                     .await?;

@@ -168,8 +168,8 @@ fn pair_matches(cert: &[u8], key: &[u8]) -> std::result::Result<(), String> {
         return Err("no certificate in the certificate file".into());
     }
     let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("key: {e}"))?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
-        .map_err(|e| format!("key: {e}"))?;
+    let signing =
+        rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| format!("key: {e}"))?;
     rustls::sign::CertifiedKey::new(certs, signing)
         .keys_match()
         .map_err(|e| format!("the certificate does not belong to the key: {e}"))

@@ -85,11 +85,17 @@ async fn a_renewed_client_certificate_is_used_past_the_first_ones_expiry() {
             .unwrap()
             .write_to(dir.path(), "renewed")
             .unwrap();
-        assert_eq!((cert, key), (renewed.cert_file.clone(), renewed.key_file.clone()));
+        assert_eq!(
+            (cert, key),
+            (renewed.cert_file.clone(), renewed.key_file.clone())
+        );
         sleep_past(first_expiry).await;
 
         // Past the first certificate's expiry: requests work, the open watch sees them.
-        backend.put("w/a", b"after-expiry".to_vec(), None).await.unwrap();
+        backend
+            .put("w/a", b"after-expiry".to_vec(), None)
+            .await
+            .unwrap();
         let events = tokio::time::timeout(Duration::from_secs(10), watch.next())
             .await
             .expect("the watch opened before the renewal delivers")

@@ -311,7 +311,10 @@ mod tests {
         let six = std::time::Duration::from_secs(6);
         let short = pki.clone().with_leaf_validity(six);
         assert!(short.ensure(&[], &[]).unwrap());
-        assert!(!short.ensure(&[], &[]).unwrap(), "fresh and of the asked lifetime");
+        assert!(
+            !short.ensure(&[], &[]).unwrap(),
+            "fresh and of the asked lifetime"
+        );
         assert_eq!(lifetime(&pki), six);
 
         // With a third of its life left a certificate is renewed, with its own lifetime, by a

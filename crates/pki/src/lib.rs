@@ -207,11 +207,10 @@ pub struct CertInfo {
 /// Reads the common name, key identifiers, SANs and validity of a PEM certificate (the first
 /// one of a bundle).
 pub fn inspect(cert_pem: &str) -> Result<CertInfo> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).map_err(|e| {
-        PkiError::Parse {
+    let (_, pem) =
+        x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).map_err(|e| PkiError::Parse {
             reason: format!("not a PEM certificate: {e}"),
-        }
-    })?;
+        })?;
     inspect_pem(&pem)
 }
 

@@ -76,7 +76,8 @@ impl ReloadingConfig {
 
     fn read(files: &plexus_agent_api::tls::TlsFiles) -> anyhow::Result<[Vec<u8>; 3]> {
         use anyhow::Context as _;
-        let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
+        let read =
+            |p: &std::path::Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
         Ok([read(&files.ca)?, read(&files.cert)?, read(&files.key)?])
     }
 
@@ -504,7 +505,9 @@ mod tests {
             }
 
             // New connections get the renewed certificate, the old one keeps working.
-            let mut new = connect().await.expect("the renewed certificate is accepted");
+            let mut new = connect()
+                .await
+                .expect("the renewed certificate is accepted");
             let presented = new.get_ref().1.peer_certificates().unwrap()[0].clone();
             let renewed = {
                 use rustls::pki_types::pem::PemObject as _;
