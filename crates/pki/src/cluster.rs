@@ -157,6 +157,88 @@ impl ClusterPki {
         Ok(!same)
     }
 
+    /// The trust bundle (`ca.crt`): the CA, or during a rotation the old and the new CA.
+    pub fn trust_bundle(&self) -> Result<String> {
+        read(&self.ca_cert())
+    }
+
+    /// Makes `bundle` the trust bundle (what etcd and every client of this directory trust),
+    /// keeping the issuing CA's key. Returns whether it changed. The bundle must hold the
+    /// issuing CA.
+    pub fn trust(&self, bundle: &str) -> Result<bool> {
+        let infos = crate::inspect_bundle(bundle)?;
+        let issuer = self.ca()?.key_id();
+        if !infos.iter().any(|i| i.key_id == issuer) {
+            return Err(PkiError::Parse {
+                reason: format!(
+                    "the trust bundle for {} lacks the CA that issues its certificates",
+                    self.dir.display()
+                ),
+            });
+        }
+        if self.trust_bundle().ok().as_deref() == Some(bundle) {
+            return Ok(false);
+        }
+        write_file(&self.ca_cert(), bundle, 0o644)?;
+        Ok(true)
+    }
+
+    /// Makes `ca` (already in the trust bundle) the CA that issues this directory's
+    /// certificates; the next [`ClusterPki::ensure`] and [`ClusterPki::reissue_foreign`]
+    /// re-issue them from it.
+    pub fn switch_issuer(&self, ca: &Ca) -> Result<()> {
+        let infos = crate::inspect_bundle(&self.trust_bundle()?)?;
+        if !infos.iter().any(|i| i.key_id == ca.key_id()) {
+            return Err(PkiError::Parse {
+                reason: format!(
+                    "the trust bundle of {} does not hold the new CA yet",
+                    self.dir.display()
+                ),
+            });
+        }
+        write_file(&self.ca_key(), &ca.pem().key_pem, 0o600)
+    }
+
+    /// Re-issues, from the current CA, every certificate of the directory (`<name>.crt` beside
+    /// `<name>.key`, the CA aside) that another CA issued: same common name, addresses and
+    /// lifetime (a server certificate when it has addresses, else a client one). Returns the
+    /// names re-issued.
+    pub fn reissue_foreign(&self) -> Result<Vec<String>> {
+        let ca = self.ca()?;
+        let entries = std::fs::read_dir(&self.dir).map_err(|source| PkiError::Io {
+            path: self.dir.clone(),
+            source,
+        })?;
+        let mut names: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().to_string();
+                let stem = n.strip_suffix(".crt")?.to_string();
+                (!n.starts_with('.') && stem != "ca" && self.pair(&stem).1.exists()).then_some(stem)
+            })
+            .collect();
+        names.sort();
+        let mut done = Vec::new();
+        for name in names {
+            let Some(info) = self.current(&self.pair(&name).0) else {
+                continue;
+            };
+            if info.issuer_key_id == ca.key_id() {
+                continue;
+            }
+            let lifetime = self.lifetime_for(Some(&info));
+            let issued = if info.dns.is_empty() && info.ips.is_empty() {
+                ca.issue_client_for(&info.common_name, lifetime)?
+            } else {
+                let dns: Vec<&str> = info.dns.iter().map(String::as_str).collect();
+                ca.issue_server_for(&info.common_name, &dns, &info.ips, lifetime)?
+            };
+            issued.write_to(&self.dir, &name)?;
+            done.push(name);
+        }
+        Ok(done)
+    }
+
     /// Issues the etcd server, admin and local certificates where missing or not issued by the
     /// current CA. `dns`/`ips` are the names the etcd server is reached by (127.0.0.1 and
     /// localhost are always included). Returns whether anything was (re-)issued.
@@ -333,5 +415,60 @@ mod tests {
         let remote = pki.issue_remote("c2").unwrap();
         let info = crate::inspect(&std::fs::read_to_string(remote.cert).unwrap()).unwrap();
         assert_eq!(info.lifetime(), six);
+    }
+
+    #[test]
+    fn a_ca_is_rotated_through_a_trust_bundle() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = ClusterPki::new(dir.path(), "c1");
+        let old = Ca::generate("old").unwrap();
+        pki.install_ca(&old).unwrap();
+        pki.ensure(&[], &[]).unwrap();
+        pki.issue_remote("c2").unwrap();
+        let api = pki
+            .ensure_server("apiserver", "apiserver-c1", &["10.0.0.1".parse().unwrap()])
+            .unwrap();
+        assert!(api.1);
+        let new = Ca::generate("new").unwrap();
+        assert!(
+            pki.switch_issuer(&new).is_err(),
+            "not before the bundle holds it"
+        );
+
+        // 1. Trust both: the issuer stays the old CA.
+        let bundle = format!("{}{}", old.cert_pem(), new.cert_pem());
+        assert!(pki.trust(&bundle).unwrap());
+        assert!(!pki.trust(&bundle).unwrap());
+        assert_eq!(pki.ca().unwrap().key_id(), old.key_id());
+        assert!(pki.reissue_foreign().unwrap().is_empty());
+
+        // 2. Issue from the new CA: everything is re-issued, names and addresses kept.
+        pki.switch_issuer(&new).unwrap();
+        assert_eq!(pki.ca().unwrap().key_id(), new.key_id());
+        let redone = pki.reissue_foreign().unwrap();
+        assert_eq!(
+            redone,
+            ["admin", "apiserver", "etcd-server", "local", "remote-c2"]
+        );
+        let api =
+            crate::inspect(&std::fs::read_to_string(dir.path().join("apiserver.crt")).unwrap())
+                .unwrap();
+        assert_eq!(api.common_name, "apiserver-c1");
+        assert_eq!(api.issuer_key_id, new.key_id());
+        assert!(api.ips.contains(&"10.0.0.1".parse().unwrap()));
+        assert!(
+            !pki.ensure(&[], &[]).unwrap(),
+            "nothing left from the old CA"
+        );
+
+        // 3. Drop the old CA; a bundle without the issuer is refused.
+        assert!(pki.trust(old.cert_pem()).is_err());
+        assert!(pki.trust(new.cert_pem()).unwrap());
+        assert_eq!(
+            crate::inspect_bundle(&pki.trust_bundle().unwrap())
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }

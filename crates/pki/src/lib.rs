@@ -287,6 +287,32 @@ fn inspect_pem(pem: &x509_parser::pem::Pem) -> Result<CertInfo> {
     Ok(info)
 }
 
+/// A DER certificate as PEM.
+fn pem_of(der: &[u8]) -> String {
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::new();
+    for chunk in der.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                b64.push(char::from(B64[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                b64.push('=');
+            }
+        }
+    }
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
 /// A certificate authority that can issue server and client certificates.
 pub struct Ca {
     issued: Issued,
@@ -357,12 +383,37 @@ impl Ca {
     }
 
     /// Loads an existing CA from its certificate and key (PEM), e.g. one shared by another cluster.
+    /// `cert_pem` may be a trust bundle of several CAs (while one replaces another): the CA is
+    /// the certificate whose public key is the key's.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self> {
         let key = KeyPair::from_pem(key_pem).map_err(cert_err("CA key"))?;
-        let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(cert_err("CA"))?;
+        let mut mine = None;
+        for block in x509_parser::pem::Pem::iter_from_buffer(cert_pem.as_bytes()).flatten() {
+            if block.label != "CERTIFICATE" {
+                continue;
+            }
+            let Ok(cert) = block.parse_x509() else {
+                continue;
+            };
+            if cert.public_key().subject_public_key.data.as_ref() == key.public_key_raw() {
+                mine = Some(pem_of(&block.contents));
+                break;
+            }
+        }
+        let cert_pem = match mine {
+            Some(pem) => pem,
+            // Not parseable as a bundle: let rcgen say what is wrong with it.
+            None if inspect_bundle(cert_pem).is_err() => cert_pem.to_string(),
+            None => {
+                return Err(PkiError::Parse {
+                    reason: "no certificate of the CA bundle belongs to the CA key".into(),
+                });
+            }
+        };
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(cert_err("CA"))?;
         Ok(Self {
             issued: Issued {
-                cert_pem: cert_pem.to_string(),
+                cert_pem,
                 key_pem: key_pem.to_string(),
             },
             issuer,
