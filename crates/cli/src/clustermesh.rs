@@ -385,6 +385,199 @@ async fn link(from: &Context, to: &Context) -> Result<()> {
     Ok(())
 }
 
+/// The contexts whose cluster issues from the same CA as `ctx`'s (the mesh sharing it).
+fn sharing_ca<'a>(config: &'a CliConfig, ctx: &Context) -> Result<Vec<&'a Context>> {
+    let id = ctx
+        .pki()
+        .ca()
+        .with_context(|| {
+            format!(
+                "cluster {} has no CA: run plexus clustermesh enable",
+                ctx.name
+            )
+        })?
+        .key_id();
+    Ok(config
+        .contexts
+        .iter()
+        .filter(|c| c.pki().ca().is_ok_and(|ca| ca.key_id() == id))
+        .collect())
+}
+
+/// Writes `bundle` as the CA file of every configuration in which `ctx` reads a cluster of
+/// `members`: the agents' (for KVStoreMesh, their file names `ctx`'s own bundle) and
+/// KVStoreMesh's. Only files that exist are rewritten.
+fn refresh_ca_copies(ctx: &Context, members: &[&Context], bundle: &str) -> Result<()> {
+    for remote in configured_remotes(ctx) {
+        if !members.iter().any(|m| m.name == remote) {
+            continue;
+        }
+        let file = format!("{remote}.etcd-client-ca.crt");
+        let mut dirs = vec![ctx.clustermesh_dir.clone()];
+        dirs.extend(ctx.kvstoremesh_dir.clone());
+        for dir in dirs {
+            let path = dir.join(&file);
+            if path.exists() {
+                write_atomic(&path, bundle.as_bytes(), 0o644)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the etcd of `ctx` accepts a client certificate of `ca` while trusting only
+/// `trust` (PEM): proof that it trusts `ca` (after its restart) and, with `trust` holding only
+/// the new CA, that it presents a certificate of it.
+async fn wait_etcd_trusts(ctx: &Context, ca: &Ca, trust: &str, limit: Duration) -> Result<()> {
+    let dir = tempfile_dir(&ctx.pki().dir().join(".rotate-probe"))?;
+    let (cert, key) = ca
+        .issue_client_for(&format!("admin-{}", ctx.name), Duration::from_secs(600))?
+        .write_to(&dir, "probe")?;
+    let ca_file = dir.join("trust.crt");
+    plexus_pki::write_file(&ca_file, trust, 0o644)?;
+    let config = EtcdConfig::new(ctx.etcd_endpoints.clone()).with_tls(TlsFiles {
+        ca_file,
+        cert_file: cert,
+        key_file: key,
+    });
+    let start = Instant::now();
+    let result = loop {
+        let attempt = async {
+            let etcd = EtcdBackend::connect(config.clone()).await?;
+            plexus_kvstore::KvBackend::get(&etcd, "cilium/.heartbeat").await
+        };
+        match attempt.await {
+            Ok(_) => break Ok(()),
+            Err(err) if start.elapsed() >= limit => {
+                break Err(anyhow::anyhow!(
+                    "the etcd of cluster {} at {:?} did not accept the new CA within {limit:?}: {err}",
+                    ctx.name,
+                    ctx.etcd_endpoints
+                ));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn tempfile_dir(dir: &Path) -> Result<std::path::PathBuf> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    Ok(dir.to_path_buf())
+}
+
+/// `clustermesh rotate-ca`: replaces the CA shared by the context's cluster and every cluster
+/// of the configuration issuing from it, without breaking their connections:
+/// 1. every cluster trusts the old and the new CA (`ca.crt` becomes a bundle, and so do the
+///    CA files of the remote configurations); each etcd restarts to trust it, every client
+///    reloads it;
+/// 2. every cluster issues from the new CA: its certificates are re-issued (etcd presents its
+///    new one at the next connection, clients reload theirs), and the remote configurations'
+///    client certificates too (as `connect` does);
+/// 3. the old CA is dropped from every bundle.
+///
+/// Between the steps it waits until each etcd shows the step done, then `grace` for clients
+/// that reload their files at their next request. The new CA is kept in `.ca-next.crt/.key` of
+/// the context's PKI directory until the end, so that an interrupted rotation resumes with it.
+pub async fn rotate_ca(
+    config: &CliConfig,
+    path: &Path,
+    context: Option<&str>,
+    ca_validity: Duration,
+    grace: Duration,
+) -> Result<()> {
+    let ctx = config.context(context, path)?;
+    let pki = ctx.pki();
+    let old = pki.ca()?;
+    let members = sharing_ca(config, ctx)?;
+    let next = (
+        pki.dir().join(".ca-next.crt"),
+        pki.dir().join(".ca-next.key"),
+    );
+    let new = match (
+        std::fs::read_to_string(&next.0),
+        std::fs::read_to_string(&next.1),
+    ) {
+        (Ok(cert), Ok(key)) => {
+            println!(
+                "ℹ️  resuming the rotation to the CA in {}",
+                next.0.display()
+            );
+            Ca::from_pem(&cert, &key)?
+        }
+        _ => {
+            // A name of its own: chain building looks CAs up by name first.
+            let ca = Ca::generate_with(
+                &format!("plexus-ca-{}", plexus_pki::unix_now()),
+                plexus_pki::Validity {
+                    ca: ca_validity,
+                    leaf: plexus_pki::Validity::default().leaf,
+                },
+            )?;
+            plexus_pki::write_file(&next.1, &ca.pem().key_pem, 0o600)?;
+            plexus_pki::write_file(&next.0, ca.cert_pem(), 0o644)?;
+            ca
+        }
+    };
+    let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+    println!(
+        "🔄 rotating the CA of {} (key {} to {})",
+        names.join(", "),
+        &old.key_id()[..8.min(old.key_id().len())],
+        &new.key_id()[..8.min(new.key_id().len())]
+    );
+
+    // 1. Trust both.
+    let both = format!("{}{}", old.cert_pem(), new.cert_pem());
+    for m in &members {
+        m.pki().trust(&both)?;
+        refresh_ca_copies(m, &members, &both)?;
+    }
+    for m in &members {
+        wait_etcd_trusts(m, &new, &both, Duration::from_secs(90)).await?;
+    }
+    tokio::time::sleep(grace).await;
+    println!("✅ 1/3 every cluster trusts the old and the new CA");
+
+    // 2. Issue from the new CA.
+    for m in &members {
+        let p = m.pki();
+        p.switch_issuer(&new)?;
+        let redone = p.reissue_foreign()?;
+        println!("   {}: re-issued {}", m.name, redone.join(", "));
+    }
+    for a in &members {
+        for remote in configured_remotes(a) {
+            if let Some(b) = members.iter().find(|m| m.name == remote) {
+                link(a, b).await?;
+            }
+        }
+    }
+    for m in &members {
+        wait_etcd_trusts(m, &new, new.cert_pem(), Duration::from_secs(90)).await?;
+    }
+    tokio::time::sleep(grace).await;
+    println!("✅ 2/3 every certificate is issued by the new CA");
+
+    // 3. Drop the old CA.
+    for m in &members {
+        m.pki().trust(new.cert_pem())?;
+        refresh_ca_copies(m, &members, new.cert_pem())?;
+    }
+    for m in &members {
+        wait_etcd_trusts(m, &new, new.cert_pem(), Duration::from_secs(90)).await?;
+    }
+    let _ = std::fs::remove_file(&next.0);
+    let _ = std::fs::remove_file(&next.1);
+    println!(
+        "✅ 3/3 the old CA is no longer trusted: CA rotated for {}",
+        names.join(", ")
+    );
+    Ok(())
+}
+
 /// `clustermesh disconnect`: both directions.
 pub async fn disconnect(config: &CliConfig, path: &Path, a: Option<&str>, b: &str) -> Result<()> {
     let (a, b) = two(config, path, a, b)?;

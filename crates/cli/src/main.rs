@@ -2,7 +2,7 @@
 //!
 //! - `lab up|down|status|stop|start` ([`lab`]), and the built-in pod server `lab serve`;
 //! - `apply -f`, `delete -f`, `get`, `exec` ([`objects`]); `label`, `annotate` ([`metadata`]);
-//! - `clustermesh enable|connect|disconnect|status` ([`clustermesh`]);
+//! - `clustermesh enable|connect|disconnect|rotate-ca|status` ([`clustermesh`]);
 //! - per node: `status`, `endpoint list`, `node list`, `identity list`, `bpf ipcache list`, `bpf lb list`,
 //!   `monitor` ([`node`]);
 //! - `policy trace`: the verdict of a pod-to-pod connection at both ends and the rules that
@@ -517,6 +517,17 @@ enum MeshCommand {
         #[arg(long)]
         destination_context: String,
     },
+    /// Replace the CA shared by the cluster and every cluster issuing from it, without
+    /// breaking connections: trust old and new, re-issue from the new, drop the old.
+    RotateCa {
+        /// Lifetime of the new CA.
+        #[arg(long, value_name = "DURATION", default_value = "3y", value_parser = humantime::parse_duration)]
+        ca_validity: Duration,
+        /// How long to wait after each step for clients that reload their files at their next
+        /// request.
+        #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+        grace: Duration,
+    },
     /// Show the mesh as the cluster sees it.
     Status {
         /// Wait until every node is connected to every remote cluster.
@@ -901,6 +912,9 @@ fn run(cli: Cli) -> Result<u8> {
                 MeshCommand::Disconnect {
                     destination_context,
                 } => clustermesh::disconnect(&cfg, &path, ctx_name, &destination_context).await?,
+                MeshCommand::RotateCa { ca_validity, grace } => {
+                    clustermesh::rotate_ca(&cfg, &path, ctx_name, ca_validity, grace).await?
+                }
                 MeshCommand::Status {
                     wait,
                     wait_duration,
