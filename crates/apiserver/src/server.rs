@@ -398,11 +398,9 @@ impl ApiServer {
                     .with_context(|| format!("listen on {addr} (the API)"))?;
                 // The relay and the web view present the API's own certificate to agents and
                 // other relays (read access).
-                let client_tls = plexus_agent_api::tls::client_config(
-                    &files.ca,
-                    Some((&files.cert, &files.key)),
-                )
-                .context("the relay's client identity (the API's certificate)")?;
+                // Reloaded when renewed, like the listener's.
+                let client_tls = plexus_tls_api::ClientTls::from_files(&files)
+                    .context("the relay's client identity (the API's certificate)")?;
                 let ui = crate::ui::UiState::new(
                     &cluster.name,
                     backend.clone(),

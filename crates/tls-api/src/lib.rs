@@ -46,26 +46,50 @@ pub struct Peer {
 /// How often, at most, [`ReloadingConfig`] compares the files with those loaded.
 const RELOAD_CHECK: Duration = Duration::from_secs(1);
 
-/// A server configuration made from files, made again when they change.
-pub struct ReloadingConfig {
+/// A TLS configuration (server or client) made from files, made again when they change.
+pub struct ReloadingConfig<T = rustls::ServerConfig> {
     files: plexus_agent_api::tls::TlsFiles,
-    state: std::sync::Mutex<Reload>,
+    build: Build<T>,
+    state: std::sync::Mutex<Reload<T>>,
 }
 
-struct Reload {
-    config: Arc<rustls::ServerConfig>,
+type Build<T> =
+    fn(&plexus_agent_api::tls::TlsFiles) -> Result<Arc<T>, plexus_agent_api::tls::TlsError>;
+
+struct Reload<T> {
+    config: Arc<T>,
     /// The CA, certificate and key the configuration was made from (or last refused).
     seen: [Vec<u8>; 3],
     checked: std::time::Instant,
 }
 
-impl ReloadingConfig {
-    /// Loads `files`; an unusable set is an error naming them.
+fn client_config(
+    files: &plexus_agent_api::tls::TlsFiles,
+) -> Result<Arc<rustls::ClientConfig>, plexus_agent_api::tls::TlsError> {
+    plexus_agent_api::tls::client_config(&files.ca, Some((&files.cert, &files.key)))
+}
+
+impl ReloadingConfig<rustls::ServerConfig> {
+    /// A server configuration from `files`; an unusable set is an error naming them.
     pub fn new(files: &plexus_agent_api::tls::TlsFiles) -> anyhow::Result<Self> {
+        Self::with(files, plexus_agent_api::tls::server_config)
+    }
+}
+
+impl ReloadingConfig<rustls::ClientConfig> {
+    /// A client configuration (trusting `files.ca`, presenting `files.cert`) from `files`.
+    pub fn client(files: &plexus_agent_api::tls::TlsFiles) -> anyhow::Result<Self> {
+        Self::with(files, client_config)
+    }
+}
+
+impl<T> ReloadingConfig<T> {
+    fn with(files: &plexus_agent_api::tls::TlsFiles, build: Build<T>) -> anyhow::Result<Self> {
         let seen = Self::read(files)?;
-        let config = plexus_agent_api::tls::server_config(files)?;
+        let config = build(files)?;
         Ok(Self {
             files: files.clone(),
+            build,
             state: std::sync::Mutex::new(Reload {
                 config,
                 seen,
@@ -81,10 +105,10 @@ impl ReloadingConfig {
         Ok([read(&files.ca)?, read(&files.cert)?, read(&files.key)?])
     }
 
-    /// The configuration for a new handshake: made again if the files changed. Files that
+    /// The configuration for a new connection: made again if the files changed. Files that
     /// cannot be used (a certificate whose key is not written yet) are logged once and the
     /// previous configuration stays.
-    pub fn current(&self) -> Arc<rustls::ServerConfig> {
+    pub fn current(&self) -> Arc<T> {
         let mut state = match self.state.lock() {
             Ok(s) => s,
             Err(poisoned) => poisoned.into_inner(),
@@ -99,17 +123,48 @@ impl ReloadingConfig {
         if seen == state.seen {
             return state.config.clone();
         }
-        match plexus_agent_api::tls::server_config(&self.files) {
+        match (self.build)(&self.files) {
             Ok(config) => {
-                tracing::info!(cert = %self.files.cert.display(), "API certificate files changed: new connections use them");
+                tracing::info!(cert = %self.files.cert.display(), "certificate files changed: new connections use them");
                 state.config = config;
             }
             Err(err) => {
-                tracing::warn!(error = %err, "changed API certificate files not used");
+                tracing::warn!(error = %err, "changed certificate files not used");
             }
         }
         state.seen = seen;
         state.config.clone()
+    }
+}
+
+/// The client side of a TCP API connection (the relay asking agents and other relays): a
+/// fixed configuration, or one made from files and reloaded when they change.
+#[derive(Clone)]
+pub enum ClientTls {
+    /// Always this configuration.
+    Fixed(Arc<rustls::ClientConfig>),
+    /// Made from files, made again when they change.
+    Files(Arc<ReloadingConfig<rustls::ClientConfig>>),
+}
+
+impl ClientTls {
+    /// Presents `files.cert` and trusts `files.ca`, reloading them when they change.
+    pub fn from_files(files: &plexus_agent_api::tls::TlsFiles) -> anyhow::Result<Self> {
+        Ok(Self::Files(Arc::new(ReloadingConfig::client(files)?)))
+    }
+
+    /// The configuration for a new connection.
+    pub fn current(&self) -> Arc<rustls::ClientConfig> {
+        match self {
+            Self::Fixed(config) => config.clone(),
+            Self::Files(reloading) => reloading.current(),
+        }
+    }
+}
+
+impl From<Arc<rustls::ClientConfig>> for ClientTls {
+    fn from(config: Arc<rustls::ClientConfig>) -> Self {
+        Self::Fixed(config)
     }
 }
 
@@ -467,7 +522,19 @@ mod tests {
                 .unwrap();
             let (cert, key) = short.write_to(d, "server").unwrap();
             let first_expiry = plexus_pki::inspect(&short.cert_pem).unwrap().not_after;
-            write(d, "reader", &ca.issue_client("remote-c2").unwrap());
+            // The client's certificate is short-lived and renewed too (the relay's identity).
+            let reader = ca
+                .issue_client_for("remote-c2", Duration::from_secs(3))
+                .unwrap();
+            let (reader_cert, reader_key) = write(d, "reader", &reader);
+            let first_expiry =
+                first_expiry.max(plexus_pki::inspect(&reader.cert_pem).unwrap().not_after);
+            let client_tls = ClientTls::from_files(&plexus_agent_api::tls::TlsFiles {
+                ca: d.join("ca.crt"),
+                cert: reader_cert,
+                key: reader_key,
+            })
+            .unwrap();
             let files = plexus_agent_api::tls::TlsFiles {
                 ca: d.join("ca.crt"),
                 cert,
@@ -478,14 +545,9 @@ mod tests {
             let listener = TlsListener::from_files(tcp, &files).unwrap();
             let router = Router::new().route("/v1/healthz", get(|| async { axum::Json("ok") }));
             let server = tokio::spawn(async move { serve(listener, router, "c1").await });
-            let client_config = plexus_agent_api::tls::client_config(
-                &d.join("ca.crt"),
-                Some((&d.join("reader.crt"), &d.join("reader.key"))),
-            )
-            .unwrap();
             let connect = || async {
                 let tcp = TcpStream::connect(addr).await.unwrap();
-                tokio_rustls::TlsConnector::from(client_config.clone())
+                tokio_rustls::TlsConnector::from(client_tls.current())
                     .connect("127.0.0.1".try_into().unwrap(), tcp)
                     .await
             };
@@ -498,6 +560,10 @@ mod tests {
             ca.issue_server_for("agent-n1", &[], &ip, Duration::from_secs(3600))
                 .unwrap()
                 .write_to(d, "server")
+                .unwrap();
+            ca.issue_client_for("remote-c2", Duration::from_secs(3600))
+                .unwrap()
+                .write_to(d, "reader")
                 .unwrap();
             let left = first_expiry + 1 - plexus_pki::unix_now();
             if left > 0 {
