@@ -78,6 +78,12 @@ impl ClusterPki {
             .unwrap_or(Validity::default().leaf)
     }
 
+    /// The lifetime of a new certificate of this cluster: the one asked for, else the admin
+    /// certificate's, else the default.
+    pub fn leaf_lifetime(&self) -> std::time::Duration {
+        self.lifetime_for(None)
+    }
+
     fn current(&self, cert: &Path) -> Option<CertInfo> {
         read(cert).ok().and_then(|pem| crate::inspect(&pem).ok())
     }
