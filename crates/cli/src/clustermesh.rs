@@ -768,11 +768,7 @@ fn span(seconds: i64) -> String {
 /// what to do about it.
 pub fn check_certificates(
     cluster: &str,
-    files: Vec<(
-        CertScope,
-        std::path::PathBuf,
-        Result<Vec<plexus_pki::CertInfo>, String>,
-    )>,
+    files: Vec<CertFile>,
     now: i64,
     warning: Duration,
 ) -> (Vec<CertificateStatus>, Vec<Problem>) {
@@ -843,17 +839,21 @@ pub fn check_certificates(
     (certs, warnings)
 }
 
-/// Every certificate file (`*.crt`) of the cluster's PKI directory and of its agents' and
-/// KVStoreMesh's remote configurations, inspected.
-fn read_certificates(
-    ctx: &Context,
-) -> Vec<(
+/// How a directory's certificates are scoped, from the remote named by the file.
+type ScopeOf = fn(String) -> CertScope;
+
+/// A certificate file read from disk: where it is used, its path, what inspecting it gave.
+pub type CertFile = (
     CertScope,
     std::path::PathBuf,
     Result<Vec<plexus_pki::CertInfo>, String>,
-)> {
+);
+
+/// Every certificate file (`*.crt`) of the cluster's PKI directory and of its agents' and
+/// KVStoreMesh's remote configurations, inspected.
+fn read_certificates(ctx: &Context) -> Vec<CertFile> {
     let mut out = Vec::new();
-    let mut dirs: Vec<(std::path::PathBuf, fn(String) -> CertScope)> = vec![
+    let mut dirs: Vec<(std::path::PathBuf, ScopeOf)> = vec![
         (ctx.pki().dir().to_path_buf(), |_| CertScope::Cluster),
         (ctx.clustermesh_dir.clone(), CertScope::Remote),
     ];

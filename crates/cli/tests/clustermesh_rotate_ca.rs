@@ -385,7 +385,7 @@ fn run() {
                 let name = path.file_name().unwrap().to_string_lossy().to_string();
                 if name == "ca.crt" || name.ends_with("-ca.crt") {
                     let ids: Vec<_> = infos.iter().map(|i| i.key_id.clone()).collect();
-                    assert_eq!(ids, [new_id.clone()], "{}", path.display());
+                    assert_eq!(ids, std::slice::from_ref(&new_id), "{}", path.display());
                 } else {
                     assert_eq!(infos[0].issuer_key_id, new_id, "{}", path.display());
                 }

@@ -5,6 +5,7 @@
 //! etcd restarts) present the new certificate, and a watch opened before the renewal keeps its
 //! connection. A backend whose files are not renewed is the control: it keeps its established
 //! connection but cannot make a new one once its certificate expired.
+#![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 use std::time::Duration;
