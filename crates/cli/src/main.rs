@@ -582,6 +582,19 @@ fn default_sigpipe() {
     let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
 
+/// Ignores SIGPIPE again, for commands that keep connections open while their peers restart:
+/// hyper writes HTTP/2 frames with `writev`, which (unlike `send` with `MSG_NOSIGNAL`) raises
+/// SIGPIPE when the peer closed, and the default action would kill the CLI mid-way (an etcd
+/// restarting during `clustermesh rotate-ca`). The write then fails with `EPIPE` and the
+/// connection is made again.
+#[allow(unsafe_code)]
+fn ignore_sigpipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: SIG_IGN installs no handler, so nothing runs in signal context; sigaction is
+    // safe to call while other threads run.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) };
+}
+
 fn main() -> std::process::ExitCode {
     default_sigpipe();
     plexus_kvstore::install_crypto_provider();
@@ -913,6 +926,7 @@ fn run(cli: Cli) -> Result<u8> {
                     destination_context,
                 } => clustermesh::disconnect(&cfg, &path, ctx_name, &destination_context).await?,
                 MeshCommand::RotateCa { ca_validity, grace } => {
+                    ignore_sigpipe();
                     clustermesh::rotate_ca(&cfg, &path, ctx_name, ca_validity, grace).await?
                 }
                 MeshCommand::Status {

@@ -186,7 +186,11 @@ impl Mesh {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(out.status.success(), "plexus {args:?} failed:\n{text}");
+        assert!(
+            out.status.success(),
+            "plexus {args:?} failed ({}):\n{text}",
+            out.status
+        );
         text
     }
 
