@@ -34,6 +34,7 @@ use crate::Agent;
 use crate::core::{CoreConfig, Input, NodeCore};
 use crate::endpoints::{Endpoints, EndpointsConfig};
 use crate::options::{DatapathKind, Options, Routing};
+use crate::shell::dns::{DnsOptions, DnsShell};
 use crate::shell::reconciler::{KernelRoutes, NoRoutes, Reconciler, Routes};
 use crate::shell::wireguard::{KernelSetup, Wireguard, WireguardConfig, WireguardKernel};
 use crate::shell::{CoreHandle, sources};
@@ -204,7 +205,10 @@ pub async fn run(args: Options) -> Result<()> {
         encryption: encryption(&args),
     }));
     let routes: Arc<dyn Routes> = if real_kernel {
-        Arc::new(KernelRoutes)
+        Arc::new(KernelRoutes {
+            table: (args.routing == Routing::Tunnel)
+                .then_some(plexus_datapath::proxy::PROXY_FORWARD_TABLE),
+        })
     } else {
         Arc::new(NoRoutes)
     };
@@ -252,7 +256,29 @@ pub async fn run(args: Options) -> Result<()> {
         Err(err) => tracing::warn!(error = %err, "reading the datapath's policy prefixes"),
     }
 
+    // The DNS proxy (eBPF datapath only: its sockets live in the node's namespace): what a
+    // previous agent learned is taken over before any policy is resolved.
+    let dns = real_kernel.then(|| {
+        DnsShell::new(
+            DnsOptions {
+                port: args.tofqdns_proxy_port,
+                min_ttl: args.tofqdns_min_ttl,
+                hold_max: args.tofqdns_proxy_response_max_delay,
+                state_file: Some(args.state_dir.join(crate::shell::dns::STATE_FILE)),
+            },
+            core.clone(),
+            datapath.clone(),
+        )
+    });
+    if let Some(dns) = &dns {
+        dns.restore();
+    }
+
     let mut reconciler = Reconciler::new(driver, datapath.clone(), routes);
+    if let Some(dns) = &dns {
+        reconciler = reconciler.with_dns(dns.clone());
+        tokio::spawn(dns.clone().run());
+    }
     // Flows: the reconciler keeps the decoder's snapshot of the core; one task decodes.
     let flows = args.enable_flows.then(|| {
         let cell = Arc::new(crate::flows::SnapshotCell::default());
@@ -404,6 +430,7 @@ pub async fn run(args: Options) -> Result<()> {
         mesh.handle(),
         &kv,
         datapath.clone(),
+        dns.clone(),
     ));
     let flow_task = flows.as_ref().map(|(cell, ring)| {
         tracing::info!(capacity = ring.capacity(), "flows on");
@@ -430,6 +457,7 @@ pub async fn run(args: Options) -> Result<()> {
         datapath,
         wireguard,
         flows: flows.map(|(_, ring)| ring),
+        dns,
         metrics,
     });
 

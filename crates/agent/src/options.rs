@@ -101,7 +101,16 @@ pub struct Options {
     /// `identity-change-grace-period`: how long a pod whose identity labels changed keeps its
     /// old identity after the new one is allocated (default 500ms).
     pub identity_change_grace_period: Duration,
+    /// `tofqdns-proxy-port`: the DNS proxy's port on 127.0.0.1 (default 10053).
+    pub tofqdns_proxy_port: u16,
+    /// `tofqdns-min-ttl`: the shortest life of a learned address (default 0: the TTLs).
+    pub tofqdns_min_ttl: Duration,
+    /// `tofqdns-proxy-response-max-delay`: the longest an answer is held (default 100ms).
+    pub tofqdns_proxy_response_max_delay: Duration,
 }
+
+/// The default of `tofqdns-proxy-port`.
+pub const DEFAULT_DNS_PROXY_PORT: u16 = 10053;
 
 /// The default of `identity-change-grace-period`: long enough for every node of every
 /// connected cluster to learn a new identity through its watches (milliseconds), short enough
@@ -193,6 +202,20 @@ impl Options {
             identity_change_grace_period: c
                 .identity_change_grace_period
                 .unwrap_or(DEFAULT_IDENTITY_CHANGE_GRACE),
+            tofqdns_proxy_port: match c.tofqdns_proxy_port {
+                Some(0) => {
+                    return Err(invalid(
+                        "tofqdns-proxy-port",
+                        "the DNS proxy needs a port other than 0",
+                        file,
+                    ));
+                }
+                p => p.unwrap_or(DEFAULT_DNS_PROXY_PORT),
+            },
+            tofqdns_min_ttl: c.tofqdns_min_ttl.unwrap_or(Duration::ZERO),
+            tofqdns_proxy_response_max_delay: c
+                .tofqdns_proxy_response_max_delay
+                .unwrap_or(Duration::from_millis(100)),
         };
         // Refuse a half-given etcd identity now, naming the file, not at connect time.
         plexus_config::etcd_config(

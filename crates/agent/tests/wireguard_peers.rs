@@ -90,7 +90,13 @@ fn every_other_node_with_a_key_is_a_peer_by_its_underlay_address_in_tunnel_mode(
     ];
     want.sort();
     assert_eq!(summary(&peers), want, "not n1 (this node), not n3 (no key)");
-    assert!(out.routes.is_empty(), "tunnel mode routes nothing");
+    assert!(
+        out.routes
+            .iter()
+            .all(|r| matches!(r, plexus_agent::core::RouteChange::Upsert { .. })),
+        "tunnel mode routes nothing into WireGuard: {:?}",
+        out.routes
+    );
     // Nothing about nodes changed: no peer output.
     let out = run(&mut core, [Input::ServicesSynced]);
     assert_eq!(out.wireguard_peers, None);

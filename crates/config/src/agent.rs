@@ -207,6 +207,30 @@ pub struct AgentConfig {
         with = "crate::value::duration"
     )]
     pub identity_change_grace_period: Option<Duration>,
+    /// The port of the node's DNS proxy on 127.0.0.1, where the datapath redirects the DNS
+    /// queries of pods whose egress policy has DNS rules (Cilium's `tofqdns-proxy-port`)
+    /// [default: 10053].
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tofqdns_proxy_port: Option<u16>,
+    /// The shortest time an address learned from a DNS answer stays allowed for `toFQDNs`,
+    /// whatever the answer's TTL; 0 honours the TTLs (Cilium's `tofqdns-min-ttl`) [default: 0s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::value::duration"
+    )]
+    pub tofqdns_min_ttl: Option<Duration>,
+    /// The longest the DNS proxy holds an answer until the datapath allows its new addresses
+    /// (Cilium's `tofqdns-proxy-response-max-delay`) [default: 100ms].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::value::duration"
+    )]
+    pub tofqdns_proxy_response_max_delay: Option<Duration>,
 }
 
 crate::file_methods!(AgentConfig);

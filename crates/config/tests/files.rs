@@ -57,6 +57,9 @@ wireguard-socket: /run/wireguard/plexus_wg0.sock
 enable-flows: false
 flow-ring-size: 8191
 identity-change-grace-period: 2s
+tofqdns-proxy-port: 10054
+tofqdns-min-ttl: 30s
+tofqdns-proxy-response-max-delay: 250ms
 "#,
     )
     .unwrap();
@@ -98,6 +101,9 @@ identity-change-grace-period: 2s
             enable_flows: Some(false),
             flow_ring_size: Some(8191),
             identity_change_grace_period: Some(Duration::from_secs(2)),
+            tofqdns_proxy_port: Some(10054),
+            tofqdns_min_ttl: Some(Duration::from_secs(30)),
+            tofqdns_proxy_response_max_delay: Some(Duration::from_millis(250)),
         }
     );
     // What it writes reads back the same (the form `plexus node join` writes).

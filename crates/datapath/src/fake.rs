@@ -30,6 +30,7 @@ pub struct FakeDatapath {
     policy_cidrs: Mutex<BTreeMap<Prefix, u32>>,
     encrypted_nodes: Mutex<BTreeSet<Ipv4Addr>>,
     dns_redirects: Mutex<BTreeMap<u16, u16>>,
+    connected: Mutex<std::collections::BTreeSet<Ipv4Addr>>,
     /// This node's address and its encryption, for [`FakeDatapath::strict_drop`].
     encryption: Mutex<(Ipv4Addr, Encryption)>,
     events: broadcast::Sender<MonitorEvent>,
@@ -59,6 +60,7 @@ impl FakeDatapath {
             policy_cidrs: Mutex::new(BTreeMap::new()),
             encrypted_nodes: Mutex::new(BTreeSet::new()),
             dns_redirects: Mutex::new(BTreeMap::new()),
+            connected: Mutex::new(std::collections::BTreeSet::new()),
             encryption: Mutex::new((Ipv4Addr::UNSPECIFIED, Encryption::DISABLED)),
             events: broadcast::channel(EVENT_CHANNEL_CAPACITY).0,
             events_lost: AtomicU64::new(0),
@@ -286,6 +288,17 @@ impl Datapath for FakeDatapath {
 
     fn dns_redirects(&self) -> Result<BTreeMap<u16, u16>, DatapathError> {
         Ok(lock(&self.dns_redirects).clone())
+    }
+
+    fn connected_peers(&self) -> Result<std::collections::BTreeSet<Ipv4Addr>, DatapathError> {
+        Ok(lock(&self.connected).clone())
+    }
+}
+
+impl FakeDatapath {
+    /// Sets what [`Datapath::connected_peers`] reports (the connections tests pretend exist).
+    pub fn set_connected_peers(&self, peers: impl IntoIterator<Item = Ipv4Addr>) {
+        *lock(&self.connected) = peers.into_iter().collect();
     }
 }
 

@@ -208,6 +208,11 @@ pub trait Datapath: Send + Sync {
     ) -> Result<(), DatapathError>;
     /// The endpoints whose DNS queries go to the proxy, with the proxy's port.
     fn dns_redirects(&self) -> Result<std::collections::BTreeMap<u16, u16>, DatapathError>;
+    /// The peer addresses that local endpoints have live connections to, as policy's
+    /// conntrack records them (connections the endpoints opened, allowed on their way out; a
+    /// TCP connection the endpoint is closing does not count): an address a `toFQDNs` rule
+    /// allowed stays allowed while one of them uses it.
+    fn connected_peers(&self) -> Result<std::collections::BTreeSet<Ipv4Addr>, DatapathError>;
 }
 
 /// Per endpoint: ingress and egress enforcement, and the compiled entries (key -> deny).

@@ -13,10 +13,12 @@
 //!   returns the identity and ipcache changes to apply, make-before-break;
 //! - [`proxy`]: the exchange: a query in, forward or REFUSED out; only solicited responses
 //!   learned from; a response that changed something held until its changes are applied (at
-//!   most 100 ms by default).
+//!   most 100 ms by default);
+//! - [`server`]: the proxy's sockets around [`DnsProxy`]: transparent UDP and TCP sockets on
+//!   the node's 127.0.0.1 that the datapath redirects pods' queries to, forwarding to the
+//!   servers, answering as them.
 //!
-//! The proxy's sockets, the datapath redirect and the agent wiring build on these; see
-//! `docs/dns-proxy.md`.
+//! The datapath redirect and the agent wiring build on these; see `docs/dns-proxy.md`.
 
 pub mod answer;
 pub mod cache;
@@ -24,15 +26,17 @@ pub mod identity;
 pub mod learner;
 pub mod proxy;
 pub mod rules;
+pub mod server;
 
 pub use answer::{FqdnSelectors, Learned, learn_from_response};
 pub use cache::{CacheConfig, LearnedCache};
 pub use identity::IdentityError;
 pub use identity::{IdentityChange, SelectorSetIdentities, fqdn_labels};
-pub use learner::{Change, Learner, Outcome};
+pub use learner::{Change, LearnedState, Learner, Outcome, SavedIdentity, SavedName};
 pub use proxy::{
     DnsProxy, DropReason, Flow, HoldId, ProxyConfig, QueryAction, Release, ResponseAction,
 };
 pub use rules::{
     Decision, DnsRules, EndpointId, MessageError, Query, RefuseReason, encode, parse_query, refused,
 };
+pub use server::{DnsProxyServer, ProxyHost, ServerConfig, ServerError, ServerStats};

@@ -159,6 +159,11 @@ impl DnsProxy {
         }
     }
 
+    /// Its timing options.
+    pub fn config(&self) -> ProxyConfig {
+        self.config
+    }
+
     /// The learner (to change its selectors or expire addresses).
     pub fn learner_mut(&mut self) -> &mut Learner {
         &mut self.learner

@@ -87,6 +87,11 @@ impl DnsRules {
         self.endpoints.insert(endpoint, rules.clone()) != Some(rules)
     }
 
+    /// The endpoints with rules.
+    pub fn endpoints(&self) -> impl Iterator<Item = EndpointId> + '_ {
+        self.endpoints.keys().copied()
+    }
+
     /// Forgets an endpoint; returns whether it was known.
     pub fn remove(&mut self, endpoint: EndpointId) -> bool {
         self.endpoints.remove(&endpoint).is_some()

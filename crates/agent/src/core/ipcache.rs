@@ -2,13 +2,16 @@
 //!
 //! Sources, strongest first (see [`plexus_ipcache::Source`]): this node's endpoints, this
 //! cluster's kvstore (other nodes' endpoints), nodes (their pod CIDR behind their underlay
-//! address, their address as `remote-node`), remote clusters, and last the CIDRs policies
-//! name. Every source's entries are kept; the effective entry of a prefix is the strongest
+//! address, their address as `remote-node`), remote clusters, the addresses the DNS proxy
+//! learned for `toFQDNs`, and last the CIDRs policies name. Every source's entries are kept; the effective entry of a prefix is the strongest
 //! source's, so withdrawing a strong entry uncovers the next one without a gap.
 //!
 //! In native routing mode every other node's pod CIDR is routed through its underlay address,
 //! or, with WireGuard on, into the WireGuard device (nodes that publish a key; every node in
-//! strict mode); [`RouteChange`]s say what to add, change or remove.
+//! strict mode); [`RouteChange`]s say what to add, change or remove. In tunnel mode the same
+//! routes through underlay addresses are output for the node's own traffic to pods of other
+//! nodes (the DNS proxy forwarding a pod's query): the shell installs them in a table that
+//! only that traffic looks up, while pods' packets take the tunnel.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -223,7 +226,10 @@ impl IpcacheState {
             self.push(change);
         }
         self.nodes.insert(key.clone(), node.clone());
-        let route = (!is_self && self.routing == RoutingMode::Native)
+        // Tunnel mode routes too, for the node's own traffic to pods (the DNS proxy's
+        // forwarded queries): the shell puts those routes in a table only marked packets use.
+        let native = self.routing == RoutingMode::Native;
+        let route = (!is_self)
             .then(|| {
                 let cidr = node.ipv4_alloc_cidr.as_ref()?;
                 let std::net::IpAddr::V4(addr) = cidr.addr else {
@@ -231,7 +237,8 @@ impl IpcacheState {
                 };
                 let dst = Prefix::new(addr, cidr.prefix_len).ok()?;
                 let via = underlay(node)?;
-                let encrypted = self.encryption.enabled
+                let encrypted = native
+                    && self.encryption.enabled
                     && (self.encryption.strict || super::encryption::public_key(node).is_some());
                 Some((
                     dst,
@@ -337,6 +344,30 @@ impl IpcacheState {
             }
         }
         self.policy_cidrs = cidrs;
+    }
+
+    /// An address a DNS proxy learned gets (`Some`) or loses (`None`) the identity of its
+    /// `toFQDNs` selector set (IPv6 addresses are not programmed: the datapath is IPv4).
+    pub fn fqdn_address(&mut self, ip: std::net::IpAddr, identity: Option<u32>) {
+        let std::net::IpAddr::V4(v4) = ip else {
+            return;
+        };
+        let Ok(prefix) = Prefix::new(v4, 32) else {
+            return;
+        };
+        let change = match identity {
+            Some(identity) => self.cache.upsert(
+                prefix,
+                Source::Fqdn,
+                IpcacheValue {
+                    identity,
+                    tunnel_endpoint: None,
+                    cluster_id: 0,
+                },
+            ),
+            None => self.cache.delete(prefix, &Source::Fqdn),
+        };
+        self.push(change);
     }
 
     /// The effective entry of the longest prefix holding `ip`, as the datapath's LPM lookup

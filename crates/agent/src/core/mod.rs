@@ -16,7 +16,9 @@
 //!   ([`services`]);
 //! - every local endpoint's desired policy when anything it depends on changed ([`policy`]);
 //!   the node-local identities of the CIDRs policies name enter the ipcache first;
-//! - with WireGuard on, the whole desired peer set when the nodes changed ([`encryption`]).
+//! - with WireGuard on, the whole desired peer set when the nodes changed ([`encryption`]);
+//! - for the DNS proxy, the endpoints with DNS rules and their rules, and the `toFQDNs`
+//!   patterns, when they changed; what the proxy learns comes back as [`Input::Fqdn`].
 //!
 //! Module map: [`ipcache`] (sources of ipcache entries and their precedence, routes),
 //! [`remotes`] (remote clusters: cluster id from their config, stale entries after a
@@ -46,7 +48,7 @@ use plexus_policy::Policy;
 
 pub use self::encryption::{WireguardPeer, WireguardPeers};
 pub use self::ipcache::{IpcacheState, RouteChange};
-pub use self::policy::{PolicyState, PortSpec};
+pub use self::policy::{CIDR_IDENTITY_MAX, DnsDesired, FQDN_IDENTITIES, PolicyState, PortSpec};
 pub use self::remotes::RemoteState;
 pub use self::services::ServiceState;
 
@@ -167,6 +169,9 @@ pub enum Input {
     /// (read at start): a prefix still named keeps its identity, so a restart renumbers
     /// nothing and no address loses its CIDR identity while entries are rewritten.
     PolicyCidrsInDatapath(BTreeMap<Prefix, u32>),
+    /// What the DNS proxy learned for `toFQDNs`, in the order to apply: identities of selector
+    /// sets (node-local, into the selector cache), their addresses (into the ipcache), names.
+    Fqdn(Vec<plexus_dnsproxy::Change>),
 }
 
 /// What the IO shell must apply, in this order.
@@ -185,6 +190,9 @@ pub struct Output {
     pub policy_cidrs: Option<BTreeMap<Prefix, u32>>,
     /// With WireGuard on: the whole desired peer set, when the nodes changed.
     pub wireguard_peers: Option<WireguardPeers>,
+    /// With `policies`: what the DNS proxy needs (endpoints with DNS rules and their rules,
+    /// `toFQDNs` patterns), when it changed.
+    pub dns: Option<DnsDesired>,
 }
 
 impl Output {
@@ -196,6 +204,7 @@ impl Output {
             && self.policies.is_none()
             && self.policy_cidrs.is_none()
             && self.wireguard_peers.is_none()
+            && self.dns.is_none()
     }
 }
 
@@ -216,6 +225,10 @@ pub struct NodeCore {
     /// Remote clusters drained (their configuration removed) since this agent started and not
     /// configured again.
     drained: BTreeSet<String>,
+    /// What the DNS proxy was last given.
+    dns_given: Option<DnsDesired>,
+    /// The names the DNS proxy learned, with their addresses (for status).
+    fqdn_names: BTreeMap<String, BTreeSet<std::net::IpAddr>>,
     /// Inputs folded so far.
     seq: u64,
 }
@@ -233,6 +246,8 @@ impl NodeCore {
             peers_dirty: true,
             local_nodes_synced: false,
             drained: BTreeSet::new(),
+            dns_given: None,
+            fqdn_names: BTreeMap::new(),
             seq: 0,
             config,
         }
@@ -338,7 +353,41 @@ impl NodeCore {
             Input::PolicyDelete(key) => self.policy.policy_delete(&key),
             Input::PoliciesSynced => self.policy.policies_synced(),
             Input::PolicyCidrsInDatapath(cidrs) => self.policy.restore_cidr_ids(&cidrs),
+            Input::Fqdn(changes) => self.fqdn(changes),
         }
+    }
+
+    fn fqdn(&mut self, changes: Vec<plexus_dnsproxy::Change>) {
+        use plexus_dnsproxy::{Change, IdentityChange};
+        let own_cluster = self.config.cluster.clone();
+        for change in changes {
+            match change {
+                Change::Identity(IdentityChange::Allocated { id, labels }) => {
+                    self.policy.identity_upsert(id.0, &own_cluster, labels);
+                }
+                Change::Identity(IdentityChange::IpcacheUpsert { ip, id }) => {
+                    self.ipcache.fqdn_address(ip, Some(id.0));
+                }
+                Change::Identity(IdentityChange::IpcacheDelete { ip }) => {
+                    self.ipcache.fqdn_address(ip, None);
+                }
+                Change::Identity(IdentityChange::Released { id }) => {
+                    self.policy.identity_delete(id.0);
+                }
+                Change::Name { name, addresses } => {
+                    if addresses.is_empty() {
+                        self.fqdn_names.remove(&name);
+                    } else {
+                        self.fqdn_names.insert(name, addresses);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The names the DNS proxy learned for `toFQDNs` selectors, with their addresses.
+    pub fn fqdn_names(&self) -> &BTreeMap<String, BTreeSet<std::net::IpAddr>> {
+        &self.fqdn_names
     }
 
     /// Folds several inputs in.
@@ -360,6 +409,14 @@ impl NodeCore {
             }
             None => (None, None),
         };
+        let dns = policies
+            .is_some()
+            .then(|| self.policy.dns())
+            .filter(|d| self.dns_given.as_ref() != Some(*d))
+            .cloned();
+        if let Some(d) = &dns {
+            self.dns_given = Some(d.clone());
+        }
         let (ipcache, routes) = self.ipcache.take_changes();
         let wireguard_peers = (self.config.encryption.enabled
             && std::mem::take(&mut self.peers_dirty))
@@ -371,6 +428,7 @@ impl NodeCore {
             policies,
             policy_cidrs,
             wireguard_peers,
+            dns,
         }
     }
 

@@ -8,7 +8,8 @@
 //! CIDR identity whose rules are not written yet). Services and policies are synced
 //! as a difference against what is programmed (read back from the datapath at start, so a
 //! restarted agent continues from its predecessor's tables); a part that fails is retried after
-//! a pause with the latest desired state, without hammering a datapath that refuses.
+//! a pause with the latest desired state, without hammering a datapath that refuses. Last, the
+//! policy's DNS side goes to the node's DNS proxy ([`super::dns`]).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -20,6 +21,7 @@ use plexus_datapath::{Datapath, Frontend, LbService, Prefix};
 use plexus_ipcache::Change;
 
 use super::CoreDriver;
+use super::dns::DnsShell;
 use super::wireguard::Wireguard;
 use crate::core::RouteChange;
 use crate::flows::SnapshotBuilder;
@@ -35,13 +37,22 @@ pub trait Routes: Send + Sync {
     fn delete(&self, dst: Prefix);
 }
 
-/// The kernel's main routing table of the agent's network namespace.
+/// The kernel's routing table of the agent's network namespace: the main table (native
+/// routing), or in tunnel mode the table of the DNS proxy's forwarded queries
+/// ([`plexus_datapath::proxy::PROXY_FORWARD_TABLE`]), as pods' packets take the tunnel.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct KernelRoutes;
+pub struct KernelRoutes {
+    /// The table; `None` is the main table.
+    pub table: Option<u32>,
+}
 
 impl Routes for KernelRoutes {
     fn replace(&self, dst: Prefix, via: Ipv4Addr) -> Result<(), String> {
-        crate::netcmd::route_via(&dst.to_string(), &via.to_string()).map_err(|e| format!("{e:#}"))
+        match self.table {
+            None => crate::netcmd::route_via(&dst.to_string(), &via.to_string()),
+            Some(t) => crate::netcmd::route_via_in_table(&dst.to_string(), &via.to_string(), t),
+        }
+        .map_err(|e| format!("{e:#}"))
     }
 
     fn replace_encrypted(&self, dst: Prefix) -> Result<(), String> {
@@ -50,7 +61,10 @@ impl Routes for KernelRoutes {
     }
 
     fn delete(&self, dst: Prefix) {
-        crate::netcmd::route_delete(&dst.to_string());
+        match self.table {
+            None => crate::netcmd::route_delete(&dst.to_string()),
+            Some(t) => crate::netcmd::route_delete_in_table(&dst.to_string(), t),
+        }
     }
 }
 
@@ -90,6 +104,8 @@ pub struct Reconciler {
     wireguard: Option<Arc<Wireguard>>,
     /// With flows on: the snapshot of the core the flow decoder reads, rebuilt after a round.
     flows: Option<SnapshotBuilder>,
+    /// With the eBPF datapath: the node's DNS proxy, given the policy's DNS side.
+    dns: Option<Arc<DnsShell>>,
 }
 
 impl Reconciler {
@@ -128,7 +144,15 @@ impl Reconciler {
             retry_policy_cidrs: None,
             wireguard: None,
             flows: None,
+            dns: None,
         }
+    }
+
+    /// Hands the policy's DNS side (rules, `toFQDNs` patterns, which endpoints to redirect)
+    /// to the node's DNS proxy after each resolution.
+    pub fn with_dns(mut self, dns: Arc<DnsShell>) -> Self {
+        self.dns = Some(dns);
+        self
     }
 
     /// After each round, copies what the flow decoder needs from the core into a snapshot
@@ -204,6 +228,11 @@ impl Reconciler {
             && !add_policy_cidrs(self.datapath.as_ref(), &mut self.policy_cidrs, desired)
         {
             self.retry_policy_cidrs = cidrs.clone();
+        }
+        // After the policies: an endpoint's queries reach the proxy only once its rules are
+        // programmed (the proxy forwards what they allow).
+        if let (Some(dns), Some(desired)) = (&self.dns, &output.dns) {
+            dns.update(desired);
         }
         self.driver.applied.send_replace(seq);
     }

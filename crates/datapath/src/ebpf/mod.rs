@@ -818,6 +818,25 @@ impl Datapath for EbpfDatapath {
         }
     }
 
+    fn connected_peers(&self) -> Result<std::collections::BTreeSet<Ipv4Addr>, DatapathError> {
+        // bpf_ktime_get_ns() is CLOCK_MONOTONIC.
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+            .map(|t| {
+                u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
+                    + u64::try_from(t.tv_nsec()).unwrap_or(0)
+            })
+            .unwrap_or(0);
+        let st = self.lock();
+        let mut out = std::collections::BTreeSet::new();
+        for item in st.conntrack.iter() {
+            let (key, entry) = item.map_err(map_err(MAP_CT))?;
+            if let Some(peer) = abi::policy_out_peer(&key, &entry, now) {
+                out.insert(peer);
+            }
+        }
+        Ok(out)
+    }
+
     fn dns_redirects(&self) -> Result<std::collections::BTreeMap<u16, u16>, DatapathError> {
         let st = self.lock();
         let mut out = std::collections::BTreeMap::new();
