@@ -25,6 +25,9 @@
 //! no moment without a program. Legacy clsact filters were the alternative for older kernels;
 //! they are not implemented.
 //!
+//! A reused map also keeps the size it was created with ([`crate::capacity`]: the configured
+//! size applies to maps created anew; a differing pinned one is kept, with a warning).
+//!
 //! A reused map keeps the layout it was created with: loading refuses pinned maps whose key or
 //! value size differs from this build's; changing a struct in `bpf/lib/common.h` needs a
 //! migration (or a new pin directory).
@@ -54,7 +57,7 @@ use tokio::sync::broadcast;
 
 use crate::{
     Datapath, DatapathError, Direction, DropReason, EVENT_CHANNEL_CAPACITY, Endpoint, Frontend,
-    IpcacheValue, LbService, Metric, MonitorEvent, NodeConfig, Prefix,
+    IpcacheValue, LbService, MapSizes, MapUsage, Metric, MonitorEvent, NodeConfig, Prefix,
     abi::{
         self, ConfigBytes, CtEntryBytes, CtKeyBytes, EndpointBytes, IpcacheBytes, LbBackendBytes,
         LbServiceKeyBytes, LbServiceValueBytes, MetricsKeyBytes, MetricsValueBytes,
@@ -129,6 +132,8 @@ pub struct EbpfDatapath {
     tunnel_ifindex: u32,
     attach: bool,
     reader: reader::Reader,
+    /// The sized maps and the `max_entries` the kernel has for each (the pinned map's).
+    capacities: Vec<(&'static str, u32)>,
 }
 
 impl std::fmt::Debug for EbpfDatapath {
@@ -141,10 +146,21 @@ impl std::fmt::Debug for EbpfDatapath {
     }
 }
 
+/// The error of an operation on `map`: [`DatapathError::MapFull`] when the kernel refused a
+/// new entry for lack of room, [`DatapathError::Map`] otherwise.
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DatapathError {
-    move |e| DatapathError::Map {
-        map,
-        source: Box::new(e),
+    move |e| match &e {
+        MapError::SyscallError(s)
+            if s.io_error
+                .raw_os_error()
+                .is_some_and(crate::capacity::is_full_errno) =>
+        {
+            DatapathError::MapFull { map }
+        }
+        _ => DatapathError::Map {
+            map,
+            source: Box::new(e),
+        },
     }
 }
 
@@ -203,6 +219,45 @@ fn check_pinned_layouts(pin_dir: &Path) -> Result<(), DatapathError> {
     Ok(())
 }
 
+/// Refuses a size of 0 (the kernel would refuse the map with a less helpful error).
+fn check_sizes(sizes: &MapSizes) -> Result<(), DatapathError> {
+    for (name, size) in sizes.per_map() {
+        if size == 0 {
+            return Err(DatapathError::Invalid {
+                what: format!("size of map {name}"),
+                reason: "a map needs room for at least one entry".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The `max_entries` of each sized map pinned under `pin_dir`; warns about each whose size
+/// differs from `sizes` (it is kept: see [`crate::capacity`]).
+fn pinned_capacities(
+    pin_dir: &Path,
+    sizes: &MapSizes,
+) -> Result<Vec<(&'static str, u32)>, DatapathError> {
+    let mut out = Vec::new();
+    for (name, configured) in sizes.per_map() {
+        let path = pin_dir.join(name);
+        let info = aya::maps::MapInfo::from_pin(&path).map_err(map_err(name))?;
+        let pinned = info.max_entries();
+        if pinned != configured {
+            tracing::warn!(
+                map = name,
+                pinned,
+                configured,
+                path = %path.display(),
+                "keeping the pinned map with its size; the configured size applies when the \
+                 map is created again (uninstall the datapath or use a new pin directory)"
+            );
+        }
+        out.push((name, pinned));
+    }
+    Ok(out)
+}
+
 /// The policy maps' contents, per endpoint.
 fn read_policies(
     policy: &LpmTrie<MapData, crate::policy::PolicyKeyData, [u8; 4]>,
@@ -253,17 +308,37 @@ impl EbpfDatapath {
     /// Loads the datapath for this node (see the module documentation). Must run inside the
     /// node's network namespace, with `config.pin_dir` on a bpffs.
     pub fn load(config: NodeConfig) -> Result<Self, DatapathError> {
-        Self::open(config, None)
+        Self::open(config, None, MapSizes::default())
+    }
+
+    /// [`EbpfDatapath::load`] with the sized maps created with `sizes` (see
+    /// [`crate::capacity`]; maps already pinned keep their size).
+    pub fn load_with(config: NodeConfig, sizes: MapSizes) -> Result<Self, DatapathError> {
+        Self::open(config, None, sizes)
     }
 
     /// Loads the programs and pinned maps and writes the configuration with the given tunnel
     /// device index, but creates no device and attaches nothing, not even when endpoints are
     /// upserted. For `BPF_PROG_TEST_RUN` ([`EbpfDatapath::test_run`]) and offline tools.
     pub fn load_unattached(config: NodeConfig, tunnel_ifindex: u32) -> Result<Self, DatapathError> {
-        Self::open(config, Some(tunnel_ifindex))
+        Self::open(config, Some(tunnel_ifindex), MapSizes::default())
     }
 
-    fn open(config: NodeConfig, unattached: Option<u32>) -> Result<Self, DatapathError> {
+    /// [`EbpfDatapath::load_unattached`] with the sized maps created with `sizes`.
+    pub fn load_unattached_with(
+        config: NodeConfig,
+        tunnel_ifindex: u32,
+        sizes: MapSizes,
+    ) -> Result<Self, DatapathError> {
+        Self::open(config, Some(tunnel_ifindex), sizes)
+    }
+
+    fn open(
+        config: NodeConfig,
+        unattached: Option<u32>,
+        sizes: MapSizes,
+    ) -> Result<Self, DatapathError> {
+        check_sizes(&sizes)?;
         let pin_dir = config.pin_dir.clone();
         fs::create_dir_all(&pin_dir).map_err(io_err(&pin_dir))?;
         bpffs::require_bpffs(&pin_dir)?;
@@ -271,13 +346,18 @@ impl EbpfDatapath {
         fs::create_dir_all(&links_dir).map_err(io_err(&links_dir))?;
 
         check_pinned_layouts(&pin_dir)?;
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&pin_dir)
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(&pin_dir);
+        for (name, size) in sizes.per_map() {
+            loader.map_max_entries(name, size);
+        }
+        let mut ebpf = loader
             .load(PLEXUS_BPF_OBJECT)
             .map_err(|e| DatapathError::Load {
                 pin_dir: pin_dir.clone(),
                 source: Box::new(e),
             })?;
+        let capacities = pinned_capacities(&pin_dir, &sizes)?;
         for program in PROGRAMS {
             let prog = classifier(&mut ebpf, program)?;
             prog.load().map_err(|e| DatapathError::Program {
@@ -397,6 +477,7 @@ impl EbpfDatapath {
             tunnel_ifindex,
             attach: unattached.is_none(),
             reader,
+            capacities,
         })
     }
 
@@ -837,6 +918,27 @@ impl Datapath for EbpfDatapath {
         Ok(out)
     }
 
+    fn map_usage(&self) -> Result<Vec<MapUsage>, DatapathError> {
+        let st = self.lock();
+        let mut out = Vec::new();
+        for &(map, capacity) in &self.capacities {
+            let entries = match map {
+                MAP_IPCACHE => count(st.ipcache.keys(), map)?,
+                MAP_LB_SERVICES => count(st.lb_services.keys(), map)?,
+                MAP_LB_BACKENDS => count(st.lb_backends.keys(), map)?,
+                MAP_CT => count(st.conntrack.keys(), map)?,
+                MAP_POLICY => count(st.policy.keys(), map)?,
+                _ => continue,
+            };
+            out.push(MapUsage {
+                map,
+                entries,
+                capacity: u64::from(capacity),
+            });
+        }
+        Ok(out)
+    }
+
     fn dns_redirects(&self) -> Result<std::collections::BTreeMap<u16, u16>, DatapathError> {
         let st = self.lock();
         let mut out = std::collections::BTreeMap::new();
@@ -941,6 +1043,19 @@ fn read_lb_tables(
         }
     }
     Ok(LbTables::from_maps(entries, backends))
+}
+
+/// How many keys `keys` walks.
+fn count<K>(
+    keys: impl Iterator<Item = Result<K, MapError>>,
+    map: &'static str,
+) -> Result<u64, DatapathError> {
+    let mut n = 0;
+    for key in keys {
+        key.map_err(map_err(map))?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// The classifier program `program` of the loaded object.
