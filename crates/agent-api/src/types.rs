@@ -34,6 +34,10 @@ pub struct AgentStatus {
     /// Transparent encryption (absent from agents that predate it: disabled).
     #[serde(default)]
     pub encryption: crate::EncryptionSummary,
+    /// What needs the operator's attention, one line each (e.g. a full datapath map, named);
+    /// absent when nothing does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// One node of `GET /v1/nodes`, of any cluster this node knows.
@@ -400,6 +404,7 @@ mod tests {
                 peers: 3,
                 device_reachable: true,
             },
+            warnings: Vec::new(),
         };
         assert_eq!(
             serde_json::to_value(&status).unwrap(),

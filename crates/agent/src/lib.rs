@@ -61,6 +61,8 @@ pub struct Agent {
     flows: Option<Arc<plexus_flow::FlowRing>>,
     /// What `/metrics` serves.
     metrics: Arc<metrics::Metrics>,
+    /// The writes full datapath maps refused (warnings of `/v1/status`).
+    maps: Arc<shell::maps::MapHealth>,
 }
 
 impl Agent {

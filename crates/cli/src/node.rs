@@ -118,6 +118,9 @@ fn print_status(v: &AgentStatus) -> Result<()> {
     let (configured, ready) = v.remote_clusters;
     println!("ClusterMesh: {ready}/{configured} remote clusters ready");
     println!("{}", encryption_line(&v.encryption));
+    for warning in &v.warnings {
+        println!("Warning:   {warning}");
+    }
     Ok(())
 }
 

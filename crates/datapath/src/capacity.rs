@@ -81,4 +81,3 @@ pub struct MapUsage {
 pub(crate) fn is_full_errno(errno: i32) -> bool {
     errno == libc::E2BIG || errno == libc::ENOSPC
 }
-

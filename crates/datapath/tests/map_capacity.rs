@@ -163,7 +163,10 @@ fn a_pinned_map_keeps_its_size_across_a_load_asking_for_another() {
         // Created again (uninstalled), the map takes the configured size.
         EbpfDatapath::uninstall(&config(&fs).pin_dir).unwrap();
         let dp = EbpfDatapath::load_unattached_with(config(&fs), 77, MapSizes::default()).unwrap();
-        assert_eq!(usage(&dp, MAP_IPCACHE), (0, u64::from(MapSizes::default().ipcache)));
+        assert_eq!(
+            usage(&dp, MAP_IPCACHE),
+            (0, u64::from(MapSizes::default().ipcache))
+        );
     });
 }
 
