@@ -2,7 +2,8 @@
 //! Maps sized from configuration, against the kernel: a tiny ipcache refuses the entries
 //! beyond its size with a typed error naming the map and keeps serving what it holds; a tiny
 //! load-balancing map refuses a service that does not fit and keeps the ones it has; a pinned
-//! map keeps its size when the next load asks for another. Each test loads the datapath in a
+//! map keeps its size when the next load asks for another. The programs keep looking up what
+//! a full map holds (`BPF_PROG_TEST_RUN`). Each test loads the datapath in a
 //! network namespace of its own, with maps pinned in a private bpffs.
 
 mod common;
@@ -11,10 +12,16 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use common::pods::{Netns, NsThread};
 use plexus_datapath::{
-    Datapath, DatapathError, EbpfDatapath, Frontend, IpcacheValue, L4Proto, LbService, MapSizes,
-    NodeConfig, Prefix, RoutingMode,
-    object::{MAP_IPCACHE, MAP_LB_BACKENDS, MAP_LB_SERVICES},
+    Datapath, DatapathError, EbpfDatapath, Endpoint, Frontend, IpcacheValue, L4Proto, LbService,
+    MapSizes, NodeConfig, Prefix, RoutingMode,
+    ebpf::verdict,
+    object::{MAP_IPCACHE, MAP_LB_BACKENDS, MAP_LB_SERVICES, PROG_FROM_CONTAINER},
 };
+
+/// A local pod, on ifindex 1: test runs see packets arrive on loopback.
+const POD: Ipv4Addr = Ipv4Addr::new(10, 60, 1, 7);
+const POD_MAC: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x07];
+const HOST_MAC: [u8; 6] = [0x0e, 0, 0, 0, 1, 0x07];
 
 fn config(fs: &common::Bpffs) -> NodeConfig {
     NodeConfig {
@@ -90,6 +97,25 @@ fn a_full_ipcache_refuses_new_prefixes_and_keeps_serving_its_entries() {
         let expected: Vec<_> = (1..=8).map(|i| (host(i), value(i))).collect();
         assert_eq!(held, expected);
         assert_eq!(usage(&dp, MAP_IPCACHE), (8, 8));
+        // The programs look the held entries up: a pod's packet to one is tunnelled to its
+        // node; to a refused one it is world's, handed to the stack.
+        dp.upsert_endpoint(&Endpoint {
+            id: 3833,
+            ipv4: POD,
+            host_ifname: "lo".into(),
+            host_ifindex: 1,
+            pod_mac: POD_MAC,
+            host_mac: HOST_MAC,
+            identity: 38354,
+        })
+        .unwrap();
+        let to = |dst| common::tcp_frame(POD_MAC, HOST_MAC, POD, dst, 42728, 80, 0x02);
+        for i in 1..=8 {
+            let out = dp.test_run(PROG_FROM_CONTAINER, &to(host(i).addr), 0).unwrap();
+            assert_eq!(out.verdict, verdict::REDIRECT, "to {}", host(i));
+        }
+        let out = dp.test_run(PROG_FROM_CONTAINER, &to(host(9).addr), 0).unwrap();
+        assert_eq!(out.verdict, verdict::OK);
         // A full map still takes new values for the prefixes it holds.
         dp.upsert_ipcache(host(3), value(42)).unwrap();
         assert!(dp.ipcache().unwrap().contains(&(host(3), value(42))));
