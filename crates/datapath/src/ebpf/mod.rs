@@ -134,6 +134,43 @@ pub struct EbpfDatapath {
     reader: reader::Reader,
     /// The sized maps and the `max_entries` the kernel has for each (the pinned map's).
     capacities: Vec<(&'static str, u32)>,
+    /// Read-only handles of the sized maps, outside the state's lock: counting their entries
+    /// walks every key and must not hold up writers.
+    counters: Counters,
+}
+
+/// Second handles of the sized maps (opened from their pins), for counting entries.
+struct Counters {
+    ipcache: LpmTrie<MapData, [u8; 4], IpcacheBytes>,
+    lb_services: HashMap<MapData, LbServiceKeyBytes, LbServiceValueBytes>,
+    lb_backends: HashMap<MapData, u32, LbBackendBytes>,
+    conntrack: HashMap<MapData, CtKeyBytes, CtEntryBytes>,
+    policy: LpmTrie<MapData, crate::policy::PolicyKeyData, [u8; 4]>,
+}
+
+impl Counters {
+    fn open(pin_dir: &Path) -> Result<Self, DatapathError> {
+        let data = |name: &'static str| {
+            aya::maps::MapData::from_pin(pin_dir.join(name)).map_err(map_err(name))
+        };
+        Ok(Self {
+            ipcache: aya::maps::Map::LpmTrie(data(MAP_IPCACHE)?)
+                .try_into()
+                .map_err(map_err(MAP_IPCACHE))?,
+            lb_services: aya::maps::Map::HashMap(data(MAP_LB_SERVICES)?)
+                .try_into()
+                .map_err(map_err(MAP_LB_SERVICES))?,
+            lb_backends: aya::maps::Map::HashMap(data(MAP_LB_BACKENDS)?)
+                .try_into()
+                .map_err(map_err(MAP_LB_BACKENDS))?,
+            conntrack: aya::maps::Map::LruHashMap(data(MAP_CT)?)
+                .try_into()
+                .map_err(map_err(MAP_CT))?,
+            policy: aya::maps::Map::LpmTrie(data(MAP_POLICY)?)
+                .try_into()
+                .map_err(map_err(MAP_POLICY))?,
+        })
+    }
 }
 
 impl std::fmt::Debug for EbpfDatapath {
@@ -358,6 +395,7 @@ impl EbpfDatapath {
                 source: Box::new(e),
             })?;
         let capacities = pinned_capacities(&pin_dir, &sizes)?;
+        let counters = Counters::open(&pin_dir)?;
         for program in PROGRAMS {
             let prog = classifier(&mut ebpf, program)?;
             prog.load().map_err(|e| DatapathError::Program {
@@ -478,6 +516,7 @@ impl EbpfDatapath {
             attach: unattached.is_none(),
             reader,
             capacities,
+            counters,
         })
     }
 
@@ -919,7 +958,8 @@ impl Datapath for EbpfDatapath {
     }
 
     fn map_usage(&self) -> Result<Vec<MapUsage>, DatapathError> {
-        let st = self.lock();
+        // Not under the state's lock: entries written meanwhile may or may not be counted.
+        let st = &self.counters;
         let mut out = Vec::new();
         for &(map, capacity) in &self.capacities {
             let entries = match map {
