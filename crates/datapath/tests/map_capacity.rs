@@ -111,10 +111,14 @@ fn a_full_ipcache_refuses_new_prefixes_and_keeps_serving_its_entries() {
         .unwrap();
         let to = |dst| common::tcp_frame(POD_MAC, HOST_MAC, POD, dst, 42728, 80, 0x02);
         for i in 1..=8 {
-            let out = dp.test_run(PROG_FROM_CONTAINER, &to(host(i).addr), 0).unwrap();
+            let out = dp
+                .test_run(PROG_FROM_CONTAINER, &to(host(i).addr), 0)
+                .unwrap();
             assert_eq!(out.verdict, verdict::REDIRECT, "to {}", host(i));
         }
-        let out = dp.test_run(PROG_FROM_CONTAINER, &to(host(9).addr), 0).unwrap();
+        let out = dp
+            .test_run(PROG_FROM_CONTAINER, &to(host(9).addr), 0)
+            .unwrap();
         assert_eq!(out.verdict, verdict::OK);
         // A full map still takes new values for the prefixes it holds.
         dp.upsert_ipcache(host(3), value(42)).unwrap();
