@@ -437,6 +437,7 @@ pub async fn run(args: Options) -> Result<()> {
         &kv,
         datapath.clone(),
         map_health.clone(),
+        dns.clone(),
     ));
     let flow_task = flows.as_ref().map(|(cell, ring)| {
         tracing::info!(capacity = ring.capacity(), "flows on");
@@ -463,6 +464,7 @@ pub async fn run(args: Options) -> Result<()> {
         datapath,
         wireguard,
         flows: flows.map(|(_, ring)| ring),
+        dns,
         metrics,
         maps: map_health,
     });

@@ -59,6 +59,8 @@ pub struct Agent {
     wireguard: Option<Arc<shell::wireguard::Wireguard>>,
     /// The node's flows, when `enable-flows` is on.
     flows: Option<Arc<plexus_flow::FlowRing>>,
+    /// The node's DNS proxy (eBPF datapath only).
+    dns: Option<Arc<shell::dns::DnsShell>>,
     /// What `/metrics` serves.
     metrics: Arc<metrics::Metrics>,
     /// The writes full datapath maps refused (warnings of `/v1/status`).

@@ -14,13 +14,20 @@
 //!   walks each map's keys), and `plexus_bpf_map_full_total{map}`, the writes a full map
 //!   refused since the agent started ([`MapHealth`]);
 //! - the flow metrics of [`FlowMetrics`], counted by the flow pipeline as flows pass (Hubble's
-//!   `hubble_flows_processed_total` / `hubble_drop_total` with the `plexus_` prefix).
+//!   `hubble_flows_processed_total` / `hubble_drop_total` with the `plexus_` prefix);
+//! - with the node's DNS proxy (eBPF datapath), its counters and what it learned, read at
+//!   scrape time, in the spirit of Cilium's `proxy`/`fqdn` metrics:
+//!   `plexus_dns_proxy_queries_total{outcome}`, `plexus_dns_proxy_responses_total{outcome}`,
+//!   `plexus_dns_proxy_forward_errors_total{reason}`, `plexus_dns_proxy_received_total`,
+//!   `plexus_dns_proxy_send_errors_total`, `plexus_dns_proxy_tcp_connections_total`, and the
+//!   gauges `plexus_fqdn_learned_addresses`, `plexus_fqdn_learned_names`.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use plexus_clustermesh::mesh::MeshHandle;
 use plexus_datapath::{Datapath, Direction, MapUsage, Metric};
+use plexus_dnsproxy::server::ServerStats;
 use plexus_kvstore::KvMetrics;
 use plexus_metrics::Format;
 use plexus_metrics::prometheus_client::collector::Collector;
@@ -29,6 +36,7 @@ use plexus_metrics::prometheus_client::metrics::counter::Counter;
 use plexus_metrics::prometheus_client::metrics::family::Family;
 use plexus_metrics::prometheus_client::registry::Registry;
 
+use crate::shell::dns::DnsShell;
 use crate::shell::maps::MapHealth;
 
 /// The agent's registry and the handles that feed it.
@@ -41,13 +49,15 @@ pub struct Metrics {
 impl Metrics {
     /// The registry of the agent of cluster `cluster`: the remote clusters read from `mesh`,
     /// the kvstore operations of `kv`, the counters and maps of `datapath` with the refusals
-    /// of its full maps in `maps`, and empty flow metrics.
+    /// of its full maps in `maps`, the counters of the DNS proxy `dns` (when the node has
+    /// one), and empty flow metrics.
     pub fn new(
         cluster: &str,
         mesh: MeshHandle,
         kv: &KvMetrics,
         datapath: Arc<dyn Datapath>,
         maps: Arc<MapHealth>,
+        dns: Option<Arc<DnsShell>>,
     ) -> Self {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(plexus_clustermesh::metrics::collector(
@@ -60,6 +70,9 @@ impl Metrics {
             health: maps,
         }));
         registry.register_collector(Box::new(DatapathCollector(datapath)));
+        if let Some(dns) = dns {
+            registry.register_collector(Box::new(DnsCollector(dns)));
+        }
         let flows = FlowMetrics::default();
         flows.register(&mut registry);
         Self { registry, flows }
@@ -328,6 +341,101 @@ fn encode_datapath(metrics: &[Metric], encoder: &mut DescriptorEncoder) -> fmt::
     )
 }
 
+/// Reads the DNS proxy's counters and learned state at each scrape.
+struct DnsCollector(Arc<DnsShell>);
+
+impl fmt::Debug for DnsCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DnsCollector")
+    }
+}
+
+impl Collector for DnsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let learned = self.0.learned_counts();
+        encode_dns(&self.0.stats(), learned, &mut encoder)
+    }
+}
+
+/// The DNS proxy's families: its counters `stats` and the learned (names, addresses).
+fn encode_dns(
+    stats: &ServerStats,
+    (names, addresses): (usize, usize),
+    encoder: &mut DescriptorEncoder,
+) -> fmt::Result {
+    plexus_metrics::counters(
+        encoder,
+        "plexus_dns_proxy_received",
+        "DNS queries received by the DNS proxy (UDP datagrams and TCP messages).",
+        [(vec![], stats.queries)],
+    )?;
+    plexus_metrics::counters(
+        encoder,
+        "plexus_dns_proxy_queries",
+        "DNS queries handled by the DNS proxy, by outcome: forwarded to their server, \
+         refused by the endpoint's DNS rules, malformed, from no local endpoint, dropped as \
+         overloaded.",
+        [
+            ("forwarded", stats.forwarded),
+            ("refused", stats.refused),
+            ("malformed", stats.malformed),
+            ("no_endpoint", stats.no_endpoint),
+            ("overloaded", stats.overloaded),
+        ]
+        .map(|(outcome, n)| (vec![("outcome", outcome)], n)),
+    )?;
+    plexus_metrics::counters(
+        encoder,
+        "plexus_dns_proxy_responses",
+        "DNS responses handled by the DNS proxy, by outcome: delivered at once, held until \
+         what they taught was applied, released when the longest hold expired, dropped.",
+        [
+            ("delivered", stats.delivered),
+            ("held", stats.held),
+            ("hold_expired", stats.hold_expired),
+            ("dropped", stats.responses_dropped),
+        ]
+        .map(|(outcome, n)| (vec![("outcome", outcome)], n)),
+    )?;
+    plexus_metrics::counters(
+        encoder,
+        "plexus_dns_proxy_forward_errors",
+        "DNS queries the DNS proxy failed to forward, by reason: a socket error, or no answer \
+         in time.",
+        [
+            ("error", stats.forward_errors),
+            ("timeout", stats.forward_timeouts),
+        ]
+        .map(|(reason, n)| (vec![("reason", reason)], n)),
+    )?;
+    plexus_metrics::counters(
+        encoder,
+        "plexus_dns_proxy_send_errors",
+        "DNS answers the DNS proxy could not send to their client.",
+        [(vec![], stats.send_errors)],
+    )?;
+    plexus_metrics::counters(
+        encoder,
+        "plexus_dns_proxy_tcp_connections",
+        "TCP connections accepted by the DNS proxy.",
+        [(vec![], stats.tcp_connections)],
+    )?;
+    let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    plexus_metrics::gauges(
+        encoder,
+        "plexus_fqdn_learned_addresses",
+        "Distinct addresses the DNS proxy learned for toFQDNs selectors (those past their TTL \
+         included while connections use them).",
+        [(vec![], gauge(addresses))],
+    )?;
+    plexus_metrics::gauges(
+        encoder,
+        "plexus_fqdn_learned_names",
+        "(name, address) pairs the DNS proxy learned for toFQDNs selectors.",
+        [(vec![], gauge(names))],
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,6 +493,67 @@ mod tests {
                 2,
                 "{text:#?}"
             );
+        }
+    }
+
+    #[derive(Debug)]
+    struct FixedDns(ServerStats, (usize, usize));
+
+    impl Collector for FixedDns {
+        fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+            encode_dns(&self.0, self.1, &mut encoder)
+        }
+    }
+
+    #[test]
+    fn dns_proxy_counters_by_outcome() {
+        let stats = ServerStats {
+            queries: 12,
+            forwarded: 7,
+            refused: 3,
+            malformed: 1,
+            no_endpoint: 1,
+            overloaded: 0,
+            delivered: 4,
+            held: 2,
+            hold_expired: 1,
+            responses_dropped: 5,
+            forward_errors: 6,
+            forward_timeouts: 8,
+            send_errors: 9,
+            tcp_connections: 10,
+        };
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(FixedDns(stats, (3, 2))));
+        for format in [Format::OpenMetrics, Format::Text] {
+            let text = lines(&registry, format);
+            for line in [
+                "plexus_dns_proxy_received_total 12",
+                "plexus_dns_proxy_queries_total{outcome=\"forwarded\"} 7",
+                "plexus_dns_proxy_queries_total{outcome=\"refused\"} 3",
+                "plexus_dns_proxy_queries_total{outcome=\"malformed\"} 1",
+                "plexus_dns_proxy_queries_total{outcome=\"no_endpoint\"} 1",
+                "plexus_dns_proxy_queries_total{outcome=\"overloaded\"} 0",
+                "plexus_dns_proxy_responses_total{outcome=\"delivered\"} 4",
+                "plexus_dns_proxy_responses_total{outcome=\"held\"} 2",
+                "plexus_dns_proxy_responses_total{outcome=\"hold_expired\"} 1",
+                "plexus_dns_proxy_responses_total{outcome=\"dropped\"} 5",
+                "plexus_dns_proxy_forward_errors_total{reason=\"error\"} 6",
+                "plexus_dns_proxy_forward_errors_total{reason=\"timeout\"} 8",
+                "plexus_dns_proxy_send_errors_total 9",
+                "plexus_dns_proxy_tcp_connections_total 10",
+                "plexus_fqdn_learned_addresses 2",
+                "plexus_fqdn_learned_names 3",
+            ] {
+                assert!(text.iter().any(|l| l == line), "{line} in {text:#?}");
+            }
+        }
+        let text = lines(&registry, Format::Text);
+        for line in [
+            "# TYPE plexus_dns_proxy_queries_total counter",
+            "# TYPE plexus_fqdn_learned_addresses gauge",
+        ] {
+            assert!(text.iter().any(|l| l == line), "{line} in {text:#?}");
         }
     }
 

@@ -5,6 +5,8 @@
 //! - `clustermesh enable|connect|disconnect|status` ([`clustermesh`]);
 //! - per node: `status`, `endpoint list`, `node list`, `identity list`, `bpf ipcache list`, `bpf lb list`,
 //!   `monitor` ([`node`]);
+//! - per node: `fqdn cache list`, what the node's DNS proxy learned for `toFQDNs` policy
+//!   ([`node`]);
 //! - `policy trace`: the verdict of a pod-to-pod connection at both ends and the rules that
 //!   decide it ([`trace`]);
 //! - `encryption status|rotate-key`: WireGuard keys, devices and peers of a cluster's nodes
@@ -168,6 +170,11 @@ enum Command {
     Node {
         #[command(subcommand)]
         command: NodeCommand,
+    },
+    /// What a node's DNS proxy learned for toFQDNs policy.
+    Fqdn {
+        #[command(subcommand)]
+        command: FqdnCommand,
     },
     /// Services with their frontends and backends (with cluster and state), as a node sees them.
     Service {
@@ -368,6 +375,17 @@ enum NodeCommand {
         /// Output format.
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum FqdnCommand {
+    /// The learned names: each address with its identity (that of the toFQDNs selectors
+    /// matching its names), the seconds left of its TTL ("expired": kept while connections
+    /// use it) and those selectors.
+    Cache {
+        #[command(subcommand)]
+        command: ListCommand,
     },
 }
 
@@ -1017,6 +1035,20 @@ fn run(cli: Cli) -> Result<u8> {
                     cfg.context(ctx_name, &path)?,
                     node,
                     node::Listing::Identities,
+                    output == Output::Json,
+                )
+                .await?
+            }
+            Command::Fqdn {
+                command:
+                    FqdnCommand::Cache {
+                        command: ListCommand::List { output },
+                    },
+            } => {
+                node::list(
+                    cfg.context(ctx_name, &path)?,
+                    node,
+                    node::Listing::FqdnCache,
                     output == Output::Json,
                 )
                 .await?
