@@ -165,7 +165,14 @@ fn a_full_load_balancing_map_refuses_a_service_and_keeps_the_others() {
             map == Some(MAP_LB_SERVICES) || map == Some(MAP_LB_BACKENDS),
             "{err:?}"
         );
-        assert_eq!(dp.services().unwrap(), vec![first]);
+        assert_eq!(dp.services().unwrap(), vec![first.clone()]);
+        // What the refused update wrote is gone: the maps hold the first service only.
+        let lb_usage = (usage(&dp, MAP_LB_SERVICES).0, usage(&dp, MAP_LB_BACKENDS).0);
+        assert_eq!(lb_usage, (4, 3));
+        // Room made (the first service gone), the refused one fits.
+        dp.remove_service(first.frontend).unwrap();
+        dp.upsert_service(&service(443, 4)).unwrap();
+        assert_eq!(dp.services().unwrap(), vec![service(443, 4)]);
     });
 }
 

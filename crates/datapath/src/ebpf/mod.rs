@@ -1018,12 +1018,17 @@ impl Datapath for EbpfDatapath {
 
 impl State {
     /// Applies `ops` in order. When a write fails, the agent's copy is read again from the maps
-    /// so that it stays what the kernel holds.
+    /// so that it stays what the kernel holds, and what the failed update wrote that nothing
+    /// points to (backends of a frontend not written, slots beyond a master's count) is
+    /// removed: a full map is not filled further by updates it refused.
     fn apply_lb(&mut self, ops: &[LbOp]) -> Result<(), DatapathError> {
         let res = apply_lb_ops(&mut self.lb_services, &mut self.lb_backends, ops);
         if res.is_err()
-            && let Ok((lb, _)) = read_lb_tables(&self.lb_services, &self.lb_backends)
+            && let Ok((lb, garbage)) = read_lb_tables(&self.lb_services, &self.lb_backends)
         {
+            if let Err(err) = apply_lb_ops(&mut self.lb_services, &mut self.lb_backends, &garbage) {
+                tracing::warn!(error = %err, "removing what a failed load-balancing update left");
+            }
             self.lb = lb;
         }
         res
