@@ -445,6 +445,16 @@ mod tests {
         old.as_object_mut().unwrap().remove("dns-proxy");
         let back: AgentStatus = serde_json::from_value(old).unwrap();
         assert_eq!(back.dns_proxy, None);
+        // Warnings, when there are any, are a list of lines; none, the key is absent.
+        assert!(back.warnings.is_empty());
+        let warned = AgentStatus {
+            warnings: vec!["map PLEXUS_IPCACHE is full".into()],
+            ..back
+        };
+        assert_eq!(
+            serde_json::to_value(&warned).unwrap()["warnings"],
+            serde_json::json!(["map PLEXUS_IPCACHE is full"])
+        );
         let backend = Backend {
             cluster: "c2".into(),
             ip: "10.2.0.5".into(),
