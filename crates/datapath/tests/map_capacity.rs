@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used)]
 //! Maps sized from configuration, against the kernel: a tiny ipcache refuses the entries
 //! beyond its size with a typed error naming the map and keeps serving what it holds; a tiny
-//! load-balancing map refuses a service that does not fit and keeps the ones it has; a pinned
+//! load-balancing map refuses a service that does not fit and keeps the ones it has, and so
+//! does a tiny policy map with a policy; a pinned
 //! map keeps its size when the next load asks for another. The programs keep looking up what
 //! a full map holds (`BPF_PROG_TEST_RUN`). Each test loads the datapath in a
 //! network namespace of its own, with maps pinned in a private bpffs.
@@ -12,10 +13,11 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use common::pods::{Netns, NsThread};
 use plexus_datapath::{
-    Datapath, DatapathError, EbpfDatapath, Endpoint, Frontend, IpcacheValue, L4Proto, LbService,
-    MapSizes, NodeConfig, Prefix, RoutingMode,
+    Datapath, DatapathError, Direction, EbpfDatapath, Endpoint, Frontend, IpcacheValue, L4Proto,
+    LbService, MapSizes, NodeConfig, Prefix, RoutingMode,
     ebpf::verdict,
-    object::{MAP_IPCACHE, MAP_LB_BACKENDS, MAP_LB_SERVICES, PROG_FROM_CONTAINER},
+    object::{MAP_IPCACHE, MAP_LB_BACKENDS, MAP_LB_SERVICES, MAP_POLICY, PROG_FROM_CONTAINER},
+    policy::{EndpointPolicy, PolicyRule},
 };
 
 /// A local pod, on ifindex 1: test runs see packets arrive on loopback.
@@ -173,6 +175,50 @@ fn a_full_load_balancing_map_refuses_a_service_and_keeps_the_others() {
         dp.remove_service(first.frontend).unwrap();
         dp.upsert_service(&service(443, 4)).unwrap();
         assert_eq!(dp.services().unwrap(), vec![service(443, 4)]);
+    });
+}
+
+fn allow(identities: std::ops::RangeInclusive<u32>) -> EndpointPolicy {
+    EndpointPolicy {
+        ingress_enforced: true,
+        egress_enforced: false,
+        rules: identities
+            .map(|identity| PolicyRule {
+                direction: Direction::Ingress,
+                identity,
+                proto: 6,
+                port_lo: 80,
+                port_hi: 80,
+                deny: false,
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn a_full_policy_map_refuses_a_policy_and_keeps_the_others() {
+    let (_ns, thread) = netns("pol");
+    thread.run(|| {
+        let fs = common::Bpffs::new();
+        let sizes = MapSizes {
+            policy: 4,
+            ..MapSizes::default()
+        };
+        let dp = EbpfDatapath::load_unattached_with(config(&fs), 77, sizes).unwrap();
+        dp.set_policy(7, &allow(100..=103)).unwrap();
+        assert_eq!(usage(&dp, MAP_POLICY), (4, 4));
+        let err = dp.set_policy(8, &allow(200..=201)).unwrap_err();
+        assert_eq!(err.full_map(), Some(MAP_POLICY), "{err:?}");
+        let held = dp.policies().unwrap();
+        assert_eq!(held.keys().copied().collect::<Vec<_>>(), [7]);
+        assert_eq!(held[&7].1.len(), 4);
+        // Room made, the refused policy goes in.
+        dp.remove_policy(7).unwrap();
+        dp.set_policy(8, &allow(200..=201)).unwrap();
+        assert_eq!(
+            dp.policies().unwrap().keys().copied().collect::<Vec<_>>(),
+            [8]
+        );
     });
 }
 
