@@ -34,6 +34,10 @@ pub struct AgentStatus {
     /// Transparent encryption (absent from agents that predate it: disabled).
     #[serde(default)]
     pub encryption: crate::EncryptionSummary,
+    /// What needs the operator's attention, one line each (e.g. a full datapath map, named);
+    /// absent when nothing does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// The node's DNS proxy (`None`: the node has none, or its agent predates it).
     #[serde(default)]
     pub dns_proxy: Option<crate::DnsProxyStatus>,
@@ -403,6 +407,7 @@ mod tests {
                 peers: 3,
                 device_reachable: true,
             },
+            warnings: Vec::new(),
             dns_proxy: Some(crate::DnsProxyStatus {
                 port: Some(10053),
                 redirected_endpoints: Some(1),
@@ -440,6 +445,16 @@ mod tests {
         old.as_object_mut().unwrap().remove("dns-proxy");
         let back: AgentStatus = serde_json::from_value(old).unwrap();
         assert_eq!(back.dns_proxy, None);
+        // Warnings, when there are any, are a list of lines; none, the key is absent.
+        assert!(back.warnings.is_empty());
+        let warned = AgentStatus {
+            warnings: vec!["map PLEXUS_IPCACHE is full".into()],
+            ..back
+        };
+        assert_eq!(
+            serde_json::to_value(&warned).unwrap()["warnings"],
+            serde_json::json!(["map PLEXUS_IPCACHE is full"])
+        );
         let backend = Backend {
             cluster: "c2".into(),
             ip: "10.2.0.5".into(),

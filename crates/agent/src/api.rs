@@ -89,6 +89,18 @@ pub fn router(agent: Arc<Agent>) -> Router {
 
 async fn status(State(agent): State<Arc<Agent>>) -> axum::Json<AgentStatus> {
     let mesh = agent.mesh.status();
+    // The fill is read (a walk of the maps' keys) only when a map is full, to name it.
+    let warnings = if agent.maps.full().is_empty() {
+        Vec::new()
+    } else {
+        let datapath = agent.datapath.clone();
+        let usage = tokio::task::spawn_blocking(move || datapath.map_usage())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        agent.maps.warnings(&usage)
+    };
     axum::Json(AgentStatus {
         cluster: agent.cluster.name.clone(),
         cluster_id: agent.cluster.id,
@@ -113,6 +125,7 @@ async fn status(State(agent): State<Arc<Agent>>) -> axum::Json<AgentStatus> {
                 }
             }
         },
+        warnings,
         dns_proxy: agent.dns.as_ref().map(|dns| dns_proxy_status(dns.status())),
     })
 }

@@ -63,6 +63,8 @@ pub struct Agent {
     dns: Option<Arc<shell::dns::DnsShell>>,
     /// What `/metrics` serves.
     metrics: Arc<metrics::Metrics>,
+    /// The writes full datapath maps refused (warnings of `/v1/status`).
+    maps: Arc<shell::maps::MapHealth>,
 }
 
 impl Agent {

@@ -9,6 +9,10 @@
 //!   `plexus_drop_bytes_total{reason,direction}`, `plexus_forward_count_total{direction}`,
 //!   `plexus_forward_bytes_total{direction}`, with Cilium's label values (`reason="Policy
 //!   denied"`, `direction="INGRESS"|"EGRESS"`);
+//! - the datapath's sized maps ([`plexus_datapath::capacity`]), read at scrape time:
+//!   `plexus_bpf_map_entries{map}` and `plexus_bpf_map_capacity{map}` (gauges; counting
+//!   walks each map's keys), and `plexus_bpf_map_full_total{map}`, the writes a full map
+//!   refused since the agent started ([`MapHealth`]);
 //! - the flow metrics of [`FlowMetrics`], counted by the flow pipeline as flows pass (Hubble's
 //!   `hubble_flows_processed_total` / `hubble_drop_total` with the `plexus_` prefix);
 //! - with the node's DNS proxy (eBPF datapath), its counters and what it learned, read at
@@ -22,7 +26,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use plexus_clustermesh::mesh::MeshHandle;
-use plexus_datapath::{Datapath, Direction, Metric};
+use plexus_datapath::{Datapath, Direction, MapUsage, Metric};
 use plexus_dnsproxy::server::ServerStats;
 use plexus_kvstore::KvMetrics;
 use plexus_metrics::Format;
@@ -33,6 +37,7 @@ use plexus_metrics::prometheus_client::metrics::family::Family;
 use plexus_metrics::prometheus_client::registry::Registry;
 
 use crate::shell::dns::DnsShell;
+use crate::shell::maps::MapHealth;
 
 /// The agent's registry and the handles that feed it.
 #[derive(Debug)]
@@ -43,13 +48,15 @@ pub struct Metrics {
 
 impl Metrics {
     /// The registry of the agent of cluster `cluster`: the remote clusters read from `mesh`,
-    /// the kvstore operations of `kv`, the counters of `datapath` and of the DNS proxy `dns`
-    /// (when the node has one), and empty flow metrics.
+    /// the kvstore operations of `kv`, the counters and maps of `datapath` with the refusals
+    /// of its full maps in `maps`, the counters of the DNS proxy `dns` (when the node has
+    /// one), and empty flow metrics.
     pub fn new(
         cluster: &str,
         mesh: MeshHandle,
         kv: &KvMetrics,
         datapath: Arc<dyn Datapath>,
+        maps: Arc<MapHealth>,
         dns: Option<Arc<DnsShell>>,
     ) -> Self {
         let mut registry = Registry::default();
@@ -58,6 +65,10 @@ impl Metrics {
             move || mesh.status(),
         )));
         registry.register_collector(Box::new(kv.collector("local")));
+        registry.register_collector(Box::new(MapCollector {
+            datapath: datapath.clone(),
+            health: maps,
+        }));
         registry.register_collector(Box::new(DatapathCollector(datapath)));
         if let Some(dns) = dns {
             registry.register_collector(Box::new(DnsCollector(dns)));
@@ -201,6 +212,69 @@ impl Collector for DatapathCollector {
             }
         }
     }
+}
+
+/// Reads the sized maps' fill and the full maps' refusals at each scrape.
+struct MapCollector {
+    datapath: Arc<dyn Datapath>,
+    health: Arc<MapHealth>,
+}
+
+impl fmt::Debug for MapCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MapCollector")
+    }
+}
+
+impl Collector for MapCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let usage = self.datapath.map_usage().unwrap_or_else(|err| {
+            // The refusals are still served; the fill is missing, not zero.
+            tracing::warn!(error = %err, "read the datapath's map fill");
+            Vec::new()
+        });
+        encode_maps(&usage, &self.health.refused_total(), &mut encoder)
+    }
+}
+
+/// The map families: fill from `usage`, and refusals for every map in `usage` (0 when none)
+/// or in `refused`.
+fn encode_maps(
+    usage: &[MapUsage],
+    refused: &std::collections::BTreeMap<&'static str, u64>,
+    encoder: &mut DescriptorEncoder,
+) -> fmt::Result {
+    let mut full: std::collections::BTreeMap<&str, u64> =
+        usage.iter().map(|u| (u.map, 0)).collect();
+    full.extend(refused.iter().map(|(m, n)| (*m, *n)));
+    plexus_metrics::counters(
+        encoder,
+        "plexus_bpf_map_full",
+        "Writes the datapath refused because the map was full, by map.",
+        full.iter().map(|(map, n)| (vec![("map", *map)], *n)),
+    )?;
+    plexus_metrics::gauges(
+        encoder,
+        "plexus_bpf_map_entries",
+        "Entries a datapath map holds, by map.",
+        usage.iter().map(|u| {
+            (
+                vec![("map", u.map)],
+                i64::try_from(u.entries).unwrap_or(i64::MAX),
+            )
+        }),
+    )?;
+    plexus_metrics::gauges(
+        encoder,
+        "plexus_bpf_map_capacity",
+        "Entries a datapath map can hold (its max_entries), by map.",
+        usage.iter().map(|u| {
+            (
+                vec![("map", u.map)],
+                i64::try_from(u.capacity).unwrap_or(i64::MAX),
+            )
+        }),
+    )
 }
 
 /// Cilium's label value of a direction.
@@ -480,6 +554,45 @@ mod tests {
             "# TYPE plexus_fqdn_learned_addresses gauge",
         ] {
             assert!(text.iter().any(|l| l == line), "{line} in {text:#?}");
+        }
+    }
+
+    #[derive(Debug)]
+    struct Maps(Vec<MapUsage>, std::collections::BTreeMap<&'static str, u64>);
+
+    impl Collector for Maps {
+        fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+            encode_maps(&self.0, &self.1, &mut encoder)
+        }
+    }
+
+    #[test]
+    fn map_fill_and_refusals_read_per_map() {
+        let usage = |map, entries, capacity| MapUsage {
+            map,
+            entries,
+            capacity,
+        };
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Maps(
+            vec![
+                usage("PLEXUS_IPCACHE", 8, 8),
+                usage("PLEXUS_CT", 10, 262_144),
+            ],
+            [("PLEXUS_IPCACHE", 2)].into(),
+        )));
+        for format in [Format::OpenMetrics, Format::Text] {
+            let text = lines(&registry, format);
+            for line in [
+                "plexus_bpf_map_full_total{map=\"PLEXUS_IPCACHE\"} 2",
+                "plexus_bpf_map_full_total{map=\"PLEXUS_CT\"} 0",
+                "plexus_bpf_map_entries{map=\"PLEXUS_IPCACHE\"} 8",
+                "plexus_bpf_map_capacity{map=\"PLEXUS_IPCACHE\"} 8",
+                "plexus_bpf_map_entries{map=\"PLEXUS_CT\"} 10",
+                "plexus_bpf_map_capacity{map=\"PLEXUS_CT\"} 262144",
+            ] {
+                assert!(text.iter().any(|l| l == line), "{line} in {text:#?}");
+            }
         }
     }
 

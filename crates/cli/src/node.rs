@@ -126,6 +126,9 @@ fn print_status(v: &AgentStatus) -> Result<()> {
     println!("ClusterMesh: {ready}/{configured} remote clusters ready");
     println!("{}", encryption_line(&v.encryption));
     println!("{}", dns_proxy_line(v.dns_proxy.as_ref()));
+    for warning in &v.warnings {
+        println!("Warning:   {warning}");
+    }
     Ok(())
 }
 
