@@ -209,10 +209,7 @@ pub async fn run(args: Options) -> Result<()> {
         encryption: encryption(&args),
     }));
     let routes: Arc<dyn Routes> = if real_kernel {
-        Arc::new(KernelRoutes {
-            table: (args.routing == Routing::Tunnel)
-                .then_some(plexus_datapath::proxy::PROXY_FORWARD_TABLE),
-        })
+        Arc::new(KernelRoutes { table: None })
     } else {
         Arc::new(NoRoutes)
     };
@@ -282,7 +279,11 @@ pub async fn run(args: Options) -> Result<()> {
     let mut reconciler =
         Reconciler::new(driver, datapath.clone(), routes).with_map_health(map_health.clone());
     if let Some(dns) = &dns {
-        reconciler = reconciler.with_dns(dns.clone());
+        reconciler = reconciler
+            .with_dns(dns.clone())
+            .with_proxy_routes(Arc::new(KernelRoutes {
+                table: Some(plexus_datapath::proxy::PROXY_FORWARD_TABLE),
+            }));
         tokio::spawn(dns.clone().run());
     }
     // Flows: the reconciler keeps the decoder's snapshot of the core; one task decodes.

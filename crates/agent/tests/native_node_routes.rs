@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use plexus_agent::core::{Input, RouteChange};
 use plexus_clustermesh::remote_cluster::RemoteEvent;
-use plexus_datapath::{Encryption, RoutingMode};
+use plexus_datapath::RoutingMode;
 
 fn upsert(dst: &str, via: &str) -> RouteChange {
     RouteChange::Upsert {
@@ -89,16 +89,8 @@ fn routes_follow_nodes_of_every_cluster() {
 }
 
 #[test]
-fn tunnel_mode_routes_via_underlay_for_the_proxy_table_never_into_wireguard() {
-    // The shell puts tunnel-mode routes in the table of the DNS proxy's forwarded queries
-    // (pods' packets take the tunnel); they never go into WireGuard.
-    let mut core = core_with(
-        RoutingMode::Tunnel,
-        Encryption {
-            enabled: true,
-            strict: true,
-        },
-    );
+fn tunnel_mode_routes_nothing() {
+    let mut core = core(RoutingMode::Tunnel);
     let out = run(
         &mut core,
         [Input::NodeUpsert(node(
@@ -109,13 +101,20 @@ fn tunnel_mode_routes_via_underlay_for_the_proxy_table_never_into_wireguard() {
             "10.1.2.0",
         ))],
     );
+    assert!(out.routes.is_empty());
+    assert!(!out.ipcache.is_empty());
+    // The DNS proxy's forward routes exist in every mode: its queries from the node reach
+    // other nodes' pods through their underlay addresses.
     assert_eq!(
-        out.routes,
+        out.proxy_routes,
         vec![RouteChange::Upsert {
             dst: prefix("10.1.2.0/24"),
             via: "192.168.1.2".parse().unwrap()
         }]
     );
-    assert!(core.ipcache().encrypted_routes().is_empty());
-    assert!(!out.ipcache.is_empty());
+    let out = run(&mut core, [Input::NodeDelete("n2".into())]);
+    assert_eq!(
+        out.proxy_routes,
+        vec![RouteChange::Delete(prefix("10.1.2.0/24"))]
+    );
 }

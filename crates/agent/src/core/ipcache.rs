@@ -8,10 +8,11 @@
 //!
 //! In native routing mode every other node's pod CIDR is routed through its underlay address,
 //! or, with WireGuard on, into the WireGuard device (nodes that publish a key; every node in
-//! strict mode); [`RouteChange`]s say what to add, change or remove. In tunnel mode the same
-//! routes through underlay addresses are output for the node's own traffic to pods of other
-//! nodes (the DNS proxy forwarding a pod's query): the shell installs them in a table that
-//! only that traffic looks up, while pods' packets take the tunnel.
+//! strict mode); [`RouteChange`]s say what to add, change or remove. In every mode, the DNS
+//! proxy's forward routes (every other node's pod CIDR via its underlay address) are output
+//! apart: the shell installs them in a table that only the proxy's forwarded queries look up,
+//! since in tunnel mode the node has no route of its own to other nodes' pods, and with
+//! WireGuard the receiving node would drop the node's own address coming out of the tunnel.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -87,6 +88,37 @@ pub struct IpcacheState {
     policy_cidrs: BTreeMap<Prefix, u32>,
     pending: Vec<Change>,
     pending_routes: Vec<RouteChange>,
+    /// The DNS proxy's forward routes (every other node's pod CIDR via its underlay address,
+    /// in every mode), by (cluster, node).
+    proxy_routes: BTreeMap<(String, String), (Prefix, NextHop)>,
+    pending_proxy_routes: Vec<RouteChange>,
+}
+
+/// Sets the route of node `key` in `routes` (none: removes it) and records the change.
+fn set_route(
+    routes: &mut BTreeMap<(String, String), (Prefix, NextHop)>,
+    pending: &mut Vec<RouteChange>,
+    key: (String, String),
+    route: Option<(Prefix, NextHop)>,
+) {
+    let old = match route {
+        Some(r) => routes.insert(key, r),
+        None => routes.remove(&key),
+    };
+    if old == route {
+        return;
+    }
+    if let Some((old_dst, _)) = old
+        && route.is_none_or(|(dst, _)| dst != old_dst)
+        && !routes.values().any(|(dst, _)| *dst == old_dst)
+    {
+        pending.push(RouteChange::Delete(old_dst));
+    }
+    match route {
+        Some((dst, NextHop::Via(via))) => pending.push(RouteChange::Upsert { dst, via }),
+        Some((dst, NextHop::Wireguard)) => pending.push(RouteChange::Encrypted { dst }),
+        None => {}
+    }
 }
 
 impl IpcacheState {
@@ -107,6 +139,8 @@ impl IpcacheState {
             policy_cidrs: BTreeMap::new(),
             pending: Vec::new(),
             pending_routes: Vec::new(),
+            proxy_routes: BTreeMap::new(),
+            pending_proxy_routes: Vec::new(),
         }
     }
 
@@ -226,10 +260,8 @@ impl IpcacheState {
             self.push(change);
         }
         self.nodes.insert(key.clone(), node.clone());
-        // Tunnel mode routes too, for the node's own traffic to pods (the DNS proxy's
-        // forwarded queries): the shell puts those routes in a table only marked packets use.
         let native = self.routing == RoutingMode::Native;
-        let route = (!is_self)
+        let target = (!is_self)
             .then(|| {
                 let cidr = node.ipv4_alloc_cidr.as_ref()?;
                 let std::net::IpAddr::V4(addr) = cidr.addr else {
@@ -237,45 +269,32 @@ impl IpcacheState {
                 };
                 let dst = Prefix::new(addr, cidr.prefix_len).ok()?;
                 let via = underlay(node)?;
-                let encrypted = native
-                    && self.encryption.enabled
-                    && (self.encryption.strict || super::encryption::public_key(node).is_some());
-                Some((
-                    dst,
-                    if encrypted {
-                        NextHop::Wireguard
-                    } else {
-                        NextHop::Via(via)
-                    },
-                ))
+                Some((dst, via))
             })
             .flatten();
-        self.set_route(key, route);
-    }
-
-    fn set_route(&mut self, key: (String, String), route: Option<(Prefix, NextHop)>) {
-        let old = match route {
-            Some(r) => self.routes.insert(key, r),
-            None => self.routes.remove(&key),
-        };
-        if old == route {
-            return;
-        }
-        if let Some((old_dst, _)) = old
-            && route.is_none_or(|(dst, _)| dst != old_dst)
-            && !self.routes.values().any(|(dst, _)| *dst == old_dst)
-        {
-            self.pending_routes.push(RouteChange::Delete(old_dst));
-        }
-        match route {
-            Some((dst, NextHop::Via(via))) => {
-                self.pending_routes.push(RouteChange::Upsert { dst, via })
-            }
-            Some((dst, NextHop::Wireguard)) => {
-                self.pending_routes.push(RouteChange::Encrypted { dst })
-            }
-            None => {}
-        }
+        let encrypted = self.encryption.enabled
+            && (self.encryption.strict || super::encryption::public_key(node).is_some());
+        let route = target.filter(|_| native).map(|(dst, via)| {
+            let hop = if encrypted {
+                NextHop::Wireguard
+            } else {
+                NextHop::Via(via)
+            };
+            (dst, hop)
+        });
+        set_route(
+            &mut self.routes,
+            &mut self.pending_routes,
+            key.clone(),
+            route,
+        );
+        let proxy = target.map(|(dst, via)| (dst, NextHop::Via(via)));
+        set_route(
+            &mut self.proxy_routes,
+            &mut self.pending_proxy_routes,
+            key,
+            proxy,
+        );
     }
 
     /// A node of `cluster` is gone.
@@ -285,7 +304,23 @@ impl IpcacheState {
         self.pending.extend(changes);
         let key = (cluster.to_string(), name.to_string());
         self.nodes.remove(&key);
-        self.set_route(key, None);
+        set_route(
+            &mut self.routes,
+            &mut self.pending_routes,
+            key.clone(),
+            None,
+        );
+        set_route(
+            &mut self.proxy_routes,
+            &mut self.pending_proxy_routes,
+            key,
+            None,
+        );
+    }
+
+    /// Takes the changes to the DNS proxy's forward routes made since the last call.
+    pub fn take_proxy_routes(&mut self) -> Vec<RouteChange> {
+        std::mem::take(&mut self.pending_proxy_routes)
     }
 
     /// Names of the nodes of `cluster`.

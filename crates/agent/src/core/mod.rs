@@ -181,6 +181,9 @@ pub struct Output {
     pub ipcache: Vec<Change>,
     /// Changes to the routes to other nodes' pod CIDRs.
     pub routes: Vec<RouteChange>,
+    /// Changes to the DNS proxy's forward routes (other nodes' pod CIDRs via their underlay
+    /// addresses, for the table of the proxy's forwarded queries).
+    pub proxy_routes: Vec<RouteChange>,
     /// The whole desired load-balancer table, when it may have changed.
     pub services: Option<BTreeMap<Frontend, LbService>>,
     /// The desired policy of every local endpoint, when it may have changed.
@@ -200,6 +203,7 @@ impl Output {
     pub fn is_empty(&self) -> bool {
         self.ipcache.is_empty()
             && self.routes.is_empty()
+            && self.proxy_routes.is_empty()
             && self.services.is_none()
             && self.policies.is_none()
             && self.policy_cidrs.is_none()
@@ -418,12 +422,14 @@ impl NodeCore {
             self.dns_given = Some(d.clone());
         }
         let (ipcache, routes) = self.ipcache.take_changes();
+        let proxy_routes = self.ipcache.take_proxy_routes();
         let wireguard_peers = (self.config.encryption.enabled
             && std::mem::take(&mut self.peers_dirty))
         .then(|| self.wireguard_peers());
         Output {
             ipcache,
             routes,
+            proxy_routes,
             services,
             policies,
             policy_cidrs,

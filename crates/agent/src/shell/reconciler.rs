@@ -41,9 +41,9 @@ pub trait Routes: Send + Sync {
     fn delete(&self, dst: Prefix);
 }
 
-/// The kernel's routing table of the agent's network namespace: the main table (native
-/// routing), or in tunnel mode the table of the DNS proxy's forwarded queries
-/// ([`plexus_datapath::proxy::PROXY_FORWARD_TABLE`]), as pods' packets take the tunnel.
+/// A kernel routing table of the agent's network namespace: the main table (native routing),
+/// or the table of the DNS proxy's forwarded queries
+/// ([`plexus_datapath::proxy::PROXY_FORWARD_TABLE`]).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct KernelRoutes {
     /// The table; `None` is the main table.
@@ -121,6 +121,8 @@ pub struct Reconciler {
     retry_ipcache: BTreeMap<Prefix, Change>,
     /// Where full maps' refusals are noted, ended with each round.
     health: Option<Arc<MapHealth>>,
+    /// Where the DNS proxy's forward routes go.
+    proxy_routes: Arc<dyn Routes>,
 }
 
 impl Reconciler {
@@ -162,7 +164,14 @@ impl Reconciler {
             dns: None,
             retry_ipcache: BTreeMap::new(),
             health: None,
+            proxy_routes: Arc::new(NoRoutes),
         }
+    }
+
+    /// Puts the DNS proxy's forward routes in `routes` (by default nowhere).
+    pub fn with_proxy_routes(mut self, routes: Arc<dyn Routes>) -> Self {
+        self.proxy_routes = routes;
+        self
     }
 
     /// Notes the writes that full maps refuse in `health` (one round's refusals are the
@@ -228,7 +237,8 @@ impl Reconciler {
             (output, core.seq(), wireguard)
         };
         self.apply_ipcache(&output.ipcache);
-        self.apply_routes(&output.routes);
+        apply_routes(self.routes.as_ref(), &output.routes);
+        apply_routes(self.proxy_routes.as_ref(), &output.proxy_routes);
         if let (Some(wg), Some((peers, routes, settled))) = (&self.wireguard, wireguard) {
             wg.set_desired(peers, routes, settled);
         }
@@ -310,22 +320,22 @@ impl Reconciler {
             Change::Delete(p) => self.datapath.remove_ipcache(*p),
         }
     }
+}
 
-    fn apply_routes(&self, changes: &[RouteChange]) {
-        for change in changes {
-            match change {
-                RouteChange::Upsert { dst, via } => {
-                    if let Err(err) = self.routes.replace(*dst, *via) {
-                        tracing::warn!(%dst, %via, error = %err, "cannot route to a node's pods");
-                    }
+fn apply_routes(routes: &dyn Routes, changes: &[RouteChange]) {
+    for change in changes {
+        match change {
+            RouteChange::Upsert { dst, via } => {
+                if let Err(err) = routes.replace(*dst, *via) {
+                    tracing::warn!(%dst, %via, error = %err, "cannot route to a node's pods");
                 }
-                RouteChange::Encrypted { dst } => {
-                    if let Err(err) = self.routes.replace_encrypted(*dst) {
-                        tracing::warn!(%dst, error = %err, "cannot route a node's pods into WireGuard");
-                    }
-                }
-                RouteChange::Delete(dst) => self.routes.delete(*dst),
             }
+            RouteChange::Encrypted { dst } => {
+                if let Err(err) = routes.replace_encrypted(*dst) {
+                    tracing::warn!(%dst, error = %err, "cannot route a node's pods into WireGuard");
+                }
+            }
+            RouteChange::Delete(dst) => routes.delete(*dst),
         }
     }
 }
