@@ -87,7 +87,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
 }
 
 async fn status(State(agent): State<Arc<Agent>>) -> axum::Json<AgentStatus> {
-    let mesh = agent.mesh.status();
+    let mesh = agent.mesh_status();
     axum::Json(AgentStatus {
         cluster: agent.cluster.name.clone(),
         cluster_id: agent.cluster.id,
@@ -192,7 +192,7 @@ async fn clustermesh(State(agent): State<Arc<Agent>>) -> axum::Json<ClusterMeshR
     axum::Json(ClusterMeshReport {
         node: agent.node.clone(),
         cluster: agent.cluster.name.clone(),
-        mesh: MeshReport::from(&agent.mesh.status()),
+        mesh: MeshReport::from(&agent.mesh_status()),
     })
 }
 

@@ -15,7 +15,7 @@
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use plexus_clustermesh::mesh::MeshHandle;
+use plexus_clustermesh::mesh::MeshStatus;
 use plexus_datapath::{Datapath, Direction, Metric};
 use plexus_kvstore::KvMetrics;
 use plexus_metrics::Format;
@@ -33,18 +33,18 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// The registry of the agent of cluster `cluster`: the remote clusters read from `mesh`,
-    /// the kvstore operations of `kv`, the counters of `datapath`, and empty flow metrics.
+    /// The registry of the agent of cluster `cluster`: the remote clusters' status read
+    /// through `mesh` at each scrape, the kvstore operations of `kv`, the counters of
+    /// `datapath`, and empty flow metrics.
     pub fn new(
         cluster: &str,
-        mesh: MeshHandle,
+        mesh: impl Fn() -> MeshStatus + Send + Sync + 'static,
         kv: &KvMetrics,
         datapath: Arc<dyn Datapath>,
     ) -> Self {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(plexus_clustermesh::metrics::collector(
-            cluster,
-            move || mesh.status(),
+            cluster, mesh,
         )));
         registry.register_collector(Box::new(kv.collector("local")));
         registry.register_collector(Box::new(DatapathCollector(datapath)));
