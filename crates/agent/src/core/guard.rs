@@ -20,7 +20,8 @@
 //!
 //! Every refusal is counted per remote by reason (`cidr-conflict`, `address-not-owned`,
 //! `backend-not-owned`): once per value refused, and once when an accepted one is revoked, not
-//! again while it stays refused. The guard holds each remote's nodes, entries and services
+//! again while it stays refused. Entries and backends that wait for their node during the
+//! remote's initial listing are counted only if they still wait when it is complete. The guard holds each remote's nodes, entries and services
 //! (as received) so that it can decide again when claims change; re-checking a remote's
 //! entries only happens when what it owns changes, not on every node update.
 
@@ -122,6 +123,8 @@ struct Held {
     services: BTreeMap<String, (ClusterService, ClusterService)>,
     /// Refusals by reason.
     refused: BTreeMap<RejectReason, u64>,
+    /// Whether the remote's initial listing is complete.
+    synced: bool,
 }
 
 impl Held {
@@ -137,9 +140,32 @@ impl Held {
     }
 
     fn count(&mut self, reason: RejectReason, n: u64) {
-        if n > 0 {
+        // During the initial listing, entries and backends wait for their nodes (the kinds
+        // are listed by separate watches, in any order): what still waits once the remote
+        // synced is counted then.
+        let waits = matches!(
+            reason,
+            RejectReason::AddressNotOwned | RejectReason::BackendNotOwned
+        );
+        if n > 0 && (self.synced || !waits) {
             *self.refused.entry(reason).or_default() += n;
         }
+    }
+
+    /// The initial listing is complete: count what still waits.
+    fn synced(&mut self) {
+        if self.synced {
+            return;
+        }
+        self.synced = true;
+        let held = self.ips.values().filter(|(_, passed)| !passed).count() as u64;
+        let dropped: usize = self
+            .services
+            .values()
+            .map(|(received, sent)| received.backends.len() - sent.backends.len())
+            .sum();
+        self.count(RejectReason::AddressNotOwned, held);
+        self.count(RejectReason::BackendNotOwned, dropped as u64);
     }
 }
 
@@ -277,6 +303,10 @@ impl Guard {
                     held.services.remove(&key);
                 }
                 vec![tag(RemoteEvent::ServiceDelete(key))]
+            }
+            RemoteEvent::Synced => {
+                self.remotes.entry(cluster.clone()).or_default().synced();
+                vec![tag(RemoteEvent::Synced)]
             }
             RemoteEvent::Drained => {
                 let had_nodes = self
@@ -547,7 +577,17 @@ mod tests {
             ))
             .is_empty()
         );
-        assert_eq!(refused(&g, "c2", "address-not-owned"), 1);
+        assert_eq!(
+            refused(&g, "c2", "address-not-owned"),
+            0,
+            "not before the listing is complete"
+        );
+        g.remote(ev("c2", RemoteEvent::Synced));
+        assert_eq!(
+            refused(&g, "c2", "address-not-owned"),
+            1,
+            "still waiting then"
+        );
         let out = g.remote(ev(
             "c2",
             RemoteEvent::NodeUpsert(node("c2", "n1", "192.168.2.1", "10.2.0.0/24")),
@@ -575,6 +615,7 @@ mod tests {
             g.local_node_upsert(&node("c1", "me", "192.168.1.1", "10.1.0.0/24"))
                 .is_empty()
         );
+        g.remote(ev("c2", RemoteEvent::Synced));
         g.remote(ev(
             "c3",
             RemoteEvent::NodeUpsert(node("c3", "n1", "192.168.3.1", "10.3.0.0/24")),
@@ -670,6 +711,7 @@ mod tests {
             "c2",
             RemoteEvent::NodeUpsert(node("c2", "n1", "192.168.2.1", "10.2.0.0/24")),
         ));
+        g.remote(ev("c2", RemoteEvent::Synced));
         let mut svc = ClusterService::from_json(
             "default/web",
             br#"{"cluster":"c2","namespace":"default","name":"web","shared":true,"clusterID":2}"#,
