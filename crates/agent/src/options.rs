@@ -332,6 +332,47 @@ mod tests {
     }
 
     #[test]
+    fn remote_limits_default_and_are_set_or_refused() {
+        let o = Options::resolve(complete(), None).unwrap();
+        assert_eq!(
+            o.clustermesh_limits,
+            plexus_clustermesh::remote_cluster::Limits::default()
+        );
+        assert_eq!(o.clustermesh_limits.max_entries, 250_000);
+        let c = AgentConfig {
+            clustermesh_max_entries_per_remote: Some(1000),
+            clustermesh_max_value_size: Some(4096),
+            clustermesh_max_relist_interval: Some(Duration::from_secs(120)),
+            ..complete()
+        };
+        let l = Options::resolve(c, None).unwrap().clustermesh_limits;
+        assert_eq!((l.max_entries, l.max_value_size), (1000, 4096));
+        assert_eq!(l.relist.max, Duration::from_secs(120));
+        assert_eq!(
+            l.relist.healthy_after,
+            Duration::from_secs(240),
+            "a watch must outlast two waits to count as healthy"
+        );
+        for c in [
+            AgentConfig {
+                clustermesh_max_entries_per_remote: Some(0),
+                ..complete()
+            },
+            AgentConfig {
+                clustermesh_max_value_size: Some(0),
+                ..complete()
+            },
+            AgentConfig {
+                clustermesh_max_relist_interval: Some(Duration::from_millis(1)),
+                ..complete()
+            },
+        ] {
+            let e = Options::resolve(c, Some(Path::new(FILE))).unwrap_err();
+            assert!(e.to_string().contains("clustermesh-max-"), "{e}");
+        }
+    }
+
+    #[test]
     fn a_missing_value_names_the_flag_and_the_file() {
         let c = AgentConfig {
             node_ip: None,
