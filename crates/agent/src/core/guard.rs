@@ -21,11 +21,16 @@
 //! Every refusal is counted per remote by reason (`cidr-conflict`, `address-not-owned`,
 //! `backend-not-owned`): once per value refused, and once when an accepted one is revoked, not
 //! again while it stays refused. Entries and backends that wait for their node during the
-//! remote's initial listing are counted only if they still wait when it is complete. The guard holds each remote's nodes, entries and services
-//! (as received) so that it can decide again when claims change; re-checking a remote's
-//! entries only happens when what it owns changes, not on every node update.
+//! remote's initial listing are counted only if they still wait when it is complete.
+//!
+//! The guard holds each remote's nodes, entries and services (as received) so that it can
+//! decide again when claims change. Costs stay proportional to what changed: what a remote
+//! owns is indexed (one probe per prefix length in use per entry); a node accepted re-checks
+//! only the entries held back, a node revoked or removed re-checks that remote's entries; a
+//! node update that claims the same changes nothing; our node's new claims are checked against
+//! the remotes' accepted nodes, not the other way round.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 
 use plexus_clustermesh::remote_cluster::{MeshEvent, RemoteEvent};
@@ -52,11 +57,6 @@ fn v4(ip: IpAddr) -> Option<Ipv4Addr> {
 
 fn overlaps(a: &Prefix, b: &Prefix) -> bool {
     a.contains(b.addr) || b.contains(a.addr)
-}
-
-/// Whether `outer` holds every address of `inner`.
-fn covers(outer: &Prefix, inner: &Prefix) -> bool {
-    outer.len <= inner.len && outer.contains(inner.addr)
 }
 
 impl Claims {
@@ -97,28 +97,83 @@ impl Claims {
             || self.addrs.iter().any(|ip| in_cidrs(other, ip))
             || other.addrs.iter().any(|ip| in_cidrs(self, ip))
     }
+}
+
+/// What a remote's accepted nodes claim, indexed so that a lookup costs one probe per prefix
+/// length in use (entries are checked one by one, a remote may have hundreds of thousands).
+#[derive(Debug, Default)]
+struct Owned {
+    /// (length, network) -> how many accepted nodes claim it.
+    cidrs: HashMap<(u8, Ipv4Addr), usize>,
+    /// Prefix lengths in use -> how many claims have it.
+    lens: BTreeMap<u8, usize>,
+    /// Addresses -> how many accepted nodes claim it.
+    addrs: HashMap<Ipv4Addr, usize>,
+}
+
+impl Owned {
+    fn add(&mut self, c: &Claims) {
+        for p in &c.cidrs {
+            *self.cidrs.entry((p.len, p.addr)).or_default() += 1;
+            *self.lens.entry(p.len).or_default() += 1;
+        }
+        for a in &c.addrs {
+            *self.addrs.entry(*a).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, c: &Claims) {
+        fn dec<K: std::hash::Hash + Eq>(m: &mut HashMap<K, usize>, k: K) {
+            if let Some(n) = m.get_mut(&k) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&k);
+                }
+            }
+        }
+        for p in &c.cidrs {
+            dec(&mut self.cidrs, (p.len, p.addr));
+            if let Some(n) = self.lens.get_mut(&p.len) {
+                *n -= 1;
+                if *n == 0 {
+                    self.lens.remove(&p.len);
+                }
+            }
+        }
+        for a in &c.addrs {
+            dec(&mut self.addrs, *a);
+        }
+    }
 
     fn owns_prefix(&self, p: &Prefix) -> bool {
-        self.cidrs.iter().any(|c| covers(c, p)) || (p.len == 32 && self.addrs.contains(&p.addr))
+        self.lens.range(..=p.len).any(|(len, _)| {
+            Prefix::new(p.addr, *len).is_ok_and(|q| self.cidrs.contains_key(&(*len, q.addr)))
+        }) || (p.len == 32 && self.addrs.contains_key(&p.addr))
     }
 
-    fn owns_ip(&self, ip: Ipv4Addr) -> bool {
-        self.owns_prefix(&Prefix::host(ip))
+    fn owns_addr(&self, ip: Ipv4Addr) -> bool {
+        self.addrs.contains_key(&ip)
     }
+}
 
-    fn extend(&mut self, other: &Claims) {
-        self.cidrs.extend(other.cidrs.iter().copied());
-        self.addrs.extend(other.addrs.iter().copied());
-    }
+/// A remote node as received, what it claims, and whether it is accepted.
+#[derive(Debug)]
+struct HeldNode {
+    node: Node,
+    claims: Claims,
+    accepted: bool,
 }
 
 /// One remote's values as received, and what was decided.
 #[derive(Debug, Default)]
 struct Held {
-    /// Nodes by name, and whether each is accepted.
-    nodes: BTreeMap<String, (Node, bool)>,
+    nodes: BTreeMap<String, HeldNode>,
+    /// What its accepted nodes claim.
+    owned: Owned,
     /// ipcache entries by key, and whether each is passed on.
     ips: BTreeMap<String, (IpIdentityPair, bool)>,
+    /// The keys of the entries held back.
+    waiting: BTreeSet<String>,
     /// Services by `<namespace>/<name>`: as received, and as passed on.
     services: BTreeMap<String, (ClusterService, ClusterService)>,
     /// Refusals by reason.
@@ -128,17 +183,6 @@ struct Held {
 }
 
 impl Held {
-    /// What the remote's accepted nodes claim.
-    fn owned(&self) -> Claims {
-        let mut out = Claims::default();
-        for (node, accepted) in self.nodes.values() {
-            if *accepted {
-                out.extend(&Claims::of(node));
-            }
-        }
-        out
-    }
-
     fn count(&mut self, reason: RejectReason, n: u64) {
         // During the initial listing, entries and backends wait for their nodes (the kinds
         // are listed by separate watches, in any order): what still waits once the remote
@@ -158,7 +202,7 @@ impl Held {
             return;
         }
         self.synced = true;
-        let held = self.ips.values().filter(|(_, passed)| !passed).count() as u64;
+        let held = self.waiting.len() as u64;
         let dropped: usize = self
             .services
             .values()
@@ -167,25 +211,85 @@ impl Held {
         self.count(RejectReason::AddressNotOwned, held);
         self.count(RejectReason::BackendNotOwned, dropped as u64);
     }
+
+    fn accept(&mut self, name: &str) {
+        if let Some(n) = self.nodes.get_mut(name)
+            && !n.accepted
+        {
+            n.accepted = true;
+            self.owned.add(&n.claims);
+        }
+    }
+
+    fn revoke(&mut self, name: &str) {
+        if let Some(n) = self.nodes.get_mut(name)
+            && n.accepted
+        {
+            n.accepted = false;
+            self.owned.remove(&n.claims);
+        }
+    }
+
+    /// Re-decides the entries and services after the owned space changed: only the waiting
+    /// entries when it only grew, every entry when it shrank.
+    fn recheck(&mut self, cluster: &str, shrank: bool, out: &mut Vec<MeshEvent>) {
+        let tag = |event| MeshEvent {
+            cluster: cluster.to_string(),
+            event,
+        };
+        let keys: Vec<String> = if shrank {
+            self.ips.keys().cloned().collect()
+        } else {
+            self.waiting.iter().cloned().collect()
+        };
+        let mut newly_refused = 0;
+        for key in keys {
+            let Some((pair, passed)) = self.ips.get_mut(&key) else {
+                continue;
+            };
+            let ok = owns_entry(&self.owned, pair);
+            if ok == *passed {
+                continue;
+            }
+            *passed = ok;
+            if ok {
+                self.waiting.remove(&key);
+                out.push(tag(RemoteEvent::IpUpsert(pair.clone())));
+            } else {
+                self.waiting.insert(key.clone());
+                newly_refused += 1;
+                out.push(tag(RemoteEvent::IpDelete(key)));
+            }
+        }
+        self.count(RejectReason::AddressNotOwned, newly_refused);
+        let mut dropped_more = 0;
+        for (received, sent) in self.services.values_mut() {
+            let (now, dropped) = filter_backends(&self.owned, received);
+            if now != *sent {
+                let before = (received.backends.len() - sent.backends.len()) as u64;
+                dropped_more += dropped.saturating_sub(before);
+                *sent = now.clone();
+                out.push(tag(RemoteEvent::ServiceUpsert(now)));
+            }
+        }
+        self.count(RejectReason::BackendNotOwned, dropped_more);
+    }
 }
 
 /// Whether `pair` is the remote's to publish, given what it owns.
-fn owns_entry(owned: &Claims, pair: &IpIdentityPair) -> bool {
+fn owns_entry(owned: &Owned, pair: &IpIdentityPair) -> bool {
     let Some((prefix, value)) = from_pair(pair, 0) else {
         return true; // IPv6 (or unparsable, which the decoder refused): not programmed
     };
-    owned.owns_prefix(&prefix)
-        && value
-            .tunnel_endpoint
-            .is_none_or(|t| owned.addrs.contains(&t))
+    owned.owns_prefix(&prefix) && value.tunnel_endpoint.is_none_or(|t| owned.owns_addr(t))
 }
 
 /// `svc` without the backends outside what the remote owns, and how many were dropped.
-fn filter_backends(owned: &Claims, svc: &ClusterService) -> (ClusterService, u64) {
+fn filter_backends(owned: &Owned, svc: &ClusterService) -> (ClusterService, u64) {
     let mut out = svc.clone();
     let before = out.backends.len();
     out.backends.retain(|addr, _| match addr.parse::<IpAddr>() {
-        Ok(IpAddr::V4(ip)) => owned.owns_ip(ip),
+        Ok(IpAddr::V4(ip)) => owned.owns_prefix(&Prefix::host(ip)),
         Ok(IpAddr::V6(_)) => true,
         Err(_) => false,
     });
@@ -236,8 +340,31 @@ impl Guard {
         if self.local.get(&node.name) == Some(&claims) {
             return Vec::new();
         }
-        self.local.insert(node.name.clone(), claims);
-        self.settle()
+        let old = self.local.insert(node.name.clone(), claims.clone());
+        let mut out = Vec::new();
+        // Ours always win: revoke the remote nodes the new claims conflict with.
+        let mut shrank = BTreeSet::new();
+        for (cluster, held) in &mut self.remotes {
+            let hit: Vec<String> = held
+                .nodes
+                .iter()
+                .filter(|(_, n)| n.accepted && n.claims.conflicts(&claims))
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in hit {
+                held.revoke(&name);
+                held.count(RejectReason::CidrConflict, 1);
+                out.push(MeshEvent {
+                    cluster: cluster.clone(),
+                    event: RemoteEvent::NodeDelete(name),
+                });
+                shrank.insert(cluster.clone());
+            }
+        }
+        // What the old claims held back may be free now.
+        let freed = old.is_some_and(|o| !o.is_empty());
+        out.extend(self.settle(shrank, freed));
+        out
     }
 
     /// A node of this cluster is gone: returns the remote events to apply now.
@@ -245,7 +372,7 @@ impl Guard {
         if self.local.remove(name).is_none() {
             return Vec::new();
         }
-        self.settle()
+        self.settle(BTreeSet::new(), true)
     }
 
     /// One event of a remote: returns what of it (and of what it unblocks) to apply.
@@ -259,25 +386,30 @@ impl Guard {
             RemoteEvent::NodeUpsert(node) => self.remote_node_upsert(&cluster, node),
             RemoteEvent::NodeDelete(name) => {
                 let held = self.remotes.entry(cluster.clone()).or_default();
-                match held.nodes.remove(&name) {
-                    Some((_, true)) => {
-                        let mut out = vec![tag(RemoteEvent::NodeDelete(name))];
-                        out.extend(self.settle_from(Some(&cluster)));
-                        out
-                    }
-                    _ => Vec::new(),
+                let was_accepted = held.nodes.get(&name).is_some_and(|n| n.accepted);
+                held.revoke(&name);
+                held.nodes.remove(&name);
+                if !was_accepted {
+                    return Vec::new();
                 }
+                let mut out = vec![tag(RemoteEvent::NodeDelete(name))];
+                out.extend(self.settle(BTreeSet::from([cluster.clone()]), true));
+                out
             }
             RemoteEvent::IpUpsert(pair) => {
                 let held = self.remotes.entry(cluster.clone()).or_default();
                 let key = ip_key(&pair);
-                let ok = owns_entry(&held.owned(), &pair);
+                let ok = owns_entry(&held.owned, &pair);
                 let was = held.ips.insert(key.clone(), (pair.clone(), ok));
                 if ok {
+                    held.waiting.remove(&key);
                     return vec![tag(RemoteEvent::IpUpsert(pair))];
                 }
+                held.waiting.insert(key.clone());
                 held.count(RejectReason::AddressNotOwned, 1);
-                tracing::warn!(remote = %cluster, entry = %key, "refused an ipcache entry for an address the remote does not own");
+                if held.synced {
+                    tracing::warn!(remote = %cluster, entry = %key, "refused an ipcache entry for an address the remote does not own");
+                }
                 match was {
                     Some((_, true)) => vec![tag(RemoteEvent::IpDelete(key))],
                     _ => Vec::new(),
@@ -285,6 +417,7 @@ impl Guard {
             }
             RemoteEvent::IpDelete(key) => {
                 let held = self.remotes.entry(cluster.clone()).or_default();
+                held.waiting.remove(&key);
                 match held.ips.remove(&key) {
                     Some((_, true)) => vec![tag(RemoteEvent::IpDelete(key))],
                     _ => Vec::new(),
@@ -292,7 +425,7 @@ impl Guard {
             }
             RemoteEvent::ServiceUpsert(svc) => {
                 let held = self.remotes.entry(cluster.clone()).or_default();
-                let (sent, dropped) = filter_backends(&held.owned(), &svc);
+                let (sent, dropped) = filter_backends(&held.owned, &svc);
                 held.count(RejectReason::BackendNotOwned, dropped);
                 let key = format!("{}/{}", svc.namespace, svc.name);
                 held.services.insert(key, (svc, sent.clone()));
@@ -312,10 +445,10 @@ impl Guard {
                 let had_nodes = self
                     .remotes
                     .remove(&cluster)
-                    .is_some_and(|h| h.nodes.values().any(|(_, a)| *a));
+                    .is_some_and(|h| h.nodes.values().any(|n| n.accepted));
                 let mut out = vec![tag(RemoteEvent::Drained)];
                 if had_nodes {
-                    out.extend(self.settle());
+                    out.extend(self.settle(BTreeSet::new(), true));
                 }
                 out
             }
@@ -325,175 +458,127 @@ impl Guard {
 
     fn remote_node_upsert(&mut self, cluster: &str, node: Node) -> Vec<MeshEvent> {
         let claims = Claims::of(&node);
-        let held = self.remotes.entry(cluster.to_string()).or_default();
         let name = node.name.clone();
-        let same_claims = held
-            .nodes
-            .get(&name)
-            .is_some_and(|(old, _)| Claims::of(old) == claims);
-        if same_claims {
+        let tag = |event| MeshEvent {
+            cluster: cluster.to_string(),
+            event,
+        };
+        let held = self.remotes.entry(cluster.to_string()).or_default();
+        if let Some(slot) = held.nodes.get_mut(&name)
+            && slot.claims == claims
+        {
             // Nothing claimed changed: keep the decision, pass the new value on if accepted.
-            let Some(slot) = held.nodes.get_mut(&name) else {
-                return Vec::new();
-            };
-            slot.0 = node.clone();
-            return if slot.1 {
-                vec![MeshEvent {
-                    cluster: cluster.to_string(),
-                    event: RemoteEvent::NodeUpsert(node),
-                }]
+            slot.node = node.clone();
+            return if slot.accepted {
+                vec![tag(RemoteEvent::NodeUpsert(node))]
             } else {
                 Vec::new()
             };
         }
-        let was_accepted = held.nodes.get(&name).is_some_and(|(_, a)| *a);
-        // Decide on the new claims as if the node were new.
-        held.nodes.insert(name.clone(), (node.clone(), false));
-        let free = !claims.is_empty() && self.is_free(cluster, &claims);
+        let was_accepted = held.nodes.get(&name).is_some_and(|n| n.accepted);
+        held.revoke(&name);
+        held.nodes.insert(
+            name.clone(),
+            HeldNode {
+                node: node.clone(),
+                claims: claims.clone(),
+                accepted: false,
+            },
+        );
         let mut out = Vec::new();
+        let free = !claims.is_empty() && self.is_free(cluster, &claims);
         let held = self.remotes.entry(cluster.to_string()).or_default();
         if free {
-            if let Some(slot) = held.nodes.get_mut(&name) {
-                slot.1 = true;
-            }
-            out.push(MeshEvent {
-                cluster: cluster.to_string(),
-                event: RemoteEvent::NodeUpsert(node),
-            });
+            held.accept(&name);
+            out.push(tag(RemoteEvent::NodeUpsert(node)));
         } else {
             held.count(RejectReason::CidrConflict, 1);
             tracing::warn!(remote = %cluster, node = %name, "refused a remote node whose addresses are this cluster's or another remote's");
             if was_accepted {
-                out.push(MeshEvent {
-                    cluster: cluster.to_string(),
-                    event: RemoteEvent::NodeDelete(name),
-                });
+                out.push(tag(RemoteEvent::NodeDelete(name)));
             }
         }
-        out.extend(self.settle_from(Some(cluster)));
+        let mut changed = BTreeSet::new();
+        if was_accepted {
+            changed.insert(cluster.to_string());
+        }
+        // Its own owned space changed (grew, shrank, or both); a revoked claim may free
+        // another remote's waiting node.
+        out.extend(self.settle(changed, was_accepted));
+        if free && !was_accepted {
+            let held = self.remotes.entry(cluster.to_string()).or_default();
+            held.recheck(cluster, false, &mut out);
+        }
         out
     }
 
     /// Whether `claims` (of a node of remote `cluster`) are free: none of ours, none of
-    /// another remote's accepted nodes'.
+    /// another remote's accepted nodes'. A remote's own nodes may overlap each other.
     fn is_free(&self, cluster: &str, claims: &Claims) -> bool {
-        if self.local.values().any(|c| c.conflicts(claims)) {
-            return false;
-        }
-        self.remotes.iter().all(|(other, held)| {
-            held.nodes.values().all(|(node, accepted)| {
-                // A remote's own nodes may overlap each other (its own business).
-                !*accepted || other == cluster || !Claims::of(node).conflicts(claims)
-            })
-        })
+        !self.local.values().any(|c| c.conflicts(claims))
+            && self
+                .remotes
+                .iter()
+                .filter(|(other, _)| other.as_str() != cluster)
+                .all(|(_, held)| {
+                    held.nodes
+                        .values()
+                        .all(|n| !n.accepted || !n.claims.conflicts(claims))
+                })
     }
 
-    fn settle(&mut self) -> Vec<MeshEvent> {
-        self.settle_from(None)
-    }
-
-    /// Revokes remote nodes that conflict with ours, accepts held ones that are free now, then
-    /// re-checks the entries and services of every remote whose owned space changed (and of
-    /// `changed`, whose owned space may have changed before this call).
-    fn settle_from(&mut self, changed: Option<&str>) -> Vec<MeshEvent> {
-        let before: BTreeMap<String, Claims> = self
-            .remotes
-            .iter()
-            .map(|(n, h)| (n.clone(), h.owned()))
-            .collect();
+    /// After claims changed: re-checks the entries of the remotes in `shrank` (some of their
+    /// nodes were revoked or removed), then, if space may have been freed, accepts the waiting
+    /// nodes that are free now and passes on what they own.
+    fn settle(&mut self, shrank: BTreeSet<String>, freed: bool) -> Vec<MeshEvent> {
         let mut out = Vec::new();
-        // Ours always win.
-        let local: Vec<Claims> = self.local.values().cloned().collect();
-        for (cluster, held) in &mut self.remotes {
-            let mut revoked = 0;
-            for (name, (node, accepted)) in &mut held.nodes {
-                if *accepted && local.iter().any(|c| c.conflicts(&Claims::of(node))) {
-                    *accepted = false;
-                    revoked += 1;
-                    out.push(MeshEvent {
-                        cluster: cluster.clone(),
-                        event: RemoteEvent::NodeDelete(name.clone()),
-                    });
-                }
+        for cluster in &shrank {
+            if let Some(held) = self.remotes.get_mut(cluster) {
+                held.recheck(cluster, true, &mut out);
             }
-            held.count(RejectReason::CidrConflict, revoked);
         }
-        // Held nodes that are free now.
+        if !freed {
+            return out;
+        }
         let waiting: Vec<(String, String)> = self
             .remotes
             .iter()
             .flat_map(|(c, h)| {
                 h.nodes
                     .iter()
-                    .filter(|(_, (_, a))| !*a)
-                    .map(move |(n, _)| (c.clone(), n.clone()))
+                    .filter(|(_, n)| !n.accepted && !n.claims.is_empty())
+                    .map(move |(name, _)| (c.clone(), name.clone()))
             })
             .collect();
+        let mut grew = BTreeSet::new();
         for (cluster, name) in waiting {
-            let Some(node) = self
+            let Some(claims) = self
                 .remotes
                 .get(&cluster)
                 .and_then(|h| h.nodes.get(&name))
-                .map(|(n, _)| n.clone())
+                .map(|n| n.claims.clone())
             else {
                 continue;
             };
-            let claims = Claims::of(&node);
-            if claims.is_empty() || !self.is_free(&cluster, &claims) {
+            if !self.is_free(&cluster, &claims) {
                 continue;
             }
-            if let Some(slot) = self
-                .remotes
-                .get_mut(&cluster)
-                .and_then(|h| h.nodes.get_mut(&name))
-            {
-                slot.1 = true;
-            }
-            out.push(MeshEvent {
-                cluster,
-                event: RemoteEvent::NodeUpsert(node),
-            });
-        }
-        // Entries and services of remotes whose owned space changed.
-        let names: Vec<String> = self.remotes.keys().cloned().collect();
-        for cluster in names {
             let Some(held) = self.remotes.get_mut(&cluster) else {
                 continue;
             };
-            let owned = held.owned();
-            if before.get(&cluster) == Some(&owned) && changed != Some(cluster.as_str()) {
-                continue;
+            held.accept(&name);
+            if let Some(n) = held.nodes.get(&name) {
+                out.push(MeshEvent {
+                    cluster: cluster.clone(),
+                    event: RemoteEvent::NodeUpsert(n.node.clone()),
+                });
             }
-            let tag = |event| MeshEvent {
-                cluster: cluster.clone(),
-                event,
-            };
-            let mut newly_refused = 0;
-            for (key, (pair, passed)) in &mut held.ips {
-                let ok = owns_entry(&owned, pair);
-                if ok == *passed {
-                    continue;
-                }
-                *passed = ok;
-                if ok {
-                    out.push(tag(RemoteEvent::IpUpsert(pair.clone())));
-                } else {
-                    newly_refused += 1;
-                    out.push(tag(RemoteEvent::IpDelete(key.clone())));
-                }
+            grew.insert(cluster);
+        }
+        for cluster in grew {
+            if let Some(held) = self.remotes.get_mut(&cluster) {
+                held.recheck(&cluster, false, &mut out);
             }
-            held.count(RejectReason::AddressNotOwned, newly_refused);
-            let mut dropped_more = 0;
-            for (received, sent) in held.services.values_mut() {
-                let (now, dropped) = filter_backends(&owned, received);
-                if now != *sent {
-                    dropped_more += dropped
-                        .saturating_sub((received.backends.len() - sent.backends.len()) as u64);
-                    *sent = now.clone();
-                    out.push(tag(RemoteEvent::ServiceUpsert(now)));
-                }
-            }
-            held.count(RejectReason::BackendNotOwned, dropped_more);
         }
         out
     }
