@@ -469,7 +469,7 @@ fn run() {
     );
     assert_eq!(
         c["rejected"], 2,
-        "a foreign node and malformed JSON are refused"
+        "a foreign node and malformed JSON are refused: {c}"
     );
     mesh.wait_connection("c1", "c3", "ready", |c| c["ready"] == 2);
     let metrics = Command::new("curl")

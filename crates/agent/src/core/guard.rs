@@ -486,7 +486,8 @@ impl Guard {
             },
         );
         let mut out = Vec::new();
-        let free = !claims.is_empty() && self.is_free(cluster, &claims);
+        // A node that claims nothing conflicts with nothing (and owns nothing).
+        let free = self.is_free(cluster, &claims);
         let held = self.remotes.entry(cluster.to_string()).or_default();
         if free {
             held.accept(&name);
@@ -780,6 +781,21 @@ mod tests {
         // c2 drained: c3's node is free.
         let out = g.remote(ev("c2", RemoteEvent::Drained));
         assert_eq!(kinds(&out), ["c2 Drained", "c3 node+ n1"]);
+        // A node that claims no address is accepted (it owns nothing).
+        let bare = Node {
+            name: "bare".into(),
+            cluster: "c3".into(),
+            ..Node::default()
+        };
+        assert_eq!(
+            kinds(&g.remote(ev("c3", RemoteEvent::NodeUpsert(bare)))),
+            ["c3 node+ bare"]
+        );
+        assert_eq!(
+            refused(&g, "c3", "cidr-conflict"),
+            1,
+            "only its first refused claim"
+        );
         // A node update that claims the same keeps its decision and passes the new value on.
         let out = g.remote(ev(
             "c3",
