@@ -749,7 +749,7 @@ mod tests {
         );
         assert_eq!(refused(&g, "c2", "address-not-owned"), 4);
         // c3 never lost anything.
-        assert!(g.refused().get("c3").is_none());
+        assert!(!g.refused().contains_key("c3"));
     }
 
     #[test]
