@@ -134,10 +134,11 @@ fn load_datapath(
     gateway: Ipv4Addr,
 ) -> Result<Arc<dyn Datapath>> {
     match args.datapath {
-        DatapathKind::Fake => Ok(Arc::new(FakeDatapath::with_encryption(
-            args.node_ip,
-            encryption(args),
-        ))),
+        // The fake's ipcache holds what `bpf-ipcache-map-max` allows, as the real one does.
+        DatapathKind::Fake => Ok(Arc::new(
+            FakeDatapath::with_encryption(args.node_ip, encryption(args))
+                .with_ipcache_capacity(args.map_sizes.ipcache as usize),
+        )),
         DatapathKind::Ebpf => {
             let pin_dir = args.state_dir.join("bpffs");
             std::fs::create_dir_all(&pin_dir)
@@ -149,15 +150,18 @@ fn load_datapath(
             plexus_datapath::bpffs::ensure_cgroup2(&cgroup)
                 .with_context(|| format!("mount cgroup2 on {}", cgroup.display()))?;
             crate::netcmd::enable_forwarding()?;
-            let dp = EbpfDatapath::load(NodeConfig {
-                node_ip: args.node_ip,
-                routing: routing_mode(args.routing),
-                gateway_ip: gateway,
-                cluster_id: u16::try_from(cluster.id).context("cluster id")?,
-                tunnel_ifname: "plexus_vxlan".into(),
-                pin_dir,
-                encryption: encryption(args),
-            })
+            let dp = EbpfDatapath::load_with(
+                NodeConfig {
+                    node_ip: args.node_ip,
+                    routing: routing_mode(args.routing),
+                    gateway_ip: gateway,
+                    cluster_id: u16::try_from(cluster.id).context("cluster id")?,
+                    tunnel_ifname: "plexus_vxlan".into(),
+                    pin_dir,
+                    encryption: encryption(args),
+                },
+                args.map_sizes,
+            )
             .context("load the eBPF datapath")?;
             Ok(Arc::new(dp))
         }
@@ -274,7 +278,9 @@ pub async fn run(args: Options) -> Result<()> {
         dns.restore();
     }
 
-    let mut reconciler = Reconciler::new(driver, datapath.clone(), routes);
+    let map_health = Arc::new(crate::shell::maps::MapHealth::default());
+    let mut reconciler =
+        Reconciler::new(driver, datapath.clone(), routes).with_map_health(map_health.clone());
     if let Some(dns) = &dns {
         reconciler = reconciler.with_dns(dns.clone());
         tokio::spawn(dns.clone().run());
@@ -432,6 +438,8 @@ pub async fn run(args: Options) -> Result<()> {
         move || crate::mesh_status(&mesh_handle, &core_handle),
         &kv,
         datapath.clone(),
+        map_health.clone(),
+        dns.clone(),
     ));
     let flow_task = flows.as_ref().map(|(cell, ring)| {
         tracing::info!(capacity = ring.capacity(), "flows on");
@@ -458,7 +466,9 @@ pub async fn run(args: Options) -> Result<()> {
         datapath,
         wireguard,
         flows: flows.map(|(_, ring)| ring),
+        dns,
         metrics,
+        maps: map_health,
     });
 
     if let Some(dir) = args.api_socket.parent() {

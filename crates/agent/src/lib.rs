@@ -59,8 +59,12 @@ pub struct Agent {
     wireguard: Option<Arc<shell::wireguard::Wireguard>>,
     /// The node's flows, when `enable-flows` is on.
     flows: Option<Arc<plexus_flow::FlowRing>>,
+    /// The node's DNS proxy (eBPF datapath only).
+    dns: Option<Arc<shell::dns::DnsShell>>,
     /// What `/metrics` serves.
     metrics: Arc<metrics::Metrics>,
+    /// The writes full datapath maps refused (warnings of `/v1/status`).
+    maps: Arc<shell::maps::MapHealth>,
 }
 
 /// The remote clusters' status with the core's refusals added: what the manager's stores

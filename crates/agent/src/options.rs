@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use plexus_config::{AgentConfig, ConfigError, invalid, required};
+use plexus_datapath::MapSizes;
 use plexus_ipam::Cidr4;
 use plexus_kvstore::EtcdConfig;
 
@@ -110,6 +111,9 @@ pub struct Options {
     pub tofqdns_min_ttl: Duration,
     /// `tofqdns-proxy-response-max-delay`: the longest an answer is held (default 100ms).
     pub tofqdns_proxy_response_max_delay: Duration,
+    /// `bpf-ipcache-map-max`, `bpf-lb-map-max`, `bpf-ct-global-max`, `bpf-policy-map-max`:
+    /// the sizes of the datapath's maps (defaults: [`MapSizes::default`], each at least 1).
+    pub map_sizes: MapSizes,
 }
 
 /// The default of `tofqdns-proxy-port`.
@@ -157,6 +161,7 @@ impl Options {
             }
             _ => {}
         }
+        let map_sizes = map_sizes(&c, file)?;
         let options = Self {
             cluster_name: required(c.cluster_name, "cluster-name", file)?,
             cluster_id: required(c.cluster_id, "cluster-id", file)?,
@@ -256,6 +261,7 @@ impl Options {
             tofqdns_proxy_response_max_delay: c
                 .tofqdns_proxy_response_max_delay
                 .unwrap_or(Duration::from_millis(100)),
+            map_sizes,
         };
         // Refuse a half-given etcd identity now, naming the file, not at connect time.
         plexus_config::etcd_config(
@@ -278,6 +284,25 @@ impl Options {
             None,
         )
     }
+}
+
+/// The map sizes of `c`, defaults filled in; a size of 0 is refused, naming its option.
+fn map_sizes(c: &AgentConfig, file: Option<&Path>) -> Result<MapSizes, ConfigError> {
+    let d = MapSizes::default();
+    let size = |v: Option<u32>, default: u32, name: &str| match v {
+        Some(0) => Err(invalid(
+            name,
+            "a map needs room for at least one entry",
+            file,
+        )),
+        v => Ok(v.unwrap_or(default)),
+    };
+    Ok(MapSizes {
+        ipcache: size(c.bpf_ipcache_map_max, d.ipcache, "bpf-ipcache-map-max")?,
+        lb: size(c.bpf_lb_map_max, d.lb, "bpf-lb-map-max")?,
+        ct: size(c.bpf_ct_global_max, d.ct, "bpf-ct-global-max")?,
+        policy: size(c.bpf_policy_map_max, d.policy, "bpf-policy-map-max")?,
+    })
 }
 
 #[cfg(test)]
@@ -319,6 +344,35 @@ mod tests {
         assert!(o.enable_flows);
         assert_eq!(o.flow_ring_size, 4095);
         assert_eq!(o.identity_change_grace_period, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn map_sizes_default_to_the_datapath_s_and_are_configurable() {
+        let o = Options::resolve(complete(), None).unwrap();
+        assert_eq!(o.map_sizes, MapSizes::default());
+        let c = AgentConfig {
+            bpf_ipcache_map_max: Some(8),
+            bpf_lb_map_max: Some(16),
+            bpf_ct_global_max: Some(32),
+            bpf_policy_map_max: Some(64),
+            ..complete()
+        };
+        let o = Options::resolve(c, None).unwrap();
+        assert_eq!(
+            o.map_sizes,
+            MapSizes {
+                ipcache: 8,
+                lb: 16,
+                ct: 32,
+                policy: 64
+            }
+        );
+        let c = AgentConfig {
+            bpf_lb_map_max: Some(0),
+            ..complete()
+        };
+        let e = Options::resolve(c, Some(Path::new(FILE))).unwrap_err();
+        assert!(e.to_string().contains("bpf-lb-map-max"), "{e}");
     }
 
     #[test]

@@ -12,7 +12,10 @@
 //! - when `www` moves (the zone file is rewritten), the new address is followed, and the old
 //!   one is dropped once its TTL (30 s) has passed;
 //! - across a restart of the node's agent, no lookup fails and the learned addresses stay
-//!   reachable.
+//!   reachable;
+//! - `plexus fqdn cache list` shows what the node learned (name, address, identity, TTL,
+//!   selectors), `plexus status` the proxy's line and section, and the agent's `/metrics` the
+//!   proxy's counters and learned addresses.
 //!
 //! The lab is named after `fqdn` (namespaces `plx-fqdn<pid>x<n>-*`), apart from every other
 //! lab.
@@ -79,6 +82,99 @@ spec:
 #[test]
 fn to_fqdns_follows_dns_through_the_nodes_proxy() {
     run_lab("fqdn", Duration::from_secs(420), to_fqdns);
+}
+
+/// The first identity of `toFQDNs` selector sets (the upper half of the node-local range).
+const FQDN_IDENTITY_BASE: u64 = 16_777_216 + 8_388_608;
+
+/// What the node learned, as `plexus fqdn cache list`, `plexus status` and `/metrics` show it
+/// (after the restart: www at s2, s3 learned again; s2's own name matches no toFQDNs selector).
+fn inspect(lab: &Lab) {
+    let cache = lab.json(&["fqdn", "cache", "list", "-o", "json"]);
+    let entries = cache.as_array().unwrap();
+    let find = |name: &str, address: &str| {
+        entries
+            .iter()
+            .find(|e| e["name"] == name && e["address"] == address)
+            .unwrap_or_else(|| panic!("no {name} -> {address} in {cache:#}"))
+    };
+    let www = find("www.example.test", "172.31.254.12");
+    let www_id = www["identity"].as_u64().unwrap();
+    assert!(www_id >= FQDN_IDENTITY_BASE, "{www}");
+    assert_eq!(www["selectors"], serde_json::json!(["www.example.test"]));
+    assert!(www["ttl"].as_u64().unwrap() <= 30, "{www}");
+    let s3 = find("s3.example.test", "172.31.254.13");
+    let s3_id = s3["identity"].as_u64().unwrap();
+    assert!(s3_id >= FQDN_IDENTITY_BASE && s3_id != www_id, "{cache:#}");
+    assert_eq!(s3["selectors"], serde_json::json!(["*3.example.test"]));
+    assert!(
+        entries.iter().all(|e| e["name"] != "s2.example.test"),
+        "{cache:#}"
+    );
+    // Sorted by name.
+    let names: Vec<&str> = entries
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert!(names.is_sorted(), "{names:?}");
+
+    let table = lab.ok(&["fqdn", "cache", "list"]);
+    eprintln!("{table}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("www.example.test ") && l.contains("172.31.254.12"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(row.contains(&www_id.to_string()), "{table}");
+    assert!(row.trim_end().ends_with("www.example.test"), "{table}");
+
+    // The proxy in the status: its port, the client's redirect, the REFUSED answers since the
+    // restart (the lookup that waited for the new agent).
+    let status = lab.json(&["status", "-o", "json"]);
+    let proxy = &status["dns-proxy"];
+    assert_eq!(proxy["port"], 10053, "{status:#}");
+    assert_eq!(proxy["redirected-endpoints"], 1, "{status:#}");
+    assert!(
+        proxy["stats"]["refused"].as_u64().unwrap() >= 1,
+        "{status:#}"
+    );
+    assert!(
+        proxy["stats"]["forwarded"].as_u64().unwrap() >= 2,
+        "{status:#}"
+    );
+    assert!(
+        proxy["learned-addresses"].as_u64().unwrap() >= 2,
+        "{status:#}"
+    );
+    let text = lab.ok(&["status"]);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("DNS proxy: port 10053, 1 endpoint redirected, ")),
+        "{text}"
+    );
+
+    // The same counters on the agent's /metrics (its Prometheus port, from the underlay).
+    let state = plexus_lab::lab::LabState::load(lab.dir()).unwrap();
+    let address = state.clusters[0].nodes[0].metrics_address();
+    let metrics = plexus_test_support::outside::in_netns(&state.underlay, move || {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect(&address).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    });
+    let value = |sample: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {sample} in {metrics}"))
+    };
+    assert!(value("plexus_dns_proxy_queries_total{outcome=\"refused\"}") >= 1.0);
+    assert!(value("plexus_dns_proxy_queries_total{outcome=\"forwarded\"}") >= 2.0);
+    assert!(value("plexus_dns_proxy_responses_total{outcome=\"held\"}") >= 1.0);
+    assert!(value("plexus_fqdn_learned_addresses") >= 2.0);
 }
 
 fn netns_of(lab: &Lab, pod: &str) -> String {
@@ -270,6 +366,8 @@ fn to_fqdns(mut lab: Lab) {
     assert_eq!(resolve_in(&client, "s3.example.test.").unwrap(), [S3]);
     assert_eq!(http_in(&client, S3).unwrap()["pod"], "s3");
     eprintln!("{ok} lookups across the agent's restart, none failed");
+
+    inspect(&lab);
 
     lab.down();
     assert!(lab.netns().is_empty(), "{:?}", lab.netns());

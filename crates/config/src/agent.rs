@@ -252,6 +252,29 @@ pub struct AgentConfig {
         with = "crate::value::duration"
     )]
     pub tofqdns_proxy_response_max_delay: Option<Duration>,
+    /// Entries of the datapath's ipcache map (prefixes of every endpoint, node and CIDR this
+    /// node knows, of all clusters), as Cilium's `bpf-ipcache-map-max`; takes effect when the
+    /// map is created, a pinned map keeping its size [default: 512000].
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bpf_ipcache_map_max: Option<u32>,
+    /// Entries of each load-balancing map (services: one per frontend and one per active
+    /// backend slot; backends: one per frontend and backend address), as Cilium's
+    /// `bpf-lb-map-max` [default: 262144].
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bpf_lb_map_max: Option<u32>,
+    /// Entries of the connection-tracking map (an LRU map: when full, the least recently used
+    /// connections are forgotten), as Cilium's `bpf-ct-global-tcp-max` and `-any-max`
+    /// together [default: 262144].
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bpf_ct_global_max: Option<u32>,
+    /// Entries of the policy map, shared by all local endpoints (Cilium's `bpf-policy-map-max`
+    /// is per endpoint) [default: 262144].
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bpf_policy_map_max: Option<u32>,
 }
 
 crate::file_methods!(AgentConfig);

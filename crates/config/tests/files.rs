@@ -63,6 +63,10 @@ identity-change-grace-period: 2s
 tofqdns-proxy-port: 10054
 tofqdns-min-ttl: 30s
 tofqdns-proxy-response-max-delay: 250ms
+bpf-ipcache-map-max: 1024000
+bpf-lb-map-max: 65536
+bpf-ct-global-max: 524288
+bpf-policy-map-max: 16384
 "#,
     )
     .unwrap();
@@ -110,6 +114,10 @@ tofqdns-proxy-response-max-delay: 250ms
             tofqdns_proxy_port: Some(10054),
             tofqdns_min_ttl: Some(Duration::from_secs(30)),
             tofqdns_proxy_response_max_delay: Some(Duration::from_millis(250)),
+            bpf_ipcache_map_max: Some(1_024_000),
+            bpf_lb_map_max: Some(65_536),
+            bpf_ct_global_max: Some(524_288),
+            bpf_policy_map_max: Some(16_384),
         }
     );
     // What it writes reads back the same (the form `plexus node join` writes).

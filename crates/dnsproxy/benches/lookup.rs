@@ -85,7 +85,7 @@ fn main() {
 
     println!("DNS lookup of an allowed name from a pod, {n} sequential lookups per row");
     println!(
-        "  {:<34} {:>9} {:>9} {:>9}",
+        "  {:<40} {:>9} {:>9} {:>9}",
         "", "p50 µs", "p99 µs", "mean µs"
     );
     let server_ip = lab.b.ip;
@@ -108,7 +108,7 @@ fn main() {
         let (d, p) = (figures(direct), figures(proxied));
         for (label, f) in [("direct", &d), ("through the proxy", &p)] {
             println!(
-                "  {:<34} {:>9.1} {:>9.1} {:>9.1}",
+                "  {:<40} {:>9.1} {:>9.1} {:>9.1}",
                 format!("{proto} {what}, {label}"),
                 f.p50,
                 f.p99,
@@ -116,7 +116,7 @@ fn main() {
             );
         }
         println!(
-            "  {:<34} {:>8.2}x {:>8.2}x {:>8.2}x",
+            "  {:<40} {:>8.2}x {:>8.2}x {:>8.2}x",
             format!("{proto} proxy / direct"),
             p.p50 / d.p50,
             p.p99 / d.p99,

@@ -1,4 +1,4 @@
-//! The logic of Plexus's DNS proxy, with no I/O: what DNS-aware policy (`rules.dns` and
+//! Plexus's DNS proxy: what DNS-aware policy (`rules.dns` and
 //! `toFQDNs`) needs between a pod's DNS query and the datapath.
 //!
 //! - [`rules`]: per endpoint, the DNS rules of its resolved policy and the decision for one
@@ -16,9 +16,12 @@
 //!   most 100 ms by default);
 //! - [`server`]: the proxy's sockets around [`DnsProxy`]: transparent UDP and TCP sockets on
 //!   the node's 127.0.0.1 that the datapath redirects pods' queries to, forwarding to the
-//!   servers, answering as them.
+//!   servers, answering as them;
+//! - [`testing`]: fixtures of the proxy's tests and benchmarks.
 //!
-//! The datapath redirect and the agent wiring build on these; see `docs/dns-proxy.md`.
+//! The pure parts do no I/O; [`server`] is the one module with sockets. The datapath redirect
+//! and the agent's wiring (`plexus-agent`'s `shell::dns`) build on these; see
+//! `docs/dns-proxy.md`.
 
 pub mod answer;
 pub mod cache;
@@ -27,6 +30,7 @@ pub mod learner;
 pub mod proxy;
 pub mod rules;
 pub mod server;
+pub mod testing;
 
 pub use answer::{FqdnSelectors, Learned, learn_from_response};
 pub use cache::{CacheConfig, LearnedCache};

@@ -16,7 +16,8 @@
 //!
 //! Sockets made after `start` (the answers' transparent sockets, the forwarding sockets) are
 //! made by one thread that stays in the namespace `start` was called in, so the tokio workers
-//! may run in any namespace.
+//! may run in any namespace. It makes forwarding sockets ahead, a few dozen at a time, so a
+//! query does not wait for it; each is used for one exchange.
 //!
 //! Input never panics the server: malformed queries, unsolicited responses and socket errors
 //! are counted ([`ServerStats`]) and dropped. In-flight UDP forwards and TCP connections are
@@ -30,7 +31,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -213,7 +214,31 @@ type Job = Box<dyn FnOnce() + Send>;
 /// namespace of the thread that creates it, and tokio's workers may be elsewhere.
 struct NodeSockets {
     jobs: std::sync::mpsc::Sender<Job>,
+    /// Forwarding sockets made ahead (each used once), so a query does not wait for the
+    /// thread.
+    udp: Arc<Pool<std::net::UdpSocket>>,
+    tcp: Arc<Pool<std::net::TcpStream>>,
 }
+
+/// Sockets made ahead by the socket thread.
+struct Pool<T> {
+    ready: Mutex<Vec<T>>,
+    refilling: AtomicBool,
+}
+
+impl<T> Default for Pool<T> {
+    fn default() -> Self {
+        Self {
+            ready: Mutex::new(Vec::new()),
+            refilling: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Sockets a pool holds after a refill.
+const POOL_SIZE: usize = 64;
+/// A pool below this many is refilled.
+const POOL_LOW: usize = 16;
 
 impl NodeSockets {
     /// Starts the thread in the calling thread's namespace.
@@ -252,7 +277,48 @@ impl NodeSockets {
             .recv()
             .map_err(|_| err(io::Error::other("the socket thread ended")))?
             .map_err(err)?;
-        Ok(Self { jobs })
+        Ok(Self {
+            jobs,
+            udp: Arc::default(),
+            tcp: Arc::default(),
+        })
+    }
+
+    /// A fresh unconnected UDP socket of the namespace.
+    async fn udp(&self) -> io::Result<std::net::UdpSocket> {
+        self.take(&self.udp, udp_socket).await
+    }
+
+    /// A fresh unconnected TCP socket of the namespace.
+    async fn tcp(&self) -> io::Result<std::net::TcpStream> {
+        self.take(&self.tcp, tcp_socket).await
+    }
+
+    /// One socket of `pool` (made on the spot when it is empty), refilling it when low.
+    async fn take<T: Send + 'static>(
+        &self,
+        pool: &Arc<Pool<T>>,
+        make: fn() -> io::Result<T>,
+    ) -> io::Result<T> {
+        let (socket, left) = {
+            let mut ready = lock(&pool.ready);
+            (ready.pop(), ready.len())
+        };
+        if left < POOL_LOW && !pool.refilling.swap(true, Ordering::AcqRel) {
+            let refill = pool.clone();
+            let sent = self.jobs.send(Box::new(move || {
+                let made: Vec<T> = (left..POOL_SIZE).map_while(|_| make().ok()).collect();
+                lock(&refill.ready).extend(made);
+                refill.refilling.store(false, Ordering::Release);
+            }));
+            if sent.is_err() {
+                pool.refilling.store(false, Ordering::Release);
+            }
+        }
+        match socket {
+            Some(s) => Ok(s),
+            None => self.run(make).await,
+        }
     }
 
     /// Runs `f` in the namespace.
@@ -309,12 +375,17 @@ fn tcp_socket() -> io::Result<std::net::TcpStream> {
     Ok(std::net::TcpStream::from(fd))
 }
 
-/// A non-blocking UDP socket with [`FORWARD_MARK`] on a random port.
+/// A non-blocking UDP socket with [`FORWARD_MARK`], not yet bound: connecting it binds a
+/// random port.
 fn udp_socket() -> io::Result<std::net::UdpSocket> {
-    let s = std::net::UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
-    setsockopt(&s, sockopt::Mark, &FORWARD_MARK)?;
-    s.set_nonblocking(true)?;
-    Ok(s)
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    setsockopt(&fd, sockopt::Mark, &FORWARD_MARK)?;
+    Ok(std::net::UdpSocket::from(fd))
 }
 
 /// What one response led to, decided under the locks.
@@ -340,6 +411,9 @@ struct Shared {
     apply_order: Mutex<()>,
     /// Wakes the timer when a deadline may have come nearer.
     timer: Notify,
+    /// Whether the timer sleeps until a deadline (a forwarded query's, 10 s away, then needs
+    /// no wake-up: only an idle timer or a new hold does).
+    timer_armed: AtomicBool,
 }
 
 impl Shared {
@@ -458,7 +532,9 @@ impl Shared {
             QueryAction::Forward(_) => {
                 inc(&self.stats.forwarded);
                 debug!(client = %flow.client, server = %flow.server, proto = ?flow.proto, "DNS proxy: query forwarded");
-                self.timer.notify_one();
+                if !self.timer_armed.load(Ordering::Acquire) {
+                    self.timer.notify_one();
+                }
             }
             QueryAction::Reply { reason, .. } => {
                 inc(&self.stats.refused);
@@ -527,6 +603,7 @@ impl DnsProxyServer {
             tcp_writers: Mutex::new(HashMap::new()),
             apply_order: Mutex::new(()),
             timer: Notify::new(),
+            timer_armed: AtomicBool::new(false),
         });
         let tasks = vec![
             runtime.spawn(udp_loop(shared.clone(), udp)),
@@ -644,7 +721,7 @@ async fn udp_loop(shared: Arc<Shared>, socket: UdpSocket) {
 async fn forward_udp(shared: Arc<Shared>, flow: Flow, query: Vec<u8>) {
     let server = flow.server;
     let socket = async {
-        let socket = UdpSocket::from_std(shared.sockets.run(udp_socket).await?)?;
+        let socket = UdpSocket::from_std(shared.sockets.udp().await?)?;
         socket.connect(server).await?;
         socket.send(&query).await?;
         Ok::<_, io::Error>(socket)
@@ -658,9 +735,11 @@ async fn forward_udp(shared: Arc<Shared>, flow: Flow, query: Vec<u8>) {
         }
     };
     let deadline = tokio::time::Instant::now() + shared.config.forward_timeout;
-    let mut buf = vec![0u8; MAX_MESSAGE];
+    // Room for the largest datagram, never zeroed: `recv_buf_from` fills it from empty.
+    let mut buf = Vec::with_capacity(MAX_MESSAGE);
     loop {
-        match tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await {
+        buf.clear();
+        match tokio::time::timeout_at(deadline, socket.recv_buf_from(&mut buf)).await {
             Err(_) => {
                 inc(&shared.stats.forward_timeouts);
                 debug!(%server, client = %flow.client, "DNS proxy: no UDP response in time");
@@ -673,7 +752,7 @@ async fn forward_udp(shared: Arc<Shared>, flow: Flow, query: Vec<u8>) {
             }
             // Another sender's datagram: not the answer.
             Ok(Ok((_, from))) if from != server => {}
-            Ok(Ok((n, _))) => match shared.on_response(flow, &buf[..n]) {
+            Ok(Ok(_)) => match shared.on_response(flow, &buf) {
                 Responded::Deliver(bytes) => {
                     return shared.send_udp(server, flow.client, &bytes).await;
                 }
@@ -782,7 +861,7 @@ async fn tcp_conn(shared: Arc<Shared>, client_conn: TcpStream, client: SocketAdd
         return;
     };
     let upstream = async {
-        let socket = TcpSocket::from_std_stream(shared.sockets.run(tcp_socket).await?);
+        let socket = TcpSocket::from_std_stream(shared.sockets.tcp().await?);
         socket.connect(server).await
     };
     let upstream = match tokio::time::timeout(shared.config.forward_timeout, upstream).await {
@@ -919,7 +998,14 @@ impl Drop for AbortOnDrop {
 /// Releases the holds past `hold_max` and forgets timed-out queries, when due.
 async fn timer_loop(shared: Arc<Shared>) {
     loop {
-        let next = lock(&shared.proxy).next_deadline();
+        let next = {
+            // Stored under the proxy's lock: a query forwarded after it sees it, one before is
+            // in `next`; a wake-up after this point is kept (notify_one stores a permit).
+            let proxy = lock(&shared.proxy);
+            let next = proxy.next_deadline();
+            shared.timer_armed.store(next.is_some(), Ordering::Release);
+            next
+        };
         let notified = shared.timer.notified();
         match next {
             Some(deadline) => {
@@ -938,5 +1024,80 @@ async fn timer_loop(shared: Arc<Shared>) {
             inc(&shared.stats.hold_expired);
             shared.deliver(&r.flow, r.bytes).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    const LIMIT: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn frames_are_read_whole_however_the_bytes_arrive() {
+        let (mut tx, rx) = tokio::io::duplex(8);
+        let mut frames = FrameReader::new(rx);
+        let writer = tokio::spawn(async move {
+            // Two messages in one write, then one split inside its length and its body.
+            tx.write_all(&[0, 2, 1, 2, 0, 1, 3]).await.unwrap();
+            tx.write_all(&[0]).await.unwrap();
+            tx.write_all(&[3, 4]).await.unwrap();
+            tx.write_all(&[5, 6]).await.unwrap();
+            // An empty message, then the end inside a frame.
+            tx.write_all(&[0, 0, 0, 9, 1]).await.unwrap();
+        });
+        let mut got = Vec::new();
+        while let Some(m) = tokio::time::timeout(LIMIT, frames.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            got.push(m);
+        }
+        writer.await.unwrap();
+        assert_eq!(got, vec![vec![1, 2], vec![3], vec![4, 5, 6], vec![]]);
+    }
+
+    #[tokio::test]
+    async fn frames_are_written_with_their_length() {
+        let mut out = Vec::new();
+        tokio::time::timeout(LIMIT, write_frame(&mut out, &[7, 8, 9]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(out, [0, 3, 7, 8, 9]);
+        let too_long = vec![0u8; 70_000];
+        assert!(write_frame(&mut out, &too_long).await.is_err());
+    }
+
+    #[test]
+    fn start_needs_a_runtime() {
+        let proxy = DnsProxy::new(
+            crate::ProxyConfig::default(),
+            crate::Learner::new(crate::CacheConfig::default(), 1..=2),
+        );
+        struct NoHost;
+        impl ProxyHost for NoHost {
+            fn endpoint_of(&self, _: IpAddr) -> Option<EndpointId> {
+                None
+            }
+            fn identity_of(&self, _: IpAddr) -> NumericIdentity {
+                NumericIdentity(2)
+            }
+            fn apply(&self, _: Vec<Change>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+                Box::pin(async {})
+            }
+        }
+        let err = DnsProxyServer::start(
+            ServerConfig::default(),
+            Arc::new(Mutex::new(proxy)),
+            Arc::new(NoHost),
+        )
+        .err()
+        .unwrap();
+        assert!(matches!(err, ServerError::NoRuntime), "{err}");
     }
 }

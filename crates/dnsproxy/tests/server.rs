@@ -6,18 +6,20 @@
 //! them, at most `hold_max`), and answers as b, from b's address and port 53. After shutdown
 //! the queries go to b directly.
 //!
-//! Every namespace, link, mount and thread is named `plexus-dnsproxy-<random>-*` and deleted
-//! by guards, also when the test fails.
+//! Every namespace, link and mount is named `plexus-dnsproxy-<random>-*` and deleted by
+//! guards, also when a test fails; client sockets time out after 5 s, so no test hangs.
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use common::{FakeHost, Lab, addresses, lookup_tcp, lookup_udp};
-use hickory_proto::op::ResponseCode;
-use plexus_dnsproxy::{Change, IdentityChange};
+use hickory_proto::op::{Message, ResponseCode};
+use plexus_dnsproxy::{Change, DnsProxyServer, IdentityChange};
 
 const ALLOWED: (&str, Ipv4Addr) = ("www.example.test.", Ipv4Addr::new(192, 0, 2, 10));
 const ALLOWED_TCP: (&str, Ipv4Addr) = ("api.example.test.", Ipv4Addr::new(192, 0, 2, 11));
@@ -32,110 +34,215 @@ fn upserted(host: &FakeHost, ip: Ipv4Addr) -> bool {
     })
 }
 
+/// One test's world, dropped in the order of its fields: the client socket, the server (its
+/// tasks cancelled), the topology, the runtime.
+struct Setup {
+    udp: UdpSocket,
+    server: Option<DnsProxyServer>,
+    /// Pod b's port 53.
+    server_53: SocketAddr,
+    host: Arc<FakeHost>,
+    lab: Lab,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Setup {
+    /// The topology, the proxy server started, the client's redirect on.
+    fn new() -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let lab = Lab::new("plexus-dnsproxy");
+        let host = Arc::new(FakeHost::new(lab.a.ip, lab.b.ip));
+        let server = lab.start_proxy(runtime.handle(), common::dns_proxy(), host.clone());
+        lab.redirect(true);
+        let udp = lab.client_udp();
+        let server_53 = SocketAddr::V4(SocketAddrV4::new(lab.b.ip, 53));
+        Self {
+            udp,
+            server: Some(server),
+            server_53,
+            host,
+            lab,
+            runtime,
+        }
+    }
+
+    fn server(&self) -> &DnsProxyServer {
+        self.server.as_ref().unwrap()
+    }
+
+    fn lookup_udp(&self, id: u16, name: &str) -> (Message, SocketAddr) {
+        lookup_udp(&self.udp, self.lab.b.ip, id, name)
+    }
+}
+
 #[test]
-fn the_proxy_answers_as_the_server_refuses_denied_names_and_learns_before_answering() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let lab = Lab::new("plexus-dnsproxy");
-    let server_53 = SocketAddr::V4(SocketAddrV4::new(lab.b.ip, 53));
-    let udp = lab.client_udp();
+fn allowed_names_are_answered_as_the_server_after_learning_over_udp_and_tcp() {
+    let s = Setup::new();
 
-    // Without a redirect the zone server answers every name of its zone.
-    let (m, from) = lookup_udp(&udp, lab.b.ip, 1, DENIED.0);
-    assert_eq!((addresses(&m), from), (vec![DENIED.1], server_53));
-
-    let host = Arc::new(FakeHost::new(lab.a.ip, lab.b.ip));
-    let server = lab.start_proxy(runtime.handle(), common::dns_proxy(), host.clone());
-    lab.redirect(true);
-
-    // An allowed name over UDP: forwarded, learned, answered from the server's address.
-    let (m, from) = lookup_udp(&udp, lab.b.ip, 2, ALLOWED.0);
+    // UDP: forwarded, learned, answered from the server's address and port.
+    let (m, from) = s.lookup_udp(1, ALLOWED.0);
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
-    assert_eq!((addresses(&m), from), (vec![ALLOWED.1], server_53));
+    assert_eq!((addresses(&m), from), (vec![ALLOWED.1], s.server_53));
     // The ipcache had the address before the client had the answer.
     assert!(
-        upserted(&host, ALLOWED.1),
+        upserted(&s.host, ALLOWED.1),
         "{:?}",
-        host.applied.lock().unwrap()
+        s.host.applied.lock().unwrap()
     );
-    let stats = server.stats();
+    let stats = s.server().stats();
     assert_eq!(
-        (stats.queries, stats.forwarded, stats.held),
-        (1, 1, 1),
+        (
+            stats.queries,
+            stats.forwarded,
+            stats.held,
+            stats.hold_expired
+        ),
+        (1, 1, 1, 0),
         "{stats:?}"
     );
-    assert_eq!(stats.hold_expired, 0, "{stats:?}");
 
     // Again: nothing new to learn, delivered at once.
-    let (m, _) = lookup_udp(&udp, lab.b.ip, 3, ALLOWED.0);
+    let (m, _) = s.lookup_udp(2, ALLOWED.0);
     assert_eq!(addresses(&m), vec![ALLOWED.1]);
-    assert_eq!(server.stats().delivered, 1);
+    assert_eq!(s.server().stats().delivered, 1);
 
-    // A denied name over UDP: REFUSED by the proxy, as the server.
-    let (m, from) = lookup_udp(&udp, lab.b.ip, 4, DENIED.0);
-    assert_eq!(
-        (m.metadata.response_code, from),
-        (ResponseCode::Refused, server_53)
-    );
-    assert!(addresses(&m).is_empty());
-    assert_eq!(server.stats().refused, 1);
-
-    // Over TCP, two queries on one connection: an allowed one, a denied one.
-    let mut tcp = lab.client_tcp();
-    let m = lookup_tcp(&mut tcp, 5, ALLOWED_TCP.0);
+    // TCP, two queries on one connection.
+    let mut tcp = s.lab.client_tcp();
+    let m = lookup_tcp(&mut tcp, 3, ALLOWED_TCP.0);
     assert_eq!(addresses(&m), vec![ALLOWED_TCP.1]);
-    assert!(upserted(&host, ALLOWED_TCP.1));
-    let m = lookup_tcp(&mut tcp, 6, DENIED.0);
-    assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+    assert!(upserted(&s.host, ALLOWED_TCP.1));
+    assert_eq!(
+        addresses(&lookup_tcp(&mut tcp, 4, ALLOWED.0)),
+        vec![ALLOWED.1]
+    );
     drop(tcp);
-    let stats = server.stats();
+    let stats = s.server().stats();
     assert_eq!(
         (
             stats.tcp_connections,
             stats.forwarded,
-            stats.refused,
-            stats.held
+            stats.held,
+            stats.delivered
         ),
-        (1, 3, 2, 2),
+        (1, 4, 2, 2),
         "{stats:?}"
     );
-
-    // Applying never finishes: the answer goes out anyway after hold_max.
-    host.hang.store(true, Ordering::SeqCst);
-    let (m, from) = lookup_udp(&udp, lab.b.ip, 7, HELD.0);
-    assert_eq!((addresses(&m), from), (vec![HELD.1], server_53));
-    let stats = server.stats();
-    assert_eq!((stats.held, stats.hold_expired), (3, 1), "{stats:?}");
     assert_eq!(
         (
+            stats.refused,
             stats.malformed,
             stats.no_endpoint,
             stats.responses_dropped,
-            stats.forward_errors
+            stats.forward_errors,
+            stats.forward_timeouts
         ),
-        (0, 0, 0, 0),
+        (0, 0, 0, 0, 0, 0),
         "{stats:?}"
     );
+}
 
-    // Shut down: the redirect stays, the server answers directly (the denied name too).
-    runtime.block_on(async {
-        tokio::time::timeout(std::time::Duration::from_secs(10), server.shutdown())
+#[test]
+fn denied_names_get_refused_over_udp_and_tcp() {
+    let s = Setup::new();
+    // The server itself answers the name (it is in its zone) ...
+    s.lab.redirect(false);
+    let (m, from) = s.lookup_udp(1, DENIED.0);
+    assert_eq!((addresses(&m), from), (vec![DENIED.1], s.server_53));
+    // ... the proxy refuses it, as the server.
+    s.lab.redirect(true);
+    let (m, from) = s.lookup_udp(2, DENIED.0);
+    assert_eq!(
+        (m.metadata.response_code, from),
+        (ResponseCode::Refused, s.server_53)
+    );
+    assert!(addresses(&m).is_empty());
+    let mut tcp = s.lab.client_tcp();
+    let m = lookup_tcp(&mut tcp, 3, DENIED.0);
+    assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+    assert_eq!(m.metadata.id, 3);
+    drop(tcp);
+    let stats = s.server().stats();
+    assert_eq!(
+        (stats.queries, stats.refused, stats.forwarded),
+        (2, 2, 0),
+        "{stats:?}"
+    );
+    assert!(s.host.applied.lock().unwrap().is_empty());
+}
+
+#[test]
+fn a_held_answer_goes_out_after_hold_max_when_applying_never_finishes() {
+    let s = Setup::new();
+    s.host.hang.store(true, Ordering::SeqCst);
+    let (m, from) = s.lookup_udp(1, HELD.0);
+    assert_eq!((addresses(&m), from), (vec![HELD.1], s.server_53));
+    assert!(upserted(&s.host, HELD.1));
+    let stats = s.server().stats();
+    assert_eq!((stats.held, stats.hold_expired), (1, 1), "{stats:?}");
+    // Over TCP too (another name: something to learn).
+    let mut tcp = s.lab.client_tcp();
+    assert_eq!(
+        addresses(&lookup_tcp(&mut tcp, 2, ALLOWED_TCP.0)),
+        vec![ALLOWED_TCP.1]
+    );
+    let stats = s.server().stats();
+    assert_eq!((stats.held, stats.hold_expired), (2, 2), "{stats:?}");
+}
+
+#[test]
+fn junk_is_dropped_and_a_half_closed_tcp_client_still_gets_its_answer() {
+    let s = Setup::new();
+    s.udp.send_to(b"junk", s.server_53).unwrap();
+    // A client that closes its sending side after its query.
+    let mut tcp = s.lab.client_tcp();
+    let q = common::query(1, ALLOWED.0);
+    let mut frame = (q.len() as u16).to_be_bytes().to_vec();
+    frame.extend_from_slice(&q);
+    tcp.write_all(&frame).unwrap();
+    tcp.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = Vec::new();
+    tcp.read_to_end(&mut answer).unwrap();
+    let m = Message::from_vec(&answer[2..]).unwrap();
+    assert_eq!((m.metadata.id, addresses(&m)), (1, vec![ALLOWED.1]));
+    // A TCP frame that is no DNS message: dropped, the connection still serves.
+    let mut tcp = s.lab.client_tcp();
+    tcp.write_all(&[0, 3, 1, 2, 3]).unwrap();
+    assert_eq!(
+        addresses(&lookup_tcp(&mut tcp, 2, ALLOWED.0)),
+        vec![ALLOWED.1]
+    );
+    // UDP still serves, after the junk datagram.
+    let (m, _) = s.lookup_udp(3, ALLOWED.0);
+    assert_eq!(addresses(&m), vec![ALLOWED.1]);
+    let stats = s.server().stats();
+    assert_eq!(
+        (stats.queries, stats.malformed, stats.forwarded),
+        (5, 2, 3),
+        "{stats:?}"
+    );
+}
+
+#[test]
+fn after_shutdown_the_server_answers_directly() {
+    let mut s = Setup::new();
+    let (m, _) = s.lookup_udp(1, DENIED.0);
+    assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+    let server = s.server.take().unwrap();
+    s.runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), server.shutdown())
             .await
             .expect("shutdown within 10 s")
     });
-    let (m, from) = lookup_udp(&udp, lab.b.ip, 8, DENIED.0);
-    assert_eq!((addresses(&m), from), (vec![DENIED.1], server_53));
-    let mut tcp = lab.client_tcp();
+    // The redirect entry stays; with no proxy socket the queries go to b.
+    let (m, from) = s.lookup_udp(2, DENIED.0);
+    assert_eq!((addresses(&m), from), (vec![DENIED.1], s.server_53));
+    let mut tcp = s.lab.client_tcp();
     assert_eq!(
-        addresses(&lookup_tcp(&mut tcp, 9, DENIED.0)),
+        addresses(&lookup_tcp(&mut tcp, 3, DENIED.0)),
         vec![DENIED.1]
     );
-    drop(tcp);
-
-    drop(udp);
-    drop(lab);
-    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
 }

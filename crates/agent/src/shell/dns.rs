@@ -316,6 +316,91 @@ impl DnsShell {
     pub fn learned(&self) -> LearnedState {
         lock(&self.proxy).learner().snapshot(Instant::now())
     }
+
+    /// Every learned (name, address) with the identity and selector set of the address and
+    /// its life left, sorted by name and address (for `GET /v1/fqdn/cache`).
+    pub fn cache(&self) -> Vec<CacheRow> {
+        let now = Instant::now();
+        let proxy = lock(&self.proxy);
+        let learner = proxy.learner();
+        let (cache, identities) = (learner.cache(), learner.identities());
+        let mut rows = Vec::with_capacity(cache.len());
+        for (name, ips) in cache.names() {
+            for ip in ips {
+                let left = cache
+                    .expiry(name, *ip)
+                    .map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
+                rows.push(CacheRow {
+                    name: name.to_string(),
+                    address: *ip,
+                    identity: identities.identity_of_address(*ip).map(|id| id.0),
+                    selectors: identities.set_of(*ip).cloned().unwrap_or_default(),
+                    ttl: u32::try_from(left.as_secs()).unwrap_or(u32::MAX),
+                });
+            }
+        }
+        rows.sort_by(|a, b| (&a.name, a.address).cmp(&(&b.name, b.address)));
+        rows
+    }
+
+    /// The proxy at a glance: its port once listening, the endpoints the datapath redirects
+    /// to it, how much it learned, and its counters (for status and metrics).
+    pub fn status(&self) -> DnsStatus {
+        let port = lock(&self.server).as_ref().map(|s| s.local_addr().port());
+        let redirected = match self.datapath.dns_redirects() {
+            Ok(r) => Some(r.len()),
+            Err(err) => {
+                tracing::warn!(error = %err, "reading the datapath's DNS redirects");
+                None
+            }
+        };
+        let (names, addresses) = self.learned_counts();
+        DnsStatus {
+            port,
+            redirected,
+            names,
+            addresses,
+            stats: self.stats(),
+        }
+    }
+
+    /// How many (name, address) pairs and distinct addresses are learned (cheaper than
+    /// [`Self::status`]: no datapath read).
+    pub fn learned_counts(&self) -> (usize, usize) {
+        let proxy = lock(&self.proxy);
+        let cache = proxy.learner().cache();
+        (cache.len(), cache.addresses().count())
+    }
+}
+
+/// One learned (name, address) of [`DnsShell::cache`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheRow {
+    /// The name.
+    pub name: String,
+    /// The address.
+    pub address: IpAddr,
+    /// The identity of the address's selector set (`None`: it got none).
+    pub identity: Option<u32>,
+    /// The `toFQDNs` selectors matching a name of the address.
+    pub selectors: BTreeSet<String>,
+    /// Seconds of life left (0: expired, kept for live connections).
+    pub ttl: u32,
+}
+
+/// What [`DnsShell::status`] gives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsStatus {
+    /// The port, once listening.
+    pub port: Option<u16>,
+    /// Endpoints redirected (`None`: the datapath could not be read).
+    pub redirected: Option<usize>,
+    /// Learned (name, address) pairs.
+    pub names: usize,
+    /// Distinct learned addresses.
+    pub addresses: usize,
+    /// The server's counters.
+    pub stats: ServerStats,
 }
 
 /// The proxy's view of the agent.
@@ -355,5 +440,118 @@ impl ProxyHost for Host {
         Box::pin(async move {
             core.wait_applied(seq, limit).await;
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::core::{CoreConfig, NodeCore};
+    use plexus_datapath::{FakeDatapath, RoutingMode};
+
+    /// A proxy that takes over `state` (as a previous agent saved it just now), with no
+    /// sockets.
+    fn restored(dir: &std::path::Path, state: serde_json::Value) -> (Arc<DnsShell>, CoreHandle) {
+        let file = dir.join(STATE_FILE);
+        let saved = serde_json::json!({"savedAtUnixMs": unix_ms(), "state": state});
+        std::fs::write(&file, serde_json::to_vec(&saved).unwrap()).unwrap();
+        let (core, _driver) = CoreHandle::new(NodeCore::new(CoreConfig {
+            cluster: "c1".into(),
+            cluster_id: 1,
+            node_name: "n1".into(),
+            node_ip: std::net::Ipv4Addr::new(192, 168, 1, 1),
+            routing: RoutingMode::Tunnel,
+            policy_default_local_cluster: true,
+            encryption: Default::default(),
+        }));
+        let dns = DnsShell::new(
+            DnsOptions {
+                port: 10053,
+                min_ttl: Duration::ZERO,
+                hold_max: Duration::from_millis(100),
+                state_file: Some(file),
+            },
+            core.clone(),
+            Arc::new(FakeDatapath::new()),
+        );
+        dns.restore();
+        (dns, core)
+    }
+
+    /// `GET /v1/fqdn/cache` and the status read the learner: each (name, address) sorted,
+    /// with its address's identity and selector set, its life left (0 once past its TTL), and
+    /// the counts.
+    #[test]
+    fn cache_rows_carry_the_identity_of_each_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let www_id = *FQDN_IDENTITIES.start() + 5;
+        let both_id = *FQDN_IDENTITIES.start() + 9;
+        let (dns, _core) = restored(
+            dir.path(),
+            serde_json::json!({
+                "selectors": ["www.example.test", "*3.example.test"],
+                "identities": [
+                    {"id": www_id, "selectors": ["www.example.test"]},
+                    {"id": both_id, "selectors": ["*3.example.test", "www.example.test"]}
+                ],
+                "names": [
+                    {"name": "www.example.test", "address": "172.31.254.12", "ttl": 30},
+                    {"name": "www.example.test", "address": "172.31.254.13", "ttl": 30},
+                    {"name": "s3.example.test", "address": "172.31.254.13", "ttl": 0}
+                ]
+            }),
+        );
+        let rows = dns.cache();
+        let keys: Vec<(&str, String, Option<u32>, Vec<&str>)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.name.as_str(),
+                    r.address.to_string(),
+                    r.identity,
+                    r.selectors.iter().map(String::as_str).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                (
+                    "s3.example.test",
+                    "172.31.254.13".to_string(),
+                    Some(both_id),
+                    vec!["*3.example.test", "www.example.test"]
+                ),
+                (
+                    "www.example.test",
+                    "172.31.254.12".to_string(),
+                    Some(www_id),
+                    vec!["www.example.test"]
+                ),
+                (
+                    "www.example.test",
+                    "172.31.254.13".to_string(),
+                    Some(both_id),
+                    vec!["*3.example.test", "www.example.test"]
+                ),
+            ]
+        );
+        assert_eq!(rows[0].ttl, 0, "{rows:?}");
+        // Saved a moment ago with 30 s left (whole seconds, rounded down).
+        assert!((28..=30).contains(&rows[1].ttl), "{rows:?}");
+
+        let status = dns.status();
+        assert_eq!(
+            (
+                status.port,
+                status.redirected,
+                status.names,
+                status.addresses
+            ),
+            (None, Some(0), 3, 2)
+        );
+        assert_eq!(status.stats, ServerStats::default());
+        assert_eq!(dns.learned_counts(), (3, 2));
     }
 }

@@ -21,6 +21,7 @@
 //! it learns back into the core.
 
 pub mod dns;
+pub mod maps;
 pub mod reconciler;
 pub mod sources;
 pub mod wireguard;

@@ -8,7 +8,10 @@
 //! CIDR identity whose rules are not written yet). Services and policies are synced
 //! as a difference against what is programmed (read back from the datapath at start, so a
 //! restarted agent continues from its predecessor's tables); a part that fails is retried after
-//! a pause with the latest desired state, without hammering a datapath that refuses. Last, the
+//! a pause with the latest desired state, without hammering a datapath that refuses. Ipcache
+//! changes the datapath refused are kept per prefix (a later change of the prefix replaces
+//! them) and retried after each round's new changes, which may have made room. A full map's
+//! refusals are counted and reported ([`super::maps`]). Last, the
 //! policy's DNS side goes to the node's DNS proxy ([`super::dns`]).
 
 use std::collections::BTreeMap;
@@ -22,6 +25,7 @@ use plexus_ipcache::Change;
 
 use super::CoreDriver;
 use super::dns::DnsShell;
+use super::maps::{MapHealth, Watched};
 use super::wireguard::Wireguard;
 use crate::core::RouteChange;
 use crate::flows::SnapshotBuilder;
@@ -84,6 +88,13 @@ impl Routes for NoRoutes {
     fn delete(&self, _: Prefix) {}
 }
 
+/// The prefix a change is about.
+fn change_prefix(change: &Change) -> Prefix {
+    match change {
+        Change::Upsert(p, _) | Change::Delete(p) => *p,
+    }
+}
+
 /// How long a failed part waits before it is tried again.
 const RETRY: Duration = Duration::from_secs(2);
 
@@ -106,6 +117,10 @@ pub struct Reconciler {
     flows: Option<SnapshotBuilder>,
     /// With the eBPF datapath: the node's DNS proxy, given the policy's DNS side.
     dns: Option<Arc<DnsShell>>,
+    /// Ipcache changes the datapath refused, by prefix, retried on the next rounds.
+    retry_ipcache: BTreeMap<Prefix, Change>,
+    /// Where full maps' refusals are noted, ended with each round.
+    health: Option<Arc<MapHealth>>,
 }
 
 impl Reconciler {
@@ -145,7 +160,17 @@ impl Reconciler {
             wireguard: None,
             flows: None,
             dns: None,
+            retry_ipcache: BTreeMap::new(),
+            health: None,
         }
+    }
+
+    /// Notes the writes that full maps refuse in `health` (one round's refusals are the
+    /// maps' state until the next round).
+    pub fn with_map_health(mut self, health: Arc<MapHealth>) -> Self {
+        self.datapath = Arc::new(Watched::new(self.datapath, health.clone()));
+        self.health = Some(health);
+        self
     }
 
     /// Hands the policy's DNS side (rules, `toFQDNs` patterns, which endpoints to redirect)
@@ -172,6 +197,7 @@ impl Reconciler {
     pub async fn run(mut self) {
         loop {
             let retrying = self.retry_services.is_some()
+                || !self.retry_ipcache.is_empty()
                 || self.retry_policies.is_some()
                 || self.retry_policy_cidrs.is_some();
             if retrying {
@@ -234,18 +260,54 @@ impl Reconciler {
         if let (Some(dns), Some(desired)) = (&self.dns, &output.dns) {
             dns.update(desired);
         }
+        if let Some(health) = &self.health {
+            health.round_done();
+        }
         self.driver.applied.send_replace(seq);
     }
 
-    fn apply_ipcache(&self, changes: &[Change]) {
+    /// How many ipcache changes the datapath refused wait for a retry.
+    pub fn ipcache_pending(&self) -> usize {
+        self.retry_ipcache.len()
+    }
+
+    fn apply_ipcache(&mut self, changes: &[Change]) {
+        // Earlier refusals go after this round's changes: a change of the same prefix
+        // replaces its refused one, and deletions may make room.
+        let mut older = std::mem::take(&mut self.retry_ipcache);
+        let mut failed = 0usize;
+        let mut first_error = None;
         for change in changes {
-            let result = match change {
-                Change::Upsert(p, v) => self.datapath.upsert_ipcache(*p, *v),
-                Change::Delete(p) => self.datapath.remove_ipcache(*p),
-            };
-            if let Err(err) = result {
-                tracing::warn!(error = %err, "ipcache update not applied to the datapath");
+            let prefix = change_prefix(change);
+            older.remove(&prefix);
+            if let Err(err) = self.apply_ipcache_change(change) {
+                failed += 1;
+                first_error.get_or_insert(err);
+                self.retry_ipcache.insert(prefix, change.clone());
             }
+        }
+        for (prefix, change) in older {
+            if let Err(err) = self.apply_ipcache_change(&change) {
+                failed += 1;
+                first_error.get_or_insert(err);
+                self.retry_ipcache.insert(prefix, change);
+            }
+        }
+        // One line a round, not one per entry: a full map refuses thousands at once.
+        if let Some(err) = first_error {
+            tracing::warn!(
+                failed,
+                pending = self.retry_ipcache.len(),
+                error = %err,
+                "ipcache updates not applied to the datapath; retrying"
+            );
+        }
+    }
+
+    fn apply_ipcache_change(&self, change: &Change) -> Result<(), plexus_datapath::DatapathError> {
+        match change {
+            Change::Upsert(p, v) => self.datapath.upsert_ipcache(*p, *v),
+            Change::Delete(p) => self.datapath.remove_ipcache(*p),
         }
     }
 

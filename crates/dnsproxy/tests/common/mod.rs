@@ -31,7 +31,6 @@ use plexus_dnsproxy::{
     ProxyHost, ServerConfig,
 };
 use plexus_model::identity::{NumericIdentity, ReservedIdentity};
-use plexus_model::labels::Labels;
 use plexus_policy::{
     EndpointInfo, IdentityChange as SelectorChange, PolicyConfig, PolicyRepository, parse_documents,
 };
@@ -59,29 +58,7 @@ hold      IN A 192.0.2.12
 deep.www  IN A 192.0.2.13
 ";
 
-/// The client's policy: DNS to kube-dns for `*.example.test` only, toFQDNs of those names.
-const POLICY: &str = r#"
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: dns}
-spec:
-  endpointSelector: {matchLabels: {app: client}}
-  egress:
-  - toEndpoints:
-    - matchLabels: {k8s:io.kubernetes.pod.namespace: kube-system, k8s:app: kube-dns}
-    toPorts:
-    - ports: [{port: "53", protocol: ANY}]
-      rules:
-        dns: [{matchPattern: "*.example.test"}]
-  - toFQDNs: [{matchPattern: "*.example.test"}]
-"#;
-
-fn labels(app: &str, ns: &str) -> Labels {
-    Labels::parse(&format!(
-        "k8s:app={app};k8s:io.cilium.k8s.policy.cluster=cluster1;k8s:io.kubernetes.pod.namespace={ns};"
-    ))
-    .unwrap()
-}
+use plexus_dnsproxy::testing::{CLIENT_DNS_POLICY as POLICY, pod_labels as labels};
 
 /// The proxy logic with the client's DNS rules resolved from [`POLICY`] by `plexus-policy`.
 pub fn dns_proxy() -> Arc<Mutex<DnsProxy>> {
