@@ -88,7 +88,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
 }
 
 async fn status(State(agent): State<Arc<Agent>>) -> axum::Json<AgentStatus> {
-    let mesh = agent.mesh.status();
+    let mesh = agent.mesh_status();
     // The fill is read (a walk of the maps' keys) only when a map is full, to name it.
     let warnings = if agent.maps.full().is_empty() {
         Vec::new()
@@ -225,7 +225,7 @@ async fn clustermesh(State(agent): State<Arc<Agent>>) -> axum::Json<ClusterMeshR
     axum::Json(ClusterMeshReport {
         node: agent.node.clone(),
         cluster: agent.cluster.name.clone(),
-        mesh: MeshReport::from(&agent.mesh.status()),
+        mesh: MeshReport::from(&agent.mesh_status()),
     })
 }
 

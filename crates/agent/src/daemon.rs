@@ -404,6 +404,7 @@ pub async fn run(args: Options) -> Result<()> {
     let (tx, rx) = tokio::sync::mpsc::channel(4096);
     let mut timing = DriverTiming::default();
     timing.protocol.service_cache_ttl = args.clustermesh_service_cache_ttl;
+    timing.limits = args.clustermesh_limits.clone();
     let mesh = ClusterMesh::spawn_with(
         connector,
         args.clustermesh_config.clone(),
@@ -432,9 +433,10 @@ pub async fn run(args: Options) -> Result<()> {
         reconciler,
     ];
 
+    let (mesh_handle, core_handle) = (mesh.handle(), core.clone());
     let metrics = Arc::new(crate::metrics::Metrics::new(
         &cluster.name,
-        mesh.handle(),
+        move || crate::mesh_status(&mesh_handle, &core_handle),
         &kv,
         datapath.clone(),
         map_health.clone(),

@@ -67,7 +67,23 @@ pub struct Agent {
     maps: Arc<shell::maps::MapHealth>,
 }
 
+/// The remote clusters' status with the core's refusals added: what the manager's stores
+/// refused and what the guard refused (addresses a remote does not own) count together.
+pub(crate) fn mesh_status(
+    mesh: &MeshHandle,
+    core: &shell::CoreHandle,
+) -> plexus_clustermesh::mesh::MeshStatus {
+    let mut status = mesh.status();
+    status.add_refused(&core.read(core::NodeCore::refused));
+    status
+}
+
 impl Agent {
+    /// The remote clusters' status, with the refusals of the core's guard.
+    pub(crate) fn mesh_status(&self) -> plexus_clustermesh::mesh::MeshStatus {
+        mesh_status(&self.mesh, &self.core)
+    }
+
     /// The flow metrics, for the flow pipeline to count into.
     pub fn flow_metrics(&self) -> &metrics::FlowMetrics {
         self.metrics.flows()

@@ -25,7 +25,7 @@
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use plexus_clustermesh::mesh::MeshHandle;
+use plexus_clustermesh::mesh::MeshStatus;
 use plexus_datapath::{Datapath, Direction, MapUsage, Metric};
 use plexus_dnsproxy::server::ServerStats;
 use plexus_kvstore::KvMetrics;
@@ -47,13 +47,13 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// The registry of the agent of cluster `cluster`: the remote clusters read from `mesh`,
-    /// the kvstore operations of `kv`, the counters and maps of `datapath` with the refusals
-    /// of its full maps in `maps`, the counters of the DNS proxy `dns` (when the node has
-    /// one), and empty flow metrics.
+    /// The registry of the agent of cluster `cluster`: the remote clusters' status read
+    /// through `mesh` at each scrape, the kvstore operations of `kv`, the counters and maps of
+    /// `datapath` with the refusals of its full maps in `maps`, the counters of the DNS proxy
+    /// `dns` (when the node has one), and empty flow metrics.
     pub fn new(
         cluster: &str,
-        mesh: MeshHandle,
+        mesh: impl Fn() -> MeshStatus + Send + Sync + 'static,
         kv: &KvMetrics,
         datapath: Arc<dyn Datapath>,
         maps: Arc<MapHealth>,
@@ -61,8 +61,7 @@ impl Metrics {
     ) -> Self {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(plexus_clustermesh::metrics::collector(
-            cluster,
-            move || mesh.status(),
+            cluster, mesh,
         )));
         registry.register_collector(Box::new(kv.collector("local")));
         registry.register_collector(Box::new(MapCollector {

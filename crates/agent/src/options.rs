@@ -79,6 +79,9 @@ pub struct Options {
     /// Withdraw an unreachable remote cluster's service backends after this long (default:
     /// keep them until it returns; its backends are skipped meanwhile anyway).
     pub clustermesh_service_cache_ttl: Option<Duration>,
+    /// What one remote cluster may make the agent hold (`clustermesh-max-entries-per-remote`,
+    /// `clustermesh-max-value-size`, `clustermesh-max-relist-interval`).
+    pub clustermesh_limits: plexus_clustermesh::remote_cluster::Limits,
     /// `policy-default-local-cluster`: peer endpoint selectors without the cluster label select
     /// only this cluster's endpoints (as current Cilium releases do); `false` gives the older
     /// any-cluster behaviour.
@@ -182,6 +185,43 @@ impl Options {
             api_tls_key: c.api_tls_key,
             api_tls_ca: c.api_tls_ca,
             clustermesh_service_cache_ttl: c.clustermesh_service_cache_ttl,
+            clustermesh_limits: {
+                let mut limits = plexus_clustermesh::remote_cluster::Limits::default();
+                match c.clustermesh_max_entries_per_remote {
+                    Some(0) => {
+                        return Err(invalid(
+                            "clustermesh-max-entries-per-remote",
+                            "a remote must be allowed at least one entry",
+                            file,
+                        ));
+                    }
+                    Some(n) => limits.max_entries = n,
+                    None => {}
+                }
+                match c.clustermesh_max_value_size {
+                    Some(0) => {
+                        return Err(invalid(
+                            "clustermesh-max-value-size",
+                            "a remote's values need at least one byte",
+                            file,
+                        ));
+                    }
+                    Some(n) => limits.max_value_size = n,
+                    None => {}
+                }
+                if let Some(max) = c.clustermesh_max_relist_interval {
+                    if max < limits.relist.min {
+                        return Err(invalid(
+                            "clustermesh-max-relist-interval",
+                            "must be at least 50ms",
+                            file,
+                        ));
+                    }
+                    limits.relist.max = max;
+                    limits.relist.healthy_after = limits.relist.healthy_after.max(max * 2);
+                }
+                limits
+            },
             policy_default_local_cluster: c.policy_default_local_cluster.unwrap_or(true),
             prometheus_listen: c.prometheus_listen,
             podman_state: c
@@ -343,6 +383,47 @@ mod tests {
         };
         let e = Options::resolve(c, Some(Path::new(FILE))).unwrap_err();
         assert!(e.to_string().contains("flow-ring-size"), "{e}");
+    }
+
+    #[test]
+    fn remote_limits_default_and_are_set_or_refused() {
+        let o = Options::resolve(complete(), None).unwrap();
+        assert_eq!(
+            o.clustermesh_limits,
+            plexus_clustermesh::remote_cluster::Limits::default()
+        );
+        assert_eq!(o.clustermesh_limits.max_entries, 250_000);
+        let c = AgentConfig {
+            clustermesh_max_entries_per_remote: Some(1000),
+            clustermesh_max_value_size: Some(4096),
+            clustermesh_max_relist_interval: Some(Duration::from_secs(120)),
+            ..complete()
+        };
+        let l = Options::resolve(c, None).unwrap().clustermesh_limits;
+        assert_eq!((l.max_entries, l.max_value_size), (1000, 4096));
+        assert_eq!(l.relist.max, Duration::from_secs(120));
+        assert_eq!(
+            l.relist.healthy_after,
+            Duration::from_secs(240),
+            "a watch must outlast two waits to count as healthy"
+        );
+        for c in [
+            AgentConfig {
+                clustermesh_max_entries_per_remote: Some(0),
+                ..complete()
+            },
+            AgentConfig {
+                clustermesh_max_value_size: Some(0),
+                ..complete()
+            },
+            AgentConfig {
+                clustermesh_max_relist_interval: Some(Duration::from_millis(1)),
+                ..complete()
+            },
+        ] {
+            let e = Options::resolve(c, Some(Path::new(FILE))).unwrap_err();
+            assert!(e.to_string().contains("clustermesh-max-"), "{e}");
+        }
     }
 
     #[test]

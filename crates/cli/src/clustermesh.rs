@@ -655,9 +655,21 @@ pub struct Connection {
     pub services: usize,
     /// Entries refused by validation.
     pub rejected: u64,
+    /// Refusals by reason (largest count any node reports).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rejected_by_reason: BTreeMap<String, u64>,
     /// KVStoreMesh's view, when it runs: connected and ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kvstoremesh: Option<RemoteClusterReport>,
+}
+
+/// ` (foreign-cluster 3, value-too-large 1)`, or nothing without reasons.
+fn by_reason(reasons: &BTreeMap<String, u64>) -> String {
+    if reasons.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{r} {n}")).collect();
+    format!(" ({})", parts.join(", "))
 }
 
 /// A problem, with what to do about it.
@@ -1039,6 +1051,7 @@ pub fn build_report(
         identities: 0,
         services: 0,
         rejected: 0,
+        rejected_by_reason: BTreeMap::new(),
         kvstoremesh: kvstoremesh_view.get(name).cloned(),
     };
     for name in &configured {
@@ -1059,6 +1072,10 @@ pub fn build_report(
                     c.identities = c.identities.max(r.num_identities);
                     c.services = c.services.max(r.num_shared_services);
                     c.rejected = c.rejected.max(r.num_rejected);
+                    for (reason, n) in &r.rejected_by_reason {
+                        let slot = c.rejected_by_reason.entry(reason.clone()).or_default();
+                        *slot = (*slot).max(*n);
+                    }
                     if !r.ready {
                         let message = match (&r.last_failure, r.connected) {
                             (Some(f), false) => format!("{}: {f}", r.name),
@@ -1077,8 +1094,10 @@ pub fn build_report(
                         errors.push(Problem {
                             scope: node.clone(),
                             message: format!(
-                                "{}: {} entries refused by validation",
-                                r.name, r.num_rejected
+                                "{}: {} entries refused by validation{}",
+                                r.name,
+                                r.num_rejected,
+                                by_reason(&r.rejected_by_reason)
                             ),
                             hint: Some(format!(
                                 "cluster {} publishes entries that are not its own or malformed; see the agent's log",
@@ -1262,7 +1281,11 @@ pub fn print_text(r: &StatusReport) {
                 c.identities,
                 c.services,
                 if c.rejected > 0 {
-                    format!(", {} rejected", c.rejected)
+                    format!(
+                        ", {} rejected{}",
+                        c.rejected,
+                        by_reason(&c.rejected_by_reason)
+                    )
                 } else {
                     String::new()
                 }
@@ -1406,6 +1429,7 @@ mod tests {
             num_identities: 3,
             num_shared_services: 1,
             num_rejected: 0,
+            rejected_by_reason: BTreeMap::new(),
             num_failures: u64::from(failure.is_some()),
             last_failure: failure.as_ref().map(|(_, m)| m.to_string()),
             last_failure_kind: failure.map(|(k, _)| k),

@@ -154,6 +154,27 @@ pub struct AgentConfig {
         with = "crate::value::duration"
     )]
     pub clustermesh_service_cache_ttl: Option<Duration>,
+    /// How many entries (nodes, ipcache entries, identities, services together) one remote
+    /// cluster may make this agent hold; new keys beyond are refused and counted
+    /// [default: 250000].
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clustermesh_max_entries_per_remote: Option<usize>,
+    /// The largest value (bytes) read from a remote cluster; larger ones are refused before
+    /// they are parsed, and counted [default: 262144].
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clustermesh_max_value_size: Option<usize>,
+    /// The longest wait between forced re-lists of a remote cluster's prefixes (a remote that
+    /// compacts its store breaks our watches): the wait doubles per break up to this
+    /// [default: 30s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::value::duration"
+    )]
+    pub clustermesh_max_relist_interval: Option<Duration>,
     /// `policy-default-local-cluster`: peer endpoint selectors without the cluster label select
     /// only this cluster's endpoints (as current Cilium releases do); `false` gives the older
     /// any-cluster behaviour [default: true].

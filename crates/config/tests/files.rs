@@ -48,6 +48,9 @@ api-tls-cert: /etc/plexus/pki/api.crt
 api-tls-key: /etc/plexus/pki/api.key
 api-tls-ca: /etc/plexus/pki/ca.crt
 clustermesh-service-cache-ttl: 1m 30s
+clustermesh-max-entries-per-remote: 100000
+clustermesh-max-value-size: 65536
+clustermesh-max-relist-interval: 1m
 policy-default-local-cluster: false
 prometheus-listen: 0.0.0.0:9962
 podman-state: /var/lib/containers/storage/libpod/bolt_state.db
@@ -96,6 +99,9 @@ bpf-policy-map-max: 16384
             api_tls_key: p("/etc/plexus/pki/api.key"),
             api_tls_ca: p("/etc/plexus/pki/ca.crt"),
             clustermesh_service_cache_ttl: Some(Duration::from_secs(90)),
+            clustermesh_max_entries_per_remote: Some(100_000),
+            clustermesh_max_value_size: Some(65_536),
+            clustermesh_max_relist_interval: Some(Duration::from_secs(60)),
             policy_default_local_cluster: Some(false),
             prometheus_listen: Some("0.0.0.0:9962".parse().unwrap()),
             podman_state: p("/var/lib/containers/storage/libpod/bolt_state.db"),

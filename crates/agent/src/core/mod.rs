@@ -21,12 +21,14 @@
 //!   patterns, when they changed; what the proxy learns comes back as [`Input::Fqdn`].
 //!
 //! Module map: [`ipcache`] (sources of ipcache entries and their precedence, routes),
-//! [`remotes`] (remote clusters: cluster id from their config, stale entries after a
-//! reconnect, drain), [`services`] (backends across clusters: global, shared, affinity with its
+//! [`guard`] (what a remote may claim: only addresses of its own nodes, never ours or another
+//! remote's; every remote event passes it first), [`remotes`] (remote clusters: cluster id
+//! from their config, stale entries after a reconnect, drain), [`services`] (backends across clusters: global, shared, affinity with its
 //! fallback, unreachable clusters), [`policy`] (selector cache, per-endpoint resolution, CIDR
 //! identities), [`encryption`] (WireGuard peers from the nodes' keys).
 
 pub mod encryption;
+pub mod guard;
 pub mod ipcache;
 pub mod policy;
 pub mod remotes;
@@ -218,6 +220,8 @@ pub struct NodeCore {
     config: CoreConfig,
     ipcache: IpcacheState,
     remotes: BTreeMap<String, RemoteState>,
+    /// What remotes may claim; their events pass it before they are folded.
+    guard: guard::Guard,
     services: ServiceState,
     policy: PolicyState,
     /// Local endpoints by id.
@@ -245,6 +249,7 @@ impl NodeCore {
             services: ServiceState::new(&config.cluster),
             policy: PolicyState::new(&config.cluster, config.policy_default_local_cluster),
             remotes: BTreeMap::new(),
+            guard: guard::Guard::new(),
             endpoints: BTreeMap::new(),
             // The first output carries the peer set, even an empty one.
             peers_dirty: true,
@@ -315,8 +320,14 @@ impl NodeCore {
             Input::NodeUpsert(node) => {
                 let id = self.config.cluster_id;
                 self.ipcache.node_upsert(&own_cluster, id, &node);
+                let unblocked = self.guard.local_node_upsert(&node);
+                self.fold_remote(unblocked);
             }
-            Input::NodeDelete(name) => self.ipcache.node_delete(&own_cluster, &name),
+            Input::NodeDelete(name) => {
+                self.ipcache.node_delete(&own_cluster, &name);
+                let unblocked = self.guard.local_node_delete(&name);
+                self.fold_remote(unblocked);
+            }
             Input::NodesSynced => self.local_nodes_synced = true,
             Input::IpUpsert { key, pair } => {
                 self.policy
@@ -331,13 +342,10 @@ impl NodeCore {
                 self.policy.identity_upsert(id, &own_cluster, labels)
             }
             Input::IdentityDelete(id) => self.policy.identity_delete(id),
-            Input::Remote(event) => remotes::fold(
-                &mut self.remotes,
-                &mut self.ipcache,
-                &mut self.services,
-                &mut self.policy,
-                event,
-            ),
+            Input::Remote(event) => {
+                let passed = self.guard.remote(event);
+                self.fold_remote(passed);
+            }
             Input::MeshStatus {
                 reachable,
                 all_ready,
@@ -359,6 +367,24 @@ impl NodeCore {
             Input::PolicyCidrsInDatapath(cidrs) => self.policy.restore_cidr_ids(&cidrs),
             Input::Fqdn(changes) => self.fqdn(changes),
         }
+    }
+
+    /// Folds remote events the guard passed.
+    fn fold_remote(&mut self, events: Vec<MeshEvent>) {
+        for event in events {
+            remotes::fold(
+                &mut self.remotes,
+                &mut self.ipcache,
+                &mut self.services,
+                &mut self.policy,
+                event,
+            );
+        }
+    }
+
+    /// What the guard refused of each remote so far, by reason label.
+    pub fn refused(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
+        self.guard.refused()
     }
 
     fn fqdn(&mut self, changes: Vec<plexus_dnsproxy::Change>) {
