@@ -428,6 +428,12 @@ impl Client {
         self.get("/v1/policy").await
     }
 
+    /// `GET /v1/fqdn/cache`: what the node's DNS proxy learned. Errors: kind `unavailable`
+    /// when the node has no DNS proxy.
+    pub async fn fqdn_cache(&self) -> Result<Vec<crate::FqdnCacheEntry>, ApiError> {
+        self.get("/v1/fqdn/cache").await
+    }
+
     /// `GET /v1/bpf/ipcache`.
     pub async fn ipcache(&self) -> Result<Vec<IpcacheRow>, ApiError> {
         self.get("/v1/bpf/ipcache").await

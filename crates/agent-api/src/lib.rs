@@ -11,7 +11,8 @@
 //!
 //! Paths served by the agent:
 //! - `GET /v1/healthz`: `"ok"`;
-//! - `GET /v1/status`: [`AgentStatus`];
+//! - `GET /v1/status`: [`AgentStatus`], with the node's DNS proxy ([`DnsProxyStatus`]: port,
+//!   redirected endpoints, learned names, counters) when it has one;
 //! - `GET /v1/clustermesh`: [`ClusterMeshReport`], the remote clusters as this node sees them;
 //! - `GET /v1/remote-nodes`: remote node names by cluster, from the merged view;
 //! - `GET /v1/nodes`: [`NodeInfo`]s; `GET /v1/identities`: [`IdentityInfo`]s;
@@ -22,6 +23,9 @@
 //!   [&peer_ip=..]&proto=tcp|udp|sctp&dport=..` ([`TraceQuery`]): [`PolicyTrace`], why such a
 //!   packet passes or is dropped at the local endpoint (verdict, enforcement, deciding rules);
 //!   `not-found` for an endpoint the node does not have;
+//! - `GET /v1/fqdn/cache`: [`FqdnCacheEntry`]s, what the node's DNS proxy learned for
+//!   `toFQDNs` policy (name, address, identity, selectors, TTL left), sorted by name and
+//!   address; error kind `unavailable` when the node has no DNS proxy (fake datapath);
 //! - `GET /v1/bpf/ipcache`: [`IpcacheRow`]s; `GET /v1/bpf/lb`: [`LbRow`]s;
 //! - `GET /v1/monitor[?type=drop|trace|translation|policy-verdict]`: [`MonitorMessage`]s, a
 //!   JSON line each, streamed;
@@ -47,6 +51,7 @@ pub mod client;
 pub mod cni;
 pub mod encryption;
 pub mod error;
+pub mod fqdn;
 /// The monitor stream's events ([`plexus_monitor`]).
 pub use plexus_monitor as monitor;
 pub mod tls;
@@ -60,6 +65,7 @@ pub use encryption::{
     EncryptionMode, EncryptionReport, EncryptionSummary, PeerReport, RotateKeyReport,
 };
 pub use error::{ErrorBody, ErrorKind};
+pub use fqdn::{DnsProxyStats, DnsProxyStatus, FqdnCacheEntry};
 pub use monitor::{MonitorEvent, MonitorFilter, MonitorMessage};
 pub use trace::{
     PeerIdentitySource, PolicyRef, PolicyTrace, TraceDecision, TraceEndpoint, TraceQuery, TraceRule,

@@ -34,6 +34,13 @@ pub struct AgentStatus {
     /// Transparent encryption (absent from agents that predate it: disabled).
     #[serde(default)]
     pub encryption: crate::EncryptionSummary,
+    /// What needs the operator's attention, one line each (e.g. a full datapath map, named);
+    /// absent when nothing does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// The node's DNS proxy (`None`: the node has none, or its agent predates it).
+    #[serde(default)]
+    pub dns_proxy: Option<crate::DnsProxyStatus>,
 }
 
 /// One node of `GET /v1/nodes`, of any cluster this node knows.
@@ -400,15 +407,53 @@ mod tests {
                 peers: 3,
                 device_reachable: true,
             },
+            warnings: Vec::new(),
+            dns_proxy: Some(crate::DnsProxyStatus {
+                port: Some(10053),
+                redirected_endpoints: Some(1),
+                learned_names: 2,
+                learned_addresses: 1,
+                stats: crate::DnsProxyStats {
+                    queries: 4,
+                    refused: 1,
+                    ..Default::default()
+                },
+            }),
         };
+        let json = serde_json::to_value(&status).unwrap();
         assert_eq!(
-            serde_json::to_value(&status).unwrap(),
+            json,
             serde_json::json!({
                 "cluster": "c1", "cluster-id": 1, "node": "n1", "node-ip": "10.0.0.1",
                 "pod-cidr": "10.1.0.0/24", "routing": "tunnel", "datapath": "ebpf",
                 "endpoints": 2, "remote-clusters": [2, 1],
                 "encryption": {"mode": "wireguard", "peers": 3, "device-reachable": true},
+                "dns-proxy": {
+                    "port": 10053, "redirected-endpoints": 1, "learned-names": 2,
+                    "learned-addresses": 1,
+                    "stats": {
+                        "queries": 4, "forwarded": 0, "refused": 1, "malformed": 0,
+                        "no-endpoint": 0, "overloaded": 0, "delivered": 0, "held": 0,
+                        "hold-expired": 0, "responses-dropped": 0, "forward-errors": 0,
+                        "forward-timeouts": 0, "send-errors": 0, "tcp-connections": 0
+                    }
+                },
             })
+        );
+        // An agent without a DNS proxy (or one that predates it): no section.
+        let mut old = json.clone();
+        old.as_object_mut().unwrap().remove("dns-proxy");
+        let back: AgentStatus = serde_json::from_value(old).unwrap();
+        assert_eq!(back.dns_proxy, None);
+        // Warnings, when there are any, are a list of lines; none, the key is absent.
+        assert!(back.warnings.is_empty());
+        let warned = AgentStatus {
+            warnings: vec!["map PLEXUS_IPCACHE is full".into()],
+            ..back
+        };
+        assert_eq!(
+            serde_json::to_value(&warned).unwrap()["warnings"],
+            serde_json::json!(["map PLEXUS_IPCACHE is full"])
         );
         let backend = Backend {
             cluster: "c2".into(),

@@ -15,11 +15,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use plexus_agent_api::{
-    AgentStatus, ClusterMeshReport, Empty, EncryptionMode, EncryptionReport, EncryptionSummary,
-    EndpointDetail, EndpointInfo, EndpointRequest, EndpointResponse, ErrorBody, ErrorKind,
-    IdentityInfo, IpamRequest, IpamResponse, IpcacheRow, LbRow, MeshReport, MonitorFilter,
-    MonitorMessage, NodeInfo, PolicyInfo, PolicyTrace, RotateKeyReport, ServiceInfo, TraceQuery,
-    monitor,
+    AgentStatus, ClusterMeshReport, DnsProxyStats, DnsProxyStatus, Empty, EncryptionMode,
+    EncryptionReport, EncryptionSummary, EndpointDetail, EndpointInfo, EndpointRequest,
+    EndpointResponse, ErrorBody, ErrorKind, FqdnCacheEntry, IdentityInfo, IpamRequest,
+    IpamResponse, IpcacheRow, LbRow, MeshReport, MonitorFilter, MonitorMessage, NodeInfo,
+    PolicyInfo, PolicyTrace, RotateKeyReport, ServiceInfo, TraceQuery, monitor,
 };
 use plexus_metrics::Format;
 use serde::Deserialize;
@@ -66,6 +66,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/endpoints/{id}", get(endpoint_detail))
         .route("/v1/policy", get(policy_get))
         .route("/v1/policy/trace", get(policy_trace))
+        .route("/v1/fqdn/cache", get(fqdn_cache))
         .route("/v1/bpf/ipcache", get(bpf_ipcache))
         .route("/v1/bpf/lb", get(bpf_lb))
         .route("/v1/services", get(services))
@@ -87,7 +88,19 @@ pub fn router(agent: Arc<Agent>) -> Router {
 }
 
 async fn status(State(agent): State<Arc<Agent>>) -> axum::Json<AgentStatus> {
-    let mesh = agent.mesh.status();
+    let mesh = agent.mesh_status();
+    // The fill is read (a walk of the maps' keys) only when a map is full, to name it.
+    let warnings = if agent.maps.full().is_empty() {
+        Vec::new()
+    } else {
+        let datapath = agent.datapath.clone();
+        let usage = tokio::task::spawn_blocking(move || datapath.map_usage())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        agent.maps.warnings(&usage)
+    };
     axum::Json(AgentStatus {
         cluster: agent.cluster.name.clone(),
         cluster_id: agent.cluster.id,
@@ -112,7 +125,27 @@ async fn status(State(agent): State<Arc<Agent>>) -> axum::Json<AgentStatus> {
                 }
             }
         },
+        warnings,
+        dns_proxy: agent.dns.as_ref().map(|dns| dns_proxy_status(dns.status())),
     })
+}
+
+/// `GET /v1/fqdn/cache`: what the node's DNS proxy learned for `toFQDNs` policy.
+async fn fqdn_cache(
+    State(agent): State<Arc<Agent>>,
+) -> Result<axum::Json<Vec<FqdnCacheEntry>>, ApiError> {
+    let Some(dns) = &agent.dns else {
+        return Err(ApiError::new(
+            ErrorKind::Unavailable,
+            format!(
+                "node {} has no DNS proxy (datapath {}: toFQDNs policy needs the eBPF datapath)",
+                agent.node, agent.datapath_kind
+            ),
+        ));
+    };
+    Ok(axum::Json(
+        dns.cache().into_iter().map(fqdn_cache_entry).collect(),
+    ))
 }
 
 /// The node's encryption: its key, its device's live state and peers (one UAPI `get`).
@@ -192,7 +225,7 @@ async fn clustermesh(State(agent): State<Arc<Agent>>) -> axum::Json<ClusterMeshR
     axum::Json(ClusterMeshReport {
         node: agent.node.clone(),
         cluster: agent.cluster.name.clone(),
-        mesh: MeshReport::from(&agent.mesh.status()),
+        mesh: MeshReport::from(&agent.mesh_status()),
     })
 }
 
@@ -461,6 +494,42 @@ pub async fn metrics(State(agent): State<Arc<Agent>>, headers: HeaderMap) -> Res
 
 // Conversions from the agent's own structures to the API's types (the lists read from the
 // core are built in `crate::reports`).
+
+fn fqdn_cache_entry(row: crate::shell::dns::CacheRow) -> FqdnCacheEntry {
+    FqdnCacheEntry {
+        name: row.name,
+        address: row.address,
+        identity: row.identity,
+        selectors: row.selectors.into_iter().collect(),
+        ttl: row.ttl,
+    }
+}
+
+fn dns_proxy_status(s: crate::shell::dns::DnsStatus) -> DnsProxyStatus {
+    let c = s.stats;
+    DnsProxyStatus {
+        port: s.port,
+        redirected_endpoints: s.redirected,
+        learned_names: s.names,
+        learned_addresses: s.addresses,
+        stats: DnsProxyStats {
+            queries: c.queries,
+            forwarded: c.forwarded,
+            refused: c.refused,
+            malformed: c.malformed,
+            no_endpoint: c.no_endpoint,
+            overloaded: c.overloaded,
+            delivered: c.delivered,
+            held: c.held,
+            hold_expired: c.hold_expired,
+            responses_dropped: c.responses_dropped,
+            forward_errors: c.forward_errors,
+            forward_timeouts: c.forward_timeouts,
+            send_errors: c.send_errors,
+            tcp_connections: c.tcp_connections,
+        },
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -34,6 +34,7 @@ use crate::Agent;
 use crate::core::{CoreConfig, Input, NodeCore};
 use crate::endpoints::{Endpoints, EndpointsConfig};
 use crate::options::{DatapathKind, Options, Routing};
+use crate::shell::dns::{DnsOptions, DnsShell};
 use crate::shell::reconciler::{KernelRoutes, NoRoutes, Reconciler, Routes};
 use crate::shell::wireguard::{KernelSetup, Wireguard, WireguardConfig, WireguardKernel};
 use crate::shell::{CoreHandle, sources};
@@ -133,10 +134,11 @@ fn load_datapath(
     gateway: Ipv4Addr,
 ) -> Result<Arc<dyn Datapath>> {
     match args.datapath {
-        DatapathKind::Fake => Ok(Arc::new(FakeDatapath::with_encryption(
-            args.node_ip,
-            encryption(args),
-        ))),
+        // The fake's ipcache holds what `bpf-ipcache-map-max` allows, as the real one does.
+        DatapathKind::Fake => Ok(Arc::new(
+            FakeDatapath::with_encryption(args.node_ip, encryption(args))
+                .with_ipcache_capacity(args.map_sizes.ipcache as usize),
+        )),
         DatapathKind::Ebpf => {
             let pin_dir = args.state_dir.join("bpffs");
             std::fs::create_dir_all(&pin_dir)
@@ -148,15 +150,18 @@ fn load_datapath(
             plexus_datapath::bpffs::ensure_cgroup2(&cgroup)
                 .with_context(|| format!("mount cgroup2 on {}", cgroup.display()))?;
             crate::netcmd::enable_forwarding()?;
-            let dp = EbpfDatapath::load(NodeConfig {
-                node_ip: args.node_ip,
-                routing: routing_mode(args.routing),
-                gateway_ip: gateway,
-                cluster_id: u16::try_from(cluster.id).context("cluster id")?,
-                tunnel_ifname: "plexus_vxlan".into(),
-                pin_dir,
-                encryption: encryption(args),
-            })
+            let dp = EbpfDatapath::load_with(
+                NodeConfig {
+                    node_ip: args.node_ip,
+                    routing: routing_mode(args.routing),
+                    gateway_ip: gateway,
+                    cluster_id: u16::try_from(cluster.id).context("cluster id")?,
+                    tunnel_ifname: "plexus_vxlan".into(),
+                    pin_dir,
+                    encryption: encryption(args),
+                },
+                args.map_sizes,
+            )
             .context("load the eBPF datapath")?;
             Ok(Arc::new(dp))
         }
@@ -204,7 +209,7 @@ pub async fn run(args: Options) -> Result<()> {
         encryption: encryption(&args),
     }));
     let routes: Arc<dyn Routes> = if real_kernel {
-        Arc::new(KernelRoutes)
+        Arc::new(KernelRoutes { table: None })
     } else {
         Arc::new(NoRoutes)
     };
@@ -252,7 +257,35 @@ pub async fn run(args: Options) -> Result<()> {
         Err(err) => tracing::warn!(error = %err, "reading the datapath's policy prefixes"),
     }
 
-    let mut reconciler = Reconciler::new(driver, datapath.clone(), routes);
+    // The DNS proxy (eBPF datapath only: its sockets live in the node's namespace): what a
+    // previous agent learned is taken over before any policy is resolved.
+    let dns = real_kernel.then(|| {
+        DnsShell::new(
+            DnsOptions {
+                port: args.tofqdns_proxy_port,
+                min_ttl: args.tofqdns_min_ttl,
+                hold_max: args.tofqdns_proxy_response_max_delay,
+                state_file: Some(args.state_dir.join(crate::shell::dns::STATE_FILE)),
+            },
+            core.clone(),
+            datapath.clone(),
+        )
+    });
+    if let Some(dns) = &dns {
+        dns.restore();
+    }
+
+    let map_health = Arc::new(crate::shell::maps::MapHealth::default());
+    let mut reconciler =
+        Reconciler::new(driver, datapath.clone(), routes).with_map_health(map_health.clone());
+    if let Some(dns) = &dns {
+        reconciler = reconciler
+            .with_dns(dns.clone())
+            .with_proxy_routes(Arc::new(KernelRoutes {
+                table: Some(plexus_datapath::proxy::PROXY_FORWARD_TABLE),
+            }));
+        tokio::spawn(dns.clone().run());
+    }
     // Flows: the reconciler keeps the decoder's snapshot of the core; one task decodes.
     let flows = args.enable_flows.then(|| {
         let cell = Arc::new(crate::flows::SnapshotCell::default());
@@ -371,6 +404,7 @@ pub async fn run(args: Options) -> Result<()> {
     let (tx, rx) = tokio::sync::mpsc::channel(4096);
     let mut timing = DriverTiming::default();
     timing.protocol.service_cache_ttl = args.clustermesh_service_cache_ttl;
+    timing.limits = args.clustermesh_limits.clone();
     let mesh = ClusterMesh::spawn_with(
         connector,
         args.clustermesh_config.clone(),
@@ -399,11 +433,14 @@ pub async fn run(args: Options) -> Result<()> {
         reconciler,
     ];
 
+    let (mesh_handle, core_handle) = (mesh.handle(), core.clone());
     let metrics = Arc::new(crate::metrics::Metrics::new(
         &cluster.name,
-        mesh.handle(),
+        move || crate::mesh_status(&mesh_handle, &core_handle),
         &kv,
         datapath.clone(),
+        map_health.clone(),
+        dns.clone(),
     ));
     let flow_task = flows.as_ref().map(|(cell, ring)| {
         tracing::info!(capacity = ring.capacity(), "flows on");
@@ -430,7 +467,9 @@ pub async fn run(args: Options) -> Result<()> {
         datapath,
         wireguard,
         flows: flows.map(|(_, ring)| ring),
+        dns,
         metrics,
+        maps: map_health,
     });
 
     if let Some(dir) = args.api_socket.parent() {

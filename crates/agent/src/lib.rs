@@ -59,11 +59,31 @@ pub struct Agent {
     wireguard: Option<Arc<shell::wireguard::Wireguard>>,
     /// The node's flows, when `enable-flows` is on.
     flows: Option<Arc<plexus_flow::FlowRing>>,
+    /// The node's DNS proxy (eBPF datapath only).
+    dns: Option<Arc<shell::dns::DnsShell>>,
     /// What `/metrics` serves.
     metrics: Arc<metrics::Metrics>,
+    /// The writes full datapath maps refused (warnings of `/v1/status`).
+    maps: Arc<shell::maps::MapHealth>,
+}
+
+/// The remote clusters' status with the core's refusals added: what the manager's stores
+/// refused and what the guard refused (addresses a remote does not own) count together.
+pub(crate) fn mesh_status(
+    mesh: &MeshHandle,
+    core: &shell::CoreHandle,
+) -> plexus_clustermesh::mesh::MeshStatus {
+    let mut status = mesh.status();
+    status.add_refused(&core.read(core::NodeCore::refused));
+    status
 }
 
 impl Agent {
+    /// The remote clusters' status, with the refusals of the core's guard.
+    pub(crate) fn mesh_status(&self) -> plexus_clustermesh::mesh::MeshStatus {
+        mesh_status(&self.mesh, &self.core)
+    }
+
     /// The flow metrics, for the flow pipeline to count into.
     pub fn flow_metrics(&self) -> &metrics::FlowMetrics {
         self.metrics.flows()

@@ -9,14 +9,25 @@
 //!   `plexus_drop_bytes_total{reason,direction}`, `plexus_forward_count_total{direction}`,
 //!   `plexus_forward_bytes_total{direction}`, with Cilium's label values (`reason="Policy
 //!   denied"`, `direction="INGRESS"|"EGRESS"`);
+//! - the datapath's sized maps ([`plexus_datapath::capacity`]), read at scrape time:
+//!   `plexus_bpf_map_entries{map}` and `plexus_bpf_map_capacity{map}` (gauges; counting
+//!   walks each map's keys), and `plexus_bpf_map_full_total{map}`, the writes a full map
+//!   refused since the agent started ([`MapHealth`]);
 //! - the flow metrics of [`FlowMetrics`], counted by the flow pipeline as flows pass (Hubble's
-//!   `hubble_flows_processed_total` / `hubble_drop_total` with the `plexus_` prefix).
+//!   `hubble_flows_processed_total` / `hubble_drop_total` with the `plexus_` prefix);
+//! - with the node's DNS proxy (eBPF datapath), its counters and what it learned, read at
+//!   scrape time, in the spirit of Cilium's `proxy`/`fqdn` metrics:
+//!   `plexus_dns_proxy_queries_total{outcome}`, `plexus_dns_proxy_responses_total{outcome}`,
+//!   `plexus_dns_proxy_forward_errors_total{reason}`, `plexus_dns_proxy_received_total`,
+//!   `plexus_dns_proxy_send_errors_total`, `plexus_dns_proxy_tcp_connections_total`, and the
+//!   gauges `plexus_fqdn_learned_addresses`, `plexus_fqdn_learned_names`.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use plexus_clustermesh::mesh::MeshHandle;
-use plexus_datapath::{Datapath, Direction, Metric};
+use plexus_clustermesh::mesh::MeshStatus;
+use plexus_datapath::{Datapath, Direction, MapUsage, Metric};
+use plexus_dnsproxy::server::ServerStats;
 use plexus_kvstore::KvMetrics;
 use plexus_metrics::Format;
 use plexus_metrics::prometheus_client::collector::Collector;
@@ -24,6 +35,9 @@ use plexus_metrics::prometheus_client::encoding::DescriptorEncoder;
 use plexus_metrics::prometheus_client::metrics::counter::Counter;
 use plexus_metrics::prometheus_client::metrics::family::Family;
 use plexus_metrics::prometheus_client::registry::Registry;
+
+use crate::shell::dns::DnsShell;
+use crate::shell::maps::MapHealth;
 
 /// The agent's registry and the handles that feed it.
 #[derive(Debug)]
@@ -33,21 +47,31 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// The registry of the agent of cluster `cluster`: the remote clusters read from `mesh`,
-    /// the kvstore operations of `kv`, the counters of `datapath`, and empty flow metrics.
+    /// The registry of the agent of cluster `cluster`: the remote clusters' status read
+    /// through `mesh` at each scrape, the kvstore operations of `kv`, the counters and maps of
+    /// `datapath` with the refusals of its full maps in `maps`, the counters of the DNS proxy
+    /// `dns` (when the node has one), and empty flow metrics.
     pub fn new(
         cluster: &str,
-        mesh: MeshHandle,
+        mesh: impl Fn() -> MeshStatus + Send + Sync + 'static,
         kv: &KvMetrics,
         datapath: Arc<dyn Datapath>,
+        maps: Arc<MapHealth>,
+        dns: Option<Arc<DnsShell>>,
     ) -> Self {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(plexus_clustermesh::metrics::collector(
-            cluster,
-            move || mesh.status(),
+            cluster, mesh,
         )));
         registry.register_collector(Box::new(kv.collector("local")));
+        registry.register_collector(Box::new(MapCollector {
+            datapath: datapath.clone(),
+            health: maps,
+        }));
         registry.register_collector(Box::new(DatapathCollector(datapath)));
+        if let Some(dns) = dns {
+            registry.register_collector(Box::new(DnsCollector(dns)));
+        }
         let flows = FlowMetrics::default();
         flows.register(&mut registry);
         Self { registry, flows }
@@ -189,6 +213,69 @@ impl Collector for DatapathCollector {
     }
 }
 
+/// Reads the sized maps' fill and the full maps' refusals at each scrape.
+struct MapCollector {
+    datapath: Arc<dyn Datapath>,
+    health: Arc<MapHealth>,
+}
+
+impl fmt::Debug for MapCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MapCollector")
+    }
+}
+
+impl Collector for MapCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let usage = self.datapath.map_usage().unwrap_or_else(|err| {
+            // The refusals are still served; the fill is missing, not zero.
+            tracing::warn!(error = %err, "read the datapath's map fill");
+            Vec::new()
+        });
+        encode_maps(&usage, &self.health.refused_total(), &mut encoder)
+    }
+}
+
+/// The map families: fill from `usage`, and refusals for every map in `usage` (0 when none)
+/// or in `refused`.
+fn encode_maps(
+    usage: &[MapUsage],
+    refused: &std::collections::BTreeMap<&'static str, u64>,
+    encoder: &mut DescriptorEncoder,
+) -> fmt::Result {
+    let mut full: std::collections::BTreeMap<&str, u64> =
+        usage.iter().map(|u| (u.map, 0)).collect();
+    full.extend(refused.iter().map(|(m, n)| (*m, *n)));
+    plexus_metrics::counters(
+        encoder,
+        "plexus_bpf_map_full",
+        "Writes the datapath refused because the map was full, by map.",
+        full.iter().map(|(map, n)| (vec![("map", *map)], *n)),
+    )?;
+    plexus_metrics::gauges(
+        encoder,
+        "plexus_bpf_map_entries",
+        "Entries a datapath map holds, by map.",
+        usage.iter().map(|u| {
+            (
+                vec![("map", u.map)],
+                i64::try_from(u.entries).unwrap_or(i64::MAX),
+            )
+        }),
+    )?;
+    plexus_metrics::gauges(
+        encoder,
+        "plexus_bpf_map_capacity",
+        "Entries a datapath map can hold (its max_entries), by map.",
+        usage.iter().map(|u| {
+            (
+                vec![("map", u.map)],
+                i64::try_from(u.capacity).unwrap_or(i64::MAX),
+            )
+        }),
+    )
+}
+
 /// Cilium's label value of a direction.
 fn direction(d: Direction) -> &'static str {
     match d {
@@ -253,6 +340,101 @@ fn encode_datapath(metrics: &[Metric], encoder: &mut DescriptorEncoder) -> fmt::
     )
 }
 
+/// Reads the DNS proxy's counters and learned state at each scrape.
+struct DnsCollector(Arc<DnsShell>);
+
+impl fmt::Debug for DnsCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DnsCollector")
+    }
+}
+
+impl Collector for DnsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let learned = self.0.learned_counts();
+        encode_dns(&self.0.stats(), learned, &mut encoder)
+    }
+}
+
+/// The DNS proxy's families: its counters `stats` and the learned (names, addresses).
+fn encode_dns(
+    stats: &ServerStats,
+    (names, addresses): (usize, usize),
+    encoder: &mut DescriptorEncoder,
+) -> fmt::Result {
+    plexus_metrics::counters(
+        encoder,
+        "plexus_dns_proxy_received",
+        "DNS queries received by the DNS proxy (UDP datagrams and TCP messages).",
+        [(vec![], stats.queries)],
+    )?;
+    plexus_metrics::counters(
+        encoder,
+        "plexus_dns_proxy_queries",
+        "DNS queries handled by the DNS proxy, by outcome: forwarded to their server, \
+         refused by the endpoint's DNS rules, malformed, from no local endpoint, dropped as \
+         overloaded.",
+        [
+            ("forwarded", stats.forwarded),
+            ("refused", stats.refused),
+            ("malformed", stats.malformed),
+            ("no_endpoint", stats.no_endpoint),
+            ("overloaded", stats.overloaded),
+        ]
+        .map(|(outcome, n)| (vec![("outcome", outcome)], n)),
+    )?;
+    plexus_metrics::counters(
+        encoder,
+        "plexus_dns_proxy_responses",
+        "DNS responses handled by the DNS proxy, by outcome: delivered at once, held until \
+         what they taught was applied, released when the longest hold expired, dropped.",
+        [
+            ("delivered", stats.delivered),
+            ("held", stats.held),
+            ("hold_expired", stats.hold_expired),
+            ("dropped", stats.responses_dropped),
+        ]
+        .map(|(outcome, n)| (vec![("outcome", outcome)], n)),
+    )?;
+    plexus_metrics::counters(
+        encoder,
+        "plexus_dns_proxy_forward_errors",
+        "DNS queries the DNS proxy failed to forward, by reason: a socket error, or no answer \
+         in time.",
+        [
+            ("error", stats.forward_errors),
+            ("timeout", stats.forward_timeouts),
+        ]
+        .map(|(reason, n)| (vec![("reason", reason)], n)),
+    )?;
+    plexus_metrics::counters(
+        encoder,
+        "plexus_dns_proxy_send_errors",
+        "DNS answers the DNS proxy could not send to their client.",
+        [(vec![], stats.send_errors)],
+    )?;
+    plexus_metrics::counters(
+        encoder,
+        "plexus_dns_proxy_tcp_connections",
+        "TCP connections accepted by the DNS proxy.",
+        [(vec![], stats.tcp_connections)],
+    )?;
+    let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    plexus_metrics::gauges(
+        encoder,
+        "plexus_fqdn_learned_addresses",
+        "Distinct addresses the DNS proxy learned for toFQDNs selectors (those past their TTL \
+         included while connections use them).",
+        [(vec![], gauge(addresses))],
+    )?;
+    plexus_metrics::gauges(
+        encoder,
+        "plexus_fqdn_learned_names",
+        "(name, address) pairs the DNS proxy learned for toFQDNs selectors.",
+        [(vec![], gauge(names))],
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,6 +492,106 @@ mod tests {
                 2,
                 "{text:#?}"
             );
+        }
+    }
+
+    #[derive(Debug)]
+    struct FixedDns(ServerStats, (usize, usize));
+
+    impl Collector for FixedDns {
+        fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+            encode_dns(&self.0, self.1, &mut encoder)
+        }
+    }
+
+    #[test]
+    fn dns_proxy_counters_by_outcome() {
+        let stats = ServerStats {
+            queries: 12,
+            forwarded: 7,
+            refused: 3,
+            malformed: 1,
+            no_endpoint: 1,
+            overloaded: 0,
+            delivered: 4,
+            held: 2,
+            hold_expired: 1,
+            responses_dropped: 5,
+            forward_errors: 6,
+            forward_timeouts: 8,
+            send_errors: 9,
+            tcp_connections: 10,
+        };
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(FixedDns(stats, (3, 2))));
+        for format in [Format::OpenMetrics, Format::Text] {
+            let text = lines(&registry, format);
+            for line in [
+                "plexus_dns_proxy_received_total 12",
+                "plexus_dns_proxy_queries_total{outcome=\"forwarded\"} 7",
+                "plexus_dns_proxy_queries_total{outcome=\"refused\"} 3",
+                "plexus_dns_proxy_queries_total{outcome=\"malformed\"} 1",
+                "plexus_dns_proxy_queries_total{outcome=\"no_endpoint\"} 1",
+                "plexus_dns_proxy_queries_total{outcome=\"overloaded\"} 0",
+                "plexus_dns_proxy_responses_total{outcome=\"delivered\"} 4",
+                "plexus_dns_proxy_responses_total{outcome=\"held\"} 2",
+                "plexus_dns_proxy_responses_total{outcome=\"hold_expired\"} 1",
+                "plexus_dns_proxy_responses_total{outcome=\"dropped\"} 5",
+                "plexus_dns_proxy_forward_errors_total{reason=\"error\"} 6",
+                "plexus_dns_proxy_forward_errors_total{reason=\"timeout\"} 8",
+                "plexus_dns_proxy_send_errors_total 9",
+                "plexus_dns_proxy_tcp_connections_total 10",
+                "plexus_fqdn_learned_addresses 2",
+                "plexus_fqdn_learned_names 3",
+            ] {
+                assert!(text.iter().any(|l| l == line), "{line} in {text:#?}");
+            }
+        }
+        let text = lines(&registry, Format::Text);
+        for line in [
+            "# TYPE plexus_dns_proxy_queries_total counter",
+            "# TYPE plexus_fqdn_learned_addresses gauge",
+        ] {
+            assert!(text.iter().any(|l| l == line), "{line} in {text:#?}");
+        }
+    }
+
+    #[derive(Debug)]
+    struct Maps(Vec<MapUsage>, std::collections::BTreeMap<&'static str, u64>);
+
+    impl Collector for Maps {
+        fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+            encode_maps(&self.0, &self.1, &mut encoder)
+        }
+    }
+
+    #[test]
+    fn map_fill_and_refusals_read_per_map() {
+        let usage = |map, entries, capacity| MapUsage {
+            map,
+            entries,
+            capacity,
+        };
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Maps(
+            vec![
+                usage("PLEXUS_IPCACHE", 8, 8),
+                usage("PLEXUS_CT", 10, 262_144),
+            ],
+            [("PLEXUS_IPCACHE", 2)].into(),
+        )));
+        for format in [Format::OpenMetrics, Format::Text] {
+            let text = lines(&registry, format);
+            for line in [
+                "plexus_bpf_map_full_total{map=\"PLEXUS_IPCACHE\"} 2",
+                "plexus_bpf_map_full_total{map=\"PLEXUS_CT\"} 0",
+                "plexus_bpf_map_entries{map=\"PLEXUS_IPCACHE\"} 8",
+                "plexus_bpf_map_capacity{map=\"PLEXUS_IPCACHE\"} 8",
+                "plexus_bpf_map_entries{map=\"PLEXUS_CT\"} 10",
+                "plexus_bpf_map_capacity{map=\"PLEXUS_CT\"} 262144",
+            ] {
+                assert!(text.iter().any(|l| l == line), "{line} in {text:#?}");
+            }
         }
     }
 

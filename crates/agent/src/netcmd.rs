@@ -127,6 +127,26 @@ pub fn route_via(dst: &str, gw: &str) -> Result<()> {
     Ok(())
 }
 
+/// `ip route replace <dst> via <gw> table <table>`.
+pub fn route_via_in_table(dst: &str, gw: &str, table: u32) -> Result<()> {
+    let dst: Ipv4Cidr = dst.parse()?;
+    let gw = gw
+        .parse()
+        .with_context(|| format!("route {dst}: gateway {gw:?}"))?;
+    blocking(|nl| async move { nl.route_replace_via_in_table(dst, gw, table).await })?;
+    Ok(())
+}
+
+/// `ip route del <dst> table <table>`; a missing route is fine.
+pub fn route_delete_in_table(dst: &str, table: u32) {
+    let res = dst.parse::<Ipv4Cidr>().and_then(|dst| {
+        blocking(|nl| async move { nl.route_delete_in_table(dst, Some(table)).await })
+    });
+    if let Err(err) = res {
+        tracing::warn!(error = %err, "cannot remove a route");
+    }
+}
+
 /// A permanent neighbour entry: the kernel never ARPs for a local pod (the datapath answers
 /// only the pods' own questions for their gateway).
 pub fn neigh_permanent(addr: &str, mac: &str, dev: &str) -> Result<()> {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use plexus_config::{AgentConfig, ConfigError, invalid, required};
+use plexus_datapath::MapSizes;
 use plexus_ipam::Cidr4;
 use plexus_kvstore::EtcdConfig;
 
@@ -78,6 +79,9 @@ pub struct Options {
     /// Withdraw an unreachable remote cluster's service backends after this long (default:
     /// keep them until it returns; its backends are skipped meanwhile anyway).
     pub clustermesh_service_cache_ttl: Option<Duration>,
+    /// What one remote cluster may make the agent hold (`clustermesh-max-entries-per-remote`,
+    /// `clustermesh-max-value-size`, `clustermesh-max-relist-interval`).
+    pub clustermesh_limits: plexus_clustermesh::remote_cluster::Limits,
     /// `policy-default-local-cluster`: peer endpoint selectors without the cluster label select
     /// only this cluster's endpoints (as current Cilium releases do); `false` gives the older
     /// any-cluster behaviour.
@@ -101,7 +105,19 @@ pub struct Options {
     /// `identity-change-grace-period`: how long a pod whose identity labels changed keeps its
     /// old identity after the new one is allocated (default 500ms).
     pub identity_change_grace_period: Duration,
+    /// `tofqdns-proxy-port`: the DNS proxy's port on 127.0.0.1 (default 10053).
+    pub tofqdns_proxy_port: u16,
+    /// `tofqdns-min-ttl`: the shortest life of a learned address (default 0: the TTLs).
+    pub tofqdns_min_ttl: Duration,
+    /// `tofqdns-proxy-response-max-delay`: the longest an answer is held (default 100ms).
+    pub tofqdns_proxy_response_max_delay: Duration,
+    /// `bpf-ipcache-map-max`, `bpf-lb-map-max`, `bpf-ct-global-max`, `bpf-policy-map-max`:
+    /// the sizes of the datapath's maps (defaults: [`MapSizes::default`], each at least 1).
+    pub map_sizes: MapSizes,
 }
+
+/// The default of `tofqdns-proxy-port`.
+pub const DEFAULT_DNS_PROXY_PORT: u16 = 10053;
 
 /// The default of `identity-change-grace-period`: long enough for every node of every
 /// connected cluster to learn a new identity through its watches (milliseconds), short enough
@@ -145,6 +161,7 @@ impl Options {
             }
             _ => {}
         }
+        let map_sizes = map_sizes(&c, file)?;
         let options = Self {
             cluster_name: required(c.cluster_name, "cluster-name", file)?,
             cluster_id: required(c.cluster_id, "cluster-id", file)?,
@@ -168,6 +185,43 @@ impl Options {
             api_tls_key: c.api_tls_key,
             api_tls_ca: c.api_tls_ca,
             clustermesh_service_cache_ttl: c.clustermesh_service_cache_ttl,
+            clustermesh_limits: {
+                let mut limits = plexus_clustermesh::remote_cluster::Limits::default();
+                match c.clustermesh_max_entries_per_remote {
+                    Some(0) => {
+                        return Err(invalid(
+                            "clustermesh-max-entries-per-remote",
+                            "a remote must be allowed at least one entry",
+                            file,
+                        ));
+                    }
+                    Some(n) => limits.max_entries = n,
+                    None => {}
+                }
+                match c.clustermesh_max_value_size {
+                    Some(0) => {
+                        return Err(invalid(
+                            "clustermesh-max-value-size",
+                            "a remote's values need at least one byte",
+                            file,
+                        ));
+                    }
+                    Some(n) => limits.max_value_size = n,
+                    None => {}
+                }
+                if let Some(max) = c.clustermesh_max_relist_interval {
+                    if max < limits.relist.min {
+                        return Err(invalid(
+                            "clustermesh-max-relist-interval",
+                            "must be at least 50ms",
+                            file,
+                        ));
+                    }
+                    limits.relist.max = max;
+                    limits.relist.healthy_after = limits.relist.healthy_after.max(max * 2);
+                }
+                limits
+            },
             policy_default_local_cluster: c.policy_default_local_cluster.unwrap_or(true),
             prometheus_listen: c.prometheus_listen,
             podman_state: c
@@ -193,6 +247,21 @@ impl Options {
             identity_change_grace_period: c
                 .identity_change_grace_period
                 .unwrap_or(DEFAULT_IDENTITY_CHANGE_GRACE),
+            tofqdns_proxy_port: match c.tofqdns_proxy_port {
+                Some(0) => {
+                    return Err(invalid(
+                        "tofqdns-proxy-port",
+                        "the DNS proxy needs a port other than 0",
+                        file,
+                    ));
+                }
+                p => p.unwrap_or(DEFAULT_DNS_PROXY_PORT),
+            },
+            tofqdns_min_ttl: c.tofqdns_min_ttl.unwrap_or(Duration::ZERO),
+            tofqdns_proxy_response_max_delay: c
+                .tofqdns_proxy_response_max_delay
+                .unwrap_or(Duration::from_millis(100)),
+            map_sizes,
         };
         // Refuse a half-given etcd identity now, naming the file, not at connect time.
         plexus_config::etcd_config(
@@ -215,6 +284,25 @@ impl Options {
             None,
         )
     }
+}
+
+/// The map sizes of `c`, defaults filled in; a size of 0 is refused, naming its option.
+fn map_sizes(c: &AgentConfig, file: Option<&Path>) -> Result<MapSizes, ConfigError> {
+    let d = MapSizes::default();
+    let size = |v: Option<u32>, default: u32, name: &str| match v {
+        Some(0) => Err(invalid(
+            name,
+            "a map needs room for at least one entry",
+            file,
+        )),
+        v => Ok(v.unwrap_or(default)),
+    };
+    Ok(MapSizes {
+        ipcache: size(c.bpf_ipcache_map_max, d.ipcache, "bpf-ipcache-map-max")?,
+        lb: size(c.bpf_lb_map_max, d.lb, "bpf-lb-map-max")?,
+        ct: size(c.bpf_ct_global_max, d.ct, "bpf-ct-global-max")?,
+        policy: size(c.bpf_policy_map_max, d.policy, "bpf-policy-map-max")?,
+    })
 }
 
 #[cfg(test)]
@@ -259,6 +347,35 @@ mod tests {
     }
 
     #[test]
+    fn map_sizes_default_to_the_datapath_s_and_are_configurable() {
+        let o = Options::resolve(complete(), None).unwrap();
+        assert_eq!(o.map_sizes, MapSizes::default());
+        let c = AgentConfig {
+            bpf_ipcache_map_max: Some(8),
+            bpf_lb_map_max: Some(16),
+            bpf_ct_global_max: Some(32),
+            bpf_policy_map_max: Some(64),
+            ..complete()
+        };
+        let o = Options::resolve(c, None).unwrap();
+        assert_eq!(
+            o.map_sizes,
+            MapSizes {
+                ipcache: 8,
+                lb: 16,
+                ct: 32,
+                policy: 64
+            }
+        );
+        let c = AgentConfig {
+            bpf_lb_map_max: Some(0),
+            ..complete()
+        };
+        let e = Options::resolve(c, Some(Path::new(FILE))).unwrap_err();
+        assert!(e.to_string().contains("bpf-lb-map-max"), "{e}");
+    }
+
+    #[test]
     fn an_empty_flow_ring_is_refused() {
         let c = AgentConfig {
             flow_ring_size: Some(0),
@@ -266,6 +383,47 @@ mod tests {
         };
         let e = Options::resolve(c, Some(Path::new(FILE))).unwrap_err();
         assert!(e.to_string().contains("flow-ring-size"), "{e}");
+    }
+
+    #[test]
+    fn remote_limits_default_and_are_set_or_refused() {
+        let o = Options::resolve(complete(), None).unwrap();
+        assert_eq!(
+            o.clustermesh_limits,
+            plexus_clustermesh::remote_cluster::Limits::default()
+        );
+        assert_eq!(o.clustermesh_limits.max_entries, 250_000);
+        let c = AgentConfig {
+            clustermesh_max_entries_per_remote: Some(1000),
+            clustermesh_max_value_size: Some(4096),
+            clustermesh_max_relist_interval: Some(Duration::from_secs(120)),
+            ..complete()
+        };
+        let l = Options::resolve(c, None).unwrap().clustermesh_limits;
+        assert_eq!((l.max_entries, l.max_value_size), (1000, 4096));
+        assert_eq!(l.relist.max, Duration::from_secs(120));
+        assert_eq!(
+            l.relist.healthy_after,
+            Duration::from_secs(240),
+            "a watch must outlast two waits to count as healthy"
+        );
+        for c in [
+            AgentConfig {
+                clustermesh_max_entries_per_remote: Some(0),
+                ..complete()
+            },
+            AgentConfig {
+                clustermesh_max_value_size: Some(0),
+                ..complete()
+            },
+            AgentConfig {
+                clustermesh_max_relist_interval: Some(Duration::from_millis(1)),
+                ..complete()
+            },
+        ] {
+            let e = Options::resolve(c, Some(Path::new(FILE))).unwrap_err();
+            assert!(e.to_string().contains("clustermesh-max-"), "{e}");
+        }
     }
 
     #[test]

@@ -96,6 +96,11 @@ fn core_with_mesh() -> NodeCore {
             ..endpoint(7, "10.1.1.5", REBEL_BASE)
         }),
         remote("c2", RemoteEvent::ClusterConfig { cluster_id: 2 }),
+        // The node that owns c2's addresses (the guard passes on only what it owns).
+        remote(
+            "c2",
+            RemoteEvent::NodeUpsert(node("c2", 2, "m1", "192.168.2.1", "10.2.1.0")),
+        ),
         remote(
             "c2",
             remote_identity(
@@ -303,7 +308,12 @@ fn the_snapshot_follows_the_core_after_a_round() {
     let out = core.take_output();
     builder.update(&core, &out);
     let before = cell.load();
-    assert!(before.ip("10.2.1.7".parse().unwrap()).is_none());
+    // Before, the address is only in c2's node's pod CIDR: no pod.
+    let no_pod = |s: &plexus_agent::flows::Snapshot| {
+        s.ip("10.2.1.7".parse().unwrap())
+            .is_none_or(|ip| ip.pod_name.is_empty())
+    };
+    assert!(no_pod(&before));
     core.step(remote(
         "c2",
         RemoteEvent::IpUpsert(pair("10.2.1.7", "192.168.2.1", X_WING)),
@@ -316,7 +326,7 @@ fn the_snapshot_follows_the_core_after_a_round() {
         "pod-10.2.1.7"
     );
     assert!(
-        before.ip("10.2.1.7".parse().unwrap()).is_none(),
+        no_pod(&before),
         "a reader's snapshot never changes under it"
     );
 
@@ -325,6 +335,6 @@ fn the_snapshot_follows_the_core_after_a_round() {
     let out = core.take_output();
     assert!(!out.ipcache.is_empty());
     builder.update(&core, &out);
-    assert!(cell.load().ip("10.2.1.7".parse().unwrap()).is_none());
+    assert!(no_pod(&cell.load()));
     assert!(after.ip("10.2.1.7".parse().unwrap()).is_some());
 }

@@ -19,6 +19,11 @@ fn the_strongest_source_wins_and_withdrawing_it_uncovers_the_next() {
         &mut core,
         [
             remote("c2", RemoteEvent::ClusterConfig { cluster_id: 2 }),
+            // The remote node that owns the address (no node of ours claims its CIDR).
+            remote(
+                "c2",
+                RemoteEvent::NodeUpsert(node("c2", 2, "m1", "192.168.2.1", "10.1.2.0")),
+            ),
             remote(
                 "c2",
                 RemoteEvent::IpUpsert(pair("10.1.2.5", "192.168.2.1", 131_073)),

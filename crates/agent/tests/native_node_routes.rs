@@ -103,4 +103,18 @@ fn tunnel_mode_routes_nothing() {
     );
     assert!(out.routes.is_empty());
     assert!(!out.ipcache.is_empty());
+    // The DNS proxy's forward routes exist in every mode: its queries from the node reach
+    // other nodes' pods through their underlay addresses.
+    assert_eq!(
+        out.proxy_routes,
+        vec![RouteChange::Upsert {
+            dst: prefix("10.1.2.0/24"),
+            via: "192.168.1.2".parse().unwrap()
+        }]
+    );
+    let out = run(&mut core, [Input::NodeDelete("n2".into())]);
+    assert_eq!(
+        out.proxy_routes,
+        vec![RouteChange::Delete(prefix("10.1.2.0/24"))]
+    );
 }

@@ -57,6 +57,11 @@ fn setup(policy: Input) -> NodeCore {
         },
         Input::EndpointUpsert(endpoint(7, "10.1.1.5", CLIENT)),
         remote("c2", RemoteEvent::ClusterConfig { cluster_id: 2 }),
+        // The node that owns c2's addresses (the guard passes on only what it owns).
+        remote(
+            "c2",
+            RemoteEvent::NodeUpsert(node("c2", 2, "m1", "192.168.2.1", "10.2.0.0")),
+        ),
         remote(
             "c2",
             remote_identity(
@@ -244,11 +249,12 @@ fn ip_blocks_select_remote_pods_by_address_with_except() {
     assert!(!allows(SERVER, [10, 2, 0, 5], 81), "another port");
     assert!(!allows(SERVER, [10, 2, 1, 5], 80), "except");
     assert!(!allows(SERVER, [10, 3, 0, 5], 80), "outside the block");
-    // The ipcache still gives outside addresses the CIDR identities (flows show them).
+    // The ipcache still gives outside addresses the CIDR identities (flows show them); the
+    // prefix that is c2's node's pod CIDR stays the node's.
     assert!(
         out.ipcache
             .iter()
-            .any(|c| matches!(c, plexus_ipcache::Change::Upsert(p, v) if *p == prefix("10.2.0.0/24") && v.identity == cidrs[&prefix("10.2.0.0/24")]))
+            .any(|c| matches!(c, plexus_ipcache::Change::Upsert(p, v) if *p == prefix("10.2.2.0/23") && v.identity == cidrs[&prefix("10.2.2.0/23")]))
     );
 
     // The policy goes: the prefixes leave the datapath, and then nothing is enforced.

@@ -79,6 +79,11 @@ fn setup_with(routing: RoutingMode) -> NodeCore {
             },
             Input::EndpointUpsert(local),
             remote("c2", RemoteEvent::ClusterConfig { cluster_id: 2 }),
+            // The node that owns c2's addresses (the guard passes on only what it owns).
+            remote(
+                "c2",
+                RemoteEvent::NodeUpsert(node("c2", 2, "m1", "192.168.2.1", "10.2.1.0")),
+            ),
             remote(
                 "c2",
                 remote_identity(

@@ -44,21 +44,33 @@ fn entries_that_came_before_the_config_are_stamped_when_it_comes() {
     let mut core = core(RoutingMode::Tunnel);
     run(
         &mut core,
-        [remote(
-            "c7",
-            RemoteEvent::IpUpsert(pair("10.7.1.5", "192.168.7.1", 458_753)),
-        )],
+        [
+            // The entry's owner (the guard passes on only entries a remote node owns).
+            remote(
+                "c7",
+                RemoteEvent::NodeUpsert(node("c7", 7, "m1", "192.168.7.1", "10.7.1.0")),
+            ),
+            remote(
+                "c7",
+                RemoteEvent::IpUpsert(pair("10.7.1.5", "192.168.7.1", 458_753)),
+            ),
+        ],
     );
     let out = run(
         &mut core,
         [remote("c7", RemoteEvent::ClusterConfig { cluster_id: 7 })],
     );
-    assert_eq!(
-        ipcache_changes(&out),
-        vec![(
+    let changes = ipcache_changes(&out);
+    assert!(
+        changes.contains(&(
             "10.7.1.5/32".to_string(),
             Some(value(458_753, Some("192.168.7.1"), 7))
-        )]
+        )),
+        "{changes:?}"
+    );
+    assert!(
+        changes.iter().all(|(_, v)| v.unwrap().cluster_id == 7),
+        "{changes:?}"
     );
     assert_eq!(core.remotes()["c7"].cluster_id, Some(7));
 }
@@ -71,6 +83,10 @@ fn two_remotes_keep_their_own_ids_whatever_the_order() {
         [
             remote("c3", RemoteEvent::ClusterConfig { cluster_id: 3 }),
             remote("c2", RemoteEvent::ClusterConfig { cluster_id: 2 }),
+            remote(
+                "c2",
+                RemoteEvent::NodeUpsert(node("c2", 2, "m1", "192.168.2.1", "10.2.1.0")),
+            ),
             remote(
                 "c2",
                 RemoteEvent::IpUpsert(pair("10.2.1.5", "192.168.2.1", 131_073)),

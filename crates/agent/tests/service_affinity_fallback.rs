@@ -83,6 +83,11 @@ fn setup(affinity: Option<&str>) -> NodeCore {
                 backends: backends(&["10.1.1.5"]),
             },
             remote("c2", RemoteEvent::ClusterConfig { cluster_id: 2 }),
+            // The node that owns c2's addresses (the guard passes on only what it owns).
+            remote(
+                "c2",
+                RemoteEvent::NodeUpsert(node("c2", 2, "m1", "192.168.2.1", "10.2.1.0")),
+            ),
             remote(
                 "c2",
                 RemoteEvent::ServiceUpsert(cluster_service(

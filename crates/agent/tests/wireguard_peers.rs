@@ -91,6 +91,16 @@ fn every_other_node_with_a_key_is_a_peer_by_its_underlay_address_in_tunnel_mode(
     want.sort();
     assert_eq!(summary(&peers), want, "not n1 (this node), not n3 (no key)");
     assert!(out.routes.is_empty(), "tunnel mode routes nothing");
+    // The DNS proxy's forward routes go via underlay addresses, never into WireGuard.
+    assert!(
+        !out.proxy_routes.is_empty()
+            && out
+                .proxy_routes
+                .iter()
+                .all(|r| matches!(r, plexus_agent::core::RouteChange::Upsert { .. })),
+        "{:?}",
+        out.proxy_routes
+    );
     // Nothing about nodes changed: no peer output.
     let out = run(&mut core, [Input::ServicesSynced]);
     assert_eq!(out.wireguard_peers, None);
@@ -118,6 +128,14 @@ fn native_mode_peers_carry_the_nodes_pod_cidrs_and_routes_go_into_the_device() {
             encrypted("10.2.1.0/24"),
             encrypted("10.2.2.0/24"),
         ]
+    );
+    // The DNS proxy's forwarded queries leave the node as its own traffic, via the underlay:
+    // the other node's WireGuard would drop this node's address coming out of the tunnel.
+    assert_eq!(out.proxy_routes.len(), 4, "{:?}", out.proxy_routes);
+    assert!(
+        out.proxy_routes
+            .iter()
+            .all(|r| matches!(r, RouteChange::Upsert { .. }))
     );
 }
 

@@ -5,8 +5,10 @@
 //! certificate's CN is its etcd user). It promises:
 //! - [`LocalEtcd::start`] returns once the client port accepts connections;
 //! - a member that exits is started again (after 1 s, doubling to 30 s), with a log line;
-//! - a changed server certificate (a new CA installed by `plexus clustermesh enable`) restarts
-//!   the member so that it presents the new one;
+//! - a renewed server certificate is presented without a restart: etcd reads its certificate
+//!   and key at every new client connection, so established ones stay;
+//! - a changed CA file (a new CA installed by `plexus clustermesh enable`, or a trust bundle
+//!   during a CA rotation) restarts the member, as etcd loads the CAs it trusts only at start;
 //! - the member dies with the apiserver: it is stopped when [`LocalEtcd`] is dropped, and it
 //!   gets a parent-death signal should the apiserver be killed outright.
 
@@ -83,9 +85,10 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LocalEtcdError 
     move |source| LocalEtcdError::Io { what, source }
 }
 
+/// What makes the member restart: the CAs it trusts (the server certificate is read again at
+/// every connection).
 fn cert_hash(config: &LocalEtcdConfig) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    std::fs::read(&config.server_cert).ok().hash(&mut h);
     std::fs::read(&config.trusted_ca).ok().hash(&mut h);
     h.finish()
 }
@@ -255,7 +258,7 @@ async fn supervise(
                     continue;
                 }
                 certs = now;
-                tracing::info!("etcd certificates changed; restarting etcd to present them");
+                tracing::info!("the CA file changed; restarting etcd to trust it");
                 if let Some(mut c) = child.take() {
                     stop_child(&mut c);
                     if tokio::time::timeout(Duration::from_secs(5), c.wait()).await.is_err() {

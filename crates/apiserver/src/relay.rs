@@ -116,7 +116,7 @@ struct Target {
 pub struct Relay {
     cluster: ClusterInfo,
     config: RelayConfig,
-    tls: Arc<rustls::ClientConfig>,
+    tls: plexus_tls_api::ClientTls,
     /// The cluster's nodes: node name -> the agent's address, or why there is none.
     nodes: Mutex<BTreeMap<String, Result<String, String>>>,
 }
@@ -124,7 +124,12 @@ pub struct Relay {
 impl Relay {
     /// A relay of `cluster` presenting the client identity of `tls` to agents and relays.
     /// It knows no node until [`Relay::watch_nodes`] runs.
-    pub fn new(cluster: ClusterInfo, config: RelayConfig, tls: Arc<rustls::ClientConfig>) -> Self {
+    pub fn new(
+        cluster: ClusterInfo,
+        config: RelayConfig,
+        tls: impl Into<plexus_tls_api::ClientTls>,
+    ) -> Self {
+        let tls = tls.into();
         Self {
             cluster,
             config,
@@ -248,7 +253,7 @@ impl Relay {
     fn client(&self, addr: &str) -> Client {
         Client::new(Endpoint::Tls {
             addr: addr.to_string(),
-            config: self.tls.clone(),
+            config: self.tls.current(),
         })
         .with_timeout(self.config.connect_timeout)
     }

@@ -16,6 +16,13 @@
 //!    an API address, its API on TCP with mutual TLS ([`crate::api`]), the flow relay
 //!    ([`crate::relay`]) among it.
 //!
+//! With the CA key in `<state-dir>/pki` (a local etcd, or an API certificate it issued), it
+//! renews the certificates it issued before they expire ([`renewal_loop`]): the etcd server,
+//! `admin` and `local` certificates and the API's, each once a third of its lifetime remains,
+//! with the lifetime it had. etcd reads its server certificate at every new connection, and
+//! the apiserver's etcd client and API listener reload theirs, so renewal breaks no
+//! connection.
+//!
 //! It is ready once etcd answers, the access rules are in place, the cluster config is
 //! published and, with KVStoreMesh, every configured remote has synced once.
 
@@ -239,6 +246,8 @@ impl ApiServer {
     pub async fn start(config: ApiServerConfig) -> Result<Self> {
         plexus_kvstore::install_crypto_provider();
         let cluster = config.cluster.clone();
+        // What the renewal loop keeps valid: the etcd certificates for these addresses.
+        let mut renew_etcd: Option<Vec<IpAddr>> = None;
         let (etcd, endpoints, tls) = match &config.etcd {
             EtcdSource::Local {
                 client_listen,
@@ -257,6 +266,7 @@ impl ApiServer {
                 }
                 pki.ensure(&[], &ips)
                     .with_context(|| format!("issue certificates in {}", pki.dir().display()))?;
+                renew_etcd = Some(ips.clone());
                 let host = advertise.first().copied().unwrap_or(client_listen.ip());
                 let endpoint = format!("https://{}", SocketAddr::new(host, client_listen.port()));
                 let (server_cert, server_key) = pki.etcd_server();
@@ -368,27 +378,29 @@ impl ApiServer {
             .with_context(|| format!("listen on {}", config.http_listen))?;
         let http_addr = listener.local_addr()?;
         tasks.push(tokio::spawn(crate::http::serve(listener, shared.clone())));
+        let mut renew_api = None;
         let api_addr = match &config.api {
             None => None,
             Some(api) => {
                 let files = match &api.tls {
                     Some(files) => files.clone(),
-                    None => issue_api_certificate(&config, api.addr)?,
+                    None => {
+                        let (files, request) = issue_api_certificate(&config, api.addr)?;
+                        renew_api = Some(request);
+                        files
+                    }
                 };
                 let tcp = tokio::net::TcpListener::bind(api.addr)
                     .await
                     .with_context(|| format!("listen on {} (the API)", api.addr))?;
                 let addr = tcp.local_addr()?;
-                let tls = plexus_agent_api::tls::server_config(&files)?;
-                let listener = plexus_tls_api::TlsListener::new(tcp, tls)
+                let listener = plexus_tls_api::TlsListener::from_files(tcp, &files)
                     .with_context(|| format!("listen on {addr} (the API)"))?;
                 // The relay and the web view present the API's own certificate to agents and
                 // other relays (read access).
-                let client_tls = plexus_agent_api::tls::client_config(
-                    &files.ca,
-                    Some((&files.cert, &files.key)),
-                )
-                .context("the relay's client identity (the API's certificate)")?;
+                // Reloaded when renewed, like the listener's.
+                let client_tls = plexus_tls_api::ClientTls::from_files(&files)
+                    .context("the relay's client identity (the API's certificate)")?;
                 let ui = crate::ui::UiState::new(
                     &cluster.name,
                     backend.clone(),
@@ -411,6 +423,10 @@ impl ApiServer {
                 Some(addr)
             }
         };
+        if renew_etcd.is_some() || renew_api.is_some() {
+            let pki = ClusterPki::new(config.state_dir.join("pki"), &cluster.name);
+            tasks.push(tokio::spawn(renewal_loop(pki, renew_etcd, renew_api)));
+        }
         tracing::info!(cluster = %cluster.name, id = cluster.id, %http_addr, ?api_addr, "apiserver running");
         Ok(Self {
             http_addr,
@@ -466,21 +482,56 @@ impl Drop for ApiServer {
     }
 }
 
+/// What the API's certificate is issued for: its common name and addresses.
+type ApiCertRequest = (String, Vec<IpAddr>);
+
+/// Renews, every [`ClusterPki::renewal_interval`], the certificates this apiserver issued from
+/// the CA of `pki`: the etcd ones (for `etcd` addresses) and the API's (`api`), each once due.
+/// Failures are logged and retried at the next round.
+async fn renewal_loop(pki: ClusterPki, etcd: Option<Vec<IpAddr>>, api: Option<ApiCertRequest>) {
+    loop {
+        tokio::time::sleep(pki.renewal_interval()).await;
+        if let Some(ips) = &etcd {
+            match pki.ensure(&[], ips) {
+                Ok(true) => {
+                    tracing::info!(dir = %pki.dir().display(), "etcd, admin and local certificates renewed")
+                }
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::warn!(dir = %pki.dir().display(), error = %err, "cannot renew the certificates")
+                }
+            }
+        }
+        if let Some((name, ips)) = &api {
+            match pki.ensure_server("apiserver", name, ips) {
+                Ok((_, true)) => {
+                    tracing::info!(dir = %pki.dir().display(), "API certificate renewed")
+                }
+                Ok((_, false)) => {}
+                Err(err) => {
+                    tracing::warn!(dir = %pki.dir().display(), error = %err, "cannot renew the API certificate")
+                }
+            }
+        }
+    }
+}
+
 /// The API's server certificate, issued from the cluster's CA in `<state-dir>/pki` for the
 /// API's address, the etcd's advertised addresses and loopback (CN `apiserver-<cluster>`; it
-/// also serves as the relay's client certificate towards agents and other relays).
+/// also serves as the relay's client certificate towards agents and other relays). Kept when
+/// still valid and due for no renewal.
 fn issue_api_certificate(
     config: &ApiServerConfig,
     addr: SocketAddr,
-) -> Result<plexus_agent_api::tls::TlsFiles> {
+) -> Result<(plexus_agent_api::tls::TlsFiles, ApiCertRequest)> {
     let pki = ClusterPki::new(config.state_dir.join("pki"), &config.cluster.name);
-    let ca = pki.ca().with_context(|| {
-        format!(
+    if !pki.has_ca() {
+        anyhow::bail!(
             "the API's certificate: no CA in {} to issue it from (give --api-tls-cert, \
              --api-tls-key and --api-tls-ca)",
             pki.dir().display()
-        )
-    })?;
+        );
+    }
     let mut ips: Vec<IpAddr> = vec![std::net::Ipv4Addr::LOCALHOST.into()];
     if !addr.ip().is_unspecified() {
         ips.push(addr.ip());
@@ -491,15 +542,17 @@ fn issue_api_certificate(
     ips.sort();
     ips.dedup();
     let name = format!("apiserver-{}", config.cluster.name);
-    let (cert, key) = ca
-        .issue_server(&name, &[&name], &ips)?
-        .write_to(pki.dir(), "apiserver")
-        .with_context(|| format!("write the API's certificate in {}", pki.dir().display()))?;
-    Ok(plexus_agent_api::tls::TlsFiles {
-        ca: pki.ca_cert(),
-        cert,
-        key,
-    })
+    let ((cert, key), _) = pki
+        .ensure_server("apiserver", &name, &ips)
+        .with_context(|| format!("issue the API's certificate in {}", pki.dir().display()))?;
+    Ok((
+        plexus_agent_api::tls::TlsFiles {
+            ca: pki.ca_cert(),
+            cert,
+            key,
+        },
+        (name, ips),
+    ))
 }
 
 async fn connect_with_retry(config: EtcdConfig, limit: Duration) -> Result<EtcdBackend> {

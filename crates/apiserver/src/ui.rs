@@ -53,7 +53,7 @@ pub struct UiState {
     cluster: String,
     kv: Arc<dyn KvBackend>,
     agent_port: u16,
-    tls: Arc<rustls::ClientConfig>,
+    tls: plexus_tls_api::ClientTls,
 }
 
 impl UiState {
@@ -63,13 +63,13 @@ impl UiState {
         cluster: &str,
         kv: Arc<dyn KvBackend>,
         agent_port: u16,
-        tls: Arc<rustls::ClientConfig>,
+        tls: impl Into<plexus_tls_api::ClientTls>,
     ) -> Self {
         Self {
             cluster: cluster.to_string(),
             kv,
             agent_port,
-            tls,
+            tls: tls.into(),
         }
     }
 }
@@ -203,7 +203,7 @@ where
     for (node, addr) in agents {
         let client = Client::new(Endpoint::Tls {
             addr: addr.clone(),
-            config: state.tls.clone(),
+            config: state.tls.current(),
         })
         .with_timeout(AGENT_TIMEOUT);
         match call(client).await {

@@ -11,7 +11,9 @@
 //! - `disconnect` removes both files and both users.
 //! - `status` gathers the apiserver's and every agent's view into one report: access, per remote
 //!   cluster how many nodes have it configured and connected with its counts, and every error
-//!   with a hint.
+//!   with a hint. It also reads every certificate of the cluster (its PKI directory, and the
+//!   CA and client certificates of the remote configurations) and warns about those that
+//!   expire within `--expiry-warning` (30 days by default) or have expired.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -72,6 +74,24 @@ fn endpoint_hosts(endpoints: &[String]) -> (Vec<String>, Vec<IpAddr>) {
     (dns, ips)
 }
 
+/// Certificate lifetimes `clustermesh enable` issues with.
+#[derive(Clone, Copy, Debug)]
+pub struct Lifetimes {
+    /// Leaf certificates; `None`: one year for new ones, existing ones keep theirs.
+    pub leaf: Option<Duration>,
+    /// A CA created by `--create-ca`.
+    pub ca: Duration,
+}
+
+impl Default for Lifetimes {
+    fn default() -> Self {
+        Self {
+            leaf: None,
+            ca: plexus_pki::Validity::default().ca,
+        }
+    }
+}
+
 /// `clustermesh enable`.
 pub async fn enable(
     config: &CliConfig,
@@ -79,9 +99,13 @@ pub async fn enable(
     context: Option<&str>,
     create_ca: bool,
     ca_from: Option<&str>,
+    lifetimes: Lifetimes,
 ) -> Result<()> {
     let ctx = config.context(context, path)?;
-    let pki = ctx.pki();
+    let mut pki = ctx.pki();
+    if let Some(leaf) = lifetimes.leaf {
+        pki = pki.with_leaf_validity(leaf);
+    }
     let mut ca_changed = false;
     if let Some(from) = ca_from {
         let src = config.context(Some(from), path)?;
@@ -102,9 +126,21 @@ pub async fn enable(
             );
         }
     } else if create_ca {
-        let ca = Ca::generate("plexus-ca")?;
+        let ca = Ca::generate_with(
+            "plexus-ca",
+            plexus_pki::Validity {
+                ca: lifetimes.ca,
+                leaf: lifetimes
+                    .leaf
+                    .unwrap_or(plexus_pki::Validity::default().leaf),
+            },
+        )?;
         pki.install_ca(&ca)?;
-        println!("✅ CA created in {}", pki.dir().display());
+        println!(
+            "✅ CA created in {} (valid for {})",
+            pki.dir().display(),
+            span(i64::try_from(lifetimes.ca.as_secs()).unwrap_or(i64::MAX))
+        );
     } else {
         bail!(
             "cluster {} has no CA in {}: pass --create-ca, or --ca-from-context OTHER to share another cluster's CA",
@@ -117,7 +153,15 @@ pub async fn enable(
     let (dns, ips) = endpoint_hosts(&endpoints);
     let dns: Vec<&str> = dns.iter().map(String::as_str).collect();
     if pki.ensure(&dns, &ips)? {
-        println!("✅ certificates issued in {}", pki.dir().display());
+        let lifetime = std::fs::read_to_string(pki.admin().cert)
+            .ok()
+            .and_then(|pem| plexus_pki::inspect(&pem).ok())
+            .map(|i| span(i64::try_from(i.lifetime().as_secs()).unwrap_or(i64::MAX)))
+            .unwrap_or_default();
+        println!(
+            "✅ certificates issued in {} (valid for {lifetime})",
+            pki.dir().display()
+        );
     }
     if ca_changed {
         println!(
@@ -341,6 +385,199 @@ async fn link(from: &Context, to: &Context) -> Result<()> {
     Ok(())
 }
 
+/// The contexts whose cluster issues from the same CA as `ctx`'s (the mesh sharing it).
+fn sharing_ca<'a>(config: &'a CliConfig, ctx: &Context) -> Result<Vec<&'a Context>> {
+    let id = ctx
+        .pki()
+        .ca()
+        .with_context(|| {
+            format!(
+                "cluster {} has no CA: run plexus clustermesh enable",
+                ctx.name
+            )
+        })?
+        .key_id();
+    Ok(config
+        .contexts
+        .iter()
+        .filter(|c| c.pki().ca().is_ok_and(|ca| ca.key_id() == id))
+        .collect())
+}
+
+/// Writes `bundle` as the CA file of every configuration in which `ctx` reads a cluster of
+/// `members`: the agents' (for KVStoreMesh, their file names `ctx`'s own bundle) and
+/// KVStoreMesh's. Only files that exist are rewritten.
+fn refresh_ca_copies(ctx: &Context, members: &[&Context], bundle: &str) -> Result<()> {
+    for remote in configured_remotes(ctx) {
+        if !members.iter().any(|m| m.name == remote) {
+            continue;
+        }
+        let file = format!("{remote}.etcd-client-ca.crt");
+        let mut dirs = vec![ctx.clustermesh_dir.clone()];
+        dirs.extend(ctx.kvstoremesh_dir.clone());
+        for dir in dirs {
+            let path = dir.join(&file);
+            if path.exists() {
+                write_atomic(&path, bundle.as_bytes(), 0o644)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the etcd of `ctx` accepts a client certificate of `ca` while trusting only
+/// `trust` (PEM): proof that it trusts `ca` (after its restart) and, with `trust` holding only
+/// the new CA, that it presents a certificate of it.
+async fn wait_etcd_trusts(ctx: &Context, ca: &Ca, trust: &str, limit: Duration) -> Result<()> {
+    let dir = tempfile_dir(&ctx.pki().dir().join(".rotate-probe"))?;
+    let (cert, key) = ca
+        .issue_client_for(&format!("admin-{}", ctx.name), Duration::from_secs(600))?
+        .write_to(&dir, "probe")?;
+    let ca_file = dir.join("trust.crt");
+    plexus_pki::write_file(&ca_file, trust, 0o644)?;
+    let config = EtcdConfig::new(ctx.etcd_endpoints.clone()).with_tls(TlsFiles {
+        ca_file,
+        cert_file: cert,
+        key_file: key,
+    });
+    let start = Instant::now();
+    let result = loop {
+        let attempt = async {
+            let etcd = EtcdBackend::connect(config.clone()).await?;
+            plexus_kvstore::KvBackend::get(&etcd, "cilium/.heartbeat").await
+        };
+        match attempt.await {
+            Ok(_) => break Ok(()),
+            Err(err) if start.elapsed() >= limit => {
+                break Err(anyhow::anyhow!(
+                    "the etcd of cluster {} at {:?} did not accept the new CA within {limit:?}: {err}",
+                    ctx.name,
+                    ctx.etcd_endpoints
+                ));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn tempfile_dir(dir: &Path) -> Result<std::path::PathBuf> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    Ok(dir.to_path_buf())
+}
+
+/// `clustermesh rotate-ca`: replaces the CA shared by the context's cluster and every cluster
+/// of the configuration issuing from it, without breaking their connections:
+/// 1. every cluster trusts the old and the new CA (`ca.crt` becomes a bundle, and so do the
+///    CA files of the remote configurations); each etcd restarts to trust it, every client
+///    reloads it;
+/// 2. every cluster issues from the new CA: its certificates are re-issued (etcd presents its
+///    new one at the next connection, clients reload theirs), and the remote configurations'
+///    client certificates too (as `connect` does);
+/// 3. the old CA is dropped from every bundle.
+///
+/// Between the steps it waits until each etcd shows the step done, then `grace` for clients
+/// that reload their files at their next request. The new CA is kept in `.ca-next.crt/.key` of
+/// the context's PKI directory until the end, so that an interrupted rotation resumes with it.
+pub async fn rotate_ca(
+    config: &CliConfig,
+    path: &Path,
+    context: Option<&str>,
+    ca_validity: Duration,
+    grace: Duration,
+) -> Result<()> {
+    let ctx = config.context(context, path)?;
+    let pki = ctx.pki();
+    let old = pki.ca()?;
+    let members = sharing_ca(config, ctx)?;
+    let next = (
+        pki.dir().join(".ca-next.crt"),
+        pki.dir().join(".ca-next.key"),
+    );
+    let new = match (
+        std::fs::read_to_string(&next.0),
+        std::fs::read_to_string(&next.1),
+    ) {
+        (Ok(cert), Ok(key)) => {
+            println!(
+                "ℹ️  resuming the rotation to the CA in {}",
+                next.0.display()
+            );
+            Ca::from_pem(&cert, &key)?
+        }
+        _ => {
+            // A name of its own: chain building looks CAs up by name first.
+            let ca = Ca::generate_with(
+                &format!("plexus-ca-{}", plexus_pki::unix_now()),
+                plexus_pki::Validity {
+                    ca: ca_validity,
+                    leaf: plexus_pki::Validity::default().leaf,
+                },
+            )?;
+            plexus_pki::write_file(&next.1, &ca.pem().key_pem, 0o600)?;
+            plexus_pki::write_file(&next.0, ca.cert_pem(), 0o644)?;
+            ca
+        }
+    };
+    let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+    println!(
+        "🔄 rotating the CA of {} (key {} to {})",
+        names.join(", "),
+        &old.key_id()[..8.min(old.key_id().len())],
+        &new.key_id()[..8.min(new.key_id().len())]
+    );
+
+    // 1. Trust both.
+    let both = format!("{}{}", old.cert_pem(), new.cert_pem());
+    for m in &members {
+        m.pki().trust(&both)?;
+        refresh_ca_copies(m, &members, &both)?;
+    }
+    for m in &members {
+        wait_etcd_trusts(m, &new, &both, Duration::from_secs(90)).await?;
+    }
+    tokio::time::sleep(grace).await;
+    println!("✅ 1/3 every cluster trusts the old and the new CA");
+
+    // 2. Issue from the new CA.
+    for m in &members {
+        let p = m.pki();
+        p.switch_issuer(&new)?;
+        let redone = p.reissue_foreign()?;
+        println!("   {}: re-issued {}", m.name, redone.join(", "));
+    }
+    for a in &members {
+        for remote in configured_remotes(a) {
+            if let Some(b) = members.iter().find(|m| m.name == remote) {
+                link(a, b).await?;
+            }
+        }
+    }
+    for m in &members {
+        wait_etcd_trusts(m, &new, new.cert_pem(), Duration::from_secs(90)).await?;
+    }
+    tokio::time::sleep(grace).await;
+    println!("✅ 2/3 every certificate is issued by the new CA");
+
+    // 3. Drop the old CA.
+    for m in &members {
+        m.pki().trust(new.cert_pem())?;
+        refresh_ca_copies(m, &members, new.cert_pem())?;
+    }
+    for m in &members {
+        wait_etcd_trusts(m, &new, new.cert_pem(), Duration::from_secs(90)).await?;
+    }
+    let _ = std::fs::remove_file(&next.0);
+    let _ = std::fs::remove_file(&next.1);
+    println!(
+        "✅ 3/3 the old CA is no longer trusted: CA rotated for {}",
+        names.join(", ")
+    );
+    Ok(())
+}
+
 /// `clustermesh disconnect`: both directions.
 pub async fn disconnect(config: &CliConfig, path: &Path, a: Option<&str>, b: &str) -> Result<()> {
     let (a, b) = two(config, path, a, b)?;
@@ -418,9 +655,21 @@ pub struct Connection {
     pub services: usize,
     /// Entries refused by validation.
     pub rejected: u64,
+    /// Refusals by reason (largest count any node reports).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rejected_by_reason: BTreeMap<String, u64>,
     /// KVStoreMesh's view, when it runs: connected and ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kvstoremesh: Option<RemoteClusterReport>,
+}
+
+/// ` (foreign-cluster 3, value-too-large 1)`, or nothing without reasons.
+fn by_reason(reasons: &BTreeMap<String, u64>) -> String {
+    if reasons.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{r} {n}")).collect();
+    format!(" ({})", parts.join(", "))
 }
 
 /// A problem, with what to do about it.
@@ -460,8 +709,203 @@ pub struct StatusReport {
     pub connections: Vec<Connection>,
     /// Everything wrong.
     pub errors: Vec<Problem>,
+    /// Every certificate of the cluster and of its remote configurations.
+    #[serde(default)]
+    pub certificates: Vec<CertificateStatus>,
+    /// What will go wrong: certificates that expire soon (or did).
+    #[serde(default)]
+    pub warnings: Vec<Problem>,
     /// Everything connected and synced.
     pub ready: bool,
+}
+
+/// How long before a certificate's expiry `clustermesh status` warns, by default.
+pub const DEFAULT_EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
+
+/// Where a certificate is used.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CertScope {
+    /// The cluster's own PKI directory (its CA, etcd, admin, local, remote-<peer>, API).
+    Cluster,
+    /// The agents' configuration of a remote cluster (its CA, our client certificate).
+    Remote(String),
+    /// KVStoreMesh's configuration of a remote cluster.
+    Kvstoremesh(String),
+}
+
+/// Whether a certificate is still good.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CertState {
+    /// Valid beyond the warning window.
+    Valid,
+    /// Expires within the warning window.
+    Expiring,
+    /// Expired.
+    Expired,
+}
+
+/// One certificate (a CA bundle gives one per CA in it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct CertificateStatus {
+    /// Its file.
+    pub file: String,
+    /// Where it is used.
+    pub scope: CertScope,
+    /// Its subject's common name.
+    pub common_name: String,
+    /// End of validity, RFC 3339.
+    pub not_after: String,
+    /// Seconds left (negative once expired).
+    pub expires_in_seconds: i64,
+    /// Valid, expiring or expired.
+    pub state: CertState,
+}
+
+/// "12 days", "5 hours", "40 minutes", "30 seconds".
+fn span(seconds: i64) -> String {
+    let s = seconds.unsigned_abs();
+    match s {
+        s if s >= 2 * 86_400 => format!("{} days", s / 86_400),
+        s if s >= 2 * 3600 => format!("{} hours", s / 3600),
+        s if s >= 120 => format!("{} minutes", s / 60),
+        s => format!("{s} seconds"),
+    }
+}
+
+/// Checks the certificates read from disk (`(scope, file, what inspecting it gave)`) at `now`
+/// (Unix seconds): their status, and a warning for each that expires within `warning`, with
+/// what to do about it.
+pub fn check_certificates(
+    cluster: &str,
+    files: Vec<CertFile>,
+    now: i64,
+    warning: Duration,
+) -> (Vec<CertificateStatus>, Vec<Problem>) {
+    let window = i64::try_from(warning.as_secs()).unwrap_or(i64::MAX);
+    let mut certs = Vec::new();
+    let mut warnings = Vec::new();
+    for (scope, file, infos) in files {
+        let infos = match infos {
+            Ok(infos) => infos,
+            Err(reason) => {
+                warnings.push(Problem {
+                    scope: "certificates".into(),
+                    message: format!("{}: {reason}", file.display()),
+                    hint: None,
+                });
+                continue;
+            }
+        };
+        for info in infos {
+            let left = info.expires_in(now);
+            let state = if left <= 0 {
+                CertState::Expired
+            } else if left <= window {
+                CertState::Expiring
+            } else {
+                CertState::Valid
+            };
+            let not_after = chrono::DateTime::from_timestamp(info.not_after, 0)
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default();
+            if state != CertState::Valid {
+                let is_ca = file.file_name().is_some_and(|n| {
+                    let n = n.to_string_lossy();
+                    n == "ca.crt" || n.ends_with("-ca.crt")
+                });
+                let when = if state == CertState::Expired {
+                    format!("expired {} ago ({not_after})", span(left))
+                } else {
+                    format!("expires in {} ({not_after})", span(left))
+                };
+                let hint = match (&scope, is_ca) {
+                    (_, true) => format!(
+                        "replace the mesh's CA before it expires: plexus clustermesh rotate-ca --context {cluster}"
+                    ),
+                    (CertScope::Cluster, false) => format!(
+                        "the apiserver of {cluster} renews the certificates it issued before they expire; is it running? plexus clustermesh enable --context {cluster} re-issues them too"
+                    ),
+                    (CertScope::Remote(r) | CertScope::Kvstoremesh(r), false) => format!(
+                        "re-issue it: plexus clustermesh connect --context {cluster} --destination-context {r} (the agents reload it)"
+                    ),
+                };
+                warnings.push(Problem {
+                    scope: "certificates".into(),
+                    message: format!("{} (CN {}) {when}", file.display(), info.common_name),
+                    hint: Some(hint),
+                });
+            }
+            certs.push(CertificateStatus {
+                file: file.display().to_string(),
+                scope: scope.clone(),
+                common_name: info.common_name,
+                not_after,
+                expires_in_seconds: left,
+                state,
+            });
+        }
+    }
+    (certs, warnings)
+}
+
+/// How a directory's certificates are scoped, from the remote named by the file.
+type ScopeOf = fn(String) -> CertScope;
+
+/// A certificate file read from disk: where it is used, its path, what inspecting it gave.
+pub type CertFile = (
+    CertScope,
+    std::path::PathBuf,
+    Result<Vec<plexus_pki::CertInfo>, String>,
+);
+
+/// Every certificate file (`*.crt`) of the cluster's PKI directory and of its agents' and
+/// KVStoreMesh's remote configurations, inspected.
+fn read_certificates(ctx: &Context) -> Vec<CertFile> {
+    let mut out = Vec::new();
+    let mut dirs: Vec<(std::path::PathBuf, ScopeOf)> = vec![
+        (ctx.pki().dir().to_path_buf(), |_| CertScope::Cluster),
+        (ctx.clustermesh_dir.clone(), CertScope::Remote),
+    ];
+    if let Some(k) = &ctx.kvstoremesh_dir {
+        dirs.push((k.clone(), CertScope::Kvstoremesh));
+    }
+    for (dir, scope) in dirs {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut files: Vec<_> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name().is_some_and(|n| {
+                    let n = n.to_string_lossy();
+                    !n.starts_with('.') && n.ends_with(".crt")
+                })
+            })
+            .collect();
+        files.sort();
+        for file in files {
+            // <remote>.etcd-client.crt: the remote is the name before the first dot.
+            let remote = file
+                .file_name()
+                .map(|n| {
+                    n.to_string_lossy()
+                        .split('.')
+                        .next()
+                        .unwrap_or_default()
+                        .to_string()
+                })
+                .unwrap_or_default();
+            let infos = std::fs::read_to_string(&file)
+                .map_err(|e| e.to_string())
+                .and_then(|pem| plexus_pki::inspect_bundle(&pem).map_err(|e| e.to_string()));
+            out.push((scope(remote), file, infos));
+        }
+    }
+    out
 }
 
 /// What to try about a remote's failure, from its kind (never from its wording).
@@ -607,6 +1051,7 @@ pub fn build_report(
         identities: 0,
         services: 0,
         rejected: 0,
+        rejected_by_reason: BTreeMap::new(),
         kvstoremesh: kvstoremesh_view.get(name).cloned(),
     };
     for name in &configured {
@@ -627,6 +1072,10 @@ pub fn build_report(
                     c.identities = c.identities.max(r.num_identities);
                     c.services = c.services.max(r.num_shared_services);
                     c.rejected = c.rejected.max(r.num_rejected);
+                    for (reason, n) in &r.rejected_by_reason {
+                        let slot = c.rejected_by_reason.entry(reason.clone()).or_default();
+                        *slot = (*slot).max(*n);
+                    }
                     if !r.ready {
                         let message = match (&r.last_failure, r.connected) {
                             (Some(f), false) => format!("{}: {f}", r.name),
@@ -645,8 +1094,10 @@ pub fn build_report(
                         errors.push(Problem {
                             scope: node.clone(),
                             message: format!(
-                                "{}: {} entries refused by validation",
-                                r.name, r.num_rejected
+                                "{}: {} entries refused by validation{}",
+                                r.name,
+                                r.num_rejected,
+                                by_reason(&r.rejected_by_reason)
                             ),
                             hint: Some(format!(
                                 "cluster {} publishes entries that are not its own or malformed; see the agent's log",
@@ -716,12 +1167,15 @@ pub fn build_report(
         agents: statuses,
         connections,
         errors,
+        certificates: Vec::new(),
+        warnings: Vec::new(),
         ready,
     }
 }
 
-/// Gathers the status of the context's cluster.
-pub async fn gather(ctx: &Context) -> StatusReport {
+/// Gathers the status of the context's cluster; certificates expiring within `warning` are
+/// warned about.
+pub async fn gather(ctx: &Context, warning: Duration) -> StatusReport {
     let apiserver = match ctx.apiserver_client() {
         Some(client) => Some(
             client
@@ -743,13 +1197,20 @@ pub async fn gather(ctx: &Context) -> StatusReport {
         };
         agents.push((a.node.clone(), r));
     }
-    build_report(
+    let mut report = build_report(
         ctx,
         ctx.pki().has_ca(),
         configured_remotes(ctx),
         apiserver,
         agents,
-    )
+    );
+    (report.certificates, report.warnings) = check_certificates(
+        &ctx.name,
+        read_certificates(ctx),
+        plexus_pki::unix_now(),
+        warning,
+    );
+    report
 }
 
 /// Prints the report for people, in the shape of cilium-cli's.
@@ -820,7 +1281,11 @@ pub fn print_text(r: &StatusReport) {
                 c.identities,
                 c.services,
                 if c.rejected > 0 {
-                    format!(", {} rejected", c.rejected)
+                    format!(
+                        ", {} rejected{}",
+                        c.rejected,
+                        by_reason(&c.rejected_by_reason)
+                    )
                 } else {
                     String::new()
                 }
@@ -828,6 +1293,29 @@ pub fn print_text(r: &StatusReport) {
         }
     } else {
         println!("ℹ️  No remote cluster configured");
+    }
+    if !r.certificates.is_empty() {
+        let soonest = r.certificates.iter().min_by_key(|c| c.expires_in_seconds);
+        if let Some(c) = soonest.filter(|c| c.state == CertState::Valid) {
+            println!();
+            println!(
+                "✅ {} certificates valid; the first expires in {} ({}, {})",
+                r.certificates.len(),
+                span(c.expires_in_seconds),
+                c.common_name,
+                c.not_after
+            );
+        }
+    }
+    if !r.warnings.is_empty() {
+        println!();
+        println!("⚠️  {} warnings:", r.warnings.len());
+        for w in &r.warnings {
+            println!("  ⚠️  {}: {}", w.scope, w.message);
+            if let Some(h) = &w.hint {
+                println!("     hint: {h}");
+            }
+        }
     }
     if !r.errors.is_empty() {
         println!();
@@ -860,11 +1348,12 @@ pub async fn status(
     path: &Path,
     context: Option<&str>,
     wait: Option<Duration>,
+    expiry_warning: Duration,
     json: bool,
 ) -> Result<bool> {
     let ctx = config.context(context, path)?;
     let start = Instant::now();
-    let mut report = gather(ctx).await;
+    let mut report = gather(ctx, expiry_warning).await;
     if let Some(limit) = wait {
         let mut last_print = Instant::now();
         while !report.ready && start.elapsed() < limit {
@@ -878,7 +1367,7 @@ pub async fn status(
                 last_print = Instant::now();
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
-            report = gather(ctx).await;
+            report = gather(ctx, expiry_warning).await;
         }
     }
     if json {
@@ -940,6 +1429,7 @@ mod tests {
             num_identities: 3,
             num_shared_services: 1,
             num_rejected: 0,
+            rejected_by_reason: BTreeMap::new(),
             num_failures: u64::from(failure.is_some()),
             last_failure: failure.as_ref().map(|(_, m)| m.to_string()),
             last_failure_kind: failure.map(|(k, _)| k),

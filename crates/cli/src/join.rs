@@ -250,7 +250,9 @@ pub async fn join(
             pki.dir().display(),
             ctx.name
         )
-    })?;
+    })?
+    // The node's certificates live as long as the cluster's.
+    .with_leaf_validity(pki.leaf_lifetime());
 
     let etcd = crate::clustermesh::admin_etcd(&ctx, Duration::from_secs(10)).await?;
     check_cluster(&etcd, &ctx.name, req).await?;

@@ -2,9 +2,11 @@
 //!
 //! - `lab up|down|status|stop|start` ([`lab`]), and the built-in pod server `lab serve`;
 //! - `apply -f`, `delete -f`, `get`, `exec` ([`objects`]); `label`, `annotate` ([`metadata`]);
-//! - `clustermesh enable|connect|disconnect|status` ([`clustermesh`]);
+//! - `clustermesh enable|connect|disconnect|rotate-ca|status` ([`clustermesh`]);
 //! - per node: `status`, `endpoint list`, `node list`, `identity list`, `bpf ipcache list`, `bpf lb list`,
 //!   `monitor` ([`node`]);
+//! - per node: `fqdn cache list`, what the node's DNS proxy learned for `toFQDNs` policy
+//!   ([`node`]);
 //! - `policy trace`: the verdict of a pod-to-pod connection at both ends and the rules that
 //!   decide it ([`trace`]);
 //! - `encryption status|rotate-key`: WireGuard keys, devices and peers of a cluster's nodes
@@ -168,6 +170,11 @@ enum Command {
     Node {
         #[command(subcommand)]
         command: NodeCommand,
+    },
+    /// What a node's DNS proxy learned for toFQDNs policy.
+    Fqdn {
+        #[command(subcommand)]
+        command: FqdnCommand,
     },
     /// Services with their frontends and backends (with cluster and state), as a node sees them.
     Service {
@@ -372,6 +379,17 @@ enum NodeCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum FqdnCommand {
+    /// The learned names: each address with its identity (that of the toFQDNs selectors
+    /// matching its names), the seconds left of its TTL ("expired": kept while connections
+    /// use it) and those selectors.
+    Cache {
+        #[command(subcommand)]
+        command: ListCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum BpfCommand {
     /// The ipcache map.
     Ipcache {
@@ -497,6 +515,13 @@ enum MeshCommand {
         /// Share the CA of another context (as Cilium users copy the cilium-ca secret).
         #[arg(long, value_name = "CONTEXT", conflicts_with = "create_ca")]
         ca_from_context: Option<String>,
+        /// Lifetime of the certificates issued (etcd server, clients); certificates of another
+        /// lifetime are re-issued. Default: one year for new ones, existing ones keep theirs.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        cert_validity: Option<Duration>,
+        /// Lifetime of a CA created by --create-ca.
+        #[arg(long, value_name = "DURATION", default_value = "3y", value_parser = humantime::parse_duration)]
+        ca_validity: Duration,
     },
     /// Connect the cluster and another one, both directions.
     Connect {
@@ -510,6 +535,17 @@ enum MeshCommand {
         #[arg(long)]
         destination_context: String,
     },
+    /// Replace the CA shared by the cluster and every cluster issuing from it, without
+    /// breaking connections: trust old and new, re-issue from the new, drop the old.
+    RotateCa {
+        /// Lifetime of the new CA.
+        #[arg(long, value_name = "DURATION", default_value = "3y", value_parser = humantime::parse_duration)]
+        ca_validity: Duration,
+        /// How long to wait after each step for clients that reload their files at their next
+        /// request.
+        #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+        grace: Duration,
+    },
     /// Show the mesh as the cluster sees it.
     Status {
         /// Wait until every node is connected to every remote cluster.
@@ -518,6 +554,9 @@ enum MeshCommand {
         /// How long --wait waits.
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         wait_duration: Duration,
+        /// Warn about certificates that expire within this time.
+        #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = humantime::parse_duration)]
+        expiry_warning: Duration,
         /// Output format.
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
@@ -559,6 +598,19 @@ fn default_sigpipe() {
     // SAFETY: called first thing in main, before any thread exists; SIG_DFL installs no Rust
     // handler, so nothing runs in signal context.
     let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
+/// Ignores SIGPIPE again, for commands that keep connections open while their peers restart:
+/// hyper writes HTTP/2 frames with `writev`, which (unlike `send` with `MSG_NOSIGNAL`) raises
+/// SIGPIPE when the peer closed, and the default action would kill the CLI mid-way (an etcd
+/// restarting during `clustermesh rotate-ca`). The write then fails with `EPIPE` and the
+/// connection is made again.
+#[allow(unsafe_code)]
+fn ignore_sigpipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: SIG_IGN installs no handler, so nothing runs in signal context; sigaction is
+    // safe to call while other threads run.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) };
 }
 
 fn main() -> std::process::ExitCode {
@@ -621,7 +673,15 @@ fn run(cli: Cli) -> Result<u8> {
                             lab.clusters.iter().map(|c| c.name.clone()).collect();
                         runtime()?.block_on(async {
                             for n in &names {
-                                clustermesh::enable(&cfg, &path, Some(n), false, None).await?;
+                                clustermesh::enable(
+                                    &cfg,
+                                    &path,
+                                    Some(n),
+                                    false,
+                                    None,
+                                    clustermesh::Lifetimes::default(),
+                                )
+                                .await?;
                             }
                             for (i, a) in names.iter().enumerate() {
                                 for b in &names[i + 1..] {
@@ -634,6 +694,7 @@ fn run(cli: Cli) -> Result<u8> {
                                     &path,
                                     Some(n),
                                     Some(Duration::from_secs(120)),
+                                    clustermesh::DEFAULT_EXPIRY_WARNING,
                                     false,
                                 )
                                 .await?;
@@ -860,6 +921,8 @@ fn run(cli: Cli) -> Result<u8> {
                 MeshCommand::Enable {
                     create_ca,
                     ca_from_context,
+                    cert_validity,
+                    ca_validity,
                 } => {
                     clustermesh::enable(
                         &cfg,
@@ -867,6 +930,10 @@ fn run(cli: Cli) -> Result<u8> {
                         ctx_name,
                         create_ca,
                         ca_from_context.as_deref(),
+                        clustermesh::Lifetimes {
+                            leaf: cert_validity,
+                            ca: ca_validity,
+                        },
                     )
                     .await?
                 }
@@ -876,9 +943,14 @@ fn run(cli: Cli) -> Result<u8> {
                 MeshCommand::Disconnect {
                     destination_context,
                 } => clustermesh::disconnect(&cfg, &path, ctx_name, &destination_context).await?,
+                MeshCommand::RotateCa { ca_validity, grace } => {
+                    ignore_sigpipe();
+                    clustermesh::rotate_ca(&cfg, &path, ctx_name, ca_validity, grace).await?
+                }
                 MeshCommand::Status {
                     wait,
                     wait_duration,
+                    expiry_warning,
                     output,
                 } => {
                     clustermesh::status(
@@ -886,6 +958,7 @@ fn run(cli: Cli) -> Result<u8> {
                         &path,
                         ctx_name,
                         wait.then_some(wait_duration),
+                        expiry_warning,
                         output == Output::Json,
                     )
                     .await?;
@@ -1017,6 +1090,20 @@ fn run(cli: Cli) -> Result<u8> {
                     cfg.context(ctx_name, &path)?,
                     node,
                     node::Listing::Identities,
+                    output == Output::Json,
+                )
+                .await?
+            }
+            Command::Fqdn {
+                command:
+                    FqdnCommand::Cache {
+                        command: ListCommand::List { output },
+                    },
+            } => {
+                node::list(
+                    cfg.context(ctx_name, &path)?,
+                    node,
+                    node::Listing::FqdnCache,
                     output == Output::Json,
                 )
                 .await?

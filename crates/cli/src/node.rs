@@ -1,18 +1,19 @@
-//! Per-node commands: `status` (with its encryption line), `endpoint list|get`, `node list`,
-//! `identity list`,
-//! `service list`, `policy get`, `bpf ipcache list`, `bpf lb list`, `monitor`. They ask one
+//! Per-node commands: `status` (with its encryption and DNS proxy lines), `endpoint list|get`,
+//! `node list`, `identity list`, `service list`, `policy get`, `fqdn cache list`,
+//! `bpf ipcache list`, `bpf lb list`, `monitor`. They ask one
 //! node's agent over its socket (`--node`, default the cluster's first node).
 
 // Table headers are written as literals beside their column widths, for readability.
-#![allow(clippy::print_literal)]
+#![allow(clippy::print_literal, clippy::write_literal)]
 
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use plexus_agent_api::types::Affinity;
 use plexus_agent_api::{
-    AgentStatus, ApiError, Client, EndpointDetail, EndpointInfo, ErrorKind, IdentityInfo,
-    IpcacheRow, LbRow, MonitorFilter, NodeInfo, PolicyInfo, ServiceInfo,
+    AgentStatus, ApiError, Client, DnsProxyStatus, EndpointDetail, EndpointInfo, ErrorKind,
+    FqdnCacheEntry, IdentityInfo, IpcacheRow, LbRow, MonitorFilter, NodeInfo, PolicyInfo,
+    ServiceInfo,
 };
 use serde::Serialize;
 
@@ -62,6 +63,8 @@ pub enum Listing {
     Services,
     /// `policy get`.
     Policy,
+    /// `fqdn cache list`.
+    FqdnCache,
     /// `bpf ipcache list`.
     Ipcache,
     /// `bpf lb list`.
@@ -99,6 +102,10 @@ pub async fn list(ctx: &Context, node: Option<&str>, what: Listing, json: bool) 
         Listing::Policy => show(&client.policy().await.map_err(asked)?, json, |v| {
             print_policies(&name, v)
         }),
+        Listing::FqdnCache => show(&client.fqdn_cache().await.map_err(asked)?, json, |v| {
+            print!("{}", fqdn_cache_table(&name, v));
+            Ok(())
+        }),
         Listing::Ipcache => show(&client.ipcache().await.map_err(asked)?, json, |v| {
             print_ipcache(&name, v)
         }),
@@ -118,7 +125,74 @@ fn print_status(v: &AgentStatus) -> Result<()> {
     let (configured, ready) = v.remote_clusters;
     println!("ClusterMesh: {ready}/{configured} remote clusters ready");
     println!("{}", encryption_line(&v.encryption));
+    println!("{}", dns_proxy_line(v.dns_proxy.as_ref()));
+    for warning in &v.warnings {
+        println!("Warning:   {warning}");
+    }
     Ok(())
+}
+
+/// `DNS proxy: port 10053, 1 endpoint redirected, 12 queries (3 refused), 2 addresses
+/// learned`, or `DNS proxy: Disabled` (no proxy on the node, or an agent that predates it).
+fn dns_proxy_line(p: Option<&DnsProxyStatus>) -> String {
+    let Some(p) = p else {
+        return "DNS proxy: Disabled".to_string();
+    };
+    fn count(n: impl Into<u128> + Copy, one: &str, many: &str) -> String {
+        let n: u128 = n.into();
+        format!("{n} {}", if n == 1 { one } else { many })
+    }
+    let port = match p.port {
+        Some(port) => format!("port {port}"),
+        None => "not listening (no DNS rules yet)".to_string(),
+    };
+    let redirected = match p.redirected_endpoints {
+        Some(n) => format!("{} redirected", count(n as u64, "endpoint", "endpoints")),
+        None => "redirects unreadable".to_string(),
+    };
+    format!(
+        "DNS proxy: {port}, {redirected}, {} ({} refused), {} learned",
+        count(p.stats.queries, "query", "queries"),
+        p.stats.refused,
+        count(p.learned_addresses as u64, "address", "addresses"),
+    )
+}
+
+/// `fqdn cache list` as a table, sorted by name and address (the agent sorts too; an older
+/// or other agent may not).
+fn fqdn_cache_table(name: &str, rows: &[FqdnCacheEntry]) -> String {
+    use std::fmt::Write as _;
+    let mut rows: Vec<&FqdnCacheEntry> = rows.iter().collect();
+    rows.sort_by(|a, b| (&a.name, a.address).cmp(&(&b.name, b.address)));
+    let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max(32);
+    let mut out = String::new();
+    let _ = writeln!(out, "# fqdn cache of node {name}");
+    let _ = writeln!(
+        out,
+        "{:<width$} {:<16} {:<10} {:<8} {}",
+        "NAME", "ADDRESS", "IDENTITY", "TTL", "SELECTORS"
+    );
+    for r in rows {
+        let identity = r
+            .identity
+            .map_or_else(|| "-".to_string(), |i| i.to_string());
+        // 0: past its TTL, kept while connections use it (Cilium's "zombie").
+        let ttl = if r.ttl == 0 {
+            "expired".to_string()
+        } else {
+            format!("{}s", r.ttl)
+        };
+        let _ = writeln!(
+            out,
+            "{:<width$} {:<16} {:<10} {:<8} {}",
+            r.name,
+            r.address.to_string(),
+            identity,
+            ttl,
+            r.selectors.join(",")
+        );
+    }
+    out
 }
 
 /// `Encryption: WireGuard (userspace), N peers` or `Encryption: Disabled`.
@@ -429,4 +503,78 @@ pub fn agent_hint(err: &ApiError, node: &str) -> String {
 pub(crate) fn ask_error(node: &str, err: ApiError) -> anyhow::Error {
     let hint = agent_hint(&err, node);
     anyhow::Error::new(err).context(format!("ask the agent of node {node} (hint: {hint})"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn fqdn_cache_table_sorts_and_marks_expired_addresses() {
+        let rows: Vec<FqdnCacheEntry> = serde_json::from_value(serde_json::json!([
+            {"name": "www.example.test", "address": "172.31.254.12", "identity": 25_165_825,
+             "selectors": ["*3.example.test", "www.example.test"], "ttl": 27},
+            {"name": "s3.example.test", "address": "172.31.254.13", "identity": 25_165_824,
+             "selectors": ["*3.example.test"], "ttl": 0},
+            {"name": "www.example.test", "address": "172.31.254.11", "identity": null,
+             "selectors": [], "ttl": 3}
+        ]))
+        .unwrap();
+        let table = fqdn_cache_table("n1", &rows);
+        let lines: Vec<Vec<&str>> = table
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                vec!["NAME", "ADDRESS", "IDENTITY", "TTL", "SELECTORS"],
+                vec![
+                    "s3.example.test",
+                    "172.31.254.13",
+                    "25165824",
+                    "expired",
+                    "*3.example.test"
+                ],
+                vec!["www.example.test", "172.31.254.11", "-", "3s"],
+                vec![
+                    "www.example.test",
+                    "172.31.254.12",
+                    "25165825",
+                    "27s",
+                    "*3.example.test,www.example.test"
+                ],
+            ],
+            "{table}"
+        );
+        assert!(table.starts_with("# fqdn cache of node n1\n"), "{table}");
+    }
+
+    #[test]
+    fn dns_proxy_line_reads_the_status() {
+        assert_eq!(dns_proxy_line(None), "DNS proxy: Disabled");
+        let mut p: DnsProxyStatus = serde_json::from_value(serde_json::json!({
+            "port": 10053, "redirected-endpoints": 1, "learned-names": 3,
+            "learned-addresses": 2,
+            "stats": {"queries": 12, "forwarded": 9, "refused": 3, "malformed": 0,
+                      "no-endpoint": 0, "overloaded": 0, "delivered": 5, "held": 4,
+                      "hold-expired": 0, "responses-dropped": 0, "forward-errors": 0,
+                      "forward-timeouts": 0, "send-errors": 0, "tcp-connections": 1}
+        }))
+        .unwrap();
+        assert_eq!(
+            dns_proxy_line(Some(&p)),
+            "DNS proxy: port 10053, 1 endpoint redirected, 12 queries (3 refused), 2 addresses learned"
+        );
+        p.port = None;
+        p.redirected_endpoints = Some(0);
+        p.stats.queries = 1;
+        p.learned_addresses = 1;
+        assert_eq!(
+            dns_proxy_line(Some(&p)),
+            "DNS proxy: not listening (no DNS rules yet), 0 endpoints redirected, 1 query (3 refused), 1 address learned"
+        );
+    }
 }

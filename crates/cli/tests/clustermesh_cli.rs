@@ -245,12 +245,16 @@ fn put_state(c: &Cluster, ips: usize) {
     let (name, id) = (c.name.clone(), c.id);
     let pki = c.dir.join("pki");
     let mut kvs: Vec<(String, String)> = Vec::new();
-    for n in 0..2 {
-        kvs.push((
-            format!("cilium/state/nodes/v1/{name}/node{n}"),
-            format!(r#"{{"Name":"node{n}","Cluster":"{name}","ClusterID":{id}}}"#),
-        ));
-    }
+    // node0 owns the ipcache entries and the backend below (10.<id>.0.0/16 behind
+    // 192.168.<id>.1): a remote's entries outside its nodes' pod CIDRs are refused.
+    kvs.push((
+        format!("cilium/state/nodes/v1/{name}/node0"),
+        format!(r#"{{"Name":"node0","Cluster":"{name}","IPAddresses":[{{"Type":"InternalIP","IP":"192.168.{id}.1"}}],"IPv4AllocCIDR":{{"IP":"10.{id}.0.0","Mask":"//8AAA=="}},"ClusterID":{id}}}"#),
+    ));
+    kvs.push((
+        format!("cilium/state/nodes/v1/{name}/node1"),
+        format!(r#"{{"Name":"node1","Cluster":"{name}","ClusterID":{id}}}"#),
+    ));
     for i in 0..3u32 {
         let ident = (id << 16) | (256 + i);
         kvs.push((
@@ -465,7 +469,7 @@ fn run() {
     );
     assert_eq!(
         c["rejected"], 2,
-        "a foreign node and malformed JSON are refused"
+        "a foreign node and malformed JSON are refused: {c}"
     );
     mesh.wait_connection("c1", "c3", "ready", |c| c["ready"] == 2);
     let metrics = Command::new("curl")

@@ -31,6 +31,22 @@ pub struct MeshStatus {
     pub config_errors: Vec<String>,
 }
 
+impl MeshStatus {
+    /// Adds refusals made past the remote-cluster manager (the agent's guard of addresses:
+    /// remote -> reason -> count) to each configured remote's counts.
+    pub fn add_refused(&mut self, refused: &BTreeMap<String, BTreeMap<String, u64>>) {
+        for (remote, reasons) in refused {
+            let Some(status) = self.remotes.get_mut(remote) else {
+                continue; // no longer configured
+            };
+            for (reason, n) in reasons {
+                status.rejected += n;
+                *status.rejected_by.entry(reason.clone()).or_default() += n;
+            }
+        }
+    }
+}
+
 struct Shared {
     remotes: BTreeMap<String, watch::Receiver<RemoteClusterStatus>>,
     config_errors: Vec<String>,

@@ -115,6 +115,23 @@ fn encode(source: &str, status: &MeshStatus, encoder: &mut DescriptorEncoder) ->
         "Values from the remote cluster refused by validation.",
         per(|s| s.rejected),
     )?;
+    counters(
+        encoder,
+        "plexus_clustermesh_remote_cluster_rejected_entries_by_reason",
+        "Values (or parts of them) from the remote cluster refused, by reason.",
+        status.remotes.iter().flat_map(|(name, s)| {
+            s.rejected_by.iter().map(move |(reason, n)| {
+                (
+                    vec![
+                        ("source_cluster", source),
+                        ("target_cluster", name.as_str()),
+                        ("reason", reason.as_str()),
+                    ],
+                    *n,
+                )
+            })
+        }),
+    )?;
     gauges(
         encoder,
         "plexus_clustermesh_config_errors",
@@ -149,6 +166,11 @@ mod tests {
             identities: 5,
             services: 1,
             rejected: 7,
+            rejected_by: [
+                ("foreign-cluster".to_string(), 5),
+                ("invalid".to_string(), 2),
+            ]
+            .into(),
         };
         let status = MeshStatus {
             remotes: [("c2".to_string(), remote)].into(),
@@ -165,6 +187,7 @@ mod tests {
             "plexus_clustermesh_remote_cluster_failures{source_cluster=\"c1\",target_cluster=\"c2\"} 3",
             "plexus_clustermesh_remote_cluster_endpoints{source_cluster=\"c1\",target_cluster=\"c2\"} 10000",
             "plexus_clustermesh_remote_cluster_rejected_entries_total{source_cluster=\"c1\",target_cluster=\"c2\"} 7",
+            "plexus_clustermesh_remote_cluster_rejected_entries_by_reason_total{source_cluster=\"c1\",target_cluster=\"c2\",reason=\"foreign-cluster\"} 5",
             "plexus_clustermesh_config_errors{source_cluster=\"c1\"} 1",
         ] {
             assert!(
@@ -173,7 +196,7 @@ mod tests {
             );
         }
         // Every sample line is `name{labels} value`, every family has HELP and TYPE.
-        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 10);
+        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 11);
         assert!(
             text.lines()
                 .filter(|l| !l.starts_with('#'))

@@ -25,6 +25,12 @@
 //! with its cause, failing with a new cause; a failure that repeats on every retry is not
 //! logged again.
 //!
+//! A remote is bounded by [`Limits`]: values larger than `max_value_size` are refused before
+//! they are parsed, the remote's stores together hold at most `max_entries` entries (new keys
+//! beyond are refused), and forced re-lists (a remote that compacts its store breaks our
+//! watches) are rate-limited. Every refusal is counted by reason ([`RejectReason`]) in the
+//! status.
+//!
 //! While the remote is unreachable nothing is deleted: the watches keep retrying and, when the
 //! remote is back, re-list and drain what vanished in between. [`RemoteCluster::remove`] drains
 //! everything the remote contributed.
@@ -34,7 +40,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use plexus_kvstore::{
-    DecodeFn, EtcdBackend, EtcdConfig, KvBackend, StoreEvent, TlsFiles, WatchStore,
+    DecodeFn, EntryBudget, EtcdBackend, EtcdConfig, KvBackend, RelistPolicy, StoreEvent, TlsFiles,
+    WatchStore,
 };
 use plexus_model::cluster::ClusterInfo;
 use plexus_model::config::CiliumClusterConfig;
@@ -50,7 +57,8 @@ use crate::config::RemoteClusterConfig;
 use crate::failure::{ChangeLog, FailureKind, RemoteFailure};
 use crate::remote::{Action, Input, RemoteMachine, RemoteStatus, Timing};
 use crate::validate::{
-    ClusterIds, RemoteIdentity, identity_decoder, ipcache_decoder, node_decoder, service_decoder,
+    ClusterIds, RejectReason, RemoteIdentity, bounded, identity_decoder, ipcache_decoder,
+    node_decoder, service_decoder,
 };
 
 /// What a remote cluster contributes, as it changes.
@@ -109,6 +117,32 @@ pub struct RemoteClusterStatus {
     pub services: usize,
     /// Values refused by validation so far.
     pub rejected: u64,
+    /// Refusals by reason ([`RejectReason::as_str`]); they add up to `rejected`.
+    pub rejected_by: BTreeMap<String, u64>,
+}
+
+/// What one remote may make us hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Entries (nodes, ipcache entries, identities, services together) held per remote.
+    pub max_entries: usize,
+    /// Bytes of one value.
+    pub max_value_size: usize,
+    /// How fast a watch of the remote may list again after it broke.
+    pub relist: RelistPolicy,
+}
+
+impl Default for Limits {
+    /// 250,000 entries: above what one Kubernetes cluster at its documented limits publishes
+    /// (150,000 pods, 5,000 nodes, 65,535 cluster-scoped identities, services); 256 KiB per
+    /// value: a service with a few thousand backends.
+    fn default() -> Self {
+        Self {
+            max_entries: 250_000,
+            max_value_size: 256 * 1024,
+            relist: RelistPolicy::default(),
+        }
+    }
 }
 
 /// Timing of the driver beside the protocol's.
@@ -122,6 +156,8 @@ pub struct DriverTiming {
     pub health_timeout: Duration,
     /// How often a missing canary is looked for again.
     pub canary_poll: Duration,
+    /// What one remote may make us hold.
+    pub limits: Limits,
 }
 
 impl Default for DriverTiming {
@@ -131,6 +167,7 @@ impl Default for DriverTiming {
             health_interval: Duration::from_secs(2),
             health_timeout: Duration::from_secs(3),
             canary_poll: Duration::from_millis(500),
+            limits: Limits::default(),
         }
     }
 }
@@ -222,7 +259,8 @@ enum Msg {
     Upsert(StateKind, String, Box<RemoteEvent>),
     /// An entry is gone.
     Delete(StateKind, String),
-    Rejected,
+    /// A value was refused, for this reason.
+    Rejected(String),
 }
 
 /// A running remote cluster.
@@ -252,6 +290,7 @@ impl RemoteCluster {
             identities: 0,
             services: 0,
             rejected: 0,
+            rejected_by: BTreeMap::new(),
         });
         let (remove_tx, remove_rx) = oneshot::channel();
         let (tx, rx) = mpsc::unbounded_channel();
@@ -271,6 +310,8 @@ impl RemoteCluster {
             services: BTreeMap::new(),
             services_revoked: false,
             rejected: 0,
+            rejected_by: BTreeMap::new(),
+            budget: EntryBudget::new(0),
             status_tx,
             changes: ChangeLog::new(),
         };
@@ -335,6 +376,10 @@ struct Driver {
     /// Services are withdrawn (the remote stayed away longer than the cache TTL).
     services_revoked: bool,
     rejected: u64,
+    rejected_by: BTreeMap<String, u64>,
+    /// The entries this connection's stores hold (a new one per connection, so that stores
+    /// of a dropped connection that are still winding down do not count).
+    budget: EntryBudget,
     status_tx: watch::Sender<RemoteClusterStatus>,
     /// What of the connection state was last logged (each change is logged once).
     changes: ChangeLog,
@@ -366,8 +411,12 @@ impl Driver {
                         self.delete(kind, key).await;
                         continue;
                     }
-                    Some(Msg::Rejected) => {
+                    Some(Msg::Rejected(reason)) => {
                         self.rejected += 1;
+                        *self
+                            .rejected_by
+                            .entry(RejectReason::of(&reason).as_str().to_string())
+                            .or_default() += 1;
                         self.publish_status();
                         continue;
                     }
@@ -409,6 +458,7 @@ impl Driver {
             identities: count(StateKind::Identities),
             services: count(StateKind::Services),
             rejected: self.rejected,
+            rejected_by: self.rejected_by.clone(),
         });
     }
 
@@ -522,6 +572,7 @@ impl Driver {
 
     fn connect(&mut self, delay: Duration) {
         self.stop_tasks();
+        self.budget = EntryBudget::new(self.timing.limits.max_entries);
         let connector = self.connector.clone();
         let config = self.config.clone();
         let tx = self.tx.clone();
@@ -618,10 +669,16 @@ impl Driver {
             return;
         };
         let tx = self.tx.clone();
+        let bounds = Bounds {
+            max_value_size: self.timing.limits.max_value_size,
+            relist: self.timing.limits.relist,
+            budget: self.budget.clone(),
+        };
         match kind {
             StateKind::Nodes => self.spawn(pump(
                 backend,
                 prefix,
+                bounds,
                 node_decoder(remote),
                 kind,
                 tx,
@@ -630,6 +687,7 @@ impl Driver {
             StateKind::Ip => self.spawn(pump(
                 backend,
                 prefix,
+                bounds,
                 ipcache_decoder(remote),
                 kind,
                 tx,
@@ -638,6 +696,7 @@ impl Driver {
             StateKind::Identities => self.spawn(pump(
                 backend,
                 prefix,
+                bounds,
                 identity_decoder(remote),
                 kind,
                 tx,
@@ -646,6 +705,7 @@ impl Driver {
             StateKind::Services => self.spawn(pump(
                 backend,
                 prefix,
+                bounds,
                 service_decoder(remote),
                 kind,
                 tx,
@@ -678,22 +738,36 @@ fn delete_event(kind: StateKind, key: String) -> Option<RemoteEvent> {
     }
 }
 
+/// The limits one store of a remote runs under.
+struct Bounds {
+    max_value_size: usize,
+    relist: RelistPolicy,
+    budget: EntryBudget,
+}
+
 async fn pump<T: Clone + Send + Sync + 'static>(
     backend: Arc<dyn KvBackend>,
     prefix: String,
+    bounds: Bounds,
     decode: DecodeFn<T>,
     kind: StateKind,
     tx: mpsc::UnboundedSender<Msg>,
     upsert: fn(T) -> RemoteEvent,
 ) {
-    let mut store = WatchStore::new(backend, prefix, decode);
+    let mut store = WatchStore::bounded(
+        backend,
+        prefix,
+        bounded(decode, bounds.max_value_size),
+        bounds.relist,
+        Some(bounds.budget),
+    );
     loop {
         let msg = match store.next().await {
             StoreEvent::Upsert { key, value, .. } => {
                 Msg::Upsert(kind, key, Box::new(upsert(value)))
             }
             StoreEvent::Delete { key, .. } => Msg::Delete(kind, key),
-            StoreEvent::Rejected { .. } => Msg::Rejected,
+            StoreEvent::Rejected { reason, .. } => Msg::Rejected(reason),
             StoreEvent::Synced => Msg::Input(Input::Synced(kind)),
         };
         if tx.send(msg).is_err() {

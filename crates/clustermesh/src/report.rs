@@ -3,7 +3,8 @@
 //!
 //! Field names follow Cilium's `RemoteCluster` status model (kebab-case): `name`, `ready`,
 //! `connected`, `status`, `num-nodes`, `num-endpoints`, `num-identities`, `num-shared-services`,
-//! `num-failures`, `last-failure`, `synced`, `config`, plus Plexus's `num-rejected` and
+//! `num-failures`, `last-failure`, `synced`, `config`, plus Plexus's `num-rejected`,
+//! `rejected-by-reason` and
 //! `last-failure-kind` (the failure classified, e.g.
 //! `{"kvstore": {"tls": {"side": "we-refused", "reason": "unknown-issuer"}}}`).
 
@@ -60,6 +61,10 @@ pub struct RemoteClusterReport {
     pub num_shared_services: usize,
     /// Values refused by validation.
     pub num_rejected: u64,
+    /// Refusals by reason (`foreign-cluster`, `value-too-large`, `entry-limit`,
+    /// `address-not-owned`, ...).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub rejected_by_reason: std::collections::BTreeMap<String, u64>,
     /// Failures so far.
     pub num_failures: u64,
     /// The last failure.
@@ -108,6 +113,7 @@ impl From<&RemoteClusterStatus> for RemoteClusterReport {
             num_identities: s.identities,
             num_shared_services: s.services,
             num_rejected: s.rejected,
+            rejected_by_reason: s.rejected_by.clone(),
             num_failures: p.failures,
             last_failure: p.last_failure.clone(),
             last_failure_kind: p.last_failure_kind.clone(),

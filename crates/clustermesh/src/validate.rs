@@ -10,6 +10,9 @@
 //!   remote's range and carry its cluster label; services must match their keys and the remote.
 //!   A value that fails is rejected (and counted by the store); nothing a remote sends can make
 //!   the consumer fail.
+//! - Each refusal's message starts with its [`RejectReason`] (`foreign-cluster: ...`), so that
+//!   status and metrics count refusals by reason ([`RejectReason::of`]); [`bounded`] refuses
+//!   values larger than a limit before they are parsed.
 
 use std::collections::BTreeMap;
 
@@ -23,6 +26,78 @@ use plexus_model::keys;
 use plexus_model::labels::Labels;
 use plexus_model::node::Node;
 use plexus_model::service::ClusterService;
+
+/// Why a value (or part of one) of a remote cluster was refused: the label refusals are
+/// counted by in `clustermesh status` and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RejectReason {
+    /// Malformed, or not matching its key.
+    Invalid,
+    /// Larger than the per-remote value size limit.
+    ValueTooLarge,
+    /// Claims another cluster: a foreign cluster name or label, an id outside the remote's range.
+    ForeignCluster,
+    /// Beyond the per-remote entry limit.
+    EntryLimit,
+    /// An ipcache entry for an address the remote does not own (outside its nodes' pod CIDRs
+    /// and addresses).
+    AddressNotOwned,
+    /// A node whose pod CIDR or address overlaps ours or another cluster's.
+    CidrConflict,
+    /// A service backend outside the remote's nodes' pod CIDRs and addresses.
+    BackendNotOwned,
+}
+
+impl RejectReason {
+    /// Every reason.
+    pub const ALL: [RejectReason; 7] = [
+        Self::Invalid,
+        Self::ValueTooLarge,
+        Self::ForeignCluster,
+        Self::EntryLimit,
+        Self::AddressNotOwned,
+        Self::CidrConflict,
+        Self::BackendNotOwned,
+    ];
+
+    /// Its label (kebab-case).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Invalid => "invalid",
+            Self::ValueTooLarge => "value-too-large",
+            Self::ForeignCluster => "foreign-cluster",
+            Self::EntryLimit => "entry-limit",
+            Self::AddressNotOwned => "address-not-owned",
+            Self::CidrConflict => "cidr-conflict",
+            Self::BackendNotOwned => "backend-not-owned",
+        }
+    }
+
+    /// The reason a refusal message starts with (`<label>: ...`); `Invalid` otherwise.
+    pub fn of(message: &str) -> Self {
+        let label = message.split(':').next().unwrap_or_default();
+        Self::ALL
+            .into_iter()
+            .find(|r| r.as_str() == label)
+            .unwrap_or(Self::Invalid)
+    }
+
+    /// `message` prefixed with this reason's label.
+    pub fn tag(self, message: impl std::fmt::Display) -> String {
+        format!("{}: {message}", self.as_str())
+    }
+}
+
+/// Refuses values longer than `max` bytes before `decode` parses them.
+pub fn bounded<T: 'static>(decode: DecodeFn<T>, max: usize) -> DecodeFn<T> {
+    Box::new(move |key, raw| {
+        if raw.len() > max {
+            return Err(RejectReason::ValueTooLarge
+                .tag(format!("{key}: value of {} bytes, limit {max}", raw.len())));
+        }
+        decode(key, raw)
+    })
+}
 
 /// Why a remote cluster cannot be connected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -106,7 +181,7 @@ pub fn node_decoder(remote: ClusterInfo) -> DecodeFn<Node> {
         keys::parse_node_key(key).map_err(|e| e.to_string())?;
         let node = Node::from_json(key, raw).map_err(|e| e.to_string())?;
         node.validate(&remote.name, remote.id, key)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| RejectReason::ForeignCluster.tag(e))?;
         Ok(node)
     })
 }
@@ -116,7 +191,14 @@ pub fn ipcache_decoder(remote: ClusterInfo) -> DecodeFn<IpIdentityPair> {
     Box::new(move |key, raw| {
         let pair = IpIdentityPair::from_json(key, raw).map_err(|e| e.to_string())?;
         pair.validate_remote(key, remote.id, remote.max)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| {
+                let e = e.to_string();
+                if e.contains("range") {
+                    RejectReason::ForeignCluster.tag(e)
+                } else {
+                    e
+                }
+            })?;
         Ok(pair)
     })
 }
@@ -134,10 +216,10 @@ pub fn identity_decoder(remote: ClusterInfo) -> DecodeFn<RemoteIdentity> {
                 id: NumericIdentity(id),
                 labels,
             }),
-            other => Err(format!(
+            other => Err(RejectReason::ForeignCluster.tag(format!(
                 "identity {id}: cluster label is {other:?}, expected {:?}",
                 remote.name
-            )),
+            ))),
         }
     })
 }
@@ -152,11 +234,11 @@ fn check_identity_range(
     if range.contains(&id) {
         Ok(())
     } else {
-        Err(format!(
+        Err(RejectReason::ForeignCluster.tag(format!(
             "identity {id}: outside cluster {name:?}'s range {}..={}",
             range.start(),
             range.end()
-        ))
+        )))
     }
 }
 
@@ -166,7 +248,7 @@ pub fn service_decoder(remote: ClusterInfo) -> DecodeFn<ClusterService> {
         keys::parse_service_key(key).map_err(|e| e.to_string())?;
         let svc = ClusterService::from_json(key, raw).map_err(|e| e.to_string())?;
         svc.validate(&remote.name, remote.id, key)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| RejectReason::ForeignCluster.tag(e))?;
         Ok(svc)
     })
 }
@@ -273,5 +355,45 @@ mod tests {
         let svc = br#"{"cluster":"cluster1","namespace":"default","name":"web","frontends":{},"backends":{},"labels":{},"selector":{},"includeExternal":true,"shared":true,"clusterID":1}"#;
         assert!(service_decoder(remote.clone())("default/web", svc).is_ok());
         assert!(service_decoder(remote)("default/other", svc).is_err());
+    }
+
+    #[test]
+    fn refusals_are_classified_by_reason() {
+        let remote = c("cluster1", 1);
+        let ident = identity_decoder(remote.clone());
+        let reason = |r: Result<RemoteIdentity, String>| RejectReason::of(&r.unwrap_err());
+        assert_eq!(
+            reason(ident(
+                "65612",
+                b"k8s:app=x;k8s:io.cilium.k8s.policy.cluster=cluster2;"
+            )),
+            RejectReason::ForeignCluster
+        );
+        assert_eq!(
+            reason(ident(
+                "131072",
+                b"k8s:app=x;k8s:io.cilium.k8s.policy.cluster=cluster1;"
+            )),
+            RejectReason::ForeignCluster
+        );
+        assert_eq!(reason(ident("abc", b"")), RejectReason::Invalid);
+        let node = br#"{"Name":"node-1","Cluster":"cluster2","ClusterID":2}"#;
+        assert_eq!(
+            RejectReason::of(&node_decoder(remote.clone())("node-1", node).unwrap_err()),
+            RejectReason::ForeignCluster
+        );
+        // Oversized values are refused before parsing.
+        let big = bounded(identity_decoder(remote), 64);
+        let labels = format!(
+            "k8s:app={};k8s:io.cilium.k8s.policy.cluster=cluster1;",
+            "x".repeat(100)
+        );
+        let err = big("65612", labels.as_bytes()).unwrap_err();
+        assert_eq!(RejectReason::of(&err), RejectReason::ValueTooLarge, "{err}");
+        assert!(err.contains("value of 151 bytes, limit 64"), "{err}");
+        assert!(big("65612", b"k8s:io.cilium.k8s.policy.cluster=cluster1;").is_ok());
+        for r in RejectReason::ALL {
+            assert_eq!(RejectReason::of(&r.tag("x")), r);
+        }
     }
 }

@@ -31,6 +31,7 @@ fn timing() -> DriverTiming {
         health_interval: Duration::from_millis(500),
         health_timeout: Duration::from_secs(1),
         canary_poll: Duration::from_millis(100),
+        ..DriverTiming::default()
     }
 }
 

@@ -31,6 +31,7 @@ fn timing(protocol: Timing) -> DriverTiming {
         health_interval: HEALTH,
         health_timeout: Duration::from_secs(1),
         canary_poll: Duration::from_millis(500),
+        ..DriverTiming::default()
     }
 }
 

@@ -72,6 +72,7 @@ async fn a_refused_server_certificate_shows_in_the_remote_status_with_its_reason
         health_interval: Duration::from_millis(500),
         health_timeout: Duration::from_secs(2),
         canary_poll: Duration::from_millis(100),
+        ..DriverTiming::default()
     };
     let (tx, _rx) = mpsc::channel(64);
     let c1 = ClusterInfo::new("c1", 1, MaxConnectedClusters::Max255).unwrap();

@@ -194,6 +194,7 @@ async fn follows_a_remote_through_failure_and_removal() {
             health_interval: Duration::from_millis(500),
             health_timeout: Duration::from_secs(1),
             canary_poll: Duration::from_millis(100),
+            ..DriverTiming::default()
         };
         let c1 = ClusterInfo::new("c1", 1, MaxConnectedClusters::Max255).unwrap();
         let mesh = ClusterMesh::spawn(dir.path(), c1, tx, timing, Duration::from_millis(200));

@@ -65,6 +65,7 @@ async fn follow(
         health_interval: Duration::from_millis(100),
         health_timeout: Duration::from_millis(100),
         canary_poll: Duration::from_millis(50),
+        ..DriverTiming::default()
     };
     spawn_c2(remote, timing)
 }

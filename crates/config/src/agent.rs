@@ -154,6 +154,27 @@ pub struct AgentConfig {
         with = "crate::value::duration"
     )]
     pub clustermesh_service_cache_ttl: Option<Duration>,
+    /// How many entries (nodes, ipcache entries, identities, services together) one remote
+    /// cluster may make this agent hold; new keys beyond are refused and counted
+    /// [default: 250000].
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clustermesh_max_entries_per_remote: Option<usize>,
+    /// The largest value (bytes) read from a remote cluster; larger ones are refused before
+    /// they are parsed, and counted [default: 262144].
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clustermesh_max_value_size: Option<usize>,
+    /// The longest wait between forced re-lists of a remote cluster's prefixes (a remote that
+    /// compacts its store breaks our watches): the wait doubles per break up to this
+    /// [default: 30s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::value::duration"
+    )]
+    pub clustermesh_max_relist_interval: Option<Duration>,
     /// `policy-default-local-cluster`: peer endpoint selectors without the cluster label select
     /// only this cluster's endpoints (as current Cilium releases do); `false` gives the older
     /// any-cluster behaviour [default: true].
@@ -207,6 +228,53 @@ pub struct AgentConfig {
         with = "crate::value::duration"
     )]
     pub identity_change_grace_period: Option<Duration>,
+    /// The port of the node's DNS proxy on 127.0.0.1, where the datapath redirects the DNS
+    /// queries of pods whose egress policy has DNS rules (Cilium's `tofqdns-proxy-port`)
+    /// [default: 10053].
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tofqdns_proxy_port: Option<u16>,
+    /// The shortest time an address learned from a DNS answer stays allowed for `toFQDNs`,
+    /// whatever the answer's TTL; 0 honours the TTLs (Cilium's `tofqdns-min-ttl`) [default: 0s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::value::duration"
+    )]
+    pub tofqdns_min_ttl: Option<Duration>,
+    /// The longest the DNS proxy holds an answer until the datapath allows its new addresses
+    /// (Cilium's `tofqdns-proxy-response-max-delay`) [default: 100ms].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::value::duration"
+    )]
+    pub tofqdns_proxy_response_max_delay: Option<Duration>,
+    /// Entries of the datapath's ipcache map (prefixes of every endpoint, node and CIDR this
+    /// node knows, of all clusters), as Cilium's `bpf-ipcache-map-max`; takes effect when the
+    /// map is created, a pinned map keeping its size [default: 512000].
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bpf_ipcache_map_max: Option<u32>,
+    /// Entries of each load-balancing map (services: one per frontend and one per active
+    /// backend slot; backends: one per frontend and backend address), as Cilium's
+    /// `bpf-lb-map-max` [default: 262144].
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bpf_lb_map_max: Option<u32>,
+    /// Entries of the connection-tracking map (an LRU map: when full, the least recently used
+    /// connections are forgotten), as Cilium's `bpf-ct-global-tcp-max` and `-any-max`
+    /// together [default: 262144].
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bpf_ct_global_max: Option<u32>,
+    /// Entries of the policy map, shared by all local endpoints (Cilium's `bpf-policy-map-max`
+    /// is per endpoint) [default: 262144].
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bpf_policy_map_max: Option<u32>,
 }
 
 crate::file_methods!(AgentConfig);

@@ -48,6 +48,9 @@ api-tls-cert: /etc/plexus/pki/api.crt
 api-tls-key: /etc/plexus/pki/api.key
 api-tls-ca: /etc/plexus/pki/ca.crt
 clustermesh-service-cache-ttl: 1m 30s
+clustermesh-max-entries-per-remote: 100000
+clustermesh-max-value-size: 65536
+clustermesh-max-relist-interval: 1m
 policy-default-local-cluster: false
 prometheus-listen: 0.0.0.0:9962
 podman-state: /var/lib/containers/storage/libpod/bolt_state.db
@@ -57,6 +60,13 @@ wireguard-socket: /run/wireguard/plexus_wg0.sock
 enable-flows: false
 flow-ring-size: 8191
 identity-change-grace-period: 2s
+tofqdns-proxy-port: 10054
+tofqdns-min-ttl: 30s
+tofqdns-proxy-response-max-delay: 250ms
+bpf-ipcache-map-max: 1024000
+bpf-lb-map-max: 65536
+bpf-ct-global-max: 524288
+bpf-policy-map-max: 16384
 "#,
     )
     .unwrap();
@@ -89,6 +99,9 @@ identity-change-grace-period: 2s
             api_tls_key: p("/etc/plexus/pki/api.key"),
             api_tls_ca: p("/etc/plexus/pki/ca.crt"),
             clustermesh_service_cache_ttl: Some(Duration::from_secs(90)),
+            clustermesh_max_entries_per_remote: Some(100_000),
+            clustermesh_max_value_size: Some(65_536),
+            clustermesh_max_relist_interval: Some(Duration::from_secs(60)),
             policy_default_local_cluster: Some(false),
             prometheus_listen: Some("0.0.0.0:9962".parse().unwrap()),
             podman_state: p("/var/lib/containers/storage/libpod/bolt_state.db"),
@@ -98,6 +111,13 @@ identity-change-grace-period: 2s
             enable_flows: Some(false),
             flow_ring_size: Some(8191),
             identity_change_grace_period: Some(Duration::from_secs(2)),
+            tofqdns_proxy_port: Some(10054),
+            tofqdns_min_ttl: Some(Duration::from_secs(30)),
+            tofqdns_proxy_response_max_delay: Some(Duration::from_millis(250)),
+            bpf_ipcache_map_max: Some(1_024_000),
+            bpf_lb_map_max: Some(65_536),
+            bpf_ct_global_max: Some(524_288),
+            bpf_policy_map_max: Some(16_384),
         }
     );
     // What it writes reads back the same (the form `plexus node join` writes).

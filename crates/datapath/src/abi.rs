@@ -195,6 +195,47 @@ pub(crate) fn decode_backend(b: &LbBackendBytes) -> Option<LbBackend> {
     })
 }
 
+/// `CT_DIR_POLICY_OUT`: endpoint -> peer, allowed on its way out of the endpoint.
+const CT_DIR_POLICY_OUT: u8 = 3;
+/// `ct_lifetime()` of `bpf/lib/conntrack.h`.
+fn ct_lifetime_ns(proto: u8, tcp_flags: u8) -> u64 {
+    const SEC: u64 = 1_000_000_000;
+    if proto != 6 {
+        return 60 * SEC;
+    }
+    if tcp_flags & (0x01 | 0x04) != 0 {
+        60 * SEC
+    } else if tcp_flags & 0x10 != 0 {
+        6 * 3600 * SEC
+    } else {
+        60 * SEC
+    }
+}
+
+/// The peer of a live `CT_DIR_POLICY_OUT` entry at `now_ns` (`bpf_ktime_get_ns()`), if it is
+/// one.
+pub(crate) fn policy_out_peer(
+    key: &CtKeyBytes,
+    entry: &CtEntryBytes,
+    now_ns: u64,
+) -> Option<Ipv4Addr> {
+    let (proto, dir) = (key[12], key[13]);
+    if dir != CT_DIR_POLICY_OUT {
+        return None;
+    }
+    let last_seen = u64::from_ne_bytes(entry[0..8].try_into().ok()?);
+    let tcp_flags = entry[22];
+    // A closing connection (FIN or RST sent) needs its peer no more.
+    if proto == 6 && tcp_flags & (0x01 | 0x04) != 0 {
+        return None;
+    }
+    if now_ns.saturating_sub(last_seen) > ct_lifetime_ns(proto, tcp_flags) {
+        return None;
+    }
+    // daddr, network order.
+    Some(Ipv4Addr::new(key[4], key[5], key[6], key[7]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,9 @@
 //!
 //! It validates like the real datapath, answers longest-prefix lookups like the LPM trie, and
 //! lets a test inject monitor events with [`FakeDatapath::emit`] and losses of events (a full
-//! ring buffer) with [`FakeDatapath::lose_events`].
+//! ring buffer) with [`FakeDatapath::lose_events`]. Its ipcache can be given a capacity
+//! ([`FakeDatapath::with_ipcache_capacity`]): a new prefix beyond it is refused with
+//! [`DatapathError::MapFull`], as the kernel refuses it.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -30,11 +32,14 @@ pub struct FakeDatapath {
     policy_cidrs: Mutex<BTreeMap<Prefix, u32>>,
     encrypted_nodes: Mutex<BTreeSet<Ipv4Addr>>,
     dns_redirects: Mutex<BTreeMap<u16, u16>>,
+    connected: Mutex<std::collections::BTreeSet<Ipv4Addr>>,
     /// This node's address and its encryption, for [`FakeDatapath::strict_drop`].
     encryption: Mutex<(Ipv4Addr, Encryption)>,
     events: broadcast::Sender<MonitorEvent>,
     /// What [`Datapath::events_lost`] answers.
     events_lost: AtomicU64,
+    /// The most prefixes the ipcache holds (`None`: unbounded).
+    ipcache_capacity: Option<usize>,
 }
 
 impl Default for FakeDatapath {
@@ -59,10 +64,19 @@ impl FakeDatapath {
             policy_cidrs: Mutex::new(BTreeMap::new()),
             encrypted_nodes: Mutex::new(BTreeSet::new()),
             dns_redirects: Mutex::new(BTreeMap::new()),
+            connected: Mutex::new(std::collections::BTreeSet::new()),
             encryption: Mutex::new((Ipv4Addr::UNSPECIFIED, Encryption::DISABLED)),
             events: broadcast::channel(EVENT_CHANNEL_CAPACITY).0,
             events_lost: AtomicU64::new(0),
+            ipcache_capacity: None,
         }
+    }
+
+    /// Empty maps, the ipcache holding at most `capacity` prefixes (like `PLEXUS_IPCACHE`
+    /// sized with `bpf-ipcache-map-max`).
+    pub fn with_ipcache_capacity(mut self, capacity: usize) -> Self {
+        self.ipcache_capacity = Some(capacity);
+        self
     }
 
     /// Empty maps of node `node_ip` with `encryption`, as [`crate::NodeConfig`] configures the
@@ -170,7 +184,16 @@ impl Datapath for FakeDatapath {
             what: "ipcache prefix".into(),
             reason: e.to_string(),
         })?;
-        lock(&self.ipcache).insert(prefix, value);
+        let mut ipcache = lock(&self.ipcache);
+        if let Some(cap) = self.ipcache_capacity
+            && ipcache.len() >= cap
+            && !ipcache.contains_key(&prefix)
+        {
+            return Err(DatapathError::MapFull {
+                map: crate::object::MAP_IPCACHE,
+            });
+        }
+        ipcache.insert(prefix, value);
         Ok(())
     }
 
@@ -286,6 +309,28 @@ impl Datapath for FakeDatapath {
 
     fn dns_redirects(&self) -> Result<BTreeMap<u16, u16>, DatapathError> {
         Ok(lock(&self.dns_redirects).clone())
+    }
+
+    fn connected_peers(&self) -> Result<std::collections::BTreeSet<Ipv4Addr>, DatapathError> {
+        Ok(lock(&self.connected).clone())
+    }
+
+    fn map_usage(&self) -> Result<Vec<crate::MapUsage>, DatapathError> {
+        Ok(match self.ipcache_capacity {
+            None => Vec::new(),
+            Some(cap) => vec![crate::MapUsage {
+                map: crate::object::MAP_IPCACHE,
+                entries: lock(&self.ipcache).len() as u64,
+                capacity: cap as u64,
+            }],
+        })
+    }
+}
+
+impl FakeDatapath {
+    /// Sets what [`Datapath::connected_peers`] reports (the connections tests pretend exist).
+    pub fn set_connected_peers(&self, peers: impl IntoIterator<Item = Ipv4Addr>) {
+        *lock(&self.connected) = peers.into_iter().collect();
     }
 }
 

@@ -30,6 +30,7 @@
 //! into the WireGuard device itself is the agent's (policy routing, routes).
 
 pub mod bpffs;
+pub mod capacity;
 pub mod ebpf;
 pub mod event;
 pub mod fake;
@@ -43,6 +44,7 @@ mod abi;
 
 use std::{net::Ipv4Addr, path::PathBuf};
 
+pub use capacity::{MapSizes, MapUsage};
 pub use ebpf::EbpfDatapath;
 pub use event::{DropReason, EventKind, MonitorEvent, ObservationPoint, PolicyMatch, TraceState};
 pub use fake::FakeDatapath;
@@ -95,6 +97,13 @@ pub enum DatapathError {
         #[source]
         source: Box<aya::maps::MapError>,
     },
+    /// The map is full (the kernel refused a new entry with `E2BIG` or `ENOSPC`): the entry
+    /// was not written and what the map held is unchanged (see [`capacity`]).
+    #[error("map {map} is full: entry not written (raise its size in the agent's options)")]
+    MapFull {
+        /// Map name.
+        map: &'static str,
+    },
     /// Attaching a program to a device failed.
     #[error("attaching {program} to {device}: {reason}")]
     Attach {
@@ -128,6 +137,16 @@ pub enum DatapathError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl DatapathError {
+    /// The map that was full, when this error is [`DatapathError::MapFull`].
+    pub fn full_map(&self) -> Option<&'static str> {
+        match self {
+            Self::MapFull { map } => Some(map),
+            _ => None,
+        }
+    }
 }
 
 /// The narrow interface the agent drives. Implementations are shared between tasks.
@@ -208,6 +227,17 @@ pub trait Datapath: Send + Sync {
     ) -> Result<(), DatapathError>;
     /// The endpoints whose DNS queries go to the proxy, with the proxy's port.
     fn dns_redirects(&self) -> Result<std::collections::BTreeMap<u16, u16>, DatapathError>;
+    /// The peer addresses that local endpoints have live connections to, as policy's
+    /// conntrack records them (connections the endpoints opened, allowed on their way out; a
+    /// TCP connection the endpoint is closing does not count): an address a `toFQDNs` rule
+    /// allowed stays allowed while one of them uses it.
+    fn connected_peers(&self) -> Result<std::collections::BTreeSet<Ipv4Addr>, DatapathError>;
+    /// How full the sized maps are ([`capacity`]): entries and capacity of each. Counting walks
+    /// the maps' keys (one system call per entry with the eBPF datapath). A datapath without
+    /// sized maps answers none.
+    fn map_usage(&self) -> Result<Vec<MapUsage>, DatapathError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Per endpoint: ingress and egress enforcement, and the compiled entries (key -> deny).

@@ -20,8 +20,18 @@ pub const PROXY_TABLE: u32 = 2004;
 /// The rule's priority: before the main table (32766).
 pub const PROXY_RULE_PRIORITY: u32 = 9;
 
+/// The mark of the DNS proxy's forwarded queries (`plexus_dnsproxy::server::FORWARD_MARK`).
+pub const MARK_FROM_PROXY: u32 = 0x300;
+/// The table marked forwarded queries look up first: in tunnel mode, other nodes' pod CIDRs
+/// via their underlay addresses (the node has no other route to them). A miss falls through
+/// to the main table.
+pub const PROXY_FORWARD_TABLE: u32 = 2005;
+/// The forward rule's priority.
+pub const PROXY_FORWARD_RULE_PRIORITY: u32 = 10;
+
 /// Installs the rule `fwmark 0x200/0xf00 lookup 2004` and the route `local 0.0.0.0/0 dev lo
-/// table 2004` in the current network namespace; installing them again changes nothing.
+/// table 2004`, and the rule `fwmark 0x300/0xf00 lookup 2005` of the proxy's forwarded queries,
+/// in the current network namespace; installing them again changes nothing.
 pub fn ensure_routing() -> Result<(), DatapathError> {
     plexus_netlink::blocking(|nl| async move {
         nl.route_replace_local_default_in_table(PROXY_TABLE).await?;
@@ -30,6 +40,13 @@ pub fn ensure_routing() -> Result<(), DatapathError> {
             MARK_TO_PROXY_MASK,
             PROXY_TABLE,
             PROXY_RULE_PRIORITY,
+        )
+        .await?;
+        nl.ensure_rule_fwmark(
+            MARK_FROM_PROXY,
+            MARK_TO_PROXY_MASK,
+            PROXY_FORWARD_TABLE,
+            PROXY_FORWARD_RULE_PRIORITY,
         )
         .await?;
         Ok(())

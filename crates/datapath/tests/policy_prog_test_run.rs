@@ -444,3 +444,61 @@ async fn cidr_rules_match_pod_addresses_and_deny_wins_either_way() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn connected_peers_are_the_live_connections_endpoints_opened() {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let f = fixture();
+        f.dp.set_policy(
+            3833,
+            &EndpointPolicy {
+                ingress_enforced: false,
+                egress_enforced: true,
+                rules: vec![rule(Direction::Egress, 0, 0, 0, false)],
+            },
+        )
+        .unwrap();
+        assert!(f.dp.connected_peers().unwrap().is_empty());
+        let out = |dst, flags| l4_frame(TCP, DB, dst, 41000, 80, flags, b"", false);
+        // The db opens a connection to the employee and sends on it.
+        assert_eq!(
+            verdict_of(&f, PROG_FROM_CONTAINER, &out(EMPLOYEE, SYN)),
+            verdict::OK
+        );
+        assert_eq!(
+            verdict_of(&f, PROG_FROM_CONTAINER, &out(EMPLOYEE, ACK)),
+            verdict::OK
+        );
+        // A connection the stranger opened to the db does not count: it is the stranger's.
+        let inbound = l4_frame(TCP, STRANGER, DB, 42000, 6379, SYN, b"", false);
+        assert_eq!(verdict_of(&f, PROG_TO_CONTAINER, &inbound), verdict::OK);
+        // UDP counts too.
+        let udp = l4_frame(
+            UDP,
+            DB,
+            Ipv4Addr::new(10, 60, 3, 3),
+            5353,
+            53,
+            0,
+            b"q",
+            true,
+        );
+        assert_eq!(verdict_of(&f, PROG_FROM_CONTAINER, &udp), verdict::OK);
+        assert_eq!(
+            f.dp.connected_peers().unwrap(),
+            [EMPLOYEE, Ipv4Addr::new(10, 60, 3, 3)].into()
+        );
+        // The db closes its connection: the employee's address is no longer needed.
+        const FIN_ACK: u8 = 0x11;
+        assert_eq!(
+            verdict_of(&f, PROG_FROM_CONTAINER, &out(EMPLOYEE, FIN_ACK)),
+            verdict::OK
+        );
+        assert_eq!(
+            f.dp.connected_peers().unwrap(),
+            [Ipv4Addr::new(10, 60, 3, 3)].into()
+        );
+    })
+    .await
+    .unwrap();
+}

@@ -8,76 +8,11 @@
 //! The lab is named after `outs` (namespaces `plx-outs<pid>x<n>-*`), apart from every other lab.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use hickory_proto::op::{Message, Query, ResponseCode};
-use hickory_proto::rr::{Name, RData, RecordType};
 use plexus_test_support::lab::{Lab, eventually, run_lab};
-
-const DNS: Ipv4Addr = Ipv4Addr::new(172, 31, 254, 1);
-
-/// Runs `f` in network namespace `netns` (a thread that enters it).
-fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{netns}");
-    std::thread::spawn(move || {
-        let ns = std::fs::File::open(&path).unwrap();
-        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        f()
-    })
-    .join()
-    .unwrap()
-}
-
-/// The A records `name` resolves to (through its CNAMEs) at the outside's DNS server, asked
-/// from `netns`; an error when no NOERROR answer comes.
-fn resolve_in(netns: &str, name: &str) -> Result<Vec<Ipv4Addr>, String> {
-    let name = name.to_string();
-    in_netns(netns, move || {
-        let sock = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
-        sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-        let mut q = Message::query();
-        q.metadata.recursion_desired = true;
-        q.add_query(Query::query(
-            Name::from_ascii(&name).unwrap(),
-            RecordType::A,
-        ));
-        sock.send_to(&q.to_vec().unwrap(), SocketAddr::from((DNS, 53)))
-            .map_err(|e| format!("send: {e}"))?;
-        let mut buf = [0u8; 2048];
-        let n = sock.recv(&mut buf).map_err(|e| format!("no answer: {e}"))?;
-        let m = Message::from_vec(&buf[..n]).unwrap();
-        if m.metadata.response_code != ResponseCode::NoError {
-            return Err(format!("{name}: {:?}", m.metadata.response_code));
-        }
-        Ok(m.answers
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::A(a) => Some(a.0),
-                _ => None,
-            })
-            .collect())
-    })
-}
-
-/// `GET /` to `ip:80` from `netns`: the answering server's JSON.
-fn http_in(netns: &str, ip: Ipv4Addr) -> Result<serde_json::Value, String> {
-    in_netns(netns, move || {
-        let mut s = TcpStream::connect_timeout(&SocketAddr::from((ip, 80)), Duration::from_secs(2))
-            .map_err(|e| format!("connect {ip}:80: {e}"))?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: outside\r\n\r\n")
-            .map_err(|e| e.to_string())?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).map_err(|e| e.to_string())?;
-        let body = text
-            .split("\r\n\r\n")
-            .nth(1)
-            .ok_or_else(|| format!("not HTTP: {text:?}"))?;
-        serde_json::from_str(body.trim()).map_err(|e| format!("{e}: {body:?}"))
-    })
-}
+use plexus_test_support::outside::{http_in, resolve_in};
 
 const CLIENTS: &str = "apiVersion: apps/v1
 kind: Deployment

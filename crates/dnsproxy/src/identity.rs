@@ -24,7 +24,7 @@ use plexus_model::identity::NumericIdentity;
 use plexus_model::labels::{Label, Labels, SOURCE_RESERVED};
 
 /// The label source of FQDN selector labels.
-pub const SOURCE_FQDN: &str = "fqdn";
+pub use plexus_policy::fqdn::SOURCE_FQDN;
 
 /// The labels of the identity of a selector set: `fqdn:<pattern>` each, and `reserved:world`.
 pub fn fqdn_labels(set: &BTreeSet<String>) -> Labels {
@@ -99,6 +99,8 @@ pub struct SelectorSetIdentities {
     sets: BTreeMap<BTreeSet<String>, SetIdentity>,
     used: BTreeSet<u32>,
     addresses: BTreeMap<IpAddr, BTreeSet<String>>,
+    /// Identities sets had before a restart ([`Self::prefer`]), taken again when free.
+    preferred: BTreeMap<BTreeSet<String>, u32>,
 }
 
 impl SelectorSetIdentities {
@@ -111,6 +113,15 @@ impl SelectorSetIdentities {
             sets: BTreeMap::new(),
             used: BTreeSet::new(),
             addresses: BTreeMap::new(),
+            preferred: BTreeMap::new(),
+        }
+    }
+
+    /// Asks that `set`, when it next gets an identity, get `id` (the one it had before the
+    /// agent restarted) if that is in the range and free, so a restart renumbers nothing.
+    pub fn prefer(&mut self, set: BTreeSet<String>, id: u32) {
+        if self.range.contains(&id) {
+            self.preferred.insert(set, id);
         }
     }
 
@@ -140,6 +151,12 @@ impl SelectorSetIdentities {
     }
 
     fn allocate(&mut self, set: &BTreeSet<String>, ip: IpAddr) -> Result<u32, IdentityError> {
+        if let Some(id) = self.preferred.remove(set)
+            && !self.used.contains(&id)
+        {
+            self.used.insert(id);
+            return Ok(id);
+        }
         let (first, last) = (*self.range.start(), *self.range.end());
         let size = u64::from(last - first) + 1;
         let mut candidate = self.next;

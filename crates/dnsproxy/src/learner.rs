@@ -6,7 +6,8 @@
 //! (as Cilium does since 1.15: no identity for an address nobody's policy can select). Each
 //! input returns [`Change`]s in the order to apply them: the selector-set identity changes
 //! (make-before-break, see [`crate::identity`]) and, per name whose addresses changed, the new
-//! address set (for [`plexus_policy::PolicyRepository::set_fqdn_addresses`]).
+//! address set (for status: the agent lists what each name stands for). [`Learner::snapshot`]
+//! and [`Learner::restore`] carry it across an agent restart with the same identities.
 //!
 //! An address whose selector set gets no identity (the range is exhausted) keeps the identity
 //! it had, or stays out of the ipcache (so no `toFQDNs` rule allows it: fail closed); the
@@ -16,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::ops::RangeInclusive;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hickory_proto::op::Message;
 
@@ -46,6 +47,42 @@ pub struct Outcome {
     pub changes: Vec<Change>,
     /// Why some addresses got no (new) identity.
     pub errors: Vec<IdentityError>,
+}
+
+/// What a learner knows, in a form that survives an agent restart ([`Learner::snapshot`],
+/// [`Learner::restore`]): its selectors, the identity of each selector set, and every learned
+/// (name, address) with the life it had left.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LearnedState {
+    /// The `toFQDNs` patterns.
+    pub selectors: BTreeSet<String>,
+    /// The identity of each selector set.
+    pub identities: Vec<SavedIdentity>,
+    /// The learned names.
+    pub names: Vec<SavedName>,
+}
+
+/// A selector set's identity in a [`LearnedState`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SavedIdentity {
+    /// The numeric identity.
+    pub id: u32,
+    /// Its patterns.
+    pub selectors: BTreeSet<String>,
+}
+
+/// A learned address of a name in a [`LearnedState`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SavedName {
+    /// The name (normalized).
+    pub name: String,
+    /// The address.
+    pub address: IpAddr,
+    /// The seconds of life it had left (0: expired, kept for its connections).
+    pub ttl: u32,
 }
 
 /// The learned names and addresses of one node, and their identities.
@@ -165,6 +202,55 @@ impl Learner {
         out
     }
 
+    /// What this learner knows at `now`, to save across a restart.
+    pub fn snapshot(&self, now: Instant) -> LearnedState {
+        let mut names = Vec::new();
+        for (name, ips) in self.cache.names() {
+            for ip in ips {
+                let left = self
+                    .cache
+                    .expiry(name, *ip)
+                    .map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
+                names.push(SavedName {
+                    name: name.to_string(),
+                    address: *ip,
+                    ttl: u32::try_from(left.as_secs()).unwrap_or(u32::MAX),
+                });
+            }
+        }
+        LearnedState {
+            selectors: self.selectors.patterns().clone(),
+            identities: self
+                .identities
+                .identities()
+                .map(|(id, set)| SavedIdentity {
+                    id: id.0,
+                    selectors: set.clone(),
+                })
+                .collect(),
+            names,
+        }
+    }
+
+    /// Takes over what a previous agent saved ([`Self::snapshot`]), `elapsed` later: its
+    /// names with the life they had left minus `elapsed` (one that has run out stays until the
+    /// next [`Self::expire`], which keeps it while connections use it), its selectors, and its
+    /// identities where still free. Returns the changes that re-create its identities and
+    /// ipcache entries, to apply before any policy is programmed.
+    pub fn restore(&mut self, state: &LearnedState, now: Instant, elapsed: Duration) -> Outcome {
+        for saved in &state.identities {
+            self.identities.prefer(saved.selectors.clone(), saved.id);
+        }
+        let elapsed = u32::try_from(elapsed.as_secs()).unwrap_or(u32::MAX);
+        for saved in &state.names {
+            let name = plexus_policy::fqdn::normalize(&saved.name);
+            let ttl = saved.ttl.saturating_sub(elapsed);
+            self.cache
+                .learn(&name, &BTreeMap::from([(saved.address, ttl)]), now);
+        }
+        self.set_selectors(FqdnSelectors::new(&state.selectors))
+    }
+
     /// Expires what is due at `now`; `live(address)` says whether connections still use an
     /// address (then it is kept).
     pub fn expire(&mut self, now: Instant, live: impl Fn(IpAddr) -> bool) -> Outcome {
@@ -192,8 +278,6 @@ impl Learner {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-
-    use std::time::Duration;
 
     use super::*;
     use hickory_proto::op::{OpCode, Query};
@@ -340,6 +424,66 @@ mod tests {
                     id: NumericIdentity(BASE)
                 }),
             ]
+        );
+    }
+
+    #[test]
+    fn a_restart_keeps_names_identities_and_remaining_lives() {
+        let t0 = Instant::now();
+        let mut l = learner(&["*.example.test", "api.example.test"]);
+        // Two sets; the one allocated first has the higher address, so a new agent that
+        // refreshes addresses in order would number them the other way round.
+        l.on_response(&answer("www.example.test.", &["192.0.2.5"], 60), t0);
+        l.on_response(&answer("api.example.test.", &["192.0.2.2"], 30), t0);
+        let before = l.identities().identity_of_address(ip("192.0.2.2")).unwrap();
+        let saved = l.snapshot(t0 + Duration::from_secs(10));
+        assert_eq!(saved.names.len(), 2);
+        assert_eq!(
+            saved.names[0],
+            SavedName {
+                name: "api.example.test".into(),
+                address: ip("192.0.2.2"),
+                ttl: 20
+            }
+        );
+        // Through JSON, as the agent saves it.
+        let json = serde_json::to_string(&saved).unwrap();
+        let saved: LearnedState = serde_json::from_str(&json).unwrap();
+
+        // The new agent keeps the old numbers (without the preference, api would get BASE).
+        let t1 = Instant::now();
+        let mut n = Learner::new(CacheConfig::default(), BASE..=BASE + 100);
+        let changes = n.restore(&saved, t1, Duration::from_secs(15)).changes;
+        assert_eq!(
+            n.identities().identity_of_address(ip("192.0.2.2")),
+            Some(before)
+        );
+        assert_eq!(
+            n.identities().identity_of_address(ip("192.0.2.5")),
+            l.identities().identity_of_address(ip("192.0.2.5"))
+        );
+        assert!(
+            changes.contains(&Change::Identity(IdentityChange::IpcacheUpsert {
+                ip: ip("192.0.2.2"),
+                id: before
+            }))
+        );
+        // api had 20 s left, 15 s passed: gone 5 s later (no connection), www stays.
+        let gone = n.expire(t1 + Duration::from_secs(6), |_| false).changes;
+        assert!(
+            gone.contains(&Change::Identity(IdentityChange::IpcacheDelete {
+                ip: ip("192.0.2.2")
+            }))
+        );
+        assert_eq!(
+            n.cache().addresses_of("www.example.test"),
+            ips(&["192.0.2.5"])
+        );
+        // The restored selectors are in force: a new answer is learned.
+        assert!(
+            !n.on_response(&answer("new.example.test.", &["192.0.2.9"], 60), t1)
+                .changes
+                .is_empty()
         );
     }
 

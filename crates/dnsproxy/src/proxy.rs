@@ -159,6 +159,11 @@ impl DnsProxy {
         }
     }
 
+    /// Its timing options.
+    pub fn config(&self) -> ProxyConfig {
+        self.config
+    }
+
     /// The learner (to change its selectors or expire addresses).
     pub fn learner_mut(&mut self) -> &mut Learner {
         &mut self.learner
@@ -299,7 +304,6 @@ mod tests {
     use hickory_proto::op::{OpCode, Query as Question, ResponseCode};
     use hickory_proto::rr::rdata::A;
     use hickory_proto::rr::{Name, RData, Record, RecordType};
-    use plexus_model::labels::Labels;
     use plexus_policy::{
         EndpointInfo, IdentityChange as SelectorChange, PolicyConfig, PolicyRepository,
         parse_documents,
@@ -309,28 +313,7 @@ mod tests {
     const DNS_ID: NumericIdentity = NumericIdentity(C1 + 53);
     const BASE: u32 = (1 << 24) + 0x8000;
 
-    const POLICY: &str = r#"
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: dns}
-spec:
-  endpointSelector: {matchLabels: {app: client}}
-  egress:
-  - toEndpoints:
-    - matchLabels: {k8s:io.kubernetes.pod.namespace: kube-system, k8s:app: kube-dns}
-    toPorts:
-    - ports: [{port: "53", protocol: ANY}]
-      rules:
-        dns: [{matchPattern: "*.example.test"}]
-  - toFQDNs: [{matchPattern: "*.example.test"}]
-"#;
-
-    fn labels(app: &str, ns: &str) -> Labels {
-        Labels::parse(&format!(
-            "k8s:app={app};k8s:io.cilium.k8s.policy.cluster=cluster1;k8s:io.kubernetes.pod.namespace={ns};"
-        ))
-        .unwrap()
-    }
+    use crate::testing::{CLIENT_DNS_POLICY as POLICY, pod_labels as labels};
 
     fn proxy() -> DnsProxy {
         let mut repo = PolicyRepository::new(PolicyConfig::new("cluster1"));

@@ -87,6 +87,11 @@ impl DnsRules {
         self.endpoints.insert(endpoint, rules.clone()) != Some(rules)
     }
 
+    /// The endpoints with rules.
+    pub fn endpoints(&self) -> impl Iterator<Item = EndpointId> + '_ {
+        self.endpoints.keys().copied()
+    }
+
     /// Forgets an endpoint; returns whether it was known.
     pub fn remove(&mut self, endpoint: EndpointId) -> bool {
         self.endpoints.remove(&endpoint).is_some()
@@ -225,7 +230,6 @@ mod tests {
     use super::*;
     use hickory_proto::op::Query as Question;
     use hickory_proto::rr::{Name, RecordType};
-    use plexus_model::labels::Labels;
     use plexus_policy::{
         EndpointInfo, IdentityChange, PolicyConfig, PolicyRepository, parse_documents,
     };
@@ -234,6 +238,8 @@ mod tests {
     const CLIENT: EndpointId = EndpointId(7);
     const DNS_ID: NumericIdentity = NumericIdentity(C1 + 53);
     const OTHER_ID: NumericIdentity = NumericIdentity(C1 + 80);
+
+    use crate::testing::pod_labels as labels;
 
     const POLICY: &str = r#"
 apiVersion: cilium.io/v2
@@ -258,13 +264,6 @@ spec:
     toPorts:
     - ports: [{port: "53", protocol: UDP}]
 "#;
-
-    fn labels(app: &str, ns: &str) -> Labels {
-        Labels::parse(&format!(
-            "k8s:app={app};k8s:io.cilium.k8s.policy.cluster=cluster1;k8s:io.kubernetes.pod.namespace={ns};"
-        ))
-        .unwrap()
-    }
 
     fn rules(yaml: &str) -> DnsRules {
         let mut repo = PolicyRepository::new(PolicyConfig::new("cluster1"));

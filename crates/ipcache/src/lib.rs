@@ -29,6 +29,10 @@ pub enum Source {
     Node(String),
     /// A remote cluster, by name.
     Remote(String),
+    /// An address a DNS proxy learned for `toFQDNs` (a host prefix), with the node-local
+    /// identity of its selector set. Under every source that knows the address as part of the
+    /// mesh, above the prefixes policies name.
+    Fqdn,
     /// A prefix a network policy names (`toCIDR` and friends), with its node-local CIDR
     /// identity. Weakest: any other source's entry for the same prefix wins.
     PolicyCidr,

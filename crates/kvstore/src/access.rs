@@ -53,7 +53,7 @@ impl EtcdBackend {
         read: &[ReadGrant],
         write: &[ReadGrant],
     ) -> Result<()> {
-        let mut client = self.client();
+        let mut client = self.client().await;
         match client.role_add(name).await {
             Ok(_) => {}
             Err(e) if already_exists(&e) => {}
@@ -83,7 +83,7 @@ impl EtcdBackend {
     /// Creates user `name` (no password: it authenticates by certificate) if missing and gives
     /// it `roles`.
     pub async fn ensure_user(&self, name: &str, roles: &[&str]) -> Result<()> {
-        let mut client = self.client();
+        let mut client = self.client().await;
         match client
             .user_add(name, "", Some(UserAddOptions::new().with_no_pwd()))
             .await
@@ -110,7 +110,7 @@ impl EtcdBackend {
 
     /// Removes user `name`; `Ok(false)` when there was none.
     pub async fn remove_user(&self, name: &str) -> Result<bool> {
-        match self.client().user_delete(name).await {
+        match self.client().await.user_delete(name).await {
             Ok(_) => Ok(true),
             Err(e) if e.to_string().contains("not found") => Ok(false),
             Err(e) => Err(auth_err(format!("delete user {name:?}"))(e)),
@@ -121,6 +121,7 @@ impl EtcdBackend {
     pub async fn users(&self) -> Result<Vec<String>> {
         let resp = self
             .client()
+            .await
             .user_list()
             .await
             .map_err(auth_err("list users".into()))?;
@@ -129,7 +130,7 @@ impl EtcdBackend {
 
     /// Enables authentication (needs a `root` user with the root role). Idempotent.
     pub async fn enable_auth(&self) -> Result<()> {
-        match self.client().auth_enable().await {
+        match self.client().await.auth_enable().await {
             Ok(_) => Ok(()),
             Err(e) if e.to_string().contains("already enabled") => Ok(()),
             Err(e) => Err(auth_err("enable auth".into())(e)),

@@ -13,7 +13,13 @@
 //! - when `get` or `status` (what connection probes and health checks use) fail over TLS
 //!   without a reason the transport saw, the server is asked why with a fresh handshake
 //!   ([`crate::diagnose`]): with TLS 1.3 a refused client certificate otherwise shows only as
-//!   a broken pipe.
+//!   a broken pipe;
+//! - certificates renewed on disk are used without a restart: at most once a second an
+//!   operation compares the TLS files with those the client was made from, and when they
+//!   changed (and the new certificate and key belong together) it makes a new client with them
+//!   ([`TlsReloader`]). New requests use it, hence new TLS connections present the new
+//!   certificate and trust the new CA bundle; watches and lease keep-alives already open stay on
+//!   their connection until they end, so renewing never breaks a connection.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -112,10 +118,67 @@ impl EtcdConfig {
     }
 }
 
+/// How often, at most, the TLS files are compared with those in use.
+const TLS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The current etcd client, made again from the TLS files when they change on disk.
+struct TlsReloader {
+    current: std::sync::RwLock<Client>,
+    state: tokio::sync::Mutex<ReloadState>,
+}
+
+struct ReloadState {
+    /// Contents of the CA, certificate and key files the current client was made from.
+    loaded: Option<[Vec<u8>; 3]>,
+    /// When the files were last compared.
+    checked: std::time::Instant,
+    /// Contents last refused (a certificate without its key yet), not to log them again.
+    refused: Option<[Vec<u8>; 3]>,
+}
+
+impl TlsReloader {
+    fn new(client: Client, loaded: Option<[Vec<u8>; 3]>) -> Self {
+        Self {
+            current: std::sync::RwLock::new(client),
+            state: tokio::sync::Mutex::new(ReloadState {
+                loaded,
+                checked: std::time::Instant::now(),
+                refused: None,
+            }),
+        }
+    }
+
+    fn get(&self) -> Client {
+        match self.current.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+/// Whether `cert` (PEM) is a certificate whose public key belongs to `key` (PEM): a pair read
+/// while only one of the two was replaced is not used.
+fn pair_matches(cert: &[u8], key: &[u8]) -> std::result::Result<(), String> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_slice_iter(cert)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| format!("certificate: {e}"))?;
+    if certs.is_empty() {
+        return Err("no certificate in the certificate file".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("key: {e}"))?;
+    let signing =
+        rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| format!("key: {e}"))?;
+    rustls::sign::CertifiedKey::new(certs, signing)
+        .keys_match()
+        .map_err(|e| format!("the certificate does not belong to the key: {e}"))
+}
+
 /// A [`KvBackend`] on etcd v3.
 #[derive(Clone)]
 pub struct EtcdBackend {
-    client: Client,
+    client: Arc<TlsReloader>,
     request_timeout: Duration,
     /// The endpoints, comma-separated, to name in errors.
     endpoints: Arc<str>,
@@ -218,20 +281,12 @@ impl EtcdBackend {
         if config.endpoints.is_empty() {
             return Err(Error::Config("no etcd endpoints given".into()));
         }
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(config.connect_timeout)
-            .with_keep_alive(config.keep_alive_interval, config.keep_alive_timeout)
-            // etcd refuses pings on a connection without streams.
-            .with_keep_alive_while_idle(false);
+        let mut options = Self::base_options(&config);
+        let mut loaded = None;
         if let Some(tls) = &config.tls {
-            let ca = read_file(&tls.ca_file, "CA file")?;
-            let cert = read_file(&tls.cert_file, "certificate file")?;
-            let key = read_file(&tls.key_file, "key file")?;
-            options = options.with_tls(
-                TlsOptions::new()
-                    .ca_certificate(Certificate::from_pem(ca))
-                    .identity(Identity::from_pem(cert, key)),
-            );
+            let files = Self::read_tls(tls)?;
+            options = Self::with_tls_files(options, &files);
+            loaded = Some(files);
         } else if config.endpoints.iter().any(|e| e.starts_with("https://")) {
             return Err(Error::Config(
                 "https endpoints need TLS files (ca, cert, key)".into(),
@@ -267,11 +322,88 @@ impl EtcdBackend {
             (err, _) => err,
         })?;
         Ok(Self {
-            client,
+            client: Arc::new(TlsReloader::new(client, loaded)),
             request_timeout: config.request_timeout,
             endpoints,
             config: Arc::new(config),
         })
+    }
+
+    fn read_tls(tls: &TlsFiles) -> Result<[Vec<u8>; 3]> {
+        Ok([
+            read_file(&tls.ca_file, "CA file")?,
+            read_file(&tls.cert_file, "certificate file")?,
+            read_file(&tls.key_file, "key file")?,
+        ])
+    }
+
+    fn with_tls_files(options: ConnectOptions, files: &[Vec<u8>; 3]) -> ConnectOptions {
+        let [ca, cert, key] = files.clone();
+        options.with_tls(
+            TlsOptions::new()
+                .ca_certificate(Certificate::from_pem(ca))
+                .identity(Identity::from_pem(cert, key)),
+        )
+    }
+
+    /// The client for a new request: the current one, made again first if the TLS files
+    /// changed on disk since it was made (checked at most once per [`TLS_CHECK_INTERVAL`]).
+    async fn current(&self) -> Client {
+        let Some(tls) = &self.config.tls else {
+            return self.client.get();
+        };
+        // Another request is checking: use what is there.
+        let Ok(mut state) = self.client.state.try_lock() else {
+            return self.client.get();
+        };
+        if state.checked.elapsed() < TLS_CHECK_INTERVAL {
+            return self.client.get();
+        }
+        state.checked = std::time::Instant::now();
+        let files = match Self::read_tls(tls) {
+            Ok(files) => files,
+            Err(err) => {
+                tracing::warn!(endpoints = %self.endpoints, error = %err, "cannot read the TLS files again; keeping the ones loaded");
+                return self.client.get();
+            }
+        };
+        if state.loaded.as_ref() == Some(&files) || state.refused.as_ref() == Some(&files) {
+            return self.client.get();
+        }
+        if let Err(reason) = pair_matches(&files[1], &files[2]) {
+            tracing::warn!(endpoints = %self.endpoints, cert = %tls.cert_file.display(), key = %tls.key_file.display(), %reason, "changed TLS files not used (yet)");
+            state.refused = Some(files);
+            return self.client.get();
+        }
+        let options = Self::with_tls_files(self.connect_options(), &files);
+        match Client::connect(self.config.endpoints.clone(), Some(options)).await {
+            Ok(client) => {
+                tracing::info!(endpoints = %self.endpoints, cert = %tls.cert_file.display(), "TLS files changed: new connections use them");
+                match self.client.current.write() {
+                    Ok(mut c) => *c = client,
+                    Err(poisoned) => *poisoned.into_inner() = client,
+                }
+                state.loaded = Some(files);
+                state.refused = None;
+            }
+            Err(err) => {
+                tracing::warn!(endpoints = %self.endpoints, cert = %tls.cert_file.display(), error = %err, "changed TLS files not used");
+                state.refused = Some(files);
+            }
+        }
+        self.client.get()
+    }
+
+    fn connect_options(&self) -> ConnectOptions {
+        Self::base_options(&self.config)
+    }
+
+    fn base_options(config: &EtcdConfig) -> ConnectOptions {
+        ConnectOptions::new()
+            .with_connect_timeout(config.connect_timeout)
+            .with_keep_alive(config.keep_alive_interval, config.keep_alive_timeout)
+            // etcd refuses pings on a connection without streams.
+            .with_keep_alive_while_idle(false)
     }
 
     /// The endpoints this backend talks to, comma-separated.
@@ -308,8 +440,8 @@ impl EtcdBackend {
     }
 
     /// The underlying client (cheap to clone), for the auth helpers.
-    pub(crate) fn client(&self) -> Client {
-        self.client.clone()
+    pub(crate) async fn client(&self) -> Client {
+        self.current().await
     }
 
     async fn timed<T>(
@@ -351,7 +483,7 @@ impl EtcdBackend {
 #[async_trait]
 impl KvBackend for EtcdBackend {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        let mut client = self.client.clone();
+        let mut client = self.current().await;
         let resp = match self.timed("get", client.get(key, None)).await {
             Ok(resp) => resp,
             Err(err) => return Err(self.refine(self.err(&format!("get {key}"))(err)).await),
@@ -361,7 +493,7 @@ impl KvBackend for EtcdBackend {
 
     async fn list_prefix(&self, prefix: &str) -> Result<ListResult> {
         let end = prefix_end(prefix);
-        let mut client = self.client.clone();
+        let mut client = self.current().await;
         let mut kvs = Vec::new();
         let mut from = prefix.as_bytes().to_vec();
         let mut revision = 0;
@@ -394,7 +526,7 @@ impl KvBackend for EtcdBackend {
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<Revision> {
-        let mut client = self.client.clone();
+        let mut client = self.current().await;
         let options = lease.map(|l| PutOptions::new().with_lease(l));
         match self.timed("put", client.put(key, value, options)).await {
             Ok(resp) => Ok(resp.header().map(|h| h.revision()).unwrap_or_default()),
@@ -404,7 +536,7 @@ impl KvBackend for EtcdBackend {
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
-        let mut client = self.client.clone();
+        let mut client = self.current().await;
         let resp = self
             .timed("delete", client.delete(key, None))
             .await
@@ -413,7 +545,7 @@ impl KvBackend for EtcdBackend {
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
-        let mut client = self.client.clone();
+        let mut client = self.current().await;
         let options = etcd_client::DeleteOptions::new().with_range(prefix_end(prefix));
         let resp = self
             .timed("delete prefix", client.delete(prefix, Some(options)))
@@ -440,7 +572,7 @@ impl KvBackend for EtcdBackend {
                     .map(Self::convert_op)
                     .collect::<Vec<_>>(),
             );
-        let mut client = self.client.clone();
+        let mut client = self.current().await;
         match self.timed("txn", client.txn(request)).await {
             Ok(resp) => Ok(resp.succeeded()),
             Err(err) if is_lease_not_found(&err) => Err(Error::LeaseNotFound(lease.unwrap_or(0))),
@@ -449,7 +581,7 @@ impl KvBackend for EtcdBackend {
     }
 
     async fn watch(&self, prefix: &str, from: Revision) -> Result<BoxWatchStream> {
-        let mut client = self.client.clone();
+        let mut client = self.current().await;
         let mut options = WatchOptions::new().with_range(prefix_end(prefix));
         if from > 0 {
             options = options.with_start_revision(from);
@@ -521,7 +653,7 @@ impl KvBackend for EtcdBackend {
     }
 
     async fn lease_grant(&self, ttl: Duration) -> Result<LeaseId> {
-        let mut client = self.client.clone();
+        let mut client = self.current().await;
         let secs = ttl.as_secs().max(1) as i64;
         let resp = self
             .timed("lease grant", client.lease_grant(secs, None))
@@ -531,7 +663,7 @@ impl KvBackend for EtcdBackend {
     }
 
     async fn lease_keep_alive(&self, lease: LeaseId) -> Result<Duration> {
-        let mut client = self.client.clone();
+        let mut client = self.current().await;
         let once = async {
             let (mut keeper, mut stream) = client.lease_keep_alive(lease).await?;
             keeper.keep_alive().await?;
@@ -547,7 +679,7 @@ impl KvBackend for EtcdBackend {
     }
 
     async fn lease_revoke(&self, lease: LeaseId) -> Result<()> {
-        let mut client = self.client.clone();
+        let mut client = self.current().await;
         match self.timed("lease revoke", client.lease_revoke(lease)).await {
             Ok(_) => Ok(()),
             Err(err) if is_lease_not_found(&err) => Err(Error::LeaseNotFound(lease)),
@@ -556,7 +688,7 @@ impl KvBackend for EtcdBackend {
     }
 
     async fn compact(&self, revision: Revision) -> Result<()> {
-        let mut client = self.client.clone();
+        let mut client = self.current().await;
         match self.timed("compact", client.compact(revision, None)).await {
             Ok(_) => Ok(()),
             // Already compacted at or past this revision: nothing to do.
@@ -566,7 +698,7 @@ impl KvBackend for EtcdBackend {
     }
 
     async fn status(&self) -> Result<Status> {
-        let mut client = self.client.clone();
+        let mut client = self.current().await;
         let resp = match self.timed("status", client.status()).await {
             Ok(resp) => resp,
             Err(err) => return Err(self.refine(self.err("status")(err)).await),

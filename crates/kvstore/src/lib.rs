@@ -49,8 +49,8 @@ pub use lease::LeaseManager;
 pub use memory::MemoryBackend;
 pub use metered::{KvMetrics, MeteredBackend};
 pub use sync_store::{QueueGauge, SyncStore, SyncStoreConfig};
-pub use watch_store::{DecodeFn, StoreEvent, WatchStore};
-pub use watcher::{WatchEvent, Watcher, WatcherStats};
+pub use watch_store::{DecodeFn, EntryBudget, StoreEvent, WatchStore};
+pub use watcher::{RelistLimiter, RelistPolicy, WatchEvent, Watcher, WatcherStats};
 
 /// Installs the process-wide rustls crypto provider (ring).
 ///

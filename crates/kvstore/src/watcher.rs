@@ -11,6 +11,12 @@
 //!
 //! The reconciliation is a pure function ([`reconcile`]), tested without IO; the watcher itself
 //! is pull-based (`next().await`) so a slow consumer slows the watch instead of buffering it.
+//!
+//! Re-listing is rate-limited by a [`RelistLimiter`]: a re-list costs a full read of the prefix,
+//! and whoever can compact the store (in etcd 3.4 even a read-only user can) can break every
+//! watch at will. The delay before a re-list doubles with each break and only falls back to
+//! the minimum once a watch has stayed up for a while, so events flowing between forced
+//! breaks do not reset it; forced re-lists are held to one per [`RelistPolicy::max`].
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -78,6 +84,66 @@ pub fn reconcile(known: &mut HashMap<String, Revision>, listed: Vec<KeyValue>) -
     events
 }
 
+/// How fast a watcher may list again after its watch broke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelistPolicy {
+    /// The delay before the first re-list after a healthy period.
+    pub min: Duration,
+    /// The longest delay: at most one re-list per `max` while breaks keep coming.
+    pub max: Duration,
+    /// How long a watch must have stayed up for the delay to fall back to `min`.
+    pub healthy_after: Duration,
+}
+
+impl Default for RelistPolicy {
+    fn default() -> Self {
+        Self {
+            min: Duration::from_millis(50),
+            max: Duration::from_secs(30),
+            healthy_after: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The delays between listings, as a pure function of when they happen (see the module doc).
+#[derive(Clone, Debug)]
+pub struct RelistLimiter {
+    policy: RelistPolicy,
+    delay: Duration,
+    /// When the last listing succeeded (the watch has been up since).
+    listed_at: Option<tokio::time::Instant>,
+}
+
+impl RelistLimiter {
+    /// A limiter that waits `policy.min` before the first re-list.
+    pub fn new(policy: RelistPolicy) -> Self {
+        Self {
+            policy,
+            delay: policy.min,
+            listed_at: None,
+        }
+    }
+
+    /// A listing succeeded and the watch is up at `now`.
+    pub fn listed(&mut self, now: tokio::time::Instant) {
+        self.listed_at = Some(now);
+    }
+
+    /// The watch broke (or a listing failed) at `now`: how long to wait before listing again.
+    pub fn broken(&mut self, now: tokio::time::Instant) -> Duration {
+        if self
+            .listed_at
+            .is_some_and(|at| now.saturating_duration_since(at) >= self.policy.healthy_after)
+        {
+            self.delay = self.policy.min;
+        }
+        self.listed_at = None;
+        let delay = self.delay.min(self.policy.max);
+        self.delay = (self.delay * 2).min(self.policy.max);
+        delay
+    }
+}
+
 /// Watches a prefix of a [`KvBackend`] with list-then-watch and automatic re-listing.
 pub struct Watcher {
     backend: Arc<dyn KvBackend>,
@@ -86,18 +152,24 @@ pub struct Watcher {
     pending: VecDeque<WatchEvent>,
     stream: Option<BoxWatchStream>,
     list_done_sent: bool,
-    backoff: Duration,
+    relist: RelistLimiter,
     stats: WatcherStats,
 }
-
-const MIN_BACKOFF: Duration = Duration::from_millis(50);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Watcher {
     /// Creates a watcher of `prefix`. Nothing happens until [`Watcher::next`] is called.
     ///
     /// Pass a prefix ending in `/` so that `c1` does not also match `c10`.
     pub fn new(backend: Arc<dyn KvBackend>, prefix: impl Into<String>) -> Self {
+        Self::with_relist(backend, prefix, RelistPolicy::default())
+    }
+
+    /// Like [`Watcher::new`], with a given re-list rate limit.
+    pub fn with_relist(
+        backend: Arc<dyn KvBackend>,
+        prefix: impl Into<String>,
+        policy: RelistPolicy,
+    ) -> Self {
         Self {
             backend,
             prefix: prefix.into(),
@@ -105,7 +177,7 @@ impl Watcher {
             pending: VecDeque::new(),
             stream: None,
             list_done_sent: false,
-            backoff: MIN_BACKOFF,
+            relist: RelistLimiter::new(policy),
             stats: WatcherStats::default(),
         }
     }
@@ -136,7 +208,6 @@ impl Watcher {
                 None => self.list_and_watch().await,
                 Some(stream) => match stream.next().await {
                     Some(Ok(events)) => {
-                        self.backoff = MIN_BACKOFF;
                         for event in events {
                             self.apply_raw(event.kind, event.kv);
                         }
@@ -176,8 +247,8 @@ impl Watcher {
     }
 
     async fn sleep_backoff(&mut self) {
-        tokio::time::sleep(self.backoff).await;
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        let delay = self.relist.broken(tokio::time::Instant::now());
+        tokio::time::sleep(delay).await;
     }
 
     async fn list_and_watch(&mut self) {
@@ -201,6 +272,7 @@ impl Watcher {
             }
         };
         self.stats.lists += 1;
+        self.relist.listed(tokio::time::Instant::now());
         self.pending.extend(reconcile(&mut self.known, listed.kvs));
         if !self.list_done_sent {
             self.list_done_sent = true;
@@ -256,6 +328,38 @@ mod tests {
             ]
             .into()
         );
+    }
+
+    #[test]
+    fn forced_relists_are_held_to_one_per_max_until_the_watch_stays_up() {
+        let policy = RelistPolicy {
+            min: Duration::from_millis(50),
+            max: Duration::from_secs(30),
+            healthy_after: Duration::from_secs(60),
+        };
+        let mut limiter = RelistLimiter::new(policy);
+        let mut now = tokio::time::Instant::now();
+        let mut delays = Vec::new();
+        // A remote that compacts right after every listing: the delay doubles up to the cap
+        // and stays there (events between breaks do not reset it).
+        for _ in 0..12 {
+            let d = limiter.broken(now);
+            delays.push(d.as_millis());
+            now += d;
+            limiter.listed(now);
+            now += Duration::from_secs(1);
+        }
+        assert_eq!(
+            delays,
+            [
+                50, 100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000
+            ]
+        );
+        // A watch that stayed up for `healthy_after` starts over from the minimum.
+        now += Duration::from_secs(60);
+        assert_eq!(limiter.broken(now), Duration::from_millis(50));
+        // A listing that fails (no `listed`) keeps doubling.
+        assert_eq!(limiter.broken(now), Duration::from_millis(100));
     }
 
     #[test]

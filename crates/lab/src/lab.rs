@@ -432,9 +432,16 @@ fn start_agent(lab: &LabState, c: &ClusterState, n: &NodeState, bins: &Bins) -> 
     std::fs::create_dir_all(&c.clustermesh_dir)?;
     let pki = c.state_dir.join("pki");
     // The API on TCP presents a certificate of the cluster's CA for the node's name and address.
-    plexus_pki::cluster::ClusterPki::new(&pki, &c.name)
+    // With the lifetime the cluster's certificates were issued with.
+    let cluster_pki = plexus_pki::cluster::ClusterPki::new(&pki, &c.name);
+    cluster_pki
         .ca()?
-        .issue_server(&format!("agent-{}", n.name), &[&n.name], &[n.ip.into()])?
+        .issue_server_for(
+            &format!("agent-{}", n.name),
+            &[&n.name],
+            &[n.ip.into()],
+            cluster_pki.leaf_lifetime(),
+        )?
         .write_to(&n.state_dir, "api")?;
     // The file is written once, at the node's first start: later starts (a restart, `lab
     // start`) read it as it is, with what `lab agent-options` changed in it.
@@ -525,7 +532,8 @@ pub fn up(
     ])?;
     sys::ip(&["-n", &lab.underlay, "link", "set", "br0", "up"])?;
 
-    let ca = plexus_pki::Ca::generate("plexus-lab-ca")?;
+    let validity = spec.validity();
+    let ca = plexus_pki::Ca::generate_with("plexus-lab-ca", validity)?;
     let ca_dir = dir.join("ca");
     std::fs::create_dir_all(&ca_dir)?;
     ca.pem().write_to(&ca_dir, "ca")?;
@@ -538,7 +546,8 @@ pub fn up(
         for n in &c.nodes {
             join_underlay(&lab.underlay, &n.netns, &n.uplink, n.ip)?;
         }
-        let pki = plexus_pki::cluster::ClusterPki::new(c.state_dir.join("pki"), &c.name);
+        let pki = plexus_pki::cluster::ClusterPki::new(c.state_dir.join("pki"), &c.name)
+            .with_leaf_validity(validity.leaf);
         pki.install_ca(&ca)?;
         pki.ensure(&[], &[c.ip.into()])?;
     }

@@ -13,6 +13,8 @@
 //! outside:               # optional: a network outside every cluster ([`crate::outside`])
 //!   zone: example.test   # the zone its DNS server is authoritative for
 //!   servers: 4           # HTTP servers s1..s4.<zone> (default 4, at most 16)
+//! certValidity: 8760h    # optional: lifetime of the certificates (default 1 year)
+//! caValidity: 3y         # optional: lifetime of the lab's CA (default 3 years)
 //! ```
 //!
 //! `runtime` says what runs the pods: `netns` (the default) makes each pod a network namespace
@@ -118,6 +120,12 @@ pub struct LabSpec {
     /// The outside network, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outside: Option<OutsideSpec>,
+    /// Lifetime of the lab's leaf certificates (a duration: `8760h`, `30d`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_validity: Option<String>,
+    /// Lifetime of the lab's CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_validity: Option<String>,
     /// Which program is each node's WireGuard device: not in the lab file, set by `plexus lab
     /// up --wireguard-device` (hidden: for the benchmark's comparison only).
     #[serde(skip)]
@@ -139,6 +147,21 @@ fn overlaps(a: (u32, u8), b: (u32, u8)) -> bool {
 }
 
 impl LabSpec {
+    /// The certificate lifetimes asked for (defaults for those not given; the values were
+    /// checked by [`LabSpec::parse`]).
+    pub fn validity(&self) -> plexus_pki::Validity {
+        let default = plexus_pki::Validity::default();
+        let parse = |v: &Option<String>, d| {
+            v.as_deref()
+                .and_then(|v| humantime::parse_duration(v).ok())
+                .unwrap_or(d)
+        };
+        plexus_pki::Validity {
+            ca: parse(&self.ca_validity, default.ca),
+            leaf: parse(&self.cert_validity, default.leaf),
+        }
+    }
+
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Self, SpecError> {
         let file = path.display().to_string();
@@ -156,6 +179,18 @@ impl LabSpec {
             reason,
         };
         let spec: LabSpec = serde_norway::from_str(text).map_err(|e| err(e.to_string()))?;
+        for (field, value) in [
+            ("certValidity", &spec.cert_validity),
+            ("caValidity", &spec.ca_validity),
+        ] {
+            if let Some(v) = value {
+                match humantime::parse_duration(v) {
+                    Ok(d) if d.as_secs() > 0 => {}
+                    Ok(_) => return Err(err(format!("{field}: {v:?} is not a lifetime"))),
+                    Err(e) => return Err(err(format!("{field}: {v:?}: {e}"))),
+                }
+            }
+        }
         if spec.clusters.is_empty() {
             return Err(err("clusters: at least one cluster is needed".into()));
         }
@@ -285,6 +320,24 @@ routing: native
         assert_eq!(spec.encryption, Encryption::None, "the default encryption");
         let wg = LabSpec::parse("lab.yaml", &format!("{base}encryption: wireguard\n")).unwrap();
         assert_eq!(wg.encryption, Encryption::Wireguard);
+        // Certificate lifetimes: defaults, durations, and bad values naming the field.
+        let day = std::time::Duration::from_secs(86_400);
+        assert_eq!(spec.validity(), plexus_pki::Validity::default());
+        let short = LabSpec::parse(
+            "lab.yaml",
+            &format!("{base}certValidity: 240h\ncaValidity: 30d\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            short.validity(),
+            plexus_pki::Validity {
+                ca: day * 30,
+                leaf: day * 10
+            }
+        );
+        let err = bad(&format!("{base}certValidity: soon\n"));
+        assert!(err.contains("certValidity: \"soon\""), "{err}");
+        assert!(bad(&format!("{base}caValidity: 0s\n")).contains("caValidity"));
         let outside = LabSpec::parse(
             "lab.yaml",
             &format!("{base}outside: {{zone: example.test}}\n"),

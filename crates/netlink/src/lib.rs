@@ -350,6 +350,19 @@ impl Netlink {
             .await
     }
 
+    /// Adds or replaces the route to `dst` via the gateway `gw` in routing table `table`
+    /// (`ip route replace DST via GW table TABLE`).
+    pub async fn route_replace_via_in_table(
+        &self,
+        dst: Ipv4Cidr,
+        gw: Ipv4Addr,
+        table: u32,
+    ) -> Result<(), NetlinkError> {
+        let msg = route_builder(dst).gateway(gw).table_id(table).build();
+        self.route_request(msg, true, || format!("{dst} via {gw} table {table}"))
+            .await
+    }
+
     /// Adds the route to `dst` on `device`, link scope; an existing route is an error.
     pub async fn route_add_dev(&self, dst: Ipv4Cidr, device: &str) -> Result<(), NetlinkError> {
         let index = self.ifindex(device).await?;
@@ -714,7 +727,21 @@ impl Netlink {
     /// Deletes the main-table route to `dst`, whatever its next hop; `Ok(false)` when there
     /// was none.
     pub async fn route_delete(&self, dst: Ipv4Cidr) -> Result<bool, NetlinkError> {
-        let mut msg = route_builder(dst).build();
+        self.route_delete_in_table(dst, None).await
+    }
+
+    /// Deletes the route to `dst` of table `table` (the main table with `None`), whatever
+    /// its next hop; `Ok(false)` when there was none.
+    pub async fn route_delete_in_table(
+        &self,
+        dst: Ipv4Cidr,
+        table: Option<u32>,
+    ) -> Result<bool, NetlinkError> {
+        let mut b = route_builder(dst);
+        if let Some(table) = table {
+            b = b.table_id(table);
+        }
+        let mut msg = b.build();
         // As `ip route del`: match any scope, protocol and type.
         msg.header.scope = RouteScope::NoWhere;
         msg.header.protocol = RouteProtocol::Unspec;

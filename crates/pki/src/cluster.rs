@@ -8,19 +8,30 @@
 //! <dir>/remote-<peer>.crt, .key        CN remote-<peer>: what cluster <peer> reads this one with
 //! ```
 //!
-//! [`ClusterPki::ensure`] issues what is missing, and re-issues everything when the CA changed
-//! (a certificate not signed by the current CA is worthless), so running it twice is harmless.
+//! [`ClusterPki::ensure`] issues what is missing, re-issues everything when the CA changed
+//! (a certificate not signed by the current CA is worthless), and renews a certificate once less
+//! than a third of its lifetime remains, so running it twice is harmless and running it
+//! periodically (the apiserver does) keeps the certificates valid. A renewed certificate keeps
+//! the lifetime it was issued with, unless a lifetime was set with
+//! [`ClusterPki::with_leaf_validity`] (then certificates of another lifetime are re-issued).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use crate::{Ca, PkiError, Result, write_file};
+use crate::{Ca, CertInfo, PkiError, Result, Validity, write_file};
 
 /// The certificate directory of one cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterPki {
     dir: PathBuf,
     cluster: String,
+    /// The lifetime asked for, if any (else renewals keep each certificate's own).
+    leaf_validity: Option<std::time::Duration>,
+}
+
+/// Whether two lifetimes are the same up to the rounding of their recovery from a certificate.
+fn same_lifetime(a: std::time::Duration, b: std::time::Duration) -> bool {
+    a.abs_diff(b) <= std::time::Duration::from_secs(2)
 }
 
 /// A client identity on disk: CA to trust, certificate, key.
@@ -47,7 +58,34 @@ impl ClusterPki {
         Self {
             dir: dir.into(),
             cluster: cluster.to_string(),
+            leaf_validity: None,
         }
+    }
+
+    /// Issues leaves valid for `validity`, and re-issues those of another lifetime.
+    pub fn with_leaf_validity(mut self, validity: std::time::Duration) -> Self {
+        self.leaf_validity = Some(validity);
+        self
+    }
+
+    /// The lifetime a (re-)issued `current` certificate gets: the one asked for, else its own,
+    /// else the admin certificate's (the lifetime the cluster was enabled with), else the
+    /// default.
+    fn lifetime_for(&self, current: Option<&CertInfo>) -> std::time::Duration {
+        self.leaf_validity
+            .or_else(|| current.map(CertInfo::lifetime))
+            .or_else(|| self.current(&self.admin().cert).map(|i| i.lifetime()))
+            .unwrap_or(Validity::default().leaf)
+    }
+
+    /// The lifetime of a new certificate of this cluster: the one asked for, else the admin
+    /// certificate's, else the default.
+    pub fn leaf_lifetime(&self) -> std::time::Duration {
+        self.lifetime_for(None)
+    }
+
+    fn current(&self, cert: &Path) -> Option<CertInfo> {
+        read(cert).ok().and_then(|pem| crate::inspect(&pem).ok())
     }
 
     /// The directory.
@@ -125,6 +163,88 @@ impl ClusterPki {
         Ok(!same)
     }
 
+    /// The trust bundle (`ca.crt`): the CA, or during a rotation the old and the new CA.
+    pub fn trust_bundle(&self) -> Result<String> {
+        read(&self.ca_cert())
+    }
+
+    /// Makes `bundle` the trust bundle (what etcd and every client of this directory trust),
+    /// keeping the issuing CA's key. Returns whether it changed. The bundle must hold the
+    /// issuing CA.
+    pub fn trust(&self, bundle: &str) -> Result<bool> {
+        let infos = crate::inspect_bundle(bundle)?;
+        let issuer = self.ca()?.key_id();
+        if !infos.iter().any(|i| i.key_id == issuer) {
+            return Err(PkiError::Parse {
+                reason: format!(
+                    "the trust bundle for {} lacks the CA that issues its certificates",
+                    self.dir.display()
+                ),
+            });
+        }
+        if self.trust_bundle().ok().as_deref() == Some(bundle) {
+            return Ok(false);
+        }
+        write_file(&self.ca_cert(), bundle, 0o644)?;
+        Ok(true)
+    }
+
+    /// Makes `ca` (already in the trust bundle) the CA that issues this directory's
+    /// certificates; the next [`ClusterPki::ensure`] and [`ClusterPki::reissue_foreign`]
+    /// re-issue them from it.
+    pub fn switch_issuer(&self, ca: &Ca) -> Result<()> {
+        let infos = crate::inspect_bundle(&self.trust_bundle()?)?;
+        if !infos.iter().any(|i| i.key_id == ca.key_id()) {
+            return Err(PkiError::Parse {
+                reason: format!(
+                    "the trust bundle of {} does not hold the new CA yet",
+                    self.dir.display()
+                ),
+            });
+        }
+        write_file(&self.ca_key(), &ca.pem().key_pem, 0o600)
+    }
+
+    /// Re-issues, from the current CA, every certificate of the directory (`<name>.crt` beside
+    /// `<name>.key`, the CA aside) that another CA issued: same common name, addresses and
+    /// lifetime (a server certificate when it has addresses, else a client one). Returns the
+    /// names re-issued.
+    pub fn reissue_foreign(&self) -> Result<Vec<String>> {
+        let ca = self.ca()?;
+        let entries = std::fs::read_dir(&self.dir).map_err(|source| PkiError::Io {
+            path: self.dir.clone(),
+            source,
+        })?;
+        let mut names: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().to_string();
+                let stem = n.strip_suffix(".crt")?.to_string();
+                (!n.starts_with('.') && stem != "ca" && self.pair(&stem).1.exists()).then_some(stem)
+            })
+            .collect();
+        names.sort();
+        let mut done = Vec::new();
+        for name in names {
+            let Some(info) = self.current(&self.pair(&name).0) else {
+                continue;
+            };
+            if info.issuer_key_id == ca.key_id() {
+                continue;
+            }
+            let lifetime = self.lifetime_for(Some(&info));
+            let issued = if info.dns.is_empty() && info.ips.is_empty() {
+                ca.issue_client_for(&info.common_name, lifetime)?
+            } else {
+                let dns: Vec<&str> = info.dns.iter().map(String::as_str).collect();
+                ca.issue_server_for(&info.common_name, &dns, &info.ips, lifetime)?
+            };
+            issued.write_to(&self.dir, &name)?;
+            done.push(name);
+        }
+        Ok(done)
+    }
+
     /// Issues the etcd server, admin and local certificates where missing or not issued by the
     /// current CA. `dns`/`ips` are the names the etcd server is reached by (127.0.0.1 and
     /// localhost are always included). Returns whether anything was (re-)issued.
@@ -137,7 +257,8 @@ impl ClusterPki {
         let mut all_ips: Vec<IpAddr> = vec![IpAddr::from([127, 0, 0, 1])];
         all_ips.extend(ips.iter().copied().filter(|ip| !ip.is_loopback()));
         if self.stale(&cert, &key, &ca, Some((&all_dns, &all_ips))) {
-            ca.issue_server("etcd", &all_dns, &all_ips)?
+            let lifetime = self.lifetime_for(self.current(&cert).as_ref());
+            ca.issue_server_for("etcd", &all_dns, &all_ips, lifetime)?
                 .write_to(&self.dir, "etcd-server")?;
             changed = true;
         }
@@ -147,22 +268,64 @@ impl ClusterPki {
         ] {
             let (cert, key) = self.pair(file);
             if self.stale(&cert, &key, &ca, None) {
-                ca.issue_client(&cn)?.write_to(&self.dir, file)?;
+                let lifetime = self.lifetime_for(self.current(&cert).as_ref());
+                ca.issue_client_for(&cn, lifetime)?
+                    .write_to(&self.dir, file)?;
                 changed = true;
             }
         }
         Ok(changed)
     }
 
+    /// Issues the server certificate `<name>.crt` (common name and DNS name `common_name`, the
+    /// addresses `ips`) where missing, not issued by the current CA, without those addresses,
+    /// or due for renewal. Returns its files and whether it was (re-)issued.
+    pub fn ensure_server(
+        &self,
+        name: &str,
+        common_name: &str,
+        ips: &[IpAddr],
+    ) -> Result<((PathBuf, PathBuf), bool)> {
+        let ca = self.ca()?;
+        let (cert, key) = self.pair(name);
+        if !self.stale(&cert, &key, &ca, Some((&[common_name], ips))) {
+            return Ok(((cert, key), false));
+        }
+        let lifetime = self.lifetime_for(self.current(&cert).as_ref());
+        let files = ca
+            .issue_server_for(common_name, &[common_name], ips, lifetime)?
+            .write_to(&self.dir, name)?;
+        Ok((files, true))
+    }
+
+    /// How often a renewal loop should run [`ClusterPki::ensure`]: a tenth of the shortest
+    /// lifetime among the etcd server, admin and local certificates, between a second and ten
+    /// minutes (a certificate is renewed with a third of its life left, so never late).
+    pub fn renewal_interval(&self) -> std::time::Duration {
+        let shortest = [self.etcd_server().0, self.admin().cert, self.local().cert]
+            .iter()
+            .filter_map(|p| self.current(p))
+            .map(|i| i.lifetime())
+            .min()
+            .unwrap_or(Validity::default().leaf);
+        (shortest / 10).clamp(
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(600),
+        )
+    }
+
     /// Issues the `remote-<peer>` certificate (always fresh).
     pub fn issue_remote(&self, peer: &str) -> Result<ClientFiles> {
         let ca = self.ca()?;
-        ca.issue_client(&format!("remote-{peer}"))?
-            .write_to(&self.dir, &format!("remote-{peer}"))?;
+        let name = format!("remote-{peer}");
+        let lifetime = self.lifetime_for(self.current(&self.pair(&name).0).as_ref());
+        ca.issue_client_for(&name, lifetime)?
+            .write_to(&self.dir, &name)?;
         Ok(self.remote(peer))
     }
 
-    /// Whether the certificate at `cert` is missing, not issued by `ca`, or lacks the SANs.
+    /// Whether the certificate at `cert` is missing, not issued by `ca`, lacks the SANs, is due
+    /// for renewal, or has another lifetime than the one asked for.
     fn stale(&self, cert: &Path, key: &Path, ca: &Ca, sans: Option<(&[&str], &[IpAddr])>) -> bool {
         let (Ok(pem), true) = (read(cert), key.exists()) else {
             return true;
@@ -170,6 +333,10 @@ impl ClusterPki {
         match crate::inspect(&pem) {
             Ok(info) => {
                 info.issuer_key_id != ca.key_id()
+                    || info.renewal_due(crate::unix_now())
+                    || self
+                        .leaf_validity
+                        .is_some_and(|v| !same_lifetime(v, info.lifetime()))
                     || sans.is_some_and(|(dns, ips)| {
                         !dns.iter().all(|d| info.dns.iter().any(|x| x == d))
                             || !ips.iter().all(|ip| info.ips.contains(ip))
@@ -213,5 +380,101 @@ mod tests {
         let remote = pki.issue_remote("c2").unwrap();
         let pem = std::fs::read_to_string(remote.cert).unwrap();
         assert_eq!(crate::inspect(&pem).unwrap().common_name, "remote-c2");
+    }
+
+    #[test]
+    fn lifetimes_are_kept_on_renewal_and_changed_on_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = ClusterPki::new(dir.path(), "c1");
+        pki.install_ca(&Ca::generate("mesh").unwrap()).unwrap();
+        let lifetime = |pki: &ClusterPki| {
+            let pem = std::fs::read_to_string(pki.admin().cert).unwrap();
+            crate::inspect(&pem).unwrap().lifetime()
+        };
+        // Default: a year.
+        assert!(pki.ensure(&[], &[]).unwrap());
+        assert_eq!(lifetime(&pki), std::time::Duration::from_secs(365 * 86_400));
+
+        // Asking for another lifetime re-issues everything with it, once.
+        let six = std::time::Duration::from_secs(6);
+        let short = pki.clone().with_leaf_validity(six);
+        assert!(short.ensure(&[], &[]).unwrap());
+        assert!(
+            !short.ensure(&[], &[]).unwrap(),
+            "fresh and of the asked lifetime"
+        );
+        assert_eq!(lifetime(&pki), six);
+
+        // With a third of its life left a certificate is renewed, with its own lifetime, by a
+        // ClusterPki that was not told any (the apiserver's renewal).
+        let before = std::fs::read_to_string(pki.admin().cert).unwrap();
+        let info = crate::inspect(&before).unwrap();
+        assert!(!info.renewal_due(crate::unix_now()));
+        while !info.renewal_due(crate::unix_now()) {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(pki.ensure(&[], &[]).unwrap(), "renewal due");
+        let after = std::fs::read_to_string(pki.admin().cert).unwrap();
+        assert_ne!(before, after);
+        assert_eq!(lifetime(&pki), six);
+        // A new certificate gets the lifetime the cluster's were issued with.
+        let remote = pki.issue_remote("c2").unwrap();
+        let info = crate::inspect(&std::fs::read_to_string(remote.cert).unwrap()).unwrap();
+        assert_eq!(info.lifetime(), six);
+    }
+
+    #[test]
+    fn a_ca_is_rotated_through_a_trust_bundle() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = ClusterPki::new(dir.path(), "c1");
+        let old = Ca::generate("old").unwrap();
+        pki.install_ca(&old).unwrap();
+        pki.ensure(&[], &[]).unwrap();
+        pki.issue_remote("c2").unwrap();
+        let api = pki
+            .ensure_server("apiserver", "apiserver-c1", &["10.0.0.1".parse().unwrap()])
+            .unwrap();
+        assert!(api.1);
+        let new = Ca::generate("new").unwrap();
+        assert!(
+            pki.switch_issuer(&new).is_err(),
+            "not before the bundle holds it"
+        );
+
+        // 1. Trust both: the issuer stays the old CA.
+        let bundle = format!("{}{}", old.cert_pem(), new.cert_pem());
+        assert!(pki.trust(&bundle).unwrap());
+        assert!(!pki.trust(&bundle).unwrap());
+        assert_eq!(pki.ca().unwrap().key_id(), old.key_id());
+        assert!(pki.reissue_foreign().unwrap().is_empty());
+
+        // 2. Issue from the new CA: everything is re-issued, names and addresses kept.
+        pki.switch_issuer(&new).unwrap();
+        assert_eq!(pki.ca().unwrap().key_id(), new.key_id());
+        let redone = pki.reissue_foreign().unwrap();
+        assert_eq!(
+            redone,
+            ["admin", "apiserver", "etcd-server", "local", "remote-c2"]
+        );
+        let api =
+            crate::inspect(&std::fs::read_to_string(dir.path().join("apiserver.crt")).unwrap())
+                .unwrap();
+        assert_eq!(api.common_name, "apiserver-c1");
+        assert_eq!(api.issuer_key_id, new.key_id());
+        assert!(api.ips.contains(&"10.0.0.1".parse().unwrap()));
+        assert!(
+            !pki.ensure(&[], &[]).unwrap(),
+            "nothing left from the old CA"
+        );
+
+        // 3. Drop the old CA; a bundle without the issuer is refused.
+        assert!(pki.trust(old.cert_pem()).is_err());
+        assert!(pki.trust(new.cert_pem()).unwrap());
+        assert_eq!(
+            crate::inspect_bundle(&pki.trust_bundle().unwrap())
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }

@@ -4,6 +4,21 @@
 //! alone matches every name; otherwise `*` matches zero or more characters of one DNS label
 //! (`[-a-zA-Z0-9_]`, never a dot), as Cilium's `matchPattern` does: `*.cilium.io` matches
 //! `docs.cilium.io` but neither `cilium.io` nor `a.b.cilium.io`.
+//!
+//! A `toFQDNs` peer selects identities by label: a DNS proxy gives the addresses it learns
+//! node-local identities labelled `fqdn:<pattern>` for each pattern matching one of their names
+//! (one identity per set of patterns, as Cilium does since 1.16), and [`selector`] selects the
+//! identities that carry a pattern's label.
+
+use crate::selector::{Requirement, Selector};
+
+/// The label source of `toFQDNs` selector labels (`fqdn:<pattern>`, empty value).
+pub const SOURCE_FQDN: &str = "fqdn";
+
+/// The selector of a normalized `toFQDNs` pattern: identities labelled `fqdn:<pattern>`.
+pub fn selector(pattern: &str) -> Selector {
+    Selector::new([Requirement::exists(&format!("{SOURCE_FQDN}:{pattern}"))])
+}
 
 /// Lower case, without a trailing dot.
 pub fn normalize(name: &str) -> String {

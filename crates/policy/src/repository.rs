@@ -77,7 +77,6 @@ enum CompiledPeer {
     Any,
     Selector(SelectorId),
     Prefixes(Vec<Cidr>),
-    Fqdn(String),
 }
 
 #[derive(Clone, Debug)]
@@ -172,6 +171,8 @@ impl std::fmt::Display for EntryOrigin {
 struct Stored {
     policy: Policy,
     compiled: Vec<CompiledRule>,
+    /// The `toFQDNs` patterns of its rules.
+    fqdns: BTreeSet<String>,
 }
 
 /// Policies and their resolution.
@@ -182,7 +183,6 @@ pub struct PolicyRepository {
     policies: BTreeMap<PolicyKey, Stored>,
     egress_named_ports: NamedPorts,
     identity_named_ports: HashMap<NumericIdentity, NamedPorts>,
-    fqdn_addresses: BTreeMap<String, BTreeSet<IpAddr>>,
     revision: u64,
 }
 
@@ -195,7 +195,6 @@ impl PolicyRepository {
             policies: BTreeMap::new(),
             egress_named_ports: NamedPorts::new(),
             identity_named_ports: HashMap::new(),
-            fqdn_addresses: BTreeMap::new(),
             revision: 0,
         }
     }
@@ -219,8 +218,24 @@ impl PolicyRepository {
     pub fn upsert(&mut self, policy: Policy) -> Option<Policy> {
         let old = self.delete(&policy.key);
         let compiled = policy.rules.iter().map(|r| self.compile(r)).collect();
-        self.policies
-            .insert(policy.key.clone(), Stored { policy, compiled });
+        let fqdns = policy
+            .rules
+            .iter()
+            .flat_map(|r| r.egress.iter().chain(&r.egress_deny))
+            .flat_map(|pr| pr.peers.iter().flatten())
+            .filter_map(|p| match p {
+                PeerSpec::Fqdn(pattern) => Some(pattern.clone()),
+                _ => None,
+            })
+            .collect();
+        self.policies.insert(
+            policy.key.clone(),
+            Stored {
+                policy,
+                compiled,
+                fqdns,
+            },
+        );
         self.revision += 1;
         old
     }
@@ -286,27 +301,13 @@ impl PolicyRepository {
         }
     }
 
-    /// Records the addresses a DNS name currently resolves to (from a DNS proxy); an empty set
-    /// forgets the name. `toFQDNs` peers select the addresses of every matching name, as host
-    /// prefixes. Returns whether anything changed; then the endpoints for which
-    /// [`Self::uses_fqdns`] holds need resolving again.
-    pub fn set_fqdn_addresses(&mut self, name: &str, addresses: BTreeSet<IpAddr>) -> bool {
-        let name = crate::fqdn::normalize(name);
-        if addresses.is_empty() {
-            self.fqdn_addresses.remove(&name).is_some()
-        } else {
-            self.fqdn_addresses.insert(name, addresses.clone()) != Some(addresses)
-        }
-    }
-
-    /// Whether the policy of an endpoint with these labels has `toFQDNs` peers.
-    pub fn uses_fqdns(&self, labels: &Labels) -> bool {
-        self.matching_rules(labels).any(|r| {
-            r.sections
-                .iter()
-                .flatten()
-                .any(|pr| pr.peers.iter().any(|p| matches!(p, CompiledPeer::Fqdn(_))))
-        })
+    /// Every `toFQDNs` pattern of the stored policies (normalized): the selectors a DNS proxy
+    /// learns addresses for ([`crate::fqdn`]).
+    pub fn fqdn_patterns(&self) -> BTreeSet<String> {
+        self.policies
+            .values()
+            .flat_map(|s| s.fqdns.iter().cloned())
+            .collect()
     }
 
     /// Applies identity changes (local or remote); returns the selectors whose sets changed.
@@ -320,7 +321,10 @@ impl PolicyRepository {
     fn compile_peer(&mut self, spec: &PeerSpec, out: &mut Vec<CompiledPeer>) {
         match spec {
             PeerSpec::Any => out.push(CompiledPeer::Any),
-            PeerSpec::Fqdn(pattern) => out.push(CompiledPeer::Fqdn(pattern.clone())),
+            PeerSpec::Fqdn(pattern) => {
+                let sel = crate::fqdn::selector(pattern);
+                out.push(CompiledPeer::Selector(self.cache.add_selector(sel)));
+            }
             PeerSpec::Cidr { cidr, except } => {
                 out.push(CompiledPeer::Prefixes(subtract(*cidr, except)));
             }
@@ -526,15 +530,6 @@ impl PolicyRepository {
                                     push(Peer::Prefix(*prefix), &ports);
                                 }
                             }
-                            CompiledPeer::Fqdn(pattern) => {
-                                for (name, addresses) in &self.fqdn_addresses {
-                                    if crate::fqdn::matches(pattern, name) {
-                                        for a in addresses {
-                                            push(Peer::Prefix(Cidr::host(*a)), &ports);
-                                        }
-                                    }
-                                }
-                            }
                         }
                     }
                     if sources.is_some() {
@@ -627,13 +622,6 @@ impl PolicyRepository {
                     out.extend(self.cache.matches(*id).iter().map(|i| Peer::Identity(*i)));
                 }
                 CompiledPeer::Prefixes(list) => out.extend(list.iter().map(|c| Peer::Prefix(*c))),
-                CompiledPeer::Fqdn(pattern) => {
-                    for (name, addresses) in &self.fqdn_addresses {
-                        if crate::fqdn::matches(pattern, name) {
-                            out.extend(addresses.iter().map(|a| Peer::Prefix(Cidr::host(*a))));
-                        }
-                    }
-                }
             }
         }
         out

@@ -218,7 +218,7 @@ pub enum PeerSpec {
         except: Vec<Cidr>,
     },
     /// A DNS name or pattern (`toFQDNs`, lower case, no trailing dot): selects the addresses
-    /// learned for matching names (see [`crate::repository::PolicyRepository::set_fqdn_addresses`]).
+    /// learned for matching names, by the identities a DNS proxy gives them (see [`crate::fqdn`]).
     Fqdn(String),
     /// Every peer (a NetworkPolicy rule without `from`/`to`).
     Any,

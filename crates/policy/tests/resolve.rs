@@ -622,20 +622,24 @@ specs:
         }],
         "DNS rules enforced at L4; toFQDNs selects nothing before a DNS source reports addresses"
     );
-    // Once a DNS source reports addresses, toFQDNs selects them as host prefixes.
+    // Once a DNS proxy gives learned addresses an identity labelled with the pattern,
+    // toFQDNs selects that identity (and not one of another pattern).
     let db = pod("db", "default", "cluster1");
-    assert!(r.uses_fqdns(&db));
-    let addrs: BTreeSet<IpAddr> = ["93.184.215.14".parse().unwrap()].into();
-    assert!(r.set_fqdn_addresses("Example.COM.", addrs.clone()));
-    assert!(!r.set_fqdn_addresses("example.com", addrs));
-    r.set_fqdn_addresses("other.org", ["1.1.1.1".parse().unwrap()].into());
+    assert_eq!(
+        r.fqdn_patterns(),
+        BTreeSet::from(["example.com".to_string()])
+    );
+    let learned = Labels::parse("fqdn:example.com=;reserved:world=;").unwrap();
+    let other = Labels::parse("fqdn:other.org=;reserved:world=;").unwrap();
+    const FQDN_ID: u32 = (1 << 24) + 0x8000;
+    add(&mut r, &[(FQDN_ID, &learned), (FQDN_ID + 1, &other)]);
     let p = r.resolve(&ep(&db));
     assert_eq!(p.entries.len(), 2);
     assert_eq!(
         p.entries[1],
         PolicyEntry {
             direction: Egress,
-            peer: Peer::Prefix(cidr("93.184.215.14/32")),
+            peer: Peer::Identity(NumericIdentity(FQDN_ID)),
             proto: Some(Proto::Tcp),
             ports: Some((443, 443)),
             deny: false

@@ -15,6 +15,9 @@
 //! (a root user, read-only users for prefixes) and enables etcd auth; with client-cert auth,
 //! the certificate's CN is the etcd user.
 //!
+//! [`outside`] holds the clients the lab tests use towards the outside network (DNS lookups over
+//! UDP and TCP, HTTP), from a pod's network namespace.
+//!
 //! [`lab`] is the harness of the lab tests (the CLI's and the cluster DNS's): a [`lab::Lab`]
 //! driven through the `plexus` binary, with its own name and directory, taken down on drop;
 //! [`walkthrough`] holds the checks the walkthrough tests share; [`prometheus`] runs a real
@@ -37,6 +40,7 @@ use plexus_pki::Ca;
 pub mod lab;
 pub mod netpol;
 pub mod openssl;
+pub mod outside;
 pub mod prometheus;
 pub mod walkthrough;
 pub mod web_view;

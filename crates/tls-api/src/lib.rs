@@ -9,6 +9,11 @@
 //! that only the cluster's admin identity (`admin-<cluster>`) may write: other clients of the
 //! CA get `GET`/`HEAD`, and a write is answered with the error kind `forbidden`. A unix socket
 //! is served without this layer: it is local and fully privileged.
+//!
+//! Certificates renewed on disk are used without a restart: a listener made from files
+//! ([`TlsListener::from_files`], [`start`]) compares them, at most once a second as
+//! connections arrive, with those it loaded ([`ReloadingConfig`]), and new handshakes use the
+//! new certificate and CA bundle; connections already established keep theirs.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,6 +43,147 @@ pub struct Peer {
     pub common_name: Option<String>,
 }
 
+/// How often, at most, [`ReloadingConfig`] compares the files with those loaded.
+const RELOAD_CHECK: Duration = Duration::from_secs(1);
+
+/// A TLS configuration (server or client) made from files, made again when they change.
+pub struct ReloadingConfig<T = rustls::ServerConfig> {
+    files: plexus_agent_api::tls::TlsFiles,
+    build: Build<T>,
+    state: std::sync::Mutex<Reload<T>>,
+}
+
+type Build<T> =
+    fn(&plexus_agent_api::tls::TlsFiles) -> Result<Arc<T>, plexus_agent_api::tls::TlsError>;
+
+struct Reload<T> {
+    config: Arc<T>,
+    /// The CA, certificate and key the configuration was made from (or last refused).
+    seen: [Vec<u8>; 3],
+    checked: std::time::Instant,
+}
+
+fn client_config(
+    files: &plexus_agent_api::tls::TlsFiles,
+) -> Result<Arc<rustls::ClientConfig>, plexus_agent_api::tls::TlsError> {
+    plexus_agent_api::tls::client_config(&files.ca, Some((&files.cert, &files.key)))
+}
+
+impl ReloadingConfig<rustls::ServerConfig> {
+    /// A server configuration from `files`; an unusable set is an error naming them.
+    pub fn new(files: &plexus_agent_api::tls::TlsFiles) -> anyhow::Result<Self> {
+        Self::with(files, plexus_agent_api::tls::server_config)
+    }
+}
+
+impl ReloadingConfig<rustls::ClientConfig> {
+    /// A client configuration (trusting `files.ca`, presenting `files.cert`) from `files`.
+    pub fn client(files: &plexus_agent_api::tls::TlsFiles) -> anyhow::Result<Self> {
+        Self::with(files, client_config)
+    }
+}
+
+impl<T> ReloadingConfig<T> {
+    fn with(files: &plexus_agent_api::tls::TlsFiles, build: Build<T>) -> anyhow::Result<Self> {
+        let seen = Self::read(files)?;
+        let config = build(files)?;
+        Ok(Self {
+            files: files.clone(),
+            build,
+            state: std::sync::Mutex::new(Reload {
+                config,
+                seen,
+                checked: std::time::Instant::now(),
+            }),
+        })
+    }
+
+    fn read(files: &plexus_agent_api::tls::TlsFiles) -> anyhow::Result<[Vec<u8>; 3]> {
+        use anyhow::Context as _;
+        let read =
+            |p: &std::path::Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
+        Ok([read(&files.ca)?, read(&files.cert)?, read(&files.key)?])
+    }
+
+    /// The configuration for a new connection: made again if the files changed. Files that
+    /// cannot be used (a certificate whose key is not written yet) are logged once and the
+    /// previous configuration stays.
+    pub fn current(&self) -> Arc<T> {
+        let mut state = match self.state.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if state.checked.elapsed() < RELOAD_CHECK {
+            return state.config.clone();
+        }
+        state.checked = std::time::Instant::now();
+        let Ok(seen) = Self::read(&self.files) else {
+            return state.config.clone();
+        };
+        if seen == state.seen {
+            return state.config.clone();
+        }
+        match (self.build)(&self.files) {
+            Ok(config) => {
+                tracing::info!(cert = %self.files.cert.display(), "certificate files changed: new connections use them");
+                state.config = config;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "changed certificate files not used");
+            }
+        }
+        state.seen = seen;
+        state.config.clone()
+    }
+}
+
+/// The client side of a TCP API connection (the relay asking agents and other relays): a
+/// fixed configuration, or one made from files and reloaded when they change.
+#[derive(Clone)]
+pub enum ClientTls {
+    /// Always this configuration.
+    Fixed(Arc<rustls::ClientConfig>),
+    /// Made from files, made again when they change.
+    Files(Arc<ReloadingConfig<rustls::ClientConfig>>),
+}
+
+impl ClientTls {
+    /// Presents `files.cert` and trusts `files.ca`, reloading them when they change.
+    pub fn from_files(files: &plexus_agent_api::tls::TlsFiles) -> anyhow::Result<Self> {
+        Ok(Self::Files(Arc::new(ReloadingConfig::client(files)?)))
+    }
+
+    /// The configuration for a new connection.
+    pub fn current(&self) -> Arc<rustls::ClientConfig> {
+        match self {
+            Self::Fixed(config) => config.clone(),
+            Self::Files(reloading) => reloading.current(),
+        }
+    }
+}
+
+impl From<Arc<rustls::ClientConfig>> for ClientTls {
+    fn from(config: Arc<rustls::ClientConfig>) -> Self {
+        Self::Fixed(config)
+    }
+}
+
+/// Where a listener takes the configuration of each handshake.
+#[derive(Clone)]
+enum ServerTls {
+    Fixed(Arc<rustls::ServerConfig>),
+    Files(Arc<ReloadingConfig>),
+}
+
+impl ServerTls {
+    fn current(&self) -> Arc<rustls::ServerConfig> {
+        match self {
+            Self::Fixed(config) => config.clone(),
+            Self::Files(reloading) => reloading.current(),
+        }
+    }
+}
+
 /// TLS connections whose handshake succeeded, for `axum::serve`.
 pub struct TlsListener {
     local: SocketAddr,
@@ -55,9 +201,22 @@ impl TlsListener {
     /// Accepts on `tcp` with the server configuration `config`
     /// (`plexus_agent_api::tls::server_config`).
     pub fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
+        Self::with(tcp, ServerTls::Fixed(config))
+    }
+
+    /// Accepts on `tcp` with the certificate, key and CA of `files`, reloaded when they change
+    /// (see [`ReloadingConfig`]).
+    pub fn from_files(
+        tcp: TcpListener,
+        files: &plexus_agent_api::tls::TlsFiles,
+    ) -> anyhow::Result<Self> {
+        let config = ReloadingConfig::new(files)?;
+        Ok(Self::with(tcp, ServerTls::Files(Arc::new(config)))?)
+    }
+
+    fn with(tcp: TcpListener, source: ServerTls) -> std::io::Result<Self> {
         let local = tcp.local_addr()?;
         let (tx, ready) = tokio::sync::mpsc::channel(16);
-        let tls = tokio_rustls::TlsAcceptor::from(config);
         let acceptor = tokio::spawn(async move {
             loop {
                 let (stream, addr) = match tcp.accept().await {
@@ -69,7 +228,7 @@ impl TlsListener {
                         continue;
                     }
                 };
-                let tls = tls.clone();
+                let tls = tokio_rustls::TlsAcceptor::from(source.current());
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
@@ -164,8 +323,8 @@ pub fn authorized(router: Router, cluster: &str) -> Router {
     ))
 }
 
-/// Listens on `addr` with mutual TLS from `files` and serves `router` (authorized for
-/// `cluster`) until the returned task is dropped or aborted.
+/// Listens on `addr` with mutual TLS from `files` (reloaded when they change) and serves
+/// `router` (authorized for `cluster`) until the returned task is dropped or aborted.
 pub async fn start(
     addr: SocketAddr,
     files: &plexus_agent_api::tls::TlsFiles,
@@ -173,11 +332,11 @@ pub async fn start(
     cluster: &str,
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     use anyhow::Context as _;
-    let config = plexus_agent_api::tls::server_config(files)?;
     let tcp = TcpListener::bind(addr)
         .await
         .with_context(|| format!("listen on {addr}"))?;
-    let listener = TlsListener::new(tcp, config).with_context(|| format!("listen on {addr}"))?;
+    let listener =
+        TlsListener::from_files(tcp, files).with_context(|| format!("listen on {addr}"))?;
     let cluster = cluster.to_string();
     Ok(tokio::spawn(async move {
         serve(listener, router, &cluster).await
@@ -328,5 +487,104 @@ mod tests {
         })
         .await
         .expect("the mTLS test timed out");
+    }
+
+    /// One HTTP/1.1 request on an established connection; returns the status line.
+    async fn request_on(
+        stream: &mut tokio_rustls::client::TlsStream<TcpStream>,
+        path: &str,
+    ) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = stream.read(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn a_renewed_server_certificate_serves_new_connections_and_old_ones_stay() {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            plexus_kvstore::install_crypto_provider();
+            let dir = tempfile::tempdir().unwrap();
+            let d = dir.path();
+            let ca = plexus_pki::Ca::generate("plexus-ca").unwrap();
+            ca.pem().write_to(d, "ca").unwrap();
+            let ip = ["127.0.0.1".parse().unwrap()];
+            let short = ca
+                .issue_server_for("agent-n1", &[], &ip, Duration::from_secs(3))
+                .unwrap();
+            let (cert, key) = short.write_to(d, "server").unwrap();
+            let first_expiry = plexus_pki::inspect(&short.cert_pem).unwrap().not_after;
+            // The client's certificate is short-lived and renewed too (the relay's identity).
+            let reader = ca
+                .issue_client_for("remote-c2", Duration::from_secs(3))
+                .unwrap();
+            let (reader_cert, reader_key) = write(d, "reader", &reader);
+            let first_expiry =
+                first_expiry.max(plexus_pki::inspect(&reader.cert_pem).unwrap().not_after);
+            let client_tls = ClientTls::from_files(&plexus_agent_api::tls::TlsFiles {
+                ca: d.join("ca.crt"),
+                cert: reader_cert,
+                key: reader_key,
+            })
+            .unwrap();
+            let files = plexus_agent_api::tls::TlsFiles {
+                ca: d.join("ca.crt"),
+                cert,
+                key,
+            };
+            let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = tcp.local_addr().unwrap();
+            let listener = TlsListener::from_files(tcp, &files).unwrap();
+            let router = Router::new().route("/v1/healthz", get(|| async { axum::Json("ok") }));
+            let server = tokio::spawn(async move { serve(listener, router, "c1").await });
+            let connect = || async {
+                let tcp = TcpStream::connect(addr).await.unwrap();
+                tokio_rustls::TlsConnector::from(client_tls.current())
+                    .connect("127.0.0.1".try_into().unwrap(), tcp)
+                    .await
+            };
+
+            // A connection established with the first certificate.
+            let mut old = connect().await.unwrap();
+            assert!(request_on(&mut old, "/v1/healthz").await.contains("200"));
+
+            // Renewed on disk; then the first certificate expires.
+            ca.issue_server_for("agent-n1", &[], &ip, Duration::from_secs(3600))
+                .unwrap()
+                .write_to(d, "server")
+                .unwrap();
+            ca.issue_client_for("remote-c2", Duration::from_secs(3600))
+                .unwrap()
+                .write_to(d, "reader")
+                .unwrap();
+            let left = first_expiry + 1 - plexus_pki::unix_now();
+            if left > 0 {
+                tokio::time::sleep(Duration::from_secs(left as u64)).await;
+            }
+
+            // New connections get the renewed certificate, the old one keeps working.
+            let mut new = connect()
+                .await
+                .expect("the renewed certificate is accepted");
+            let presented = new.get_ref().1.peer_certificates().unwrap()[0].clone();
+            let renewed = {
+                use rustls::pki_types::pem::PemObject as _;
+                rustls::pki_types::CertificateDer::from_pem_file(d.join("server.crt")).unwrap()
+            };
+            assert_eq!(presented, renewed);
+            assert!(request_on(&mut new, "/v1/healthz").await.contains("200"));
+            assert!(request_on(&mut old, "/v1/healthz").await.contains("200"));
+            server.abort();
+        })
+        .await
+        .expect("the renewal test timed out");
     }
 }

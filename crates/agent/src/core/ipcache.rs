@@ -2,13 +2,17 @@
 //!
 //! Sources, strongest first (see [`plexus_ipcache::Source`]): this node's endpoints, this
 //! cluster's kvstore (other nodes' endpoints), nodes (their pod CIDR behind their underlay
-//! address, their address as `remote-node`), remote clusters, and last the CIDRs policies
-//! name. Every source's entries are kept; the effective entry of a prefix is the strongest
+//! address, their address as `remote-node`), remote clusters, the addresses the DNS proxy
+//! learned for `toFQDNs`, and last the CIDRs policies name. Every source's entries are kept; the effective entry of a prefix is the strongest
 //! source's, so withdrawing a strong entry uncovers the next one without a gap.
 //!
 //! In native routing mode every other node's pod CIDR is routed through its underlay address,
 //! or, with WireGuard on, into the WireGuard device (nodes that publish a key; every node in
-//! strict mode); [`RouteChange`]s say what to add, change or remove.
+//! strict mode); [`RouteChange`]s say what to add, change or remove. In every mode, the DNS
+//! proxy's forward routes (every other node's pod CIDR via its underlay address) are output
+//! apart: the shell installs them in a table that only the proxy's forwarded queries look up,
+//! since in tunnel mode the node has no route of its own to other nodes' pods, and with
+//! WireGuard the receiving node would drop the node's own address coming out of the tunnel.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -84,6 +88,37 @@ pub struct IpcacheState {
     policy_cidrs: BTreeMap<Prefix, u32>,
     pending: Vec<Change>,
     pending_routes: Vec<RouteChange>,
+    /// The DNS proxy's forward routes (every other node's pod CIDR via its underlay address,
+    /// in every mode), by (cluster, node).
+    proxy_routes: BTreeMap<(String, String), (Prefix, NextHop)>,
+    pending_proxy_routes: Vec<RouteChange>,
+}
+
+/// Sets the route of node `key` in `routes` (none: removes it) and records the change.
+fn set_route(
+    routes: &mut BTreeMap<(String, String), (Prefix, NextHop)>,
+    pending: &mut Vec<RouteChange>,
+    key: (String, String),
+    route: Option<(Prefix, NextHop)>,
+) {
+    let old = match route {
+        Some(r) => routes.insert(key, r),
+        None => routes.remove(&key),
+    };
+    if old == route {
+        return;
+    }
+    if let Some((old_dst, _)) = old
+        && route.is_none_or(|(dst, _)| dst != old_dst)
+        && !routes.values().any(|(dst, _)| *dst == old_dst)
+    {
+        pending.push(RouteChange::Delete(old_dst));
+    }
+    match route {
+        Some((dst, NextHop::Via(via))) => pending.push(RouteChange::Upsert { dst, via }),
+        Some((dst, NextHop::Wireguard)) => pending.push(RouteChange::Encrypted { dst }),
+        None => {}
+    }
 }
 
 impl IpcacheState {
@@ -104,6 +139,8 @@ impl IpcacheState {
             policy_cidrs: BTreeMap::new(),
             pending: Vec::new(),
             pending_routes: Vec::new(),
+            proxy_routes: BTreeMap::new(),
+            pending_proxy_routes: Vec::new(),
         }
     }
 
@@ -223,7 +260,8 @@ impl IpcacheState {
             self.push(change);
         }
         self.nodes.insert(key.clone(), node.clone());
-        let route = (!is_self && self.routing == RoutingMode::Native)
+        let native = self.routing == RoutingMode::Native;
+        let target = (!is_self)
             .then(|| {
                 let cidr = node.ipv4_alloc_cidr.as_ref()?;
                 let std::net::IpAddr::V4(addr) = cidr.addr else {
@@ -231,44 +269,32 @@ impl IpcacheState {
                 };
                 let dst = Prefix::new(addr, cidr.prefix_len).ok()?;
                 let via = underlay(node)?;
-                let encrypted = self.encryption.enabled
-                    && (self.encryption.strict || super::encryption::public_key(node).is_some());
-                Some((
-                    dst,
-                    if encrypted {
-                        NextHop::Wireguard
-                    } else {
-                        NextHop::Via(via)
-                    },
-                ))
+                Some((dst, via))
             })
             .flatten();
-        self.set_route(key, route);
-    }
-
-    fn set_route(&mut self, key: (String, String), route: Option<(Prefix, NextHop)>) {
-        let old = match route {
-            Some(r) => self.routes.insert(key, r),
-            None => self.routes.remove(&key),
-        };
-        if old == route {
-            return;
-        }
-        if let Some((old_dst, _)) = old
-            && route.is_none_or(|(dst, _)| dst != old_dst)
-            && !self.routes.values().any(|(dst, _)| *dst == old_dst)
-        {
-            self.pending_routes.push(RouteChange::Delete(old_dst));
-        }
-        match route {
-            Some((dst, NextHop::Via(via))) => {
-                self.pending_routes.push(RouteChange::Upsert { dst, via })
-            }
-            Some((dst, NextHop::Wireguard)) => {
-                self.pending_routes.push(RouteChange::Encrypted { dst })
-            }
-            None => {}
-        }
+        let encrypted = self.encryption.enabled
+            && (self.encryption.strict || super::encryption::public_key(node).is_some());
+        let route = target.filter(|_| native).map(|(dst, via)| {
+            let hop = if encrypted {
+                NextHop::Wireguard
+            } else {
+                NextHop::Via(via)
+            };
+            (dst, hop)
+        });
+        set_route(
+            &mut self.routes,
+            &mut self.pending_routes,
+            key.clone(),
+            route,
+        );
+        let proxy = target.map(|(dst, via)| (dst, NextHop::Via(via)));
+        set_route(
+            &mut self.proxy_routes,
+            &mut self.pending_proxy_routes,
+            key,
+            proxy,
+        );
     }
 
     /// A node of `cluster` is gone.
@@ -278,7 +304,23 @@ impl IpcacheState {
         self.pending.extend(changes);
         let key = (cluster.to_string(), name.to_string());
         self.nodes.remove(&key);
-        self.set_route(key, None);
+        set_route(
+            &mut self.routes,
+            &mut self.pending_routes,
+            key.clone(),
+            None,
+        );
+        set_route(
+            &mut self.proxy_routes,
+            &mut self.pending_proxy_routes,
+            key,
+            None,
+        );
+    }
+
+    /// Takes the changes to the DNS proxy's forward routes made since the last call.
+    pub fn take_proxy_routes(&mut self) -> Vec<RouteChange> {
+        std::mem::take(&mut self.pending_proxy_routes)
     }
 
     /// Names of the nodes of `cluster`.
@@ -337,6 +379,30 @@ impl IpcacheState {
             }
         }
         self.policy_cidrs = cidrs;
+    }
+
+    /// An address a DNS proxy learned gets (`Some`) or loses (`None`) the identity of its
+    /// `toFQDNs` selector set (IPv6 addresses are not programmed: the datapath is IPv4).
+    pub fn fqdn_address(&mut self, ip: std::net::IpAddr, identity: Option<u32>) {
+        let std::net::IpAddr::V4(v4) = ip else {
+            return;
+        };
+        let Ok(prefix) = Prefix::new(v4, 32) else {
+            return;
+        };
+        let change = match identity {
+            Some(identity) => self.cache.upsert(
+                prefix,
+                Source::Fqdn,
+                IpcacheValue {
+                    identity,
+                    tunnel_endpoint: None,
+                    cluster_id: 0,
+                },
+            ),
+            None => self.cache.delete(prefix, &Source::Fqdn),
+        };
+        self.push(change);
     }
 
     /// The effective entry of the longest prefix holding `ip`, as the datapath's LPM lookup

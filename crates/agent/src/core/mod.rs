@@ -16,15 +16,19 @@
 //!   ([`services`]);
 //! - every local endpoint's desired policy when anything it depends on changed ([`policy`]);
 //!   the node-local identities of the CIDRs policies name enter the ipcache first;
-//! - with WireGuard on, the whole desired peer set when the nodes changed ([`encryption`]).
+//! - with WireGuard on, the whole desired peer set when the nodes changed ([`encryption`]);
+//! - for the DNS proxy, the endpoints with DNS rules and their rules, and the `toFQDNs`
+//!   patterns, when they changed; what the proxy learns comes back as [`Input::Fqdn`].
 //!
 //! Module map: [`ipcache`] (sources of ipcache entries and their precedence, routes),
-//! [`remotes`] (remote clusters: cluster id from their config, stale entries after a
-//! reconnect, drain), [`services`] (backends across clusters: global, shared, affinity with its
+//! [`guard`] (what a remote may claim: only addresses of its own nodes, never ours or another
+//! remote's; every remote event passes it first), [`remotes`] (remote clusters: cluster id
+//! from their config, stale entries after a reconnect, drain), [`services`] (backends across clusters: global, shared, affinity with its
 //! fallback, unreachable clusters), [`policy`] (selector cache, per-endpoint resolution, CIDR
 //! identities), [`encryption`] (WireGuard peers from the nodes' keys).
 
 pub mod encryption;
+pub mod guard;
 pub mod ipcache;
 pub mod policy;
 pub mod remotes;
@@ -46,7 +50,7 @@ use plexus_policy::Policy;
 
 pub use self::encryption::{WireguardPeer, WireguardPeers};
 pub use self::ipcache::{IpcacheState, RouteChange};
-pub use self::policy::{PolicyState, PortSpec};
+pub use self::policy::{CIDR_IDENTITY_MAX, DnsDesired, FQDN_IDENTITIES, PolicyState, PortSpec};
 pub use self::remotes::RemoteState;
 pub use self::services::ServiceState;
 
@@ -167,6 +171,9 @@ pub enum Input {
     /// (read at start): a prefix still named keeps its identity, so a restart renumbers
     /// nothing and no address loses its CIDR identity while entries are rewritten.
     PolicyCidrsInDatapath(BTreeMap<Prefix, u32>),
+    /// What the DNS proxy learned for `toFQDNs`, in the order to apply: identities of selector
+    /// sets (node-local, into the selector cache), their addresses (into the ipcache), names.
+    Fqdn(Vec<plexus_dnsproxy::Change>),
 }
 
 /// What the IO shell must apply, in this order.
@@ -176,6 +183,9 @@ pub struct Output {
     pub ipcache: Vec<Change>,
     /// Changes to the routes to other nodes' pod CIDRs.
     pub routes: Vec<RouteChange>,
+    /// Changes to the DNS proxy's forward routes (other nodes' pod CIDRs via their underlay
+    /// addresses, for the table of the proxy's forwarded queries).
+    pub proxy_routes: Vec<RouteChange>,
     /// The whole desired load-balancer table, when it may have changed.
     pub services: Option<BTreeMap<Frontend, LbService>>,
     /// The desired policy of every local endpoint, when it may have changed.
@@ -185,6 +195,9 @@ pub struct Output {
     pub policy_cidrs: Option<BTreeMap<Prefix, u32>>,
     /// With WireGuard on: the whole desired peer set, when the nodes changed.
     pub wireguard_peers: Option<WireguardPeers>,
+    /// With `policies`: what the DNS proxy needs (endpoints with DNS rules and their rules,
+    /// `toFQDNs` patterns), when it changed.
+    pub dns: Option<DnsDesired>,
 }
 
 impl Output {
@@ -192,10 +205,12 @@ impl Output {
     pub fn is_empty(&self) -> bool {
         self.ipcache.is_empty()
             && self.routes.is_empty()
+            && self.proxy_routes.is_empty()
             && self.services.is_none()
             && self.policies.is_none()
             && self.policy_cidrs.is_none()
             && self.wireguard_peers.is_none()
+            && self.dns.is_none()
     }
 }
 
@@ -205,6 +220,8 @@ pub struct NodeCore {
     config: CoreConfig,
     ipcache: IpcacheState,
     remotes: BTreeMap<String, RemoteState>,
+    /// What remotes may claim; their events pass it before they are folded.
+    guard: guard::Guard,
     services: ServiceState,
     policy: PolicyState,
     /// Local endpoints by id.
@@ -216,6 +233,10 @@ pub struct NodeCore {
     /// Remote clusters drained (their configuration removed) since this agent started and not
     /// configured again.
     drained: BTreeSet<String>,
+    /// What the DNS proxy was last given.
+    dns_given: Option<DnsDesired>,
+    /// The names the DNS proxy learned, with their addresses (for status).
+    fqdn_names: BTreeMap<String, BTreeSet<std::net::IpAddr>>,
     /// Inputs folded so far.
     seq: u64,
 }
@@ -228,11 +249,14 @@ impl NodeCore {
             services: ServiceState::new(&config.cluster),
             policy: PolicyState::new(&config.cluster, config.policy_default_local_cluster),
             remotes: BTreeMap::new(),
+            guard: guard::Guard::new(),
             endpoints: BTreeMap::new(),
             // The first output carries the peer set, even an empty one.
             peers_dirty: true,
             local_nodes_synced: false,
             drained: BTreeSet::new(),
+            dns_given: None,
+            fqdn_names: BTreeMap::new(),
             seq: 0,
             config,
         }
@@ -296,8 +320,14 @@ impl NodeCore {
             Input::NodeUpsert(node) => {
                 let id = self.config.cluster_id;
                 self.ipcache.node_upsert(&own_cluster, id, &node);
+                let unblocked = self.guard.local_node_upsert(&node);
+                self.fold_remote(unblocked);
             }
-            Input::NodeDelete(name) => self.ipcache.node_delete(&own_cluster, &name),
+            Input::NodeDelete(name) => {
+                self.ipcache.node_delete(&own_cluster, &name);
+                let unblocked = self.guard.local_node_delete(&name);
+                self.fold_remote(unblocked);
+            }
             Input::NodesSynced => self.local_nodes_synced = true,
             Input::IpUpsert { key, pair } => {
                 self.policy
@@ -312,13 +342,10 @@ impl NodeCore {
                 self.policy.identity_upsert(id, &own_cluster, labels)
             }
             Input::IdentityDelete(id) => self.policy.identity_delete(id),
-            Input::Remote(event) => remotes::fold(
-                &mut self.remotes,
-                &mut self.ipcache,
-                &mut self.services,
-                &mut self.policy,
-                event,
-            ),
+            Input::Remote(event) => {
+                let passed = self.guard.remote(event);
+                self.fold_remote(passed);
+            }
             Input::MeshStatus {
                 reachable,
                 all_ready,
@@ -338,7 +365,59 @@ impl NodeCore {
             Input::PolicyDelete(key) => self.policy.policy_delete(&key),
             Input::PoliciesSynced => self.policy.policies_synced(),
             Input::PolicyCidrsInDatapath(cidrs) => self.policy.restore_cidr_ids(&cidrs),
+            Input::Fqdn(changes) => self.fqdn(changes),
         }
+    }
+
+    /// Folds remote events the guard passed.
+    fn fold_remote(&mut self, events: Vec<MeshEvent>) {
+        for event in events {
+            remotes::fold(
+                &mut self.remotes,
+                &mut self.ipcache,
+                &mut self.services,
+                &mut self.policy,
+                event,
+            );
+        }
+    }
+
+    /// What the guard refused of each remote so far, by reason label.
+    pub fn refused(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
+        self.guard.refused()
+    }
+
+    fn fqdn(&mut self, changes: Vec<plexus_dnsproxy::Change>) {
+        use plexus_dnsproxy::{Change, IdentityChange};
+        let own_cluster = self.config.cluster.clone();
+        for change in changes {
+            match change {
+                Change::Identity(IdentityChange::Allocated { id, labels }) => {
+                    self.policy.identity_upsert(id.0, &own_cluster, labels);
+                }
+                Change::Identity(IdentityChange::IpcacheUpsert { ip, id }) => {
+                    self.ipcache.fqdn_address(ip, Some(id.0));
+                }
+                Change::Identity(IdentityChange::IpcacheDelete { ip }) => {
+                    self.ipcache.fqdn_address(ip, None);
+                }
+                Change::Identity(IdentityChange::Released { id }) => {
+                    self.policy.identity_delete(id.0);
+                }
+                Change::Name { name, addresses } => {
+                    if addresses.is_empty() {
+                        self.fqdn_names.remove(&name);
+                    } else {
+                        self.fqdn_names.insert(name, addresses);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The names the DNS proxy learned for `toFQDNs` selectors, with their addresses.
+    pub fn fqdn_names(&self) -> &BTreeMap<String, BTreeSet<std::net::IpAddr>> {
+        &self.fqdn_names
     }
 
     /// Folds several inputs in.
@@ -360,17 +439,28 @@ impl NodeCore {
             }
             None => (None, None),
         };
+        let dns = policies
+            .is_some()
+            .then(|| self.policy.dns())
+            .filter(|d| self.dns_given.as_ref() != Some(*d))
+            .cloned();
+        if let Some(d) = &dns {
+            self.dns_given = Some(d.clone());
+        }
         let (ipcache, routes) = self.ipcache.take_changes();
+        let proxy_routes = self.ipcache.take_proxy_routes();
         let wireguard_peers = (self.config.encryption.enabled
             && std::mem::take(&mut self.peers_dirty))
         .then(|| self.wireguard_peers());
         Output {
             ipcache,
             routes,
+            proxy_routes,
             services,
             policies,
             policy_cidrs,
             wireguard_peers,
+            dns,
         }
     }
 

@@ -11,6 +11,11 @@
 //! entries of every cluster and of this node's endpoints (the union over an identity's
 //! endpoints), or the node-wide union for peers without known ports; a change of those re-resolves.
 //!
+//! The endpoints whose egress policy has DNS rules (`toPorts[].rules.dns`) get their L4 and DNS
+//! rules handed to the node's DNS proxy ([`DnsDesired`]), with every `toFQDNs` pattern; the
+//! identities the proxy gives learned addresses (labels `fqdn:<pattern>`) enter the selector
+//! cache like any other, so `toFQDNs` peers select them.
+//!
 //! Each IPv4 prefix a policy names gets a node-local CIDR identity (from
 //! [`plexus_datapath::IDENTITY_LOCAL_BASE`]); the core installs those prefixes in the ipcache
 //! under every other source (addresses outside the mesh carry them) and in the datapath's policy
@@ -27,11 +32,19 @@ use plexus_model::cidr::Cidr;
 use plexus_model::identity::NumericIdentity;
 use plexus_model::labels::Labels;
 use plexus_policy::{
-    Direction, EndpointInfo, EndpointPolicy, IdentityChange, NamedPort, NamedPorts, Peer, Policy,
-    PolicyConfig, PolicyKey, PolicyRepository, PolicySources, Proto,
+    Direction, DnsPolicy, EndpointInfo, EndpointPolicy, IdentityChange, NamedPort, NamedPorts,
+    Peer, Policy, PolicyConfig, PolicyKey, PolicyRepository, PolicySources, Proto,
 };
 
 use super::LocalEndpoint;
+
+/// The last node-local CIDR identity: CIDR identities take the lower half of the node-local
+/// space, the DNS proxy's selector-set identities ([`FQDN_IDENTITIES`]) the upper half.
+pub const CIDR_IDENTITY_MAX: u32 = plexus_datapath::IDENTITY_LOCAL_BASE + (1 << 23) - 1;
+
+/// The node-local identities of `toFQDNs` selector sets (the DNS proxy allocates them).
+pub const FQDN_IDENTITIES: std::ops::RangeInclusive<u32> =
+    CIDR_IDENTITY_MAX + 1..=plexus_datapath::IDENTITY_LOCAL_MAX;
 
 /// A named container port (number and protocol).
 pub type PortSpec = NamedPort;
@@ -73,7 +86,20 @@ pub struct PolicyState {
     /// The named ports last given to the repository, per identity (this node's endpoints
     /// included).
     fed_identity_ports: BTreeMap<u32, NamedPorts>,
+    /// What the DNS proxy needs, as of the last resolution.
+    dns: DnsDesired,
     dirty: bool,
+}
+
+/// What the node's DNS proxy needs from policy: the rules of every endpoint whose egress
+/// policy has DNS rules (those endpoints' DNS queries are redirected to the proxy), and every
+/// `toFQDNs` pattern (the names to learn addresses for).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DnsDesired {
+    /// Per endpoint id with DNS rules: its L4 policy and its DNS rules.
+    pub endpoints: BTreeMap<u16, (EndpointPolicy, DnsPolicy)>,
+    /// The `toFQDNs` patterns of every policy.
+    pub selectors: BTreeSet<String>,
 }
 
 /// The typed named ports of an ipcache entry (a protocol other than TCP, UDP or SCTP names no
@@ -114,6 +140,7 @@ impl PolicyState {
             next_cidr_id: plexus_datapath::IDENTITY_LOCAL_BASE,
             entry_ports: BTreeMap::new(),
             fed_identity_ports: BTreeMap::new(),
+            dns: DnsDesired::default(),
             dirty: true,
         }
     }
@@ -213,7 +240,7 @@ impl PolicyState {
     /// Takes over the CIDR identities a previous agent gave prefixes (those not named any
     /// more are dropped at the next resolution); later prefixes get identities after them.
     pub fn restore_cidr_ids(&mut self, cidrs: &BTreeMap<Prefix, u32>) {
-        let range = plexus_datapath::IDENTITY_LOCAL_BASE..=plexus_datapath::IDENTITY_LOCAL_MAX;
+        let range = plexus_datapath::IDENTITY_LOCAL_BASE..=CIDR_IDENTITY_MAX;
         let used: BTreeSet<u32> = self.cidr_ids.values().copied().collect();
         for (prefix, id) in cidrs {
             if !range.contains(id) || used.contains(id) {
@@ -225,7 +252,7 @@ impl PolicyState {
             if let std::collections::btree_map::Entry::Vacant(slot) = self.cidr_ids.entry(cidr) {
                 slot.insert(*id);
                 if *id >= self.next_cidr_id {
-                    self.next_cidr_id = if *id >= plexus_datapath::IDENTITY_LOCAL_MAX {
+                    self.next_cidr_id = if *id >= CIDR_IDENTITY_MAX {
                         plexus_datapath::IDENTITY_LOCAL_BASE
                     } else {
                         id + 1
@@ -279,6 +306,11 @@ impl PolicyState {
         &self.sources
     }
 
+    /// What the DNS proxy needs, as of the last resolution.
+    pub fn dns(&self) -> &DnsDesired {
+        &self.dns
+    }
+
     /// The resolved policy of endpoint `id`, as last computed.
     pub fn resolved(&self, id: u16) -> Option<&EndpointPolicy> {
         self.resolved.get(&id)
@@ -309,6 +341,10 @@ impl PolicyState {
         self.feed_named_ports(endpoints);
         let mut resolved = BTreeMap::new();
         let mut sources = BTreeMap::new();
+        let mut dns = DnsDesired {
+            endpoints: BTreeMap::new(),
+            selectors: self.repo.fqdn_patterns(),
+        };
         for ep in endpoints.values() {
             let Some(entry) = self.identities.get(&ep.identity) else {
                 // Its identity is not known yet: resolved once it is. Meanwhile an endpoint
@@ -319,6 +355,9 @@ impl PolicyState {
                     resolved.insert(ep.id, policy.clone());
                     sources.insert(ep.id, from.clone());
                 }
+                if let Some(rules) = self.dns.endpoints.get(&ep.id) {
+                    dns.endpoints.insert(ep.id, rules.clone());
+                }
                 continue;
             };
             let named_ports = ep
@@ -326,10 +365,15 @@ impl PolicyState {
                 .iter()
                 .map(|(name, p)| (name.clone(), BTreeSet::from([*p])))
                 .collect();
-            let (policy, from) = self.repo.resolve_with_sources(&EndpointInfo {
+            let info = EndpointInfo {
                 labels: entry.labels.clone(),
                 named_ports,
-            });
+            };
+            let (policy, from) = self.repo.resolve_with_sources(&info);
+            let rules = self.repo.resolve_dns(&info);
+            if rules.egress_enforced && rules.entries.iter().any(|e| e.patterns.is_some()) {
+                dns.endpoints.insert(ep.id, (policy.clone(), rules));
+            }
             resolved.insert(ep.id, policy);
             sources.insert(ep.id, Arc::new(from));
         }
@@ -346,7 +390,7 @@ impl PolicyState {
         for c in &named {
             if !self.cidr_ids.contains_key(c) {
                 let id = self.next_cidr_id;
-                self.next_cidr_id = if id >= plexus_datapath::IDENTITY_LOCAL_MAX {
+                self.next_cidr_id = if id >= CIDR_IDENTITY_MAX {
                     plexus_datapath::IDENTITY_LOCAL_BASE
                 } else {
                     id + 1
@@ -368,6 +412,7 @@ impl PolicyState {
             .collect();
         self.resolved = resolved;
         self.sources = sources;
+        self.dns = dns;
         (out, cidrs)
     }
 }

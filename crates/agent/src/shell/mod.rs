@@ -16,8 +16,12 @@
 //! while it works are applied together on its next round. [`CoreHandle::wait_applied`] lets a
 //! caller (the endpoint manager, a benchmark) wait until its own input reached the datapath.
 //! With WireGuard on, the reconciler hands the desired peers to [`wireguard`], whose own thread
-//! syncs the device (a separate process) and strict mode's map.
+//! syncs the device (a separate process) and strict mode's map. With the eBPF datapath, the
+//! reconciler hands the policy's DNS side to the node's DNS proxy ([`dns`]), which feeds what
+//! it learns back into the core.
 
+pub mod dns;
+pub mod maps;
 pub mod reconciler;
 pub mod sources;
 pub mod wireguard;

@@ -8,7 +8,11 @@
 //! CIDR identity whose rules are not written yet). Services and policies are synced
 //! as a difference against what is programmed (read back from the datapath at start, so a
 //! restarted agent continues from its predecessor's tables); a part that fails is retried after
-//! a pause with the latest desired state, without hammering a datapath that refuses.
+//! a pause with the latest desired state, without hammering a datapath that refuses. Ipcache
+//! changes the datapath refused are kept per prefix (a later change of the prefix replaces
+//! them) and retried after each round's new changes, which may have made room. A full map's
+//! refusals are counted and reported ([`super::maps`]). Last, the
+//! policy's DNS side goes to the node's DNS proxy ([`super::dns`]).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -20,6 +24,8 @@ use plexus_datapath::{Datapath, Frontend, LbService, Prefix};
 use plexus_ipcache::Change;
 
 use super::CoreDriver;
+use super::dns::DnsShell;
+use super::maps::{MapHealth, Watched};
 use super::wireguard::Wireguard;
 use crate::core::RouteChange;
 use crate::flows::SnapshotBuilder;
@@ -35,13 +41,22 @@ pub trait Routes: Send + Sync {
     fn delete(&self, dst: Prefix);
 }
 
-/// The kernel's main routing table of the agent's network namespace.
+/// A kernel routing table of the agent's network namespace: the main table (native routing),
+/// or the table of the DNS proxy's forwarded queries
+/// ([`plexus_datapath::proxy::PROXY_FORWARD_TABLE`]).
 #[derive(Clone, Copy, Debug, Default)]
-pub struct KernelRoutes;
+pub struct KernelRoutes {
+    /// The table; `None` is the main table.
+    pub table: Option<u32>,
+}
 
 impl Routes for KernelRoutes {
     fn replace(&self, dst: Prefix, via: Ipv4Addr) -> Result<(), String> {
-        crate::netcmd::route_via(&dst.to_string(), &via.to_string()).map_err(|e| format!("{e:#}"))
+        match self.table {
+            None => crate::netcmd::route_via(&dst.to_string(), &via.to_string()),
+            Some(t) => crate::netcmd::route_via_in_table(&dst.to_string(), &via.to_string(), t),
+        }
+        .map_err(|e| format!("{e:#}"))
     }
 
     fn replace_encrypted(&self, dst: Prefix) -> Result<(), String> {
@@ -50,7 +65,10 @@ impl Routes for KernelRoutes {
     }
 
     fn delete(&self, dst: Prefix) {
-        crate::netcmd::route_delete(&dst.to_string());
+        match self.table {
+            None => crate::netcmd::route_delete(&dst.to_string()),
+            Some(t) => crate::netcmd::route_delete_in_table(&dst.to_string(), t),
+        }
     }
 }
 
@@ -68,6 +86,13 @@ impl Routes for NoRoutes {
     }
 
     fn delete(&self, _: Prefix) {}
+}
+
+/// The prefix a change is about.
+fn change_prefix(change: &Change) -> Prefix {
+    match change {
+        Change::Upsert(p, _) | Change::Delete(p) => *p,
+    }
 }
 
 /// How long a failed part waits before it is tried again.
@@ -90,6 +115,14 @@ pub struct Reconciler {
     wireguard: Option<Arc<Wireguard>>,
     /// With flows on: the snapshot of the core the flow decoder reads, rebuilt after a round.
     flows: Option<SnapshotBuilder>,
+    /// With the eBPF datapath: the node's DNS proxy, given the policy's DNS side.
+    dns: Option<Arc<DnsShell>>,
+    /// Ipcache changes the datapath refused, by prefix, retried on the next rounds.
+    retry_ipcache: BTreeMap<Prefix, Change>,
+    /// Where full maps' refusals are noted, ended with each round.
+    health: Option<Arc<MapHealth>>,
+    /// Where the DNS proxy's forward routes go.
+    proxy_routes: Arc<dyn Routes>,
 }
 
 impl Reconciler {
@@ -128,7 +161,32 @@ impl Reconciler {
             retry_policy_cidrs: None,
             wireguard: None,
             flows: None,
+            dns: None,
+            retry_ipcache: BTreeMap::new(),
+            health: None,
+            proxy_routes: Arc::new(NoRoutes),
         }
+    }
+
+    /// Puts the DNS proxy's forward routes in `routes` (by default nowhere).
+    pub fn with_proxy_routes(mut self, routes: Arc<dyn Routes>) -> Self {
+        self.proxy_routes = routes;
+        self
+    }
+
+    /// Notes the writes that full maps refuse in `health` (one round's refusals are the
+    /// maps' state until the next round).
+    pub fn with_map_health(mut self, health: Arc<MapHealth>) -> Self {
+        self.datapath = Arc::new(Watched::new(self.datapath, health.clone()));
+        self.health = Some(health);
+        self
+    }
+
+    /// Hands the policy's DNS side (rules, `toFQDNs` patterns, which endpoints to redirect)
+    /// to the node's DNS proxy after each resolution.
+    pub fn with_dns(mut self, dns: Arc<DnsShell>) -> Self {
+        self.dns = Some(dns);
+        self
     }
 
     /// After each round, copies what the flow decoder needs from the core into a snapshot
@@ -148,6 +206,7 @@ impl Reconciler {
     pub async fn run(mut self) {
         loop {
             let retrying = self.retry_services.is_some()
+                || !self.retry_ipcache.is_empty()
                 || self.retry_policies.is_some()
                 || self.retry_policy_cidrs.is_some();
             if retrying {
@@ -178,7 +237,8 @@ impl Reconciler {
             (output, core.seq(), wireguard)
         };
         self.apply_ipcache(&output.ipcache);
-        self.apply_routes(&output.routes);
+        apply_routes(self.routes.as_ref(), &output.routes);
+        apply_routes(self.proxy_routes.as_ref(), &output.proxy_routes);
         if let (Some(wg), Some((peers, routes, settled))) = (&self.wireguard, wireguard) {
             wg.set_desired(peers, routes, settled);
         }
@@ -205,36 +265,77 @@ impl Reconciler {
         {
             self.retry_policy_cidrs = cidrs.clone();
         }
+        // After the policies: an endpoint's queries reach the proxy only once its rules are
+        // programmed (the proxy forwards what they allow).
+        if let (Some(dns), Some(desired)) = (&self.dns, &output.dns) {
+            dns.update(desired);
+        }
+        if let Some(health) = &self.health {
+            health.round_done();
+        }
         self.driver.applied.send_replace(seq);
     }
 
-    fn apply_ipcache(&self, changes: &[Change]) {
+    /// How many ipcache changes the datapath refused wait for a retry.
+    pub fn ipcache_pending(&self) -> usize {
+        self.retry_ipcache.len()
+    }
+
+    fn apply_ipcache(&mut self, changes: &[Change]) {
+        // Earlier refusals go after this round's changes: a change of the same prefix
+        // replaces its refused one, and deletions may make room.
+        let mut older = std::mem::take(&mut self.retry_ipcache);
+        let mut failed = 0usize;
+        let mut first_error = None;
         for change in changes {
-            let result = match change {
-                Change::Upsert(p, v) => self.datapath.upsert_ipcache(*p, *v),
-                Change::Delete(p) => self.datapath.remove_ipcache(*p),
-            };
-            if let Err(err) = result {
-                tracing::warn!(error = %err, "ipcache update not applied to the datapath");
+            let prefix = change_prefix(change);
+            older.remove(&prefix);
+            if let Err(err) = self.apply_ipcache_change(change) {
+                failed += 1;
+                first_error.get_or_insert(err);
+                self.retry_ipcache.insert(prefix, change.clone());
             }
+        }
+        for (prefix, change) in older {
+            if let Err(err) = self.apply_ipcache_change(&change) {
+                failed += 1;
+                first_error.get_or_insert(err);
+                self.retry_ipcache.insert(prefix, change);
+            }
+        }
+        // One line a round, not one per entry: a full map refuses thousands at once.
+        if let Some(err) = first_error {
+            tracing::warn!(
+                failed,
+                pending = self.retry_ipcache.len(),
+                error = %err,
+                "ipcache updates not applied to the datapath; retrying"
+            );
         }
     }
 
-    fn apply_routes(&self, changes: &[RouteChange]) {
-        for change in changes {
-            match change {
-                RouteChange::Upsert { dst, via } => {
-                    if let Err(err) = self.routes.replace(*dst, *via) {
-                        tracing::warn!(%dst, %via, error = %err, "cannot route to a node's pods");
-                    }
+    fn apply_ipcache_change(&self, change: &Change) -> Result<(), plexus_datapath::DatapathError> {
+        match change {
+            Change::Upsert(p, v) => self.datapath.upsert_ipcache(*p, *v),
+            Change::Delete(p) => self.datapath.remove_ipcache(*p),
+        }
+    }
+}
+
+fn apply_routes(routes: &dyn Routes, changes: &[RouteChange]) {
+    for change in changes {
+        match change {
+            RouteChange::Upsert { dst, via } => {
+                if let Err(err) = routes.replace(*dst, *via) {
+                    tracing::warn!(%dst, %via, error = %err, "cannot route to a node's pods");
                 }
-                RouteChange::Encrypted { dst } => {
-                    if let Err(err) = self.routes.replace_encrypted(*dst) {
-                        tracing::warn!(%dst, error = %err, "cannot route a node's pods into WireGuard");
-                    }
-                }
-                RouteChange::Delete(dst) => self.routes.delete(*dst),
             }
+            RouteChange::Encrypted { dst } => {
+                if let Err(err) = routes.replace_encrypted(*dst) {
+                    tracing::warn!(%dst, error = %err, "cannot route a node's pods into WireGuard");
+                }
+            }
+            RouteChange::Delete(dst) => routes.delete(*dst),
         }
     }
 }

@@ -25,6 +25,9 @@
 //! no moment without a program. Legacy clsact filters were the alternative for older kernels;
 //! they are not implemented.
 //!
+//! A reused map also keeps the size it was created with ([`crate::capacity`]: the configured
+//! size applies to maps created anew; a differing pinned one is kept, with a warning).
+//!
 //! A reused map keeps the layout it was created with: loading refuses pinned maps whose key or
 //! value size differs from this build's; changing a struct in `bpf/lib/common.h` needs a
 //! migration (or a new pin directory).
@@ -54,7 +57,7 @@ use tokio::sync::broadcast;
 
 use crate::{
     Datapath, DatapathError, Direction, DropReason, EVENT_CHANNEL_CAPACITY, Endpoint, Frontend,
-    IpcacheValue, LbService, Metric, MonitorEvent, NodeConfig, Prefix,
+    IpcacheValue, LbService, MapSizes, MapUsage, Metric, MonitorEvent, NodeConfig, Prefix,
     abi::{
         self, ConfigBytes, CtEntryBytes, CtKeyBytes, EndpointBytes, IpcacheBytes, LbBackendBytes,
         LbServiceKeyBytes, LbServiceValueBytes, MetricsKeyBytes, MetricsValueBytes,
@@ -129,6 +132,45 @@ pub struct EbpfDatapath {
     tunnel_ifindex: u32,
     attach: bool,
     reader: reader::Reader,
+    /// The sized maps and the `max_entries` the kernel has for each (the pinned map's).
+    capacities: Vec<(&'static str, u32)>,
+    /// Read-only handles of the sized maps, outside the state's lock: counting their entries
+    /// walks every key and must not hold up writers.
+    counters: Counters,
+}
+
+/// Second handles of the sized maps (opened from their pins), for counting entries.
+struct Counters {
+    ipcache: LpmTrie<MapData, [u8; 4], IpcacheBytes>,
+    lb_services: HashMap<MapData, LbServiceKeyBytes, LbServiceValueBytes>,
+    lb_backends: HashMap<MapData, u32, LbBackendBytes>,
+    conntrack: HashMap<MapData, CtKeyBytes, CtEntryBytes>,
+    policy: LpmTrie<MapData, crate::policy::PolicyKeyData, [u8; 4]>,
+}
+
+impl Counters {
+    fn open(pin_dir: &Path) -> Result<Self, DatapathError> {
+        let data = |name: &'static str| {
+            aya::maps::MapData::from_pin(pin_dir.join(name)).map_err(map_err(name))
+        };
+        Ok(Self {
+            ipcache: aya::maps::Map::LpmTrie(data(MAP_IPCACHE)?)
+                .try_into()
+                .map_err(map_err(MAP_IPCACHE))?,
+            lb_services: aya::maps::Map::HashMap(data(MAP_LB_SERVICES)?)
+                .try_into()
+                .map_err(map_err(MAP_LB_SERVICES))?,
+            lb_backends: aya::maps::Map::HashMap(data(MAP_LB_BACKENDS)?)
+                .try_into()
+                .map_err(map_err(MAP_LB_BACKENDS))?,
+            conntrack: aya::maps::Map::LruHashMap(data(MAP_CT)?)
+                .try_into()
+                .map_err(map_err(MAP_CT))?,
+            policy: aya::maps::Map::LpmTrie(data(MAP_POLICY)?)
+                .try_into()
+                .map_err(map_err(MAP_POLICY))?,
+        })
+    }
 }
 
 impl std::fmt::Debug for EbpfDatapath {
@@ -141,10 +183,21 @@ impl std::fmt::Debug for EbpfDatapath {
     }
 }
 
+/// The error of an operation on `map`: [`DatapathError::MapFull`] when the kernel refused a
+/// new entry for lack of room, [`DatapathError::Map`] otherwise.
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DatapathError {
-    move |e| DatapathError::Map {
-        map,
-        source: Box::new(e),
+    move |e| match &e {
+        MapError::SyscallError(s)
+            if s.io_error
+                .raw_os_error()
+                .is_some_and(crate::capacity::is_full_errno) =>
+        {
+            DatapathError::MapFull { map }
+        }
+        _ => DatapathError::Map {
+            map,
+            source: Box::new(e),
+        },
     }
 }
 
@@ -203,6 +256,45 @@ fn check_pinned_layouts(pin_dir: &Path) -> Result<(), DatapathError> {
     Ok(())
 }
 
+/// Refuses a size of 0 (the kernel would refuse the map with a less helpful error).
+fn check_sizes(sizes: &MapSizes) -> Result<(), DatapathError> {
+    for (name, size) in sizes.per_map() {
+        if size == 0 {
+            return Err(DatapathError::Invalid {
+                what: format!("size of map {name}"),
+                reason: "a map needs room for at least one entry".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The `max_entries` of each sized map pinned under `pin_dir`; warns about each whose size
+/// differs from `sizes` (it is kept: see [`crate::capacity`]).
+fn pinned_capacities(
+    pin_dir: &Path,
+    sizes: &MapSizes,
+) -> Result<Vec<(&'static str, u32)>, DatapathError> {
+    let mut out = Vec::new();
+    for (name, configured) in sizes.per_map() {
+        let path = pin_dir.join(name);
+        let info = aya::maps::MapInfo::from_pin(&path).map_err(map_err(name))?;
+        let pinned = info.max_entries();
+        if pinned != configured {
+            tracing::warn!(
+                map = name,
+                pinned,
+                configured,
+                path = %path.display(),
+                "keeping the pinned map with its size; the configured size applies when the \
+                 map is created again (uninstall the datapath or use a new pin directory)"
+            );
+        }
+        out.push((name, pinned));
+    }
+    Ok(out)
+}
+
 /// The policy maps' contents, per endpoint.
 fn read_policies(
     policy: &LpmTrie<MapData, crate::policy::PolicyKeyData, [u8; 4]>,
@@ -253,17 +345,37 @@ impl EbpfDatapath {
     /// Loads the datapath for this node (see the module documentation). Must run inside the
     /// node's network namespace, with `config.pin_dir` on a bpffs.
     pub fn load(config: NodeConfig) -> Result<Self, DatapathError> {
-        Self::open(config, None)
+        Self::open(config, None, MapSizes::default())
+    }
+
+    /// [`EbpfDatapath::load`] with the sized maps created with `sizes` (see
+    /// [`crate::capacity`]; maps already pinned keep their size).
+    pub fn load_with(config: NodeConfig, sizes: MapSizes) -> Result<Self, DatapathError> {
+        Self::open(config, None, sizes)
     }
 
     /// Loads the programs and pinned maps and writes the configuration with the given tunnel
     /// device index, but creates no device and attaches nothing, not even when endpoints are
     /// upserted. For `BPF_PROG_TEST_RUN` ([`EbpfDatapath::test_run`]) and offline tools.
     pub fn load_unattached(config: NodeConfig, tunnel_ifindex: u32) -> Result<Self, DatapathError> {
-        Self::open(config, Some(tunnel_ifindex))
+        Self::open(config, Some(tunnel_ifindex), MapSizes::default())
     }
 
-    fn open(config: NodeConfig, unattached: Option<u32>) -> Result<Self, DatapathError> {
+    /// [`EbpfDatapath::load_unattached`] with the sized maps created with `sizes`.
+    pub fn load_unattached_with(
+        config: NodeConfig,
+        tunnel_ifindex: u32,
+        sizes: MapSizes,
+    ) -> Result<Self, DatapathError> {
+        Self::open(config, Some(tunnel_ifindex), sizes)
+    }
+
+    fn open(
+        config: NodeConfig,
+        unattached: Option<u32>,
+        sizes: MapSizes,
+    ) -> Result<Self, DatapathError> {
+        check_sizes(&sizes)?;
         let pin_dir = config.pin_dir.clone();
         fs::create_dir_all(&pin_dir).map_err(io_err(&pin_dir))?;
         bpffs::require_bpffs(&pin_dir)?;
@@ -271,13 +383,19 @@ impl EbpfDatapath {
         fs::create_dir_all(&links_dir).map_err(io_err(&links_dir))?;
 
         check_pinned_layouts(&pin_dir)?;
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&pin_dir)
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(&pin_dir);
+        for (name, size) in sizes.per_map() {
+            loader.map_max_entries(name, size);
+        }
+        let mut ebpf = loader
             .load(PLEXUS_BPF_OBJECT)
             .map_err(|e| DatapathError::Load {
                 pin_dir: pin_dir.clone(),
                 source: Box::new(e),
             })?;
+        let capacities = pinned_capacities(&pin_dir, &sizes)?;
+        let counters = Counters::open(&pin_dir)?;
         for program in PROGRAMS {
             let prog = classifier(&mut ebpf, program)?;
             prog.load().map_err(|e| DatapathError::Program {
@@ -397,6 +515,8 @@ impl EbpfDatapath {
             tunnel_ifindex,
             attach: unattached.is_none(),
             reader,
+            capacities,
+            counters,
         })
     }
 
@@ -818,6 +938,47 @@ impl Datapath for EbpfDatapath {
         }
     }
 
+    fn connected_peers(&self) -> Result<std::collections::BTreeSet<Ipv4Addr>, DatapathError> {
+        // bpf_ktime_get_ns() is CLOCK_MONOTONIC.
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+            .map(|t| {
+                u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
+                    + u64::try_from(t.tv_nsec()).unwrap_or(0)
+            })
+            .unwrap_or(0);
+        let st = self.lock();
+        let mut out = std::collections::BTreeSet::new();
+        for item in st.conntrack.iter() {
+            let (key, entry) = item.map_err(map_err(MAP_CT))?;
+            if let Some(peer) = abi::policy_out_peer(&key, &entry, now) {
+                out.insert(peer);
+            }
+        }
+        Ok(out)
+    }
+
+    fn map_usage(&self) -> Result<Vec<MapUsage>, DatapathError> {
+        // Not under the state's lock: entries written meanwhile may or may not be counted.
+        let st = &self.counters;
+        let mut out = Vec::new();
+        for &(map, capacity) in &self.capacities {
+            let entries = match map {
+                MAP_IPCACHE => count(st.ipcache.keys(), map)?,
+                MAP_LB_SERVICES => count(st.lb_services.keys(), map)?,
+                MAP_LB_BACKENDS => count(st.lb_backends.keys(), map)?,
+                MAP_CT => count(st.conntrack.keys(), map)?,
+                MAP_POLICY => count(st.policy.keys(), map)?,
+                _ => continue,
+            };
+            out.push(MapUsage {
+                map,
+                entries,
+                capacity: u64::from(capacity),
+            });
+        }
+        Ok(out)
+    }
+
     fn dns_redirects(&self) -> Result<std::collections::BTreeMap<u16, u16>, DatapathError> {
         let st = self.lock();
         let mut out = std::collections::BTreeMap::new();
@@ -857,12 +1018,17 @@ impl Datapath for EbpfDatapath {
 
 impl State {
     /// Applies `ops` in order. When a write fails, the agent's copy is read again from the maps
-    /// so that it stays what the kernel holds.
+    /// so that it stays what the kernel holds, and what the failed update wrote that nothing
+    /// points to (backends of a frontend not written, slots beyond a master's count) is
+    /// removed: a full map is not filled further by updates it refused.
     fn apply_lb(&mut self, ops: &[LbOp]) -> Result<(), DatapathError> {
         let res = apply_lb_ops(&mut self.lb_services, &mut self.lb_backends, ops);
         if res.is_err()
-            && let Ok((lb, _)) = read_lb_tables(&self.lb_services, &self.lb_backends)
+            && let Ok((lb, garbage)) = read_lb_tables(&self.lb_services, &self.lb_backends)
         {
+            if let Err(err) = apply_lb_ops(&mut self.lb_services, &mut self.lb_backends, &garbage) {
+                tracing::warn!(error = %err, "removing what a failed load-balancing update left");
+            }
             self.lb = lb;
         }
         res
@@ -922,6 +1088,19 @@ fn read_lb_tables(
         }
     }
     Ok(LbTables::from_maps(entries, backends))
+}
+
+/// How many keys `keys` walks.
+fn count<K>(
+    keys: impl Iterator<Item = Result<K, MapError>>,
+    map: &'static str,
+) -> Result<u64, DatapathError> {
+    let mut n = 0;
+    for key in keys {
+        key.map_err(map_err(map))?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// The classifier program `program` of the loaded object.
