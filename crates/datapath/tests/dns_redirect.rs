@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::pods::{self, GATEWAY, Netns, NsThread, Pod, endpoint, ip, mac_str};
+use common::pods::{self, GATEWAY, Netns, NsThread, endpoint, ip, route_to};
 
 use std::io::{IoSliceMut, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
@@ -184,25 +184,6 @@ fn query_tcp(client: &NsThread, server: Ipv4Addr, query: &str) -> String {
     let mut buf = [0u8; 512];
     let n = conn.read(&mut buf).unwrap();
     String::from_utf8_lossy(&buf[..n]).into_owned()
-}
-
-/// Routes the node's own packets to `pod` (as the agent does for its endpoints).
-fn route_to(node_ns: &str, pod: &Pod) {
-    let ip_addr = format!("{}/32", pod.ip);
-    ip(&["-n", node_ns, "route", "add", &ip_addr, "dev", &pod.host_if]);
-    ip(&[
-        "-n",
-        node_ns,
-        "neigh",
-        "replace",
-        &pod.ip.to_string(),
-        "lladdr",
-        &mac_str(pod.pod_mac),
-        "dev",
-        &pod.host_if,
-        "nud",
-        "permanent",
-    ]);
 }
 
 #[test]

@@ -164,6 +164,25 @@ pub fn make_pod(nets: &mut Netns, node: &str, prefix: &str, n: u8, pod_ip: Ipv4A
     pod
 }
 
+/// Routes the node's own packets to `pod` (as the agent does for its endpoints).
+pub fn route_to(node_ns: &str, pod: &Pod) {
+    let ip_addr = format!("{}/32", pod.ip);
+    ip(&["-n", node_ns, "route", "add", &ip_addr, "dev", &pod.host_if]);
+    ip(&[
+        "-n",
+        node_ns,
+        "neigh",
+        "replace",
+        &pod.ip.to_string(),
+        "lladdr",
+        &mac_str(pod.pod_mac),
+        "dev",
+        &pod.host_if,
+        "nud",
+        "permanent",
+    ]);
+}
+
 /// The endpoint of `pod` for the datapath.
 pub fn endpoint(pod: &Pod, id: u16, identity: u32) -> Endpoint {
     Endpoint {

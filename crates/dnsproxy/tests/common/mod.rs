@@ -11,7 +11,7 @@
 mod dp;
 
 pub use dp::Bpffs;
-pub use dp::pods::{self, GATEWAY, Netns, NsThread, Pod, endpoint, ip, mac_str};
+pub use dp::pods::{self, GATEWAY, Netns, NsThread, Pod, endpoint, ip, route_to};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -180,25 +180,6 @@ impl Drop for ZoneServer {
             let _ = t.join();
         }
     }
-}
-
-/// Routes the node's own packets to `pod` (as the agent does for its endpoints).
-fn route_to(node_ns: &str, pod: &Pod) {
-    let ip_addr = format!("{}/32", pod.ip);
-    ip(&["-n", node_ns, "route", "add", &ip_addr, "dev", &pod.host_if]);
-    ip(&[
-        "-n",
-        node_ns,
-        "neigh",
-        "replace",
-        &pod.ip.to_string(),
-        "lladdr",
-        &mac_str(pod.pod_mac),
-        "dev",
-        &pod.host_if,
-        "nud",
-        "permanent",
-    ]);
 }
 
 /// The topology; deleted on drop (in order: servers, datapath, namespaces, bpffs).
