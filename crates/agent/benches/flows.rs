@@ -122,11 +122,14 @@ fn core_with_mesh() -> NodeCore {
     for i in 0..REMOTE_PODS {
         inputs.push(remote(
             "c2",
-            RemoteEvent::IpUpsert(pair(
-                &remote_ip(i).to_string(),
-                "192.168.2.1",
-                REMOTE_IDENTITY + i % 30,
-            )),
+            RemoteEvent::IpUpsert(
+                pair(
+                    &remote_ip(i).to_string(),
+                    "192.168.2.1",
+                    REMOTE_IDENTITY + i % 30,
+                )
+                .into(),
+            ),
         ));
     }
     let service: Service = serde_json::from_str(

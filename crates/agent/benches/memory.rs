@@ -12,6 +12,9 @@
 //! - the same again for a second cycle (what does not come back after a drain accumulates).
 //!
 //! Run: `cargo bench -p plexus-agent --bench memory`. Prints the figures of BENCHMARKS.md.
+//! To see where the memory goes, run the agent under a heap profiler:
+//! `PLEXUS_BENCH_AGENT_WRAPPER="heaptrack -o /tmp/agent"` (the figures then include the
+//! profiler's own).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -32,21 +35,76 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// The agent process; killed when dropped.
+/// The agent process (`pid`; under a wrapper, `child` is the wrapper); killed when dropped.
 struct Agent {
     child: Child,
+    pid: u32,
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        if self.pid == self.child.id() {
+            let _ = self.child.kill();
+        } else {
+            // The wrapper ends with the agent.
+            let _ = Command::new("kill").arg(self.pid.to_string()).status();
+        }
         let _ = self.child.wait();
     }
 }
 
+/// The `plexus-agent` process among `pid` and its descendants.
+fn agent_pid(pid: u32) -> Option<u32> {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if comm.trim() == "plexus-agent" {
+        return Some(pid);
+    }
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    children
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .find_map(agent_pid)
+}
+
 impl Agent {
+    fn start(config: &Path, log: std::fs::File) -> Self {
+        let bin = env!("CARGO_BIN_EXE_plexus-agent");
+        let wrapper = std::env::var("PLEXUS_BENCH_AGENT_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut cmd = match words.next() {
+            Some(first) => {
+                let mut cmd = Command::new(first);
+                cmd.args(words).arg(bin);
+                cmd
+            }
+            None => Command::new(bin),
+        };
+        let child = cmd
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start plexus-agent");
+        let start = Instant::now();
+        let pid = loop {
+            if let Some(pid) = agent_pid(child.id()) {
+                break pid;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no plexus-agent process"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Self { child, pid }
+    }
+
     fn rss_bytes(&self) -> usize {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
             .expect("the agent's /proc status");
         let kb: usize = status
             .lines()
@@ -95,7 +153,14 @@ async fn put_all(b: &Arc<dyn KvBackend>, kvs: Vec<(String, Vec<u8>)>) {
                 lease: None,
             })
             .collect();
-        assert!(b.txn(Txn { compares: vec![], ops }).await.expect("txn"));
+        assert!(
+            b.txn(Txn {
+                compares: vec![],
+                ops
+            })
+            .await
+            .expect("txn")
+        );
     }
 }
 
@@ -199,17 +264,7 @@ fn main() {
         std::fs::create_dir_all(&mesh).expect("clustermesh dir");
         let config = agent_config(dir.path(), &etcd1.endpoint(), &mesh);
         let log = std::fs::File::create(dir.path().join("agent.log")).expect("log");
-        let agent = Agent {
-            child: Command::new(env!("CARGO_BIN_EXE_plexus-agent"))
-                .arg("--config")
-                .arg(&config)
-                .env("RUST_LOG", "warn")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("start plexus-agent"),
-        };
+        let agent = Agent::start(&config, log);
         let client = Client::new(Endpoint::Unix(dir.path().join("agent.sock")));
         let start = Instant::now();
         let base = loop {

@@ -414,6 +414,7 @@ pub async fn run(args: Options) -> Result<()> {
         Duration::from_secs(1),
     );
 
+    let trimmer = crate::shell::memory::Trimmer::new();
     let tasks = [
         tokio::spawn(sources::follow_local(
             backend.clone(),
@@ -427,7 +428,8 @@ pub async fn run(args: Options) -> Result<()> {
             objects,
             endpoints.clone(),
         )),
-        tokio::spawn(sources::follow_remotes(rx, core.clone())),
+        tokio::spawn(sources::follow_remotes(rx, core.clone(), trimmer.clone())),
+        tokio::spawn(trimmer.run(core.clone())),
         tokio::spawn(sources::follow_mesh_status(mesh.handle(), core.clone())),
         tokio::spawn(sources::service_grace(REMOTE_GRACE, core.clone())),
         reconciler,

@@ -117,15 +117,15 @@ fn core_with_mesh() -> NodeCore {
         ),
         remote(
             "c2",
-            RemoteEvent::IpUpsert(pair("10.2.1.5", "192.168.2.1", X_WING)),
+            RemoteEvent::IpUpsert(pair("10.2.1.5", "192.168.2.1", X_WING).into()),
         ),
         remote(
             "c2",
-            RemoteEvent::IpUpsert(pair("10.2.1.6", "192.168.2.1", TIE_FIGHTER)),
+            RemoteEvent::IpUpsert(pair("10.2.1.6", "192.168.2.1", TIE_FIGHTER).into()),
         ),
         remote(
             "c2",
-            RemoteEvent::IpUpsert(pair("10.2.1.9", "192.168.2.1", X_WING)),
+            RemoteEvent::IpUpsert(pair("10.2.1.9", "192.168.2.1", X_WING).into()),
         ),
         Input::ServiceUpsert {
             key: "default/rebel-base".into(),
@@ -316,7 +316,7 @@ fn the_snapshot_follows_the_core_after_a_round() {
     assert!(no_pod(&before));
     core.step(remote(
         "c2",
-        RemoteEvent::IpUpsert(pair("10.2.1.7", "192.168.2.1", X_WING)),
+        RemoteEvent::IpUpsert(pair("10.2.1.7", "192.168.2.1", X_WING).into()),
     ));
     let out = core.take_output();
     builder.update(&core, &out);

@@ -26,7 +26,7 @@ fn the_strongest_source_wins_and_withdrawing_it_uncovers_the_next() {
             ),
             remote(
                 "c2",
-                RemoteEvent::IpUpsert(pair("10.1.2.5", "192.168.2.1", 131_073)),
+                RemoteEvent::IpUpsert(pair("10.1.2.5", "192.168.2.1", 131_073).into()),
             ),
         ],
     );
@@ -59,7 +59,7 @@ fn the_strongest_source_wins_and_withdrawing_it_uncovers_the_next() {
         &mut core,
         [remote(
             "c2",
-            RemoteEvent::IpUpsert(pair("10.1.2.5", "192.168.2.1", 131_074)),
+            RemoteEvent::IpUpsert(pair("10.1.2.5", "192.168.2.1", 131_074).into()),
         )],
     );
     assert!(out.ipcache.is_empty());

@@ -122,7 +122,7 @@ fn nothing_is_recomputed_when_nothing_policy_depends_on_changed() {
     assert!(desired(&mut core).is_some());
     core.step(remote(
         "c2",
-        RemoteEvent::IpUpsert(pair("10.2.1.5", "192.168.2.1", X_WING)),
+        RemoteEvent::IpUpsert(pair("10.2.1.5", "192.168.2.1", X_WING).into()),
     ));
     assert_eq!(desired(&mut core), None);
 }

@@ -117,7 +117,7 @@ fn egress_named_ports_follow_the_ipcache_entries_of_every_cluster() {
         &mut core,
         [remote(
             "c2",
-            RemoteEvent::IpUpsert(pair_with_ports("10.2.0.5", SERVER, &[("http", 8080)])),
+            RemoteEvent::IpUpsert(pair_with_ports("10.2.0.5", SERVER, &[("http", 8080)]).into()),
         )],
     )
     .policies
@@ -129,7 +129,7 @@ fn egress_named_ports_follow_the_ipcache_entries_of_every_cluster() {
         &mut core,
         [remote(
             "c2",
-            RemoteEvent::IpUpsert(pair_with_ports("10.2.0.6", SERVER, &[("http", 8081)])),
+            RemoteEvent::IpUpsert(pair_with_ports("10.2.0.6", SERVER, &[("http", 8081)]).into()),
         )],
     )
     .policies
@@ -161,7 +161,7 @@ fn egress_named_ports_follow_the_ipcache_entries_of_every_cluster() {
             Input::EndpointUpsert(server),
             remote(
                 "c2",
-                RemoteEvent::IpUpsert(pair_with_ports("10.2.0.7", OTHER, &[("metrics", 9200)])),
+                RemoteEvent::IpUpsert(pair_with_ports("10.2.0.7", OTHER, &[("metrics", 9200)]).into()),
             ),
         ],
     )
@@ -195,7 +195,7 @@ fn egress_named_ports_follow_the_ipcache_entries_of_every_cluster() {
     let entry = pair_with_ports("10.2.0.5", SERVER, &[("http", 8080)]);
     run(
         &mut core,
-        [remote("c2", RemoteEvent::IpUpsert(entry.clone()))],
+        [remote("c2", RemoteEvent::IpUpsert(entry.clone().into()))],
     );
     assert!(
         run(&mut core, [remote("c2", RemoteEvent::IpUpsert(entry))])

@@ -100,7 +100,7 @@ fn setup_with(routing: RoutingMode) -> NodeCore {
             ),
             remote(
                 "c2",
-                RemoteEvent::IpUpsert(pair("10.2.1.5", "192.168.2.1", X_WING)),
+                RemoteEvent::IpUpsert(pair("10.2.1.5", "192.168.2.1", X_WING).into()),
             ),
         ],
     );

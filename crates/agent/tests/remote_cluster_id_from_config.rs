@@ -19,11 +19,11 @@ fn ipcache_entries_before_any_node_carry_the_configured_cluster_id() {
             remote("c7", RemoteEvent::ClusterConfig { cluster_id: 7 }),
             remote(
                 "c7",
-                RemoteEvent::IpUpsert(pair("10.7.1.5", "192.168.7.1", 458_753)),
+                RemoteEvent::IpUpsert(pair("10.7.1.5", "192.168.7.1", 458_753).into()),
             ),
             remote(
                 "c7",
-                RemoteEvent::IpUpsert(pair("10.7.1.6", "192.168.7.1", 458_754)),
+                RemoteEvent::IpUpsert(pair("10.7.1.6", "192.168.7.1", 458_754).into()),
             ),
             remote(
                 "c7",
@@ -52,7 +52,7 @@ fn entries_that_came_before_the_config_are_stamped_when_it_comes() {
             ),
             remote(
                 "c7",
-                RemoteEvent::IpUpsert(pair("10.7.1.5", "192.168.7.1", 458_753)),
+                RemoteEvent::IpUpsert(pair("10.7.1.5", "192.168.7.1", 458_753).into()),
             ),
         ],
     );
@@ -89,11 +89,11 @@ fn two_remotes_keep_their_own_ids_whatever_the_order() {
             ),
             remote(
                 "c2",
-                RemoteEvent::IpUpsert(pair("10.2.1.5", "192.168.2.1", 131_073)),
+                RemoteEvent::IpUpsert(pair("10.2.1.5", "192.168.2.1", 131_073).into()),
             ),
             remote(
                 "c3",
-                RemoteEvent::IpUpsert(pair("10.3.1.5", "192.168.3.1", 196_609)),
+                RemoteEvent::IpUpsert(pair("10.3.1.5", "192.168.3.1", 196_609).into()),
             ),
             remote(
                 "c3",

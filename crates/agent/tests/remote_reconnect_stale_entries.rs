@@ -19,15 +19,15 @@ fn initial() -> Vec<plexus_agent::core::Input> {
         ),
         remote(
             "c2",
-            RemoteEvent::IpUpsert(pair("10.2.1.5", "192.168.2.1", 131_073)),
+            RemoteEvent::IpUpsert(pair("10.2.1.5", "192.168.2.1", 131_073).into()),
         ),
         remote(
             "c2",
-            RemoteEvent::IpUpsert(pair("10.2.1.6", "192.168.2.1", 131_074)),
+            RemoteEvent::IpUpsert(pair("10.2.1.6", "192.168.2.1", 131_074).into()),
         ),
         remote(
             "c2",
-            RemoteEvent::IpUpsert(pair("10.2.1.7", "192.168.2.1", 131_075)),
+            RemoteEvent::IpUpsert(pair("10.2.1.7", "192.168.2.1", 131_075).into()),
         ),
         remote("c2", RemoteEvent::Synced),
     ]
@@ -67,15 +67,15 @@ fn a_reconnect_removes_stale_entries_and_never_withdraws_unchanged_ones() {
             ),
             remote(
                 "c2",
-                RemoteEvent::IpUpsert(pair("10.2.1.5", "192.168.2.1", 131_073)),
+                RemoteEvent::IpUpsert(pair("10.2.1.5", "192.168.2.1", 131_073).into()),
             ),
             remote(
                 "c2",
-                RemoteEvent::IpUpsert(pair("10.2.1.6", "192.168.2.1", 131_099)),
+                RemoteEvent::IpUpsert(pair("10.2.1.6", "192.168.2.1", 131_099).into()),
             ),
             remote(
                 "c2",
-                RemoteEvent::IpUpsert(pair("10.2.1.8", "192.168.2.1", 131_076)),
+                RemoteEvent::IpUpsert(pair("10.2.1.8", "192.168.2.1", 131_076).into()),
             ),
             remote("c2", RemoteEvent::IpDelete("10.2.1.7".into())),
             remote("c2", RemoteEvent::Synced),
@@ -117,7 +117,7 @@ fn a_remote_pod_moving_to_another_node_is_replaced_in_place() {
             ),
             remote(
                 "c2",
-                RemoteEvent::IpUpsert(pair("10.2.1.5", "192.168.2.2", 131_073)),
+                RemoteEvent::IpUpsert(pair("10.2.1.5", "192.168.2.2", 131_073).into()),
             ),
         ],
     );

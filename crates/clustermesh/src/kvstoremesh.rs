@@ -176,7 +176,7 @@ impl Reflector {
             }
             RemoteEvent::IpUpsert(p) => {
                 let key = p.key_suffix().unwrap_or_else(|_| p.ip.to_string());
-                let value = serde_json::to_vec(&p).unwrap_or_default();
+                let value = serde_json::to_vec(&*p).unwrap_or_default();
                 self.cache(&cluster).stores[&StateKind::Ip].upsert(key, value);
             }
             RemoteEvent::IpDelete(key) => self.cache(&cluster).stores[&StateKind::Ip].delete(key),

@@ -75,8 +75,10 @@ pub enum RemoteEvent {
     NodeUpsert(Node),
     /// A node (by name) is gone.
     NodeDelete(String),
-    /// An ipcache entry was added or changed.
-    IpUpsert(IpIdentityPair),
+    /// An ipcache entry was added or changed. Shared with the remote's store (and whoever
+    /// keeps it, such as the agent's guard) rather than copied: a remote may have hundreds of
+    /// thousands.
+    IpUpsert(Arc<IpIdentityPair>),
     /// An ipcache entry (by key, `<ip>` or `<ip>/<len>`) is gone.
     IpDelete(String),
     /// An identity was added or changed.
@@ -688,7 +690,7 @@ impl Driver {
                 backend,
                 prefix,
                 bounds,
-                ipcache_decoder(remote),
+                shared(ipcache_decoder(remote)),
                 kind,
                 tx,
                 RemoteEvent::IpUpsert,
@@ -736,6 +738,11 @@ fn delete_event(kind: StateKind, key: String) -> Option<RemoteEvent> {
         StateKind::Services => Some(RemoteEvent::ServiceDelete(key)),
         StateKind::ServiceExports => None,
     }
+}
+
+/// `decode`, its values shared: the store's cache and the event hold one value.
+fn shared<T: Send + Sync + 'static>(decode: DecodeFn<T>) -> DecodeFn<Arc<T>> {
+    Box::new(move |key, raw| decode(key, raw).map(Arc::new))
 }
 
 /// The limits one store of a remote runs under.

@@ -9,9 +9,14 @@
 //! any, which the agent applies to the datapath: the cache is a pure state machine.
 //!
 //! [`from_pair`] and [`from_node`] turn wire values (`IPIdentityPair`, `Node`) into entries.
+//!
+//! Memory: a prefix holds its sources' entries in a small sorted vector (nearly every prefix
+//! has one source, so one small allocation, not a tree node per prefix), and a node's or a
+//! remote cluster's name is shared ([`Arc<str>`]) by every entry it contributes.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use plexus_datapath::{IDENTITY_HOST, IDENTITY_WORLD, IpcacheValue, Prefix};
 use plexus_model::identity::ReservedIdentity;
@@ -25,10 +30,10 @@ pub enum Source {
     LocalEndpoint,
     /// The cluster's own kvstore (other nodes' endpoints).
     Cluster,
-    /// A node (its pod CIDR, its address), by node name.
-    Node(String),
+    /// A node (its pod CIDR, its address), by `<cluster>/<node>`.
+    Node(Arc<str>),
     /// A remote cluster, by name.
-    Remote(String),
+    Remote(Arc<str>),
     /// An address a DNS proxy learned for `toFQDNs` (a host prefix), with the node-local
     /// identity of its selector set. Under every source that knows the address as part of the
     /// mesh, above the prefixes policies name.
@@ -47,10 +52,17 @@ pub enum Change {
     Delete(Prefix),
 }
 
+/// The entries of one prefix, sorted by source (strongest first), at most one per source.
+type Contributions = Vec<(Source, IpcacheValue)>;
+
 /// Every source's entries and the effective view.
 #[derive(Clone, Debug, Default)]
 pub struct IpCache {
-    entries: BTreeMap<Prefix, BTreeMap<Source, IpcacheValue>>,
+    entries: BTreeMap<Prefix, Contributions>,
+}
+
+fn find(c: &Contributions, source: &Source) -> Result<usize, usize> {
+    c.binary_search_by(|(s, _)| s.cmp(source))
 }
 
 impl IpCache {
@@ -60,7 +72,10 @@ impl IpCache {
     }
 
     fn effective(&self, prefix: &Prefix) -> Option<&IpcacheValue> {
-        self.entries.get(prefix).and_then(|m| m.values().next())
+        self.entries
+            .get(prefix)
+            .and_then(|c| c.first())
+            .map(|(_, v)| v)
     }
 
     /// Sets `source`'s entry for `prefix`.
@@ -71,10 +86,15 @@ impl IpCache {
         value: IpcacheValue,
     ) -> Option<Change> {
         let before = self.effective(&prefix).cloned();
-        self.entries
-            .entry(prefix)
-            .or_default()
-            .insert(source, value);
+        let c = self.entries.entry(prefix).or_default();
+        match find(c, &source) {
+            Ok(i) => c[i].1 = value,
+            Err(i) => {
+                // Room for exactly one more: most prefixes only ever have one source.
+                c.reserve_exact(1);
+                c.insert(i, (source, value));
+            }
+        }
         let after = self.effective(&prefix).cloned();
         (before != after).then(|| Change::Upsert(prefix, after.unwrap_or(value)))
     }
@@ -82,10 +102,13 @@ impl IpCache {
     /// Removes `source`'s entry for `prefix`.
     pub fn delete(&mut self, prefix: Prefix, source: &Source) -> Option<Change> {
         let before = self.effective(&prefix).cloned();
-        let map = self.entries.get_mut(&prefix)?;
-        map.remove(source);
-        if map.is_empty() {
+        let c = self.entries.get_mut(&prefix)?;
+        let i = find(c, source).ok()?;
+        c.remove(i);
+        if c.is_empty() {
             self.entries.remove(&prefix);
+        } else {
+            c.shrink_to_fit();
         }
         let after = self.effective(&prefix).cloned();
         match (before, after) {
@@ -112,15 +135,13 @@ impl IpCache {
     pub fn iter(&self) -> impl Iterator<Item = (Prefix, &Source, IpcacheValue)> + '_ {
         self.entries
             .iter()
-            .filter_map(|(p, m)| m.iter().next().map(|(s, v)| (*p, s, *v)))
+            .filter_map(|(p, c)| c.first().map(|(s, v)| (*p, s, *v)))
     }
 
     /// `source`'s own entry for `prefix`, whether it wins or not.
     pub fn value_of(&self, prefix: Prefix, source: &Source) -> Option<IpcacheValue> {
-        self.entries
-            .get(&prefix)
-            .and_then(|m| m.get(source))
-            .copied()
+        let c = self.entries.get(&prefix)?;
+        find(c, source).ok().map(|i| c[i].1)
     }
 
     /// The prefixes `source` contributes to (a scan: for rare events such as a remote's
@@ -128,7 +149,7 @@ impl IpCache {
     pub fn prefixes_of(&self, source: &Source) -> Vec<Prefix> {
         self.entries
             .iter()
-            .filter(|(_, m)| m.contains_key(source))
+            .filter(|(_, c)| find(c, source).is_ok())
             .map(|(p, _)| *p)
             .collect()
     }

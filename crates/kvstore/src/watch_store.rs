@@ -155,6 +155,7 @@ impl<T: Clone> WatchStore<T> {
             if let Some(event) = self.pending.pop_front() {
                 return event;
             }
+            crate::watcher::shrink_spent(&mut self.pending);
             let event = self.watcher.next().await;
             self.apply(event);
         }

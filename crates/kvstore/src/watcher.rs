@@ -84,6 +84,13 @@ pub fn reconcile(known: &mut HashMap<String, Revision>, listed: Vec<KeyValue>) -
     events
 }
 
+/// Gives back the room of an empty queue that a burst (a listing) made large.
+pub(crate) fn shrink_spent<T>(queue: &mut VecDeque<T>) {
+    if queue.is_empty() && queue.capacity() > 64 {
+        queue.shrink_to_fit();
+    }
+}
+
 /// How fast a watcher may list again after its watch broke.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RelistPolicy {
@@ -204,6 +211,8 @@ impl Watcher {
             if let Some(event) = self.pending.pop_front() {
                 return event;
             }
+            // A listing's burst is over: do not keep room for it.
+            shrink_spent(&mut self.pending);
             match self.stream.as_mut() {
                 None => self.list_and_watch().await,
                 Some(stream) => match stream.next().await {

@@ -32,6 +32,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use plexus_clustermesh::remote_cluster::{MeshEvent, RemoteEvent};
 use plexus_clustermesh::validate::RejectReason;
@@ -170,8 +171,9 @@ struct Held {
     nodes: BTreeMap<String, HeldNode>,
     /// What its accepted nodes claim.
     owned: Owned,
-    /// ipcache entries by key, and whether each is passed on.
-    ips: BTreeMap<String, (IpIdentityPair, bool)>,
+    /// ipcache entries by key, and whether each is passed on (each shared with the remote's
+    /// store, not copied).
+    ips: BTreeMap<String, (Arc<IpIdentityPair>, bool)>,
     /// The keys of the entries held back.
     waiting: BTreeSet<String>,
     /// Services by `<namespace>/<name>`: as received, and as passed on.
@@ -659,7 +661,7 @@ mod tests {
         assert!(
             g.remote(ev(
                 "c2",
-                RemoteEvent::IpUpsert(pair("10.2.0.5", "192.168.2.1"))
+                RemoteEvent::IpUpsert(pair("10.2.0.5", "192.168.2.1").into())
             ))
             .is_empty()
         );
@@ -682,7 +684,7 @@ mod tests {
         // Inside its CIDR: passed on at once.
         let out = g.remote(ev(
             "c2",
-            RemoteEvent::IpUpsert(pair("10.2.0.6", "192.168.2.1")),
+            RemoteEvent::IpUpsert(pair("10.2.0.6", "192.168.2.1").into()),
         ));
         assert_eq!(kinds(&out), ["c2 ip+ 10.2.0.6"]);
         // The node goes: so do its entries.
@@ -713,7 +715,7 @@ mod tests {
             ("10.3.0.7", "192.168.3.1"),
         ] {
             assert!(
-                g.remote(ev("c2", RemoteEvent::IpUpsert(pair(ip, host))))
+                g.remote(ev("c2", RemoteEvent::IpUpsert(pair(ip, host).into())))
                     .is_empty(),
                 "{ip}"
             );
@@ -743,7 +745,7 @@ mod tests {
         assert!(
             g.remote(ev(
                 "c2",
-                RemoteEvent::IpUpsert(pair("10.2.0.9", "192.168.1.1"))
+                RemoteEvent::IpUpsert(pair("10.2.0.9", "192.168.1.1").into())
             ))
             .is_empty()
         );
@@ -761,7 +763,7 @@ mod tests {
         ));
         g.remote(ev(
             "c2",
-            RemoteEvent::IpUpsert(pair("10.1.0.5", "192.168.2.1")),
+            RemoteEvent::IpUpsert(pair("10.1.0.5", "192.168.2.1").into()),
         ));
         // Another remote claiming the same space later: refused (first come).
         assert!(

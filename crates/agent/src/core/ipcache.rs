@@ -13,9 +13,15 @@
 //! apart: the shell installs them in a table that only the proxy's forwarded queries look up,
 //! since in tunnel mode the node has no route of its own to other nodes' pods, and with
 //! WireGuard the receiving node would drop the node's own address coming out of the tunnel.
+//!
+//! Memory: a keyed source (the cluster's kvstore, each remote) may hold hundreds of thousands
+//! of entries, so each is held once and compactly: per source, key -> prefix and pod, the key
+//! as a number when it is an IPv4 address (as Cilium writes them), the source's name and the
+//! pods' namespaces shared ([`Arc<str>`]) rather than copied per entry.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use plexus_datapath::{IpcacheValue, Prefix, RoutingMode};
 use plexus_ipcache::{Change, IpCache, Source, from_node, from_pair};
@@ -65,6 +71,32 @@ pub fn underlay(node: &Node) -> Option<Ipv4Addr> {
         })
 }
 
+/// The key of an entry of a keyed source, relative to its prefix: `<ip>` or `<ip>/<len>`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum EntryKey {
+    /// An IPv4 address exactly as it prints (nearly every key).
+    V4(u32),
+    /// Anything else, as it is.
+    Text(Box<str>),
+}
+
+impl EntryKey {
+    fn of(key: &str) -> Self {
+        match key.parse::<Ipv4Addr>() {
+            Ok(ip) if ip.to_string() == key => Self::V4(u32::from(ip)),
+            _ => Self::Text(key.into()),
+        }
+    }
+}
+
+/// What one entry of a keyed source contributes.
+#[derive(Clone, Debug)]
+struct Keyed {
+    prefix: Prefix,
+    /// The pod (namespace, name) the entry names, for flows.
+    pod: Option<(Arc<str>, Arc<str>)>,
+}
+
 /// The ipcache's sources, the nodes known, and the desired routes.
 #[derive(Debug)]
 pub struct IpcacheState {
@@ -74,10 +106,10 @@ pub struct IpcacheState {
     node_ip: Ipv4Addr,
     routing: RoutingMode,
     cache: IpCache,
-    /// The prefix of each (source, key), for deletions by key.
-    keys: HashMap<(Source, String), Prefix>,
-    /// The pod (namespace, name) an entry names, by (source, key), for flows.
-    pods: HashMap<(Source, String), (Prefix, String, String)>,
+    /// The entries of each keyed source by key: their prefix (for deletions by key) and pod.
+    keyed: HashMap<Source, HashMap<EntryKey, Keyed>>,
+    /// The pods' namespaces, each held once.
+    namespaces: HashSet<Arc<str>>,
     /// Nodes by (cluster, name).
     nodes: BTreeMap<(String, String), Node>,
     /// Desired routes: node pod CIDR -> next hop, by (cluster, node).
@@ -131,8 +163,8 @@ impl IpcacheState {
             node_ip: config.node_ip,
             routing: config.routing,
             cache: IpCache::new(),
-            keys: HashMap::new(),
-            pods: HashMap::new(),
+            keyed: HashMap::new(),
+            namespaces: HashSet::new(),
             nodes: BTreeMap::new(),
             routes: BTreeMap::new(),
             encryption: config.encryption,
@@ -187,21 +219,40 @@ impl IpcacheState {
         let Some((prefix, value)) = from_pair(pair, cluster_id) else {
             return;
         };
-        if pair.k8s_pod_name.is_empty() {
-            self.pods.remove(&(source.clone(), key.to_string()));
-        } else {
-            self.pods.insert(
-                (source.clone(), key.to_string()),
-                (
-                    prefix,
-                    pair.k8s_namespace.clone(),
-                    pair.k8s_pod_name.clone(),
-                ),
-            );
-        }
-        let old = self.keys.insert((source.clone(), key.to_string()), prefix);
-        if let Some(old) = old.filter(|o| *o != prefix) {
-            let change = self.cache.delete(old, &source);
+        // The source as held already, so that its entries share its name.
+        let source = match self.keyed.get_key_value(&source) {
+            Some((held, _)) => held.clone(),
+            None => source,
+        };
+        let key = EntryKey::of(key);
+        let entries = self.keyed.entry(source.clone()).or_default();
+        let old = entries.get(&key);
+        let pod = match (
+            &old.and_then(|o| o.pod.as_ref()),
+            pair.k8s_pod_name.is_empty(),
+        ) {
+            (_, true) => None,
+            // Unchanged (a re-list): keep what is held rather than allocate it again.
+            (Some((ns, name)), false)
+                if **ns == *pair.k8s_namespace && **name == *pair.k8s_pod_name =>
+            {
+                Some((ns.clone(), name.clone()))
+            }
+            (_, false) => {
+                let ns = match self.namespaces.get(pair.k8s_namespace.as_str()) {
+                    Some(ns) => ns.clone(),
+                    None => {
+                        let ns: Arc<str> = pair.k8s_namespace.as_str().into();
+                        self.namespaces.insert(ns.clone());
+                        ns
+                    }
+                };
+                Some((ns, pair.k8s_pod_name.as_str().into()))
+            }
+        };
+        let old = entries.insert(key, Keyed { prefix, pod });
+        if let Some(old) = old.filter(|o| o.prefix != prefix) {
+            let change = self.cache.delete(old.prefix, &source);
             self.push(change);
         }
         let change = self.cache.upsert(prefix, source, value);
@@ -210,11 +261,22 @@ impl IpcacheState {
 
     /// The entry of `source` under `key` is gone.
     pub(crate) fn keyed_delete(&mut self, source: &Source, key: &str) {
-        self.pods.remove(&(source.clone(), key.to_string()));
-        if let Some(prefix) = self.keys.remove(&(source.clone(), key.to_string())) {
-            let change = self.cache.delete(prefix, source);
-            self.push(change);
+        let Some(entries) = self.keyed.get_mut(source) else {
+            return;
+        };
+        let Some(old) = entries.remove(&EntryKey::of(key)) else {
+            return;
+        };
+        if entries.is_empty() {
+            self.keyed.remove(source);
+            self.forget_unused_namespaces();
         }
+        let change = self.cache.delete(old.prefix, source);
+        self.push(change);
+    }
+
+    fn forget_unused_namespaces(&mut self) {
+        self.namespaces.retain(|ns| Arc::strong_count(ns) > 1);
     }
 
     /// An ip -> identity entry of this cluster (another node's endpoint; this node's own are
@@ -235,7 +297,7 @@ impl IpcacheState {
     /// changed.
     pub fn node_upsert(&mut self, cluster: &str, cluster_id: u16, node: &Node) {
         let is_self = cluster == self.cluster && node.name == self.node_name;
-        let source = Source::Node(format!("{cluster}/{}", node.name));
+        let source = Source::Node(format!("{cluster}/{}", node.name).into());
         let entries = from_node(node, cluster_id, is_self);
         let key = (cluster.to_string(), node.name.clone());
         // What the node's previous version contributed (derived, not scanned for).
@@ -299,7 +361,7 @@ impl IpcacheState {
 
     /// A node of `cluster` is gone.
     pub fn node_delete(&mut self, cluster: &str, name: &str) {
-        let source = Source::Node(format!("{cluster}/{name}"));
+        let source = Source::Node(format!("{cluster}/{name}").into());
         let changes = self.cache.remove_source(&source);
         self.pending.extend(changes);
         let key = (cluster.to_string(), name.to_string());
@@ -348,8 +410,8 @@ impl IpcacheState {
 
     /// Removes everything `source` contributed, and forgets its keys.
     pub(crate) fn remove_source(&mut self, source: &Source) {
-        self.keys.retain(|(s, _), _| s != source);
-        self.pods.retain(|(s, _), _| s != source);
+        self.keyed.remove(source);
+        self.forget_unused_namespaces();
         let changes = self.cache.remove_source(source);
         self.pending.extend(changes);
     }
@@ -421,9 +483,24 @@ impl IpcacheState {
     /// The pods the entries of this cluster's and remote clusters' kvstores name: prefix,
     /// namespace, pod name (this node's own pods are the core's endpoints).
     pub fn pods(&self) -> impl Iterator<Item = (Prefix, &str, &str)> + '_ {
-        self.pods
+        self.shared_pods().map(|(p, ns, pod)| (p, &**ns, &**pod))
+    }
+
+    /// Like [`IpcacheState::pods`], with the names as held (a copy shares them).
+    pub fn shared_pods(&self) -> impl Iterator<Item = (Prefix, &Arc<str>, &Arc<str>)> + '_ {
+        self.keyed
             .values()
-            .map(|(p, ns, pod)| (*p, ns.as_str(), pod.as_str()))
+            .flat_map(HashMap::values)
+            .filter_map(|k| k.pod.as_ref().map(|(ns, pod)| (k.prefix, ns, pod)))
+    }
+
+    /// How many entries the keyed sources (the cluster's kvstore, remotes) hold, and how many
+    /// distinct pod namespaces they share: what a drained remote must leave nothing of.
+    pub fn keyed_len(&self) -> (usize, usize) {
+        (
+            self.keyed.values().map(HashMap::len).sum(),
+            self.namespaces.len(),
+        )
     }
 
     /// Every node known, by (cluster, name).

@@ -38,7 +38,7 @@ pub(super) fn fold(
     event: MeshEvent,
 ) {
     let cluster = event.cluster;
-    let source = Source::Remote(cluster.clone());
+    let source = Source::Remote(cluster.as_str().into());
     if matches!(event.event, RemoteEvent::Drained) {
         for name in ipcache.node_names(&cluster) {
             ipcache.node_delete(&cluster, &name);

@@ -41,7 +41,8 @@ struct IpTable {
     entries: HashMap<Prefix, IpcacheValue>,
     /// The prefix lengths present, longest first (a lookup tries only those).
     lengths: Vec<u8>,
-    pods: HashMap<Ipv4Addr, (String, String)>,
+    /// Namespace and name, shared with the core (a copy is a count, not the text).
+    pods: HashMap<Ipv4Addr, (Arc<str>, Arc<str>)>,
 }
 
 #[derive(Debug, Default)]
@@ -100,7 +101,6 @@ pub struct SnapshotBuilder {
     cell: Arc<SnapshotCell>,
     current: Snapshot,
     identity_revision: Option<u64>,
-    ipcache: HashMap<Prefix, IpcacheValue>,
     first: bool,
 }
 
@@ -145,7 +145,6 @@ impl SnapshotBuilder {
                 ..Snapshot::default()
             },
             identity_revision: None,
-            ipcache: HashMap::new(),
             first: true,
         }
     }
@@ -160,31 +159,35 @@ impl SnapshotBuilder {
             s.cluster = core.config().cluster.clone();
         }
         if first || !output.ipcache.is_empty() {
-            // The effective ipcache, kept here and moved by the round's changes (the whole
-            // view is read from the core only once).
-            if first {
-                self.ipcache = core.desired_ipcache().into_iter().collect();
+            // The effective ipcache: the previous snapshot's moved by the round's changes (the
+            // whole view is read from the core only once). Readers may still hold the previous
+            // one, so this is a copy; it is the only one kept.
+            let mut entries: HashMap<Prefix, IpcacheValue> = if first {
+                core.desired_ipcache().into_iter().collect()
             } else {
+                let mut entries = s.ips.entries.clone();
                 for change in &output.ipcache {
                     match change {
                         Change::Upsert(p, v) => {
-                            self.ipcache.insert(*p, *v);
+                            entries.insert(*p, *v);
                         }
                         Change::Delete(p) => {
-                            self.ipcache.remove(p);
+                            entries.remove(p);
                         }
                     }
                 }
-            }
-            let lengths: BTreeSet<u8> = self.ipcache.keys().map(|p| p.len).collect();
+                entries
+            };
+            entries.shrink_to_fit();
+            let lengths: BTreeSet<u8> = entries.keys().map(|p| p.len).collect();
             let pods = core
                 .ipcache()
-                .pods()
+                .shared_pods()
                 .filter(|(p, _, _)| p.len == 32)
-                .map(|(p, ns, pod)| (p.addr, (ns.to_string(), pod.to_string())))
+                .map(|(p, ns, pod)| (p.addr, (ns.clone(), pod.clone())))
                 .collect();
             s.ips = Arc::new(IpTable {
-                entries: self.ipcache.clone(),
+                entries,
                 lengths: lengths.into_iter().rev().collect(),
                 pods,
             });
@@ -324,7 +327,12 @@ impl FlowLookup for Snapshot {
         }
         let (namespace, pod_name) = match local {
             Some(e) => (e.namespace.clone(), e.pod_name.clone()),
-            None => self.ips.pods.get(&ip).cloned().unwrap_or_default(),
+            None => self
+                .ips
+                .pods
+                .get(&ip)
+                .map(|(ns, pod)| (ns.to_string(), pod.to_string()))
+                .unwrap_or_default(),
         };
         Some(IpMeta {
             identity: entry.map_or_else(|| local.map_or(0, |e| e.identity), |v| v.identity),

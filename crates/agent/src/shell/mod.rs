@@ -22,6 +22,7 @@
 
 pub mod dns;
 pub mod maps;
+pub mod memory;
 pub mod reconciler;
 pub mod sources;
 pub mod wireguard;

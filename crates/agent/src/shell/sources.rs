@@ -167,22 +167,33 @@ pub async fn follow_policies(backend: Arc<dyn KvBackend>, core: CoreHandle) {
     }
 }
 
-/// Folds the remote clusters' events in, a burst at a time.
-pub async fn follow_remotes(mut rx: mpsc::Receiver<MeshEvent>, core: CoreHandle) {
+/// Folds the remote clusters' events in, a burst at a time. After a remote synced or was
+/// drained (bulk changes), asks `trimmer` to give freed memory back.
+pub async fn follow_remotes(
+    mut rx: mpsc::Receiver<MeshEvent>,
+    core: CoreHandle,
+    trimmer: super::memory::Trimmer,
+) {
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let mut bulk = false;
         for event in &batch {
             match &event.event {
                 plexus_clustermesh::remote_cluster::RemoteEvent::Synced => {
-                    tracing::info!(cluster = %event.cluster, "remote cluster synced")
+                    tracing::info!(cluster = %event.cluster, "remote cluster synced");
+                    bulk = true;
                 }
                 plexus_clustermesh::remote_cluster::RemoteEvent::Drained => {
-                    tracing::info!(cluster = %event.cluster, "remote cluster drained")
+                    tracing::info!(cluster = %event.cluster, "remote cluster drained");
+                    bulk = true;
                 }
                 _ => {}
             }
         }
         core.step_all(batch.drain(..).map(Input::Remote));
+        if bulk {
+            trimmer.request();
+        }
     }
 }
 
