@@ -49,7 +49,7 @@ use plexus_model::ipcache::IpIdentityPair;
 use plexus_model::keys::{self, StateKind};
 use plexus_model::node::Node;
 use plexus_model::service::ClusterService;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -257,10 +257,11 @@ impl Connector for SharedConnector {
 enum Msg {
     Input(Input),
     Backend(Arc<dyn KvBackend>),
-    /// An entry (by key relative to its kind's prefix) was added or changed.
-    Upsert(StateKind, String, Box<RemoteEvent>),
+    /// An entry (by key relative to its kind's prefix) was added or changed. The permit is
+    /// the store's room in flight, given back once the driver passed the entry on.
+    Upsert(StateKind, String, Box<RemoteEvent>, OwnedSemaphorePermit),
     /// An entry is gone.
-    Delete(StateKind, String),
+    Delete(StateKind, String, OwnedSemaphorePermit),
     /// A value was refused, for this reason.
     Rejected(String),
 }
@@ -306,6 +307,7 @@ impl RemoteCluster {
             events,
             timing,
             tx,
+            in_flight: Arc::new(Semaphore::new(IN_FLIGHT)),
             backend: None,
             tasks: Vec::new(),
             known: BTreeMap::new(),
@@ -369,6 +371,8 @@ struct Driver {
     events: mpsc::Sender<MeshEvent>,
     timing: DriverTiming,
     tx: mpsc::UnboundedSender<Msg>,
+    /// Room for entries between the stores and the driver ([`IN_FLIGHT`]).
+    in_flight: Arc<Semaphore>,
     backend: Option<Arc<dyn KvBackend>>,
     tasks: Vec<JoinHandle<()>>,
     /// Keys held per kind, so a removal can drain them.
@@ -405,11 +409,11 @@ impl Driver {
                         self.backend = Some(backend);
                         continue;
                     }
-                    Some(Msg::Upsert(kind, key, event)) => {
+                    Some(Msg::Upsert(kind, key, event, _permit)) => {
                         self.upsert(kind, key, *event).await;
                         continue;
                     }
-                    Some(Msg::Delete(kind, key)) => {
+                    Some(Msg::Delete(kind, key, _permit)) => {
                         self.delete(kind, key).await;
                         continue;
                     }
@@ -675,6 +679,7 @@ impl Driver {
             max_value_size: self.timing.limits.max_value_size,
             relist: self.timing.limits.relist,
             budget: self.budget.clone(),
+            in_flight: self.in_flight.clone(),
         };
         match kind {
             StateKind::Nodes => self.spawn(pump(
@@ -745,11 +750,17 @@ fn shared<T: Send + Sync + 'static>(decode: DecodeFn<T>) -> DecodeFn<Arc<T>> {
     Box::new(move |key, raw| decode(key, raw).map(Arc::new))
 }
 
+/// How many entries a remote's stores may have sent to the driver and not yet seen passed on:
+/// a listing is decoded as fast as the consumer takes it, not buffered whole in between.
+const IN_FLIGHT: usize = 256;
+
 /// The limits one store of a remote runs under.
 struct Bounds {
     max_value_size: usize,
     relist: RelistPolicy,
     budget: EntryBudget,
+    /// Entries sent to the driver and not yet passed on (shared by the remote's stores).
+    in_flight: Arc<Semaphore>,
 }
 
 async fn pump<T: Clone + Send + Sync + 'static>(
@@ -769,11 +780,14 @@ async fn pump<T: Clone + Send + Sync + 'static>(
         Some(bounds.budget),
     );
     loop {
+        let Ok(permit) = bounds.in_flight.clone().acquire_owned().await else {
+            return;
+        };
         let msg = match store.next().await {
             StoreEvent::Upsert { key, value, .. } => {
-                Msg::Upsert(kind, key, Box::new(upsert(value)))
+                Msg::Upsert(kind, key, Box::new(upsert(value)), permit)
             }
-            StoreEvent::Delete { key, .. } => Msg::Delete(kind, key),
+            StoreEvent::Delete { key, .. } => Msg::Delete(kind, key, permit),
             StoreEvent::Rejected { reason, .. } => Msg::Rejected(reason),
             StoreEvent::Synced => Msg::Input(Input::Synced(kind)),
         };
