@@ -167,3 +167,31 @@ fn a_drained_remote_leaves_nothing_behind() {
     assert!(core.remotes().is_empty());
     assert!(core.ipcache().nodes().is_empty());
 }
+
+#[test]
+fn a_drained_remote_leaves_nothing_held() {
+    let mut core = core(RoutingMode::Tunnel);
+    let before = core.desired_ipcache();
+    let mut inputs = initial();
+    // Pods of two namespaces: the names are held once each, and only while an entry names them.
+    for (i, ns) in ["shop", "shop", "blog"].into_iter().enumerate() {
+        let mut p = pair(&format!("10.2.1.{}", 20 + i), "192.168.2.1", 131_080);
+        p.k8s_namespace = ns.into();
+        p.k8s_pod_name = format!("web-{i}");
+        inputs.push(remote("c2", RemoteEvent::IpUpsert(p.into())));
+    }
+    run(&mut core, inputs);
+    assert_eq!(
+        core.ipcache().keyed_len(),
+        (6, 3),
+        "six entries, three namespaces (default, shop, blog)"
+    );
+    assert_eq!(core.ipcache().pods().count(), 6);
+
+    run(&mut core, [remote("c2", RemoteEvent::Drained)]);
+    assert_eq!(core.ipcache().keyed_len(), (0, 0));
+    assert_eq!(core.ipcache().pods().count(), 0);
+    assert!(core.ipcache().node_names("c2").is_empty());
+    assert!(core.remotes().is_empty());
+    assert_eq!(core.desired_ipcache(), before);
+}
