@@ -198,9 +198,12 @@ fn egress_named_ports_follow_the_ipcache_entries_of_every_cluster() {
         [remote("c2", RemoteEvent::IpUpsert(entry.clone().into()))],
     );
     assert!(
-        run(&mut core, [remote("c2", RemoteEvent::IpUpsert(entry))])
-            .policies
-            .is_none()
+        run(
+            &mut core,
+            [remote("c2", RemoteEvent::IpUpsert(entry.into()))]
+        )
+        .policies
+        .is_none()
     );
 }
 
