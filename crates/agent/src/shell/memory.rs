@@ -7,9 +7,11 @@
 //! return every free page (`malloc_trim`), once the reconciler applied the change, so that the
 //! agent's resident set follows what it holds. Requests that come while a trim waits are
 //! served by it. [`limit_arenas`] (called first thing by the agent binary) keeps the allocator
-//! to two arenas: by default it gives each thread that allocates an arena of its own, and each
+//! to one arena: by default it gives each thread that allocates an arena of its own, and each
 //! keeps its freed memory apart, which fragments the heap (a remote's entries are allocated on
-//! one worker thread and freed on another). On other C libraries both do nothing.
+//! one worker thread and freed on another). A remote's sync took no longer with one arena in
+//! the memory bench; with two, a drained remote left about twice as much resident
+//! (BENCHMARKS.md, "Agent memory"). On other C libraries both do nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,18 +63,18 @@ pub fn resident_bytes() -> u64 {
         .map_or(0, |pages| pages * 4096)
 }
 
-/// Keeps the allocator to two arenas (see the module documentation). Call before any thread
+/// Keeps the allocator to one arena (see the module documentation). Call before any thread
 /// is started.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 pub fn limit_arenas() {
     // SAFETY: mallopt only sets a parameter of the allocator; M_ARENA_MAX takes a count.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
 
-/// Keeps the allocator to two arenas (nothing to do on this C library).
+/// Keeps the allocator to one arena (nothing to do on this C library).
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn limit_arenas() {}
 
