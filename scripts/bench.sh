@@ -4,7 +4,8 @@
 # resync, memory per remote entry, ingest of a global service with 10,000 backends), the load
 # balancer (connection set-up latency with 100 to 30,000 services beside kube-proxy's iptables
 # DNAT), policy (per-packet lookup cost, recompute when 10,000 identities arrive), the agent's
-# reconciliation latency (on change beside a 200 ms tick), the WireGuard core (encapsulate and
+# reconciliation latency (on change beside a 200 ms tick), the agent process's memory per remote
+# ipcache entry and after a drain, the WireGuard core (encapsulate and
 # decapsulate in memory, beside the AEAD alone and a copy), the WireGuard device (plexus-wireguard
 # beside wireguard-go through iperf3 between two netns), then the lab
 # (pod-to-pod throughput and request/response, tunnel and native, beside kernel routing).
@@ -17,6 +18,7 @@ cargo bench --locked -p plexus-datapath --bench lb_connect
 cargo bench --locked -p plexus-datapath --bench policy_lookup
 cargo bench --locked -p plexus-policy --bench policy
 cargo bench --locked -p plexus-agent --bench reconcile
+cargo bench --locked -p plexus-agent --bench memory
 cargo bench --locked -p plexus-wireguard --bench tunn
 ./scripts/bench-wg.sh
 ./scripts/bench-lab.sh
