@@ -1,0 +1,475 @@
+//! The truth computed from the stores, compared with every node's datapath state.
+//!
+//! The truth comes from each cluster's etcd only: its nodes and ipcache entries (as every
+//! agent, local or remote, reads them: `plexus_ipcache::{from_node, from_pair}`), its
+//! identities, Services, endpoint records, global services' ClusterServices and policy
+//! objects. The state comes from each node's agent API: the datapath's ipcache and
+//! load-balancing maps (`/v1/bpf/ipcache`, `/v1/bpf/lb`), its endpoints with their resolved
+//! policy, and the policy objects it holds. Checked, for every node:
+//!
+//! - `ipcache`: every entry of the lab's address space (the underlay and the pod CIDRs) is
+//!   the one the stores give, identity, tunnel endpoint and cluster id; none is missing or
+//!   stale;
+//! - `lb`: every frontend of every Service of the node's cluster, with as active backends
+//!   the ready endpoints its selector picks in the cluster, plus, for a global service, the
+//!   backends of the other clusters' shared ClusterService of the same name; no other
+//!   frontend, no backend left inactive;
+//! - `endpoints`: the node's endpoints are the endpoint records of the node;
+//! - `policy`: the node holds the policy objects of its cluster's store, and every identity
+//!   an endpoint's resolved policy names exists in some cluster's store (or is reserved).
+//!
+//! Each difference names the node, the map, the key and both values.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use plexus_agent_api::{
+    Client, Endpoint, EndpointDetail, EndpointInfo, IpcacheRow, LbRow, PolicyInfo, block_on,
+};
+use plexus_loadbalancer::endpoint::EndpointRecord;
+use plexus_loadbalancer::service::Service;
+use plexus_model::ipcache::IpIdentityPair;
+use plexus_model::node::Node;
+use plexus_model::service::ClusterService;
+use serde::Serialize;
+
+use crate::lab::{ClusterState, LabState, NodeState};
+
+/// Identities below this are reserved (host, world, remote-node, ...): they live in no store.
+const RESERVED_IDENTITIES: u32 = 256;
+/// The reserved identities `host` and `remote-node`.
+const HOST: u32 = 1;
+const REMOTE_NODE: u32 = 6;
+
+/// One difference between the truth and a node's state.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Difference {
+    /// The node.
+    pub node: String,
+    /// `ipcache`, `lb`, `endpoints` or `policy`.
+    pub map: &'static str,
+    /// The entry.
+    pub key: String,
+    /// What the stores say; `None`: there should be no such entry.
+    pub expected: Option<String>,
+    /// What the node holds; `None`: missing.
+    pub actual: Option<String>,
+}
+
+impl std::fmt::Display for Difference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "(none)".to_string());
+        write!(
+            f,
+            "{} {} {}: expected {}, actual {}",
+            self.node,
+            self.map,
+            self.key,
+            show(&self.expected),
+            show(&self.actual)
+        )
+    }
+}
+
+/// What one cluster's etcd holds, as far as the verifier is concerned.
+#[derive(Clone, Debug, Default)]
+pub struct Store {
+    /// The cluster.
+    pub cluster: String,
+    /// Its id.
+    pub id: u32,
+    /// Its nodes.
+    pub nodes: Vec<Node>,
+    /// Its ipcache entries.
+    pub pairs: Vec<IpIdentityPair>,
+    /// Its identities.
+    pub identities: BTreeSet<u32>,
+    /// Its Services.
+    pub services: Vec<Service>,
+    /// Its endpoint records.
+    pub endpoints: Vec<EndpointRecord>,
+    /// The ClusterServices it publishes.
+    pub cluster_services: Vec<ClusterService>,
+    /// Its policy objects, `Kind/namespace/name` (`-` for clusterwide).
+    pub policies: BTreeSet<String>,
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    c: &ClusterState,
+    prefix: &str,
+) -> Result<Vec<(String, T)>> {
+    crate::kv::list(c, prefix)?
+        .into_iter()
+        .map(|(k, v)| {
+            let value = serde_json::from_slice(&v)
+                .with_context(|| format!("{k} in the etcd of {}", c.name))?;
+            Ok((k, value))
+        })
+        .collect()
+}
+
+/// Reads cluster `c`'s store.
+pub fn read_store(c: &ClusterState) -> Result<Store> {
+    use plexus_model::keys;
+    let nodes = decode::<Node>(c, &format!("{}/{}/", keys::NODES, c.name))?;
+    let pairs = decode::<IpIdentityPair>(c, &format!("{}/default/", keys::IP))?;
+    let identities = crate::kv::list(c, &keys::identity_id_prefix())?
+        .into_iter()
+        .filter_map(|(k, _)| k.rsplit('/').next()?.parse().ok())
+        .collect();
+    let services = decode::<Service>(c, plexus_loadbalancer::SERVICES_PREFIX)?;
+    let endpoints = decode::<EndpointRecord>(c, plexus_loadbalancer::ENDPOINTS_PREFIX)?;
+    let cluster_services = decode::<ClusterService>(c, &format!("{}/{}/", keys::SERVICES, c.name))?;
+    let policies = crate::kv::list(c, plexus_policy::POLICIES_PREFIX)?
+        .into_iter()
+        .map(|(k, _)| {
+            k.trim_start_matches(plexus_policy::POLICIES_PREFIX)
+                .to_string()
+        })
+        .collect();
+    Ok(Store {
+        cluster: c.name.clone(),
+        id: c.id,
+        nodes: nodes.into_iter().map(|(_, v)| v).collect(),
+        pairs: pairs.into_iter().map(|(_, v)| v).collect(),
+        identities,
+        services: services.into_iter().map(|(_, v)| v).collect(),
+        endpoints: endpoints.into_iter().map(|(_, v)| v).collect(),
+        cluster_services: cluster_services.into_iter().map(|(_, v)| v).collect(),
+        policies,
+    })
+}
+
+/// What one node holds.
+#[derive(Clone, Debug, Default)]
+pub struct NodeView {
+    /// Its datapath's ipcache.
+    pub ipcache: Vec<IpcacheRow>,
+    /// Its datapath's load-balancing maps.
+    pub lb: Vec<LbRow>,
+    /// Its endpoints with their resolved policy.
+    pub endpoints: Vec<EndpointDetail>,
+    /// The policy objects it holds.
+    pub policies: Vec<PolicyInfo>,
+}
+
+/// Reads node `n`'s state through its agent's API (its socket).
+pub fn read_node(n: &NodeState) -> Result<NodeView> {
+    let agent = Client::new(Endpoint::Unix(n.socket.clone())).with_timeout(Duration::from_secs(10));
+    let what = |w: &str| format!("{w} of the agent of {}", n.name);
+    let ipcache = block_on(agent.ipcache()).with_context(|| what("bpf ipcache"))?;
+    let lb = block_on(agent.lb()).with_context(|| what("bpf lb"))?;
+    let policies = block_on(agent.policy()).with_context(|| what("policy"))?;
+    let list: Vec<EndpointInfo> = block_on(agent.endpoints()).with_context(|| what("endpoints"))?;
+    let mut endpoints = Vec::new();
+    for e in list {
+        endpoints.push(
+            block_on(agent.endpoint(&e.id.to_string()))
+                .with_context(|| what(&format!("endpoint {}", e.id)))?,
+        );
+    }
+    Ok(NodeView {
+        ipcache,
+        lb,
+        endpoints,
+        policies,
+    })
+}
+
+fn ipcache_value(
+    identity: u32,
+    tunnel: Option<Ipv4Addr>,
+    cluster_id: u16,
+    own: Ipv4Addr,
+) -> String {
+    let tunnel = tunnel
+        .filter(|t| *t != own)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|| "-".to_string());
+    format!("identity {identity} tunnel {tunnel} cluster {cluster_id}")
+}
+
+/// The ipcache node `node` (address `own`) of cluster `cluster` should hold, by prefix.
+pub fn expected_ipcache(
+    stores: &[Store],
+    cluster: &str,
+    node: &str,
+    own: Ipv4Addr,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for s in stores {
+        let id = s.id as u16;
+        for n in &s.nodes {
+            let is_self = s.cluster == cluster && n.name == node;
+            for (p, v) in plexus_ipcache::from_node(n, id, is_self) {
+                out.insert(
+                    p.to_string(),
+                    ipcache_value(v.identity, v.tunnel_endpoint, v.cluster_id, own),
+                );
+            }
+        }
+    }
+    // Pods' entries after the nodes' (a pod's /32 is more precise than its node's CIDR).
+    for s in stores {
+        let id = s.id as u16;
+        for pair in &s.pairs {
+            if let Some((p, v)) = plexus_ipcache::from_pair(pair, id) {
+                let mut identity = v.identity;
+                if identity == HOST && s.cluster != cluster {
+                    identity = REMOTE_NODE;
+                }
+                out.insert(
+                    p.to_string(),
+                    ipcache_value(identity, v.tunnel_endpoint, v.cluster_id, own),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The ipcache rows of `rows` inside the lab's address space (`ranges`), by prefix.
+pub fn actual_ipcache(
+    rows: &[IpcacheRow],
+    ranges: &[(Ipv4Addr, u8)],
+    own: Ipv4Addr,
+) -> BTreeMap<String, String> {
+    rows.iter()
+        .filter(|r| {
+            r.prefix
+                .split('/')
+                .next()
+                .and_then(|a| a.parse::<Ipv4Addr>().ok())
+                .is_some_and(|a| ranges.iter().any(|&(net, len)| within(a, net, len)))
+        })
+        .map(|r| {
+            let tunnel = r.tunnel_endpoint.as_deref().and_then(|t| t.parse().ok());
+            (
+                r.prefix.clone(),
+                ipcache_value(r.identity, tunnel, r.cluster_id, own),
+            )
+        })
+        .collect()
+}
+
+fn within(a: Ipv4Addr, net: Ipv4Addr, len: u8) -> bool {
+    let mask = if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len.min(32)))
+    };
+    u32::from(a) & mask == u32::from(net) & mask
+}
+
+/// The load-balancing entries of the nodes of cluster `cluster`: frontend
+/// (`ip:port/PROTO`) to its active backends (`ip:port`, sorted).
+pub fn expected_lb(stores: &[Store], cluster: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let Some(own) = stores.iter().find(|s| s.cluster == cluster) else {
+        return out;
+    };
+    for svc in &own.services {
+        let Some(ip) = svc.spec.cluster_ip.as_deref().filter(|ip| !ip.is_empty()) else {
+            continue;
+        };
+        let local = plexus_loadbalancer::cluster_service::backends(svc, &own.endpoints);
+        let global = svc.global_config().map(|g| g.global).unwrap_or(false);
+        for port in &svc.spec.ports {
+            let proto = port.protocol.to_ascii_uppercase();
+            let mut backends = BTreeSet::new();
+            let mut add =
+                |backends_of: &BTreeMap<String, plexus_model::service::PortConfiguration>| {
+                    for (addr, ports) in backends_of {
+                        if let Some(p) = ports.get(&port.name) {
+                            backends.insert(format!("{addr}:{}", p.port));
+                        }
+                    }
+                };
+            add(&local);
+            if global {
+                for s in stores.iter().filter(|s| s.cluster != cluster) {
+                    for cs in &s.cluster_services {
+                        if cs.namespace == svc.metadata.namespace
+                            && cs.name == svc.metadata.name
+                            && cs.shared
+                        {
+                            add(&cs.backends);
+                        }
+                    }
+                }
+            }
+            out.insert(
+                format!("{ip}:{}/{proto}", port.port),
+                backends.into_iter().collect::<Vec<_>>().join(" "),
+            );
+        }
+    }
+    out
+}
+
+/// The node's load-balancing entries, as [`expected_lb`] gives them; a backend left
+/// inactive shows as `inactive ip:port`.
+pub fn actual_lb(rows: &[LbRow]) -> BTreeMap<String, String> {
+    rows.iter()
+        .map(|r| {
+            let mut active: Vec<String> = r.active.clone();
+            active.sort();
+            active.dedup();
+            let mut all = active;
+            all.extend(r.inactive.iter().map(|b| format!("inactive {b}")));
+            (r.frontend.clone(), all.join(" "))
+        })
+        .collect()
+}
+
+/// The differences of two maps of node `node`'s `map`.
+pub fn compare(
+    node: &str,
+    map: &'static str,
+    expected: &BTreeMap<String, String>,
+    actual: &BTreeMap<String, String>,
+) -> Vec<Difference> {
+    let keys: BTreeSet<&String> = expected.keys().chain(actual.keys()).collect();
+    keys.into_iter()
+        .filter(|k| expected.get(*k) != actual.get(*k))
+        .map(|k| Difference {
+            node: node.to_string(),
+            map,
+            key: k.clone(),
+            expected: expected.get(k).cloned(),
+            actual: actual.get(k).cloned(),
+        })
+        .collect()
+}
+
+/// The differences of node `n` of cluster `cluster` given the stores.
+pub fn check_node(
+    stores: &[Store],
+    cluster: &ClusterState,
+    n: &NodeState,
+    view: &NodeView,
+    ranges: &[(Ipv4Addr, u8)],
+) -> Vec<Difference> {
+    let mut out = compare(
+        &n.name,
+        "ipcache",
+        &expected_ipcache(stores, &cluster.name, &n.name, n.ip),
+        &actual_ipcache(&view.ipcache, ranges, n.ip),
+    );
+    out.extend(compare(
+        &n.name,
+        "lb",
+        &expected_lb(stores, &cluster.name),
+        &actual_lb(&view.lb),
+    ));
+    let own = stores.iter().find(|s| s.cluster == cluster.name);
+    let expected_endpoints: BTreeMap<String, String> = own
+        .map(|s| {
+            s.endpoints
+                .iter()
+                .filter(|e| e.node == n.name)
+                .map(|e| (format!("{}/{}", e.namespace, e.pod), e.ip.to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let actual_endpoints: BTreeMap<String, String> = view
+        .endpoints
+        .iter()
+        .map(|e| {
+            (
+                format!("{}/{}", e.endpoint.namespace, e.endpoint.pod),
+                e.endpoint.ip.to_string(),
+            )
+        })
+        .collect();
+    out.extend(compare(
+        &n.name,
+        "endpoints",
+        &expected_endpoints,
+        &actual_endpoints,
+    ));
+    let expected_policies: BTreeMap<String, String> = own
+        .map(|s| {
+            s.policies
+                .iter()
+                .map(|k| (k.clone(), "held".to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let actual_policies: BTreeMap<String, String> = view
+        .policies
+        .iter()
+        .map(|p| {
+            let ns = if p.namespace.is_empty() {
+                "-"
+            } else {
+                p.namespace.as_str()
+            };
+            (format!("{}/{ns}/{}", p.kind, p.name), "held".to_string())
+        })
+        .collect();
+    out.extend(compare(
+        &n.name,
+        "policy",
+        &expected_policies,
+        &actual_policies,
+    ));
+    let known: BTreeSet<u32> = stores
+        .iter()
+        .flat_map(|s| s.identities.iter().copied())
+        .collect();
+    for e in &view.endpoints {
+        for entry in &e.policy.entries {
+            let Ok(peer) = entry.peer.parse::<u32>() else {
+                continue;
+            };
+            if peer >= RESERVED_IDENTITIES && !known.contains(&peer) {
+                out.push(Difference {
+                    node: n.name.clone(),
+                    map: "policy",
+                    key: format!(
+                        "endpoint {}/{} {} peer {peer}",
+                        e.endpoint.namespace, e.endpoint.pod, entry.direction
+                    ),
+                    expected: None,
+                    actual: Some(format!(
+                        "{} {} {}",
+                        entry.verdict, entry.protocol, entry.ports
+                    )),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The lab's address space: the underlay and every cluster's pod CIDR.
+pub fn lab_ranges(lab: &LabState) -> Vec<(Ipv4Addr, u8)> {
+    let mut out = vec![(Ipv4Addr::new(172, 31, 0, 0), 16)];
+    for c in &lab.clusters {
+        if let Some((addr, len)) = crate::spec::parse_cidr(&c.pod_cidr) {
+            out.push((Ipv4Addr::from(addr), len));
+        }
+    }
+    out
+}
+
+/// Every difference between the stores' truth and every node's state.
+pub fn verify(lab: &LabState) -> Result<Vec<Difference>> {
+    let stores = lab
+        .clusters
+        .iter()
+        .map(read_store)
+        .collect::<Result<Vec<_>>>()?;
+    let ranges = lab_ranges(lab);
+    let mut out = Vec::new();
+    for c in &lab.clusters {
+        for n in &c.nodes {
+            let view = read_node(n)?;
+            out.extend(check_node(&stores, c, n, &view, &ranges));
+        }
+    }
+    Ok(out)
+}
