@@ -469,6 +469,10 @@ enum LabCommand {
         /// How long the nodes may take to match the stores, before and after.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         settle: std::time::Duration,
+        /// The echo pods' port the clients ask by address (80, the service's port, shows the
+        /// 4-tuple collisions of docs/reliability.md).
+        #[arg(long, default_value_t = plexus_lab::chaos::POD_PORT)]
+        pod_port: u16,
         /// Output format.
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
@@ -747,6 +751,7 @@ fn run(cli: Cli) -> Result<u8> {
                     seed,
                     every,
                     settle,
+                    pod_port,
                     output,
                 } => {
                     let bins = plexus_lab::lab::Bins::beside_current_exe()?;
@@ -755,6 +760,7 @@ fn run(cli: Cli) -> Result<u8> {
                         seed,
                         every,
                         settle,
+                        pod_port,
                     };
                     let mut progress = |line: &str| eprintln!("{line}");
                     let report =

@@ -1,6 +1,6 @@
 //! The chaos soak at CI length, as root: a 2 x 2 lab with the soak's workload
 //! (`examples/chaos/soak.yaml`: a global service, echo and client pods, a policy), then
-//! `plexus lab chaos` for 75 s with a kill every 15 s, which kills (SIGKILL) each kind of
+//! `plexus lab chaos` for 90 s with a kill every 15 s, which kills (SIGKILL) each kind of
 //! component at least once: an agent, an apiserver, an etcd and a kube-dns. The soak must pass:
 //! no failed request left unexplained by a kill, every component back, every node's ipcache,
 //! load-balancing, endpoints and policy equal to the stores' truth afterwards. The soak's
@@ -31,7 +31,7 @@ fn soak(lab: Lab) {
         "lab",
         "chaos",
         "--duration",
-        "75s",
+        "90s",
         "--every",
         "15s",
         "--seed",

@@ -64,6 +64,8 @@ pub struct Client {
     pub netns: String,
     /// The echo pods of the other clusters it asks (by address).
     pub pods: Vec<Ipv4Addr>,
+    /// The echo pods' port it asks them on.
+    pub pod_port: u16,
     /// The global service's address in its cluster.
     pub service: Ipv4Addr,
     /// Its cluster's DNS server.
@@ -100,17 +102,25 @@ impl Traffic {
             while !stop.load(Ordering::Relaxed) {
                 for pod in &c.pods {
                     let at = start.elapsed();
-                    record(&log, &c, at, Probe::Pod, pod.to_string(), http_get(*pod));
+                    let r = http_get(*pod, c.pod_port);
+                    record(&log, &c, at, Probe::Pod, format!("{pod}:{}", c.pod_port), r);
                 }
                 let at = start.elapsed();
-                let r = http_get(c.service);
+                let r = http_get(c.service, 80);
                 record(&log, &c, at, Probe::Service, c.service.to_string(), r);
                 let at = start.elapsed();
                 match resolve_a(c.dns, &c.name) {
                     Ok(ip) => {
                         record(&log, &c, at, Probe::Dns, c.dns.to_string(), Ok(()));
                         let at = start.elapsed();
-                        record(&log, &c, at, Probe::DnsHttp, ip.to_string(), http_get(ip));
+                        record(
+                            &log,
+                            &c,
+                            at,
+                            Probe::DnsHttp,
+                            ip.to_string(),
+                            http_get(ip, 80),
+                        );
                     }
                     Err(cause) => record(&log, &c, at, Probe::Dns, c.dns.to_string(), Err(cause)),
                 }
@@ -293,9 +303,9 @@ fn echo(mut s: TcpStream, stop: &AtomicBool) {
     }
 }
 
-/// `GET /` on `ip`:80: the built-in pod server's JSON answer, or why not.
-pub fn http_get(ip: Ipv4Addr) -> Result<(), Cause> {
-    let addr = SocketAddr::from((ip, 80));
+/// `GET /` on `ip`:`port`: the built-in pod server's JSON answer, or why not.
+pub fn http_get(ip: Ipv4Addr, port: u16) -> Result<(), Cause> {
+    let addr = SocketAddr::from((ip, port));
     let mut s =
         TcpStream::connect_timeout(&addr, REQUEST_TIMEOUT).map_err(|e| Cause::of(&e, true))?;
     s.set_read_timeout(Some(REQUEST_TIMEOUT))

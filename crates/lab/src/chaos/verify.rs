@@ -73,6 +73,20 @@ impl std::fmt::Display for Difference {
     }
 }
 
+/// How many entries the truth had, summed over the nodes (so a check that compared nothing
+/// shows).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Checked {
+    /// ipcache entries.
+    pub ipcache: usize,
+    /// Load-balancing frontends.
+    pub lb: usize,
+    /// Endpoints.
+    pub endpoints: usize,
+    /// Policy objects.
+    pub policies: usize,
+}
+
 /// What one cluster's etcd holds, as far as the verifier is concerned.
 #[derive(Clone, Debug, Default)]
 pub struct Store {
@@ -351,19 +365,19 @@ pub fn check_node(
     n: &NodeState,
     view: &NodeView,
     ranges: &[(Ipv4Addr, u8)],
+    checked: &mut Checked,
 ) -> Vec<Difference> {
+    let ipcache = expected_ipcache(stores, &cluster.name, &n.name, n.ip);
+    let lb = expected_lb(stores, &cluster.name);
+    checked.ipcache += ipcache.len();
+    checked.lb += lb.len();
     let mut out = compare(
         &n.name,
         "ipcache",
-        &expected_ipcache(stores, &cluster.name, &n.name, n.ip),
+        &ipcache,
         &actual_ipcache(&view.ipcache, ranges, n.ip),
     );
-    out.extend(compare(
-        &n.name,
-        "lb",
-        &expected_lb(stores, &cluster.name),
-        &actual_lb(&view.lb),
-    ));
+    out.extend(compare(&n.name, "lb", &lb, &actual_lb(&view.lb)));
     let own = stores.iter().find(|s| s.cluster == cluster.name);
     let expected_endpoints: BTreeMap<String, String> = own
         .map(|s| {
@@ -384,6 +398,7 @@ pub fn check_node(
             )
         })
         .collect();
+    checked.endpoints += expected_endpoints.len();
     out.extend(compare(
         &n.name,
         "endpoints",
@@ -410,6 +425,7 @@ pub fn check_node(
             (format!("{}/{ns}/{}", p.kind, p.name), "held".to_string())
         })
         .collect();
+    checked.policies += expected_policies.len();
     out.extend(compare(
         &n.name,
         "policy",
@@ -456,8 +472,9 @@ pub fn lab_ranges(lab: &LabState) -> Vec<(Ipv4Addr, u8)> {
     out
 }
 
-/// Every difference between the stores' truth and every node's state.
-pub fn verify(lab: &LabState) -> Result<Vec<Difference>> {
+/// Every difference between the stores' truth and every node's state, and how much was
+/// compared.
+pub fn verify(lab: &LabState) -> Result<(Vec<Difference>, Checked)> {
     let stores = lab
         .clusters
         .iter()
@@ -465,11 +482,194 @@ pub fn verify(lab: &LabState) -> Result<Vec<Difference>> {
         .collect::<Result<Vec<_>>>()?;
     let ranges = lab_ranges(lab);
     let mut out = Vec::new();
+    let mut checked = Checked::default();
     for c in &lab.clusters {
         for n in &c.nodes {
             let view = read_node(n)?;
-            out.extend(check_node(&stores, c, n, &view, &ranges));
+            out.extend(check_node(&stores, c, n, &view, &ranges, &mut checked));
         }
     }
-    Ok(out)
+    Ok((out, checked))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(cluster: &str, name: &str, ip: &str, cidr: &str) -> Node {
+        serde_json::from_value(serde_json::json!({
+            "Name": name,
+            "Cluster": cluster,
+            "IPAddresses": [{"Type": "InternalIP", "IP": ip}],
+            "IPv4AllocCIDR": cidr,
+        }))
+        .unwrap()
+    }
+
+    fn pair(ip: &str, id: u32, host: &str) -> IpIdentityPair {
+        serde_json::from_value(serde_json::json!({"IP": ip, "ID": id, "HostIP": host})).unwrap()
+    }
+
+    fn endpoint(ip: &str, node: &str, app: &str) -> EndpointRecord {
+        serde_json::from_value(serde_json::json!({
+            "namespace": "default", "pod": format!("{app}-{ip}"), "ip": ip, "node": node,
+            "labels": {"app": app},
+        }))
+        .unwrap()
+    }
+
+    fn service(name: &str, ip: &str, global: bool) -> Service {
+        let annotations = if global {
+            serde_json::json!({"service.cilium.io/global": "true"})
+        } else {
+            serde_json::json!({})
+        };
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "default", "annotations": annotations},
+            "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": 80, "protocol": "TCP"}], "clusterIP": ip},
+        }))
+        .unwrap()
+    }
+
+    /// Two clusters of one node each, an echo pod in each behind a global service, and a
+    /// local-only service in c1.
+    fn stores() -> Vec<Store> {
+        let mut c1 = Store {
+            cluster: "c1".into(),
+            id: 1,
+            nodes: vec![node("c1", "c1-node1", "172.31.1.11", "10.10.0.0/24")],
+            pairs: vec![pair("10.10.0.5", 1000, "172.31.1.11")],
+            identities: [1000].into(),
+            services: vec![
+                service("echo", "10.11.0.20", true),
+                service("local", "10.11.0.30", false),
+            ],
+            endpoints: vec![
+                endpoint("10.10.0.5", "c1-node1", "echo"),
+                endpoint("10.10.0.6", "c1-node1", "local"),
+            ],
+            ..Default::default()
+        };
+        c1.policies.insert("CiliumNetworkPolicy/default/p".into());
+        let c2_echo = service("echo", "10.21.0.20", true);
+        let c2_endpoints = vec![endpoint("10.20.0.7", "c2-node1", "echo")];
+        let cs =
+            plexus_loadbalancer::cluster_service::cluster_service("c2", 2, &c2_echo, &c2_endpoints)
+                .unwrap()
+                .unwrap();
+        let c2 = Store {
+            cluster: "c2".into(),
+            id: 2,
+            nodes: vec![node("c2", "c2-node1", "172.31.2.11", "10.20.0.0/24")],
+            pairs: vec![pair("10.20.0.7", 2000 | (2 << 16), "172.31.2.11")],
+            services: vec![c2_echo],
+            endpoints: c2_endpoints,
+            cluster_services: vec![cs],
+            ..Default::default()
+        };
+        vec![c1, c2]
+    }
+
+    #[test]
+    fn the_ipcache_truth_holds_every_clusters_nodes_and_pods() {
+        let own: Ipv4Addr = "172.31.1.11".parse().unwrap();
+        let truth = expected_ipcache(&stores(), "c1", "c1-node1", own);
+        assert_eq!(
+            truth,
+            BTreeMap::from([
+                // Our node: host, no pod CIDR entry; our pod: no tunnel.
+                (
+                    "172.31.1.11/32".into(),
+                    "identity 1 tunnel - cluster 1".into()
+                ),
+                (
+                    "10.10.0.5/32".into(),
+                    "identity 1000 tunnel - cluster 1".into()
+                ),
+                // The other cluster's node, its pod CIDR and its pod behind it.
+                (
+                    "172.31.2.11/32".into(),
+                    "identity 6 tunnel - cluster 2".into()
+                ),
+                (
+                    "10.20.0.0/24".into(),
+                    "identity 2 tunnel 172.31.2.11 cluster 2".into()
+                ),
+                (
+                    "10.20.0.7/32".into(),
+                    format!("identity {} tunnel 172.31.2.11 cluster 2", 2000 | (2 << 16))
+                ),
+            ])
+        );
+    }
+
+    #[test]
+    fn the_lb_truth_adds_the_other_clusters_backends_to_global_services_only() {
+        let truth = expected_lb(&stores(), "c1");
+        assert_eq!(
+            truth,
+            BTreeMap::from([
+                (
+                    "10.11.0.20:80/TCP".into(),
+                    "10.10.0.5:80 10.20.0.7:80".into()
+                ),
+                ("10.11.0.30:80/TCP".into(), "10.10.0.6:80".into()),
+            ])
+        );
+        let rows = vec![LbRow {
+            frontend: "10.11.0.20:80/TCP".into(),
+            active: vec!["10.20.0.7:80".into(), "10.10.0.5:80".into()],
+            inactive: vec!["10.10.0.9:80".into()],
+        }];
+        let diffs = compare("c1-node1", "lb", &truth, &actual_lb(&rows));
+        assert_eq!(
+            diffs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            [
+                "c1-node1 lb 10.11.0.20:80/TCP: expected 10.10.0.5:80 10.20.0.7:80, actual 10.10.0.5:80 10.20.0.7:80 inactive 10.10.0.9:80",
+                "c1-node1 lb 10.11.0.30:80/TCP: expected 10.10.0.6:80, actual (none)",
+            ]
+        );
+    }
+
+    #[test]
+    fn stale_missing_and_wrong_entries_are_named_and_foreign_ones_ignored() {
+        let s = stores();
+        let own: Ipv4Addr = "172.31.1.11".parse().unwrap();
+        let row = |prefix: &str, identity: u32, tunnel: Option<&str>, cluster_id: u16| IpcacheRow {
+            prefix: prefix.into(),
+            identity,
+            tunnel_endpoint: tunnel.map(Into::into),
+            cluster_id,
+        };
+        let rows = vec![
+            row("172.31.1.11/32", 1, None, 1),
+            // Our own pod with our own address as tunnel endpoint: the same as none.
+            row("10.10.0.5/32", 1000, Some("172.31.1.11"), 1),
+            row("172.31.2.11/32", 6, None, 2),
+            row("10.20.0.0/24", 2, Some("172.31.2.11"), 2),
+            // Wrong identity, then a stale pod, then an address outside the lab.
+            row("10.20.0.7/32", 2001, Some("172.31.2.11"), 2),
+            row("10.20.0.99/32", 2000, Some("172.31.2.11"), 2),
+            row("192.168.0.1/32", 2, None, 0),
+        ];
+        let ranges = [
+            (Ipv4Addr::new(172, 31, 0, 0), 16),
+            (Ipv4Addr::new(10, 10, 0, 0), 16),
+            (Ipv4Addr::new(10, 20, 0, 0), 16),
+        ];
+        let diffs = compare(
+            "c1-node1",
+            "ipcache",
+            &expected_ipcache(&s, "c1", "c1-node1", own),
+            &actual_ipcache(&rows, &ranges, own),
+        );
+        let keys: Vec<(&str, bool, bool)> = diffs
+            .iter()
+            .map(|d| (d.key.as_str(), d.expected.is_some(), d.actual.is_some()))
+            .collect();
+        assert_eq!(
+            keys,
+            [("10.20.0.7/32", true, true), ("10.20.0.99/32", false, true)]
+        );
+    }
 }
