@@ -727,6 +727,18 @@ pub fn restart_agent(dir: &Path, cluster: &str, node: &str, bins: &Bins) -> Resu
 /// takes the pinned maps and programs over; returns once it answers. Pods' traffic keeps
 /// flowing meanwhile.
 pub fn crash_agent(dir: &Path, cluster: &str, node: &str, bins: &Bins) -> Result<()> {
+    crash_agent_and(dir, cluster, node, bins, || Ok(()))
+}
+
+/// [`crash_agent`], running `meanwhile` while no agent runs on the node (to change what the
+/// new agent must catch up with).
+pub fn crash_agent_and(
+    dir: &Path,
+    cluster: &str,
+    node: &str,
+    bins: &Bins,
+    meanwhile: impl FnOnce() -> Result<()>,
+) -> Result<()> {
     let mut lab = LabState::load(dir)?;
     let c = lab.cluster(cluster)?.clone();
     let j = c
@@ -737,6 +749,7 @@ pub fn crash_agent(dir: &Path, cluster: &str, node: &str, bins: &Bins) -> Result
     if let Some(pid) = c.nodes[j].agent_pid {
         sys::kill(pid);
     }
+    meanwhile()?;
     let pid = start_agent(&lab, &c, &c.nodes[j], bins)?;
     let i = lab
         .clusters

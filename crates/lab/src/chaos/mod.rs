@@ -13,7 +13,10 @@
 //!   every 100 ms, with the longest gap between two round trips;
 //! - a kill (SIGKILL) of an agent, an apiserver, an etcd or a `kube-dns` at random, seeded
 //!   ([`plan`]), each brought back at once as its supervisor would (the lab for agents,
-//!   apiservers and pods; the apiserver for its etcd).
+//!   apiservers and pods; the apiserver for its etcd). While a killed agent is down, the
+//!   client pod of its node gets a new label value ([`ROUND_LABEL`]): the new agent must give
+//!   it a new identity, and every node (both clusters) must take it into its ipcache and the
+//!   echo pods' policy, while that client's requests go on.
 //!
 //! Then, traffic stopped, it waits until every node's ipcache, load-balancing maps,
 //! endpoints and policy equal the truth computed from the stores ([`verify`]), up to the
@@ -51,6 +54,9 @@ pub const CLIENT: &str = "chaos-client";
 
 /// The echo pods' second HTTP port, which the clients ask by address.
 pub const POD_PORT: u16 = 8080;
+
+/// The label an agent's kill changes on the client pod of its node, while the agent is down.
+pub const ROUND_LABEL: &str = "chaos-round";
 
 /// How a soak runs.
 #[derive(Clone, Debug)]
@@ -371,12 +377,51 @@ pub fn settle(
     }
 }
 
-/// Kills `target` and brings it back; returns once it serves again.
-fn kill(dir: &Path, target: &Target, bins: &Bins) -> Result<()> {
+/// Gives the client pod on `node` the label `chaos-round=<round>` (its Pod object in the
+/// cluster's etcd and the lab's record), as `plexus label` does: a new identity for the pod,
+/// which every node's ipcache and the echo pods' policy must take up.
+fn relabel_client(lab: &LabState, cluster: &str, node: &str, round: usize) -> Result<()> {
+    let c = lab.cluster(cluster)?;
+    let w = Workloads::load(lab, cluster)?;
+    let Some(pod) = w.pods.values().find(|p| {
+        p.node == node
+            && p.namespace == NAMESPACE
+            && p.labels.get("app").map(String::as_str) == Some(CLIENT)
+    }) else {
+        return Ok(());
+    };
+    let mut labels = pod.labels.clone();
+    labels.insert(ROUND_LABEL.to_string(), round.to_string());
+    let mut obj = crate::workload::pod_object(pod);
+    obj.metadata.labels = labels.clone();
+    kv::write(
+        c,
+        vec![plexus_kvstore::Op::Put {
+            key: obj.key(),
+            value: serde_json::to_vec(&obj)?,
+            lease: None,
+        }],
+    )?;
+    crate::workload::set_pod_metadata(
+        lab,
+        cluster,
+        &pod.namespace,
+        &pod.name,
+        labels,
+        pod.annotations.clone(),
+    )
+}
+
+/// Kills `target` and brings it back; returns once it serves again. An agent's kill also
+/// relabels the client pod of its node while no agent runs there (`round` is the label's
+/// value).
+fn kill(dir: &Path, target: &Target, bins: &Bins, round: usize) -> Result<()> {
     let lab = LabState::load(dir)?;
     let c = lab.cluster(target.cluster())?.clone();
     match target {
-        Target::Agent { cluster, node } => lab::crash_agent(dir, cluster, node, bins),
+        Target::Agent { cluster, node } => lab::crash_agent_and(dir, cluster, node, bins, || {
+            relabel_client(&lab, cluster, node, round)
+        }),
         Target::Apiserver { cluster } => lab::crash_apiserver(dir, cluster, bins),
         Target::Etcd { cluster } => {
             let old = lab::crash_etcd(dir, cluster)?;
@@ -481,7 +526,7 @@ pub fn run(dir: &Path, options: &Options, bins: &Bins, progress: Progress<'_>) -
                 from.as_secs_f64(),
                 f.target
             ));
-            let result = kill(dir, &f.target, bins);
+            let result = kill(dir, &f.target, bins, reports.len() + 1);
             let to = start.elapsed();
             let back_after = to - from;
             match &result {
