@@ -8,7 +8,7 @@
 //!
 //! | killed | explains |
 //! | --- | --- |
-//! | `kube-dns` of cluster C | DNS lookups by clients of cluster C (one replica: no answer until it is back) |
+//! | `kube-dns` of cluster C | DNS lookups by clients of cluster C (one replica: no answer until it is back, then SERVFAIL until it has listed the services) |
 //! | agent, apiserver, etcd | nothing: the datapath stays pinned and keeps forwarding, DNS answers from the server's cache |
 //!
 //! Every other failure is unexplained: a bug to find and fix.
