@@ -256,6 +256,13 @@ impl LabState {
     }
 }
 
+/// The lab [`up`] would build from `spec`, with nothing started (for tests of code that reads a
+/// lab's state).
+#[cfg(test)]
+pub(crate) fn plan_for_tests(name: &str, dir: &Path, spec: &LabSpec) -> LabState {
+    plan(name, dir, spec)
+}
+
 fn plan(name: &str, dir: &Path, spec: &LabSpec) -> LabState {
     let underlay = format!("plx-{name}-u");
     let clusters = spec

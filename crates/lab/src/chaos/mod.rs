@@ -245,12 +245,13 @@ impl Report {
             Some(d) => {
                 let _ = writeln!(
                     s,
-                    "state: every node's ipcache, lb, endpoints and policy equal the stores' truth ({:.1} s after traffic stopped; {} ipcache entries, {} frontends, {} endpoints, {} policies compared)",
+                    "state: every node's ipcache, lb, endpoints and policy equal the stores' truth ({:.1} s after traffic stopped; {} ipcache entries, {} frontends, {} endpoints, {} policies, {} policy entries compared)",
                     d.as_secs_f64(),
                     self.checked.ipcache,
                     self.checked.lb,
                     self.checked.endpoints,
-                    self.checked.policies
+                    self.checked.policies,
+                    self.checked.policy_entries
                 );
             }
             None => {

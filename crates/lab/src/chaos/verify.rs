@@ -15,8 +15,12 @@
 //!   backends of the other clusters' shared ClusterService of the same name; no other
 //!   frontend, no backend left inactive;
 //! - `endpoints`: the node's endpoints are the endpoint records of the node;
-//! - `policy`: the node holds the policy objects of its cluster's store, and every identity
-//!   an endpoint's resolved policy names exists in some cluster's store (or is reserved).
+//! - `policy`: the node holds the policy objects of its cluster's store; every identity an
+//!   endpoint's resolved policy names exists in some cluster's store (or is reserved); and the
+//!   entries naming allocated identities are exactly those the cluster's stored policies give
+//!   for the endpoint's labels over every cluster's identities (`plexus_policy`'s repository,
+//!   with the default options: entries for reserved identities, CIDRs and `any` are not
+//!   compared).
 //!
 //! Each difference names the node, the map, the key and both values.
 
@@ -85,6 +89,8 @@ pub struct Checked {
     pub endpoints: usize,
     /// Policy objects.
     pub policies: usize,
+    /// Policy entries of endpoints naming allocated identities.
+    pub policy_entries: usize,
 }
 
 /// What one cluster's etcd holds, as far as the verifier is concerned.
@@ -98,16 +104,16 @@ pub struct Store {
     pub nodes: Vec<Node>,
     /// Its ipcache entries.
     pub pairs: Vec<IpIdentityPair>,
-    /// Its identities.
-    pub identities: BTreeSet<u32>,
+    /// Its identities with their labels (`source:key=value;...`).
+    pub identities: BTreeMap<u32, String>,
     /// Its Services.
     pub services: Vec<Service>,
     /// Its endpoint records.
     pub endpoints: Vec<EndpointRecord>,
     /// The ClusterServices it publishes.
     pub cluster_services: Vec<ClusterService>,
-    /// Its policy objects, `Kind/namespace/name` (`-` for clusterwide).
-    pub policies: BTreeSet<String>,
+    /// Its policy objects by `Kind/namespace/name` (`-` for clusterwide), as applied.
+    pub policies: BTreeMap<String, serde_json::Value>,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(
@@ -131,16 +137,19 @@ pub fn read_store(c: &ClusterState) -> Result<Store> {
     let pairs = decode::<IpIdentityPair>(c, &format!("{}/default/", keys::IP))?;
     let identities = crate::kv::list(c, &keys::identity_id_prefix())?
         .into_iter()
-        .filter_map(|(k, _)| k.rsplit('/').next()?.parse().ok())
+        .filter_map(|(k, v)| {
+            let id = k.rsplit('/').next()?.parse().ok()?;
+            Some((id, String::from_utf8_lossy(&v).to_string()))
+        })
         .collect();
     let services = decode::<Service>(c, plexus_loadbalancer::SERVICES_PREFIX)?;
     let endpoints = decode::<EndpointRecord>(c, plexus_loadbalancer::ENDPOINTS_PREFIX)?;
     let cluster_services = decode::<ClusterService>(c, &format!("{}/{}/", keys::SERVICES, c.name))?;
-    let policies = crate::kv::list(c, plexus_policy::POLICIES_PREFIX)?
+    let policies = decode::<serde_json::Value>(c, plexus_policy::POLICIES_PREFIX)?
         .into_iter()
-        .map(|(k, _)| {
-            k.trim_start_matches(plexus_policy::POLICIES_PREFIX)
-                .to_string()
+        .map(|(k, v)| {
+            let key = k.trim_start_matches(plexus_policy::POLICIES_PREFIX);
+            (key.to_string(), v)
         })
         .collect();
     Ok(Store {
@@ -408,7 +417,7 @@ pub fn check_node(
     let expected_policies: BTreeMap<String, String> = own
         .map(|s| {
             s.policies
-                .iter()
+                .keys()
                 .map(|k| (k.clone(), "held".to_string()))
                 .collect()
         })
@@ -434,9 +443,11 @@ pub fn check_node(
     ));
     let known: BTreeSet<u32> = stores
         .iter()
-        .flat_map(|s| s.identities.iter().copied())
+        .flat_map(|s| s.identities.keys().copied())
         .collect();
+    let repository = own.map(|s| policy_repository(stores, s));
     for e in &view.endpoints {
+        let who = format!("{}/{}", e.endpoint.namespace, e.endpoint.pod);
         for entry in &e.policy.entries {
             let Ok(peer) = entry.peer.parse::<u32>() else {
                 continue;
@@ -445,10 +456,7 @@ pub fn check_node(
                 out.push(Difference {
                     node: n.name.clone(),
                     map: "policy",
-                    key: format!(
-                        "endpoint {}/{} {} peer {peer}",
-                        e.endpoint.namespace, e.endpoint.pod, entry.direction
-                    ),
+                    key: format!("endpoint {who} {} peer {peer}", entry.direction),
                     expected: None,
                     actual: Some(format!(
                         "{} {} {}",
@@ -457,8 +465,85 @@ pub fn check_node(
                 });
             }
         }
+        // The entries naming allocated identities, as the stores' policies and identities
+        // resolve them for the endpoint's labels.
+        if let (Some(repository), Some(labels)) = (&repository, &e.identity_labels) {
+            let Ok(labels) = plexus_model::labels::Labels::parse(labels) else {
+                continue;
+            };
+            let resolved = repository.resolve(&plexus_policy::EndpointInfo {
+                labels,
+                named_ports: Default::default(),
+            });
+            let expected: BTreeMap<String, String> = resolved
+                .entries
+                .iter()
+                .filter_map(|p| match p.peer {
+                    plexus_policy::Peer::Identity(id) if id.0 >= RESERVED_IDENTITIES => {
+                        let direction = match p.direction {
+                            plexus_policy::Direction::Ingress => "ingress",
+                            plexus_policy::Direction::Egress => "egress",
+                        };
+                        let proto = p
+                            .proto
+                            .map(|p| p.to_string())
+                            .unwrap_or_else(|| "ANY".into());
+                        let ports = match p.ports {
+                            None => "any".to_string(),
+                            Some((lo, hi)) if lo == hi => lo.to_string(),
+                            Some((lo, hi)) => format!("{lo}-{hi}"),
+                        };
+                        let verdict = if p.deny { "deny" } else { "allow" };
+                        Some((
+                            format!("endpoint {who} {direction} peer {} {proto} {ports}", id.0),
+                            verdict.to_string(),
+                        ))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let actual: BTreeMap<String, String> = e
+                .policy
+                .entries
+                .iter()
+                .filter_map(|p| {
+                    let peer = p.peer.parse::<u32>().ok()?;
+                    (peer >= RESERVED_IDENTITIES).then(|| {
+                        (
+                            format!(
+                                "endpoint {who} {} peer {peer} {} {}",
+                                p.direction, p.protocol, p.ports
+                            ),
+                            p.verdict.to_string(),
+                        )
+                    })
+                })
+                .collect();
+            checked.policy_entries += expected.len();
+            out.extend(compare(&n.name, "policy", &expected, &actual));
+        }
     }
     out
+}
+
+/// A policy repository of cluster `own`'s stored policies, with every cluster's identities.
+fn policy_repository(stores: &[Store], own: &Store) -> plexus_policy::PolicyRepository {
+    let mut repository =
+        plexus_policy::PolicyRepository::new(plexus_policy::PolicyConfig::new(&own.cluster));
+    for value in own.policies.values() {
+        if let Ok(policy) = plexus_policy::parse_value(value, 1, "default") {
+            repository.upsert(policy);
+        }
+    }
+    repository.update_identities(stores.iter().flat_map(|s| {
+        s.identities.iter().filter_map(|(id, labels)| {
+            Some(plexus_policy::IdentityChange::Upsert(
+                plexus_model::identity::NumericIdentity(*id),
+                plexus_model::labels::Labels::parse(labels).ok()?,
+            ))
+        })
+    }));
+    repository
 }
 
 /// The lab's address space: the underlay and every cluster's pod CIDR.
@@ -539,7 +624,7 @@ mod tests {
             id: 1,
             nodes: vec![node("c1", "c1-node1", "172.31.1.11", "10.10.0.0/24")],
             pairs: vec![pair("10.10.0.5", 1000, "172.31.1.11")],
-            identities: [1000].into(),
+            identities: [(1000, "k8s:app=echo".to_string())].into(),
             services: vec![
                 service("echo", "10.11.0.20", true),
                 service("local", "10.11.0.30", false),
@@ -550,7 +635,10 @@ mod tests {
             ],
             ..Default::default()
         };
-        c1.policies.insert("CiliumNetworkPolicy/default/p".into());
+        c1.policies.insert(
+            "CiliumNetworkPolicy/default/p".into(),
+            serde_json::json!({}),
+        );
         let c2_echo = service("echo", "10.21.0.20", true);
         let c2_endpoints = vec![endpoint("10.20.0.7", "c2-node1", "echo")];
         let cs =
@@ -671,5 +759,88 @@ mod tests {
             keys,
             [("10.20.0.7/32", true, true), ("10.20.0.99/32", false, true)]
         );
+    }
+
+    #[test]
+    fn endpoints_policy_entries_are_resolved_from_the_stored_policies_and_identities() {
+        let labels = |app: &str| {
+            format!(
+                "k8s:app={app};k8s:io.cilium.k8s.policy.cluster=c1;k8s:io.kubernetes.pod.namespace=default;"
+            )
+        };
+        let mut s = stores();
+        s[0].identities = [(1000, labels("echo")), (1001, labels("client"))].into();
+        s[0].policies = [(
+            "CiliumNetworkPolicy/default/p".to_string(),
+            serde_json::json!({
+                "apiVersion": "cilium.io/v2",
+                "kind": "CiliumNetworkPolicy",
+                "metadata": {"name": "p", "namespace": "default"},
+                "spec": {
+                    "endpointSelector": {"matchLabels": {"app": "echo"}},
+                    "ingress": [{
+                        "fromEndpoints": [{"matchLabels": {"app": "client"}}],
+                        "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}]}],
+                    }],
+                },
+            }),
+        )]
+        .into();
+        let lab = plan();
+        let c = &lab.clusters[0];
+        let n = &c.nodes[0];
+        let entry = |peer: &str| plexus_agent_api::PolicyEntry {
+            direction: plexus_agent_api::types::Direction::Ingress,
+            verdict: plexus_agent_api::types::Verdict::Allow,
+            peer: peer.into(),
+            peer_labels: None,
+            protocol: "TCP".into(),
+            ports: "80".into(),
+        };
+        let view = |entries: Vec<plexus_agent_api::PolicyEntry>| NodeView {
+            endpoints: vec![EndpointDetail {
+                endpoint: serde_json::from_value(serde_json::json!({
+                    "container-id": "x", "id": 1, "ip": "10.10.0.5", "host-ifname": "lxc1",
+                    "host-mac": "", "pod-mac": "", "namespace": "default", "pod": "echo-10.10.0.5",
+                    "labels": {"app": "echo"}, "identity": 1000,
+                }))
+                .unwrap(),
+                identity_labels: Some(labels("echo")),
+                policy: plexus_agent_api::EndpointPolicy {
+                    ingress_enforced: true,
+                    egress_enforced: false,
+                    entries,
+                },
+            }],
+            ..Default::default()
+        };
+        let policy_diffs = |v: &NodeView| -> Vec<String> {
+            let mut checked = Checked::default();
+            check_node(&s, c, n, v, &lab_ranges(&lab), &mut checked)
+                .into_iter()
+                .filter(|d| d.map == "policy" && d.key.starts_with("endpoint"))
+                .map(|d| d.to_string())
+                .collect()
+        };
+        assert!(policy_diffs(&view(vec![entry("1001"), entry("2")])).is_empty());
+        // The client's identity missing; an identity no store knows.
+        assert_eq!(
+            policy_diffs(&view(vec![entry("4242")])),
+            [
+                "c1-node1 policy endpoint default/echo-10.10.0.5 ingress peer 4242: expected (none), actual allow TCP 80",
+                "c1-node1 policy endpoint default/echo-10.10.0.5 ingress peer 1001 TCP 80: expected allow, actual (none)",
+                "c1-node1 policy endpoint default/echo-10.10.0.5 ingress peer 4242 TCP 80: expected (none), actual allow",
+            ]
+        );
+    }
+
+    /// A lab state whose clusters are the stores' (names, ids, nodes).
+    fn plan() -> LabState {
+        let spec = crate::spec::LabSpec::parse(
+            "lab.yaml",
+            "clusters:\n- {name: c1, id: 1, podCIDR: 10.10.0.0/16, serviceCIDR: 10.11.0.0/16, nodes: 1}\n- {name: c2, id: 2, podCIDR: 10.20.0.0/16, serviceCIDR: 10.21.0.0/16, nodes: 1}\n",
+        )
+        .unwrap();
+        crate::lab::plan_for_tests("t", std::path::Path::new("/nonexistent"), &spec)
     }
 }
