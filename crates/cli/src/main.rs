@@ -451,6 +451,32 @@ enum LabCommand {
         /// Changes.
         changes: Vec<String>,
     },
+    /// Chaos soak: HTTP requests and long TCP streams across the clusters while agents,
+    /// apiservers, etcd and kube-dns are killed at random (seeded), then every node's ipcache,
+    /// load-balancing and policy state checked against the stores (apply
+    /// examples/chaos/soak.yaml to every cluster first). Exits 1 when a failure is left
+    /// unexplained or a node differs from the stores.
+    Chaos {
+        /// How long traffic runs (e.g. 90s, 10m).
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        /// The seed of the kills (the same seed, the same kills).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// One kill every this long.
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        every: std::time::Duration,
+        /// How long the nodes may take to match the stores, before and after.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        settle: std::time::Duration,
+        /// The echo pods' port the clients ask by address (80, the service's port, shows the
+        /// 4-tuple collisions of docs/reliability.md).
+        #[arg(long, default_value_t = plexus_lab::chaos::POD_PORT)]
+        pod_port: u16,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// Run podman as one node of a `runtime: podman` lab runs it (its configuration files,
     /// entered into the node's network namespace), e.g. `plexus lab podman cluster1-node1 ps`.
     Podman {
@@ -719,6 +745,32 @@ fn run(cli: Cli) -> Result<u8> {
                     plexus_lab::lab::restart_agent(&lab::lab_dir(), &cluster, &node, &bins)?;
                     println!("✅ agent of {node} restarted");
                     Ok(0)
+                }
+                LabCommand::Chaos {
+                    duration,
+                    seed,
+                    every,
+                    settle,
+                    pod_port,
+                    output,
+                } => {
+                    let bins = plexus_lab::lab::Bins::beside_current_exe()?;
+                    let options = plexus_lab::chaos::Options {
+                        duration,
+                        seed,
+                        every,
+                        settle,
+                        pod_port,
+                    };
+                    let mut progress = |line: &str| eprintln!("{line}");
+                    let report =
+                        plexus_lab::chaos::run(&lab::lab_dir(), &options, &bins, &mut progress)?;
+                    if output == Output::Json {
+                        println!("{}", serde_json::to_string_pretty(&report)?);
+                    } else {
+                        print!("{}", report.text());
+                    }
+                    Ok(if report.passed() { 0 } else { 1 })
                 }
                 LabCommand::Podman { node, args } => {
                     let state = plexus_lab::lab::LabState::load(&lab::lab_dir())?;

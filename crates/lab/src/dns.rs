@@ -146,7 +146,7 @@ fn store_service(c: &ClusterState, dns: Ipv4Addr) -> Result<()> {
 }
 
 /// A minimal DNS query (id 0x504c, recursion desired) for an `A` record of `name`.
-fn a_query(name: &str) -> Vec<u8> {
+pub(crate) fn a_query(name: &str) -> Vec<u8> {
     let mut q = vec![0x50, 0x4c, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
     for label in name.trim_end_matches('.').split('.') {
         q.push(label.len() as u8);
@@ -154,6 +154,46 @@ fn a_query(name: &str) -> Vec<u8> {
     }
     q.extend_from_slice(&[0, 0, 1, 0, 1]);
     q
+}
+
+/// The first `A` record's address in a DNS answer to [`a_query`] (NOERROR, id 0x504c), if any.
+pub(crate) fn first_a(msg: &[u8]) -> Option<Ipv4Addr> {
+    if msg.len() < 12 || msg[0..2] != [0x50, 0x4c] || msg[3] & 0x0f != 0 {
+        return None;
+    }
+    let questions = u16::from_be_bytes([msg[4], msg[5]]);
+    let answers = u16::from_be_bytes([msg[6], msg[7]]);
+    // Skips a name: labels up to the root, or a compression pointer.
+    let skip_name = |mut i: usize| -> Option<usize> {
+        loop {
+            let len = *msg.get(i)? as usize;
+            if len == 0 {
+                return Some(i + 1);
+            }
+            if len & 0xc0 == 0xc0 {
+                return Some(i + 2);
+            }
+            i += 1 + len;
+        }
+    };
+    let mut i = 12;
+    for _ in 0..questions {
+        i = skip_name(i)? + 4;
+    }
+    for _ in 0..answers {
+        i = skip_name(i)?;
+        let rr = msg.get(i..i + 10)?;
+        let (rtype, len) = (
+            u16::from_be_bytes([rr[0], rr[1]]),
+            u16::from_be_bytes([rr[8], rr[9]]) as usize,
+        );
+        let data = msg.get(i + 10..i + 10 + len)?;
+        if rtype == 1 && len == 4 {
+            return Some(Ipv4Addr::new(data[0], data[1], data[2], data[3]));
+        }
+        i += 10 + len;
+    }
+    None
 }
 
 /// Asks `server` (from the current namespace) for the `A` record of `name`: whether it
@@ -253,6 +293,27 @@ mod tests {
         assert_eq!(json["spec"]["ports"][0]["name"], "dns");
         assert_eq!(json["spec"]["ports"][1]["protocol"], "TCP");
         assert_eq!(json["spec"]["ports"][1]["name"], "dns-tcp");
+    }
+
+    #[test]
+    fn the_first_address_of_an_answer_is_read() {
+        let q = a_query("chaos-echo.default.svc.cluster.local.");
+        let mut msg = q.clone();
+        msg[2] = 0x81;
+        msg[3] = 0x80;
+        msg[7] = 2; // two answers: a CNAME-like record first, then the A record
+        msg.extend_from_slice(&[0xc0, 12, 0, 5, 0, 1, 0, 0, 0, 30, 0, 2, 0xc0, 12]);
+        msg.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 10, 11, 0, 42]);
+        assert_eq!(first_a(&msg), Some(Ipv4Addr::new(10, 11, 0, 42)));
+        // NXDOMAIN, a truncated message, another id.
+        let mut nx = msg.clone();
+        nx[3] = 0x83;
+        assert_eq!(first_a(&nx), None);
+        assert_eq!(first_a(&msg[..msg.len() - 2]), None);
+        let mut other = msg.clone();
+        other[0] = 0;
+        assert_eq!(first_a(&other), None);
+        assert_eq!(first_a(&q), None);
     }
 
     #[test]

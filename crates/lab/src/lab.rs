@@ -256,6 +256,13 @@ impl LabState {
     }
 }
 
+/// The lab [`up`] would build from `spec`, with nothing started (for tests of code that reads a
+/// lab's state).
+#[cfg(test)]
+pub(crate) fn plan_for_tests(name: &str, dir: &Path, spec: &LabSpec) -> LabState {
+    plan(name, dir, spec)
+}
+
 fn plan(name: &str, dir: &Path, spec: &LabSpec) -> LabState {
     let underlay = format!("plx-{name}-u");
     let clusters = spec
@@ -721,6 +728,92 @@ pub fn restart_agent(dir: &Path, cluster: &str, node: &str, bins: &Bins) -> Resu
         .context("cluster")?;
     lab.clusters[i].nodes[j].agent_pid = Some(pid);
     lab.save()
+}
+
+/// Kills the agent of `node` outright (SIGKILL, as a crash would) and starts a new one, which
+/// takes the pinned maps and programs over; returns once it answers. Pods' traffic keeps
+/// flowing meanwhile.
+pub fn crash_agent(dir: &Path, cluster: &str, node: &str, bins: &Bins) -> Result<()> {
+    crash_agent_and(dir, cluster, node, bins, || Ok(()))
+}
+
+/// [`crash_agent`], running `meanwhile` while no agent runs on the node (to change what the
+/// new agent must catch up with).
+pub fn crash_agent_and(
+    dir: &Path,
+    cluster: &str,
+    node: &str,
+    bins: &Bins,
+    meanwhile: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    let mut lab = LabState::load(dir)?;
+    let c = lab.cluster(cluster)?.clone();
+    let j = c
+        .nodes
+        .iter()
+        .position(|n| n.name == node)
+        .with_context(|| format!("no node {node} in cluster {cluster}"))?;
+    if let Some(pid) = c.nodes[j].agent_pid {
+        sys::kill(pid);
+    }
+    meanwhile()?;
+    let pid = start_agent(&lab, &c, &c.nodes[j], bins)?;
+    let i = lab
+        .clusters
+        .iter()
+        .position(|x| x.name == cluster)
+        .context("cluster")?;
+    lab.clusters[i].nodes[j].agent_pid = Some(pid);
+    lab.save()
+}
+
+/// Kills the apiserver of `cluster` outright (its etcd dies with it: the parent-death signal)
+/// and starts it again; returns once it is ready (etcd serving).
+pub fn crash_apiserver(dir: &Path, cluster: &str, bins: &Bins) -> Result<()> {
+    let mut lab = LabState::load(dir)?;
+    let c = lab.cluster(cluster)?.clone();
+    if let Some(pid) = c.apiserver_pid {
+        let etcd = etcd_pid(pid);
+        sys::kill(pid);
+        // The new etcd binds the same ports: wait until the old one is gone.
+        if let Some(etcd) = etcd {
+            sys::wait_until(
+                &format!("etcd of {cluster} (pid {etcd}) ending with its apiserver"),
+                Duration::from_secs(10),
+                || !sys::alive(etcd),
+            )?;
+        }
+    }
+    let pid = start_apiserver(&lab, &c, bins)?;
+    let i = lab
+        .clusters
+        .iter()
+        .position(|x| x.name == cluster)
+        .context("cluster")?;
+    lab.clusters[i].apiserver_pid = Some(pid);
+    lab.save()
+}
+
+/// Kills the etcd of `cluster` outright; its apiserver, which supervises it, starts it again.
+/// Returns the killed pid.
+pub fn crash_etcd(dir: &Path, cluster: &str) -> Result<u32> {
+    let lab = LabState::load(dir)?;
+    let c = lab.cluster(cluster)?;
+    let apiserver = c
+        .apiserver_pid
+        .with_context(|| format!("the apiserver of {cluster} does not run"))?;
+    let pid = etcd_pid(apiserver).with_context(|| {
+        format!("no etcd process under the apiserver of {cluster} (pid {apiserver})")
+    })?;
+    sys::kill(pid);
+    Ok(pid)
+}
+
+/// The etcd child of the apiserver `apiserver`, if one runs.
+pub fn etcd_pid(apiserver: u32) -> Option<u32> {
+    sys::children(apiserver)
+        .into_iter()
+        .find(|&pid| sys::comm(pid).as_deref() == Some("etcd"))
 }
 
 /// Sets agent options of `cluster` (`KEY=VALUE`, a key of the agent's configuration file,

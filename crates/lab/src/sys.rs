@@ -178,6 +178,49 @@ pub fn kill(pid: u32) {
     }
 }
 
+/// The command name of process `pid` (`/proc/<pid>/comm`).
+pub fn comm(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// The live children of process `pid` (from `/proc/*/stat`).
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat")).is_ok_and(|stat| {
+                // After the command's closing parenthesis: state, then the parent's pid.
+                stat.rsplit(')')
+                    .next()
+                    .and_then(|rest| rest.split_whitespace().nth(1))
+                    .and_then(|ppid| ppid.parse::<u32>().ok())
+                    == Some(pid)
+            })
+        })
+        .filter(|&child| alive(child))
+        .collect()
+}
+
+/// Runs `f` on a new thread that enters network namespace `ns` first, without waiting for
+/// it: its result, or the failure to enter the namespace, is the thread's.
+pub fn spawn_in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> std::thread::JoinHandle<Result<T>> {
+    let path = netns_path(ns);
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("enter {path}"))?;
+        f()
+    })
+}
+
 /// Runs `f` on a thread that entered network namespace `ns`.
 pub fn in_netns<T: Send + 'static>(
     ns: &str,
