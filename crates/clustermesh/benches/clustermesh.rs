@@ -226,7 +226,8 @@ async fn service_ingest(
             shared: true,
             affinity: Affinity::None,
         };
-        let s = select("c1", config, &Default::default(), [&svc], &|_| true);
+        let no_local = std::collections::BTreeMap::new();
+        let s = select("c1", config, &no_local, [&*svc], &|_| true);
         selection.push(start.elapsed());
         assert_eq!(s.active().count(), n);
     }
