@@ -131,14 +131,18 @@ async fn publish_c2(b: &Arc<dyn KvBackend>) -> (LeaseManager, SelfPublisher) {
 }
 
 fn timing() -> DriverTiming {
-    DriverTiming {
+    let mut timing = DriverTiming {
         protocol: Timing {
             heartbeat_interval: Duration::from_secs(60),
             ..Timing::default()
         },
         canary_poll: Duration::from_millis(50),
         ..DriverTiming::default()
-    }
+    };
+    // 10,000 backends are 530 KiB of JSON, above the default bound of one value (256 KiB),
+    // as an agent raises it with its clustermesh limits option.
+    timing.limits.max_value_size = 4 << 20;
+    timing
 }
 
 /// Whether the core's load-balancer table has the frontend with `n` backends on `port`.
@@ -242,10 +246,22 @@ async fn main() {
         seen.lock().unwrap().clear();
         let start = Instant::now();
         b2.put(&key, value.clone(), None).await.unwrap();
-        assert!(
-            core.wait_until(|c| has_version(c, n, port(v)), WAIT).await,
-            "the core selected version {v}"
-        );
+        if !core.wait_until(|c| has_version(c, n, port(v)), WAIT).await {
+            let (table, refused) = core.read(|c| {
+                let table: Vec<String> = c
+                    .services()
+                    .frontends_by_service()
+                    .map(|(k, lb)| format!("{k}: {} active, first {:?}", lb.active.len(), lb.active.first()))
+                    .collect();
+                (table, c.refused())
+            });
+            let events = seen.lock().unwrap().len();
+            panic!(
+                "the core did not select version {v}: {table:?}, refused {refused:?}, \
+                 {events} service events out of the mesh, status {:?}",
+                mesh.status()
+            );
+        }
         let seq = core.read(|c| c.seq());
         assert!(core.wait_applied(seq, WAIT).await, "version {v} applied");
         let maps = start.elapsed();
