@@ -251,7 +251,13 @@ async fn main() {
                 let table: Vec<String> = c
                     .services()
                     .frontends_by_service()
-                    .map(|(k, lb)| format!("{k}: {} active, first {:?}", lb.active.len(), lb.active.first()))
+                    .map(|(k, lb)| {
+                        format!(
+                            "{k}: {} active, first {:?}",
+                            lb.active.len(),
+                            lb.active.first()
+                        )
+                    })
                     .collect();
                 (table, c.refused())
             });

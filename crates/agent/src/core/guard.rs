@@ -839,4 +839,36 @@ mod tests {
         assert_eq!(kinds(&out), ["c2 node- n1", "c2 svc+ "]);
         assert_eq!(refused(&g, "c2", "backend-not-owned"), 4);
     }
+
+    #[test]
+    fn a_service_whose_backends_are_all_owned_is_passed_on_without_a_copy() {
+        let mut g = Guard::new();
+        g.remote(ev(
+            "c2",
+            RemoteEvent::NodeUpsert(node("c2", "n1", "192.168.2.1", "10.2.0.0/24")),
+        ));
+        g.remote(ev("c2", RemoteEvent::Synced));
+        let mut svc = ClusterService::from_json(
+            "default/web",
+            br#"{"cluster":"c2","namespace":"default","name":"web","shared":true,"clusterID":2}"#,
+        )
+        .unwrap();
+        for i in 1..=200 {
+            svc.backends
+                .insert(format!("10.2.0.{i}"), Default::default());
+        }
+        let svc = Arc::new(svc);
+        let out = g.remote(ev("c2", RemoteEvent::ServiceUpsert(svc.clone())));
+        let [
+            MeshEvent {
+                event: RemoteEvent::ServiceUpsert(sent),
+                ..
+            },
+        ] = out.as_slice()
+        else {
+            panic!("one service event: {out:?}");
+        };
+        assert!(Arc::ptr_eq(sent, &svc), "the received value, shared");
+        assert_eq!(refused(&g, "c2", "backend-not-owned"), 0);
+    }
 }
