@@ -15,10 +15,12 @@ cd "$(dirname "$0")/.."
 cargo bench --locked -p plexus-kvstore --bench kvstore
 cargo bench --locked -p plexus-clustermesh --bench clustermesh
 cargo bench --locked -p plexus-datapath --bench lb_connect
+cargo bench --locked -p plexus-datapath --bench lb_program
 cargo bench --locked -p plexus-datapath --bench policy_lookup
 cargo bench --locked -p plexus-policy --bench policy
 cargo bench --locked -p plexus-agent --bench reconcile
 cargo bench --locked -p plexus-agent --bench memory
+cargo bench --locked -p plexus-agent --bench service_ingest
 cargo bench --locked -p plexus-wireguard --bench tunn
 ./scripts/bench-wg.sh
 ./scripts/bench-lab.sh

@@ -71,7 +71,7 @@ fn cluster_service(i: u32, backend: Ipv4Addr) -> Input {
         "labels": {}, "selector": {}, "includeExternal": false, "shared": true, "clusterID": 2
     }))
     .unwrap();
-    remote(RemoteEvent::ServiceUpsert(cs))
+    remote(RemoteEvent::ServiceUpsert(cs.into()))
 }
 
 fn labels(app: &str, cluster: &str) -> Labels {

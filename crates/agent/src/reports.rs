@@ -91,16 +91,16 @@ pub fn services(core: &NodeCore) -> Vec<ServiceInfo> {
                     .candidates
                     .into_iter()
                     .map(|c| Backend {
-                        cluster: c.cluster,
-                        ip: c.ip,
+                        cluster: c.cluster.to_string(),
+                        ip: c.ip.to_string(),
                         ports: c
                             .ports
-                            .into_iter()
+                            .iter()
                             .map(|(name, p)| {
                                 (
-                                    name,
+                                    name.clone(),
                                     BackendPort {
-                                        protocol: p.protocol,
+                                        protocol: p.protocol.clone(),
                                         port: p.port,
                                     },
                                 )

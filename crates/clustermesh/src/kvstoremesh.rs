@@ -190,7 +190,7 @@ impl Reflector {
             }
             RemoteEvent::ServiceUpsert(s) => {
                 let key = format!("{}/{}", s.namespace, s.name);
-                let value = serde_json::to_vec(&s).unwrap_or_default();
+                let value = serde_json::to_vec(&*s).unwrap_or_default();
                 self.cache(&cluster).stores[&StateKind::Services].upsert(key, value);
             }
             RemoteEvent::ServiceDelete(key) => {

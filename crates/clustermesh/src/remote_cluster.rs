@@ -85,8 +85,9 @@ pub enum RemoteEvent {
     IdentityUpsert(RemoteIdentity),
     /// An identity is gone.
     IdentityDelete(u32),
-    /// A shared global service was added or changed.
-    ServiceUpsert(ClusterService),
+    /// A shared global service was added or changed. Shared, not copied: a service may have
+    /// tens of thousands of backends, and the store, the driver and the consumer hold it.
+    ServiceUpsert(Arc<ClusterService>),
     /// A service (by `<namespace>/<name>`) is gone or no longer shared.
     ServiceDelete(String),
     /// Every kind delivered its initial listing: the remote's state is complete.
@@ -378,7 +379,7 @@ struct Driver {
     /// Keys held per kind, so a removal can drain them.
     known: BTreeMap<StateKind, BTreeSet<String>>,
     /// The services held, so that services withdrawn after the cache TTL can be handed back.
-    services: BTreeMap<String, ClusterService>,
+    services: BTreeMap<String, Arc<ClusterService>>,
     /// Services are withdrawn (the remote stayed away longer than the cache TTL).
     services_revoked: bool,
     rejected: u64,
@@ -546,7 +547,8 @@ impl Driver {
                 }
                 Action::RestoreServices => {
                     self.services_revoked = false;
-                    let services: Vec<ClusterService> = self.services.values().cloned().collect();
+                    let services: Vec<Arc<ClusterService>> =
+                        self.services.values().cloned().collect();
                     for svc in services {
                         self.emit(RemoteEvent::ServiceUpsert(svc)).await;
                     }

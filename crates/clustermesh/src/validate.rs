@@ -15,6 +15,7 @@
 //!   values larger than a limit before they are parsed.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use plexus_kvstore::DecodeFn;
 use plexus_model::ModelError;
@@ -242,14 +243,15 @@ fn check_identity_range(
     }
 }
 
-/// Decodes the remote's global services (relative key `<namespace>/<name>`).
-pub fn service_decoder(remote: ClusterInfo) -> DecodeFn<ClusterService> {
+/// Decodes the remote's global services (relative key `<namespace>/<name>`), once: the result
+/// is shared by whoever holds it.
+pub fn service_decoder(remote: ClusterInfo) -> DecodeFn<Arc<ClusterService>> {
     Box::new(move |key, raw| {
         keys::parse_service_key(key).map_err(|e| e.to_string())?;
         let svc = ClusterService::from_json(key, raw).map_err(|e| e.to_string())?;
         svc.validate(&remote.name, remote.id, key)
             .map_err(|e| RejectReason::ForeignCluster.tag(e))?;
-        Ok(svc)
+        Ok(Arc::new(svc))
     })
 }
 

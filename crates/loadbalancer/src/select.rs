@@ -13,7 +13,9 @@
 //!   `remote` the reverse; `none` all of them.
 //!
 //! Every candidate is returned with its state, so `service list` can show what is used, what
-//! waits as a fallback and what is unreachable.
+//! waits as a fallback and what is unreachable. Candidates borrow their cluster, address and
+//! ports from the inputs: a remote service with 10,000 backends is selected without copying
+//! them.
 
 use std::collections::BTreeMap;
 
@@ -35,15 +37,15 @@ pub enum BackendState {
 }
 
 /// One candidate backend.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub struct Candidate {
+pub struct Candidate<'a> {
     /// The cluster it runs in.
-    pub cluster: String,
+    pub cluster: &'a str,
     /// Its address.
-    pub ip: String,
+    pub ip: &'a str,
     /// Its ports by port name.
-    pub ports: PortConfiguration,
+    pub ports: &'a PortConfiguration,
     /// Whether it is this cluster's.
     pub local: bool,
     /// Its state.
@@ -51,15 +53,15 @@ pub struct Candidate {
 }
 
 /// The backends of one service.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Selection {
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Selection<'a> {
     /// Every candidate, local first, then by cluster and address.
-    pub candidates: Vec<Candidate>,
+    pub candidates: Vec<Candidate<'a>>,
 }
 
-impl Selection {
+impl<'a> Selection<'a> {
     /// The backends that take new connections.
-    pub fn active(&self) -> impl Iterator<Item = &Candidate> {
+    pub fn active(&self) -> impl Iterator<Item = &Candidate<'a>> {
         self.candidates
             .iter()
             .filter(|c| c.state == BackendState::Active)
@@ -70,18 +72,18 @@ impl Selection {
 /// backends `local_backends`, and the remote clusters' ClusterServices of the same name
 /// (`remote`, by cluster), `reachable` telling which remote clusters are reachable.
 pub fn select<'a>(
-    local_cluster: &str,
+    local_cluster: &'a str,
     config: GlobalConfig,
-    local_backends: &BTreeMap<String, PortConfiguration>,
+    local_backends: &'a BTreeMap<String, PortConfiguration>,
     remote: impl IntoIterator<Item = &'a ClusterService>,
     reachable: &dyn Fn(&str) -> bool,
-) -> Selection {
-    let mut candidates: Vec<Candidate> = local_backends
+) -> Selection<'a> {
+    let mut candidates: Vec<Candidate<'a>> = local_backends
         .iter()
         .map(|(ip, ports)| Candidate {
-            cluster: local_cluster.to_string(),
-            ip: ip.clone(),
-            ports: ports.clone(),
+            cluster: local_cluster,
+            ip,
+            ports,
             local: true,
             state: BackendState::Active,
         })
@@ -92,24 +94,28 @@ pub fn select<'a>(
             .filter(|s| s.shared && s.cluster != local_cluster)
             .collect();
         remote.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+        candidates.reserve(remote.iter().map(|s| s.backends.len()).sum());
+        // Reachability is a property of the cluster: asked once per remote service.
+        let mut any_reachable = !candidates.is_empty();
         for svc in remote {
-            for (ip, ports) in &svc.backends {
-                candidates.push(Candidate {
-                    cluster: svc.cluster.clone(),
-                    ip: ip.clone(),
-                    ports: ports.clone(),
-                    local: false,
-                    state: BackendState::Active,
-                });
-            }
+            let state = if reachable(&svc.cluster) {
+                any_reachable |= !svc.backends.is_empty();
+                BackendState::Active
+            } else {
+                BackendState::Unreachable
+            };
+            candidates.extend(svc.backends.iter().map(|(ip, ports)| Candidate {
+                cluster: &svc.cluster,
+                ip,
+                ports,
+                local: false,
+                state,
+            }));
         }
-    }
-    // Unreachable clusters take no new connection while a reachable backend exists.
-    let is_reachable = |c: &Candidate| c.local || reachable(&c.cluster);
-    if candidates.iter().any(is_reachable) {
-        for c in &mut candidates {
-            if !is_reachable(c) {
-                c.state = BackendState::Unreachable;
+        // Unreachable clusters take no new connection while a reachable backend exists.
+        if !any_reachable {
+            for c in &mut candidates {
+                c.state = BackendState::Active;
             }
         }
     }
@@ -178,38 +184,41 @@ mod tests {
         }
     }
 
-    fn active(s: &Selection) -> Vec<&str> {
-        s.active().map(|c| c.ip.as_str()).collect()
+    fn active<'a>(s: &Selection<'a>) -> Vec<&'a str> {
+        s.active().map(|c| c.ip).collect()
     }
 
     const UP: &dyn Fn(&str) -> bool = &|_| true;
 
     #[test]
     fn global_uses_shared_remote_backends_and_local_only_without_global() {
+        let l = local(&["10.1.0.5"]);
         let r = [
             remote("c2", true, &["10.2.0.5"]),
             remote("c3", false, &["10.3.0.5"]),
         ];
-        let s = select("c1", global(Affinity::None), &local(&["10.1.0.5"]), &r, UP);
+        let s = select("c1", global(Affinity::None), &l, &r, UP);
         assert_eq!(
             active(&s),
             vec!["10.1.0.5", "10.2.0.5"],
             "c3 does not share"
         );
         let not_global = GlobalConfig::default();
-        let s = select("c1", not_global, &local(&["10.1.0.5"]), &r, UP);
+        let s = select("c1", not_global, &l, &r, UP);
         assert_eq!(active(&s), vec!["10.1.0.5"]);
         // Not sharing our own backends does not change what we use.
         let mut unshared = global(Affinity::None);
         unshared.shared = false;
-        let s = select("c1", unshared, &local(&["10.1.0.5"]), &r, UP);
+        let s = select("c1", unshared, &l, &r, UP);
         assert_eq!(active(&s).len(), 2);
     }
 
     #[test]
     fn affinity_prefers_a_side_and_falls_back() {
+        let l = local(&["10.1.0.5"]);
+        let none = local(&[]);
         let r = [remote("c2", true, &["10.2.0.5", "10.2.0.6"])];
-        let s = select("c1", global(Affinity::Local), &local(&["10.1.0.5"]), &r, UP);
+        let s = select("c1", global(Affinity::Local), &l, &r, UP);
         assert_eq!(active(&s), vec!["10.1.0.5"]);
         assert_eq!(
             s.candidates
@@ -218,27 +227,15 @@ mod tests {
                 .count(),
             2
         );
-        let s = select("c1", global(Affinity::Local), &local(&[]), &r, UP);
+        let s = select("c1", global(Affinity::Local), &none, &r, UP);
         assert_eq!(
             active(&s),
             vec!["10.2.0.5", "10.2.0.6"],
             "no local backend: remote ones"
         );
-        let s = select(
-            "c1",
-            global(Affinity::Remote),
-            &local(&["10.1.0.5"]),
-            &r,
-            UP,
-        );
+        let s = select("c1", global(Affinity::Remote), &l, &r, UP);
         assert_eq!(active(&s), vec!["10.2.0.5", "10.2.0.6"]);
-        let s = select(
-            "c1",
-            global(Affinity::Remote),
-            &local(&["10.1.0.5"]),
-            &[],
-            UP,
-        );
+        let s = select("c1", global(Affinity::Remote), &l, &[], UP);
         assert_eq!(
             active(&s),
             vec!["10.1.0.5"],
@@ -248,18 +245,14 @@ mod tests {
 
     #[test]
     fn unreachable_clusters_take_no_new_connection_while_others_can() {
+        let l = local(&["10.1.0.5"]);
+        let none = local(&[]);
         let r = [
             remote("c2", true, &["10.2.0.5"]),
             remote("c3", true, &["10.3.0.5"]),
         ];
         let c2_down = |c: &str| c != "c2";
-        let s = select(
-            "c1",
-            global(Affinity::None),
-            &local(&["10.1.0.5"]),
-            &r,
-            &c2_down,
-        );
+        let s = select("c1", global(Affinity::None), &l, &r, &c2_down);
         assert_eq!(active(&s), vec!["10.1.0.5", "10.3.0.5"]);
         assert_eq!(
             s.candidates[1].state,
@@ -268,16 +261,10 @@ mod tests {
         );
         // Affinity remote with the only remote down: local backends serve.
         let r2 = [remote("c2", true, &["10.2.0.5"])];
-        let s = select(
-            "c1",
-            global(Affinity::Remote),
-            &local(&["10.1.0.5"]),
-            &r2,
-            &c2_down,
-        );
+        let s = select("c1", global(Affinity::Remote), &l, &r2, &c2_down);
         assert_eq!(active(&s), vec!["10.1.0.5"]);
         // Nothing reachable at all: better try the unreachable than fail for sure.
-        let s = select("c1", global(Affinity::None), &local(&[]), &r2, &c2_down);
+        let s = select("c1", global(Affinity::None), &none, &r2, &c2_down);
         assert_eq!(active(&s), vec!["10.2.0.5"]);
     }
 }

@@ -177,7 +177,7 @@ struct Held {
     /// The keys of the entries held back.
     waiting: BTreeSet<String>,
     /// Services by `<namespace>/<name>`: as received, and as passed on.
-    services: BTreeMap<String, (ClusterService, ClusterService)>,
+    services: BTreeMap<String, (Arc<ClusterService>, Arc<ClusterService>)>,
     /// Refusals by reason.
     refused: BTreeMap<RejectReason, u64>,
     /// Whether the remote's initial listing is complete.
@@ -287,19 +287,28 @@ fn owns_entry(owned: &Owned, pair: &IpIdentityPair) -> bool {
 }
 
 /// `svc` without the backends outside what the remote owns, and how many were dropped.
-fn filter_backends(owned: &Owned, svc: &ClusterService) -> (ClusterService, u64) {
-    let mut out = svc.clone();
-    let before = out.backends.len();
-    out.backends.retain(|addr, _| match addr.parse::<IpAddr>() {
+fn filter_backends(owned: &Owned, svc: &Arc<ClusterService>) -> (Arc<ClusterService>, u64) {
+    let owns = |addr: &str| match addr.parse::<IpAddr>() {
         Ok(IpAddr::V4(ip)) => owned.owns_prefix(&Prefix::host(ip)),
         Ok(IpAddr::V6(_)) => true,
         Err(_) => false,
-    });
+    };
+    // The usual case, every backend the remote's (and nothing about other addresses): passed
+    // on as received, not copied.
+    if svc.backends.keys().all(|addr| owns(addr))
+        && svc.hostnames.keys().all(|a| svc.backends.contains_key(a))
+        && svc.zones.keys().all(|a| svc.backends.contains_key(a))
+    {
+        return (svc.clone(), 0);
+    }
+    let mut out = ClusterService::clone(svc);
+    let before = out.backends.len();
+    out.backends.retain(|addr, _| owns(addr));
     let kept = &out.backends;
     out.hostnames.retain(|a, _| kept.contains_key(a));
     out.zones.retain(|a, _| kept.contains_key(a));
     let dropped = (before - out.backends.len()) as u64;
-    (out, dropped)
+    (Arc::new(out), dropped)
 }
 
 fn ip_key(pair: &IpIdentityPair) -> String {
@@ -823,12 +832,44 @@ mod tests {
         for b in ["10.2.0.5", "10.1.0.5", "192.168.2.1", "8.8.8.8"] {
             svc.backends.insert(b.into(), Default::default());
         }
-        let out = g.remote(ev("c2", RemoteEvent::ServiceUpsert(svc)));
+        let out = g.remote(ev("c2", RemoteEvent::ServiceUpsert(svc.into())));
         assert_eq!(kinds(&out), ["c2 svc+ 10.2.0.5,192.168.2.1"]);
         assert_eq!(refused(&g, "c2", "backend-not-owned"), 2);
         // The node goes: its backends go too.
         let out = g.remote(ev("c2", RemoteEvent::NodeDelete("n1".into())));
         assert_eq!(kinds(&out), ["c2 node- n1", "c2 svc+ "]);
         assert_eq!(refused(&g, "c2", "backend-not-owned"), 4);
+    }
+
+    #[test]
+    fn a_service_whose_backends_are_all_owned_is_passed_on_without_a_copy() {
+        let mut g = Guard::new();
+        g.remote(ev(
+            "c2",
+            RemoteEvent::NodeUpsert(node("c2", "n1", "192.168.2.1", "10.2.0.0/24")),
+        ));
+        g.remote(ev("c2", RemoteEvent::Synced));
+        let mut svc = ClusterService::from_json(
+            "default/web",
+            br#"{"cluster":"c2","namespace":"default","name":"web","shared":true,"clusterID":2}"#,
+        )
+        .unwrap();
+        for i in 1..=200 {
+            svc.backends
+                .insert(format!("10.2.0.{i}"), Default::default());
+        }
+        let svc = Arc::new(svc);
+        let out = g.remote(ev("c2", RemoteEvent::ServiceUpsert(svc.clone())));
+        let [
+            MeshEvent {
+                event: RemoteEvent::ServiceUpsert(sent),
+                ..
+            },
+        ] = out.as_slice()
+        else {
+            panic!("one service event: {out:?}");
+        };
+        assert!(Arc::ptr_eq(sent, &svc), "the received value, shared");
+        assert_eq!(refused(&g, "c2", "backend-not-owned"), 0);
     }
 }

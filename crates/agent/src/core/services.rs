@@ -20,8 +20,9 @@
 //! remote clusters synced (or the grace time passed), so that a restarted agent never
 //! withdraws frontends its predecessor programmed before it knows the whole picture.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
 
 use plexus_datapath::{Frontend, L4Proto, LbService};
 use plexus_loadbalancer::cluster_service::Backends;
@@ -39,7 +40,7 @@ pub struct ServiceSelection<'a> {
     /// A bad annotation, if any.
     pub error: Option<String>,
     /// Every candidate backend with its state.
-    pub selection: Selection,
+    pub selection: Selection<'a>,
 }
 
 /// The node's services.
@@ -49,7 +50,7 @@ pub struct ServiceState {
     services: BTreeMap<String, Service>,
     backends: BTreeMap<String, Backends>,
     /// Remote clusters' ClusterServices by (`<namespace>/<name>`, cluster).
-    remote: BTreeMap<String, BTreeMap<String, ClusterService>>,
+    remote: BTreeMap<String, BTreeMap<String, Arc<ClusterService>>>,
     reachable: BTreeSet<String>,
     services_synced: bool,
     backends_synced: bool,
@@ -126,7 +127,7 @@ impl ServiceState {
     }
 
     /// A remote cluster's shared global service.
-    pub fn remote_upsert(&mut self, cluster: &str, svc: ClusterService) {
+    pub fn remote_upsert(&mut self, cluster: &str, svc: Arc<ClusterService>) {
         let key = format!("{}/{}", svc.namespace, svc.name);
         let slot = self.remote.entry(key.clone()).or_default();
         if slot.get(cluster) != Some(&svc) {
@@ -185,15 +186,19 @@ impl ServiceState {
         self.services_synced && self.backends_synced && (self.remotes_ready || self.grace_expired)
     }
 
-    fn selection<'a>(&self, key: &str, service: &'a Service) -> ServiceSelection<'a> {
-        let empty = Backends::new();
+    fn selection<'a>(&'a self, key: &str, service: &'a Service) -> ServiceSelection<'a> {
+        static EMPTY: Backends = Backends::new();
         let reachable = |c: &str| self.reachable.contains(c);
         let (config, error) = match service.global_config() {
             Ok(c) => (c, None),
             Err(e) => (GlobalConfig::default(), Some(e.to_string())),
         };
-        let local = self.backends.get(key).unwrap_or(&empty);
-        let remote = self.remote.get(key).into_iter().flat_map(|m| m.values());
+        let local = self.backends.get(key).unwrap_or(&EMPTY);
+        let remote = self
+            .remote
+            .get(key)
+            .into_iter()
+            .flat_map(|m| m.values().map(|s| &**s));
         ServiceSelection {
             service,
             config,
@@ -295,6 +300,9 @@ pub fn frontends_of(svc: &ServiceSelection<'_>) -> Vec<LbService> {
             active: Vec::new(),
             inactive: Vec::new(),
         };
+        // A backend listed twice (two clusters naming the same address) is balanced once; a
+        // set, not a scan of the lists, so that 10,000 backends cost 10,000 probes.
+        let mut seen = HashSet::with_capacity(svc.selection.candidates.len());
         for c in &svc.selection.candidates {
             let Some(target) = c.ports.get(&port.name) else {
                 continue;
@@ -306,7 +314,7 @@ pub fn frontends_of(svc: &ServiceSelection<'_>) -> Vec<LbService> {
                 continue;
             };
             let backend = SocketAddrV4::new(ip, target.port);
-            if lb.active.contains(&backend) || lb.inactive.contains(&backend) {
+            if !seen.insert(backend) {
                 continue;
             }
             match c.state {

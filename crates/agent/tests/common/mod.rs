@@ -62,7 +62,7 @@ pub fn cluster_service(
     name: &str,
     shared: bool,
     backends: &[&str],
-) -> ClusterService {
+) -> std::sync::Arc<ClusterService> {
     let backends: Vec<String> = backends
         .iter()
         .map(|b| format!(r#""{b}":{{"http":{{"Protocol":"TCP","Port":80}}}}"#))
@@ -71,6 +71,7 @@ pub fn cluster_service(
         r#"{{"cluster":"{cluster}","namespace":"default","name":"{name}","frontends":{{"10.99.0.5":{{"http":{{"Protocol":"TCP","Port":80}}}}}},"backends":{{{}}},"labels":{{}},"selector":{{}},"includeExternal":false,"shared":{shared},"clusterID":2}}"#,
         backends.join(",")
     ))
+    .map(std::sync::Arc::new)
     .unwrap()
 }
 

@@ -32,6 +32,7 @@
 //! value size differs from this build's; changing a struct in `bpf/lib/common.h` needs a
 //! migration (or a new pin directory).
 
+mod batch;
 mod links;
 mod missing;
 pub mod netdev;
@@ -1035,33 +1036,68 @@ impl State {
     }
 }
 
+/// Applies `ops` in order, one batch per step (see `services.rs`): the writes of one step do
+/// not depend on each other, so each step goes to the kernel as one `BPF_MAP_*_BATCH`.
 fn apply_lb_ops(
     lb_services: &mut HashMap<MapData, LbServiceKeyBytes, LbServiceValueBytes>,
     lb_backends: &mut HashMap<MapData, u32, LbBackendBytes>,
     ops: &[LbOp],
 ) -> Result<(), DatapathError> {
-    for op in ops {
-        match op {
-            LbOp::PutBackend { id, backend } => lb_backends
-                .insert(id, abi::encode_backend(backend), 0)
-                .map_err(map_err(MAP_LB_BACKENDS))?,
-            LbOp::PutSlot {
-                frontend,
-                slot,
-                value,
-            } => lb_services
-                .insert(
-                    abi::encode_service_key(*frontend, *slot),
-                    abi::encode_service_value(value),
-                    0,
-                )
-                .map_err(map_err(MAP_LB_SERVICES))?,
-            LbOp::DeleteSlot { frontend, slot } => missing::entry_removed(
-                lb_services.remove(&abi::encode_service_key(*frontend, *slot)),
-                MAP_LB_SERVICES,
-            )?,
-            LbOp::DeleteBackend { id } => {
-                missing::entry_removed(lb_backends.remove(id), MAP_LB_BACKENDS)?
+    use aya::maps::IterableMap;
+    for step in services::steps(ops) {
+        match step {
+            services::Step::PutBackends(run) => {
+                let (keys, values): (Vec<u32>, Vec<LbBackendBytes>) = run
+                    .iter()
+                    .filter_map(|op| match op {
+                        LbOp::PutBackend { id, backend } => {
+                            Some((*id, abi::encode_backend(backend)))
+                        }
+                        _ => None,
+                    })
+                    .unzip();
+                batch::update(lb_backends.map(), &keys, &values)
+                    .map_err(map_err(MAP_LB_BACKENDS))?;
+            }
+            services::Step::PutSlots(run) => {
+                let (keys, values): (Vec<LbServiceKeyBytes>, Vec<LbServiceValueBytes>) = run
+                    .iter()
+                    .filter_map(|op| match op {
+                        LbOp::PutSlot {
+                            frontend,
+                            slot,
+                            value,
+                        } => Some((
+                            abi::encode_service_key(*frontend, *slot),
+                            abi::encode_service_value(value),
+                        )),
+                        _ => None,
+                    })
+                    .unzip();
+                batch::update(lb_services.map(), &keys, &values)
+                    .map_err(map_err(MAP_LB_SERVICES))?;
+            }
+            services::Step::DeleteSlots(run) => {
+                let keys: Vec<LbServiceKeyBytes> = run
+                    .iter()
+                    .filter_map(|op| match op {
+                        LbOp::DeleteSlot { frontend, slot } => {
+                            Some(abi::encode_service_key(*frontend, *slot))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                batch::delete(lb_services.map(), &keys).map_err(map_err(MAP_LB_SERVICES))?;
+            }
+            services::Step::DeleteBackends(run) => {
+                let keys: Vec<u32> = run
+                    .iter()
+                    .filter_map(|op| match op {
+                        LbOp::DeleteBackend { id } => Some(*id),
+                        _ => None,
+                    })
+                    .collect();
+                batch::delete(lb_backends.map(), &keys).map_err(map_err(MAP_LB_BACKENDS))?;
             }
         }
     }

@@ -11,6 +11,11 @@
 //! 4. slots beyond the new count, deleted;
 //! 5. backend entries no longer referenced, deleted.
 //!
+//! The writes of one step do not depend on each other: [`steps`] cuts the list into runs the
+//! caller writes as one batch each (`BPF_MAP_UPDATE_BATCH`, `BPF_MAP_DELETE_BATCH`), so that
+//! programming a frontend with 10,000 backends takes a handful of syscalls, not 20,000.
+//! Re-programming writes only what differs.
+//!
 //! Service ids (also the reverse-NAT ids) are allocated per frontend, backend ids per
 //! (frontend, backend address) pair, so that a backend's state is per service. Both are rebuilt
 //! from the maps by [`LbTables::from_maps`] when an agent restarts on pinned maps: frontends and
@@ -42,6 +47,51 @@ pub(crate) enum LbOp {
     DeleteSlot { frontend: Frontend, slot: u16 },
     /// Delete a backend entry.
     DeleteBackend { id: u32 },
+}
+
+/// A run of consecutive writes of one step: none of them depends on another, so a run may go
+/// to the kernel as one batch (applied in its order, each entry atomically).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Step<'a> {
+    /// [`LbOp::PutBackend`]s.
+    PutBackends(&'a [LbOp]),
+    /// [`LbOp::PutSlot`]s: slots of backends, or master entries (never both in one run).
+    PutSlots(&'a [LbOp]),
+    /// [`LbOp::DeleteSlot`]s: master entries, or slots of backends (never both in one run).
+    DeleteSlots(&'a [LbOp]),
+    /// [`LbOp::DeleteBackend`]s.
+    DeleteBackends(&'a [LbOp]),
+}
+
+/// Which step an op belongs to: a master entry is a step of its own, since it publishes (or
+/// withdraws) the slots written before it (or deleted after it).
+fn step_of(op: &LbOp) -> u8 {
+    match op {
+        LbOp::PutBackend { .. } => 0,
+        LbOp::PutSlot { slot: 0, .. } => 1,
+        LbOp::PutSlot { .. } => 2,
+        LbOp::DeleteSlot { slot: 0, .. } => 3,
+        LbOp::DeleteSlot { .. } => 4,
+        LbOp::DeleteBackend { .. } => 5,
+    }
+}
+
+/// `ops` cut into runs of one step, in order.
+pub(crate) fn steps(ops: &[LbOp]) -> impl Iterator<Item = Step<'_>> {
+    let mut rest = ops;
+    std::iter::from_fn(move || {
+        let first = rest.first()?;
+        let kind = step_of(first);
+        let len = rest.iter().take_while(|op| step_of(op) == kind).count();
+        let (run, tail) = rest.split_at(len);
+        rest = tail;
+        Some(match first {
+            LbOp::PutBackend { .. } => Step::PutBackends(run),
+            LbOp::PutSlot { .. } => Step::PutSlots(run),
+            LbOp::DeleteSlot { .. } => Step::DeleteSlots(run),
+            LbOp::DeleteBackend { .. } => Step::DeleteBackends(run),
+        })
+    })
 }
 
 /// Hands out ids from 1 (0 means "none" in the maps), never one in use; after a release the
@@ -101,38 +151,64 @@ fn exhausted(fe: Frontend, what: &str) -> DatapathError {
 }
 
 impl LbTables {
-    /// The writes that make the maps balance `svc` as given, and the new state.
+    /// The writes that make the maps balance `svc` as given, and the new state. On an error
+    /// (no id left) the state is unchanged.
     pub(crate) fn upsert(&mut self, svc: &LbService) -> Result<Vec<LbOp>, DatapathError> {
         svc.validate()?;
         let fe = svc.frontend;
-        let old = self.services.get(&fe).cloned();
+        // Taken out, not cloned (a frontend may have tens of thousands of backends); put back
+        // as it was on an error.
+        let old = self.services.remove(&fe);
         let id = match &old {
             Some(s) => s.id,
-            None => self
-                .service_ids
-                .allocate()
-                .ok_or_else(|| exhausted(fe, "service"))?,
+            None => match self.service_ids.allocate() {
+                Some(id) => id,
+                None => return Err(exhausted(fe, "service")),
+            },
         };
-        let old_backends = old.as_ref().map(|s| s.backends.clone()).unwrap_or_default();
-        let old_slots = old.as_ref().map(|s| s.slots.clone()).unwrap_or_default();
+        let empty = BTreeMap::new();
+        let old_backends = old.as_ref().map_or(&empty, |s| &s.backends);
+        let old_slots: &[u32] = old.as_ref().map_or(&[], |s| &s.slots);
 
-        let mut backends = BTreeMap::new();
-        let listed = svc
+        let mut listed: Vec<(SocketAddrV4, (u32, bool))> =
+            Vec::with_capacity(svc.active.len() + svc.inactive.len());
+        let mut allocated = Vec::new();
+        let addrs = svc
             .active
             .iter()
             .map(|a| (*a, false))
             .chain(svc.inactive.iter().map(|a| (*a, true)));
-        for (addr, inactive) in listed {
+        for (addr, inactive) in addrs {
             let bid = match old_backends.get(&addr) {
                 Some((bid, _)) => *bid,
-                None => self
-                    .backend_ids
-                    .allocate()
-                    .ok_or_else(|| exhausted(fe, "backend"))?,
+                None => match self.backend_ids.allocate() {
+                    Some(bid) => {
+                        allocated.push(bid);
+                        bid
+                    }
+                    None => {
+                        for bid in allocated {
+                            self.backend_ids.release(bid);
+                        }
+                        match old {
+                            Some(old) => {
+                                self.services.insert(fe, old);
+                            }
+                            None => self.service_ids.release(id),
+                        }
+                        return Err(exhausted(fe, "backend"));
+                    }
+                },
             };
-            backends.insert(addr, (bid, inactive));
+            listed.push((addr, (bid, inactive)));
         }
-        let slots: Vec<u32> = svc.active.iter().map(|a| backends[a].0).collect();
+        let slots: Vec<u32> = listed[..svc.active.len()]
+            .iter()
+            .map(|(_, (bid, _))| *bid)
+            .collect();
+        // Sorted first: the map is then built in one pass (`validate` ruled out duplicates).
+        listed.sort_unstable_by_key(|(addr, _)| *addr);
+        let backends: BTreeMap<SocketAddrV4, (u32, bool)> = listed.into_iter().collect();
 
         let mut ops = Vec::new();
         for (addr, (bid, inactive)) in &backends {
@@ -178,7 +254,7 @@ impl LbTables {
                 slot: slot_number(i),
             });
         }
-        for (addr, (bid, _)) in &old_backends {
+        for (addr, (bid, _)) in old_backends {
             if !backends.contains_key(addr) {
                 ops.push(LbOp::DeleteBackend { id: *bid });
                 self.backend_ids.release(*bid);
@@ -378,6 +454,19 @@ mod tests {
             }
         }
 
+        /// Applies `ops` step by step, each run in reverse: what a batch may do, if its order
+        /// were not kept, must keep the invariant too.
+        fn apply_steps_reversed(&mut self, ops: &[LbOp]) {
+            for step in steps(ops) {
+                let (Step::PutBackends(run)
+                | Step::PutSlots(run)
+                | Step::DeleteSlots(run)
+                | Step::DeleteBackends(run)) = step;
+                let reversed: Vec<LbOp> = run.iter().rev().cloned().collect();
+                self.apply(&reversed);
+            }
+        }
+
         fn check_consistent(&self) {
             for ((fe, slot), master) in &self.slots {
                 if *slot != 0 {
@@ -439,6 +528,69 @@ mod tests {
         maps.apply(&t.remove(fe(80)));
         assert!(maps.slots.is_empty() && maps.backends.is_empty());
         assert!(t.remove(fe(80)).is_empty());
+    }
+
+    #[test]
+    fn steps_are_runs_of_independent_writes() {
+        let mut t = LbTables::default();
+        let a = svc(80, &["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"], &[]);
+        let ops = t.upsert(&a).unwrap();
+        let kinds: Vec<(&str, usize)> = steps(&ops)
+            .map(|s| match s {
+                Step::PutBackends(r) => ("put backends", r.len()),
+                Step::PutSlots(r) => ("put slots", r.len()),
+                Step::DeleteSlots(r) => ("delete slots", r.len()),
+                Step::DeleteBackends(r) => ("delete backends", r.len()),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![("put backends", 3), ("put slots", 3), ("put slots", 1)],
+            "the master entry is a step of its own"
+        );
+        let ops = t.upsert(&svc(80, &["10.0.0.9:80"], &[])).unwrap();
+        let lens: Vec<usize> = steps(&ops)
+            .map(|s| match s {
+                Step::PutBackends(r)
+                | Step::PutSlots(r)
+                | Step::DeleteSlots(r)
+                | Step::DeleteBackends(r) => r.len(),
+            })
+            .collect();
+        assert_eq!(lens, vec![1, 1, 1, 2, 3]);
+        let ops = t.remove(fe(80));
+        let lens: Vec<usize> = steps(&ops)
+            .map(|s| match s {
+                Step::PutBackends(r)
+                | Step::PutSlots(r)
+                | Step::DeleteSlots(r)
+                | Step::DeleteBackends(r) => r.len(),
+            })
+            .collect();
+        assert_eq!(lens, vec![1, 1, 1], "master, slot, backend");
+        assert!(steps(&[]).next().is_none());
+    }
+
+    #[test]
+    fn any_order_within_a_step_keeps_slots_pointing_to_backends() {
+        let mut t = LbTables::default();
+        let mut maps = Maps::default();
+        let addrs: Vec<String> = (1..=40).map(|i| format!("10.0.1.{i}:80")).collect();
+        let all: Vec<&str> = addrs.iter().map(String::as_str).collect();
+        let versions = [
+            svc(80, &all[..30], &[]),
+            svc(80, &all[10..40], &all[..5]),
+            svc(80, &all[35..], &[]),
+            svc(80, &all[..20], &all[30..]),
+            svc(80, &[], &all[..3]),
+            svc(80, &all, &[]),
+        ];
+        for v in &versions {
+            maps.apply_steps_reversed(&t.upsert(v).unwrap());
+            assert_eq!(t.services(), vec![v.clone()]);
+        }
+        maps.apply_steps_reversed(&t.remove(fe(80)));
+        assert!(maps.slots.is_empty() && maps.backends.is_empty());
     }
 
     #[test]
