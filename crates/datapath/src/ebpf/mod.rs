@@ -35,6 +35,7 @@
 mod links;
 mod missing;
 pub mod netdev;
+pub mod pinned;
 mod reader;
 mod services;
 
