@@ -87,7 +87,7 @@ fn pct(sorted: &[Duration], p: f64) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
 
-/// Rows of the pinned ipcache map: (remote pods, remote nodes, all).
+/// Rows of the pinned ipcache map: (remote pods, remote nodes and their pod CIDRs, all).
 fn map_counts(map: &PinnedIpcache) -> Result<(usize, usize, usize)> {
     let all = map.entries()?;
     let pods = all
@@ -96,7 +96,9 @@ fn map_counts(map: &PinnedIpcache) -> Result<(usize, usize, usize)> {
         .count();
     let nodes = all
         .iter()
-        .filter(|(p, _)| scale::is_remote_node(p.addr.into()))
+        .filter(|(p, _)| {
+            scale::is_remote_node(p.addr.into()) || (p.len < 32 && scale::is_remote_pod(p.addr))
+        })
         .count();
     Ok((pods, nodes, all.len()))
 }
@@ -344,7 +346,7 @@ async fn run(a: &Args, fleet: &EtcdFleet) -> Result<()> {
         spec.clusters * spec.services
     );
     println!(
-        "map fill: ipcache {rows}/{ipcache_max} ({:.1}%): {pods} remote pods, {nodes} remote node entries, {} local",
+        "map fill: ipcache {rows}/{ipcache_max} ({:.1}%): {pods} remote pods, {nodes} remote node addresses and pod CIDRs, {} local",
         rows as f64 * 100.0 / ipcache_max as f64,
         rows - pods - nodes
     );
@@ -447,6 +449,7 @@ async fn churn(
     let stride = 7919; // a prime: visits every endpoint of every remote before repeating
     let mut written = 0usize;
     let mut last_print = Instant::now();
+    let mut writers = Vec::new();
     while t.elapsed() < Duration::from_secs(a.churn_seconds) {
         tick.tick().await;
         let batch: Vec<(usize, usize)> = (0..per_tick)
@@ -456,39 +459,36 @@ async fn churn(
             })
             .collect();
         let version = 1 + written / total;
-        futures::stream::iter(batch)
+        // Each tick's writes run on their own, so that slow puts do not slow the rate.
+        let batch: Vec<_> = batch
+            .into_iter()
             .map(|(c, e)| {
                 let sim = &sims[c];
                 let p = &published[c];
-                let pending = pending.clone();
-                let watched = watched.clone();
-                async move {
-                    let entry = sim.ip_entry(e, version);
-                    let key = sim.ip_key(e);
-                    let at = Instant::now();
-                    pending.lock().unwrap().insert(
-                        sim.endpoint_ip(e),
-                        Write {
-                            expected: entry.id,
-                            at,
-                        },
-                    );
-                    watched.lock().unwrap().insert(
-                        key.clone(),
-                        Write {
-                            expected: entry.id,
-                            at,
-                        },
-                    );
-                    p.backend
-                        .put(&key, serde_json::to_vec(&entry)?, Some(p.leases.lease()))
-                        .await?;
-                    anyhow::Ok(())
-                }
+                let entry = sim.ip_entry(e, version);
+                (
+                    sim.endpoint_ip(e),
+                    sim.ip_key(e),
+                    entry,
+                    p.backend.clone(),
+                    p.leases.lease(),
+                )
             })
-            .buffer_unordered(64)
-            .try_collect::<Vec<()>>()
-            .await?;
+            .collect();
+        let (pend, wat) = (pending.clone(), watched.clone());
+        writers.push(tokio::spawn(async move {
+            let mut puts = futures::stream::FuturesUnordered::new();
+            for (ip, key, entry, backend, lease) in batch {
+                puts.push(put_one(&pend, &wat, ip, key, entry, backend, lease));
+                if puts.len() >= 64 {
+                    puts.next().await.transpose()?;
+                }
+            }
+            while let Some(r) = puts.next().await {
+                r?;
+            }
+            anyhow::Ok(())
+        }));
         written += per_tick;
         if last_print.elapsed() > Duration::from_secs(10) {
             last_print = Instant::now();
@@ -499,6 +499,9 @@ async fn churn(
                 seen(&pending)
             );
         }
+    }
+    for w in writers {
+        w.await??;
     }
     let elapsed = t.elapsed();
     let rate = written as f64 / elapsed.as_secs_f64();
@@ -515,19 +518,53 @@ async fn churn(
     let mut wl = watch_lat.lock().unwrap().clone();
     wl.sort();
     println!(
-        "churn: {written} writes in {:.0} s ({rate:.0}/s = {:.2}% of {total} endpoints per second); put -> pinned ipcache entry p50 {} p99 {} max {} ({} seen, {missing} not within 60 s after); baseline put -> bare watch p50 {} p99 {} ({} seen)",
+        "churn: {written} writes in {:.0} s ({rate:.0}/s = {:.2}% of {total} endpoints per second); put -> pinned ipcache entry p50 {} p99 {} max {} ({} seen, {missing} not within 60 s after, {} puts failed); baseline put -> bare watch p50 {} p99 {} ({} seen)",
         elapsed.as_secs_f64(),
         rate * 100.0 / total as f64,
         pct(&dp_lat, 0.5),
         pct(&dp_lat, 0.99),
         pct(&dp_lat, 1.0),
         dp_lat.len(),
+        FAILED_PUTS.load(std::sync::atomic::Ordering::Relaxed),
         pct(&wl, 0.5),
         pct(&wl, 0.99),
         wl.len()
     );
     Ok(())
 }
+
+/// One churn write: noted as pending for the map and the watch, then put.
+async fn put_one(
+    pending: &Mutex<HashMap<Ipv4Addr, Write>>,
+    watched: &Mutex<HashMap<String, Write>>,
+    ip: Ipv4Addr,
+    key: String,
+    entry: IpIdentityPair,
+    backend: Arc<dyn KvBackend>,
+    lease: plexus_kvstore::LeaseId,
+) -> Result<()> {
+    let at = Instant::now();
+    let expected = entry.id;
+    pending.lock().unwrap().insert(ip, Write { expected, at });
+    watched
+        .lock()
+        .unwrap()
+        .insert(key.clone(), Write { expected, at });
+    if let Err(e) = backend
+        .put(&key, serde_json::to_vec(&entry)?, Some(lease))
+        .await
+    {
+        // A put etcd did not acknowledge in time (an overloaded run) is counted, not awaited.
+        pending.lock().unwrap().remove(&ip);
+        watched.lock().unwrap().remove(&key);
+        FAILED_PUTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        eprintln!("  ⚠ {e}");
+    }
+    Ok(())
+}
+
+/// Churn puts that failed.
+static FAILED_PUTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Looks every pending write up in the pinned map; records those that arrived.
 fn poll(
