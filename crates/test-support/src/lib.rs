@@ -11,6 +11,9 @@
 //! [`openssl`] makes certificates with the `openssl` binary, in the shapes users bring (Cilium's
 //! Helm chart, `openssl x509 -req` without extensions).
 //!
+//! [`EtcdFleet`] starts many etcds at once (the scale bench and test), on threads that outlive
+//! them.
+//!
 //! [`EtcdProcess::setup_auth`] creates the users and roles of the wire format's access control
 //! (a root user, read-only users for prefixes) and enables etcd auth; with client-cert auth,
 //! the certificate's CN is the etcd user.
@@ -481,6 +484,76 @@ impl EtcdProcess {
 impl Drop for EtcdProcess {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Many etcd processes started in parallel, for benches and tests at scale: `n` etcds on
+/// `threads` threads that stay alive until the fleet is dropped (an [`EtcdProcess`] dies with
+/// the thread that started it). Dropping the fleet stops every one.
+pub struct EtcdFleet {
+    endpoints: Vec<String>,
+    stop: Vec<std::sync::mpsc::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl EtcdFleet {
+    /// Starts `n` plain etcds on `threads` threads; `progress` hears the count started so far.
+    /// Fails (stopping those started) if one does not start.
+    pub fn start(n: usize, threads: usize, mut progress: impl FnMut(usize)) -> Result<Self> {
+        let threads = threads.clamp(1, n.max(1));
+        let (tx, rx) = std::sync::mpsc::channel::<Result<(usize, String)>>();
+        let mut fleet = Self {
+            endpoints: vec![String::new(); n],
+            stop: Vec::new(),
+            threads: Vec::new(),
+        };
+        for t in 0..threads {
+            let tx = tx.clone();
+            let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+            fleet.stop.push(stop_tx);
+            fleet.threads.push(std::thread::spawn(move || {
+                let mut mine = Vec::new();
+                for i in (t..n).step_by(threads) {
+                    match EtcdProcess::start() {
+                        Ok(etcd) => {
+                            let _ = tx.send(Ok((i, etcd.endpoint())));
+                            mine.push(etcd);
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            break;
+                        }
+                    }
+                }
+                // Keep them running until the fleet is dropped (or its sender is gone).
+                let _ = stop_rx.recv();
+                drop(mine);
+            }));
+        }
+        drop(tx);
+        for done in 1..=n {
+            let (i, endpoint) = rx.recv().map_err(|_| TestSupportError::Io {
+                what: "start an etcd of the fleet".into(),
+                source: std::io::Error::other("a starting thread ended early"),
+            })??;
+            fleet.endpoints[i] = endpoint;
+            progress(done);
+        }
+        Ok(fleet)
+    }
+
+    /// The client URLs, in start order.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+}
+
+impl Drop for EtcdFleet {
+    fn drop(&mut self) {
+        self.stop.clear(); // wakes every thread, which drops (kills) its etcds
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
     }
 }
 

@@ -36,6 +36,7 @@ mod batch;
 mod links;
 mod missing;
 pub mod netdev;
+pub mod pinned;
 mod reader;
 mod services;
 
