@@ -4,10 +4,13 @@
 //! converge to the store's content under the prefix:
 //! - first an upsert per key of the initial listing, then one [`WatchEvent::ListDone`];
 //! - then every change, from the listing's revision + 1 on;
-//! - when the watch breaks or its start revision was compacted away, the prefix is listed
-//!   again and reconciled against what the consumer already knows: keys that changed are
-//!   upserted, keys that vanished in between are deleted ("stale drain"), unchanged keys are
-//!   not repeated. `ListDone` is never sent twice.
+//! - when the watch breaks (the etcd member it was on died, the connection dropped), a new
+//!   watch resumes right after the last revision delivered, on whichever member answers: no
+//!   change is lost or repeated and nothing is listed again;
+//! - when that revision was compacted away (or a listing is needed anyway), the prefix is
+//!   listed again and reconciled against what the consumer already knows: keys that changed
+//!   are upserted, keys that vanished in between are deleted ("stale drain"), unchanged keys
+//!   are not repeated. `ListDone` is never sent twice.
 //!
 //! The reconciliation is a pure function ([`reconcile`]), tested without IO; the watcher itself
 //! is pull-based (`next().await`) so a slow consumer slows the watch instead of buffering it.
@@ -53,6 +56,8 @@ pub struct WatcherStats {
     pub lists: u64,
     /// How many of those were caused by a compacted start revision.
     pub compactions: u64,
+    /// How many broken watches were resumed from the last revision without a listing.
+    pub resumes: u64,
     /// The last error that broke the watch or a listing.
     pub last_error: Option<String>,
 }
@@ -151,6 +156,9 @@ pub struct Watcher {
     known: HashMap<String, Revision>,
     pending: VecDeque<WatchEvent>,
     stream: Option<BoxWatchStream>,
+    /// The revision everything up to which has been delivered (the listing's, then each
+    /// event's); a broken watch resumes after it. `None`: list (first, or after compaction).
+    revision: Option<Revision>,
     list_done_sent: bool,
     relist: RelistLimiter,
     stats: WatcherStats,
@@ -176,6 +184,7 @@ impl Watcher {
             known: HashMap::new(),
             pending: VecDeque::new(),
             stream: None,
+            revision: None,
             list_done_sent: false,
             relist: RelistLimiter::new(policy),
             stats: WatcherStats::default(),
@@ -205,11 +214,17 @@ impl Watcher {
                 return event;
             }
             match self.stream.as_mut() {
-                None => self.list_and_watch().await,
+                None => match self.revision {
+                    Some(revision) => self.resume(revision).await,
+                    None => self.list_and_watch().await,
+                },
                 Some(stream) => match stream.next().await {
                     Some(Ok(events)) => {
                         for event in events {
+                            // A delete's mod revision is the deletion's revision.
+                            let revision = event.kv.mod_revision;
                             self.apply_raw(event.kind, event.kv);
+                            self.revision = self.revision.max(Some(revision));
                         }
                     }
                     Some(Err(err)) => self.broken(err).await,
@@ -239,8 +254,9 @@ impl Watcher {
     async fn broken(&mut self, err: Error) {
         if matches!(err, Error::Compacted { .. }) {
             self.stats.compactions += 1;
+            self.revision = None;
         }
-        tracing::debug!(prefix = %self.prefix, error = %err, "watch broken, listing again");
+        tracing::debug!(prefix = %self.prefix, error = %err, "watch broken, watching again");
         self.stats.last_error = Some(err.to_string());
         self.stream = None;
         self.sleep_backoff().await;
@@ -249,6 +265,18 @@ impl Watcher {
     async fn sleep_backoff(&mut self) {
         let delay = self.relist.broken(tokio::time::Instant::now());
         tokio::time::sleep(delay).await;
+    }
+
+    /// Opens a new watch right after `revision`; a compacted start makes the next round list.
+    async fn resume(&mut self, revision: Revision) {
+        match self.backend.watch(&self.prefix, revision + 1).await {
+            Ok(stream) => {
+                self.stats.resumes += 1;
+                self.relist.listed(tokio::time::Instant::now());
+                self.stream = Some(stream);
+            }
+            Err(err) => self.broken(err).await,
+        }
     }
 
     async fn list_and_watch(&mut self) {
@@ -272,6 +300,7 @@ impl Watcher {
             }
         };
         self.stats.lists += 1;
+        self.revision = Some(listed.revision);
         self.relist.listed(tokio::time::Instant::now());
         self.pending.extend(reconcile(&mut self.known, listed.kvs));
         if !self.list_done_sent {
