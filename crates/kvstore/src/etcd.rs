@@ -187,8 +187,10 @@ enum Replay {
     /// Reads, and writes whose repetition leaves the same state (a put of the same value, a
     /// delete, a lease grant whose unused twin expires): after any member failure.
     Always,
-    /// Transactions: only when the request surely did not reach a member that could apply it
-    /// (connection refused, no leader), since a compare-and-set applied twice answers "no".
+    /// Transactions with conditions: only when the request surely did not reach a member that
+    /// could apply it (connection refused, no leader), since a compare-and-set applied twice
+    /// answers "no". (A transaction without conditions is a batch of puts and deletes, sent
+    /// again like them.)
     IfNotSent,
 }
 
@@ -693,6 +695,11 @@ impl KvBackend for EtcdBackend {
             Op::Put { lease, .. } => *lease,
             Op::Delete(_) => None,
         });
+        let replay = if txn.compares.is_empty() {
+            Replay::Always
+        } else {
+            Replay::IfNotSent
+        };
         let request = EtcdTxn::new()
             .when(
                 txn.compares
@@ -707,7 +714,7 @@ impl KvBackend for EtcdBackend {
                     .collect::<Vec<_>>(),
             );
         let sent = self
-            .call("txn", Replay::IfNotSent, |mut c| {
+            .call("txn", replay, |mut c| {
                 let request = request.clone();
                 async move { c.txn(request).await }
             })

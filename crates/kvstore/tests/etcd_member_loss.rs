@@ -217,3 +217,30 @@ async fn history(b: &Arc<dyn KvBackend>, from: i64, to: i64) -> Vec<Change> {
     }
     changes
 }
+
+/// A client started while its first member is down (never connected to it) sends every
+/// request, transactions included, to the others at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_down_before_the_client_starts_is_skipped() {
+    plexus_kvstore::install_crypto_provider();
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let mut cluster = EtcdCluster::start_tls(3).unwrap();
+        cluster.kill(0);
+        let cert = cluster.issue_client("root").unwrap();
+        let tls = TlsFiles {
+            ca_file: cert.ca_file,
+            cert_file: cert.cert_file,
+            key_file: cert.key_file,
+        };
+        let b = EtcdBackend::connect(EtcdConfig::new(cluster.endpoints()).with_tls(tls))
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        assert!(b.create_only("down/a", b"1".to_vec(), None).await.unwrap());
+        b.put("down/b", b"1".to_vec(), None).await.unwrap();
+        assert_eq!(b.list_prefix("down/").await.unwrap().kvs.len(), 2);
+        eprintln!("first requests answered after {:?}", started.elapsed());
+    })
+    .await
+    .expect("test timed out");
+}
