@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use plexus_kvstore::{
-    EtcdBackend, EtcdConfig, KvBackend, LeaseManager, RawEventKind, TlsFiles, WatchEvent, Watcher,
+    EtcdBackend, EtcdConfig, KvBackend, LeaseManager, Op, RawEventKind, TlsFiles, Txn, WatchEvent,
+    Watcher,
 };
 use plexus_test_support::EtcdCluster;
 
@@ -240,6 +241,57 @@ async fn a_member_down_before_the_client_starts_is_skipped() {
         b.put("down/b", b"1".to_vec(), None).await.unwrap();
         assert_eq!(b.list_prefix("down/").await.unwrap().kvs.len(), 2);
         eprintln!("first requests answered after {:?}", started.elapsed());
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// Right after the leader dies, the members left answer "timeout" until they elect another: a
+/// batch of puts and deletes (a transaction without conditions, as `plexus apply` writes) is
+/// sent again until one is elected, not failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_written_as_the_leader_dies_is_applied() {
+    plexus_kvstore::install_crypto_provider();
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let mut cluster = EtcdCluster::start_tls(3).unwrap();
+        let leader = cluster.leader(Duration::from_secs(10)).unwrap();
+        let mut endpoints = cluster.endpoints();
+        endpoints.rotate_left(leader);
+        let cert = cluster.issue_client("root").unwrap();
+        let tls = TlsFiles {
+            ca_file: cert.ca_file,
+            cert_file: cert.cert_file,
+            key_file: cert.key_file,
+        };
+        let b = EtcdBackend::connect(EtcdConfig::new(endpoints).with_tls(tls))
+            .await
+            .unwrap();
+        b.put("batch/old", b"1".to_vec(), None).await.unwrap();
+        cluster.kill(leader);
+        let applied = b
+            .txn(Txn {
+                compares: vec![],
+                ops: vec![
+                    Op::Put {
+                        key: "batch/new".into(),
+                        value: b"1".to_vec(),
+                        lease: None,
+                    },
+                    Op::Delete("batch/old".into()),
+                ],
+            })
+            .await
+            .unwrap();
+        assert!(applied);
+        let keys: Vec<String> = b
+            .list_prefix("batch/")
+            .await
+            .unwrap()
+            .kvs
+            .into_iter()
+            .map(|kv| kv.key)
+            .collect();
+        assert_eq!(keys, ["batch/new"]);
     })
     .await
     .expect("test timed out");

@@ -993,6 +993,51 @@ mod tests {
     }
 
     #[test]
+    fn an_etcd_cluster_of_three_is_given_to_every_client() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = LabSpec::parse(
+            "lab.yaml",
+            "clusters:\n- {name: c1, id: 1, podCIDR: 10.1.0.0/16, serviceCIDR: 10.2.0.0/16, nodes: 1, etcd: {members: 3}}\n",
+        )
+        .unwrap();
+        let lab = plan("t", dir.path(), &spec);
+        let c = &lab.clusters[0];
+        let endpoints = vec![
+            "https://172.31.1.2:2379".to_string(),
+            "https://172.31.1.3:2379".to_string(),
+            "https://172.31.1.4:2379".to_string(),
+        ];
+        assert_eq!(c.etcd_endpoints(), endpoints);
+        let names: Vec<&str> = c.etcd_members.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["c1-etcd0", "c1-etcd1", "c1-etcd2"]);
+        // The apiserver starts no etcd of its own and is given the members, as an external
+        // etcd cluster, with the admin certificate.
+        let apiserver = apiserver_config(c).unwrap();
+        assert_eq!(apiserver.etcd_endpoints, Some(endpoints.clone()));
+        assert_eq!(apiserver.etcd_listen, None);
+        assert_eq!(
+            apiserver.etcd_cert,
+            Some(c.state_dir.join("pki").join("admin.crt"))
+        );
+        let agent = agent_config(&lab, c, &c.nodes[0]).unwrap();
+        assert_eq!(agent.etcd_endpoints, Some(endpoints));
+        // One member (the default) is the apiserver's own etcd.
+        let one = LabSpec::parse(
+            "lab.yaml",
+            "clusters:\n- {name: c1, id: 1, podCIDR: 10.1.0.0/16, serviceCIDR: 10.2.0.0/16, nodes: 1}\n",
+        )
+        .unwrap();
+        let lab = plan("t", dir.path(), &one);
+        assert!(lab.clusters[0].etcd_members.is_empty());
+        assert!(
+            apiserver_config(&lab.clusters[0])
+                .unwrap()
+                .etcd_endpoints
+                .is_none()
+        );
+    }
+
+    #[test]
     fn agent_options_edit_every_agent_file() {
         let dir = tempfile::tempdir().unwrap();
         let lab = stopped_lab(dir.path());

@@ -351,6 +351,19 @@ routing: native
         assert!(bad(&format!("{base}- {{name: c2, id: 2, podCIDR: 10.1.128.0/17, serviceCIDR: 10.4.0.0/16, nodes: 1}}\n")).contains("podCIDR 10.1.128.0/17 overlaps c1.podCIDR"));
         assert!(bad("clusters:\n- {name: c1, id: 1, podCIDR: nope, serviceCIDR: 10.2.0.0/16, nodes: 2}\n").contains("podCIDR: \"nope\""));
         assert!(bad("clusters: []\nroutes: tunnel\n").contains("routes"));
+        // etcd members: 1 (default), 3 or 5.
+        assert_eq!(spec.clusters[0].etcd.members, 1, "the default etcd");
+        let three = base.replace("nodes: 2}", "nodes: 2, etcd: {members: 3}}");
+        assert_eq!(
+            LabSpec::parse("lab.yaml", &three).unwrap().clusters[0]
+                .etcd
+                .members,
+            3
+        );
+        let err = bad(&base.replace("nodes: 2}", "nodes: 2, etcd: {members: 2}}"));
+        assert!(err.contains("etcd.members must be 1, 3 or 5"), "{err}");
+        let err = bad(&base.replace("nodes: 2}", "nodes: 2, etcd: {nodes: 3}}"));
+        assert!(err.contains("nodes"), "{err}");
         let podman = LabSpec::parse("lab.yaml", &format!("{base}runtime: podman\n")).unwrap();
         assert_eq!(podman.runtime, Runtime::Podman);
         let err = bad(&format!("{base}runtime: docker\n"));
