@@ -552,7 +552,7 @@ impl EtcdBackend {
                 Ordering::Relaxed,
             );
             failures += 1;
-            if failures % n == 0 {
+            if failures.is_multiple_of(n) {
                 // Every member failed once more: pause a little longer each round.
                 let rounds = (failures / n).min(5) as u64;
                 let pause = Duration::from_millis(100 * rounds);

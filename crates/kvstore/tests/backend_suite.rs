@@ -226,7 +226,9 @@ mod cases {
         b.delete("r/a").await.unwrap();
         breakable.release();
         let (watcher, events) = next.await.unwrap();
-        let seen: Vec<(String, Option<(i64, String, bool)>)> = events
+        // (key, Some((revision, value, created)) for an upsert, None for a delete)
+        type Seen = (String, Option<(i64, String, bool)>);
+        let seen: Vec<Seen> = events
             .into_iter()
             .map(|e| match e {
                 WatchEvent::Upsert { kv, created } => (

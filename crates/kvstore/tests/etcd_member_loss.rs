@@ -100,12 +100,12 @@ async fn member_loss() {
                         Err(err) => {
                             eprintln!("create {key} #{n} in flight during a loss: {err}");
                             ambiguous += 1;
-                            let now = b.get(&key).await.unwrap();
-                            if now.is_none() {
-                                let created = b.create_only(&key, b"c".to_vec(), None).await;
-                                assert!(created.unwrap(), "create {key} #{n} again");
-                            } else {
-                                assert_eq!(now.unwrap().value, b"c".to_vec());
+                            match b.get(&key).await.unwrap() {
+                                Some(kv) => assert_eq!(kv.value, b"c".to_vec()),
+                                None => {
+                                    let created = b.create_only(&key, b"c".to_vec(), None).await;
+                                    assert!(created.unwrap(), "create {key} #{n} again");
+                                }
                             }
                         }
                     }
