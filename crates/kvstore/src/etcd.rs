@@ -872,6 +872,7 @@ impl KvBackend for EtcdBackend {
             revision: resp.header().map(|h| h.revision()).unwrap_or_default(),
             db_size: resp.db_size(),
             leader: resp.leader(),
+            cluster_id: resp.header().map(|h| h.cluster_id()).unwrap_or_default(),
         })
     }
 }

@@ -7,8 +7,8 @@
 //! - when the watch breaks (the etcd member it was on died, the connection dropped), a new
 //!   watch resumes right after the last revision delivered, on whichever member answers: no
 //!   change is lost or repeated and nothing is listed again;
-//! - when that revision was compacted away (or a listing is needed anyway), the prefix is
-//!   listed again and reconciled against what the consumer already knows: keys that changed
+//! - when that revision was compacted away, or the store is not where the watch left it (an
+//!   etcd rebuilt from scratch, whose revisions start anew), the prefix is listed again and reconciled against what the consumer already knows: keys that changed
 //!   are upserted, keys that vanished in between are deleted ("stale drain"), unchanged keys
 //!   are not repeated. `ListDone` is never sent twice.
 //!
@@ -149,6 +149,10 @@ impl RelistLimiter {
     }
 }
 
+/// How long a resuming watcher waits for the store to reach the revision it left off at
+/// before it lists again instead.
+const BEHIND_LIMIT: Duration = Duration::from_secs(1);
+
 /// Watches a prefix of a [`KvBackend`] with list-then-watch and automatic re-listing.
 pub struct Watcher {
     backend: Arc<dyn KvBackend>,
@@ -159,6 +163,8 @@ pub struct Watcher {
     /// The revision everything up to which has been delivered (the listing's, then each
     /// event's); a broken watch resumes after it. `None`: list (first, or after compaction).
     revision: Option<Revision>,
+    /// The cluster id of the store the listing came from (`None`: it would not say).
+    cluster: Option<u64>,
     list_done_sent: bool,
     relist: RelistLimiter,
     stats: WatcherStats,
@@ -185,6 +191,7 @@ impl Watcher {
             pending: VecDeque::new(),
             stream: None,
             revision: None,
+            cluster: None,
             list_done_sent: false,
             relist: RelistLimiter::new(policy),
             stats: WatcherStats::default(),
@@ -268,7 +275,41 @@ impl Watcher {
     }
 
     /// Opens a new watch right after `revision`; a compacted start makes the next round list.
+    ///
+    /// Only on the store the revision came from, and once it has reached that revision: an
+    /// etcd rebuilt from scratch counts revisions anew (with the same configuration even under
+    /// the same cluster id), and a watch from `revision + 1` there would wait for revisions
+    /// that mean something else. So the prefix is listed again when the store has another
+    /// cluster id, stays behind `revision` for [`BEHIND_LIMIT`] (a member that lags by a few
+    /// entries catches up within milliseconds), or will not say (a user without the
+    /// permission).
     async fn resume(&mut self, revision: Revision) {
+        let asked = tokio::time::Instant::now();
+        loop {
+            match self.backend.status().await {
+                Ok(status)
+                    if Some(status.cluster_id) == self.cluster && status.revision >= revision =>
+                {
+                    break;
+                }
+                Ok(status)
+                    if Some(status.cluster_id) == self.cluster
+                        && asked.elapsed() < BEHIND_LIMIT =>
+                {
+                    tokio::time::sleep(BEHIND_LIMIT / 10).await;
+                }
+                Ok(status) => {
+                    tracing::info!(prefix = %self.prefix, revision, now = status.revision, cluster_id = status.cluster_id, "the store is not where the watch left it, listing again");
+                    self.revision = None;
+                    return;
+                }
+                Err(Error::PermissionDenied(_)) => {
+                    self.revision = None;
+                    return;
+                }
+                Err(err) => return self.broken(err).await,
+            }
+        }
         match self.backend.watch(&self.prefix, revision + 1).await {
             Ok(stream) => {
                 self.stats.resumes += 1;
@@ -280,6 +321,9 @@ impl Watcher {
     }
 
     async fn list_and_watch(&mut self) {
+        // Which store this is, asked before listing: if it is rebuilt in between, the next
+        // resume sees another id and lists again.
+        self.cluster = self.backend.status().await.ok().map(|s| s.cluster_id);
         let listed = match self.backend.list_prefix(&self.prefix).await {
             Ok(listed) => listed,
             Err(err) => {

@@ -302,3 +302,42 @@ async fn a_batch_written_as_the_leader_dies_is_applied() {
     .await
     .expect("test timed out");
 }
+
+/// An etcd rebuilt from scratch (data lost, started again with the same configuration) counts
+/// revisions anew: a watcher does not resume there from the revision it had, it lists again
+/// and drains what is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_lists_again_on_an_etcd_rebuilt_from_scratch() {
+    plexus_kvstore::install_crypto_provider();
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let mut etcd = plexus_test_support::EtcdProcess::start().unwrap();
+        let b: Arc<dyn KvBackend> = Arc::new(
+            EtcdBackend::connect(EtcdConfig::new(vec![etcd.endpoint()]))
+                .await
+                .unwrap(),
+        );
+        for i in 0..20 {
+            b.put(&format!("rebuilt/old{i}"), b"1".to_vec(), None)
+                .await
+                .unwrap();
+        }
+        let mut watcher = Watcher::new(b.clone(), "rebuilt/");
+        while watcher.next().await != WatchEvent::ListDone {}
+        etcd.stop();
+        std::fs::remove_dir_all(etcd.data_dir()).unwrap();
+        etcd.restart().unwrap();
+        b.put("rebuilt/new", b"1".to_vec(), None).await.unwrap();
+        let mut old = 20;
+        let mut new = false;
+        while old > 0 || !new {
+            match watcher.next().await {
+                WatchEvent::Delete { key } if key.starts_with("rebuilt/old") => old -= 1,
+                WatchEvent::Upsert { kv, .. } if kv.key == "rebuilt/new" => new = true,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(watcher.stats().lists, 2, "{:?}", watcher.stats());
+    })
+    .await
+    .expect("test timed out");
+}
