@@ -29,7 +29,7 @@ pub fn contexts(lab: &LabState) -> Vec<Context> {
             max_connected_clusters: 255,
             encryption: lab.encryption,
             state_dir: c.state_dir.clone(),
-            etcd_endpoints: vec![format!("https://{}:2379", c.ip)],
+            etcd_endpoints: c.etcd_endpoints(),
             mesh_endpoints: vec![],
             apiserver: Some(format!("{}:9963", c.ip)),
             relay: Some(c.api_address()),

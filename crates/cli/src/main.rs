@@ -436,6 +436,21 @@ enum LabCommand {
         /// The cluster.
         cluster: String,
     },
+    /// Kill one member of a cluster's etcd (`etcd: {members: 3}` in the lab file) at once, as
+    /// a crash would; its data stays.
+    EtcdKill {
+        /// The cluster.
+        cluster: String,
+        /// The member, e.g. cluster1-etcd0 (`plexus lab status` lists them).
+        member: String,
+    },
+    /// Start a killed etcd member again with its data; returns once it answers.
+    EtcdStart {
+        /// The cluster.
+        cluster: String,
+        /// The member.
+        member: String,
+    },
     /// Restart one node's agent (traffic keeps flowing).
     RestartAgent {
         /// The cluster.
@@ -734,6 +749,16 @@ fn run(cli: Cli) -> Result<u8> {
                 LabCommand::Status => lab::status().map(|ok| u8::from(!ok)),
                 LabCommand::Stop { cluster } => lab::stop(&cluster).map(|()| 0),
                 LabCommand::Start { cluster } => lab::start(&cluster).map(|()| 0),
+                LabCommand::EtcdKill { cluster, member } => {
+                    plexus_lab::etcd::kill_member(&lab::lab_dir(), &cluster, &member)?;
+                    println!("✅ etcd member {member} of {cluster} killed");
+                    Ok(0)
+                }
+                LabCommand::EtcdStart { cluster, member } => {
+                    plexus_lab::etcd::start_member(&lab::lab_dir(), &cluster, &member)?;
+                    println!("✅ etcd member {member} of {cluster} runs again");
+                    Ok(0)
+                }
                 LabCommand::BenchEcho { port } => plexus_lab::bench::echo_server(port).map(|()| 0),
                 LabCommand::BenchRr { to, seconds } => {
                     let tps = plexus_lab::bench::rr(&to, Duration::from_secs(seconds))?;

@@ -109,6 +109,9 @@ pub struct Status {
     pub db_size: i64,
     /// Member id of the leader (0 for the in-memory backend).
     pub leader: u64,
+    /// The etcd cluster's id: the same on every member, new when the store was rebuilt from
+    /// scratch, whose revisions then mean something else (0 for the in-memory backend).
+    pub cluster_id: u64,
 }
 
 /// The narrow contract every kvstore implementation provides.

@@ -121,9 +121,10 @@ impl EtcdConfig {
 /// How often, at most, the TLS files are compared with those in use.
 const TLS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The current etcd client, made again from the TLS files when they change on disk.
+/// The current etcd clients (one per endpoint, in the order given), made again from the TLS
+/// files when they change on disk.
 struct TlsReloader {
-    current: std::sync::RwLock<Client>,
+    current: std::sync::RwLock<Members>,
     state: tokio::sync::Mutex<ReloadState>,
 }
 
@@ -136,10 +137,15 @@ struct ReloadState {
     refused: Option<[Vec<u8>; 3]>,
 }
 
+/// One client per endpoint: each talks to its member only, so that a request can be sent to
+/// another member when this one fails (etcd-client balances one channel over all endpoints and
+/// keeps sending to a dead one, failing those requests).
+type Members = Arc<[Client]>;
+
 impl TlsReloader {
-    fn new(client: Client, loaded: Option<[Vec<u8>; 3]>) -> Self {
+    fn new(clients: Members, loaded: Option<[Vec<u8>; 3]>) -> Self {
         Self {
-            current: std::sync::RwLock::new(client),
+            current: std::sync::RwLock::new(clients),
             state: tokio::sync::Mutex::new(ReloadState {
                 loaded,
                 checked: std::time::Instant::now(),
@@ -148,7 +154,7 @@ impl TlsReloader {
         }
     }
 
-    fn get(&self) -> Client {
+    fn get(&self) -> Members {
         match self.current.read() {
             Ok(c) => c.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -175,10 +181,58 @@ fn pair_matches(cert: &[u8], key: &[u8]) -> std::result::Result<(), String> {
         .map_err(|e| format!("the certificate does not belong to the key: {e}"))
 }
 
+/// Whether a failed request may be sent again, to another member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Replay {
+    /// Reads, and writes whose repetition leaves the same state (a put of the same value, a
+    /// delete, a lease grant whose unused twin expires): after any member failure.
+    Always,
+    /// Transactions with conditions: only when the request surely did not reach a member that
+    /// could apply it (connection refused, no leader), since a compare-and-set applied twice
+    /// answers "no". (A transaction without conditions is a batch of puts and deletes, sent
+    /// again like them.)
+    IfNotSent,
+}
+
+/// Whether `err` says the member we asked is gone or cannot serve right now (rather than that
+/// the request itself was refused), so that another member should be asked.
+fn member_failed(err: &etcd_client::Error, replay: Replay) -> bool {
+    use etcd_client::Error as E;
+    use tonic::Code;
+    let not_sent = || {
+        let text = err.to_string();
+        text.contains("no leader")
+            || matches!(map_err("", clone_for_kind(err)).kind(), ErrorKind::Refused)
+    };
+    let maybe_sent = match err {
+        E::GRpcStatus(s) => {
+            matches!(
+                s.code(),
+                Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+            ) && !s.message().contains("permission denied")
+        }
+        E::TransportError(_) | E::IoError(_) => true,
+        _ => false,
+    };
+    maybe_sent && (replay == Replay::Always || not_sent())
+}
+
+/// A copy of `err` good enough to classify it (etcd-client's error is not `Clone`).
+fn clone_for_kind(err: &etcd_client::Error) -> etcd_client::Error {
+    use etcd_client::Error as E;
+    match err {
+        E::IoError(e) => E::IoError(std::io::Error::new(e.kind(), e.to_string())),
+        E::GRpcStatus(s) => E::GRpcStatus(s.clone()),
+        other => E::Internal(other.to_string()),
+    }
+}
+
 /// A [`KvBackend`] on etcd v3.
 #[derive(Clone)]
 pub struct EtcdBackend {
     client: Arc<TlsReloader>,
+    /// The member requests go to first; moves on to the next when that member fails.
+    preferred: Arc<std::sync::atomic::AtomicUsize>,
     request_timeout: Duration,
     /// The endpoints, comma-separated, to name in errors.
     endpoints: Arc<str>,
@@ -296,7 +350,7 @@ impl EtcdBackend {
         let context = format!("connect to {endpoints}");
         let client = tokio::time::timeout(
             config.connect_timeout,
-            Client::connect(config.endpoints.clone(), Some(options)),
+            Self::connect_members(&config.endpoints, options),
         )
         .await
         .map_err(|_| {
@@ -323,10 +377,23 @@ impl EtcdBackend {
         })?;
         Ok(Self {
             client: Arc::new(TlsReloader::new(client, loaded)),
+            preferred: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             request_timeout: config.request_timeout,
             endpoints,
             config: Arc::new(config),
         })
+    }
+
+    /// One client per endpoint (connecting touches no network).
+    async fn connect_members(
+        endpoints: &[String],
+        options: ConnectOptions,
+    ) -> std::result::Result<Members, etcd_client::Error> {
+        let mut clients = Vec::with_capacity(endpoints.len());
+        for endpoint in endpoints {
+            clients.push(Client::connect([endpoint], Some(options.clone())).await?);
+        }
+        Ok(clients.into())
     }
 
     fn read_tls(tls: &TlsFiles) -> Result<[Vec<u8>; 3]> {
@@ -348,7 +415,7 @@ impl EtcdBackend {
 
     /// The client for a new request: the current one, made again first if the TLS files
     /// changed on disk since it was made (checked at most once per [`TLS_CHECK_INTERVAL`]).
-    async fn current(&self) -> Client {
+    async fn current(&self) -> Members {
         let Some(tls) = &self.config.tls else {
             return self.client.get();
         };
@@ -376,7 +443,7 @@ impl EtcdBackend {
             return self.client.get();
         }
         let options = Self::with_tls_files(self.connect_options(), &files);
-        match Client::connect(self.config.endpoints.clone(), Some(options)).await {
+        match Self::connect_members(&self.config.endpoints, options).await {
             Ok(client) => {
                 tracing::info!(endpoints = %self.endpoints, cert = %tls.cert_file.display(), "TLS files changed: new connections use them");
                 match self.client.current.write() {
@@ -439,9 +506,62 @@ impl EtcdBackend {
         move |e| map_err(&context, e)
     }
 
-    /// The underlying client (cheap to clone), for the auth helpers.
+    /// The client of the preferred member (cheap to clone), for the auth helpers.
     pub(crate) async fn client(&self) -> Client {
-        self.current().await
+        let members = self.current().await;
+        let i = self.preferred.load(std::sync::atomic::Ordering::Relaxed) % members.len();
+        members[i].clone()
+    }
+
+    /// Sends a request made by `request` to the preferred member and, when that member fails
+    /// (see [`member_failed`]), to the next ones in turn, round after round with a short pause
+    /// (an election after the loss of the leader takes about a second), until one answers or
+    /// [`EtcdConfig::request_timeout`] has passed. The member that answered stays preferred.
+    async fn call<T, F, Fut>(
+        &self,
+        what: &str,
+        replay: Replay,
+        mut request: F,
+    ) -> std::result::Result<T, etcd_client::Error>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        use std::sync::atomic::Ordering;
+        let members = self.current().await;
+        let n = members.len();
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let mut failures = 0usize;
+        loop {
+            let i = self.preferred.load(Ordering::Relaxed) % n;
+            let err = match self.timed(what, request(members[i].clone())).await {
+                Ok(answer) => return Ok(answer),
+                Err(err) if n > 1 && member_failed(&err, replay) => err,
+                Err(err) => return Err(err),
+            };
+            tracing::debug!(
+                endpoint = %self.config.endpoints[i],
+                error = %err,
+                "{what}: member failed, asking the next one"
+            );
+            // Another request may have moved on already: then keep its choice.
+            let _ = self.preferred.compare_exchange(
+                i,
+                (i + 1) % n,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            failures += 1;
+            if failures.is_multiple_of(n) {
+                // Every member failed once more: pause a little longer each round.
+                let rounds = (failures / n).min(5) as u64;
+                let pause = Duration::from_millis(100 * rounds);
+                if tokio::time::Instant::now() + pause >= deadline {
+                    return Err(err);
+                }
+                tokio::time::sleep(pause).await;
+            }
+        }
     }
 
     async fn timed<T>(
@@ -483,8 +603,12 @@ impl EtcdBackend {
 #[async_trait]
 impl KvBackend for EtcdBackend {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        let mut client = self.current().await;
-        let resp = match self.timed("get", client.get(key, None)).await {
+        let resp = match self
+            .call("get", Replay::Always, |mut c| async move {
+                c.get(key, None).await
+            })
+            .await
+        {
             Ok(resp) => resp,
             Err(err) => return Err(self.refine(self.err(&format!("get {key}"))(err)).await),
         };
@@ -493,7 +617,6 @@ impl KvBackend for EtcdBackend {
 
     async fn list_prefix(&self, prefix: &str) -> Result<ListResult> {
         let end = prefix_end(prefix);
-        let mut client = self.current().await;
         let mut kvs = Vec::new();
         let mut from = prefix.as_bytes().to_vec();
         let mut revision = 0;
@@ -504,8 +627,13 @@ impl KvBackend for EtcdBackend {
             if revision > 0 {
                 options = options.with_revision(revision);
             }
+            // Every page may come from another member: all of them are read at the
+            // revision of the first, so the listing stays consistent.
             let resp = self
-                .timed("list", client.get(from.clone(), Some(options)))
+                .call("list", Replay::Always, |mut c| {
+                    let (from, options) = (from.clone(), options.clone());
+                    async move { c.get(from, Some(options)).await }
+                })
                 .await
                 .map_err(self.err(&format!("list {prefix}")))?;
             if revision == 0 {
@@ -526,9 +654,14 @@ impl KvBackend for EtcdBackend {
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<Revision> {
-        let mut client = self.current().await;
         let options = lease.map(|l| PutOptions::new().with_lease(l));
-        match self.timed("put", client.put(key, value, options)).await {
+        let sent = self
+            .call("put", Replay::Always, |mut c| {
+                let (value, options) = (value.clone(), options.clone());
+                async move { c.put(key, value, options).await }
+            })
+            .await;
+        match sent {
             Ok(resp) => Ok(resp.header().map(|h| h.revision()).unwrap_or_default()),
             Err(err) if is_lease_not_found(&err) => Err(Error::LeaseNotFound(lease.unwrap_or(0))),
             Err(err) => Err(self.err(&format!("put {key}"))(err)),
@@ -536,19 +669,22 @@ impl KvBackend for EtcdBackend {
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
-        let mut client = self.current().await;
         let resp = self
-            .timed("delete", client.delete(key, None))
+            .call("delete", Replay::Always, |mut c| async move {
+                c.delete(key, None).await
+            })
             .await
             .map_err(self.err(&format!("delete {key}")))?;
         Ok(resp.deleted() > 0)
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
-        let mut client = self.current().await;
         let options = etcd_client::DeleteOptions::new().with_range(prefix_end(prefix));
         let resp = self
-            .timed("delete prefix", client.delete(prefix, Some(options)))
+            .call("delete prefix", Replay::Always, |mut c| {
+                let options = options.clone();
+                async move { c.delete(prefix, Some(options)).await }
+            })
             .await
             .map_err(self.err(&format!("delete prefix {prefix}")))?;
         Ok(resp.deleted().max(0) as u64)
@@ -559,6 +695,11 @@ impl KvBackend for EtcdBackend {
             Op::Put { lease, .. } => *lease,
             Op::Delete(_) => None,
         });
+        let replay = if txn.compares.is_empty() {
+            Replay::Always
+        } else {
+            Replay::IfNotSent
+        };
         let request = EtcdTxn::new()
             .when(
                 txn.compares
@@ -572,8 +713,13 @@ impl KvBackend for EtcdBackend {
                     .map(Self::convert_op)
                     .collect::<Vec<_>>(),
             );
-        let mut client = self.current().await;
-        match self.timed("txn", client.txn(request)).await {
+        let sent = self
+            .call("txn", replay, |mut c| {
+                let request = request.clone();
+                async move { c.txn(request).await }
+            })
+            .await;
+        match sent {
             Ok(resp) => Ok(resp.succeeded()),
             Err(err) if is_lease_not_found(&err) => Err(Error::LeaseNotFound(lease.unwrap_or(0))),
             Err(err) => Err(self.err("txn")(err)),
@@ -581,13 +727,15 @@ impl KvBackend for EtcdBackend {
     }
 
     async fn watch(&self, prefix: &str, from: Revision) -> Result<BoxWatchStream> {
-        let mut client = self.current().await;
         let mut options = WatchOptions::new().with_range(prefix_end(prefix));
         if from > 0 {
             options = options.with_start_revision(from);
         }
         let stream = self
-            .timed("watch", client.watch(prefix, Some(options)))
+            .call("watch", Replay::Always, |mut c| {
+                let options = options.clone();
+                async move { c.watch(prefix, Some(options)).await }
+            })
             .await
             .map_err(self.err(&format!("watch {prefix}")))?;
         let requested = from;
@@ -653,23 +801,25 @@ impl KvBackend for EtcdBackend {
     }
 
     async fn lease_grant(&self, ttl: Duration) -> Result<LeaseId> {
-        let mut client = self.current().await;
         let secs = ttl.as_secs().max(1) as i64;
         let resp = self
-            .timed("lease grant", client.lease_grant(secs, None))
+            .call("lease grant", Replay::Always, |mut c| async move {
+                c.lease_grant(secs, None).await
+            })
             .await
             .map_err(self.err("lease grant"))?;
         Ok(resp.id())
     }
 
     async fn lease_keep_alive(&self, lease: LeaseId) -> Result<Duration> {
-        let mut client = self.current().await;
-        let once = async {
-            let (mut keeper, mut stream) = client.lease_keep_alive(lease).await?;
-            keeper.keep_alive().await?;
-            stream.message().await
-        };
-        match self.timed("lease keep-alive", once).await {
+        let once = self
+            .call("lease keep-alive", Replay::Always, |mut c| async move {
+                let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
+                keeper.keep_alive().await?;
+                stream.message().await
+            })
+            .await;
+        match once {
             Ok(Some(resp)) if resp.ttl() > 0 => Ok(Duration::from_secs(resp.ttl() as u64)),
             Ok(Some(_)) => Err(Error::LeaseNotFound(lease)),
             Ok(None) => Err(Error::Unavailable("lease keep-alive stream closed".into())),
@@ -679,8 +829,12 @@ impl KvBackend for EtcdBackend {
     }
 
     async fn lease_revoke(&self, lease: LeaseId) -> Result<()> {
-        let mut client = self.current().await;
-        match self.timed("lease revoke", client.lease_revoke(lease)).await {
+        let sent = self
+            .call("lease revoke", Replay::Always, |mut c| async move {
+                c.lease_revoke(lease).await
+            })
+            .await;
+        match sent {
             Ok(_) => Ok(()),
             Err(err) if is_lease_not_found(&err) => Err(Error::LeaseNotFound(lease)),
             Err(err) => Err(self.err("lease revoke")(err)),
@@ -688,8 +842,12 @@ impl KvBackend for EtcdBackend {
     }
 
     async fn compact(&self, revision: Revision) -> Result<()> {
-        let mut client = self.current().await;
-        match self.timed("compact", client.compact(revision, None)).await {
+        let sent = self
+            .call("compact", Replay::Always, |mut c| async move {
+                c.compact(revision, None).await
+            })
+            .await;
+        match sent {
             Ok(_) => Ok(()),
             // Already compacted at or past this revision: nothing to do.
             Err(etcd_client::Error::GRpcStatus(s)) if s.message().contains("compacted") => Ok(()),
@@ -698,8 +856,14 @@ impl KvBackend for EtcdBackend {
     }
 
     async fn status(&self) -> Result<Status> {
-        let mut client = self.current().await;
-        let resp = match self.timed("status", client.status()).await {
+        let resp = match self
+            .call(
+                "status",
+                Replay::Always,
+                |mut c| async move { c.status().await },
+            )
+            .await
+        {
             Ok(resp) => resp,
             Err(err) => return Err(self.refine(self.err("status")(err)).await),
         };
@@ -708,6 +872,7 @@ impl KvBackend for EtcdBackend {
             revision: resp.header().map(|h| h.revision()).unwrap_or_default(),
             db_size: resp.db_size(),
             leader: resp.leader(),
+            cluster_id: resp.header().map(|h| h.cluster_id()).unwrap_or_default(),
         })
     }
 }

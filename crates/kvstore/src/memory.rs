@@ -388,6 +388,7 @@ impl KvBackend for MemoryBackend {
             revision: state.revision,
             db_size: 0,
             leader: 0,
+            cluster_id: 0,
         })
     }
 }

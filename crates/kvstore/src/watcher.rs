@@ -4,10 +4,13 @@
 //! converge to the store's content under the prefix:
 //! - first an upsert per key of the initial listing, then one [`WatchEvent::ListDone`];
 //! - then every change, from the listing's revision + 1 on;
-//! - when the watch breaks or its start revision was compacted away, the prefix is listed
-//!   again and reconciled against what the consumer already knows: keys that changed are
-//!   upserted, keys that vanished in between are deleted ("stale drain"), unchanged keys are
-//!   not repeated. `ListDone` is never sent twice.
+//! - when the watch breaks (the etcd member it was on died, the connection dropped), a new
+//!   watch resumes right after the last revision delivered, on whichever member answers: no
+//!   change is lost or repeated and nothing is listed again;
+//! - when that revision was compacted away, or the store is not where the watch left it (an
+//!   etcd rebuilt from scratch, whose revisions start anew), the prefix is listed again and reconciled against what the consumer already knows: keys that changed
+//!   are upserted, keys that vanished in between are deleted ("stale drain"), unchanged keys
+//!   are not repeated. `ListDone` is never sent twice.
 //!
 //! The reconciliation is a pure function ([`reconcile`]), tested without IO; the watcher itself
 //! is pull-based (`next().await`) so a slow consumer slows the watch instead of buffering it.
@@ -53,6 +56,8 @@ pub struct WatcherStats {
     pub lists: u64,
     /// How many of those were caused by a compacted start revision.
     pub compactions: u64,
+    /// How many broken watches were resumed from the last revision without a listing.
+    pub resumes: u64,
     /// The last error that broke the watch or a listing.
     pub last_error: Option<String>,
 }
@@ -151,6 +156,10 @@ impl RelistLimiter {
     }
 }
 
+/// How long a resuming watcher waits for the store to reach the revision it left off at
+/// before it lists again instead.
+const BEHIND_LIMIT: Duration = Duration::from_secs(1);
+
 /// Watches a prefix of a [`KvBackend`] with list-then-watch and automatic re-listing.
 pub struct Watcher {
     backend: Arc<dyn KvBackend>,
@@ -158,6 +167,11 @@ pub struct Watcher {
     known: HashMap<String, Revision>,
     pending: VecDeque<WatchEvent>,
     stream: Option<BoxWatchStream>,
+    /// The revision everything up to which has been delivered (the listing's, then each
+    /// event's); a broken watch resumes after it. `None`: list (first, or after compaction).
+    revision: Option<Revision>,
+    /// The cluster id of the store the listing came from (`None`: it would not say).
+    cluster: Option<u64>,
     list_done_sent: bool,
     relist: RelistLimiter,
     stats: WatcherStats,
@@ -183,6 +197,8 @@ impl Watcher {
             known: HashMap::new(),
             pending: VecDeque::new(),
             stream: None,
+            revision: None,
+            cluster: None,
             list_done_sent: false,
             relist: RelistLimiter::new(policy),
             stats: WatcherStats::default(),
@@ -214,11 +230,17 @@ impl Watcher {
             // A listing's burst is over: do not keep room for it.
             shrink_spent(&mut self.pending);
             match self.stream.as_mut() {
-                None => self.list_and_watch().await,
+                None => match self.revision {
+                    Some(revision) => self.resume(revision).await,
+                    None => self.list_and_watch().await,
+                },
                 Some(stream) => match stream.next().await {
                     Some(Ok(events)) => {
                         for event in events {
+                            // A delete's mod revision is the deletion's revision.
+                            let revision = event.kv.mod_revision;
                             self.apply_raw(event.kind, event.kv);
+                            self.revision = self.revision.max(Some(revision));
                         }
                     }
                     Some(Err(err)) => self.broken(err).await,
@@ -248,8 +270,9 @@ impl Watcher {
     async fn broken(&mut self, err: Error) {
         if matches!(err, Error::Compacted { .. }) {
             self.stats.compactions += 1;
+            self.revision = None;
         }
-        tracing::debug!(prefix = %self.prefix, error = %err, "watch broken, listing again");
+        tracing::debug!(prefix = %self.prefix, error = %err, "watch broken, watching again");
         self.stats.last_error = Some(err.to_string());
         self.stream = None;
         self.sleep_backoff().await;
@@ -260,7 +283,56 @@ impl Watcher {
         tokio::time::sleep(delay).await;
     }
 
+    /// Opens a new watch right after `revision`; a compacted start makes the next round list.
+    ///
+    /// Only on the store the revision came from, and once it has reached that revision: an
+    /// etcd rebuilt from scratch counts revisions anew (with the same configuration even under
+    /// the same cluster id), and a watch from `revision + 1` there would wait for revisions
+    /// that mean something else. So the prefix is listed again when the store has another
+    /// cluster id, stays behind `revision` for [`BEHIND_LIMIT`] (a member that lags by a few
+    /// entries catches up within milliseconds), or will not say (a user without the
+    /// permission).
+    async fn resume(&mut self, revision: Revision) {
+        let asked = tokio::time::Instant::now();
+        loop {
+            match self.backend.status().await {
+                Ok(status)
+                    if Some(status.cluster_id) == self.cluster && status.revision >= revision =>
+                {
+                    break;
+                }
+                Ok(status)
+                    if Some(status.cluster_id) == self.cluster
+                        && asked.elapsed() < BEHIND_LIMIT =>
+                {
+                    tokio::time::sleep(BEHIND_LIMIT / 10).await;
+                }
+                Ok(status) => {
+                    tracing::info!(prefix = %self.prefix, revision, now = status.revision, cluster_id = status.cluster_id, "the store is not where the watch left it, listing again");
+                    self.revision = None;
+                    return;
+                }
+                Err(Error::PermissionDenied(_)) => {
+                    self.revision = None;
+                    return;
+                }
+                Err(err) => return self.broken(err).await,
+            }
+        }
+        match self.backend.watch(&self.prefix, revision + 1).await {
+            Ok(stream) => {
+                self.stats.resumes += 1;
+                self.relist.listed(tokio::time::Instant::now());
+                self.stream = Some(stream);
+            }
+            Err(err) => self.broken(err).await,
+        }
+    }
+
     async fn list_and_watch(&mut self) {
+        // Which store this is, asked before listing: if it is rebuilt in between, the next
+        // resume sees another id and lists again.
+        self.cluster = self.backend.status().await.ok().map(|s| s.cluster_id);
         let listed = match self.backend.list_prefix(&self.prefix).await {
             Ok(listed) => listed,
             Err(err) => {
@@ -281,6 +353,7 @@ impl Watcher {
             }
         };
         self.stats.lists += 1;
+        self.revision = Some(listed.revision);
         self.relist.listed(tokio::time::Instant::now());
         self.pending.extend(reconcile(&mut self.known, listed.kvs));
         if !self.list_done_sent {

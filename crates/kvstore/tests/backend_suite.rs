@@ -201,6 +201,61 @@ mod cases {
         }
     }
 
+    /// A broken watch (not compacted) resumes after the last revision delivered: every change
+    /// made while it was down arrives once, in order, intermediate values included, and
+    /// nothing is listed again.
+    pub async fn watcher_resumes_a_broken_watch_without_listing(b: Arc<dyn KvBackend>) {
+        let breakable = Breakable::new(b.clone());
+        put(&b, "r/a", "1").await;
+        let mut watcher = Watcher::new(breakable.clone(), "r/");
+        assert!(matches!(watcher.next().await, WatchEvent::Upsert { .. }));
+        assert_eq!(watcher.next().await, WatchEvent::ListDone);
+
+        breakable.hold_and_break();
+        let next = tokio::spawn(async move {
+            let mut events = Vec::new();
+            while events.len() < 4 {
+                events.push(watcher.next().await);
+            }
+            (watcher, events)
+        });
+        breakable.wait_held().await;
+        let r1 = put(&b, "r/a", "2").await;
+        let r2 = put(&b, "r/a", "3").await;
+        let r3 = put(&b, "r/b", "1").await;
+        b.delete("r/a").await.unwrap();
+        breakable.release();
+        let (watcher, events) = next.await.unwrap();
+        // (key, Some((revision, value, created)) for an upsert, None for a delete)
+        type Seen = (String, Option<(i64, String, bool)>);
+        let seen: Vec<Seen> = events
+            .into_iter()
+            .map(|e| match e {
+                WatchEvent::Upsert { kv, created } => (
+                    kv.key,
+                    Some((
+                        kv.mod_revision,
+                        String::from_utf8(kv.value).unwrap(),
+                        created,
+                    )),
+                ),
+                WatchEvent::Delete { key } => (key, None),
+                WatchEvent::ListDone => panic!("list done sent twice"),
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("r/a".to_string(), Some((r1, "2".to_string(), false))),
+                ("r/a".to_string(), Some((r2, "3".to_string(), false))),
+                ("r/b".to_string(), Some((r3, "1".to_string(), true))),
+                ("r/a".to_string(), None),
+            ]
+        );
+        assert_eq!(watcher.stats().lists, 1, "{:?}", watcher.stats());
+        assert_eq!(watcher.stats().resumes, 1, "{:?}", watcher.stats());
+    }
+
     pub async fn watcher_relists_after_compaction_and_drains(b: Arc<dyn KvBackend>) {
         let breakable = Breakable::new(b.clone());
         for k in ["a", "b", "c"] {
@@ -462,6 +517,7 @@ suite!(
     watch_replays_from_revision,
     watch_from_compacted_revision_fails,
     watcher_relists_after_compaction_and_drains,
+    watcher_resumes_a_broken_watch_without_listing,
     watch_store_decodes_rejects_and_syncs_once,
     sync_store_publishes_writes_canary_and_recreates,
 );

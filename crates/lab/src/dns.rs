@@ -97,7 +97,7 @@ pub fn workload(c: &ClusterState, bins: &Bins) -> Result<Workload> {
     let pki = c.state_dir.join("pki");
     let command = vec![
         bins.dns.display().to_string(),
-        format!("--etcd-endpoints=https://{}:2379", c.ip),
+        format!("--etcd-endpoints={}", c.etcd_endpoints().join(",")),
         format!("--etcd-ca={}", pki.join("ca.crt").display()),
         format!("--etcd-cert={}", pki.join("admin.crt").display()),
         format!("--etcd-key={}", pki.join("admin.key").display()),

@@ -55,8 +55,26 @@ where
     F: FnOnce(EtcdBackend) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<T>>,
 {
+    with_endpoints(c, c.etcd_endpoints(), f)
+}
+
+/// Whether the etcd member at `endpoint` of cluster `c` answers a status request.
+pub fn status_of(c: &ClusterState, endpoint: &str) -> Result<()> {
+    let what = format!("status of {endpoint}");
+    with_endpoints(c, vec![endpoint.to_string()], move |etcd| async move {
+        etcd.status().await.context(what)?;
+        Ok(())
+    })
+}
+
+fn with_endpoints<T, F, Fut>(c: &ClusterState, endpoints: Vec<String>, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(EtcdBackend) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T>>,
+{
     let pki = c.state_dir.join("pki");
-    let config = EtcdConfig::new(vec![format!("https://{}:2379", c.ip)]).with_tls(TlsFiles {
+    let config = EtcdConfig::new(endpoints).with_tls(TlsFiles {
         ca_file: pki.join("ca.crt"),
         cert_file: pki.join("admin.crt"),
         key_file: pki.join("admin.key"),

@@ -5,6 +5,8 @@
 //!   the lab links to the host's own network;
 //! - per cluster `i` (1-based): a control-plane namespace `plx-<lab>-<cluster>` at 172.31.i.1
 //!   running `plexus-apiserver` (and, as its child, etcd: client port 2379, status on 9963);
+//!   with `etcd: {members: 3}` the cluster's etcd is instead three members the lab runs at
+//!   172.31.i.2-4 ([`crate::etcd`]), whose endpoints the apiserver is given;
 //! - per node `j`: a namespace `plx-<lab>-<cluster>-n<j>` at 172.31.i.(10+j) running
 //!   `plexus-agent` (eBPF datapath, bpffs mounted under its state directory), its API on its
 //!   socket and on TCP port [`AGENT_API_PORT`] with mutual TLS (a server certificate of the
@@ -124,6 +126,24 @@ pub struct ClusterState {
     pub nodes: Vec<NodeState>,
     /// Taken down by `lab stop`.
     pub stopped: bool,
+    /// The members of its etcd cluster (`etcd.members` above 1); none when the apiserver runs
+    /// the cluster's etcd.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub etcd_members: Vec<crate::etcd::EtcdMember>,
+}
+
+impl ClusterState {
+    /// The client URLs of the cluster's etcd: every member's, or the apiserver's own etcd.
+    pub fn etcd_endpoints(&self) -> Vec<String> {
+        if self.etcd_members.is_empty() {
+            vec![format!("https://{}:2379", self.ip)]
+        } else {
+            self.etcd_members
+                .iter()
+                .map(crate::etcd::EtcdMember::endpoint)
+                .collect()
+        }
+    }
 }
 
 /// A running lab.
@@ -299,6 +319,7 @@ fn plan(name: &str, dir: &Path, spec: &LabSpec) -> LabState {
                     })
                     .collect(),
                 stopped: false,
+                etcd_members: crate::etcd::plan(&c.name, i, c.etcd.members),
             }
         })
         .collect();
@@ -334,13 +355,20 @@ fn apiserver_config_file(lab: &LabState, c: &ClusterState) -> PathBuf {
 }
 
 fn apiserver_config(c: &ClusterState) -> Result<ApiServerConfig> {
+    let pki = c.state_dir.join("pki");
+    let external = !c.etcd_members.is_empty();
     Ok(ApiServerConfig {
         cluster_name: Some(c.name.clone()),
         cluster_id: Some(c.id),
         state_dir: Some(c.state_dir.clone()),
-        etcd_listen: Some((c.ip, 2379).into()),
-        etcd_peer_listen: Some((Ipv4Addr::LOCALHOST, 2380).into()),
-        etcd_advertise: Some(vec![c.ip.into()]),
+        // Its own etcd, or the members the lab runs (as an external etcd cluster).
+        etcd_listen: (!external).then(|| (c.ip, 2379).into()),
+        etcd_peer_listen: (!external).then(|| (Ipv4Addr::LOCALHOST, 2380).into()),
+        etcd_advertise: (!external).then(|| vec![c.ip.into()]),
+        etcd_endpoints: external.then(|| c.etcd_endpoints()),
+        etcd_ca: external.then(|| pki.join("ca.crt")),
+        etcd_cert: external.then(|| pki.join("admin.crt")),
+        etcd_key: external.then(|| pki.join("admin.key")),
         http_listen: Some((c.ip, 9963).into()),
         api_listen: Some((c.ip, APISERVER_API_PORT).into()),
         // The relay asks the connected clusters' relays at their control plane's address.
@@ -414,7 +442,7 @@ fn agent_config(lab: &LabState, c: &ClusterState, n: &NodeState) -> Result<Agent
             Routing::Native => plexus_config::agent::Routing::Native,
         }),
         state_dir: Some(n.state_dir.clone()),
-        etcd_endpoints: Some(vec![format!("https://{}:2379", c.ip)]),
+        etcd_endpoints: Some(c.etcd_endpoints()),
         etcd_ca: Some(pki.join("ca.crt")),
         etcd_cert: Some(pki.join("admin.crt")),
         etcd_key: Some(pki.join("admin.key")),
@@ -550,13 +578,16 @@ pub fn up(
             c.name, c.id
         ));
         join_underlay(&lab.underlay, &c.netns, &c.uplink, c.ip)?;
+        crate::etcd::add_addresses(c)?;
         for n in &c.nodes {
             join_underlay(&lab.underlay, &n.netns, &n.uplink, n.ip)?;
         }
         let pki = plexus_pki::cluster::ClusterPki::new(c.state_dir.join("pki"), &c.name)
             .with_leaf_validity(validity.leaf);
         pki.install_ca(&ca)?;
-        pki.ensure(&[], &[c.ip.into()])?;
+        let mut ips: Vec<std::net::IpAddr> = vec![c.ip.into()];
+        ips.extend(c.etcd_members.iter().map(|m| std::net::IpAddr::from(m.ip)));
+        pki.ensure(&[], &ips)?;
     }
     lab.save()?;
     if let Some(o) = &lab.outside {
@@ -575,6 +606,7 @@ pub fn up(
     for i in 0..lab.clusters.len() {
         let c = lab.clusters[i].clone();
         progress(&format!("⌛ cluster {}: etcd and apiserver", c.name));
+        crate::etcd::start_all(&mut lab, i)?;
         lab.clusters[i].apiserver_pid = Some(start_apiserver(&lab, &c, &bins)?);
         lab.save()?;
         for j in 0..c.nodes.len() {
@@ -634,6 +666,7 @@ pub fn down(dir: &Path, progress: Progress<'_>) -> Result<()> {
         if let Some(pid) = c.apiserver_pid {
             sys::stop(pid, Duration::from_secs(10));
         }
+        crate::etcd::stop_all(c);
     }
     outside::down(&lab);
     for ns in sys::netns_with_prefix(&format!("plx-{}-", lab.name)) {
@@ -665,6 +698,11 @@ pub fn stop(dir: &Path, name: &str) -> Result<()> {
     if let Some(pid) = c.apiserver_pid.take() {
         sys::kill(pid);
     }
+    for m in &mut c.etcd_members {
+        if let Some(pid) = m.pid.take() {
+            sys::kill(pid);
+        }
+    }
     sys::ip(&["-n", &underlay, "link", "set", &c.uplink, "down"])?;
     c.stopped = true;
     lab.save()
@@ -679,12 +717,13 @@ pub fn start(dir: &Path, name: &str, bins: &Bins, progress: Progress<'_>) -> Res
         sys::ip(&["-n", &lab.underlay, "link", "set", &n.uplink, "up"])?;
     }
     progress(&format!("⌛ cluster {}: etcd and apiserver", c.name));
-    let pid = start_apiserver(&lab, &c, bins)?;
     let i = lab
         .clusters
         .iter()
         .position(|x| x.name == name)
         .context("cluster")?;
+    crate::etcd::start_all(&mut lab, i)?;
+    let pid = start_apiserver(&lab, &c, bins)?;
     lab.clusters[i].apiserver_pid = Some(pid);
     for (j, n) in c.nodes.iter().enumerate() {
         if lab.encryption == Encryption::Wireguard {
@@ -936,11 +975,26 @@ pub fn status(dir: &Path) -> Result<Vec<(String, String, bool)>> {
     let lab = LabState::load(dir)?;
     let mut out = Vec::new();
     for c in &lab.clusters {
-        out.push((
-            c.name.clone(),
-            format!("apiserver+etcd {}", c.ip),
-            c.apiserver_pid.is_some_and(sys::alive),
-        ));
+        if c.etcd_members.is_empty() {
+            out.push((
+                c.name.clone(),
+                format!("apiserver+etcd {}", c.ip),
+                c.apiserver_pid.is_some_and(sys::alive),
+            ));
+        } else {
+            for m in &c.etcd_members {
+                out.push((
+                    c.name.clone(),
+                    format!("etcd {} {}", m.name, m.ip),
+                    m.pid.is_some_and(sys::alive),
+                ));
+            }
+            out.push((
+                c.name.clone(),
+                format!("apiserver {}", c.ip),
+                c.apiserver_pid.is_some_and(sys::alive),
+            ));
+        }
         for n in &c.nodes {
             if lab.encryption == Encryption::Wireguard {
                 out.push((
@@ -1028,6 +1082,51 @@ mod tests {
             plexus_config::from_yaml::<ApiServerConfig>(&text, Path::new("apiserver.yaml"))
                 .unwrap(),
             apiserver
+        );
+    }
+
+    #[test]
+    fn an_etcd_cluster_of_three_is_given_to_every_client() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = LabSpec::parse(
+            "lab.yaml",
+            "clusters:\n- {name: c1, id: 1, podCIDR: 10.1.0.0/16, serviceCIDR: 10.2.0.0/16, nodes: 1, etcd: {members: 3}}\n",
+        )
+        .unwrap();
+        let lab = plan("t", dir.path(), &spec);
+        let c = &lab.clusters[0];
+        let endpoints = vec![
+            "https://172.31.1.2:2379".to_string(),
+            "https://172.31.1.3:2379".to_string(),
+            "https://172.31.1.4:2379".to_string(),
+        ];
+        assert_eq!(c.etcd_endpoints(), endpoints);
+        let names: Vec<&str> = c.etcd_members.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["c1-etcd0", "c1-etcd1", "c1-etcd2"]);
+        // The apiserver starts no etcd of its own and is given the members, as an external
+        // etcd cluster, with the admin certificate.
+        let apiserver = apiserver_config(c).unwrap();
+        assert_eq!(apiserver.etcd_endpoints, Some(endpoints.clone()));
+        assert_eq!(apiserver.etcd_listen, None);
+        assert_eq!(
+            apiserver.etcd_cert,
+            Some(c.state_dir.join("pki").join("admin.crt"))
+        );
+        let agent = agent_config(&lab, c, &c.nodes[0]).unwrap();
+        assert_eq!(agent.etcd_endpoints, Some(endpoints));
+        // One member (the default) is the apiserver's own etcd.
+        let one = LabSpec::parse(
+            "lab.yaml",
+            "clusters:\n- {name: c1, id: 1, podCIDR: 10.1.0.0/16, serviceCIDR: 10.2.0.0/16, nodes: 1}\n",
+        )
+        .unwrap();
+        let lab = plan("t", dir.path(), &one);
+        assert!(lab.clusters[0].etcd_members.is_empty());
+        assert!(
+            apiserver_config(&lab.clusters[0])
+                .unwrap()
+                .etcd_endpoints
+                .is_none()
         );
     }
 

@@ -7,6 +7,8 @@
 //!     podCIDR: 10.10.0.0/16
 //!     serviceCIDR: 10.11.0.0/16
 //!     nodes: 2
+//!     etcd:              # optional: an etcd cluster of its own, given to the apiserver
+//!       members: 3       # 1 (the default: the apiserver's own etcd), 3 or 5
 //! routing: tunnel        # or: native
 //! runtime: netns         # or: podman
 //! encryption: wireguard  # or: none (the default)
@@ -22,6 +24,11 @@
 //! ([`crate::podman`]). `encryption: wireguard` encrypts pod traffic between nodes with a
 //! userspace WireGuard device per node (`plexus-wireguard`, see docs/encryption.md). Errors
 //! name the file and the field; unknown fields and values are refused.
+//!
+//! `etcd.members` above 1 runs the cluster's etcd as a cluster of that many members in the
+//! control-plane namespace, each at an address of its own (see [`crate::etcd`]); the apiserver,
+//! the agents, the cluster DNS and other clusters' remote configurations get every member's
+//! endpoint, as with an external etcd cluster in Cilium.
 
 use std::path::Path;
 
@@ -53,6 +60,31 @@ pub struct ClusterSpec {
     pub service_cidr: String,
     /// Number of nodes.
     pub nodes: u32,
+    /// The cluster's etcd (default: one member, run by the apiserver).
+    #[serde(default, skip_serializing_if = "EtcdSpec::is_default")]
+    pub etcd: EtcdSpec,
+}
+
+/// A cluster's etcd in the lab file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EtcdSpec {
+    /// How many members: 1 (the apiserver starts and supervises it), 3 or 5 (the lab runs an
+    /// etcd cluster and gives the apiserver its endpoints).
+    pub members: u8,
+}
+
+impl Default for EtcdSpec {
+    fn default() -> Self {
+        Self { members: 1 }
+    }
+}
+
+impl EtcdSpec {
+    /// Whether this is the default (left out of files).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// Routing between nodes.
@@ -223,6 +255,12 @@ impl LabSpec {
             if c.nodes == 0 || c.nodes > 16 {
                 return Err(err(format!("{at}: nodes must be 1..=16")));
             }
+            if ![1, 3, 5].contains(&c.etcd.members) {
+                return Err(err(format!(
+                    "{at}: etcd.members must be 1, 3 or 5 (a quorum survives the loss of a member only with 3 or more), not {}",
+                    c.etcd.members
+                )));
+            }
             for (field, value) in [("podCIDR", &c.pod_cidr), ("serviceCIDR", &c.service_cidr)] {
                 let parsed = parse_cidr(value)
                     .ok_or_else(|| err(format!("{at}: {field}: {value:?} is not an IPv4 CIDR")))?;
@@ -313,6 +351,19 @@ routing: native
         assert!(bad(&format!("{base}- {{name: c2, id: 2, podCIDR: 10.1.128.0/17, serviceCIDR: 10.4.0.0/16, nodes: 1}}\n")).contains("podCIDR 10.1.128.0/17 overlaps c1.podCIDR"));
         assert!(bad("clusters:\n- {name: c1, id: 1, podCIDR: nope, serviceCIDR: 10.2.0.0/16, nodes: 2}\n").contains("podCIDR: \"nope\""));
         assert!(bad("clusters: []\nroutes: tunnel\n").contains("routes"));
+        // etcd members: 1 (default), 3 or 5.
+        assert_eq!(spec.clusters[0].etcd.members, 1, "the default etcd");
+        let three = base.replace("nodes: 2}", "nodes: 2, etcd: {members: 3}}");
+        assert_eq!(
+            LabSpec::parse("lab.yaml", &three).unwrap().clusters[0]
+                .etcd
+                .members,
+            3
+        );
+        let err = bad(&base.replace("nodes: 2}", "nodes: 2, etcd: {members: 2}}"));
+        assert!(err.contains("etcd.members must be 1, 3 or 5"), "{err}");
+        let err = bad(&base.replace("nodes: 2}", "nodes: 2, etcd: {nodes: 3}}"));
+        assert!(err.contains("nodes"), "{err}");
         let podman = LabSpec::parse("lab.yaml", &format!("{base}runtime: podman\n")).unwrap();
         assert_eq!(podman.runtime, Runtime::Podman);
         let err = bad(&format!("{base}runtime: docker\n"));

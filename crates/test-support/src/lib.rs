@@ -40,6 +40,9 @@ use std::time::{Duration, Instant};
 
 use plexus_pki::Ca;
 
+pub use cluster::EtcdCluster;
+
+mod cluster;
 pub mod lab;
 pub mod netpol;
 pub mod openssl;
@@ -118,10 +121,11 @@ pub struct ServerTls {
     pub root: ClientCert,
 }
 
+#[derive(Clone)]
 struct Tls {
     /// The CA that issued the server and client certificates (`None`: the test brought its own
     /// certificates, see [`ServerTls`]).
-    ca: Option<Ca>,
+    ca: Option<std::sync::Arc<Ca>>,
     ca_file: PathBuf,
     server_cert: PathBuf,
     server_key: PathBuf,
@@ -136,6 +140,16 @@ pub struct EtcdProcess {
     peer_port: u16,
     tls: Option<Tls>,
     issued: std::sync::atomic::AtomicU32,
+    /// Set for a member of an [`EtcdCluster`]: its name and the cluster's peer list.
+    membership: Option<Membership>,
+}
+
+/// Who a member of a multi-member cluster is.
+#[derive(Clone)]
+struct Membership {
+    name: String,
+    /// `--initial-cluster`: every member's `name=peer-url`.
+    initial_cluster: String,
 }
 
 /// The etcd binary: `PLEXUS_ETCD_BIN` or `/usr/bin/etcd`.
@@ -217,6 +231,7 @@ impl EtcdProcess {
                 peer_port: free_port()?,
                 tls,
                 issued: std::sync::atomic::AtomicU32::new(0),
+                membership: None,
             };
             match etcd.spawn() {
                 Ok(()) => return Ok(etcd),
@@ -242,7 +257,7 @@ impl EtcdProcess {
             key_file,
         };
         Ok(Tls {
-            ca: Some(ca),
+            ca: Some(std::sync::Arc::new(ca)),
             ca_file,
             server_cert,
             server_key,
@@ -272,7 +287,7 @@ impl EtcdProcess {
     /// The CA that issued the server's and clients' certificates ([`EtcdProcess::start_tls`]
     /// only), e.g. to issue certificates of other shapes from it.
     pub fn ca(&self) -> Option<&Ca> {
-        self.tls.as_ref().and_then(|t| t.ca.as_ref())
+        self.tls.as_ref().and_then(|t| t.ca.as_deref())
     }
 
     /// The CA file clients must trust (TLS mode only).
@@ -315,18 +330,35 @@ impl EtcdProcess {
     }
 
     fn spawn(&mut self) -> Result<()> {
-        let log = std::fs::File::create(self.log_file()).map_err(io("create etcd log"))?;
+        self.launch()?;
+        self.wait_ready(Duration::from_secs(20))
+    }
+
+    /// Starts the process without waiting for it to answer (a member of a new cluster only
+    /// answers once a quorum of its peers runs).
+    fn launch(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_file())
+            .map_err(io("open etcd log"))?;
         let log_err = log.try_clone().map_err(io("open etcd log"))?;
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let client = self.endpoint();
+        let (name, initial_cluster) = match &self.membership {
+            Some(m) => (m.name.clone(), m.initial_cluster.clone()),
+            None => ("plexus-test".to_string(), format!("plexus-test={peer}")),
+        };
         let mut cmd = Command::new(etcd_bin());
-        cmd.arg("--name=plexus-test")
+        cmd.arg(format!("--name={name}"))
             .arg(format!("--data-dir={}", self.data_dir().display()))
             .arg(format!("--listen-client-urls={client}"))
             .arg(format!("--advertise-client-urls={client}"))
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=plexus-test={peer}"))
+            .arg(format!("--initial-cluster={initial_cluster}"))
+            .arg("--initial-cluster-token=plexus-test")
+            // A restarted member finds its data directory and ignores this.
             .arg("--initial-cluster-state=new")
             .arg("--logger=zap")
             .arg("--log-outputs=stderr")
@@ -357,7 +389,7 @@ impl EtcdProcess {
             .spawn()
             .map_err(io(format!("spawn {}", etcd_bin().display())))?;
         self.child = Some(child);
-        self.wait_ready(Duration::from_secs(20))
+        Ok(())
     }
 
     fn wait_ready(&mut self, limit: Duration) -> Result<()> {
