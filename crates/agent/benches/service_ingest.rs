@@ -229,7 +229,11 @@ async fn main() {
             }
         })
     };
-    let follow = tokio::spawn(sources::follow_remotes(fwd_rx, core.clone()));
+    let follow = tokio::spawn(sources::follow_remotes(
+        fwd_rx,
+        core.clone(),
+        plexus_agent::shell::memory::Trimmer::new(),
+    ));
     let status = tokio::spawn(sources::follow_mesh_status(mesh.handle(), core.clone()));
     assert!(
         core.wait_until(|c| c.services().ready(), WAIT).await,
