@@ -22,7 +22,8 @@
 //! the `iptables-restore --noflush` of the chains kube-proxy's partial sync rewrites).
 //!
 //! Run as root: `cargo bench -p plexus-datapath --bench lb_connect`. Sizes:
-//! PLEXUS_BENCH_SERVICES (default `100,10000,30000`), PLEXUS_BENCH_CONNECTS (per figure,
+//! PLEXUS_BENCH_SERVICES (default `100,10000,30000`; `0`: the direct row only),
+//! PLEXUS_BENCH_CONNECTS (per figure,
 //! default 2000), PLEXUS_BENCH_BACKENDS (default 10000), PLEXUS_BENCH_IPTABLES (the restore
 //! command, default `iptables-restore`; `iptables-legacy-restore` for the legacy backend).
 //! Everything (namespaces, the bpffs under /run/plexus-bench-<pid>, pins) is removed by guards,
@@ -75,11 +76,14 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// `PLEXUS_BENCH_SERVICES`; `0` (or empty): only the direct row, nothing installed.
 fn env_sizes() -> Vec<usize> {
     std::env::var("PLEXUS_BENCH_SERVICES")
         .unwrap_or_else(|_| "100,10000,30000".into())
         .split(',')
+        .filter(|s| !s.trim().is_empty())
         .map(|s| s.trim().parse().expect("PLEXUS_BENCH_SERVICES: numbers"))
+        .filter(|&n| n > 0)
         .collect()
 }
 
@@ -534,6 +538,14 @@ fn main() {
     let server = SocketAddrV4::new(SERVER_IP, SERVER_PORT);
     let (e, k) = measure(&ebpf, &kernel, server, server, total);
     println!("  0 (direct to the pod)   {}     {}", triple(e), triple(k));
+    if sizes.is_empty() {
+        drop(ebpf);
+        drop(kernel);
+        drop(dp);
+        drop(nets);
+        drop(fs);
+        return;
+    }
 
     let mut installs = Vec::new();
     let mut installed: Vec<Frontend> = Vec::new();
