@@ -23,9 +23,10 @@
 //!
 //! Run as root: `cargo bench -p plexus-datapath --bench lb_connect`. Sizes:
 //! PLEXUS_BENCH_SERVICES (default `100,10000,30000`; `0`: the direct row only),
-//! PLEXUS_BENCH_CONNECTS (per figure,
-//! default 2000), PLEXUS_BENCH_BACKENDS (default 10000), PLEXUS_BENCH_IPTABLES (the restore
-//! command, default `iptables-restore`; `iptables-legacy-restore` for the legacy backend).
+//! PLEXUS_BENCH_CONNECTS (per figure, default 2000), PLEXUS_BENCH_ROUNDS (rounds each figure
+//! alternates in, default 4), PLEXUS_BENCH_BACKENDS (default 10000), PLEXUS_BENCH_IPTABLES (the
+//! restore command, default `iptables-restore`; `iptables-legacy-restore` for the legacy
+//! backend).
 //! Everything (namespaces, the bpffs under /run/plexus-bench-<pid>, pins) is removed by guards,
 //! also on panic; the iptables rules live in the node namespace and go with it.
 #![allow(clippy::unwrap_used)]
@@ -59,7 +60,7 @@ const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 60, 1, 12);
 const SERVER_PORT: u16 = 8080;
 const SERVICE_PORT: u16 = 80;
 const TIMEOUT: Duration = Duration::from_secs(3);
-/// Rounds each figure is split into, alternating eBPF and iptables.
+/// Rounds each figure is split into, alternating eBPF and iptables (`PLEXUS_BENCH_ROUNDS`).
 const ROUNDS: usize = 4;
 /// Connects before each figure's first round.
 const WARMUP: usize = 200;
@@ -484,8 +485,9 @@ fn measure(
     connects(&ebpf.client, e_to, WARMUP);
     connects(&kernel.client, k_to, WARMUP);
     let (mut e, mut k) = (Vec::new(), Vec::new());
-    let per_round = total.div_ceil(ROUNDS);
-    for _ in 0..ROUNDS {
+    let rounds = env_usize("PLEXUS_BENCH_ROUNDS", ROUNDS).max(1);
+    let per_round = total.div_ceil(rounds);
+    for _ in 0..rounds {
         e.extend(connects(&ebpf.client, e_to, per_round));
         k.extend(connects(&kernel.client, k_to, per_round));
     }
