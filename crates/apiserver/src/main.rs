@@ -89,8 +89,9 @@ fn resolve(
         }
     };
     // With KVStoreMesh its directory names the remotes' own etcds (the agents' directory then
-    // points at the local etcd), so the relay reads it unless told otherwise.
-    config.relay.clustermesh_dir = c.clustermesh_config.or(c.kvstoremesh_config.clone());
+    // points at the local etcd), so the relay reads it first.
+    config.relay.clustermesh_dir = c.clustermesh_config;
+    config.relay.kvstoremesh_dir = c.kvstoremesh_config.clone();
     config.kvstoremesh_dir = c.kvstoremesh_config;
     if let Some(port) = c.relay_agent_port {
         config.relay.agent_port = port;

@@ -5,7 +5,8 @@
 //!   the cluster (the nodes of its etcd, `cilium/state/nodes/v1/<cluster>/`, at their
 //!   InternalIP and [`RelayConfig::agent_port`]) for `GET /v1/flows` and, unless
 //!   `scope=cluster`, every connected cluster's relay (the files of
-//!   [`RelayConfig::clustermesh_dir`], at the host of the remote's first etcd endpoint and
+//!   [`RelayConfig::kvstoremesh_dir`], then those of [`RelayConfig::clustermesh_dir`] naming
+//!   other clusters: with KVStoreMesh the agents' files name the local etcd), at the host of the remote's first etcd endpoint and
 //!   [`RelayConfig::peer_port`]) with `scope=cluster`, so a relay never asks back. The
 //!   apiserver's own API certificate is the client certificate (every cluster of a mesh shares
 //!   the CA, so agents and other relays accept it, read-only).
@@ -76,6 +77,9 @@ pub struct RelayConfig {
     pub peer_port: u16,
     /// The connected clusters' configuration directory (one file per remote cluster), if any.
     pub clustermesh_dir: Option<PathBuf>,
+    /// KVStoreMesh's configuration directory, if it runs: its files name the remotes' own
+    /// etcds, so a remote configured there is taken from there.
+    pub kvstoremesh_dir: Option<PathBuf>,
     /// How long connecting and the answer's head may take, per node; also how long a node's
     /// history may pause between two lines (three times that for a connected cluster's relay,
     /// which waits for its own nodes) before the relay gives up on it.
@@ -92,6 +96,7 @@ impl Default for RelayConfig {
             agent_port: DEFAULT_AGENT_PORT,
             peer_port: DEFAULT_PEER_PORT,
             clustermesh_dir: None,
+            kvstoremesh_dir: None,
             connect_timeout: Duration::from_secs(5),
             retry_interval: Duration::from_secs(5),
             follow_window: Duration::from_secs(1),
@@ -188,11 +193,21 @@ impl Relay {
         out
     }
 
-    /// The connected clusters' relays, from the configuration directory as it is now.
+    /// The connected clusters' relays, from the configuration directories as they are now
+    /// (KVStoreMesh's first; a cluster configured in both is taken from there).
     fn remotes(&self) -> Vec<Target> {
-        let Some(dir) = &self.config.clustermesh_dir else {
-            return Vec::new();
-        };
+        let mut out = Vec::new();
+        let dirs = [&self.config.kvstoremesh_dir, &self.config.clustermesh_dir];
+        for dir in dirs.into_iter().flatten() {
+            let mut more = self.remotes_in(dir);
+            more.retain(|t| !out.iter().any(|o: &Target| o.cluster == t.cluster));
+            out.extend(more);
+        }
+        out
+    }
+
+    /// The connected clusters' relays configured in `dir`.
+    fn remotes_in(&self, dir: &std::path::Path) -> Vec<Target> {
         let scan = match ConfigDir::new(dir).scan() {
             Ok(scan) => scan,
             Err(err) => {

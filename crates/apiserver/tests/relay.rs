@@ -269,6 +269,7 @@ async fn the_relay_merges_nodes_and_clusters_by_time_and_names_what_it_cannot_re
         agent_port,
         peer_port,
         clustermesh_dir: Some(mesh.to_path_buf()),
+        kvstoremesh_dir: None,
         connect_timeout: Duration::from_secs(2),
         retry_interval: Duration::from_millis(200),
         // Generous: in the follow test, cluster 2's history (held for its relay's window) must

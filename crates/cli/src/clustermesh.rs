@@ -3,11 +3,13 @@
 //! - `enable` gives a cluster its CA (a new one with `--create-ca`, or another context's with
 //!   `--ca-from-context`, as Cilium users copy the `cilium-ca` secret), issues the etcd server,
 //!   admin and local certificates, and creates the users and roles of the wire format in the
-//!   cluster's etcd.
+//!   cluster's etcd. KVStoreMesh is on by default, as in Cilium since 1.16
+//!   (`--enable-kvstoremesh=false` turns it off; it is kept in the context).
 //! - `connect A B` makes each cluster read the other: it issues `remote-<A>` in B's CA, creates
 //!   that read-only user in B's etcd, and writes B's configuration file (endpoints, B's CA, the
-//!   client certificate) where A's agents (or A's KVStoreMesh) read remote configurations; then
-//!   the same the other way. Files are written through a rename, so readers never see half.
+//!   client certificate) where A's KVStoreMesh (when on and A runs one), else A's agents, read
+//!   remote configurations; then the same the other way. Files are written through a rename,
+//!   so readers never see half.
 //! - `disconnect` removes both files and both users.
 //! - `status` gathers the apiserver's and every agent's view into one report: access, per remote
 //!   cluster how many nodes have it configured and connected with its counts, and every error
@@ -92,16 +94,62 @@ impl Default for Lifetimes {
     }
 }
 
-/// `clustermesh enable`.
+/// Turns KVStoreMesh on or off for the context named `name` (kept in the CLI configuration):
+/// whether `connect` makes its agents read remote clusters through it.
+fn set_kvstoremesh(config: &mut CliConfig, path: &Path, name: &str, on: bool) -> Result<()> {
+    let Some(ctx) = config.contexts.iter_mut().find(|c| c.name == name) else {
+        bail!("context {name:?} not found in {}", path.display());
+    };
+    let changed = ctx.kvstoremesh != on;
+    ctx.kvstoremesh = on;
+    let ctx = ctx.clone();
+    if changed {
+        config.save(path)?;
+    }
+    match (&ctx.kvstoremesh_dir, on) {
+        (Some(dir), true) => println!(
+            "✅ KVStoreMesh enabled for {}: its apiserver mirrors the remote clusters configured in {} into its etcd, where the agents read them",
+            ctx.name,
+            dir.display()
+        ),
+        (None, true) => println!(
+            "ℹ️  context {} names no kvstoremesh-dir (its apiserver's --kvstoremesh-config): its agents read remote clusters directly",
+            ctx.name
+        ),
+        (_, false) => println!(
+            "ℹ️  KVStoreMesh disabled for {}: its agents read remote clusters directly",
+            ctx.name
+        ),
+    }
+    if changed && !configured_remotes(&ctx).is_empty() {
+        println!(
+            "ℹ️  run plexus clustermesh connect again for the clusters {} reads already, so that they are read {}",
+            ctx.name,
+            if on {
+                "through KVStoreMesh"
+            } else {
+                "directly"
+            }
+        );
+    }
+    Ok(())
+}
+
+/// `clustermesh enable`. `kvstoremesh`: whether its agents read remote clusters through the
+/// cluster's KVStoreMesh (`--enable-kvstoremesh`, on by default).
 pub async fn enable(
-    config: &CliConfig,
+    config: &mut CliConfig,
     path: &Path,
     context: Option<&str>,
     create_ca: bool,
     ca_from: Option<&str>,
     lifetimes: Lifetimes,
+    kvstoremesh: bool,
 ) -> Result<()> {
-    let ctx = config.context(context, path)?;
+    let name = config.context(context, path)?.name.clone();
+    set_kvstoremesh(config, path, &name, kvstoremesh)?;
+    let config = &*config;
+    let ctx = config.context(Some(&name), path)?;
     let mut pki = ctx.pki();
     if let Some(leaf) = lifetimes.leaf {
         pki = pki.with_leaf_validity(leaf);
@@ -343,7 +391,7 @@ async fn link(from: &Context, to: &Context) -> Result<()> {
     plexus_clustermesh::access::grant_peer(&etcd, &from.name)
         .await
         .with_context(|| format!("create user remote-{} in cluster {}", from.name, to.name))?;
-    match &from.kvstoremesh_dir {
+    match from.kvstoremesh() {
         Some(kvstoremesh) => {
             // KVStoreMesh reads the remote; the agents read KVStoreMesh's cache in their own
             // cluster's etcd as local-<from>.
@@ -374,6 +422,11 @@ async fn link(from: &Context, to: &Context) -> Result<()> {
                 &issued.key,
             )?;
             write_remote_config(&from.clustermesh_dir, &to.name, to.mesh_endpoints(), &files)?;
+            // KVStoreMesh turned off since an earlier connect: it stops mirroring `to` (the
+            // configuration first: it drains on its removal).
+            if let Some(dir) = &from.kvstoremesh_dir {
+                remove_remote_files(dir, &to.name)?;
+            }
         }
     }
     println!(
@@ -578,6 +631,26 @@ pub async fn rotate_ca(
     Ok(())
 }
 
+/// Removes the configuration of `remote` from `dir`, then its certificate files (the
+/// configuration first: the manager drains on its removal). Files already gone are fine.
+fn remove_remote_files(dir: &Path, remote: &str) -> Result<()> {
+    for name in [
+        remote.to_string(),
+        format!("{remote}.etcd-client-ca.crt"),
+        format!("{remote}.etcd-client.crt"),
+        format!("{remote}.etcd-client.key"),
+    ] {
+        match std::fs::remove_file(dir.join(&name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("remove {}", dir.join(&name).display()));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `clustermesh disconnect`: both directions.
 pub async fn disconnect(config: &CliConfig, path: &Path, a: Option<&str>, b: &str) -> Result<()> {
     let (a, b) = two(config, path, a, b)?;
@@ -585,22 +658,7 @@ pub async fn disconnect(config: &CliConfig, path: &Path, a: Option<&str>, b: &st
         let mut dirs = vec![from.clustermesh_dir.clone()];
         dirs.extend(from.kvstoremesh_dir.clone());
         for dir in dirs {
-            // The configuration first: the manager drains on its removal.
-            for name in [
-                to.name.clone(),
-                format!("{}.etcd-client-ca.crt", to.name),
-                format!("{}.etcd-client.crt", to.name),
-                format!("{}.etcd-client.key", to.name),
-            ] {
-                match std::fs::remove_file(dir.join(&name)) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        return Err(e)
-                            .with_context(|| format!("remove {}", dir.join(&name).display()));
-                    }
-                }
-            }
+            remove_remote_files(&dir, &to.name)?;
         }
         match admin_etcd(to, Duration::from_secs(5)).await {
             Ok(etcd) => {
@@ -927,6 +985,9 @@ fn hint_for(kind: &FailureKind, remote: &str) -> Option<String> {
         FailureKind::HeartbeatStale => format!(
             "the heartbeat of {remote} stopped: is the apiserver (or KVStoreMesh) of {remote} running?"
         ),
+        FailureKind::KvstoremeshDisconnected => format!(
+            "this cluster's KVStoreMesh cannot reach {remote} (its status shows why): is the apiserver of {remote} running? the cached state of {remote} is kept meanwhile"
+        ),
         FailureKind::Kvstore(ErrorKind::Tls { side, reason }) => match (side, reason) {
             (_, TlsReason::Handshake(_)) => format!(
                 "the TLS handshake with the etcd of {remote} failed: is the endpoint in the configuration an https etcd endpoint?"
@@ -1162,7 +1223,7 @@ pub fn build_report(
         enabled,
         access_endpoints: ctx.mesh_endpoints().to_vec(),
         apiserver,
-        kvstoremesh: ctx.kvstoremesh_dir.is_some(),
+        kvstoremesh: ctx.kvstoremesh().is_some(),
         configured,
         agents: statuses,
         connections,
@@ -1404,6 +1465,7 @@ mod tests {
             relay: None,
             clustermesh_dir: "/nonexistent/cm".into(),
             kvstoremesh_dir: None,
+            kvstoremesh: true,
             agents: vec![],
             netns: None,
             lab_dir: None,

@@ -16,6 +16,7 @@
 //!   relay: 10.0.0.1:4245           # the apiserver's API (mutual TLS): flow relay, web view
 //!   clustermesh-dir: /var/lib/plexus/cluster1/clustermesh   # where its agents read remote configs
 //!   kvstoremesh-dir: /var/lib/plexus/cluster1/kvstoremesh   # optional: KVStoreMesh's remote configs
+//!   kvstoremesh: false             # optional: connect its agents to remotes directly anyway
 //!   agents:                        # the nodes' agents
 //!   - node: node1
 //!     address: 10.0.0.11:9965      # the agent's API on TCP (mutual TLS, the admin certificate)
@@ -82,9 +83,15 @@ pub struct Context {
     pub relay: Option<String>,
     /// Where the cluster's agents read remote-cluster configurations.
     pub clustermesh_dir: PathBuf,
-    /// Where the cluster's KVStoreMesh reads remote-cluster configurations (KVStoreMesh on).
+    /// Where the cluster's KVStoreMesh (its apiserver's `--kvstoremesh-config`) reads
+    /// remote-cluster configurations, when it runs one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kvstoremesh_dir: Option<PathBuf>,
+    /// Whether `clustermesh connect` makes the agents read remote clusters through KVStoreMesh
+    /// (when `kvstoremesh_dir` is set; the default, as in Cilium since 1.16) or directly
+    /// (`clustermesh enable --enable-kvstoremesh=false`).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub kvstoremesh: bool,
     /// The nodes' agents.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub agents: Vec<AgentRef>,
@@ -96,7 +103,21 @@ pub struct Context {
     pub lab_dir: Option<PathBuf>,
 }
 
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
 impl Context {
+    /// KVStoreMesh's configuration directory when the agents read remote clusters through it:
+    /// it runs (`kvstoremesh_dir`) and is not turned off (`kvstoremesh`).
+    pub fn kvstoremesh(&self) -> Option<&Path> {
+        self.kvstoremesh_dir.as_deref().filter(|_| self.kvstoremesh)
+    }
+
     /// The certificate directory.
     pub fn pki(&self) -> plexus_pki::cluster::ClusterPki {
         plexus_pki::cluster::ClusterPki::new(self.state_dir.join("pki"), &self.name)
@@ -303,6 +324,7 @@ mod tests {
             relay: None,
             clustermesh_dir: "/tmp/c1/clustermesh".into(),
             kvstoremesh_dir: None,
+            kvstoremesh: true,
             agents: vec![
                 AgentRef {
                     node: "n1".into(),

@@ -34,7 +34,8 @@ pub fn contexts(lab: &LabState) -> Vec<Context> {
             apiserver: Some(format!("{}:9963", c.ip)),
             relay: Some(c.api_address()),
             clustermesh_dir: c.clustermesh_dir.clone(),
-            kvstoremesh_dir: None,
+            kvstoremesh_dir: Some(c.kvstoremesh_dir()),
+            kvstoremesh: true,
             agents: c
                 .nodes
                 .iter()

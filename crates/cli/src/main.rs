@@ -413,6 +413,10 @@ enum LabCommand {
         /// Enable ClusterMesh on every cluster and connect them all.
         #[arg(long)]
         mesh: bool,
+        /// With --mesh: whether each cluster's agents read the others through its KVStoreMesh
+        /// (as `clustermesh enable --enable-kvstoremesh`).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+        enable_kvstoremesh: bool,
         /// Lab name (prefix of its network namespaces).
         #[arg(long, default_value = "lab")]
         name: String,
@@ -563,6 +567,12 @@ enum MeshCommand {
         /// Lifetime of a CA created by --create-ca.
         #[arg(long, value_name = "DURATION", default_value = "3y", value_parser = humantime::parse_duration)]
         ca_validity: Duration,
+        /// Whether the cluster's agents read remote clusters through its KVStoreMesh (the
+        /// apiserver mirroring them into the cluster's etcd; the context's kvstoremesh-dir),
+        /// as Cilium does by default since 1.16; `false`: each agent reads every remote
+        /// itself. Applies to the connections made afterwards.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+        enable_kvstoremesh: bool,
     },
     /// Connect the cluster and another one, both directions.
     Connect {
@@ -699,6 +709,7 @@ fn run(cli: Cli) -> Result<u8> {
                 LabCommand::Up {
                     file,
                     mesh,
+                    enable_kvstoremesh,
                     name,
                     wireguard_device,
                 } => {
@@ -715,12 +726,13 @@ fn run(cli: Cli) -> Result<u8> {
                         runtime()?.block_on(async {
                             for n in &names {
                                 clustermesh::enable(
-                                    &cfg,
+                                    &mut cfg,
                                     &path,
                                     Some(n),
                                     false,
                                     None,
                                     clustermesh::Lifetimes::default(),
+                                    enable_kvstoremesh,
                                 )
                                 .await?;
                             }
@@ -1000,9 +1012,10 @@ fn run(cli: Cli) -> Result<u8> {
                     ca_from_context,
                     cert_validity,
                     ca_validity,
+                    enable_kvstoremesh,
                 } => {
                     clustermesh::enable(
-                        &cfg,
+                        &mut cfg,
                         &path,
                         ctx_name,
                         create_ca,
@@ -1011,6 +1024,7 @@ fn run(cli: Cli) -> Result<u8> {
                             leaf: cert_validity,
                             ca: ca_validity,
                         },
+                        enable_kvstoremesh,
                     )
                     .await?
                 }

@@ -28,6 +28,9 @@ pub enum FailureKind {
     /// The remote's heartbeat stopped changing: its apiserver (or KVStoreMesh) stopped
     /// publishing while its etcd still answers.
     HeartbeatStale,
+    /// The remote is read through the local cluster's KVStoreMesh, which is not connected to it
+    /// (its heartbeat of the remote is gone from the cache).
+    KvstoremeshDisconnected,
     /// Anything else; the message says what.
     Other,
 }

@@ -6,12 +6,16 @@
 //!   `.../<r>/id/<id>`), one SyncStore per kind;
 //! - each kind's canary `cilium/synced/<r>/cilium/cache/<kind>/v1` once the remote has synced;
 //! - `cilium/cluster-config/<r>` with the remote's id and `"cached": true`, which tells agents
-//!   to read the cache prefixes.
+//!   to read the cache prefixes;
+//! - `cilium/cache/.heartbeat/<r>` ([`keys::cache_heartbeat_key`]), the current time, rewritten
+//!   every heartbeat interval while the reflector is connected to `r` and deleted as soon as it
+//!   is not: agents reading the cache check it instead of `cilium/.heartbeat`, so they mark `r`
+//!   unreachable (and fail over from its service backends) as readers of `r` itself do.
 //!
 //! Losing a remote keeps its cache (nothing is deleted while it is away); removing its
 //! configuration drains the cache, the canaries and the config.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +41,7 @@ pub struct KvStoreMesh {
     mesh: ClusterMesh,
     queues: SyncQueues,
     task: JoinHandle<()>,
+    heartbeats: JoinHandle<()>,
 }
 
 impl KvStoreMesh {
@@ -50,7 +55,21 @@ impl KvStoreMesh {
         scan_interval: Duration,
     ) -> Self {
         let (tx, rx) = mpsc::channel(4096);
+        let heartbeat_interval = timing.protocol.heartbeat_interval;
         let mesh = ClusterMesh::spawn(dir, local.clone(), tx, timing, scan_interval);
+        let heartbeat_store = SyncStore::start_with_lease(
+            local_backend.clone(),
+            leases.subscribe(),
+            SyncStoreConfig {
+                prefix: format!("{}/", keys::CACHE_HEARTBEAT),
+                canary: None,
+            },
+        );
+        let heartbeats = tokio::spawn(heartbeats(
+            mesh.handle(),
+            heartbeat_store,
+            heartbeat_interval,
+        ));
         let configs = SyncStore::start_with_lease(
             local_backend.clone(),
             leases.subscribe(),
@@ -70,7 +89,12 @@ impl KvStoreMesh {
             remotes: BTreeMap::new(),
         };
         let task = tokio::spawn(reflector.run(rx));
-        Self { mesh, queues, task }
+        Self {
+            mesh,
+            queues,
+            task,
+            heartbeats,
+        }
     }
 
     /// The sync queue sizes of the cache writers, per remote.
@@ -92,6 +116,44 @@ impl KvStoreMesh {
 impl Drop for KvStoreMesh {
     fn drop(&mut self) {
         self.task.abort();
+        self.heartbeats.abort();
+    }
+}
+
+/// Keeps `cilium/cache/.heartbeat/<r>` written for every remote `r` the mesh is connected to:
+/// a new time every `interval` (readers call a value unchanged for two intervals stale) and at
+/// once when `r` connects; deleted at once when `r` is lost or removed.
+async fn heartbeats(mesh: MeshHandle, store: SyncStore, interval: Duration) {
+    let mut changes = mesh.changes();
+    let mut tick = tokio::time::interval(interval);
+    let mut connected = BTreeSet::new();
+    loop {
+        let rewrite = tokio::select! {
+            _ = tick.tick() => true,
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                false
+            }
+        };
+        let now: BTreeSet<String> = mesh
+            .status()
+            .remotes
+            .into_iter()
+            .filter(|(_, r)| r.protocol.connected)
+            .map(|(name, _)| name)
+            .collect();
+        let stamp = plexus_model::time::format_rfc3339(chrono::Utc::now());
+        for name in &now {
+            if rewrite || !connected.contains(name) {
+                store.upsert(name.clone(), stamp.clone().into_bytes());
+            }
+        }
+        for gone in connected.difference(&now) {
+            store.delete(gone.clone());
+        }
+        connected = now;
     }
 }
 

@@ -36,6 +36,7 @@
 //! everything the remote contributed.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -319,6 +320,7 @@ impl RemoteCluster {
             budget: EntryBudget::new(0),
             status_tx,
             changes: ChangeLog::new(),
+            cached: Arc::new(AtomicBool::new(false)),
         };
         let task = tokio::spawn(driver.run(first, rx, remove_rx));
         Self {
@@ -390,6 +392,9 @@ struct Driver {
     status_tx: watch::Sender<RemoteClusterStatus>,
     /// What of the connection state was last logged (each change is logged once).
     changes: ChangeLog,
+    /// The remote's cluster config says it is a KVStoreMesh cache: health checks read the
+    /// cache's heartbeat of the remote, which the KVStoreMesh deletes when it loses the remote.
+    cached: Arc<AtomicBool>,
 }
 
 impl Driver {
@@ -585,6 +590,7 @@ impl Driver {
         let config = self.config.clone();
         let tx = self.tx.clone();
         let timing = self.timing.clone();
+        let cached = self.cached.clone();
         self.spawn(async move {
             tokio::time::sleep(delay).await;
             let backend = match connector.connect(&config, timing.health_timeout).await {
@@ -602,12 +608,26 @@ impl Driver {
             let _ = tx.send(Msg::Backend(backend.clone()));
             let _ = tx.send(Msg::Input(Input::Connected));
             // From now on, check health periodically.
+            let cache_heartbeat = keys::cache_heartbeat_key(&config.name);
             loop {
                 tokio::time::sleep(timing.health_interval).await;
+                let cached = cached.load(Ordering::Relaxed);
+                let key = if cached {
+                    cache_heartbeat.as_str()
+                } else {
+                    keys::HEARTBEAT
+                };
                 let input =
-                    match tokio::time::timeout(timing.health_timeout, backend.get(keys::HEARTBEAT))
-                        .await
-                    {
+                    match tokio::time::timeout(timing.health_timeout, backend.get(key)).await {
+                        // The KVStoreMesh of the cache deleted the remote's heartbeat: it lost
+                        // the remote (or stopped).
+                        Ok(Ok(None)) if cached => Input::HealthCheckFailed(RemoteFailure::new(
+                            FailureKind::KvstoremeshDisconnected,
+                            format!(
+                                "the KVStoreMesh of this cluster is not connected to {} (no {key})",
+                                config.name
+                            ),
+                        )),
                         Ok(Ok(kv)) => Input::Heartbeat(
                             kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
                         ),
@@ -630,12 +650,16 @@ impl Driver {
         };
         let tx = self.tx.clone();
         let name = self.config.name.clone();
+        let cached = self.cached.clone();
         self.spawn(async move {
             tokio::time::sleep(delay).await;
             let input = match backend.get(&keys::cluster_config_key(&name)).await {
                 Ok(None) => Input::ClusterConfig(None),
                 Ok(Some(kv)) => match CiliumClusterConfig::from_json(&name, &kv.value) {
-                    Ok(config) => Input::ClusterConfig(Some(config)),
+                    Ok(config) => {
+                        cached.store(config.capabilities.cached, Ordering::Relaxed);
+                        Input::ClusterConfig(Some(config))
+                    }
                     Err(err) => Input::ConfigReadFailed(RemoteFailure::new(
                         FailureKind::ClusterConfigInvalid,
                         err.to_string(),

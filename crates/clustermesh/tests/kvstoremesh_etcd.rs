@@ -1,12 +1,14 @@
 //! KVStoreMesh on real etcd: c1's reflector mirrors c2 into c1's etcd; an agent of c1 that only
-//! talks to its own etcd sees c2's state through the cache, keeps it while c2 is down, and loses
-//! it when the reflector stops following c2.
+//! talks to its own etcd sees c2's state through the cache, keeps it while c2 is down (seeing c2
+//! unreachable through the cache's heartbeat of c2), and loses it when the reflector stops
+//! following c2.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use plexus_clustermesh::failure::FailureKind;
 use plexus_clustermesh::kvstoremesh::KvStoreMesh;
 use plexus_clustermesh::mesh::ClusterMesh;
 use plexus_clustermesh::publish::{PublisherConfig, SelfPublisher};
@@ -16,7 +18,7 @@ use plexus_kvstore::{
     EtcdBackend, EtcdConfig, KvBackend, LeaseManager, SyncStore, SyncStoreConfig,
 };
 use plexus_model::cluster::{ClusterInfo, MaxConnectedClusters};
-use plexus_model::keys::StateKind;
+use plexus_model::keys::{self, StateKind};
 use plexus_test_support::EtcdProcess;
 use tokio::sync::mpsc;
 
@@ -121,17 +123,30 @@ async fn agents_read_remote_state_from_the_local_cache() {
         assert!(b1.get("cilium/synced/c2/cilium/cache/ip/v1").await.unwrap().is_some());
         assert!(b1.get("cilium/cache/identities/v1/c2/id/131072").await.unwrap().is_some());
 
-        // Losing the upstream keeps the cache, and the agent keeps its view.
+        // While KVStoreMesh is connected to c2, the cache holds its heartbeat of c2.
+        assert!(b1.get(&keys::cache_heartbeat_key("c2")).await.unwrap().is_some());
+
+        // Losing the upstream keeps the cache, and the agent keeps its entries; it sees c2
+        // unreachable (the cache's heartbeat of c2 is gone), as a reader of c2 itself would.
         etcd2.kill();
         let t0 = tokio::time::Instant::now();
         while km.status().remotes["c2"].protocol.connected {
             assert!(t0.elapsed() < Duration::from_secs(10));
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        while agent.status().remotes["c2"].protocol.connected {
+            assert!(t0.elapsed() < Duration::from_secs(20), "the agent still sees c2 connected");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(b1.get(&keys::cache_heartbeat_key("c2")).await.unwrap().is_none());
+        let status = agent.status().remotes["c2"].clone();
+        assert_eq!(
+            status.protocol.last_failure_kind,
+            Some(FailureKind::KvstoremeshDisconnected),
+            "{status:?}"
+        );
         assert_eq!(b1.list_prefix("cilium/cache/ip/v1/c2/").await.unwrap().kvs.len(), 100);
-        assert!(rx.try_recv().is_err(), "the agent saw no change");
-        assert!(agent.status().remotes["c2"].protocol.ready, "the cache is still live");
+        assert!(rx.try_recv().is_err(), "the agent kept its entries");
 
         // KVStoreMesh stops following c2: the cache drains, and so does the agent's view.
         std::fs::remove_file(km_dir.path().join("c2")).unwrap();

@@ -100,8 +100,8 @@ pub struct ApiServerConfig {
     pub api_tls_ca: Option<PathBuf>,
     /// The flow relay: the connected clusters' configuration directory (one file per remote
     /// cluster, as the agents read it); each remote's relay is asked at the host of its first
-    /// etcd endpoint and `--relay-peer-port` [default: `--kvstoremesh-config`'s directory,
-    /// whose files name the remotes' own etcds; without either, only this cluster].
+    /// etcd endpoint and `--relay-peer-port`. `--kvstoremesh-config`'s directory, whose files
+    /// name the remotes' own etcds, is read first [without either, only this cluster].
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clustermesh_config: Option<PathBuf>,

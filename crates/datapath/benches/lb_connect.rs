@@ -22,9 +22,11 @@
 //! the `iptables-restore --noflush` of the chains kube-proxy's partial sync rewrites).
 //!
 //! Run as root: `cargo bench -p plexus-datapath --bench lb_connect`. Sizes:
-//! PLEXUS_BENCH_SERVICES (default `100,10000,30000`), PLEXUS_BENCH_CONNECTS (per figure,
-//! default 2000), PLEXUS_BENCH_BACKENDS (default 10000), PLEXUS_BENCH_IPTABLES (the restore
-//! command, default `iptables-restore`; `iptables-legacy-restore` for the legacy backend).
+//! PLEXUS_BENCH_SERVICES (default `100,10000,30000`; `0`: the direct row only),
+//! PLEXUS_BENCH_CONNECTS (per figure, default 2000), PLEXUS_BENCH_ROUNDS (rounds each figure
+//! alternates in, default 4), PLEXUS_BENCH_BACKENDS (default 10000), PLEXUS_BENCH_IPTABLES (the
+//! restore command, default `iptables-restore`; `iptables-legacy-restore` for the legacy
+//! backend).
 //! Everything (namespaces, the bpffs under /run/plexus-bench-<pid>, pins) is removed by guards,
 //! also on panic; the iptables rules live in the node namespace and go with it.
 #![allow(clippy::unwrap_used)]
@@ -58,7 +60,7 @@ const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 60, 1, 12);
 const SERVER_PORT: u16 = 8080;
 const SERVICE_PORT: u16 = 80;
 const TIMEOUT: Duration = Duration::from_secs(3);
-/// Rounds each figure is split into, alternating eBPF and iptables.
+/// Rounds each figure is split into, alternating eBPF and iptables (`PLEXUS_BENCH_ROUNDS`).
 const ROUNDS: usize = 4;
 /// Connects before each figure's first round.
 const WARMUP: usize = 200;
@@ -75,11 +77,14 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// `PLEXUS_BENCH_SERVICES`; `0` (or empty): only the direct row, nothing installed.
 fn env_sizes() -> Vec<usize> {
     std::env::var("PLEXUS_BENCH_SERVICES")
         .unwrap_or_else(|_| "100,10000,30000".into())
         .split(',')
+        .filter(|s| !s.trim().is_empty())
         .map(|s| s.trim().parse().expect("PLEXUS_BENCH_SERVICES: numbers"))
+        .filter(|&n| n > 0)
         .collect()
 }
 
@@ -480,8 +485,9 @@ fn measure(
     connects(&ebpf.client, e_to, WARMUP);
     connects(&kernel.client, k_to, WARMUP);
     let (mut e, mut k) = (Vec::new(), Vec::new());
-    let per_round = total.div_ceil(ROUNDS);
-    for _ in 0..ROUNDS {
+    let rounds = env_usize("PLEXUS_BENCH_ROUNDS", ROUNDS).max(1);
+    let per_round = total.div_ceil(rounds);
+    for _ in 0..rounds {
         e.extend(connects(&ebpf.client, e_to, per_round));
         k.extend(connects(&kernel.client, k_to, per_round));
     }
@@ -534,6 +540,14 @@ fn main() {
     let server = SocketAddrV4::new(SERVER_IP, SERVER_PORT);
     let (e, k) = measure(&ebpf, &kernel, server, server, total);
     println!("  0 (direct to the pod)   {}     {}", triple(e), triple(k));
+    if sizes.is_empty() {
+        drop(ebpf);
+        drop(kernel);
+        drop(dp);
+        drop(nets);
+        drop(fs);
+        return;
+    }
 
     let mut installs = Vec::new();
     let mut installed: Vec<Frontend> = Vec::new();

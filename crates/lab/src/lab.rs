@@ -146,6 +146,15 @@ impl ClusterState {
     }
 }
 
+impl ClusterState {
+    /// Where its apiserver's KVStoreMesh reads remote-cluster configurations (beside
+    /// `clustermesh_dir`). The apiserver always runs KVStoreMesh on it: with the directory
+    /// empty (`clustermesh enable --enable-kvstoremesh=false`) it mirrors nothing.
+    pub fn kvstoremesh_dir(&self) -> PathBuf {
+        self.clustermesh_dir.with_file_name("kvstoremesh")
+    }
+}
+
 /// A running lab.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -371,8 +380,11 @@ fn apiserver_config(c: &ClusterState) -> Result<ApiServerConfig> {
         etcd_key: external.then(|| pki.join("admin.key")),
         http_listen: Some((c.ip, 9963).into()),
         api_listen: Some((c.ip, APISERVER_API_PORT).into()),
-        // The relay asks the connected clusters' relays at their control plane's address.
+        // The relay asks the connected clusters' relays at their control plane's address, read
+        // from KVStoreMesh's directory first (with KVStoreMesh, the agents' files name the
+        // local etcd).
         clustermesh_config: Some(c.clustermesh_dir.clone()),
+        kvstoremesh_config: Some(c.kvstoremesh_dir()),
         service_cidr: Some(
             c.service_cidr
                 .parse()
@@ -390,6 +402,8 @@ fn write_config(path: &Path, yaml: &str) -> Result<()> {
 }
 
 fn start_apiserver(lab: &LabState, c: &ClusterState, bins: &Bins) -> Result<u32> {
+    std::fs::create_dir_all(c.kvstoremesh_dir())
+        .with_context(|| format!("create {}", c.kvstoremesh_dir().display()))?;
     let file = apiserver_config_file(lab, c);
     write_config(&file, &apiserver_config(c)?.to_yaml()?)?;
     let args = vec![format!("--config={}", file.display())];
@@ -1078,6 +1092,7 @@ mod tests {
             apiserver.clustermesh_config.as_ref(),
             Some(&c.clustermesh_dir)
         );
+        assert_eq!(apiserver.kvstoremesh_config, Some(c.kvstoremesh_dir()));
         assert_eq!(
             plexus_config::from_yaml::<ApiServerConfig>(&text, Path::new("apiserver.yaml"))
                 .unwrap(),

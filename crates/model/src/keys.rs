@@ -26,6 +26,9 @@ pub const HEARTBEAT: &str = "cilium/.heartbeat";
 pub const SYNCED: &str = "cilium/synced";
 /// KVStoreMesh caches: `cilium/cache/...`.
 pub const CACHE: &str = "cilium/cache";
+/// A KVStoreMesh's heartbeat of each remote it is connected to:
+/// `cilium/cache/.heartbeat/<cluster>` (see [`cache_heartbeat_key`]).
+pub const CACHE_HEARTBEAT: &str = "cilium/cache/.heartbeat";
 /// The ipcache namespace Cilium uses.
 pub const IP_NAMESPACE: &str = "default";
 
@@ -108,6 +111,14 @@ impl StateKind {
     pub fn cache_canary(self, cluster: &str) -> String {
         canary_key(cluster, &self.cache_base())
     }
+}
+
+/// `cilium/cache/.heartbeat/<cluster>`: the RFC 3339 time a KVStoreMesh rewrites while it is
+/// connected to remote `cluster` and deletes as soon as it is not. Agents reading the cache
+/// check it instead of `cilium/.heartbeat`, so they see the remote go away as readers of the
+/// remote itself do (a Plexus addition to the wire format; Cilium's agents do not see it).
+pub fn cache_heartbeat_key(cluster: &str) -> String {
+    format!("{CACHE_HEARTBEAT}/{cluster}")
 }
 
 /// `cilium/state/nodes/v1/<cluster>/<node>`.

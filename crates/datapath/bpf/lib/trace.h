@@ -36,15 +36,27 @@ static __always_inline void event_init(struct event *ev, struct __sk_buff *skb, 
 }
 
 /*
+ * The reader is woken only once this much is waiting. A wakeup per event cost the sending CPU an
+ * irq_work and the reader a context switch for every traced packet, in the critical path of
+ * every connection (its SYN and SYN-ACK are traced on both veths). The reader polls at least
+ * every 100 ms, so an event is read within that; a busy ring wakes it long before it fills
+ * (1 MiB, 16 times this).
+ */
+#define EVENTS_WAKEUP_BYTES (64 * 1024)
+
+/*
  * A full ring buffer loses the event, never the packet; the loss is counted per CPU so that the
  * agent can report it (the reader sums the CPUs).
  */
 static __always_inline void event_output(const struct event *ev)
 {
+	__u64 flags = bpf_ringbuf_query(&PLEXUS_EVENTS, BPF_RB_AVAIL_DATA) >= EVENTS_WAKEUP_BYTES
+			      ? BPF_RB_FORCE_WAKEUP
+			      : BPF_RB_NO_WAKEUP;
 	__u32 zero = 0;
 	__u64 *lost;
 
-	if (bpf_ringbuf_output(&PLEXUS_EVENTS, (void *)ev, sizeof(*ev), 0) == 0)
+	if (bpf_ringbuf_output(&PLEXUS_EVENTS, (void *)ev, sizeof(*ev), flags) == 0)
 		return;
 	lost = bpf_map_lookup_elem(&PLEXUS_EVENTS_LOST, &zero);
 	if (lost)

@@ -1,7 +1,9 @@
 //! The ring-buffer reader: a thread that decodes `PLEXUS_EVENTS` records and broadcasts them.
 //!
 //! A plain thread with `poll(2)` rather than a tokio task, so that loading the datapath does
-//! not require a runtime; it wakes every 100 ms to notice shutdown and pauses.
+//! not require a runtime; it wakes every 100 ms to notice shutdown and pauses, and reads what
+//! arrived meanwhile: the programs wake it only once 64 KiB of events are waiting
+//! (`bpf/lib/trace.h`), so an event is read within 100 ms, and a packet never pays for waking it.
 //!
 //! Reading can be paused ([`Reader::pause`]): the ring buffer then fills, and once it is full the
 //! programs count what they cannot write (`PLEXUS_EVENTS_LOST`). Tests use it to make losses
