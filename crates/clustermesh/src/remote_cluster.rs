@@ -63,6 +63,11 @@ use crate::validate::{
 };
 
 /// What a remote cluster contributes, as it changes.
+///
+/// The many events (ipcache entries, services) share their decoded value (`Arc`); a node is
+/// held inline: nodes are few per cluster, and at most 256 events wait between a remote's
+/// stores and its driver, so the enum's size costs little.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum RemoteEvent {
     /// The remote's cluster config was accepted: its entries belong to cluster `cluster_id`.
