@@ -119,11 +119,6 @@ spec:
     command: [sleep, '3600']
 ";
 
-fn apply(lab: &Lab, ctx: &str, file: &str, yaml: &str) {
-    let path = lab.write(file, yaml);
-    lab.ok(&["--context", ctx, "apply", "-f", path.to_str().unwrap()]);
-}
-
 /// The flows `request` reads from the agent's history.
 fn flows(client: &Client, request: &FlowRequest) -> Result<Vec<Flow>, String> {
     block_on(async {
@@ -185,8 +180,8 @@ fn observe(mut lab: Lab) {
         out.contains("1/1 nodes are connected to all clusters"),
         "{out}"
     );
-    apply(&lab, "cluster1", "cluster1.yaml", CLUSTER1);
-    apply(&lab, "cluster2", "cluster2.yaml", CLUSTER2);
+    lab.apply("cluster1", "cluster1.yaml", CLUSTER1);
+    lab.apply("cluster2", "cluster2.yaml", CLUSTER2);
     let state = LabState::load(lab.dir()).unwrap();
     let node = &state.clusters[0].nodes[0];
     let node_name = format!("cluster1/{}", node.name);

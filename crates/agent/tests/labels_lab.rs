@@ -98,11 +98,6 @@ spec:
     command: [sleep, '3600']
 ";
 
-fn apply(lab: &Lab, ctx: &str, file: &str, yaml: &str) {
-    let path = lab.write(file, yaml);
-    lab.ok(&["--context", ctx, "apply", "-f", path.to_str().unwrap()]);
-}
-
 /// `plexus label pod client CHANGES...` in cluster1 (its Pod object and the lab's record).
 fn label_client(lab: &Lab, changes: &[&str]) {
     let mut args = vec!["--context", "cluster1", "label", "pod", "client"];
@@ -203,8 +198,7 @@ fn relabel(mut lab: Lab) {
     let file = lab.write("lab.yaml", LAB);
     let out = lab.up(&file, &["--mesh"]);
     assert!(out.contains("nodes are connected to all clusters"), "{out}");
-    apply(
-        &lab,
+    lab.apply(
         "cluster1",
         "servers1.yaml",
         &SERVERS
@@ -212,8 +206,7 @@ fn relabel(mut lab: Lab) {
             .replace("FROM", "")
             .replace("DENY", ""),
     );
-    apply(
-        &lab,
+    lab.apply(
         "cluster2",
         "servers2.yaml",
         &SERVERS
@@ -221,7 +214,7 @@ fn relabel(mut lab: Lab) {
             .replace("FROM", "\n        io.cilium.k8s.policy.cluster: cluster1")
             .replace("DENY", QUARANTINE),
     );
-    apply(&lab, "cluster1", "client.yaml", CLIENT);
+    lab.apply("cluster1", "client.yaml", CLIENT);
     let client_ip = lab.pod_ip("cluster1", "client");
     let web = [
         ("cluster1 web", lab.pod_ip("cluster1", "web")),

@@ -98,12 +98,6 @@ spec:
     )
 }
 
-fn apply(lab: &Lab, ctx: &str, file: &str, yaml: &str) -> String {
-    let path = lab.write(file, yaml);
-    lab.ok(&["--context", ctx, "apply", "-f", path.to_str().unwrap()]);
-    path.to_str().unwrap().to_string()
-}
-
 /// Whether client reaches target-a:8080, target-a:9000, target-b:8080, target-b:9000.
 fn outcome(lab: &Lab, a: &str, b: &str) -> [bool; 4] {
     let reaches = |ip: &str, port: u16, who: &str| {
@@ -135,9 +129,9 @@ fn cidr_and_named_ports(mut lab: Lab) {
         out.contains("1/1 nodes are connected to all clusters"),
         "{out}"
     );
-    apply(&lab, "cluster1", "client.yaml", CLIENT);
-    apply(&lab, "cluster2", "target-a.yaml", &target("target-a"));
-    apply(&lab, "cluster2", "target-b.yaml", &target("target-b"));
+    lab.apply("cluster1", "client.yaml", CLIENT);
+    lab.apply("cluster2", "target-a.yaml", &target("target-a"));
+    lab.apply("cluster2", "target-b.yaml", &target("target-b"));
     let (a, b) = (
         lab.pod_ip("cluster2", "target-a"),
         lab.pod_ip("cluster2", "target-b"),
@@ -145,7 +139,7 @@ fn cidr_and_named_ports(mut lab: Lab) {
 
     settles(&lab, &a, &b, "no policy", [true, true, true, true]);
 
-    let knp = apply(&lab, "cluster1", "ip-block.yaml", &ip_block(&b));
+    let knp = lab.apply("cluster1", "ip-block.yaml", &ip_block(&b));
     settles(
         &lab,
         &a,
@@ -162,9 +156,15 @@ fn cidr_and_named_ports(mut lab: Lab) {
         "the same after an agent restart",
         [true, false, false, false],
     );
-    lab.ok(&["--context", "cluster1", "delete", "-f", &knp]);
+    lab.ok(&[
+        "--context",
+        "cluster1",
+        "delete",
+        "-f",
+        knp.to_str().unwrap(),
+    ]);
 
-    let cnp = apply(&lab, "cluster1", "named-port.yaml", NAMED_PORT);
+    let cnp = lab.apply("cluster1", "named-port.yaml", NAMED_PORT);
     settles(
         &lab,
         &a,
@@ -172,9 +172,15 @@ fn cidr_and_named_ports(mut lab: Lab) {
         "egress named port of remote pods",
         [true, false, true, false],
     );
-    lab.ok(&["--context", "cluster1", "delete", "-f", &cnp]);
+    lab.ok(&[
+        "--context",
+        "cluster1",
+        "delete",
+        "-f",
+        cnp.to_str().unwrap(),
+    ]);
 
-    let deny = apply(&lab, "cluster1", "cidr-deny.yaml", &cidr_deny(&a));
+    let deny = lab.apply("cluster1", "cidr-deny.yaml", &cidr_deny(&a));
     settles(
         &lab,
         &a,
@@ -182,7 +188,13 @@ fn cidr_and_named_ports(mut lab: Lab) {
         "CIDR deny beats identity allow",
         [false, false, true, true],
     );
-    lab.ok(&["--context", "cluster1", "delete", "-f", &deny]);
+    lab.ok(&[
+        "--context",
+        "cluster1",
+        "delete",
+        "-f",
+        deny.to_str().unwrap(),
+    ]);
     settles(&lab, &a, &b, "policies gone", [true, true, true, true]);
     lab.down();
 }

@@ -77,11 +77,6 @@ spec:
     command: [sleep, '3600']
 ";
 
-fn apply(lab: &Lab, ctx: &str, file: &str, yaml: &str) {
-    let path = lab.write(file, yaml);
-    lab.ok(&["--context", ctx, "apply", "-f", path.to_str().unwrap()]);
-}
-
 /// The /32 prefixes in 10.10.0.0/16 (cluster1's pod CIDR) that `node` of `ctx` has in its
 /// ipcache.
 fn cluster1_entries(lab: &Lab, ctx: &str, node: &str) -> BTreeSet<String> {
@@ -203,16 +198,16 @@ fn leader(lab: &Lab) -> String {
 fn lose_member(lab: &Lab, member: &str) {
     lab.ok(&["lab", "etcd-kill", "cluster1", member]);
     // Churn while the member is gone: pods come and go, their objects written to etcd.
-    apply(lab, "cluster1", "churn.yaml", &churn(5));
+    lab.apply("cluster1", "churn.yaml", &churn(5));
     let c = connection(lab);
     assert!(c["connected"].as_u64() > Some(0), "{member} lost: {c:#}");
     converged(lab, &format!("scaled up without {member}"));
-    apply(lab, "cluster1", "churn.yaml", &churn(1));
+    lab.apply("cluster1", "churn.yaml", &churn(1));
     converged(lab, &format!("scaled down without {member}"));
     let c = connection(lab);
     assert!(c["connected"].as_u64() > Some(0), "{member} lost: {c:#}");
     lab.ok(&["lab", "etcd-start", "cluster1", member]);
-    apply(lab, "cluster1", "churn.yaml", &churn(3));
+    lab.apply("cluster1", "churn.yaml", &churn(3));
     converged(lab, &format!("{member} back"));
 }
 
@@ -227,9 +222,9 @@ fn run(lab: Lab) {
     for k in 0..3 {
         assert!(status.contains(&format!("cluster1-etcd{k}")), "{status}");
     }
-    apply(&lab, "cluster1", "servers.yaml", SERVERS);
-    apply(&lab, "cluster1", "churn.yaml", &churn(3));
-    apply(&lab, "cluster2", "client.yaml", CLIENT);
+    lab.apply("cluster1", "servers.yaml", SERVERS);
+    lab.apply("cluster1", "churn.yaml", &churn(3));
+    lab.apply("cluster2", "client.yaml", CLIENT);
     converged(&lab, "before the loss");
 
     let iperf = lab.pod_ip("cluster1", "iperf");

@@ -69,11 +69,6 @@ spec:
     command: [sleep, '3600']
 ";
 
-fn apply(lab: &Lab, ctx: &str, file: &str, yaml: &str) {
-    let path = lab.write(file, yaml);
-    lab.ok(&["--context", ctx, "apply", "-f", path.to_str().unwrap()]);
-}
-
 /// `query`'s samples by their `instance` label.
 fn by_instance(prometheus: &Prometheus, query: &str) -> Result<BTreeMap<String, f64>, String> {
     Ok(prometheus
@@ -95,9 +90,9 @@ fn scrape(mut lab: Lab) {
         out.contains("1/1 nodes are connected to all clusters"),
         "{out}"
     );
-    apply(&lab, "cluster1", "db.yaml", DB);
-    apply(&lab, "cluster1", "policy.yaml", POLICY);
-    apply(&lab, "cluster2", "stranger.yaml", STRANGER);
+    lab.apply("cluster1", "db.yaml", DB);
+    lab.apply("cluster1", "policy.yaml", POLICY);
+    lab.apply("cluster2", "stranger.yaml", STRANGER);
 
     // Every endpoint of the lab, from its state file.
     let state = LabState::load(lab.dir()).unwrap();

@@ -138,6 +138,15 @@ impl Lab {
         self.scratch.path()
     }
 
+    /// Writes `yaml` to `file` in [`Lab::scratch`] and applies it with `plexus --context CTX
+    /// apply -f` (which must succeed); the file's path, for a later `delete -f`.
+    pub fn apply(&self, ctx: &str, file: &str, yaml: &str) -> PathBuf {
+        let path = self.write(file, yaml);
+        let arg = path.to_str().expect("scratch paths are UTF-8");
+        self.ok(&["--context", ctx, "apply", "-f", arg]);
+        path
+    }
+
     /// Writes `contents` to `file` in [`Lab::scratch`]; its path.
     pub fn write(&self, file: &str, contents: &str) -> PathBuf {
         let path = self.scratch().join(file);
